@@ -1,0 +1,1 @@
+//! daolinet-agent (work in progress).

@@ -1,0 +1,144 @@
+//! The packet key the classifier matches on.
+
+/// Bit set in [`FlowKey::vlan_tci`] when the packet carries an 802.1Q tag
+/// (like OpenFlow's OFPVID_PRESENT). A key with `vlan_tci == 0` is untagged.
+pub const VLAN_PRESENT: u16 = 0x1000;
+
+/// Number of 32-bit words in a [`FlowKey`]; the datapath masks word by word.
+pub const FLOW_KEY_WORDS: usize = size_of::<FlowKey>() / 4;
+
+/// The fields of a packet the classifier can match on, extracted by the
+/// datapath. Used both as a packet key and as a mask (all-ones bits = match
+/// this bit). Multi-byte numbers are in host byte order, addresses are bytes
+/// in wire order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct FlowKey {
+    /// OpenFlow ingress port number.
+    pub in_port: u32,
+    /// IPv4 source address, or ARP sender protocol address (SPA).
+    pub ipv4_src: [u8; 4],
+    /// IPv4 destination address, or ARP target protocol address (TPA).
+    pub ipv4_dst: [u8; 4],
+    /// Ethernet type (after a VLAN tag, if any).
+    pub eth_type: u16,
+    /// VLAN TCI with [`VLAN_PRESENT`] set, or 0 when untagged.
+    pub vlan_tci: u16,
+    /// Ethernet source address.
+    pub eth_src: [u8; 6],
+    /// Ethernet destination address.
+    pub eth_dst: [u8; 6],
+    /// TCP/UDP source port, or ICMP type.
+    pub l4_src: u16,
+    /// TCP/UDP destination port, or ICMP code.
+    pub l4_dst: u16,
+    /// ARP opcode.
+    pub arp_op: u16,
+    /// IP protocol number.
+    pub ip_proto: u8,
+    /// Reserved, always zero.
+    pub _pad: [u8; 5],
+}
+
+impl FlowKey {
+    /// Ethernet type of IPv4.
+    pub const ETH_TYPE_IPV4: u16 = 0x0800;
+    /// Ethernet type of ARP.
+    pub const ETH_TYPE_ARP: u16 = 0x0806;
+    /// Ethernet type of an 802.1Q tag.
+    pub const ETH_TYPE_VLAN: u16 = 0x8100;
+    /// IP protocol number of ICMP.
+    pub const IPPROTO_ICMP: u8 = 1;
+    /// IP protocol number of TCP.
+    pub const IPPROTO_TCP: u8 = 6;
+    /// IP protocol number of UDP.
+    pub const IPPROTO_UDP: u8 = 17;
+
+    /// The key as 32-bit words (for masking).
+    #[inline(always)]
+    pub fn words(&self) -> &[u32; FLOW_KEY_WORDS] {
+        bytemuck::cast_ref(self)
+    }
+
+    /// Mutable view of the key as 32-bit words.
+    #[inline(always)]
+    pub fn words_mut(&mut self) -> &mut [u32; FLOW_KEY_WORDS] {
+        bytemuck::cast_mut(self)
+    }
+
+    /// This key ANDed with `mask`.
+    #[inline(always)]
+    pub fn masked(&self, mask: &FlowKey) -> FlowKey {
+        let mut out = *self;
+        let m = mask.words();
+        let w = out.words_mut();
+        let mut i = 0;
+        while i < FLOW_KEY_WORDS {
+            w[i] &= m[i];
+            i += 1;
+        }
+        out
+    }
+
+    /// A mask with every bit set (exact match on every field).
+    pub fn exact_mask() -> FlowKey {
+        let mut k = FlowKey::default();
+        for w in k.words_mut().iter_mut() {
+            *w = u32::MAX;
+        }
+        k._pad = [0; 5];
+        k
+    }
+
+    /// True when this value, used as a mask, has no bit set.
+    pub fn is_empty_mask(&self) -> bool {
+        self.words().iter().all(|w| *w == 0)
+    }
+
+    /// True when every bit set in `self` (a mask) is also set in `other`:
+    /// `other` is at least as specific as `self`.
+    pub fn mask_is_subset_of(&self, other: &FlowKey) -> bool {
+        self.words()
+            .iter()
+            .zip(other.words().iter())
+            .all(|(a, b)| a & !b == 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masking_keeps_only_masked_bits() {
+        let key = FlowKey {
+            in_port: 7,
+            ipv4_src: [10, 1, 2, 3],
+            ipv4_dst: [10, 9, 9, 9],
+            eth_type: FlowKey::ETH_TYPE_IPV4,
+            ip_proto: 6,
+            l4_dst: 80,
+            ..Default::default()
+        };
+        let mask = FlowKey {
+            ipv4_src: [255, 255, 0, 0],
+            eth_type: 0xffff,
+            ..Default::default()
+        };
+        let m = key.masked(&mask);
+        assert_eq!(m.ipv4_src, [10, 1, 0, 0]);
+        assert_eq!(m.eth_type, 0x0800);
+        assert_eq!(m.in_port, 0);
+        assert_eq!(m.l4_dst, 0);
+        assert_eq!(m.ipv4_dst, [0; 4]);
+    }
+
+    #[test]
+    fn exact_mask_leaves_padding_clear_and_subset_order_holds() {
+        let exact = FlowKey::exact_mask();
+        assert_eq!(exact._pad, [0; 5]);
+        assert!(FlowKey::default().is_empty_mask());
+        assert!(FlowKey::default().mask_is_subset_of(&exact));
+        assert!(!exact.mask_is_subset_of(&FlowKey::default()));
+    }
+}

@@ -1,0 +1,190 @@
+//! Types shared by the DaoliNet eBPF datapath (`daolinet-ebpf`) and userspace
+//! (`daolinet-agent`).
+//!
+//! This crate is the single source of truth for the BPF map layouts: every
+//! key and value is `#[repr(C)]`, has no implicit padding and implements
+//! [`bytemuck::Pod`], so the same bytes are read on both sides.
+//!
+//! # The classifier
+//!
+//! OpenFlow rules are compiled into a *tuple-space* classifier:
+//! - each distinct match mask is a [`Subtable`] (at most [`MAX_SUBTABLES`]),
+//!   listed in the [`maps::SUBTABLES`] array in descending `max_priority`;
+//! - every rule is one entry in the [`maps::FLOWS`] hash map, keyed by
+//!   [`FlowMapKey`] (subtable id + the packet's [`FlowKey`] ANDed with the
+//!   subtable mask), whose value [`FlowEntry`] carries priority, rule id and
+//!   the compiled [`Action`]s;
+//! - the datapath walks the subtables, keeps the best priority and stops as
+//!   soon as no later subtable can beat it. A miss is punted to userspace.
+#![no_std]
+
+pub mod action;
+pub mod drop_reason;
+pub mod flow_key;
+pub mod port;
+pub mod punt;
+pub mod stats;
+
+pub use action::{Action, ActionKind, MAX_ACTIONS};
+pub use drop_reason::DropReason;
+pub use flow_key::{FlowKey, FLOW_KEY_WORDS, VLAN_PRESENT};
+pub use port::{MissPolicy, PortInfo, PortKind, PORT_FLAG_ANTI_SPOOF};
+pub use punt::{PuntHeader, PuntReason, PuntRecord, PUNT_CAP};
+pub use stats::{PortStats, RuleStats};
+
+/// Maximum number of distinct match masks (subtables) the datapath walks.
+pub const MAX_SUBTABLES: usize = 32;
+/// Maximum number of rules (entries of [`maps::FLOWS`], slots of the per-rule
+/// statistics and metadata).
+pub const MAX_RULES: u32 = 131_072;
+/// Maximum number of ports on one agent (slots of the port statistics).
+pub const MAX_PORTS: u32 = 1024;
+/// Size in bytes of the punt ring buffer.
+pub const PUNT_RING_BYTES: u32 = 1 << 22;
+/// Rule id meaning "no rule" in [`PuntHeader::rule_id`].
+pub const NO_RULE: u32 = u32::MAX;
+
+/// Names of the BPF maps and programs. They are also the file names under
+/// the bpffs pin directory.
+pub mod maps {
+    /// Hash map [`crate::FlowMapKey`] -> [`crate::FlowEntry`]: the rules.
+    pub const FLOWS: &str = "DL_FLOWS";
+    /// Array of [`crate::Subtable`], sorted by descending max priority.
+    pub const SUBTABLES: &str = "DL_SUBTABLES";
+    /// Array with one [`crate::DatapathConfig`] at index 0.
+    pub const CONFIG: &str = "DL_CONFIG";
+    /// Hash map ifindex (u32) -> [`crate::PortInfo`].
+    pub const PORTS: &str = "DL_PORTS";
+    /// Hash map OpenFlow port number (u32) -> [`crate::PortInfo`].
+    pub const OFPORTS: &str = "DL_OFPORTS";
+    /// Per-CPU array of [`crate::RuleStats`] indexed by rule id.
+    pub const RULE_STATS: &str = "DL_RULE_STATS";
+    /// Per-CPU array of [`crate::PortStats`] indexed by port slot.
+    pub const PORT_STATS: &str = "DL_PORT_STATS";
+    /// Per-CPU array of u64 counters indexed by [`crate::DropReason`].
+    pub const DROPS: &str = "DL_DROPS";
+    /// Ring buffer of [`crate::PuntRecord`]s.
+    pub const PUNTS: &str = "DL_PUNTS";
+    /// Hash map rule id (u32) -> [`crate::RuleMeta`]; written and read by
+    /// userspace only, so the rule table can be rebuilt after a restart.
+    pub const RULE_META: &str = "DL_RULE_META";
+    /// The TC (tcx) classifier program, used on container ports and on a TC uplink.
+    pub const PROG_TC: &str = "daolinet_tc";
+    /// The XDP program, used on the uplink with `--uplink-mode xdp`.
+    pub const PROG_XDP: &str = "daolinet_xdp";
+}
+
+/// One subtable of the tuple-space classifier.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Subtable {
+    /// The match mask shared by all rules of this subtable.
+    pub mask: FlowKey,
+    /// Stable id of the subtable, part of [`FlowMapKey`].
+    pub id: u32,
+    /// Highest priority of any rule in this subtable.
+    pub max_priority: u32,
+}
+
+/// Global datapath configuration, index 0 of [`maps::CONFIG`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct DatapathConfig {
+    /// Number of valid entries at the start of [`maps::SUBTABLES`].
+    pub n_subtables: u32,
+    /// Reserved, zero.
+    pub flags: u32,
+}
+
+/// Key of [`maps::FLOWS`]: subtable id and masked packet key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct FlowMapKey {
+    /// [`Subtable::id`] of the rule's mask.
+    pub subtable: u32,
+    /// The rule's match, already ANDed with the subtable mask.
+    pub key: FlowKey,
+}
+
+/// Value of [`maps::FLOWS`]: one compiled rule.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct FlowEntry {
+    /// OpenFlow priority; higher wins.
+    pub priority: u32,
+    /// Rule id: index of the rule's statistics and metadata.
+    pub rule_id: u32,
+    /// Number of valid entries in `actions`; zero means drop.
+    pub n_actions: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
+    /// The actions, applied in order.
+    pub actions: [Action; MAX_ACTIONS],
+}
+
+/// Userspace-only metadata of an installed rule ([`maps::RULE_META`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct RuleMeta {
+    /// OpenFlow cookie.
+    pub cookie: u64,
+    /// Wall-clock install time, nanoseconds since the Unix epoch.
+    pub installed_unix_ns: u64,
+    /// Packets counted before the last statistics reset (added to the map's counters).
+    pub packet_base: u64,
+    /// Bytes counted before the last statistics reset.
+    pub byte_base: u64,
+    /// The rule's match values (already masked).
+    pub key: FlowKey,
+    /// The rule's match mask.
+    pub mask: FlowKey,
+    /// OpenFlow priority.
+    pub priority: u32,
+    /// Idle timeout in seconds, 0 = none.
+    pub idle_timeout: u16,
+    /// Hard timeout in seconds, 0 = none.
+    pub hard_timeout: u16,
+    /// OpenFlow flow-mod flags (OFPFF_*).
+    pub flags: u16,
+    /// OpenFlow table id.
+    pub table_id: u8,
+    /// Non-zero when the slot is in use.
+    pub in_use: u8,
+    /// Reserved, zero.
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+mod aya_pod {
+    // SAFETY: all of these are repr(C), Copy and bytemuck::Pod (no padding,
+    // every bit pattern valid), which is what aya::Pod requires.
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowMapKey {}
+    unsafe impl aya::Pod for super::FlowEntry {}
+    unsafe impl aya::Pod for super::Subtable {}
+    unsafe impl aya::Pod for super::DatapathConfig {}
+    unsafe impl aya::Pod for super::PortInfo {}
+    unsafe impl aya::Pod for super::RuleStats {}
+    unsafe impl aya::Pod for super::PortStats {}
+    unsafe impl aya::Pod for super::RuleMeta {}
+    unsafe impl aya::Pod for super::PuntHeader {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_the_sizes_the_datapath_expects() {
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<FlowMapKey>(), 44);
+        assert_eq!(size_of::<Action>(), 16);
+        assert_eq!(size_of::<FlowEntry>(), 16 + 16 * MAX_ACTIONS);
+        assert_eq!(size_of::<Subtable>(), 48);
+        assert_eq!(size_of::<PortInfo>(), 32);
+        assert_eq!(size_of::<PuntHeader>(), 32);
+        assert_eq!(size_of::<RuleStats>(), 24);
+        assert_eq!(size_of::<RuleMeta>(), 128);
+    }
+}

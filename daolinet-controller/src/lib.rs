@@ -1,0 +1,1 @@
+//! daolinet-controller (work in progress).

@@ -1,0 +1,1 @@
+//! daolinet-openflow (work in progress).

@@ -1,0 +1,93 @@
+//! `cargo xtask`: the one entry point a developer or user needs.
+//!
+//! - `setup`: install every missing prerequisite (idempotent, needs root).
+//! - `build-ebpf`: build the BPF datapath object.
+//! - `test`: setup + build-ebpf + the whole test suite (privileged tests too).
+//! - `demo`: show the product working on network namespaces.
+//! - `bench`: side-by-side benchmarks, written to BENCHMARKS.md.
+//! - `fuzz`: run the cargo-fuzz targets for a bounded time.
+
+mod bench;
+mod benchmarks;
+mod build_ebpf;
+mod demo;
+mod fuzz;
+mod setup;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "DaoliNet-rs developer tasks", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install every missing prerequisite (apt packages, bpf-linker, rust-src, OVS...). Needs root.
+    Setup,
+    /// Build the eBPF datapath object into target/bpf/daolinet.bpf.o.
+    BuildEbpf {
+        /// Build with optimisations (the verifier-friendly default; `--release` is accepted for clarity).
+        #[arg(long)]
+        release: bool,
+        /// Build the unoptimised debug variant instead (rarely loads: the verifier dislikes it).
+        #[arg(long, conflicts_with = "release")]
+        debug: bool,
+    },
+    /// Run setup, build-ebpf and the whole test suite, including privileged namespace tests.
+    Test {
+        /// Skip `setup` (prerequisites already installed).
+        #[arg(long)]
+        no_setup: bool,
+        /// Seconds for each fuzz target in the short fuzz run (0 skips it).
+        #[arg(long, default_value_t = 20)]
+        fuzz_seconds: u64,
+    },
+    /// Build everything, create a small topology in namespaces, run the agent and show traffic.
+    Demo {
+        /// Skip `setup`.
+        #[arg(long)]
+        no_setup: bool,
+    },
+    /// Run benchmarks side by side with a reference and record ratios in BENCHMARKS.md.
+    Bench {
+        /// Which benchmark (all when omitted).
+        #[arg(value_enum)]
+        which: Option<bench::Which>,
+        /// Skip `setup`.
+        #[arg(long)]
+        no_setup: bool,
+    },
+    /// Run the cargo-fuzz targets for a bounded time each.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target.
+        #[arg(long)]
+        target: Option<String>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Setup => setup::run(),
+        Cmd::BuildEbpf { debug, .. } => build_ebpf::run(!debug).map(|_| ()),
+        Cmd::Test {
+            no_setup,
+            fuzz_seconds,
+        } => test::run(!no_setup, fuzz_seconds),
+        Cmd::Demo { no_setup } => demo::run(!no_setup),
+        Cmd::Bench { which, no_setup } => bench::run(which, !no_setup),
+        Cmd::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref()),
+    };
+    if let Err(e) = res {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
