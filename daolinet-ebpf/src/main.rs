@@ -1,8 +1,91 @@
+//! DaoliNet eBPF datapath: an OpenFlow-style switch in BPF.
+//!
+//! Two programs share one generic pipeline ([`datapath::run`]) through the
+//! [`context::Packet`] abstraction:
+//! - `daolinet_tc` (`#[classifier]`, attached with tcx on container veths
+//!   and on a TC uplink);
+//! - `daolinet_xdp` (`#[xdp]`, on the uplink with `--uplink-mode xdp`).
+//!
+//! Map layouts and semantics are defined in `daolinet-common`.
 #![no_std]
 #![no_main]
-//! DaoliNet eBPF datapath (work in progress).
+
+mod actions;
+mod classify;
+mod context;
+mod counters;
+mod datapath;
+mod maps;
+mod parse;
+mod punt;
+
+/// The program entry points (their names are the program names).
+// The attribute macros wrap each function in an undocumented `extern "C"` one.
+#[allow(missing_docs)]
+pub(crate) mod programs {
+    use aya_ebpf::{
+        bindings::{__sk_buff, xdp_md},
+        macros::{classifier, xdp},
+        programs::{TcContext, XdpContext},
+    };
+
+    use crate::{
+        actions::{step, ActState, ACT_DROP_BASE},
+        datapath,
+    };
+    use daolinet_common::{DropReason, FlowEntry};
+
+    /// TC (tcx ingress) entry point.
+    #[classifier]
+    pub fn daolinet_tc(ctx: TcContext) -> i32 {
+        datapath::run(&ctx)
+    }
+
+    /// XDP entry point.
+    #[xdp]
+    pub fn daolinet_xdp(ctx: XdpContext) -> u32 {
+        datapath::run(&ctx) as u32
+    }
+
+    /// One action of the TC program, as a global BPF function: the verifier
+    /// checks it once on its own instead of once per path of the caller.
+    #[no_mangle]
+    #[inline(never)]
+    pub extern "C" fn dl_action_tc(
+        skb: *mut __sk_buff,
+        st: *mut ActState,
+        entry: *const FlowEntry,
+        index: u32,
+    ) -> i32 {
+        // SAFETY: the verifier hands global functions possibly-NULL memory
+        // of the declared sizes.
+        let (Some(st), Some(entry)) = (unsafe { (st.as_mut(), entry.as_ref()) }) else {
+            return ACT_DROP_BASE - DropReason::RewriteFailed as i32;
+        };
+        step(&TcContext::new(skb), st, entry, index)
+    }
+
+    /// One action of the XDP program (see [`dl_action_tc`]).
+    #[no_mangle]
+    #[inline(never)]
+    pub extern "C" fn dl_action_xdp(
+        ctx: *mut xdp_md,
+        st: *mut ActState,
+        entry: *const FlowEntry,
+        index: u32,
+    ) -> i32 {
+        // SAFETY: as above.
+        let (Some(st), Some(entry)) = (unsafe { (st.as_mut(), entry.as_ref()) }) else {
+            return ACT_DROP_BASE - DropReason::RewriteFailed as i32;
+        };
+        step(&XdpContext::new(ctx), st, entry, index)
+    }
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
+    // Unreachable in a verified program: a reachable panic is an endless
+    // loop, which the verifier rejects at load time.
     loop {}
 }

@@ -1,0 +1,393 @@
+//! One packet API over the two program types.
+//!
+//! The pipeline ([`crate::datapath`]) is written once against the [`Packet`]
+//! trait and monomorphised for TC ([`TcContext`]) and XDP ([`XdpContext`]).
+//! Packet bytes are only touched through load/store helpers
+//! (`bpf_skb_load_bytes`/`bpf_xdp_load_bytes` and friends), never through
+//! direct packet pointers, so a non-linear skb or a multi-buffer frame is
+//! handled by the kernel and the verifier has no packet bounds to track.
+
+use core::mem::MaybeUninit;
+
+use aya_ebpf::{
+    bindings::{
+        xdp_action, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
+    },
+    helpers::generated::{
+        bpf_clone_redirect, bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_redirect,
+        bpf_redirect_peer, bpf_skb_load_bytes, bpf_skb_store_bytes, bpf_xdp_get_buff_len,
+        bpf_xdp_load_bytes, bpf_xdp_store_bytes,
+    },
+    programs::{TcContext, XdpContext},
+};
+use daolinet_common::{DropReason, FlowEntry, PortInfo};
+
+use crate::actions::ActState;
+
+/// Where an output action sends the packet.
+#[derive(Clone, Copy)]
+pub enum Target {
+    /// Into a container: `bpf_redirect_peer` in TC (straight into the
+    /// container's namespace).
+    Peer(u32),
+    /// Out of an interface (egress): `bpf_redirect`.
+    Egress(u32),
+    /// Back out of the interface the packet came in on.
+    InPort(u32),
+}
+
+impl Target {
+    /// The target for an output to `port`.
+    #[inline(always)]
+    pub fn for_port(port: &PortInfo) -> Self {
+        if port.is_container() {
+            Target::Peer(port.ifindex)
+        } else {
+            Target::Egress(port.ifindex)
+        }
+    }
+}
+
+/// What an output did.
+#[derive(Clone, Copy)]
+pub enum Sent {
+    /// The packet leaves with this verdict; the program ends.
+    Final(i32),
+    /// A copy was sent (TC `bpf_clone_redirect`); the original stays ours.
+    Copy,
+    /// Nothing was sent (XDP cannot clone; only the last output counts).
+    Skipped,
+}
+
+/// The operations the datapath needs from a packet context.
+///
+/// Errors are unit: the caller knows which [`DropReason`] a failure means.
+pub trait Packet {
+    /// Verdict that hands the packet to the kernel stack.
+    const PASS: i32;
+    /// Verdict that drops the packet.
+    const DROP: i32;
+
+    /// Full packet length in bytes (including non-linear parts).
+    fn len(&self) -> u32;
+    /// Interface the packet arrived on.
+    fn ifindex(&self) -> u32;
+    /// VLAN TCI stripped by hardware offload into packet metadata, if any.
+    fn offloaded_vlan(&self) -> Option<u16>;
+    /// Copy `N` bytes at `off` out of the packet.
+    fn load<const N: usize>(&self, off: u32) -> Result<[u8; N], ()>;
+    /// Write `N` bytes at `off`.
+    fn store<const N: usize>(&self, off: u32, bytes: &[u8; N]) -> Result<(), ()>;
+    /// Fix the IPv4 header checksum at `off` after a `size`-byte (2 or 4)
+    /// field changed from `from` to `to` (values in memory byte order).
+    fn l3_csum_replace(&self, off: u32, from: u32, to: u32, size: u32) -> Result<(), ()>;
+    /// Fix a TCP/UDP checksum at `off` after a `size`-byte field changed.
+    /// `pseudo`: the field is part of the pseudo-header (an IP address).
+    /// `udp`: a zero checksum means "none" and stays zero.
+    fn l4_csum_replace(
+        &self,
+        off: u32,
+        from: u32,
+        to: u32,
+        size: u32,
+        pseudo: bool,
+        udp: bool,
+    ) -> Result<(), ()>;
+    /// Send the packet to `target`. With `last` the packet itself leaves
+    /// ([`Sent::Final`]); otherwise a copy is sent, if the program type can.
+    /// `Err` means the kernel refused the redirect.
+    fn output(&self, target: Target, last: bool) -> Result<Sent, DropReason>;
+    /// Copy the first `len` bytes of the packet to `dst`; `len` must be in
+    /// `1..=PUNT_CAP` and `dst` must point into a buffer that large.
+    fn copy_to(&self, dst: *mut u8, len: u32) -> Result<(), ()>;
+    /// Run [`crate::actions::step`] in the global (separately verified)
+    /// function of this program type.
+    fn step_out_of_line(&self, st: &mut ActState, entry: &FlowEntry, index: u32) -> i32;
+}
+
+impl Packet for TcContext {
+    const PASS: i32 = TC_ACT_OK as i32;
+    const DROP: i32 = TC_ACT_SHOT as i32;
+
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        // SAFETY: the context pointer is valid for the whole program run.
+        unsafe { (*self.skb.skb).len }
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: as above; on tc ingress this is the device the program is
+        // attached to.
+        unsafe { (*self.skb.skb).ifindex }
+    }
+
+    #[inline(always)]
+    fn offloaded_vlan(&self) -> Option<u16> {
+        // SAFETY: as above.
+        let (present, tci) = unsafe { ((*self.skb.skb).vlan_present, (*self.skb.skb).vlan_tci) };
+        if present != 0 {
+            Some(tci as u16)
+        } else {
+            None
+        }
+    }
+
+    #[inline(always)]
+    fn load<const N: usize>(&self, off: u32) -> Result<[u8; N], ()> {
+        let mut buf = MaybeUninit::<[u8; N]>::uninit();
+        // SAFETY: the helper writes exactly N bytes into `buf` or fails.
+        let ret = unsafe {
+            bpf_skb_load_bytes(self.skb.skb.cast(), off, buf.as_mut_ptr().cast(), N as u32)
+        };
+        if ret == 0 {
+            // SAFETY: fully written by the helper.
+            Ok(unsafe { buf.assume_init() })
+        } else {
+            Err(())
+        }
+    }
+
+    #[inline(always)]
+    fn store<const N: usize>(&self, off: u32, bytes: &[u8; N]) -> Result<(), ()> {
+        // Flags 0: no skb->csum recompute. For CHECKSUM_COMPLETE the MAC
+        // header is outside the sum, and IP/L4 changes are balanced by the
+        // csum_replace helpers below (as Cilium does).
+        // SAFETY: reads N bytes from `bytes`.
+        let ret = unsafe {
+            bpf_skb_store_bytes(self.skb.skb.cast(), off, bytes.as_ptr().cast(), N as u32, 0)
+        };
+        if ret == 0 {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+
+    #[inline(always)]
+    fn l3_csum_replace(&self, off: u32, from: u32, to: u32, size: u32) -> Result<(), ()> {
+        // SAFETY: plain helper call on our skb.
+        let ret = unsafe {
+            bpf_l3_csum_replace(
+                self.skb.skb.cast(),
+                off,
+                from as u64,
+                to as u64,
+                size as u64,
+            )
+        };
+        if ret == 0 {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+
+    #[inline(always)]
+    fn l4_csum_replace(
+        &self,
+        off: u32,
+        from: u32,
+        to: u32,
+        size: u32,
+        pseudo: bool,
+        udp: bool,
+    ) -> Result<(), ()> {
+        let mut flags = size as u64;
+        if pseudo {
+            flags |= BPF_F_PSEUDO_HDR as u64;
+        }
+        if udp {
+            flags |= BPF_F_MARK_MANGLED_0 as u64;
+        }
+        // SAFETY: plain helper call on our skb. The helper knows about
+        // CHECKSUM_PARTIAL (only pseudo-header changes touch the field then).
+        let ret =
+            unsafe { bpf_l4_csum_replace(self.skb.skb.cast(), off, from as u64, to as u64, flags) };
+        if ret == 0 {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+
+    #[inline(always)]
+    fn output(&self, target: Target, last: bool) -> Result<Sent, DropReason> {
+        if !last {
+            // A copy goes out now; later actions keep working on the original.
+            let ifindex = match target {
+                Target::Peer(i) | Target::Egress(i) | Target::InPort(i) => i,
+            };
+            // SAFETY: plain helper call on our skb.
+            let ret = unsafe { bpf_clone_redirect(self.skb.skb.cast(), ifindex, 0) };
+            return if ret == 0 {
+                Ok(Sent::Copy)
+            } else {
+                Err(DropReason::RedirectFailed)
+            };
+        }
+        // SAFETY: plain helper calls.
+        let ret = unsafe {
+            match target {
+                Target::Peer(i) => bpf_redirect_peer(i, 0),
+                Target::Egress(i) | Target::InPort(i) => bpf_redirect(i, 0),
+            }
+        };
+        if ret == TC_ACT_REDIRECT as i64 {
+            Ok(Sent::Final(TC_ACT_REDIRECT as i32))
+        } else {
+            Err(DropReason::RedirectFailed)
+        }
+    }
+
+    #[inline(always)]
+    fn copy_to(&self, dst: *mut u8, len: u32) -> Result<(), ()> {
+        // SAFETY: the caller bounds `len` to the buffer behind `dst`.
+        let ret = unsafe { bpf_skb_load_bytes(self.skb.skb.cast(), 0, dst.cast(), len) };
+        if ret == 0 {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+
+    #[inline(always)]
+    fn step_out_of_line(&self, st: &mut ActState, entry: &FlowEntry, index: u32) -> i32 {
+        crate::programs::dl_action_tc(self.skb.skb, st, entry, index)
+    }
+}
+
+/// One's-complement incremental checksum update (RFC 1624, eqn. 3):
+/// `HC' = ~(~HC + ~m + m')` over the 16-bit words of a `size`-byte field.
+/// All values are in memory byte order, which one's-complement arithmetic
+/// does not care about.
+#[inline(always)]
+pub fn csum_replace(sum: u16, from: u32, to: u32, size: u32) -> u16 {
+    let nf = !from;
+    let mut acc: u32 = (!sum) as u32;
+    if size == 4 {
+        acc += (nf & 0xffff) + (nf >> 16) + (to & 0xffff) + (to >> 16);
+    } else {
+        acc += (nf & 0xffff) + (to & 0xffff);
+    }
+    acc = (acc & 0xffff) + (acc >> 16);
+    acc = (acc & 0xffff) + (acc >> 16);
+    !(acc as u16)
+}
+
+impl Packet for XdpContext {
+    const PASS: i32 = xdp_action::XDP_PASS as i32;
+    const DROP: i32 = xdp_action::XDP_DROP as i32;
+
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        // SAFETY: plain helper call on our frame.
+        unsafe { bpf_xdp_get_buff_len(self.ctx) as u32 }
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: the context pointer is valid for the whole program run.
+        unsafe { (*self.ctx).ingress_ifindex }
+    }
+
+    #[inline(always)]
+    fn offloaded_vlan(&self) -> Option<u16> {
+        // XDP sees the frame as received: tags are in the data.
+        None
+    }
+
+    #[inline(always)]
+    fn load<const N: usize>(&self, off: u32) -> Result<[u8; N], ()> {
+        let mut buf = MaybeUninit::<[u8; N]>::uninit();
+        // SAFETY: the helper writes exactly N bytes into `buf` or fails.
+        let ret = unsafe { bpf_xdp_load_bytes(self.ctx, off, buf.as_mut_ptr().cast(), N as u32) };
+        if ret == 0 {
+            // SAFETY: fully written by the helper.
+            Ok(unsafe { buf.assume_init() })
+        } else {
+            Err(())
+        }
+    }
+
+    #[inline(always)]
+    fn store<const N: usize>(&self, off: u32, bytes: &[u8; N]) -> Result<(), ()> {
+        // SAFETY: the helper reads N bytes from `bytes` (it takes a mutable
+        // pointer in its C signature but does not write through it).
+        let ret = unsafe {
+            bpf_xdp_store_bytes(self.ctx, off, bytes.as_ptr().cast_mut().cast(), N as u32)
+        };
+        if ret == 0 {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+
+    #[inline(always)]
+    fn l3_csum_replace(&self, off: u32, from: u32, to: u32, size: u32) -> Result<(), ()> {
+        let sum = u16::from_ne_bytes(self.load::<2>(off)?);
+        let new = csum_replace(sum, from, to, size);
+        self.store(off, &new.to_ne_bytes())
+    }
+
+    #[inline(always)]
+    fn l4_csum_replace(
+        &self,
+        off: u32,
+        from: u32,
+        to: u32,
+        size: u32,
+        _pseudo: bool,
+        udp: bool,
+    ) -> Result<(), ()> {
+        // A frame from a NIC carries a complete checksum, so pseudo-header
+        // and payload changes are folded in the same way.
+        let sum = u16::from_ne_bytes(self.load::<2>(off)?);
+        if udp && sum == 0 {
+            // UDP without checksum stays without checksum.
+            return Ok(());
+        }
+        let mut new = csum_replace(sum, from, to, size);
+        if udp && new == 0 {
+            new = 0xffff;
+        }
+        self.store(off, &new.to_ne_bytes())
+    }
+
+    /// XDP cannot clone: only the last output of a rule takes effect, earlier
+    /// ones are skipped. Output back to the ingress port is `XDP_TX`.
+    #[inline(always)]
+    fn output(&self, target: Target, last: bool) -> Result<Sent, DropReason> {
+        if !last {
+            return Ok(Sent::Skipped);
+        }
+        let ifindex = match target {
+            Target::InPort(_) => return Ok(Sent::Final(xdp_action::XDP_TX as i32)),
+            Target::Peer(i) | Target::Egress(i) => i,
+        };
+        // SAFETY: plain helper call.
+        let ret = unsafe { bpf_redirect(ifindex, 0) };
+        if ret == xdp_action::XDP_REDIRECT as i64 {
+            Ok(Sent::Final(xdp_action::XDP_REDIRECT as i32))
+        } else {
+            Err(DropReason::RedirectFailed)
+        }
+    }
+
+    #[inline(always)]
+    fn copy_to(&self, dst: *mut u8, len: u32) -> Result<(), ()> {
+        // SAFETY: the caller bounds `len` to the buffer behind `dst`.
+        let ret = unsafe { bpf_xdp_load_bytes(self.ctx, 0, dst.cast(), len) };
+        if ret == 0 {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+
+    #[inline(always)]
+    fn step_out_of_line(&self, st: &mut ActState, entry: &FlowEntry, index: u32) -> i32 {
+        crate::programs::dl_action_xdp(self.ctx, st, entry, index)
+    }
+}

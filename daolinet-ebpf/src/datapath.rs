@@ -1,0 +1,78 @@
+//! The per-packet pipeline shared by the TC and XDP programs.
+//!
+//! 1. ingress port lookup ([`DL_PORTS`] by ifindex; unknown interfaces pass
+//!    untouched and are counted as [`DropReason::UnknownIngress`]);
+//! 2. parse ([`crate::parse`]); 3. anti-spoofing; 4. classify
+//!    ([`crate::classify`]); 5. miss policy or 6. actions
+//!    ([`crate::actions`]). Every drop is counted by reason and on the
+//!    ingress port.
+
+use daolinet_common::{
+    DropReason, MissPolicy, PortInfo, PuntReason, NO_RULE, PORT_FLAG_ANTI_SPOOF,
+};
+
+use crate::{
+    actions::{apply, ActState},
+    classify::classify,
+    context::Packet,
+    counters,
+    maps::DL_PORTS,
+    parse::{parse, Parsed, L3},
+    punt::punt,
+};
+
+/// Run the datapath on one packet; returns the program verdict.
+#[inline(always)]
+pub fn run<P: Packet>(ctx: &P) -> i32 {
+    let ifindex = ctx.ifindex();
+    // SAFETY: map value, valid for this run.
+    let Some(port) = (unsafe { DL_PORTS.get(ifindex) }) else {
+        // Not ours: do not break interfaces we do not manage.
+        counters::count_reason(DropReason::UnknownIngress);
+        return P::PASS;
+    };
+    let len = ctx.len();
+    counters::count_rx(port.slot, len);
+    match process(ctx, port, len) {
+        Ok(verdict) => verdict,
+        Err(reason) => {
+            counters::count_drop(reason, port.slot);
+            P::DROP
+        }
+    }
+}
+
+#[inline(always)]
+fn process<P: Packet>(ctx: &P, port: &PortInfo, len: u32) -> Result<i32, DropReason> {
+    let pkt = parse(ctx, port.ofport)?;
+    if port.flags & PORT_FLAG_ANTI_SPOOF != 0 && spoofed(port, &pkt) {
+        return Err(DropReason::Spoofed);
+    }
+    let Some(entry) = classify(&pkt.key) else {
+        return match MissPolicy::from_u32(port.miss) {
+            MissPolicy::Punt => {
+                punt(ctx, port, PuntReason::Miss, NO_RULE)?;
+                // The agent re-injects it (PACKET_OUT) once the controller decided.
+                Ok(P::DROP)
+            }
+            MissPolicy::Local => Ok(P::PASS),
+            MissPolicy::Drop => Err(DropReason::MissDrop),
+        };
+    };
+    counters::count_rule(entry.rule_id, len);
+    let mut st = ActState { pkt, port: *port };
+    apply(ctx, &mut st, entry)
+}
+
+/// True when the packet's source is not the one registered for `port`:
+/// Ethernet source always, IPv4 source for IPv4, sender address for ARP.
+#[inline(always)]
+fn spoofed(port: &PortInfo, pkt: &Parsed) -> bool {
+    if pkt.key.eth_src != port.allowed_mac {
+        return true;
+    }
+    match pkt.l3 {
+        L3::Ipv4 | L3::Arp => pkt.key.ipv4_src != port.allowed_ipv4,
+        L3::Other => false,
+    }
+}

@@ -1,0 +1,94 @@
+//! The BPF maps of the datapath.
+//!
+//! Every map is declared *pinned by name*: when the agent loads the object
+//! with aya's `EbpfLoader::map_pin_path(dir)`, each map is pinned as
+//! `dir/<NAME>` (or the existing pin is reused), so forwarding state survives
+//! an agent restart. The static names below must equal the strings in
+//! [`daolinet_common::maps`]; a compile-time check enforces it.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+};
+use daolinet_common::{
+    maps as names, DatapathConfig, DropReason, FlowEntry, FlowMapKey, PortInfo, PortStats,
+    RuleMeta, RuleStats, Subtable, MAX_PORTS, MAX_RULES, MAX_SUBTABLES, PUNT_RING_BYTES,
+};
+
+/// `BPF_F_NO_PREALLOC`: allocate hash map entries on demand.
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// The rules: [`FlowMapKey`] -> [`FlowEntry`] (preallocated: looked up per packet).
+#[map]
+pub static DL_FLOWS: HashMap<FlowMapKey, FlowEntry> = HashMap::pinned(MAX_RULES, 0);
+
+/// The subtables (match masks), sorted by descending `max_priority`.
+#[map]
+pub static DL_SUBTABLES: Array<Subtable> = Array::pinned(MAX_SUBTABLES as u32, 0);
+
+/// Global configuration at index 0.
+#[map]
+pub static DL_CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
+
+/// Ports by kernel ifindex (ingress lookup).
+#[map]
+pub static DL_PORTS: HashMap<u32, PortInfo> = HashMap::pinned(MAX_PORTS, 0);
+
+/// Ports by OpenFlow port number (output lookup).
+#[map]
+pub static DL_OFPORTS: HashMap<u32, PortInfo> = HashMap::pinned(MAX_PORTS, 0);
+
+/// Per-CPU rule counters, indexed by rule id.
+#[map]
+pub static DL_RULE_STATS: PerCpuArray<RuleStats> = PerCpuArray::pinned(MAX_RULES, 0);
+
+/// Per-CPU port counters, indexed by [`PortInfo::slot`].
+#[map]
+pub static DL_PORT_STATS: PerCpuArray<PortStats> = PerCpuArray::pinned(MAX_PORTS, 0);
+
+/// Per-CPU drop counters, indexed by [`DropReason`].
+#[map]
+pub static DL_DROPS: PerCpuArray<u64> = PerCpuArray::pinned(DropReason::COUNT, 0);
+
+/// Punted packets ([`daolinet_common::PuntRecord`]s) for the agent.
+#[map]
+pub static DL_PUNTS: RingBuf = RingBuf::pinned(PUNT_RING_BYTES, 0);
+
+/// Rule metadata, used by userspace only (present here so that it is created
+/// and pinned together with the other maps). Not preallocated: the datapath
+/// never touches it.
+#[map]
+pub static DL_RULE_META: HashMap<u32, RuleMeta> = HashMap::pinned(MAX_RULES, BPF_F_NO_PREALLOC);
+
+/// `a == b` in a const context.
+const fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+// The map statics above are exported under their Rust names; these must be
+// the names userspace looks up.
+const _: () = {
+    assert!(same(names::FLOWS, "DL_FLOWS"));
+    assert!(same(names::SUBTABLES, "DL_SUBTABLES"));
+    assert!(same(names::CONFIG, "DL_CONFIG"));
+    assert!(same(names::PORTS, "DL_PORTS"));
+    assert!(same(names::OFPORTS, "DL_OFPORTS"));
+    assert!(same(names::RULE_STATS, "DL_RULE_STATS"));
+    assert!(same(names::PORT_STATS, "DL_PORT_STATS"));
+    assert!(same(names::DROPS, "DL_DROPS"));
+    assert!(same(names::PUNTS, "DL_PUNTS"));
+    assert!(same(names::RULE_META, "DL_RULE_META"));
+    assert!(same(names::PROG_TC, "daolinet_tc"));
+    assert!(same(names::PROG_XDP, "daolinet_xdp"));
+};
