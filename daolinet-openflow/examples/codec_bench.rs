@@ -1,0 +1,2 @@
+//! Placeholder for the codec benchmark.
+fn main() {}
