@@ -1,1 +1,4 @@
-//! Privileged end-to-end tests (helpers).
+//! Helpers for DaoliNet's privileged tests: BPF program test runs, network
+//! namespaces with cleanup guards, and a running agent.
+
+pub mod bpf;

@@ -1,0 +1,446 @@
+//! Loading the datapath object and running its programs with BPF_PROG_TEST_RUN.
+//!
+//! - [`ensure_bpffs`] mounts bpffs on `/sys/fs/bpf` when it is not mounted.
+//! - [`Datapath`] loads `daolinet.bpf.o` (from `$DAOLINET_BPF_OBJECT` or
+//!   `<workspace>/target/bpf/daolinet.bpf.o`) with its maps pinned in a
+//!   unique directory under `/sys/fs/bpf`, removed again on drop, and offers
+//!   typed access to the maps.
+//! - [`prog_test_run`] is the raw `bpf(BPF_PROG_TEST_RUN)` syscall (aya 0.14
+//!   does not expose it); [`Datapath::run_tc`] and [`Datapath::run_xdp`]
+//!   wrap it with the right context (`__sk_buff` / `xdp_md`).
+//!
+//! Context notes (net/bpf/test_run.c, kernel 6.x):
+//! - skb: `skb->dev` is the device of `__sk_buff.ifindex` when that is > 1,
+//!   else the namespace's loopback; either way the program reads the
+//!   ifindex of that device (1 = `lo`). Only a few ctx fields may be set
+//!   (ifindex, mark, priority, cb, tstamp, wire_len, gso_*, hwtstamp).
+//! - xdp: `xdp_md.ingress_ifindex` must name a real device (its rx queue 0
+//!   is used; `lo` works), `data_end` must equal the packet length, and the
+//!   packet must be at least 14 bytes.
+//! - Redirect helpers only record the target; the verdict (TC_ACT_REDIRECT,
+//!   XDP_REDIRECT) is returned and nothing is sent. `bpf_clone_redirect`
+//!   does transmit a copy, so tests should not clone to real devices.
+
+use std::{
+    ffi::CString,
+    io::Write as _,
+    os::fd::{AsFd, AsRawFd, RawFd},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{bail, Context, Result};
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{SchedClassifier, Xdp},
+    Ebpf, EbpfLoader,
+};
+use daolinet_common::{
+    maps as names, DatapathConfig, DropReason, FlowEntry, FlowKey, FlowMapKey, PortInfo, PortStats,
+    PuntHeader, RuleStats, Subtable, MAX_SUBTABLES,
+};
+
+/// `f_type` of a bpffs mount (statfs).
+pub const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+/// Where bpffs is (or gets) mounted.
+pub const BPFFS: &str = "/sys/fs/bpf";
+/// Environment variable overriding the BPF object path.
+pub const OBJECT_ENV: &str = "DAOLINET_BPF_OBJECT";
+
+/// `TC_ACT_OK`: pass to the stack.
+pub const TC_ACT_OK: u32 = 0;
+/// `TC_ACT_SHOT`: drop.
+pub const TC_ACT_SHOT: u32 = 2;
+/// `TC_ACT_REDIRECT`: redirected (bpf_redirect / bpf_redirect_peer).
+pub const TC_ACT_REDIRECT: u32 = 7;
+/// `XDP_DROP`.
+pub const XDP_DROP: u32 = 1;
+/// `XDP_PASS`.
+pub const XDP_PASS: u32 = 2;
+/// `XDP_TX`.
+pub const XDP_TX: u32 = 3;
+/// `XDP_REDIRECT`.
+pub const XDP_REDIRECT: u32 = 4;
+
+/// Size of the kernel's `struct __sk_buff`.
+pub const SK_BUFF_CTX_SIZE: usize = 192;
+/// Offset of `ifindex` in `struct __sk_buff`.
+const SK_BUFF_IFINDEX_OFF: usize = 40;
+/// Size of the kernel's `struct xdp_md`.
+pub const XDP_MD_SIZE: usize = 24;
+
+/// True when running as root (the BPF tests need it).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Returns true (after printing a loud SKIP line) when `test` cannot run
+/// because we are not root. As root it returns false: a missing object is a
+/// failure, reported by [`Datapath::load`].
+pub fn skip_unless_root(test: &str) -> bool {
+    if is_root() {
+        return false;
+    }
+    // Straight to the stderr handle: libtest captures `eprintln!` of passing
+    // tests, and a skip must not be silent.
+    let line =
+        format!("*** SKIP {test}: BPF_PROG_TEST_RUN needs root; run the test suite as root ***\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    true
+}
+
+/// Make sure bpffs is mounted at [`BPFFS`], mounting it if needed.
+pub fn ensure_bpffs() -> Result<()> {
+    if is_bpffs(Path::new(BPFFS))? {
+        return Ok(());
+    }
+    std::fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
+    let c = |s: &str| CString::new(s).context("path with NUL");
+    let (src, target, fstype) = (c("bpf")?, c(BPFFS)?, c("bpf")?);
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        // A concurrent test may have mounted it in the meantime.
+        if is_bpffs(Path::new(BPFFS))? {
+            return Ok(());
+        }
+        return Err(err).with_context(|| format!("mounting bpffs on {BPFFS}"));
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> Result<bool> {
+    let cpath = CString::new(path.as_os_str().as_encoded_bytes()).context("path with NUL")?;
+    // SAFETY: statfs is plain old data; zeroed is a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and out pointer.
+    let rc = unsafe { libc::statfs(cpath.as_ptr(), &mut st) };
+    if rc != 0 {
+        return Ok(false);
+    }
+    Ok(st.f_type as i64 == BPF_FS_MAGIC)
+}
+
+/// The workspace root (parent of this crate's directory).
+pub fn workspace_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent().unwrap_or(here).to_path_buf()
+}
+
+/// Path of the BPF object: `$DAOLINET_BPF_OBJECT` or
+/// `<workspace>/target/bpf/daolinet.bpf.o`.
+pub fn object_path() -> PathBuf {
+    match std::env::var_os(OBJECT_ENV) {
+        Some(p) => PathBuf::from(p),
+        None => workspace_root().join("target/bpf/daolinet.bpf.o"),
+    }
+}
+
+/// Run `prog_fd` once on `packet` with BPF_PROG_TEST_RUN; `ctx_in` is the
+/// program context (`__sk_buff` or `xdp_md` bytes). Returns the program's
+/// return value and the packet as the program left it.
+pub fn prog_test_run(
+    prog_fd: RawFd,
+    packet: &[u8],
+    ctx_in: Option<&[u8]>,
+) -> Result<(u32, Vec<u8>)> {
+    /// The `test` member of `union bpf_attr`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct TestAttr {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+        ctx_size_in: u32,
+        ctx_size_out: u32,
+        ctx_in: u64,
+        ctx_out: u64,
+        flags: u32,
+        cpu: u32,
+        batch_size: u32,
+        _pad: u32,
+    }
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+
+    let mut out = vec![0u8; packet.len() + 512];
+    let mut attr = TestAttr {
+        prog_fd: u32::try_from(prog_fd).context("negative fd")?,
+        data_size_in: u32::try_from(packet.len()).context("packet too large")?,
+        data_size_out: u32::try_from(out.len()).context("packet too large")?,
+        data_in: packet.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat: 1,
+        ..Default::default()
+    };
+    if let Some(ctx) = ctx_in {
+        attr.ctx_size_in = u32::try_from(ctx.len()).context("ctx too large")?;
+        attr.ctx_in = ctx.as_ptr() as u64;
+    }
+    // SAFETY: attr is a valid bpf_attr prefix of the size we pass; the
+    // pointers in it stay valid for the duration of the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestAttr,
+            size_of::<TestAttr>() as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("bpf(BPF_PROG_TEST_RUN)");
+    }
+    out.truncate(attr.data_size_out as usize);
+    Ok((attr.retval, out))
+}
+
+/// A `__sk_buff` test context with `ifindex` set.
+pub fn skb_ctx(ifindex: u32) -> Vec<u8> {
+    let mut ctx = vec![0u8; SK_BUFF_CTX_SIZE];
+    ctx[SK_BUFF_IFINDEX_OFF..SK_BUFF_IFINDEX_OFF + 4].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
+}
+
+/// An `xdp_md` test context for a packet of `len` bytes on `ingress_ifindex`.
+pub fn xdp_ctx(len: usize, ingress_ifindex: u32) -> Vec<u8> {
+    let mut ctx = vec![0u8; XDP_MD_SIZE];
+    ctx[4..8].copy_from_slice(&(len as u32).to_ne_bytes()); // data_end
+    ctx[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+    ctx
+}
+
+/// One record read from the punt ring buffer.
+#[derive(Clone, Debug)]
+pub struct Punt {
+    /// Its metadata.
+    pub header: PuntHeader,
+    /// The captured packet bytes (`header.cap_len` of them).
+    pub data: Vec<u8>,
+}
+
+/// The datapath object loaded for a test, with its maps pinned in a private
+/// bpffs directory that is removed on drop.
+pub struct Datapath {
+    ebpf: Option<Ebpf>,
+    pin_dir: PathBuf,
+}
+
+static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+
+impl Datapath {
+    /// Load the object and both programs (through the verifier). Fails with
+    /// "run `cargo xtask build-ebpf --release`" when the object is missing.
+    pub fn load() -> Result<Self> {
+        let object = object_path();
+        if !object.exists() {
+            bail!(
+                "BPF object {} is missing: run `cargo xtask build-ebpf --release`",
+                object.display()
+            );
+        }
+        ensure_bpffs()?;
+        let pin_dir = PathBuf::from(BPFFS).join(format!(
+            "daolinet-test-{}-{}",
+            std::process::id(),
+            NEXT_ID.fetch_add(1, Ordering::Relaxed)
+        ));
+        if pin_dir.exists() {
+            std::fs::remove_dir_all(&pin_dir)
+                .with_context(|| format!("removing stale {}", pin_dir.display()))?;
+        }
+        std::fs::create_dir_all(&pin_dir)
+            .with_context(|| format!("creating {}", pin_dir.display()))?;
+        // From here on, Drop cleans the directory up.
+        let mut dp = Datapath {
+            ebpf: None,
+            pin_dir,
+        };
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&dp.pin_dir)
+            .load_file(&object)
+            .with_context(|| format!("loading {}", object.display()))?;
+        {
+            let tc: &mut SchedClassifier = ebpf
+                .program_mut(names::PROG_TC)
+                .context("no TC program in the object")?
+                .try_into()?;
+            tc.load().context("verifier rejected the TC program")?;
+        }
+        {
+            let xdp: &mut Xdp = ebpf
+                .program_mut(names::PROG_XDP)
+                .context("no XDP program in the object")?
+                .try_into()?;
+            xdp.load().context("verifier rejected the XDP program")?;
+        }
+        dp.ebpf = Some(ebpf);
+        Ok(dp)
+    }
+
+    /// The bpffs directory the maps are pinned in.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// The loaded object.
+    pub fn ebpf(&mut self) -> Result<&mut Ebpf> {
+        self.ebpf.as_mut().context("datapath not loaded")
+    }
+
+    fn map(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf()?
+            .map_mut(name)
+            .with_context(|| format!("map {name} missing from the object"))
+    }
+
+    fn prog_fd(&mut self, name: &str) -> Result<RawFd> {
+        let prog = self
+            .ebpf()?
+            .program(name)
+            .with_context(|| format!("program {name} missing"))?;
+        Ok(prog.fd()?.as_fd().as_raw_fd())
+    }
+
+    /// Run the TC program on `packet` arriving on `ifindex` (1 = `lo`, or a
+    /// real device of this namespace). Returns (verdict, packet after).
+    pub fn run_tc(&mut self, packet: &[u8], ifindex: u32) -> Result<(u32, Vec<u8>)> {
+        let fd = self.prog_fd(names::PROG_TC)?;
+        prog_test_run(fd, packet, Some(&skb_ctx(ifindex)))
+    }
+
+    /// Run the XDP program on `packet` arriving on `ifindex` (a real device
+    /// of this namespace; `lo` = 1 works). Returns (verdict, packet after).
+    pub fn run_xdp(&mut self, packet: &[u8], ifindex: u32) -> Result<(u32, Vec<u8>)> {
+        let fd = self.prog_fd(names::PROG_XDP)?;
+        prog_test_run(fd, packet, Some(&xdp_ctx(packet.len(), ifindex)))
+    }
+
+    /// Register a port in DL_PORTS (by ifindex) and DL_OFPORTS (by ofport).
+    pub fn add_port(&mut self, port: PortInfo) -> Result<()> {
+        let mut m: HashMap<&mut MapData, u32, PortInfo> =
+            HashMap::try_from(self.map(names::PORTS)?)?;
+        m.insert(port.ifindex, port, 0)?;
+        let mut m: HashMap<&mut MapData, u32, PortInfo> =
+            HashMap::try_from(self.map(names::OFPORTS)?)?;
+        m.insert(port.ofport, port, 0)?;
+        Ok(())
+    }
+
+    /// Replace the subtable list (must be sorted by descending max priority)
+    /// and set `DatapathConfig::n_subtables`.
+    pub fn set_subtables(&mut self, subs: &[Subtable]) -> Result<()> {
+        if subs.len() > MAX_SUBTABLES {
+            bail!("{} subtables > MAX_SUBTABLES", subs.len());
+        }
+        let mut a: Array<&mut MapData, Subtable> = Array::try_from(self.map(names::SUBTABLES)?)?;
+        for (i, s) in subs.iter().enumerate() {
+            a.set(i as u32, *s, 0)?;
+        }
+        let mut c: Array<&mut MapData, DatapathConfig> = Array::try_from(self.map(names::CONFIG)?)?;
+        c.set(
+            0,
+            DatapathConfig {
+                n_subtables: subs.len() as u32,
+                flags: 0,
+            },
+            0,
+        )?;
+        Ok(())
+    }
+
+    /// Install a rule matching `key` under subtable `sub` (the key is masked
+    /// with the subtable's mask here).
+    pub fn insert_flow(&mut self, sub: &Subtable, key: &FlowKey, entry: FlowEntry) -> Result<()> {
+        let mut m: HashMap<&mut MapData, FlowMapKey, FlowEntry> =
+            HashMap::try_from(self.map(names::FLOWS)?)?;
+        let mk = FlowMapKey {
+            subtable: sub.id,
+            key: key.masked(&sub.mask),
+        };
+        m.insert(mk, entry, 0)?;
+        Ok(())
+    }
+
+    /// Drop counters summed over CPUs, indexed by [`DropReason`].
+    pub fn drops(&mut self) -> Result<Vec<u64>> {
+        let m: PerCpuArray<&mut MapData, u64> = PerCpuArray::try_from(self.map(names::DROPS)?)?;
+        let mut out = Vec::new();
+        for r in DropReason::ALL {
+            out.push(m.get(&(r as u32), 0)?.iter().sum());
+        }
+        Ok(out)
+    }
+
+    /// One drop counter summed over CPUs.
+    pub fn drop_count(&mut self, reason: DropReason) -> Result<u64> {
+        Ok(self.drops()?[reason as usize])
+    }
+
+    /// Statistics of `rule_id`, merged over CPUs.
+    pub fn rule_stats(&mut self, rule_id: u32) -> Result<RuleStats> {
+        let m: PerCpuArray<&mut MapData, RuleStats> =
+            PerCpuArray::try_from(self.map(names::RULE_STATS)?)?;
+        let mut total = RuleStats::default();
+        for v in m.get(&rule_id, 0)?.iter() {
+            total.merge(v);
+        }
+        Ok(total)
+    }
+
+    /// Statistics of port `slot`, merged over CPUs.
+    pub fn port_stats(&mut self, slot: u32) -> Result<PortStats> {
+        let m: PerCpuArray<&mut MapData, PortStats> =
+            PerCpuArray::try_from(self.map(names::PORT_STATS)?)?;
+        let mut total = PortStats::default();
+        for v in m.get(&slot, 0)?.iter() {
+            total.merge(v);
+        }
+        Ok(total)
+    }
+
+    /// Drain the punt ring buffer.
+    pub fn punts(&mut self) -> Result<Vec<Punt>> {
+        let mut ring = RingBuf::try_from(self.map(names::PUNTS)?)?;
+        let mut out = Vec::new();
+        let hlen = size_of::<PuntHeader>();
+        while let Some(item) = ring.next() {
+            if item.len() < hlen {
+                bail!("short punt record: {} bytes", item.len());
+            }
+            let header: PuntHeader = bytemuck::pod_read_unaligned(&item[..hlen]);
+            let cap = header.cap_len as usize;
+            if item.len() < hlen + cap {
+                bail!("punt record of {} bytes, cap_len {cap}", item.len());
+            }
+            out.push(Punt {
+                header,
+                data: item[hlen..hlen + cap].to_vec(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        // Close programs and maps first, then unpin.
+        drop(self.ebpf.take());
+        if let Err(e) = std::fs::remove_dir_all(&self.pin_dir) {
+            eprintln!("warning: removing {}: {e}", self.pin_dir.display());
+        }
+    }
+}
