@@ -1112,3 +1112,105 @@ fn xdp_only_the_last_output_counts() {
     );
     assert_eq!(dp.port_stats(UPLINK_SLOT).unwrap().tx_packets, 1);
 }
+
+// ---------------------------------------------------------------------------
+// Several outputs (TC clones all but the last)
+
+/// Runs the calling thread in a fresh network namespace until dropped.
+struct ThreadNetns {
+    orig: std::fs::File,
+}
+
+impl ThreadNetns {
+    fn enter() -> ThreadNetns {
+        let orig = std::fs::File::open("/proc/thread-self/ns/net").expect("opening own netns");
+        // SAFETY: affects only this thread.
+        assert_eq!(
+            unsafe { libc::unshare(libc::CLONE_NEWNET) },
+            0,
+            "unshare(CLONE_NEWNET)"
+        );
+        ThreadNetns { orig }
+    }
+}
+
+impl Drop for ThreadNetns {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid netns fd; back to where the thread started.
+        unsafe { libc::setns(self.orig.as_raw_fd(), libc::CLONE_NEWNET) };
+    }
+}
+
+fn ip(args: &[&str]) {
+    let st = std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .expect("running ip (iproute2)");
+    assert!(st.success(), "ip {args:?} failed");
+}
+
+#[test]
+fn tc_outputs_before_the_last_are_cloned() {
+    if skip_unless_root("tc_outputs_before_the_last_are_cloned") {
+        return;
+    }
+    // bpf_clone_redirect really transmits the copy: give it a veth pair in
+    // a private namespace (children of this thread inherit it).
+    let _ns = ThreadNetns::enter();
+    ip(&["link", "add", "dlclone0", "type", "veth", "peer", "name", "dlclone1"]);
+    ip(&["link", "set", "dlclone1", "up"]);
+    ip(&["link", "set", "dlclone0", "up"]);
+    let name = std::ffi::CString::new("dlclone0").unwrap();
+    // SAFETY: valid C string.
+    let dummy = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert!(dummy > 1);
+
+    let mut dp = Datapath::load().expect("loading the datapath");
+    dp.add_port(port(
+        IN_OFPORT,
+        IN_IFINDEX,
+        PortKind::Container,
+        MissPolicy::Punt,
+        IN_SLOT,
+    ))
+    .unwrap();
+    dp.add_port(port(
+        PEER_OFPORT,
+        dummy,
+        PortKind::Container,
+        MissPolicy::Punt,
+        PEER_SLOT,
+    ))
+    .unwrap();
+    dp.add_port(port(
+        UPLINK_OFPORT,
+        4242,
+        PortKind::Uplink,
+        MissPolicy::Local,
+        UPLINK_SLOT,
+    ))
+    .unwrap();
+    install_pair_rule(
+        &mut dp,
+        12,
+        &[
+            Action::output(PEER_OFPORT),
+            Action::set_eth_dst(MAC_H2),
+            Action::output(UPLINK_OFPORT),
+        ],
+    );
+    let input = tcp_frame(FROM_A, IP_A, IP_B, 1, 2, 64);
+    let (verdict, out) = dp.run_tc(&input, IN_IFINDEX).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(out[..6], MAC_H2, "later actions apply after the clone");
+    assert_eq!(dp.port_stats(PEER_SLOT).unwrap().tx_packets, 1, "cloned");
+    assert_eq!(dp.port_stats(UPLINK_SLOT).unwrap().tx_packets, 1);
+    assert_eq!(dp.drop_count(DropReason::RedirectFailed).unwrap(), 0);
+
+    // A clone to a device that is down fails: RedirectFailed.
+    ip(&["link", "set", "dlclone0", "down"]);
+    let (verdict, _) = dp.run_tc(&input, IN_IFINDEX).unwrap();
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(dp.drop_count(DropReason::RedirectFailed).unwrap(), 1);
+}
