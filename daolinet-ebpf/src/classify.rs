@@ -16,10 +16,7 @@ use crate::maps::{DL_CONFIG, DL_FLOWS, DL_SUBTABLES};
 /// [`DL_FLOWS`] map value (a [`FlowEntry`] is too big to copy to the stack).
 #[inline(always)]
 pub fn classify(key: &FlowKey) -> Option<&'static FlowEntry> {
-    let n = match DL_CONFIG.get(0) {
-        Some(cfg) => cfg.n_subtables,
-        None => return None,
-    };
+    let n = DL_CONFIG.get(0)?.n_subtables;
     let mut best: Option<&'static FlowEntry> = None;
     let mut best_prio = 0u32;
     let mut i = 0u32;
@@ -36,7 +33,7 @@ pub fn classify(key: &FlowKey) -> Option<&'static FlowEntry> {
         };
         // SAFETY: the entry lives in the map; it stays valid (RCU) for the
         // rest of this program run even if userspace replaces it.
-        if let Some(e) = unsafe { DL_FLOWS.get(&mk) } {
+        if let Some(e) = unsafe { DL_FLOWS.get(mk) } {
             if best.is_none() || e.priority > best_prio {
                 best_prio = e.priority;
                 best = Some(e);

@@ -106,8 +106,8 @@ pub trait Packet {
 }
 
 impl Packet for TcContext {
-    const PASS: i32 = TC_ACT_OK as i32;
-    const DROP: i32 = TC_ACT_SHOT as i32;
+    const PASS: i32 = TC_ACT_OK;
+    const DROP: i32 = TC_ACT_SHOT;
 
     #[inline(always)]
     fn len(&self) -> u32 {
@@ -234,7 +234,7 @@ impl Packet for TcContext {
             }
         };
         if ret == TC_ACT_REDIRECT as i64 {
-            Ok(Sent::Final(TC_ACT_REDIRECT as i32))
+            Ok(Sent::Final(TC_ACT_REDIRECT))
         } else {
             Err(DropReason::RedirectFailed)
         }
