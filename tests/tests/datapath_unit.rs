@@ -1158,7 +1158,9 @@ fn tc_outputs_before_the_last_are_cloned() {
     // bpf_clone_redirect really transmits the copy: give it a veth pair in
     // a private namespace (children of this thread inherit it).
     let _ns = ThreadNetns::enter();
-    ip(&["link", "add", "dlclone0", "type", "veth", "peer", "name", "dlclone1"]);
+    ip(&[
+        "link", "add", "dlclone0", "type", "veth", "peer", "name", "dlclone1",
+    ]);
     ip(&["link", "set", "dlclone1", "up"]);
     ip(&["link", "set", "dlclone0", "up"]);
     let name = std::ffi::CString::new("dlclone0").unwrap();
@@ -1213,4 +1215,27 @@ fn tc_outputs_before_the_last_are_cloned() {
     let (verdict, _) = dp.run_tc(&input, IN_IFINDEX).unwrap();
     assert_eq!(verdict, TC_ACT_SHOT);
     assert_eq!(dp.drop_count(DropReason::RedirectFailed).unwrap(), 1);
+}
+
+#[test]
+fn every_map_is_pinned_under_its_common_name() {
+    if skip_unless_root("every_map_is_pinned_under_its_common_name") {
+        return;
+    }
+    use daolinet_common::maps as names;
+    let dp = Datapath::load().expect("loading the datapath");
+    for name in [
+        names::FLOWS,
+        names::SUBTABLES,
+        names::CONFIG,
+        names::PORTS,
+        names::OFPORTS,
+        names::RULE_STATS,
+        names::PORT_STATS,
+        names::DROPS,
+        names::PUNTS,
+        names::RULE_META,
+    ] {
+        assert!(dp.pin_dir().join(name).exists(), "{name} is not pinned");
+    }
 }
