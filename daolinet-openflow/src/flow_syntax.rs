@@ -505,6 +505,15 @@ fn parse_match_tokens<'a>(
             m.fields.push(parse_raw_oxm(t)?);
             continue;
         }
+        if let Some(v) = t.strip_prefix("dl_vlan=") {
+            // OVS's dl_vlan is the VLAN id without OFPVID_PRESENT.
+            let vid: u16 = parse_uint(v)?;
+            if vid > 0xfff {
+                return err(format!("dl_vlan {vid} out of range"));
+            }
+            m.fields.push(OxmField::VlanVid(vid | OFPVID_PRESENT, None));
+            continue;
+        }
         match t.split_once('=') {
             Some((name, value)) => match field_number(name, last_proto) {
                 Some(num) => {
@@ -890,7 +899,11 @@ impl FromStr for FlowMod {
                 "cookie" => match v.split_once('/') {
                     Some((c, m)) => {
                         fm.cookie = parse_u64(c)?;
-                        fm.cookie_mask = parse_u64(m)?;
+                        fm.cookie_mask = if m.trim() == "-1" {
+                            u64::MAX
+                        } else {
+                            parse_u64(m)?
+                        };
                     }
                     None => fm.cookie = parse_u64(v)?,
                 },
