@@ -1,2 +1,108 @@
-//! Placeholder for the codec benchmark.
-fn main() {}
+//! Codec throughput on one core: decode and encode rates of a typical
+//! DaoliNet FLOW_MOD (the cross-host rewrite flow) and PACKET_IN (a 128-byte
+//! punted frame), next to a floor reference (copying the message bytes into
+//! a fresh `Vec`, the least any owned decoder must do).
+//!
+//! Run: `cargo run --release -p daolinet-openflow --example codec_bench`
+//! (or `cargo xtask bench openflow`, which records the table in BENCHMARKS.md).
+//! Prints a Markdown table on stdout.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use daolinet_openflow::*;
+
+fn flow_mod() -> Message {
+    let fm: FlowMod = "cookie=0xd0,priority=100,idle_timeout=10,send_flow_rem,in_port=1,ip,\
+                       dl_src=02:00:00:00:00:01,dl_dst=02:00:00:00:00:02,\
+                       nw_src=192.168.1.10,nw_dst=192.168.2.20 \
+                       actions=set_field:10.0.0.10->ip_src,set_field:10.0.0.20->ip_dst,\
+                       set_field:0a:00:00:00:00:01->eth_src,set_field:0a:00:00:00:00:02->eth_dst,\
+                       dec_ttl,output:2"
+        .parse()
+        .unwrap_or_default();
+    Message::FlowMod(fm)
+}
+
+fn packet_in() -> Message {
+    let frame: Vec<u8> = (0..128u8).collect();
+    Message::PacketIn(PacketIn::new(3, OFPR_NO_MATCH, frame))
+}
+
+/// Run `f` in batches for about `dur`; return operations per second.
+fn rate(dur: Duration, mut f: impl FnMut()) -> f64 {
+    const BATCH: u64 = 10_000;
+    // Warm up.
+    for _ in 0..BATCH {
+        f();
+    }
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < dur {
+        for _ in 0..BATCH {
+            f();
+        }
+        n += BATCH;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn mps(r: f64) -> String {
+    format!("{:.2} M/s", r / 1e6)
+}
+
+fn main() {
+    let secs: f64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    let dur = Duration::from_secs_f64(secs);
+    println!("| message | bytes | decode | encode | reference: copy to Vec | decode / copy |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let mut fm_decode = 0.0;
+    for (name, msg) in [("FLOW_MOD", flow_mod()), ("PACKET_IN", packet_in())] {
+        let Ok(bytes) = msg.to_bytes(1) else {
+            eprintln!("cannot encode {name}");
+            std::process::exit(1);
+        };
+        match decode(&bytes) {
+            Ok(Some((f, _))) if f.message == msg => {}
+            other => {
+                eprintln!("{name} does not round-trip: {other:?}");
+                std::process::exit(1);
+            }
+        }
+        let dec = rate(dur, || {
+            let r = decode(black_box(&bytes));
+            black_box(&r);
+        });
+        let mut buf = BytesMut::with_capacity(4096);
+        let enc = rate(dur, || {
+            buf.clear();
+            let r = encode(black_box(&msg), 1, &mut buf);
+            black_box((&r, &buf));
+        });
+        let copy = rate(dur, || {
+            let v = black_box(&bytes[..]).to_vec();
+            black_box(&v);
+        });
+        if name == "FLOW_MOD" {
+            fm_decode = dec;
+        }
+        println!(
+            "| {name} | {} | {} | {} | {} | {:.1}x slower |",
+            bytes.len(),
+            mps(dec),
+            mps(enc),
+            mps(copy),
+            copy / dec
+        );
+    }
+    println!();
+    println!(
+        "Target: >= 5 M FLOW_MOD decodes/s on one core: {} ({}).",
+        if fm_decode >= 5e6 { "met" } else { "NOT met" },
+        mps(fm_decode)
+    );
+}

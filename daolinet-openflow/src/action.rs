@@ -204,6 +204,7 @@ impl Action {
     }
 
     /// Decode one action.
+    #[inline]
     pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, Fail> {
         let bad_len = Fail::new(ErrorCode::BAD_ACTION_LEN, "action length invalid");
         let ty = r.u16().map_err(|_| bad_len)?;
@@ -288,6 +289,7 @@ impl Action {
 }
 
 /// Decode a list of actions filling `buf` exactly.
+#[inline]
 pub(crate) fn decode_actions(buf: &[u8]) -> Result<Vec<Action>, Fail> {
     let mut r = Reader::new(
         buf,

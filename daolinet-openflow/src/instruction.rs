@@ -124,6 +124,7 @@ impl Instruction {
     }
 
     /// Decode one instruction.
+    #[inline]
     pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, Fail> {
         let bad_len = Fail::new(ErrorCode::BAD_INSTRUCTION_LEN, "instruction length invalid");
         let ty = r.u16().map_err(|_| bad_len)?;
@@ -179,6 +180,7 @@ impl Instruction {
 }
 
 /// Decode a list of instructions filling `buf` exactly.
+#[inline]
 pub(crate) fn decode_instructions(buf: &[u8]) -> Result<Vec<Instruction>, Fail> {
     let mut r = Reader::new(
         buf,

@@ -127,9 +127,12 @@ pub(crate) fn pad_to_8(buf: &mut BytesMut, start: usize) {
 
 /// Write a NUL-padded fixed-size string (truncated to leave at least one NUL).
 pub(crate) fn put_string(buf: &mut BytesMut, s: &str, n: usize) {
-    let b = s.as_bytes();
-    let take = b.len().min(n.saturating_sub(1));
-    buf.put_slice(b.get(..take).unwrap_or_default());
+    // Truncate on a character boundary so the field stays valid UTF-8.
+    let mut take = s.len().min(n.saturating_sub(1));
+    while !s.is_char_boundary(take) {
+        take -= 1;
+    }
+    buf.put_slice(s.as_bytes().get(..take).unwrap_or_default());
     zeros(buf, n - take);
 }
 

@@ -167,6 +167,7 @@ impl FlowMod {
         self.instruction(Instruction::GotoTable(t))
     }
 
+    #[inline]
     pub(crate) fn decode(body: &[u8]) -> Result<Self, Fail> {
         let mut r = Reader::new(body, bad_len("FLOW_MOD truncated"));
         let cookie = r.u64()?;
@@ -256,6 +257,7 @@ impl PacketIn {
         self.match_.get_in_port()
     }
 
+    #[inline]
     pub(crate) fn decode(body: &[u8]) -> Result<Self, Fail> {
         let mut r = Reader::new(body, bad_len("PACKET_IN truncated"));
         let buffer_id = r.u32()?;
@@ -313,6 +315,7 @@ impl PacketOut {
         }
     }
 
+    #[inline]
     pub(crate) fn decode(body: &[u8]) -> Result<Self, Fail> {
         let mut r = Reader::new(body, bad_len("PACKET_OUT truncated"));
         let buffer_id = r.u32()?;
@@ -392,6 +395,7 @@ impl FlowRemoved {
         }
     }
 
+    #[inline]
     pub(crate) fn decode(body: &[u8]) -> Result<Self, Fail> {
         let mut r = Reader::new(body, bad_len("FLOW_REMOVED truncated"));
         let fr = FlowRemoved {

@@ -143,6 +143,7 @@ impl Message {
     }
 
     /// Decode a body of type `msg_type` (the bytes after the header).
+    #[inline]
     fn decode_body(version: u8, msg_type: u8, b: &[u8]) -> Result<Self, Fail> {
         use Message as M;
         let empty = |m: Message| exact(b, 0).map(|_| m);
