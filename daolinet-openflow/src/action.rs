@@ -265,13 +265,14 @@ impl Action {
                     ErrorCode::BAD_SET_LEN,
                     "set_field OXM length does not fit the action",
                 );
-                let mut fr = Reader::new(body, set_len);
-                let f = OxmField::decode(&mut fr, set_len)?;
-                // The OXM plus padding must fill the action exactly.
-                if pad8(4 + f.encoded_len()) != len {
+                // The OXM (4-byte header + payload) plus padding must fill
+                // the action exactly.
+                let plen = body.get(3).map_or(0, |&b| usize::from(b));
+                if body.len() < 4 || pad8(4 + 4 + plen) != len {
                     return Err(set_len);
                 }
-                Action::SetField(f)
+                let mut fr = Reader::new(body, set_len);
+                Action::SetField(OxmField::decode(&mut fr, set_len)?)
             }
             OFPAT_EXPERIMENTER => {
                 let experimenter = b.u32()?;
