@@ -39,7 +39,8 @@ pub fn run() -> Result<()> {
         "## OpenFlow codec (daolinet-openflow)\n\n\
          Messages per second on one core ({cpu}), single-threaded, each rate \
          measured for 2 s in one process. FLOW_MOD is the DaoliNet cross-host \
-         rewrite flow (5 match fields, 4 set_field, dec_ttl, output); PACKET_IN \
+         rewrite flow (5 match fields, 4 set_field, dec_ttl, output), the \
+         minimal FLOW_MOD has one match field and one output; PACKET_IN \
          carries a 128-byte frame. The reference column copies the message bytes \
          into a fresh `Vec` (one allocation and a memcpy), the least any decoder \
          producing owned values must do.\n\n\
