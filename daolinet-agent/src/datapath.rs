@@ -1,0 +1,449 @@
+//! The I/O edge: load the BPF object, pin its maps under bpffs, attach the
+//! programs to ports, apply [`MapOp`]s and read counters and punts.
+
+use std::collections::HashMap as StdHashMap;
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues, RingBuf};
+use aya::programs::links::LinkOrder;
+use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
+use aya::programs::xdp::XdpLink;
+use aya::programs::xdp::XdpMode;
+use aya::programs::{SchedClassifier, TcAttachType, Xdp};
+use aya::util::nr_cpus;
+use aya::{Ebpf, EbpfLoader};
+use daolinet_common::{
+    maps as names, DatapathConfig, DropReason, FlowEntry, FlowMapKey, MissPolicy, PortInfo,
+    PortKind, PortStats, PuntHeader, RuleMeta, RuleStats, Subtable, MAX_PORTS, MAX_SUBTABLES,
+};
+
+use crate::table::MapOp;
+
+/// Where bpffs is mounted.
+pub const BPFFS: &str = "/sys/fs/bpf";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// Environment variable naming the BPF object to load.
+pub const OBJECT_ENV: &str = "DAOLINET_BPF_OBJECT";
+
+/// How the uplink program is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum UplinkMode {
+    /// TC (tcx) ingress.
+    Tc,
+    /// XDP (native if the driver supports it, generic otherwise).
+    Xdp,
+}
+
+/// The BPF object to load: `$DAOLINET_BPF_OBJECT`, else the one built in
+/// this workspace by `cargo xtask build-ebpf --release`.
+pub fn default_object_path() -> PathBuf {
+    if let Some(p) = std::env::var_os(OBJECT_ENV) {
+        return PathBuf::from(p);
+    }
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent()
+        .unwrap_or(&here)
+        .join("target/bpf/daolinet.bpf.o")
+}
+
+/// Mount bpffs on [`BPFFS`] unless it already is.
+pub fn ensure_bpffs() -> Result<()> {
+    if is_bpffs(Path::new(BPFFS)) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
+    let c = |s: &str| CString::new(s).map_err(|_| anyhow!("NUL in {s:?}"));
+    let (src, target, fstype) = (c("bpf")?, c(BPFFS)?, c("bpf")?);
+    // SAFETY: valid NUL-terminated strings, no data argument.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 && !is_bpffs(Path::new(BPFFS)) {
+        return Err(std::io::Error::last_os_error()).context("mounting bpffs on /sys/fs/bpf");
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(cpath) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs is plain old data; zeroed is valid.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and out pointer.
+    let rc = unsafe { libc::statfs(cpath.as_ptr(), &mut st) };
+    rc == 0 && st.f_type as i64 == BPF_FS_MAGIC
+}
+
+/// Interface index of `iface`, or a clear error.
+pub fn ifindex(iface: &str) -> Result<u32> {
+    let c = CString::new(iface).map_err(|_| anyhow!("bad interface name {iface:?}"))?;
+    // SAFETY: valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        bail!("no such interface: {iface}");
+    }
+    Ok(idx)
+}
+
+/// Held only so the program stays attached; dropping it detaches.
+#[allow(dead_code)]
+enum PortLink {
+    Tc(SchedClassifierLink),
+    Xdp(XdpLink),
+}
+
+/// A port attached to the datapath.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PortView {
+    /// Interface name.
+    pub name: String,
+    /// OpenFlow port number.
+    pub ofport: u32,
+    /// Kernel ifindex.
+    pub ifindex: u32,
+    /// "container" or "uplink".
+    pub kind: &'static str,
+    /// Counters summed over CPUs.
+    pub rx_packets: u64,
+    /// Received bytes.
+    pub rx_bytes: u64,
+    /// Packets the datapath sent to this port.
+    pub tx_packets: u64,
+    /// Bytes the datapath sent to this port.
+    pub tx_bytes: u64,
+    /// Received and dropped.
+    pub rx_dropped: u64,
+}
+
+struct AttachedPort {
+    info: PortInfo,
+    _link: PortLink,
+}
+
+/// A punted packet read from the ring buffer.
+#[derive(Clone, Debug)]
+pub struct Punt {
+    /// Metadata.
+    pub header: PuntHeader,
+    /// Packet bytes (up to `cap_len`).
+    pub data: Vec<u8>,
+}
+
+/// The loaded datapath.
+pub struct Datapath {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    ports: StdHashMap<String, AttachedPort>,
+}
+
+impl Datapath {
+    /// Load `object`, reusing maps already pinned in `pin_dir` (so rules
+    /// survive an agent restart) and verify both programs.
+    pub fn load(object: &Path, pin_dir: &Path) -> Result<Self> {
+        if !object.exists() {
+            bail!(
+                "BPF object {} is missing: build it with `cargo xtask build-ebpf --release` \
+                 (or point {OBJECT_ENV} at it)",
+                object.display()
+            );
+        }
+        ensure_bpffs()?;
+        std::fs::create_dir_all(pin_dir)
+            .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .load_file(object)
+            .with_context(|| format!("loading {}", object.display()))?;
+        let tc: &mut SchedClassifier = ebpf
+            .program_mut(names::PROG_TC)
+            .context("no TC program in the BPF object")?
+            .try_into()?;
+        tc.load()
+            .context("the kernel verifier rejected the TC program")?;
+        let xdp: &mut Xdp = ebpf
+            .program_mut(names::PROG_XDP)
+            .context("no XDP program in the BPF object")?
+            .try_into()?;
+        xdp.load()
+            .context("the kernel verifier rejected the XDP program")?;
+        Ok(Datapath {
+            ebpf,
+            pin_dir: pin_dir.to_path_buf(),
+            ports: StdHashMap::new(),
+        })
+    }
+
+    /// The bpffs directory holding the pinned maps.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    fn map(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the BPF object"))
+    }
+
+    /// Attach the datapath to `iface` as OpenFlow port `ofport`.
+    pub fn attach_port(
+        &mut self,
+        iface: &str,
+        ofport: u32,
+        kind: PortKind,
+        uplink_mode: UplinkMode,
+    ) -> Result<()> {
+        if self.ports.contains_key(iface) {
+            bail!("port {iface} is already attached");
+        }
+        if let Some(p) = self.ports.values().find(|p| p.info.ofport == ofport) {
+            bail!(
+                "OpenFlow port {ofport} is already used by ifindex {}",
+                p.info.ifindex
+            );
+        }
+        if self.ports.len() as u32 >= MAX_PORTS {
+            bail!("too many ports (at most {MAX_PORTS})");
+        }
+        let ifindex = ifindex(iface)?;
+        let slot = (0..MAX_PORTS)
+            .find(|s| !self.ports.values().any(|p| p.info.slot == *s))
+            .ok_or_else(|| anyhow!("no free port slot"))?;
+        let info = PortInfo {
+            ofport,
+            ifindex,
+            kind: kind as u32,
+            miss: match kind {
+                PortKind::Container => MissPolicy::Punt as u32,
+                PortKind::Uplink => MissPolicy::Local as u32,
+            },
+            slot,
+            ..Default::default()
+        };
+        // Maps first, so the first packet after attach finds its port.
+        self.write_port(&info)?;
+        let link = match (kind, uplink_mode) {
+            (PortKind::Uplink, UplinkMode::Xdp) => {
+                let prog: &mut Xdp = self
+                    .ebpf
+                    .program_mut(names::PROG_XDP)
+                    .context("no XDP program")?
+                    .try_into()?;
+                let id = prog
+                    .attach(iface, XdpMode::Default)
+                    .with_context(|| format!("attaching XDP to {iface}"));
+                match id {
+                    Ok(id) => PortLink::Xdp(prog.take_link(id)?),
+                    Err(e) => {
+                        self.erase_port(&info)?;
+                        return Err(e);
+                    }
+                }
+            }
+            _ => {
+                let prog: &mut SchedClassifier = self
+                    .ebpf
+                    .program_mut(names::PROG_TC)
+                    .context("no TC program")?
+                    .try_into()?;
+                let id = prog
+                    .attach_with_options(
+                        iface,
+                        TcAttachType::Ingress,
+                        TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )
+                    .with_context(|| format!("attaching tcx ingress to {iface}"));
+                match id {
+                    Ok(id) => PortLink::Tc(prog.take_link(id)?),
+                    Err(e) => {
+                        self.erase_port(&info)?;
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        // Start the port's counters from zero.
+        let zero =
+            PerCpuValues::try_from(vec![PortStats::default(); nr_cpus().map_err(|(_, e)| e)?])?;
+        let mut stats: PerCpuArray<&mut MapData, PortStats> =
+            PerCpuArray::try_from(self.map(names::PORT_STATS)?)?;
+        stats.set(slot, zero, 0)?;
+        self.ports
+            .insert(iface.to_string(), AttachedPort { info, _link: link });
+        Ok(())
+    }
+
+    /// Detach `iface` and forget it.
+    pub fn detach_port(&mut self, iface: &str) -> Result<()> {
+        let port = self
+            .ports
+            .remove(iface)
+            .ok_or_else(|| anyhow!("no such port: {iface}"))?;
+        self.erase_port(&port.info)?;
+        drop(port); // dropping the link detaches the program
+        Ok(())
+    }
+
+    fn write_port(&mut self, info: &PortInfo) -> Result<()> {
+        let mut m: HashMap<&mut MapData, u32, PortInfo> =
+            HashMap::try_from(self.map(names::PORTS)?)?;
+        m.insert(info.ifindex, *info, 0)?;
+        let mut m: HashMap<&mut MapData, u32, PortInfo> =
+            HashMap::try_from(self.map(names::OFPORTS)?)?;
+        m.insert(info.ofport, *info, 0)?;
+        Ok(())
+    }
+
+    fn erase_port(&mut self, info: &PortInfo) -> Result<()> {
+        let mut m: HashMap<&mut MapData, u32, PortInfo> =
+            HashMap::try_from(self.map(names::PORTS)?)?;
+        let _ = m.remove(&info.ifindex);
+        let mut m: HashMap<&mut MapData, u32, PortInfo> =
+            HashMap::try_from(self.map(names::OFPORTS)?)?;
+        let _ = m.remove(&info.ofport);
+        Ok(())
+    }
+
+    /// Ports with their counters, sorted by OpenFlow port number.
+    pub fn ports(&mut self) -> Result<Vec<PortView>> {
+        let list: Vec<(String, PortInfo)> = self
+            .ports
+            .iter()
+            .map(|(n, p)| (n.clone(), p.info))
+            .collect();
+        let stats: PerCpuArray<&mut MapData, PortStats> =
+            PerCpuArray::try_from(self.map(names::PORT_STATS)?)?;
+        let mut out = Vec::new();
+        for (name, info) in list {
+            let mut s = PortStats::default();
+            for v in stats.get(&info.slot, 0)?.iter() {
+                s.merge(v);
+            }
+            out.push(PortView {
+                name,
+                ofport: info.ofport,
+                ifindex: info.ifindex,
+                kind: if info.is_container() {
+                    "container"
+                } else {
+                    "uplink"
+                },
+                rx_packets: s.rx_packets,
+                rx_bytes: s.rx_bytes,
+                tx_packets: s.tx_packets,
+                tx_bytes: s.tx_bytes,
+                rx_dropped: s.rx_dropped,
+            });
+        }
+        out.sort_by_key(|p| p.ofport);
+        Ok(out)
+    }
+
+    /// Apply table changes to the maps, in order.
+    pub fn apply(&mut self, ops: &[MapOp]) -> Result<()> {
+        for op in ops {
+            match op {
+                MapOp::PutFlow(k, e) => {
+                    let mut m: HashMap<&mut MapData, FlowMapKey, FlowEntry> =
+                        HashMap::try_from(self.map(names::FLOWS)?)?;
+                    m.insert(k, e, 0).context("writing a flow entry")?;
+                }
+                MapOp::DelFlow(k) => {
+                    let mut m: HashMap<&mut MapData, FlowMapKey, FlowEntry> =
+                        HashMap::try_from(self.map(names::FLOWS)?)?;
+                    let _ = m.remove(k);
+                }
+                MapOp::SetSubtables(list) => self.set_subtables(list)?,
+                MapOp::ResetStats(id) => {
+                    let n = nr_cpus().map_err(|(_, e)| e)?;
+                    let mut m: PerCpuArray<&mut MapData, RuleStats> =
+                        PerCpuArray::try_from(self.map(names::RULE_STATS)?)?;
+                    m.set(
+                        *id,
+                        PerCpuValues::try_from(vec![RuleStats::default(); n])?,
+                        0,
+                    )?;
+                }
+                MapOp::PutMeta(id, meta) => {
+                    let mut m: HashMap<&mut MapData, u32, RuleMeta> =
+                        HashMap::try_from(self.map(names::RULE_META)?)?;
+                    m.insert(id, meta, 0)?;
+                }
+                MapOp::DelMeta(id) => {
+                    let mut m: HashMap<&mut MapData, u32, RuleMeta> =
+                        HashMap::try_from(self.map(names::RULE_META)?)?;
+                    let _ = m.remove(id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn set_subtables(&mut self, list: &[Subtable]) -> Result<()> {
+        if list.len() > MAX_SUBTABLES {
+            bail!("{} subtables > {MAX_SUBTABLES}", list.len());
+        }
+        let mut a: Array<&mut MapData, Subtable> = Array::try_from(self.map(names::SUBTABLES)?)?;
+        for (i, s) in list.iter().enumerate() {
+            a.set(i as u32, *s, 0)?;
+        }
+        let mut c: Array<&mut MapData, DatapathConfig> = Array::try_from(self.map(names::CONFIG)?)?;
+        c.set(
+            0,
+            DatapathConfig {
+                n_subtables: list.len() as u32,
+                flags: 0,
+            },
+            0,
+        )?;
+        Ok(())
+    }
+
+    /// A rule's counters summed over CPUs.
+    pub fn rule_stats(&mut self, id: u32) -> Result<RuleStats> {
+        let m: PerCpuArray<&mut MapData, RuleStats> =
+            PerCpuArray::try_from(self.map(names::RULE_STATS)?)?;
+        let mut s = RuleStats::default();
+        for v in m.get(&id, 0)?.iter() {
+            s.merge(v);
+        }
+        Ok(s)
+    }
+
+    /// Drop counters per reason, summed over CPUs.
+    pub fn drops(&mut self) -> Result<Vec<(DropReason, u64)>> {
+        let m: PerCpuArray<&mut MapData, u64> = PerCpuArray::try_from(self.map(names::DROPS)?)?;
+        let mut out = Vec::new();
+        for r in DropReason::ALL {
+            out.push((r, m.get(&(r as u32), 0)?.iter().sum()));
+        }
+        Ok(out)
+    }
+
+    /// Drain the punt ring buffer.
+    pub fn punts(&mut self) -> Result<Vec<Punt>> {
+        let mut ring = RingBuf::try_from(self.map(names::PUNTS)?)?;
+        let hlen = size_of::<PuntHeader>();
+        let mut out = Vec::new();
+        while let Some(item) = ring.next() {
+            if item.len() < hlen {
+                continue;
+            }
+            let header: PuntHeader = bytemuck::pod_read_unaligned(&item[..hlen]);
+            let cap = (header.cap_len as usize).min(item.len() - hlen);
+            out.push(Punt {
+                header,
+                data: item[hlen..hlen + cap].to_vec(),
+            });
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,279 @@
+//! `daolinet-agent`: the per-host DaoliNet switch.
+
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
+use daolinet_agent::agent::{request, serve, Agent, Request};
+use daolinet_agent::datapath::{default_object_path, Datapath, UplinkMode};
+use daolinet_agent::table::RuleTable;
+use daolinet_common::PortKind;
+
+#[derive(Parser)]
+#[command(
+    name = "daolinet-agent",
+    version,
+    about = "DaoliNet per-host switch with an eBPF datapath"
+)]
+struct Cli {
+    /// Directory for the control socket (agent.sock).
+    #[arg(long, global = true, default_value = "/run/daolinet")]
+    state_dir: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Load the datapath, attach the uplink and ports, serve the control socket until SIGINT/SIGTERM.
+    Run {
+        /// The physical NIC (TC or XDP ingress program; table misses go to the host stack).
+        #[arg(long)]
+        uplink: String,
+        /// Container ports: host side of a veth, optionally with its OpenFlow port number.
+        #[arg(long = "port", value_name = "IFACE[=OFPORT]")]
+        ports: Vec<String>,
+        /// How to attach the uplink program.
+        #[arg(long, value_enum, default_value = "tc")]
+        uplink_mode: UplinkMode,
+        /// The BPF object (default: $DAOLINET_BPF_OBJECT or the workspace build).
+        #[arg(long)]
+        bpf_object: Option<PathBuf>,
+        /// OpenFlow controller (not served yet: the OpenFlow side is its own issue).
+        #[arg(long)]
+        controller: Vec<String>,
+    },
+    /// Manage ports of the running agent.
+    Port {
+        #[command(subcommand)]
+        cmd: PortCmd,
+    },
+    /// List the running agent's ports with counters.
+    Ports,
+    /// Print the rule table with counters (like `ovs-ofctl dump-flows`).
+    Flows,
+    /// Install or remove rules in the running agent.
+    Rule {
+        #[command(subcommand)]
+        cmd: RuleCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum PortCmd {
+    /// Attach a container port.
+    Add {
+        /// Interface (host side of the container's veth).
+        iface: String,
+        /// OpenFlow port number (next free one when omitted).
+        #[arg(long)]
+        ofport: Option<u32>,
+    },
+    /// Detach a port.
+    Del {
+        /// Interface.
+        iface: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum RuleCmd {
+    /// Install a rule in ovs-ofctl syntax, e.g. `priority=10,in_port=1,ip actions=output:2`.
+    Add {
+        /// The flow.
+        flow: String,
+    },
+    /// Remove the rules with this cookie (hex with 0x, or decimal).
+    Del {
+        /// Cookie.
+        cookie: String,
+    },
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Err(e) = dispatch(cli) {
+        eprintln!("daolinet-agent: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
+    let dir = cli.state_dir;
+    let print = |v: serde_json::Value| -> Result<()> {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        Ok(())
+    };
+    match cli.cmd {
+        Cmd::Run {
+            uplink,
+            ports,
+            uplink_mode,
+            bpf_object,
+            controller,
+        } => run(&dir, &uplink, &ports, uplink_mode, bpf_object, &controller),
+        Cmd::Port {
+            cmd: PortCmd::Add { iface, ofport },
+        } => print(request(&dir, &Request::PortAdd { iface, ofport })?),
+        Cmd::Port {
+            cmd: PortCmd::Del { iface },
+        } => print(request(&dir, &Request::PortDel { iface })?),
+        Cmd::Ports => print(request(&dir, &Request::Ports)?),
+        Cmd::Flows => {
+            let v = request(&dir, &Request::Flows)?;
+            for line in v.as_array().into_iter().flatten() {
+                println!(" {}", line.as_str().unwrap_or_default());
+            }
+            Ok(())
+        }
+        Cmd::Rule {
+            cmd: RuleCmd::Add { flow },
+        } => print(request(&dir, &Request::RuleAdd { flow })?),
+        Cmd::Rule {
+            cmd: RuleCmd::Del { cookie },
+        } => {
+            let c = match cookie.strip_prefix("0x") {
+                Some(h) => u64::from_str_radix(h, 16),
+                None => cookie.parse(),
+            }
+            .map_err(|_| anyhow!("bad cookie {cookie:?}"))?;
+            print(request(
+                &dir,
+                &Request::RuleDel {
+                    cookie: c,
+                    mask: None,
+                },
+            )?)
+        }
+    }
+}
+
+fn parse_port(spec: &str) -> Result<(String, Option<u32>)> {
+    match spec.split_once('=') {
+        None => Ok((spec.to_string(), None)),
+        Some((i, n)) => Ok((
+            i.to_string(),
+            Some(
+                n.parse()
+                    .map_err(|_| anyhow!("bad OpenFlow port number in --port {spec}"))?,
+            ),
+        )),
+    }
+}
+
+fn run(
+    dir: &Path,
+    uplink: &str,
+    ports: &[String],
+    uplink_mode: UplinkMode,
+    bpf_object: Option<PathBuf>,
+    controller: &[String],
+) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("daolinet-agent run needs root (CAP_BPF and CAP_NET_ADMIN) to load and attach BPF programs");
+    }
+    if !controller.is_empty() {
+        tracing::warn!(
+            "--controller is accepted but the OpenFlow connection is not implemented yet"
+        );
+    }
+    let specs: Vec<(String, Option<u32>)> =
+        ports.iter().map(|p| parse_port(p)).collect::<Result<_>>()?;
+    // Check every interface before touching anything.
+    daolinet_agent::datapath::ifindex(uplink).context("--uplink")?;
+    for (iface, _) in &specs {
+        daolinet_agent::datapath::ifindex(iface).context("--port")?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let sock = dir.join("agent.sock");
+    if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+        bail!(
+            "another agent is running with --state-dir {}",
+            dir.display()
+        );
+    }
+    let _ = std::fs::remove_file(&sock);
+    let object = bpf_object.unwrap_or_else(default_object_path);
+    let pin_dir = PathBuf::from(daolinet_agent::datapath::BPFFS)
+        .join("daolinet")
+        .join(pin_name(dir));
+    let dp = Datapath::load(&object, &pin_dir)?;
+    tracing::info!(object = %object.display(), pins = %pin_dir.display(), "datapath loaded");
+    let mut agent = Agent {
+        dp,
+        table: RuleTable::new(),
+        uplink_mode,
+    };
+    // Attach everything or nothing: on error, dropping `agent` detaches
+    // what was attached (links are owned).
+    agent.add_port(uplink, Some(0xfff0), PortKind::Uplink)?;
+    for (iface, ofport) in &specs {
+        agent.add_port(iface, *ofport, PortKind::Container)?;
+    }
+    let listener =
+        UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
+    let agent = Arc::new(Mutex::new(agent));
+    {
+        let agent = agent.clone();
+        std::thread::spawn(move || serve(listener, agent));
+    }
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    tracing::info!(socket = %sock.display(), "agent running; SIGINT/SIGTERM to stop");
+    while !STOP.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+        let punts = match agent.lock() {
+            Ok(mut a) => a.dp.punts(),
+            Err(_) => break,
+        };
+        match punts {
+            Ok(list) => {
+                for p in list {
+                    tracing::info!(
+                        in_port = p.header.in_port,
+                        reason = p.header.reason,
+                        len = p.header.pkt_len,
+                        "punt (no controller connection yet: dropped)"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!("reading punts: {e:#}"),
+        }
+    }
+    tracing::info!("stopping: detaching programs, keeping pinned maps");
+    let _ = std::fs::remove_file(&sock);
+    drop(agent);
+    Ok(())
+}
+
+/// A bpffs directory name derived from the state directory, so several
+/// agents (one per namespace in tests) do not share maps.
+fn pin_name(dir: &Path) -> String {
+    let s = dir.to_string_lossy();
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect::<String>()
+        .trim_matches('_')
+        .to_string()
+}

@@ -1,0 +1,342 @@
+//! The userspace rule table and its tuple-space layout, sans-IO.
+//!
+//! [`RuleTable::insert`] and [`RuleTable::remove`] return the [`MapOp`]s
+//! that bring the BPF maps in line with the table; the datapath module
+//! applies them. Rules with the same mask share a subtable; of several rules
+//! with the same (mask, masked key) only the highest priority is in the
+//! datapath (the others are shadowed and take its place when it goes).
+
+use std::collections::BTreeMap;
+
+use daolinet_common::{
+    Action, FlowEntry, FlowKey, FlowMapKey, RuleMeta, Subtable, MAX_ACTIONS, MAX_RULES,
+    MAX_SUBTABLES,
+};
+
+/// A rule as the agent keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// OpenFlow priority.
+    pub priority: u16,
+    /// Match values (masked by [`Rule::mask`] on insert).
+    pub key: FlowKey,
+    /// Match mask.
+    pub mask: FlowKey,
+    /// Compiled actions (empty = drop).
+    pub actions: Vec<Action>,
+    /// OpenFlow cookie.
+    pub cookie: u64,
+    /// Idle timeout in seconds (0 = none).
+    pub idle_timeout: u16,
+    /// Hard timeout in seconds (0 = none).
+    pub hard_timeout: u16,
+}
+
+/// One change to apply to the BPF maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MapOp {
+    /// Insert or replace a classifier entry.
+    PutFlow(FlowMapKey, FlowEntry),
+    /// Remove a classifier entry.
+    DelFlow(FlowMapKey),
+    /// Rewrite the subtable list (already sorted) and its count.
+    SetSubtables(Vec<Subtable>),
+    /// Zero the per-rule counters of a fresh rule id.
+    ResetStats(u32),
+    /// Store the rule's metadata (for rebuilding after a restart).
+    PutMeta(u32, RuleMeta),
+    /// Remove the rule's metadata.
+    DelMeta(u32),
+}
+
+/// Why a rule cannot be installed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TableError {
+    /// All [`MAX_RULES`] rule ids are in use.
+    #[error("rule table full ({MAX_RULES} rules)")]
+    Full,
+    /// The rule needs a new mask but [`MAX_SUBTABLES`] are in use.
+    #[error("too many distinct match masks (at most {MAX_SUBTABLES})")]
+    TooManyMasks,
+    /// More than [`MAX_ACTIONS`] actions.
+    #[error("too many actions ({0} > {MAX_ACTIONS})")]
+    TooManyActions(usize),
+    /// No rule with this id.
+    #[error("no rule with id {0}")]
+    NoSuchRule(u32),
+}
+
+#[derive(Clone, Debug)]
+struct SubtableState {
+    id: u32,
+    mask: FlowKey,
+    rules: usize,
+}
+
+/// The table: rules by id, subtables by mask.
+#[derive(Debug, Default)]
+pub struct RuleTable {
+    rules: BTreeMap<u32, Rule>,
+    subtables: Vec<SubtableState>,
+    next_id: u32,
+    free_ids: Vec<u32>,
+    next_sub_id: u32,
+}
+
+impl RuleTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of rules.
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// True when there is no rule.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Rules by id, in id order.
+    pub fn rules(&self) -> impl Iterator<Item = (u32, &Rule)> {
+        self.rules.iter().map(|(id, r)| (*id, r))
+    }
+
+    /// Ids of the rules with `cookie & mask == want & mask`.
+    pub fn ids_by_cookie(&self, want: u64, mask: u64) -> Vec<u32> {
+        self.rules
+            .iter()
+            .filter(|(_, r)| r.cookie & mask == want & mask)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Add a rule; returns its id and the map operations.
+    pub fn insert(&mut self, mut rule: Rule) -> Result<(u32, Vec<MapOp>), TableError> {
+        if rule.actions.len() > MAX_ACTIONS {
+            return Err(TableError::TooManyActions(rule.actions.len()));
+        }
+        rule.key = rule.key.masked(&rule.mask);
+        let new_sub = !self.subtables.iter().any(|s| s.mask == rule.mask);
+        if new_sub && self.subtables.len() >= MAX_SUBTABLES {
+            return Err(TableError::TooManyMasks);
+        }
+        let id = match self.free_ids.pop() {
+            Some(id) => id,
+            None if self.next_id < MAX_RULES => {
+                self.next_id += 1;
+                self.next_id - 1
+            }
+            None => return Err(TableError::Full),
+        };
+        if new_sub {
+            self.subtables.push(SubtableState {
+                id: self.next_sub_id,
+                mask: rule.mask,
+                rules: 0,
+            });
+            self.next_sub_id = self.next_sub_id.wrapping_add(1);
+        }
+        if let Some(s) = self.subtables.iter_mut().find(|s| s.mask == rule.mask) {
+            s.rules += 1;
+        }
+        let mut ops = vec![MapOp::ResetStats(id), MapOp::PutMeta(id, meta(&rule))];
+        let (key, mask) = (rule.key, rule.mask);
+        self.rules.insert(id, rule);
+        ops.extend(self.refresh_entry(&key, &mask));
+        ops.push(MapOp::SetSubtables(self.subtable_list()));
+        Ok((id, ops))
+    }
+
+    /// Remove a rule by id; returns it and the map operations.
+    pub fn remove(&mut self, id: u32) -> Result<(Rule, Vec<MapOp>), TableError> {
+        let rule = self.rules.remove(&id).ok_or(TableError::NoSuchRule(id))?;
+        self.free_ids.push(id);
+        let mut ops = self.refresh_entry(&rule.key, &rule.mask);
+        ops.push(MapOp::DelMeta(id));
+        if let Some(pos) = self.subtables.iter().position(|s| s.mask == rule.mask) {
+            self.subtables[pos].rules -= 1;
+            if self.subtables[pos].rules == 0 {
+                self.subtables.remove(pos);
+            }
+        }
+        // Subtables first, so the datapath stops walking a gone subtable
+        // before its entries disappear.
+        ops.insert(0, MapOp::SetSubtables(self.subtable_list()));
+        Ok((rule, ops))
+    }
+
+    /// The map key of a rule.
+    fn map_key(&self, key: &FlowKey, mask: &FlowKey) -> Option<FlowMapKey> {
+        let sub = self.subtables.iter().find(|s| s.mask == *mask)?;
+        Some(FlowMapKey {
+            subtable: sub.id,
+            key: *key,
+        })
+    }
+
+    /// Write the best rule for (key, mask) into the classifier, or delete
+    /// the entry when none is left.
+    fn refresh_entry(&self, key: &FlowKey, mask: &FlowKey) -> Vec<MapOp> {
+        let Some(mk) = self.map_key(key, mask) else {
+            return Vec::new();
+        };
+        let best = self
+            .rules
+            .iter()
+            .filter(|(_, r)| r.key == *key && r.mask == *mask)
+            .max_by_key(|(id, r)| (r.priority, std::cmp::Reverse(**id)));
+        match best {
+            Some((id, r)) => vec![MapOp::PutFlow(mk, entry(*id, r))],
+            None => vec![MapOp::DelFlow(mk)],
+        }
+    }
+
+    /// Subtables sorted by descending max priority.
+    fn subtable_list(&self) -> Vec<Subtable> {
+        let mut list: Vec<Subtable> = self
+            .subtables
+            .iter()
+            .map(|s| Subtable {
+                mask: s.mask,
+                id: s.id,
+                max_priority: self
+                    .rules
+                    .values()
+                    .filter(|r| r.mask == s.mask)
+                    .map(|r| u32::from(r.priority))
+                    .max()
+                    .unwrap_or(0),
+            })
+            .collect();
+        list.sort_by(|a, b| b.max_priority.cmp(&a.max_priority).then(a.id.cmp(&b.id)));
+        list
+    }
+}
+
+fn entry(id: u32, r: &Rule) -> FlowEntry {
+    let mut e = FlowEntry {
+        priority: u32::from(r.priority),
+        rule_id: id,
+        n_actions: r.actions.len() as u32,
+        ..Default::default()
+    };
+    for (slot, a) in e.actions.iter_mut().zip(&r.actions) {
+        *slot = *a;
+    }
+    e
+}
+
+fn meta(r: &Rule) -> RuleMeta {
+    RuleMeta {
+        cookie: r.cookie,
+        installed_unix_ns: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+        key: r.key,
+        mask: r.mask,
+        priority: u32::from(r.priority),
+        idle_timeout: r.idle_timeout,
+        hard_timeout: r.hard_timeout,
+        in_use: 1,
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(prio: u16, dst: [u8; 4], mask: [u8; 4], out: u32) -> Rule {
+        Rule {
+            priority: prio,
+            key: FlowKey {
+                ipv4_dst: dst,
+                ..Default::default()
+            },
+            mask: FlowKey {
+                ipv4_dst: mask,
+                ..Default::default()
+            },
+            actions: vec![Action::output(out)],
+            cookie: u64::from(out),
+            idle_timeout: 0,
+            hard_timeout: 0,
+        }
+    }
+
+    fn puts(ops: &[MapOp]) -> Vec<(u32, u32)> {
+        ops.iter()
+            .filter_map(|o| match o {
+                MapOp::PutFlow(_, e) => Some((e.rule_id, e.priority)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn same_mask_shares_a_subtable_and_lists_are_sorted() {
+        let mut t = RuleTable::new();
+        let (_, ops) = t.insert(rule(10, [10, 0, 0, 1], [255; 4], 1)).unwrap();
+        assert!(matches!(ops.last(), Some(MapOp::SetSubtables(s)) if s.len() == 1));
+        let (_, ops) = t.insert(rule(20, [10, 0, 0, 2], [255; 4], 2)).unwrap();
+        assert!(
+            matches!(ops.last(), Some(MapOp::SetSubtables(s)) if s.len() == 1 && s[0].max_priority == 20)
+        );
+        let (_, ops) = t
+            .insert(rule(30, [10, 0, 0, 0], [255, 255, 0, 0], 3))
+            .unwrap();
+        let Some(MapOp::SetSubtables(s)) = ops.last() else {
+            panic!("no subtable list")
+        };
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].max_priority, 30);
+        assert_eq!(s[1].max_priority, 20);
+    }
+
+    #[test]
+    fn shadowed_rule_takes_over_when_the_higher_one_goes() {
+        let mut t = RuleTable::new();
+        let (low, _) = t.insert(rule(10, [10, 0, 0, 1], [255; 4], 1)).unwrap();
+        let (high, ops) = t.insert(rule(20, [10, 0, 0, 1], [255; 4], 2)).unwrap();
+        assert_eq!(puts(&ops), [(high, 20)]);
+        // Adding a lower one again rewrites the same (best) entry.
+        let (_, ops) = t.insert(rule(5, [10, 0, 0, 1], [255; 4], 3)).unwrap();
+        assert_eq!(puts(&ops), [(high, 20)]);
+        let (_, ops) = t.remove(high).unwrap();
+        assert_eq!(puts(&ops), [(low, 10)]);
+        assert!(matches!(ops.first(), Some(MapOp::SetSubtables(_))));
+    }
+
+    #[test]
+    fn last_rule_removal_deletes_entry_and_subtable_and_reuses_id() {
+        let mut t = RuleTable::new();
+        let (id, _) = t.insert(rule(10, [10, 0, 0, 1], [255; 4], 1)).unwrap();
+        let (_, ops) = t.remove(id).unwrap();
+        assert!(ops.iter().any(|o| matches!(o, MapOp::DelFlow(_))));
+        assert!(ops.contains(&MapOp::SetSubtables(vec![])));
+        assert!(ops.contains(&MapOp::DelMeta(id)));
+        assert_eq!(t.remove(id).unwrap_err(), TableError::NoSuchRule(id));
+        let (again, ops) = t.insert(rule(10, [10, 0, 0, 9], [255; 4], 1)).unwrap();
+        assert_eq!(again, id);
+        assert_eq!(ops.first(), Some(&MapOp::ResetStats(id)));
+    }
+
+    #[test]
+    fn mask_limit_and_cookie_lookup() {
+        let mut t = RuleTable::new();
+        for i in 0..MAX_SUBTABLES {
+            let m = (i as u32 + 1).to_be_bytes();
+            t.insert(rule(1, [0; 4], m, i as u32)).unwrap();
+        }
+        assert_eq!(
+            t.insert(rule(1, [0; 4], [1, 2, 3, 4], 99)).unwrap_err(),
+            TableError::TooManyMasks
+        );
+        assert_eq!(t.ids_by_cookie(5, u64::MAX).len(), 1);
+        assert_eq!(t.ids_by_cookie(0, 0).len(), MAX_SUBTABLES);
+    }
+}
