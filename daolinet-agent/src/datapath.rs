@@ -48,14 +48,16 @@ pub fn default_object_path() -> PathBuf {
         .join("target/bpf/daolinet.bpf.o")
 }
 
-/// Mount bpffs on [`BPFFS`] unless it already is.
-pub fn ensure_bpffs() -> Result<()> {
-    if is_bpffs(Path::new(BPFFS)) {
+/// Mount bpffs on `dir` unless it already is one.
+pub fn ensure_bpffs(dir: &Path) -> Result<()> {
+    if is_bpffs(dir) {
         return Ok(());
     }
-    std::fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let c = |s: &str| CString::new(s).map_err(|_| anyhow!("NUL in {s:?}"));
-    let (src, target, fstype) = (c("bpf")?, c(BPFFS)?, c("bpf")?);
+    let target = CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| anyhow!("NUL in {}", dir.display()))?;
+    let (src, fstype) = (c("bpf")?, c("bpf")?);
     // SAFETY: valid NUL-terminated strings, no data argument.
     let rc = unsafe {
         libc::mount(
@@ -67,7 +69,8 @@ pub fn ensure_bpffs() -> Result<()> {
         )
     };
     if rc != 0 && !is_bpffs(Path::new(BPFFS)) {
-        return Err(std::io::Error::last_os_error()).context("mounting bpffs on /sys/fs/bpf");
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("mounting bpffs on {}", dir.display()));
     }
     Ok(())
 }
@@ -138,6 +141,16 @@ pub struct Punt {
     pub data: Vec<u8>,
 }
 
+/// What an earlier agent left in the pinned maps.
+pub struct SavedRules {
+    /// The subtable list, in datapath order.
+    pub subtables: Vec<Subtable>,
+    /// Recoverable rules by id.
+    pub rules: Vec<(u32, crate::table::Rule)>,
+    /// Ids of rules whose actions are gone (shadowed).
+    pub lost: Vec<u32>,
+}
+
 /// The loaded datapath.
 pub struct Datapath {
     ebpf: Ebpf,
@@ -148,6 +161,7 @@ pub struct Datapath {
 impl Datapath {
     /// Load `object`, reusing maps already pinned in `pin_dir` (so rules
     /// survive an agent restart) and verify both programs.
+    /// `pin_dir` must be inside a mounted bpffs (see [`ensure_bpffs`]).
     pub fn load(object: &Path, pin_dir: &Path) -> Result<Self> {
         if !object.exists() {
             bail!(
@@ -156,7 +170,6 @@ impl Datapath {
                 object.display()
             );
         }
-        ensure_bpffs()?;
         std::fs::create_dir_all(pin_dir)
             .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
         let mut ebpf = EbpfLoader::new()
@@ -405,6 +418,80 @@ impl Datapath {
             0,
         )?;
         Ok(())
+    }
+
+    /// Read back the rules an earlier agent left in the pinned maps.
+    /// Rules shadowed by a higher priority one with the same match have no
+    /// classifier entry of their own and cannot be recovered; they are
+    /// listed in [`SavedRules::lost`].
+    pub fn saved_rules(&mut self) -> Result<SavedRules> {
+        let n = {
+            let c: Array<&mut MapData, DatapathConfig> = Array::try_from(self.map(names::CONFIG)?)?;
+            c.get(&0, 0)?.n_subtables.min(MAX_SUBTABLES as u32)
+        };
+        let mut subs = Vec::new();
+        {
+            let a: Array<&mut MapData, Subtable> = Array::try_from(self.map(names::SUBTABLES)?)?;
+            for i in 0..n {
+                subs.push(a.get(&i, 0)?);
+            }
+        }
+        let metas: Vec<(u32, RuleMeta)> = {
+            let m: HashMap<&mut MapData, u32, RuleMeta> =
+                HashMap::try_from(self.map(names::RULE_META)?)?;
+            m.iter().filter_map(|r| r.ok()).collect()
+        };
+        tracing::debug!(
+            subtables = subs.len(),
+            metas = metas.len(),
+            "reading rules left in the pinned maps"
+        );
+        let flows: HashMap<&mut MapData, FlowMapKey, FlowEntry> =
+            HashMap::try_from(self.map(names::FLOWS)?)?;
+        let (mut rules, mut lost) = (Vec::new(), Vec::new());
+        for (id, meta) in metas {
+            let entry = subs
+                .iter()
+                .find(|s| s.mask == meta.mask)
+                .and_then(|s| {
+                    flows
+                        .get(
+                            &FlowMapKey {
+                                subtable: s.id,
+                                key: meta.key,
+                            },
+                            0,
+                        )
+                        .ok()
+                })
+                .filter(|e| e.rule_id == id);
+            match entry {
+                Some(e) => rules.push((
+                    id,
+                    crate::table::Rule {
+                        priority: meta.priority as u16,
+                        key: meta.key,
+                        mask: meta.mask,
+                        actions: e.actions[..(e.n_actions as usize).min(e.actions.len())].to_vec(),
+                        cookie: meta.cookie,
+                        idle_timeout: meta.idle_timeout,
+                        hard_timeout: meta.hard_timeout,
+                    },
+                )),
+                None => lost.push(id),
+            }
+        }
+        Ok(SavedRules {
+            subtables: subs,
+            rules,
+            lost,
+        })
+    }
+
+    /// Forget the metadata of rules that could not be restored.
+    pub fn forget_rules(&mut self, ids: &[u32]) -> Result<()> {
+        let ops: Vec<MapOp> = ids.iter().map(|i| MapOp::DelMeta(*i)).collect();
+        self.apply(&ops)
     }
 
     /// A rule's counters summed over CPUs.

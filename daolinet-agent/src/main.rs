@@ -23,6 +23,12 @@ struct Cli {
     /// Directory for the control socket (agent.sock).
     #[arg(long, global = true, default_value = "/run/daolinet")]
     state_dir: PathBuf,
+    /// Where bpffs is (mounted if needed). Maps are pinned under
+    /// `<bpffs>/daolinet/<state-dir>` so rules survive an agent restart.
+    /// Note: `ip netns exec` gives the process a private /sys, so an agent
+    /// started that way needs a bpffs outside /sys to keep its pins.
+    #[arg(long, global = true, default_value = daolinet_agent::datapath::BPFFS)]
+    bpffs: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -128,7 +134,15 @@ fn dispatch(cli: Cli) -> Result<()> {
             uplink_mode,
             bpf_object,
             controller,
-        } => run(&dir, &uplink, &ports, uplink_mode, bpf_object, &controller),
+        } => run(
+            &dir,
+            &cli.bpffs,
+            &uplink,
+            &ports,
+            uplink_mode,
+            bpf_object,
+            &controller,
+        ),
         Cmd::Port {
             cmd: PortCmd::Add { iface, ofport },
         } => print(request(&dir, &Request::PortAdd { iface, ofport })?),
@@ -180,6 +194,7 @@ fn parse_port(spec: &str) -> Result<(String, Option<u32>)> {
 
 fn run(
     dir: &Path,
+    bpffs: &Path,
     uplink: &str,
     ports: &[String],
     uplink_mode: UplinkMode,
@@ -212,14 +227,22 @@ fn run(
     }
     let _ = std::fs::remove_file(&sock);
     let object = bpf_object.unwrap_or_else(default_object_path);
-    let pin_dir = PathBuf::from(daolinet_agent::datapath::BPFFS)
-        .join("daolinet")
-        .join(pin_name(dir));
-    let dp = Datapath::load(&object, &pin_dir)?;
+    daolinet_agent::datapath::ensure_bpffs(bpffs)?;
+    let pin_dir = bpffs.join("daolinet").join(pin_name(dir));
+    let mut dp = Datapath::load(&object, &pin_dir)?;
     tracing::info!(object = %object.display(), pins = %pin_dir.display(), "datapath loaded");
+    let saved = dp.saved_rules()?;
+    if !saved.rules.is_empty() || !saved.lost.is_empty() {
+        tracing::info!(
+            restored = saved.rules.len(),
+            lost = saved.lost.len(),
+            "rules kept in the pinned maps from the previous run"
+        );
+        dp.forget_rules(&saved.lost)?;
+    }
     let mut agent = Agent {
         dp,
-        table: RuleTable::new(),
+        table: RuleTable::restore(&saved.subtables, saved.rules),
         uplink_mode,
     };
     // Attach everything or nothing: on error, dropping `agent` detaches

@@ -113,6 +113,34 @@ impl RuleTable {
             .collect()
     }
 
+    /// Rebuild the table from what an earlier agent left in the pinned maps:
+    /// the subtable list and the rules with their ids. No map operation is
+    /// needed: the maps already hold exactly this.
+    pub fn restore(subtables: &[Subtable], rules: Vec<(u32, Rule)>) -> Self {
+        let mut t = RuleTable::new();
+        for s in subtables {
+            t.subtables.push(SubtableState {
+                id: s.id,
+                mask: s.mask,
+                rules: 0,
+            });
+            t.next_sub_id = t.next_sub_id.max(s.id.wrapping_add(1));
+        }
+        for (id, r) in rules {
+            if let Some(s) = t.subtables.iter_mut().find(|s| s.mask == r.mask) {
+                s.rules += 1;
+                t.next_id = t.next_id.max(id + 1);
+                t.rules.insert(id, r);
+            }
+        }
+        t.subtables.retain(|s| s.rules > 0);
+        t.free_ids = (0..t.next_id)
+            .filter(|i| !t.rules.contains_key(i))
+            .rev()
+            .collect();
+        t
+    }
+
     /// Add a rule; returns its id and the map operations.
     pub fn insert(&mut self, mut rule: Rule) -> Result<(u32, Vec<MapOp>), TableError> {
         if rule.actions.len() > MAX_ACTIONS {
@@ -323,6 +351,25 @@ mod tests {
         let (again, ops) = t.insert(rule(10, [10, 0, 0, 9], [255; 4], 1)).unwrap();
         assert_eq!(again, id);
         assert_eq!(ops.first(), Some(&MapOp::ResetStats(id)));
+    }
+
+    #[test]
+    fn restore_rebuilds_ids_and_subtables() {
+        let mut t = RuleTable::new();
+        let (a, _) = t.insert(rule(10, [10, 0, 0, 1], [255; 4], 1)).unwrap();
+        let (b, ops) = t
+            .insert(rule(20, [10, 0, 0, 0], [255, 0, 0, 0], 2))
+            .unwrap();
+        let Some(MapOp::SetSubtables(subs)) = ops.last() else {
+            panic!("no subtable list")
+        };
+        let rules: Vec<(u32, Rule)> = t.rules().map(|(i, r)| (i, r.clone())).collect();
+        let mut r = RuleTable::restore(subs, rules);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r.subtable_list(), *subs);
+        let (c, _) = r.insert(rule(5, [10, 0, 0, 9], [255; 4], 3)).unwrap();
+        assert!(c != a && c != b);
+        assert!(r.remove(a).is_ok());
     }
 
     #[test]

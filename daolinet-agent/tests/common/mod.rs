@@ -1,0 +1,195 @@
+//! Shared helpers of the agent's privileged tests: namespaces with a
+//! cleanup guard, a running agent, command helpers.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// True when running as root; otherwise prints a loud SKIP line.
+pub fn root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("*** SKIP {test}: needs root (network namespaces, BPF) ***");
+    }
+    root
+}
+
+/// Run a command, asserting success.
+pub fn sh(args: &[&str]) {
+    let st = Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .expect("spawn");
+    assert!(st.success(), "{args:?} failed");
+}
+
+/// Run a command in namespace `n`; true when it succeeded.
+pub fn ns(n: &str, args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", n])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// A bpffs outside /sys (which `ip netns exec` replaces), shared by the
+/// tests; mounted by the first one that needs it.
+pub const TEST_BPFFS: &str = "/run/daolinet-test-bpffs";
+
+fn ensure_test_bpffs() {
+    let mounted = std::fs::read_to_string("/proc/self/mounts")
+        .map(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(TEST_BPFFS)))
+        .unwrap_or(false);
+    if !mounted {
+        std::fs::create_dir_all(TEST_BPFFS).expect("mkdir test bpffs");
+        sh(&["mount", "-t", "bpf", "bpf", TEST_BPFFS]);
+    }
+}
+
+/// Namespaces (and agents running in them), removed on drop even when the
+/// test fails.
+pub struct Lab {
+    /// Unique prefix of every namespace name.
+    pub tag: String,
+    namespaces: Vec<String>,
+    agents: Vec<(String, PathBuf, Option<Child>)>,
+}
+
+impl Lab {
+    /// A new lab; `name` is a short test name.
+    pub fn new(name: &str) -> Lab {
+        Lab {
+            tag: format!("dl{name}{}", std::process::id() % 100000),
+            namespaces: Vec::new(),
+            agents: Vec::new(),
+        }
+    }
+
+    /// Create namespace `<tag><suffix>` and return its name.
+    pub fn netns(&mut self, suffix: &str) -> String {
+        let n = format!("{}{suffix}", self.tag);
+        sh(&["ip", "netns", "add", &n]);
+        self.namespaces.push(n.clone());
+        sh(&["ip", "-n", &n, "link", "set", "lo", "up"]);
+        n
+    }
+
+    /// A container namespace behind host `host`: veth `port` (host side) to
+    /// `eth0` with `ip/24` and `mac`; a static neighbour entry sends every
+    /// other address of the subnet to `gw_mac`.
+    pub fn container(
+        &mut self,
+        host: &str,
+        suffix: &str,
+        port: &str,
+        ip: &str,
+        mac: &str,
+    ) -> String {
+        let c = self.netns(suffix);
+        sh(&[
+            "ip", "-n", host, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns",
+            &c,
+        ]);
+        sh(&["ip", "-n", &c, "link", "set", "eth0", "address", mac]);
+        sh(&[
+            "ip",
+            "-n",
+            &c,
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            "eth0",
+        ]);
+        sh(&["ip", "-n", &c, "link", "set", "eth0", "up"]);
+        sh(&["ip", "-n", host, "link", "set", port, "up"]);
+        c
+    }
+
+    fn state_dir(&self, host: &str) -> PathBuf {
+        PathBuf::from(format!("/tmp/{host}-state"))
+    }
+
+    /// Start `daolinet-agent run ARGS` in `host` and wait for its socket.
+    pub fn start_agent(&mut self, host: &str, args: &[&str]) {
+        ensure_test_bpffs();
+        let state = self.state_dir(host);
+        let child = Command::new("ip")
+            .args(["netns", "exec", host, env!("CARGO_BIN_EXE_daolinet-agent")])
+            .args(["--bpffs", TEST_BPFFS, "--state-dir"])
+            .arg(&state)
+            .arg("run")
+            .args(args)
+            .spawn()
+            .expect("start agent");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !state.join("agent.sock").exists() {
+            assert!(Instant::now() < deadline, "agent in {host} did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        match self.agents.iter_mut().find(|a| a.0 == host) {
+            Some(a) => a.2 = Some(child),
+            None => self.agents.push((host.to_string(), state, Some(child))),
+        }
+    }
+
+    /// SIGTERM the agent of `host` and wait for it.
+    pub fn stop_agent(&mut self, host: &str) {
+        if let Some(a) = self.agents.iter_mut().find(|a| a.0 == host) {
+            if let Some(mut c) = a.2.take() {
+                // SAFETY: kill(2) on our own child.
+                unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+                let st = c.wait().expect("wait agent");
+                assert!(st.success(), "agent exited with {st}");
+            }
+        }
+    }
+
+    /// Run an agent CLI command against the agent of `host`; its stdout.
+    pub fn agent_cmd(&self, host: &str, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", host, env!("CARGO_BIN_EXE_daolinet-agent")])
+            .args(["--bpffs", TEST_BPFFS, "--state-dir"])
+            .arg(self.state_dir(host))
+            .args(args)
+            .output()
+            .expect("agent cli");
+        assert!(
+            out.status.success(),
+            "agent {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let hosts: Vec<String> = self.agents.iter().map(|a| a.0.clone()).collect();
+        for (_, _, child) in &mut self.agents {
+            if let Some(c) = child {
+                // SAFETY: kill(2) on our own child.
+                unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+                let _ = c.wait();
+            }
+        }
+        for n in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+        for h in hosts {
+            let state = self.state_dir(&h);
+            let pins = state
+                .to_string_lossy()
+                .replace('/', "_")
+                .trim_matches('_')
+                .to_string();
+            let _ = std::fs::remove_dir_all(format!("{TEST_BPFFS}/daolinet/{pins}"));
+            let _ = std::fs::remove_dir_all(state);
+        }
+    }
+}
