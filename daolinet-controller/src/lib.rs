@@ -1,1 +1,13 @@
-//! daolinet-controller (work in progress).
+//! The DaoliNet controller.
+//!
+//! - [`model`]: hosts, networks, containers, groups, pair policies, firewalls;
+//!   validated mutations that return the [`model::Change`]s they made.
+//! - [`ipam`]: logical and physical address allocation (pure).
+//! - [`store`]: the persistence trait (etcd-shaped) with the embedded redb default.
+//! - [`policy`]: DaoliNet's decisions as pure functions producing flows.
+//! - [`service`], [`api`], [`metrics`]: the running controller and its REST API.
+
+pub mod addr;
+pub mod ipam;
+pub mod model;
+pub mod store;

@@ -1,0 +1,2 @@
+//! daolictl (work in progress).
+fn main() {}

@@ -1,0 +1,2 @@
+//! daolinet-controller binary (work in progress).
+fn main() {}
