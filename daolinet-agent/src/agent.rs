@@ -93,9 +93,17 @@ impl Agent {
         let mut out = Vec::new();
         for (id, r) in rules {
             let s = self.dp.rule_stats(id)?;
+            let m = crate::compile::format_match(&r.key, &r.mask);
             out.push(format!(
-                "rule={id}, cookie={:#x}, n_packets={}, n_bytes={}, idle_timeout={}, priority={} key={:?} mask={:?} actions={:?}",
-                r.cookie, s.packets, s.bytes, r.idle_timeout, r.priority, r.key, r.mask, r.actions
+                "cookie={:#x}, n_packets={}, n_bytes={}, idle_timeout={}, priority={}{}{} actions={}",
+                r.cookie,
+                s.packets,
+                s.bytes,
+                r.idle_timeout,
+                r.priority,
+                if m.is_empty() { "" } else { "," },
+                m,
+                crate::compile::format_actions(&r.actions)
             ));
         }
         Ok(out)

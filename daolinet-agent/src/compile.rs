@@ -139,6 +139,107 @@ pub fn compile_actions(acts: &[of::Action]) -> Result<Vec<Action>, CompileError>
     Ok(out)
 }
 
+/// Render a compiled match in ovs-ofctl style (`in_port=1,ip,nw_dst=10.0.0.0/24`).
+pub fn format_match(key: &FlowKey, mask: &FlowKey) -> String {
+    use std::net::Ipv4Addr;
+    let mut parts: Vec<String> = Vec::new();
+    let mac = |m: [u8; 6]| {
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    let ip = |v: [u8; 4], m: [u8; 4]| {
+        let bits = u32::from_be_bytes(m);
+        if bits == u32::MAX {
+            Ipv4Addr::from(v).to_string()
+        } else if bits.leading_ones() + bits.trailing_zeros() == 32 {
+            format!("{}/{}", Ipv4Addr::from(v), bits.leading_ones())
+        } else {
+            format!("{}/{}", Ipv4Addr::from(v), Ipv4Addr::from(m))
+        }
+    };
+    if mask.in_port != 0 {
+        parts.push(format!("in_port={}", key.in_port));
+    }
+    if mask.eth_src != [0; 6] {
+        parts.push(format!("dl_src={}", mac(key.eth_src)));
+    }
+    if mask.eth_dst != [0; 6] {
+        parts.push(format!("dl_dst={}", mac(key.eth_dst)));
+    }
+    let is_ip = mask.eth_type != 0 && key.eth_type == FlowKey::ETH_TYPE_IPV4;
+    let is_arp = mask.eth_type != 0 && key.eth_type == FlowKey::ETH_TYPE_ARP;
+    if is_ip {
+        parts.push("ip".into());
+    } else if is_arp {
+        parts.push("arp".into());
+    } else if mask.eth_type != 0 {
+        parts.push(format!("dl_type={:#06x}", key.eth_type));
+    }
+    if mask.vlan_tci != 0 {
+        parts.push(format!("vlan_tci={:#06x}", key.vlan_tci));
+    }
+    let (src, dst) = if is_arp {
+        ("arp_spa", "arp_tpa")
+    } else {
+        ("nw_src", "nw_dst")
+    };
+    if mask.ipv4_src != [0; 4] {
+        parts.push(format!("{src}={}", ip(key.ipv4_src, mask.ipv4_src)));
+    }
+    if mask.ipv4_dst != [0; 4] {
+        parts.push(format!("{dst}={}", ip(key.ipv4_dst, mask.ipv4_dst)));
+    }
+    if mask.ip_proto != 0 {
+        parts.push(format!("nw_proto={}", key.ip_proto));
+    }
+    if mask.l4_src != 0 {
+        parts.push(format!("tp_src={}", key.l4_src));
+    }
+    if mask.l4_dst != 0 {
+        parts.push(format!("tp_dst={}", key.l4_dst));
+    }
+    if mask.arp_op != 0 {
+        parts.push(format!("arp_op={}", key.arp_op));
+    }
+    parts.join(",")
+}
+
+/// Render compiled actions in ovs-ofctl style (`set_field:..->eth_dst,output:2`).
+pub fn format_actions(actions: &[Action]) -> String {
+    use daolinet_common::ActionKind as K;
+    use std::net::Ipv4Addr;
+    if actions.is_empty() {
+        return "drop".into();
+    }
+    let mac = |m: [u8; 6]| {
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    actions
+        .iter()
+        .map(|a| match a.kind() {
+            Some(K::Output) => format!("output:{}", a.arg),
+            Some(K::OutputInPort) => "IN_PORT".into(),
+            Some(K::OutputLocal) => "LOCAL".into(),
+            Some(K::Controller) => format!("CONTROLLER:{}", a.arg),
+            Some(K::Drop) => "drop".into(),
+            Some(K::SetEthSrc) => format!("set_field:{}->eth_src", mac(a.mac())),
+            Some(K::SetEthDst) => format!("set_field:{}->eth_dst", mac(a.mac())),
+            Some(K::SetIpv4Src) => format!("set_field:{}->ip_src", Ipv4Addr::from(a.ipv4())),
+            Some(K::SetIpv4Dst) => format!("set_field:{}->ip_dst", Ipv4Addr::from(a.ipv4())),
+            Some(K::SetL4Src) => format!("set_field:{}->tp_src", a.arg),
+            Some(K::SetL4Dst) => format!("set_field:{}->tp_dst", a.arg),
+            Some(K::DecTtl) => "dec_ttl".into(),
+            None => format!("unknown({})", a.kind),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +272,15 @@ mod tests {
         );
         assert_eq!(acts[2].ipv4(), [172, 31, 0, 2]);
         assert_eq!(acts[4].arg, 9);
+        assert_eq!(
+            format_match(&k, &m),
+            "in_port=1,ip,nw_src=10.1.0.2,nw_dst=10.1.0.3"
+        );
+        assert_eq!(
+            format_actions(&acts),
+            "set_field:02:00:00:00:00:01->eth_src,set_field:02:00:00:00:00:02->eth_dst,\
+             set_field:172.31.0.2->ip_src,set_field:172.31.0.3->ip_dst,output:9"
+        );
     }
 
     #[test]
@@ -179,6 +289,7 @@ mod tests {
         let (k, m) = compile_match(&fm.match_).unwrap();
         assert_eq!(m.ipv4_dst, [255, 255, 0, 0]);
         assert_eq!(k.ipv4_dst, [10, 1, 0, 0]);
+        assert_eq!(format_match(&k, &m), "ip,nw_dst=10.1.0.0/16");
         assert!(compile_instructions(&fm.instructions).unwrap().is_empty());
         let fm: of::FlowMod = "actions=group:1".parse().unwrap();
         assert!(matches!(

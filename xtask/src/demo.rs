@@ -14,21 +14,22 @@ const BPFFS: &str = "/run/daolinet-demo-bpffs";
 const GW: &str = "02:00:00:00:00:01";
 const UPLINK: u32 = 0xfff0;
 
-struct Host {
-    ns: String,
-    mac: &'static str,
-    underlay_ip: &'static str,
-    container: String,
-    logical: &'static str,
-    physical: &'static str,
-    cmac: &'static str,
+/// One simulated host: namespace, underlay identity, its container.
+pub(crate) struct Host {
+    pub(crate) ns: String,
+    pub(crate) mac: &'static str,
+    pub(crate) underlay_ip: &'static str,
+    pub(crate) container: String,
+    pub(crate) logical: &'static str,
+    pub(crate) physical: &'static str,
+    pub(crate) cmac: &'static str,
 }
 
 /// Removes namespaces, agents and pins when dropped.
-struct Cleanup {
-    namespaces: Vec<String>,
-    agents: Vec<Child>,
-    states: Vec<PathBuf>,
+pub(crate) struct Cleanup {
+    pub(crate) namespaces: Vec<String>,
+    pub(crate) agents: Vec<Child>,
+    pub(crate) states: Vec<PathBuf>,
 }
 
 impl Drop for Cleanup {
@@ -52,7 +53,7 @@ fn ip(args: &[&str]) -> Result<()> {
     sh(Command::new("ip").args(args))
 }
 
-fn agent(bin: &PathBuf, ns: &str, state: &PathBuf, args: &[&str]) -> Command {
+pub(crate) fn agent(bin: &PathBuf, ns: &str, state: &PathBuf, args: &[&str]) -> Command {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", ns])
         .arg(bin)
@@ -75,6 +76,94 @@ pub fn run(setup: bool) -> Result<()> {
     sh(cargo().args(["build", "--release", "-p", "daolinet-agent"]))?;
     let bin = workspace_root().join("target/release/daolinet-agent");
 
+    ensure_bpffs()?;
+    let mut clean = Cleanup {
+        namespaces: Vec::new(),
+        agents: Vec::new(),
+        states: Vec::new(),
+    };
+    let hosts = topology(&mut clean, "dldemo")?;
+    start_agents(&mut clean, &bin, &obj, &hosts)?;
+    let (c1, c2) = (&hosts[0].container, &hosts[1].container);
+
+    step("no flow yet: the first packet is punted, nothing crosses");
+    let crossed = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            c1,
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            hosts[1].logical,
+        ])
+        .status()?
+        .success();
+    if crossed {
+        bail!("a packet crossed without any rule installed");
+    }
+
+    install_rules(&bin, &hosts)?;
+
+    step(&format!(
+        "ping {} -> {} across hosts",
+        hosts[0].logical, hosts[1].logical
+    ));
+    sh(Command::new("ip").args([
+        "netns",
+        "exec",
+        c1,
+        "ping",
+        "-c",
+        "3",
+        "-i",
+        "0.2",
+        hosts[1].logical,
+    ]))?;
+
+    step("TCP throughput across hosts (iperf3, 3 s)");
+    let mut server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            c2,
+            "iperf3",
+            "-s",
+            "-1",
+            "-B",
+            hosts[1].logical,
+        ])
+        .stdout(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(1));
+    let r = sh(Command::new("ip").args([
+        "netns",
+        "exec",
+        c1,
+        "iperf3",
+        "-c",
+        hosts[1].logical,
+        "-t",
+        "3",
+    ]));
+    let _ = server.kill();
+    let _ = server.wait();
+    r?;
+
+    for h in &hosts {
+        step(&format!("flows and ports on {}", h.ns));
+        let state = PathBuf::from(format!("/tmp/{}-state", h.ns));
+        sh(&mut agent(&bin, &h.ns, &state, &["flows"]))?;
+        sh(&mut agent(&bin, &h.ns, &state, &["ports"]))?;
+    }
+    step("demo done");
+    Ok(())
+}
+
+/// Mount the bpffs the demo and benchmark agents pin their maps in.
+pub(crate) fn ensure_bpffs() -> Result<()> {
     std::fs::create_dir_all(BPFFS)?;
     let mounted = std::fs::read_to_string("/proc/self/mounts")?
         .lines()
@@ -82,13 +171,12 @@ pub fn run(setup: bool) -> Result<()> {
     if !mounted {
         sh(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))?;
     }
+    Ok(())
+}
 
-    let tag = format!("dldemo{}", std::process::id() % 10000);
-    let mut clean = Cleanup {
-        namespaces: Vec::new(),
-        agents: Vec::new(),
-        states: Vec::new(),
-    };
+/// Build the namespaces: an underlay bridge, two hosts, one container per host.
+pub(crate) fn topology(clean: &mut Cleanup, prefix: &str) -> Result<Vec<Host>> {
+    let tag = format!("{prefix}{}", std::process::id() % 10000);
     step("creating the topology: underlay bridge, 2 hosts, 1 container per host");
     let u = format!("{tag}u");
     ip(&["netns", "add", &u])?;
@@ -177,16 +265,26 @@ pub fn run(setup: bool) -> Result<()> {
         ])?;
     }
 
+    Ok(hosts.into())
+}
+
+/// Start one agent per host (uplink eth0, container port c0 = 1).
+pub(crate) fn start_agents(
+    clean: &mut Cleanup,
+    bin: &PathBuf,
+    obj: &std::path::Path,
+    hosts: &[Host],
+) -> Result<()> {
     step("starting one daolinet-agent per host");
-    for h in &hosts {
+    for h in hosts {
         let state = PathBuf::from(format!("/tmp/{}-state", h.ns));
         let child = agent(
-            &bin,
+            bin,
             &h.ns,
             &state,
             &["run", "--uplink", "eth0", "--port", "c0=1"],
         )
-        .env("DAOLINET_BPF_OBJECT", &obj)
+        .env("DAOLINET_BPF_OBJECT", obj)
         .stderr(Stdio::null())
         .spawn()
         .context("starting the agent")?;
@@ -200,27 +298,11 @@ pub fn run(setup: bool) -> Result<()> {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    let (c1, c2) = (&hosts[0].container, &hosts[1].container);
+    Ok(())
+}
 
-    step("no flow yet: the first packet is punted, nothing crosses");
-    let crossed = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            c1,
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "1",
-            hosts[1].logical,
-        ])
-        .status()?
-        .success();
-    if crossed {
-        bail!("a packet crossed without any rule installed");
-    }
-
+/// Install the DaoliNet pair of flows on both hosts through the agents.
+pub(crate) fn install_rules(bin: &PathBuf, hosts: &[Host]) -> Result<()> {
     step("installing the DaoliNet pair of flows (logical <-> physical rewrite, no tunnel)");
     for (i, h) in hosts.iter().enumerate() {
         let o = &hosts[1 - i];
@@ -235,7 +317,7 @@ pub fn run(setup: bool) -> Result<()> {
         let state = PathBuf::from(format!("/tmp/{}-state", h.ns));
         for f in [out, back] {
             eprintln!("    {}: {f}", h.ns);
-            let st = agent(&bin, &h.ns, &state, &["rule", "add", &f])
+            let st = agent(bin, &h.ns, &state, &["rule", "add", &f])
                 .stdout(Stdio::null())
                 .status()?;
             if !st.success() {
@@ -244,57 +326,5 @@ pub fn run(setup: bool) -> Result<()> {
         }
     }
 
-    step(&format!(
-        "ping {} -> {} across hosts",
-        hosts[0].logical, hosts[1].logical
-    ));
-    sh(Command::new("ip").args([
-        "netns",
-        "exec",
-        c1,
-        "ping",
-        "-c",
-        "3",
-        "-i",
-        "0.2",
-        hosts[1].logical,
-    ]))?;
-
-    step("TCP throughput across hosts (iperf3, 3 s)");
-    let mut server = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            c2,
-            "iperf3",
-            "-s",
-            "-1",
-            "-B",
-            hosts[1].logical,
-        ])
-        .stdout(Stdio::null())
-        .spawn()?;
-    std::thread::sleep(Duration::from_secs(1));
-    let r = sh(Command::new("ip").args([
-        "netns",
-        "exec",
-        c1,
-        "iperf3",
-        "-c",
-        hosts[1].logical,
-        "-t",
-        "3",
-    ]));
-    let _ = server.kill();
-    let _ = server.wait();
-    r?;
-
-    for h in &hosts {
-        step(&format!("flows and ports on {}", h.ns));
-        let state = PathBuf::from(format!("/tmp/{}-state", h.ns));
-        sh(&mut agent(&bin, &h.ns, &state, &["flows"]))?;
-        sh(&mut agent(&bin, &h.ns, &state, &["ports"]))?;
-    }
-    step("demo done");
     Ok(())
 }
