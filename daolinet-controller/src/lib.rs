@@ -10,4 +10,5 @@
 pub mod addr;
 pub mod ipam;
 pub mod model;
+pub mod policy;
 pub mod store;

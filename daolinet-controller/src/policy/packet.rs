@@ -1,0 +1,296 @@
+//! A small, fallible parser and emitter for the frames the controller sees:
+//! Ethernet II carrying ARP or IPv4 (with TCP/UDP ports). Anything it does
+//! not understand is reported, never a panic.
+
+use std::net::Ipv4Addr;
+
+use crate::addr::MacAddr;
+
+use super::flow::{ETH_TYPE_ARP, ETH_TYPE_IPV4};
+
+/// Why a frame could not be parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PacketError {
+    /// Shorter than its headers say.
+    #[error("truncated {0} header")]
+    Truncated(&'static str),
+    /// A header field has a value we do not handle.
+    #[error("unsupported {0}")]
+    Unsupported(&'static str),
+}
+
+/// An ARP packet (Ethernet/IPv4 only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arp {
+    /// Opcode (1 request, 2 reply).
+    pub op: u16,
+    /// Sender hardware address.
+    pub sha: MacAddr,
+    /// Sender protocol address.
+    pub spa: Ipv4Addr,
+    /// Target hardware address.
+    pub tha: MacAddr,
+    /// Target protocol address.
+    pub tpa: Ipv4Addr,
+}
+
+/// The IPv4 header fields the policy uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipv4 {
+    /// Source.
+    pub src: Ipv4Addr,
+    /// Destination.
+    pub dst: Ipv4Addr,
+    /// Protocol.
+    pub proto: u8,
+    /// Time to live.
+    pub ttl: u8,
+    /// TCP/UDP (source, destination) ports, when present in the first fragment.
+    pub ports: Option<(u16, u16)>,
+    /// Bytes after the transport ports (or after the IP header), kept so a
+    /// re-emitted frame carries the same payload.
+    pub payload: Vec<u8>,
+}
+
+/// The layer-3 content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum L3 {
+    /// ARP.
+    Arp(Arp),
+    /// IPv4.
+    Ipv4(Ipv4),
+    /// Another Ethernet type (kept for matching).
+    Other,
+}
+
+/// A parsed frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Packet {
+    /// Destination MAC.
+    pub eth_dst: MacAddr,
+    /// Source MAC.
+    pub eth_src: MacAddr,
+    /// Ethernet type.
+    pub eth_type: u16,
+    /// Content.
+    pub l3: L3,
+}
+
+fn mac(b: &[u8]) -> MacAddr {
+    let mut m = [0u8; 6];
+    m.copy_from_slice(&b[..6]);
+    MacAddr(m)
+}
+
+fn ip(b: &[u8]) -> Ipv4Addr {
+    Ipv4Addr::new(b[0], b[1], b[2], b[3])
+}
+
+fn be16(b: &[u8]) -> u16 {
+    u16::from_be_bytes([b[0], b[1]])
+}
+
+impl Packet {
+    /// Parses a frame.
+    pub fn parse(data: &[u8]) -> Result<Packet, PacketError> {
+        let eth = data.get(..14).ok_or(PacketError::Truncated("Ethernet"))?;
+        let eth_type = be16(&eth[12..14]);
+        let body = &data[14..];
+        let l3 = match eth_type {
+            0x8100 | 0x88a8 => return Err(PacketError::Unsupported("VLAN tag")),
+            ETH_TYPE_ARP => {
+                let a = body.get(..28).ok_or(PacketError::Truncated("ARP"))?;
+                if be16(&a[0..2]) != 1 || be16(&a[2..4]) != ETH_TYPE_IPV4 || a[4] != 6 || a[5] != 4
+                {
+                    return Err(PacketError::Unsupported("ARP hardware/protocol type"));
+                }
+                L3::Arp(Arp {
+                    op: be16(&a[6..8]),
+                    sha: mac(&a[8..14]),
+                    spa: ip(&a[14..18]),
+                    tha: mac(&a[18..24]),
+                    tpa: ip(&a[24..28]),
+                })
+            }
+            ETH_TYPE_IPV4 => {
+                let h = body.get(..20).ok_or(PacketError::Truncated("IPv4"))?;
+                if h[0] >> 4 != 4 {
+                    return Err(PacketError::Unsupported("IP version"));
+                }
+                let ihl = usize::from(h[0] & 0x0f) * 4;
+                if ihl < 20 {
+                    return Err(PacketError::Unsupported("IPv4 header length"));
+                }
+                let total = usize::from(be16(&h[2..4]));
+                if total < ihl || body.len() < ihl {
+                    return Err(PacketError::Truncated("IPv4"));
+                }
+                // Ethernet padding may follow the IP packet; a capture may cut it.
+                let end = total.min(body.len());
+                let l4 = &body[ihl..end];
+                let proto = h[9];
+                let first_fragment = be16(&h[6..8]) & 0x1fff == 0;
+                let (ports, payload) = if first_fragment && matches!(proto, 6 | 17) {
+                    let p = l4.get(..4).ok_or(PacketError::Truncated("transport"))?;
+                    (Some((be16(&p[0..2]), be16(&p[2..4]))), l4[4..].to_vec())
+                } else {
+                    (None, l4.to_vec())
+                };
+                L3::Ipv4(Ipv4 {
+                    src: ip(&h[12..16]),
+                    dst: ip(&h[16..20]),
+                    proto,
+                    ttl: h[8],
+                    ports,
+                    payload,
+                })
+            }
+            _ => L3::Other,
+        };
+        Ok(Packet {
+            eth_dst: mac(&eth[0..6]),
+            eth_src: mac(&eth[6..12]),
+            eth_type,
+            l3,
+        })
+    }
+
+    /// The IPv4 part, if any.
+    pub fn ipv4(&self) -> Option<&Ipv4> {
+        match &self.l3 {
+            L3::Ipv4(i) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// Emits the frame. IPv4 checksums are computed; transport checksums are
+    /// left as they are in `payload` (the switch fixes them after rewrites).
+    pub fn emit(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        out.extend_from_slice(&self.eth_dst.0);
+        out.extend_from_slice(&self.eth_src.0);
+        out.extend_from_slice(&self.eth_type.to_be_bytes());
+        match &self.l3 {
+            L3::Arp(a) => {
+                out.extend_from_slice(&[0, 1, 0x08, 0x00, 6, 4]);
+                out.extend_from_slice(&a.op.to_be_bytes());
+                out.extend_from_slice(&a.sha.0);
+                out.extend_from_slice(&a.spa.octets());
+                out.extend_from_slice(&a.tha.0);
+                out.extend_from_slice(&a.tpa.octets());
+            }
+            L3::Ipv4(i) => {
+                let l4_len = i.payload.len() + if i.ports.is_some() { 4 } else { 0 };
+                let total = u16::try_from(20 + l4_len).unwrap_or(u16::MAX);
+                let mut h = [0u8; 20];
+                h[0] = 0x45;
+                h[2..4].copy_from_slice(&total.to_be_bytes());
+                h[8] = i.ttl;
+                h[9] = i.proto;
+                h[12..16].copy_from_slice(&i.src.octets());
+                h[16..20].copy_from_slice(&i.dst.octets());
+                let sum = checksum(&h);
+                h[10..12].copy_from_slice(&sum.to_be_bytes());
+                out.extend_from_slice(&h);
+                if let Some((s, d)) = i.ports {
+                    out.extend_from_slice(&s.to_be_bytes());
+                    out.extend_from_slice(&d.to_be_bytes());
+                }
+                out.extend_from_slice(&i.payload);
+            }
+            L3::Other => {}
+        }
+        out
+    }
+
+    /// An ARP reply answering `req` as `answer_mac`.
+    pub fn arp_reply(req: &Arp, answer_mac: MacAddr) -> Packet {
+        Packet {
+            eth_dst: req.sha,
+            eth_src: answer_mac,
+            eth_type: ETH_TYPE_ARP,
+            l3: L3::Arp(Arp {
+                op: 2,
+                sha: answer_mac,
+                spa: req.tpa,
+                tha: req.sha,
+                tpa: req.spa,
+            }),
+        }
+    }
+}
+
+/// The Internet checksum of a header.
+fn checksum(b: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for c in b.chunks(2) {
+        let w = match c {
+            [a, b] => u16::from_be_bytes([*a, *b]),
+            [a] => u16::from_be_bytes([*a, 0]),
+            _ => 0,
+        };
+        sum += u32::from(w);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let p = Packet {
+            eth_dst: "02:00:00:00:00:02".parse().unwrap(),
+            eth_src: "02:00:00:00:00:01".parse().unwrap(),
+            eth_type: ETH_TYPE_IPV4,
+            l3: L3::Ipv4(Ipv4 {
+                src: Ipv4Addr::new(10, 0, 0, 2),
+                dst: Ipv4Addr::new(10, 0, 0, 3),
+                proto: 6,
+                ttl: 64,
+                ports: Some((1234, 80)),
+                payload: vec![1, 2, 3],
+            }),
+        };
+        assert_eq!(Packet::parse(&p.emit()).unwrap(), p);
+        let req = Arp {
+            op: 1,
+            sha: "02:00:00:00:00:01".parse().unwrap(),
+            spa: Ipv4Addr::new(10, 0, 0, 2),
+            tha: MacAddr::default(),
+            tpa: Ipv4Addr::new(10, 0, 0, 1),
+        };
+        let r = Packet::arp_reply(&req, "02:00:00:00:00:aa".parse().unwrap());
+        assert_eq!(Packet::parse(&r.emit()).unwrap(), r);
+    }
+
+    #[test]
+    fn malformed_is_an_error() {
+        assert!(Packet::parse(&[]).is_err());
+        let mut f = vec![0u8; 14];
+        f[12] = 0x08;
+        assert!(Packet::parse(&f).is_err());
+        f.extend_from_slice(&[0x45, 0, 0, 10]);
+        f.resize(34, 0);
+        assert!(Packet::parse(&f).is_err()); // total length < header
+        f[14] = 0x65;
+        assert!(Packet::parse(&f).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(data in proptest::collection::vec(proptest::num::u8::ANY, 0..80),
+                        ty in proptest::sample::select(vec![0x0800u16, 0x0806, 0x8100, 0x86dd])) {
+            let mut d = data;
+            if d.len() >= 14 {
+                d[12..14].copy_from_slice(&ty.to_be_bytes());
+                if ty == 0x0800 && d.len() > 14 { d[14] = 0x45; }
+            }
+            let _ = Packet::parse(&d);
+        }
+    }
+}
