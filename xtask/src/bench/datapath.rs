@@ -73,13 +73,12 @@ mod serde_like {
     }
 
     pub fn parse(json: &str, udp: bool) -> Result<Num> {
-        let end = json
-            .rfind("\"end\"")
-            .ok_or_else(|| anyhow!("no end section in iperf3 output"))?;
-        let tail = &json[end..];
+        // The summaries are the last occurrences of these keys (the
+        // per-interval objects come before them).
+        let tail = json;
         if udp {
             let sum = tail
-                .find("\"sum\"")
+                .rfind("\"sum\"")
                 .map(|i| &tail[i..])
                 .ok_or_else(|| anyhow!("no UDP sum"))?;
             let packets = number_after(sum, "\"packets\"").ok_or_else(|| anyhow!("no packets"))?;
@@ -88,7 +87,7 @@ mod serde_like {
             Ok(Num((packets - lost) / secs.max(1e-9)))
         } else {
             let recv = tail
-                .find("\"sum_received\"")
+                .rfind("\"sum_received\"")
                 .map(|i| &tail[i..])
                 .ok_or_else(|| anyhow!("no sum_received"))?;
             Ok(Num(number_after(recv, "\"bits_per_second\"")
