@@ -8,7 +8,10 @@
 //! - [`service`], [`api`], [`metrics`]: the running controller and its REST API.
 
 pub mod addr;
+pub mod api;
 pub mod ipam;
+pub mod metrics;
 pub mod model;
 pub mod policy;
+pub mod service;
 pub mod store;

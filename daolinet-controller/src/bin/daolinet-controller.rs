@@ -1,2 +1,162 @@
-//! daolinet-controller binary (work in progress).
-fn main() {}
+//! `daolinet-controller run`: the DaoliNet controller daemon.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use daolinet_controller::addr::{Ipv4Net, MacAddr};
+use daolinet_controller::api::{self, auth, AppState};
+use daolinet_controller::policy::Config;
+use daolinet_controller::service::Controller;
+use daolinet_controller::store::RedbStore;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "daolinet-controller",
+    version,
+    about = "DaoliNet controller: policy, store, REST API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the controller.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// OpenFlow 1.3 listen address. NOT SERVED YET: the OpenFlow server is
+    /// not implemented in this version; the address is only validated.
+    #[arg(long, default_value = "0.0.0.0:6653")]
+    listen: SocketAddr,
+    /// REST API listen address (port 0 picks a free port; the chosen address
+    /// is printed on stdout as `api: http://ADDR`).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    api: SocketAddr,
+    /// Store file (redb); created if missing. The API token file lives in
+    /// the same directory unless --token-file is given.
+    #[arg(long, default_value = "/var/lib/daolinet/controller.redb")]
+    store: PathBuf,
+    /// API bearer token file (created 0600 with a random token if missing).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Pool of physical IPs handed to containers.
+    #[arg(long, default_value = "172.31.0.0/16")]
+    physical_pool: Ipv4Net,
+    /// Gateway MAC that answers containers' ARP requests.
+    #[arg(long, default_value = "02:da:00:00:00:01")]
+    gateway_mac: MacAddr,
+    /// Idle timeout of hot-plug flows, seconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..))]
+    idle_timeout: u16,
+    /// Hard timeout of drop flows installed after a denial, seconds.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+    deny_timeout: u16,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Run(a) => run(a),
+    }
+}
+
+fn run(a: RunArgs) -> anyhow::Result<()> {
+    let dir = a
+        .store
+        .parent()
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                p.to_path_buf()
+            }
+        })
+        .unwrap_or_else(|| PathBuf::from("."));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let store = RedbStore::open(&a.store)
+        .with_context(|| format!("opening store {}", a.store.display()))?;
+    tracing::info!(path = %a.store.display(), "store opened");
+    let token_path = a
+        .token_file
+        .clone()
+        .unwrap_or_else(|| dir.join("api-token"));
+    let (token, created) = auth::load_or_create_token(&token_path)
+        .with_context(|| format!("token file {}", token_path.display()))?;
+    if created {
+        tracing::info!(path = %token_path.display(), "created API token file");
+    } else {
+        tracing::info!(path = %token_path.display(), "using API token file");
+    }
+    let cfg = Config {
+        gateway_mac: a.gateway_mac,
+        idle_timeout: a.idle_timeout,
+        deny_timeout: a.deny_timeout,
+        table: 0,
+        physical_pool: a.physical_pool,
+    };
+    let ctl = Arc::new(Controller::open(Arc::new(store), cfg)?);
+    let snap = ctl.snapshot()?;
+    tracing::info!(
+        hosts = snap.model.hosts.len(),
+        networks = snap.model.networks.len(),
+        containers = snap.model.containers.len(),
+        "model loaded"
+    );
+    tracing::warn!(listen = %a.listen,
+        "OpenFlow server not implemented yet: --listen is accepted but nothing listens there");
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(a.api)
+            .await
+            .with_context(|| format!("binding API address {}", a.api))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, "REST API listening");
+        println!("api: http://{addr}");
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        let app = api::router(AppState {
+            ctl,
+            token: token.into(),
+        });
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown())
+            .await?;
+        tracing::info!("stopped");
+        anyhow::Ok(())
+    })
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = i.recv() => tracing::info!("SIGINT: shutting down"),
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

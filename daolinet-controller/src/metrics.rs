@@ -1,0 +1,158 @@
+//! Prometheus metrics, rendered in the text exposition format without a
+//! metrics library: a few atomics and one histogram.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::policy::{DenyReason, Verdict};
+
+/// Upper bounds (seconds) of the decision latency histogram.
+const BUCKETS: [f64; 10] = [
+    0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5,
+];
+
+/// The controller's counters and gauges.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    packet_in: AtomicU64,
+    buckets: [AtomicU64; BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_ns: AtomicU64,
+    denials: [AtomicU64; DenyReason::ALL.len()],
+    flows_installed: AtomicU64,
+    switches_connected: AtomicU64,
+    api_mutations: AtomicU64,
+    api_errors: AtomicU64,
+}
+
+impl Metrics {
+    /// Records one PACKET_IN decision and how long it took.
+    pub fn packet_in(&self, took: Duration, verdict: &Verdict) {
+        self.packet_in.fetch_add(1, Ordering::Relaxed);
+        let secs = took.as_secs_f64();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.latency_sum_ns.fetch_add(ns, Ordering::Relaxed);
+        if let Verdict::Denied(r) = verdict {
+            self.denied(*r);
+        }
+    }
+
+    /// Counts a denial.
+    pub fn denied(&self, r: DenyReason) {
+        if let Some(i) = DenyReason::ALL.iter().position(|x| *x == r) {
+            self.denials[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sets the number of flows the controller believes installed.
+    pub fn set_flows_installed(&self, n: u64) {
+        self.flows_installed.store(n, Ordering::Relaxed);
+    }
+
+    /// Sets the number of connected switches.
+    pub fn set_switches_connected(&self, n: u64) {
+        self.switches_connected.store(n, Ordering::Relaxed);
+    }
+
+    /// Counts an accepted API mutation.
+    pub fn api_mutation(&self) {
+        self.api_mutations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a refused API request.
+    pub fn api_error(&self) {
+        self.api_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "# HELP daolinet_packet_in_total PACKET_IN messages handled."
+        );
+        let _ = writeln!(s, "# TYPE daolinet_packet_in_total counter");
+        let _ = writeln!(s, "daolinet_packet_in_total {}", g(&self.packet_in));
+        let _ = writeln!(
+            s,
+            "# HELP daolinet_decision_seconds Time to decide on a PACKET_IN."
+        );
+        let _ = writeln!(s, "# TYPE daolinet_decision_seconds histogram");
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "daolinet_decision_seconds_bucket{{le=\"{b}\"}} {}",
+                g(&self.buckets[i])
+            );
+        }
+        let count = g(&self.latency_count);
+        let _ = writeln!(s, "daolinet_decision_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            s,
+            "daolinet_decision_seconds_sum {}",
+            g(&self.latency_sum_ns) as f64 / 1e9
+        );
+        let _ = writeln!(s, "daolinet_decision_seconds_count {count}");
+        let _ = writeln!(s, "# HELP daolinet_denials_total Denied packets by reason.");
+        let _ = writeln!(s, "# TYPE daolinet_denials_total counter");
+        for (i, r) in DenyReason::ALL.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "daolinet_denials_total{{reason=\"{}\"}} {}",
+                r.as_str(),
+                g(&self.denials[i])
+            );
+        }
+        let _ = writeln!(s, "# HELP daolinet_flows_installed Flows the controller has installed (not yet deleted or known expired).");
+        let _ = writeln!(s, "# TYPE daolinet_flows_installed gauge");
+        let _ = writeln!(s, "daolinet_flows_installed {}", g(&self.flows_installed));
+        let _ = writeln!(
+            s,
+            "# HELP daolinet_switches_connected Datapaths connected over OpenFlow."
+        );
+        let _ = writeln!(s, "# TYPE daolinet_switches_connected gauge");
+        let _ = writeln!(
+            s,
+            "daolinet_switches_connected {}",
+            g(&self.switches_connected)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP daolinet_api_mutations_total Accepted API mutations."
+        );
+        let _ = writeln!(s, "# TYPE daolinet_api_mutations_total counter");
+        let _ = writeln!(s, "daolinet_api_mutations_total {}", g(&self.api_mutations));
+        let _ = writeln!(s, "# HELP daolinet_api_errors_total Refused API requests.");
+        let _ = writeln!(s, "# TYPE daolinet_api_errors_total counter");
+        let _ = writeln!(s, "daolinet_api_errors_total {}", g(&self.api_errors));
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_histogram_and_reasons() {
+        let m = Metrics::default();
+        m.packet_in(Duration::from_micros(20), &Verdict::SameHost);
+        m.packet_in(
+            Duration::from_millis(2),
+            &Verdict::Denied(DenyReason::Isolated),
+        );
+        let t = m.render();
+        assert!(t.contains("daolinet_packet_in_total 2"));
+        assert!(t.contains("daolinet_decision_seconds_bucket{le=\"0.00005\"} 1"));
+        assert!(t.contains("daolinet_decision_seconds_bucket{le=\"+Inf\"} 2"));
+        assert!(t.contains("daolinet_denials_total{reason=\"isolated\"} 1"));
+    }
+}
