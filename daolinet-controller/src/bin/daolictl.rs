@@ -1,2 +1,795 @@
-//! daolictl (work in progress).
-fn main() {}
+//! `daolictl`: the DaoliNet command line, over the controller's REST API.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "daolictl",
+    version,
+    about = "Manage a DaoliNet cluster through the controller's REST API"
+)]
+struct Cli {
+    /// Controller API URL.
+    #[arg(
+        long,
+        global = true,
+        env = "DAOLI_API",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    api: String,
+    /// API token (overrides --token-file).
+    #[arg(long, global = true, env = "DAOLI_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// File holding the API token.
+    #[arg(
+        long,
+        global = true,
+        env = "DAOLI_TOKEN_FILE",
+        default_value = "/var/lib/daolinet/api-token"
+    )]
+    token_file: PathBuf,
+    /// Output format.
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Networks.
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Groups of networks (members may talk to each other).
+    #[command(subcommand)]
+    Group(GroupCmd),
+    /// Allow two containers to talk, whatever their networks: `connect A:B`.
+    Connect {
+        /// `A:B`, container ids or names.
+        pair: String,
+    },
+    /// Forbid two containers to talk, whatever their networks: `disconnect A:B`.
+    Disconnect {
+        /// `A:B`, container ids or names.
+        pair: String,
+    },
+    /// Pair policies set by connect/disconnect.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// Firewall (ingress) rules.
+    #[command(subcommand)]
+    Firewall(FirewallCmd),
+    /// Containers.
+    #[command(subcommand)]
+    Container(ContainerCmd),
+    /// Hosts (datapaths).
+    #[command(subcommand)]
+    Host(HostCmd),
+    /// Flows the controller has installed.
+    Flows {
+        /// Only this host.
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum NetworkCmd {
+    /// Create a network.
+    Create {
+        /// Name.
+        name: String,
+        /// Subnet, e.g. 10.0.0.0/24 (may overlap other tenants' subnets).
+        #[arg(long)]
+        subnet: String,
+        /// Gateway (default: first address).
+        #[arg(long)]
+        gateway: Option<String>,
+        /// Tenant label.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Forbid reaching outside destinations (NAT-out).
+        #[arg(long)]
+        no_nat_out: bool,
+    },
+    /// Delete a network (it must have no containers).
+    Delete {
+        /// Name.
+        name: String,
+    },
+    /// Show one or all networks.
+    Show {
+        /// Name.
+        name: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum GroupCmd {
+    /// Create a group.
+    Create {
+        /// Name.
+        name: String,
+        /// Member networks.
+        networks: Vec<String>,
+    },
+    /// Delete a group.
+    Delete {
+        /// Name.
+        name: String,
+    },
+    /// Show one or all groups.
+    Show {
+        /// Name.
+        name: Option<String>,
+    },
+    /// Add a network to a group.
+    Add {
+        /// Group.
+        group: String,
+        /// Network.
+        network: String,
+    },
+    /// Remove a network from a group.
+    Remove {
+        /// Group.
+        group: String,
+        /// Network.
+        network: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCmd {
+    /// Show pair policies.
+    Show,
+    /// Remove the pair policy of `A:B` (networks and groups decide again).
+    Delete {
+        /// `A:B`.
+        pair: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum FirewallCmd {
+    /// Create a firewall: traffic to the host's IP on HOSTPORT goes to the container's PORT.
+    Create {
+        /// Name.
+        name: String,
+        /// Container id or name.
+        #[arg(long)]
+        container: String,
+        /// `HOSTPORT:PORT[/tcp|/udp]`, repeatable.
+        #[arg(long = "rule", required = true)]
+        rules: Vec<String>,
+    },
+    /// Show one or all firewalls.
+    Show {
+        /// Name.
+        name: Option<String>,
+    },
+    /// Delete a firewall.
+    Delete {
+        /// Name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ContainerCmd {
+    /// Show one or all containers.
+    Show {
+        /// Id or name.
+        id: Option<String>,
+    },
+    /// Register a container (normally done by the runtime plugin).
+    Create {
+        /// Id.
+        id: String,
+        /// Name (default: the id).
+        #[arg(long)]
+        name: Option<String>,
+        /// Network.
+        #[arg(long)]
+        network: String,
+        /// Host.
+        #[arg(long)]
+        host: String,
+        /// OpenFlow port on the host.
+        #[arg(long)]
+        port: u32,
+        /// Logical IP (default: allocated).
+        #[arg(long)]
+        ip: Option<String>,
+        /// MAC (default: derived).
+        #[arg(long)]
+        mac: Option<String>,
+    },
+    /// Unregister a container.
+    Delete {
+        /// Id or name.
+        id: String,
+    },
+    /// Move a container to another host; it keeps its IP and MAC.
+    Move {
+        /// Id or name.
+        id: String,
+        /// New host.
+        #[arg(long)]
+        host: String,
+        /// OpenFlow port on the new host.
+        #[arg(long)]
+        port: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum HostCmd {
+    /// Show one or all hosts.
+    Show {
+        /// Name.
+        name: Option<String>,
+    },
+    /// Register a host (agents register themselves; use this for OVS bridges).
+    Add {
+        /// Name.
+        name: String,
+        /// Datapath id (hex).
+        #[arg(long)]
+        dpid: String,
+        /// Underlay IP.
+        #[arg(long)]
+        ip: String,
+        /// Underlay MAC.
+        #[arg(long)]
+        mac: String,
+        /// Uplink OpenFlow port.
+        #[arg(long)]
+        uplink_port: u32,
+        /// MAC of the LOCAL port if not --mac.
+        #[arg(long)]
+        local_mac: Option<String>,
+    },
+    /// Unregister a host (it must run no container).
+    Delete {
+        /// Name.
+        name: String,
+    },
+}
+
+/// A failed command: message and exit code.
+struct Failure(String, u8);
+
+struct Client {
+    api: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, Failure> {
+        let url = format!("{}{path}", self.api.trim_end_matches('/'));
+        let req = self
+            .agent
+            .request(method, &url)
+            .set("Authorization", &format!("Bearer {}", self.token));
+        let res = match body {
+            Some(b) => req.send_json(b),
+            None => req.call(),
+        };
+        let (ok, resp) = match res {
+            Ok(r) => (true, r),
+            Err(ureq::Error::Status(_, r)) => (false, r),
+            Err(e) => {
+                return Err(Failure(
+                    format!("cannot reach the controller at {}: {e}", self.api),
+                    2,
+                ))
+            }
+        };
+        let status = resp.status();
+        let text = resp
+            .into_string()
+            .map_err(|e| Failure(format!("reading the answer: {e}"), 2))?;
+        let v: Value = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if ok {
+            return Ok(v);
+        }
+        let msg = v["error"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string());
+        let field = v["field"]
+            .as_str()
+            .map(|f| format!(" (field: {f})"))
+            .unwrap_or_default();
+        Err(Failure(format!("{msg}{field} [HTTP {status}]"), 1))
+    }
+}
+
+fn split_pair(pair: &str) -> Result<(&str, &str), Failure> {
+    match pair.split_once(':') {
+        Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains(':') => Ok((a, b)),
+        _ => Err(Failure(
+            format!("expected A:B (two container ids or names), got {pair:?}"),
+            1,
+        )),
+    }
+}
+
+fn enc(s: &str) -> String {
+    // Path segments: names are restricted to [A-Za-z0-9._-] by the API; encode the rest.
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().map(text).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+/// A table column: header and how to render a row's cell.
+type Column<'a> = (&'a str, &'a dyn Fn(&Value) -> String);
+
+fn table(rows: &[Value], cols: &[Column<'_>]) -> String {
+    let mut cells: Vec<Vec<String>> = vec![cols.iter().map(|(h, _)| h.to_string()).collect()];
+    for r in rows {
+        cells.push(cols.iter().map(|(_, f)| f(r)).collect());
+    }
+    let widths: Vec<usize> = (0..cols.len())
+        .map(|i| {
+            cells
+                .iter()
+                .map(|r| r[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in cells {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn field(name: &'static str) -> impl Fn(&Value) -> String {
+    move |v: &Value| text(&v[name])
+}
+
+fn rows(v: &Value) -> Vec<Value> {
+    match v {
+        Value::Array(a) => a.clone(),
+        Value::Null => vec![],
+        other => vec![other.clone()],
+    }
+}
+
+enum Kind {
+    Network,
+    Group,
+    Policy,
+    Firewall,
+    Container,
+    Host,
+    Flows,
+    Done(String),
+}
+
+fn render(kind: &Kind, v: &Value) -> String {
+    let r = rows(v);
+    match kind {
+        Kind::Network => table(
+            &r,
+            &[
+                ("NAME", &field("name")),
+                ("SUBNET", &field("subnet")),
+                ("GATEWAY", &field("gateway")),
+                ("TENANT", &field("tenant")),
+                ("NAT-OUT", &field("nat_out")),
+            ],
+        ),
+        Kind::Group => table(
+            &r,
+            &[("NAME", &field("name")), ("NETWORKS", &field("networks"))],
+        ),
+        Kind::Policy => table(
+            &r,
+            &[
+                ("A", &field("a")),
+                ("B", &field("b")),
+                ("ACTION", &field("action")),
+            ],
+        ),
+        Kind::Firewall => table(
+            &r,
+            &[
+                ("NAME", &field("name")),
+                ("CONTAINER", &field("container")),
+                ("RULES", &|v: &Value| {
+                    v["rules"]
+                        .as_array()
+                        .map(|rs| {
+                            rs.iter()
+                                .map(|r| {
+                                    format!(
+                                        "{}:{}/{}",
+                                        text(&r["host_port"]),
+                                        text(&r["container_port"]),
+                                        text(&r["proto"])
+                                    )
+                                })
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        })
+                        .unwrap_or_default()
+                }),
+            ],
+        ),
+        Kind::Container => table(
+            &r,
+            &[
+                ("ID", &field("id")),
+                ("NAME", &field("name")),
+                ("NETWORK", &field("network")),
+                ("IP", &field("ip")),
+                ("MAC", &field("mac")),
+                ("HOST", &field("host")),
+                ("PORT", &field("port")),
+                ("PHYSICAL-IP", &field("physical_ip")),
+            ],
+        ),
+        Kind::Host => table(
+            &r,
+            &[
+                ("NAME", &field("name")),
+                ("DPID", &field("dpid")),
+                ("IP", &field("ip")),
+                ("MAC", &field("mac")),
+                ("UPLINK", &field("uplink_port")),
+            ],
+        ),
+        Kind::Flows => {
+            let mut out = String::new();
+            for h in &r {
+                out.push_str(&format!(
+                    "host {} (dpid {})\n",
+                    text(&h["host"]),
+                    text(&h["dpid"])
+                ));
+                for f in h["flows"].as_array().into_iter().flatten() {
+                    out.push_str(&format!("  {}\n", flow_line(f)));
+                }
+            }
+            out
+        }
+        Kind::Done(msg) => format!("{msg}\n"),
+    }
+}
+
+/// One flow in ovs-ofctl-like syntax.
+fn flow_line(f: &Value) -> String {
+    let mut m = vec![
+        format!("cookie={:#x}", f["cookie"].as_u64().unwrap_or(0)),
+        format!("priority={}", text(&f["priority"])),
+    ];
+    for t in ["idle_timeout", "hard_timeout"] {
+        if f[t].as_u64().unwrap_or(0) > 0 {
+            m.push(format!("{t}={}", text(&f[t])));
+        }
+    }
+    if let Some(obj) = f["match"].as_object() {
+        for (k, v) in obj {
+            let val = match (k.as_str(), v) {
+                ("ipv4_src" | "ipv4_dst", Value::Object(o)) => {
+                    let p = o.get("prefix").and_then(Value::as_u64).unwrap_or(32);
+                    let a = o.get("addr").map(text).unwrap_or_default();
+                    if p == 32 {
+                        a
+                    } else {
+                        format!("{a}/{p}")
+                    }
+                }
+                ("eth_type", Value::Number(n)) => format!("{:#06x}", n.as_u64().unwrap_or(0)),
+                _ => text(v),
+            };
+            m.push(format!("{k}={val}"));
+        }
+    }
+    let acts: Vec<String> = f["actions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| match a.get("value") {
+            Some(v) => format!("{}:{}", text(&a["type"]), text(v)),
+            None => text(&a["type"]),
+        })
+        .collect();
+    let acts = if acts.is_empty() {
+        "drop".to_string()
+    } else {
+        acts.join(",")
+    };
+    format!("{} actions={acts}", m.join(", "))
+}
+
+fn run(cli: Cli) -> Result<String, Failure> {
+    if let Cmd::Completions { shell } = &cli.cmd {
+        let mut buf = Vec::new();
+        clap_complete::generate(*shell, &mut Cli::command(), "daolictl", &mut buf);
+        return Ok(String::from_utf8_lossy(&buf).into_owned());
+    }
+    let token = match &cli.token {
+        Some(t) => t.trim().to_string(),
+        None => std::fs::read_to_string(&cli.token_file)
+            .map(|t| t.trim().to_string())
+            .map_err(|e| {
+                Failure(
+                    format!(
+                        "no API token: pass --token, set DAOLI_TOKEN, or make {} readable ({e})",
+                        cli.token_file.display()
+                    ),
+                    1,
+                )
+            })?,
+    };
+    let c = Client {
+        api: cli.api.clone(),
+        token,
+        agent: ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(30))
+            .build(),
+    };
+    let one_or_all = |base: &str, name: &Option<String>| match name {
+        Some(n) => format!("{base}/{}", enc(n)),
+        None => base.to_string(),
+    };
+    let (kind, v) = match cli.cmd {
+        Cmd::Network(NetworkCmd::Create {
+            name,
+            subnet,
+            gateway,
+            tenant,
+            no_nat_out,
+        }) => {
+            let mut b = json!({ "name": name, "subnet": subnet });
+            if let Some(g) = gateway {
+                b["gateway"] = json!(g);
+            }
+            if let Some(t) = tenant {
+                b["tenant"] = json!(t);
+            }
+            if no_nat_out {
+                b["nat_out"] = json!(false);
+            }
+            (Kind::Network, c.call("POST", "/api/networks", Some(b))?)
+        }
+        Cmd::Network(NetworkCmd::Delete { name }) => {
+            c.call("DELETE", &format!("/api/networks/{}", enc(&name)), None)?;
+            (
+                Kind::Done(format!("network {name} deleted")),
+                json!({"deleted": name}),
+            )
+        }
+        Cmd::Network(NetworkCmd::Show { name }) => (
+            Kind::Network,
+            c.call("GET", &one_or_all("/api/networks", &name), None)?,
+        ),
+        Cmd::Group(GroupCmd::Create { name, networks }) => (
+            Kind::Group,
+            c.call(
+                "POST",
+                "/api/groups",
+                Some(json!({"name": name, "networks": networks})),
+            )?,
+        ),
+        Cmd::Group(GroupCmd::Delete { name }) => {
+            c.call("DELETE", &format!("/api/groups/{}", enc(&name)), None)?;
+            (
+                Kind::Done(format!("group {name} deleted")),
+                json!({"deleted": name}),
+            )
+        }
+        Cmd::Group(GroupCmd::Show { name }) => (
+            Kind::Group,
+            c.call("GET", &one_or_all("/api/groups", &name), None)?,
+        ),
+        Cmd::Group(GroupCmd::Add { group, network }) => (
+            Kind::Group,
+            c.call(
+                "POST",
+                &format!("/api/groups/{}/networks", enc(&group)),
+                Some(json!({"network": network})),
+            )?,
+        ),
+        Cmd::Group(GroupCmd::Remove { group, network }) => (
+            Kind::Group,
+            c.call(
+                "DELETE",
+                &format!("/api/groups/{}/networks/{}", enc(&group), enc(&network)),
+                None,
+            )?,
+        ),
+        Cmd::Connect { pair } => {
+            let (a, b) = split_pair(&pair)?;
+            (
+                Kind::Policy,
+                c.call(
+                    "POST",
+                    "/api/policies",
+                    Some(json!({"a": a, "b": b, "action": "connect"})),
+                )?,
+            )
+        }
+        Cmd::Disconnect { pair } => {
+            let (a, b) = split_pair(&pair)?;
+            (
+                Kind::Policy,
+                c.call(
+                    "POST",
+                    "/api/policies",
+                    Some(json!({"a": a, "b": b, "action": "disconnect"})),
+                )?,
+            )
+        }
+        Cmd::Policy(PolicyCmd::Show) => (Kind::Policy, c.call("GET", "/api/policies", None)?),
+        Cmd::Policy(PolicyCmd::Delete { pair }) => {
+            let (a, b) = split_pair(&pair)?;
+            c.call(
+                "DELETE",
+                &format!("/api/policies/{}/{}", enc(a), enc(b)),
+                None,
+            )?;
+            (
+                Kind::Done(format!("policy {pair} deleted")),
+                json!({"deleted": pair}),
+            )
+        }
+        Cmd::Firewall(FirewallCmd::Create {
+            name,
+            container,
+            rules,
+        }) => (
+            Kind::Firewall,
+            c.call(
+                "POST",
+                "/api/firewalls",
+                Some(json!({"name": name, "container": container, "rules": rules})),
+            )?,
+        ),
+        Cmd::Firewall(FirewallCmd::Show { name }) => (
+            Kind::Firewall,
+            c.call("GET", &one_or_all("/api/firewalls", &name), None)?,
+        ),
+        Cmd::Firewall(FirewallCmd::Delete { name }) => {
+            c.call("DELETE", &format!("/api/firewalls/{}", enc(&name)), None)?;
+            (
+                Kind::Done(format!("firewall {name} deleted")),
+                json!({"deleted": name}),
+            )
+        }
+        Cmd::Container(ContainerCmd::Show { id }) => (
+            Kind::Container,
+            c.call("GET", &one_or_all("/api/containers", &id), None)?,
+        ),
+        Cmd::Container(ContainerCmd::Create {
+            id,
+            name,
+            network,
+            host,
+            port,
+            ip,
+            mac,
+        }) => {
+            let mut b = json!({"id": id, "network": network, "host": host, "port": port});
+            for (k, v) in [("name", name), ("ip", ip), ("mac", mac)] {
+                if let Some(v) = v {
+                    b[k] = json!(v);
+                }
+            }
+            (Kind::Container, c.call("POST", "/api/containers", Some(b))?)
+        }
+        Cmd::Container(ContainerCmd::Delete { id }) => {
+            c.call("DELETE", &format!("/api/containers/{}", enc(&id)), None)?;
+            (
+                Kind::Done(format!("container {id} deleted")),
+                json!({"deleted": id}),
+            )
+        }
+        Cmd::Container(ContainerCmd::Move { id, host, port }) => (
+            Kind::Container,
+            c.call(
+                "POST",
+                &format!("/api/containers/{}/move", enc(&id)),
+                Some(json!({"host": host, "port": port})),
+            )?,
+        ),
+        Cmd::Host(HostCmd::Show { name }) => (
+            Kind::Host,
+            c.call("GET", &one_or_all("/api/hosts", &name), None)?,
+        ),
+        Cmd::Host(HostCmd::Add {
+            name,
+            dpid,
+            ip,
+            mac,
+            uplink_port,
+            local_mac,
+        }) => {
+            let mut b = json!({"name": name, "dpid": dpid, "ip": ip, "mac": mac, "uplink_port": uplink_port});
+            if let Some(m) = local_mac {
+                b["local_mac"] = json!(m);
+            }
+            (Kind::Host, c.call("POST", "/api/hosts", Some(b))?)
+        }
+        Cmd::Host(HostCmd::Delete { name }) => {
+            c.call("DELETE", &format!("/api/hosts/{}", enc(&name)), None)?;
+            (
+                Kind::Done(format!("host {name} deleted")),
+                json!({"deleted": name}),
+            )
+        }
+        Cmd::Flows { host } => {
+            let path = match &host {
+                Some(h) => format!("/api/flows?host={}", enc(h)),
+                None => "/api/flows".into(),
+            };
+            (Kind::Flows, c.call("GET", &path, None)?)
+        }
+        Cmd::Completions { .. } => return Ok(String::new()),
+    };
+    Ok(match cli.output {
+        Output::Json => format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default()),
+        Output::Table => render(&kind, &v),
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(out) => {
+            let mut o = std::io::stdout().lock();
+            let _ = o.write_all(out.as_bytes());
+            let _ = o.flush();
+            ExitCode::SUCCESS
+        }
+        Err(Failure(msg, code)) => {
+            eprintln!("daolictl: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
