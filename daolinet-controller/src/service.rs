@@ -198,3 +198,86 @@ impl Controller {
         Ok(self.lock()?.flows.flows(dpid))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::MacAddr;
+    use crate::model::{ContainerSpec, Host, NetworkSpec, PairAction};
+    use crate::policy::{Ipv4, Packet, Verdict, ETH_TYPE_IPV4, L3};
+    use crate::store::MemStore;
+
+    #[test]
+    fn mutations_publish_deletions_and_packet_in_is_recorded() {
+        let ctl = Controller::open(Arc::new(MemStore::new()), Config::default()).unwrap();
+        let mut rx = ctl.subscribe_decisions();
+        let pool = ctl.pool();
+        ctl.mutate(|m| {
+            let mut ch = m.add_host(Host {
+                name: "h1".into(),
+                dpid: Dpid(1),
+                ip: "192.168.0.1".parse().unwrap(),
+                mac: "02:00:00:00:00:01".parse().unwrap(),
+                uplink_port: 1,
+                local_mac: None,
+            })?;
+            ch.extend(m.add_network(NetworkSpec {
+                name: "n".into(),
+                subnet: "10.0.0.0/24".parse().unwrap(),
+                gateway: None,
+                tenant: None,
+                nat_out: None,
+            })?);
+            for (id, port) in [("a", 2), ("b", 3)] {
+                ch.extend(m.add_container(
+                    ContainerSpec {
+                        id: id.into(),
+                        name: None,
+                        network: "n".into(),
+                        ip: None,
+                        mac: None,
+                        host: "h1".into(),
+                        port,
+                    },
+                    pool,
+                )?);
+            }
+            Ok(ch)
+        })
+        .unwrap();
+        let snap = ctl.snapshot().unwrap();
+        let (a, b) = (&snap.model.containers["a"], &snap.model.containers["b"]);
+        let pkt = Packet {
+            eth_dst: MacAddr::BROADCAST,
+            eth_src: a.mac,
+            eth_type: ETH_TYPE_IPV4,
+            l3: L3::Ipv4(Ipv4 {
+                src: a.ip,
+                dst: b.ip,
+                proto: 17,
+                ttl: 64,
+                ports: Some((1, 2)),
+                payload: vec![],
+            }),
+        };
+        let out = ctl.packet_in(Dpid(1), a.port, &pkt.emit()).unwrap();
+        assert_eq!(out.verdict, Verdict::SameHost);
+        assert_eq!(ctl.flows(Some(Dpid(1))).unwrap().len(), 2);
+        assert!(ctl.metrics.render().contains("daolinet_flows_installed 2"));
+        // Disconnecting the pair deletes its flows and tells the OpenFlow side.
+        while rx.try_recv().is_ok() {}
+        ctl.mutate(|m| m.set_pair("a", "b", PairAction::Disconnect))
+            .unwrap();
+        assert_eq!(ctl.flows(None).unwrap(), vec![]);
+        let sent = rx.try_recv().unwrap();
+        assert!(sent
+            .iter()
+            .any(|d| matches!(d, Decision::DeleteFlows { dpid: Dpid(1), .. })));
+        // A refused mutation changes nothing and publishes nothing.
+        assert!(ctl
+            .mutate(|m| m.set_pair("a", "zz", PairAction::Connect))
+            .is_err());
+        assert!(rx.try_recv().is_err());
+        assert_eq!(ctl.snapshot().unwrap().model.policies.len(), 1);
+    }
+}
