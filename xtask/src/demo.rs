@@ -63,10 +63,13 @@ pub(crate) fn agent(bin: &PathBuf, ns: &str, state: &PathBuf, args: &[&str]) -> 
     c
 }
 
-/// Run the demo.
-pub fn run(setup: bool) -> Result<()> {
+/// Everything the demo and the datapath benchmark share: root check,
+/// setup, BPF object and agent builds, bpffs, the namespace topology and
+/// one running agent per host. Returns the agent binary, the cleanup guard
+/// and the hosts.
+pub(crate) fn lab(setup: bool, what: &str, prefix: &str) -> Result<(PathBuf, Cleanup, Vec<Host>)> {
     if !is_root() {
-        bail!("the demo creates network namespaces and loads BPF programs: run it as root");
+        bail!("{what} creates network namespaces and loads BPF programs: run it as root");
     }
     if setup {
         crate::setup::run()?;
@@ -75,15 +78,20 @@ pub fn run(setup: bool) -> Result<()> {
     step("building daolinet-agent (release)");
     sh(cargo().args(["build", "--release", "-p", "daolinet-agent"]))?;
     let bin = workspace_root().join("target/release/daolinet-agent");
-
     ensure_bpffs()?;
     let mut clean = Cleanup {
         namespaces: Vec::new(),
         agents: Vec::new(),
         states: Vec::new(),
     };
-    let hosts = topology(&mut clean, "dldemo")?;
+    let hosts = topology(&mut clean, prefix)?;
     start_agents(&mut clean, &bin, &obj, &hosts)?;
+    Ok((bin, clean, hosts))
+}
+
+/// Run the demo.
+pub fn run(setup: bool) -> Result<()> {
+    let (bin, _clean, hosts) = lab(setup, "the demo", "dldemo")?;
     let (c1, c2) = (&hosts[0].container, &hosts[1].container);
 
     step("no flow yet: the first packet is punted, nothing crosses");

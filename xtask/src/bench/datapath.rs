@@ -8,8 +8,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::demo::{ensure_bpffs, install_rules, start_agents, topology, Cleanup, Host};
-use crate::util::{cargo, is_root, run as sh, step, workspace_root};
+use crate::demo::{install_rules, lab, Host};
+use crate::util::{run as sh, step};
 
 const RUNS: usize = 3;
 const TCP_SECONDS: &str = "4";
@@ -163,24 +163,7 @@ fn kernel_routing(hosts: &[Host]) -> Result<()> {
 
 /// Run the datapath benchmark.
 pub fn run(setup: bool) -> Result<()> {
-    if !is_root() {
-        bail!("the datapath benchmark creates namespaces and loads BPF programs: run it as root");
-    }
-    if setup {
-        crate::setup::run()?;
-    }
-    let obj = crate::build_ebpf::run(true)?;
-    step("building daolinet-agent (release)");
-    sh(cargo().args(["build", "--release", "-p", "daolinet-agent"]))?;
-    let bin = workspace_root().join("target/release/daolinet-agent");
-    ensure_bpffs()?;
-    let mut clean = Cleanup {
-        namespaces: Vec::new(),
-        agents: Vec::new(),
-        states: Vec::new(),
-    };
-    let hosts = topology(&mut clean, "dlbench")?;
-    start_agents(&mut clean, &bin, &obj, &hosts)?;
+    let (bin, mut clean, hosts) = lab(setup, "the datapath benchmark", "dlbench")?;
     install_rules(&bin, &hosts)?;
 
     step(&format!("daolinet-agent datapath: {RUNS} runs of TCP ({TCP_SECONDS} s) and UDP 64-byte ({UDP_SECONDS} s)"));
