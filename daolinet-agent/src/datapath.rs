@@ -151,6 +151,23 @@ pub struct SavedRules {
     pub lost: Vec<u32>,
 }
 
+/// Parse one punt ring record: a [`PuntHeader`] then `cap_len` bytes.
+pub fn parse_punt(record: &[u8]) -> Result<Punt> {
+    let hlen = size_of::<PuntHeader>();
+    if record.len() < hlen {
+        bail!("short punt record: {} bytes", record.len());
+    }
+    let header: PuntHeader = bytemuck::pod_read_unaligned(&record[..hlen]);
+    let cap = header.cap_len as usize;
+    let data = record
+        .get(hlen..hlen + cap)
+        .ok_or_else(|| anyhow!("punt record of {} bytes, cap_len {cap}", record.len()))?;
+    Ok(Punt {
+        header,
+        data: data.to_vec(),
+    })
+}
+
 /// The loaded datapath.
 pub struct Datapath {
     ebpf: Ebpf,
@@ -305,7 +322,10 @@ impl Datapath {
         Ok(())
     }
 
-    fn write_port(&mut self, info: &PortInfo) -> Result<()> {
+    /// Write `info` into the port maps (by ifindex and by OpenFlow port).
+    /// [`Datapath::attach_port`] does this before attaching; tests of the
+    /// programs call it directly.
+    pub fn write_port(&mut self, info: &PortInfo) -> Result<()> {
         let mut m: HashMap<&mut MapData, u32, PortInfo> =
             HashMap::try_from(self.map(names::PORTS)?)?;
         m.insert(info.ifindex, *info, 0)?;
@@ -332,14 +352,9 @@ impl Datapath {
             .iter()
             .map(|(n, p)| (n.clone(), p.info))
             .collect();
-        let stats: PerCpuArray<&mut MapData, PortStats> =
-            PerCpuArray::try_from(self.map(names::PORT_STATS)?)?;
         let mut out = Vec::new();
         for (name, info) in list {
-            let mut s = PortStats::default();
-            for v in stats.get(&info.slot, 0)?.iter() {
-                s.merge(v);
-            }
+            let s = self.port_stats(info.slot)?;
             out.push(PortView {
                 name,
                 ofport: info.ofport,
@@ -358,6 +373,23 @@ impl Datapath {
         }
         out.sort_by_key(|p| p.ofport);
         Ok(out)
+    }
+
+    /// Counters of port slot `slot`, summed over CPUs.
+    pub fn port_stats(&mut self, slot: u32) -> Result<PortStats> {
+        let m: PerCpuArray<&mut MapData, PortStats> =
+            PerCpuArray::try_from(self.map(names::PORT_STATS)?)?;
+        let mut s = PortStats::default();
+        for v in m.get(&slot, 0)?.iter() {
+            s.merge(v);
+        }
+        Ok(s)
+    }
+
+    /// The loaded object (programs and maps), for callers that need more
+    /// than this type offers, e.g. BPF_PROG_TEST_RUN on a program fd.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
     }
 
     /// Apply table changes to the maps, in order.
@@ -515,21 +547,14 @@ impl Datapath {
         Ok(out)
     }
 
-    /// Drain the punt ring buffer.
-    pub fn punts(&mut self) -> Result<Vec<Punt>> {
+    /// Drain the punt ring buffer. A record that is too short for its own
+    /// header or `cap_len` comes back as an error in its slot; the others
+    /// are still returned.
+    pub fn punts(&mut self) -> Result<Vec<Result<Punt>>> {
         let mut ring = RingBuf::try_from(self.map(names::PUNTS)?)?;
-        let hlen = size_of::<PuntHeader>();
         let mut out = Vec::new();
         while let Some(item) = ring.next() {
-            if item.len() < hlen {
-                continue;
-            }
-            let header: PuntHeader = bytemuck::pod_read_unaligned(&item[..hlen]);
-            let cap = (header.cap_len as usize).min(item.len() - hlen);
-            out.push(Punt {
-                header,
-                data: item[hlen..hlen + cap].to_vec(),
-            });
+            out.push(parse_punt(&item));
         }
         Ok(out)
     }

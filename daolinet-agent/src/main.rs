@@ -273,6 +273,13 @@ fn run(
         match punts {
             Ok(list) => {
                 for p in list {
+                    let p = match p {
+                        Ok(p) => p,
+                        Err(e) => {
+                            tracing::warn!("bad punt record: {e:#}");
+                            continue;
+                        }
+                    };
                     tracing::info!(
                         in_port = p.header.in_port,
                         reason = p.header.reason,

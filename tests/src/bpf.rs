@@ -1,10 +1,10 @@
 //! Loading the datapath object and running its programs with BPF_PROG_TEST_RUN.
 //!
-//! - [`ensure_bpffs`] mounts bpffs on `/sys/fs/bpf` when it is not mounted.
 //! - [`Datapath`] loads `daolinet.bpf.o` (from `$DAOLINET_BPF_OBJECT` or
-//!   `<workspace>/target/bpf/daolinet.bpf.o`) with its maps pinned in a
-//!   unique directory under `/sys/fs/bpf`, removed again on drop, and offers
-//!   typed access to the maps.
+//!   `<workspace>/target/bpf/daolinet.bpf.o`) through the agent's own
+//!   loader ([`daolinet_agent::datapath::Datapath`]), with its maps pinned in
+//!   a unique directory under `/sys/fs/bpf` that is removed again on drop,
+//!   and offers typed access to the maps (again the agent's code).
 //! - [`prog_test_run`] is the raw `bpf(BPF_PROG_TEST_RUN)` syscall (aya 0.14
 //!   does not expose it); [`Datapath::run_tc`] and [`Datapath::run_xdp`]
 //!   wrap it with the right context (`__sk_buff` / `xdp_md`).
@@ -22,7 +22,6 @@
 //!   does transmit a copy, so tests should not clone to real devices.
 
 use std::{
-    ffi::CString,
     io::Write as _,
     os::fd::{AsFd, AsRawFd, RawFd},
     path::{Path, PathBuf},
@@ -30,22 +29,15 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{SchedClassifier, Xdp},
-    Ebpf, EbpfLoader,
-};
+use aya::Ebpf;
+use daolinet_agent::datapath::{self as agent_dp, default_object_path};
+use daolinet_agent::table::MapOp;
 use daolinet_common::{
-    maps as names, DatapathConfig, DropReason, FlowEntry, FlowKey, FlowMapKey, PortInfo, PortStats,
-    PuntHeader, RuleStats, Subtable, MAX_SUBTABLES,
+    maps as names, DropReason, FlowEntry, FlowKey, FlowMapKey, PortInfo, PortStats, RuleStats,
+    Subtable,
 };
 
-/// `f_type` of a bpffs mount (statfs).
-pub const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-/// Where bpffs is (or gets) mounted.
-pub const BPFFS: &str = "/sys/fs/bpf";
-/// Environment variable overriding the BPF object path.
-pub const OBJECT_ENV: &str = "DAOLINET_BPF_OBJECT";
+pub use daolinet_agent::datapath::{Punt, BPFFS, OBJECT_ENV};
 
 /// `TC_ACT_OK`: pass to the stack.
 pub const TC_ACT_OK: u32 = 0;
@@ -92,58 +84,13 @@ pub fn skip_unless_root(test: &str) -> bool {
 
 /// Make sure bpffs is mounted at [`BPFFS`], mounting it if needed.
 pub fn ensure_bpffs() -> Result<()> {
-    if is_bpffs(Path::new(BPFFS))? {
-        return Ok(());
-    }
-    std::fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
-    let c = |s: &str| CString::new(s).context("path with NUL");
-    let (src, target, fstype) = (c("bpf")?, c(BPFFS)?, c("bpf")?);
-    // SAFETY: valid NUL-terminated strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        let err = std::io::Error::last_os_error();
-        // A concurrent test may have mounted it in the meantime.
-        if is_bpffs(Path::new(BPFFS))? {
-            return Ok(());
-        }
-        return Err(err).with_context(|| format!("mounting bpffs on {BPFFS}"));
-    }
-    Ok(())
-}
-
-fn is_bpffs(path: &Path) -> Result<bool> {
-    let cpath = CString::new(path.as_os_str().as_encoded_bytes()).context("path with NUL")?;
-    // SAFETY: statfs is plain old data; zeroed is a valid value.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid path and out pointer.
-    let rc = unsafe { libc::statfs(cpath.as_ptr(), &mut st) };
-    if rc != 0 {
-        return Ok(false);
-    }
-    Ok(st.f_type as i64 == BPF_FS_MAGIC)
-}
-
-/// The workspace root (parent of this crate's directory).
-pub fn workspace_root() -> PathBuf {
-    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    here.parent().unwrap_or(here).to_path_buf()
+    agent_dp::ensure_bpffs(Path::new(BPFFS))
 }
 
 /// Path of the BPF object: `$DAOLINET_BPF_OBJECT` or
 /// `<workspace>/target/bpf/daolinet.bpf.o`.
 pub fn object_path() -> PathBuf {
-    match std::env::var_os(OBJECT_ENV) {
-        Some(p) => PathBuf::from(p),
-        None => workspace_root().join("target/bpf/daolinet.bpf.o"),
-    }
+    default_object_path()
 }
 
 /// Run `prog_fd` once on `packet` with BPF_PROG_TEST_RUN; `ctx_in` is the
@@ -223,19 +170,10 @@ pub fn xdp_ctx(len: usize, ingress_ifindex: u32) -> Vec<u8> {
     ctx
 }
 
-/// One record read from the punt ring buffer.
-#[derive(Clone, Debug)]
-pub struct Punt {
-    /// Its metadata.
-    pub header: PuntHeader,
-    /// The captured packet bytes (`header.cap_len` of them).
-    pub data: Vec<u8>,
-}
-
 /// The datapath object loaded for a test, with its maps pinned in a private
 /// bpffs directory that is removed on drop.
 pub struct Datapath {
-    ebpf: Option<Ebpf>,
+    dp: Option<agent_dp::Datapath>,
     pin_dir: PathBuf,
 }
 
@@ -262,32 +200,9 @@ impl Datapath {
             std::fs::remove_dir_all(&pin_dir)
                 .with_context(|| format!("removing stale {}", pin_dir.display()))?;
         }
-        std::fs::create_dir_all(&pin_dir)
-            .with_context(|| format!("creating {}", pin_dir.display()))?;
         // From here on, Drop cleans the directory up.
-        let mut dp = Datapath {
-            ebpf: None,
-            pin_dir,
-        };
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&dp.pin_dir)
-            .load_file(&object)
-            .with_context(|| format!("loading {}", object.display()))?;
-        {
-            let tc: &mut SchedClassifier = ebpf
-                .program_mut(names::PROG_TC)
-                .context("no TC program in the object")?
-                .try_into()?;
-            tc.load().context("verifier rejected the TC program")?;
-        }
-        {
-            let xdp: &mut Xdp = ebpf
-                .program_mut(names::PROG_XDP)
-                .context("no XDP program in the object")?
-                .try_into()?;
-            xdp.load().context("verifier rejected the XDP program")?;
-        }
-        dp.ebpf = Some(ebpf);
+        let mut dp = Datapath { dp: None, pin_dir };
+        dp.dp = Some(agent_dp::Datapath::load(&object, &dp.pin_dir)?);
         Ok(dp)
     }
 
@@ -296,15 +211,59 @@ impl Datapath {
         &self.pin_dir
     }
 
-    /// The loaded object.
-    pub fn ebpf(&mut self) -> Result<&mut Ebpf> {
-        self.ebpf.as_mut().context("datapath not loaded")
+    fn agent(&mut self) -> Result<&mut agent_dp::Datapath> {
+        self.dp.as_mut().context("datapath not loaded")
     }
 
-    fn map(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
-        self.ebpf()?
-            .map_mut(name)
-            .with_context(|| format!("map {name} missing from the object"))
+    /// The loaded object.
+    pub fn ebpf(&mut self) -> Result<&mut Ebpf> {
+        Ok(self.agent()?.ebpf_mut())
+    }
+
+    /// Register a port in DL_PORTS (by ifindex) and DL_OFPORTS (by ofport).
+    pub fn add_port(&mut self, port: PortInfo) -> Result<()> {
+        self.agent()?.write_port(&port)
+    }
+
+    /// Replace the subtable list (must be sorted by descending max priority)
+    /// and set `DatapathConfig::n_subtables`.
+    pub fn set_subtables(&mut self, subs: &[Subtable]) -> Result<()> {
+        self.agent()?.apply(&[MapOp::SetSubtables(subs.to_vec())])
+    }
+
+    /// Install a rule matching `key` under subtable `sub` (the key is masked
+    /// with the subtable's mask here).
+    pub fn insert_flow(&mut self, sub: &Subtable, key: &FlowKey, entry: FlowEntry) -> Result<()> {
+        let mk = FlowMapKey {
+            subtable: sub.id,
+            key: key.masked(&sub.mask),
+        };
+        self.agent()?.apply(&[MapOp::PutFlow(mk, entry)])
+    }
+
+    /// Drop counters summed over CPUs, indexed by [`DropReason`].
+    pub fn drops(&mut self) -> Result<Vec<u64>> {
+        Ok(self.agent()?.drops()?.into_iter().map(|(_, n)| n).collect())
+    }
+
+    /// One drop counter summed over CPUs.
+    pub fn drop_count(&mut self, reason: DropReason) -> Result<u64> {
+        Ok(self.drops()?[reason as usize])
+    }
+
+    /// Statistics of `rule_id`, merged over CPUs.
+    pub fn rule_stats(&mut self, rule_id: u32) -> Result<RuleStats> {
+        self.agent()?.rule_stats(rule_id)
+    }
+
+    /// Statistics of port `slot`, merged over CPUs.
+    pub fn port_stats(&mut self, slot: u32) -> Result<PortStats> {
+        self.agent()?.port_stats(slot)
+    }
+
+    /// Drain the punt ring buffer; a malformed record is an error.
+    pub fn punts(&mut self) -> Result<Vec<Punt>> {
+        self.agent()?.punts()?.into_iter().collect()
     }
 
     fn prog_fd(&mut self, name: &str) -> Result<RawFd> {
@@ -328,117 +287,12 @@ impl Datapath {
         let fd = self.prog_fd(names::PROG_XDP)?;
         prog_test_run(fd, packet, Some(&xdp_ctx(packet.len(), ifindex)))
     }
-
-    /// Register a port in DL_PORTS (by ifindex) and DL_OFPORTS (by ofport).
-    pub fn add_port(&mut self, port: PortInfo) -> Result<()> {
-        let mut m: HashMap<&mut MapData, u32, PortInfo> =
-            HashMap::try_from(self.map(names::PORTS)?)?;
-        m.insert(port.ifindex, port, 0)?;
-        let mut m: HashMap<&mut MapData, u32, PortInfo> =
-            HashMap::try_from(self.map(names::OFPORTS)?)?;
-        m.insert(port.ofport, port, 0)?;
-        Ok(())
-    }
-
-    /// Replace the subtable list (must be sorted by descending max priority)
-    /// and set `DatapathConfig::n_subtables`.
-    pub fn set_subtables(&mut self, subs: &[Subtable]) -> Result<()> {
-        if subs.len() > MAX_SUBTABLES {
-            bail!("{} subtables > MAX_SUBTABLES", subs.len());
-        }
-        let mut a: Array<&mut MapData, Subtable> = Array::try_from(self.map(names::SUBTABLES)?)?;
-        for (i, s) in subs.iter().enumerate() {
-            a.set(i as u32, *s, 0)?;
-        }
-        let mut c: Array<&mut MapData, DatapathConfig> = Array::try_from(self.map(names::CONFIG)?)?;
-        c.set(
-            0,
-            DatapathConfig {
-                n_subtables: subs.len() as u32,
-                flags: 0,
-            },
-            0,
-        )?;
-        Ok(())
-    }
-
-    /// Install a rule matching `key` under subtable `sub` (the key is masked
-    /// with the subtable's mask here).
-    pub fn insert_flow(&mut self, sub: &Subtable, key: &FlowKey, entry: FlowEntry) -> Result<()> {
-        let mut m: HashMap<&mut MapData, FlowMapKey, FlowEntry> =
-            HashMap::try_from(self.map(names::FLOWS)?)?;
-        let mk = FlowMapKey {
-            subtable: sub.id,
-            key: key.masked(&sub.mask),
-        };
-        m.insert(mk, entry, 0)?;
-        Ok(())
-    }
-
-    /// Drop counters summed over CPUs, indexed by [`DropReason`].
-    pub fn drops(&mut self) -> Result<Vec<u64>> {
-        let m: PerCpuArray<&mut MapData, u64> = PerCpuArray::try_from(self.map(names::DROPS)?)?;
-        let mut out = Vec::new();
-        for r in DropReason::ALL {
-            out.push(m.get(&(r as u32), 0)?.iter().sum());
-        }
-        Ok(out)
-    }
-
-    /// One drop counter summed over CPUs.
-    pub fn drop_count(&mut self, reason: DropReason) -> Result<u64> {
-        Ok(self.drops()?[reason as usize])
-    }
-
-    /// Statistics of `rule_id`, merged over CPUs.
-    pub fn rule_stats(&mut self, rule_id: u32) -> Result<RuleStats> {
-        let m: PerCpuArray<&mut MapData, RuleStats> =
-            PerCpuArray::try_from(self.map(names::RULE_STATS)?)?;
-        let mut total = RuleStats::default();
-        for v in m.get(&rule_id, 0)?.iter() {
-            total.merge(v);
-        }
-        Ok(total)
-    }
-
-    /// Statistics of port `slot`, merged over CPUs.
-    pub fn port_stats(&mut self, slot: u32) -> Result<PortStats> {
-        let m: PerCpuArray<&mut MapData, PortStats> =
-            PerCpuArray::try_from(self.map(names::PORT_STATS)?)?;
-        let mut total = PortStats::default();
-        for v in m.get(&slot, 0)?.iter() {
-            total.merge(v);
-        }
-        Ok(total)
-    }
-
-    /// Drain the punt ring buffer.
-    pub fn punts(&mut self) -> Result<Vec<Punt>> {
-        let mut ring = RingBuf::try_from(self.map(names::PUNTS)?)?;
-        let mut out = Vec::new();
-        let hlen = size_of::<PuntHeader>();
-        while let Some(item) = ring.next() {
-            if item.len() < hlen {
-                bail!("short punt record: {} bytes", item.len());
-            }
-            let header: PuntHeader = bytemuck::pod_read_unaligned(&item[..hlen]);
-            let cap = header.cap_len as usize;
-            if item.len() < hlen + cap {
-                bail!("punt record of {} bytes, cap_len {cap}", item.len());
-            }
-            out.push(Punt {
-                header,
-                data: item[hlen..hlen + cap].to_vec(),
-            });
-        }
-        Ok(out)
-    }
 }
 
 impl Drop for Datapath {
     fn drop(&mut self) {
         // Close programs and maps first, then unpin.
-        drop(self.ebpf.take());
+        drop(self.dp.take());
         if let Err(e) = std::fs::remove_dir_all(&self.pin_dir) {
             eprintln!("warning: removing {}: {e}", self.pin_dir.display());
         }
