@@ -4,8 +4,8 @@ use bytes::{BufMut, BytesMut};
 
 use crate::consts::*;
 use crate::error::{ErrorCode, Fail};
-use crate::oxm::OxmField;
-use crate::wire::{pad8, pad_to_8, patch_len, zeros, Reader};
+use crate::oxm::{OxmField, RawOxm};
+use crate::wire::{make_room, pad8, pad_to_8, patch_len, push_in_place, zeros, Reader};
 
 /// OFPAT_OUTPUT.
 pub const OFPAT_OUTPUT: u16 = 0;
@@ -203,9 +203,14 @@ impl Action {
         }
     }
 
-    /// Decode one action.
+    /// Decode one action from `r` and push it onto `out`, which must have
+    /// room ([`make_room`]).
+    ///
+    /// Every arm pushes its own value so that the action is built in place
+    /// in the vector rather than on the stack and then moved (see
+    /// [`OxmField::push_basic`]).
     #[inline]
-    pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, Fail> {
+    pub(crate) fn decode_into(r: &mut Reader<'_>, out: &mut Vec<Action>) -> Result<(), Fail> {
         let bad_len = Fail::new(ErrorCode::BAD_ACTION_LEN, "action length invalid");
         let ty = r.u16().map_err(|_| bad_len)?;
         let len = usize::from(r.u16().map_err(|_| bad_len)?);
@@ -215,50 +220,58 @@ impl Action {
         let body = r.bytes(len - 4).map_err(|_| bad_len)?;
         let mut b = Reader::new(body, bad_len);
         let exact = |want: usize| if len == want { Ok(()) } else { Err(bad_len) };
-        Ok(match ty {
+        match ty {
             OFPAT_OUTPUT => {
                 exact(16)?;
                 let port = b.u32()?;
                 let max_len = b.u16()?;
-                Action::Output { port, max_len }
+                push_in_place(out, Action::Output { port, max_len });
             }
-            OFPAT_COPY_TTL_OUT => exact(8).map(|_| Action::CopyTtlOut)?,
-            OFPAT_COPY_TTL_IN => exact(8).map(|_| Action::CopyTtlIn)?,
-            OFPAT_DEC_MPLS_TTL => exact(8).map(|_| Action::DecMplsTtl)?,
-            OFPAT_POP_VLAN => exact(8).map(|_| Action::PopVlan)?,
-            OFPAT_DEC_NW_TTL => exact(8).map(|_| Action::DecNwTtl)?,
-            OFPAT_POP_PBB => exact(8).map(|_| Action::PopPbb)?,
+            OFPAT_COPY_TTL_OUT => exact(8).map(|_| push_in_place(out, Action::CopyTtlOut))?,
+            OFPAT_COPY_TTL_IN => exact(8).map(|_| push_in_place(out, Action::CopyTtlIn))?,
+            OFPAT_DEC_MPLS_TTL => exact(8).map(|_| push_in_place(out, Action::DecMplsTtl))?,
+            OFPAT_POP_VLAN => exact(8).map(|_| push_in_place(out, Action::PopVlan))?,
+            OFPAT_DEC_NW_TTL => exact(8).map(|_| push_in_place(out, Action::DecNwTtl))?,
+            OFPAT_POP_PBB => exact(8).map(|_| push_in_place(out, Action::PopPbb))?,
             OFPAT_SET_MPLS_TTL => {
                 exact(8)?;
-                Action::SetMplsTtl(b.u8()?)
+                let x = b.u8()?;
+                push_in_place(out, Action::SetMplsTtl(x));
             }
             OFPAT_SET_NW_TTL => {
                 exact(8)?;
-                Action::SetNwTtl(b.u8()?)
+                let x = b.u8()?;
+                push_in_place(out, Action::SetNwTtl(x));
             }
             OFPAT_PUSH_VLAN => {
                 exact(8)?;
-                Action::PushVlan(b.u16()?)
+                let x = b.u16()?;
+                push_in_place(out, Action::PushVlan(x));
             }
             OFPAT_PUSH_MPLS => {
                 exact(8)?;
-                Action::PushMpls(b.u16()?)
+                let x = b.u16()?;
+                push_in_place(out, Action::PushMpls(x));
             }
             OFPAT_POP_MPLS => {
                 exact(8)?;
-                Action::PopMpls(b.u16()?)
+                let x = b.u16()?;
+                push_in_place(out, Action::PopMpls(x));
             }
             OFPAT_PUSH_PBB => {
                 exact(8)?;
-                Action::PushPbb(b.u16()?)
+                let x = b.u16()?;
+                push_in_place(out, Action::PushPbb(x));
             }
             OFPAT_SET_QUEUE => {
                 exact(8)?;
-                Action::SetQueue(b.u32()?)
+                let x = b.u32()?;
+                push_in_place(out, Action::SetQueue(x));
             }
             OFPAT_GROUP => {
                 exact(8)?;
-                Action::Group(b.u32()?)
+                let x = b.u32()?;
+                push_in_place(out, Action::Group(x));
             }
             OFPAT_SET_FIELD => {
                 let set_len = Fail::new(
@@ -267,25 +280,52 @@ impl Action {
                 );
                 // The OXM (4-byte header + payload) plus padding must fill
                 // the action exactly.
-                let plen = body.get(3).map_or(0, |&b| usize::from(b));
-                if body.len() < 4 || pad8(4 + 4 + plen) != len {
+                let Some((hdr, rest)) = body.split_first_chunk::<4>() else {
+                    return Err(set_len);
+                };
+                let hdr = u32::from_be_bytes(*hdr);
+                let plen = (hdr & 0xff) as usize;
+                if pad8(4 + 4 + plen) != len {
                     return Err(set_len);
                 }
-                let mut fr = Reader::new(body, set_len);
-                Action::SetField(OxmField::decode(&mut fr, set_len)?)
+                let payload = rest.get(..plen).ok_or(set_len)?;
+                let class = (hdr >> 16) as u16;
+                let field = ((hdr >> 9) & 0x7f) as u8;
+                let has_mask = (hdr >> 8) & 1 == 1;
+                if class != OFPXMC_OPENFLOW_BASIC
+                    || !OxmField::push_basic(
+                        field,
+                        has_mask,
+                        payload,
+                        set_len,
+                        out,
+                        Action::SetField,
+                    )?
+                {
+                    push_in_place(
+                        out,
+                        Action::SetField(OxmField::Raw(RawOxm {
+                            class,
+                            field,
+                            has_mask,
+                            payload: payload.to_vec(),
+                        })),
+                    );
+                }
             }
             OFPAT_EXPERIMENTER => {
                 let experimenter = b.u32()?;
-                Action::Experimenter {
+                out.push(Action::Experimenter {
                     experimenter,
                     data: b.rest().to_vec(),
-                }
+                });
             }
-            _ => Action::Unknown {
+            _ => out.push(Action::Unknown {
                 action_type: ty,
                 data: body.to_vec(),
-            },
-        })
+            }),
+        }
+        Ok(())
     }
 }
 
@@ -296,9 +336,11 @@ pub(crate) fn decode_actions(buf: &[u8]) -> Result<Vec<Action>, Fail> {
         buf,
         Fail::new(ErrorCode::BAD_ACTION_LEN, "action list truncated"),
     );
+    // Every action is at least 8 bytes; most DaoliNet actions are 16.
     let mut v = Vec::with_capacity(buf.len() / 16 + 1);
     while !r.is_empty() {
-        v.push(Action::decode(&mut r)?);
+        make_room(&mut v);
+        Action::decode_into(&mut r, &mut v)?;
     }
     Ok(v)
 }

@@ -4,7 +4,7 @@ use bytes::{BufMut, BytesMut};
 
 use crate::action::{decode_actions, encode_actions, Action};
 use crate::error::{ErrorCode, Fail};
-use crate::wire::{pad_to_8, patch_len, zeros, Reader};
+use crate::wire::{make_room, pad_to_8, patch_len, push_in_place, zeros, Reader};
 
 /// OFPIT_GOTO_TABLE.
 pub const OFPIT_GOTO_TABLE: u16 = 1;
@@ -123,9 +123,11 @@ impl Instruction {
         }
     }
 
-    /// Decode one instruction.
+    /// Decode one instruction from `r` and push it onto `out`, which must
+    /// have room ([`make_room`]); built in place like actions (see
+    /// [`push_in_place`]).
     #[inline]
-    pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, Fail> {
+    pub(crate) fn decode_into(r: &mut Reader<'_>, out: &mut Vec<Instruction>) -> Result<(), Fail> {
         let bad_len = Fail::new(ErrorCode::BAD_INSTRUCTION_LEN, "instruction length invalid");
         let ty = r.u16().map_err(|_| bad_len)?;
         let len = usize::from(r.u16().map_err(|_| bad_len)?);
@@ -135,47 +137,50 @@ impl Instruction {
         let body = r.bytes(len - 4).map_err(|_| bad_len)?;
         let mut b = Reader::new(body, bad_len);
         let exact = |want: usize| if len == want { Ok(()) } else { Err(bad_len) };
-        Ok(match ty {
+        match ty {
             OFPIT_GOTO_TABLE => {
                 exact(8)?;
-                Instruction::GotoTable(b.u8()?)
+                let t = b.u8()?;
+                push_in_place(out, Instruction::GotoTable(t));
             }
             OFPIT_WRITE_METADATA => {
                 exact(24)?;
                 b.skip(4)?;
                 let metadata = b.u64()?;
                 let mask = b.u64()?;
-                Instruction::WriteMetadata { metadata, mask }
+                push_in_place(out, Instruction::WriteMetadata { metadata, mask });
             }
             OFPIT_WRITE_ACTIONS | OFPIT_APPLY_ACTIONS => {
                 b.skip(4)?;
                 let actions = decode_actions(b.rest())?;
                 if ty == OFPIT_WRITE_ACTIONS {
-                    Instruction::WriteActions(actions)
+                    push_in_place(out, Instruction::WriteActions(actions));
                 } else {
-                    Instruction::ApplyActions(actions)
+                    push_in_place(out, Instruction::ApplyActions(actions));
                 }
             }
             OFPIT_CLEAR_ACTIONS => {
                 exact(8)?;
-                Instruction::ClearActions
+                push_in_place(out, Instruction::ClearActions);
             }
             OFPIT_METER => {
                 exact(8)?;
-                Instruction::Meter(b.u32()?)
+                let m = b.u32()?;
+                push_in_place(out, Instruction::Meter(m));
             }
             OFPIT_EXPERIMENTER => {
                 let experimenter = b.u32()?;
-                Instruction::Experimenter {
+                out.push(Instruction::Experimenter {
                     experimenter,
                     data: b.rest().to_vec(),
-                }
+                });
             }
-            _ => Instruction::Unknown {
+            _ => out.push(Instruction::Unknown {
                 instruction_type: ty,
                 data: body.to_vec(),
-            },
-        })
+            }),
+        }
+        Ok(())
     }
 }
 
@@ -188,7 +193,8 @@ pub(crate) fn decode_instructions(buf: &[u8]) -> Result<Vec<Instruction>, Fail> 
     );
     let mut v = Vec::with_capacity(2);
     while !r.is_empty() {
-        v.push(Instruction::decode(&mut r)?);
+        make_room(&mut v);
+        Instruction::decode_into(&mut r, &mut v)?;
     }
     Ok(v)
 }

@@ -106,6 +106,31 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The big-endian u16 at `at` in a fixed-size header (0 if out of range;
+/// callers pass constant offsets inside the header, so the check folds away).
+#[inline(always)]
+pub(crate) fn be16<const N: usize>(h: &[u8; N], at: usize) -> u16 {
+    h.get(at..at + 2)
+        .and_then(|s| <[u8; 2]>::try_from(s).ok())
+        .map_or(0, u16::from_be_bytes)
+}
+
+/// The big-endian u32 at `at` in a fixed-size header (see [`be16`]).
+#[inline(always)]
+pub(crate) fn be32<const N: usize>(h: &[u8; N], at: usize) -> u32 {
+    h.get(at..at + 4)
+        .and_then(|s| <[u8; 4]>::try_from(s).ok())
+        .map_or(0, u32::from_be_bytes)
+}
+
+/// The big-endian u64 at `at` in a fixed-size header (see [`be16`]).
+#[inline(always)]
+pub(crate) fn be64<const N: usize>(h: &[u8; N], at: usize) -> u64 {
+    h.get(at..at + 8)
+        .and_then(|s| <[u8; 8]>::try_from(s).ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
 /// Round `n` up to a multiple of 8.
 #[inline]
 pub(crate) const fn pad8(n: usize) -> usize {
@@ -154,5 +179,35 @@ pub(crate) fn patch_u16(buf: &mut BytesMut, at: usize, v: usize) {
     let v = u16::try_from(v).unwrap_or(u16::MAX);
     if let Some(s) = buf.get_mut(at..at + 2) {
         s.copy_from_slice(&v.to_be_bytes());
+    }
+}
+
+/// Make room for at least one more element in `v` (call before
+/// [`push_in_place`]).
+#[inline(always)]
+pub(crate) fn make_room<T>(v: &mut Vec<T>) {
+    if v.len() == v.capacity() {
+        v.reserve(1);
+    }
+}
+
+/// Append `x` to `v`, which must have room (see [`make_room`]; without room
+/// `x` is dropped, which only a bug can cause).
+///
+/// The decoders build their enums (`OxmField`, `Action`, 40 bytes) in
+/// 40-arm matches. There `Vec::push` is not inlined (too many call sites),
+/// and the out-of-line push takes the value by pointer: every element was
+/// written to the stack with narrow stores and read back with wide loads to
+/// copy it, a store-forwarding stall per element. Writing straight into the
+/// spare slot, with no call in between, builds the value in place.
+#[inline(always)]
+pub(crate) fn push_in_place<T>(v: &mut Vec<T>, x: T) {
+    let len = v.len();
+    if let Some(slot) = v.spare_capacity_mut().first_mut() {
+        slot.write(x);
+        // SAFETY: the element at index `len` (the first spare slot) was
+        // initialized on the line above, so the first `len + 1` elements are
+        // initialized, and `len + 1 <= capacity` since that slot exists.
+        unsafe { v.set_len(len + 1) };
     }
 }

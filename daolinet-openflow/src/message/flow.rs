@@ -7,7 +7,7 @@ use crate::consts::*;
 use crate::error::{ErrorCode, Fail};
 use crate::instruction::{decode_instructions, encode_instructions, Instruction};
 use crate::oxm::Match;
-use crate::wire::{patch_u16, zeros, Reader};
+use crate::wire::{be16, be32, be64, patch_u16, zeros, Reader};
 
 use super::bad_len;
 
@@ -170,18 +170,19 @@ impl FlowMod {
     #[inline]
     pub(crate) fn decode(body: &[u8]) -> Result<Self, Fail> {
         let mut r = Reader::new(body, bad_len("FLOW_MOD truncated"));
-        let cookie = r.u64()?;
-        let cookie_mask = r.u64()?;
-        let table_id = r.u8()?;
-        let command = r.u8()?;
-        let idle_timeout = r.u16()?;
-        let hard_timeout = r.u16()?;
-        let priority = r.u16()?;
-        let buffer_id = r.u32()?;
-        let out_port = r.u32()?;
-        let out_group = r.u32()?;
-        let flags = r.u16()?;
-        r.skip(2)?;
+        // The fixed part in one bounds check.
+        let h: [u8; 40] = r.array()?;
+        let cookie = be64(&h, 0);
+        let cookie_mask = be64(&h, 8);
+        let table_id = h[16];
+        let command = h[17];
+        let idle_timeout = be16(&h, 18);
+        let hard_timeout = be16(&h, 20);
+        let priority = be16(&h, 22);
+        let buffer_id = be32(&h, 24);
+        let out_port = be32(&h, 28);
+        let out_group = be32(&h, 32);
+        let flags = be16(&h, 36);
         let match_ = Match::decode(&mut r)?;
         let instructions = decode_instructions(r.rest())?;
         Ok(FlowMod {
@@ -260,11 +261,12 @@ impl PacketIn {
     #[inline]
     pub(crate) fn decode(body: &[u8]) -> Result<Self, Fail> {
         let mut r = Reader::new(body, bad_len("PACKET_IN truncated"));
-        let buffer_id = r.u32()?;
-        let total_len = r.u16()?;
-        let reason = r.u8()?;
-        let table_id = r.u8()?;
-        let cookie = r.u64()?;
+        let h: [u8; 16] = r.array()?;
+        let buffer_id = be32(&h, 0);
+        let total_len = be16(&h, 4);
+        let reason = h[6];
+        let table_id = h[7];
+        let cookie = be64(&h, 8);
         let match_ = Match::decode(&mut r)?;
         r.skip(2)?;
         Ok(PacketIn {
