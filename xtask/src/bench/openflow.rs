@@ -37,12 +37,18 @@ pub fn run() -> Result<()> {
         .unwrap_or_else(|| "unknown CPU".into());
     let body = format!(
         "## OpenFlow codec (daolinet-openflow)\n\n\
-         Messages per second on one core ({cpu}), single-threaded, each rate \
-         measured for 2 s in one process. FLOW_MOD is the DaoliNet cross-host \
-         rewrite flow (5 match fields, 4 set_field, dec_ttl, output), the \
-         minimal FLOW_MOD has one match field and one output; PACKET_IN \
-         carries a 128-byte frame. The reference column copies the message bytes \
-         into a fresh `Vec` (one allocation and a memcpy), the least any decoder \
+         Messages per second on one core ({cpu}), single-threaded, all in one \
+         process: per second of the thread's on-CPU time \
+         (`/proc/thread-self/schedstat`), the median of 5 rounds of 0.4 s, so \
+         that time spent waiting for a CPU on this shared, noisy 2-core machine \
+         does not count; the last column is the decode rate per wall-clock second \
+         of the same rounds (lower whenever other jobs compete for the cores). \
+         Decoding includes dropping the decoded message. FLOW_MOD is the \
+         DaoliNet cross-host rewrite flow (6 match fields: in_port, eth_type, \
+         eth_src/dst, ipv4_src/dst; 4 set_field, dec_ttl, output), the minimal \
+         FLOW_MOD has one match field and one output; PACKET_IN carries a \
+         128-byte frame. The reference column copies the message bytes into a \
+         fresh `Vec` (one allocation and a memcpy), the least any decoder \
          producing owned values must do.\n\n\
          Command: `{COMMAND}` (run by `cargo xtask bench openflow`).\n\n{table}"
     );
