@@ -4,14 +4,17 @@
 //! changes in one store transaction, then publish the new snapshot and the
 //! flow decisions the change implies.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
+
+use arc_swap::ArcSwap;
 
 use crate::addr::{Dpid, Ipv4Net};
 use crate::metrics::Metrics;
 use crate::model::{Change, Model, ModelError};
-use crate::policy::{self, Config, Decision, FlowSpec, Outcome, Snapshot};
+use crate::policy::{self, Config, Decision, FlowSpec, MatchSpec, Outcome, Snapshot};
 use crate::store::{batch_of, load_model, Store, StoreError};
 
 /// Why a mutation failed.
@@ -28,52 +31,101 @@ pub enum ServiceError {
     Poisoned,
 }
 
+/// What identifies a flow entry in a table (OpenFlow's "same match and
+/// priority" rule: an ADD with the same key replaces the entry).
+type FlowKey = (u8, u16, MatchSpec);
+
 /// The flows the controller has sent, per datapath (what is installed where,
-/// as far as the controller knows; idle expiry is reported by the switches
-/// once the OpenFlow server handles FLOW_REMOVED).
+/// as far as the controller knows: deletions it sent and FLOW_REMOVED
+/// reports from the switches take flows out).
 #[derive(Debug, Default, Clone)]
 pub struct FlowRegistry {
-    flows: BTreeMap<Dpid, Vec<FlowSpec>>,
+    flows: HashMap<Dpid, HashMap<FlowKey, FlowSpec>>,
 }
 
 impl FlowRegistry {
-    /// Records decisions sent to the switches.
-    pub fn apply(&mut self, ds: &[Decision]) {
+    /// Records decisions sent to the switches; returns the change in the
+    /// number of flows.
+    pub fn apply(&mut self, ds: &[Decision]) -> i64 {
+        let mut delta = 0i64;
         for d in ds {
-            match d {
-                Decision::AddFlow(f) => {
-                    let v = self.flows.entry(f.dpid).or_default();
-                    v.retain(|o| {
-                        !(o.priority == f.priority && o.match_ == f.match_ && o.table == f.table)
-                    });
-                    v.push(f.clone());
-                }
-                Decision::DeleteFlows {
-                    dpid,
-                    cookie,
-                    cookie_mask,
-                } => {
-                    if let Some(v) = self.flows.get_mut(dpid) {
-                        v.retain(|f| !policy::cookie::matches(f.cookie, *cookie, *cookie_mask));
-                    }
-                }
-                Decision::PacketOut { .. } => {}
+            delta += self.apply_one(d);
+        }
+        delta
+    }
+
+    fn apply_one(&mut self, d: &Decision) -> i64 {
+        match d {
+            Decision::AddFlow(f) => {
+                let key = (f.table, f.priority, f.match_.clone());
+                let v = self.flows.entry(f.dpid).or_default();
+                i64::from(v.insert(key, f.clone()).is_none())
             }
+            Decision::DeleteFlows {
+                dpid,
+                cookie,
+                cookie_mask,
+            } => {
+                let Some(v) = self.flows.get_mut(dpid) else {
+                    return 0;
+                };
+                let before = v.len();
+                v.retain(|_, f| !policy::cookie::matches(f.cookie, *cookie, *cookie_mask));
+                let gone = before - v.len();
+                if v.is_empty() {
+                    self.flows.remove(dpid);
+                }
+                -(gone as i64)
+            }
+            Decision::PacketOut { .. } => 0,
         }
     }
 
-    /// Flows of one datapath, or of all.
+    /// Forgets the flow a switch reported removed (FLOW_REMOVED), if the
+    /// entry still has that cookie (it may have been replaced since).
+    pub fn remove(
+        &mut self,
+        dpid: Dpid,
+        table: u8,
+        priority: u16,
+        m: &MatchSpec,
+        cookie: u64,
+    ) -> bool {
+        let Some(v) = self.flows.get_mut(&dpid) else {
+            return false;
+        };
+        let key = (table, priority, m.clone());
+        if v.get(&key).is_some_and(|f| f.cookie == cookie) {
+            v.remove(&key);
+            if v.is_empty() {
+                self.flows.remove(&dpid);
+            }
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Flows of one datapath, or of all, ordered by datapath, table,
+    /// descending priority, cookie.
     pub fn flows(&self, dpid: Option<Dpid>) -> Vec<FlowSpec> {
-        self.flows
+        let mut out: Vec<FlowSpec> = self
+            .flows
             .iter()
             .filter(|(d, _)| dpid.is_none_or(|x| x == **d))
-            .flat_map(|(_, v)| v.iter().cloned())
-            .collect()
+            .flat_map(|(_, v)| v.values().cloned())
+            .collect();
+        out.sort_by(|a, b| {
+            (a.dpid, a.table, std::cmp::Reverse(a.priority), a.cookie)
+                .cmp(&(b.dpid, b.table, std::cmp::Reverse(b.priority), b.cookie))
+                .then_with(|| format!("{:?}", a.match_).cmp(&format!("{:?}", b.match_)))
+        });
+        out
     }
 
     /// Number of flows.
     pub fn len(&self) -> usize {
-        self.flows.values().map(Vec::len).sum()
+        self.flows.values().map(HashMap::len).sum()
     }
 
     /// True when no flow is recorded.
@@ -82,20 +134,62 @@ impl FlowRegistry {
     }
 }
 
-struct State {
-    snap: Arc<Snapshot>,
-    flows: FlowRegistry,
+/// Flow registries sharded by datapath, so that PACKET_INs of different
+/// switches do not contend on one lock.
+struct Flows {
+    shards: Vec<Mutex<FlowRegistry>>,
+    total: AtomicI64,
+}
+
+const SHARDS: usize = 16;
+
+impl Flows {
+    fn new() -> Self {
+        Flows {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            total: AtomicI64::new(0),
+        }
+    }
+
+    fn shard(&self, dpid: Dpid) -> Result<MutexGuard<'_, FlowRegistry>, ServiceError> {
+        // Fibonacci hashing spreads sequential dpids.
+        let i = (dpid.0.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 60) as usize % SHARDS;
+        self.shards
+            .get(i)
+            .ok_or(ServiceError::Poisoned)?
+            .lock()
+            .map_err(|_| ServiceError::Poisoned)
+    }
+
+    fn apply(&self, ds: &[Decision]) -> Result<u64, ServiceError> {
+        let mut delta = 0;
+        let mut i = 0;
+        while let Some(first) = ds.get(i) {
+            // Runs of decisions for one datapath take its lock once.
+            let dpid = first.dpid();
+            let n = ds[i..].iter().take_while(|d| d.dpid() == dpid).count();
+            delta += self.shard(dpid)?.apply(&ds[i..i + n]);
+            i += n;
+        }
+        let t = self.total.fetch_add(delta, Ordering::Relaxed) + delta;
+        Ok(u64::try_from(t).unwrap_or(0))
+    }
 }
 
 /// The controller.
 pub struct Controller {
     store: Arc<dyn Store>,
-    state: Mutex<State>,
+    /// Serialises mutations (validate, persist, publish).
+    write: Mutex<()>,
+    /// The current snapshot: read without locks on every PACKET_IN.
+    snap: ArcSwap<Snapshot>,
+    flows: Flows,
     /// Policy settings.
     pub cfg: Config,
     /// Metrics.
     pub metrics: Metrics,
     decisions: tokio::sync::broadcast::Sender<Arc<Vec<Decision>>>,
+    model_rev: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -122,18 +216,14 @@ impl Controller {
         }
         Ok(Controller {
             store,
-            state: Mutex::new(State {
-                snap: Arc::new(Snapshot::new(model)),
-                flows: FlowRegistry::default(),
-            }),
+            write: Mutex::new(()),
+            snap: ArcSwap::from_pointee(Snapshot::new(model)),
+            flows: Flows::new(),
             cfg,
             metrics: Metrics::default(),
             decisions: tokio::sync::broadcast::channel(1024).0,
+            model_rev: tokio::sync::watch::channel(0).0,
         })
-    }
-
-    fn lock(&self) -> Result<MutexGuard<'_, State>, ServiceError> {
-        self.state.lock().map_err(|_| ServiceError::Poisoned)
     }
 
     /// The physical IP pool.
@@ -143,7 +233,7 @@ impl Controller {
 
     /// The current model snapshot.
     pub fn snapshot(&self) -> Result<Arc<Snapshot>, ServiceError> {
-        Ok(self.lock()?.snap.clone())
+        Ok(self.snap.load_full())
     }
 
     /// Applies a mutation: on success the change is durable before this
@@ -152,39 +242,90 @@ impl Controller {
     where
         F: FnOnce(&mut Model) -> Result<Vec<Change>, ModelError>,
     {
-        let mut st = self.lock()?;
-        let old = st.snap.clone();
+        let _w = self.write.lock().map_err(|_| ServiceError::Poisoned)?;
+        let old = self.snap.load_full();
         let mut model = old.model.clone();
         let changes = f(&mut model)?;
         self.store.apply(batch_of(&changes)?)?;
         let new = Arc::new(Snapshot::new(model));
         let decisions = policy::handle_model_change(&old, &new, &self.cfg, &changes);
-        st.flows.apply(&decisions);
-        st.snap = new;
+        let n = self.flows.apply(&decisions)?;
+        self.snap.store(new);
         if !decisions.is_empty() {
-            // Without subscribers (no OpenFlow server yet) this is a no-op.
+            // Without subscribers (no OpenFlow server running) this is a no-op.
             let _ = self.decisions.send(Arc::new(decisions));
         }
-        self.metrics.set_flows_installed(st.flows.len() as u64);
+        self.metrics.set_flows_installed(n);
         self.metrics.api_mutation();
+        self.model_rev.send_modify(|r| *r += 1);
         Ok(changes)
     }
 
-    /// Runs the policy on a PACKET_IN and records what it decided.
+    /// Runs the policy on a PACKET_IN, records the flows it decided and
+    /// the decision time (policy only) in the metrics.
     pub fn packet_in(
         &self,
         dpid: Dpid,
         in_port: u32,
         data: &[u8],
     ) -> Result<Outcome, ServiceError> {
-        let snap = self.snapshot()?;
         let t = Instant::now();
-        let out = policy::handle_packet_in(&snap, &self.cfg, dpid, in_port, data);
+        let out = self.decide(dpid, in_port, data)?;
         self.metrics.packet_in(t.elapsed(), &out.verdict);
-        let mut st = self.lock()?;
-        st.flows.apply(&out.decisions);
-        self.metrics.set_flows_installed(st.flows.len() as u64);
         Ok(out)
+    }
+
+    /// Like [`Controller::packet_in`] but leaves the PACKET_IN metrics to
+    /// the caller (the OpenFlow server measures until the replies are
+    /// encoded). Lock-free on the snapshot; one short per-datapath lock on
+    /// the flow registry.
+    pub fn decide(&self, dpid: Dpid, in_port: u32, data: &[u8]) -> Result<Outcome, ServiceError> {
+        let snap = self.snap.load();
+        let out = policy::handle_packet_in(&snap, &self.cfg, dpid, in_port, data);
+        let n = self.flows.apply(&out.decisions)?;
+        self.metrics.set_flows_installed(n);
+        Ok(out)
+    }
+
+    /// A datapath completed its handshake: the decisions that (re)initialise
+    /// it (delete everything of ours, base and firewall flows), recorded.
+    pub fn switch_connected(&self, dpid: Dpid) -> Result<Vec<Decision>, ServiceError> {
+        let snap = self.snap.load();
+        let ds = policy::handle_switch_connected(&snap, &self.cfg, dpid);
+        let n = self.flows.apply(&ds)?;
+        self.metrics.set_flows_installed(n);
+        Ok(ds)
+    }
+
+    /// A datapath disconnected for good: the deletions for the other
+    /// datapaths, recorded.
+    pub fn host_gone(&self, dpid: Dpid) -> Result<Vec<Decision>, ServiceError> {
+        let snap = self.snap.load();
+        let ds = policy::handle_host_gone(&snap, dpid);
+        let n = self.flows.apply(&ds)?;
+        self.metrics.set_flows_installed(n);
+        Ok(ds)
+    }
+
+    /// A switch reported a flow removed (idle/hard timeout or deletion).
+    pub fn flow_removed(
+        &self,
+        dpid: Dpid,
+        table: u8,
+        priority: u16,
+        m: &MatchSpec,
+        cookie: u64,
+    ) -> Result<bool, ServiceError> {
+        let gone = self
+            .flows
+            .shard(dpid)?
+            .remove(dpid, table, priority, m, cookie);
+        if gone {
+            let t = self.flows.total.fetch_sub(1, Ordering::Relaxed) - 1;
+            self.metrics
+                .set_flows_installed(u64::try_from(t).unwrap_or(0));
+        }
+        Ok(gone)
     }
 
     /// Subscribes to the decisions produced by mutations, which the
@@ -193,9 +334,20 @@ impl Controller {
         self.decisions.subscribe()
     }
 
+    /// Watches the model revision (bumped by every accepted mutation, also
+    /// those that imply no flow decision, e.g. a new host).
+    pub fn subscribe_model(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.model_rev.subscribe()
+    }
+
     /// Flows recorded for one datapath or all.
     pub fn flows(&self, dpid: Option<Dpid>) -> Result<Vec<FlowSpec>, ServiceError> {
-        Ok(self.lock()?.flows.flows(dpid))
+        let mut out = Vec::new();
+        for sh in &self.flows.shards {
+            out.extend(sh.lock().map_err(|_| ServiceError::Poisoned)?.flows(dpid));
+        }
+        out.sort_by_key(|f| f.dpid);
+        Ok(out)
     }
 }
 

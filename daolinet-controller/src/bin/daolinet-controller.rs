@@ -1,13 +1,16 @@
-//! `daolinet-controller run`: the DaoliNet controller daemon.
+//! `daolinet-controller run`: the DaoliNet controller daemon: the OpenFlow
+//! 1.3 server the switches connect to, and the REST API.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use daolinet_controller::addr::{Ipv4Net, MacAddr};
 use daolinet_controller::api::{self, auth, AppState};
+use daolinet_controller::ofserver::{ConnConfig, Server, ServerConfig};
 use daolinet_controller::policy::Config;
 use daolinet_controller::service::Controller;
 use daolinet_controller::store::RedbStore;
@@ -16,7 +19,7 @@ use daolinet_controller::store::RedbStore;
 #[command(
     name = "daolinet-controller",
     version,
-    about = "DaoliNet controller: policy, store, REST API"
+    about = "DaoliNet controller: OpenFlow 1.3 server, policy, store, REST API"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -31,10 +34,18 @@ enum Cmd {
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
-    /// OpenFlow 1.3 listen address. NOT SERVED YET: the OpenFlow server is
-    /// not implemented in this version; the address is only validated.
+    /// OpenFlow 1.3 listen address for switches (daolinet-agent, Open vSwitch
+    /// bridges). Port 0 picks a free port; the chosen address is printed on
+    /// stdout as `openflow: ADDR` (after the `api:` line).
     #[arg(long, default_value = "0.0.0.0:6653")]
     listen: SocketAddr,
+    /// Probe a silent switch with ECHO_REQUEST after this many seconds; it is
+    /// disconnected when the echo stays unanswered three times as long.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    echo_interval: u64,
+    /// Tokio worker threads (default: one per CPU).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
     /// REST API listen address (port 0 picks a free port; the chosen address
     /// is printed on stdout as `api: http://ADDR`).
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -116,29 +127,57 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         containers = snap.model.containers.len(),
         "model loaded"
     );
-    tracing::warn!(listen = %a.listen,
-        "OpenFlow server not implemented yet: --listen is accepted but nothing listens there");
-
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = a.threads {
+        rt.worker_threads(usize::from(n));
+    }
+    let rt = rt.enable_all().build()?;
     rt.block_on(async move {
+        let of_listener = tokio::net::TcpListener::bind(a.listen)
+            .await
+            .with_context(|| format!("binding OpenFlow address {}", a.listen))?;
+        let of_addr = of_listener.local_addr()?;
         let listener = tokio::net::TcpListener::bind(a.api)
             .await
             .with_context(|| format!("binding API address {}", a.api))?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, "REST API listening");
+        tracing::info!(addr = %of_addr, "OpenFlow 1.3 server listening");
         println!("api: http://{addr}");
+        println!("openflow: {of_addr}");
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
+
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let conn = ConnConfig {
+            echo_interval: Duration::from_secs(a.echo_interval),
+            echo_timeout: Duration::from_secs(a.echo_interval.saturating_mul(3)),
+            ..ConnConfig::default()
+        };
+        let server = Server::new(
+            ctl.clone(),
+            ServerConfig {
+                conn,
+                ..ServerConfig::default()
+            },
+        );
+        let of_task = tokio::spawn(server.run(of_listener, stop_rx.clone()));
         let app = api::router(AppState {
             ctl,
             token: token.into(),
         });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown())
-            .await?;
+        let mut api_stop = stop_rx.clone();
+        let api_task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = api_stop.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        shutdown().await;
+        let _ = stop_tx.send(true);
+        let _ = of_task.await;
+        api_task.await??;
         tracing::info!("stopped");
         anyhow::Ok(())
     })

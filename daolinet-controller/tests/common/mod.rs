@@ -46,13 +46,22 @@ pub struct Proc {
     pub child: Child,
     pub base: String,
     pub token: String,
+    /// The OpenFlow listen address.
+    pub openflow: std::net::SocketAddr,
 }
 
 impl Proc {
     /// Starts `daolinet-controller run` on a free port with its store in `dir`.
     pub fn start(dir: &Path) -> Proc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_daolinet-controller"))
-            .args(["run", "--api", "127.0.0.1:0", "--store"])
+            .args([
+                "run",
+                "--api",
+                "127.0.0.1:0",
+                "--listen",
+                "127.0.0.1:0",
+                "--store",
+            ])
             .arg(dir.join("controller.redb"))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -60,18 +69,32 @@ impl Proc {
             .spawn()
             .unwrap();
         let out = child.stdout.take().unwrap();
+        let mut out = BufReader::new(out);
         let mut line = String::new();
-        BufReader::new(out).read_line(&mut line).unwrap();
+        out.read_line(&mut line).unwrap();
         let base = line
             .trim()
             .strip_prefix("api: ")
             .unwrap_or_else(|| panic!("unexpected {line:?}"))
             .to_string();
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let openflow = line
+            .trim()
+            .strip_prefix("openflow: ")
+            .unwrap_or_else(|| panic!("unexpected {line:?}"))
+            .parse()
+            .unwrap();
         let token = std::fs::read_to_string(dir.join("api-token"))
             .unwrap()
             .trim()
             .to_string();
-        Proc { child, base, token }
+        Proc {
+            child,
+            base,
+            token,
+            openflow,
+        }
     }
 
     pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {

@@ -1,0 +1,831 @@
+//! One switch connection as a sans-IO state machine: bytes and clock ticks
+//! in, bytes (in [`Conn::out`]) and [`Event`]s out. No sockets, no policy:
+//! the tokio edge ([`super::server`]) feeds it and acts on its events.
+//!
+//! Life cycle (controller side of OpenFlow 1.3):
+//! 1. On creation a HELLO is queued.
+//! 2. The switch's HELLO must come first and support 1.3 (version bitmap or
+//!    header version); otherwise HELLO_FAILED/INCOMPATIBLE and close.
+//!    Then FEATURES_REQUEST.
+//! 3. FEATURES_REPLY (main connection, `auxiliary_id` 0) names the datapath:
+//!    SET_CONFIG (`miss_send_len` = no buffer, whole packets) and a
+//!    PORT_DESC request are queued and [`Event::Ready`] is emitted.
+//! 4. Ready: PACKET_IN, FLOW_REMOVED, PORT_STATUS, port descriptions,
+//!    ERROR and BARRIER replies become events; ECHO requests are answered
+//!    here; an idle switch is probed with ECHO_REQUEST and dropped when it
+//!    does not answer.
+//!
+//! Malformed input gets the OFPT_ERROR the codec names and the offending
+//! message is skipped (also when its declared length is still arriving);
+//! an unframeable header (length < 8) closes. Out-of-order or
+//! wrong-direction messages (a PACKET_IN before FEATURES_REPLY, a FLOW_MOD
+//! sent *to* the controller...) get OFPET_BAD_REQUEST/OFPBRC_BAD_TYPE.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use daolinet_openflow::{
+    consts::{OFPCML_NO_BUFFER, OFPET_HELLO_FAILED, OFP_VERSION},
+    DecodeError, Decoder, ErrorCode, ErrorMsg, FlowRemoved, Hello, Message, MultipartReplyBody,
+    MultipartRequest, MultipartRequestBody, PacketIn, Port, PortStatus, SwitchConfig,
+    SwitchFeatures,
+};
+
+use crate::addr::Dpid;
+use crate::policy::Decision;
+
+use super::translate::{self, TranslateError};
+
+/// Timers and limits of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnConfig {
+    /// Probe the switch with ECHO_REQUEST after this much silence.
+    pub echo_interval: Duration,
+    /// Close when an ECHO_REQUEST is unanswered (and nothing else arrived)
+    /// for this long.
+    pub echo_timeout: Duration,
+    /// Close when HELLO + FEATURES_REPLY have not arrived within this time.
+    pub handshake_timeout: Duration,
+    /// Largest message accepted from the switch.
+    pub max_message_len: usize,
+    /// Most BARRIER requests awaiting a reply that carry a token; beyond
+    /// this a token is released at once (see [`Conn::barrier`]).
+    pub max_pending_barriers: usize,
+}
+
+impl Default for ConnConfig {
+    fn default() -> Self {
+        ConnConfig {
+            echo_interval: Duration::from_secs(5),
+            echo_timeout: Duration::from_secs(15),
+            handshake_timeout: Duration::from_secs(10),
+            max_message_len: daolinet_openflow::MAX_MESSAGE_LEN,
+            max_pending_barriers: 4096,
+        }
+    }
+}
+
+/// Where the connection is in its life cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for the switch's HELLO.
+    Hello,
+    /// HELLO done, FEATURES_REQUEST sent.
+    Features,
+    /// The datapath is known.
+    Ready(Dpid),
+    /// Closed: the edge must drop the socket once `out` is flushed.
+    Closed,
+}
+
+/// Why a connection closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CloseReason {
+    /// The switch does not speak OpenFlow 1.3.
+    #[error("switch does not support OpenFlow 1.3")]
+    Incompatible,
+    /// The first message was not a HELLO.
+    #[error("first message was not HELLO")]
+    NoHello,
+    /// The switch refused our HELLO.
+    #[error("switch refused the handshake: {0}")]
+    HelloFailed(String),
+    /// An auxiliary connection (not supported).
+    #[error("auxiliary connection {0} refused")]
+    Auxiliary(u8),
+    /// The byte stream cannot be framed any more.
+    #[error("unframeable input: {0}")]
+    Unframeable(DecodeError),
+    /// HELLO/FEATURES did not complete in time.
+    #[error("handshake timed out")]
+    HandshakeTimeout,
+    /// No answer to ECHO_REQUEST.
+    #[error("echo timed out")]
+    EchoTimeout,
+}
+
+/// Something the edge must act on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Handshake complete: the datapath id is known.
+    Ready {
+        /// Datapath id.
+        dpid: Dpid,
+        /// The FEATURES_REPLY.
+        features: SwitchFeatures,
+    },
+    /// A punted packet.
+    PacketIn(PacketIn),
+    /// A flow expired or was deleted.
+    FlowRemoved(FlowRemoved),
+    /// The PORT_DESC reply.
+    Ports(Vec<Port>),
+    /// A port changed.
+    PortStatus(PortStatus),
+    /// The switch reported an error about one of our messages.
+    SwitchError {
+        /// xid of our offending message.
+        xid: u32,
+        /// The error.
+        error: ErrorMsg,
+    },
+    /// A BARRIER_REPLY for a barrier sent with this token.
+    BarrierDone(u64),
+    /// The connection is closed (after `out` is flushed).
+    Closed(CloseReason),
+}
+
+/// The connection state machine.
+#[derive(Debug)]
+pub struct Conn {
+    cfg: ConnConfig,
+    phase: Phase,
+    decoder: Decoder,
+    out: BytesMut,
+    next_xid: u32,
+    /// Bytes of a rejected message still to discard.
+    skip: usize,
+    started: Instant,
+    last_rx: Instant,
+    echo_sent: Option<Instant>,
+    barriers: HashMap<u32, u64>,
+    /// Messages answered with an OFPT_ERROR.
+    pub errors_sent: u64,
+}
+
+impl Conn {
+    /// A new connection at `now`, with its HELLO queued.
+    pub fn new(cfg: ConnConfig, now: Instant) -> Self {
+        let mut c = Conn {
+            cfg,
+            phase: Phase::Hello,
+            decoder: Decoder::new().max_message_len(cfg.max_message_len),
+            out: BytesMut::with_capacity(4096),
+            next_xid: 1,
+            skip: 0,
+            started: now,
+            last_rx: now,
+            echo_sent: None,
+            barriers: HashMap::new(),
+            errors_sent: 0,
+        };
+        c.send(&Message::Hello(Hello::new()));
+        c
+    }
+
+    /// The phase.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The datapath id once known.
+    pub fn dpid(&self) -> Option<Dpid> {
+        match self.phase {
+            Phase::Ready(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// Bytes to write to the switch (the edge writes and advances them).
+    pub fn out(&mut self) -> &mut BytesMut {
+        &mut self.out
+    }
+
+    /// True once closed.
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    fn xid(&mut self) -> u32 {
+        let x = self.next_xid;
+        self.next_xid = self.next_xid.wrapping_add(1).max(1);
+        x
+    }
+
+    /// Queues `msg` with a fresh xid and returns the xid. A message too
+    /// large to encode is logged and dropped.
+    pub fn send(&mut self, msg: &Message) -> u32 {
+        let xid = self.xid();
+        self.send_xid(msg, xid);
+        xid
+    }
+
+    fn send_xid(&mut self, msg: &Message, xid: u32) {
+        if let Err(e) = msg.encode(xid, &mut self.out) {
+            tracing::warn!(error = %e, msg_type = msg.msg_type(), "message not sent");
+        }
+    }
+
+    /// Queues the OpenFlow message of a decision.
+    pub fn send_decision(&mut self, d: &Decision) -> Result<(), TranslateError> {
+        let m = translate::to_message(d)?;
+        self.send(&m);
+        Ok(())
+    }
+
+    /// Queues a BARRIER_REQUEST. With a token, [`Event::BarrierDone`] is
+    /// emitted when its reply arrives; when too many are pending the token
+    /// is returned at once (the caller proceeds without waiting).
+    pub fn barrier(&mut self, token: Option<u64>) -> Option<u64> {
+        let xid = self.send(&Message::BarrierRequest);
+        match token {
+            Some(t) if self.barriers.len() < self.cfg.max_pending_barriers => {
+                self.barriers.insert(xid, t);
+                None
+            }
+            other => other,
+        }
+    }
+
+    fn error(&mut self, code: ErrorCode, xid: u32, offending: &[u8]) {
+        self.errors_sent += 1;
+        self.send_xid(&Message::Error(ErrorMsg::new(code, offending)), xid);
+    }
+
+    fn close(&mut self, why: CloseReason, events: &mut Vec<Event>) {
+        if self.phase != Phase::Closed {
+            self.phase = Phase::Closed;
+            events.push(Event::Closed(why));
+        }
+    }
+
+    /// Consumes complete messages from the front of `input` and returns how
+    /// many bytes were used (the rest is a partial message: call again with
+    /// more bytes appended). Replies go to [`Conn::out`], the rest to `events`.
+    pub fn receive(&mut self, input: &[u8], now: Instant, events: &mut Vec<Event>) -> usize {
+        let mut used = 0;
+        if !input.is_empty() {
+            self.last_rx = now;
+            self.echo_sent = None;
+        }
+        while self.phase != Phase::Closed {
+            let rest = input.get(used..).unwrap_or_default();
+            if self.skip > 0 {
+                let n = self.skip.min(rest.len());
+                self.skip -= n;
+                used += n;
+                if self.skip > 0 {
+                    break;
+                }
+                continue;
+            }
+            match self.decoder.decode(rest) {
+                Ok(Some((frame, n))) => {
+                    let raw = rest.get(..n).unwrap_or(rest);
+                    self.handle(frame.xid, frame.message, raw, events);
+                    used += n;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let (xid, reply) = e.reply(rest);
+                    self.errors_sent += 1;
+                    self.send_xid(&reply, xid);
+                    tracing::debug!(error = %e, "malformed message from switch");
+                    match e.frame_len {
+                        // Before HELLO the peer is not an OpenFlow switch.
+                        _ if self.phase == Phase::Hello => {
+                            used = input.len();
+                            self.close(CloseReason::NoHello, events);
+                        }
+                        Some(n) if n <= rest.len() => used += n,
+                        Some(n) => {
+                            self.skip = n - rest.len();
+                            used += rest.len();
+                        }
+                        None => {
+                            used = input.len();
+                            self.close(CloseReason::Unframeable(e), events);
+                        }
+                    }
+                }
+            }
+        }
+        used
+    }
+
+    fn handle(&mut self, xid: u32, msg: Message, raw: &[u8], events: &mut Vec<Event>) {
+        use Message as M;
+        match (self.phase, msg) {
+            (Phase::Closed, _) => {}
+            (Phase::Hello, M::Hello(h)) => {
+                if !h.supports(OFP_VERSION) {
+                    self.error(ErrorCode::HELLO_INCOMPATIBLE, xid, raw);
+                    self.close(CloseReason::Incompatible, events);
+                } else {
+                    self.phase = Phase::Features;
+                    self.send(&M::FeaturesRequest);
+                }
+            }
+            (Phase::Hello, M::Error(e)) => {
+                self.close(CloseReason::HelloFailed(describe(&e)), events);
+            }
+            (Phase::Hello, _) => {
+                self.error(ErrorCode::HELLO_INCOMPATIBLE, xid, raw);
+                self.close(CloseReason::NoHello, events);
+            }
+            (_, M::EchoRequest(data)) => self.send_xid(&M::EchoReply(data), xid),
+            (_, M::EchoReply(_)) => {}
+            (Phase::Features, M::FeaturesReply(f)) => {
+                if f.auxiliary_id != 0 {
+                    self.error(ErrorCode::BAD_TYPE, xid, raw);
+                    self.close(CloseReason::Auxiliary(f.auxiliary_id), events);
+                    return;
+                }
+                let dpid = Dpid(f.datapath_id);
+                self.phase = Phase::Ready(dpid);
+                self.send(&M::SetConfig(SwitchConfig {
+                    flags: 0,
+                    miss_send_len: OFPCML_NO_BUFFER,
+                }));
+                self.send(&M::MultipartRequest(MultipartRequest::new(
+                    MultipartRequestBody::PortDesc,
+                )));
+                events.push(Event::Ready { dpid, features: f });
+            }
+            (Phase::Features, M::Error(e)) => {
+                if e.code().is_some_and(|c| c.err_type == OFPET_HELLO_FAILED) {
+                    self.close(CloseReason::HelloFailed(describe(&e)), events);
+                } else {
+                    events.push(Event::SwitchError { xid, error: e });
+                }
+            }
+            (Phase::Features, M::PortStatus(_)) => {
+                // Port changes during the handshake are covered by PORT_DESC.
+            }
+            (Phase::Ready(_), M::PacketIn(p)) => events.push(Event::PacketIn(p)),
+            (Phase::Ready(_), M::FlowRemoved(f)) => events.push(Event::FlowRemoved(f)),
+            (Phase::Ready(_), M::PortStatus(p)) => events.push(Event::PortStatus(p)),
+            (Phase::Ready(_), M::MultipartReply(r)) => {
+                if let MultipartReplyBody::PortDesc(ports) = r.body {
+                    events.push(Event::Ports(ports));
+                }
+            }
+            (Phase::Ready(_), M::BarrierReply) => {
+                if let Some(t) = self.barriers.remove(&xid) {
+                    events.push(Event::BarrierDone(t));
+                }
+            }
+            (Phase::Ready(_), M::Error(e)) => events.push(Event::SwitchError { xid, error: e }),
+            (
+                Phase::Ready(_),
+                M::GetConfigReply(_)
+                | M::RoleReply(_)
+                | M::GetAsyncReply(_)
+                | M::QueueGetConfigReply(_)
+                | M::Experimenter(_),
+            ) => {}
+            // Anything else is out of order here (a PACKET_IN before the
+            // datapath is known, a second HELLO or FEATURES_REPLY) or a
+            // controller-to-switch message sent the wrong way.
+            (_, _) => self.error(ErrorCode::BAD_TYPE, xid, raw),
+        }
+    }
+
+    /// Timers: handshake deadline, echo probe, echo timeout.
+    pub fn tick(&mut self, now: Instant, events: &mut Vec<Event>) {
+        match self.phase {
+            Phase::Closed => {}
+            Phase::Hello | Phase::Features => {
+                if now.saturating_duration_since(self.started) >= self.cfg.handshake_timeout {
+                    self.close(CloseReason::HandshakeTimeout, events);
+                }
+            }
+            Phase::Ready(_) => match self.echo_sent {
+                Some(t) => {
+                    if now.saturating_duration_since(t) >= self.cfg.echo_timeout {
+                        self.close(CloseReason::EchoTimeout, events);
+                    }
+                }
+                None => {
+                    if now.saturating_duration_since(self.last_rx) >= self.cfg.echo_interval {
+                        self.send(&Message::EchoRequest(Vec::new()));
+                        self.echo_sent = Some(now);
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// Text for logging an error a switch sent (`OFPET_.../OFP..._...`).
+pub fn describe(e: &ErrorMsg) -> String {
+    match e.code() {
+        Some(c) => match c.names() {
+            Some((t, n)) => format!("{t}/{n}"),
+            None => format!("type {} code {}", c.err_type, c.code),
+        },
+        None => "experimenter error".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use daolinet_openflow::{
+        consts::*, decode, FlowMod, Frame, HelloElement, Match, MultipartReply,
+    };
+
+    fn bytes(msgs: &[(u32, Message)]) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        for (xid, m) in msgs {
+            m.encode(*xid, &mut b).unwrap();
+        }
+        b.to_vec()
+    }
+
+    fn drain(c: &mut Conn) -> Vec<Frame> {
+        let out = c.out();
+        let mut v = Vec::new();
+        let mut used = 0;
+        while let Some((f, n)) = decode(&out[used..]).unwrap() {
+            v.push(f);
+            used += n;
+        }
+        assert_eq!(
+            used,
+            out.len(),
+            "controller output ends in a partial message"
+        );
+        out.clear();
+        v
+    }
+
+    fn features(dpid: u64) -> Message {
+        Message::FeaturesReply(SwitchFeatures {
+            datapath_id: dpid,
+            n_buffers: 0,
+            n_tables: 254,
+            auxiliary_id: 0,
+            capabilities: 0,
+            reserved: 0,
+        })
+    }
+
+    fn error_code(f: &Frame) -> Option<ErrorCode> {
+        match &f.message {
+            Message::Error(e) => e.code(),
+            _ => None,
+        }
+    }
+
+    /// A connection through the handshake, output drained.
+    fn ready(now: Instant) -> Conn {
+        let mut c = Conn::new(ConnConfig::default(), now);
+        let mut ev = Vec::new();
+        let input = bytes(&[(1, Message::Hello(Hello::new())), (2, features(7))]);
+        assert_eq!(c.receive(&input, now, &mut ev), input.len());
+        assert!(matches!(
+            ev.as_slice(),
+            [Event::Ready { dpid: Dpid(7), .. }]
+        ));
+        drain(&mut c);
+        c
+    }
+
+    #[test]
+    fn handshake_config_and_port_desc() {
+        let now = Instant::now();
+        let mut c = Conn::new(ConnConfig::default(), now);
+        let out = drain(&mut c);
+        assert!(
+            matches!(&out[..], [Frame { message: Message::Hello(h), .. }] if h.supports(OFP_VERSION))
+        );
+        let mut ev = Vec::new();
+        // A 1.5 switch also speaking 1.3 (bitmap) is fine.
+        let hello = Message::Hello(Hello {
+            version: 6,
+            elements: vec![HelloElement::VersionBitmap(vec![(1 << 4) | (1 << 6)])],
+        });
+        c.receive(&bytes(&[(1, hello)]), now, &mut ev);
+        assert!(ev.is_empty());
+        let out = drain(&mut c);
+        assert!(matches!(
+            &out[..],
+            [Frame {
+                message: Message::FeaturesRequest,
+                ..
+            }]
+        ));
+        assert_eq!(c.phase(), Phase::Features);
+        c.receive(&bytes(&[(out[0].xid, features(0xabc))]), now, &mut ev);
+        assert!(matches!(
+            &ev[..],
+            [Event::Ready {
+                dpid: Dpid(0xabc),
+                ..
+            }]
+        ));
+        assert_eq!(c.dpid(), Some(Dpid(0xabc)));
+        let out = drain(&mut c);
+        assert!(matches!(
+            &out[..],
+            [
+                Frame {
+                    message: Message::SetConfig(SwitchConfig {
+                        flags: 0,
+                        miss_send_len: OFPCML_NO_BUFFER
+                    }),
+                    ..
+                },
+                Frame {
+                    message: Message::MultipartRequest(MultipartRequest {
+                        body: MultipartRequestBody::PortDesc,
+                        ..
+                    }),
+                    ..
+                },
+            ]
+        ));
+        // Port description, echo, packet-in.
+        ev.clear();
+        let ports =
+            Message::MultipartReply(MultipartReply::new(MultipartReplyBody::PortDesc(vec![
+                Port::new(1, daolinet_openflow::MacAddr([2, 0, 0, 0, 0, 1]), "eth0"),
+            ])));
+        let pin = Message::PacketIn(PacketIn::new(3, OFPR_NO_MATCH, vec![1, 2, 3]));
+        c.receive(
+            &bytes(&[(5, ports), (9, Message::EchoRequest(vec![7, 7])), (10, pin)]),
+            now,
+            &mut ev,
+        );
+        assert!(matches!(&ev[0], Event::Ports(p) if p.len() == 1 && p[0].name == "eth0"));
+        assert!(
+            matches!(&ev[1], Event::PacketIn(p) if p.in_port() == Some(3) && p.data == [1, 2, 3])
+        );
+        let out = drain(&mut c);
+        assert_eq!(
+            out,
+            vec![Frame {
+                xid: 9,
+                message: Message::EchoReply(vec![7, 7])
+            }]
+        );
+    }
+
+    #[test]
+    fn refuses_other_versions_and_missing_hello() {
+        let now = Instant::now();
+        for first in [
+            Message::Hello(Hello {
+                version: 1,
+                elements: vec![],
+            }),
+            Message::Hello(Hello {
+                version: 4,
+                elements: vec![HelloElement::VersionBitmap(vec![1 << 1])],
+            }),
+            Message::EchoRequest(vec![]),
+            features(1),
+        ] {
+            let mut c = Conn::new(ConnConfig::default(), now);
+            drain(&mut c);
+            let mut ev = Vec::new();
+            // Whatever follows the refused message is not looked at.
+            let input = bytes(&[(4, first), (5, features(1))]);
+            c.receive(&input, now, &mut ev);
+            assert!(c.is_closed());
+            assert!(
+                matches!(
+                    &ev[..],
+                    [Event::Closed(
+                        CloseReason::Incompatible | CloseReason::NoHello
+                    )]
+                ),
+                "{ev:?}"
+            );
+            let out = drain(&mut c);
+            assert_eq!(out.len(), 1);
+            assert_eq!(error_code(&out[0]), Some(ErrorCode::HELLO_INCOMPATIBLE));
+            assert_eq!(out[0].xid, 4);
+        }
+    }
+
+    #[test]
+    fn out_of_order_and_wrong_direction_get_bad_type() {
+        let now = Instant::now();
+        let mut c = Conn::new(ConnConfig::default(), now);
+        let mut ev = Vec::new();
+        c.receive(&bytes(&[(1, Message::Hello(Hello::new()))]), now, &mut ev);
+        drain(&mut c);
+        // PACKET_IN before FEATURES_REPLY: error, connection stays.
+        let pin = Message::PacketIn(PacketIn::new(3, OFPR_NO_MATCH, vec![0; 60]));
+        c.receive(&bytes(&[(11, pin.clone())]), now, &mut ev);
+        let out = drain(&mut c);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].xid, error_code(&out[0])),
+            (11, Some(ErrorCode::BAD_TYPE))
+        );
+        assert!(ev.is_empty());
+        c.receive(&bytes(&[(2, features(7))]), now, &mut ev);
+        assert_eq!(c.dpid(), Some(Dpid(7)));
+        drain(&mut c);
+        ev.clear();
+        // Controller-to-switch messages, a second HELLO and FEATURES_REPLY.
+        let wrong = [
+            Message::FlowMod(FlowMod::add(Match::new())),
+            Message::FeaturesRequest,
+            Message::BarrierRequest,
+            Message::Hello(Hello::new()),
+            features(8),
+        ];
+        for (i, m) in wrong.into_iter().enumerate() {
+            c.receive(&bytes(&[(100 + i as u32, m)]), now, &mut ev);
+            let out = drain(&mut c);
+            assert_eq!(error_code(&out[0]), Some(ErrorCode::BAD_TYPE));
+            assert_eq!(out[0].xid, 100 + i as u32);
+        }
+        assert!(ev.is_empty());
+        // Still the same datapath, still working.
+        assert_eq!(c.dpid(), Some(Dpid(7)));
+        c.receive(&bytes(&[(50, pin)]), now, &mut ev);
+        assert!(matches!(&ev[..], [Event::PacketIn(_)]));
+    }
+
+    #[test]
+    fn malformed_truncated_and_oversized_input() {
+        let now = Instant::now();
+        let cfg = ConnConfig {
+            max_message_len: 1024,
+            ..ConnConfig::default()
+        };
+        let mut c = Conn::new(cfg, now);
+        let mut ev = Vec::new();
+        c.receive(
+            &bytes(&[(1, Message::Hello(Hello::new())), (2, features(7))]),
+            now,
+            &mut ev,
+        );
+        drain(&mut c);
+        ev.clear();
+        // A BARRIER_REPLY with a body: BAD_LEN, skipped, next message fine.
+        let mut bad = bytes(&[(30, Message::BarrierReply)]);
+        bad.extend_from_slice(&[0, 0, 0, 0]);
+        bad[3] = 12;
+        // An unknown message type: BAD_TYPE.
+        let unknown = [4u8, 200, 0, 8, 0, 0, 0, 31];
+        let mut input = bad.clone();
+        input.extend_from_slice(&unknown);
+        input.extend(bytes(&[(32, Message::EchoRequest(vec![]))]));
+        assert_eq!(c.receive(&input, now, &mut ev), input.len());
+        let out = drain(&mut c);
+        assert_eq!(error_code(&out[0]), Some(ErrorCode::BAD_LEN));
+        assert_eq!(error_code(&out[1]), Some(ErrorCode::BAD_TYPE));
+        assert_eq!(
+            out[2],
+            Frame {
+                xid: 32,
+                message: Message::EchoReply(vec![])
+            }
+        );
+        // The error echoes the offending bytes (at most 64).
+        match &out[0].message {
+            Message::Error(ErrorMsg::Standard { data, .. }) => assert_eq!(data, &bad),
+            m => panic!("{m:?}"),
+        }
+        // Oversized: 2000 declared, arriving in three reads; rejected at
+        // once, its bytes skipped, the message after it handled.
+        let mut big = vec![4u8, OFPT_PACKET_IN, 0x07, 0xd0, 0, 0, 0, 40];
+        big.resize(2000, 0xee);
+        big.extend(bytes(&[(41, Message::EchoRequest(vec![1]))]));
+        let mut pending: Vec<u8> = Vec::new();
+        for chunk in big.chunks(700) {
+            pending.extend_from_slice(chunk);
+            let used = c.receive(&pending, now, &mut ev);
+            pending.drain(..used);
+        }
+        assert!(pending.is_empty());
+        let out = drain(&mut c);
+        assert_eq!(error_code(&out[0]), Some(ErrorCode::BAD_LEN));
+        assert_eq!(out[0].xid, 40);
+        assert_eq!(
+            out[1],
+            Frame {
+                xid: 41,
+                message: Message::EchoReply(vec![1])
+            }
+        );
+        assert!(ev.is_empty());
+        assert!(!c.is_closed());
+        // A header length below 8 cannot be framed: error, then close.
+        c.receive(
+            &[4, OFPT_ECHO_REQUEST, 0, 4, 0, 0, 0, 50, 1, 2],
+            now,
+            &mut ev,
+        );
+        assert!(c.is_closed());
+        assert!(matches!(
+            &ev[..],
+            [Event::Closed(CloseReason::Unframeable(_))]
+        ));
+        let out = drain(&mut c);
+        assert_eq!(error_code(&out[0]), Some(ErrorCode::BAD_LEN));
+        // Nothing more is handled.
+        ev.clear();
+        c.receive(&bytes(&[(60, Message::EchoRequest(vec![]))]), now, &mut ev);
+        assert!(ev.is_empty() && c.out().is_empty());
+    }
+
+    #[test]
+    fn any_split_of_the_stream_gives_the_same_result() {
+        let now = Instant::now();
+        let input = bytes(&[
+            (1, Message::Hello(Hello::new())),
+            (2, features(9)),
+            (3, Message::EchoRequest(vec![1, 2, 3])),
+            (
+                4,
+                Message::PacketIn(PacketIn::new(5, OFPR_NO_MATCH, vec![9; 100])),
+            ),
+        ]);
+        let reference = {
+            let mut c = Conn::new(ConnConfig::default(), now);
+            let mut ev = Vec::new();
+            c.receive(&input, now, &mut ev);
+            (ev, drain(&mut c))
+        };
+        for cut in 1..input.len() {
+            let mut c = Conn::new(ConnConfig::default(), now);
+            let mut ev = Vec::new();
+            let used = c.receive(&input[..cut], now, &mut ev);
+            let rest = [&input[used..cut], &input[cut..]].concat();
+            assert_eq!(c.receive(&rest, now, &mut ev), rest.len());
+            assert_eq!((ev, drain(&mut c)), reference, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn echo_keepalive_and_timeouts() {
+        let t0 = Instant::now();
+        let cfg = ConnConfig::default();
+        // Handshake deadline.
+        let mut c = Conn::new(cfg, t0);
+        let mut ev = Vec::new();
+        c.tick(t0 + cfg.handshake_timeout / 2, &mut ev);
+        assert!(ev.is_empty());
+        c.tick(t0 + cfg.handshake_timeout, &mut ev);
+        assert!(matches!(
+            &ev[..],
+            [Event::Closed(CloseReason::HandshakeTimeout)]
+        ));
+        // Echo after silence; an answer keeps the connection.
+        let mut c = ready(t0);
+        ev.clear();
+        c.tick(t0 + cfg.echo_interval - Duration::from_millis(1), &mut ev);
+        assert!(c.out().is_empty());
+        let t1 = t0 + cfg.echo_interval;
+        c.tick(t1, &mut ev);
+        let out = drain(&mut c);
+        assert!(matches!(
+            &out[..],
+            [Frame {
+                message: Message::EchoRequest(_),
+                ..
+            }]
+        ));
+        c.tick(t1 + Duration::from_secs(1), &mut ev);
+        assert!(c.out().is_empty(), "one probe at a time");
+        c.receive(
+            &bytes(&[(out[0].xid, Message::EchoReply(vec![]))]),
+            t1 + Duration::from_secs(2),
+            &mut ev,
+        );
+        c.tick(
+            t1 + Duration::from_secs(2) + cfg.echo_interval - Duration::from_millis(1),
+            &mut ev,
+        );
+        assert!(!c.is_closed() && c.out().is_empty());
+        // No answer: closed.
+        let t2 = t1 + Duration::from_secs(2) + cfg.echo_interval;
+        c.tick(t2, &mut ev);
+        assert_eq!(drain(&mut c).len(), 1);
+        c.tick(t2 + cfg.echo_timeout, &mut ev);
+        assert!(matches!(&ev[..], [Event::Closed(CloseReason::EchoTimeout)]));
+    }
+
+    #[test]
+    fn barrier_tokens() {
+        let now = Instant::now();
+        let mut c = ready(now);
+        assert_eq!(c.barrier(Some(77)), None);
+        c.barrier(None);
+        let out = drain(&mut c);
+        assert!(out.iter().all(|f| f.message == Message::BarrierRequest));
+        let mut ev = Vec::new();
+        let replies: Vec<(u32, Message)> =
+            out.iter().map(|f| (f.xid, Message::BarrierReply)).collect();
+        c.receive(&bytes(&replies), now, &mut ev);
+        assert_eq!(ev, vec![Event::BarrierDone(77)]);
+        // Too many pending: the token comes straight back.
+        let mut c = Conn::new(
+            ConnConfig {
+                max_pending_barriers: 1,
+                ..ConnConfig::default()
+            },
+            now,
+        );
+        assert_eq!(c.barrier(Some(1)), None);
+        assert_eq!(c.barrier(Some(2)), Some(2));
+    }
+}

@@ -1,0 +1,646 @@
+//! The tokio edge of the OpenFlow server: one task per switch connection
+//! driving a [`Conn`], a registry of connected datapaths, and a dispatcher
+//! that sends the decisions of model changes to the switches.
+//!
+//! Hot path (PACKET_IN): the connection task decodes every complete message
+//! of one read, runs the policy on a lock-free snapshot
+//! ([`Controller::decide`]), encodes the replies into the connection's one
+//! output buffer, and writes that buffer with one `write` per wake-up: many
+//! replies per syscall under load. Decisions for another datapath (the
+//! remote half of a cross-host pair) go to that datapath's task over a
+//! bounded channel; that task sends them followed by a BARRIER, and only
+//! when the BARRIER_REPLY arrives does the originating task send the
+//! PACKET_OUT, so the first packet never overtakes its flows.
+//!
+//! Backpressure: a task stops reading from a switch whose output buffer
+//! exceeds [`ServerConfig::max_out_bytes`] (TCP then slows the switch down),
+//! and keeps writing; it never blocks on another switch (channels are
+//! `try_send`; a full channel drops and logs, the flows are then installed
+//! again on the next PACKET_IN).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf as _, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, mpsc, watch};
+
+use crate::addr::Dpid;
+use crate::model::Host;
+use crate::policy::Decision;
+use crate::service::Controller;
+
+use super::conn::{describe, Conn, ConnConfig, Event};
+use super::translate;
+
+/// Server settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Per-connection timers and limits.
+    pub conn: ConnConfig,
+    /// Stop reading from a switch while this many bytes wait to be written
+    /// to it.
+    pub max_out_bytes: usize,
+    /// Capacity of each connection's command channel (decisions from other
+    /// connections and from model changes).
+    pub channel: usize,
+    /// Read buffer size per connection.
+    pub read_buf: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            conn: ConnConfig::default(),
+            max_out_bytes: 8 << 20,
+            channel: 4096,
+            read_buf: 64 << 10,
+        }
+    }
+}
+
+/// What other tasks ask a connection task to do.
+#[derive(Debug)]
+enum Cmd {
+    /// Send decisions; with `then`, follow them with a BARRIER and release
+    /// `then` when its reply arrives.
+    Decisions {
+        ds: Vec<Decision>,
+        then: Option<Release>,
+    },
+    /// Append pre-encoded messages.
+    Bytes(Bytes),
+    /// Another connection took over this datapath: close.
+    Replaced,
+    /// Re-initialise the datapath (its host changed, or decisions were lost).
+    Resync,
+}
+
+/// Encoded messages to hand to a connection once a barrier completes.
+#[derive(Debug)]
+struct Release {
+    to: mpsc::Sender<Cmd>,
+    bytes: Bytes,
+}
+
+impl Release {
+    fn fire(self) {
+        if self.to.try_send(Cmd::Bytes(self.bytes)).is_err() {
+            tracing::debug!("PACKET_OUT dropped: its connection is gone or full");
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Handle {
+    id: u64,
+    tx: mpsc::Sender<Cmd>,
+    /// The host record the datapath was initialised for.
+    host: Option<Host>,
+}
+
+/// Connected datapaths.
+#[derive(Debug, Default)]
+struct Switches {
+    map: RwLock<HashMap<Dpid, Handle>>,
+}
+
+impl Switches {
+    fn get(&self, dpid: Dpid) -> Option<mpsc::Sender<Cmd>> {
+        self.map.read().ok()?.get(&dpid).map(|h| h.tx.clone())
+    }
+
+    /// Registers a connection; returns the one it replaces and the count.
+    fn insert(&self, dpid: Dpid, h: Handle) -> (Option<Handle>, usize) {
+        match self.map.write() {
+            Ok(mut m) => {
+                let old = m.insert(dpid, h);
+                (old, m.len())
+            }
+            Err(_) => (None, 0),
+        }
+    }
+
+    /// Unregisters connection `id` if it still owns `dpid`.
+    fn remove(&self, dpid: Dpid, id: u64) -> Option<usize> {
+        let mut m = self.map.write().ok()?;
+        if m.get(&dpid).is_some_and(|h| h.id == id) {
+            m.remove(&dpid);
+            Some(m.len())
+        } else {
+            None
+        }
+    }
+
+    fn set_host(&self, dpid: Dpid, id: u64, host: Option<Host>) {
+        if let Ok(mut m) = self.map.write() {
+            if let Some(h) = m.get_mut(&dpid).filter(|h| h.id == id) {
+                h.host = host;
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Vec<(Dpid, Handle)> {
+        self.map
+            .read()
+            .map(|m| m.iter().map(|(d, h)| (*d, h.clone())).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The OpenFlow 1.3 server.
+#[derive(Debug)]
+pub struct Server {
+    ctl: Arc<Controller>,
+    cfg: ServerConfig,
+    switches: Switches,
+    next_id: AtomicU64,
+}
+
+impl Server {
+    /// A server deciding with `ctl`.
+    pub fn new(ctl: Arc<Controller>, cfg: ServerConfig) -> Arc<Self> {
+        Arc::new(Server {
+            ctl,
+            cfg,
+            switches: Switches::default(),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// Datapaths currently connected (handshake done).
+    pub fn connected(&self) -> Vec<Dpid> {
+        let mut v: Vec<Dpid> = self
+            .switches
+            .snapshot()
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Accepts switches on `listener` until `stop` becomes true; also runs
+    /// the model-change dispatcher. Connection tasks end with `stop` too.
+    pub async fn run(self: Arc<Self>, listener: TcpListener, stop: watch::Receiver<bool>) {
+        let dispatcher = tokio::spawn(self.clone().dispatch_model_changes(stop.clone()));
+        let mut stop_accept = stop.clone();
+        loop {
+            tokio::select! {
+                r = listener.accept() => match r {
+                    Ok((sock, peer)) => {
+                        let _ = sock.set_nodelay(true);
+                        tokio::spawn(self.clone().serve(sock, peer, stop.clone()));
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = stopped(&mut stop_accept) => break,
+            }
+        }
+        let _ = dispatcher.await;
+    }
+
+    /// Sends the decisions of model changes to the switches, and
+    /// re-initialises a switch whose host record appeared or changed.
+    async fn dispatch_model_changes(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut decisions = self.ctl.subscribe_decisions();
+        let mut model = self.ctl.subscribe_model();
+        loop {
+            tokio::select! {
+                r = decisions.recv() => match r {
+                    Ok(ds) => self.route(&ds, None).await,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(lost = n, "model-change decisions lagged: re-initialising every switch");
+                        for (_, h) in self.switches.snapshot() {
+                            let _ = h.tx.try_send(Cmd::Resync);
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                r = model.changed() => {
+                    if r.is_err() {
+                        break;
+                    }
+                    self.resync_changed_hosts();
+                }
+                _ = stopped(&mut stop) => break,
+            }
+        }
+    }
+
+    fn resync_changed_hosts(&self) {
+        let Ok(snap) = self.ctl.snapshot() else {
+            return;
+        };
+        for (dpid, h) in self.switches.snapshot() {
+            if snap.host_by_dpid(dpid) != h.host.as_ref() {
+                let _ = h.tx.try_send(Cmd::Resync);
+            }
+        }
+    }
+
+    /// Sends decisions to their datapaths (not to `except`).
+    async fn route(&self, ds: &[Decision], except: Option<Dpid>) {
+        for (dpid, group) in group_by_dpid(ds.iter().cloned()) {
+            if Some(dpid) == except {
+                continue;
+            }
+            let Some(tx) = self.switches.get(dpid) else {
+                continue;
+            };
+            let cmd = Cmd::Decisions {
+                ds: group,
+                then: None,
+            };
+            if let Err(mpsc::error::TrySendError::Full(cmd)) = tx.try_send(cmd) {
+                if tx.send_timeout(cmd, Duration::from_secs(1)).await.is_err() {
+                    tracing::warn!(%dpid, "switch does not keep up: model-change decisions dropped");
+                }
+            }
+        }
+    }
+
+    async fn serve(
+        self: Arc<Self>,
+        mut sock: TcpStream,
+        peer: SocketAddr,
+        stop: watch::Receiver<bool>,
+    ) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%peer, id, "switch connected");
+        let mut task = Task {
+            srv: &self,
+            conn: Conn::new(self.cfg.conn, Instant::now()),
+            tx: None,
+            id,
+            peer,
+            releases: HashMap::new(),
+            next_token: 1,
+            events: Vec::new(),
+            registered: None,
+        };
+        let (tx, rx) = mpsc::channel(self.cfg.channel.max(1));
+        task.tx = Some(tx);
+        let result = task.run(&mut sock, rx, stop).await;
+        match result {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::info!(%peer, dpid = ?task.registered, error = %e, "switch connection lost")
+            }
+        }
+        if let Some(dpid) = task.registered {
+            if let Some(n) = self.switches.remove(dpid, id) {
+                self.ctl.metrics.set_switches_connected(n as u64);
+                tracing::info!(%dpid, %peer, "datapath disconnected");
+                match self.ctl.host_gone(dpid) {
+                    Ok(ds) => self.route(&ds, Some(dpid)).await,
+                    Err(e) => tracing::warn!(error = %e, "host_gone"),
+                }
+            }
+        }
+        let _ = sock.shutdown().await;
+    }
+}
+
+/// Resolves once `stop` is true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Groups decisions by datapath, keeping their order within each datapath
+/// and the order in which datapaths first appear.
+fn group_by_dpid(ds: impl IntoIterator<Item = Decision>) -> Vec<(Dpid, Vec<Decision>)> {
+    let mut out: Vec<(Dpid, Vec<Decision>)> = Vec::new();
+    for d in ds {
+        let dpid = d.dpid();
+        match out.iter_mut().find(|(x, _)| *x == dpid) {
+            Some((_, v)) => v.push(d),
+            None => out.push((dpid, vec![d])),
+        }
+    }
+    out
+}
+
+enum Wake {
+    Read(std::io::Result<usize>),
+    Wrote(std::io::Result<usize>),
+    Cmd(Option<Cmd>),
+    Tick,
+    Stop,
+}
+
+struct Task<'a> {
+    srv: &'a Server,
+    conn: Conn,
+    tx: Option<mpsc::Sender<Cmd>>,
+    id: u64,
+    peer: SocketAddr,
+    releases: HashMap<u64, Release>,
+    next_token: u64,
+    events: Vec<Event>,
+    registered: Option<Dpid>,
+}
+
+impl Task<'_> {
+    async fn run(
+        &mut self,
+        sock: &mut TcpStream,
+        mut rx: mpsc::Receiver<Cmd>,
+        mut stop: watch::Receiver<bool>,
+    ) -> std::io::Result<()> {
+        let cfg = self.srv.cfg;
+        let mut rbuf = BytesMut::with_capacity(cfg.read_buf);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut rd, mut wr) = sock.split();
+        loop {
+            if self.conn.is_closed() {
+                // Flush what is queued (the OFPT_ERROR explaining why), briefly.
+                let out = self.conn.out();
+                let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all_buf(out)).await;
+                return Ok(());
+            }
+            let want_read = self.conn.out().len() < cfg.max_out_bytes;
+            let want_write = !self.conn.out().is_empty();
+            if rbuf.capacity() - rbuf.len() < 4096 {
+                rbuf.reserve(cfg.read_buf);
+            }
+            let wake = {
+                let out = self.conn.out();
+                tokio::select! {
+                    r = rd.read_buf(&mut rbuf), if want_read => Wake::Read(r),
+                    r = wr.write_buf(out), if want_write => Wake::Wrote(r),
+                    c = rx.recv() => Wake::Cmd(c),
+                    _ = tick.tick() => Wake::Tick,
+                    _ = stopped(&mut stop) => Wake::Stop,
+                }
+            };
+            let now = Instant::now();
+            match wake {
+                Wake::Read(Ok(0)) => return Ok(()),
+                Wake::Read(Ok(_)) => {
+                    let used = self.conn.receive(&rbuf, now, &mut self.events);
+                    tracing::trace!(len = rbuf.len(), cap = rbuf.capacity(), used, "read");
+                    rbuf.advance(used);
+                }
+                Wake::Read(Err(e)) | Wake::Wrote(Err(e)) => return Err(e),
+                Wake::Wrote(Ok(0)) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::WriteZero,
+                        "write returned 0",
+                    ))
+                }
+                Wake::Wrote(Ok(_)) => {}
+                Wake::Cmd(Some(c)) => {
+                    if self.command(c) {
+                        return Ok(());
+                    }
+                    // Take whatever else is queued now: one write for all.
+                    for _ in 0..256 {
+                        match rx.try_recv() {
+                            Ok(c) => {
+                                if self.command(c) {
+                                    return Ok(());
+                                }
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Wake::Cmd(None) => return Ok(()),
+                Wake::Tick => self.conn.tick(now, &mut self.events),
+                Wake::Stop => return Ok(()),
+            }
+            self.events().await;
+        }
+    }
+
+    /// Handles a command; true when the connection must end now.
+    fn command(&mut self, c: Cmd) -> bool {
+        match c {
+            Cmd::Decisions { ds, then } => {
+                for d in &ds {
+                    if let Err(e) = self.conn.send_decision(d) {
+                        tracing::warn!(error = %e, ?d, "decision not translatable");
+                    }
+                }
+                if let Some(r) = then {
+                    let token = self.next_token;
+                    self.next_token += 1;
+                    match self.conn.barrier(Some(token)) {
+                        None => {
+                            self.releases.insert(token, r);
+                        }
+                        Some(_) => r.fire(),
+                    }
+                }
+                false
+            }
+            Cmd::Bytes(b) => {
+                self.conn.out().extend_from_slice(&b);
+                false
+            }
+            Cmd::Replaced => {
+                tracing::info!(dpid = ?self.registered, peer = %self.peer,
+                    "a new connection took over this datapath: closing the old one");
+                true
+            }
+            Cmd::Resync => {
+                if let Some(dpid) = self.registered {
+                    self.initialise(dpid);
+                }
+                false
+            }
+        }
+    }
+
+    /// Sends the flows a (re)connected datapath needs.
+    fn initialise(&mut self, dpid: Dpid) {
+        let host = self
+            .srv
+            .ctl
+            .snapshot()
+            .ok()
+            .and_then(|s| s.host_by_dpid(dpid).cloned());
+        match self.srv.ctl.switch_connected(dpid) {
+            Ok(ds) if ds.is_empty() => {
+                tracing::warn!(%dpid, "datapath is not a registered host: no flows until it is");
+            }
+            Ok(ds) => {
+                for d in &ds {
+                    if let Err(e) = self.conn.send_decision(d) {
+                        tracing::warn!(error = %e, "base flow not translatable");
+                    }
+                }
+                tracing::info!(%dpid, flows = ds.len() - 1, "datapath initialised");
+            }
+            Err(e) => tracing::warn!(error = %e, "switch_connected"),
+        }
+        // Always a BARRIER: it marks the end of the initialisation.
+        self.conn.barrier(None);
+        self.srv.switches.set_host(dpid, self.id, host);
+    }
+
+    async fn events(&mut self) {
+        let mut events = std::mem::take(&mut self.events);
+        for ev in events.drain(..) {
+            self.event(ev).await;
+        }
+        // Keep the allocation for the next batch.
+        self.events = events;
+    }
+
+    async fn event(&mut self, ev: Event) {
+        let srv = self.srv;
+        match ev {
+            Event::Ready { dpid, features } => {
+                tracing::info!(%dpid, peer = %self.peer, n_tables = features.n_tables, "datapath connected");
+                let Some(tx) = self.tx.clone() else { return };
+                let (old, n) = srv.switches.insert(
+                    dpid,
+                    Handle {
+                        id: self.id,
+                        tx,
+                        host: None,
+                    },
+                );
+                if let Some(old) = old {
+                    tracing::info!(%dpid, "datapath reconnected: replacing its previous connection");
+                    let _ = old.tx.try_send(Cmd::Replaced);
+                }
+                srv.ctl.metrics.set_switches_connected(n as u64);
+                self.registered = Some(dpid);
+                self.initialise(dpid);
+            }
+            Event::PacketIn(p) => self.packet_in(p).await,
+            Event::FlowRemoved(f) => {
+                let Some(dpid) = self.registered else { return };
+                if let Some(m) = translate::from_match(&f.match_) {
+                    let _ = srv
+                        .ctl
+                        .flow_removed(dpid, f.table_id, f.priority, &m, f.cookie);
+                }
+            }
+            Event::Ports(ports) => {
+                let names: Vec<String> = ports
+                    .iter()
+                    .map(|p| format!("{}:{}", p.port_no, p.name))
+                    .collect();
+                tracing::info!(dpid = ?self.registered, ports = ?names, "port description");
+            }
+            Event::PortStatus(p) => {
+                tracing::debug!(dpid = ?self.registered, reason = p.reason, port = p.desc.port_no, name = %p.desc.name, "port status");
+            }
+            Event::SwitchError { xid, error } => {
+                tracing::warn!(dpid = ?self.registered, xid, error = %describe(&error), "switch reported an error");
+            }
+            Event::BarrierDone(token) => {
+                if let Some(r) = self.releases.remove(&token) {
+                    r.fire();
+                }
+            }
+            Event::Closed(why) => {
+                tracing::warn!(peer = %self.peer, dpid = ?self.registered, reason = %why, "closing switch connection");
+            }
+        }
+    }
+
+    async fn packet_in(&mut self, p: daolinet_openflow::PacketIn) {
+        let Some(dpid) = self.registered else { return };
+        let Some(in_port) = p.in_port() else {
+            tracing::debug!(%dpid, "PACKET_IN without in_port ignored");
+            return;
+        };
+        let srv = self.srv;
+        let t0 = Instant::now();
+        let out = match srv.ctl.decide(dpid, in_port, &p.data) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "policy unavailable");
+                return;
+            }
+        };
+        // Local flows now, remote groups later, PACKET_OUTs last.
+        let mut remote: Vec<(Dpid, Vec<Decision>)> = Vec::new();
+        let mut packet_outs: Vec<Decision> = Vec::new();
+        let mut local_flows = false;
+        for d in out.decisions {
+            let to = d.dpid();
+            if to != dpid {
+                match remote.iter_mut().find(|(x, _)| *x == to) {
+                    Some((_, v)) => v.push(d),
+                    None => remote.push((to, vec![d])),
+                }
+            } else if matches!(d, Decision::PacketOut { .. }) {
+                packet_outs.push(d);
+            } else {
+                local_flows = true;
+                if let Err(e) = self.conn.send_decision(&d) {
+                    tracing::warn!(error = %e, "decision not translatable");
+                }
+            }
+        }
+        if local_flows && !packet_outs.is_empty() {
+            self.conn.barrier(None);
+        }
+        let mut held: Option<Bytes> = None;
+        if !packet_outs.is_empty() {
+            if remote.is_empty() {
+                for d in &packet_outs {
+                    if let Err(e) = self.conn.send_decision(d) {
+                        tracing::warn!(error = %e, "PACKET_OUT not translatable");
+                    }
+                }
+            } else {
+                let mut b = BytesMut::new();
+                for d in &packet_outs {
+                    match translate::to_message(d) {
+                        Ok(m) => {
+                            if let Err(e) = m.encode(0, &mut b) {
+                                tracing::warn!(error = %e, "PACKET_OUT not encodable");
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "PACKET_OUT not translatable"),
+                    }
+                }
+                held = Some(b.freeze());
+            }
+        }
+        for (to, ds) in remote {
+            let then = match (held.take(), &self.tx) {
+                (Some(bytes), Some(tx)) => Some(Release {
+                    to: tx.clone(),
+                    bytes,
+                }),
+                _ => None,
+            };
+            let Some(rtx) = srv.switches.get(to) else {
+                tracing::debug!(%dpid, remote = %to, "remote datapath not connected");
+                if let Some(r) = then {
+                    self.conn.out().extend_from_slice(&r.bytes);
+                }
+                continue;
+            };
+            match rtx.try_send(Cmd::Decisions { ds, then }) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(Cmd::Decisions { then, .. }))
+                | Err(mpsc::error::TrySendError::Closed(Cmd::Decisions { then, .. })) => {
+                    tracing::warn!(remote = %to, "remote datapath busy or gone: its flows were not sent");
+                    if let Some(r) = then {
+                        self.conn.out().extend_from_slice(&r.bytes);
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        srv.ctl.metrics.packet_in(t0.elapsed(), &out.verdict);
+    }
+}

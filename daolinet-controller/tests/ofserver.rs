@@ -1,0 +1,627 @@
+//! The OpenFlow server against fake switches over loopback TCP: handshake,
+//! base flows, PACKET_IN -> FLOW_MODs + BARRIER + PACKET_OUT (same host and
+//! cross host, where the PACKET_OUT waits for the remote BARRIER_REPLY),
+//! reconnection by datapath id, model-change deletions, FLOW_REMOVED, and
+//! hostile input (garbage, truncated, out-of-order, oversized, thousands of
+//! connections) that never disturbs a well-behaved switch.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use daolinet_controller::addr::{Dpid, MacAddr};
+use daolinet_controller::model::{ContainerSpec, Host, NetworkSpec, PairAction};
+use daolinet_controller::ofserver::{Server, ServerConfig};
+use daolinet_controller::policy::{Config, Ipv4, Packet, ETH_TYPE_IPV4, L3};
+use daolinet_controller::service::Controller;
+use daolinet_controller::store::MemStore;
+use daolinet_openflow::{
+    consts::*, decode, ErrorCode, FlowMod, FlowRemoved, Frame, Hello, Message, MultipartReply,
+    MultipartReplyBody, PacketIn, Port, SwitchFeatures,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::timeout;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// A fake OpenFlow switch.
+struct FakeSwitch {
+    sock: TcpStream,
+    buf: BytesMut,
+    /// Answer BARRIER_REQUESTs automatically.
+    auto_barrier: bool,
+    /// BARRIER_REQUESTs seen and not answered.
+    barriers: Vec<u32>,
+}
+
+impl FakeSwitch {
+    async fn raw(addr: SocketAddr) -> FakeSwitch {
+        FakeSwitch {
+            sock: TcpStream::connect(addr).await.unwrap(),
+            buf: BytesMut::new(),
+            auto_barrier: true,
+            barriers: Vec::new(),
+        }
+    }
+
+    /// Connects and completes the handshake as datapath `dpid`; returns the
+    /// switch and the messages received up to the initial BARRIER.
+    async fn connect(addr: SocketAddr, dpid: u64) -> (FakeSwitch, Vec<Frame>) {
+        let mut s = FakeSwitch::raw(addr).await;
+        s.send(1, Message::Hello(Hello::new())).await;
+        let f = s.until(|f| f.message == Message::FeaturesRequest).await;
+        let xid = f.last().unwrap().xid;
+        s.send(
+            xid,
+            Message::FeaturesReply(SwitchFeatures {
+                datapath_id: dpid,
+                n_buffers: 0,
+                n_tables: 254,
+                auxiliary_id: 0,
+                capabilities: 0,
+                reserved: 0,
+            }),
+        )
+        .await;
+        let init = s.until(|f| f.message == Message::BarrierRequest).await;
+        (s, init)
+    }
+
+    async fn send(&mut self, xid: u32, m: Message) {
+        let mut b = BytesMut::new();
+        m.encode(xid, &mut b).unwrap();
+        self.sock.write_all(&b).await.unwrap();
+    }
+
+    /// Next frame (answering echo, barrier and port-desc requests).
+    async fn next(&mut self) -> Option<Frame> {
+        loop {
+            if let Some((f, n)) = decode(&self.buf).unwrap() {
+                let _ = self.buf.split_to(n);
+                match &f.message {
+                    Message::EchoRequest(d) => {
+                        self.send(f.xid, Message::EchoReply(d.clone())).await
+                    }
+                    Message::BarrierRequest if self.auto_barrier => {
+                        self.send(f.xid, Message::BarrierReply).await
+                    }
+                    Message::BarrierRequest => self.barriers.push(f.xid),
+                    Message::MultipartRequest(_) => {
+                        let ports = vec![Port::new(
+                            1,
+                            daolinet_openflow::MacAddr([2, 0, 0, 0, 0, 1]),
+                            "uplink",
+                        )];
+                        self.send(
+                            f.xid,
+                            Message::MultipartReply(MultipartReply::new(
+                                MultipartReplyBody::PortDesc(ports),
+                            )),
+                        )
+                        .await
+                    }
+                    _ => {}
+                }
+                return Some(f);
+            }
+            match self.sock.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Frames up to and including the first that satisfies `pred`.
+    async fn until(&mut self, pred: impl Fn(&Frame) -> bool) -> Vec<Frame> {
+        let mut v = Vec::new();
+        timeout(WAIT, async {
+            loop {
+                let f = self.next().await.expect("connection closed");
+                let done = pred(&f);
+                v.push(f);
+                if done {
+                    return;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("timed out; got {v:?}"));
+        v
+    }
+
+    /// Frames received within `d` (quiet period).
+    async fn within(&mut self, d: Duration) -> Vec<Frame> {
+        let mut v = Vec::new();
+        let _ = timeout(d, async {
+            while let Some(f) = self.next().await {
+                v.push(f);
+            }
+        })
+        .await;
+        v
+    }
+
+    /// True once the controller closed the connection (within WAIT).
+    async fn closed(&mut self) -> bool {
+        timeout(WAIT, async { while self.next().await.is_some() {} })
+            .await
+            .is_ok()
+    }
+}
+
+fn flow_mods(fs: &[Frame]) -> Vec<&FlowMod> {
+    fs.iter()
+        .filter_map(|f| match &f.message {
+            Message::FlowMod(m) => Some(m),
+            _ => None,
+        })
+        .collect()
+}
+
+fn error_of(f: &Frame) -> Option<ErrorCode> {
+    match &f.message {
+        Message::Error(e) => e.code(),
+        _ => None,
+    }
+}
+
+struct Env {
+    ctl: Arc<Controller>,
+    server: Arc<Server>,
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Env {
+    /// Hosts h1 (dpid 1) and h2 (dpid 2), uplink port 1; network n with a
+    /// (h1 port 2), b (h1 port 3), c (h2 port 2).
+    async fn start() -> Env {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let ctl = Arc::new(Controller::open(Arc::new(MemStore::new()), Config::default()).unwrap());
+        let pool = ctl.pool();
+        ctl.mutate(|m| {
+            let mut ch = Vec::new();
+            for (i, name) in [(1u8, "h1"), (2, "h2")] {
+                ch.extend(m.add_host(Host {
+                    name: name.into(),
+                    dpid: Dpid(u64::from(i)),
+                    ip: [192, 168, 0, i].into(),
+                    mac: MacAddr([2, 0, 0, 0, 0, i]),
+                    uplink_port: 1,
+                    local_mac: None,
+                })?);
+            }
+            ch.extend(m.add_network(NetworkSpec {
+                name: "n".into(),
+                subnet: "10.0.0.0/24".parse().unwrap(),
+                gateway: None,
+                tenant: None,
+                nat_out: None,
+            })?);
+            for (id, host, port) in [("a", "h1", 2), ("b", "h1", 3), ("c", "h2", 2)] {
+                ch.extend(m.add_container(
+                    ContainerSpec {
+                        id: id.into(),
+                        name: None,
+                        network: "n".into(),
+                        ip: None,
+                        mac: None,
+                        host: host.into(),
+                        port,
+                    },
+                    pool,
+                )?);
+            }
+            Ok(ch)
+        })
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = Server::new(ctl.clone(), ServerConfig::default());
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(server.clone().run(listener, rx));
+        Env {
+            ctl,
+            server,
+            addr,
+            stop,
+            task,
+        }
+    }
+
+    /// An IPv4/UDP frame from container `from` to container `to`.
+    fn udp(&self, from: &str, to: &str) -> (u32, Vec<u8>) {
+        let s = self.ctl.snapshot().unwrap();
+        let (x, y) = (&s.model.containers[from], &s.model.containers[to]);
+        let p = Packet {
+            eth_dst: self.ctl.cfg.gateway_mac,
+            eth_src: x.mac,
+            eth_type: ETH_TYPE_IPV4,
+            l3: L3::Ipv4(Ipv4 {
+                src: x.ip,
+                dst: y.ip,
+                proto: 17,
+                ttl: 64,
+                ports: Some((1000, 2000)),
+                payload: vec![0; 8],
+            }),
+        };
+        (x.port, p.emit())
+    }
+
+    async fn wait_connected(&self, n: usize) {
+        timeout(WAIT, async {
+            while self.server.connected().len() != n {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("connected: {:?}", self.server.connected()));
+    }
+
+    async fn stop(self) {
+        self.stop.send(true).unwrap();
+        timeout(WAIT, self.task).await.unwrap().unwrap();
+    }
+}
+
+fn packet_in(in_port: u32, data: Vec<u8>) -> Message {
+    Message::PacketIn(PacketIn::new(in_port, OFPR_NO_MATCH, data))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_packet_in_reconnect_and_model_changes() {
+    let env = Env::start().await;
+    let (mut s1, init) = FakeSwitch::connect(env.addr, 1).await;
+    // SET_CONFIG (whole packets), PORT_DESC, then: delete everything, base flows.
+    assert!(init.iter().any(|f| matches!(&f.message,
+        Message::SetConfig(c) if c.miss_send_len == OFPCML_NO_BUFFER)));
+    let fms = flow_mods(&init);
+    assert_eq!(fms[0].command, OFPFC_DELETE);
+    assert_eq!((fms[0].cookie_mask, fms[0].table_id), (0, OFPTT_ALL));
+    assert!(fms[1..].iter().all(|m| m.command == OFPFC_ADD));
+    let miss: FlowMod = format!(
+        "cookie={:#x},priority=0 actions=CONTROLLER:65535",
+        daolinet_controller::policy::cookie::make(
+            daolinet_controller::policy::cookie::Kind::Base,
+            0,
+            0
+        )
+    )
+    .parse()
+    .unwrap();
+    assert!(fms.contains(&&miss), "{fms:#?}");
+    assert!(fms
+        .iter()
+        .any(|m| m.to_string().contains("in_port=1") && m.to_string().contains("actions=LOCAL")));
+    let (mut s2, _) = FakeSwitch::connect(env.addr, 2).await;
+    env.wait_connected(2).await;
+    assert!(env
+        .ctl
+        .metrics
+        .render()
+        .contains("daolinet_switches_connected 2"));
+
+    // Same host: two FLOW_MODs, a BARRIER, then the PACKET_OUT of the packet.
+    let (port, data) = env.udp("a", "b");
+    s1.send(77, packet_in(port, data.clone())).await;
+    let got = s1
+        .until(|f| matches!(f.message, Message::PacketOut(_)))
+        .await;
+    let kinds: Vec<u8> = got.iter().map(|f| f.message.msg_type()).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            OFPT_FLOW_MOD,
+            OFPT_FLOW_MOD,
+            OFPT_BARRIER_REQUEST,
+            OFPT_PACKET_OUT
+        ]
+    );
+    let fm = flow_mods(&got);
+    assert!(fm
+        .iter()
+        .all(|m| m.idle_timeout == 10 && m.flags == OFPFF_SEND_FLOW_REM));
+    let Message::PacketOut(po) = &got[3].message else {
+        unreachable!()
+    };
+    assert_eq!((po.in_port, &po.data), (port, &data));
+
+    // Cross host: h2 gets its FLOW_MODs and a BARRIER; h1's PACKET_OUT
+    // waits for h2's BARRIER_REPLY.
+    s2.auto_barrier = false;
+    let (port, data) = env.udp("a", "c");
+    s1.send(78, packet_in(port, data.clone())).await;
+    let remote = s2.until(|f| f.message == Message::BarrierRequest).await;
+    assert!(flow_mods(&remote).len() >= 2, "{remote:?}");
+    let local = s1.within(Duration::from_millis(300)).await;
+    assert!(!flow_mods(&local).is_empty());
+    assert!(
+        !local
+            .iter()
+            .any(|f| matches!(f.message, Message::PacketOut(_))),
+        "{local:?}"
+    );
+    let xid = s2.barriers.pop().unwrap();
+    s2.send(xid, Message::BarrierReply).await;
+    s2.auto_barrier = true;
+    let got = s1
+        .until(|f| matches!(f.message, Message::PacketOut(_)))
+        .await;
+    let Some(Message::PacketOut(po)) = got.last().map(|f| &f.message) else {
+        unreachable!()
+    };
+    assert_eq!(po.data, data);
+
+    // A FLOW_REMOVED takes the flow out of the registry.
+    let before = env.ctl.flows(Some(Dpid(1))).unwrap();
+    let pair = before
+        .iter()
+        .find(|f| f.idle_timeout == 10)
+        .unwrap()
+        .clone();
+    let fm = daolinet_controller::ofserver::translate::flow_mod(&pair).unwrap();
+    let mut fr = FlowRemoved::new(
+        fm.match_.clone(),
+        fm.priority,
+        fm.cookie,
+        OFPRR_IDLE_TIMEOUT,
+    );
+    fr.idle_timeout = 10;
+    s1.send(79, Message::FlowRemoved(fr)).await;
+    timeout(WAIT, async {
+        while env.ctl.flows(Some(Dpid(1))).unwrap().len() != before.len() - 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+
+    // Datapath 1 reconnects: the new connection replaces the old one and is
+    // initialised again; nothing is lost for datapath 2.
+    let (mut s1b, init) = FakeSwitch::connect(env.addr, 1).await;
+    assert_eq!(flow_mods(&init)[0].command, OFPFC_DELETE);
+    assert!(s1.closed().await, "old connection of dpid 1 still open");
+    env.wait_connected(2).await;
+    assert_eq!(env.server.connected(), vec![Dpid(1), Dpid(2)]);
+
+    // A policy change deletes the pair's flows by cookie on the switches.
+    env.ctl
+        .mutate(|m| m.set_pair("a", "b", PairAction::Disconnect))
+        .unwrap();
+    let got = s1b
+        .until(|f| matches!(&f.message, Message::FlowMod(m) if m.command == OFPFC_DELETE))
+        .await;
+    let Some(Message::FlowMod(del)) = got.last().map(|f| &f.message) else {
+        unreachable!()
+    };
+    assert_eq!(
+        del.cookie_mask,
+        daolinet_controller::policy::cookie::PAIR_MASK
+    );
+    // Now denied: a drop flow, no PACKET_OUT.
+    let (port, data) = env.udp("a", "b");
+    s1b.send(80, packet_in(port, data)).await;
+    let got = s1b
+        .until(|f| matches!(f.message, Message::FlowMod(_)))
+        .await;
+    let Some(Message::FlowMod(deny)) = got.last().map(|f| &f.message) else {
+        unreachable!()
+    };
+    assert!(
+        deny.instructions.is_empty() && deny.hard_timeout > 0,
+        "{deny:?}"
+    );
+
+    // A new host registered while its switch is connected gets its flows.
+    let (mut s3, init) = FakeSwitch::connect(env.addr, 3).await;
+    assert!(flow_mods(&init).is_empty());
+    env.ctl
+        .mutate(|m| {
+            m.add_host(Host {
+                name: "h3".into(),
+                dpid: Dpid(3),
+                ip: [192, 168, 0, 3].into(),
+                mac: MacAddr([2, 0, 0, 0, 0, 3]),
+                uplink_port: 1,
+                local_mac: None,
+            })
+        })
+        .unwrap();
+    let got = s3.until(|f| f.message == Message::BarrierRequest).await;
+    assert!(flow_mods(&got).len() >= 5, "{got:?}");
+
+    // Datapath 2 leaves: counted.
+    drop(s2);
+    env.wait_connected(2).await;
+    let m = env.ctl.metrics.render();
+    assert!(m.contains("daolinet_switches_connected 2"), "{m}");
+    assert!(m.contains("daolinet_packet_in_total 3"), "{m}");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_never_disturbs_a_good_switch() {
+    let env = Env::start().await;
+    let (mut good, _) = FakeSwitch::connect(env.addr, 1).await;
+    let check_good = |mut good: FakeSwitch, xid: u32| {
+        let env = &env;
+        async move {
+            let (port, data) = env.udp("a", "b");
+            good.send(xid, packet_in(port, data)).await;
+            good.until(|f| matches!(f.message, Message::PacketOut(_)))
+                .await;
+            good
+        }
+    };
+
+    // Garbage instead of HELLO: an error, then a clean close.
+    let mut g = FakeSwitch::raw(env.addr).await;
+    g.sock
+        .write_all(&[0x04, 0x0a, 0x00, 0x10, 1, 2, 3, 4, 9, 9, 9, 9, 9, 9, 9, 9])
+        .await
+        .unwrap();
+    let got = g.within(Duration::from_millis(500)).await;
+    assert!(
+        got.iter().any(|f| error_of(f) == Some(ErrorCode::BAD_LEN)),
+        "{got:?}"
+    );
+    assert!(g.closed().await);
+    good = check_good(good, 100).await;
+
+    // Truncated: a header announcing 100 bytes, 20 sent, then EOF.
+    let mut t = FakeSwitch::raw(env.addr).await;
+    t.send(1, Message::Hello(Hello::new())).await;
+    t.sock
+        .write_all(&[
+            0x04, 0x0a, 0x00, 0x64, 0, 0, 0, 9, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+        ])
+        .await
+        .unwrap();
+    t.sock.shutdown().await.unwrap();
+    assert!(t.closed().await);
+
+    // Out of order: PACKET_IN before FEATURES_REPLY -> BAD_TYPE, stays open;
+    // a header length below 8 -> error and close.
+    let mut o = FakeSwitch::raw(env.addr).await;
+    o.send(1, Message::Hello(Hello::new())).await;
+    o.until(|f| f.message == Message::FeaturesRequest).await;
+    o.send(42, packet_in(2, vec![0; 60])).await;
+    let got = o.until(|f| error_of(f).is_some()).await;
+    assert_eq!(
+        got.last().map(|f| (f.xid, error_of(f))),
+        Some((42, Some(ErrorCode::BAD_TYPE)))
+    );
+    o.sock
+        .write_all(&[0x04, 0x02, 0x00, 0x04, 0, 0, 0, 43])
+        .await
+        .unwrap();
+    let got = o.until(|f| error_of(f).is_some()).await;
+    assert_eq!(error_of(got.last().unwrap()), Some(ErrorCode::BAD_LEN));
+    assert!(o.closed().await);
+    good = check_good(good, 101).await;
+
+    // Oversized and malformed after the handshake: a 65535-byte message of
+    // an unknown type, a PACKET_IN with a broken match; each answered,
+    // skipped, and the connection still works.
+    let (mut b, _) = FakeSwitch::connect(env.addr, 9).await;
+    let mut big = vec![0x04u8, 0xee, 0xff, 0xff, 0, 0, 0, 50];
+    big.resize(65535, 0xab);
+    b.sock.write_all(&big).await.unwrap();
+    let got = b.until(|f| error_of(f).is_some()).await;
+    assert_eq!(
+        got.last().map(|f| (f.xid, error_of(f))),
+        Some((50, Some(ErrorCode::BAD_TYPE)))
+    );
+    let mut bad_pin = BytesMut::new();
+    packet_in(2, vec![1; 20]).encode(51, &mut bad_pin).unwrap();
+    // ofp_match length (after the 8-byte header and 16 bytes of fields):
+    // far beyond the message.
+    bad_pin[8 + 16 + 2] = 0x0f;
+    b.sock.write_all(&bad_pin).await.unwrap();
+    let got = b.until(|f| error_of(f).is_some()).await;
+    assert_eq!(got.last().unwrap().xid, 51);
+    b.send(52, Message::EchoRequest(vec![5])).await;
+    let got = b
+        .until(|f| matches!(f.message, Message::EchoReply(_)))
+        .await;
+    assert_eq!(got.last().unwrap().xid, 52);
+
+    // Random byte streams on many connections at once.
+    let mut tasks = Vec::new();
+    for seed in 0..64u64 {
+        let addr = env.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut s = FakeSwitch::raw(addr).await;
+            if seed % 2 == 0 {
+                s.send(1, Message::Hello(Hello::new())).await;
+            }
+            let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            let mut junk = Vec::new();
+            for _ in 0..(500 + seed * 37) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                junk.push(x as u8);
+            }
+            if seed % 3 == 0 {
+                junk[0] = 4; // looks like a 1.3 header
+            }
+            let _ = s.sock.write_all(&junk).await;
+            let _ = s.sock.shutdown().await;
+            let _ = s.within(Duration::from_millis(300)).await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    good = check_good(good, 102).await;
+    assert!(env.server.connected().contains(&Dpid(1)));
+    drop(good);
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_switches_at_once() {
+    let env = Env::start().await;
+    const N: u64 = 2000;
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let addr = env.addr;
+        tasks.push(tokio::spawn(async move {
+            let (s, _) = FakeSwitch::connect(addr, 1000 + i).await;
+            s
+        }));
+    }
+    let mut switches = Vec::new();
+    for t in tasks {
+        switches.push(t.await.unwrap());
+    }
+    env.wait_connected(N as usize).await;
+    assert!(env
+        .ctl
+        .metrics
+        .render()
+        .contains(&format!("daolinet_switches_connected {N}")));
+    // Every one is served: echo on all of them.
+    for (i, s) in switches.iter_mut().enumerate() {
+        s.send(i as u32, Message::EchoRequest(vec![])).await;
+    }
+    for (i, s) in switches.iter_mut().enumerate() {
+        let got = s
+            .until(|f| matches!(f.message, Message::EchoReply(_)))
+            .await;
+        assert_eq!(got.last().unwrap().xid, i as u32);
+    }
+    drop(switches);
+    env.wait_connected(0).await;
+    env.stop().await;
+}
+
+#[test]
+fn binary_serves_openflow_on_listen() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::Proc::start(dir.path());
+    common::populate(&|m, path, b| p.call(m, path, b));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (_s, init) = FakeSwitch::connect(p.openflow, 1).await;
+        // h1 holds the firewall of "web": base + 2 firewall punt flows.
+        let fms = flow_mods(&init);
+        assert_eq!(fms[0].command, OFPFC_DELETE);
+        assert!(fms.iter().any(|m| m.priority == 200), "{fms:#?}");
+        let (_, m) = p.call("GET", "/metrics", None);
+        let text = m.as_str().unwrap_or_default().to_string();
+        assert!(text.contains("daolinet_switches_connected 1"), "{text}");
+    });
+}
