@@ -191,8 +191,9 @@ pub(crate) fn make_room<T>(v: &mut Vec<T>) {
     }
 }
 
-/// Append `x` to `v`, which must have room (see [`make_room`]; without room
-/// `x` is dropped, which only a bug can cause).
+/// Append `x` to `v`, which must have room (call [`make_room`] first in the
+/// same loop iteration; without room `x` would be dropped, which debug
+/// builds, tests and the fuzz targets catch).
 ///
 /// The decoders build their enums (`OxmField`, `Action`, 40 bytes) in
 /// 40-arm matches. There `Vec::push` is not inlined (too many call sites),
@@ -202,6 +203,10 @@ pub(crate) fn make_room<T>(v: &mut Vec<T>) {
 /// spare slot, with no call in between, builds the value in place.
 #[inline(always)]
 pub(crate) fn push_in_place<T>(v: &mut Vec<T>, x: T) {
+    // No fallback `v.push(x)` when full: it makes the compiler build `x` on
+    // the stack for both paths, undoing the point of this function
+    // (measured: 25% slower FLOW_MOD decoding).
+    debug_assert!(v.len() < v.capacity(), "push_in_place without make_room");
     let len = v.len();
     if let Some(slot) = v.spare_capacity_mut().first_mut() {
         slot.write(x);
