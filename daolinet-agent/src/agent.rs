@@ -134,6 +134,7 @@ impl Agent {
                     cookie: fm.cookie,
                     idle_timeout: fm.idle_timeout,
                     hard_timeout: fm.hard_timeout,
+                    flags: fm.flags,
                 })?;
                 serde_json::json!({ "rule": id })
             }

@@ -10,9 +10,25 @@ pub enum CompileError {
     /// A match field the datapath does not classify on.
     #[error("unsupported match field {0}")]
     UnsupportedField(String),
+    /// A mask the datapath cannot apply to this field.
+    #[error("unsupported mask on {0}")]
+    UnsupportedMask(String),
+    /// The same field twice in one match.
+    #[error("duplicate match field {0}")]
+    DuplicateField(String),
+    /// A field whose OpenFlow prerequisite (e.g. eth_type=0x0800 for
+    /// ipv4_src) is missing from the match.
+    #[error("match prerequisite missing for {0}")]
+    Prerequisite(String),
     /// An action the datapath cannot execute.
     #[error("unsupported action {0}")]
     UnsupportedAction(String),
+    /// A set_field of a field the datapath cannot rewrite.
+    #[error("unsupported set_field {0}")]
+    UnsupportedSetField(String),
+    /// An output to a reserved port the datapath cannot reach from a flow.
+    #[error("unsupported output port {0:#x}")]
+    BadOutPort(u32),
     /// An instruction other than apply-actions.
     #[error("unsupported instruction {0}")]
     UnsupportedInstruction(String),
@@ -21,11 +37,51 @@ pub enum CompileError {
     TooManyActions(usize),
 }
 
+impl CompileError {
+    /// The OFPT_ERROR (type, code) the OpenFlow 1.3 spec names for this.
+    pub fn code(&self) -> of::ErrorCode {
+        use of::ErrorCode as E;
+        match self {
+            Self::UnsupportedField(_) => E::new(of::OFPET_BAD_MATCH, of::OFPBMC_BAD_FIELD),
+            Self::UnsupportedMask(_) => E::new(of::OFPET_BAD_MATCH, of::OFPBMC_BAD_MASK),
+            Self::DuplicateField(_) => E::new(of::OFPET_BAD_MATCH, of::OFPBMC_DUP_FIELD),
+            Self::Prerequisite(_) => E::new(of::OFPET_BAD_MATCH, of::OFPBMC_BAD_PREREQ),
+            Self::UnsupportedAction(_) => E::new(of::OFPET_BAD_ACTION, of::OFPBAC_BAD_TYPE),
+            Self::UnsupportedSetField(_) => E::new(of::OFPET_BAD_ACTION, of::OFPBAC_BAD_SET_TYPE),
+            Self::BadOutPort(_) => E::new(of::OFPET_BAD_ACTION, of::OFPBAC_BAD_OUT_PORT),
+            Self::UnsupportedInstruction(_) => {
+                E::new(of::OFPET_BAD_INSTRUCTION, of::OFPBIC_UNSUP_INST)
+            }
+            // OFPBAC_TOO_MANY = 7.
+            Self::TooManyActions(_) => E::new(of::OFPET_BAD_ACTION, 7),
+        }
+    }
+}
+
 /// Compile an OpenFlow match into (key, mask); the key comes back masked.
+///
+/// Checks what an OpenFlow 1.3 switch must check: duplicate fields,
+/// prerequisites (eth_type for IPv4/ARP fields, ip_proto for L4 fields),
+/// masks only where the field is maskable here.
 pub fn compile_match(m: &of::Match) -> Result<(FlowKey, FlowKey), CompileError> {
     let mut k = FlowKey::default();
     let mut mk = FlowKey::default();
+    let mut seen: Vec<(u16, u8)> = Vec::with_capacity(m.fields.len());
+    let name = |f: &OxmField| {
+        f.info()
+            .map(|i| i.name.to_string())
+            .unwrap_or_else(|| format!("{f:?}"))
+    };
+    // Prerequisites to check once all fields are known.
+    let (mut need_ip, mut need_arp) = (false, false);
+    let mut need_proto: Option<(u8, String)> = None;
     for f in &m.fields {
+        let (class, field, _) = f.id();
+        if seen.contains(&(class, field)) {
+            return Err(CompileError::DuplicateField(name(f)));
+        }
+        seen.push((class, field));
+        let masked = || CompileError::UnsupportedMask(name(f));
         match f {
             OxmField::InPort(p, None) => {
                 k.in_port = *p;
@@ -52,38 +108,95 @@ pub fn compile_match(m: &of::Match) -> Result<(FlowKey, FlowKey), CompileError> 
                 mk.vlan_tci = 0x0fff | VLAN_PRESENT;
             }
             OxmField::IpProto(v, None) => {
+                need_ip = true;
                 k.ip_proto = *v;
                 mk.ip_proto = u8::MAX;
             }
-            OxmField::Ipv4Src(v, m) | OxmField::ArpSpa(v, m) => {
+            OxmField::Ipv4Src(v, m) => {
+                need_ip = true;
                 k.ipv4_src = v.octets();
                 mk.ipv4_src = m.map_or([0xff; 4], |m| m.octets());
             }
-            OxmField::Ipv4Dst(v, m) | OxmField::ArpTpa(v, m) => {
+            OxmField::Ipv4Dst(v, m) => {
+                need_ip = true;
+                k.ipv4_dst = v.octets();
+                mk.ipv4_dst = m.map_or([0xff; 4], |m| m.octets());
+            }
+            OxmField::ArpSpa(v, m) => {
+                need_arp = true;
+                k.ipv4_src = v.octets();
+                mk.ipv4_src = m.map_or([0xff; 4], |m| m.octets());
+            }
+            OxmField::ArpTpa(v, m) => {
+                need_arp = true;
                 k.ipv4_dst = v.octets();
                 mk.ipv4_dst = m.map_or([0xff; 4], |m| m.octets());
             }
             OxmField::TcpSrc(v, None) | OxmField::UdpSrc(v, None) => {
+                let proto = if matches!(f, OxmField::TcpSrc(..)) {
+                    6
+                } else {
+                    17
+                };
+                need_proto = Some((proto, name(f)));
                 k.l4_src = *v;
                 mk.l4_src = u16::MAX;
             }
             OxmField::TcpDst(v, None) | OxmField::UdpDst(v, None) => {
+                let proto = if matches!(f, OxmField::TcpDst(..)) {
+                    6
+                } else {
+                    17
+                };
+                need_proto = Some((proto, name(f)));
                 k.l4_dst = *v;
                 mk.l4_dst = u16::MAX;
             }
             OxmField::Icmpv4Type(v, None) => {
+                need_proto = Some((1, name(f)));
                 k.l4_src = u16::from(*v);
                 mk.l4_src = u16::MAX;
             }
             OxmField::Icmpv4Code(v, None) => {
+                need_proto = Some((1, name(f)));
                 k.l4_dst = u16::from(*v);
                 mk.l4_dst = u16::MAX;
             }
             OxmField::ArpOp(v, None) => {
+                need_arp = true;
                 k.arp_op = *v;
                 mk.arp_op = u16::MAX;
             }
-            other => return Err(CompileError::UnsupportedField(format!("{other:?}"))),
+            OxmField::InPort(..)
+            | OxmField::EthType(..)
+            | OxmField::VlanVid(..)
+            | OxmField::IpProto(..)
+            | OxmField::TcpSrc(..)
+            | OxmField::UdpSrc(..)
+            | OxmField::TcpDst(..)
+            | OxmField::UdpDst(..)
+            | OxmField::Icmpv4Type(..)
+            | OxmField::Icmpv4Code(..)
+            | OxmField::ArpOp(..) => return Err(masked()),
+            other => return Err(CompileError::UnsupportedField(name(other))),
+        }
+    }
+    let eth = (mk.eth_type != 0).then_some(k.eth_type);
+    if need_ip && eth != Some(FlowKey::ETH_TYPE_IPV4) {
+        return Err(CompileError::Prerequisite(
+            "IPv4 field without eth_type=0x0800".into(),
+        ));
+    }
+    if need_arp && eth != Some(FlowKey::ETH_TYPE_ARP) {
+        return Err(CompileError::Prerequisite(
+            "ARP field without eth_type=0x0806".into(),
+        ));
+    }
+    if let Some((proto, what)) = need_proto {
+        if eth != Some(FlowKey::ETH_TYPE_IPV4) || mk.ip_proto == 0 || k.ip_proto != proto {
+            return Err(CompileError::Prerequisite(format!(
+                "{what} without ip_proto={proto}"
+            )));
         }
     }
     Ok((k.masked(&mk), mk))
@@ -114,7 +227,7 @@ pub fn compile_actions(acts: &[of::Action]) -> Result<Vec<Action>, CompileError>
                 of::OFPP_LOCAL => Action::output_local(),
                 of::OFPP_CONTROLLER => Action::controller(u32::from(*max_len)),
                 p if p <= of::OFPP_MAX => Action::output(p),
-                p => return Err(CompileError::UnsupportedAction(format!("output:{p:#x}"))),
+                p => return Err(CompileError::BadOutPort(p)),
             },
             of::Action::DecNwTtl => Action::dec_ttl(),
             of::Action::SetField(f) => match f {
@@ -124,11 +237,7 @@ pub fn compile_actions(acts: &[of::Action]) -> Result<Vec<Action>, CompileError>
                 OxmField::Ipv4Dst(v, None) => Action::set_ipv4_dst(v.octets()),
                 OxmField::TcpSrc(v, None) | OxmField::UdpSrc(v, None) => Action::set_l4_src(*v),
                 OxmField::TcpDst(v, None) | OxmField::UdpDst(v, None) => Action::set_l4_dst(*v),
-                other => {
-                    return Err(CompileError::UnsupportedAction(format!(
-                        "set_field {other:?}"
-                    )))
-                }
+                other => return Err(CompileError::UnsupportedSetField(format!("{other:?}"))),
             },
             other => return Err(CompileError::UnsupportedAction(format!("{other:?}"))),
         });
@@ -137,6 +246,117 @@ pub fn compile_actions(acts: &[of::Action]) -> Result<Vec<Action>, CompileError>
         return Err(CompileError::TooManyActions(out.len()));
     }
     Ok(out)
+}
+
+/// The OpenFlow match of a compiled (key, mask): the inverse of
+/// [`compile_match`], used for flow stats and FLOW_REMOVED.
+pub fn match_of(key: &FlowKey, mask: &FlowKey) -> of::Match {
+    use std::net::Ipv4Addr;
+    let mut m = of::Match::new();
+    let mac =
+        |v: [u8; 6], mk: [u8; 6]| (of::MacAddr(v), (mk != [0xff; 6]).then_some(of::MacAddr(mk)));
+    let ip = |v: [u8; 4], mk: [u8; 4]| {
+        (
+            Ipv4Addr::from(v),
+            (mk != [0xff; 4]).then_some(Ipv4Addr::from(mk)),
+        )
+    };
+    if mask.in_port != 0 {
+        m = m.with(OxmField::InPort(key.in_port, None));
+    }
+    if mask.eth_dst != [0; 6] {
+        let (v, mk) = mac(key.eth_dst, mask.eth_dst);
+        m = m.with(OxmField::EthDst(v, mk));
+    }
+    if mask.eth_src != [0; 6] {
+        let (v, mk) = mac(key.eth_src, mask.eth_src);
+        m = m.with(OxmField::EthSrc(v, mk));
+    }
+    if mask.eth_type != 0 {
+        m = m.with(OxmField::EthType(key.eth_type, None));
+    }
+    if mask.vlan_tci != 0 {
+        let vid = if key.vlan_tci & VLAN_PRESENT != 0 {
+            (key.vlan_tci & 0x0fff) | VLAN_PRESENT
+        } else {
+            0
+        };
+        m = m.with(OxmField::VlanVid(vid, None));
+    }
+    let ether = (mask.eth_type != 0).then_some(key.eth_type);
+    if ether == Some(FlowKey::ETH_TYPE_ARP) {
+        if mask.arp_op != 0 {
+            m = m.with(OxmField::ArpOp(key.arp_op, None));
+        }
+        if mask.ipv4_src != [0; 4] {
+            let (v, mk) = ip(key.ipv4_src, mask.ipv4_src);
+            m = m.with(OxmField::ArpSpa(v, mk));
+        }
+        if mask.ipv4_dst != [0; 4] {
+            let (v, mk) = ip(key.ipv4_dst, mask.ipv4_dst);
+            m = m.with(OxmField::ArpTpa(v, mk));
+        }
+        return m;
+    }
+    if mask.ip_proto != 0 {
+        m = m.with(OxmField::IpProto(key.ip_proto, None));
+    }
+    if mask.ipv4_src != [0; 4] {
+        let (v, mk) = ip(key.ipv4_src, mask.ipv4_src);
+        m = m.with(OxmField::Ipv4Src(v, mk));
+    }
+    if mask.ipv4_dst != [0; 4] {
+        let (v, mk) = ip(key.ipv4_dst, mask.ipv4_dst);
+        m = m.with(OxmField::Ipv4Dst(v, mk));
+    }
+    let proto = (mask.ip_proto != 0).then_some(key.ip_proto);
+    if mask.l4_src != 0 {
+        m = m.with(match proto {
+            Some(FlowKey::IPPROTO_UDP) => OxmField::UdpSrc(key.l4_src, None),
+            Some(FlowKey::IPPROTO_ICMP) => OxmField::Icmpv4Type(key.l4_src as u8, None),
+            _ => OxmField::TcpSrc(key.l4_src, None),
+        });
+    }
+    if mask.l4_dst != 0 {
+        m = m.with(match proto {
+            Some(FlowKey::IPPROTO_UDP) => OxmField::UdpDst(key.l4_dst, None),
+            Some(FlowKey::IPPROTO_ICMP) => OxmField::Icmpv4Code(key.l4_dst as u8, None),
+            _ => OxmField::TcpDst(key.l4_dst, None),
+        });
+    }
+    m
+}
+
+/// The OpenFlow actions of compiled datapath actions: the inverse of
+/// [`compile_actions`]. `udp` picks UDP over TCP for port rewrites.
+pub fn actions_of(actions: &[Action], udp: bool) -> Vec<of::Action> {
+    use daolinet_common::ActionKind as K;
+    use std::net::Ipv4Addr;
+    actions
+        .iter()
+        .filter_map(|a| {
+            Some(match a.kind()? {
+                K::Output => of::Action::output(a.arg),
+                K::OutputInPort => of::Action::output(of::OFPP_IN_PORT),
+                K::OutputLocal => of::Action::output(of::OFPP_LOCAL),
+                K::Controller => of::Action::controller(u16::try_from(a.arg).unwrap_or(u16::MAX)),
+                K::Drop => return None,
+                K::SetEthSrc => of::Action::SetField(OxmField::EthSrc(of::MacAddr(a.mac()), None)),
+                K::SetEthDst => of::Action::SetField(OxmField::EthDst(of::MacAddr(a.mac()), None)),
+                K::SetIpv4Src => {
+                    of::Action::SetField(OxmField::Ipv4Src(Ipv4Addr::from(a.ipv4()), None))
+                }
+                K::SetIpv4Dst => {
+                    of::Action::SetField(OxmField::Ipv4Dst(Ipv4Addr::from(a.ipv4()), None))
+                }
+                K::SetL4Src if udp => of::Action::SetField(OxmField::UdpSrc(a.arg as u16, None)),
+                K::SetL4Src => of::Action::SetField(OxmField::TcpSrc(a.arg as u16, None)),
+                K::SetL4Dst if udp => of::Action::SetField(OxmField::UdpDst(a.arg as u16, None)),
+                K::SetL4Dst => of::Action::SetField(OxmField::TcpDst(a.arg as u16, None)),
+                K::DecTtl => of::Action::DecNwTtl,
+            })
+        })
+        .collect()
 }
 
 /// Render a compiled match in ovs-ofctl style (`in_port=1,ip,nw_dst=10.0.0.0/24`).
@@ -296,5 +516,65 @@ mod tests {
             compile_instructions(&fm.instructions),
             Err(CompileError::UnsupportedAction(_))
         ));
+    }
+
+    fn err(flow: &str) -> of::ErrorCode {
+        let fm: of::FlowMod = flow.parse().unwrap();
+        match compile_match(&fm.match_) {
+            Err(e) => e.code(),
+            Ok(_) => compile_instructions(&fm.instructions).unwrap_err().code(),
+        }
+    }
+
+    #[test]
+    fn errors_carry_the_codes_the_spec_names() {
+        use of::ErrorCode as E;
+        let m = |c| E::new(of::OFPET_BAD_MATCH, c);
+        let fm = of::FlowMod::add(of::Match::new().ipv4_dst("10.0.0.1".parse().unwrap()));
+        assert_eq!(
+            compile_match(&fm.match_).unwrap_err().code(),
+            m(of::OFPBMC_BAD_PREREQ)
+        );
+        let fm = of::FlowMod::add(of::Match::new().eth_type(0x0800).eth_type(0x0800));
+        assert_eq!(
+            compile_match(&fm.match_).unwrap_err().code(),
+            m(of::OFPBMC_DUP_FIELD)
+        );
+        assert_eq!(err("ip,tcp_dst=80 actions=drop"), m(of::OFPBMC_BAD_PREREQ));
+        assert_eq!(err("udp,tcp_dst=80 actions=drop"), m(of::OFPBMC_BAD_PREREQ));
+        let a = |c| E::new(of::OFPET_BAD_ACTION, c);
+        assert_eq!(
+            err("tcp,tcp_dst=80 actions=FLOOD"),
+            a(of::OFPBAC_BAD_OUT_PORT)
+        );
+        assert_eq!(err("actions=group:1"), a(of::OFPBAC_BAD_TYPE));
+        assert_eq!(
+            err("ip actions=set_field:1->ip_ecn"),
+            a(of::OFPBAC_BAD_SET_TYPE)
+        );
+        assert_eq!(err("ip,ip_dscp=4 actions=drop"), m(of::OFPBMC_BAD_FIELD));
+        assert_eq!(
+            err("actions=goto_table:1"),
+            E::new(of::OFPET_BAD_INSTRUCTION, of::OFPBIC_UNSUP_INST)
+        );
+    }
+
+    #[test]
+    fn decompiled_match_and_actions_compile_back_to_the_same() {
+        for flow in [
+            "in_port=1,ip,nw_src=10.1.0.2,nw_dst=10.2.0.0/16 actions=set_field:02:00:00:00:00:01->eth_src,set_field:172.31.0.3->ip_dst,dec_ttl,output:9",
+            "arp,arp_tpa=10.1.0.1,arp_op=1 actions=CONTROLLER:128",
+            "udp,nw_dst=10.0.0.1,udp_dst=53 actions=set_field:5353->udp_dst,IN_PORT",
+            "icmp,icmp_type=8 actions=LOCAL",
+            "dl_src=02:00:00:00:00:01,dl_dst=01:00:00:00:00:00/01:00:00:00:00:00,vlan_vid=0 actions=drop",
+        ] {
+            let fm: of::FlowMod = flow.parse().unwrap();
+            let (k, m) = compile_match(&fm.match_).unwrap();
+            let acts = compile_instructions(&fm.instructions).unwrap();
+            let back = match_of(&k, &m);
+            assert_eq!(compile_match(&back).unwrap(), (k, m), "{flow}");
+            let udp = m.ip_proto != 0 && k.ip_proto == 17;
+            assert_eq!(compile_actions(&actions_of(&acts, udp)).unwrap(), acts, "{flow}");
+        }
     }
 }

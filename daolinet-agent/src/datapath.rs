@@ -508,6 +508,7 @@ impl Datapath {
                         cookie: meta.cookie,
                         idle_timeout: meta.idle_timeout,
                         hard_timeout: meta.hard_timeout,
+                        flags: meta.flags,
                     },
                 )),
                 None => lost.push(id),

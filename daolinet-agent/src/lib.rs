@@ -10,4 +10,5 @@
 pub mod agent;
 pub mod compile;
 pub mod datapath;
+pub mod oftable;
 pub mod table;

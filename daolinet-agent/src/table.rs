@@ -6,7 +6,7 @@
 //! with the same (mask, masked key) only the highest priority is in the
 //! datapath (the others are shadowed and take its place when it goes).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use daolinet_common::{
     Action, FlowEntry, FlowKey, FlowMapKey, RuleMeta, Subtable, MAX_ACTIONS, MAX_RULES,
@@ -30,6 +30,8 @@ pub struct Rule {
     pub idle_timeout: u16,
     /// Hard timeout in seconds (0 = none).
     pub hard_timeout: u16,
+    /// OpenFlow flow-mod flags (`OFPFF_*`), kept in the rule metadata.
+    pub flags: u16,
 }
 
 /// One change to apply to the BPF maps.
@@ -70,17 +72,32 @@ pub enum TableError {
 struct SubtableState {
     id: u32,
     mask: FlowKey,
-    rules: usize,
+    /// Number of rules per priority (the maximum is the subtable's).
+    prios: BTreeMap<u16, usize>,
+}
+
+impl SubtableState {
+    fn rules(&self) -> usize {
+        self.prios.values().sum()
+    }
 }
 
 /// The table: rules by id, subtables by mask.
+///
+/// Every operation is proportional to the number of rules sharing one
+/// (mask, key) plus the number of subtables, not to the table size, so
+/// bulk installs stay fast.
 #[derive(Debug, Default)]
 pub struct RuleTable {
     rules: BTreeMap<u32, Rule>,
+    /// Rule ids by (masked key, mask).
+    groups: HashMap<(FlowKey, FlowKey), Vec<u32>>,
     subtables: Vec<SubtableState>,
     next_id: u32,
     free_ids: Vec<u32>,
     next_sub_id: u32,
+    /// The subtable list last handed to the datapath.
+    last_list: Vec<Subtable>,
 }
 
 impl RuleTable {
@@ -104,6 +121,21 @@ impl RuleTable {
         self.rules.iter().map(|(id, r)| (*id, r))
     }
 
+    /// The rule with this id.
+    pub fn get(&self, id: u32) -> Option<&Rule> {
+        self.rules.get(&id)
+    }
+
+    /// The id of the rule with exactly this (already masked) key, mask and
+    /// priority, if any.
+    pub fn find(&self, key: &FlowKey, mask: &FlowKey, priority: u16) -> Option<u32> {
+        self.groups
+            .get(&(*key, *mask))?
+            .iter()
+            .copied()
+            .find(|id| self.rules.get(id).is_some_and(|r| r.priority == priority))
+    }
+
     /// Ids of the rules with `cookie & mask == want & mask`.
     pub fn ids_by_cookie(&self, want: u64, mask: u64) -> Vec<u32> {
         self.rules
@@ -111,6 +143,34 @@ impl RuleTable {
             .filter(|(_, r)| r.cookie & mask == want & mask)
             .map(|(id, _)| *id)
             .collect()
+    }
+
+    /// The rule that wins for a packet with this key (highest priority,
+    /// then lowest id, as in the datapath), for userspace lookups such as
+    /// PACKET_OUT to OFPP_TABLE.
+    pub fn lookup(&self, pkt: &FlowKey) -> Option<(u32, &Rule)> {
+        let mut best: Option<(u32, &Rule)> = None;
+        for s in &self.subtables {
+            let k = pkt.masked(&s.mask);
+            let Some(ids) = self.groups.get(&(k, s.mask)) else {
+                continue;
+            };
+            for id in ids {
+                let Some(r) = self.rules.get(id) else {
+                    continue;
+                };
+                let better = match best {
+                    None => true,
+                    Some((bid, b)) => {
+                        (r.priority, std::cmp::Reverse(*id)) > (b.priority, std::cmp::Reverse(bid))
+                    }
+                };
+                if better {
+                    best = Some((*id, r));
+                }
+            }
+        }
+        best
     }
 
     /// Rebuild the table from what an earlier agent left in the pinned maps:
@@ -122,22 +182,24 @@ impl RuleTable {
             t.subtables.push(SubtableState {
                 id: s.id,
                 mask: s.mask,
-                rules: 0,
+                prios: BTreeMap::new(),
             });
             t.next_sub_id = t.next_sub_id.max(s.id.wrapping_add(1));
         }
         for (id, r) in rules {
             if let Some(s) = t.subtables.iter_mut().find(|s| s.mask == r.mask) {
-                s.rules += 1;
+                *s.prios.entry(r.priority).or_default() += 1;
                 t.next_id = t.next_id.max(id + 1);
+                t.groups.entry((r.key, r.mask)).or_default().push(id);
                 t.rules.insert(id, r);
             }
         }
-        t.subtables.retain(|s| s.rules > 0);
+        t.subtables.retain(|s| s.rules() > 0);
         t.free_ids = (0..t.next_id)
             .filter(|i| !t.rules.contains_key(i))
             .rev()
             .collect();
+        t.last_list = t.subtable_list();
         t
     }
 
@@ -163,36 +225,78 @@ impl RuleTable {
             self.subtables.push(SubtableState {
                 id: self.next_sub_id,
                 mask: rule.mask,
-                rules: 0,
+                prios: BTreeMap::new(),
             });
             self.next_sub_id = self.next_sub_id.wrapping_add(1);
         }
         if let Some(s) = self.subtables.iter_mut().find(|s| s.mask == rule.mask) {
-            s.rules += 1;
+            *s.prios.entry(rule.priority).or_default() += 1;
         }
         let mut ops = vec![MapOp::ResetStats(id), MapOp::PutMeta(id, meta(&rule))];
         let (key, mask) = (rule.key, rule.mask);
+        self.groups.entry((key, mask)).or_default().push(id);
         self.rules.insert(id, rule);
         ops.extend(self.refresh_entry(&key, &mask));
-        ops.push(MapOp::SetSubtables(self.subtable_list()));
+        ops.extend(self.subtables_op());
         Ok((id, ops))
+    }
+
+    /// Change the actions, cookie, timeouts and flags of rule `id` in place
+    /// (its id, and so its counters, stay). Returns the map operations.
+    pub fn modify(
+        &mut self,
+        id: u32,
+        update: impl FnOnce(&mut Rule),
+    ) -> Result<Vec<MapOp>, TableError> {
+        let rule = self.rules.get_mut(&id).ok_or(TableError::NoSuchRule(id))?;
+        let (key, mask, prio) = (rule.key, rule.mask, rule.priority);
+        let mut new = rule.clone();
+        update(&mut new);
+        // Match and priority are the rule's identity: never changed here.
+        new.key = key;
+        new.mask = mask;
+        new.priority = prio;
+        if new.actions.len() > MAX_ACTIONS {
+            return Err(TableError::TooManyActions(new.actions.len()));
+        }
+        let m = meta(&new);
+        *rule = new;
+        let mut ops = vec![MapOp::PutMeta(id, m)];
+        ops.extend(self.refresh_entry(&key, &mask));
+        Ok(ops)
     }
 
     /// Remove a rule by id; returns it and the map operations.
     pub fn remove(&mut self, id: u32) -> Result<(Rule, Vec<MapOp>), TableError> {
         let rule = self.rules.remove(&id).ok_or(TableError::NoSuchRule(id))?;
         self.free_ids.push(id);
+        if let Some(g) = self.groups.get_mut(&(rule.key, rule.mask)) {
+            g.retain(|i| *i != id);
+            if g.is_empty() {
+                self.groups.remove(&(rule.key, rule.mask));
+            }
+        }
         let mut ops = self.refresh_entry(&rule.key, &rule.mask);
         ops.push(MapOp::DelMeta(id));
         if let Some(pos) = self.subtables.iter().position(|s| s.mask == rule.mask) {
-            self.subtables[pos].rules -= 1;
-            if self.subtables[pos].rules == 0 {
+            let s = &mut self.subtables[pos];
+            if let Some(n) = s.prios.get_mut(&rule.priority) {
+                *n -= 1;
+                if *n == 0 {
+                    s.prios.remove(&rule.priority);
+                }
+            }
+            if s.prios.is_empty() {
+                // The entry is deleted (refresh_entry ran while the
+                // subtable still existed); now the subtable goes.
                 self.subtables.remove(pos);
             }
         }
         // Subtables first, so the datapath stops walking a gone subtable
         // before its entries disappear.
-        ops.insert(0, MapOp::SetSubtables(self.subtable_list()));
+        if let Some(op) = self.subtables_op() {
+            ops.insert(0, op);
+        }
         Ok((rule, ops))
     }
 
@@ -212,14 +316,26 @@ impl RuleTable {
             return Vec::new();
         };
         let best = self
-            .rules
-            .iter()
-            .filter(|(_, r)| r.key == *key && r.mask == *mask)
+            .groups
+            .get(&(*key, *mask))
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.rules.get(id).map(|r| (id, r)))
             .max_by_key(|(id, r)| (r.priority, std::cmp::Reverse(**id)));
         match best {
             Some((id, r)) => vec![MapOp::PutFlow(mk, entry(*id, r))],
             None => vec![MapOp::DelFlow(mk)],
         }
+    }
+
+    /// A SetSubtables operation when the list changed since the last one.
+    fn subtables_op(&mut self) -> Option<MapOp> {
+        let list = self.subtable_list();
+        if list == self.last_list {
+            return None;
+        }
+        self.last_list = list.clone();
+        Some(MapOp::SetSubtables(list))
     }
 
     /// Subtables sorted by descending max priority.
@@ -230,12 +346,11 @@ impl RuleTable {
             .map(|s| Subtable {
                 mask: s.mask,
                 id: s.id,
-                max_priority: self
-                    .rules
-                    .values()
-                    .filter(|r| r.mask == s.mask)
-                    .map(|r| u32::from(r.priority))
-                    .max()
+                max_priority: s
+                    .prios
+                    .keys()
+                    .next_back()
+                    .map(|p| u32::from(*p))
                     .unwrap_or(0),
             })
             .collect();
@@ -269,6 +384,7 @@ fn meta(r: &Rule) -> RuleMeta {
         priority: u32::from(r.priority),
         idle_timeout: r.idle_timeout,
         hard_timeout: r.hard_timeout,
+        flags: r.flags,
         in_use: 1,
         ..Default::default()
     }
@@ -293,6 +409,7 @@ mod tests {
             cookie: u64::from(out),
             idle_timeout: 0,
             hard_timeout: 0,
+            flags: 0,
         }
     }
 

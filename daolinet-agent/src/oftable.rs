@@ -1,0 +1,895 @@
+//! OpenFlow 1.3 flow-table semantics over the [`RuleTable`], sans-IO.
+//!
+//! [`FlowTable::flow_mod`] implements FLOW_MOD add (with the overlap
+//! check), modify, modify_strict, delete and delete_strict with cookie
+//! masks, out_port, priorities, timeouts and the SEND_FLOW_REM and
+//! RESET_COUNTS flags. It validates everything before it changes anything,
+//! so an error (returned as the OFPT_ERROR code the spec names) leaves the
+//! table as it was. It returns the [`MapOp`]s for the datapath and the
+//! FLOW_REMOVED messages to send.
+//!
+//! Time is a monotonic clock in nanoseconds (the datapath stamps rule hits
+//! with `bpf_ktime_get_ns`, which is CLOCK_MONOTONIC); counters come from a
+//! [`Counters`] implementation (the BPF maps, or a fake in tests).
+
+use std::collections::{BTreeSet, HashMap};
+
+use daolinet_common::{ActionKind, FlowKey, PortStats, RuleStats, FLOW_KEY_WORDS};
+use daolinet_openflow::{self as of, ErrorCode, FlowMod, FlowRemoved, FlowStats};
+
+use crate::compile::{actions_of, compile_instructions, compile_match, match_of};
+use crate::table::{MapOp, Rule, RuleTable, TableError};
+
+/// Where counters come from.
+pub trait Counters {
+    /// A rule's counters summed over CPUs (zero when unreadable).
+    fn rule(&mut self, id: u32) -> RuleStats;
+    /// A port's counters by OpenFlow port number, if the port exists.
+    fn port(&mut self, ofport: u32) -> Option<PortStats>;
+}
+
+/// Flags this switch accepts in a FLOW_MOD.
+const KNOWN_FLAGS: u16 = of::OFPFF_SEND_FLOW_REM
+    | of::OFPFF_CHECK_OVERLAP
+    | of::OFPFF_RESET_COUNTS
+    | of::OFPFF_NO_PKT_COUNTS
+    | of::OFPFF_NO_BYT_COUNTS;
+
+const NS: u64 = 1_000_000_000;
+
+/// What a table change produced.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Map operations, in order.
+    pub ops: Vec<MapOp>,
+    /// FLOW_REMOVED messages for removed rules that asked for one.
+    pub removed: Vec<FlowRemoved>,
+    /// Number of rules added, changed or removed.
+    pub touched: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Times {
+    installed_ns: u64,
+    /// Start of the idle period when the rule has not been hit since.
+    idle_base_ns: u64,
+    /// When the rule must next be looked at (u64::MAX = never).
+    deadline_ns: u64,
+}
+
+/// The OpenFlow table (table 0) of the switch.
+#[derive(Debug, Default)]
+pub struct FlowTable {
+    table: RuleTable,
+    times: HashMap<u32, Times>,
+    deadlines: BTreeSet<(u64, u32)>,
+}
+
+fn err(t: u16, c: u16) -> ErrorCode {
+    ErrorCode::new(t, c)
+}
+
+/// True when every packet that matches (rk, rm) also matches (fk, fm):
+/// the filter's mask is within the rule's and the rule agrees with the
+/// filter's values under it.
+fn covered(rk: &FlowKey, rm: &FlowKey, fk: &FlowKey, fm: &FlowKey) -> bool {
+    let (rk, rm, fk, fm) = (rk.words(), rm.words(), fk.words(), fm.words());
+    (0..FLOW_KEY_WORDS).all(|i| fm[i] & !rm[i] == 0 && (rk[i] ^ fk[i]) & fm[i] == 0)
+}
+
+/// True when some packet matches both.
+fn overlaps(ak: &FlowKey, am: &FlowKey, bk: &FlowKey, bm: &FlowKey) -> bool {
+    let (ak, am, bk, bm) = (ak.words(), am.words(), bk.words(), bm.words());
+    (0..FLOW_KEY_WORDS).all(|i| (ak[i] ^ bk[i]) & am[i] & bm[i] == 0)
+}
+
+/// True when the rule has an output to `port` (OFPP_ANY: always).
+fn outputs_to(r: &Rule, port: u32) -> bool {
+    if port == of::OFPP_ANY {
+        return true;
+    }
+    r.actions.iter().any(|a| match a.kind() {
+        Some(ActionKind::Output) => a.arg == port,
+        Some(ActionKind::OutputInPort) => port == of::OFPP_IN_PORT,
+        Some(ActionKind::OutputLocal) => port == of::OFPP_LOCAL,
+        Some(ActionKind::Controller) => port == of::OFPP_CONTROLLER,
+        _ => false,
+    })
+}
+
+fn table_error(e: TableError) -> ErrorCode {
+    match e {
+        TableError::Full | TableError::TooManyMasks => {
+            err(of::OFPET_FLOW_MOD_FAILED, of::OFPFMFC_TABLE_FULL)
+        }
+        TableError::TooManyActions(_) => err(of::OFPET_BAD_ACTION, 7),
+        TableError::NoSuchRule(_) => err(of::OFPET_FLOW_MOD_FAILED, of::OFPFMFC_UNKNOWN),
+    }
+}
+
+/// A flow-stats style filter, compiled.
+struct Filter {
+    key: FlowKey,
+    mask: FlowKey,
+    cookie: u64,
+    cookie_mask: u64,
+    out_port: u32,
+    out_group: u32,
+}
+
+impl Filter {
+    fn selects(&self, r: &Rule) -> bool {
+        r.cookie & self.cookie_mask == self.cookie & self.cookie_mask
+            && self.out_group == of::OFPG_ANY
+            && outputs_to(r, self.out_port)
+    }
+}
+
+impl FlowTable {
+    /// A table over `table` (e.g. restored from the pinned maps); the
+    /// restored rules' timeouts start now.
+    pub fn new(table: RuleTable, now_ns: u64) -> Self {
+        let mut t = FlowTable {
+            table,
+            times: HashMap::new(),
+            deadlines: BTreeSet::new(),
+        };
+        let ids: Vec<u32> = t.table.rules().map(|(id, _)| id).collect();
+        for id in ids {
+            t.track(id, now_ns);
+        }
+        t
+    }
+
+    /// The underlying rule table.
+    pub fn rules(&self) -> &RuleTable {
+        &self.table
+    }
+
+    /// Number of flows.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// True when there is no flow.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    fn track(&mut self, id: u32, now_ns: u64) {
+        let Some(r) = self.table.get(id) else { return };
+        let deadline = first_deadline(r, now_ns, now_ns);
+        if let Some(old) = self.times.insert(
+            id,
+            Times {
+                installed_ns: now_ns,
+                idle_base_ns: now_ns,
+                deadline_ns: deadline,
+            },
+        ) {
+            self.deadlines.remove(&(old.deadline_ns, id));
+        }
+        if deadline != u64::MAX {
+            self.deadlines.insert((deadline, id));
+        }
+    }
+
+    fn untrack(&mut self, id: u32) {
+        if let Some(t) = self.times.remove(&id) {
+            self.deadlines.remove(&(t.deadline_ns, id));
+        }
+    }
+
+    /// Apply a FLOW_MOD. On error nothing changed.
+    pub fn flow_mod(
+        &mut self,
+        fm: &FlowMod,
+        now_ns: u64,
+        counters: &mut dyn Counters,
+    ) -> Result<Outcome, ErrorCode> {
+        if fm.flags & !KNOWN_FLAGS != 0 {
+            return Err(err(of::OFPET_FLOW_MOD_FAILED, of::OFPFMFC_BAD_FLAGS));
+        }
+        // One table (0). OFPTT_ALL is accepted for add/modify as table 0,
+        // as Open vSwitch does (its own learning switch sends it).
+        if fm.table_id != 0 && fm.table_id != of::OFPTT_ALL {
+            return Err(err(of::OFPET_FLOW_MOD_FAILED, of::OFPFMFC_BAD_TABLE_ID));
+        }
+        match fm.command {
+            of::OFPFC_ADD => self.add(fm, now_ns, counters),
+            of::OFPFC_MODIFY | of::OFPFC_MODIFY_STRICT => self.modify(fm, now_ns),
+            of::OFPFC_DELETE | of::OFPFC_DELETE_STRICT => {
+                let (key, mask) = compile_match(&fm.match_).map_err(|e| e.code())?;
+                let f = Filter {
+                    key,
+                    mask,
+                    cookie: fm.cookie,
+                    cookie_mask: fm.cookie_mask,
+                    out_port: fm.out_port,
+                    out_group: fm.out_group,
+                };
+                let strict = fm.command == of::OFPFC_DELETE_STRICT;
+                let ids = self.select(&f, strict.then_some(fm.priority));
+                Ok(self.remove_ids(&ids, of::OFPRR_DELETE, now_ns, counters))
+            }
+            _ => Err(err(of::OFPET_FLOW_MOD_FAILED, of::OFPFMFC_BAD_COMMAND)),
+        }
+    }
+
+    fn add(
+        &mut self,
+        fm: &FlowMod,
+        now_ns: u64,
+        counters: &mut dyn Counters,
+    ) -> Result<Outcome, ErrorCode> {
+        let (key, mask) = compile_match(&fm.match_).map_err(|e| e.code())?;
+        let actions = compile_instructions(&fm.instructions).map_err(|e| e.code())?;
+        if fm.flags & of::OFPFF_CHECK_OVERLAP != 0 {
+            let clash = self
+                .table
+                .rules()
+                .any(|(_, r)| r.priority == fm.priority && overlaps(&r.key, &r.mask, &key, &mask));
+            if clash {
+                return Err(err(of::OFPET_FLOW_MOD_FAILED, of::OFPFMFC_OVERLAP));
+            }
+        }
+        let rule = Rule {
+            priority: fm.priority,
+            key,
+            mask,
+            actions,
+            cookie: fm.cookie,
+            idle_timeout: fm.idle_timeout,
+            hard_timeout: fm.hard_timeout,
+            flags: fm.flags,
+        };
+        let mut out = Outcome {
+            touched: 1,
+            ..Default::default()
+        };
+        match self.table.find(&key, &mask, fm.priority) {
+            // An identical flow is replaced: new actions, cookie, timeouts
+            // and duration; counters kept unless RESET_COUNTS. No
+            // FLOW_REMOVED for the replaced entry.
+            Some(id) => {
+                let mut ops = self
+                    .table
+                    .modify(id, |r| *r = rule.clone())
+                    .map_err(table_error)?;
+                if fm.flags & of::OFPFF_RESET_COUNTS != 0 {
+                    ops.push(MapOp::ResetStats(id));
+                } else {
+                    // Hits before the replacement do not count as activity
+                    // of the new entry, but its counters carry on.
+                    let _ = counters;
+                }
+                out.ops = ops;
+                self.track(id, now_ns);
+            }
+            None => {
+                let (id, ops) = self.table.insert(rule).map_err(table_error)?;
+                out.ops = ops;
+                self.track(id, now_ns);
+            }
+        }
+        Ok(out)
+    }
+
+    fn modify(&mut self, fm: &FlowMod, now_ns: u64) -> Result<Outcome, ErrorCode> {
+        let (key, mask) = compile_match(&fm.match_).map_err(|e| e.code())?;
+        let actions = compile_instructions(&fm.instructions).map_err(|e| e.code())?;
+        let f = Filter {
+            key,
+            mask,
+            cookie: fm.cookie,
+            cookie_mask: fm.cookie_mask,
+            out_port: of::OFPP_ANY,
+            out_group: of::OFPG_ANY,
+        };
+        let strict = fm.command == of::OFPFC_MODIFY_STRICT;
+        let ids = self.select(&f, strict.then_some(fm.priority));
+        let mut out = Outcome::default();
+        for id in ids {
+            let acts = actions.clone();
+            out.ops.extend(
+                self.table
+                    .modify(id, |r| r.actions = acts)
+                    .map_err(table_error)?,
+            );
+            if fm.flags & of::OFPFF_RESET_COUNTS != 0 {
+                out.ops.push(MapOp::ResetStats(id));
+                if let Some(t) = self.times.get_mut(&id) {
+                    t.idle_base_ns = now_ns;
+                }
+            }
+            out.touched += 1;
+        }
+        Ok(out)
+    }
+
+    /// Ids selected by a filter: non-strict (rules covered by the filter's
+    /// match), or strict (same match and `priority`).
+    fn select(&self, f: &Filter, strict_priority: Option<u16>) -> Vec<u32> {
+        match strict_priority {
+            Some(p) => self
+                .table
+                .find(&f.key, &f.mask, p)
+                .filter(|id| self.table.get(*id).is_some_and(|r| f.selects(r)))
+                .into_iter()
+                .collect(),
+            None => self
+                .table
+                .rules()
+                .filter(|(_, r)| covered(&r.key, &r.mask, &f.key, &f.mask) && f.selects(r))
+                .map(|(id, _)| id)
+                .collect(),
+        }
+    }
+
+    fn remove_ids(
+        &mut self,
+        ids: &[u32],
+        reason: u8,
+        now_ns: u64,
+        counters: &mut dyn Counters,
+    ) -> Outcome {
+        let mut out = Outcome::default();
+        for &id in ids {
+            let times = self.times.get(&id).copied();
+            let wants = self
+                .table
+                .get(id)
+                .is_some_and(|r| r.flags & of::OFPFF_SEND_FLOW_REM != 0);
+            // Read the counters before the rule id can be reused.
+            let stats = if wants {
+                counters.rule(id)
+            } else {
+                RuleStats::default()
+            };
+            let Ok((rule, ops)) = self.table.remove(id) else {
+                continue;
+            };
+            self.untrack(id);
+            out.ops.extend(ops);
+            out.touched += 1;
+            if wants {
+                let age = now_ns.saturating_sub(times.map_or(now_ns, |t| t.installed_ns));
+                out.removed.push(FlowRemoved {
+                    cookie: rule.cookie,
+                    priority: rule.priority,
+                    reason,
+                    table_id: 0,
+                    duration_sec: (age / NS) as u32,
+                    duration_nsec: (age % NS) as u32,
+                    idle_timeout: rule.idle_timeout,
+                    hard_timeout: rule.hard_timeout,
+                    packet_count: stats.packets,
+                    byte_count: stats.bytes,
+                    match_: match_of(&rule.key, &rule.mask),
+                });
+            }
+        }
+        out
+    }
+
+    /// Remove the rules whose idle or hard timeout has passed at `now_ns`.
+    /// Only rules whose deadline has come are read, so this is cheap to call
+    /// often.
+    pub fn expire(&mut self, now_ns: u64, counters: &mut dyn Counters) -> Outcome {
+        let mut out = Outcome::default();
+        while let Some(&(deadline, id)) = self.deadlines.first() {
+            if deadline > now_ns {
+                break;
+            }
+            self.deadlines.pop_first();
+            let (Some(r), Some(t)) = (self.table.get(id), self.times.get(&id).copied()) else {
+                self.times.remove(&id);
+                continue;
+            };
+            let hard_at = (r.hard_timeout != 0)
+                .then(|| t.installed_ns + u64::from(r.hard_timeout) * NS)
+                .unwrap_or(u64::MAX);
+            if hard_at <= now_ns {
+                let o = self.remove_ids(&[id], of::OFPRR_HARD_TIMEOUT, now_ns, counters);
+                merge(&mut out, o);
+                continue;
+            }
+            let mut idle_at = u64::MAX;
+            if r.idle_timeout != 0 {
+                let used = counters.rule(id).last_used_ns;
+                let last = used.max(t.idle_base_ns);
+                idle_at = last + u64::from(r.idle_timeout) * NS;
+                if idle_at <= now_ns {
+                    let o = self.remove_ids(&[id], of::OFPRR_IDLE_TIMEOUT, now_ns, counters);
+                    merge(&mut out, o);
+                    continue;
+                }
+            }
+            let next = hard_at.min(idle_at);
+            if let Some(tm) = self.times.get_mut(&id) {
+                tm.deadline_ns = next;
+            }
+            if next != u64::MAX {
+                self.deadlines.insert((next, id));
+            }
+        }
+        out
+    }
+
+    fn filter(req: &of::FlowStatsRequest) -> Result<Option<Filter>, ErrorCode> {
+        if req.table_id != 0 && req.table_id != of::OFPTT_ALL {
+            return Ok(None);
+        }
+        let (key, mask) = compile_match(&req.match_).map_err(|e| e.code())?;
+        Ok(Some(Filter {
+            key,
+            mask,
+            cookie: req.cookie,
+            cookie_mask: req.cookie_mask,
+            out_port: req.out_port,
+            out_group: req.out_group,
+        }))
+    }
+
+    /// OFPMP_FLOW: the flows selected by the request, with counters.
+    pub fn flow_stats(
+        &self,
+        req: &of::FlowStatsRequest,
+        now_ns: u64,
+        counters: &mut dyn Counters,
+    ) -> Result<Vec<FlowStats>, ErrorCode> {
+        let Some(f) = Self::filter(req)? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for id in self.select(&f, None) {
+            let Some(r) = self.table.get(id) else {
+                continue;
+            };
+            out.push(self.stats_of(id, r, now_ns, counters));
+        }
+        // Like OVS: highest priority first.
+        out.sort_by(|a, b| b.priority.cmp(&a.priority));
+        Ok(out)
+    }
+
+    /// One flow's stats entry.
+    fn stats_of(&self, id: u32, r: &Rule, now_ns: u64, counters: &mut dyn Counters) -> FlowStats {
+        let s = counters.rule(id);
+        let age = now_ns.saturating_sub(self.times.get(&id).map_or(now_ns, |t| t.installed_ns));
+        let udp = r.mask.ip_proto != 0 && r.key.ip_proto == FlowKey::IPPROTO_UDP;
+        let acts = actions_of(&r.actions, udp);
+        FlowStats {
+            table_id: 0,
+            duration_sec: (age / NS) as u32,
+            duration_nsec: (age % NS) as u32,
+            priority: r.priority,
+            idle_timeout: r.idle_timeout,
+            hard_timeout: r.hard_timeout,
+            flags: r.flags,
+            cookie: r.cookie,
+            packet_count: s.packets,
+            byte_count: s.bytes,
+            match_: match_of(&r.key, &r.mask),
+            instructions: if acts.is_empty() {
+                Vec::new()
+            } else {
+                vec![of::Instruction::ApplyActions(acts)]
+            },
+        }
+    }
+
+    /// OFPMP_AGGREGATE over the flows selected by the request.
+    pub fn aggregate(
+        &self,
+        req: &of::FlowStatsRequest,
+        counters: &mut dyn Counters,
+    ) -> Result<of::AggregateStats, ErrorCode> {
+        let mut a = of::AggregateStats::default();
+        let Some(f) = Self::filter(req)? else {
+            return Ok(a);
+        };
+        for id in self.select(&f, None) {
+            let s = counters.rule(id);
+            a.packet_count += s.packets;
+            a.byte_count += s.bytes;
+            a.flow_count += 1;
+        }
+        Ok(a)
+    }
+
+    /// Sum of the packets of every flow (OFPMP_TABLE matched_count).
+    pub fn matched_packets(&self, counters: &mut dyn Counters) -> u64 {
+        self.table
+            .rules()
+            .map(|(id, _)| counters.rule(id).packets)
+            .sum()
+    }
+}
+
+fn first_deadline(r: &Rule, installed_ns: u64, idle_base_ns: u64) -> u64 {
+    let hard = (r.hard_timeout != 0).then(|| installed_ns + u64::from(r.hard_timeout) * NS);
+    let idle = (r.idle_timeout != 0).then(|| idle_base_ns + u64::from(r.idle_timeout) * NS);
+    match (hard, idle) {
+        (Some(h), Some(i)) => h.min(i),
+        (Some(h), None) => h,
+        (None, Some(i)) => i,
+        (None, None) => u64::MAX,
+    }
+}
+
+fn merge(a: &mut Outcome, b: Outcome) {
+    a.ops.extend(b.ops);
+    a.removed.extend(b.removed);
+    a.touched += b.touched;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap as Map;
+
+    /// Counters kept in memory, standing in for the BPF maps.
+    #[derive(Default)]
+    pub(crate) struct FakeCounters {
+        pub rules: Map<u32, RuleStats>,
+    }
+
+    impl Counters for FakeCounters {
+        fn rule(&mut self, id: u32) -> RuleStats {
+            self.rules.get(&id).copied().unwrap_or_default()
+        }
+        fn port(&mut self, _: u32) -> Option<PortStats> {
+            None
+        }
+    }
+
+    fn fm(s: &str) -> FlowMod {
+        s.parse().expect("flow syntax")
+    }
+
+    fn with(cmd: u8, s: &str) -> FlowMod {
+        let mut f = fm(s);
+        f.command = cmd;
+        f
+    }
+
+    fn dump(t: &FlowTable) -> Vec<String> {
+        let mut c = FakeCounters::default();
+        let req = of::FlowStatsRequest {
+            table_id: of::OFPTT_ALL,
+            out_port: of::OFPP_ANY,
+            out_group: of::OFPG_ANY,
+            cookie: 0,
+            cookie_mask: 0,
+            match_: of::Match::new(),
+        };
+        let mut v: Vec<String> = t
+            .flow_stats(&req, 0, &mut c)
+            .unwrap()
+            .into_iter()
+            .map(|f| {
+                format!(
+                    "cookie={:#x},priority={},{} actions={}",
+                    f.cookie,
+                    f.priority,
+                    f.match_,
+                    f.instructions
+                        .first()
+                        .map(|i| match i {
+                            of::Instruction::ApplyActions(a) => a
+                                .iter()
+                                .map(|a| a.to_string())
+                                .collect::<Vec<_>>()
+                                .join(","),
+                            _ => String::new(),
+                        })
+                        .unwrap_or_else(|| "drop".into())
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn apply(t: &mut FlowTable, f: &FlowMod) -> Result<Outcome, ErrorCode> {
+        t.flow_mod(f, 0, &mut FakeCounters::default())
+    }
+
+    #[test]
+    fn add_replaces_identical_and_keeps_different_priorities() {
+        let mut t = FlowTable::default();
+        apply(
+            &mut t,
+            &fm("priority=10,ip,nw_dst=10.0.0.1 actions=output:1"),
+        )
+        .unwrap();
+        apply(
+            &mut t,
+            &fm("priority=20,ip,nw_dst=10.0.0.1 actions=output:2"),
+        )
+        .unwrap();
+        let o = apply(
+            &mut t,
+            &fm("cookie=0x5,priority=10,ip,nw_dst=10.0.0.1 actions=output:3"),
+        )
+        .unwrap();
+        assert!(!o.ops.iter().any(|o| matches!(o, MapOp::ResetStats(_))));
+        assert_eq!(t.len(), 2);
+        assert_eq!(
+            dump(&t),
+            [
+                "cookie=0x0,priority=20,ip,nw_dst=10.0.0.1 actions=output:2",
+                "cookie=0x5,priority=10,ip,nw_dst=10.0.0.1 actions=output:3"
+            ]
+        );
+        let o = apply(
+            &mut t,
+            &fm("priority=10,reset_counts,ip,nw_dst=10.0.0.1 actions=output:3"),
+        )
+        .unwrap();
+        assert!(o.ops.iter().any(|o| matches!(o, MapOp::ResetStats(_))));
+    }
+
+    #[test]
+    fn overlap_check_only_for_same_priority_and_intersecting_matches() {
+        let mut t = FlowTable::default();
+        apply(
+            &mut t,
+            &fm("priority=10,ip,nw_dst=10.0.0.0/24 actions=output:1"),
+        )
+        .unwrap();
+        let clash = fm("priority=10,check_overlap,ip,nw_src=1.2.3.4 actions=output:2");
+        assert_eq!(
+            apply(&mut t, &clash).unwrap_err(),
+            err(of::OFPET_FLOW_MOD_FAILED, of::OFPFMFC_OVERLAP)
+        );
+        assert_eq!(t.len(), 1);
+        // Different priority, or disjoint matches: fine.
+        apply(
+            &mut t,
+            &fm("priority=11,check_overlap,ip,nw_src=1.2.3.4 actions=output:2"),
+        )
+        .unwrap();
+        apply(
+            &mut t,
+            &fm("priority=10,check_overlap,ip,nw_dst=10.0.1.0/24 actions=output:2"),
+        )
+        .unwrap();
+        apply(
+            &mut t,
+            &fm("priority=10,check_overlap,arp actions=output:2"),
+        )
+        .unwrap();
+        assert_eq!(t.len(), 4);
+    }
+
+    #[test]
+    fn strict_and_non_strict_modify_and_delete() {
+        let mut t = FlowTable::default();
+        for f in [
+            "priority=10,ip,nw_dst=10.0.0.1 actions=output:1",
+            "priority=20,ip,nw_dst=10.0.0.1 actions=output:1",
+            "priority=10,ip,nw_dst=10.0.0.2 actions=output:1",
+            "priority=10,arp actions=output:1",
+        ] {
+            apply(&mut t, &fm(f)).unwrap();
+        }
+        // Non-strict modify of "ip": every IPv4 flow, any priority.
+        let o = apply(&mut t, &with(of::OFPFC_MODIFY, "ip actions=output:7")).unwrap();
+        assert_eq!(o.touched, 3);
+        // Strict modify needs the exact match and priority.
+        let o = apply(
+            &mut t,
+            &with(of::OFPFC_MODIFY_STRICT, "priority=20,ip actions=output:8"),
+        )
+        .unwrap();
+        assert_eq!(o.touched, 0);
+        let o = apply(
+            &mut t,
+            &with(
+                of::OFPFC_MODIFY_STRICT,
+                "priority=20,ip,nw_dst=10.0.0.1 actions=output:8",
+            ),
+        )
+        .unwrap();
+        assert_eq!(o.touched, 1);
+        assert_eq!(
+            dump(&t),
+            [
+                "cookie=0x0,priority=10,arp actions=output:1",
+                "cookie=0x0,priority=10,ip,nw_dst=10.0.0.1 actions=output:7",
+                "cookie=0x0,priority=10,ip,nw_dst=10.0.0.2 actions=output:7",
+                "cookie=0x0,priority=20,ip,nw_dst=10.0.0.1 actions=output:8",
+            ]
+        );
+        // A modify that matches nothing adds nothing (OpenFlow 1.3).
+        let o = apply(
+            &mut t,
+            &with(of::OFPFC_MODIFY, "ip,nw_dst=10.9.9.9 actions=output:1"),
+        )
+        .unwrap();
+        assert_eq!((o.touched, t.len()), (0, 4));
+        // Strict delete of priority 10 keeps priority 20.
+        let o = apply(
+            &mut t,
+            &with(of::OFPFC_DELETE_STRICT, "priority=10,ip,nw_dst=10.0.0.1"),
+        )
+        .unwrap();
+        assert_eq!(o.touched, 1);
+        // Non-strict delete with out_port: only flows that output there.
+        let mut d = with(of::OFPFC_DELETE, "");
+        d.out_port = 1;
+        assert_eq!(apply(&mut t, &d).unwrap().touched, 1); // the arp flow
+        d.out_port = of::OFPP_ANY;
+        assert_eq!(apply(&mut t, &d).unwrap().touched, 2);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn cookie_masks_select_what_modify_and_delete_touch() {
+        let mut t = FlowTable::default();
+        for (c, d) in [(0x1100, 1), (0x1200, 2), (0x2100, 3)] {
+            apply(
+                &mut t,
+                &fm(&format!(
+                    "cookie={c:#x},ip,nw_dst=10.0.0.{d} actions=output:1"
+                )),
+            )
+            .unwrap();
+        }
+        let mut m = with(of::OFPFC_MODIFY, "actions=output:5");
+        m.cookie = 0x1000;
+        m.cookie_mask = 0xf000;
+        assert_eq!(apply(&mut t, &m).unwrap().touched, 2);
+        let mut d = with(of::OFPFC_DELETE, "");
+        d.cookie = 0x0100;
+        d.cookie_mask = 0x0f00;
+        assert_eq!(apply(&mut t, &d).unwrap().touched, 2);
+        assert_eq!(
+            dump(&t),
+            ["cookie=0x1200,priority=32768,ip,nw_dst=10.0.0.2 actions=output:5"]
+        );
+        // An add ignores the cookie mask.
+        let mut a = fm("ip,nw_dst=10.0.0.9 actions=drop");
+        a.cookie_mask = u64::MAX;
+        apply(&mut t, &a).unwrap();
+        assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn errors_leave_the_table_unchanged() {
+        let mut t = FlowTable::default();
+        apply(&mut t, &fm("priority=10,ip actions=output:1")).unwrap();
+        let before = dump(&t);
+        for bad in [
+            fm("ip,ip_dscp=3 actions=output:1"),
+            fm("ip actions=group:3"),
+            fm("ip actions=goto_table:2"),
+            fm("table=3,ip actions=output:1"),
+            with(9, "ip actions=output:1"),
+            with(of::OFPFC_MODIFY, "ip actions=FLOOD"),
+            with(of::OFPFC_DELETE, "ip,ip_dscp=4"),
+        ] {
+            assert!(apply(&mut t, &bad).is_err(), "{bad:?}");
+            assert_eq!(dump(&t), before);
+        }
+        let mut f = fm("ip actions=output:1");
+        f.flags = 0x100;
+        assert_eq!(
+            apply(&mut t, &f).unwrap_err(),
+            err(of::OFPET_FLOW_MOD_FAILED, of::OFPFMFC_BAD_FLAGS)
+        );
+        assert_eq!(dump(&t), before);
+    }
+
+    #[test]
+    fn priorities_decide_userspace_lookup() {
+        let mut t = FlowTable::default();
+        apply(&mut t, &fm("priority=10,ip actions=output:1")).unwrap();
+        apply(
+            &mut t,
+            &fm("priority=30,ip,nw_dst=10.0.0.0/8 actions=output:3"),
+        )
+        .unwrap();
+        apply(
+            &mut t,
+            &fm("priority=20,ip,nw_dst=10.1.0.0/16 actions=output:2"),
+        )
+        .unwrap();
+        let pkt = FlowKey {
+            eth_type: 0x0800,
+            ipv4_dst: [10, 1, 2, 3],
+            ..Default::default()
+        };
+        let (_, r) = t.rules().lookup(&pkt).unwrap();
+        assert_eq!(r.priority, 30);
+        let pkt = FlowKey {
+            eth_type: 0x0800,
+            ipv4_dst: [11, 1, 2, 3],
+            ..Default::default()
+        };
+        assert_eq!(t.rules().lookup(&pkt).unwrap().1.priority, 10);
+    }
+
+    #[test]
+    fn idle_and_hard_timeouts_follow_the_counters() {
+        let mut t = FlowTable::default();
+        let mut c = FakeCounters::default();
+        t.flow_mod(
+            &fm("idle_timeout=2,send_flow_rem,cookie=0x1,ip,nw_dst=10.0.0.1 actions=output:1"),
+            0,
+            &mut c,
+        )
+        .unwrap();
+        t.flow_mod(
+            &fm("idle_timeout=2,cookie=0x2,ip,nw_dst=10.0.0.2 actions=output:1"),
+            0,
+            &mut c,
+        )
+        .unwrap();
+        t.flow_mod(
+            &fm("hard_timeout=3,send_flow_rem,cookie=0x3,ip,nw_dst=10.0.0.3 actions=output:1"),
+            0,
+            &mut c,
+        )
+        .unwrap();
+        let id = |t: &FlowTable, c: u64| t.rules().ids_by_cookie(c, u64::MAX)[0];
+        // Rule 2 is busy: hit at 1.5 s.
+        let busy = id(&t, 2);
+        c.rules.insert(
+            busy,
+            RuleStats {
+                packets: 5,
+                bytes: 500,
+                last_used_ns: 1_500_000_000,
+            },
+        );
+        let quiet = id(&t, 1);
+        c.rules.insert(
+            quiet,
+            RuleStats {
+                packets: 1,
+                bytes: 98,
+                last_used_ns: 0,
+            },
+        );
+        assert_eq!(t.expire(1_999_999_999, &mut c).touched, 0);
+        let o = t.expire(2_000_000_000, &mut c);
+        assert_eq!(o.touched, 1);
+        assert_eq!(o.removed.len(), 1);
+        let fr = &o.removed[0];
+        assert_eq!(
+            (
+                fr.cookie,
+                fr.reason,
+                fr.packet_count,
+                fr.byte_count,
+                fr.duration_sec
+            ),
+            (1, of::OFPRR_IDLE_TIMEOUT, 1, 98, 2)
+        );
+        assert!(o.ops.iter().any(|o| matches!(o, MapOp::DelFlow(_))));
+        // The busy one goes 2 s after its last hit, without FLOW_REMOVED.
+        let o = t.expire(3_000_000_000, &mut c);
+        assert_eq!(o.touched, 1);
+        assert_eq!(o.removed[0].reason, of::OFPRR_HARD_TIMEOUT);
+        assert_eq!(t.len(), 1);
+        let o = t.expire(3_500_000_000, &mut c);
+        assert_eq!((o.touched, o.removed.len()), (1, 0));
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn delete_sends_flow_removed_only_when_asked() {
+        let mut t = FlowTable::default();
+        apply(&mut t, &fm("send_flow_rem,cookie=0x9,ip actions=output:1")).unwrap();
+        apply(&mut t, &fm("cookie=0x8,arp actions=output:1")).unwrap();
+        let o = apply(&mut t, &with(of::OFPFC_DELETE, "")).unwrap();
+        assert_eq!(o.touched, 2);
+        assert_eq!(o.removed.len(), 1);
+        assert_eq!(o.removed[0].reason, of::OFPRR_DELETE);
+        assert_eq!(o.removed[0].cookie, 9);
+        assert_eq!(o.removed[0].match_.to_string(), "ip");
+    }
+}
