@@ -10,5 +10,7 @@
 pub mod agent;
 pub mod compile;
 pub mod datapath;
+pub mod ofswitch;
 pub mod oftable;
+pub mod packet;
 pub mod table;

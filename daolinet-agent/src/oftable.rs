@@ -196,7 +196,7 @@ impl FlowTable {
             return Err(err(of::OFPET_FLOW_MOD_FAILED, of::OFPFMFC_BAD_TABLE_ID));
         }
         match fm.command {
-            of::OFPFC_ADD => self.add(fm, now_ns, counters),
+            of::OFPFC_ADD => self.add(fm, now_ns),
             of::OFPFC_MODIFY | of::OFPFC_MODIFY_STRICT => self.modify(fm, now_ns),
             of::OFPFC_DELETE | of::OFPFC_DELETE_STRICT => {
                 let (key, mask) = compile_match(&fm.match_).map_err(|e| e.code())?;
@@ -216,12 +216,7 @@ impl FlowTable {
         }
     }
 
-    fn add(
-        &mut self,
-        fm: &FlowMod,
-        now_ns: u64,
-        counters: &mut dyn Counters,
-    ) -> Result<Outcome, ErrorCode> {
+    fn add(&mut self, fm: &FlowMod, now_ns: u64) -> Result<Outcome, ErrorCode> {
         let (key, mask) = compile_match(&fm.match_).map_err(|e| e.code())?;
         let actions = compile_instructions(&fm.instructions).map_err(|e| e.code())?;
         if fm.flags & of::OFPFF_CHECK_OVERLAP != 0 {
@@ -258,10 +253,6 @@ impl FlowTable {
                     .map_err(table_error)?;
                 if fm.flags & of::OFPFF_RESET_COUNTS != 0 {
                     ops.push(MapOp::ResetStats(id));
-                } else {
-                    // Hits before the replacement do not count as activity
-                    // of the new entry, but its counters carry on.
-                    let _ = counters;
                 }
                 out.ops = ops;
                 self.track(id, now_ns);
@@ -386,9 +377,11 @@ impl FlowTable {
                 self.times.remove(&id);
                 continue;
             };
-            let hard_at = (r.hard_timeout != 0)
-                .then(|| t.installed_ns + u64::from(r.hard_timeout) * NS)
-                .unwrap_or(u64::MAX);
+            let hard_at = if r.hard_timeout != 0 {
+                t.installed_ns + u64::from(r.hard_timeout) * NS
+            } else {
+                u64::MAX
+            };
             if hard_at <= now_ns {
                 let o = self.remove_ids(&[id], of::OFPRR_HARD_TIMEOUT, now_ns, counters);
                 merge(&mut out, o);
@@ -449,7 +442,7 @@ impl FlowTable {
             out.push(self.stats_of(id, r, now_ns, counters));
         }
         // Like OVS: highest priority first.
-        out.sort_by(|a, b| b.priority.cmp(&a.priority));
+        out.sort_by_key(|f| std::cmp::Reverse(f.priority));
         Ok(out)
     }
 

@@ -1,0 +1,1293 @@
+//! The OpenFlow 1.3 switch, sans-IO: controller sessions (HELLO, version
+//! negotiation, roles, async config), FLOW_MOD through the [`FlowTable`],
+//! multipart replies, punts turned into PACKET_IN (rate limited per port),
+//! PACKET_OUT executed in userspace, FLOW_REMOVED and PORT_STATUS, the
+//! local ARP responder and the standalone fail mode (L2 learning).
+//!
+//! Every entry point returns [`Effects`]: messages for connections, map
+//! operations for the datapath, frames to transmit on ports. The I/O edge
+//! (`crate::runtime`) applies them in order.
+
+use std::collections::{BTreeMap, HashMap};
+
+use daolinet_common::{Action, ActionKind, PuntReason};
+use daolinet_openflow::{
+    self as of, AsyncConfig, ErrorCode, ErrorMsg, FlowMod, Frame, Message, MultipartReply,
+    MultipartReplyBody as Rep, MultipartRequestBody as Req, PacketIn, PacketOut,
+};
+
+use crate::compile::compile_actions;
+use crate::datapath::Punt;
+use crate::oftable::{Counters, FlowTable};
+use crate::packet::{arp_reply, flow_key, rewrite, Applied};
+use crate::table::MapOp;
+
+/// Identifies one controller connection.
+pub type ConnId = u64;
+
+/// Cookie of the flows the standalone fail mode installs.
+pub const STANDALONE_COOKIE: u64 = 0xda01_1000_0000_0001;
+
+/// What to do while no controller is connected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum FailMode {
+    /// Keep the flows; punted packets are dropped.
+    #[default]
+    Secure,
+    /// Keep the flows and forward table misses by plain L2 learning.
+    Standalone,
+}
+
+/// A port as the switch describes it to controllers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortDesc {
+    /// OpenFlow port number.
+    pub ofport: u32,
+    /// Interface name.
+    pub name: String,
+    /// Interface MAC address.
+    pub mac: [u8; 6],
+    /// Link up.
+    pub up: bool,
+}
+
+impl PortDesc {
+    fn to_of(&self) -> of::Port {
+        let mut p = of::Port::new(self.ofport, of::MacAddr(self.mac), self.name.clone());
+        p.curr = of::OFPPF_10GB_FD | of::OFPPF_COPPER;
+        p.curr_speed = 10_000_000;
+        p.max_speed = 10_000_000;
+        if !self.up {
+            p.state = of::OFPPS_LINK_DOWN;
+        }
+        p
+    }
+}
+
+/// Static configuration of the switch.
+#[derive(Clone, Debug)]
+pub struct SwitchSettings {
+    /// FEATURES_REPLY datapath id.
+    pub datapath_id: u64,
+    /// PACKET_INs per second allowed per ingress port (0 = unlimited).
+    pub packet_in_rate: u32,
+    /// Burst of PACKET_INs allowed per port above the rate.
+    pub packet_in_burst: u32,
+    /// Answer containers' ARP requests with this MAC locally.
+    pub arp_responder: Option<[u8; 6]>,
+    /// Behaviour without a controller.
+    pub fail_mode: FailMode,
+}
+
+impl Default for SwitchSettings {
+    fn default() -> Self {
+        SwitchSettings {
+            datapath_id: 1,
+            packet_in_rate: 1000,
+            packet_in_burst: 200,
+            arp_responder: None,
+            fail_mode: FailMode::Secure,
+        }
+    }
+}
+
+/// Side effects for the I/O edge, in the order they must happen.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Map operations (apply before sending the replies).
+    pub ops: Vec<MapOp>,
+    /// Messages: connection, xid, message.
+    pub send: Vec<(ConnId, u32, Message)>,
+    /// Frames to transmit: OpenFlow port (or OFPP_LOCAL), frame.
+    pub emit: Vec<(u32, Vec<u8>)>,
+    /// Connections to close after sending.
+    pub close: Vec<ConnId>,
+}
+
+impl Effects {
+    /// Append `o` after these effects.
+    pub fn extend(&mut self, o: Effects) {
+        self.ops.extend(o.ops);
+        self.send.extend(o.send);
+        self.emit.extend(o.emit);
+        self.close.extend(o.close);
+    }
+}
+
+/// Counters of the switch itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SwitchCounters {
+    /// PACKET_INs sent (to at least one controller).
+    pub packet_in: u64,
+    /// Punts dropped by the per-port rate limit.
+    pub packet_in_rate_limited: u64,
+    /// Punts dropped because no controller was connected (secure mode).
+    pub punt_no_controller: u64,
+    /// ARP requests answered locally.
+    pub arp_replies: u64,
+    /// PACKET_OUTs executed.
+    pub packet_out: u64,
+    /// FLOW_MODs applied.
+    pub flow_mods: u64,
+    /// OFPT_ERRORs sent.
+    pub errors: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Session {
+    hello: bool,
+    role: u32,
+    async_cfg: AsyncConfig,
+}
+
+/// The OpenFlow 1.3 default: masters/equals get PACKET_IN (no match and
+/// action), all PORT_STATUS and all FLOW_REMOVED; slaves PORT_STATUS only.
+pub const DEFAULT_ASYNC: AsyncConfig = AsyncConfig {
+    packet_in_mask: [0b011, 0],
+    port_status_mask: [0b111, 0b111],
+    flow_removed_mask: [0b1111, 0],
+};
+
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    tokens: f64,
+    at_ns: u64,
+}
+
+struct PortState {
+    desc: PortDesc,
+    added_ns: u64,
+}
+
+/// The switch.
+pub struct Switch {
+    /// The flow table.
+    pub flows: FlowTable,
+    settings: SwitchSettings,
+    sessions: BTreeMap<ConnId, Session>,
+    ports: BTreeMap<u32, PortState>,
+    config: of::SwitchConfig,
+    generation: Option<u64>,
+    buckets: HashMap<u32, Bucket>,
+    macs: HashMap<[u8; 6], u32>,
+    xid: u32,
+    /// Counters.
+    pub counters: SwitchCounters,
+}
+
+fn error(conn: ConnId, xid: u32, code: ErrorCode, raw: &[u8]) -> (ConnId, u32, Message) {
+    (conn, xid, Message::Error(ErrorMsg::new(code, raw)))
+}
+
+const fn code(t: u16, c: u16) -> ErrorCode {
+    ErrorCode::new(t, c)
+}
+
+/// Bytes allowed in one multipart reply body (below the 64 KiB message limit).
+const MP_BUDGET: usize = 60_000;
+
+impl Switch {
+    /// A switch over `flows`.
+    pub fn new(flows: FlowTable, settings: SwitchSettings) -> Self {
+        Switch {
+            flows,
+            settings,
+            sessions: BTreeMap::new(),
+            ports: BTreeMap::new(),
+            config: of::SwitchConfig::default(),
+            generation: None,
+            buckets: HashMap::new(),
+            macs: HashMap::new(),
+            xid: 0,
+            counters: SwitchCounters::default(),
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &SwitchSettings {
+        &self.settings
+    }
+
+    fn next_xid(&mut self) -> u32 {
+        self.xid = self.xid.wrapping_add(1);
+        self.xid
+    }
+
+    /// True when at least one controller completed the handshake.
+    pub fn has_controller(&self) -> bool {
+        self.sessions.values().any(|s| s.hello)
+    }
+
+    /// A new connection: send our HELLO.
+    pub fn connected(&mut self, conn: ConnId) -> Effects {
+        self.sessions.insert(
+            conn,
+            Session {
+                hello: false,
+                role: of::OFPCR_ROLE_EQUAL,
+                async_cfg: DEFAULT_ASYNC,
+            },
+        );
+        let xid = self.next_xid();
+        Effects {
+            send: vec![(conn, xid, Message::Hello(of::Hello::new()))],
+            ..Default::default()
+        }
+    }
+
+    /// A connection is gone.
+    pub fn disconnected(&mut self, conn: ConnId) {
+        self.sessions.remove(&conn);
+    }
+
+    /// A port appeared.
+    pub fn port_added(&mut self, desc: PortDesc, now_ns: u64) -> Effects {
+        let p = desc.to_of();
+        self.ports.insert(
+            desc.ofport,
+            PortState {
+                desc,
+                added_ns: now_ns,
+            },
+        );
+        self.port_status(of::OFPPR_ADD, p)
+    }
+
+    /// A port went away.
+    pub fn port_removed(&mut self, ofport: u32) -> Effects {
+        match self.ports.remove(&ofport) {
+            Some(p) => self.port_status(of::OFPPR_DELETE, p.desc.to_of()),
+            None => Effects::default(),
+        }
+    }
+
+    /// A port changed (e.g. link state).
+    pub fn port_modified(&mut self, desc: PortDesc) -> Effects {
+        let Some(p) = self.ports.get_mut(&desc.ofport) else {
+            return Effects::default();
+        };
+        if p.desc == desc {
+            return Effects::default();
+        }
+        p.desc = desc;
+        let d = p.desc.to_of();
+        self.port_status(of::OFPPR_MODIFY, d)
+    }
+
+    /// Ports by OpenFlow number.
+    pub fn ports(&self) -> impl Iterator<Item = &PortDesc> {
+        self.ports.values().map(|p| &p.desc)
+    }
+
+    fn port_status(&mut self, reason: u8, port: of::Port) -> Effects {
+        let mut fx = Effects::default();
+        for (c, s) in &self.sessions {
+            if s.hello && wants(s, |a| a.port_status_mask, reason) {
+                fx.send.push((
+                    *c,
+                    0,
+                    Message::PortStatus(of::PortStatus::new(reason, port.clone())),
+                ));
+            }
+        }
+        fx
+    }
+
+    fn flow_removed(&self, removed: Vec<of::FlowRemoved>, fx: &mut Effects) {
+        for fr in removed {
+            for (c, s) in &self.sessions {
+                if s.hello && wants(s, |a| a.flow_removed_mask, fr.reason) {
+                    fx.send.push((*c, 0, Message::FlowRemoved(fr.clone())));
+                }
+            }
+        }
+    }
+
+    /// Periodic work: flow expiry.
+    pub fn tick(&mut self, now_ns: u64, counters: &mut dyn Counters) -> Effects {
+        let o = self.flows.expire(now_ns, counters);
+        let mut fx = Effects {
+            ops: o.ops,
+            ..Default::default()
+        };
+        self.flow_removed(o.removed, &mut fx);
+        fx
+    }
+
+    /// A FLOW_MOD from the local control socket (no connection to answer).
+    pub fn local_flow_mod(
+        &mut self,
+        fm: &FlowMod,
+        now_ns: u64,
+        counters: &mut dyn Counters,
+    ) -> Result<(usize, Effects), ErrorCode> {
+        let o = self.flows.flow_mod(fm, now_ns, counters)?;
+        self.counters.flow_mods += 1;
+        let mut fx = Effects {
+            ops: o.ops,
+            ..Default::default()
+        };
+        self.flow_removed(o.removed, &mut fx);
+        Ok((o.touched, fx))
+    }
+
+    /// Handle one decoded message from connection `conn`; `raw` is its
+    /// encoding as received (echoed in errors).
+    pub fn handle(
+        &mut self,
+        conn: ConnId,
+        frame: Frame,
+        raw: &[u8],
+        now_ns: u64,
+        counters: &mut dyn Counters,
+    ) -> Effects {
+        let mut fx = Effects::default();
+        let xid = frame.xid;
+        let Some(session) = self.sessions.get(&conn).cloned() else {
+            return fx;
+        };
+        let slave = session.role == of::OFPCR_ROLE_SLAVE;
+        let err = |fx: &mut Effects, c: ErrorCode| fx.send.push(error(conn, xid, c, raw));
+        match frame.message {
+            Message::Hello(h) => {
+                if h.supports(of::OFP_VERSION) {
+                    let was = self.has_controller();
+                    if let Some(s) = self.sessions.get_mut(&conn) {
+                        s.hello = true;
+                    }
+                    if !was && self.settings.fail_mode == FailMode::Standalone {
+                        // A controller takes over: drop what L2 learning installed.
+                        let del = FlowMod::delete(of::Match::new())
+                            .cookie_match(STANDALONE_COOKIE, u64::MAX);
+                        if let Ok(o) = self.flows.flow_mod(&del, now_ns, counters) {
+                            fx.ops.extend(o.ops);
+                        }
+                        self.macs.clear();
+                    }
+                } else {
+                    fx.send.push((
+                        conn,
+                        xid,
+                        Message::Error(ErrorMsg::Standard {
+                            err_type: of::OFPET_HELLO_FAILED,
+                            code: of::OFPHFC_INCOMPATIBLE,
+                            data: b"daolinet-agent speaks OpenFlow 1.3 (0x04) only".to_vec(),
+                        }),
+                    ));
+                    fx.close.push(conn);
+                }
+            }
+            Message::EchoRequest(d) => fx.send.push((conn, xid, Message::EchoReply(d))),
+            Message::EchoReply(_) => {}
+            Message::Error(e) => {
+                tracing::warn!(conn, ?e, "controller sent an error");
+            }
+            Message::FeaturesRequest => fx.send.push((
+                conn,
+                xid,
+                Message::FeaturesReply(of::SwitchFeatures {
+                    datapath_id: self.settings.datapath_id,
+                    n_buffers: 0,
+                    n_tables: 1,
+                    auxiliary_id: 0,
+                    capabilities: of::OFPC_FLOW_STATS | of::OFPC_TABLE_STATS | of::OFPC_PORT_STATS,
+                    reserved: 0,
+                }),
+            )),
+            Message::GetConfigRequest => {
+                fx.send
+                    .push((conn, xid, Message::GetConfigReply(self.config)))
+            }
+            Message::SetConfig(c) => {
+                if slave {
+                    err(&mut fx, code(of::OFPET_BAD_REQUEST, of::OFPBRC_IS_SLAVE));
+                } else {
+                    self.config = c;
+                }
+            }
+            Message::BarrierRequest => fx.send.push((conn, xid, Message::BarrierReply)),
+            Message::RoleRequest(r) => match self.role_request(conn, r) {
+                Ok(reply) => fx.send.push((conn, xid, Message::RoleReply(reply))),
+                Err(c) => err(&mut fx, c),
+            },
+            Message::GetAsyncRequest => {
+                fx.send
+                    .push((conn, xid, Message::GetAsyncReply(session.async_cfg)))
+            }
+            Message::SetAsync(a) => {
+                if let Some(s) = self.sessions.get_mut(&conn) {
+                    s.async_cfg = a;
+                }
+            }
+            Message::FlowMod(fm) => {
+                if slave {
+                    err(&mut fx, code(of::OFPET_BAD_REQUEST, of::OFPBRC_IS_SLAVE));
+                } else {
+                    match self.flows.flow_mod(&fm, now_ns, counters) {
+                        Ok(o) => {
+                            self.counters.flow_mods += 1;
+                            fx.ops.extend(o.ops);
+                            self.flow_removed(o.removed, &mut fx);
+                            if fm.buffer_id != of::OFP_NO_BUFFER
+                                && fm.command != of::OFPFC_DELETE
+                                && fm.command != of::OFPFC_DELETE_STRICT
+                            {
+                                // We never buffer packets (PACKET_INs say NO_BUFFER).
+                                err(
+                                    &mut fx,
+                                    code(of::OFPET_BAD_REQUEST, of::OFPBRC_BUFFER_UNKNOWN),
+                                );
+                            }
+                        }
+                        Err(c) => err(&mut fx, c),
+                    }
+                }
+            }
+            Message::PacketOut(po) => {
+                if slave {
+                    err(&mut fx, code(of::OFPET_BAD_REQUEST, of::OFPBRC_IS_SLAVE));
+                } else if let Err(c) = self.packet_out(&po, &mut fx) {
+                    err(&mut fx, c);
+                } else {
+                    self.counters.packet_out += 1;
+                }
+            }
+            Message::MultipartRequest(req) => match self.multipart(req.body, now_ns, counters) {
+                Ok(replies) => {
+                    for r in replies {
+                        fx.send.push((conn, xid, Message::MultipartReply(r)));
+                    }
+                }
+                Err(c) => err(&mut fx, c),
+            },
+            Message::TableMod(t) => {
+                if slave {
+                    err(&mut fx, code(of::OFPET_BAD_REQUEST, of::OFPBRC_IS_SLAVE));
+                } else if t.table_id != 0 && t.table_id != of::OFPTT_ALL {
+                    err(
+                        &mut fx,
+                        code(of::OFPET_TABLE_MOD_FAILED, of::OFPTMFC_BAD_TABLE),
+                    );
+                }
+            }
+            Message::QueueGetConfigRequest(port) => {
+                if port != of::OFPP_ANY && !self.ports.contains_key(&port) {
+                    err(&mut fx, code(of::OFPET_QUEUE_OP_FAILED, 0));
+                } else {
+                    fx.send.push((
+                        conn,
+                        xid,
+                        Message::QueueGetConfigReply(of::QueueGetConfigReply {
+                            port,
+                            queues: Vec::new(),
+                        }),
+                    ));
+                }
+            }
+            Message::Experimenter(_) => err(
+                &mut fx,
+                code(of::OFPET_BAD_REQUEST, of::OFPBRC_BAD_EXPERIMENTER),
+            ),
+            // Groups, meters and port configuration are not supported;
+            // switch-to-controller messages make no sense here.
+            Message::GroupMod(_)
+            | Message::MeterMod(_)
+            | Message::PortMod(_)
+            | Message::FeaturesReply(_)
+            | Message::GetConfigReply(_)
+            | Message::PacketIn(_)
+            | Message::FlowRemoved(_)
+            | Message::PortStatus(_)
+            | Message::MultipartReply(_)
+            | Message::BarrierReply
+            | Message::QueueGetConfigReply(_)
+            | Message::RoleReply(_)
+            | Message::GetAsyncReply(_) => {
+                err(&mut fx, code(of::OFPET_BAD_REQUEST, of::OFPBRC_BAD_TYPE))
+            }
+        }
+        self.counters.errors += fx
+            .send
+            .iter()
+            .filter(|(_, _, m)| matches!(m, Message::Error(_)))
+            .count() as u64;
+        fx
+    }
+
+    fn role_request(&mut self, conn: ConnId, r: of::RoleMsg) -> Result<of::RoleMsg, ErrorCode> {
+        let stale = code(of::OFPET_ROLE_REQUEST_FAILED, of::OFPRRFC_STALE);
+        match r.role {
+            of::OFPCR_ROLE_NOCHANGE => {}
+            of::OFPCR_ROLE_EQUAL => {
+                if let Some(s) = self.sessions.get_mut(&conn) {
+                    s.role = of::OFPCR_ROLE_EQUAL;
+                }
+            }
+            of::OFPCR_ROLE_MASTER | of::OFPCR_ROLE_SLAVE => {
+                if let Some(g) = self.generation {
+                    if (r.generation_id.wrapping_sub(g) as i64) < 0 {
+                        return Err(stale);
+                    }
+                }
+                self.generation = Some(r.generation_id);
+                if r.role == of::OFPCR_ROLE_MASTER {
+                    for (c, s) in self.sessions.iter_mut() {
+                        if *c != conn && s.role == of::OFPCR_ROLE_MASTER {
+                            s.role = of::OFPCR_ROLE_SLAVE;
+                        }
+                    }
+                }
+                if let Some(s) = self.sessions.get_mut(&conn) {
+                    s.role = r.role;
+                }
+            }
+            _ => return Err(code(of::OFPET_ROLE_REQUEST_FAILED, of::OFPRRFC_BAD_ROLE)),
+        }
+        Ok(of::RoleMsg {
+            role: self
+                .sessions
+                .get(&conn)
+                .map_or(of::OFPCR_ROLE_EQUAL, |s| s.role),
+            generation_id: self.generation.unwrap_or(0),
+        })
+    }
+
+    fn multipart(
+        &mut self,
+        body: Req,
+        now_ns: u64,
+        counters: &mut dyn Counters,
+    ) -> Result<Vec<MultipartReply>, ErrorCode> {
+        Ok(match body {
+            Req::Desc => vec![MultipartReply::new(Rep::Desc(of::Desc {
+                mfr_desc: "DaoliNet".into(),
+                hw_desc: "daolinet-agent (eBPF datapath)".into(),
+                sw_desc: env!("CARGO_PKG_VERSION").into(),
+                serial_num: "None".into(),
+                dp_desc: format!("daolinet-agent dpid {:016x}", self.settings.datapath_id),
+            }))],
+            Req::Flow(r) => {
+                let list = self.flows.flow_stats(&r, now_ns, counters)?;
+                split(list, Rep::Flow, |f| {
+                    56 + f.match_.encoded_len().div_ceil(8) * 8 + 16 + 16 * 8
+                })
+            }
+            Req::Aggregate(r) => vec![MultipartReply::new(Rep::Aggregate(
+                self.flows.aggregate(&r, counters)?,
+            ))],
+            Req::Table => {
+                let lookup: u64 = self
+                    .ports
+                    .keys()
+                    .filter_map(|p| counters.port(*p))
+                    .map(|s| s.rx_packets)
+                    .sum();
+                vec![MultipartReply::new(Rep::Table(vec![of::TableStats {
+                    table_id: 0,
+                    active_count: self.flows.len() as u32,
+                    lookup_count: lookup,
+                    matched_count: self.flows.matched_packets(counters),
+                }]))]
+            }
+            Req::PortStats(port) => {
+                if port != of::OFPP_ANY && !self.ports.contains_key(&port) {
+                    return Err(code(of::OFPET_BAD_REQUEST, of::OFPBRC_BAD_PORT));
+                }
+                let mut list = Vec::new();
+                for (no, p) in &self.ports {
+                    if port != of::OFPP_ANY && port != *no {
+                        continue;
+                    }
+                    let s = counters.port(*no).unwrap_or_default();
+                    let age = now_ns.saturating_sub(p.added_ns);
+                    list.push(of::PortStats {
+                        rx_packets: s.rx_packets,
+                        rx_bytes: s.rx_bytes,
+                        tx_packets: s.tx_packets,
+                        tx_bytes: s.tx_bytes,
+                        rx_dropped: s.rx_dropped,
+                        duration_sec: (age / 1_000_000_000) as u32,
+                        duration_nsec: (age % 1_000_000_000) as u32,
+                        ..of::PortStats::new(*no)
+                    });
+                }
+                split(list, Rep::PortStats, |_| 112)
+            }
+            Req::PortDesc => {
+                let list: Vec<of::Port> = self.ports.values().map(|p| p.desc.to_of()).collect();
+                split(list, Rep::PortDesc, |_| 64)
+            }
+            _ => return Err(code(of::OFPET_BAD_REQUEST, of::OFPBRC_BAD_MULTIPART)),
+        })
+    }
+
+    fn packet_out(&mut self, po: &PacketOut, fx: &mut Effects) -> Result<(), ErrorCode> {
+        if po.buffer_id != of::OFP_NO_BUFFER {
+            return Err(code(of::OFPET_BAD_REQUEST, of::OFPBRC_BUFFER_UNKNOWN));
+        }
+        let in_port = po.in_port;
+        let reserved_ok = matches!(in_port, of::OFPP_CONTROLLER | of::OFPP_LOCAL | of::OFPP_ANY);
+        if !reserved_ok && !self.ports.contains_key(&in_port) && in_port > of::OFPP_MAX {
+            return Err(code(of::OFPET_BAD_REQUEST, of::OFPBRC_BAD_PORT));
+        }
+        // Validate every action before doing anything.
+        let mut steps = Vec::with_capacity(po.actions.len());
+        for a in &po.actions {
+            steps.push(match a {
+                of::Action::Output { port, .. } => match *port {
+                    p if p <= of::OFPP_MAX => Step::Out(p),
+                    of::OFPP_IN_PORT
+                    | of::OFPP_FLOOD
+                    | of::OFPP_ALL
+                    | of::OFPP_TABLE
+                    | of::OFPP_CONTROLLER
+                    | of::OFPP_LOCAL => Step::Out(*port),
+                    _ => return Err(code(of::OFPET_BAD_ACTION, of::OFPBAC_BAD_OUT_PORT)),
+                },
+                other => match compile_actions(std::slice::from_ref(other)) {
+                    Ok(v) => Step::Set(v.into_iter().next().unwrap_or_else(Action::drop_packet)),
+                    Err(e) => return Err(e.code()),
+                },
+            });
+        }
+        let mut frame = po.data.clone();
+        for s in steps {
+            match s {
+                Step::Set(a) => {
+                    if rewrite(&mut frame, &a) == Applied::TtlExpired {
+                        break;
+                    }
+                }
+                Step::Out(of::OFPP_TABLE) => self.run_table(frame.clone(), in_port, fx),
+                Step::Out(p) => self.output(p, in_port, &frame, 0, PuntReason::Action, fx),
+            }
+        }
+        Ok(())
+    }
+
+    /// Send `frame` to port `p` (a number or a reserved port).
+    fn output(
+        &mut self,
+        p: u32,
+        in_port: u32,
+        frame: &[u8],
+        cookie: u64,
+        reason: PuntReason,
+        fx: &mut Effects,
+    ) {
+        match p {
+            of::OFPP_IN_PORT => fx.emit.push((in_port, frame.to_vec())),
+            of::OFPP_FLOOD | of::OFPP_ALL => {
+                for no in self.ports.keys() {
+                    if *no != in_port {
+                        fx.emit.push((*no, frame.to_vec()));
+                    }
+                }
+            }
+            of::OFPP_CONTROLLER => {
+                let mut pi = PacketIn::new(in_port, reason as u8, frame.to_vec());
+                pi.cookie = cookie;
+                self.send_packet_in(pi, fx);
+            }
+            p if p == in_port => {} // OpenFlow: use IN_PORT to send back
+            p => fx.emit.push((p, frame.to_vec())),
+        }
+    }
+
+    /// Look `frame` up in the table in userspace and apply the winning
+    /// rule's actions (PACKET_OUT to OFPP_TABLE).
+    fn run_table(&mut self, mut frame: Vec<u8>, in_port: u32, fx: &mut Effects) {
+        let Some((key, _)) = flow_key(&frame, in_port) else {
+            return;
+        };
+        let Some((_, rule)) = self.flows.rules().lookup(&key) else {
+            let pi = PacketIn::new(in_port, of::OFPR_NO_MATCH, frame);
+            self.send_packet_in(pi, fx);
+            return;
+        };
+        let (cookie, actions) = (rule.cookie, rule.actions.clone());
+        for a in &actions {
+            match a.kind() {
+                Some(ActionKind::Output) => {
+                    self.output(a.arg, in_port, &frame, cookie, PuntReason::Action, fx)
+                }
+                Some(ActionKind::OutputInPort) => fx.emit.push((in_port, frame.clone())),
+                Some(ActionKind::OutputLocal) => fx.emit.push((of::OFPP_LOCAL, frame.clone())),
+                Some(ActionKind::Controller) => self.output(
+                    of::OFPP_CONTROLLER,
+                    in_port,
+                    &frame,
+                    cookie,
+                    PuntReason::Action,
+                    fx,
+                ),
+                Some(ActionKind::Drop) | None => break,
+                Some(_) => {
+                    if rewrite(&mut frame, a) == Applied::TtlExpired {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn send_packet_in(&mut self, pi: PacketIn, fx: &mut Effects) {
+        let mut sent = false;
+        for (c, s) in &self.sessions {
+            if s.hello && wants(s, |a| a.packet_in_mask, pi.reason) {
+                fx.send.push((*c, 0, Message::PacketIn(pi.clone())));
+                sent = true;
+            }
+        }
+        if sent {
+            self.counters.packet_in += 1;
+        }
+    }
+
+    fn allow(&mut self, port: u32, now_ns: u64) -> bool {
+        let (rate, burst) = (
+            f64::from(self.settings.packet_in_rate),
+            f64::from(self.settings.packet_in_burst.max(1)),
+        );
+        if rate == 0.0 {
+            return true;
+        }
+        let b = self.buckets.entry(port).or_insert(Bucket {
+            tokens: burst,
+            at_ns: now_ns,
+        });
+        let dt = now_ns.saturating_sub(b.at_ns) as f64 / 1e9;
+        b.tokens = (b.tokens + dt * rate).min(burst);
+        b.at_ns = now_ns;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A packet punted by the datapath: ARP responder, PACKET_IN, or (no
+    /// controller, standalone) L2 learning.
+    pub fn punt(&mut self, punt: Punt, now_ns: u64, counters: &mut dyn Counters) -> Effects {
+        let Punt { header, data } = punt;
+        let (in_port, reason, rule_id) = (header.in_port, header.reason, header.rule_id);
+        let mut fx = Effects::default();
+        if let Some(mac) = self.settings.arp_responder {
+            if let Some(reply) = arp_reply(&data, mac) {
+                self.counters.arp_replies += 1;
+                fx.emit.push((in_port, reply));
+                return fx;
+            }
+        }
+        if !self.has_controller() {
+            match self.settings.fail_mode {
+                FailMode::Secure => self.counters.punt_no_controller += 1,
+                FailMode::Standalone => self.learn(in_port, &data, now_ns, counters, &mut fx),
+            }
+            return fx;
+        }
+        if !self.allow(in_port, now_ns) {
+            self.counters.packet_in_rate_limited += 1;
+            return fx;
+        }
+        let (of_reason, cookie) = match PuntReason::from_u32(reason) {
+            Some(PuntReason::Action) => (
+                of::OFPR_ACTION,
+                self.flows
+                    .rules()
+                    .get(rule_id)
+                    .map_or(u64::MAX, |r| r.cookie),
+            ),
+            Some(PuntReason::InvalidTtl) => (
+                of::OFPR_INVALID_TTL,
+                self.flows
+                    .rules()
+                    .get(rule_id)
+                    .map_or(u64::MAX, |r| r.cookie),
+            ),
+            _ => (of::OFPR_NO_MATCH, u64::MAX),
+        };
+        let mut pi = PacketIn::new(in_port, of_reason, data);
+        pi.cookie = cookie;
+        pi.total_len = u16::try_from(header.pkt_len).unwrap_or(u16::MAX);
+        self.send_packet_in(pi, &mut fx);
+        fx
+    }
+
+    /// Standalone fail mode: learn the source, forward to the known
+    /// destination with a flow, or flood.
+    fn learn(
+        &mut self,
+        in_port: u32,
+        frame: &[u8],
+        now_ns: u64,
+        counters: &mut dyn Counters,
+        fx: &mut Effects,
+    ) {
+        let Some((k, _)) = flow_key(frame, in_port) else {
+            return;
+        };
+        if k.eth_src[0] & 1 == 0 {
+            self.macs.insert(k.eth_src, in_port);
+        }
+        match self.macs.get(&k.eth_dst).copied() {
+            Some(out) if out != in_port && self.ports.contains_key(&out) => {
+                let fm = FlowMod::add(of::Match::new().eth_dst(of::MacAddr(k.eth_dst)))
+                    .priority(1)
+                    .cookie(STANDALONE_COOKIE)
+                    .idle_timeout(60)
+                    .apply(vec![of::Action::output(out)]);
+                match self.flows.flow_mod(&fm, now_ns, counters) {
+                    Ok(o) => fx.ops.extend(o.ops),
+                    Err(e) => tracing::debug!(%e, "standalone flow not installed"),
+                }
+                fx.emit.push((out, frame.to_vec()));
+            }
+            Some(_) => {}
+            None => self.output(of::OFPP_FLOOD, in_port, frame, 0, PuntReason::Miss, fx),
+        }
+    }
+}
+
+enum Step {
+    Out(u32),
+    Set(Action),
+}
+
+fn wants(s: &Session, mask: impl Fn(&AsyncConfig) -> [u32; 2], reason: u8) -> bool {
+    let idx = usize::from(s.role == of::OFPCR_ROLE_SLAVE);
+    reason < 32 && mask(&s.async_cfg)[idx] & (1 << reason) != 0
+}
+
+/// Split a list into multipart replies of at most [`MP_BUDGET`] bytes each
+/// (all but the last flagged REPLY_MORE). Always at least one reply.
+fn split<T>(
+    items: Vec<T>,
+    wrap: impl Fn(Vec<T>) -> Rep,
+    size: impl Fn(&T) -> usize,
+) -> Vec<MultipartReply> {
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    let mut used = 0;
+    for it in items {
+        let n = size(&it);
+        if used + n > MP_BUDGET && !cur.is_empty() {
+            out.push(MultipartReply {
+                flags: of::OFPMPF_REPLY_MORE,
+                body: wrap(std::mem::take(&mut cur)),
+            });
+            used = 0;
+        }
+        used += n;
+        cur.push(it);
+    }
+    out.push(MultipartReply::new(wrap(cur)));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::tests::ipv4_frame;
+    use daolinet_common::{PortStats, RuleStats};
+
+    #[derive(Default)]
+    struct Fake;
+    impl Counters for Fake {
+        fn rule(&mut self, _: u32) -> RuleStats {
+            RuleStats::default()
+        }
+        fn port(&mut self, _: u32) -> Option<PortStats> {
+            Some(PortStats {
+                rx_packets: 3,
+                ..Default::default()
+            })
+        }
+    }
+
+    fn pu(in_port: u32, reason: u32, rule_id: u32, pkt_len: u32, data: Vec<u8>) -> Punt {
+        Punt {
+            header: daolinet_common::PuntHeader {
+                in_port,
+                reason,
+                rule_id,
+                pkt_len,
+                cap_len: data.len() as u32,
+                ..Default::default()
+            },
+            data,
+        }
+    }
+
+    fn switch() -> Switch {
+        let mut s = Switch::new(FlowTable::default(), SwitchSettings::default());
+        for (no, name) in [(1, "pa"), (2, "pb"), (0xfff0, "up0")] {
+            s.port_added(
+                PortDesc {
+                    ofport: no,
+                    name: name.into(),
+                    mac: [2, 0, 0, 0, 0, no as u8],
+                    up: true,
+                },
+                0,
+            );
+        }
+        s
+    }
+
+    fn send(s: &mut Switch, conn: ConnId, xid: u32, m: Message) -> Effects {
+        let raw = m.to_bytes(xid).unwrap();
+        let (frame, _) = of::decode(&raw).unwrap().unwrap();
+        s.handle(conn, frame, &raw, 0, &mut Fake)
+    }
+
+    fn hello(s: &mut Switch, conn: ConnId) {
+        let fx = s.connected(conn);
+        assert!(matches!(fx.send[0].2, Message::Hello(_)));
+        let fx = send(s, conn, 1, Message::Hello(of::Hello::new()));
+        assert!(fx.send.is_empty() && fx.close.is_empty());
+    }
+
+    fn errors(fx: &Effects) -> Vec<ErrorCode> {
+        fx.send
+            .iter()
+            .filter_map(|(_, _, m)| match m {
+                Message::Error(e) => e.code(),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn handshake_features_echo_barrier() {
+        let mut s = switch();
+        hello(&mut s, 7);
+        let fx = send(&mut s, 7, 9, Message::FeaturesRequest);
+        match &fx.send[..] {
+            [(7, 9, Message::FeaturesReply(f))] => assert_eq!(f.n_tables, 1),
+            other => panic!("{other:?}"),
+        }
+        let fx = send(&mut s, 7, 10, Message::EchoRequest(vec![1, 2]));
+        assert_eq!(fx.send[0].2, Message::EchoReply(vec![1, 2]));
+        let fx = send(&mut s, 7, 11, Message::BarrierRequest);
+        assert_eq!(fx.send[0], (7, 11, Message::BarrierReply));
+        // A 1.0-only peer is refused and disconnected.
+        s.connected(8);
+        let fx = send(
+            &mut s,
+            8,
+            1,
+            Message::Hello(of::Hello {
+                version: 1,
+                elements: vec![],
+            }),
+        );
+        assert_eq!(
+            errors(&fx),
+            [code(of::OFPET_HELLO_FAILED, of::OFPHFC_INCOMPATIBLE)]
+        );
+        assert_eq!(fx.close, [8]);
+    }
+
+    #[test]
+    fn roles_generation_ids_and_slave_restrictions() {
+        let mut s = switch();
+        hello(&mut s, 1);
+        hello(&mut s, 2);
+        let role = |r, g| {
+            Message::RoleRequest(of::RoleMsg {
+                role: r,
+                generation_id: g,
+            })
+        };
+        let fx = send(&mut s, 1, 5, role(of::OFPCR_ROLE_MASTER, 10));
+        assert!(matches!(fx.send[0].2, Message::RoleReply(r) if r.role == of::OFPCR_ROLE_MASTER));
+        let fx = send(&mut s, 2, 5, role(of::OFPCR_ROLE_MASTER, 11));
+        assert!(matches!(fx.send[0].2, Message::RoleReply(r) if r.generation_id == 11));
+        // Connection 1 was demoted: it may no longer change the table.
+        let fm: FlowMod = "ip actions=output:1".parse().unwrap();
+        let fx = send(&mut s, 1, 6, Message::FlowMod(fm.clone()));
+        assert_eq!(
+            errors(&fx),
+            [code(of::OFPET_BAD_REQUEST, of::OFPBRC_IS_SLAVE)]
+        );
+        assert!(s.flows.is_empty());
+        // A stale generation id is refused.
+        let fx = send(&mut s, 1, 7, role(of::OFPCR_ROLE_MASTER, 9));
+        assert_eq!(
+            errors(&fx),
+            [code(of::OFPET_ROLE_REQUEST_FAILED, of::OFPRRFC_STALE)]
+        );
+        let fx = send(&mut s, 1, 7, role(7, 12));
+        assert_eq!(
+            errors(&fx),
+            [code(of::OFPET_ROLE_REQUEST_FAILED, of::OFPRRFC_BAD_ROLE)]
+        );
+        let fx = send(&mut s, 2, 8, Message::FlowMod(fm));
+        assert!(errors(&fx).is_empty());
+        assert_eq!(s.flows.len(), 1);
+        // Only the master gets the PACKET_IN (slaves' default async mask).
+        let fx = s.punt(pu(1, 0, u32::MAX, 60, vec![0; 60]), 0, &mut Fake);
+        let to: Vec<_> = fx.send.iter().map(|m| m.0).collect();
+        assert_eq!(to, [2]);
+        // SET_ASYNC can give the slave PACKET_INs too.
+        let mut a = DEFAULT_ASYNC;
+        a.packet_in_mask[1] = 1;
+        send(&mut s, 1, 9, Message::SetAsync(a));
+        let fx = s.punt(pu(1, 0, u32::MAX, 60, vec![0; 60]), 0, &mut Fake);
+        assert_eq!(fx.send.len(), 2);
+        let fx = send(&mut s, 1, 10, Message::GetAsyncRequest);
+        assert_eq!(fx.send[0].2, Message::GetAsyncReply(a));
+    }
+
+    #[test]
+    fn packet_in_is_rate_limited_per_port() {
+        let mut s = switch();
+        s.settings.packet_in_rate = 10;
+        s.settings.packet_in_burst = 5;
+        hello(&mut s, 1);
+        let mut n = 0;
+        for i in 0..100u64 {
+            // 100 punts within 10 ms from port 1.
+            n += s
+                .punt(pu(1, 0, u32::MAX, 60, vec![0; 60]), i * 100_000, &mut Fake)
+                .send
+                .len();
+        }
+        assert_eq!(n, 5);
+        // Port 2 has its own budget.
+        assert_eq!(
+            s.punt(pu(2, 0, u32::MAX, 60, vec![0; 60]), 0, &mut Fake)
+                .send
+                .len(),
+            1
+        );
+        // One second later port 1 may send again.
+        let later = s.punt(
+            pu(1, 0, u32::MAX, 60, vec![0; 60]),
+            1_000_000_000,
+            &mut Fake,
+        );
+        assert_eq!(later.send.len(), 1);
+        match &later.send[0].2 {
+            Message::PacketIn(pi) => {
+                assert_eq!(pi.reason, of::OFPR_NO_MATCH);
+                assert_eq!(pi.buffer_id, of::OFP_NO_BUFFER);
+                assert_eq!(pi.in_port(), Some(1));
+                assert_eq!(pi.data.len(), 60);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.counters.packet_in_rate_limited, 95);
+    }
+
+    #[test]
+    fn packet_out_outputs_floods_rewrites_and_runs_the_table() {
+        let mut s = switch();
+        hello(&mut s, 1);
+        let f = ipv4_frame(17, [10, 0, 0, 1], [10, 0, 0, 2], 5, 53);
+        let po = |acts: Vec<of::Action>| Message::PacketOut(PacketOut::new(1, acts, f.clone()));
+        let fx = send(&mut s, 1, 2, po(vec![of::Action::output(2)]));
+        assert_eq!(fx.emit, [(2, f.clone())]);
+        let fx = send(&mut s, 1, 2, po(vec![of::Action::output(of::OFPP_FLOOD)]));
+        let ports: Vec<u32> = fx.emit.iter().map(|e| e.0).collect();
+        assert_eq!(ports, [2, 0xfff0]);
+        let fx = send(
+            &mut s,
+            1,
+            3,
+            po(vec![
+                of::Action::SetField(of::OxmField::EthDst(
+                    of::MacAddr([2, 0, 0, 0, 0, 0xb]),
+                    None,
+                )),
+                of::Action::output(of::OFPP_IN_PORT),
+            ]),
+        );
+        assert_eq!(fx.emit[0].0, 1);
+        assert_eq!(fx.emit[0].1[..6], [2, 0, 0, 0, 0, 0xb]);
+        // TABLE: no flow yet -> PACKET_IN; then the flow decides.
+        let fx = send(&mut s, 1, 4, po(vec![of::Action::output(of::OFPP_TABLE)]));
+        assert!(matches!(fx.send[0].2, Message::PacketIn(_)));
+        let fm: FlowMod =
+            "in_port=1,udp,nw_dst=10.0.0.2 actions=set_field:10.9.9.9->ip_dst,output:2"
+                .parse()
+                .unwrap();
+        send(&mut s, 1, 5, Message::FlowMod(fm));
+        let fx = send(&mut s, 1, 6, po(vec![of::Action::output(of::OFPP_TABLE)]));
+        assert_eq!(fx.emit.len(), 1);
+        assert_eq!(fx.emit[0].0, 2);
+        assert_eq!(
+            flow_key(&fx.emit[0].1, 0).unwrap().0.ipv4_dst,
+            [10, 9, 9, 9]
+        );
+        // Unsupported actions are refused before anything is sent.
+        let fx = send(
+            &mut s,
+            1,
+            7,
+            po(vec![of::Action::output(2), of::Action::Group(1)]),
+        );
+        assert!(fx.emit.is_empty());
+        assert_eq!(
+            errors(&fx),
+            [code(of::OFPET_BAD_ACTION, of::OFPBAC_BAD_TYPE)]
+        );
+        let mut bad = PacketOut::new(1, vec![], f.clone());
+        bad.buffer_id = 5;
+        let fx = send(&mut s, 1, 8, Message::PacketOut(bad));
+        assert_eq!(
+            errors(&fx),
+            [code(of::OFPET_BAD_REQUEST, of::OFPBRC_BUFFER_UNKNOWN)]
+        );
+    }
+
+    #[test]
+    fn multiparts_describe_ports_tables_and_split_big_flow_dumps() {
+        let mut s = switch();
+        hello(&mut s, 1);
+        let mp = |b| Message::MultipartRequest(of::MultipartRequest::new(b));
+        let fx = send(&mut s, 1, 2, mp(Req::PortDesc));
+        assert!(
+            matches!(&fx.send[0].2, Message::MultipartReply(r) if matches!(&r.body, Rep::PortDesc(p) if p.len() == 3))
+        );
+        let fx = send(&mut s, 1, 3, mp(Req::PortStats(2)));
+        assert!(
+            matches!(&fx.send[0].2, Message::MultipartReply(r) if matches!(&r.body, Rep::PortStats(p) if p.len() == 1 && p[0].rx_packets == 3))
+        );
+        let fx = send(&mut s, 1, 3, mp(Req::PortStats(99)));
+        assert_eq!(
+            errors(&fx),
+            [code(of::OFPET_BAD_REQUEST, of::OFPBRC_BAD_PORT)]
+        );
+        for i in 0..2000u32 {
+            let fm: FlowMod = format!("ip,nw_dst=10.{}.{}.1 actions=output:1", i / 256, i % 256)
+                .parse()
+                .unwrap();
+            assert!(errors(&send(&mut s, 1, 4, Message::FlowMod(fm))).is_empty());
+        }
+        let req = of::FlowStatsRequest {
+            table_id: of::OFPTT_ALL,
+            out_port: of::OFPP_ANY,
+            out_group: of::OFPG_ANY,
+            cookie: 0,
+            cookie_mask: 0,
+            match_: of::Match::new(),
+        };
+        let fx = send(&mut s, 1, 5, mp(Req::Flow(req.clone())));
+        assert!(fx.send.len() > 1);
+        let mut total = 0;
+        for (i, (_, xid, m)) in fx.send.iter().enumerate() {
+            let Message::MultipartReply(r) = m else {
+                panic!()
+            };
+            let Rep::Flow(list) = &r.body else { panic!() };
+            total += list.len();
+            assert_eq!(*xid, 5);
+            assert_eq!(r.flags & of::OFPMPF_REPLY_MORE != 0, i + 1 < fx.send.len());
+            assert!(m.to_bytes(5).is_ok(), "reply too large");
+        }
+        assert_eq!(total, 2000);
+        let fx = send(&mut s, 1, 6, mp(Req::Aggregate(req)));
+        assert!(
+            matches!(&fx.send[0].2, Message::MultipartReply(r) if matches!(r.body, Rep::Aggregate(a) if a.flow_count == 2000))
+        );
+        let fx = send(&mut s, 1, 7, mp(Req::GroupDesc));
+        assert_eq!(
+            errors(&fx),
+            [code(of::OFPET_BAD_REQUEST, of::OFPBRC_BAD_MULTIPART)]
+        );
+    }
+
+    #[test]
+    fn arp_responder_and_standalone_fail_mode() {
+        let mut s = switch();
+        s.settings.arp_responder = Some([2, 0xd1, 0, 0, 0, 1]);
+        s.settings.fail_mode = FailMode::Standalone;
+        let mut req = vec![0xff; 6];
+        req.extend_from_slice(&[2, 0, 0, 0, 0, 0xa, 8, 6, 0, 1, 8, 0, 6, 4, 0, 1]);
+        req.extend_from_slice(&[
+            2, 0, 0, 0, 0, 0xa, 10, 1, 0, 2, 0, 0, 0, 0, 0, 0, 10, 1, 0, 1,
+        ]);
+        let fx = s.punt(pu(1, 0, u32::MAX, 42, req), 0, &mut Fake);
+        assert_eq!(fx.emit.len(), 1);
+        assert_eq!(fx.emit[0].0, 1);
+        assert_eq!(s.counters.arp_replies, 1);
+        // Standalone: unknown destination floods, known one gets a flow.
+        let mut a_to_b = ipv4_frame(17, [10, 1, 0, 2], [10, 1, 0, 3], 1, 2);
+        a_to_b[..6].copy_from_slice(&[2, 0, 0, 0, 0, 0xb]);
+        a_to_b[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0xa]);
+        let fx = s.punt(pu(1, 0, u32::MAX, 60, a_to_b.clone()), 0, &mut Fake);
+        assert_eq!(fx.emit.len(), 2);
+        let mut b_to_a = a_to_b.clone();
+        b_to_a[..6].copy_from_slice(&[2, 0, 0, 0, 0, 0xa]);
+        b_to_a[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0xb]);
+        let fx = s.punt(pu(2, 0, u32::MAX, 60, b_to_a), 0, &mut Fake);
+        assert_eq!(fx.emit, [(1, fx.emit[0].1.clone())]);
+        assert_eq!(s.flows.len(), 1);
+        // A controller arrives: the learned flows go.
+        s.connected(1);
+        let fx = send(&mut s, 1, 1, Message::Hello(of::Hello::new()));
+        assert!(fx.ops.iter().any(|o| matches!(o, MapOp::DelFlow(_))));
+        assert!(s.flows.is_empty());
+    }
+
+    #[test]
+    fn mangled_messages_never_panic_nor_corrupt_the_table() {
+        let mut s = switch();
+        hello(&mut s, 1);
+        let fm: FlowMod = "cookie=0x7,priority=9,in_port=1,ip,nw_dst=10.0.0.2 actions=set_field:02:00:00:00:00:0b->eth_dst,output:2"
+            .parse()
+            .unwrap();
+        let good = Message::FlowMod(fm.clone()).to_bytes(3).unwrap();
+        send(&mut s, 1, 3, Message::FlowMod(fm));
+        let dump = |s: &Switch| {
+            s.flows
+                .rules()
+                .rules()
+                .map(|(i, r)| (i, r.clone()))
+                .collect::<Vec<_>>()
+        };
+        let mut before = dump(&s);
+        let seeds: Vec<Vec<u8>> = vec![
+            good.clone(),
+            Message::PacketOut(PacketOut::new(1, vec![of::Action::output(2)], vec![1; 20]))
+                .to_bytes(4)
+                .unwrap(),
+            Message::MultipartRequest(of::MultipartRequest::new(Req::PortStats(of::OFPP_ANY)))
+                .to_bytes(5)
+                .unwrap(),
+        ];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..20_000 {
+            let mut b = seeds[i % seeds.len()].clone();
+            for _ in 0..(rnd() % 4 + 1) {
+                let at = (rnd() as usize) % b.len();
+                b[at] = rnd() as u8;
+            }
+            if rnd() % 4 == 0 {
+                b.truncate((rnd() as usize) % b.len());
+            }
+            if let Ok(Some((frame, _))) = of::decode(&b) {
+                // Only well-formed FLOW_MODs may change the table.
+                let is_mod = matches!(frame.message, Message::FlowMod(_));
+                s.handle(1, frame, &b, 0, &mut Fake);
+                if is_mod {
+                    before = dump(&s);
+                    for (_, r) in &before {
+                        assert_eq!(r.key, r.key.masked(&r.mask));
+                    }
+                } else {
+                    assert_eq!(dump(&s), before);
+                }
+            }
+        }
+    }
+}

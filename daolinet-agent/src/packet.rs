@@ -1,0 +1,377 @@
+//! Userspace packet handling, sans-IO: extract the classifier key from a
+//! frame (as the datapath does), apply datapath actions to a frame (for
+//! PACKET_OUT, which the agent executes itself), and build ARP replies for
+//! the local ARP responder.
+
+use daolinet_common::{Action, ActionKind, FlowKey, VLAN_PRESENT};
+
+const ETH_HLEN: usize = 14;
+
+fn be16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
+}
+
+fn arr<const N: usize>(b: &[u8], at: usize) -> Option<[u8; N]> {
+    b.get(at..at + N)?.try_into().ok()
+}
+
+/// Offsets found while parsing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Layout {
+    /// Start of the L3 header.
+    pub l3: usize,
+    /// Start of the L4 header for an unfragmented IPv4 packet.
+    pub l4: Option<usize>,
+}
+
+/// The datapath's [`FlowKey`] of `frame` received on `in_port`, or None
+/// when the frame is malformed (the datapath drops those too).
+pub fn flow_key(frame: &[u8], in_port: u32) -> Option<(FlowKey, Layout)> {
+    let mut k = FlowKey {
+        in_port,
+        eth_dst: arr(frame, 0)?,
+        eth_src: arr(frame, 6)?,
+        ..Default::default()
+    };
+    let mut lay = Layout {
+        l3: ETH_HLEN,
+        l4: None,
+    };
+    let mut et = be16(frame, 12)?;
+    if et == FlowKey::ETH_TYPE_VLAN {
+        k.vlan_tci = (be16(frame, 14)? & 0x0fff) | VLAN_PRESENT;
+        et = be16(frame, 16)?;
+        lay.l3 = ETH_HLEN + 4;
+    }
+    k.eth_type = et;
+    let l3 = lay.l3;
+    match et {
+        FlowKey::ETH_TYPE_IPV4 => {
+            let ip: [u8; 20] = arr(frame, l3)?;
+            let ihl = usize::from(ip[0] & 0x0f) * 4;
+            if ip[0] >> 4 != 4 || ihl < 20 || frame.len() < l3 + ihl {
+                return None;
+            }
+            k.ip_proto = ip[9];
+            k.ipv4_src = [ip[12], ip[13], ip[14], ip[15]];
+            k.ipv4_dst = [ip[16], ip[17], ip[18], ip[19]];
+            let l4 = l3 + ihl;
+            if u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
+                return Some((k, lay));
+            }
+            let need = match k.ip_proto {
+                FlowKey::IPPROTO_TCP => 20,
+                FlowKey::IPPROTO_UDP => 8,
+                FlowKey::IPPROTO_ICMP => 4,
+                _ => return Some((k, lay)),
+            };
+            if frame.len() < l4 + need {
+                return None;
+            }
+            if k.ip_proto == FlowKey::IPPROTO_ICMP {
+                k.l4_src = u16::from(frame[l4]);
+                k.l4_dst = u16::from(frame[l4 + 1]);
+            } else {
+                k.l4_src = be16(frame, l4)?;
+                k.l4_dst = be16(frame, l4 + 2)?;
+            }
+            lay.l4 = Some(l4);
+        }
+        FlowKey::ETH_TYPE_ARP => {
+            let h: [u8; 8] = arr(frame, l3)?;
+            k.arp_op = u16::from_be_bytes([h[6], h[7]]);
+            if h[..6] == [0, 1, 8, 0, 6, 4] {
+                k.ipv4_src = arr(frame, l3 + 14)?;
+                k.ipv4_dst = arr(frame, l3 + 24)?;
+            }
+        }
+        _ => {}
+    }
+    Some((k, lay))
+}
+
+/// Ones'-complement sum of `data` (folded).
+fn csum_add(mut sum: u32, data: &[u8]) -> u32 {
+    let mut it = data.chunks_exact(2);
+    for c in &mut it {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [b] = it.remainder() {
+        sum += u32::from(*b) << 8;
+    }
+    sum
+}
+
+fn fold(mut sum: u32) -> u16 {
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// RFC 1624 incremental update of checksum field at `at` for a change of
+/// `old` to `new` (both an even number of bytes).
+fn csum_replace(frame: &mut [u8], at: usize, old: &[u8], new: &[u8]) {
+    let Some(c) = be16(frame, at) else { return };
+    let mut sum = u32::from(!c);
+    for ch in old.chunks_exact(2) {
+        sum += u32::from(!u16::from_be_bytes([ch[0], ch[1]]));
+    }
+    sum = csum_add(sum, new);
+    let v = !fold(sum);
+    frame[at..at + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+fn ip_checksum(frame: &mut [u8], l3: usize) {
+    let ihl = usize::from(frame.get(l3).copied().unwrap_or(0) & 0x0f) * 4;
+    if frame.len() < l3 + ihl || ihl < 20 {
+        return;
+    }
+    frame[l3 + 10] = 0;
+    frame[l3 + 11] = 0;
+    let c = !fold(csum_add(0, &frame[l3..l3 + ihl]));
+    frame[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Offset of the L4 checksum for TCP/UDP, None when absent (or a UDP
+/// checksum of zero, which means "none").
+fn l4_csum_at(frame: &[u8], proto: u8, l4: usize) -> Option<usize> {
+    match proto {
+        FlowKey::IPPROTO_TCP => Some(l4 + 16).filter(|a| a + 2 <= frame.len()),
+        FlowKey::IPPROTO_UDP => {
+            let at = l4 + 6;
+            (be16(frame, at)? != 0).then_some(at)
+        }
+        _ => None,
+    }
+}
+
+/// What applying one action did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The frame was rewritten (or nothing to do).
+    Done,
+    /// dec_ttl found a TTL of 0 or 1: the packet must not go on.
+    TtlExpired,
+}
+
+/// Apply a rewrite action (set-field, dec_ttl) to `frame` with checksum
+/// fix-ups. Output actions are the caller's business and are ignored here.
+pub fn rewrite(frame: &mut [u8], a: &Action) -> Applied {
+    let Some((k, lay)) = flow_key(frame, 0) else {
+        return Applied::Done;
+    };
+    let ip = k.eth_type == FlowKey::ETH_TYPE_IPV4;
+    match a.kind() {
+        Some(ActionKind::SetEthSrc) => frame[6..12].copy_from_slice(&a.mac()),
+        Some(ActionKind::SetEthDst) => frame[0..6].copy_from_slice(&a.mac()),
+        Some(kind @ (ActionKind::SetIpv4Src | ActionKind::SetIpv4Dst)) if ip => {
+            let at = lay.l3
+                + if kind == ActionKind::SetIpv4Src {
+                    12
+                } else {
+                    16
+                };
+            let old: [u8; 4] = match arr(frame, at) {
+                Some(o) => o,
+                None => return Applied::Done,
+            };
+            let new = a.ipv4();
+            frame[at..at + 4].copy_from_slice(&new);
+            ip_checksum(frame, lay.l3);
+            if let Some(c) = lay.l4.and_then(|l4| l4_csum_at(frame, k.ip_proto, l4)) {
+                csum_replace(frame, c, &old, &new);
+            }
+        }
+        Some(kind @ (ActionKind::SetL4Src | ActionKind::SetL4Dst)) if ip => {
+            let Some(l4) = lay.l4 else {
+                return Applied::Done;
+            };
+            if k.ip_proto != FlowKey::IPPROTO_TCP && k.ip_proto != FlowKey::IPPROTO_UDP {
+                return Applied::Done;
+            }
+            let at = l4 + if kind == ActionKind::SetL4Src { 0 } else { 2 };
+            let old: [u8; 2] = match arr(frame, at) {
+                Some(o) => o,
+                None => return Applied::Done,
+            };
+            let new = (a.arg as u16).to_be_bytes();
+            frame[at..at + 2].copy_from_slice(&new);
+            if let Some(c) = l4_csum_at(frame, k.ip_proto, l4) {
+                csum_replace(frame, c, &old, &new);
+            }
+        }
+        Some(ActionKind::DecTtl) if ip => {
+            let at = lay.l3 + 8;
+            let ttl = frame[at];
+            if ttl <= 1 {
+                return Applied::TtlExpired;
+            }
+            frame[at] = ttl - 1;
+            ip_checksum(frame, lay.l3);
+        }
+        _ => {}
+    }
+    Applied::Done
+}
+
+/// If `frame` is an ARP request for IPv4, the reply that says the target
+/// address is at `mac`.
+pub fn arp_reply(frame: &[u8], mac: [u8; 6]) -> Option<Vec<u8>> {
+    let (k, lay) = flow_key(frame, 0)?;
+    if k.eth_type != FlowKey::ETH_TYPE_ARP || k.arp_op != 1 || k.vlan_tci != 0 {
+        return None;
+    }
+    let l3 = lay.l3;
+    let h: [u8; 6] = arr(frame, l3)?;
+    if h != [0, 1, 8, 0, 6, 4] {
+        return None;
+    }
+    let sha: [u8; 6] = arr(frame, l3 + 8)?;
+    let spa: [u8; 4] = arr(frame, l3 + 14)?;
+    let tpa: [u8; 4] = arr(frame, l3 + 24)?;
+    if tpa == spa {
+        // Gratuitous ARP: nothing to answer.
+        return None;
+    }
+    let mut r = Vec::with_capacity(42);
+    r.extend_from_slice(&sha);
+    r.extend_from_slice(&mac);
+    r.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 2]);
+    r.extend_from_slice(&mac);
+    r.extend_from_slice(&tpa);
+    r.extend_from_slice(&sha);
+    r.extend_from_slice(&spa);
+    Some(r)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// An Ethernet/IPv4/UDP or TCP frame with valid checksums.
+    pub(crate) fn ipv4_frame(
+        proto: u8,
+        src: [u8; 4],
+        dst: [u8; 4],
+        sport: u16,
+        dport: u16,
+    ) -> Vec<u8> {
+        let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 8, 0];
+        let l4len = if proto == 6 { 20 } else { 8 };
+        let payload = b"hello";
+        let total = 20 + l4len + payload.len();
+        f.extend_from_slice(&[
+            0x45,
+            0,
+            (total >> 8) as u8,
+            total as u8,
+            0,
+            1,
+            0,
+            0,
+            64,
+            proto,
+            0,
+            0,
+        ]);
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&dst);
+        let l4 = f.len();
+        f.extend_from_slice(&sport.to_be_bytes());
+        f.extend_from_slice(&dport.to_be_bytes());
+        if proto == 6 {
+            f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+        } else {
+            f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+            f.extend_from_slice(&[0, 0]);
+        }
+        f.extend_from_slice(payload);
+        ip_checksum(&mut f, 14);
+        let c = l4_full_checksum(&f, 14);
+        let at = if proto == 6 { l4 + 16 } else { l4 + 6 };
+        f[at..at + 2].copy_from_slice(&c.to_be_bytes());
+        f
+    }
+
+    /// The L4 checksum computed from scratch (pseudo-header included).
+    fn l4_full_checksum(f: &[u8], l3: usize) -> u16 {
+        let proto = f[l3 + 9];
+        let l4 = l3 + 20;
+        let len = f.len() - l4;
+        let mut g = f.to_vec();
+        let at = if proto == 6 { l4 + 16 } else { l4 + 6 };
+        g[at] = 0;
+        g[at + 1] = 0;
+        let mut sum = csum_add(0, &f[l3 + 12..l3 + 20]);
+        sum += u32::from(proto) + len as u32;
+        sum = csum_add(sum, &g[l4..]);
+        !fold(sum)
+    }
+
+    fn valid(f: &[u8]) -> bool {
+        let ipok = fold(csum_add(0, &f[14..34])) == 0xffff;
+        let proto = f[23];
+        let at = if proto == 6 { 34 + 16 } else { 34 + 6 };
+        ipok && u16::from_be_bytes([f[at], f[at + 1]]) == l4_full_checksum(f, 14)
+    }
+
+    #[test]
+    fn keys_match_what_the_datapath_extracts() {
+        let f = ipv4_frame(6, [10, 0, 0, 1], [10, 0, 0, 2], 1234, 80);
+        let (k, lay) = flow_key(&f, 3).unwrap();
+        assert_eq!(k.in_port, 3);
+        assert_eq!(
+            (k.eth_type, k.ip_proto, k.l4_src, k.l4_dst),
+            (0x0800, 6, 1234, 80)
+        );
+        assert_eq!(k.ipv4_dst, [10, 0, 0, 2]);
+        assert_eq!(lay.l4, Some(34));
+        assert!(flow_key(&f[..20], 1).is_none());
+        assert!(flow_key(&f[..36], 1).is_none());
+    }
+
+    #[test]
+    fn rewrites_keep_checksums_valid() {
+        for proto in [6, 17] {
+            let mut f = ipv4_frame(proto, [10, 0, 0, 1], [10, 0, 0, 2], 1234, 80);
+            assert!(valid(&f));
+            for a in [
+                Action::set_ipv4_src([172, 16, 9, 200]),
+                Action::set_ipv4_dst([192, 168, 77, 1]),
+                Action::set_l4_src(40000),
+                Action::set_l4_dst(8080),
+                Action::dec_ttl(),
+                Action::set_eth_dst([2, 0, 0, 0, 0, 9]),
+            ] {
+                assert_eq!(rewrite(&mut f, &a), Applied::Done);
+                assert!(valid(&f), "{proto} {a:?}");
+            }
+            let (k, _) = flow_key(&f, 0).unwrap();
+            assert_eq!((k.ipv4_src, k.l4_dst), ([172, 16, 9, 200], 8080));
+            assert_eq!(f[22], 63);
+            f[22] = 1;
+            assert_eq!(rewrite(&mut f, &Action::dec_ttl()), Applied::TtlExpired);
+        }
+    }
+
+    #[test]
+    fn arp_requests_get_the_gateway_mac() {
+        let mut req = vec![0xff; 6];
+        req.extend_from_slice(&[2, 0, 0, 0, 0, 0xa, 8, 6, 0, 1, 8, 0, 6, 4, 0, 1]);
+        req.extend_from_slice(&[2, 0, 0, 0, 0, 0xa, 10, 1, 0, 2]);
+        req.extend_from_slice(&[0; 6]);
+        req.extend_from_slice(&[10, 1, 0, 1]);
+        let gw = [2, 0xd1, 0, 0, 0, 1];
+        let r = arp_reply(&req, gw).unwrap();
+        let (k, _) = flow_key(&r, 0).unwrap();
+        assert_eq!(
+            (k.arp_op, k.ipv4_src, k.ipv4_dst),
+            (2, [10, 1, 0, 1], [10, 1, 0, 2])
+        );
+        assert_eq!(k.eth_src, gw);
+        assert_eq!(k.eth_dst, [2, 0, 0, 0, 0, 0xa]);
+        assert!(arp_reply(&r, gw).is_none());
+        assert!(arp_reply(&req[..30], gw).is_none());
+    }
+}
