@@ -1,18 +1,28 @@
-//! The running agent: datapath + rule table + ports, and the control
-//! socket protocol (one JSON request per line, one JSON reply per line).
+//! The running agent: datapath + OpenFlow switch + ports + controller
+//! connections, and the control socket protocol (one JSON request per
+//! line, one JSON reply per line).
+//!
+//! [`Agent`] is the glue between the sans-IO [`Switch`] and the I/O:
+//! it applies [`Effects`] (map operations, frames to transmit, messages to
+//! connections) and reads counters from the maps.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, Context, Result};
-use daolinet_common::PortKind;
+use bytes::BytesMut;
+use daolinet_common::{PortKind, PortStats, RuleStats};
+use daolinet_openflow::{self as of, FlowMod, Frame, Message};
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 
-use crate::compile::{compile_instructions, compile_match};
 use crate::datapath::{Datapath, UplinkMode};
-use crate::table::{Rule, RuleTable};
+use crate::inject::Injector;
+use crate::ofswitch::{ConnId, Effects, PortDesc, Switch};
+use crate::oftable::Counters;
 
 /// A request on `<state-dir>/agent.sock`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -32,7 +42,7 @@ pub enum Request {
         /// Interface name.
         iface: String,
     },
-    /// Install a rule given in ovs-ofctl flow syntax.
+    /// Install a rule given in ovs-ofctl flow syntax (OpenFlow add semantics).
     RuleAdd {
         /// E.g. `priority=100,in_port=1,ip,nw_dst=10.0.0.2 actions=output:2`.
         flow: String,
@@ -46,67 +56,310 @@ pub enum Request {
     },
     /// Dump rules with counters, like `ovs-ofctl dump-flows`.
     Flows,
+    /// Switch counters (PACKET_IN, rate limiting, PACKET_OUT, errors...).
+    Status,
 }
 
-/// The agent state shared by the control socket and the punt reader.
+/// Monotonic clock in nanoseconds (the clock of `bpf_ktime_get_ns`).
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).wrapping_mul(1_000_000_000) + ts.tv_nsec as u64
+}
+
+/// Counters read from the BPF maps.
+struct MapCounters<'a>(&'a mut Datapath);
+
+impl Counters for MapCounters<'_> {
+    fn rule(&mut self, id: u32) -> RuleStats {
+        self.0.rule_stats(id).unwrap_or_default()
+    }
+    fn port(&mut self, ofport: u32) -> Option<PortStats> {
+        self.0.ofport_stats(ofport)
+    }
+}
+
+/// Messages queued per connection before it counts as stuck and is closed.
+pub const CONN_QUEUE: usize = 4096;
+
+/// The agent state shared by the control socket, the controller
+/// connections, the punt reader and the timers.
 pub struct Agent {
     /// The loaded datapath.
     pub dp: Datapath,
-    /// The userspace rule table.
-    pub table: RuleTable,
+    /// The OpenFlow switch (flow table, sessions, ports).
+    pub sw: Switch,
     /// Uplink attach mode.
     pub uplink_mode: UplinkMode,
+    /// Sends frames on ports (PACKET_OUT, ARP replies).
+    pub injector: Option<Injector>,
+    /// Write queues of the controller connections.
+    conns: HashMap<ConnId, mpsc::Sender<Vec<u8>>>,
+    /// ifindex and kind by OpenFlow port.
+    ifindex: HashMap<u32, (u32, String)>,
+}
+
+/// Read an interface's MAC address and whether it is running.
+pub fn iface_info(name: &str) -> (Option<[u8; 6]>, bool) {
+    // SAFETY: a plain datagram socket used only for ioctls, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return (None, false);
+    }
+    // SAFETY: ifreq is plain old data.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes().take(15)) {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: valid fd and ifreq.
+    let mac = (unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) } == 0).then(|| {
+        // SAFETY: the kernel filled ifru_hwaddr.
+        let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
+        let mut m = [0u8; 6];
+        for (d, s) in m.iter_mut().zip(sa.sa_data.iter()) {
+            *d = *s as u8;
+        }
+        m
+    });
+    // SAFETY: valid fd and ifreq.
+    let up = unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) } == 0
+        // SAFETY: the kernel filled ifru_flags.
+        && (unsafe { req.ifr_ifru.ifru_flags } as libc::c_int & libc::IFF_RUNNING) != 0;
+    // SAFETY: we own fd.
+    unsafe { libc::close(fd) };
+    (mac, up)
 }
 
 impl Agent {
-    /// Attach a port; `ofport` defaults to the next free number.
+    /// An agent over a loaded datapath and a switch.
+    pub fn new(dp: Datapath, sw: Switch, uplink_mode: UplinkMode) -> Self {
+        let injector = match Injector::new() {
+            Ok(i) => Some(i),
+            Err(e) => {
+                tracing::warn!("no AF_PACKET socket, PACKET_OUT disabled: {e:#}");
+                None
+            }
+        };
+        Agent {
+            dp,
+            sw,
+            uplink_mode,
+            injector,
+            conns: HashMap::new(),
+            ifindex: HashMap::new(),
+        }
+    }
+
+    /// Attach a port; `ofport` defaults to the next free number below the
+    /// uplink's. Announced to controllers with PORT_STATUS.
     pub fn add_port(&mut self, iface: &str, ofport: Option<u32>, kind: PortKind) -> Result<u32> {
         let ofport = match ofport {
             Some(p) => p,
-            None => self.dp.ports()?.iter().map(|p| p.ofport).max().unwrap_or(0) + 1,
+            None => {
+                self.dp
+                    .ports()?
+                    .iter()
+                    .map(|p| p.ofport)
+                    .filter(|p| *p < 0xfff0)
+                    .max()
+                    .unwrap_or(0)
+                    + 1
+            }
         };
+        if ofport == 0 || ofport > of::OFPP_MAX {
+            anyhow::bail!("OpenFlow port number {ofport} is out of range (1..=0xffffff00)");
+        }
         self.dp.attach_port(iface, ofport, kind, self.uplink_mode)?;
+        let ifindex = crate::datapath::ifindex(iface)?;
+        self.ifindex.insert(ofport, (ifindex, iface.to_string()));
+        let (mac, up) = iface_info(iface);
+        let fx = self.sw.port_added(
+            PortDesc {
+                ofport,
+                name: iface.to_string(),
+                mac: mac.unwrap_or_default(),
+                up,
+            },
+            now_ns(),
+        );
+        self.apply(fx);
         tracing::info!(iface, ofport, ?kind, "port attached");
         Ok(ofport)
     }
 
-    /// Install a rule in the table and the maps.
-    pub fn add_rule(&mut self, rule: Rule) -> Result<u32> {
-        let (id, ops) = self.table.insert(rule)?;
-        self.dp.apply(&ops)?;
-        Ok(id)
-    }
-
-    /// Remove the rules matching a cookie; returns how many.
-    pub fn del_rules(&mut self, cookie: u64, mask: u64) -> Result<usize> {
-        let ids = self.table.ids_by_cookie(cookie, mask);
-        for id in &ids {
-            let (_, ops) = self.table.remove(*id)?;
-            self.dp.apply(&ops)?;
+    /// Detach a port by interface name.
+    pub fn del_port(&mut self, iface: &str) -> Result<()> {
+        self.dp.detach_port(iface)?;
+        let gone: Vec<u32> = self
+            .ifindex
+            .iter()
+            .filter(|(_, (_, n))| n == iface)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in gone {
+            self.ifindex.remove(&p);
+            let fx = self.sw.port_removed(p);
+            self.apply(fx);
         }
-        Ok(ids.len())
+        tracing::info!(iface, "port detached");
+        Ok(())
     }
 
-    /// The flow dump, one line per rule.
+    /// Notice ports whose interface vanished or changed link state.
+    pub fn check_ports(&mut self) {
+        let list: Vec<(u32, u32, String)> = self
+            .ifindex
+            .iter()
+            .map(|(p, (i, n))| (*p, *i, n.clone()))
+            .collect();
+        for (ofport, ifindex, name) in list {
+            match crate::datapath::ifindex(&name) {
+                Ok(i) if i == ifindex => {
+                    let (mac, up) = iface_info(&name);
+                    let fx = self.sw.port_modified(PortDesc {
+                        ofport,
+                        name,
+                        mac: mac.unwrap_or_default(),
+                        up,
+                    });
+                    self.apply(fx);
+                }
+                _ => {
+                    tracing::info!(iface = %name, ofport, "interface gone: port removed");
+                    let _ = self.del_port(&name);
+                }
+            }
+        }
+    }
+
+    /// Apply effects: map operations first, then frames, then messages.
+    pub fn apply(&mut self, fx: Effects) {
+        if !fx.ops.is_empty() {
+            if let Err(e) = self.dp.apply(&fx.ops) {
+                tracing::error!("writing the datapath maps: {e:#}");
+            }
+        }
+        for (port, frame) in fx.emit {
+            match (self.ifindex.get(&port), &self.injector) {
+                (Some((ifindex, _)), Some(inj)) => {
+                    if let Err(e) = inj.send(*ifindex, &frame) {
+                        tracing::debug!(port, "transmit failed: {e}");
+                    }
+                }
+                _ => tracing::debug!(port, "no such port for output: frame dropped"),
+            }
+        }
+        for (conn, xid, msg) in fx.send {
+            self.send(conn, xid, &msg);
+        }
+        for conn in fx.close {
+            // Dropping the queue ends the writer, which closes the socket.
+            self.conns.remove(&conn);
+        }
+    }
+
+    /// Queue a message to a connection; a connection whose queue is full is
+    /// closed (a controller that does not read must not make us grow).
+    pub fn send(&mut self, conn: ConnId, xid: u32, msg: &Message) {
+        let mut b = BytesMut::new();
+        if let Err(e) = of::encode(msg, xid, &mut b) {
+            tracing::warn!("not sent: {e}");
+            return;
+        }
+        let Some(tx) = self.conns.get(&conn) else {
+            return;
+        };
+        if let Err(e) = tx.try_send(b.to_vec()) {
+            if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                tracing::warn!(conn, "controller does not read its messages: closing");
+            }
+            self.conns.remove(&conn);
+        }
+    }
+
+    /// A controller connection opened: register its queue, say HELLO.
+    pub fn conn_open(&mut self, conn: ConnId, tx: mpsc::Sender<Vec<u8>>) {
+        self.conns.insert(conn, tx);
+        let fx = self.sw.connected(conn);
+        self.apply(fx);
+    }
+
+    /// True while the connection may be used (not closed by the switch).
+    pub fn conn_alive(&self, conn: ConnId) -> bool {
+        self.conns.contains_key(&conn)
+    }
+
+    /// A controller connection closed.
+    pub fn conn_closed(&mut self, conn: ConnId) {
+        self.conns.remove(&conn);
+        self.sw.disconnected(conn);
+    }
+
+    /// A message from a controller.
+    pub fn conn_frame(&mut self, conn: ConnId, frame: Frame, raw: &[u8]) {
+        let Agent { dp, sw, .. } = self;
+        let fx = sw.handle(conn, frame, raw, now_ns(), &mut MapCounters(dp));
+        self.apply(fx);
+    }
+
+    /// Drain the punt ring: ARP responder, PACKET_IN, standalone learning.
+    pub fn drain_punts(&mut self) {
+        let punts = match self.dp.punts() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("reading punts: {e:#}");
+                return;
+            }
+        };
+        for p in punts {
+            match p {
+                Ok(p) => {
+                    let Agent { dp, sw, .. } = self;
+                    let fx = sw.punt(p, now_ns(), &mut MapCounters(dp));
+                    self.apply(fx);
+                }
+                Err(e) => tracing::warn!("bad punt record: {e:#}"),
+            }
+        }
+    }
+
+    /// Timers: flow expiry.
+    pub fn tick(&mut self) {
+        let Agent { dp, sw, .. } = self;
+        let fx = sw.tick(now_ns(), &mut MapCounters(dp));
+        self.apply(fx);
+    }
+
+    /// Apply a FLOW_MOD given locally; returns how many flows it touched.
+    pub fn local_flow_mod(&mut self, fm: &FlowMod) -> Result<usize> {
+        let Agent { dp, sw, .. } = self;
+        let (n, fx) = sw
+            .local_flow_mod(fm, now_ns(), &mut MapCounters(dp))
+            .map_err(|c| anyhow!("flow refused: {c}"))?;
+        self.apply(fx);
+        Ok(n)
+    }
+
+    /// The flow dump, one line per flow, like `ovs-ofctl dump-flows`.
     pub fn dump_flows(&mut self) -> Result<Vec<String>> {
-        let rules: Vec<(u32, Rule)> = self.table.rules().map(|(i, r)| (i, r.clone())).collect();
-        let mut out = Vec::new();
-        for (id, r) in rules {
-            let s = self.dp.rule_stats(id)?;
-            let m = crate::compile::format_match(&r.key, &r.mask);
-            out.push(format!(
-                "cookie={:#x}, n_packets={}, n_bytes={}, idle_timeout={}, priority={}{}{} actions={}",
-                r.cookie,
-                s.packets,
-                s.bytes,
-                r.idle_timeout,
-                r.priority,
-                if m.is_empty() { "" } else { "," },
-                m,
-                crate::compile::format_actions(&r.actions)
-            ));
-        }
-        Ok(out)
+        let req = of::FlowStatsRequest {
+            table_id: of::OFPTT_ALL,
+            out_port: of::OFPP_ANY,
+            out_group: of::OFPG_ANY,
+            cookie: 0,
+            cookie_mask: 0,
+            match_: of::Match::new(),
+        };
+        let Agent { dp, sw, .. } = self;
+        let list = sw
+            .flows
+            .flow_stats(&req, now_ns(), &mut MapCounters(dp))
+            .map_err(|c| anyhow!("{c}"))?;
+        Ok(list.iter().map(|f| f.to_string()).collect())
     }
 
     fn handle(&mut self, req: Request) -> Result<serde_json::Value> {
@@ -117,32 +370,31 @@ impl Agent {
                 serde_json::json!({ "ofport": p })
             }
             Request::PortDel { iface } => {
-                self.dp.detach_port(&iface)?;
+                self.del_port(&iface)?;
                 serde_json::json!({ "removed": iface })
             }
             Request::RuleAdd { flow } => {
-                let fm: daolinet_openflow::FlowMod = flow
+                let fm: FlowMod = flow
                     .parse()
                     .map_err(|e| anyhow!("bad flow {flow:?}: {e}"))?;
-                let (key, mask) = compile_match(&fm.match_)?;
-                let actions = compile_instructions(&fm.instructions)?;
-                let id = self.add_rule(Rule {
-                    priority: fm.priority,
-                    key,
-                    mask,
-                    actions,
-                    cookie: fm.cookie,
-                    idle_timeout: fm.idle_timeout,
-                    hard_timeout: fm.hard_timeout,
-                    flags: fm.flags,
-                })?;
-                serde_json::json!({ "rule": id })
+                if fm.command != of::OFPFC_ADD {
+                    anyhow::bail!("rule add takes a flow to add");
+                }
+                self.local_flow_mod(&fm)?;
+                serde_json::json!({ "added": 1 })
             }
             Request::RuleDel { cookie, mask } => {
-                let n = self.del_rules(cookie, mask.unwrap_or(u64::MAX))?;
+                let fm = FlowMod::delete(of::Match::new())
+                    .cookie_match(cookie, mask.unwrap_or(u64::MAX));
+                let n = self.local_flow_mod(&fm)?;
                 serde_json::json!({ "removed": n })
             }
             Request::Flows => serde_json::to_value(self.dump_flows()?)?,
+            Request::Status => serde_json::json!({
+                "flows": self.sw.flows.len(),
+                "controllers": self.conns.len(),
+                "counters": self.sw.counters,
+            }),
         })
     }
 }

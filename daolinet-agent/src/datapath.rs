@@ -548,6 +548,25 @@ impl Datapath {
         Ok(out)
     }
 
+    /// Counters of the port with OpenFlow number `ofport`, if attached.
+    pub fn ofport_stats(&mut self, ofport: u32) -> Option<PortStats> {
+        let slot = self
+            .ports
+            .values()
+            .find(|p| p.info.ofport == ofport)?
+            .info
+            .slot;
+        self.port_stats(slot).ok()
+    }
+
+    /// A duplicate of the punt ring buffer's file descriptor, to wait for
+    /// punts with epoll (it becomes readable when records are submitted).
+    pub fn punt_ring_fd(&mut self) -> Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        let ring = RingBuf::try_from(self.map(names::PUNTS)?)?;
+        Ok(ring.as_fd().try_clone_to_owned()?)
+    }
+
     /// Drain the punt ring buffer. A record that is too short for its own
     /// header or `cap_len` comes back as an error in its slot; the others
     /// are still returned.

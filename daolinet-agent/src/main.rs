@@ -2,14 +2,14 @@
 
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use daolinet_agent::agent::{request, serve, Agent, Request};
 use daolinet_agent::datapath::{default_object_path, Datapath, UplinkMode};
+use daolinet_agent::ofswitch::{FailMode, Switch, SwitchSettings};
+use daolinet_agent::oftable::FlowTable;
 use daolinet_agent::table::RuleTable;
 use daolinet_common::PortKind;
 
@@ -49,9 +49,30 @@ enum Cmd {
         /// The BPF object (default: $DAOLINET_BPF_OBJECT or the workspace build).
         #[arg(long)]
         bpf_object: Option<PathBuf>,
-        /// OpenFlow controller (not served yet: the OpenFlow side is its own issue).
-        #[arg(long)]
+        /// OpenFlow 1.3 controller to connect to, `tcp:IP[:PORT]` (default port
+        /// 6653); repeat for several. Reconnects with backoff, echo keepalive.
+        #[arg(long, value_name = "tcp:IP[:PORT]")]
         controller: Vec<String>,
+        /// Passive OpenFlow listener for tools (`ovs-ofctl -O OpenFlow13 ... tcp:127.0.0.1:PORT`).
+        #[arg(long, value_name = "ptcp:PORT[:IP]")]
+        listen: Option<String>,
+        /// Datapath id in hex (default: from the uplink's MAC address).
+        #[arg(long, value_name = "HEX")]
+        datapath_id: Option<String>,
+        /// Without a reachable controller: `secure` keeps the flows and drops
+        /// table misses; `standalone` also forwards misses by L2 learning.
+        #[arg(long, value_enum, default_value = "secure")]
+        fail_mode: FailMode,
+        /// PACKET_INs per second allowed per ingress port (0 = unlimited).
+        #[arg(long, default_value_t = 1000)]
+        packet_in_rate: u32,
+        /// PACKET_IN burst allowed per port above the rate.
+        #[arg(long, default_value_t = 200)]
+        packet_in_burst: u32,
+        /// Answer containers' ARP requests locally with this (gateway) MAC,
+        /// without a controller round trip. Off by default.
+        #[arg(long, value_name = "MAC")]
+        arp_responder: Option<String>,
     },
     /// Manage ports of the running agent.
     Port {
@@ -62,6 +83,8 @@ enum Cmd {
     Ports,
     /// Print the rule table with counters (like `ovs-ofctl dump-flows`).
     Flows,
+    /// Switch counters (PACKET_IN sent and rate limited, PACKET_OUT, errors).
+    Status,
     /// Install or remove rules in the running agent.
     Rule {
         #[command(subcommand)]
@@ -100,12 +123,6 @@ enum RuleCmd {
     },
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -134,15 +151,58 @@ fn dispatch(cli: Cli) -> Result<()> {
             uplink_mode,
             bpf_object,
             controller,
-        } => run(
-            &dir,
-            &cli.bpffs,
-            &uplink,
-            &ports,
-            uplink_mode,
-            bpf_object,
-            &controller,
-        ),
+            listen,
+            datapath_id,
+            fail_mode,
+            packet_in_rate,
+            packet_in_burst,
+            arp_responder,
+        } => {
+            let controllers = controller
+                .iter()
+                .map(|c| daolinet_agent::runtime::parse_active(c))
+                .collect::<Result<Vec<_>>>()?;
+            let listen = listen
+                .as_deref()
+                .map(daolinet_agent::runtime::parse_passive)
+                .transpose()?;
+            let dpid = datapath_id
+                .as_deref()
+                .map(|h| {
+                    u64::from_str_radix(h.trim_start_matches("0x"), 16)
+                        .map_err(|_| anyhow!("bad --datapath-id {h:?}: expected hex"))
+                })
+                .transpose()?;
+            let arp = arp_responder
+                .as_deref()
+                .map(|m| {
+                    m.parse::<daolinet_openflow::MacAddr>()
+                        .map(|m| m.0)
+                        .map_err(|e| anyhow!("--arp-responder: {e}"))
+                })
+                .transpose()?;
+            let settings = SwitchSettings {
+                datapath_id: dpid.unwrap_or(0),
+                packet_in_rate,
+                packet_in_burst,
+                arp_responder: arp,
+                fail_mode,
+            };
+            run(
+                &dir,
+                &cli.bpffs,
+                &uplink,
+                &ports,
+                uplink_mode,
+                bpf_object,
+                Net {
+                    controllers,
+                    listen,
+                    settings,
+                    dpid_given: dpid.is_some(),
+                },
+            )
+        }
         Cmd::Port {
             cmd: PortCmd::Add { iface, ofport },
         } => print(request(&dir, &Request::PortAdd { iface, ofport })?),
@@ -150,6 +210,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             cmd: PortCmd::Del { iface },
         } => print(request(&dir, &Request::PortDel { iface })?),
         Cmd::Ports => print(request(&dir, &Request::Ports)?),
+        Cmd::Status => print(request(&dir, &Request::Status)?),
         Cmd::Flows => {
             let v = request(&dir, &Request::Flows)?;
             for line in v.as_array().into_iter().flatten() {
@@ -192,6 +253,14 @@ fn parse_port(spec: &str) -> Result<(String, Option<u32>)> {
     }
 }
 
+/// The OpenFlow side of `run`.
+struct Net {
+    controllers: Vec<std::net::SocketAddr>,
+    listen: Option<std::net::SocketAddr>,
+    settings: SwitchSettings,
+    dpid_given: bool,
+}
+
 fn run(
     dir: &Path,
     bpffs: &Path,
@@ -199,16 +268,11 @@ fn run(
     ports: &[String],
     uplink_mode: UplinkMode,
     bpf_object: Option<PathBuf>,
-    controller: &[String],
+    mut net: Net,
 ) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("daolinet-agent run needs root (CAP_BPF and CAP_NET_ADMIN) to load and attach BPF programs");
-    }
-    if !controller.is_empty() {
-        tracing::warn!(
-            "--controller is accepted but the OpenFlow connection is not implemented yet"
-        );
     }
     let specs: Vec<(String, Option<u32>)> =
         ports.iter().map(|p| parse_port(p)).collect::<Result<_>>()?;
@@ -216,6 +280,12 @@ fn run(
     daolinet_agent::datapath::ifindex(uplink).context("--uplink")?;
     for (iface, _) in &specs {
         daolinet_agent::datapath::ifindex(iface).context("--port")?;
+    }
+    if !net.dpid_given {
+        let (mac, _) = daolinet_agent::agent::iface_info(uplink);
+        net.settings.datapath_id = mac
+            .map(|m| m.iter().fold(0u64, |a, b| (a << 8) | u64::from(*b)))
+            .unwrap_or(1);
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let sock = dir.join("agent.sock");
@@ -240,61 +310,45 @@ fn run(
         );
         dp.forget_rules(&saved.lost)?;
     }
-    let mut agent = Agent {
-        dp,
-        table: RuleTable::restore(&saved.subtables, saved.rules),
-        uplink_mode,
-    };
+    let flows = FlowTable::new(
+        RuleTable::restore(&saved.subtables, saved.rules),
+        daolinet_agent::agent::now_ns(),
+    );
+    tracing::info!(
+        datapath_id = format!("{:016x}", net.settings.datapath_id),
+        fail_mode = ?net.settings.fail_mode,
+        "OpenFlow 1.3 switch"
+    );
+    let mut agent = Agent::new(dp, Switch::new(flows, net.settings), uplink_mode);
     // Attach everything or nothing: on error, dropping `agent` detaches
     // what was attached (links are owned).
     agent.add_port(uplink, Some(0xfff0), PortKind::Uplink)?;
     for (iface, ofport) in &specs {
         agent.add_port(iface, *ofport, PortKind::Container)?;
     }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let agent = Arc::new(Mutex::new(agent));
     let listener =
         UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
-    let agent = Arc::new(Mutex::new(agent));
     {
         let agent = agent.clone();
         std::thread::spawn(move || serve(listener, agent));
     }
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
     tracing::info!(socket = %sock.display(), "agent running; SIGINT/SIGTERM to stop");
-    while !STOP.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(50));
-        let punts = match agent.lock() {
-            Ok(mut a) => a.dp.punts(),
-            Err(_) => break,
-        };
-        match punts {
-            Ok(list) => {
-                for p in list {
-                    let p = match p {
-                        Ok(p) => p,
-                        Err(e) => {
-                            tracing::warn!("bad punt record: {e:#}");
-                            continue;
-                        }
-                    };
-                    tracing::info!(
-                        in_port = p.header.in_port,
-                        reason = p.header.reason,
-                        len = p.header.pkt_len,
-                        "punt (no controller connection yet: dropped)"
-                    );
-                }
-            }
-            Err(e) => tracing::warn!("reading punts: {e:#}"),
-        }
-    }
+    let res = rt.block_on(daolinet_agent::runtime::run(
+        agent.clone(),
+        net.controllers,
+        net.listen,
+    ));
     tracing::info!("stopping: detaching programs, keeping pinned maps");
     let _ = std::fs::remove_file(&sock);
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
     drop(agent);
-    Ok(())
+    res
 }
 
 /// A bpffs directory name derived from the state directory, so several

@@ -1,0 +1,260 @@
+//! The I/O edge of the OpenFlow side (tokio): active controller
+//! connections with reconnect and backoff, the passive listener, echo
+//! keepalive, the punt ring reader and the timers. Everything goes through
+//! the shared [`Agent`], whose lock is never held across an await.
+
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use bytes::{Buf, BytesMut};
+use daolinet_openflow::{Decoder, Message};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::agent::{Agent, CONN_QUEUE};
+
+/// How long a connection may stay silent before we send ECHO_REQUEST; a
+/// second silent period closes it.
+pub const ECHO_INTERVAL: Duration = Duration::from_secs(5);
+/// First reconnect delay; doubles up to [`MAX_BACKOFF`].
+pub const MIN_BACKOFF: Duration = Duration::from_millis(500);
+/// Longest reconnect delay.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(8);
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// Shared agent state.
+pub type Shared = Arc<Mutex<Agent>>;
+
+fn lock(a: &Shared) -> MutexGuard<'_, Agent> {
+    // A panic while holding the lock cannot leave the switch half-updated
+    // in a way worse than stopping; keep serving.
+    a.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `tcp:IP[:PORT]` (default port 6653).
+pub fn parse_active(spec: &str) -> Result<SocketAddr> {
+    let rest = spec
+        .strip_prefix("tcp:")
+        .ok_or_else(|| anyhow!("controller {spec:?}: expected tcp:IP[:PORT]"))?;
+    if let Ok(a) = rest.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let ip: std::net::IpAddr = rest
+        .parse()
+        .map_err(|_| anyhow!("controller {spec:?}: expected tcp:IP[:PORT]"))?;
+    Ok(SocketAddr::new(ip, 6653))
+}
+
+/// `ptcp:PORT[:IP]` (default address 0.0.0.0).
+pub fn parse_passive(spec: &str) -> Result<SocketAddr> {
+    let rest = spec
+        .strip_prefix("ptcp:")
+        .ok_or_else(|| anyhow!("listener {spec:?}: expected ptcp:PORT[:IP]"))?;
+    let (port, ip) = match rest.split_once(':') {
+        Some((p, ip)) => (p, ip),
+        None => (rest, "0.0.0.0"),
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| anyhow!("listener {spec:?}: bad port"))?;
+    let ip: std::net::IpAddr = ip
+        .parse()
+        .map_err(|_| anyhow!("listener {spec:?}: bad address"))?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// Run one OpenFlow connection until it closes.
+pub async fn serve_conn(agent: Shared, stream: TcpStream, peer: String) {
+    let _ = stream.set_nodelay(true);
+    let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(CONN_QUEUE);
+    lock(&agent).conn_open(id, tx);
+    tracing::info!(conn = id, %peer, "OpenFlow connection up");
+    let mut writer = tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            // Batch what is queued into one write.
+            let mut buf = first;
+            while buf.len() < 64 * 1024 {
+                match rx.try_recv() {
+                    Ok(more) => buf.extend_from_slice(&more),
+                    Err(_) => break,
+                }
+            }
+            if wr.write_all(&buf).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let decoder = Decoder::new();
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut silent = 0u32;
+    let why = 'conn: loop {
+        let read = tokio::select! {
+            r = tokio::time::timeout(ECHO_INTERVAL, rd.read_buf(&mut buf)) => r,
+            _ = &mut writer => break 'conn "closed by the switch",
+        };
+        match read {
+            Err(_) => {
+                silent += 1;
+                if silent >= 2 {
+                    break "echo keepalive timed out";
+                }
+                lock(&agent).send(id, 0, &Message::EchoRequest(Vec::new()));
+                continue;
+            }
+            Ok(Ok(0)) => break "closed by the peer",
+            Ok(Err(_)) => break "read error",
+            Ok(Ok(_)) => silent = 0,
+        }
+        loop {
+            match decoder.decode(&buf) {
+                Ok(Some((frame, used))) => {
+                    let raw = buf.split_to(used);
+                    let mut a = lock(&agent);
+                    a.conn_frame(id, frame, &raw);
+                    if !a.conn_alive(id) {
+                        drop(a);
+                        break 'conn "closed by the switch";
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(conn = id, "{e}");
+                    let (xid, reply) = e.reply(&buf);
+                    lock(&agent).send(id, xid, &reply);
+                    match e.frame_len {
+                        Some(n) => buf.advance(n.min(buf.len())),
+                        None => break 'conn "unrecoverable framing error",
+                    }
+                }
+            }
+        }
+    };
+    lock(&agent).conn_closed(id);
+    // The queue is gone: the writer flushes what is left and closes.
+    let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+    writer.abort();
+    tracing::info!(conn = id, %peer, why, "OpenFlow connection down");
+}
+
+/// Keep a connection to `addr` up: connect, serve, reconnect with backoff.
+pub async fn active(agent: Shared, addr: SocketAddr) {
+    let mut backoff = MIN_BACKOFF;
+    let mut warned = false;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                warned = false;
+                let started = tokio::time::Instant::now();
+                serve_conn(agent.clone(), s, format!("tcp:{addr}")).await;
+                if started.elapsed() > Duration::from_secs(10) {
+                    backoff = MIN_BACKOFF;
+                }
+            }
+            Ok(Err(e)) if !warned => {
+                tracing::warn!(controller = %addr, "cannot connect: {e} (retrying)");
+                warned = true;
+            }
+            Err(_) if !warned => {
+                tracing::warn!(controller = %addr, "connect timed out (retrying)");
+                warned = true;
+            }
+            _ => {}
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Bind the passive listener (before serving, so errors show at startup).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))
+}
+
+/// Accept connections on the passive listener forever.
+pub async fn passive(agent: Shared, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((s, peer)) => {
+                tokio::spawn(serve_conn(agent.clone(), s, format!("tcp:{peer}")));
+            }
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Read punts as soon as the ring signals them.
+pub async fn punts(agent: Shared, fd: OwnedFd) -> Result<()> {
+    // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor stays open
+    // for as long as it is registered.
+    let afd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(|_| anyhow!("registering the punt ring with epoll failed"))?;
+    loop {
+        let mut guard = afd.readable().await?;
+        guard.clear_ready();
+        lock(&agent).drain_punts();
+    }
+}
+
+/// Timers: flow expiry every 100 ms, punts as a fallback, ports every second.
+pub async fn timers(agent: Shared) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut n = 0u64;
+    loop {
+        tick.tick().await;
+        n += 1;
+        let mut a = lock(&agent);
+        a.tick();
+        a.drain_punts();
+        if n.is_multiple_of(10) {
+            a.check_ports();
+        }
+    }
+}
+
+/// Start the OpenFlow side and wait for SIGINT/SIGTERM.
+pub async fn run(
+    agent: Shared,
+    controllers: Vec<SocketAddr>,
+    listen: Option<SocketAddr>,
+) -> Result<()> {
+    let punt_fd = lock(&agent).dp.punt_ring_fd()?;
+    if let Some(addr) = listen {
+        let l = bind(addr).await?;
+        tracing::info!(%addr, "OpenFlow listener (passive)");
+        tokio::spawn(passive(agent.clone(), l));
+    }
+    for c in controllers {
+        tracing::info!(controller = %c, "OpenFlow controller (active)");
+        tokio::spawn(active(agent.clone(), c));
+    }
+    let pa = agent.clone();
+    let punt_task = tokio::spawn(async move {
+        if let Err(e) = punts(pa, punt_fd).await {
+            tracing::error!("punt reader stopped: {e:#}");
+        }
+    });
+    tokio::spawn(timers(agent.clone()));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {},
+    }
+    punt_task.abort();
+    Ok(())
+}
