@@ -164,7 +164,7 @@ impl Agent {
                     .ports()?
                     .iter()
                     .map(|p| p.ofport)
-                    .filter(|p| *p < 0xfff0)
+                    .filter(|p| *p < crate::DEFAULT_UPLINK_OFPORT)
                     .max()
                     .unwrap_or(0)
                     + 1

@@ -24,3 +24,8 @@ pub mod oftable;
 pub mod packet;
 pub mod runtime;
 pub mod table;
+
+/// Default OpenFlow port number of the uplink (`--uplink-ofport`): below
+/// OpenFlow 1.0's 0xff00 so Open vSwitch tools, which keep ports in 16 bits,
+/// can show and use it.
+pub const DEFAULT_UPLINK_OFPORT: u32 = 65000;

@@ -43,6 +43,10 @@ enum Cmd {
         /// Container ports: host side of a veth, optionally with its OpenFlow port number.
         #[arg(long = "port", value_name = "IFACE[=OFPORT]")]
         ports: Vec<String>,
+        /// OpenFlow port number of the uplink. Kept below 0xff00 so that
+        /// Open vSwitch tools (16-bit port space) can show it.
+        #[arg(long, default_value_t = daolinet_agent::DEFAULT_UPLINK_OFPORT)]
+        uplink_ofport: u32,
         /// How to attach the uplink program.
         #[arg(long, value_enum, default_value = "tc")]
         uplink_mode: UplinkMode,
@@ -147,6 +151,7 @@ fn dispatch(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Run {
             uplink,
+            uplink_ofport,
             ports,
             uplink_mode,
             bpf_object,
@@ -191,7 +196,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             run(
                 &dir,
                 &cli.bpffs,
-                &uplink,
+                (&uplink, uplink_ofport),
                 &ports,
                 uplink_mode,
                 bpf_object,
@@ -264,7 +269,7 @@ struct Net {
 fn run(
     dir: &Path,
     bpffs: &Path,
-    uplink: &str,
+    (uplink, uplink_ofport): (&str, u32),
     ports: &[String],
     uplink_mode: UplinkMode,
     bpf_object: Option<PathBuf>,
@@ -322,7 +327,7 @@ fn run(
     let mut agent = Agent::new(dp, Switch::new(flows, net.settings), uplink_mode);
     // Attach everything or nothing: on error, dropping `agent` detaches
     // what was attached (links are owned).
-    agent.add_port(uplink, Some(0xfff0), PortKind::Uplink)?;
+    agent.add_port(uplink, Some(uplink_ofport), PortKind::Uplink)?;
     for (iface, ofport) in &specs {
         agent.add_port(iface, *ofport, PortKind::Container)?;
     }

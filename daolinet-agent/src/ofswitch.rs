@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use daolinet_common::{Action, ActionKind, PuntReason};
+use daolinet_common::{Action, ActionKind, FlowKey, PuntReason};
 use daolinet_openflow::{
     self as of, AsyncConfig, ErrorCode, ErrorMsg, FlowMod, Frame, Message, MultipartReply,
     MultipartReplyBody as Rep, MultipartRequestBody as Req, PacketIn, PacketOut,
@@ -617,6 +617,15 @@ impl Switch {
                 let list: Vec<of::Port> = self.ports.values().map(|p| p.desc.to_of()).collect();
                 split(list, Rep::PortDesc, |_| 64)
             }
+            Req::TableFeatures(set) => {
+                if !set.is_empty() {
+                    // OFPTFFC_EPERM: the pipeline is fixed.
+                    return Err(code(of::OFPET_TABLE_FEATURES_FAILED, 5));
+                }
+                vec![MultipartReply::new(Rep::TableFeatures(vec![
+                    table_features(),
+                ]))]
+            }
             _ => return Err(code(of::OFPET_BAD_REQUEST, of::OFPBRC_BAD_MULTIPART)),
         })
     }
@@ -792,13 +801,15 @@ impl Switch {
             return fx;
         }
         let (of_reason, cookie) = match PuntReason::from_u32(reason) {
-            Some(PuntReason::Action) => (
-                of::OFPR_ACTION,
-                self.flows
-                    .rules()
-                    .get(rule_id)
-                    .map_or(u64::MAX, |r| r.cookie),
-            ),
+            Some(PuntReason::Action) => match self.flows.rules().get(rule_id) {
+                // OpenFlow 1.3: what the table-miss flow entry (priority 0,
+                // match everything) sends is reported as a table miss.
+                Some(r) if r.priority == 0 && r.mask == FlowKey::default() => {
+                    (of::OFPR_NO_MATCH, r.cookie)
+                }
+                Some(r) => (of::OFPR_ACTION, r.cookie),
+                None => (of::OFPR_ACTION, u64::MAX),
+            },
             Some(PuntReason::InvalidTtl) => (
                 of::OFPR_INVALID_TTL,
                 self.flows
@@ -847,6 +858,88 @@ impl Switch {
             Some(_) => {}
             None => self.output(of::OFPP_FLOOD, in_port, frame, 0, PuntReason::Miss, fx),
         }
+    }
+}
+
+/// (field number, length, maskable) of the OXM fields the datapath matches.
+const MATCH_FIELDS: &[(u32, u32, bool)] = &[
+    (0, 4, false),  // in_port
+    (3, 6, true),   // eth_dst
+    (4, 6, true),   // eth_src
+    (5, 2, false),  // eth_type
+    (6, 2, false),  // vlan_vid
+    (10, 1, false), // ip_proto
+    (11, 4, true),  // ipv4_src
+    (12, 4, true),  // ipv4_dst
+    (13, 2, false), // tcp_src
+    (14, 2, false), // tcp_dst
+    (15, 2, false), // udp_src
+    (16, 2, false), // udp_dst
+    (19, 1, false), // icmpv4_type
+    (20, 1, false), // icmpv4_code
+    (21, 2, false), // arp_op
+    (22, 4, true),  // arp_spa
+    (23, 4, true),  // arp_tpa
+];
+
+/// Fields the datapath can rewrite (set_field).
+const SET_FIELDS: &[u32] = &[3, 4, 11, 12, 13, 14, 15, 16];
+
+fn oxm_ids(fields: impl Iterator<Item = (u32, u32, bool)>) -> Vec<u8> {
+    fields
+        .flat_map(|(f, len, hm)| {
+            let n = if hm { 2 * len } else { len };
+            ((0x8000u32 << 16) | (f << 9) | (u32::from(hm) << 8) | n).to_be_bytes()
+        })
+        .collect()
+}
+
+/// The one table's features: apply-actions only; output, dec_ttl and
+/// set_field; the match fields of [`MATCH_FIELDS`].
+fn table_features() -> of::TableFeatures {
+    let ids = |types: &[u16]| -> Vec<u8> {
+        types
+            .iter()
+            .flat_map(|t| {
+                let mut v = t.to_be_bytes().to_vec();
+                v.extend_from_slice(&4u16.to_be_bytes());
+                v
+            })
+            .collect()
+    };
+    let prop = |prop_type: u16, data: Vec<u8>| of::TableFeatureProp { prop_type, data };
+    let matchable = oxm_ids(MATCH_FIELDS.iter().map(|&(f, l, hm)| (f, l, hm)));
+    let wild = oxm_ids(MATCH_FIELDS.iter().map(|&(f, l, _)| (f, l, false)));
+    let set = oxm_ids(
+        MATCH_FIELDS
+            .iter()
+            .filter(|(f, _, _)| SET_FIELDS.contains(f))
+            .map(|&(f, l, _)| (f, l, false)),
+    );
+    // OFPIT_APPLY_ACTIONS = 4; OFPAT_OUTPUT = 0, DEC_NW_TTL = 24, SET_FIELD = 25.
+    of::TableFeatures {
+        table_id: 0,
+        name: "classifier".into(),
+        metadata_match: 0,
+        metadata_write: 0,
+        config: 0,
+        max_entries: daolinet_common::MAX_RULES,
+        properties: vec![
+            prop(0, ids(&[4])),         // OFPTFPT_INSTRUCTIONS
+            prop(1, ids(&[4])),         // OFPTFPT_INSTRUCTIONS_MISS
+            prop(2, Vec::new()),        // OFPTFPT_NEXT_TABLES
+            prop(3, Vec::new()),        // OFPTFPT_NEXT_TABLES_MISS
+            prop(4, Vec::new()),        // OFPTFPT_WRITE_ACTIONS
+            prop(5, Vec::new()),        // OFPTFPT_WRITE_ACTIONS_MISS
+            prop(6, ids(&[0, 24, 25])), // OFPTFPT_APPLY_ACTIONS
+            prop(7, ids(&[0, 24, 25])), // OFPTFPT_APPLY_ACTIONS_MISS
+            prop(8, matchable),         // OFPTFPT_MATCH
+            prop(10, wild),             // OFPTFPT_WILDCARDS
+            prop(12, Vec::new()),       // OFPTFPT_WRITE_SETFIELD
+            prop(13, Vec::new()),       // OFPTFPT_WRITE_SETFIELD_MISS
+            prop(14, set.clone()),      // OFPTFPT_APPLY_SETFIELD
+            prop(15, set),              // OFPTFPT_APPLY_SETFIELD_MISS
+        ],
     }
 }
 

@@ -7,7 +7,7 @@ mod common;
 use common::{ns, root_or_skip, sh, Lab};
 
 const GW: &str = "02:00:00:00:00:01";
-const UPLINK: u32 = 0xfff0;
+const UPLINK: u32 = 65000; // daolinet-agent's default --uplink-ofport
 
 /// Rules for one direction: container `src` (logical a, port 1 on its host)
 /// to `dst` (logical b), physical pa/pb, host MACs hs/hd, dst container MAC md.

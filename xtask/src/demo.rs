@@ -12,7 +12,7 @@ use crate::util::{cargo, is_root, run as sh, step, workspace_root};
 
 const BPFFS: &str = "/run/daolinet-demo-bpffs";
 const GW: &str = "02:00:00:00:00:01";
-const UPLINK: u32 = 0xfff0;
+const UPLINK: u32 = 65000; // daolinet-agent's default --uplink-ofport
 
 /// One simulated host: namespace, underlay identity, its container.
 pub(crate) struct Host {

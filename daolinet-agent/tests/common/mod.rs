@@ -58,6 +58,7 @@ pub struct Lab {
     pub tag: String,
     namespaces: Vec<String>,
     agents: Vec<(String, PathBuf, Option<Child>)>,
+    children: Vec<Child>,
 }
 
 impl Lab {
@@ -67,6 +68,7 @@ impl Lab {
             tag: format!("dl{name}{}", std::process::id() % 100000),
             namespaces: Vec::new(),
             agents: Vec::new(),
+            children: Vec::new(),
         }
     }
 
@@ -168,8 +170,68 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// Start a helper process in namespace `n`, killed when the lab goes.
+    pub fn spawn_in(&mut self, n: &str, args: &[&str]) {
+        let child = Command::new("ip")
+            .args(["netns", "exec", n])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn helper");
+        self.children.push(child);
+    }
+
+    /// Whether the agent of `host` is still running.
+    pub fn agent_running(&mut self, host: &str) -> bool {
+        self.agents
+            .iter_mut()
+            .find(|a| a.0 == host)
+            .and_then(|a| a.2.as_mut())
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+/// Run `args` in namespace `n`: (success, stdout, stderr).
+pub fn ns_out(n: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", n])
+        .args(args)
+        .output()
+        .expect("spawn");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Open a TCP connection from inside namespace `n` (the socket keeps its
+/// namespace when used from the test's own threads).
+pub fn connect_in(n: &str, addr: &str) -> std::io::Result<std::net::TcpStream> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/run/netns/{n}");
+    let addr = addr.to_string();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path)?;
+        // SAFETY: setns on a namespace file we opened; affects this
+        // short-lived thread only.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        std::net::TcpStream::connect(addr)
+    })
+    .join()
+    .expect("connect thread")
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         let hosts: Vec<String> = self.agents.iter().map(|a| a.0.clone()).collect();
         for (_, _, child) in &mut self.agents {
             if let Some(c) = child {

@@ -1,0 +1,510 @@
+//! Privileged: the agent as an OpenFlow 1.3 switch, driven by tools and
+//! controllers we did not write (ovs-ofctl, ovs-testcontroller) and by a
+//! hostile peer over real TCP connections.
+
+mod common;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{connect_in, ns, ns_out, root_or_skip, sh, Lab};
+use daolinet_openflow::{self as of, Frame, Message};
+
+const OF_PORT: &str = "6634";
+
+fn have(tool: &str) -> bool {
+    std::process::Command::new(tool)
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// A host namespace with an uplink veth and two containers (pa=1, pb=2).
+fn topology(lab: &mut Lab, static_arp: bool) -> (String, String, String) {
+    let h = lab.netns("h");
+    sh(&[
+        "ip", "-n", &h, "link", "add", "up0", "type", "veth", "peer", "name", "up0p",
+    ]);
+    sh(&["ip", "-n", &h, "link", "set", "up0", "up"]);
+    sh(&["ip", "-n", &h, "link", "set", "up0p", "up"]);
+    let a = lab.container(&h, "a", "pa", "10.1.0.2", "02:00:00:00:00:0a");
+    let b = lab.container(&h, "b", "pb", "10.1.0.3", "02:00:00:00:00:0b");
+    if static_arp {
+        for (c, ip, mac) in [
+            (&a, "10.1.0.3", "02:00:00:00:00:0b"),
+            (&b, "10.1.0.2", "02:00:00:00:00:0a"),
+        ] {
+            sh(&[
+                "ip", "-n", c, "neigh", "add", ip, "lladdr", mac, "dev", "eth0",
+            ]);
+        }
+    }
+    (h, a, b)
+}
+
+fn ofctl(h: &str, args: &[&str]) -> String {
+    let target = format!("tcp:127.0.0.1:{OF_PORT}");
+    let mut full = vec!["ovs-ofctl", "-O", "OpenFlow13"];
+    let opts = args.iter().take_while(|a| a.starts_with("--")).count();
+    full.extend_from_slice(&args[..=opts]);
+    full.push(&target);
+    full.extend_from_slice(&args[opts + 1..]);
+    let (ok, out, err) = ns_out(h, &full);
+    assert!(ok, "ovs-ofctl {args:?} failed: {err}");
+    out
+}
+
+fn rx_packets(n: &str) -> u64 {
+    let (_, out, _) = ns_out(n, &["cat", "/sys/class/net/eth0/statistics/rx_packets"]);
+    out.trim().parse().unwrap_or(0)
+}
+
+fn wait_listener(h: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while connect_in(h, &format!("127.0.0.1:{OF_PORT}")).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "OpenFlow listener did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn ovs_ofctl_installs_dumps_deletes_and_packets_out() {
+    if !root_or_skip("ovs_ofctl_installs_dumps_deletes_and_packets_out") {
+        return;
+    }
+    assert!(
+        have("ovs-ofctl"),
+        "ovs-ofctl missing: run `cargo xtask setup`"
+    );
+    let mut lab = Lab::new("ofc");
+    let (h, a, b) = topology(&mut lab, true);
+    lab.start_agent(
+        &h,
+        &[
+            "--uplink",
+            "up0",
+            "--port",
+            "pa=1",
+            "--port",
+            "pb=2",
+            "--listen",
+            &format!("ptcp:{OF_PORT}"),
+            "--datapath-id",
+            "00000000000000d1",
+        ],
+    );
+    wait_listener(&h);
+    assert!(!ns(&a, &["ping", "-c", "1", "-W", "1", "10.1.0.3"]));
+
+    let desc = ofctl(&h, &["show"]);
+    assert!(desc.contains("dpid:00000000000000d1"), "{desc}");
+    assert!(desc.contains("1(pa)") && desc.contains("2(pb)"), "{desc}");
+
+    ofctl(
+        &h,
+        &[
+            "add-flow",
+            "cookie=0x10,priority=100,in_port=1,ip,nw_dst=10.1.0.3,actions=output:2",
+        ],
+    );
+    ofctl(
+        &h,
+        &[
+            "add-flow",
+            "cookie=0x10,priority=100,in_port=2,ip,nw_dst=10.1.0.2,actions=output:1",
+        ],
+    );
+    ofctl(&h, &["add-flow", "cookie=0x20,priority=5,arp,actions=drop"]);
+    assert!(
+        ns(&a, &["ping", "-c", "3", "-i", "0.2", "-W", "2", "10.1.0.3"]),
+        "ping failed with the flows ovs-ofctl installed"
+    );
+    let dump = ofctl(&h, &["dump-flows"]);
+    assert_eq!(dump.matches("n_packets=3,").count(), 2, "{dump}");
+    assert!(
+        dump.contains("priority=100,ip,in_port=1,nw_dst=10.1.0.3 actions=output:2")
+            || dump.contains("priority=100,ip,in_port=1,nw_dst=10.1.0.3 actions=output:\"pb\""),
+        "{dump}"
+    );
+    assert!(dump.contains("arp actions=drop"), "{dump}");
+
+    // Our own dump says the same.
+    let ours = lab.agent_cmd(&h, &["flows"]);
+    assert_eq!(ours.matches("n_packets=3,").count(), 2, "{ours}");
+
+    let ports = ofctl(&h, &["dump-ports"]);
+    assert!(
+        ports.contains("port  \"pa\"") || ports.contains("port  1"),
+        "{ports}"
+    );
+    assert!(ports.contains("rx pkts="), "{ports}");
+
+    // A strict delete of a flow that does not exist changes nothing.
+    ofctl(
+        &h,
+        &[
+            "--strict",
+            "del-flows",
+            "priority=99,in_port=1,ip,nw_dst=10.1.0.3",
+        ],
+    );
+    assert_eq!(ofctl(&h, &["dump-flows"]).matches("cookie=").count(), 3);
+    // Delete by cookie mask.
+    ofctl(&h, &["del-flows", "cookie=0x10/-1"]);
+    let dump = ofctl(&h, &["dump-flows"]);
+    assert_eq!(dump.matches("cookie=").count(), 1, "{dump}");
+    assert!(!ns(&a, &["ping", "-c", "1", "-W", "1", "10.1.0.3"]));
+
+    // PACKET_OUT: a UDP frame from a to b, sent out port 2 by the agent.
+    let frame = "02000000000b02000000000a08004500001e000100004011a6b60a0100020a010003\
+                 04d2162e000a0000616263";
+    let before = rx_packets(&b);
+    ofctl(
+        &h,
+        &[
+            "packet-out",
+            &format!("in_port=1 packet={frame} actions=output:2"),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(rx_packets(&b), before + 1, "PACKET_OUT did not reach b");
+
+    // Unsupported things get the OpenFlow error and change nothing.
+    let (ok, _, err) = ns_out(
+        &h,
+        &[
+            "ovs-ofctl",
+            "-O",
+            "OpenFlow13",
+            "add-flow",
+            &format!("tcp:127.0.0.1:{OF_PORT}"),
+            "ip,nw_tos=4,actions=output:2",
+        ],
+    );
+    assert!(!ok && err.contains("OFPBMC_BAD_FIELD"), "{err}");
+    ofctl(&h, &["del-flows"]);
+    assert_eq!(ofctl(&h, &["dump-flows"]).matches("cookie=").count(), 0);
+}
+
+#[test]
+fn ovs_testcontroller_learns_and_containers_ping() {
+    if !root_or_skip("ovs_testcontroller_learns_and_containers_ping") {
+        return;
+    }
+    assert!(
+        have("ovs-testcontroller"),
+        "ovs-testcontroller missing: run `cargo xtask setup`"
+    );
+    let mut lab = Lab::new("otc");
+    let (h, a, _b) = topology(&mut lab, false);
+    // The learning switch with wildcarded flows (in_port, dl_vlan, dl_src,
+    // dl_dst), what our classifier supports.
+    let ctl = format!("--unixctl=/tmp/{}-otc.ctl", lab.tag);
+    lab.spawn_in(
+        &h,
+        &[
+            "ovs-testcontroller",
+            "--wildcards",
+            &ctl,
+            "ptcp:6653:127.0.0.1",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    lab.start_agent(
+        &h,
+        &[
+            "--uplink",
+            "up0",
+            "--port",
+            "pa=1",
+            "--port",
+            "pb=2",
+            "--controller",
+            "tcp:127.0.0.1:6653",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut ok = false;
+    while Instant::now() < deadline {
+        if ns(&a, &["ping", "-c", "1", "-W", "1", "10.1.0.3"]) {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "no ping through ovs-testcontroller");
+    assert!(ns(
+        &a,
+        &["ping", "-c", "5", "-i", "0.2", "-W", "2", "10.1.0.3"]
+    ));
+    let flows = lab.agent_cmd(&h, &["flows"]);
+    // The learned flows carry the traffic in the datapath.
+    let busy = flows
+        .lines()
+        .filter(|l| {
+            l.contains("dl_dst=02:00:00:00:00:0b") || l.contains("dl_dst=02:00:00:00:00:0a")
+        })
+        .filter(|l| !l.contains("n_packets=0,"))
+        .count();
+    assert!(busy >= 2, "learned flows did not carry the pings:\n{flows}");
+}
+
+struct Client {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    fn new(h: &str) -> Client {
+        let s = connect_in(h, &format!("127.0.0.1:{OF_PORT}")).expect("connect");
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut c = Client { s, buf: Vec::new() };
+        c.send(1, Message::Hello(of::Hello::new()));
+        assert!(matches!(
+            c.recv(Duration::from_secs(5)),
+            Some(Frame {
+                message: Message::Hello(_),
+                ..
+            })
+        ));
+        c
+    }
+    fn send(&mut self, xid: u32, m: Message) {
+        self.s.write_all(&m.to_bytes(xid).unwrap()).unwrap();
+    }
+    fn recv(&mut self, within: Duration) -> Option<Frame> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some((f, used))) = of::decode(&self.buf) {
+                self.buf.drain(..used);
+                return Some(f);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            let mut b = [0u8; 65536];
+            match self.s.read(&mut b) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&b[..n]),
+                Err(_) => {}
+            }
+        }
+    }
+    /// Wait for a message satisfying `f`.
+    fn wait(&mut self, within: Duration, f: impl Fn(&Message) -> bool) -> Option<Frame> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(fr) = self.recv(deadline - Instant::now()) {
+                if f(&fr.message) {
+                    return Some(fr);
+                }
+            }
+        }
+        None
+    }
+    fn barrier(&mut self, xid: u32) {
+        self.send(xid, Message::BarrierRequest);
+        assert!(self
+            .wait(Duration::from_secs(5), |m| matches!(
+                m,
+                Message::BarrierReply
+            ))
+            .is_some());
+    }
+}
+
+#[test]
+fn idle_timeout_removes_the_quiet_flow_and_sends_flow_removed() {
+    if !root_or_skip("idle_timeout_removes_the_quiet_flow_and_sends_flow_removed") {
+        return;
+    }
+    let mut lab = Lab::new("idl");
+    let (h, a, _b) = topology(&mut lab, true);
+    lab.start_agent(
+        &h,
+        &[
+            "--uplink",
+            "up0",
+            "--port",
+            "pa=1",
+            "--port",
+            "pb=2",
+            "--listen",
+            &format!("ptcp:{OF_PORT}"),
+        ],
+    );
+    wait_listener(&h);
+    let mut c = Client::new(&h);
+    for flow in [
+        // Busy: the pings' way there and back.
+        "cookie=0xb,idle_timeout=2,send_flow_rem,in_port=1,ip,nw_dst=10.1.0.3 actions=output:2",
+        "cookie=0xb,idle_timeout=2,send_flow_rem,in_port=2,ip,nw_dst=10.1.0.2 actions=output:1",
+        // Quiet: nobody talks to 10.1.0.9.
+        "cookie=0xc,idle_timeout=2,send_flow_rem,in_port=1,ip,nw_dst=10.1.0.9 actions=output:2",
+    ] {
+        c.send(2, Message::FlowMod(flow.parse().unwrap()));
+    }
+    c.barrier(3);
+    let start = Instant::now();
+    lab.spawn_in(&a, &["ping", "-i", "0.2", "-c", "25", "10.1.0.3"]);
+    let fr = c
+        .wait(Duration::from_secs(6), |m| {
+            matches!(m, Message::FlowRemoved(_))
+        })
+        .expect("no FLOW_REMOVED");
+    let Message::FlowRemoved(fr) = fr.message else {
+        unreachable!()
+    };
+    let took = start.elapsed();
+    assert_eq!(fr.cookie, 0xc, "{fr:?}");
+    assert_eq!(fr.reason, of::OFPRR_IDLE_TIMEOUT);
+    assert_eq!(fr.idle_timeout, 2);
+    assert!(
+        took >= Duration::from_millis(1500),
+        "removed too early: {took:?}"
+    );
+    let flows = lab.agent_cmd(&h, &["flows"]);
+    assert!(
+        !flows.contains("10.1.0.9"),
+        "quiet flow still there:\n{flows}"
+    );
+    assert_eq!(
+        flows.matches("cookie=0xb").count(),
+        2,
+        "busy flows gone:\n{flows}"
+    );
+    // ...and not only in userspace: the datapath forgot it too (a packet
+    // to 10.1.0.9 is punted, which the PACKET_IN shows).
+    assert!(!ns(&a, &["ping", "-c", "1", "-W", "1", "10.1.0.9"]));
+    assert!(c
+        .wait(
+            Duration::from_secs(3),
+            |m| matches!(m, Message::PacketIn(p) if p.reason == of::OFPR_NO_MATCH)
+        )
+        .is_some());
+}
+
+#[test]
+fn hostile_controller_bytes_never_crash_the_agent_nor_touch_the_table() {
+    if !root_or_skip("hostile_controller_bytes_never_crash_the_agent_nor_touch_the_table") {
+        return;
+    }
+    let mut lab = Lab::new("hst");
+    let (h, a, _b) = topology(&mut lab, true);
+    lab.start_agent(
+        &h,
+        &[
+            "--uplink",
+            "up0",
+            "--port",
+            "pa=1",
+            "--port",
+            "pb=2",
+            "--listen",
+            &format!("ptcp:{OF_PORT}"),
+        ],
+    );
+    wait_listener(&h);
+    let mut c = Client::new(&h);
+    for flow in [
+        "cookie=0x1,in_port=1,ip,nw_dst=10.1.0.3 actions=output:2",
+        "cookie=0x1,in_port=2,ip,nw_dst=10.1.0.2 actions=output:1",
+    ] {
+        c.send(2, Message::FlowMod(flow.parse().unwrap()));
+    }
+    c.barrier(3);
+    let before = lab.agent_cmd(&h, &["flows"]);
+
+    let good = Message::FlowMod(
+        "cookie=0x66,ip,nw_dst=10.9.9.9 actions=output:1"
+            .parse()
+            .unwrap(),
+    )
+    .to_bytes(9)
+    .unwrap();
+    let mut attacks: Vec<Vec<u8>> = vec![
+        // Garbage.
+        (0..4000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
+            .collect(),
+        // Header length below 8: unrecoverable, the agent must disconnect.
+        vec![4, 14, 0, 4, 0, 0, 0, 1],
+        // A FLOW_MOD whose match length lies (points past the message).
+        {
+            let mut b = good.clone();
+            b[50] = 0xff;
+            b
+        },
+        // A FLOW_MOD cut short but with a header claiming the full length,
+        // then the connection closes.
+        good[..good.len() - 8].to_vec(),
+        // Wrong version.
+        {
+            let mut b = good.clone();
+            b[0] = 1;
+            b
+        },
+        // Unknown type, huge length.
+        vec![4, 0xee, 0xff, 0xff, 0, 0, 0, 7],
+    ];
+    // Flip bytes of a valid FLOW_MOD's match and action part.
+    for i in 0..200usize {
+        let mut b = good.clone();
+        let at = 8 + (i * 7919) % (good.len() - 8);
+        b[at] ^= 0x5a ^ (i as u8);
+        attacks.push(b);
+    }
+    for (i, bytes) in attacks.iter().enumerate() {
+        let mut s = connect_in(&h, &format!("127.0.0.1:{OF_PORT}")).expect("connect");
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        if i % 2 == 0 {
+            let _ = s.write_all(&Message::Hello(of::Hello::new()).to_bytes(1).unwrap());
+        }
+        let _ = s.write_all(bytes);
+        let mut sink = [0u8; 4096];
+        let _ = s.read(&mut sink);
+        drop(s);
+        assert!(lab.agent_running(&h), "agent died on attack {i}");
+    }
+    // The flipped FLOW_MODs that were still valid may have added flows with
+    // their own cookies; the original flows are untouched.
+    let norm = |dump: &str| -> Vec<String> {
+        dump.lines()
+            .map(|l| {
+                l.trim()
+                    .split(", ")
+                    .filter(|p| {
+                        !p.starts_with("duration=")
+                            && !p.starts_with("n_packets=")
+                            && !p.starts_with("n_bytes=")
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .collect()
+    };
+    let after = norm(&lab.agent_cmd(&h, &["flows"]));
+    for line in norm(&before) {
+        assert!(
+            after.contains(&line),
+            "flow changed by hostile input: {line}\nafter: {after:#?}"
+        );
+    }
+    assert!(
+        ns(&a, &["ping", "-c", "1", "-W", "2", "10.1.0.3"]),
+        "forwarding broke"
+    );
+    // A well-behaved controller is still served.
+    let mut c = Client::new(&h);
+    c.send(5, Message::EchoRequest(vec![7]));
+    assert!(c
+        .wait(
+            Duration::from_secs(3),
+            |m| matches!(m, Message::EchoReply(d) if d == &[7])
+        )
+        .is_some());
+}
