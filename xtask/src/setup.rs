@@ -42,6 +42,7 @@ pub fn run() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     cargo_fuzz()?;
+    osken()?;
     step("setup complete");
     Ok(())
 }
@@ -132,4 +133,27 @@ fn cargo_fuzz() -> Result<()> {
         &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
         "--locked",
     ]))
+}
+
+/// os-ken (Python OpenFlow controller), the reference of `cargo xtask bench controller`.
+fn osken() -> Result<()> {
+    let version = crate::bench::OSKEN_VERSION;
+    step("checking os-ken (Python; reference for the controller benchmark)");
+    if let Ok(v) = output(Command::new("python3").args(["-m", "pip", "show", "os-ken"])) {
+        if v.lines().any(|l| l.trim() == format!("Version: {version}")) {
+            eprintln!("    os-ken {version} present");
+            return Ok(());
+        }
+    }
+    let spec = format!("os-ken=={version}");
+    let pip = || {
+        let mut c = Command::new("python3");
+        c.args(["-m", "pip", "install", "-q", "--disable-pip-version-check"]);
+        c
+    };
+    if sh(pip().arg(&spec)).is_err() {
+        // A distribution Python marked "externally managed" (PEP 668).
+        sh(pip().arg("--break-system-packages").arg(&spec))?;
+    }
+    Ok(())
 }

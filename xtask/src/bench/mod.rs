@@ -2,8 +2,11 @@
 
 use anyhow::Result;
 
+mod controller;
 mod datapath;
 mod openflow;
+
+pub use controller::OSKEN_VERSION;
 
 /// Which benchmark to run.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -12,6 +15,8 @@ pub enum Which {
     Datapath,
     /// OpenFlow codec decode/encode rates.
     Openflow,
+    /// Controller PACKET_IN -> FLOW_MOD decisions/s and latency: ours vs os-ken.
+    Controller,
 }
 
 /// Run one benchmark, or all of them.
@@ -19,9 +24,11 @@ pub fn run(which: Option<Which>, setup: bool) -> Result<()> {
     match which {
         Some(Which::Datapath) => datapath::run(setup),
         Some(Which::Openflow) => openflow::run(),
+        Some(Which::Controller) => controller::run(setup),
         None => {
             openflow::run()?;
-            datapath::run(setup)
+            datapath::run(setup)?;
+            controller::run(false)
         }
     }
 }

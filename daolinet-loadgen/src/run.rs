@@ -1,0 +1,416 @@
+//! The I/O edge: one tokio task per fake switch, each a non-blocking loop
+//! over its TCP connection driving a [`Switch`] and a [`Window`].
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::{Buf, BytesMut};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+use crate::plan::{flows, Plan};
+use crate::switch::{Counters, Switch};
+use crate::window::{percentiles, Percentiles, Window};
+use crate::Mode;
+
+/// Everything `run` needs.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Controller address.
+    pub connect: String,
+    /// Topology.
+    pub plan: Plan,
+    /// Throughput or latency.
+    pub mode: Mode,
+    /// PACKET_INs in flight per switch.
+    pub window: usize,
+    /// Load before measuring.
+    pub warmup: Duration,
+    /// Measured time.
+    pub seconds: Duration,
+    /// Runtime worker threads.
+    pub threads: usize,
+    /// Time allowed to connect and handshake.
+    pub connect_timeout: Duration,
+    /// Age after which an unanswered PACKET_IN is lost.
+    pub lost_after: Duration,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// PACKET_INs answered by their FLOW_MOD during the measurement.
+    pub answered: u64,
+    /// Measured wall time.
+    pub elapsed: Duration,
+    /// Answers per second, per one-second interval.
+    pub per_second: Vec<f64>,
+    /// FLOW_MODs received during the measurement.
+    pub flow_mods: u64,
+    /// PACKET_OUTs received during the measurement.
+    pub packet_outs: u64,
+    /// Round-trip percentiles (measurement only).
+    pub latency: Option<Percentiles>,
+    /// Totals over the whole run, all switches.
+    pub totals: Counters,
+    /// PACKET_INs sent over the whole run.
+    pub sent: u64,
+    /// PACKET_INs never answered.
+    pub lost: u64,
+    /// The first OFPT_ERROR a controller sent, if any.
+    pub first_error: Option<String>,
+}
+
+impl Report {
+    /// Answered PACKET_INs per second.
+    pub fn rate(&self) -> f64 {
+        self.answered as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// A human summary.
+    pub fn human(&self, cfg: &RunConfig) -> String {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        let mut s = format!(
+            "{:?} mode, {} switches x {} containers, window {}, {:.1} s measured after {:.1} s warm-up\n",
+            cfg.mode,
+            cfg.plan.switches,
+            cfg.plan.containers,
+            cfg.window,
+            secs,
+            cfg.warmup.as_secs_f64()
+        );
+        s += &format!(
+            "  answered PACKET_IN/s: {:.0}  (per second: {})\n",
+            self.rate(),
+            self.per_second
+                .iter()
+                .map(|r| format!("{r:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        s += &format!(
+            "  FLOW_MOD/s: {:.0}  PACKET_OUT/s: {:.0}\n",
+            self.flow_mods as f64 / secs,
+            self.packet_outs as f64 / secs
+        );
+        if let Some(p) = self.latency {
+            s += &format!(
+                "  round trip (us): p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  ({} samples)\n",
+                p.p50, p.p90, p.p99, p.p999, p.max, p.count
+            );
+        }
+        s += &format!(
+            "  whole run: sent {} PACKET_IN, lost {}, received {} FLOW_MOD ({} keyed adds), {} PACKET_OUT, {} BARRIER, {} ERROR; answered {} with ERROR\n",
+            self.sent,
+            self.lost,
+            self.totals.flow_mods,
+            self.totals.flow_mod_adds,
+            self.totals.packet_outs,
+            self.totals.barriers,
+            self.totals.errors_received,
+            self.totals.errors_sent
+        );
+        if let Some(e) = &self.first_error {
+            s += &format!("  first OFPT_ERROR from the controller: {e}\n");
+        }
+        s
+    }
+
+    /// The machine-readable line.
+    pub fn result_line(&self, cfg: &RunConfig) -> String {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        let mut s = format!(
+            "RESULT mode={} switches={} containers={} window={} seconds={:.3} answered={} rate={:.1} flow_mods_per_s={:.1} packet_outs_per_s={:.1} sent={} lost={} errors_received={}",
+            match cfg.mode {
+                Mode::Throughput => "throughput",
+                Mode::Latency => "latency",
+            },
+            cfg.plan.switches,
+            cfg.plan.containers,
+            cfg.window,
+            secs,
+            self.answered,
+            self.rate(),
+            self.flow_mods as f64 / secs,
+            self.packet_outs as f64 / secs,
+            self.sent,
+            self.lost,
+            self.totals.errors_received,
+        );
+        if let Some(p) = self.latency {
+            s += &format!(
+                " p50_us={:.2} p90_us={:.2} p99_us={:.2} p999_us={:.2} max_us={:.2} samples={}",
+                p.p50, p.p90, p.p99, p.p999, p.max, p.count
+            );
+        }
+        s
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    ready: AtomicUsize,
+    started: AtomicBool,
+    measuring: AtomicBool,
+    stop: AtomicBool,
+    answered: AtomicU64,
+    flow_mods: AtomicU64,
+    packet_outs: AtomicU64,
+}
+
+struct SwitchResult {
+    counters: Counters,
+    latencies: Vec<u64>,
+    sent: u64,
+    lost: u64,
+    first_error: Option<String>,
+}
+
+async fn connect(addr: &str, deadline: Instant) -> Result<TcpStream> {
+    loop {
+        match TcpStream::connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!("connect {addr}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(anyhow!("cannot connect to {addr}: {e}")),
+        }
+    }
+}
+
+async fn switch_task(
+    cfg: Arc<RunConfig>,
+    shared: Arc<Shared>,
+    s: usize,
+    flows: Arc<Vec<crate::plan::Flow>>,
+) -> Result<SwitchResult> {
+    let deadline = Instant::now() + cfg.connect_timeout;
+    let stream = connect(&cfg.connect, deadline).await?;
+    stream.set_nodelay(true).context("TCP_NODELAY")?;
+    let mut sw = Switch::new(&cfg.plan, s);
+    let mut win = Window::new(flows, cfg.window);
+    let mut rbuf = BytesMut::with_capacity(256 * 1024);
+    let mut wbuf = BytesMut::with_capacity(64 * 1024);
+    let mut latencies = Vec::new();
+    let mut ready_reported = false;
+    let mut flushed = Counters::default();
+    sw.hello(&mut wbuf)?;
+    let record = cfg.mode == Mode::Latency;
+    let tick = Duration::from_millis(20);
+    loop {
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if !ready_reported && sw.features_sent() {
+            ready_reported = true;
+            shared.ready.fetch_add(1, Ordering::Relaxed);
+        }
+        let now = Instant::now();
+        if shared.started.load(Ordering::Relaxed) {
+            win.fill(now, &mut wbuf);
+        }
+        // Write what we can without blocking.
+        while !wbuf.is_empty() {
+            match stream.try_write(&wbuf) {
+                Ok(0) => bail!("switch {s}: the controller closed the connection"),
+                Ok(n) => wbuf.advance(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => bail!("switch {s}: write: {e}"),
+            }
+        }
+        let interest = if wbuf.is_empty() {
+            Interest::READABLE
+        } else {
+            Interest::READABLE | Interest::WRITABLE
+        };
+        let ready = match tokio::time::timeout(tick, stream.ready(interest)).await {
+            Ok(r) => r.with_context(|| format!("switch {s}: poll"))?,
+            Err(_) => {
+                // Idle: expire what will never be answered.
+                win.expire(Instant::now(), cfg.lost_after);
+                continue;
+            }
+        };
+        if ready.is_readable() {
+            if rbuf.capacity() - rbuf.len() < 64 * 1024 {
+                rbuf.reserve(128 * 1024);
+            }
+            match stream.try_read_buf(&mut rbuf) {
+                Ok(0) => {
+                    if shared.stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    bail!(
+                        "switch {s}: the controller closed the connection{}",
+                        sw.first_error
+                            .as_ref()
+                            .map(|e| format!(" (after OFPT_ERROR {e})"))
+                            .unwrap_or_default()
+                    );
+                }
+                Ok(_) => {
+                    let now = Instant::now();
+                    let measuring = record && shared.measuring.load(Ordering::Relaxed);
+                    let mut answered = 0u64;
+                    let used = sw
+                        .feed(&rbuf, &mut wbuf, |k| {
+                            if let Some(rtt) = win.answer(k, now) {
+                                answered += 1;
+                                if measuring {
+                                    latencies.push(rtt.as_nanos().min(u128::from(u64::MAX)) as u64);
+                                }
+                            }
+                        })
+                        .map_err(|e| anyhow!("switch {s}: {e}"))?;
+                    rbuf.advance(used);
+                    shared.answered.fetch_add(answered, Ordering::Relaxed);
+                    let c = sw.counters;
+                    shared
+                        .flow_mods
+                        .fetch_add(c.flow_mods - flushed.flow_mods, Ordering::Relaxed);
+                    shared
+                        .packet_outs
+                        .fetch_add(c.packet_outs - flushed.packet_outs, Ordering::Relaxed);
+                    flushed = c;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => bail!("switch {s}: read: {e}"),
+            }
+        }
+    }
+    Ok(SwitchResult {
+        counters: sw.counters,
+        latencies,
+        sent: win.sent,
+        lost: win.lost,
+        first_error: sw.first_error,
+    })
+}
+
+/// Connects, handshakes, loads and measures; returns the report.
+pub fn run(cfg: &RunConfig) -> Result<Report> {
+    let rt = if cfg.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cfg.threads)
+            .enable_all()
+            .build()?
+    };
+    rt.block_on(drive(cfg))
+}
+
+async fn drive(cfg: &RunConfig) -> Result<Report> {
+    let shared = Arc::new(Shared::default());
+    let acfg = Arc::new(cfg.clone());
+    let mut tasks = Vec::new();
+    for s in 0..cfg.plan.switches {
+        let fl = Arc::new(flows(&cfg.plan, s)?);
+        tasks.push(tokio::spawn(switch_task(
+            acfg.clone(),
+            shared.clone(),
+            s,
+            fl,
+        )));
+    }
+    let n = cfg.plan.switches;
+    let stop_all = |shared: &Shared| shared.stop.store(true, Ordering::Relaxed);
+
+    // Handshake: every switch answered a FEATURES_REQUEST.
+    let deadline = Instant::now() + cfg.connect_timeout;
+    while shared.ready.load(Ordering::Relaxed) < n {
+        if let Some(t) = tasks.iter_mut().find(|t| t.is_finished()) {
+            stop_all(&shared);
+            return Err(match t.await {
+                Ok(Err(e)) => e,
+                Ok(Ok(_)) => anyhow!("a switch stopped during the handshake"),
+                Err(e) => anyhow!("switch task failed: {e}"),
+            });
+        }
+        if Instant::now() > deadline {
+            stop_all(&shared);
+            bail!(
+                "only {} of {n} switches were asked for their features within {:.0} s (is the controller listening on {}?)",
+                shared.ready.load(Ordering::Relaxed),
+                cfg.connect_timeout.as_secs_f64(),
+                cfg.connect
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let the controller finish its own connection set-up (port
+    // description, initial flows) before the first PACKET_IN.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    shared.started.store(true, Ordering::Relaxed);
+    tokio::time::sleep(cfg.warmup).await;
+
+    let snap = |sh: &Shared| {
+        (
+            Instant::now(),
+            sh.answered.load(Ordering::Relaxed),
+            sh.flow_mods.load(Ordering::Relaxed),
+            sh.packet_outs.load(Ordering::Relaxed),
+        )
+    };
+    shared.measuring.store(true, Ordering::Relaxed);
+    let start = snap(&shared);
+    let mut per_second = Vec::new();
+    let mut last = start;
+    let end_at = start.0 + cfg.seconds;
+    loop {
+        let now = Instant::now();
+        if now >= end_at {
+            break;
+        }
+        let step = (end_at - now).min(Duration::from_secs(1));
+        tokio::time::sleep(step).await;
+        let cur = snap(&shared);
+        let dt = (cur.0 - last.0).as_secs_f64();
+        if dt >= 0.5 {
+            per_second.push((cur.1 - last.1) as f64 / dt);
+        }
+        last = cur;
+        if tasks.iter().any(|t| t.is_finished()) {
+            break;
+        }
+    }
+    shared.measuring.store(false, Ordering::Relaxed);
+    let end = snap(&shared);
+    stop_all(&shared);
+
+    let mut totals = Counters::default();
+    let mut lat = Vec::new();
+    let (mut sent, mut lost) = (0, 0);
+    let mut first_error = None;
+    for t in tasks {
+        let r = t.await.map_err(|e| anyhow!("switch task failed: {e}"))??;
+        totals.add(&r.counters);
+        lat.extend(r.latencies);
+        sent += r.sent;
+        lost += r.lost;
+        if first_error.is_none() {
+            first_error = r.first_error;
+        }
+    }
+    Ok(Report {
+        answered: end.1 - start.1,
+        elapsed: end.0 - start.0,
+        per_second,
+        flow_mods: end.2 - start.2,
+        packet_outs: end.3 - start.3,
+        latency: if cfg.mode == Mode::Latency {
+            percentiles(&mut lat)
+        } else {
+            None
+        },
+        totals,
+        sent,
+        lost,
+        first_error,
+    })
+}

@@ -1,0 +1,427 @@
+//! `cargo xtask bench controller`: PACKET_IN -> FLOW_MOD decisions per
+//! second and decision latency of daolinet-controller, side by side with
+//! os-ken running an equivalent minimal reactive app
+//! (`xtask/assets/osken_reactive.py`), both driven by the same release-built
+//! cbench-style generator (`daolinet-loadgen`) in one run. Recorded in the
+//! `controller` section of BENCHMARKS.md.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::util::{cargo, output, run as sh, step, workspace_root};
+
+/// Repetitions of each measurement (alternating ours / os-ken).
+const REPS: usize = 3;
+/// Fake switches in throughput mode.
+const SWITCHES: usize = 16;
+/// Containers per fake switch (496 distinct flows per switch).
+const CONTAINERS: usize = 32;
+/// PACKET_INs in flight per switch in throughput mode.
+const WINDOW: usize = 64;
+/// Fake switches in latency mode: one, so the round trip has no queueing
+/// behind other switches.
+const LAT_SWITCHES: usize = 1;
+const WARMUP: &str = "1";
+const SECONDS: &str = "4";
+/// os-ken version installed by setup (works with Python 3.10+).
+pub const OSKEN_VERSION: &str = "4.2.2";
+
+/// A child process killed (and reaped) when dropped, even on error paths.
+struct Proc {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn check_alive(&mut self) -> Result<()> {
+        if let Ok(Some(st)) = self.child.try_wait() {
+            bail!(
+                "{} exited ({st}); last log lines:\n{}",
+                self.name,
+                tail(&self.log, 15)
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        for _ in 0..30 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A scratch directory removed when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tail(path: &Path, n: usize) -> String {
+    let s = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Parses `RESULT k=v k=v ...` (the last such line of the generator's stdout).
+fn parse_result(stdout: &str) -> Result<BTreeMap<String, f64>> {
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("RESULT "))
+        .ok_or_else(|| anyhow!("the generator printed no RESULT line"))?;
+    let mut m = BTreeMap::new();
+    for kv in line.split_whitespace().skip(1) {
+        if let Some((k, v)) = kv.split_once('=') {
+            if let Ok(x) = v.parse::<f64>() {
+                m.insert(k.to_string(), x);
+            }
+        }
+    }
+    Ok(m)
+}
+
+struct Target {
+    name: &'static str,
+    addr: String,
+}
+
+fn loadgen(bin: &Path, t: &Target, latency: bool) -> Result<BTreeMap<String, f64>> {
+    let mut c = Command::new(bin);
+    c.args([
+        "run",
+        "--connect",
+        &t.addr,
+        "--warmup",
+        WARMUP,
+        "--seconds",
+        SECONDS,
+    ]);
+    c.args(["--containers", &CONTAINERS.to_string()]);
+    if latency {
+        c.args(["--mode", "latency", "--switches", &LAT_SWITCHES.to_string()]);
+    } else {
+        c.args([
+            "--switches",
+            &SWITCHES.to_string(),
+            "--window",
+            &WINDOW.to_string(),
+        ]);
+    }
+    let out = output(&mut c).with_context(|| format!("load on {}", t.name))?;
+    let r = parse_result(&out)?;
+    let get = |k: &str| r.get(k).copied().unwrap_or(f64::NAN);
+    if latency {
+        eprintln!(
+            "    {:<20} latency: p50 {:.1} us, p99 {:.1} us ({} samples, {:.0} decisions/s)",
+            t.name,
+            get("p50_us"),
+            get("p99_us"),
+            get("samples"),
+            get("rate")
+        );
+    } else {
+        eprintln!(
+            "    {:<20} throughput: {:.0} decisions/s ({:.0} FLOW_MOD/s, {:.0} PACKET_OUT/s, lost {})",
+            t.name,
+            get("rate"),
+            get("flow_mods_per_s"),
+            get("packet_outs_per_s"),
+            get("lost")
+        );
+    }
+    Ok(r)
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn start_ours(bin: &Path, dir: &Path) -> Result<(Proc, Target, String)> {
+    let of_port = free_port()?;
+    let log = dir.join("daolinet-controller.log");
+    let mut child = Command::new(bin)
+        .args(["run", "--listen", &format!("127.0.0.1:{of_port}")])
+        .args(["--api", "127.0.0.1:0", "--store"])
+        .arg(dir.join("controller.redb"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let stdout = child.stdout.take();
+    let mut p = Proc {
+        name: "daolinet-controller",
+        child,
+        log,
+    };
+    let (tx, rx) = mpsc::channel();
+    if let Some(out) = stdout {
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Some(a) = line.strip_prefix("api: ") {
+                    let _ = tx.send(a.trim().to_string());
+                }
+            }
+        });
+    }
+    let api = match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(a) => a,
+        Err(_) => {
+            p.check_alive()?;
+            bail!("daolinet-controller printed no `api: URL` line within 30 s");
+        }
+    };
+    let t = Target {
+        name: "daolinet-controller",
+        addr: format!("127.0.0.1:{of_port}"),
+    };
+    Ok((p, t, api))
+}
+
+fn start_osken(dir: &Path, plan: &Path) -> Result<(Proc, Target)> {
+    let port = free_port()?;
+    let app = workspace_root().join("xtask/assets/osken_reactive.py");
+    let log = dir.join("osken.log");
+    let child = Command::new("python3")
+        .arg(&app)
+        .args(["--ofp-tcp-listen-port", &port.to_string()])
+        .env("OSKEN_REACTIVE_PLAN", plan)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .context("starting python3 osken_reactive.py")?;
+    let p = Proc {
+        name: "os-ken",
+        child,
+        log,
+    };
+    let t = Target {
+        name: "os-ken (Python)",
+        addr: format!("127.0.0.1:{port}"),
+    };
+    Ok((p, t))
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// Run the controller benchmark and record it.
+pub fn run(setup: bool) -> Result<()> {
+    if setup {
+        crate::setup::run()?;
+    }
+    let osken_ok = Command::new("python3")
+        .args(["-c", "import os_ken"])
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !osken_ok {
+        bail!("os-ken is not installed for python3 (cargo xtask setup installs os-ken=={OSKEN_VERSION})");
+    }
+
+    step("building daolinet-controller and daolinet-loadgen (release)");
+    sh(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "daolinet-controller",
+        "-p",
+        "daolinet-loadgen",
+    ]))?;
+    let rel = workspace_root().join("target/release");
+    let ctl_bin = rel.join("daolinet-controller");
+    let gen_bin = rel.join("daolinet-loadgen");
+
+    let dir =
+        std::env::temp_dir().join(format!("daolinet-bench-controller-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let scratch = Scratch(dir.clone());
+
+    step("starting daolinet-controller and os-ken");
+    let (mut ours_p, ours, api) = start_ours(&ctl_bin, &dir)?;
+    let plan_json = output(Command::new(&gen_bin).args([
+        "plan",
+        "--switches",
+        &SWITCHES.to_string(),
+        "--containers",
+        &CONTAINERS.to_string(),
+    ]))?;
+    let plan = dir.join("plan.json");
+    std::fs::write(&plan, plan_json)?;
+    let (mut osken_p, osken) = start_osken(&dir, &plan)?;
+
+    step(&format!(
+        "registering {SWITCHES} hosts and {} containers with daolinet-controller",
+        SWITCHES * CONTAINERS
+    ));
+    sh(Command::new(&gen_bin)
+        .args(["register", "--api", &api, "--token-file"])
+        .arg(dir.join("api-token"))
+        .args([
+            "--switches",
+            &SWITCHES.to_string(),
+            "--containers",
+            &CONTAINERS.to_string(),
+        ]))?;
+
+    let mut thr: [Vec<f64>; 2] = [vec![], vec![]];
+    let mut fm: [Vec<f64>; 2] = [vec![], vec![]];
+    let mut po: [Vec<f64>; 2] = [vec![], vec![]];
+    let mut p50: [Vec<f64>; 2] = [vec![], vec![]];
+    let mut p99: [Vec<f64>; 2] = [vec![], vec![]];
+    let mut lost = [0f64; 2];
+    for rep in 1..=REPS {
+        step(&format!("repetition {rep}/{REPS}"));
+        for (i, t) in [&ours, &osken].into_iter().enumerate() {
+            ours_p.check_alive()?;
+            osken_p.check_alive()?;
+            let r = loadgen(&gen_bin, t, false)?;
+            thr[i].push(r.get("rate").copied().unwrap_or(0.0));
+            fm[i].push(r.get("flow_mods_per_s").copied().unwrap_or(0.0));
+            po[i].push(r.get("packet_outs_per_s").copied().unwrap_or(0.0));
+            lost[i] += r.get("lost").copied().unwrap_or(0.0);
+            let r = loadgen(&gen_bin, t, true)?;
+            p50[i].push(r.get("p50_us").copied().unwrap_or(f64::NAN));
+            p99[i].push(r.get("p99_us").copied().unwrap_or(f64::NAN));
+        }
+    }
+    drop(osken_p);
+    drop(ours_p);
+    drop(scratch);
+
+    let (t0, t1) = (median(&thr[0]), median(&thr[1]));
+    if t1.is_nan() || t1 <= 0.0 {
+        bail!("os-ken answered nothing");
+    }
+    let ratio = t0 / t1;
+    let runs = |v: &[f64], d: usize| {
+        v.iter()
+            .map(|x| format!("{x:.d$}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let verdict = |ok: bool| if ok { "met" } else { "**not met**" };
+    let table = format!(
+        "| controller | decisions/s (runs) | FLOW_MOD/s | PACKET_OUT/s | latency p50 us (runs) | latency p99 us (runs) |\n\
+         |---|---:|---:|---:|---:|---:|\n\
+         | daolinet-controller | **{t0:.0}** ({}) | {:.0} | {:.0} | **{:.1}** ({}) | **{:.1}** ({}) |\n\
+         | os-ken {OSKEN_VERSION} (Python) | **{t1:.0}** ({}) | {:.0} | {:.0} | **{:.1}** ({}) | **{:.1}** ({}) |\n\
+         | ratio ours / os-ken | **{ratio:.1}x** | | | {:.2}x | {:.2}x |\n",
+        runs(&thr[0], 0),
+        median(&fm[0]),
+        median(&po[0]),
+        median(&p50[0]),
+        runs(&p50[0], 1),
+        median(&p99[0]),
+        runs(&p99[0], 1),
+        runs(&thr[1], 0),
+        median(&fm[1]),
+        median(&po[1]),
+        median(&p50[1]),
+        runs(&p50[1], 1),
+        median(&p99[1]),
+        runs(&p99[1], 1),
+        median(&p50[0]) / median(&p50[1]),
+        median(&p99[0]) / median(&p99[1]),
+    );
+    print!("{table}");
+    let p99_ours = median(&p99[0]);
+    let md = format!(
+        "## Controller: PACKET_IN -> FLOW_MOD decisions\n\n\
+         Command: `cargo xtask bench controller`. One run, same machine ({cpu}, 2 cores \
+         shared by the generator, the controller under test and whatever else runs: the \
+         generator and the controller compete for the same 2 cores, so absolute numbers are \
+         pessimistic and noisy; compare the ratio). Both controllers run at the same time; \
+         the measurements alternate between them, {REPS} repetitions, medians shown.\n\n\
+         Generator: `daolinet-loadgen` (release), cbench-style: fake OpenFlow 1.3 switches \
+         that handshake like a switch (HELLO, FEATURES, PORT_DESC, ECHO, BARRIER...) and \
+         punt PACKET_INs of new flows: 60-byte IPv4/UDP frames between two containers of \
+         the same host, {CONTAINERS} containers per switch, so {pairs} distinct flows per switch, \
+         cycled. A PACKET_IN counts as decided when the FLOW_MOD matching its in_port, \
+         ipv4_src and ipv4_dst arrives; both controllers answer each one with 2 FLOW_MODs \
+         (forward and reverse) and 1 PACKET_OUT. daolinet-controller decides with the \
+         DaoliNet policy (the {SWITCHES} hosts and {nctr} containers are registered through the \
+         REST API first); os-ken runs `xtask/assets/osken_reactive.py`, a minimal reactive \
+         app doing the same messages from a static table.\n\n\
+         - throughput: {SWITCHES} switches, {WINDOW} PACKET_INs in flight per switch, \
+         {SECONDS} s measured after {WARMUP} s warm-up;\n\
+         - latency: {LAT_SWITCHES} switch, 1 PACKET_IN in flight, round trip PACKET_IN -> \
+         FLOW_MOD as seen by the generator (includes both TCP stacks and the generator).\n\n\
+         {table}\n\
+         Targets: >= 500k decisions/s: {}; >= 50x os-ken: {}; p99 < 100 us: {}. \
+         PACKET_INs lost (never answered) over all throughput runs: ours {}, os-ken {}.\n",
+        verdict(t0 >= 500_000.0),
+        verdict(ratio >= 50.0),
+        verdict(p99_ours < 100.0),
+        lost[0],
+        lost[1],
+        pairs = CONTAINERS * (CONTAINERS - 1) / 2,
+        nctr = SWITCHES * CONTAINERS,
+        cpu = cpu_model(),
+    );
+    crate::benchmarks::update_section("controller", &md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_line_is_parsed() {
+        let m = parse_result("noise\nRESULT mode=latency rate=12.5 p99_us=40.25 x\n").unwrap();
+        assert_eq!(m.get("rate"), Some(&12.5));
+        assert_eq!(m.get("p99_us"), Some(&40.25));
+        assert!(!m.contains_key("mode"));
+        assert!(parse_result("nothing").is_err());
+    }
+
+    #[test]
+    fn median_of_even_and_odd() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
+}
