@@ -11,11 +11,13 @@
 //!   PACKET_IN -> answering FLOW_MOD, p50/p99.
 //! - `register`: registers the fake hosts and containers with a DaoliNet
 //!   controller's REST API, so its policy answers the PACKET_INs.
+//! - `reference`: a floor-reference controller (table lookup, same answers).
 //! - `plan`: prints the container table (JSON) for a third-party app.
 //!
 //! The last line `run` prints on stdout is `RESULT key=value ...` for tools.
 
 mod plan;
+mod reference;
 mod register;
 mod run;
 mod switch;
@@ -83,9 +85,11 @@ enum Cmd {
         /// Seconds to wait for the controller to accept and handshake every switch.
         #[arg(long, default_value_t = 20.0)]
         connect_timeout: f64,
-        /// A PACKET_IN unanswered for this many seconds counts as lost.
-        #[arg(long, default_value_t = 1.0)]
-        lost_after: f64,
+        /// A PACKET_IN unanswered for this many seconds counts as lost and frees
+        /// its window slot [default: 1 in latency mode, 30 in throughput mode,
+        /// where a slow controller may queue a whole window].
+        #[arg(long)]
+        lost_after: Option<f64>,
     },
     /// Register the fake hosts, the network and the containers with a DaoliNet controller.
     Register {
@@ -97,6 +101,18 @@ enum Cmd {
         token_file: PathBuf,
         #[command(flatten)]
         topo: Topo,
+    },
+    /// Serve a floor-reference controller (no policy, no store: table lookup
+    /// and the same answers as daolinet-controller) until killed.
+    Reference {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:6653")]
+        listen: String,
+        #[command(flatten)]
+        topo: Topo,
+        /// Worker threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
     },
     /// Print the container table (JSON) the os-ken comparison app reads.
     Plan {
@@ -157,7 +173,14 @@ fn main() {
                     seconds: measured,
                     threads,
                     connect_timeout: secs("--connect-timeout", connect_timeout)?,
-                    lost_after: secs("--lost-after", lost_after)?.max(Duration::from_millis(10)),
+                    lost_after: secs(
+                        "--lost-after",
+                        lost_after.unwrap_or(match mode {
+                            Mode::Latency => 1.0,
+                            Mode::Throughput => 30.0,
+                        }),
+                    )?
+                    .max(Duration::from_millis(10)),
                 };
                 let report = run::run(&cfg)?;
                 eprint!("{}", report.human(&cfg));
@@ -176,6 +199,14 @@ fn main() {
             } => {
                 let plan = plan::Plan::new(topo.switches, topo.containers)?;
                 register::register(&api, &token_file, &plan)
+            }
+            Cmd::Reference {
+                listen,
+                topo,
+                threads,
+            } => {
+                let plan = plan::Plan::new(topo.switches, topo.containers)?;
+                reference::run(&listen, &plan, threads)
             }
             Cmd::Plan { topo } => {
                 let plan = plan::Plan::new(topo.switches, topo.containers)?;

@@ -247,6 +247,67 @@ fn cpu_model() -> String {
 }
 
 /// Run the controller benchmark and record it.
+/// The measurements of one controller.
+#[derive(Default)]
+struct Series {
+    rate: Vec<f64>,
+    flow_mods: Vec<f64>,
+    packet_outs: Vec<f64>,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+    lost: f64,
+}
+
+impl Series {
+    fn row(&self, name: &str) -> String {
+        let runs = |v: &[f64], d: usize| {
+            v.iter()
+                .map(|x| format!("{x:.d$}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "| {name} | **{:.0}** ({}) | {:.0} | {:.0} | **{:.1}** ({}) | **{:.1}** ({}) |\n",
+            median(&self.rate),
+            runs(&self.rate, 0),
+            median(&self.flow_mods),
+            median(&self.packet_outs),
+            median(&self.p50),
+            runs(&self.p50, 1),
+            median(&self.p99),
+            runs(&self.p99, 1),
+        )
+    }
+}
+
+fn start_reference(gen_bin: &Path, dir: &Path) -> Result<(Proc, Target)> {
+    let port = free_port()?;
+    let log = dir.join("reference.log");
+    let child = Command::new(gen_bin)
+        .args(["reference", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--switches", &SWITCHES.to_string()])
+        .args(["--containers", &CONTAINERS.to_string()])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .context("starting daolinet-loadgen reference")?;
+    let p = Proc {
+        name: "reference controller",
+        child,
+        log,
+    };
+    let t = Target {
+        name: "floor reference",
+        addr: format!("127.0.0.1:{port}"),
+    };
+    Ok((p, t))
+}
+
+/// Run the controller benchmark and record it.
+///
+/// `DAOLINET_BENCH_CONTROLLER_BIN` may name another daolinet-controller
+/// binary to measure (e.g. a profiling build); the default is the release
+/// build of this workspace.
 pub fn run(setup: bool) -> Result<()> {
     if setup {
         crate::setup::run()?;
@@ -271,7 +332,9 @@ pub fn run(setup: bool) -> Result<()> {
         "daolinet-loadgen",
     ]))?;
     let rel = workspace_root().join("target/release");
-    let ctl_bin = rel.join("daolinet-controller");
+    let ctl_bin = std::env::var_os("DAOLINET_BENCH_CONTROLLER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| rel.join("daolinet-controller"));
     let gen_bin = rel.join("daolinet-loadgen");
 
     let dir =
@@ -280,8 +343,8 @@ pub fn run(setup: bool) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let scratch = Scratch(dir.clone());
 
-    step("starting daolinet-controller and os-ken");
-    let (mut ours_p, ours, api) = start_ours(&ctl_bin, &dir)?;
+    step("starting daolinet-controller, os-ken and the floor reference");
+    let (ours_p, ours, api) = start_ours(&ctl_bin, &dir)?;
     let plan_json = output(Command::new(&gen_bin).args([
         "plan",
         "--switches",
@@ -291,7 +354,9 @@ pub fn run(setup: bool) -> Result<()> {
     ]))?;
     let plan = dir.join("plan.json");
     std::fs::write(&plan, plan_json)?;
-    let (mut osken_p, osken) = start_osken(&dir, &plan)?;
+    let (osken_p, osken) = start_osken(&dir, &plan)?;
+    let (ref_p, reference) = start_reference(&gen_bin, &dir)?;
+    let mut procs = [ours_p, osken_p, ref_p];
 
     step(&format!(
         "registering {SWITCHES} hosts and {} containers with daolinet-controller",
@@ -307,97 +372,79 @@ pub fn run(setup: bool) -> Result<()> {
             &CONTAINERS.to_string(),
         ]))?;
 
-    let mut thr: [Vec<f64>; 2] = [vec![], vec![]];
-    let mut fm: [Vec<f64>; 2] = [vec![], vec![]];
-    let mut po: [Vec<f64>; 2] = [vec![], vec![]];
-    let mut p50: [Vec<f64>; 2] = [vec![], vec![]];
-    let mut p99: [Vec<f64>; 2] = [vec![], vec![]];
-    let mut lost = [0f64; 2];
+    let targets = [&ours, &osken, &reference];
+    let mut series: [Series; 3] = Default::default();
     for rep in 1..=REPS {
         step(&format!("repetition {rep}/{REPS}"));
-        for (i, t) in [&ours, &osken].into_iter().enumerate() {
-            ours_p.check_alive()?;
-            osken_p.check_alive()?;
+        for (t, s) in targets.iter().zip(series.iter_mut()) {
+            for p in procs.iter_mut() {
+                p.check_alive()?;
+            }
             let r = loadgen(&gen_bin, t, false)?;
-            thr[i].push(r.get("rate").copied().unwrap_or(0.0));
-            fm[i].push(r.get("flow_mods_per_s").copied().unwrap_or(0.0));
-            po[i].push(r.get("packet_outs_per_s").copied().unwrap_or(0.0));
-            lost[i] += r.get("lost").copied().unwrap_or(0.0);
+            let get = |k: &str| r.get(k).copied().unwrap_or(f64::NAN);
+            s.rate.push(get("rate"));
+            s.flow_mods.push(get("flow_mods_per_s"));
+            s.packet_outs.push(get("packet_outs_per_s"));
+            s.lost += get("lost");
             let r = loadgen(&gen_bin, t, true)?;
-            p50[i].push(r.get("p50_us").copied().unwrap_or(f64::NAN));
-            p99[i].push(r.get("p99_us").copied().unwrap_or(f64::NAN));
+            s.p50.push(r.get("p50_us").copied().unwrap_or(f64::NAN));
+            s.p99.push(r.get("p99_us").copied().unwrap_or(f64::NAN));
         }
     }
-    drop(osken_p);
-    drop(ours_p);
+    drop(procs);
     drop(scratch);
 
-    let (t0, t1) = (median(&thr[0]), median(&thr[1]));
+    let [o, k, f] = &series;
+    let (t0, t1) = (median(&o.rate), median(&k.rate));
     if t1.is_nan() || t1 <= 0.0 {
         bail!("os-ken answered nothing");
     }
     let ratio = t0 / t1;
-    let runs = |v: &[f64], d: usize| {
-        v.iter()
-            .map(|x| format!("{x:.d$}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let verdict = |ok: bool| if ok { "met" } else { "**not met**" };
     let table = format!(
         "| controller | decisions/s (runs) | FLOW_MOD/s | PACKET_OUT/s | latency p50 us (runs) | latency p99 us (runs) |\n\
          |---|---:|---:|---:|---:|---:|\n\
-         | daolinet-controller | **{t0:.0}** ({}) | {:.0} | {:.0} | **{:.1}** ({}) | **{:.1}** ({}) |\n\
-         | os-ken {OSKEN_VERSION} (Python) | **{t1:.0}** ({}) | {:.0} | {:.0} | **{:.1}** ({}) | **{:.1}** ({}) |\n\
-         | ratio ours / os-ken | **{ratio:.1}x** | | | {:.2}x | {:.2}x |\n",
-        runs(&thr[0], 0),
-        median(&fm[0]),
-        median(&po[0]),
-        median(&p50[0]),
-        runs(&p50[0], 1),
-        median(&p99[0]),
-        runs(&p99[0], 1),
-        runs(&thr[1], 0),
-        median(&fm[1]),
-        median(&po[1]),
-        median(&p50[1]),
-        runs(&p50[1], 1),
-        median(&p99[1]),
-        runs(&p99[1], 1),
-        median(&p50[0]) / median(&p50[1]),
-        median(&p99[0]) / median(&p99[1]),
+         {}{}| **daolinet-controller vs os-ken** | **{ratio:.1}x** more | | | **{:.1}x** lower | **{:.1}x** lower |\n\
+         {}",
+        o.row("daolinet-controller"),
+        k.row(&format!("os-ken {OSKEN_VERSION} (Python)")),
+        median(&k.p50) / median(&o.p50),
+        median(&k.p99) / median(&o.p99),
+        f.row("floor reference: table lookup, same answers, no policy (Rust, 1 thread)"),
     );
     print!("{table}");
-    let p99_ours = median(&p99[0]);
+    let verdict = |ok: bool| if ok { "met" } else { "**not met**" };
     let md = format!(
         "## Controller: PACKET_IN -> FLOW_MOD decisions\n\n\
-         Command: `cargo xtask bench controller`. One run, same machine ({cpu}, 2 cores \
+         Command: `cargo xtask bench controller`. One run on one machine ({cpu}, 2 cores \
          shared by the generator, the controller under test and whatever else runs: the \
          generator and the controller compete for the same 2 cores, so absolute numbers are \
-         pessimistic and noisy; compare the ratio). Both controllers run at the same time; \
+         pessimistic and noisy; compare the ratios). All controllers run at the same time; \
          the measurements alternate between them, {REPS} repetitions, medians shown.\n\n\
-         Generator: `daolinet-loadgen` (release), cbench-style: fake OpenFlow 1.3 switches \
-         that handshake like a switch (HELLO, FEATURES, PORT_DESC, ECHO, BARRIER...) and \
-         punt PACKET_INs of new flows: 60-byte IPv4/UDP frames between two containers of \
-         the same host, {CONTAINERS} containers per switch, so {pairs} distinct flows per switch, \
-         cycled. A PACKET_IN counts as decided when the FLOW_MOD matching its in_port, \
-         ipv4_src and ipv4_dst arrives; both controllers answer each one with 2 FLOW_MODs \
-         (forward and reverse) and 1 PACKET_OUT. daolinet-controller decides with the \
-         DaoliNet policy (the {SWITCHES} hosts and {nctr} containers are registered through the \
-         REST API first); os-ken runs `xtask/assets/osken_reactive.py`, a minimal reactive \
-         app doing the same messages from a static table.\n\n\
+         Generator: `daolinet-loadgen` (release, 1 thread), cbench-style: fake OpenFlow 1.3 \
+         switches that handshake like a switch (HELLO, FEATURES, PORT_DESC, ECHO, BARRIER...) \
+         and punt PACKET_INs of new flows: 60-byte IPv4/UDP frames between two containers of \
+         the same host, {CONTAINERS} containers per switch, so {pairs} distinct flows per \
+         switch, cycled. A PACKET_IN counts as decided when the FLOW_MOD matching its in_port, \
+         ipv4_src and ipv4_dst arrives; every controller answers each one with 2 FLOW_MODs \
+         (forward and reverse) and 1 PACKET_OUT. daolinet-controller decides with the DaoliNet \
+         policy (the {SWITCHES} hosts and {nctr} containers are registered through the REST \
+         API first); os-ken runs `xtask/assets/osken_reactive.py`, a minimal reactive app \
+         sending the same messages from a static table; the floor reference \
+         (`daolinet-loadgen reference`) does the same in Rust with our codec, i.e. the \
+         ceiling this generator can measure on this machine.\n\n\
          - throughput: {SWITCHES} switches, {WINDOW} PACKET_INs in flight per switch, \
          {SECONDS} s measured after {WARMUP} s warm-up;\n\
          - latency: {LAT_SWITCHES} switch, 1 PACKET_IN in flight, round trip PACKET_IN -> \
          FLOW_MOD as seen by the generator (includes both TCP stacks and the generator).\n\n\
          {table}\n\
-         Targets: >= 500k decisions/s: {}; >= 50x os-ken: {}; p99 < 100 us: {}. \
-         PACKET_INs lost (never answered) over all throughput runs: ours {}, os-ken {}.\n",
+         Targets for daolinet-controller: >= 500k decisions/s: {}; >= 50x os-ken: {}; \
+         p99 < 100 us: {}. PACKET_INs lost (never answered) over all throughput runs: \
+         ours {}, os-ken {}.\n",
         verdict(t0 >= 500_000.0),
         verdict(ratio >= 50.0),
-        verdict(p99_ours < 100.0),
-        lost[0],
-        lost[1],
+        verdict(median(&o.p99) < 100.0),
+        o.lost,
+        k.lost,
         pairs = CONTAINERS * (CONTAINERS - 1) / 2,
         nctr = SWITCHES * CONTAINERS,
         cpu = cpu_model(),
