@@ -1,13 +1,16 @@
 //! `cargo xtask demo`: two hosts joined by an underlay bridge, one
 //! container behind each, an agent per host, the DaoliNet cross-host rules
 //! installed through the agents' control sockets, traffic and counters
-//! shown, everything removed at the end (also on failure or Ctrl-C of a step).
+//! shown, everything removed at the end (also on failure, Ctrl-C or
+//! SIGTERM; leftovers of a run killed outright are removed by the next one,
+//! see [`crate::cleanup`]).
 
 use anyhow::{bail, Context, Result};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::cleanup::{self, Guard};
 use crate::util::{cargo, is_root, run as sh, step, workspace_root};
 
 const BPFFS: &str = "/run/daolinet-demo-bpffs";
@@ -25,35 +28,11 @@ pub(crate) struct Host {
     pub(crate) cmac: &'static str,
 }
 
-/// Removes namespaces, agents and pins when dropped.
-pub(crate) struct Cleanup {
-    pub(crate) namespaces: Vec<String>,
-    pub(crate) agents: Vec<Child>,
-    pub(crate) states: Vec<PathBuf>,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for a in &mut self.agents {
-            let _ = Command::new("kill").arg(a.id().to_string()).status();
-            let _ = a.wait();
-        }
-        for n in self.namespaces.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-        for s in &self.states {
-            let _ = std::fs::remove_dir_all(s);
-        }
-        let _ = std::fs::remove_dir_all(format!("{BPFFS}/daolinet"));
-        eprintln!("    cleaned up namespaces, agents and pinned maps");
-    }
-}
-
 fn ip(args: &[&str]) -> Result<()> {
     sh(Command::new("ip").args(args))
 }
 
-pub(crate) fn agent(bin: &PathBuf, ns: &str, state: &PathBuf, args: &[&str]) -> Command {
+pub(crate) fn agent(bin: &Path, ns: &str, state: &Path, args: &[&str]) -> Command {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", ns])
         .arg(bin)
@@ -63,11 +42,17 @@ pub(crate) fn agent(bin: &PathBuf, ns: &str, state: &PathBuf, args: &[&str]) -> 
     c
 }
 
-/// Everything the demo and the datapath benchmark share: root check,
-/// setup, BPF object and agent builds, bpffs, the namespace topology and
-/// one running agent per host. Returns the agent binary, the cleanup guard
-/// and the hosts.
-pub(crate) fn lab(setup: bool, what: &str, prefix: &str) -> Result<(PathBuf, Cleanup, Vec<Host>)> {
+/// The agent binary and the BPF object a lab runs.
+pub(crate) struct Build {
+    pub(crate) bin: PathBuf,
+    pub(crate) obj: PathBuf,
+}
+
+/// What every lab needs first: root check, setup, the BPF object and the
+/// agent (release), the bpffs for pins, and the cleanup guard (installed
+/// before anything is created, so Ctrl-C from here on cleans up). Returns
+/// the guard and this run's tag (prefix of every namespace it creates).
+pub(crate) fn prepare(setup: bool, what: &str, prefix: &str) -> Result<(Build, Guard, String)> {
     if !is_root() {
         bail!("{what} creates network namespaces and loads BPF programs: run it as root");
     }
@@ -79,19 +64,25 @@ pub(crate) fn lab(setup: bool, what: &str, prefix: &str) -> Result<(PathBuf, Cle
     sh(cargo().args(["build", "--release", "-p", "daolinet-agent"]))?;
     let bin = workspace_root().join("target/release/daolinet-agent");
     ensure_bpffs()?;
-    let mut clean = Cleanup {
-        namespaces: Vec::new(),
-        agents: Vec::new(),
-        states: Vec::new(),
-    };
-    let hosts = topology(&mut clean, prefix)?;
-    start_agents(&mut clean, &bin, &obj, &hosts)?;
-    Ok((bin, clean, hosts))
+    let guard = cleanup::guard()?;
+    let tag = cleanup::claim_tag(prefix, BPFFS)?;
+    Ok((Build { bin, obj }, guard, tag))
+}
+
+/// Everything the demo needs: [`prepare`], the namespace topology and one
+/// running agent per host. Returns the build, the cleanup guard and the
+/// hosts.
+pub(crate) fn lab(setup: bool, what: &str, prefix: &str) -> Result<(Build, Guard, Vec<Host>)> {
+    let (build, guard, tag) = prepare(setup, what, prefix)?;
+    let hosts = topology(&tag)?;
+    start_agents(&build, &hosts)?;
+    Ok((build, guard, hosts))
 }
 
 /// Run the demo.
 pub fn run(setup: bool) -> Result<()> {
-    let (bin, _clean, hosts) = lab(setup, "the demo", "dldemo")?;
+    let (build, _guard, hosts) = lab(setup, "the demo", "dldemo")?;
+    let bin = &build.bin;
     let (c1, c2) = (&hosts[0].container, &hosts[1].container);
 
     step("no flow yet: the first packet is punted, nothing crosses");
@@ -113,7 +104,7 @@ pub fn run(setup: bool) -> Result<()> {
         bail!("a packet crossed without any rule installed");
     }
 
-    install_rules(&bin, &hosts)?;
+    install_rules(bin, &hosts)?;
 
     step(&format!(
         "ping {} -> {} across hosts",
@@ -162,9 +153,9 @@ pub fn run(setup: bool) -> Result<()> {
 
     for h in &hosts {
         step(&format!("flows and ports on {}", h.ns));
-        let state = PathBuf::from(format!("/tmp/{}-state", h.ns));
-        sh(&mut agent(&bin, &h.ns, &state, &["flows"]))?;
-        sh(&mut agent(&bin, &h.ns, &state, &["ports"]))?;
+        let state = state_dir(&h.ns);
+        sh(&mut agent(bin, &h.ns, &state, &["flows"]))?;
+        sh(&mut agent(bin, &h.ns, &state, &["ports"]))?;
     }
     step("demo done");
     Ok(())
@@ -182,13 +173,26 @@ pub(crate) fn ensure_bpffs() -> Result<()> {
     Ok(())
 }
 
-/// Build the namespaces: an underlay bridge, two hosts, one container per host.
-pub(crate) fn topology(clean: &mut Cleanup, prefix: &str) -> Result<Vec<Host>> {
-    let tag = format!("{prefix}{}", std::process::id() % 10000);
-    step("creating the topology: underlay bridge, 2 hosts, 1 container per host");
+/// The agent state directory of host namespace `ns`.
+pub(crate) fn state_dir(ns: &str) -> PathBuf {
+    PathBuf::from(format!("/tmp/{ns}-state"))
+}
+
+/// Create namespace `n`, registered for cleanup.
+fn netns(n: &str) -> Result<()> {
+    // Registered first: a half-created namespace is removed too.
+    cleanup::add_namespace(n);
+    ip(&["netns", "add", n])
+}
+
+/// Build the namespaces, all named `<tag>...`: an underlay bridge, two
+/// hosts, one container per host.
+pub(crate) fn topology(tag: &str) -> Result<Vec<Host>> {
+    step(&format!(
+        "creating the topology {tag}*: underlay bridge, 2 hosts, 1 container per host"
+    ));
     let u = format!("{tag}u");
-    ip(&["netns", "add", &u])?;
-    clean.namespaces.push(u.clone());
+    netns(&u)?;
     ip(&["-n", &u, "link", "add", "br0", "type", "bridge"])?;
     ip(&["-n", &u, "link", "set", "br0", "up"])?;
     let hosts = [
@@ -214,8 +218,7 @@ pub(crate) fn topology(clean: &mut Cleanup, prefix: &str) -> Result<Vec<Host>> {
     for (i, h) in hosts.iter().enumerate() {
         let peer = format!("u{i}");
         for n in [&h.ns, &h.container] {
-            ip(&["netns", "add", n])?;
-            clean.namespaces.push(n.clone());
+            netns(n)?;
         }
         ip(&[
             "-n", &h.ns, "link", "add", "eth0", "type", "veth", "peer", "name", &peer, "netns", &u,
@@ -277,27 +280,23 @@ pub(crate) fn topology(clean: &mut Cleanup, prefix: &str) -> Result<Vec<Host>> {
 }
 
 /// Start one agent per host (uplink eth0, container port c0 = 1).
-pub(crate) fn start_agents(
-    clean: &mut Cleanup,
-    bin: &PathBuf,
-    obj: &std::path::Path,
-    hosts: &[Host],
-) -> Result<()> {
+pub(crate) fn start_agents(build: &Build, hosts: &[Host]) -> Result<()> {
     step("starting one daolinet-agent per host");
     for h in hosts {
-        let state = PathBuf::from(format!("/tmp/{}-state", h.ns));
+        let state = state_dir(&h.ns);
+        cleanup::add_path(&state);
+        cleanup::add_path(Path::new(BPFFS).join(format!("daolinet/tmp_{}_state", h.ns)));
         let child = agent(
-            bin,
+            &build.bin,
             &h.ns,
             &state,
             &["run", "--uplink", "eth0", "--port", "c0=1"],
         )
-        .env("DAOLINET_BPF_OBJECT", obj)
+        .env("DAOLINET_BPF_OBJECT", &build.obj)
         .stderr(Stdio::null())
         .spawn()
         .context("starting the agent")?;
-        clean.agents.push(child);
-        clean.states.push(state.clone());
+        cleanup::add_child(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !state.join("agent.sock").exists() {
             if Instant::now() > deadline {
@@ -310,7 +309,7 @@ pub(crate) fn start_agents(
 }
 
 /// Install the DaoliNet pair of flows on both hosts through the agents.
-pub(crate) fn install_rules(bin: &PathBuf, hosts: &[Host]) -> Result<()> {
+pub(crate) fn install_rules(bin: &Path, hosts: &[Host]) -> Result<()> {
     step("installing the DaoliNet pair of flows (logical <-> physical rewrite, no tunnel)");
     for (i, h) in hosts.iter().enumerate() {
         let o = &hosts[1 - i];
@@ -322,7 +321,7 @@ pub(crate) fn install_rules(bin: &PathBuf, hosts: &[Host]) -> Result<()> {
             "cookie=0x7,priority=100,in_port={UPLINK},ip,nw_src={},nw_dst={} actions=set_field:{GW}->eth_src,set_field:{}->eth_dst,set_field:{}->ip_src,set_field:{}->ip_dst,output:1",
             o.physical, h.physical, h.cmac, o.logical, h.logical
         );
-        let state = PathBuf::from(format!("/tmp/{}-state", h.ns));
+        let state = state_dir(&h.ns);
         for f in [out, back] {
             eprintln!("    {}: {f}", h.ns);
             let st = agent(bin, &h.ns, &state, &["rule", "add", &f])

@@ -10,6 +10,7 @@
 mod bench;
 mod benchmarks;
 mod build_ebpf;
+mod cleanup;
 mod demo;
 mod fuzz;
 mod setup;
