@@ -101,6 +101,19 @@ pub fn prog_test_run(
     packet: &[u8],
     ctx_in: Option<&[u8]>,
 ) -> Result<(u32, Vec<u8>)> {
+    let (ret, out, _) = prog_test_run_repeat(prog_fd, packet, ctx_in, 1)?;
+    Ok((ret, out))
+}
+
+/// Like [`prog_test_run`], but the kernel runs the program `repeat` times
+/// on the same packet (which is *not* restored between runs) and also
+/// returns the mean run time in nanoseconds.
+pub fn prog_test_run_repeat(
+    prog_fd: RawFd,
+    packet: &[u8],
+    ctx_in: Option<&[u8]>,
+    repeat: u32,
+) -> Result<(u32, Vec<u8>, u32)> {
     /// The `test` member of `union bpf_attr`.
     #[repr(C)]
     #[derive(Default)]
@@ -131,7 +144,7 @@ pub fn prog_test_run(
         data_size_out: u32::try_from(out.len()).context("packet too large")?,
         data_in: packet.as_ptr() as u64,
         data_out: out.as_mut_ptr() as u64,
-        repeat: 1,
+        repeat,
         ..Default::default()
     };
     if let Some(ctx) = ctx_in {
@@ -152,7 +165,7 @@ pub fn prog_test_run(
         return Err(std::io::Error::last_os_error()).context("bpf(BPF_PROG_TEST_RUN)");
     }
     out.truncate(attr.data_size_out as usize);
-    Ok((attr.retval, out))
+    Ok((attr.retval, out, attr.duration))
 }
 
 /// A `__sk_buff` test context with `ifindex` set.
@@ -279,6 +292,14 @@ impl Datapath {
     pub fn run_tc(&mut self, packet: &[u8], ifindex: u32) -> Result<(u32, Vec<u8>)> {
         let fd = self.prog_fd(names::PROG_TC)?;
         prog_test_run(fd, packet, Some(&skb_ctx(ifindex)))
+    }
+
+    /// Run the TC program `repeat` times on `packet` (not restored between
+    /// runs) arriving on `ifindex`; returns (last verdict, mean ns per run).
+    pub fn time_tc(&mut self, packet: &[u8], ifindex: u32, repeat: u32) -> Result<(u32, u32)> {
+        let fd = self.prog_fd(names::PROG_TC)?;
+        let (ret, _, ns) = prog_test_run_repeat(fd, packet, Some(&skb_ctx(ifindex)), repeat)?;
+        Ok((ret, ns))
     }
 
     /// Run the XDP program on `packet` arriving on `ifindex` (a real device

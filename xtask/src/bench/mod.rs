@@ -5,6 +5,7 @@ use anyhow::Result;
 mod controller;
 mod datapath;
 mod openflow;
+mod udp;
 
 pub use controller::OSKEN_VERSION;
 
