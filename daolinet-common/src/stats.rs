@@ -8,7 +8,8 @@ pub struct RuleStats {
     pub packets: u64,
     /// Bytes that hit the rule.
     pub bytes: u64,
-    /// `bpf_ktime_get_ns()` of the last hit (CLOCK_MONOTONIC).
+    /// `bpf_ktime_get_coarse_ns()` of the last hit: CLOCK_MONOTONIC_COARSE,
+    /// which trails CLOCK_MONOTONIC by at most a timer tick.
     pub last_used_ns: u64,
 }
 

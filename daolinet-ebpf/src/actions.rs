@@ -7,29 +7,84 @@
 //! an earlier `Controller` punts a copy. Actions after the last output have
 //! no effect; a rule without any output drops ([`DropReason::PolicyDrop`]).
 //! A set action on a packet without that header is skipped.
+//!
+//! Set-field and `dec_ttl` actions are *lazy*, as in Open vSwitch: they only
+//! change the parsed key ([`ActState::pkt`]) and mark what is dirty; the
+//! packet is rewritten once, right before it (or a copy) leaves
+//! ([`commit`]): one store for both MACs, one for both IPv4 addresses, one
+//! checksum fix-up per checksum with the summed difference of every
+//! changed word, instead of a store and two checksum helper calls per field.
 
 use daolinet_common::{
     Action, ActionKind, DropReason, FlowEntry, PortInfo, PuntReason, MAX_ACTIONS,
 };
 
 use crate::{
-    context::{Packet, Sent, Target},
+    context::{csum_diff, Buf, Packet, Sent, Target},
     counters,
     maps::DL_OFPORTS,
-    parse::{
-        Parsed, ETH_DST_OFF, ETH_SRC_OFF, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, IP_TTL_OFF, L3,
-    },
+    parse::{Parsed, ETH_DST_OFF, IP_CSUM_OFF, IP_SRC_OFF, IP_TTL_OFF, L3},
     punt::punt,
 };
+
+/// [`ActState::dirty`]: a MAC address was set.
+const DIRTY_ETH: u32 = 1;
+/// [`ActState::dirty`]: an IPv4 address was set.
+const DIRTY_IP: u32 = 2;
+/// [`ActState::dirty`]: a TCP/UDP port was set.
+const DIRTY_L4: u32 = 4;
+/// [`ActState::dirty`]: the TTL was decremented.
+const DIRTY_TTL: u32 = 8;
+
+/// What the packet bytes hold for the fields that enter a checksum, until
+/// the next [`commit`].
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Wire {
+    /// IPv4 source and destination, as in the packet.
+    pub ipv4: [u8; 8],
+    /// TCP/UDP source and destination ports, as in the packet (big endian).
+    pub ports: [u8; 4],
+    /// IPv4 TTL.
+    pub ttl: u8,
+    /// Padding.
+    pub _pad: [u8; 3],
+}
 
 /// The per-packet state the actions work on. Scalars only: it is handed
 /// to the per-action global BPF function as plain memory.
 #[repr(C)]
 pub struct ActState {
-    /// The packet as parsed (kept up to date by set actions).
+    /// The packet as parsed, with the set actions applied so far.
     pub pkt: Parsed,
     /// The ingress port.
     pub port: PortInfo,
+    /// The checksummed fields as the packet bytes still hold them.
+    pub wire: Wire,
+    /// `DIRTY_*` bits: what the set actions changed since the last commit.
+    pub dirty: u32,
+    /// Index of the last output-like action (the one that decides the
+    /// verdict), or [`MAX_ACTIONS`] when there is none.
+    pub last_out: u32,
+}
+
+impl ActState {
+    /// Prepare the state for the packet just parsed into `self.pkt`.
+    #[inline(always)]
+    pub fn reset(&mut self, port: &PortInfo) {
+        let k = &self.pkt.key;
+        let (s, d) = (k.ipv4_src, k.ipv4_dst);
+        let (sp, dp) = (k.l4_src.to_be_bytes(), k.l4_dst.to_be_bytes());
+        self.wire = Wire {
+            ipv4: [s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3]],
+            ports: [sp[0], sp[1], dp[0], dp[1]],
+            ttl: self.pkt.ttl,
+            _pad: [0; 3],
+        };
+        self.port = *port;
+        self.dirty = 0;
+        self.last_out = MAX_ACTIONS as u32;
+    }
 }
 
 /// Return value of [`step`]: go on with the next action.
@@ -50,6 +105,18 @@ pub const ACT_DROP_BASE: i32 = -100;
 pub fn apply<P: Packet>(ctx: &P, st: &mut ActState, entry: &FlowEntry) -> Result<i32, DropReason> {
     let n = entry.n_actions;
     if n == 0 {
+        return Err(DropReason::PolicyDrop);
+    }
+    // The last output-like action decides the verdict; earlier ones copy.
+    let mut j = 0;
+    while j < MAX_ACTIONS {
+        if j < n as usize && matches!(entry.actions[j].kind(), Some(k) if k.is_output()) {
+            st.last_out = j as u32;
+        }
+        j += 1;
+    }
+    if st.last_out as usize >= MAX_ACTIONS {
+        // No output: OpenFlow drops.
         return Err(DropReason::PolicyDrop);
     }
     let mut i = 0u32;
@@ -85,25 +152,12 @@ fn drop_reason(v: i32) -> DropReason {
 /// `ACT_DROP_BASE - reason` drops.
 #[inline(always)]
 pub fn step<P: Packet>(ctx: &P, st: &mut ActState, entry: &FlowEntry, index: u32) -> i32 {
-    let n = entry.n_actions as usize;
-    let index = index as usize;
-    let Some(a) = entry.actions.get(index) else {
+    let Some(a) = entry.actions.get(index as usize) else {
         return ACT_DROP_BASE - DropReason::PolicyDrop as i32;
     };
     let a = *a;
-    // The last output-like action decides the verdict; earlier ones copy.
-    // (Constant trip count and constant offsets: the verifier cannot relate
-    // a pointer walking from `index` to its loop counter.)
-    let mut last = true;
-    let mut j = 0;
-    while j < MAX_ACTIONS {
-        if j > index && j < n && matches!(entry.actions[j].kind(), Some(k) if k.is_output()) {
-            last = false;
-        }
-        j += 1;
-    }
-    let rule_id = entry.rule_id;
-    match apply_one(ctx, &st.port, &mut st.pkt, rule_id, &a, last) {
+    let last = index == st.last_out;
+    match apply_one(ctx, st, entry.rule_id, &a, last) {
         Ok(Some(v)) => v,
         Ok(None) => ACT_CONTINUE,
         Err(r) => ACT_DROP_BASE - r as i32,
@@ -114,8 +168,7 @@ pub fn step<P: Packet>(ctx: &P, st: &mut ActState, entry: &FlowEntry, index: u32
 #[inline(always)]
 fn apply_one<P: Packet>(
     ctx: &P,
-    port: &PortInfo,
-    pkt: &mut Parsed,
+    st: &mut ActState,
     rule_id: u32,
     a: &Action,
     last: bool,
@@ -124,40 +177,141 @@ fn apply_one<P: Packet>(
         // Unknown kind (newer agent?): ignore it.
         return Ok(None);
     };
+    let pkt = &mut st.pkt;
     match kind {
         ActionKind::Output => {
             // SAFETY: map value, valid for this run.
             let Some(dst) = (unsafe { DL_OFPORTS.get(a.arg) }) else {
                 return Err(DropReason::NoSuchPort);
             };
+            commit(ctx, st)?;
             output(ctx, Target::for_port(dst), dst.slot, last)
         }
-        ActionKind::OutputInPort => output(ctx, Target::InPort(ctx.ifindex()), port.slot, last),
-        ActionKind::OutputLocal => Ok(if last { Some(P::PASS) } else { None }),
+        ActionKind::OutputInPort => {
+            commit(ctx, st)?;
+            output(ctx, Target::InPort(ctx.ifindex()), st.port.slot, last)
+        }
+        ActionKind::OutputLocal => {
+            if !last {
+                return Ok(None);
+            }
+            commit(ctx, st)?;
+            Ok(Some(P::PASS))
+        }
         ActionKind::Controller => {
+            commit(ctx, st)?;
             // The agent trims to max_len (`arg`) when it builds PACKET_IN.
-            punt(ctx, port, PuntReason::Action, rule_id)?;
+            punt(ctx, &st.port, PuntReason::Action, rule_id)?;
             Ok(if last { Some(P::DROP) } else { None })
         }
         ActionKind::Drop => Err(DropReason::PolicyDrop),
         ActionKind::SetEthSrc => {
-            ctx.store(ETH_SRC_OFF, &a.mac())
-                .map_err(|_| DropReason::RewriteFailed)?;
             pkt.key.eth_src = a.mac();
+            st.dirty |= DIRTY_ETH;
             Ok(None)
         }
         ActionKind::SetEthDst => {
-            ctx.store(ETH_DST_OFF, &a.mac())
-                .map_err(|_| DropReason::RewriteFailed)?;
             pkt.key.eth_dst = a.mac();
+            st.dirty |= DIRTY_ETH;
             Ok(None)
         }
-        ActionKind::SetIpv4Src => set_ipv4(ctx, pkt, true, a.ipv4()).map(|_| None),
-        ActionKind::SetIpv4Dst => set_ipv4(ctx, pkt, false, a.ipv4()).map(|_| None),
-        ActionKind::SetL4Src => set_port(ctx, pkt, true, a.arg as u16).map(|_| None),
-        ActionKind::SetL4Dst => set_port(ctx, pkt, false, a.arg as u16).map(|_| None),
-        ActionKind::DecTtl => dec_ttl(ctx, port, pkt, rule_id),
+        ActionKind::SetIpv4Src | ActionKind::SetIpv4Dst => {
+            if pkt.l3 == L3::Ipv4 {
+                if kind == ActionKind::SetIpv4Src {
+                    pkt.key.ipv4_src = a.ipv4();
+                } else {
+                    pkt.key.ipv4_dst = a.ipv4();
+                }
+                st.dirty |= DIRTY_IP;
+            }
+            Ok(None)
+        }
+        ActionKind::SetL4Src | ActionKind::SetL4Dst => {
+            if pkt.has_ports() {
+                if kind == ActionKind::SetL4Src {
+                    pkt.key.l4_src = a.arg as u16;
+                } else {
+                    pkt.key.l4_dst = a.arg as u16;
+                }
+                st.dirty |= DIRTY_L4;
+            }
+            Ok(None)
+        }
+        ActionKind::DecTtl => dec_ttl(ctx, st, rule_id),
     }
+}
+
+/// Write the pending set-field changes into the packet (see the module
+/// documentation), fixing the IPv4 header checksum and the TCP/UDP
+/// checksum with one helper call each.
+#[inline(always)]
+fn commit<P: Packet>(ctx: &P, st: &mut ActState) -> Result<(), DropReason> {
+    let dirty = st.dirty;
+    if dirty == 0 {
+        return Ok(());
+    }
+    st.dirty = 0;
+    let pkt = &st.pkt;
+    let k = &pkt.key;
+    if dirty & DIRTY_ETH != 0 {
+        let (d, s) = (k.eth_dst, k.eth_src);
+        let macs = Buf([
+            d[0], d[1], d[2], d[3], d[4], d[5], s[0], s[1], s[2], s[3], s[4], s[5],
+        ]);
+        ctx.store(ETH_DST_OFF, &macs.0)
+            .map_err(|_| DropReason::RewriteFailed)?;
+    }
+    if pkt.l3 != L3::Ipv4 {
+        return Ok(());
+    }
+    let mut l3_diff = 0u32;
+    if dirty & DIRTY_IP != 0 {
+        let (s, d) = (k.ipv4_src, k.ipv4_dst);
+        let new = Buf([s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3]]);
+        let old = Buf(st.wire.ipv4);
+        let diff = csum_diff(word(&old.0, 0), word(&new.0, 0))
+            .wrapping_add(csum_diff(word(&old.0, 4), word(&new.0, 4)));
+        if pkt.has_ports() {
+            ctx.l4_csum_diff(pkt.l4_csum_off(), diff, true, pkt.is_udp())
+                .map_err(|_| DropReason::RewriteFailed)?;
+        }
+        l3_diff = diff;
+        ctx.store(pkt.l3_off + IP_SRC_OFF, &new.0)
+            .map_err(|_| DropReason::RewriteFailed)?;
+        st.wire.ipv4 = new.0;
+    }
+    if dirty & DIRTY_TTL != 0 {
+        // TTL shares a 16-bit checksum word with the protocol.
+        let proto = k.ip_proto;
+        let from = u16::from_ne_bytes([st.wire.ttl, proto]);
+        let to = u16::from_ne_bytes([pkt.ttl, proto]);
+        l3_diff = l3_diff.wrapping_add(((!from) as u32) + to as u32);
+        ctx.store(pkt.l3_off + IP_TTL_OFF, &[pkt.ttl])
+            .map_err(|_| DropReason::RewriteFailed)?;
+        st.wire.ttl = pkt.ttl;
+    }
+    if dirty & (DIRTY_IP | DIRTY_TTL) != 0 {
+        ctx.l3_csum_diff(pkt.l3_off + IP_CSUM_OFF, l3_diff)
+            .map_err(|_| DropReason::RewriteFailed)?;
+    }
+    if dirty & DIRTY_L4 != 0 {
+        let (sp, dp) = (k.l4_src.to_be_bytes(), k.l4_dst.to_be_bytes());
+        let new = Buf([sp[0], sp[1], dp[0], dp[1]]);
+        let old = Buf(st.wire.ports);
+        let diff = csum_diff(word(&old.0, 0), word(&new.0, 0));
+        ctx.l4_csum_diff(pkt.l4_csum_off(), diff, false, pkt.is_udp())
+            .map_err(|_| DropReason::RewriteFailed)?;
+        ctx.store(pkt.l4_off, &new.0)
+            .map_err(|_| DropReason::RewriteFailed)?;
+        st.wire.ports = new.0;
+    }
+    Ok(())
+}
+
+/// The 32-bit word at `i` of `b`, in memory byte order.
+#[inline(always)]
+fn word<const N: usize>(b: &[u8; N], i: usize) -> u32 {
+    u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
 }
 
 /// Output to `target` and count it on port `slot`.
@@ -182,101 +336,22 @@ fn output<P: Packet>(
     }
 }
 
-/// Rewrite the IPv4 source (`src`) or destination address, fixing the IP
-/// header checksum and the TCP/UDP checksum (pseudo-header).
+/// Decrement the IPv4 TTL; a TTL of 0 or 1 punts the packet (with the
+/// changes so far) as [`PuntReason::InvalidTtl`] and ends the action list.
 #[inline(always)]
-fn set_ipv4<P: Packet>(
-    ctx: &P,
-    pkt: &mut Parsed,
-    src: bool,
-    new: [u8; 4],
-) -> Result<(), DropReason> {
-    if pkt.l3 != L3::Ipv4 {
-        return Ok(());
-    }
-    let (old, off) = if src {
-        (pkt.key.ipv4_src, IP_SRC_OFF)
-    } else {
-        (pkt.key.ipv4_dst, IP_DST_OFF)
-    };
-    if old == new {
-        return Ok(());
-    }
-    let from = u32::from_ne_bytes(old);
-    let to = u32::from_ne_bytes(new);
-    if pkt.has_ports() {
-        ctx.l4_csum_replace(pkt.l4_csum_off(), from, to, 4, true, pkt.is_udp())
-            .map_err(|_| DropReason::RewriteFailed)?;
-    }
-    ctx.l3_csum_replace(pkt.l3_off + IP_CSUM_OFF, from, to, 4)
-        .map_err(|_| DropReason::RewriteFailed)?;
-    ctx.store(pkt.l3_off + off, &new)
-        .map_err(|_| DropReason::RewriteFailed)?;
-    if src {
-        pkt.key.ipv4_src = new;
-    } else {
-        pkt.key.ipv4_dst = new;
-    }
-    Ok(())
-}
-
-/// Rewrite the TCP/UDP source (`src`) or destination port, fixing the L4
-/// checksum. Other protocols (and later fragments) are left alone.
-#[inline(always)]
-fn set_port<P: Packet>(ctx: &P, pkt: &mut Parsed, src: bool, new: u16) -> Result<(), DropReason> {
-    if !pkt.has_ports() {
-        return Ok(());
-    }
-    let (old, off) = if src {
-        (pkt.key.l4_src, 0)
-    } else {
-        (pkt.key.l4_dst, 2)
-    };
-    if old == new {
-        return Ok(());
-    }
-    let from = u16::from_ne_bytes(old.to_be_bytes()) as u32;
-    let to = u16::from_ne_bytes(new.to_be_bytes()) as u32;
-    ctx.l4_csum_replace(pkt.l4_csum_off(), from, to, 2, false, pkt.is_udp())
-        .map_err(|_| DropReason::RewriteFailed)?;
-    ctx.store(pkt.l4_off + off, &new.to_be_bytes())
-        .map_err(|_| DropReason::RewriteFailed)?;
-    if src {
-        pkt.key.l4_src = new;
-    } else {
-        pkt.key.l4_dst = new;
-    }
-    Ok(())
-}
-
-/// Decrement the IPv4 TTL; a TTL of 0 or 1 punts the packet
-/// ([`PuntReason::InvalidTtl`]) and ends the action list.
-#[inline(always)]
-fn dec_ttl<P: Packet>(
-    ctx: &P,
-    port: &PortInfo,
-    pkt: &mut Parsed,
-    rule_id: u32,
-) -> Result<Option<i32>, DropReason> {
-    if pkt.l3 != L3::Ipv4 {
+fn dec_ttl<P: Packet>(ctx: &P, st: &mut ActState, rule_id: u32) -> Result<Option<i32>, DropReason> {
+    if st.pkt.l3 != L3::Ipv4 {
         return Ok(None);
     }
-    let ttl = pkt.ttl;
+    let ttl = st.pkt.ttl;
     if ttl <= 1 {
-        return match punt(ctx, port, PuntReason::InvalidTtl, rule_id) {
+        commit(ctx, st)?;
+        return match punt(ctx, &st.port, PuntReason::InvalidTtl, rule_id) {
             Ok(()) => Ok(Some(P::DROP)),
             Err(_) => Err(DropReason::TtlExceeded),
         };
     }
-    let new = ttl - 1;
-    // TTL shares a 16-bit checksum word with the protocol.
-    let proto = pkt.key.ip_proto;
-    let from = u16::from_ne_bytes([ttl, proto]) as u32;
-    let to = u16::from_ne_bytes([new, proto]) as u32;
-    ctx.l3_csum_replace(pkt.l3_off + IP_CSUM_OFF, from, to, 2)
-        .map_err(|_| DropReason::RewriteFailed)?;
-    ctx.store(pkt.l3_off + IP_TTL_OFF, &[new])
-        .map_err(|_| DropReason::RewriteFailed)?;
-    pkt.ttl = new;
+    st.pkt.ttl = ttl - 1;
+    st.dirty |= DIRTY_TTL;
     Ok(None)
 }

@@ -24,6 +24,13 @@ use daolinet_common::{DropReason, FlowEntry, PortInfo};
 
 use crate::actions::ActState;
 
+/// Packet bytes copied out by [`Packet::load`], 8-byte aligned so that the
+/// compiler reads multi-byte fields with one load instead of byte by byte
+/// (BPF has no unaligned loads).
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+pub struct Buf<const N: usize>(pub [u8; N]);
+
 /// Where an output action sends the packet.
 #[derive(Clone, Copy)]
 pub enum Target {
@@ -75,24 +82,18 @@ pub trait Packet {
     /// VLAN TCI stripped by hardware offload into packet metadata, if any.
     fn offloaded_vlan(&self) -> Option<u16>;
     /// Copy `N` bytes at `off` out of the packet.
-    fn load<const N: usize>(&self, off: u32) -> Result<[u8; N], ()>;
+    fn load<const N: usize>(&self, off: u32) -> Result<Buf<N>, ()>;
     /// Write `N` bytes at `off`.
     fn store<const N: usize>(&self, off: u32, bytes: &[u8; N]) -> Result<(), ()>;
-    /// Fix the IPv4 header checksum at `off` after a `size`-byte (2 or 4)
-    /// field changed from `from` to `to` (values in memory byte order).
-    fn l3_csum_replace(&self, off: u32, from: u32, to: u32, size: u32) -> Result<(), ()>;
-    /// Fix a TCP/UDP checksum at `off` after a `size`-byte field changed.
-    /// `pseudo`: the field is part of the pseudo-header (an IP address).
-    /// `udp`: a zero checksum means "none" and stays zero.
-    fn l4_csum_replace(
-        &self,
-        off: u32,
-        from: u32,
-        to: u32,
-        size: u32,
-        pseudo: bool,
-        udp: bool,
-    ) -> Result<(), ()>;
+    /// Fix the IPv4 header checksum at `off` by `diff`, the one's-complement
+    /// sum of the new 16-bit words and the complemented old ones
+    /// (see [`csum_diff`]).
+    fn l3_csum_diff(&self, off: u32, diff: u32) -> Result<(), ()>;
+    /// Fix a TCP/UDP checksum at `off` by `diff` (as for
+    /// [`Packet::l3_csum_diff`]). `pseudo`: the changed words are part of
+    /// the pseudo-header (IP addresses). `udp`: a zero checksum means
+    /// "none" and stays zero.
+    fn l4_csum_diff(&self, off: u32, diff: u32, pseudo: bool, udp: bool) -> Result<(), ()>;
     /// Send the packet to `target`. With `last` the packet itself leaves
     /// ([`Sent::Final`]); otherwise a copy is sent, if the program type can.
     /// `Err` means the kernel refused the redirect.
@@ -134,8 +135,8 @@ impl Packet for TcContext {
     }
 
     #[inline(always)]
-    fn load<const N: usize>(&self, off: u32) -> Result<[u8; N], ()> {
-        let mut buf = MaybeUninit::<[u8; N]>::uninit();
+    fn load<const N: usize>(&self, off: u32) -> Result<Buf<N>, ()> {
+        let mut buf = MaybeUninit::<Buf<N>>::uninit();
         // SAFETY: the helper writes exactly N bytes into `buf` or fails.
         let ret = unsafe {
             bpf_skb_load_bytes(self.skb.skb.cast(), off, buf.as_mut_ptr().cast(), N as u32)
@@ -165,17 +166,10 @@ impl Packet for TcContext {
     }
 
     #[inline(always)]
-    fn l3_csum_replace(&self, off: u32, from: u32, to: u32, size: u32) -> Result<(), ()> {
+    fn l3_csum_diff(&self, off: u32, diff: u32) -> Result<(), ()> {
+        // Size 0: `to` is a checksum difference (`from` must be 0).
         // SAFETY: plain helper call on our skb.
-        let ret = unsafe {
-            bpf_l3_csum_replace(
-                self.skb.skb.cast(),
-                off,
-                from as u64,
-                to as u64,
-                size as u64,
-            )
-        };
+        let ret = unsafe { bpf_l3_csum_replace(self.skb.skb.cast(), off, 0, diff as u64, 0) };
         if ret == 0 {
             Ok(())
         } else {
@@ -184,16 +178,9 @@ impl Packet for TcContext {
     }
 
     #[inline(always)]
-    fn l4_csum_replace(
-        &self,
-        off: u32,
-        from: u32,
-        to: u32,
-        size: u32,
-        pseudo: bool,
-        udp: bool,
-    ) -> Result<(), ()> {
-        let mut flags = size as u64;
+    fn l4_csum_diff(&self, off: u32, diff: u32, pseudo: bool, udp: bool) -> Result<(), ()> {
+        // Size 0 in the flags: `to` is a checksum difference.
+        let mut flags = 0u64;
         if pseudo {
             flags |= BPF_F_PSEUDO_HDR as u64;
         }
@@ -201,9 +188,9 @@ impl Packet for TcContext {
             flags |= BPF_F_MARK_MANGLED_0 as u64;
         }
         // SAFETY: plain helper call on our skb. The helper knows about
-        // CHECKSUM_PARTIAL (only pseudo-header changes touch the field then).
-        let ret =
-            unsafe { bpf_l4_csum_replace(self.skb.skb.cast(), off, from as u64, to as u64, flags) };
+        // CHECKSUM_PARTIAL (only pseudo-header changes touch the field
+        // then) and CHECKSUM_COMPLETE (skb->csum follows).
+        let ret = unsafe { bpf_l4_csum_replace(self.skb.skb.cast(), off, 0, diff as u64, flags) };
         if ret == 0 {
             Ok(())
         } else {
@@ -257,19 +244,24 @@ impl Packet for TcContext {
     }
 }
 
-/// One's-complement incremental checksum update (RFC 1624, eqn. 3):
-/// `HC' = ~(~HC + ~m + m')` over the 16-bit words of a `size`-byte field.
-/// All values are in memory byte order, which one's-complement arithmetic
-/// does not care about.
+/// Checksum difference for a 32-bit field changing from `from` to `to`
+/// (RFC 1624: `~m + m'` over its two 16-bit words, not folded). Values in
+/// memory byte order, which one's-complement arithmetic does not care
+/// about; differences add up (with [`u32::wrapping_add`] of a few terms,
+/// far from overflowing) and go to [`Packet::l3_csum_diff`] /
+/// [`Packet::l4_csum_diff`].
 #[inline(always)]
-pub fn csum_replace(sum: u16, from: u32, to: u32, size: u32) -> u16 {
+pub fn csum_diff(from: u32, to: u32) -> u32 {
     let nf = !from;
-    let mut acc: u32 = (!sum) as u32;
-    if size == 4 {
-        acc += (nf & 0xffff) + (nf >> 16) + (to & 0xffff) + (to >> 16);
-    } else {
-        acc += (nf & 0xffff) + (to & 0xffff);
-    }
+    (nf & 0xffff) + (nf >> 16) + (to & 0xffff) + (to >> 16)
+}
+
+/// Apply a checksum difference to a stored checksum:
+/// `HC' = ~(~HC + diff)` (RFC 1624, eqn. 3), folded to 16 bits.
+#[inline(always)]
+pub fn csum_apply(sum: u16, diff: u32) -> u16 {
+    let mut acc: u64 = (!sum) as u64 + diff as u64;
+    acc = (acc & 0xffff) + (acc >> 16);
     acc = (acc & 0xffff) + (acc >> 16);
     acc = (acc & 0xffff) + (acc >> 16);
     !(acc as u16)
@@ -298,8 +290,8 @@ impl Packet for XdpContext {
     }
 
     #[inline(always)]
-    fn load<const N: usize>(&self, off: u32) -> Result<[u8; N], ()> {
-        let mut buf = MaybeUninit::<[u8; N]>::uninit();
+    fn load<const N: usize>(&self, off: u32) -> Result<Buf<N>, ()> {
+        let mut buf = MaybeUninit::<Buf<N>>::uninit();
         // SAFETY: the helper writes exactly N bytes into `buf` or fails.
         let ret = unsafe { bpf_xdp_load_bytes(self.ctx, off, buf.as_mut_ptr().cast(), N as u32) };
         if ret == 0 {
@@ -325,30 +317,21 @@ impl Packet for XdpContext {
     }
 
     #[inline(always)]
-    fn l3_csum_replace(&self, off: u32, from: u32, to: u32, size: u32) -> Result<(), ()> {
-        let sum = u16::from_ne_bytes(self.load::<2>(off)?);
-        let new = csum_replace(sum, from, to, size);
-        self.store(off, &new.to_ne_bytes())
+    fn l3_csum_diff(&self, off: u32, diff: u32) -> Result<(), ()> {
+        let sum = u16::from_ne_bytes(self.load::<2>(off)?.0);
+        self.store(off, &csum_apply(sum, diff).to_ne_bytes())
     }
 
     #[inline(always)]
-    fn l4_csum_replace(
-        &self,
-        off: u32,
-        from: u32,
-        to: u32,
-        size: u32,
-        _pseudo: bool,
-        udp: bool,
-    ) -> Result<(), ()> {
+    fn l4_csum_diff(&self, off: u32, diff: u32, _pseudo: bool, udp: bool) -> Result<(), ()> {
         // A frame from a NIC carries a complete checksum, so pseudo-header
         // and payload changes are folded in the same way.
-        let sum = u16::from_ne_bytes(self.load::<2>(off)?);
+        let sum = u16::from_ne_bytes(self.load::<2>(off)?.0);
         if udp && sum == 0 {
             // UDP without checksum stays without checksum.
             return Ok(());
         }
-        let mut new = csum_replace(sum, from, to, size);
+        let mut new = csum_apply(sum, diff);
         if udp && new == 0 {
             new = 0xffff;
         }

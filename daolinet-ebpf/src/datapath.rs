@@ -12,11 +12,11 @@ use daolinet_common::{
 };
 
 use crate::{
-    actions::{apply, ActState},
+    actions::apply,
     classify::classify,
     context::Packet,
     counters,
-    maps::DL_PORTS,
+    maps::{DL_PORTS, DL_SCRATCH},
     parse::{parse, Parsed, L3},
     punt::punt,
 };
@@ -44,8 +44,17 @@ pub fn run<P: Packet>(ctx: &P) -> i32 {
 
 #[inline(always)]
 fn process<P: Packet>(ctx: &P, port: &PortInfo, len: u32) -> Result<i32, DropReason> {
-    let pkt = parse(ctx, port.ofport)?;
-    if port.flags & PORT_FLAG_ANTI_SPOOF != 0 && spoofed(port, &pkt) {
+    // The per-packet state lives in a per-CPU map, not on the small stack.
+    let Some(st) = DL_SCRATCH.get_ptr_mut(0) else {
+        return Err(DropReason::RewriteFailed);
+    };
+    // SAFETY: per-CPU map value of the right type, exclusive to this run
+    // (a program run is not preempted on its CPU); every field the
+    // pipeline reads is written first (parse, then ActState::reset).
+    let st = unsafe { &mut *st };
+    parse(ctx, port.ofport, &mut st.pkt)?;
+    let pkt = &st.pkt;
+    if port.flags & PORT_FLAG_ANTI_SPOOF != 0 && spoofed(port, pkt) {
         return Err(DropReason::Spoofed);
     }
     let Some(entry) = classify(&pkt.key) else {
@@ -60,8 +69,8 @@ fn process<P: Packet>(ctx: &P, port: &PortInfo, len: u32) -> Result<i32, DropRea
         };
     };
     counters::count_rule(entry.rule_id, len);
-    let mut st = ActState { pkt, port: *port };
-    apply(ctx, &mut st, entry)
+    st.reset(port);
+    apply(ctx, st, entry)
 }
 
 /// True when the packet's source is not the one registered for `port`:

@@ -6,6 +6,7 @@
 //! an agent restart. The static names below must equal the strings in
 //! [`daolinet_common::maps`]; a compile-time check enforces it.
 
+use crate::actions::ActState;
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
@@ -59,6 +60,12 @@ pub static DL_PUNTS: RingBuf = RingBuf::pinned(PUNT_RING_BYTES, 0);
 /// never touches it.
 #[map]
 pub static DL_RULE_META: HashMap<u32, RuleMeta> = HashMap::pinned(MAX_RULES, BPF_F_NO_PREALLOC);
+
+/// Per-CPU scratch space for the per-packet [`ActState`]: together with the
+/// frame of the per-action global function it would not fit the 512-byte
+/// BPF stack. Internal to the datapath, not pinned.
+#[map]
+pub static DL_SCRATCH: PerCpuArray<ActState> = PerCpuArray::with_max_entries(1, 0);
 
 /// `a == b` in a const context.
 const fn same(a: &str, b: &str) -> bool {

@@ -11,18 +11,15 @@ use crate::context::Packet;
 
 /// Length of an Ethernet header.
 pub const ETH_HLEN: u32 = 14;
-/// Offset of the source MAC in the Ethernet header.
-pub const ETH_SRC_OFF: u32 = 6;
 /// Offset of the destination MAC in the Ethernet header.
 pub const ETH_DST_OFF: u32 = 0;
 /// Offset of TTL in the IPv4 header.
 pub const IP_TTL_OFF: u32 = 8;
 /// Offset of the header checksum in the IPv4 header.
 pub const IP_CSUM_OFF: u32 = 10;
-/// Offset of the source address in the IPv4 header.
+/// Offset of the source address in the IPv4 header (the destination
+/// follows it).
 pub const IP_SRC_OFF: u32 = 12;
-/// Offset of the destination address in the IPv4 header.
-pub const IP_DST_OFF: u32 = 16;
 /// Offset of the checksum in the TCP header.
 pub const TCP_CSUM_OFF: u32 = 16;
 /// Offset of the checksum in the UDP header.
@@ -93,9 +90,12 @@ fn be16(b0: u8, b1: u8) -> u16 {
 
 /// Parse the packet in `ctx` that arrived on OpenFlow port `in_port`.
 #[inline(always)]
-pub fn parse<P: Packet>(ctx: &P, in_port: u32) -> Result<Parsed, DropReason> {
+/// The result is written into `p` (which may live in a map: the stack is
+/// small).
+pub fn parse<P: Packet>(ctx: &P, in_port: u32, p: &mut Parsed) -> Result<(), DropReason> {
     let eth = ctx.load::<14>(0).map_err(|_| DropReason::Malformed)?;
-    let mut p = Parsed {
+    let eth = &eth.0;
+    *p = Parsed {
         key: FlowKey {
             in_port,
             eth_dst: [eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]],
@@ -112,7 +112,10 @@ pub fn parse<P: Packet>(ctx: &P, in_port: u32) -> Result<Parsed, DropReason> {
     if let Some(tci) = ctx.offloaded_vlan() {
         p.key.vlan_tci = (tci & 0x0fff) | VLAN_PRESENT;
     } else if eth_type == FlowKey::ETH_TYPE_VLAN {
-        let tag = ctx.load::<4>(ETH_HLEN).map_err(|_| DropReason::Malformed)?;
+        let tag = ctx
+            .load::<4>(ETH_HLEN)
+            .map_err(|_| DropReason::Malformed)?
+            .0;
         // The VID only (PCP and DEI are not matched): bit 12 is VLAN_PRESENT.
         p.key.vlan_tci = (be16(tag[0], tag[1]) & 0x0fff) | VLAN_PRESENT;
         eth_type = be16(tag[2], tag[3]);
@@ -120,11 +123,11 @@ pub fn parse<P: Packet>(ctx: &P, in_port: u32) -> Result<Parsed, DropReason> {
     }
     p.key.eth_type = eth_type;
     match eth_type {
-        FlowKey::ETH_TYPE_IPV4 => parse_ipv4(ctx, &mut p)?,
-        FlowKey::ETH_TYPE_ARP => parse_arp(ctx, &mut p)?,
+        FlowKey::ETH_TYPE_IPV4 => parse_ipv4(ctx, p)?,
+        FlowKey::ETH_TYPE_ARP => parse_arp(ctx, p)?,
         _ => {}
     }
-    Ok(p)
+    Ok(())
 }
 
 #[inline(always)]
@@ -132,6 +135,7 @@ fn parse_ipv4<P: Packet>(ctx: &P, p: &mut Parsed) -> Result<(), DropReason> {
     let ip = ctx
         .load::<20>(p.l3_off)
         .map_err(|_| DropReason::Malformed)?;
+    let ip = &ip.0;
     let ihl = ((ip[0] & 0x0f) as u32) * 4;
     if ip[0] >> 4 != 4 || ihl < 20 {
         return Err(DropReason::Malformed);
@@ -161,7 +165,7 @@ fn parse_ipv4<P: Packet>(ctx: &P, p: &mut Parsed) -> Result<(), DropReason> {
     if ctx.len() < l4_off + need {
         return Err(DropReason::Malformed);
     }
-    let l4 = ctx.load::<4>(l4_off).map_err(|_| DropReason::Malformed)?;
+    let l4 = ctx.load::<4>(l4_off).map_err(|_| DropReason::Malformed)?.0;
     if p.key.ip_proto == FlowKey::IPPROTO_ICMP {
         p.key.l4_src = l4[0] as u16;
         p.key.l4_dst = l4[1] as u16;
@@ -175,7 +179,10 @@ fn parse_ipv4<P: Packet>(ctx: &P, p: &mut Parsed) -> Result<(), DropReason> {
 
 #[inline(always)]
 fn parse_arp<P: Packet>(ctx: &P, p: &mut Parsed) -> Result<(), DropReason> {
-    let hdr = ctx.load::<8>(p.l3_off).map_err(|_| DropReason::Malformed)?;
+    let hdr = ctx
+        .load::<8>(p.l3_off)
+        .map_err(|_| DropReason::Malformed)?
+        .0;
     p.l3 = L3::Arp;
     p.key.arp_op = be16(hdr[6], hdr[7]);
     // Addresses only for Ethernet/IPv4 ARP (htype 1, ptype 0x0800, 6, 4).
@@ -187,7 +194,8 @@ fn parse_arp<P: Packet>(ctx: &P, p: &mut Parsed) -> Result<(), DropReason> {
         // sha(6) spa(4) tha(6) tpa(4) follow the 8 fixed bytes.
         let addrs = ctx
             .load::<20>(p.l3_off + 8)
-            .map_err(|_| DropReason::Malformed)?;
+            .map_err(|_| DropReason::Malformed)?
+            .0;
         p.key.ipv4_src = [addrs[6], addrs[7], addrs[8], addrs[9]];
         p.key.ipv4_dst = [addrs[16], addrs[17], addrs[18], addrs[19]];
     }
