@@ -30,10 +30,13 @@ impl Metrics {
     /// Records one PACKET_IN decision and how long it took.
     pub fn packet_in(&self, took: Duration, verdict: &Verdict) {
         self.packet_in.fetch_add(1, Ordering::Relaxed);
+        // One increment in the first bucket that holds the value (the
+        // cumulative counts are summed when rendering): fewer contended
+        // atomics on the PACKET_IN path.
         let secs = took.as_secs_f64();
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            if let Some(b) = self.buckets.get(i) {
+                b.fetch_add(1, Ordering::Relaxed);
             }
         }
         self.latency_count.fetch_add(1, Ordering::Relaxed);
@@ -86,11 +89,12 @@ impl Metrics {
             "# HELP daolinet_decision_seconds Time to decide on a PACKET_IN."
         );
         let _ = writeln!(s, "# TYPE daolinet_decision_seconds histogram");
+        let mut cumulative = 0;
         for (i, b) in BUCKETS.iter().enumerate() {
+            cumulative += g(&self.buckets[i]);
             let _ = writeln!(
                 s,
-                "daolinet_decision_seconds_bucket{{le=\"{b}\"}} {}",
-                g(&self.buckets[i])
+                "daolinet_decision_seconds_bucket{{le=\"{b}\"}} {cumulative}"
             );
         }
         let count = g(&self.latency_count);

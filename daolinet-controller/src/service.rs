@@ -4,7 +4,7 @@
 //! changes in one store transaction, then publish the new snapshot and the
 //! flow decisions the change implies.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;

@@ -224,6 +224,13 @@ impl Conn {
         Ok(())
     }
 
+    /// Like [`Conn::send_decision`], consuming the decision.
+    pub fn send_owned(&mut self, d: Decision) -> Result<(), TranslateError> {
+        let m = translate::into_message(d)?;
+        self.send(&m);
+        Ok(())
+    }
+
     /// Queues a BARRIER_REQUEST. With a token, [`Event::BarrierDone`] is
     /// emitted when its reply arrives; when too many are pending the token
     /// is returned at once (the caller proceeds without waiting).

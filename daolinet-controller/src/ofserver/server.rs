@@ -583,7 +583,7 @@ impl Task<'_> {
                 packet_outs.push(d);
             } else {
                 local_flows = true;
-                if let Err(e) = self.conn.send_decision(&d) {
+                if let Err(e) = self.conn.send_owned(d) {
                     tracing::warn!(error = %e, "decision not translatable");
                 }
             }
@@ -594,15 +594,15 @@ impl Task<'_> {
         let mut held: Option<Bytes> = None;
         if !packet_outs.is_empty() {
             if remote.is_empty() {
-                for d in &packet_outs {
-                    if let Err(e) = self.conn.send_decision(d) {
+                for d in packet_outs {
+                    if let Err(e) = self.conn.send_owned(d) {
                         tracing::warn!(error = %e, "PACKET_OUT not translatable");
                     }
                 }
             } else {
                 let mut b = BytesMut::new();
-                for d in &packet_outs {
-                    match translate::to_message(d) {
+                for d in packet_outs {
+                    match translate::into_message(d) {
                         Ok(m) => {
                             if let Err(e) = m.encode(0, &mut b) {
                                 tracing::warn!(error = %e, "PACKET_OUT not encodable");

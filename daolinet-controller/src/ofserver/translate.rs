@@ -226,24 +226,35 @@ fn frame_ip_proto(data: &[u8]) -> Option<u8> {
 
 /// The OpenFlow message for one decision.
 pub fn to_message(d: &Decision) -> Result<Message, TranslateError> {
-    Ok(match d {
-        Decision::AddFlow(f) => Message::FlowMod(flow_mod(f)?),
+    match d {
+        // Only a PACKET_OUT owns bulky data; avoid cloning the rest.
+        Decision::PacketOut { .. } => into_message(d.clone()),
+        Decision::AddFlow(f) => Ok(Message::FlowMod(flow_mod(f)?)),
         Decision::DeleteFlows {
             cookie,
             cookie_mask,
             ..
-        } => Message::FlowMod(FlowMod::delete(Match::new()).cookie_match(*cookie, *cookie_mask)),
+        } => Ok(Message::FlowMod(
+            FlowMod::delete(Match::new()).cookie_match(*cookie, *cookie_mask),
+        )),
+    }
+}
+
+/// Like [`to_message`], consuming the decision (a PACKET_OUT's frame is
+/// moved, not copied).
+pub fn into_message(d: Decision) -> Result<Message, TranslateError> {
+    match d {
         Decision::PacketOut {
             in_port,
             actions,
             data,
             ..
-        } => Message::PacketOut(PacketOut::new(
-            *in_port,
-            to_actions(actions, frame_ip_proto(data))?,
-            data.clone(),
-        )),
-    })
+        } => {
+            let actions = to_actions(&actions, frame_ip_proto(&data))?;
+            Ok(Message::PacketOut(PacketOut::new(in_port, actions, data)))
+        }
+        other => to_message(&other),
+    }
 }
 
 #[cfg(test)]

@@ -16,7 +16,9 @@
 //! - else, if `d` is inside any known network: denied (isolation);
 //! - else outside every network: NAT-out if `x`'s network allows it.
 
-use std::collections::HashMap;
+// foldhash: these maps are read on every PACKET_IN; SipHash showed up in
+// profiles and the keys are not attacker-chosen.
+use foldhash::HashMap;
 use std::net::Ipv4Addr;
 
 use crate::addr::Dpid;
@@ -43,7 +45,8 @@ pub struct Snapshot {
     /// The model.
     pub model: Model,
     by_ip: HashMap<Ipv4Addr, Vec<String>>,
-    by_port: HashMap<(String, u32), String>,
+    /// host name -> port -> container id (looked up without allocating).
+    by_port: HashMap<String, HashMap<u32, String>>,
     by_phys: HashMap<Ipv4Addr, String>,
     host_by_dpid: HashMap<Dpid, String>,
 }
@@ -57,7 +60,10 @@ impl Snapshot {
         };
         for c in s.model.containers.values() {
             s.by_ip.entry(c.ip).or_default().push(c.id.clone());
-            s.by_port.insert((c.host.clone(), c.port), c.id.clone());
+            s.by_port
+                .entry(c.host.clone())
+                .or_default()
+                .insert(c.port, c.id.clone());
             s.by_phys.insert(c.physical_ip, c.id.clone());
         }
         for h in s.model.hosts.values() {
@@ -81,7 +87,8 @@ impl Snapshot {
     /// The container on a host port.
     pub fn container_at(&self, host: &str, port: u32) -> Option<&Container> {
         self.by_port
-            .get(&(host.to_string(), port))
+            .get(host)
+            .and_then(|ports| ports.get(&port))
             .and_then(|id| self.model.containers.get(id))
     }
 
