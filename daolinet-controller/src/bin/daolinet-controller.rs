@@ -127,6 +127,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         containers = snap.model.containers.len(),
         "model loaded"
     );
+    raise_fd_limit();
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = a.threads {
         rt.worker_threads(usize::from(n));
@@ -181,6 +182,20 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         tracing::info!("stopped");
         anyhow::Ok(())
     })
+}
+
+/// One socket per switch: lift the soft limit on open files to the hard
+/// limit so that thousands of switches can connect.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open files limit"),
+            Err(e) => tracing::warn!(error = %e, soft, "cannot raise the open files limit"),
+        },
+        Ok((soft, _)) => tracing::debug!(limit = soft, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the open files limit"),
+    }
 }
 
 async fn shutdown() {

@@ -58,7 +58,7 @@ impl Default for ServerConfig {
             conn: ConnConfig::default(),
             max_out_bytes: 8 << 20,
             channel: 4096,
-            read_buf: 64 << 10,
+            read_buf: 16 << 10,
         }
     }
 }
@@ -289,6 +289,7 @@ impl Server {
         };
         let (tx, rx) = mpsc::channel(self.cfg.channel.max(1));
         task.tx = Some(tx);
+        let shutdown = stop.clone();
         let result = task.run(&mut sock, rx, stop).await;
         match result {
             Ok(()) => {}
@@ -296,7 +297,14 @@ impl Server {
                 tracing::info!(%peer, dpid = ?task.registered, error = %e, "switch connection lost")
             }
         }
-        if let Some(dpid) = task.registered {
+        // A controller shutting down leaves the switches' flows alone (they
+        // keep forwarding until it is back); only a switch that went away
+        // makes the others forget its containers.
+        if *shutdown.borrow() {
+            if let Some(dpid) = task.registered {
+                self.switches.remove(dpid, id);
+            }
+        } else if let Some(dpid) = task.registered {
             if let Some(n) = self.switches.remove(dpid, id) {
                 self.ctl.metrics.set_switches_connected(n as u64);
                 tracing::info!(%dpid, %peer, "datapath disconnected");
