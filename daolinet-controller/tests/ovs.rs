@@ -6,6 +6,9 @@
 //! controller (ARP proxy, pair flows, PACKET_OUT), the pair flows show up in
 //! `ovs-ofctl dump-flows`, a disconnect policy deletes them by cookie and
 //! blocks the ping, and a bridge reconnection is recognised by its dpid.
+//! A second bridge (another "host") joined by a veth uplink carries a
+//! cross-host ping: logical <-> physical rewriting on both bridges, the
+//! remote flows installed before the first packet is released.
 //!
 //! Needs root and the Open vSwitch binaries (`cargo xtask setup`); skips
 //! loudly otherwise. Everything is removed in Drop guards.
@@ -19,6 +22,8 @@ use std::time::{Duration, Instant};
 
 const BR: &str = "ctlbr0";
 const DPID: &str = "00000000000000c1";
+const BR2: &str = "ctlbr1";
+const DPID2: &str = "00000000000000c2";
 
 fn ok(o: &Output, what: &str) -> String {
     assert!(
@@ -137,14 +142,22 @@ impl Ovs {
     }
 
     fn dump_flows(&self) -> String {
-        self.run("ovs-ofctl", &["-O", "OpenFlow13", "dump-flows", BR])
+        self.dump(BR)
+    }
+
+    fn dump(&self, br: &str) -> String {
+        self.run("ovs-ofctl", &["-O", "OpenFlow13", "dump-flows", br])
     }
 
     /// Waits until `dump-flows` satisfies `pred`; returns the dump.
     fn wait_flows(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        self.wait_dump(BR, what, pred)
+    }
+
+    fn wait_dump(&self, br: &str, what: &str, pred: impl Fn(&str) -> bool) -> String {
         let t = Instant::now();
         loop {
-            let f = self.dump_flows();
+            let f = self.dump(br);
             if pred(&f) {
                 return f;
             }
@@ -158,16 +171,18 @@ impl Ovs {
 
 impl Drop for Ovs {
     fn drop(&mut self) {
-        let _ = self
-            .cmd("ovs-vsctl")
-            .args([
-                &format!("--db={}", self.db()),
-                "--timeout=5",
-                "--if-exists",
-                "del-br",
-                BR,
-            ])
-            .output();
+        for br in [BR, BR2] {
+            let _ = self
+                .cmd("ovs-vsctl")
+                .args([
+                    &format!("--db={}", self.db()),
+                    "--timeout=5",
+                    "--if-exists",
+                    "del-br",
+                    br,
+                ])
+                .output();
+        }
         for name in ["ovs-vswitchd", "ovsdb-server"] {
             if let Ok(pid) = std::fs::read_to_string(self.dir.join(format!("{name}.pid"))) {
                 let pid = pid.trim().to_string();
@@ -241,6 +256,29 @@ impl Drop for Netns {
     }
 }
 
+/// A veth pair in the root namespace: the "wire" between two hosts' uplinks.
+struct Wire(&'static str);
+
+impl Wire {
+    fn new(a: &'static str, b: &str) -> Wire {
+        let _ = sh(&["ip", "link", "del", a]);
+        ok(
+            &sh(&["ip", "link", "add", a, "type", "veth", "peer", "name", b]),
+            "uplink veth",
+        );
+        let w = Wire(a);
+        ok(&sh(&["ip", "link", "set", a, "up"]), "up");
+        ok(&sh(&["ip", "link", "set", b, "up"]), "up");
+        w
+    }
+}
+
+impl Drop for Wire {
+    fn drop(&mut self) {
+        let _ = sh(&["ip", "link", "del", self.0]);
+    }
+}
+
 #[test]
 fn open_vswitch_bridge_is_served() {
     if let Some(why) = skip_reason() {
@@ -282,6 +320,18 @@ fn open_vswitch_bridge_is_served() {
         "/api/containers",
         r#"{"id":"cb","network":"blue","host":"ovs1","port":3}"#,
     );
+    call(
+        "POST",
+        "/api/hosts",
+        &format!(
+            r#"{{"name":"ovs2","dpid":"{DPID2}","ip":"192.168.77.2","mac":"02:00:00:00:77:02","uplink_port":1}}"#
+        ),
+    );
+    let c = call(
+        "POST",
+        "/api/containers",
+        r#"{"id":"cc","network":"blue","host":"ovs2","port":2}"#,
+    );
     let ip = |c: &serde_json::Value| c["ip"].as_str().unwrap().to_string();
     let mac = |c: &serde_json::Value| c["mac"].as_str().unwrap().to_string();
 
@@ -319,6 +369,51 @@ fn open_vswitch_bridge_is_served() {
         "ofport_request=3",
     ]);
     ovs.vsctl(&["set-controller", BR, &format!("tcp:{}", p.openflow)]);
+    // Host 2: its own bridge; the uplinks (port 1 on both) joined by a veth pair.
+    let wire = Wire::new("ctl-u1", "ctl-u2");
+    let nc = Netns::new("ctl-ns-c", "ctl-c-h", &mac(&c), &format!("{}/24", ip(&c)));
+    let dpid2 = format!("other-config:datapath-id={DPID2}");
+    ovs.vsctl(&[
+        "add-port",
+        BR,
+        "ctl-u1",
+        "--",
+        "set",
+        "interface",
+        "ctl-u1",
+        "ofport_request=1",
+    ]);
+    ovs.vsctl(&[
+        "add-br",
+        BR2,
+        "--",
+        "set",
+        "bridge",
+        BR2,
+        "datapath_type=netdev",
+        "protocols=OpenFlow13",
+        "fail_mode=secure",
+        &dpid2,
+        "--",
+        "add-port",
+        BR2,
+        "ctl-u2",
+        "--",
+        "set",
+        "interface",
+        "ctl-u2",
+        "ofport_request=1",
+        "--",
+        "add-port",
+        BR2,
+        "ctl-c-h",
+        "--",
+        "set",
+        "interface",
+        "ctl-c-h",
+        "ofport_request=2",
+    ]);
+    ovs.vsctl(&["set-controller", BR2, &format!("tcp:{}", p.openflow)]);
 
     // OVS connects and gets the base flows (table miss to the controller,
     // uplink <-> LOCAL, pool punts).
@@ -329,11 +424,14 @@ fn open_vswitch_bridge_is_served() {
         flows.contains("priority=20,ip,in_port=1,nw_dst=172.31.0.0/16 actions=CONTROLLER:65535"),
         "{flows}"
     );
+    ovs.wait_dump(BR2, "base flows on the second bridge", |f| {
+        f.contains("priority=0 actions=CONTROLLER:65535")
+    });
     let (_, m) = p.call("GET", "/metrics", None);
     assert!(
         m.as_str()
             .unwrap()
-            .contains("daolinet_switches_connected 1"),
+            .contains("daolinet_switches_connected 2"),
         "{m}"
     );
 
@@ -362,6 +460,41 @@ fn open_vswitch_bridge_is_served() {
 
     // A disconnect policy deletes the pair's flows (by cookie) and the
     // containers can no longer talk.
+    // Cross host: the first ping a -> c goes through; between the bridges
+    // the packets carry physical addresses; each bridge holds its half.
+    let phys = |x: &serde_json::Value| x["physical_ip"].as_str().unwrap().to_string();
+    assert!(
+        na.ping(&ip(&c), 1, 5),
+        "first cross-host ping a -> c failed\n{}\n{}",
+        ovs.dump(BR),
+        ovs.dump(BR2)
+    );
+    let f1 = ovs.dump(BR);
+    let out1 = f1
+        .lines()
+        .find(|l| l.contains(&format!("in_port=2,nw_src={},nw_dst={}", ip(&a), ip(&c))))
+        .unwrap_or_else(|| panic!("no a -> c flow on bridge 1:\n{f1}"));
+    assert!(
+        out1.contains(&format!("set_field:{}->ip_dst", phys(&c))) && out1.contains("output:1"),
+        "{out1}"
+    );
+    let f2 = ovs.dump(BR2);
+    let in2 = f2
+        .lines()
+        .find(|l| {
+            l.contains(&format!(
+                "in_port=1,nw_src={},nw_dst={}",
+                phys(&a),
+                phys(&c)
+            ))
+        })
+        .unwrap_or_else(|| panic!("no pa -> pc flow on bridge 2:\n{f2}"));
+    assert!(
+        in2.contains(&format!("set_field:{}->ip_dst", ip(&c))) && in2.contains("output:2"),
+        "{in2}"
+    );
+    assert!(nc.ping(&ip(&a), 3, 2), "ping c -> a failed");
+
     call(
         "POST",
         "/api/policies",
@@ -404,10 +537,12 @@ fn open_vswitch_bridge_is_served() {
     assert!(
         m.as_str()
             .unwrap()
-            .contains("daolinet_switches_connected 1"),
+            .contains("daolinet_switches_connected 2"),
         "{m}"
     );
     drop(na);
     drop(nb);
+    drop(nc);
     drop(ovs);
+    drop(wire);
 }
