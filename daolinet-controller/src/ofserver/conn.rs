@@ -27,13 +27,13 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use daolinet_openflow::{
     consts::{OFPCML_NO_BUFFER, OFPET_HELLO_FAILED, OFP_VERSION},
-    DecodeError, Decoder, ErrorCode, ErrorMsg, FlowRemoved, Hello, Message, MultipartReplyBody,
-    MultipartRequest, MultipartRequestBody, PacketIn, Port, PortStatus, SwitchConfig,
-    SwitchFeatures,
+    DecodeError, Decoder, ErrorCode, ErrorMsg, FlowMod, FlowRemoved, Hello, Message,
+    MultipartReplyBody, MultipartRequest, MultipartRequestBody, PacketIn, Port, PortStatus,
+    SwitchConfig, SwitchFeatures,
 };
 
 use crate::addr::Dpid;
-use crate::policy::Decision;
+use crate::policy::{Decision, FlowSpec};
 
 use super::translate::{self, TranslateError};
 
@@ -150,6 +150,8 @@ pub struct Conn {
     last_rx: Instant,
     echo_sent: Option<Instant>,
     barriers: HashMap<u32, u64>,
+    /// A FLOW_MOD reused for every flow sent (no allocation per flow).
+    scratch: FlowMod,
     /// Messages answered with an OFPT_ERROR.
     pub errors_sent: u64,
 }
@@ -168,6 +170,7 @@ impl Conn {
             last_rx: now,
             echo_sent: None,
             barriers: HashMap::new(),
+            scratch: FlowMod::default(),
             errors_sent: 0,
         };
         c.send(&Message::Hello(Hello::new()));
@@ -219,6 +222,9 @@ impl Conn {
 
     /// Queues the OpenFlow message of a decision.
     pub fn send_decision(&mut self, d: &Decision) -> Result<(), TranslateError> {
+        if let Decision::AddFlow(f) = d {
+            return self.send_flow(f);
+        }
         let m = translate::to_message(d)?;
         self.send(&m);
         Ok(())
@@ -226,9 +232,28 @@ impl Conn {
 
     /// Like [`Conn::send_decision`], consuming the decision.
     pub fn send_owned(&mut self, d: Decision) -> Result<(), TranslateError> {
+        if let Decision::AddFlow(f) = &d {
+            return self.send_flow(f);
+        }
         let m = translate::into_message(d)?;
         self.send(&m);
         Ok(())
+    }
+
+    /// Queues the FLOW_MOD adding `f`, built in the reused scratch message.
+    pub fn send_flow(&mut self, f: &FlowSpec) -> Result<(), TranslateError> {
+        let mut fm = std::mem::take(&mut self.scratch);
+        let r = translate::fill_flow_mod(f, &mut fm);
+        if r.is_ok() {
+            let msg = Message::FlowMod(fm);
+            self.send(&msg);
+            if let Message::FlowMod(fm) = msg {
+                self.scratch = fm;
+            }
+        } else {
+            self.scratch = fm;
+        }
+        r
     }
 
     /// Queues a BARRIER_REQUEST. With a token, [`Event::BarrierDone`] is

@@ -14,7 +14,8 @@
 //!
 //! Backpressure: a task stops reading from a switch whose output buffer
 //! exceeds [`ServerConfig::max_out_bytes`] (TCP then slows the switch down),
-//! and keeps writing; it never blocks on another switch (channels are
+//! and keeps writing (at four times that, the switch is disconnected); it
+//! never blocks on another switch (channels are
 //! `try_send`; a full channel drops and logs, the flows are then installed
 //! again on the next PACKET_IN).
 
@@ -376,7 +377,14 @@ impl Task<'_> {
                 let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all_buf(out)).await;
                 return Ok(());
             }
-            let want_read = self.conn.out().len() < cfg.max_out_bytes;
+            let queued = self.conn.out().len();
+            if queued > cfg.max_out_bytes.saturating_mul(4) {
+                // Not reading at all while others keep sending it decisions.
+                return Err(std::io::Error::other(format!(
+                    "switch does not read: {queued} bytes queued for it"
+                )));
+            }
+            let want_read = queued < cfg.max_out_bytes;
             let want_write = !self.conn.out().is_empty();
             if rbuf.capacity() - rbuf.len() < 4096 {
                 rbuf.reserve(cfg.read_buf);

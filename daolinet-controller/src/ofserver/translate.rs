@@ -4,8 +4,11 @@
 //! the match of the removed flow).
 
 use daolinet_openflow::{
-    consts::{OFPCML_NO_BUFFER, OFPFF_SEND_FLOW_REM, OFPP_CONTROLLER, OFPP_IN_PORT, OFPP_LOCAL},
-    Action, FlowMod, MacAddr as OfMac, Match, Message, OxmField, PacketOut,
+    consts::{
+        OFPCML_NO_BUFFER, OFPFC_ADD, OFPFF_SEND_FLOW_REM, OFPG_ANY, OFPP_ANY, OFPP_CONTROLLER,
+        OFPP_IN_PORT, OFPP_LOCAL, OFP_NO_BUFFER,
+    },
+    Action, FlowMod, Instruction, MacAddr as OfMac, Match, Message, OxmField, PacketOut,
 };
 
 use crate::addr::MacAddr;
@@ -55,6 +58,13 @@ fn ipv4_field(
 /// fields without an `eth_type` get `eth_type=0x0800` added.
 pub fn to_match(m: &MatchSpec) -> Result<Match, TranslateError> {
     let mut f = Vec::with_capacity(8);
+    fill_match(m, &mut f)?;
+    Ok(Match { fields: f })
+}
+
+/// [`to_match`] into a reused vector (cleared first).
+fn fill_match(m: &MatchSpec, f: &mut Vec<OxmField>) -> Result<(), TranslateError> {
+    f.clear();
     if let Some(p) = m.in_port {
         f.push(OxmField::InPort(p, None));
     }
@@ -105,7 +115,7 @@ pub fn to_match(m: &MatchSpec) -> Result<Match, TranslateError> {
     if let Some(a) = m.arp_tpa {
         f.push(OxmField::ArpTpa(a, None));
     }
-    Ok(Match { fields: f })
+    Ok(())
 }
 
 fn prefix_of(mask: Option<std::net::Ipv4Addr>) -> Option<u8> {
@@ -162,6 +172,17 @@ pub fn to_actions(
     ip_proto: Option<u8>,
 ) -> Result<Vec<Action>, TranslateError> {
     let mut out = Vec::with_capacity(actions.len());
+    fill_actions(actions, ip_proto, &mut out)?;
+    Ok(out)
+}
+
+/// [`to_actions`] into a reused vector (cleared first).
+fn fill_actions(
+    actions: &[ActionSpec],
+    ip_proto: Option<u8>,
+    out: &mut Vec<Action>,
+) -> Result<(), TranslateError> {
+    out.clear();
     for a in actions {
         out.push(match *a {
             ActionSpec::SetEthSrc(m) => Action::SetField(OxmField::EthSrc(of_mac(m), None)),
@@ -189,32 +210,48 @@ pub fn to_actions(
             ActionSpec::Drop => continue,
         });
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The FLOW_MOD (OFPFC_ADD) installing `f`. Flows with a timeout ask for a
 /// FLOW_REMOVED (`OFPFF_SEND_FLOW_REM`) so the controller's flow registry
 /// learns about their expiry.
 pub fn flow_mod(f: &FlowSpec) -> Result<FlowMod, TranslateError> {
-    let m = to_match(&f.match_)?;
-    let actions = to_actions(&f.actions, f.match_.ip_proto)?;
-    let flags = if f.idle_timeout != 0 || f.hard_timeout != 0 {
+    let mut fm = FlowMod::default();
+    fill_flow_mod(f, &mut fm)?;
+    Ok(fm)
+}
+
+/// [`flow_mod`] into a FLOW_MOD reused from one call to the next: its match
+/// and action vectors keep their capacity, so a connection encodes flows
+/// without allocating. On error `fm` holds garbage and must not be sent.
+pub fn fill_flow_mod(f: &FlowSpec, fm: &mut FlowMod) -> Result<(), TranslateError> {
+    fill_match(&f.match_, &mut fm.match_.fields)?;
+    let mut actions = match fm.instructions.pop() {
+        Some(Instruction::ApplyActions(v)) => v,
+        _ => Vec::new(),
+    };
+    fm.instructions.clear();
+    fill_actions(&f.actions, f.match_.ip_proto, &mut actions)?;
+    if !actions.is_empty() {
+        fm.instructions.push(Instruction::ApplyActions(actions));
+    }
+    fm.cookie = f.cookie;
+    fm.cookie_mask = 0;
+    fm.table_id = f.table;
+    fm.command = OFPFC_ADD;
+    fm.idle_timeout = f.idle_timeout;
+    fm.hard_timeout = f.hard_timeout;
+    fm.priority = f.priority;
+    fm.buffer_id = OFP_NO_BUFFER;
+    fm.out_port = OFPP_ANY;
+    fm.out_group = OFPG_ANY;
+    fm.flags = if f.idle_timeout != 0 || f.hard_timeout != 0 {
         OFPFF_SEND_FLOW_REM
     } else {
         0
     };
-    let fm = FlowMod::add(m)
-        .table(f.table)
-        .priority(f.priority)
-        .cookie(f.cookie)
-        .idle_timeout(f.idle_timeout)
-        .hard_timeout(f.hard_timeout)
-        .flags(flags);
-    Ok(if actions.is_empty() {
-        fm
-    } else {
-        fm.apply(actions)
-    })
+    Ok(())
 }
 
 /// The IP protocol of an Ethernet frame carrying IPv4, if any (for
@@ -357,6 +394,9 @@ mod tests {
         };
         let fm = flow_mod(&drop).unwrap();
         assert!(fm.instructions.is_empty());
+        let mut scratch = flow_mod(&pair_flow()).unwrap();
+        fill_flow_mod(&drop, &mut scratch).unwrap();
+        assert_eq!(scratch, fm);
         assert_eq!(fm.flags, OFPFF_SEND_FLOW_REM);
     }
 
@@ -506,6 +546,10 @@ mod tests {
                 match_: m.clone(),
                 actions: vec![ActionSpec::Output(1)],
             };
+            // A reused FLOW_MOD, dirty from a different flow, gives the same.
+            let mut scratch = flow_mod(&pair_flow()).unwrap();
+            fill_flow_mod(&f, &mut scratch).unwrap();
+            prop_assert_eq!(&scratch, &flow_mod(&f).unwrap());
             let msg = Message::FlowMod(flow_mod(&f).unwrap());
             let mut buf = bytes::BytesMut::new();
             encode(&msg, 1, &mut buf).unwrap();
