@@ -86,6 +86,22 @@ impl Counters for MapCounters<'_> {
 /// Messages queued per connection before it counts as stuck and is closed.
 pub const CONN_QUEUE: usize = 4096;
 
+/// The sending side of a controller connection.
+///
+/// Messages are written straight to the (non-blocking) socket while nothing
+/// is queued, which keeps PACKET_IN latency to one system call; whatever
+/// the socket does not take goes to the connection's writer task, and
+/// everything after it too until the queue is empty again, so the order
+/// is kept.
+pub struct ConnOut {
+    /// Queue to the writer task.
+    pub tx: mpsc::Sender<Vec<u8>>,
+    /// A non-blocking duplicate of the connection's socket.
+    pub sock: Option<std::net::TcpStream>,
+    /// Buffers handed to the writer task and not yet written.
+    pub queued: Arc<std::sync::atomic::AtomicUsize>,
+}
+
 /// The agent state shared by the control socket, the controller
 /// connections, the punt reader and the timers.
 pub struct Agent {
@@ -98,7 +114,7 @@ pub struct Agent {
     /// Sends frames on ports (PACKET_OUT, ARP replies).
     pub injector: Option<Injector>,
     /// Write queues of the controller connections.
-    conns: HashMap<ConnId, mpsc::Sender<Vec<u8>>>,
+    conns: HashMap<ConnId, ConnOut>,
     /// ifindex and kind by OpenFlow port.
     ifindex: HashMap<u32, (u32, String)>,
 }
@@ -270,10 +286,27 @@ impl Agent {
             tracing::warn!("not sent: {e}");
             return;
         }
-        let Some(tx) = self.conns.get(&conn) else {
+        let Some(c) = self.conns.get(&conn) else {
             return;
         };
-        if let Err(e) = tx.try_send(b.to_vec()) {
+        let mut bytes = b.to_vec();
+        if c.queued.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            if let Some(mut sock) = c.sock.as_ref() {
+                match sock.write(&bytes) {
+                    Ok(n) if n == bytes.len() => return,
+                    Ok(n) => {
+                        bytes.drain(..n);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => {
+                        self.conns.remove(&conn);
+                        return;
+                    }
+                }
+            }
+        }
+        c.queued.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        if let Err(e) = c.tx.try_send(bytes) {
             if matches!(e, mpsc::error::TrySendError::Full(_)) {
                 tracing::warn!(conn, "controller does not read its messages: closing");
             }
@@ -282,8 +315,8 @@ impl Agent {
     }
 
     /// A controller connection opened: register its queue, say HELLO.
-    pub fn conn_open(&mut self, conn: ConnId, tx: mpsc::Sender<Vec<u8>>) {
-        self.conns.insert(conn, tx);
+    pub fn conn_open(&mut self, conn: ConnId, out: ConnOut) {
+        self.conns.insert(conn, out);
         let fx = self.sw.connected(conn);
         self.apply(fx);
     }

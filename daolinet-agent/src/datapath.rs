@@ -173,6 +173,9 @@ pub struct Datapath {
     ebpf: Ebpf,
     pin_dir: PathBuf,
     ports: StdHashMap<String, AttachedPort>,
+    /// The punt ring, taken out of `ebpf` on first use and kept mapped
+    /// (mapping it per read costs an mmap/munmap of the whole ring).
+    punt_ring: Option<RingBuf<MapData>>,
 }
 
 impl Datapath {
@@ -209,6 +212,7 @@ impl Datapath {
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
             ports: StdHashMap::new(),
+            punt_ring: None,
         })
     }
 
@@ -563,15 +567,27 @@ impl Datapath {
     /// punts with epoll (it becomes readable when records are submitted).
     pub fn punt_ring_fd(&mut self) -> Result<std::os::fd::OwnedFd> {
         use std::os::fd::AsFd;
-        let ring = RingBuf::try_from(self.map(names::PUNTS)?)?;
-        Ok(ring.as_fd().try_clone_to_owned()?)
+        Ok(self.punt_ring()?.as_fd().try_clone_to_owned()?)
+    }
+
+    fn punt_ring(&mut self) -> Result<&mut RingBuf<MapData>> {
+        if self.punt_ring.is_none() {
+            let map = self
+                .ebpf
+                .take_map(names::PUNTS)
+                .ok_or_else(|| anyhow!("map {} missing from the BPF object", names::PUNTS))?;
+            self.punt_ring = Some(RingBuf::try_from(map)?);
+        }
+        self.punt_ring
+            .as_mut()
+            .ok_or_else(|| anyhow!("punt ring unavailable"))
     }
 
     /// Drain the punt ring buffer. A record that is too short for its own
     /// header or `cap_len` comes back as an error in its slot; the others
     /// are still returned.
     pub fn punts(&mut self) -> Result<Vec<Result<Punt>>> {
-        let mut ring = RingBuf::try_from(self.map(names::PUNTS)?)?;
+        let ring = self.punt_ring()?;
         let mut out = Vec::new();
         while let Some(item) = ring.next() {
             out.push(parse_punt(&item));

@@ -19,7 +19,7 @@ use daolinet_openflow::{
 use crate::compile::compile_actions;
 use crate::datapath::Punt;
 use crate::oftable::{Counters, FlowTable};
-use crate::packet::{arp_reply, flow_key, rewrite, Applied};
+use crate::packet::{arp_reply, complete_l4_checksum, flow_key, rewrite, Applied};
 use crate::table::MapOp;
 
 /// Identifies one controller connection.
@@ -779,7 +779,11 @@ impl Switch {
     /// A packet punted by the datapath: ARP responder, PACKET_IN, or (no
     /// controller, standalone) L2 learning.
     pub fn punt(&mut self, punt: Punt, now_ns: u64, counters: &mut dyn Counters) -> Effects {
-        let Punt { header, data } = punt;
+        let Punt { header, mut data } = punt;
+        if data.len() as u32 == header.pkt_len {
+            // Complete the checksum the sender left to offload.
+            complete_l4_checksum(&mut data);
+        }
         let (in_port, reason, rule_id) = (header.in_port, header.reason, header.rule_id);
         let mut fx = Effects::default();
         if let Some(mac) = self.settings.arp_responder {

@@ -215,6 +215,52 @@ pub fn rewrite(frame: &mut [u8], a: &Action) -> Applied {
     Applied::Done
 }
 
+/// Recompute the TCP/UDP checksum of an unfragmented IPv4 frame from
+/// scratch. Packets punted from a veth usually carry a partial checksum
+/// (the kernel's checksum offload fills it later); a frame sent to the
+/// controller, or back out of a port, must carry the real one. A UDP
+/// checksum of zero ("none") is left alone. Returns true when it changed.
+pub fn complete_l4_checksum(frame: &mut [u8]) -> bool {
+    let Some((k, lay)) = flow_key(frame, 0) else {
+        return false;
+    };
+    let Some(l4) = lay.l4 else { return false };
+    if k.eth_type != FlowKey::ETH_TYPE_IPV4 {
+        return false;
+    }
+    let l3 = lay.l3;
+    let Some(total) = be16(frame, l3 + 2) else {
+        return false;
+    };
+    let end = l3 + usize::from(total);
+    if end > frame.len() || end < l4 {
+        return false;
+    }
+    let at = match k.ip_proto {
+        FlowKey::IPPROTO_TCP => l4 + 16,
+        FlowKey::IPPROTO_UDP => l4 + 6,
+        _ => return false,
+    };
+    if at + 2 > end {
+        return false;
+    }
+    let old = [frame[at], frame[at + 1]];
+    if k.ip_proto == FlowKey::IPPROTO_UDP && old == [0, 0] {
+        return false;
+    }
+    frame[at] = 0;
+    frame[at + 1] = 0;
+    let mut sum = csum_add(0, &frame[l3 + 12..l3 + 20]);
+    sum += u32::from(k.ip_proto) + (end - l4) as u32;
+    sum = csum_add(sum, &frame[l4..end]);
+    let mut c = !fold(sum);
+    if c == 0 && k.ip_proto == FlowKey::IPPROTO_UDP {
+        c = 0xffff;
+    }
+    frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    frame[at..at + 2] != old
+}
+
 /// If `frame` is an ARP request for IPv4, the reply that says the target
 /// address is at `mac`.
 pub fn arp_reply(frame: &[u8], mac: [u8; 6]) -> Option<Vec<u8>> {
@@ -352,6 +398,20 @@ pub(crate) mod tests {
             assert_eq!(f[22], 63);
             f[22] = 1;
             assert_eq!(rewrite(&mut f, &Action::dec_ttl()), Applied::TtlExpired);
+        }
+    }
+
+    #[test]
+    fn partial_checksums_are_completed() {
+        for proto in [6, 17] {
+            let good = ipv4_frame(proto, [10, 0, 0, 1], [10, 0, 0, 2], 1234, 80);
+            let mut f = good.clone();
+            assert!(!complete_l4_checksum(&mut f));
+            let at = if proto == 6 { 34 + 16 } else { 34 + 6 };
+            f[at] = 0x12;
+            f[at + 1] = 0x34;
+            assert!(complete_l4_checksum(&mut f));
+            assert_eq!(f, good);
         }
     }
 

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::agent::{Agent, CONN_QUEUE};
+use crate::agent::{Agent, ConnOut, CONN_QUEUE};
 
 /// How long a connection may stay silent before we send ECHO_REQUEST; a
 /// second silent period closes it.
@@ -74,21 +74,46 @@ pub fn parse_passive(spec: &str) -> Result<SocketAddr> {
 pub async fn serve_conn(agent: Shared, stream: TcpStream, peer: String) {
     let _ = stream.set_nodelay(true);
     let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+    // A duplicate of the socket for direct writes (see ConnOut).
+    let (stream, sock) = match stream.into_std().and_then(|s| {
+        let dup = s.try_clone()?;
+        Ok((TcpStream::from_std(s)?, dup))
+    }) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(%peer, "cannot set up the connection: {e}");
+            return;
+        }
+    };
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(CONN_QUEUE);
-    lock(&agent).conn_open(id, tx);
+    let queued = Arc::new(AtomicUsize::new(0));
+    lock(&agent).conn_open(
+        id,
+        ConnOut {
+            tx,
+            sock: Some(sock),
+            queued: queued.clone(),
+        },
+    );
     tracing::info!(conn = id, %peer, "OpenFlow connection up");
     let mut writer = tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
             // Batch what is queued into one write.
             let mut buf = first;
+            let mut n = 1;
             while buf.len() < 64 * 1024 {
                 match rx.try_recv() {
-                    Ok(more) => buf.extend_from_slice(&more),
+                    Ok(more) => {
+                        buf.extend_from_slice(&more);
+                        n += 1;
+                    }
                     Err(_) => break,
                 }
             }
-            if wr.write_all(&buf).await.is_err() {
+            let ok = wr.write_all(&buf).await.is_ok();
+            queued.fetch_sub(n, Ordering::AcqRel);
+            if !ok {
                 break;
             }
         }

@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 
+mod agent;
 mod controller;
 mod datapath;
 mod openflow;
@@ -12,6 +13,8 @@ pub use controller::OSKEN_VERSION;
 /// Which benchmark to run.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum Which {
+    /// The agent as an OpenFlow switch vs Open vSwitch: FLOW_MOD install rate, first-packet latency.
+    Agent,
     /// Cross-host TCP throughput and 64-byte UDP packet rate: agent vs kernel routing.
     Datapath,
     /// OpenFlow codec decode/encode rates.
@@ -23,13 +26,15 @@ pub enum Which {
 /// Run one benchmark, or all of them.
 pub fn run(which: Option<Which>, setup: bool) -> Result<()> {
     match which {
+        Some(Which::Agent) => agent::run(setup),
         Some(Which::Datapath) => datapath::run(setup),
         Some(Which::Openflow) => openflow::run(),
         Some(Which::Controller) => controller::run(setup),
         None => {
             openflow::run()?;
             datapath::run(setup)?;
-            controller::run(false)
+            controller::run(false)?;
+            agent::run(false)
         }
     }
 }

@@ -1,0 +1,568 @@
+//! `cargo xtask bench agent`: the agent as an OpenFlow switch, side by side
+//! with Open vSwitch (userspace datapath, `datapath_type=netdev`) on the same
+//! topology (one host namespace, two containers) and under the same
+//! controller (this benchmark, speaking OpenFlow 1.3 through the project's
+//! codec):
+//!
+//! - FLOW_MOD install rate: 100k adds pipelined on one connection, timed
+//!   until the BARRIER_REPLY, then checked with an aggregate-stats request;
+//! - first-packet latency: container A sends a UDP datagram to container B
+//!   with only a table-miss flow installed; the switch punts it (PACKET_IN),
+//!   the controller answers with PACKET_OUT to B's port, B receives it. The
+//!   time from A's send to B's receive, over many packets.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use daolinet_openflow::{self as of, Frame, Message};
+
+use crate::util::{cargo, have, is_root, run as sh, step, workspace_root};
+
+const FLOWS: u32 = 100_000;
+const PACKETS: usize = 300;
+const BPFFS: &str = "/run/daolinet-bench-agent-bpffs";
+const CTL_PORT: u16 = 6653;
+const MAC_A: &str = "02:00:00:00:00:0a";
+const MAC_B: &str = "02:00:00:00:00:0b";
+
+/// Namespaces, processes and directories to remove at the end.
+#[derive(Default)]
+struct Guard {
+    namespaces: Vec<String>,
+    children: Vec<Child>,
+    pidfiles: Vec<PathBuf>,
+    dirs: Vec<PathBuf>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            let _ = c.wait();
+        }
+        for p in &self.pidfiles {
+            if let Ok(pid) = std::fs::read_to_string(p) {
+                let pid = pid.trim().to_string();
+                let _ = Command::new("kill").arg(&pid).status();
+                for _ in 0..50 {
+                    if !Path::new(&format!("/proc/{pid}")).exists() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+        for n in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+        for d in &self.dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        eprintln!("    cleaned up namespaces, switches and state");
+    }
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    sh(Command::new("ip").args(args))
+}
+
+/// Run `f` on a thread that entered namespace `ns`; sockets it creates stay
+/// in that namespace.
+fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || -> std::io::Result<T> {
+        let file = std::fs::File::open(&path)?;
+        // SAFETY: setns on a namespace file we opened; only this thread moves.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow!("namespace thread panicked"))?
+    .with_context(|| format!("in namespace {ns}"))
+}
+
+/// A host namespace with containers A (10.1.0.2, port 1) and B (10.1.0.3,
+/// port 2); veth host ends `pa` and `pb`.
+fn topology(g: &mut Guard, tag: &str) -> Result<(String, String, String)> {
+    let (h, a, b) = (format!("{tag}h"), format!("{tag}a"), format!("{tag}b"));
+    for n in [&h, &a, &b] {
+        ip(&["netns", "add", n])?;
+        g.namespaces.push(n.clone());
+        ip(&["-n", n, "link", "set", "lo", "up"])?;
+    }
+    ip(&[
+        "-n", &h, "link", "add", "up0", "type", "veth", "peer", "name", "up0p",
+    ])?;
+    ip(&["-n", &h, "link", "set", "up0", "up"])?;
+    ip(&["-n", &h, "link", "set", "up0p", "up"])?;
+    for (c, port, addr, mac, peer, peer_mac) in [
+        (&a, "pa", "10.1.0.2/24", MAC_A, "10.1.0.3", MAC_B),
+        (&b, "pb", "10.1.0.3/24", MAC_B, "10.1.0.2", MAC_A),
+    ] {
+        ip(&[
+            "-n", &h, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", c,
+        ])?;
+        ip(&["-n", c, "link", "set", "eth0", "address", mac])?;
+        ip(&["-n", c, "addr", "add", addr, "dev", "eth0"])?;
+        ip(&["-n", c, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &h, "link", "set", port, "up"])?;
+        ip(&[
+            "-n", c, "neigh", "add", peer, "lladdr", peer_mac, "dev", "eth0",
+        ])?;
+        // Checksums computed by the sender: Open vSwitch's netdev datapath
+        // hands partial (offloaded) checksums to the controller as they
+        // are, and B would drop what comes back.
+        sh(Command::new("ip").args(["netns", "exec", c, "ethtool", "-K", "eth0", "tx", "off"]))?;
+    }
+    Ok((h, a, b))
+}
+
+/// The controller side of one switch connection.
+struct Ctl {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Ctl {
+    /// Wait for the switch to connect, then HELLO and FEATURES.
+    fn accept(l: &TcpListener) -> Result<Ctl> {
+        l.set_nonblocking(false)?;
+        let (s, _) = l.accept().context("waiting for the switch to connect")?;
+        s.set_nodelay(true)?;
+        let mut c = Ctl { s, buf: Vec::new() };
+        c.send(1, &Message::Hello(of::Hello::new()))?;
+        c.wait(Duration::from_secs(10), |m| matches!(m, Message::Hello(_)))?;
+        c.send(2, &Message::FeaturesRequest)?;
+        c.wait(Duration::from_secs(10), |m| {
+            matches!(m, Message::FeaturesReply(_))
+        })?;
+        Ok(c)
+    }
+
+    fn send(&mut self, xid: u32, m: &Message) -> Result<()> {
+        self.s
+            .write_all(&m.to_bytes(xid).map_err(|e| anyhow!("{e}"))?)?;
+        Ok(())
+    }
+
+    fn recv(&mut self, deadline: Instant) -> Result<Option<Frame>> {
+        loop {
+            if let Ok(Some((f, used))) = of::decode(&self.buf) {
+                self.buf.drain(..used);
+                if let Message::EchoRequest(d) = &f.message {
+                    let d = d.clone();
+                    self.send(f.xid, &Message::EchoReply(d))?;
+                    continue;
+                }
+                return Ok(Some(f));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            self.s.set_read_timeout(Some(deadline - now))?;
+            let mut b = [0u8; 65536];
+            match self.s.read(&mut b) {
+                Ok(0) => bail!("switch closed the connection"),
+                Ok(n) => self.buf.extend_from_slice(&b[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn wait(&mut self, within: Duration, f: impl Fn(&Message) -> bool) -> Result<Frame> {
+        let deadline = Instant::now() + within;
+        while let Some(fr) = self.recv(deadline)? {
+            if let Message::Error(e) = &fr.message {
+                bail!("switch answered an error: {e:?}");
+            }
+            if f(&fr.message) {
+                return Ok(fr);
+            }
+        }
+        bail!("timed out waiting for the switch")
+    }
+
+    fn barrier(&mut self, xid: u32) -> Result<()> {
+        self.send(xid, &Message::BarrierRequest)?;
+        self.wait(Duration::from_secs(120), |m| {
+            matches!(m, Message::BarrierReply)
+        })?;
+        Ok(())
+    }
+
+    fn flow_count(&mut self) -> Result<u32> {
+        let req = of::FlowStatsRequest {
+            table_id: of::OFPTT_ALL,
+            out_port: of::OFPP_ANY,
+            out_group: of::OFPG_ANY,
+            cookie: 0,
+            cookie_mask: 0,
+            match_: of::Match::new(),
+        };
+        self.send(
+            9,
+            &Message::MultipartRequest(of::MultipartRequest::new(
+                of::MultipartRequestBody::Aggregate(req),
+            )),
+        )?;
+        let fr = self.wait(Duration::from_secs(30), |m| {
+            matches!(m, Message::MultipartReply(_))
+        })?;
+        match fr.message {
+            Message::MultipartReply(of::MultipartReply {
+                body: of::MultipartReplyBody::Aggregate(a),
+                ..
+            }) => Ok(a.flow_count),
+            other => bail!("unexpected reply {other:?}"),
+        }
+    }
+}
+
+/// 100k FLOW_MOD adds pipelined, timed to the BARRIER_REPLY. Flows/s.
+fn install_rate(c: &mut Ctl) -> Result<f64> {
+    c.send(3, &Message::FlowMod(of::FlowMod::delete(of::Match::new())))?;
+    c.barrier(4)?;
+    let mut wire = Vec::with_capacity(FLOWS as usize * 96);
+    for i in 0..FLOWS {
+        let dst = std::net::Ipv4Addr::from(0x0a00_0000 | (i + 1));
+        let fm = of::FlowMod::add(of::Match::new().in_port(1).eth_type(0x0800).ipv4_dst(dst))
+            .priority(100)
+            .cookie(0xbe)
+            .apply(vec![of::Action::output(2)]);
+        wire.extend_from_slice(
+            &Message::FlowMod(fm)
+                .to_bytes(100 + i)
+                .map_err(|e| anyhow!("{e}"))?,
+        );
+    }
+    let t = Instant::now();
+    c.s.write_all(&wire)?;
+    c.barrier(5)?;
+    let secs = t.elapsed().as_secs_f64();
+    let n = c.flow_count()?;
+    if n != FLOWS {
+        bail!("{n} flows in the table after {FLOWS} adds");
+    }
+    c.send(6, &Message::FlowMod(of::FlowMod::delete(of::Match::new())))?;
+    c.barrier(7)?;
+    Ok(f64::from(FLOWS) / secs)
+}
+
+/// First-packet latency in microseconds: (median, 99th percentile) of the
+/// whole trip, and the medians of its two halves (A's send to the PACKET_IN
+/// at the controller; the controller's PACKET_OUT to B's receive).
+fn first_packet(mut c: Ctl, a: &str, b: &str) -> Result<Latency> {
+    use std::sync::{Arc, Mutex};
+    // Only a table-miss flow: every packet goes through the controller.
+    let miss = of::FlowMod::add(of::Match::new())
+        .priority(0)
+        .apply(vec![of::Action::controller(of::OFPCML_NO_BUFFER)]);
+    c.send(10, &Message::FlowMod(miss))?;
+    c.barrier(11)?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    // When each sequence number reached the controller.
+    let seen: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; PACKETS + 20]));
+    let seen2 = seen.clone();
+    // The controller: PACKET_IN from port 1 -> PACKET_OUT to port 2.
+    let ctl = std::thread::spawn(move || -> Result<u64> {
+        let mut n = 0;
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            let Some(fr) = c.recv(Instant::now() + Duration::from_millis(100))? else {
+                continue;
+            };
+            if let Message::PacketIn(pi) = fr.message {
+                let at = Instant::now();
+                let in_port = pi.in_port().unwrap_or(1);
+                let out = if in_port == 1 { 2 } else { 1 };
+                // The sequence number is the UDP payload (after 14 + 20 + 8 bytes).
+                if let Some(tail) = pi.data.get(42..46) {
+                    let seq = u32::from_be_bytes([tail[0], tail[1], tail[2], tail[3]]) as usize;
+                    if let Some(slot) = seen2.lock().ok().as_mut().and_then(|v| v.get_mut(seq)) {
+                        *slot = Some(at);
+                    }
+                }
+                let po = of::PacketOut::new(in_port, vec![of::Action::output(out)], pi.data);
+                c.send(0, &Message::PacketOut(po))?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    });
+    let tx = in_netns(a, || {
+        let s = UdpSocket::bind("10.1.0.2:40000")?;
+        s.connect("10.1.0.3:40001")?;
+        Ok(s)
+    })?;
+    let rx = in_netns(b, || UdpSocket::bind("10.1.0.3:40001"))?;
+    rx.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let (mut lat, mut half_in, mut half_out) = (Vec::new(), Vec::new(), Vec::new());
+    let mut lost = 0;
+    for i in 0..PACKETS + 20 {
+        let seq = (i as u32).to_be_bytes();
+        let t = Instant::now();
+        tx.send(&seq)?;
+        let mut buf = [0u8; 64];
+        loop {
+            match rx.recv(&mut buf) {
+                Ok(4) if buf[..4] == seq => {
+                    let done = Instant::now();
+                    if i >= 20 {
+                        lat.push((done - t).as_secs_f64() * 1e6);
+                        let at = seen.lock().ok().and_then(|v| v.get(i).copied().flatten());
+                        if let Some(at) = at {
+                            half_in.push((at - t).as_secs_f64() * 1e6);
+                            half_out.push((done - at).as_secs_f64() * 1e6);
+                        }
+                    }
+                    break;
+                }
+                Ok(_) => continue,
+                Err(_) => {
+                    lost += 1;
+                    break;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answered = ctl
+        .join()
+        .map_err(|_| anyhow!("controller thread panicked"))??;
+    if lat.len() < PACKETS / 2 || half_in.is_empty() {
+        bail!(
+            "{lost} of {} packets lost ({answered} PACKET_INs answered)",
+            PACKETS + 20
+        );
+    }
+    let pct = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(f64::total_cmp);
+        v[((v.len() - 1) as f64 * p) as usize]
+    };
+    Ok(Latency {
+        p50: pct(&mut lat, 0.5),
+        p99: pct(&mut lat, 0.99),
+        to_controller: pct(&mut half_in, 0.5),
+        from_controller: pct(&mut half_out, 0.5),
+    })
+}
+
+struct Latency {
+    p50: f64,
+    p99: f64,
+    to_controller: f64,
+    from_controller: f64,
+}
+
+struct Result2 {
+    rate: f64,
+    lat: Latency,
+}
+
+fn listener(h: &str) -> Result<TcpListener> {
+    in_netns(h, || TcpListener::bind(("127.0.0.1", CTL_PORT)))
+}
+
+fn bench_agent(g: &mut Guard, bin: &Path, obj: &Path) -> Result<Result2> {
+    step("agent: topology, agent with --controller");
+    let tag = format!("dlba{}", std::process::id() % 10000);
+    let (h, a, b) = topology(g, &tag)?;
+    let l = listener(&h)?;
+    let state = PathBuf::from(format!("/tmp/{tag}-state"));
+    g.dirs.push(state.clone());
+    g.dirs.push(PathBuf::from(format!("{BPFFS}/daolinet")));
+    let child = Command::new("ip")
+        .args(["netns", "exec", &h])
+        .arg(bin)
+        .args(["--bpffs", BPFFS, "--state-dir"])
+        .arg(&state)
+        .args(["run", "--uplink", "up0", "--port", "pa=1", "--port", "pb=2"])
+        .arg("--bpf-object")
+        .arg(obj)
+        .args(["--controller", &format!("tcp:127.0.0.1:{CTL_PORT}")])
+        .args(["--packet-in-rate", "0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting the agent")?;
+    g.children.push(child);
+    let mut c = Ctl::accept(&l)?;
+    step("agent: FLOW_MOD install rate (100k adds + barrier)");
+    let rate = install_rate(&mut c)?;
+    step("agent: first-packet latency (punt, PACKET_IN, PACKET_OUT)");
+    let lat = first_packet(c, &a, &b)?;
+    Ok(Result2 { rate, lat })
+}
+
+fn bench_ovs(g: &mut Guard) -> Result<Result2> {
+    step("Open vSwitch: topology, ovsdb-server + ovs-vswitchd (netdev datapath)");
+    let tag = format!("dlbo{}", std::process::id() % 10000);
+    let (h, a, b) = topology(g, &tag)?;
+    let l = listener(&h)?;
+    let dir = PathBuf::from(format!("/tmp/{tag}-ovs"));
+    std::fs::create_dir_all(&dir)?;
+    g.dirs.push(dir.clone());
+    let d = dir.display().to_string();
+    let ovs = |prog: &str| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &h, prog])
+            .env("OVS_RUNDIR", &dir)
+            .env("OVS_DBDIR", &dir)
+            .env("OVS_LOGDIR", &dir)
+            .env("OVS_SYSCONFDIR", &dir);
+        c
+    };
+    sh(ovs("ovsdb-tool").args([
+        "create",
+        &format!("{d}/conf.db"),
+        "/usr/share/openvswitch/vswitch.ovsschema",
+    ]))?;
+    g.pidfiles.push(dir.join("ovsdb-server.pid"));
+    sh(ovs("ovsdb-server").args([
+        &format!("--remote=punix:{d}/db.sock"),
+        &format!("--pidfile={d}/ovsdb-server.pid"),
+        &format!("--log-file={d}/ovsdb-server.log"),
+        &format!("--unixctl={d}/ovsdb-server.ctl"),
+        "--detach",
+        &format!("{d}/conf.db"),
+    ]))?;
+    let db = format!("--db=unix:{d}/db.sock");
+    sh(ovs("ovs-vsctl").args([&db, "--no-wait", "init"]))?;
+    g.pidfiles.push(dir.join("ovs-vswitchd.pid"));
+    sh(ovs("ovs-vswitchd").args([
+        &format!("unix:{d}/db.sock"),
+        &format!("--pidfile={d}/ovs-vswitchd.pid"),
+        &format!("--log-file={d}/ovs-vswitchd.log"),
+        &format!("--unixctl={d}/ovs-vswitchd.ctl"),
+        "--detach",
+    ]))?;
+    sh(ovs("ovs-vsctl").args([
+        &db,
+        "--timeout=20",
+        "add-br",
+        "br0",
+        "--",
+        "set",
+        "bridge",
+        "br0",
+        "datapath_type=netdev",
+        "protocols=OpenFlow13",
+        "fail_mode=secure",
+        "other-config:disable-in-band=true",
+        "--",
+        "add-port",
+        "br0",
+        "pa",
+        "--",
+        "set",
+        "interface",
+        "pa",
+        "ofport_request=1",
+        "--",
+        "add-port",
+        "br0",
+        "pb",
+        "--",
+        "set",
+        "interface",
+        "pb",
+        "ofport_request=2",
+    ]))?;
+    sh(ovs("ovs-vsctl").args([
+        &db,
+        "--timeout=20",
+        "set-controller",
+        "br0",
+        &format!("tcp:127.0.0.1:{CTL_PORT}"),
+    ]))?;
+    let mut c = Ctl::accept(&l)?;
+    step("Open vSwitch: FLOW_MOD install rate (100k adds + barrier)");
+    let rate = install_rate(&mut c)?;
+    step("Open vSwitch: first-packet latency (upcall, PACKET_IN, PACKET_OUT)");
+    let lat = first_packet(c, &a, &b)?;
+    Ok(Result2 { rate, lat })
+}
+
+/// Run the benchmark and record it in BENCHMARKS.md.
+pub fn run(setup: bool) -> Result<()> {
+    if !is_root() {
+        bail!("bench agent creates network namespaces and loads BPF programs: run it as root");
+    }
+    if setup {
+        crate::setup::run()?;
+    }
+    for tool in ["ovs-vswitchd", "ovsdb-server", "ovs-vsctl", "ovsdb-tool"] {
+        if !have(tool) {
+            bail!("{tool} is missing: run `cargo xtask setup`");
+        }
+    }
+    let obj = crate::build_ebpf::run(true)?;
+    step("building daolinet-agent (release)");
+    sh(cargo().args(["build", "--release", "-p", "daolinet-agent"]))?;
+    let bin = workspace_root().join("target/release/daolinet-agent");
+    std::fs::create_dir_all(BPFFS)?;
+    let mounted = std::fs::read_to_string("/proc/self/mounts")?
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(BPFFS));
+    if !mounted {
+        sh(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))?;
+    }
+    let agent = {
+        let mut g = Guard::default();
+        bench_agent(&mut g, &bin, &obj)?
+    };
+    let ovs = {
+        let mut g = Guard::default();
+        bench_ovs(&mut g)?
+    };
+    let body = format!(
+        "## Agent as an OpenFlow switch vs Open vSwitch (userspace datapath)\n\n\
+         Command: `cargo xtask bench agent`. Same topology (one host namespace, two \
+         container namespaces on veths), same controller (the benchmark itself, \
+         OpenFlow 1.3 over TCP on loopback), run one after the other in one run on \
+         a shared, noisy 2-core machine: compare the ratios.\n\n\
+         | | daolinet-agent | Open vSwitch (netdev) | ratio |\n\
+         |---|---|---|---|\n\
+         | FLOW_MOD install rate, {FLOWS} adds pipelined + barrier | {:.0} flows/s | {:.0} flows/s | {:.2}x |\n\
+         | first-packet latency, median (send in A, punt, PACKET_IN, PACKET_OUT, receive in B; {PACKETS} packets) | {:.0} µs | {:.0} µs | {:.2} |\n\
+         | first-packet latency, 99th percentile | {:.0} µs | {:.0} µs | {:.2} |\n\
+         | of which: A's send to PACKET_IN at the controller (median) | {:.0} µs | {:.0} µs | {:.2} |\n\
+         | of which: PACKET_OUT sent to B's receive (median) | {:.0} µs | {:.0} µs | {:.2} |\n\n\
+         Targets: at least 100k flow installs/s; first-packet latency at most 1/3 of \
+         Open vSwitch's (ratio <= 0.33).\n",
+        agent.rate,
+        ovs.rate,
+        agent.rate / ovs.rate,
+        agent.lat.p50,
+        ovs.lat.p50,
+        agent.lat.p50 / ovs.lat.p50,
+        agent.lat.p99,
+        ovs.lat.p99,
+        agent.lat.p99 / ovs.lat.p99,
+        agent.lat.to_controller,
+        ovs.lat.to_controller,
+        agent.lat.to_controller / ovs.lat.to_controller,
+        agent.lat.from_controller,
+        ovs.lat.from_controller,
+        agent.lat.from_controller / ovs.lat.from_controller,
+    );
+    println!("{body}");
+    crate::benchmarks::update_section("agent", &body)
+}
