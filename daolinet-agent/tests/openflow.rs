@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{connect_in, ns, ns_out, root_or_skip, sh, Lab};
+use common::{connect_in, listen_in, ns, ns_out, root_or_skip, sh, Lab};
 use daolinet_openflow::{self as of, Frame, Message};
 
 const OF_PORT: &str = "6634";
@@ -262,6 +262,10 @@ struct Client {
 impl Client {
     fn new(h: &str) -> Client {
         let s = connect_in(h, &format!("127.0.0.1:{OF_PORT}")).expect("connect");
+        Client::over(s)
+    }
+    /// Handshake on an established connection (either direction).
+    fn over(s: TcpStream) -> Client {
         s.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
         let mut c = Client { s, buf: Vec::new() };
@@ -508,5 +512,150 @@ fn hostile_controller_bytes_never_crash_the_agent_nor_touch_the_table() {
             Duration::from_secs(3),
             |m| matches!(m, Message::EchoReply(d) if d == &[7])
         )
+        .is_some());
+}
+
+#[test]
+fn standalone_fail_mode_forwards_by_l2_learning_without_a_controller() {
+    if !root_or_skip("standalone_fail_mode_forwards_by_l2_learning_without_a_controller") {
+        return;
+    }
+    let mut lab = Lab::new("std");
+    let (h, a, _b) = topology(&mut lab, false);
+    lab.start_agent(
+        &h,
+        &[
+            "--uplink",
+            "up0",
+            "--port",
+            "pa=1",
+            "--port",
+            "pb=2",
+            "--fail-mode",
+            "standalone",
+            "--controller",
+            "tcp:127.0.0.1:6653", // nobody listens there
+        ],
+    );
+    assert!(
+        ns(&a, &["ping", "-c", "3", "-i", "0.2", "-W", "2", "10.1.0.3"]),
+        "no forwarding in standalone mode"
+    );
+    let flows = lab.agent_cmd(&h, &["flows"]);
+    let learned: Vec<&str> = flows
+        .lines()
+        .filter(|l| l.contains("cookie=0xda01100000000001"))
+        .collect();
+    assert!(
+        learned.len() >= 2 && learned.iter().any(|l| !l.contains("n_packets=0,")),
+        "no learned flow carried traffic:\n{flows}"
+    );
+}
+
+#[test]
+fn arp_responder_answers_containers_with_the_gateway_mac() {
+    if !root_or_skip("arp_responder_answers_containers_with_the_gateway_mac") {
+        return;
+    }
+    let mut lab = Lab::new("arp");
+    let (h, a, _b) = topology(&mut lab, false);
+    lab.start_agent(
+        &h,
+        &[
+            "--uplink",
+            "up0",
+            "--port",
+            "pa=1",
+            "--port",
+            "pb=2",
+            "--arp-responder",
+            "02:00:00:00:00:01",
+        ],
+    );
+    // Nothing answers pings to the gateway address, but ARP resolves.
+    let _ = ns(&a, &["ping", "-c", "1", "-W", "1", "10.1.0.1"]);
+    let (_, neigh, _) = ns_out(&a, &["ip", "neigh", "show", "10.1.0.1"]);
+    assert!(
+        neigh.contains("lladdr 02:00:00:00:00:01"),
+        "ARP not answered locally: {neigh:?}"
+    );
+    let status = lab.agent_cmd(&h, &["status"]);
+    assert!(status.contains("\"arp_replies\": 1"), "{status}");
+}
+
+#[test]
+fn controller_sees_port_status_roles_and_the_agent_reconnects() {
+    if !root_or_skip("controller_sees_port_status_roles_and_the_agent_reconnects") {
+        return;
+    }
+    let mut lab = Lab::new("rec");
+    let (h, _a, _b) = topology(&mut lab, true);
+    let l = listen_in(&h, "127.0.0.1:6653").expect("listen");
+    lab.start_agent(
+        &h,
+        &[
+            "--uplink",
+            "up0",
+            "--port",
+            "pa=1",
+            "--controller",
+            "tcp:127.0.0.1:6653",
+            "--datapath-id",
+            "abc",
+        ],
+    );
+    let (s, _) = l.accept().expect("agent connects");
+    let mut c = Client::over(s);
+    c.send(2, Message::FeaturesRequest);
+    let f = c
+        .wait(Duration::from_secs(3), |m| {
+            matches!(m, Message::FeaturesReply(_))
+        })
+        .expect("features");
+    assert!(matches!(f.message, Message::FeaturesReply(r) if r.datapath_id == 0xabc));
+    c.send(
+        3,
+        Message::RoleRequest(of::RoleMsg {
+            role: of::OFPCR_ROLE_MASTER,
+            generation_id: 5,
+        }),
+    );
+    assert!(c
+        .wait(Duration::from_secs(3), |m| matches!(m, Message::RoleReply(r) if r.role == of::OFPCR_ROLE_MASTER && r.generation_id == 5))
+        .is_some());
+
+    // pb comes and goes: PORT_STATUS add, then delete when the interface vanishes.
+    lab.agent_cmd(&h, &["port", "add", "pb", "--ofport", "7"]);
+    let add = c
+        .wait(
+            Duration::from_secs(3),
+            |m| matches!(m, Message::PortStatus(p) if p.reason == of::OFPPR_ADD),
+        )
+        .expect("PORT_STATUS add");
+    assert!(
+        matches!(add.message, Message::PortStatus(p) if p.desc.port_no == 7 && p.desc.name == "pb")
+    );
+    sh(&["ip", "-n", &h, "link", "del", "pb"]);
+    let del = c
+        .wait(
+            Duration::from_secs(5),
+            |m| matches!(m, Message::PortStatus(p) if p.reason == of::OFPPR_DELETE),
+        )
+        .expect("PORT_STATUS delete");
+    assert!(matches!(del.message, Message::PortStatus(p) if p.desc.port_no == 7));
+
+    // The controller goes away; the agent comes back on its own.
+    drop(c);
+    let t = Instant::now();
+    l.set_nonblocking(false).unwrap();
+    let (s, _) = l.accept().expect("agent reconnects");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    let mut c = Client::over(s);
+    c.send(4, Message::EchoRequest(vec![1]));
+    assert!(c
+        .wait(Duration::from_secs(3), |m| matches!(
+            m,
+            Message::EchoReply(_)
+        ))
         .is_some());
 }

@@ -226,6 +226,23 @@ pub fn connect_in(n: &str, addr: &str) -> std::io::Result<std::net::TcpStream> {
     .expect("connect thread")
 }
 
+/// Bind a TCP listener inside namespace `n`.
+pub fn listen_in(n: &str, addr: &str) -> std::io::Result<std::net::TcpListener> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/run/netns/{n}");
+    let addr = addr.to_string();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path)?;
+        // SAFETY: as in connect_in.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        std::net::TcpListener::bind(addr)
+    })
+    .join()
+    .expect("listen thread")
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         for c in &mut self.children {
