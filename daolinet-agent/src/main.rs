@@ -35,7 +35,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Load the datapath, attach the uplink and ports, serve the control socket until SIGINT/SIGTERM.
+    /// Load the datapath, attach the uplink and ports, act as an OpenFlow 1.3 switch
+    /// (controllers, passive listener) and serve the control socket until SIGINT/SIGTERM.
     Run {
         /// The physical NIC (TC or XDP ingress program; table misses go to the host stack).
         #[arg(long)]
