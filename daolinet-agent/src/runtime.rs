@@ -235,6 +235,86 @@ pub async fn punts(agent: Shared, fd: OwnedFd) -> Result<()> {
     }
 }
 
+/// Open a NETLINK_ROUTE socket subscribed to link events.
+fn link_events_socket() -> std::io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket(2) call.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_nl is plain old data.
+    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    sa.nl_family = libc::AF_NETLINK as u16;
+    sa.nl_groups = libc::RTMGRP_LINK as u32;
+    // SAFETY: valid fd and address of the right size.
+    let rc = unsafe {
+        libc::bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            (&sa as *const libc::sockaddr_nl).cast(),
+            size_of::<libc::sockaddr_nl>() as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Watch rtnetlink link events (RTM_NEWLINK/RTM_DELLINK) and re-check the
+/// ports at once, so PORT_STATUS follows interfaces that come, go or
+/// change link state. The timer's once-a-second check stays as a fallback.
+pub async fn link_events(agent: Shared) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = link_events_socket().context("rtnetlink socket")?;
+    // SAFETY: the AsyncFd owns the descriptor.
+    let afd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(|_| anyhow!("registering the rtnetlink socket with epoll failed"))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let mut guard = afd.readable().await?;
+        let mut changed = false;
+        loop {
+            // SAFETY: valid fd and buffer.
+            let n = unsafe {
+                libc::recv(
+                    afd.get_ref().as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                )
+            };
+            if n <= 0 {
+                break;
+            }
+            let mut msgs = &buf[..n as usize];
+            while msgs.len() >= 16 {
+                let len = u32::from_ne_bytes([msgs[0], msgs[1], msgs[2], msgs[3]]) as usize;
+                let ty = u16::from_ne_bytes([msgs[4], msgs[5]]);
+                if ty == libc::RTM_NEWLINK || ty == libc::RTM_DELLINK {
+                    changed = true;
+                }
+                if len < 16 || len > msgs.len() {
+                    break;
+                }
+                msgs = msgs.get((len + 3) & !3..).unwrap_or_default();
+            }
+        }
+        guard.clear_ready();
+        if changed {
+            lock(&agent).check_ports();
+        }
+    }
+}
+
 /// Timers: flow expiry every 100 ms, punts as a fallback, ports every second.
 pub async fn timers(agent: Shared) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -275,6 +355,12 @@ pub async fn run(
         }
     });
     tokio::spawn(timers(agent.clone()));
+    let la = agent.clone();
+    tokio::spawn(async move {
+        if let Err(e) = link_events(la).await {
+            tracing::warn!("no rtnetlink link events, ports checked every second: {e:#}");
+        }
+    });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         r = tokio::signal::ctrl_c() => r?,
