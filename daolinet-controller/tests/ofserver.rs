@@ -225,7 +225,7 @@ impl Env {
             Ok(ch)
         })
         .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = daolinet_controller::ofserver::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let server = Server::new(ctl.clone(), ServerConfig::default());
         let (stop, rx) = watch::channel(false);

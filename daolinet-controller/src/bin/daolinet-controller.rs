@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use daolinet_controller::addr::{Ipv4Net, MacAddr};
 use daolinet_controller::api::{self, auth, AppState};
-use daolinet_controller::ofserver::{ConnConfig, Server, ServerConfig};
+use daolinet_controller::ofserver::{self, ConnConfig, Server, ServerConfig};
 use daolinet_controller::policy::Config;
 use daolinet_controller::service::Controller;
 use daolinet_controller::store::RedbStore;
@@ -134,8 +134,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     let rt = rt.enable_all().build()?;
     rt.block_on(async move {
-        let of_listener = tokio::net::TcpListener::bind(a.listen)
-            .await
+        let of_listener = ofserver::bind(a.listen)
             .with_context(|| format!("binding OpenFlow address {}", a.listen))?;
         let of_addr = of_listener.local_addr()?;
         let listener = tokio::net::TcpListener::bind(a.api)

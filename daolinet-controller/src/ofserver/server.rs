@@ -319,6 +319,20 @@ impl Server {
     }
 }
 
+/// Binds the OpenFlow listener with a deep accept queue (4096, capped by
+/// `net.core.somaxconn`): after a controller restart thousands of switches
+/// reconnect at the same moment.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(4096)
+}
+
 /// Resolves once `stop` is true (or its sender is gone).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
