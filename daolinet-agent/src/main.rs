@@ -332,8 +332,10 @@ fn run(
     for (iface, ofport) in &specs {
         agent.add_port(iface, *ofport, PortKind::Container)?;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the switch is serialised by its lock anyway, and a single
+    // thread parked in epoll wakes faster for a punt or a PACKET_OUT than
+    // a pool handing tasks between workers.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
