@@ -19,6 +19,9 @@ fn run_agent(ns: &str, args: &[&str]) -> (bool, String) {
         .output()
         .expect("spawn agent");
     let _ = std::fs::remove_dir_all(format!("/tmp/{ns}-bad"));
+    let _ = std::fs::remove_dir_all(common::pin_dir(std::path::Path::new(&format!(
+        "/tmp/{ns}-bad"
+    ))));
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),

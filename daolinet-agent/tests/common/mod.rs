@@ -51,6 +51,17 @@ fn ensure_test_bpffs() {
     }
 }
 
+/// The bpffs directory the agent pins its maps in for `state_dir` (the
+/// agent's own naming: every non-alphanumeric character becomes `_`).
+pub fn pin_dir(state_dir: &std::path::Path) -> String {
+    let name: String = state_dir
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("{TEST_BPFFS}/daolinet/{}", name.trim_matches('_'))
+}
+
 /// Namespaces (and agents running in them), removed on drop even when the
 /// test fails.
 pub struct Lab {
@@ -262,12 +273,7 @@ impl Drop for Lab {
         }
         for h in hosts {
             let state = self.state_dir(&h);
-            let pins = state
-                .to_string_lossy()
-                .replace('/', "_")
-                .trim_matches('_')
-                .to_string();
-            let _ = std::fs::remove_dir_all(format!("{TEST_BPFFS}/daolinet/{pins}"));
+            let _ = std::fs::remove_dir_all(pin_dir(&state));
             let _ = std::fs::remove_dir_all(state);
         }
     }
