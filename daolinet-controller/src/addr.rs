@@ -48,6 +48,15 @@ impl MacAddr {
         let b = n.to_be_bytes();
         MacAddr([0x02, 0xda, b[0], b[1], b[2], b[3]])
     }
+
+    /// The MAC given to a container with cookie id `id` (< 2^28) when none
+    /// is requested: `02:da:1X:XX:XX:XX`, so it never equals the default
+    /// gateway MAC `02:da:00:00:00:01` (container 1 used to get exactly
+    /// that address).
+    pub fn container(id: u32) -> MacAddr {
+        let b = (id & 0x0fff_ffff).to_be_bytes();
+        MacAddr([0x02, 0xda, 0x10 | b[0], b[1], b[2], b[3]])
+    }
 }
 
 impl fmt::Display for MacAddr {
@@ -281,6 +290,20 @@ mod tests {
         assert!("02:da:00:00:00:00:00".parse::<MacAddr>().is_err());
         assert!("02:da:00:00:00:zz".parse::<MacAddr>().is_err());
         assert!("".parse::<MacAddr>().is_err());
+    }
+
+    #[test]
+    fn container_macs_avoid_the_default_gateway() {
+        let gw = crate::policy::Config::default().gateway_mac;
+        assert_eq!(MacAddr::container(1).to_string(), "02:da:10:00:00:01");
+        assert_eq!(
+            MacAddr::container(0x0fff_ffff).to_string(),
+            "02:da:1f:ff:ff:ff"
+        );
+        for id in [0, 1, 2, 255, 0x0fff_ffff] {
+            let m = MacAddr::container(id);
+            assert!(m != gw && !m.is_multicast());
+        }
     }
 
     #[test]

@@ -854,7 +854,7 @@ impl Model {
                 }
                 m
             }
-            None => MacAddr::local_from_u32(cookie_id),
+            None => MacAddr::container(cookie_id),
         };
         let c = Container {
             id: spec.id,
