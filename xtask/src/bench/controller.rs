@@ -109,6 +109,23 @@ fn parse_result(stdout: &str) -> Result<BTreeMap<String, f64>> {
 struct Target {
     name: &'static str,
     addr: String,
+    /// The controller's process, whose CPU time is measured.
+    pid: u32,
+}
+
+/// CPU time (user + system) a process has used, in seconds.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): state is the
+    // 3rd field of the line, utime the 14th, stime the 15th.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    let hz = output(Command::new("getconf").arg("CLK_TCK"))
+        .ok()
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .unwrap_or(100.0);
+    Some(ticks / hz)
 }
 
 fn loadgen(bin: &Path, t: &Target, latency: bool) -> Result<BTreeMap<String, f64>> {
@@ -133,8 +150,18 @@ fn loadgen(bin: &Path, t: &Target, latency: bool) -> Result<BTreeMap<String, f64
             &WINDOW.to_string(),
         ]);
     }
+    let cpu0 = cpu_seconds(t.pid);
     let out = output(&mut c).with_context(|| format!("load on {}", t.name))?;
-    let r = parse_result(&out)?;
+    let cpu1 = cpu_seconds(t.pid);
+    let mut r = parse_result(&out)?;
+    // Controller CPU per decision over the whole run (warm-up included):
+    // robust to the other load on the machine, unlike the rates.
+    let decided = r.get("sent").copied().unwrap_or(0.0) - r.get("lost").copied().unwrap_or(0.0);
+    if let (Some(a), Some(b)) = (cpu0, cpu1) {
+        if decided > 0.0 {
+            r.insert("cpu_us".into(), (b - a) * 1e6 / decided);
+        }
+    }
     let get = |k: &str| r.get(k).copied().unwrap_or(f64::NAN);
     if latency {
         eprintln!(
@@ -147,9 +174,10 @@ fn loadgen(bin: &Path, t: &Target, latency: bool) -> Result<BTreeMap<String, f64
         );
     } else {
         eprintln!(
-            "    {:<20} throughput: {:.0} decisions/s ({:.0} FLOW_MOD/s, {:.0} PACKET_OUT/s, lost {})",
+            "    {:<20} throughput: {:.0} decisions/s, {:.2} CPU us/decision ({:.0} FLOW_MOD/s, {:.0} PACKET_OUT/s, lost {})",
             t.name,
             get("rate"),
+            get("cpu_us"),
             get("flow_mods_per_s"),
             get("packet_outs_per_s"),
             get("lost")
@@ -206,6 +234,7 @@ fn start_ours(bin: &Path, dir: &Path) -> Result<(Proc, Target, String)> {
     let t = Target {
         name: "daolinet-controller",
         addr: format!("127.0.0.1:{of_port}"),
+        pid: p.child.id(),
     };
     Ok((p, t, api))
 }
@@ -230,6 +259,7 @@ fn start_osken(dir: &Path, plan: &Path) -> Result<(Proc, Target)> {
     let t = Target {
         name: "os-ken (Python)",
         addr: format!("127.0.0.1:{port}"),
+        pid: p.child.id(),
     };
     Ok((p, t))
 }
@@ -251,6 +281,7 @@ fn cpu_model() -> String {
 #[derive(Default)]
 struct Series {
     rate: Vec<f64>,
+    cpu_us: Vec<f64>,
     flow_mods: Vec<f64>,
     packet_outs: Vec<f64>,
     p50: Vec<f64>,
@@ -267,9 +298,11 @@ impl Series {
                 .join(", ")
         };
         format!(
-            "| {name} | **{:.0}** ({}) | {:.0} | {:.0} | **{:.1}** ({}) | **{:.1}** ({}) |\n",
+            "| {name} | **{:.0}** ({}) | **{:.2}** ({}) | {:.0} | {:.0} | **{:.1}** ({}) | **{:.1}** ({}) |\n",
             median(&self.rate),
             runs(&self.rate, 0),
+            median(&self.cpu_us),
+            runs(&self.cpu_us, 2),
             median(&self.flow_mods),
             median(&self.packet_outs),
             median(&self.p50),
@@ -299,6 +332,7 @@ fn start_reference(gen_bin: &Path, dir: &Path) -> Result<(Proc, Target)> {
     let t = Target {
         name: "floor reference",
         addr: format!("127.0.0.1:{port}"),
+        pid: p.child.id(),
     };
     Ok((p, t))
 }
@@ -383,6 +417,7 @@ pub fn run(setup: bool) -> Result<()> {
             let r = loadgen(&gen_bin, t, false)?;
             let get = |k: &str| r.get(k).copied().unwrap_or(f64::NAN);
             s.rate.push(get("rate"));
+            s.cpu_us.push(get("cpu_us"));
             s.flow_mods.push(get("flow_mods_per_s"));
             s.packet_outs.push(get("packet_outs_per_s"));
             s.lost += get("lost");
@@ -401,12 +436,13 @@ pub fn run(setup: bool) -> Result<()> {
     }
     let ratio = t0 / t1;
     let table = format!(
-        "| controller | decisions/s (runs) | FLOW_MOD/s | PACKET_OUT/s | latency p50 us (runs) | latency p99 us (runs) |\n\
-         |---|---:|---:|---:|---:|---:|\n\
-         {}{}| **daolinet-controller vs os-ken** | **{ratio:.1}x** more | | | **{:.1}x** lower | **{:.1}x** lower |\n\
+        "| controller | decisions/s (runs) | controller CPU us per decision (runs) | FLOW_MOD/s | PACKET_OUT/s | latency p50 us (runs) | latency p99 us (runs) |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n\
+         {}{}| **daolinet-controller vs os-ken** | **{ratio:.1}x** more | **{:.1}x** less | | | **{:.1}x** lower | **{:.1}x** lower |\n\
          {}",
         o.row("daolinet-controller"),
         k.row(&format!("os-ken {OSKEN_VERSION} (Python)")),
+        median(&k.cpu_us) / median(&o.cpu_us),
         median(&k.p50) / median(&o.p50),
         median(&k.p99) / median(&o.p99),
         f.row("floor reference: table lookup, same answers, no policy (Rust, 1 thread)"),
@@ -435,7 +471,10 @@ pub fn run(setup: bool) -> Result<()> {
          - throughput: {SWITCHES} switches, {WINDOW} PACKET_INs in flight per switch, \
          {SECONDS} s measured after {WARMUP} s warm-up;\n\
          - latency: {LAT_SWITCHES} switch, 1 PACKET_IN in flight, round trip PACKET_IN -> \
-         FLOW_MOD as seen by the generator (includes both TCP stacks and the generator).\n\n\
+         FLOW_MOD as seen by the generator (includes both TCP stacks and the generator);\n\
+         - controller CPU per decision: user + system CPU time of the controller process \
+         over a throughput run (warm-up included) divided by the PACKET_INs it answered; \
+         much less sensitive than the rates to the other load on the machine.\n\n\
          {table}\n\
          Targets for daolinet-controller: >= 500k decisions/s: {}; >= 50x os-ken: {}; \
          p99 < 100 us: {}. PACKET_INs lost (never answered) over all throughput runs: \
