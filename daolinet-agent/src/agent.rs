@@ -255,7 +255,7 @@ impl Agent {
     /// Apply effects: map operations first, then frames, then messages.
     pub fn apply(&mut self, fx: Effects) {
         if !fx.ops.is_empty() {
-            if let Err(e) = self.dp.apply(&fx.ops) {
+            if let Err(e) = self.dp.apply_batched(&fx.ops) {
                 tracing::error!("writing the datapath maps: {e:#}");
             }
         }
@@ -337,6 +337,20 @@ impl Agent {
         let Agent { dp, sw, .. } = self;
         let fx = sw.handle(conn, frame, raw, now_ns(), &mut MapCounters(dp));
         self.apply(fx);
+    }
+
+    /// Several messages from a controller, received together: handled in
+    /// order, their map operations written together (batched), then their
+    /// replies sent. Every reply still follows the map writes of the
+    /// messages before it, so BARRIER keeps its meaning.
+    pub fn conn_frames(&mut self, conn: ConnId, frames: Vec<(Frame, bytes::Bytes)>) {
+        let mut all = Effects::default();
+        let now = now_ns();
+        for (frame, raw) in frames {
+            let Agent { dp, sw, .. } = self;
+            all.extend(sw.handle(conn, frame, &raw, now, &mut MapCounters(dp)));
+        }
+        self.apply(all);
     }
 
     /// Drain the punt ring: ARP responder, PACKET_IN, standalone learning.

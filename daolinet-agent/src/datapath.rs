@@ -151,6 +151,48 @@ pub struct SavedRules {
     pub lost: Vec<u32>,
 }
 
+/// `BPF_MAP_UPDATE_BATCH`: write `count` keys and values in one call.
+fn update_batch(fd: std::os::fd::RawFd, keys: &[u8], values: &[u8], count: u32) -> Result<()> {
+    /// The `batch` member of `union bpf_attr`.
+    #[repr(C)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+    let mut attr = BatchAttr {
+        in_batch: 0,
+        out_batch: 0,
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count,
+        map_fd: fd as u32,
+        elem_flags: 0,
+        flags: 0,
+    };
+    // SAFETY: the attribute points at `count` keys and values that live
+    // for the duration of the call; the kernel reads only those.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_BATCH,
+            &mut attr as *mut BatchAttr,
+            size_of::<BatchAttr>() as libc::c_uint,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("BPF_MAP_UPDATE_BATCH of {count} entries"));
+    }
+    Ok(())
+}
+
 /// Parse one punt ring record: a [`PuntHeader`] then `cap_len` bytes.
 pub fn parse_punt(record: &[u8]) -> Result<Punt> {
     let hlen = size_of::<PuntHeader>();
@@ -176,6 +218,8 @@ pub struct Datapath {
     /// The punt ring, taken out of `ebpf` on first use and kept mapped
     /// (mapping it per read costs an mmap/munmap of the whole ring).
     punt_ring: Option<RingBuf<MapData>>,
+    /// Second handles on pinned maps, for batched updates.
+    batch_maps: StdHashMap<&'static str, MapData>,
 }
 
 impl Datapath {
@@ -213,6 +257,7 @@ impl Datapath {
             pin_dir: pin_dir.to_path_buf(),
             ports: StdHashMap::new(),
             punt_ring: None,
+            batch_maps: StdHashMap::new(),
         })
     }
 
@@ -432,6 +477,90 @@ impl Datapath {
                     let _ = m.remove(id);
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Apply table changes like [`Datapath::apply`], but write runs of
+    /// additions (counter resets, metadata, classifier entries) with one
+    /// `BPF_MAP_UPDATE_BATCH` call per map instead of one call per entry.
+    /// Within such a run the resets go first, then the metadata, then the
+    /// entries (later writes of the same key win, as one by one); removals
+    /// and subtable lists keep their place. Falls back to one by one when
+    /// the kernel refuses a batch.
+    pub fn apply_batched(&mut self, ops: &[MapOp]) -> Result<()> {
+        let adds = |o: &MapOp| {
+            matches!(
+                o,
+                MapOp::ResetStats(_) | MapOp::PutMeta(..) | MapOp::PutFlow(..)
+            )
+        };
+        let mut i = 0;
+        while i < ops.len() {
+            let run = ops[i..].iter().take_while(|o| adds(o)).count();
+            if run >= 8 {
+                let seg = &ops[i..i + run];
+                if let Err(e) = self.batch_adds(seg) {
+                    tracing::debug!("batched map update refused ({e:#}), writing one by one");
+                    self.apply(seg)?;
+                }
+                i += run;
+            } else {
+                let n = run.max(1);
+                self.apply(&ops[i..i + n])?;
+                i += n;
+            }
+        }
+        Ok(())
+    }
+
+    fn batch_fd(&mut self, name: &'static str) -> Result<std::os::fd::RawFd> {
+        use std::os::fd::{AsFd, AsRawFd};
+        if !self.batch_maps.contains_key(name) {
+            let m = MapData::from_pin(self.pin_dir.join(name))
+                .with_context(|| format!("opening pinned map {name}"))?;
+            self.batch_maps.insert(name, m);
+        }
+        self.batch_maps
+            .get(name)
+            .map(|m| m.fd().as_fd().as_raw_fd())
+            .ok_or_else(|| anyhow!("map {name} unavailable"))
+    }
+
+    fn batch_adds(&mut self, seg: &[MapOp]) -> Result<()> {
+        let ncpu = nr_cpus().map_err(|(_, e)| e)?;
+        let (mut rk, mut mk, mut mv, mut fk, mut fv) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut nr, mut nm, mut nf) = (0u32, 0u32, 0u32);
+        for op in seg {
+            match op {
+                MapOp::ResetStats(id) => {
+                    rk.extend_from_slice(&id.to_ne_bytes());
+                    nr += 1;
+                }
+                MapOp::PutMeta(id, meta) => {
+                    mk.extend_from_slice(&id.to_ne_bytes());
+                    mv.extend_from_slice(bytemuck::bytes_of(meta));
+                    nm += 1;
+                }
+                MapOp::PutFlow(k, e) => {
+                    fk.extend_from_slice(bytemuck::bytes_of(k));
+                    fv.extend_from_slice(bytemuck::bytes_of(e));
+                    nf += 1;
+                }
+                _ => bail!("not an addition"),
+            }
+        }
+        if nr > 0 {
+            // Per-CPU values: one (8-byte aligned) value per possible CPU.
+            let zeros = vec![0u8; nr as usize * ncpu * size_of::<RuleStats>()];
+            update_batch(self.batch_fd(names::RULE_STATS)?, &rk, &zeros, nr)?;
+        }
+        if nm > 0 {
+            update_batch(self.batch_fd(names::RULE_META)?, &mk, &mv, nm)?;
+        }
+        if nf > 0 {
+            update_batch(self.batch_fd(names::FLOWS)?, &fk, &fv, nf)?;
         }
         Ok(())
     }

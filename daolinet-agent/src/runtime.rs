@@ -123,6 +123,9 @@ pub async fn serve_conn(agent: Shared, stream: TcpStream, peer: String) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut silent = 0u32;
     let why = 'conn: loop {
+        if buf.capacity() - buf.len() < 16 * 1024 {
+            buf.reserve(64 * 1024);
+        }
         let read = tokio::select! {
             r = tokio::time::timeout(ECHO_INTERVAL, rd.read_buf(&mut buf)) => r,
             _ = &mut writer => break 'conn "closed by the switch",
@@ -140,28 +143,45 @@ pub async fn serve_conn(agent: Shared, stream: TcpStream, peer: String) {
             Ok(Err(_)) => break "read error",
             Ok(Ok(_)) => silent = 0,
         }
+        // Everything decoded from this read is handled under one lock, its
+        // map writes batched.
+        let mut frames = Vec::new();
+        let mut fatal = false;
         loop {
             match decoder.decode(&buf) {
                 Ok(Some((frame, used))) => {
-                    let raw = buf.split_to(used);
-                    let mut a = lock(&agent);
-                    a.conn_frame(id, frame, &raw);
-                    if !a.conn_alive(id) {
-                        drop(a);
-                        break 'conn "closed by the switch";
-                    }
+                    frames.push((frame, buf.split_to(used).freeze()));
                 }
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(conn = id, "{e}");
                     let (xid, reply) = e.reply(&buf);
-                    lock(&agent).send(id, xid, &reply);
+                    let mut a = lock(&agent);
+                    a.conn_frames(id, std::mem::take(&mut frames));
+                    a.send(id, xid, &reply);
+                    drop(a);
                     match e.frame_len {
                         Some(n) => buf.advance(n.min(buf.len())),
-                        None => break 'conn "unrecoverable framing error",
+                        None => {
+                            fatal = true;
+                            break;
+                        }
                     }
                 }
             }
+        }
+        let alive = {
+            let mut a = lock(&agent);
+            if !frames.is_empty() {
+                a.conn_frames(id, frames);
+            }
+            a.conn_alive(id)
+        };
+        if fatal {
+            break "unrecoverable framing error";
+        }
+        if !alive {
+            break "closed by the switch";
         }
     };
     lock(&agent).conn_closed(id);

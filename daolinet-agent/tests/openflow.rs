@@ -416,13 +416,31 @@ fn hostile_controller_bytes_never_crash_the_agent_nor_touch_the_table() {
     );
     wait_listener(&h);
     let mut c = Client::new(&h);
+    // One write with 200 FLOW_MODs: the agent writes them to the maps in
+    // batches; the two that forward must work in the datapath.
+    let mut wire = Vec::new();
+    for i in 0..198u32 {
+        let fm: of::FlowMod = format!(
+            "cookie=0x2,in_port=1,ip,nw_dst=10.2.{}.{} actions=output:2",
+            i / 100,
+            i % 100
+        )
+        .parse()
+        .unwrap();
+        wire.extend(Message::FlowMod(fm).to_bytes(2).unwrap());
+    }
     for flow in [
         "cookie=0x1,in_port=1,ip,nw_dst=10.1.0.3 actions=output:2",
         "cookie=0x1,in_port=2,ip,nw_dst=10.1.0.2 actions=output:1",
     ] {
-        c.send(2, Message::FlowMod(flow.parse().unwrap()));
+        wire.extend(Message::FlowMod(flow.parse().unwrap()).to_bytes(2).unwrap());
     }
+    c.s.write_all(&wire).unwrap();
     c.barrier(3);
+    assert!(
+        ns(&a, &["ping", "-c", "2", "-i", "0.2", "-W", "2", "10.1.0.3"]),
+        "flows written in a batch do not forward"
+    );
     let before = lab.agent_cmd(&h, &["flows"]);
 
     let good = Message::FlowMod(
