@@ -662,8 +662,25 @@ fn controller_sees_port_status_roles_and_the_agent_reconnects() {
         .expect("PORT_STATUS delete");
     assert!(matches!(del.message, Message::PortStatus(p) if p.desc.port_no == 7));
 
-    // The controller goes away; the agent comes back on its own.
+    // A flow from the controller...
+    c.send(
+        5,
+        Message::FlowMod(
+            "cookie=0x5,in_port=1,ip,nw_dst=10.1.0.3 actions=output:2"
+                .parse()
+                .unwrap(),
+        ),
+    );
+    c.barrier(6);
+    // ...outlives the controller (fail-mode secure keeps the flows).
     drop(c);
+    std::thread::sleep(Duration::from_millis(300));
+    let flows = lab.agent_cmd(&h, &["flows"]);
+    assert!(
+        flows.contains("cookie=0x5"),
+        "flow lost with the controller:\n{flows}"
+    );
+    // The agent comes back on its own.
     let t = Instant::now();
     l.set_nonblocking(false).unwrap();
     let (s, _) = l.accept().expect("agent reconnects");
