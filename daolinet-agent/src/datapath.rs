@@ -97,6 +97,93 @@ pub fn ifindex(iface: &str) -> Result<u32> {
     Ok(idx)
 }
 
+/// Refuse `iface` when another DaoliNet datapath already serves it: tcx
+/// lets several programs share an interface, so a second agent (another
+/// state dir, hence other maps) would silently run after the first one on
+/// every packet. Programs are recognised by name ([`names::PROG_TC`]).
+/// Other tcx programs are allowed (logged): they run before ours.
+fn refuse_busy_port(iface: &str) -> Result<()> {
+    let progs = match SchedClassifier::query_tcx(iface, TcAttachType::Ingress) {
+        Ok((_, progs)) => progs,
+        Err(e) => {
+            // Kernels without tcx: the attach itself reports what is wrong.
+            tracing::debug!("cannot list tcx programs on {iface}: {e}");
+            return Ok(());
+        }
+    };
+    for p in &progs {
+        let name = String::from_utf8_lossy(p.name());
+        if p.name() == names::PROG_TC.as_bytes() {
+            bail!(
+                "{iface} is already served by another DaoliNet datapath (tcx ingress program \
+                 {name}, id {}): another daolinet-agent (other --state-dir) owns it; \
+                 stop that agent or remove the port from it first",
+                p.id()
+            );
+        }
+        tracing::warn!(
+            iface,
+            program = %name,
+            id = p.id(),
+            "another tcx ingress program is attached; it runs before the DaoliNet datapath"
+        );
+    }
+    Ok(())
+}
+
+/// True when an OS error with one of `codes` is anywhere in `e`'s chain.
+fn has_errno(e: &anyhow::Error, codes: &[i32]) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .and_then(|io| io.raw_os_error())
+            .is_some_and(|n| codes.contains(&n))
+    })
+}
+
+/// Capabilities `daolinet-agent run` needs: `(bit, name)`; CAP_BPF may be
+/// replaced by CAP_SYS_ADMIN (older kernels, or root).
+const CAP_NET_ADMIN: (u32, &str) = (12, "CAP_NET_ADMIN");
+const CAP_SYS_ADMIN: (u32, &str) = (21, "CAP_SYS_ADMIN");
+const CAP_BPF: (u32, &str) = (39, "CAP_BPF");
+
+/// The capabilities missing from the effective set `cap_eff` (the
+/// `CapEff:` hex mask of `/proc/self/status`) for loading and attaching
+/// the datapath.
+pub fn missing_capabilities(cap_eff: u64) -> Vec<&'static str> {
+    let has = |c: (u32, &str)| cap_eff & (1u64 << c.0) != 0;
+    let mut missing = Vec::new();
+    if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
+        missing.push(CAP_BPF.1);
+    }
+    if !has(CAP_NET_ADMIN) {
+        missing.push(CAP_NET_ADMIN.1);
+    }
+    missing
+}
+
+/// Fail with one clear message when this process cannot load and attach
+/// BPF programs (not root, or capabilities dropped).
+pub fn check_privileges() -> Result<()> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .ok_or_else(|| anyhow!("no CapEff line in /proc/self/status"))?;
+    let missing = missing_capabilities(eff);
+    if !missing.is_empty() {
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        bail!(
+            "daolinet-agent run loads and attaches BPF programs and needs CAP_BPF and \
+             CAP_NET_ADMIN (run it as root); this process (uid {uid}) lacks {}",
+            missing.join(" and ")
+        );
+    }
+    Ok(())
+}
+
 /// Held only so the program stays attached; dropping it detaches.
 #[allow(dead_code)]
 enum PortLink {
@@ -293,6 +380,7 @@ impl Datapath {
             bail!("too many ports (at most {MAX_PORTS})");
         }
         let ifindex = ifindex(iface)?;
+        refuse_busy_port(iface)?;
         let slot = (0..MAX_PORTS)
             .find(|s| !self.ports.values().any(|p| p.info.slot == *s))
             .ok_or_else(|| anyhow!("no free port slot"))?;
@@ -323,6 +411,14 @@ impl Datapath {
                     Ok(id) => PortLink::Xdp(prog.take_link(id)?),
                     Err(e) => {
                         self.erase_port(&info)?;
+                        if has_errno(&e, &[libc::EBUSY, libc::EEXIST]) {
+                            bail!(
+                                "{iface} already has an XDP program attached (another \
+                                 daolinet-agent with --uplink-mode xdp, or another XDP \
+                                 user): stop it or detach it (`ip link set dev {iface} xdp off`) \
+                                 first"
+                            );
+                        }
                         return Err(e);
                     }
                 }
@@ -722,5 +818,20 @@ impl Datapath {
             out.push(parse_punt(&item));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod cap_tests {
+    use super::*;
+
+    #[test]
+    fn missing_capabilities_are_named() {
+        assert_eq!(missing_capabilities(0), vec!["CAP_BPF", "CAP_NET_ADMIN"]);
+        assert!(missing_capabilities(u64::MAX).is_empty());
+        // CAP_SYS_ADMIN stands in for CAP_BPF.
+        assert!(missing_capabilities((1 << 21) | (1 << 12)).is_empty());
+        assert_eq!(missing_capabilities(1 << 39), vec!["CAP_NET_ADMIN"]);
+        assert_eq!(missing_capabilities(1 << 12), vec!["CAP_BPF"]);
     }
 }

@@ -276,10 +276,7 @@ fn run(
     bpf_object: Option<PathBuf>,
     mut net: Net,
 ) -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("daolinet-agent run needs root (CAP_BPF and CAP_NET_ADMIN) to load and attach BPF programs");
-    }
+    daolinet_agent::datapath::check_privileges()?;
     let specs: Vec<(String, Option<u32>)> =
         ports.iter().map(|p| parse_port(p)).collect::<Result<_>>()?;
     // Check every interface before touching anything.
