@@ -102,8 +102,7 @@ async fn serve(mut s: TcpStream, gw: [u8; 6], table: Arc<Table>) -> Result<()> {
     }
 }
 
-/// Serves the reference controller on `listen` until killed.
-pub fn run(listen: &str, plan: &Plan, threads: usize) -> Result<()> {
+fn table(plan: &Plan) -> Arc<Table> {
     let mut table = Table::new();
     for s in 0..plan.switches {
         for j in 0..plan.containers {
@@ -111,8 +110,26 @@ pub fn run(listen: &str, plan: &Plan, threads: usize) -> Result<()> {
             table.insert(c.ip, c);
         }
     }
-    let table = Arc::new(table);
+    Arc::new(table)
+}
+
+/// Accepts switches on `l` and answers them, until the task is dropped.
+pub async fn serve_on(l: TcpListener, plan: &Plan) -> Result<()> {
+    let table = table(plan);
     let gw = plan.gateway_mac;
+    loop {
+        let (s, peer) = l.accept().await?;
+        let t = table.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve(s, gw, t).await {
+                tracing::warn!(%peer, "{e:#}");
+            }
+        });
+    }
+}
+
+/// Serves the reference controller on `listen` until killed.
+pub fn run(listen: &str, plan: &Plan, threads: usize) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
         .enable_all()
@@ -122,15 +139,7 @@ pub fn run(listen: &str, plan: &Plan, threads: usize) -> Result<()> {
             .await
             .with_context(|| format!("binding {listen}"))?;
         println!("listening: {}", l.local_addr()?);
-        loop {
-            let (s, peer) = l.accept().await?;
-            let t = table.clone();
-            tokio::spawn(async move {
-                if let Err(e) = serve(s, gw, t).await {
-                    tracing::warn!(%peer, "{e:#}");
-                }
-            });
-        }
+        serve_on(l, plan).await
     })
 }
 

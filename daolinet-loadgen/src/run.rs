@@ -61,12 +61,21 @@ pub struct Report {
     pub lost: u64,
     /// The first OFPT_ERROR a controller sent, if any.
     pub first_error: Option<String>,
+    /// CPU time (user + system) the generator used over the whole run.
+    pub cpu: Option<Duration>,
 }
 
 impl Report {
     /// Answered PACKET_INs per second.
     pub fn rate(&self) -> f64 {
         self.answered as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Generator CPU time per decided PACKET_IN, in microseconds.
+    pub fn cpu_us_per_decision(&self) -> Option<f64> {
+        let decided = self.sent.saturating_sub(self.lost);
+        let cpu = self.cpu?;
+        (decided > 0).then(|| cpu.as_secs_f64() * 1e6 / decided as f64)
     }
 
     /// A human summary.
@@ -115,6 +124,9 @@ impl Report {
         if let Some(e) = &self.first_error {
             s += &format!("  first OFPT_ERROR from the controller: {e}\n");
         }
+        if let Some(c) = self.cpu_us_per_decision() {
+            s += &format!("  generator CPU: {c:.2} us per decided PACKET_IN\n");
+        }
         s
     }
 
@@ -139,6 +151,9 @@ impl Report {
             self.lost,
             self.totals.errors_received,
         );
+        if let Some(c) = self.cpu_us_per_decision() {
+            s += &format!(" gen_cpu_us={c:.3}");
+        }
         if let Some(p) = self.latency {
             s += &format!(
                 " p50_us={:.2} p90_us={:.2} p99_us={:.2} p999_us={:.2} max_us={:.2} samples={}",
@@ -305,7 +320,18 @@ pub fn run(cfg: &RunConfig) -> Result<Report> {
     rt.block_on(drive(cfg))
 }
 
+/// CPU time (user + system) this process has used.
+fn own_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on every Linux architecture we run on.
+    Some(Duration::from_millis(ticks * 10))
+}
+
 async fn drive(cfg: &RunConfig) -> Result<Report> {
+    let cpu0 = own_cpu();
     let shared = Arc::new(Shared::default());
     let acfg = Arc::new(cfg.clone());
     let mut tasks = Vec::new();
@@ -412,5 +438,82 @@ async fn drive(cfg: &RunConfig) -> Result<Report> {
         sent,
         lost,
         first_error,
+        cpu: match (cpu0, own_cpu()) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+            _ => None,
+        },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(addr: String, mode: Mode) -> RunConfig {
+        RunConfig {
+            connect: addr,
+            plan: Plan::new(3, 6).unwrap(),
+            mode,
+            window: if mode == Mode::Latency { 1 } else { 8 },
+            warmup: Duration::from_millis(100),
+            seconds: Duration::from_millis(600),
+            threads: 1,
+            connect_timeout: Duration::from_secs(5),
+            lost_after: Duration::from_secs(1),
+        }
+    }
+
+    /// The floor-reference controller on a thread of its own.
+    fn reference() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        l.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::from_std(l).unwrap();
+                let _ = crate::reference::serve_on(l, &Plan::new(3, 6).unwrap()).await;
+            });
+        });
+        addr
+    }
+
+    #[test]
+    fn end_to_end_against_the_reference_controller() {
+        let addr = reference();
+        let c = cfg(addr.clone(), Mode::Throughput);
+        let r = run(&c).unwrap();
+        assert!(r.answered > 0, "{}", r.human(&c));
+        assert_eq!(r.lost, 0);
+        // Every decision: 2 FLOW_MODs and 1 PACKET_OUT.
+        assert_eq!(r.totals.flow_mod_adds, r.totals.flow_mods);
+        assert!(r.totals.packet_outs * 2 <= r.totals.flow_mods + 2);
+        assert!(r.result_line(&c).starts_with("RESULT mode=throughput "));
+
+        let c = cfg(addr, Mode::Latency);
+        let r = run(&c).unwrap();
+        let p = r.latency.expect("latency samples");
+        assert!(p.count > 0 && p.p50 <= p.p99 && p.p99 <= p.max);
+        assert!(r.result_line(&c).contains(" p99_us="));
+    }
+
+    #[test]
+    fn a_silent_or_absent_controller_is_a_clear_error() {
+        // Accepts but never speaks: no FEATURES_REQUEST.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = cfg(l.local_addr().unwrap().to_string(), Mode::Throughput);
+        c.connect_timeout = Duration::from_millis(400);
+        let e = run(&c).unwrap_err().to_string();
+        assert!(e.contains("only 0 of 3 switches"), "{e}");
+        drop(l);
+        // Nothing listens.
+        let e = run(&c).unwrap_err().to_string();
+        assert!(
+            e.contains("cannot connect") || e.contains("only 0 of 3"),
+            "{e}"
+        );
+    }
 }
