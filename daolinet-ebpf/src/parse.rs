@@ -94,31 +94,38 @@ fn be16(b0: u8, b1: u8) -> u16 {
 /// small).
 pub fn parse<P: Packet>(ctx: &P, in_port: u32, p: &mut Parsed) -> Result<(), DropReason> {
     let eth = ctx.load::<14>(0).map_err(|_| DropReason::Malformed)?;
-    let eth = &eth.0;
-    *p = Parsed {
-        key: FlowKey {
-            in_port,
-            eth_dst: [eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]],
-            eth_src: [eth[6], eth[7], eth[8], eth[9], eth[10], eth[11]],
-            ..FlowKey::default()
-        },
-        l3_off: ETH_HLEN,
-        l4_off: 0,
-        l3: L3::Other,
-        has_l4: false,
-        ttl: 0,
-    };
-    let mut eth_type = be16(eth[12], eth[13]);
+    // The key is written as whole words from aligned loads: byte arrays
+    // copied field by field cost a load and a store per byte in BPF, and a
+    // partly initialised struct a call to a byte-wise memset.
+    let (e0, e1, e2) = (eth.u32_at::<0>(), eth.u32_at::<4>(), eth.u32_at::<8>());
+    let w = p.key.words_mut();
+    w[0] = in_port;
+    // ipv4_src, ipv4_dst, eth_type + vlan_tci: set below.
+    w[1] = 0;
+    w[2] = 0;
+    w[3] = 0;
+    // eth_src (packet bytes 6..12) then eth_dst (0..6), little endian
+    // words (bpfel): key bytes 16..28 = packet bytes 6..12, 0..6.
+    w[4] = (e1 >> 16) | (e2 << 16);
+    w[5] = (e2 >> 16) | (e0 << 16);
+    w[6] = (e0 >> 16) | (e1 << 16);
+    // l4 ports, arp_op + ip_proto, padding: set below or zero.
+    w[7] = 0;
+    w[8] = 0;
+    w[9] = 0;
+    p.l3_off = ETH_HLEN;
+    p.l4_off = 0;
+    p.l3 = L3::Other;
+    p.has_l4 = false;
+    p.ttl = 0;
+    let mut eth_type = eth.be16_at::<12>();
     if let Some(tci) = ctx.offloaded_vlan() {
         p.key.vlan_tci = (tci & 0x0fff) | VLAN_PRESENT;
     } else if eth_type == FlowKey::ETH_TYPE_VLAN {
-        let tag = ctx
-            .load::<4>(ETH_HLEN)
-            .map_err(|_| DropReason::Malformed)?
-            .0;
+        let tag = ctx.load::<4>(ETH_HLEN).map_err(|_| DropReason::Malformed)?;
         // The VID only (PCP and DEI are not matched): bit 12 is VLAN_PRESENT.
-        p.key.vlan_tci = (be16(tag[0], tag[1]) & 0x0fff) | VLAN_PRESENT;
-        eth_type = be16(tag[2], tag[3]);
+        p.key.vlan_tci = (tag.be16_at::<0>() & 0x0fff) | VLAN_PRESENT;
+        eth_type = tag.be16_at::<2>();
         p.l3_off = ETH_HLEN + 4;
     }
     p.key.eth_type = eth_type;
@@ -135,28 +142,30 @@ fn parse_ipv4<P: Packet>(ctx: &P, p: &mut Parsed) -> Result<(), DropReason> {
     let ip = ctx
         .load::<20>(p.l3_off)
         .map_err(|_| DropReason::Malformed)?;
-    let ip = &ip.0;
-    let ihl = ((ip[0] & 0x0f) as u32) * 4;
-    if ip[0] >> 4 != 4 || ihl < 20 {
+    let b0 = ip.0[0];
+    let ihl = ((b0 & 0x0f) as u32) * 4;
+    if b0 >> 4 != 4 || ihl < 20 {
         return Err(DropReason::Malformed);
     }
     p.l3 = L3::Ipv4;
-    p.ttl = ip[8];
-    p.key.ip_proto = ip[9];
-    p.key.ipv4_src = [ip[12], ip[13], ip[14], ip[15]];
-    p.key.ipv4_dst = [ip[16], ip[17], ip[18], ip[19]];
+    p.ttl = ip.0[8];
+    let proto = ip.0[9];
+    p.key.ip_proto = proto;
+    let w = p.key.words_mut();
+    w[1] = ip.u32_at::<12>();
+    w[2] = ip.u32_at::<16>();
     let l4_off = p.l3_off + ihl;
     p.l4_off = l4_off;
     // Options must be present too.
     if ctx.len() < l4_off {
         return Err(DropReason::Malformed);
     }
-    let frag_offset = be16(ip[6], ip[7]) & 0x1fff;
+    let frag_offset = ip.be16_at::<6>() & 0x1fff;
     if frag_offset != 0 {
         // A later fragment: no L4 header.
         return Ok(());
     }
-    let need = match p.key.ip_proto {
+    let need = match proto {
         FlowKey::IPPROTO_TCP => 20,
         FlowKey::IPPROTO_UDP => 8,
         FlowKey::IPPROTO_ICMP => 4,
@@ -165,13 +174,13 @@ fn parse_ipv4<P: Packet>(ctx: &P, p: &mut Parsed) -> Result<(), DropReason> {
     if ctx.len() < l4_off + need {
         return Err(DropReason::Malformed);
     }
-    let l4 = ctx.load::<4>(l4_off).map_err(|_| DropReason::Malformed)?.0;
-    if p.key.ip_proto == FlowKey::IPPROTO_ICMP {
-        p.key.l4_src = l4[0] as u16;
-        p.key.l4_dst = l4[1] as u16;
+    let l4 = ctx.load::<4>(l4_off).map_err(|_| DropReason::Malformed)?;
+    if proto == FlowKey::IPPROTO_ICMP {
+        p.key.l4_src = l4.0[0] as u16;
+        p.key.l4_dst = l4.0[1] as u16;
     } else {
-        p.key.l4_src = be16(l4[0], l4[1]);
-        p.key.l4_dst = be16(l4[2], l4[3]);
+        p.key.l4_src = l4.be16_at::<0>();
+        p.key.l4_dst = l4.be16_at::<2>();
     }
     p.has_l4 = true;
     Ok(())
