@@ -121,6 +121,14 @@ pub fn apply<P: Packet>(ctx: &P, st: &mut ActState, entry: &FlowEntry) -> Result
     }
     let mut i = 0u32;
     while i < MAX_ACTIONS as u32 && i < n {
+        // Set-field actions only touch the state: done here, without the
+        // cost of a call into the per-action function.
+        if let Some(a) = entry.actions.get(i as usize) {
+            if set_field(st, a) {
+                i += 1;
+                continue;
+            }
+        }
         let ret = ctx.step_out_of_line(st, entry, i);
         if ret >= 0 {
             return Ok(ret);
@@ -177,7 +185,6 @@ fn apply_one<P: Packet>(
         // Unknown kind (newer agent?): ignore it.
         return Ok(None);
     };
-    let pkt = &mut st.pkt;
     match kind {
         ActionKind::Output => {
             // SAFETY: map value, valid for this run.
@@ -205,40 +212,59 @@ fn apply_one<P: Packet>(
             Ok(if last { Some(P::DROP) } else { None })
         }
         ActionKind::Drop => Err(DropReason::PolicyDrop),
-        ActionKind::SetEthSrc => {
+        ActionKind::SetEthSrc
+        | ActionKind::SetEthDst
+        | ActionKind::SetIpv4Src
+        | ActionKind::SetIpv4Dst
+        | ActionKind::SetL4Src
+        | ActionKind::SetL4Dst => {
+            set_field(st, a);
+            Ok(None)
+        }
+        ActionKind::DecTtl => dec_ttl(ctx, st, rule_id),
+    }
+}
+
+/// Apply `a` if it is a set-field action (which only changes the parsed
+/// key and the dirty bits); false for every other kind.
+#[inline(always)]
+fn set_field(st: &mut ActState, a: &Action) -> bool {
+    let pkt = &mut st.pkt;
+    match a.kind() {
+        Some(ActionKind::SetEthSrc) => {
             pkt.key.eth_src = a.mac();
             st.dirty |= DIRTY_ETH;
-            Ok(None)
         }
-        ActionKind::SetEthDst => {
+        Some(ActionKind::SetEthDst) => {
             pkt.key.eth_dst = a.mac();
             st.dirty |= DIRTY_ETH;
-            Ok(None)
         }
-        ActionKind::SetIpv4Src | ActionKind::SetIpv4Dst => {
+        Some(k @ (ActionKind::SetIpv4Src | ActionKind::SetIpv4Dst)) => {
             if pkt.l3 == L3::Ipv4 {
-                if kind == ActionKind::SetIpv4Src {
-                    pkt.key.ipv4_src = a.ipv4();
+                let w = pkt.key.words_mut();
+                // ipv4_src and ipv4_dst are key words 1 and 2.
+                let v = u32::from_ne_bytes(a.ipv4());
+                if k == ActionKind::SetIpv4Src {
+                    w[1] = v;
                 } else {
-                    pkt.key.ipv4_dst = a.ipv4();
+                    w[2] = v;
                 }
                 st.dirty |= DIRTY_IP;
             }
-            Ok(None)
         }
-        ActionKind::SetL4Src | ActionKind::SetL4Dst => {
+        Some(k @ (ActionKind::SetL4Src | ActionKind::SetL4Dst)) => {
             if pkt.has_ports() {
-                if kind == ActionKind::SetL4Src {
+                if k == ActionKind::SetL4Src {
                     pkt.key.l4_src = a.arg as u16;
                 } else {
                     pkt.key.l4_dst = a.arg as u16;
                 }
                 st.dirty |= DIRTY_L4;
             }
-            Ok(None)
         }
-        ActionKind::DecTtl => dec_ttl(ctx, st, rule_id),
+        _ => return false,
     }
+    true
 }
 
 /// Write the pending set-field changes into the packet (see the module

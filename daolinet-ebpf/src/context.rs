@@ -36,7 +36,7 @@ impl<const N: usize> Buf<N> {
     /// `I` is checked at compile time).
     #[inline(always)]
     pub fn u32_at<const I: usize>(&self) -> u32 {
-        const { assert!(I % 4 == 0 && I + 4 <= N) };
+        const { assert!(I.is_multiple_of(4) && I + 4 <= N) };
         // SAFETY: in bounds and 4-aligned (the buffer is 8-aligned).
         unsafe { self.0.as_ptr().add(I).cast::<u32>().read() }
     }
@@ -44,7 +44,7 @@ impl<const N: usize> Buf<N> {
     /// The 16-bit word at byte `I` in network byte order, as a number.
     #[inline(always)]
     pub fn be16_at<const I: usize>(&self) -> u16 {
-        const { assert!(I % 2 == 0 && I + 2 <= N) };
+        const { assert!(I.is_multiple_of(2) && I + 2 <= N) };
         // SAFETY: in bounds and 2-aligned (the buffer is 8-aligned).
         u16::from_be(unsafe { self.0.as_ptr().add(I).cast::<u16>().read() })
     }
