@@ -59,7 +59,20 @@ impl FlowRegistry {
             Decision::AddFlow(f) => {
                 let key = (f.table, f.priority, f.match_.clone());
                 let v = self.flows.entry(f.dpid).or_default();
-                i64::from(v.insert(key, f.clone()).is_none())
+                match v.entry(key) {
+                    // Under load most decisions repeat a recorded flow: no
+                    // allocation unless it changed.
+                    std::collections::hash_map::Entry::Occupied(mut e) => {
+                        if e.get() != f {
+                            e.get_mut().clone_from(f);
+                        }
+                        0
+                    }
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(f.clone());
+                        1
+                    }
+                }
             }
             Decision::DeleteFlows {
                 dpid,

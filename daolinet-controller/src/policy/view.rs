@@ -22,7 +22,7 @@ use foldhash::HashMap;
 use std::net::Ipv4Addr;
 
 use crate::addr::Dpid;
-use crate::model::{Container, Host, Model, PairAction, PairPolicy};
+use crate::model::{Container, Host, Model, Network, PairAction};
 
 use super::DenyReason;
 
@@ -44,30 +44,54 @@ pub enum Resolution<'a> {
 pub struct Snapshot {
     /// The model.
     pub model: Model,
-    by_ip: HashMap<Ipv4Addr, Vec<String>>,
-    /// host name -> port -> container id (looked up without allocating).
-    by_port: HashMap<String, HashMap<u32, String>>,
-    by_phys: HashMap<Ipv4Addr, String>,
-    host_by_dpid: HashMap<Dpid, String>,
+    // Every PACKET_IN goes through these: hashed indexes into flat copies
+    // of the containers and hosts, instead of string-keyed tree lookups.
+    containers: Vec<Container>,
+    hosts: Vec<Host>,
+    by_ip: HashMap<Ipv4Addr, Vec<usize>>,
+    /// host name -> port -> container (looked up without allocating).
+    by_port: HashMap<String, HashMap<u32, usize>>,
+    by_phys: HashMap<Ipv4Addr, usize>,
+    host_by_dpid: HashMap<Dpid, usize>,
+    host_by_name: HashMap<String, usize>,
+    networks: HashMap<String, Network>,
+    /// Pair policies by the (smaller, larger) cookie ids of the two containers.
+    pairs: HashMap<(u32, u32), PairAction>,
 }
 
 impl Snapshot {
     /// Indexes a model.
     pub fn new(model: Model) -> Self {
         let mut s = Snapshot {
+            containers: model.containers.values().cloned().collect(),
+            hosts: model.hosts.values().cloned().collect(),
+            networks: model
+                .networks
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             model,
             ..Default::default()
         };
-        for c in s.model.containers.values() {
-            s.by_ip.entry(c.ip).or_default().push(c.id.clone());
+        for (i, c) in s.containers.iter().enumerate() {
+            s.by_ip.entry(c.ip).or_default().push(i);
             s.by_port
                 .entry(c.host.clone())
                 .or_default()
-                .insert(c.port, c.id.clone());
-            s.by_phys.insert(c.physical_ip, c.id.clone());
+                .insert(c.port, i);
+            s.by_phys.insert(c.physical_ip, i);
         }
-        for h in s.model.hosts.values() {
-            s.host_by_dpid.insert(h.dpid, h.name.clone());
+        for (i, h) in s.hosts.iter().enumerate() {
+            s.host_by_dpid.insert(h.dpid, i);
+            s.host_by_name.insert(h.name.clone(), i);
+        }
+        for p in s.model.policies.values() {
+            let (Some(a), Some(b)) = (s.model.containers.get(&p.a), s.model.containers.get(&p.b))
+            else {
+                continue;
+            };
+            let key = (a.cookie_id.min(b.cookie_id), a.cookie_id.max(b.cookie_id));
+            s.pairs.insert(key, p.action);
         }
         s
     }
@@ -76,12 +100,14 @@ impl Snapshot {
     pub fn host_by_dpid(&self, dpid: Dpid) -> Option<&Host> {
         self.host_by_dpid
             .get(&dpid)
-            .and_then(|n| self.model.hosts.get(n))
+            .and_then(|i| self.hosts.get(*i))
     }
 
     /// The host a container runs on.
     pub fn host_of(&self, c: &Container) -> Option<&Host> {
-        self.model.hosts.get(&c.host)
+        self.host_by_name
+            .get(&c.host)
+            .and_then(|i| self.hosts.get(*i))
     }
 
     /// The container on a host port.
@@ -89,14 +115,12 @@ impl Snapshot {
         self.by_port
             .get(host)
             .and_then(|ports| ports.get(&port))
-            .and_then(|id| self.model.containers.get(id))
+            .and_then(|i| self.containers.get(*i))
     }
 
     /// The container owning a physical IP.
     pub fn container_by_physical(&self, ip: Ipv4Addr) -> Option<&Container> {
-        self.by_phys
-            .get(&ip)
-            .and_then(|id| self.model.containers.get(id))
+        self.by_phys.get(&ip).and_then(|i| self.containers.get(*i))
     }
 
     /// Containers with a logical IP (any network).
@@ -105,13 +129,14 @@ impl Snapshot {
             .get(&ip)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.model.containers.get(id))
+            .filter_map(|i| self.containers.get(*i))
     }
 
     /// Whether `x` and `y` may talk (rules 1-3), with the reason when not.
     pub fn allowed(&self, x: &Container, y: &Container) -> Result<(), DenyReason> {
-        if let Some(p) = self.model.policies.get(&PairPolicy::key_of(&x.id, &y.id)) {
-            return match p.action {
+        let key = (x.cookie_id.min(y.cookie_id), x.cookie_id.max(y.cookie_id));
+        if let Some(action) = self.pairs.get(&key) {
+            return match action {
                 PairAction::Connect => Ok(()),
                 PairAction::Disconnect => Err(DenyReason::PairDisconnected),
             };
@@ -133,7 +158,7 @@ impl Snapshot {
 
     /// Resolves a destination IP from container `x` (see the module docs).
     pub fn resolve(&self, x: &Container, dst: Ipv4Addr) -> Resolution<'_> {
-        let Some(net) = self.model.networks.get(&x.network) else {
+        let Some(net) = self.networks.get(&x.network) else {
             return Resolution::Denied(DenyReason::UnknownDestination);
         };
         if dst == net.gateway {
