@@ -12,7 +12,9 @@
 //! with `bpf_ktime_get_ns`, which is CLOCK_MONOTONIC); counters come from a
 //! [`Counters`] implementation (the BPF maps, or a fake in tests).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use foldhash::{HashMap, HashMapExt};
 
 use daolinet_common::{ActionKind, FlowKey, PortStats, RuleStats, FLOW_KEY_WORDS};
 use daolinet_openflow::{self as of, ErrorCode, FlowMod, FlowRemoved, FlowStats};

@@ -6,7 +6,9 @@
 //! with the same (mask, masked key) only the highest priority is in the
 //! datapath (the others are shadowed and take its place when it goes).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
 
 use daolinet_common::{
     Action, FlowEntry, FlowKey, FlowMapKey, RuleMeta, Subtable, MAX_ACTIONS, MAX_RULES,
