@@ -546,7 +546,9 @@ pub fn run(setup: bool) -> Result<()> {
          | of which: A's send to PACKET_IN at the controller (median) | {:.0} µs | {:.0} µs | {:.2} |\n\
          | of which: PACKET_OUT sent to B's receive (median) | {:.0} µs | {:.0} µs | {:.2} |\n\n\
          Targets: at least 100k flow installs/s; first-packet latency at most 1/3 of \
-         Open vSwitch's (ratio <= 0.33).\n",
+         Open vSwitch's (ratio <= 0.33). Load average at the end of this run: {} \
+         (other builds shared the 2 cores). Both latencies include the same \
+         controller round trip and thread wake-ups, which bound the ratio from below.\n",
         agent.rate,
         ovs.rate,
         agent.rate / ovs.rate,
@@ -562,6 +564,10 @@ pub fn run(setup: bool) -> Result<()> {
         agent.lat.from_controller,
         ovs.lat.from_controller,
         agent.lat.from_controller / ovs.lat.from_controller,
+        std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split(' ').next().map(str::to_string))
+            .unwrap_or_else(|| "unknown".into()),
     );
     println!("{body}");
     crate::benchmarks::update_section("agent", &body)
