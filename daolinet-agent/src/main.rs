@@ -59,6 +59,7 @@ enum Cmd {
         #[arg(long, value_name = "tcp:IP[:PORT]")]
         controller: Vec<String>,
         /// Passive OpenFlow listener for tools (`ovs-ofctl -O OpenFlow13 ... tcp:127.0.0.1:PORT`).
+        /// Binds 127.0.0.1 unless an address is given: it has no authentication.
         #[arg(long, value_name = "ptcp:PORT[:IP]")]
         listen: Option<String>,
         /// Datapath id in hex (default: from the uplink's MAC address).

@@ -52,14 +52,16 @@ pub fn parse_active(spec: &str) -> Result<SocketAddr> {
     Ok(SocketAddr::new(ip, 6653))
 }
 
-/// `ptcp:PORT[:IP]` (default address 0.0.0.0).
+/// `ptcp:PORT[:IP]`. The default address is 127.0.0.1: the listener has
+/// no authentication, so exposing it (e.g. `ptcp:6634:0.0.0.0`) must be a
+/// deliberate choice.
 pub fn parse_passive(spec: &str) -> Result<SocketAddr> {
     let rest = spec
         .strip_prefix("ptcp:")
         .ok_or_else(|| anyhow!("listener {spec:?}: expected ptcp:PORT[:IP]"))?;
     let (port, ip) = match rest.split_once(':') {
         Some((p, ip)) => (p, ip),
-        None => (rest, "0.0.0.0"),
+        None => (rest, "127.0.0.1"),
     };
     let port: u16 = port
         .parse()
@@ -388,4 +390,33 @@ pub async fn run(
     }
     punt_task.abort();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_specs_parse_like_open_vswitch() {
+        assert_eq!(
+            parse_active("tcp:10.0.0.1").unwrap(),
+            "10.0.0.1:6653".parse().unwrap()
+        );
+        assert_eq!(
+            parse_active("tcp:10.0.0.1:6633").unwrap(),
+            "10.0.0.1:6633".parse().unwrap()
+        );
+        assert!(parse_active("ssl:10.0.0.1:6653").is_err());
+        assert!(parse_active("tcp:nohost:1").is_err());
+        assert_eq!(
+            parse_passive("ptcp:6634").unwrap(),
+            "127.0.0.1:6634".parse().unwrap()
+        );
+        assert_eq!(
+            parse_passive("ptcp:6634:0.0.0.0").unwrap(),
+            "0.0.0.0:6634".parse().unwrap()
+        );
+        assert!(parse_passive("ptcp:99999").is_err());
+        assert!(parse_passive("tcp:6634").is_err());
+    }
 }
