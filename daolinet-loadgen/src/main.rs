@@ -14,7 +14,8 @@
 //! - `reference`: a floor-reference controller (table lookup, same answers).
 //! - `plan`: prints the container table (JSON) for a third-party app.
 //!
-//! The last line `run` prints on stdout is `RESULT key=value ...` for tools.
+//! On stdout `run` prints `MEASURING` and `MEASURED` when the measurement
+//! starts and ends, then `RESULT key=value ...`, for tools.
 
 mod plan;
 mod reference;

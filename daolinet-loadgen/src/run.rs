@@ -320,6 +320,15 @@ pub fn run(cfg: &RunConfig) -> Result<Report> {
     rt.block_on(drive(cfg))
 }
 
+/// Tells a supervising tool, on stdout and at once, when the measurement
+/// starts and ends (so it can sample the controller's CPU time exactly then).
+fn marker(what: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{what}");
+    let _ = out.flush();
+}
+
 /// CPU time (user + system) this process has used.
 fn own_cpu() -> Option<Duration> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
@@ -384,6 +393,7 @@ async fn drive(cfg: &RunConfig) -> Result<Report> {
         )
     };
     shared.measuring.store(true, Ordering::Relaxed);
+    marker("MEASURING");
     let start = snap(&shared);
     let mut per_second = Vec::new();
     let mut last = start;
@@ -406,6 +416,7 @@ async fn drive(cfg: &RunConfig) -> Result<Report> {
         }
     }
     shared.measuring.store(false, Ordering::Relaxed);
+    marker("MEASURED");
     let end = snap(&shared);
     stop_all(&shared);
 

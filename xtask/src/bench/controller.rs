@@ -150,16 +150,52 @@ fn loadgen(bin: &Path, t: &Target, latency: bool) -> Result<BTreeMap<String, f64
             &WINDOW.to_string(),
         ]);
     }
-    let cpu0 = cpu_seconds(t.pid);
-    let out = output(&mut c).with_context(|| format!("load on {}", t.name))?;
-    let cpu1 = cpu_seconds(t.pid);
-    let mut r = parse_result(&out)?;
-    // Controller CPU per decision over the whole run (warm-up included):
-    // robust to the other load on the machine, unlike the rates.
-    let decided = r.get("sent").copied().unwrap_or(0.0) - r.get("lost").copied().unwrap_or(0.0);
+    // The controller's CPU time is sampled when the generator says the
+    // measurement starts and ends, so connection set-up and tear-down (the
+    // controller's work when switches leave) are not counted.
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting the generator against {}", t.name))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("no generator stdout"))?;
+    // stderr drained on a thread, so a chatty generator cannot block.
+    let err_reader = child.stderr.take().map(|mut e| {
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut s = String::new();
+            let _ = e.read_to_string(&mut s);
+            s
+        })
+    });
+    let (mut cpu0, mut cpu1) = (None, None);
+    let mut text = String::new();
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        match line.trim() {
+            "MEASURING" => cpu0 = cpu_seconds(t.pid),
+            "MEASURED" => cpu1 = cpu_seconds(t.pid),
+            _ => {}
+        }
+        text.push_str(&line);
+        text.push('\n');
+    }
+    let status = child.wait()?;
+    let err = err_reader.and_then(|h| h.join().ok()).unwrap_or_default();
+    if !status.success() {
+        bail!(
+            "the generator failed against {} ({status}): {}",
+            t.name,
+            err.trim()
+        );
+    }
+    let mut r = parse_result(&text)?;
+    let answered = r.get("answered").copied().unwrap_or(0.0);
     if let (Some(a), Some(b)) = (cpu0, cpu1) {
-        if decided > 0.0 {
-            r.insert("cpu_us".into(), (b - a) * 1e6 / decided);
+        if answered > 0.0 {
+            r.insert("cpu_us".into(), (b - a) * 1e6 / answered);
         }
     }
     let get = |k: &str| r.get(k).copied().unwrap_or(f64::NAN);
@@ -475,7 +511,8 @@ pub fn run(setup: bool) -> Result<()> {
          - latency: {LAT_SWITCHES} switch, 1 PACKET_IN in flight, round trip PACKET_IN -> \
          FLOW_MOD as seen by the generator (includes both TCP stacks and the generator);\n\
          - controller CPU per decision: user + system CPU time of the controller process \
-         over a throughput run (warm-up included) divided by the PACKET_INs it answered; \
+         during the measured seconds of a throughput run divided by the PACKET_INs it \
+         answered in them; \
          much less sensitive than the rates to the other load on the machine.\n\n\
          {table}\n\
          Targets for daolinet-controller: >= 500k decisions/s: {}; >= 50x os-ken: {}; \
