@@ -15,12 +15,13 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use daolinet_openflow::{self as of, Frame, Message};
 
+use crate::cleanup;
 use crate::util::{cargo, have, is_root, run as sh, step, workspace_root};
 
 const FLOWS: u32 = 100_000;
@@ -29,43 +30,6 @@ const BPFFS: &str = "/run/daolinet-bench-agent-bpffs";
 const CTL_PORT: u16 = 6653;
 const MAC_A: &str = "02:00:00:00:00:0a";
 const MAC_B: &str = "02:00:00:00:00:0b";
-
-/// Namespaces, processes and directories to remove at the end.
-#[derive(Default)]
-struct Guard {
-    namespaces: Vec<String>,
-    children: Vec<Child>,
-    pidfiles: Vec<PathBuf>,
-    dirs: Vec<PathBuf>,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = Command::new("kill").arg(c.id().to_string()).status();
-            let _ = c.wait();
-        }
-        for p in &self.pidfiles {
-            if let Ok(pid) = std::fs::read_to_string(p) {
-                let pid = pid.trim().to_string();
-                let _ = Command::new("kill").arg(&pid).status();
-                for _ in 0..50 {
-                    if !Path::new(&format!("/proc/{pid}")).exists() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            }
-        }
-        for n in self.namespaces.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-        for d in &self.dirs {
-            let _ = std::fs::remove_dir_all(d);
-        }
-        eprintln!("    cleaned up namespaces, switches and state");
-    }
-}
 
 fn ip(args: &[&str]) -> Result<()> {
     sh(Command::new("ip").args(args))
@@ -93,11 +57,11 @@ fn in_netns<T: Send + 'static>(
 
 /// A host namespace with containers A (10.1.0.2, port 1) and B (10.1.0.3,
 /// port 2); veth host ends `pa` and `pb`.
-fn topology(g: &mut Guard, tag: &str) -> Result<(String, String, String)> {
+fn topology(tag: &str) -> Result<(String, String, String)> {
     let (h, a, b) = (format!("{tag}h"), format!("{tag}a"), format!("{tag}b"));
     for n in [&h, &a, &b] {
         ip(&["netns", "add", n])?;
-        g.namespaces.push(n.clone());
+        cleanup::add_namespace(n);
         ip(&["-n", n, "link", "set", "lo", "up"])?;
     }
     ip(&[
@@ -380,14 +344,15 @@ fn listener(h: &str) -> Result<TcpListener> {
     in_netns(h, || TcpListener::bind(("127.0.0.1", CTL_PORT)))
 }
 
-fn bench_agent(g: &mut Guard, bin: &Path, obj: &Path) -> Result<Result2> {
+fn bench_agent(bin: &Path, obj: &Path) -> Result<Result2> {
     step("agent: topology, agent with --controller");
-    let tag = format!("dlba{}", std::process::id() % 10000);
-    let (h, a, b) = topology(g, &tag)?;
+    let tag = cleanup::claim_tag("dlba", BPFFS)?;
+    let (h, a, b) = topology(&tag)?;
     let l = listener(&h)?;
-    let state = PathBuf::from(format!("/tmp/{tag}-state"));
-    g.dirs.push(state.clone());
-    g.dirs.push(PathBuf::from(format!("{BPFFS}/daolinet")));
+    // The names the sweep of interrupted runs knows.
+    let state = PathBuf::from(format!("/tmp/{h}-state"));
+    cleanup::add_path(&state);
+    cleanup::add_path(Path::new(BPFFS).join(format!("daolinet/tmp_{h}_state")));
     let child = Command::new("ip")
         .args(["netns", "exec", &h])
         .arg(bin)
@@ -402,7 +367,7 @@ fn bench_agent(g: &mut Guard, bin: &Path, obj: &Path) -> Result<Result2> {
         .stdout(Stdio::null())
         .spawn()
         .context("starting the agent")?;
-    g.children.push(child);
+    cleanup::add_child(child);
     let mut c = Ctl::accept(&l)?;
     step("agent: FLOW_MOD install rate (100k adds + barrier)");
     let rate = install_rate(&mut c)?;
@@ -411,14 +376,16 @@ fn bench_agent(g: &mut Guard, bin: &Path, obj: &Path) -> Result<Result2> {
     Ok(Result2 { rate, lat })
 }
 
-fn bench_ovs(g: &mut Guard) -> Result<Result2> {
+fn bench_ovs() -> Result<Result2> {
     step("Open vSwitch: topology, ovsdb-server + ovs-vswitchd (netdev datapath)");
-    let tag = format!("dlbo{}", std::process::id() % 10000);
-    let (h, a, b) = topology(g, &tag)?;
+    let tag = cleanup::claim_tag("dlbo", BPFFS)?;
+    let (h, a, b) = topology(&tag)?;
     let l = listener(&h)?;
+    // ovsdb-server and ovs-vswitchd run inside the host namespace: the
+    // cleanup kills them with it.
     let dir = PathBuf::from(format!("/tmp/{tag}-ovs"));
     std::fs::create_dir_all(&dir)?;
-    g.dirs.push(dir.clone());
+    cleanup::add_path(&dir);
     let d = dir.display().to_string();
     let ovs = |prog: &str| {
         let mut c = Command::new("ip");
@@ -434,7 +401,6 @@ fn bench_ovs(g: &mut Guard) -> Result<Result2> {
         &format!("{d}/conf.db"),
         "/usr/share/openvswitch/vswitch.ovsschema",
     ]))?;
-    g.pidfiles.push(dir.join("ovsdb-server.pid"));
     sh(ovs("ovsdb-server").args([
         &format!("--remote=punix:{d}/db.sock"),
         &format!("--pidfile={d}/ovsdb-server.pid"),
@@ -445,7 +411,6 @@ fn bench_ovs(g: &mut Guard) -> Result<Result2> {
     ]))?;
     let db = format!("--db=unix:{d}/db.sock");
     sh(ovs("ovs-vsctl").args([&db, "--no-wait", "init"]))?;
-    g.pidfiles.push(dir.join("ovs-vswitchd.pid"));
     sh(ovs("ovs-vswitchd").args([
         &format!("unix:{d}/db.sock"),
         &format!("--pidfile={d}/ovs-vswitchd.pid"),
@@ -525,12 +490,12 @@ pub fn run(setup: bool) -> Result<()> {
         sh(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))?;
     }
     let agent = {
-        let mut g = Guard::default();
-        bench_agent(&mut g, &bin, &obj)?
+        let _g = cleanup::guard()?;
+        bench_agent(&bin, &obj)?
     };
     let ovs = {
-        let mut g = Guard::default();
-        bench_ovs(&mut g)?
+        let _g = cleanup::guard()?;
+        bench_ovs()?
     };
     let body = format!(
         "## Agent as an OpenFlow switch vs Open vSwitch (userspace datapath)\n\n\
