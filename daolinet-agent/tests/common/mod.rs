@@ -257,6 +257,14 @@ pub fn listen_in(n: &str, addr: &str) -> std::io::Result<std::net::TcpListener> 
 impl Drop for Lab {
     fn drop(&mut self) {
         for c in &mut self.children {
+            // SIGTERM first, so helpers such as ovs-testcontroller remove
+            // their control sockets; SIGKILL if they linger.
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
