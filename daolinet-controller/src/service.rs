@@ -48,10 +48,61 @@ impl FlowRegistry {
     /// number of flows.
     pub fn apply(&mut self, ds: &[Decision]) -> i64 {
         let mut delta = 0i64;
-        for d in ds {
-            delta += self.apply_one(d);
+        let mut i = 0;
+        while let Some(d) = ds.get(i) {
+            if let Decision::DeleteFlows { dpid, .. } = d {
+                // A run of deletions on one datapath (a host leaving deletes
+                // every flow of each of its containers on every other
+                // datapath): one pass over that datapath's flows.
+                let dels: Vec<(u64, u64)> = ds[i..]
+                    .iter()
+                    .map_while(|x| match x {
+                        Decision::DeleteFlows {
+                            dpid: d2,
+                            cookie,
+                            cookie_mask,
+                        } if d2 == dpid => Some((*cookie, *cookie_mask)),
+                        _ => None,
+                    })
+                    .collect();
+                i += dels.len();
+                delta += self.delete_many(dpid, &dels);
+            } else {
+                delta += self.apply_one(d);
+                i += 1;
+            }
         }
         delta
+    }
+
+    /// Deletes, in one pass, every flow of `dpid` whose cookie matches one
+    /// of `dels` (cookie, mask): the cookies are grouped by mask into hash
+    /// sets, so the pass costs one lookup per distinct mask and flow rather
+    /// than one scan of the datapath's flows per deletion.
+    fn delete_many(&mut self, dpid: &Dpid, dels: &[(u64, u64)]) -> i64 {
+        let Some(v) = self.flows.get_mut(dpid) else {
+            return 0;
+        };
+        let mut by_mask: Vec<(u64, foldhash::HashSet<u64>)> = Vec::new();
+        for &(cookie, mask) in dels {
+            match by_mask.iter_mut().find(|(m, _)| *m == mask) {
+                Some((_, set)) => {
+                    set.insert(cookie & mask);
+                }
+                None => {
+                    let mut set = foldhash::HashSet::default();
+                    set.insert(cookie & mask);
+                    by_mask.push((mask, set));
+                }
+            }
+        }
+        let before = v.len();
+        v.retain(|_, f| !by_mask.iter().any(|(m, set)| set.contains(&(f.cookie & m))));
+        let gone = before - v.len();
+        if v.is_empty() {
+            self.flows.remove(dpid);
+        }
+        -(gone as i64)
     }
 
     fn apply_one(&mut self, d: &Decision) -> i64 {
@@ -371,6 +422,66 @@ mod tests {
     use crate::model::{ContainerSpec, Host, NetworkSpec, PairAction};
     use crate::policy::{Ipv4, Packet, Verdict, ETH_TYPE_IPV4, L3};
     use crate::store::MemStore;
+
+    /// Batched deletions (one pass per datapath) leave exactly what the
+    /// deletions applied one by one leave.
+    #[test]
+    fn batched_deletions_equal_sequential_ones() {
+        use crate::policy::cookie::{self, Kind, HI_MASK, LO_MASK};
+        use crate::policy::{FlowSpec, Ipv4Match, MatchSpec};
+        let flow = |dpid: u64, lo: u32, hi: u32, port: u32| {
+            Decision::AddFlow(FlowSpec {
+                dpid: Dpid(dpid),
+                table: 0,
+                priority: 100,
+                cookie: cookie::make(Kind::Pair, lo, hi),
+                idle_timeout: 10,
+                hard_timeout: 0,
+                match_: MatchSpec {
+                    in_port: Some(port),
+                    eth_type: Some(ETH_TYPE_IPV4),
+                    ipv4_src: Some(Ipv4Match::exact(std::net::Ipv4Addr::from(lo))),
+                    ipv4_dst: Some(Ipv4Match::exact(std::net::Ipv4Addr::from(hi))),
+                    ..Default::default()
+                },
+                actions: vec![],
+            })
+        };
+        let mut adds = Vec::new();
+        for dpid in 1..=3u64 {
+            for lo in 1..=12u32 {
+                for hi in (lo + 1)..=12 {
+                    adds.push(flow(dpid, lo, hi, lo));
+                }
+            }
+        }
+        let del = |dpid: u64, cookie: u64, cookie_mask: u64| Decision::DeleteFlows {
+            dpid: Dpid(dpid),
+            cookie,
+            cookie_mask,
+        };
+        let dels = vec![
+            del(1, cookie::make(Kind::Base, 3, 0), LO_MASK),
+            del(1, cookie::make(Kind::Base, 0, 3), HI_MASK),
+            del(1, cookie::make(Kind::Base, 7, 0), LO_MASK),
+            del(1, cookie::make(Kind::Base, 0, 9), HI_MASK),
+            flow(1, 3, 4, 3), // re-added after the deletions: kept
+            del(2, cookie::make(Kind::Pair, 5, 6), u64::MAX),
+            del(2, cookie::make(Kind::Base, 11, 0), LO_MASK),
+            del(3, 0, 0), // everything
+            del(9, 0, 0), // unknown datapath
+        ];
+        let mut batched = FlowRegistry::default();
+        let mut seq = FlowRegistry::default();
+        assert_eq!(batched.apply(&adds), seq.apply(&adds));
+        let d1 = batched.apply(&dels);
+        let d2: i64 = dels.iter().map(|d| seq.apply_one(d)).sum();
+        assert_eq!(d1, d2);
+        assert!(d1 < -66, "{d1}");
+        assert_eq!(batched.flows(None), seq.flows(None));
+        assert!(batched.flows(Some(Dpid(3))).is_empty());
+        assert_eq!(batched.len(), seq.len());
+    }
 
     #[test]
     fn mutations_publish_deletions_and_packet_in_is_recorded() {

@@ -365,8 +365,13 @@ pub fn handle_host_gone(snap: &Snapshot, dpid: Dpid) -> Vec<Decision> {
         .map(|o| o.dpid)
         .collect();
     let mut out = Vec::new();
-    for c in snap.model.containers.values().filter(|c| c.host == h.name) {
-        delete_container(&mut out, &others, c);
+    // Datapath by datapath, so that the flow registry deletes each
+    // datapath's share in one pass.
+    for d in others {
+        let one = BTreeSet::from([d]);
+        for c in snap.model.containers.values().filter(|c| c.host == h.name) {
+            delete_container(&mut out, &one, c);
+        }
     }
     out
 }
