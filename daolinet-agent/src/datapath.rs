@@ -184,6 +184,19 @@ pub fn check_privileges() -> Result<()> {
     Ok(())
 }
 
+/// The table generation after `g` (never 0, which means "none yet").
+fn next_generation(g: u32) -> u32 {
+    g.wrapping_add(1).max(1)
+}
+
+/// True for map changes that can change which rule a packet matches.
+fn changes_rules(op: &MapOp) -> bool {
+    matches!(
+        op,
+        MapOp::PutFlow(..) | MapOp::DelFlow(_) | MapOp::SetSubtables(_)
+    )
+}
+
 /// Held only so the program stays attached; dropping it detaches.
 #[allow(dead_code)]
 enum PortLink {
@@ -574,6 +587,9 @@ impl Datapath {
                 }
             }
         }
+        if ops.iter().any(changes_rules) {
+            self.bump_generation()?;
+        }
         Ok(())
     }
 
@@ -606,6 +622,9 @@ impl Datapath {
                 self.apply(&ops[i..i + n])?;
                 i += n;
             }
+        }
+        if ops.iter().any(changes_rules) {
+            self.bump_generation()?;
         }
         Ok(())
     }
@@ -670,14 +689,25 @@ impl Datapath {
             a.set(i as u32, *s, 0)?;
         }
         let mut c: Array<&mut MapData, DatapathConfig> = Array::try_from(self.map(names::CONFIG)?)?;
+        let old = c.get(&0, 0)?;
         c.set(
             0,
             DatapathConfig {
                 n_subtables: list.len() as u32,
-                flags: 0,
+                generation: next_generation(old.generation),
             },
             0,
         )?;
+        Ok(())
+    }
+
+    /// Invalidate the datapath's exact-match cache after rule changes
+    /// (see [`DatapathConfig::generation`]).
+    fn bump_generation(&mut self) -> Result<()> {
+        let mut c: Array<&mut MapData, DatapathConfig> = Array::try_from(self.map(names::CONFIG)?)?;
+        let mut cfg = c.get(&0, 0)?;
+        cfg.generation = next_generation(cfg.generation);
+        c.set(0, cfg, 0)?;
         Ok(())
     }
 

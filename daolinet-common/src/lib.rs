@@ -16,6 +16,9 @@
 //!   the compiled [`Action`]s;
 //! - the datapath walks the subtables, keeps the best priority and stops as
 //!   soon as no later subtable can beat it. A miss is punted to userspace.
+//!   With several subtables, an exact-match cache (full packet key -> the
+//!   winner's [`FlowMapKey`], tagged with [`DatapathConfig::generation`])
+//!   turns the walk into two lookups for packets of known flows.
 #![no_std]
 
 pub mod action;
@@ -92,8 +95,11 @@ pub struct Subtable {
 pub struct DatapathConfig {
     /// Number of valid entries at the start of [`maps::SUBTABLES`].
     pub n_subtables: u32,
-    /// Reserved, zero.
-    pub flags: u32,
+    /// Table generation: userspace bumps it (skipping 0) after every change
+    /// of [`maps::FLOWS`] or [`maps::SUBTABLES`]. The datapath's exact-match
+    /// cache only trusts entries made under the current generation; 0
+    /// (nothing installed yet) disables the cache.
+    pub generation: u32,
 }
 
 /// Key of [`maps::FLOWS`]: subtable id and masked packet key.

@@ -20,6 +20,7 @@ use daolinet_common::{
 };
 
 use crate::{
+    classify::EmcEntry,
     context::{csum_diff, Buf, Packet, Sent, Target},
     counters,
     maps::DL_OFPORTS,
@@ -66,6 +67,8 @@ pub struct ActState {
     /// Index of the last output-like action (the one that decides the
     /// verdict), or [`MAX_ACTIONS`] when there is none.
     pub last_out: u32,
+    /// Working memory of the classifier's cache insertion.
+    pub emc: EmcEntry,
 }
 
 impl ActState {

@@ -57,7 +57,7 @@ fn process<P: Packet>(ctx: &P, port: &PortInfo, len: u32) -> Result<i32, DropRea
     if port.flags & PORT_FLAG_ANTI_SPOOF != 0 && spoofed(port, pkt) {
         return Err(DropReason::Spoofed);
     }
-    let Some(entry) = classify(&pkt.key) else {
+    let Some(entry) = classify(&st.pkt.key, &mut st.emc) else {
         return match MissPolicy::from_u32(port.miss) {
             MissPolicy::Punt => {
                 punt(ctx, port, PuntReason::Miss, NO_RULE)?;

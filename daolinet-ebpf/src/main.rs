@@ -29,11 +29,12 @@ pub(crate) mod programs {
         programs::{TcContext, XdpContext},
     };
 
+    use crate::classify::EmcEntry;
     use crate::{
         actions::{step, ActState, ACT_DROP_BASE},
         datapath,
     };
-    use daolinet_common::{DropReason, FlowEntry};
+    use daolinet_common::{DropReason, FlowEntry, FlowKey};
 
     /// TC (tcx ingress) entry point.
     #[classifier]
@@ -45,6 +46,19 @@ pub(crate) mod programs {
     #[xdp]
     pub fn daolinet_xdp(ctx: XdpContext) -> u32 {
         datapath::run(&ctx) as u32
+    }
+
+    /// The classifier search ([`crate::classify::search`]) as a global BPF
+    /// function, shared by both programs and verified once.
+    #[no_mangle]
+    #[inline(never)]
+    pub extern "C" fn dl_classify(key: *const FlowKey, scratch: *mut EmcEntry) -> i32 {
+        // SAFETY: the verifier hands global functions possibly-NULL memory
+        // of the declared sizes.
+        let (Some(key), Some(scratch)) = (unsafe { (key.as_ref(), scratch.as_mut()) }) else {
+            return 0;
+        };
+        crate::classify::search(key, scratch)
     }
 
     /// One action of the TC program, as a global BPF function: the verifier

@@ -6,13 +6,13 @@
 //! an agent restart. The static names below must equal the strings in
 //! [`daolinet_common::maps`]; a compile-time check enforces it.
 
-use crate::actions::ActState;
+use crate::{actions::ActState, classify::EmcEntry};
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use daolinet_common::{
-    maps as names, DatapathConfig, DropReason, FlowEntry, FlowMapKey, PortInfo, PortStats,
+    maps as names, DatapathConfig, DropReason, FlowEntry, FlowKey, FlowMapKey, PortInfo, PortStats,
     RuleMeta, RuleStats, Subtable, MAX_PORTS, MAX_RULES, MAX_SUBTABLES, PUNT_RING_BYTES,
 };
 
@@ -66,6 +66,18 @@ pub static DL_RULE_META: HashMap<u32, RuleMeta> = HashMap::pinned(MAX_RULES, BPF
 /// BPF stack. Internal to the datapath, not pinned.
 #[map]
 pub static DL_SCRATCH: PerCpuArray<ActState> = PerCpuArray::with_max_entries(1, 0);
+
+/// `BPF_F_NO_COMMON_LRU`: one LRU list per CPU (no shared list lock).
+const BPF_F_NO_COMMON_LRU: u32 = 2;
+
+/// Exact-match cache in front of the classifier (see [`crate::classify`]):
+/// full packet key -> the winner's classifier key. Internal, not pinned.
+#[map]
+pub static DL_EMC: LruHashMap<FlowKey, EmcEntry> =
+    LruHashMap::with_max_entries(EMC_ENTRIES, BPF_F_NO_COMMON_LRU);
+
+/// Entries of [`DL_EMC`].
+const EMC_ENTRIES: u32 = 16_384;
 
 /// `a == b` in a const context.
 const fn same(a: &str, b: &str) -> bool {

@@ -254,6 +254,15 @@ impl Datapath {
         self.agent()?.apply(&[MapOp::PutFlow(mk, entry)])
     }
 
+    /// Remove the rule matching `key` under subtable `sub`.
+    pub fn remove_flow(&mut self, sub: &Subtable, key: &FlowKey) -> Result<()> {
+        let mk = FlowMapKey {
+            subtable: sub.id,
+            key: key.masked(&sub.mask),
+        };
+        self.agent()?.apply(&[MapOp::DelFlow(mk)])
+    }
+
     /// Drop counters summed over CPUs, indexed by [`DropReason`].
     pub fn drops(&mut self) -> Result<Vec<u64>> {
         Ok(self.agent()?.drops()?.into_iter().map(|(_, n)| n).collect())

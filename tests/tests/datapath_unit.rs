@@ -728,6 +728,74 @@ fn tc_higher_priority_in_later_subtable_wins_and_walk_stops_early() {
 // ---------------------------------------------------------------------------
 // (f) drops
 
+/// With enough subtables the exact-match cache answers for known keys; a
+/// rule change (which bumps the table generation) must never let it answer
+/// with a stale winner.
+#[test]
+fn tc_exact_match_cache_follows_rule_changes() {
+    let Some(mut dp) = setup("tc_exact_match_cache", MissPolicy::Punt) else {
+        return;
+    };
+    // Three empty subtables walked before the pair subtable: the cache is on.
+    let mut subs: Vec<Subtable> = (0..3u16)
+        .map(|i| {
+            let mask = FlowKey {
+                eth_type: u16::MAX,
+                l4_dst: u16::MAX,
+                l4_src: i,
+                ..Default::default()
+            };
+            subtable(10 + i as u32, mask, 900)
+        })
+        .collect();
+    let pair = subtable(1, mask_in_port_ip_pair(), 100);
+    subs.push(pair);
+    dp.set_subtables(&subs).unwrap();
+    dp.insert_flow(
+        &pair,
+        &ip_key(IN_OFPORT, IP_A, IP_B),
+        entry(100, 1, &[Action::output(PEER_OFPORT)]),
+    )
+    .unwrap();
+    let input = udp_frame(FROM_A, IP_A, IP_B, 7, 8, true);
+    for _ in 0..3 {
+        assert_eq!(dp.run_tc(&input, IN_IFINDEX).unwrap().0, TC_ACT_REDIRECT);
+    }
+    assert_eq!(dp.rule_stats(1).unwrap().packets, 3);
+
+    // A better rule appears in a new, first subtable: it wins at once.
+    let dst = subtable(2, mask_ip_dst(), 200);
+    let mut with_dst = vec![dst];
+    with_dst.extend_from_slice(&subs);
+    dp.set_subtables(&with_dst).unwrap();
+    dp.insert_flow(
+        &dst,
+        &ip_key(0, [0; 4], IP_B),
+        entry(200, 2, &[Action::output(UPLINK_OFPORT)]),
+    )
+    .unwrap();
+    for _ in 0..2 {
+        assert_eq!(dp.run_tc(&input, IN_IFINDEX).unwrap().0, TC_ACT_REDIRECT);
+    }
+    assert_eq!(dp.rule_stats(2).unwrap().packets, 2, "stale cache answer");
+    assert_eq!(dp.rule_stats(1).unwrap().packets, 3);
+
+    // It goes away again (subtable list unchanged): back to the first rule.
+    dp.remove_flow(&dst, &ip_key(0, [0; 4], IP_B)).unwrap();
+    assert_eq!(dp.run_tc(&input, IN_IFINDEX).unwrap().0, TC_ACT_REDIRECT);
+    assert_eq!(dp.rule_stats(1).unwrap().packets, 4);
+    assert_eq!(dp.rule_stats(2).unwrap().packets, 2);
+    // And the first rule's actions changed in place are applied.
+    dp.insert_flow(
+        &pair,
+        &ip_key(IN_OFPORT, IP_A, IP_B),
+        entry(100, 1, &[Action::drop_packet()]),
+    )
+    .unwrap();
+    assert_eq!(dp.run_tc(&input, IN_IFINDEX).unwrap().0, TC_ACT_SHOT);
+    assert_eq!(dp.port_stats(PEER_SLOT).unwrap().tx_packets, 4);
+}
+
 #[test]
 fn tc_drop_action_and_empty_action_list_count_policy_drops() {
     let Some(mut dp) = setup("tc_drop_action", MissPolicy::Punt) else {
