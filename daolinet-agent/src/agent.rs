@@ -61,6 +61,16 @@ pub enum Request {
 }
 
 /// Monotonic clock in nanoseconds (the clock of `bpf_ktime_get_ns`).
+/// Tracing target of the per-packet timing events (TRACE level, off unless
+/// asked for, e.g. `RUST_LOG=warn,daolinet_agent::latency=trace`): how
+/// long a punt waited in the ring before the agent read it, how long the
+/// agent took to handle it (build the PACKET_IN) and to write it (the
+/// system call, which on loopback also runs the receiver's TCP input);
+/// and for a lone PACKET_OUT, from reading it to having handled it, and
+/// the AF_PACKET send.
+pub const LATENCY: &str = "daolinet_agent::latency";
+
+/// CLOCK_MONOTONIC in nanoseconds (the clock of `bpf_ktime_get_ns`).
 pub fn now_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -343,14 +353,19 @@ impl Agent {
     /// order, their map operations written together (batched), then their
     /// replies sent. Every reply still follows the map writes of the
     /// messages before it, so BARRIER keeps its meaning.
-    pub fn conn_frames(&mut self, conn: ConnId, frames: Vec<(Frame, bytes::Bytes)>) {
+    ///
+    /// Returns when (CLOCK_MONOTONIC, ns) the frames were handled and their
+    /// effects (map writes, frames to send, replies) began to be applied.
+    pub fn conn_frames(&mut self, conn: ConnId, frames: Vec<(Frame, bytes::Bytes)>) -> u64 {
         let mut all = Effects::default();
         let now = now_ns();
         for (frame, raw) in frames {
             let Agent { dp, sw, .. } = self;
             all.extend(sw.handle(conn, frame, &raw, now, &mut MapCounters(dp)));
         }
+        let handled = now_ns();
         self.apply(all);
+        handled
     }
 
     /// Drain the punt ring: ARP responder, PACKET_IN, standalone learning.
@@ -362,12 +377,26 @@ impl Agent {
                 return;
             }
         };
+        let read_at = now_ns();
+        let timed = tracing::enabled!(target: LATENCY, tracing::Level::TRACE);
         for p in punts {
             match p {
                 Ok(p) => {
+                    let punted = p.header.timestamp_ns;
                     let Agent { dp, sw, .. } = self;
-                    let fx = sw.punt(p, now_ns(), &mut MapCounters(dp));
+                    let fx = sw.punt(p, read_at, &mut MapCounters(dp));
+                    let handled = if timed { now_ns() } else { 0 };
                     self.apply(fx);
+                    if timed {
+                        // Both clocks are CLOCK_MONOTONIC (bpf_ktime_get_ns).
+                        tracing::trace!(
+                            target: LATENCY,
+                            punt_to_read_ns = read_at.saturating_sub(punted),
+                            handle_ns = handled.saturating_sub(read_at),
+                            write_ns = now_ns().saturating_sub(handled),
+                            "punt handled"
+                        );
+                    }
                 }
                 Err(e) => tracing::warn!("bad punt record: {e:#}"),
             }

@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::agent::{Agent, ConnOut, CONN_QUEUE};
+use crate::agent::{now_ns, Agent, ConnOut, CONN_QUEUE, LATENCY};
 
 /// How long a connection may stay silent before we send ECHO_REQUEST; a
 /// second silent period closes it.
@@ -145,6 +145,7 @@ pub async fn serve_conn(agent: Shared, stream: TcpStream, peer: String) {
             Ok(Err(_)) => break "read error",
             Ok(Ok(_)) => silent = 0,
         }
+        let read_at = now_ns();
         // Everything decoded from this read is handled under one lock, its
         // map writes batched.
         let mut frames = Vec::new();
@@ -172,13 +173,27 @@ pub async fn serve_conn(agent: Shared, stream: TcpStream, peer: String) {
                 }
             }
         }
-        let alive = {
+        // Timing of a lone PACKET_OUT (see agent::LATENCY).
+        let timed = frames.len() == 1
+            && matches!(frames[0].0.message, Message::PacketOut(_))
+            && tracing::enabled!(target: LATENCY, tracing::Level::TRACE);
+        let (alive, handled) = {
             let mut a = lock(&agent);
-            if !frames.is_empty() {
-                a.conn_frames(id, frames);
-            }
-            a.conn_alive(id)
+            let handled = if frames.is_empty() {
+                0
+            } else {
+                a.conn_frames(id, frames)
+            };
+            (a.conn_alive(id), handled)
         };
+        if timed {
+            tracing::trace!(
+                target: LATENCY,
+                packet_out_handle_ns = handled.saturating_sub(read_at),
+                packet_out_send_ns = now_ns().saturating_sub(handled),
+                "PACKET_OUT handled"
+            );
+        }
         if fatal {
             break "unrecoverable framing error";
         }
