@@ -20,6 +20,7 @@
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, Once};
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,15 @@ fn registry() -> MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Set when a signal handler started cleaning up: the main thread must
+/// not report success, nor blame the failures the cleanup causes.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// True once Ctrl-C (or SIGTERM/SIGHUP) was received.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
 /// Removes everything registered when dropped.
 pub struct Guard(());
 
@@ -65,6 +75,7 @@ pub fn guard() -> Result<Guard> {
     let mut res = Ok(());
     ONCE.call_once(|| {
         res = ctrlc::set_handler(|| {
+            INTERRUPTED.store(true, Ordering::SeqCst);
             eprintln!("\n    interrupted: cleaning up");
             run_all();
             std::process::exit(130);
