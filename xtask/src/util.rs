@@ -72,7 +72,8 @@ pub fn cargo() -> Command {
     c
 }
 
-fn display(cmd: &Command) -> String {
+/// A command as a shell line (program and arguments, no environment).
+pub fn display(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();
     for a in cmd.get_args() {
         s.push(' ');
