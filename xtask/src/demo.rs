@@ -754,6 +754,8 @@ fn topology_with(tag: &str, static_arp: bool) -> Result<Vec<Host>> {
             "eth0",
         ])?;
         ip(&["-n", &h.ns, "link", "set", "eth0", "up"])?;
+        // The agent's passive OpenFlow listener binds 127.0.0.1.
+        ip(&["-n", &h.ns, "link", "set", "lo", "up"])?;
         ip(&["-n", &u, "link", "set", &peer, "master", "br0", "up"])?;
         ip(&[
             "-n",
@@ -837,10 +839,11 @@ fn start_agents_with(
             eprintln!("    $ {}", display(&cmd));
         }
         let child = cmd.stderr(stderr).spawn().context("starting the agent")?;
+        let pid = child.id();
         cleanup::add_child(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !state.join("agent.sock").exists() {
-            if Instant::now() > deadline {
+            if Instant::now() > deadline || exited(pid) {
                 let hint = log
                     .as_ref()
                     .map(|p| format!(" (log: {})", p.display()))
@@ -851,6 +854,17 @@ fn start_agents_with(
         }
     }
     Ok(())
+}
+
+/// True when our child `pid` has exited (a zombie not reaped yet).
+fn exited(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rfind(')')
+                .and_then(|i| s[i + 1..].split_whitespace().next().map(|st| st == "Z"))
+        })
+        .unwrap_or(true)
 }
 
 /// Install the DaoliNet pair of flows on both hosts through the agents.
