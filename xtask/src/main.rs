@@ -3,7 +3,7 @@
 //! - `setup`: install every missing prerequisite (idempotent, needs root).
 //! - `build-ebpf`: build the BPF datapath object.
 //! - `test`: setup + build-ebpf + the whole test suite (privileged tests too).
-//! - `demo`: show the product working on network namespaces.
+//! - `demo`: show the product working on network namespaces (controller + agents).
 //! - `bench`: side-by-side benchmarks, written to BENCHMARKS.md.
 //! - `fuzz`: run the cargo-fuzz targets for a bounded time.
 
@@ -48,7 +48,7 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         fuzz_seconds: u64,
     },
-    /// Build everything, create a small topology in namespaces, run the agent and show traffic.
+    /// Run the controller and an agent per host on namespaces; show and check first packets, flows, policy, expiry.
     Demo {
         /// Skip `setup`.
         #[arg(long)]
