@@ -127,7 +127,13 @@ pub struct Agent {
     conns: HashMap<ConnId, ConnOut>,
     /// ifindex and kind by OpenFlow port.
     ifindex: HashMap<u32, (u32, String)>,
+    /// Punt timings (ring wait, handling, write; ns) not yet logged: they
+    /// are logged from the timer, off the path of the next packet.
+    punt_timings: Vec<[u64; 3]>,
 }
+
+/// At most this many punt timings wait for the timer; more are dropped.
+const MAX_TIMINGS: usize = 4096;
 
 /// Read an interface's MAC address and whether it is running.
 pub fn iface_info(name: &str) -> (Option<[u8; 6]>, bool) {
@@ -177,6 +183,7 @@ impl Agent {
             injector,
             conns: HashMap::new(),
             ifindex: HashMap::new(),
+            punt_timings: Vec::new(),
         }
     }
 
@@ -387,19 +394,30 @@ impl Agent {
                     let fx = sw.punt(p, read_at, &mut MapCounters(dp));
                     let handled = if timed { now_ns() } else { 0 };
                     self.apply(fx);
-                    if timed {
+                    if timed && self.punt_timings.len() < MAX_TIMINGS {
                         // Both clocks are CLOCK_MONOTONIC (bpf_ktime_get_ns).
-                        tracing::trace!(
-                            target: LATENCY,
-                            punt_to_read_ns = read_at.saturating_sub(punted),
-                            handle_ns = handled.saturating_sub(read_at),
-                            write_ns = now_ns().saturating_sub(handled),
-                            "punt handled"
-                        );
+                        self.punt_timings.push([
+                            read_at.saturating_sub(punted),
+                            handled.saturating_sub(read_at),
+                            now_ns().saturating_sub(handled),
+                        ]);
                     }
                 }
                 Err(e) => tracing::warn!("bad punt record: {e:#}"),
             }
+        }
+    }
+
+    /// Log the punt timings gathered since the last call (see [`LATENCY`]).
+    pub fn log_timings(&mut self) {
+        for [to_read, handle, write] in self.punt_timings.drain(..) {
+            tracing::trace!(
+                target: LATENCY,
+                punt_to_read_ns = to_read,
+                handle_ns = handle,
+                write_ns = write,
+                "punt handled"
+            );
         }
     }
 

@@ -363,6 +363,7 @@ pub async fn timers(agent: Shared) {
         let mut a = lock(&agent);
         a.tick();
         a.drain_punts();
+        a.log_timings();
         if n.is_multiple_of(10) {
             a.check_ports();
         }
