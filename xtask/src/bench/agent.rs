@@ -228,104 +228,157 @@ fn install_rate(c: &mut Ctl) -> Result<f64> {
     Ok(f64::from(FLOWS) / secs)
 }
 
-/// First-packet latency in microseconds: (median, 99th percentile) of the
-/// whole trip, and the medians of its two halves (A's send to the PACKET_IN
-/// at the controller; the controller's PACKET_OUT to B's receive).
-fn first_packet(mut c: Ctl, a: &str, b: &str) -> Result<Latency> {
-    use std::sync::{Arc, Mutex};
-    // Only a table-miss flow: every packet goes through the controller.
-    let miss = of::FlowMod::add(of::Match::new())
-        .priority(0)
-        .apply(vec![of::Action::controller(of::OFPCML_NO_BUFFER)]);
-    c.send(10, &Message::FlowMod(miss))?;
-    c.barrier(11)?;
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop2 = stop.clone();
-    // When each sequence number reached the controller.
-    let seen: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; PACKETS + 20]));
-    let seen2 = seen.clone();
-    // The controller: PACKET_IN from port 1 -> PACKET_OUT to port 2.
-    let ctl = std::thread::spawn(move || -> Result<u64> {
-        let mut n = 0;
-        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
-            let Some(fr) = c.recv(Instant::now() + Duration::from_millis(100))? else {
-                continue;
-            };
-            if let Message::PacketIn(pi) = fr.message {
-                let at = Instant::now();
-                let in_port = pi.in_port().unwrap_or(1);
-                let out = if in_port == 1 { 2 } else { 1 };
-                // The sequence number is the UDP payload (after 14 + 20 + 8 bytes).
-                if let Some(tail) = pi.data.get(42..46) {
-                    let seq = u32::from_be_bytes([tail[0], tail[1], tail[2], tail[3]]) as usize;
-                    if let Some(slot) = seen2.lock().ok().as_mut().and_then(|v| v.get_mut(seq)) {
-                        *slot = Some(at);
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<Option<Instant>>>>;
+
+/// First-packet probes through one switch: a controller thread answering
+/// every PACKET_IN from port 1 with a PACKET_OUT to port 2, a sender in A
+/// and a receiver in B.
+struct Prober {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// When each sequence number reached the controller.
+    seen: Seen,
+    ctl: std::thread::JoinHandle<Result<u64>>,
+    tx: UdpSocket,
+    rx: UdpSocket,
+    lat: Vec<f64>,
+    half_in: Vec<f64>,
+    half_out: Vec<f64>,
+    lost: usize,
+}
+
+impl Prober {
+    fn start(mut c: Ctl, a: &str, b: &str) -> Result<Prober> {
+        use std::sync::{Arc, Mutex};
+        // Only a table-miss flow: every packet goes through the controller.
+        let miss = of::FlowMod::add(of::Match::new())
+            .priority(0)
+            .apply(vec![of::Action::controller(of::OFPCML_NO_BUFFER)]);
+        c.send(10, &Message::FlowMod(miss))?;
+        c.barrier(11)?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let seen: Seen = Arc::new(Mutex::new(vec![None; PACKETS + 20]));
+        let seen2 = seen.clone();
+        let ctl = std::thread::spawn(move || -> Result<u64> {
+            let mut n = 0;
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                let Some(fr) = c.recv(Instant::now() + Duration::from_millis(100))? else {
+                    continue;
+                };
+                if let Message::PacketIn(pi) = fr.message {
+                    let at = Instant::now();
+                    let in_port = pi.in_port().unwrap_or(1);
+                    let out = if in_port == 1 { 2 } else { 1 };
+                    // The sequence number is the UDP payload (after 14 + 20 + 8 bytes).
+                    if let Some(tail) = pi.data.get(42..46) {
+                        let seq = u32::from_be_bytes([tail[0], tail[1], tail[2], tail[3]]) as usize;
+                        if let Some(slot) = seen2.lock().ok().as_mut().and_then(|v| v.get_mut(seq))
+                        {
+                            *slot = Some(at);
+                        }
                     }
+                    let po = of::PacketOut::new(in_port, vec![of::Action::output(out)], pi.data);
+                    c.send(0, &Message::PacketOut(po))?;
+                    n += 1;
                 }
-                let po = of::PacketOut::new(in_port, vec![of::Action::output(out)], pi.data);
-                c.send(0, &Message::PacketOut(po))?;
-                n += 1;
             }
-        }
-        Ok(n)
-    });
-    let tx = in_netns(a, || {
-        let s = UdpSocket::bind("10.1.0.2:40000")?;
-        s.connect("10.1.0.3:40001")?;
-        Ok(s)
-    })?;
-    let rx = in_netns(b, || UdpSocket::bind("10.1.0.3:40001"))?;
-    rx.set_read_timeout(Some(Duration::from_millis(500)))?;
-    let (mut lat, mut half_in, mut half_out) = (Vec::new(), Vec::new(), Vec::new());
-    let mut lost = 0;
-    for i in 0..PACKETS + 20 {
+            Ok(n)
+        });
+        let tx = in_netns(a, || {
+            let s = UdpSocket::bind("10.1.0.2:40000")?;
+            s.connect("10.1.0.3:40001")?;
+            Ok(s)
+        })?;
+        let rx = in_netns(b, || UdpSocket::bind("10.1.0.3:40001"))?;
+        rx.set_read_timeout(Some(Duration::from_millis(500)))?;
+        Ok(Prober {
+            stop,
+            seen,
+            ctl,
+            tx,
+            rx,
+            lat: Vec::new(),
+            half_in: Vec::new(),
+            half_out: Vec::new(),
+            lost: 0,
+        })
+    }
+
+    /// Send probe `i` and wait for it in B; the first 20 are warm-up.
+    fn probe(&mut self, i: usize) -> Result<()> {
         let seq = (i as u32).to_be_bytes();
         let t = Instant::now();
-        tx.send(&seq)?;
+        self.tx.send(&seq)?;
         let mut buf = [0u8; 64];
         loop {
-            match rx.recv(&mut buf) {
+            match self.rx.recv(&mut buf) {
                 Ok(4) if buf[..4] == seq => {
                     let done = Instant::now();
                     if i >= 20 {
-                        lat.push((done - t).as_secs_f64() * 1e6);
-                        let at = seen.lock().ok().and_then(|v| v.get(i).copied().flatten());
+                        self.lat.push((done - t).as_secs_f64() * 1e6);
+                        let at = self
+                            .seen
+                            .lock()
+                            .ok()
+                            .and_then(|v| v.get(i).copied().flatten());
                         if let Some(at) = at {
-                            half_in.push((at - t).as_secs_f64() * 1e6);
-                            half_out.push((done - at).as_secs_f64() * 1e6);
+                            self.half_in.push((at - t).as_secs_f64() * 1e6);
+                            self.half_out.push((done - at).as_secs_f64() * 1e6);
                         }
                     }
-                    break;
+                    return Ok(());
                 }
                 Ok(_) => continue,
                 Err(_) => {
-                    lost += 1;
-                    break;
+                    self.lost += 1;
+                    return Ok(());
                 }
             }
         }
-        std::thread::sleep(Duration::from_millis(5));
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let answered = ctl
-        .join()
-        .map_err(|_| anyhow!("controller thread panicked"))??;
-    if lat.len() < PACKETS / 2 || half_in.is_empty() {
-        bail!(
-            "{lost} of {} packets lost ({answered} PACKET_INs answered)",
-            PACKETS + 20
-        );
+
+    /// Stop the controller thread. Latencies in microseconds: (median, 99th
+    /// percentile) of the whole trip, and the medians of its two halves
+    /// (A's send to the PACKET_IN at the controller; the controller's
+    /// PACKET_OUT to B's receive).
+    fn finish(mut self) -> Result<Latency> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let answered = self
+            .ctl
+            .join()
+            .map_err(|_| anyhow!("controller thread panicked"))??;
+        if self.lat.len() < PACKETS / 2 || self.half_in.is_empty() {
+            bail!(
+                "{} of {} packets lost ({answered} PACKET_INs answered)",
+                self.lost,
+                PACKETS + 20
+            );
+        }
+        let pct = |v: &mut Vec<f64>, p: f64| {
+            v.sort_by(f64::total_cmp);
+            v[((v.len() - 1) as f64 * p) as usize]
+        };
+        Ok(Latency {
+            p50: pct(&mut self.lat, 0.5),
+            p99: pct(&mut self.lat, 0.99),
+            to_controller: pct(&mut self.half_in, 0.5),
+            from_controller: pct(&mut self.half_out, 0.5),
+        })
     }
-    let pct = |v: &mut Vec<f64>, p: f64| {
-        v.sort_by(f64::total_cmp);
-        v[((v.len() - 1) as f64 * p) as usize]
-    };
-    Ok(Latency {
-        p50: pct(&mut lat, 0.5),
-        p99: pct(&mut lat, 0.99),
-        to_controller: pct(&mut half_in, 0.5),
-        from_controller: pct(&mut half_out, 0.5),
-    })
+}
+
+/// First-packet latency through both switches, probes alternating between
+/// them (5 ms apart) so that both see the same load on this shared machine.
+fn first_packet(agent: Prober, ovs: Prober) -> Result<(Latency, Latency)> {
+    let mut p = [agent, ovs];
+    for i in 0..PACKETS + 20 {
+        for pr in &mut p {
+            pr.probe(i)?;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let [agent, ovs] = p;
+    Ok((agent.finish()?, ovs.finish()?))
 }
 
 /// The median cost, in microseconds, of one thread wake-up on this machine
@@ -364,17 +417,24 @@ struct Latency {
     from_controller: f64,
 }
 
+/// A switch set up, its install rate measured, ready for probes.
+struct Setup {
+    rate: f64,
+    prober: Prober,
+    /// The agent's log (its per-packet timings).
+    log: Option<PathBuf>,
+}
+
 struct Result2 {
     rate: f64,
     lat: Latency,
-    inside: Option<Inside>,
 }
 
 fn listener(h: &str) -> Result<TcpListener> {
     in_netns(h, || TcpListener::bind(("127.0.0.1", CTL_PORT)))
 }
 
-fn bench_agent(bin: &Path, obj: &Path) -> Result<Result2> {
+fn bench_agent(bin: &Path, obj: &Path) -> Result<Setup> {
     step("agent: topology, agent with --controller");
     let tag = cleanup::claim_tag("dlba", BPFFS)?;
     let (h, a, b) = topology(&tag)?;
@@ -407,13 +467,10 @@ fn bench_agent(bin: &Path, obj: &Path) -> Result<Result2> {
     let mut c = Ctl::accept(&l)?;
     step("agent: FLOW_MOD install rate (100k adds + barrier)");
     let rate = install_rate(&mut c)?;
-    step("agent: first-packet latency (punt, PACKET_IN, PACKET_OUT)");
-    let lat = first_packet(c, &a, &b)?;
-    let inside = agent_timings(&std::fs::read_to_string(&log)?)?;
-    Ok(Result2 {
+    Ok(Setup {
         rate,
-        lat,
-        inside: Some(inside),
+        prober: Prober::start(c, &a, &b)?,
+        log: Some(log),
     })
 }
 
@@ -472,7 +529,7 @@ fn agent_timings(log: &str) -> Result<Inside> {
     })
 }
 
-fn bench_ovs() -> Result<Result2> {
+fn bench_ovs() -> Result<Setup> {
     step("Open vSwitch: topology, ovsdb-server + ovs-vswitchd (netdev datapath)");
     let tag = cleanup::claim_tag("dlbo", BPFFS)?;
     let (h, a, b) = topology(&tag)?;
@@ -556,12 +613,10 @@ fn bench_ovs() -> Result<Result2> {
     let mut c = Ctl::accept(&l)?;
     step("Open vSwitch: FLOW_MOD install rate (100k adds + barrier)");
     let rate = install_rate(&mut c)?;
-    step("Open vSwitch: first-packet latency (upcall, PACKET_IN, PACKET_OUT)");
-    let lat = first_packet(c, &a, &b)?;
-    Ok(Result2 {
+    Ok(Setup {
         rate,
-        lat,
-        inside: None,
+        prober: Prober::start(c, &a, &b)?,
+        log: None,
     })
 }
 
@@ -608,26 +663,41 @@ pub fn run(setup: bool) -> Result<()> {
     if !mounted {
         sh(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))?;
     }
-    let agent = {
+    // Both switches stay up until the end: the latency probes alternate
+    // between them.
+    let (agent, ovs, inside) = {
         let _g = cleanup::guard()?;
-        bench_agent(&bin, &obj)?
-    };
-    let ovs = {
-        let _g = cleanup::guard()?;
-        bench_ovs()?
+        let a = bench_agent(&bin, &obj)?;
+        let o = bench_ovs()?;
+        step("first-packet latency, probes alternating between the agent and Open vSwitch");
+        let (la, lo) = first_packet(a.prober, o.prober)?;
+        // The agent logs its timings every 100 ms.
+        std::thread::sleep(Duration::from_millis(300));
+        let log = a.log.ok_or_else(|| anyhow!("no agent log"))?;
+        let inside = agent_timings(&std::fs::read_to_string(&log)?)?;
+        (
+            Result2 {
+                rate: a.rate,
+                lat: la,
+            },
+            Result2 {
+                rate: o.rate,
+                lat: lo,
+            },
+            inside,
+        )
     };
     step("one thread wake-up on this machine (Unix socket ping-pong, same pacing)");
     let wake = wake_up()?;
-    let inside = agent
-        .inside
-        .as_ref()
-        .ok_or_else(|| anyhow!("no agent timings"))?;
+    let inside = &inside;
     let body = format!(
         "## Agent as an OpenFlow switch vs Open vSwitch (userspace datapath)\n\n\
          Command: `cargo xtask bench agent`. Same topology (one host namespace, two \
          container namespaces on veths), same controller (the benchmark itself, \
-         OpenFlow 1.3 over TCP on loopback), run one after the other in one run on \
-         a shared, noisy 2-core machine: compare the ratios.\n\n\
+         OpenFlow 1.3 over TCP on loopback), in one run on a shared, noisy 2-core \
+         machine: the install rates one after the other, the latency probes \
+         alternating between the two switches (5 ms apart) so that both see the same \
+         load; compare the ratios.\n\n\
          | | daolinet-agent | Open vSwitch (netdev) | ratio |\n\
          |---|---|---|---|\n\
          | FLOW_MOD install rate, {FLOWS} adds pipelined + barrier | {:.0} flows/s | {:.0} flows/s | {:.2}x |\n\
