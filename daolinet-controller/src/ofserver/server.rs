@@ -618,7 +618,9 @@ impl Task<'_> {
                 }
             }
         }
-        if local_flows && !packet_outs.is_empty() {
+        // See translate::packet_out_needs_barrier: a same-host pair's
+        // PACKET_OUT goes straight out of a port and needs no BARRIER.
+        if local_flows && packet_outs.iter().any(translate::packet_out_needs_barrier) {
             self.conn.barrier(None);
         }
         let mut held: Option<Bytes> = None;

@@ -6,7 +6,7 @@
 use daolinet_openflow::{
     consts::{
         OFPCML_NO_BUFFER, OFPFC_ADD, OFPFF_SEND_FLOW_REM, OFPG_ANY, OFPP_ANY, OFPP_CONTROLLER,
-        OFPP_IN_PORT, OFPP_LOCAL, OFP_NO_BUFFER,
+        OFPP_IN_PORT, OFPP_LOCAL, OFPP_MAX, OFP_NO_BUFFER,
     },
     Action, FlowMod, Instruction, MacAddr as OfMac, Match, Message, OxmField, PacketOut,
 };
@@ -261,6 +261,39 @@ fn frame_ip_proto(data: &[u8]) -> Option<u8> {
     (et == ETH_TYPE_IPV4).then(|| data.get(14 + 9).copied())?
 }
 
+/// True when a PACKET_OUT must wait for the FLOW_MODs sent before it on the
+/// same connection (a BARRIER between them), false when its packet cannot
+/// meet those flows and the BARRIER is pure cost.
+///
+/// OpenFlow 1.3 lets a switch reorder the messages of one connection between
+/// BARRIERs, so without one the PACKET_OUT may run before the FLOW_MODs. A
+/// PACKET_OUT whose every output is a physical port or the ingress port
+/// (the same-host pair case) never goes through the flow table: its packet
+/// is delivered the same either way. The only effect of such a reordering
+/// is that the destination's answer could reach the switch before the
+/// reverse flow and be punted once more, which the controller answers with
+/// the same (idempotent) flows. Any other output (LOCAL: the host stack may
+/// route the packet back into the bridge, as NAT does; CONTROLLER; reserved
+/// ports such as TABLE) keeps the BARRIER. Other decisions never need one.
+pub fn packet_out_needs_barrier(d: &Decision) -> bool {
+    let Decision::PacketOut { actions, .. } = d else {
+        return false;
+    };
+    actions.iter().any(|a| match *a {
+        ActionSpec::Output(p) => p >= OFPP_MAX,
+        ActionSpec::Local | ActionSpec::Controller => true,
+        ActionSpec::InPort
+        | ActionSpec::Drop
+        | ActionSpec::DecTtl
+        | ActionSpec::SetEthSrc(_)
+        | ActionSpec::SetEthDst(_)
+        | ActionSpec::SetIpv4Src(_)
+        | ActionSpec::SetIpv4Dst(_)
+        | ActionSpec::SetTpSrc(_)
+        | ActionSpec::SetTpDst(_) => false,
+    })
+}
+
 /// The OpenFlow message for one decision.
 pub fn to_message(d: &Decision) -> Result<Message, TranslateError> {
     match d {
@@ -494,6 +527,38 @@ mod tests {
             ]
         );
         assert_eq!(p.data, frame);
+    }
+
+    #[test]
+    fn barrier_only_when_the_packet_out_can_meet_the_flows() {
+        let po = |actions: Vec<ActionSpec>| Decision::PacketOut {
+            dpid: Dpid(1),
+            in_port: 2,
+            actions,
+            data: vec![0; 60],
+        };
+        // Same-host pair: rewrite and out of a container port.
+        assert!(!packet_out_needs_barrier(&po(vec![
+            ActionSpec::SetEthSrc(mac(1)),
+            ActionSpec::SetEthDst(mac(3)),
+            ActionSpec::Output(3),
+        ])));
+        assert!(!packet_out_needs_barrier(&po(vec![ActionSpec::InPort])));
+        assert!(!packet_out_needs_barrier(&po(vec![])));
+        // NAT via the host stack, the controller, reserved ports.
+        assert!(packet_out_needs_barrier(&po(vec![
+            ActionSpec::SetIpv4Dst("10.0.0.9".parse().unwrap()),
+            ActionSpec::Local,
+        ])));
+        assert!(packet_out_needs_barrier(&po(vec![ActionSpec::Controller])));
+        assert!(packet_out_needs_barrier(&po(vec![ActionSpec::Output(
+            OFPP_TABLE
+        )])));
+        assert!(packet_out_needs_barrier(&po(vec![
+            ActionSpec::Output(3),
+            ActionSpec::Output(PORT_LOCAL),
+        ])));
+        assert!(!packet_out_needs_barrier(&Decision::AddFlow(pair_flow())));
     }
 
     fn arb_match() -> impl Strategy<Value = MatchSpec> {

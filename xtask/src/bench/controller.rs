@@ -500,9 +500,10 @@ pub fn run(setup: bool) -> Result<()> {
          the same host, {CONTAINERS} containers per switch, so {pairs} distinct flows per \
          switch, cycled. A PACKET_IN counts as decided when the FLOW_MOD matching its in_port, \
          ipv4_src and ipv4_dst arrives; every controller answers each one with 2 FLOW_MODs \
-         (forward and reverse) and 1 PACKET_OUT; daolinet-controller also sends a BARRIER \
-         between the flows and the PACKET_OUT (answered by the fake switch), the others do \
-         not. daolinet-controller decides with the DaoliNet \
+         (forward and reverse) and 1 PACKET_OUT (daolinet-controller sends no BARRIER for \
+         these same-host pairs: the PACKET_OUT leaves by a container port and never meets \
+         the flows; it keeps one before PACKET_OUTs that can, e.g. NAT via LOCAL). \
+         daolinet-controller decides with the DaoliNet \
          policy (the {SWITCHES} hosts and {nctr} containers are registered through the REST \
          API first); os-ken runs `xtask/assets/osken_reactive.py`, a minimal reactive app \
          sending the same messages from a static table; the floor reference \
