@@ -440,14 +440,7 @@ impl Agent {
 
     /// The flow dump, one line per flow, like `ovs-ofctl dump-flows`.
     pub fn dump_flows(&mut self) -> Result<Vec<String>> {
-        let req = of::FlowStatsRequest {
-            table_id: of::OFPTT_ALL,
-            out_port: of::OFPP_ANY,
-            out_group: of::OFPG_ANY,
-            cookie: 0,
-            cookie_mask: 0,
-            match_: of::Match::new(),
-        };
+        let req = of::FlowStatsRequest::default();
         let Agent { dp, sw, .. } = self;
         let list = sw
             .flows

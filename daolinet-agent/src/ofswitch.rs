@@ -1264,14 +1264,7 @@ mod tests {
                 .unwrap();
             assert!(errors(&send(&mut s, 1, 4, Message::FlowMod(fm))).is_empty());
         }
-        let req = of::FlowStatsRequest {
-            table_id: of::OFPTT_ALL,
-            out_port: of::OFPP_ANY,
-            out_group: of::OFPG_ANY,
-            cookie: 0,
-            cookie_mask: 0,
-            match_: of::Match::new(),
-        };
+        let req = of::FlowStatsRequest::default();
         let fx = send(&mut s, 1, 5, mp(Req::Flow(req.clone())));
         assert!(fx.send.len() > 1);
         let mut total = 0;

@@ -551,14 +551,7 @@ mod tests {
 
     fn dump(t: &FlowTable) -> Vec<String> {
         let mut c = FakeCounters::default();
-        let req = of::FlowStatsRequest {
-            table_id: of::OFPTT_ALL,
-            out_port: of::OFPP_ANY,
-            out_group: of::OFPG_ANY,
-            cookie: 0,
-            cookie_mask: 0,
-            match_: of::Match::new(),
-        };
+        let req = of::FlowStatsRequest::default();
         let mut v: Vec<String> = t
             .flow_stats(&req, 0, &mut c)
             .unwrap()

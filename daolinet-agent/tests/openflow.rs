@@ -45,6 +45,14 @@ fn topology(lab: &mut Lab, static_arp: bool) -> (String, String, String) {
     (h, a, b)
 }
 
+/// Start the agent of `h` with the uplink `up0` and the two container ports
+/// of `topology` (pa=1, pb=2), plus `extra` arguments.
+fn start_two_port_agent(lab: &mut Lab, h: &str, extra: &[&str]) {
+    let mut args = vec!["--uplink", "up0", "--port", "pa=1", "--port", "pb=2"];
+    args.extend_from_slice(extra);
+    lab.start_agent(h, &args);
+}
+
 fn ofctl(h: &str, args: &[&str]) -> String {
     let target = format!("tcp:127.0.0.1:{OF_PORT}");
     let mut full = vec!["ovs-ofctl", "-O", "OpenFlow13"];
@@ -84,15 +92,10 @@ fn ovs_ofctl_installs_dumps_deletes_and_packets_out() {
     );
     let mut lab = Lab::new("ofc");
     let (h, a, b) = topology(&mut lab, true);
-    lab.start_agent(
+    start_two_port_agent(
+        &mut lab,
         &h,
         &[
-            "--uplink",
-            "up0",
-            "--port",
-            "pa=1",
-            "--port",
-            "pb=2",
             "--listen",
             &format!("ptcp:{OF_PORT}"),
             "--datapath-id",
@@ -216,19 +219,7 @@ fn ovs_testcontroller_learns_and_containers_ping() {
         ],
     );
     std::thread::sleep(Duration::from_millis(300));
-    lab.start_agent(
-        &h,
-        &[
-            "--uplink",
-            "up0",
-            "--port",
-            "pa=1",
-            "--port",
-            "pb=2",
-            "--controller",
-            "tcp:127.0.0.1:6653",
-        ],
-    );
+    start_two_port_agent(&mut lab, &h, &["--controller", "tcp:127.0.0.1:6653"]);
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut ok = false;
     while Instant::now() < deadline {
@@ -330,19 +321,7 @@ fn idle_timeout_removes_the_quiet_flow_and_sends_flow_removed() {
     }
     let mut lab = Lab::new("idl");
     let (h, a, _b) = topology(&mut lab, true);
-    lab.start_agent(
-        &h,
-        &[
-            "--uplink",
-            "up0",
-            "--port",
-            "pa=1",
-            "--port",
-            "pb=2",
-            "--listen",
-            &format!("ptcp:{OF_PORT}"),
-        ],
-    );
+    start_two_port_agent(&mut lab, &h, &["--listen", &format!("ptcp:{OF_PORT}")]);
     wait_listener(&h);
     let mut c = Client::new(&h);
     for flow in [
@@ -401,19 +380,7 @@ fn hostile_controller_bytes_never_crash_the_agent_nor_touch_the_table() {
     }
     let mut lab = Lab::new("hst");
     let (h, a, _b) = topology(&mut lab, true);
-    lab.start_agent(
-        &h,
-        &[
-            "--uplink",
-            "up0",
-            "--port",
-            "pa=1",
-            "--port",
-            "pb=2",
-            "--listen",
-            &format!("ptcp:{OF_PORT}"),
-        ],
-    );
+    start_two_port_agent(&mut lab, &h, &["--listen", &format!("ptcp:{OF_PORT}")]);
     wait_listener(&h);
     let mut c = Client::new(&h);
     // One write with 200 FLOW_MODs: the agent writes them to the maps in
@@ -540,15 +507,10 @@ fn standalone_fail_mode_forwards_by_l2_learning_without_a_controller() {
     }
     let mut lab = Lab::new("std");
     let (h, a, _b) = topology(&mut lab, false);
-    lab.start_agent(
+    start_two_port_agent(
+        &mut lab,
         &h,
         &[
-            "--uplink",
-            "up0",
-            "--port",
-            "pa=1",
-            "--port",
-            "pb=2",
             "--fail-mode",
             "standalone",
             "--controller",
@@ -577,19 +539,7 @@ fn arp_responder_answers_containers_with_the_gateway_mac() {
     }
     let mut lab = Lab::new("arp");
     let (h, a, _b) = topology(&mut lab, false);
-    lab.start_agent(
-        &h,
-        &[
-            "--uplink",
-            "up0",
-            "--port",
-            "pa=1",
-            "--port",
-            "pb=2",
-            "--arp-responder",
-            "02:00:00:00:00:01",
-        ],
-    );
+    start_two_port_agent(&mut lab, &h, &["--arp-responder", "02:00:00:00:00:01"]);
     // Nothing answers pings to the gateway address, but ARP resolves.
     let _ = ns(&a, &["ping", "-c", "1", "-W", "1", "10.1.0.1"]);
     let (_, neigh, _) = ns_out(&a, &["ip", "neigh", "show", "10.1.0.1"]);

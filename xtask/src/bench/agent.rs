@@ -171,14 +171,7 @@ impl Ctl {
     }
 
     fn flow_count(&mut self) -> Result<u32> {
-        let req = of::FlowStatsRequest {
-            table_id: of::OFPTT_ALL,
-            out_port: of::OFPP_ANY,
-            out_group: of::OFPG_ANY,
-            cookie: 0,
-            cookie_mask: 0,
-            match_: of::Match::new(),
-        };
+        let req = of::FlowStatsRequest::default();
         self.send(
             9,
             &Message::MultipartRequest(of::MultipartRequest::new(
