@@ -28,8 +28,8 @@ use bytes::BytesMut;
 use daolinet_openflow::{
     consts::{OFPCML_NO_BUFFER, OFPET_HELLO_FAILED, OFP_VERSION},
     DecodeError, Decoder, ErrorCode, ErrorMsg, FlowMod, FlowRemoved, Hello, Message,
-    MultipartReplyBody, MultipartRequest, MultipartRequestBody, PacketIn, Port, PortStatus,
-    SwitchConfig, SwitchFeatures,
+    MultipartReplyBody, MultipartRequest, MultipartRequestBody, PacketIn, PacketOut, Port,
+    PortStatus, SwitchConfig, SwitchFeatures,
 };
 
 use crate::addr::Dpid;
@@ -152,6 +152,8 @@ pub struct Conn {
     barriers: HashMap<u32, u64>,
     /// A FLOW_MOD reused for every flow sent (no allocation per flow).
     scratch: FlowMod,
+    /// A PACKET_OUT reused for every packet sent (its action vector).
+    scratch_po: PacketOut,
     /// Messages answered with an OFPT_ERROR.
     pub errors_sent: u64,
 }
@@ -171,6 +173,7 @@ impl Conn {
             echo_sent: None,
             barriers: HashMap::new(),
             scratch: FlowMod::default(),
+            scratch_po: PacketOut::new(0, Vec::new(), Vec::new()),
             errors_sent: 0,
         };
         c.send(&Message::Hello(Hello::new()));
@@ -230,14 +233,38 @@ impl Conn {
         Ok(())
     }
 
-    /// Like [`Conn::send_decision`], consuming the decision.
+    /// Like [`Conn::send_decision`], consuming the decision (a PACKET_OUT's
+    /// frame is moved into a reused PACKET_OUT, not copied).
     pub fn send_owned(&mut self, d: Decision) -> Result<(), TranslateError> {
-        if let Decision::AddFlow(f) = &d {
-            return self.send_flow(f);
+        match d {
+            Decision::AddFlow(f) => self.send_flow(&f),
+            Decision::PacketOut {
+                in_port,
+                actions,
+                data,
+                ..
+            } => {
+                let mut po = std::mem::replace(
+                    &mut self.scratch_po,
+                    PacketOut::new(0, Vec::new(), Vec::new()),
+                );
+                let r = translate::fill_packet_out(in_port, &actions, data, &mut po);
+                let msg = Message::PacketOut(po);
+                if r.is_ok() {
+                    self.send(&msg);
+                }
+                if let Message::PacketOut(mut po) = msg {
+                    po.data = Vec::new();
+                    self.scratch_po = po;
+                }
+                r
+            }
+            other => {
+                let m = translate::into_message(other)?;
+                self.send(&m);
+                Ok(())
+            }
         }
-        let m = translate::into_message(d)?;
-        self.send(&m);
-        Ok(())
     }
 
     /// Queues the FLOW_MOD adding `f`, built in the reused scratch message.

@@ -598,54 +598,58 @@ impl Task<'_> {
                 return;
             }
         };
-        // Local flows now, remote groups later, PACKET_OUTs last.
-        let mut remote: Vec<(Dpid, Vec<Decision>)> = Vec::new();
-        let mut packet_outs: Vec<Decision> = Vec::new();
+        // Local flows now, remote groups later, PACKET_OUTs last. Two passes
+        // over the decisions, so that nothing is collected on the way (no
+        // allocation per PACKET_IN beyond the remote groups).
+        let mut decisions = out.decisions;
         let mut local_flows = false;
-        for d in out.decisions {
-            let to = d.dpid();
-            if to != dpid {
-                match remote.iter_mut().find(|(x, _)| *x == to) {
-                    Some((_, v)) => v.push(d),
-                    None => remote.push((to, vec![d])),
-                }
+        let mut has_remote = false;
+        let mut po_barrier = false;
+        for d in &decisions {
+            if d.dpid() != dpid {
+                has_remote = true;
             } else if matches!(d, Decision::PacketOut { .. }) {
-                packet_outs.push(d);
+                po_barrier |= translate::packet_out_needs_barrier(d);
             } else {
                 local_flows = true;
-                if let Err(e) = self.conn.send_owned(d) {
+                if let Err(e) = self.conn.send_decision(d) {
                     tracing::warn!(error = %e, "decision not translatable");
                 }
             }
         }
         // See translate::packet_out_needs_barrier: a same-host pair's
         // PACKET_OUT goes straight out of a port and needs no BARRIER.
-        if local_flows && packet_outs.iter().any(translate::packet_out_needs_barrier) {
+        if local_flows && po_barrier {
             self.conn.barrier(None);
         }
-        let mut held: Option<Bytes> = None;
-        if !packet_outs.is_empty() {
-            if remote.is_empty() {
-                for d in packet_outs {
-                    if let Err(e) = self.conn.send_owned(d) {
-                        tracing::warn!(error = %e, "PACKET_OUT not translatable");
-                    }
+        let mut remote: Vec<(Dpid, Vec<Decision>)> = Vec::new();
+        let mut held_buf: Option<BytesMut> = None;
+        for d in decisions.drain(..) {
+            let to = d.dpid();
+            if to != dpid {
+                match remote.iter_mut().find(|(x, _)| *x == to) {
+                    Some((_, v)) => v.push(d),
+                    None => remote.push((to, vec![d])),
+                }
+            } else if !matches!(d, Decision::PacketOut { .. }) {
+                // Sent in the first pass.
+            } else if !has_remote {
+                if let Err(e) = self.conn.send_owned(d) {
+                    tracing::warn!(error = %e, "PACKET_OUT not translatable");
                 }
             } else {
-                let mut b = BytesMut::new();
-                for d in packet_outs {
-                    match translate::into_message(d) {
-                        Ok(m) => {
-                            if let Err(e) = m.encode(0, &mut b) {
-                                tracing::warn!(error = %e, "PACKET_OUT not encodable");
-                            }
+                let b = held_buf.get_or_insert_with(BytesMut::new);
+                match translate::into_message(d) {
+                    Ok(m) => {
+                        if let Err(e) = m.encode(0, b) {
+                            tracing::warn!(error = %e, "PACKET_OUT not encodable");
                         }
-                        Err(e) => tracing::warn!(error = %e, "PACKET_OUT not translatable"),
                     }
+                    Err(e) => tracing::warn!(error = %e, "PACKET_OUT not translatable"),
                 }
-                held = Some(b.freeze());
             }
         }
+        let mut held: Option<Bytes> = held_buf.map(BytesMut::freeze);
         for (to, ds) in remote {
             let then = match (held.take(), &self.tx) {
                 (Some(bytes), Some(tx)) => Some(Release {

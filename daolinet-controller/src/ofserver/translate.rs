@@ -294,6 +294,23 @@ pub fn packet_out_needs_barrier(d: &Decision) -> bool {
     })
 }
 
+/// The PACKET_OUT sending `data` with `actions` as if received on
+/// `in_port`, built in a PACKET_OUT reused from one call to the next (its
+/// action vector keeps its capacity; `data` is moved in). On error `po`
+/// holds garbage and must not be sent.
+pub fn fill_packet_out(
+    in_port: u32,
+    actions: &[ActionSpec],
+    data: Vec<u8>,
+    po: &mut PacketOut,
+) -> Result<(), TranslateError> {
+    fill_actions(actions, frame_ip_proto(&data), &mut po.actions)?;
+    po.buffer_id = OFP_NO_BUFFER;
+    po.in_port = in_port;
+    po.data = data;
+    Ok(())
+}
+
 /// The OpenFlow message for one decision.
 pub fn to_message(d: &Decision) -> Result<Message, TranslateError> {
     match d {
@@ -527,6 +544,16 @@ mod tests {
             ]
         );
         assert_eq!(p.data, frame);
+        // A reused PACKET_OUT, dirty from another packet, gives the same.
+        let mut scratch = PacketOut::new(9, vec![Action::DecNwTtl; 5], vec![1; 99]);
+        fill_packet_out(
+            2,
+            &[ActionSpec::SetTpSrc(99), ActionSpec::Output(3)],
+            frame.clone(),
+            &mut scratch,
+        )
+        .unwrap();
+        assert_eq!(scratch, p);
     }
 
     #[test]
