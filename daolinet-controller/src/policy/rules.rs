@@ -129,9 +129,11 @@ fn pair_decisions(
     }
     .map(|f| f.actions.clone())
     .unwrap_or_default();
-    let mut all: Vec<FlowSpec> = fwd.into_iter().chain(rev).collect();
-    all.sort_by_key(|f| f.dpid == local);
-    (all.into_iter().map(Decision::AddFlow).collect(), first)
+    // Room for the PACKET_OUT the callers append: one allocation, no regrowth.
+    let mut all = Vec::with_capacity(fwd.len() + rev.len() + 1);
+    all.extend(fwd.into_iter().chain(rev).map(Decision::AddFlow));
+    all.sort_by_key(|d| d.dpid() == local);
+    (all, first)
 }
 
 fn deny(cfg: &Config, dpid: Dpid, cookie: u64, m: MatchSpec, reason: DenyReason) -> Outcome {
