@@ -43,17 +43,19 @@ fn ip_match(in_port: u32, src: Ipv4Addr, dst: Ipv4Addr) -> MatchSpec {
     }
 }
 
-/// The flows carrying `src` -> `dst` (one flow same-host, two cross-host:
-/// `[egress on src's host, ingress on dst's host]`).
-pub(crate) fn direction(
+/// The flows carrying `src` -> `dst`, each handed to `each` (one flow
+/// same-host, two cross-host: egress on src's host, then ingress on dst's
+/// host).
+fn direction(
     cfg: &Config,
     src: (&Container, &Host),
     dst: (&Container, &Host),
     cookie: u64,
-) -> Vec<FlowSpec> {
+    mut each: impl FnMut(FlowSpec),
+) {
     let ((a, h1), (b, h2)) = (src, dst);
     if h1.name == h2.name {
-        return vec![hotplug(
+        return each(hotplug(
             cfg,
             h1.dpid,
             cookie,
@@ -63,36 +65,34 @@ pub(crate) fn direction(
                 ActionSpec::SetEthDst(b.mac),
                 ActionSpec::Output(b.port),
             ],
-        )];
+        ));
     }
-    vec![
-        hotplug(
-            cfg,
-            h1.dpid,
-            cookie,
-            ip_match(a.port, a.ip, b.ip),
-            vec![
-                ActionSpec::SetEthSrc(h1.mac),
-                ActionSpec::SetEthDst(h2.mac),
-                ActionSpec::SetIpv4Src(a.physical_ip),
-                ActionSpec::SetIpv4Dst(b.physical_ip),
-                ActionSpec::Output(h1.uplink_port),
-            ],
-        ),
-        hotplug(
-            cfg,
-            h2.dpid,
-            cookie,
-            ip_match(h2.uplink_port, a.physical_ip, b.physical_ip),
-            vec![
-                ActionSpec::SetEthSrc(cfg.gateway_mac),
-                ActionSpec::SetEthDst(b.mac),
-                ActionSpec::SetIpv4Src(a.ip),
-                ActionSpec::SetIpv4Dst(b.ip),
-                ActionSpec::Output(b.port),
-            ],
-        ),
-    ]
+    each(hotplug(
+        cfg,
+        h1.dpid,
+        cookie,
+        ip_match(a.port, a.ip, b.ip),
+        vec![
+            ActionSpec::SetEthSrc(h1.mac),
+            ActionSpec::SetEthDst(h2.mac),
+            ActionSpec::SetIpv4Src(a.physical_ip),
+            ActionSpec::SetIpv4Dst(b.physical_ip),
+            ActionSpec::Output(h1.uplink_port),
+        ],
+    ));
+    each(hotplug(
+        cfg,
+        h2.dpid,
+        cookie,
+        ip_match(h2.uplink_port, a.physical_ip, b.physical_ip),
+        vec![
+            ActionSpec::SetEthSrc(cfg.gateway_mac),
+            ActionSpec::SetEthDst(b.mac),
+            ActionSpec::SetIpv4Src(a.ip),
+            ActionSpec::SetIpv4Dst(b.ip),
+            ActionSpec::Output(b.port),
+        ],
+    ));
 }
 
 /// The flows of a pair, ordered remote-first for a packet entering at
@@ -112,28 +112,28 @@ fn pair_decisions(
     punted_at_uplink: bool,
 ) -> (Vec<Decision>, Vec<ActionSpec>) {
     let ck = cookie::pair(Kind::Pair, x.0.cookie_id, y.0.cookie_id);
-    let fwd = direction(cfg, x, y, ck);
     let reverse_ok =
         matches!(snap.resolve(y.0, x.0.ip), Resolution::Container(c) if c.id == x.0.id);
-    let rev = if reverse_ok {
-        direction(cfg, y, x, ck)
-    } else {
-        vec![]
-    };
+    // Up to 2 flows per direction and the PACKET_OUT the callers append:
+    // one allocation, no regrowth.
+    let mut all = Vec::with_capacity(5);
     // The punted packet's actions: the forward flow on the datapath that
     // punted it (egress on x's host, or ingress on y's host).
-    let first = if punted_at_uplink {
-        fwd.get(1)
-    } else {
-        fwd.first()
+    let punted = usize::from(punted_at_uplink);
+    let mut first = None;
+    let mut i = 0;
+    direction(cfg, x, y, ck, |f| {
+        if i == punted {
+            first = Some(f.actions.clone());
+        }
+        i += 1;
+        all.push(Decision::AddFlow(f));
+    });
+    if reverse_ok {
+        direction(cfg, y, x, ck, |f| all.push(Decision::AddFlow(f)));
     }
-    .map(|f| f.actions.clone())
-    .unwrap_or_default();
-    // Room for the PACKET_OUT the callers append: one allocation, no regrowth.
-    let mut all = Vec::with_capacity(fwd.len() + rev.len() + 1);
-    all.extend(fwd.into_iter().chain(rev).map(Decision::AddFlow));
     all.sort_by_key(|d| d.dpid() == local);
-    (all, first)
+    (all, first.unwrap_or_default())
 }
 
 fn deny(cfg: &Config, dpid: Dpid, cookie: u64, m: MatchSpec, reason: DenyReason) -> Outcome {
