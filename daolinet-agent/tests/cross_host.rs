@@ -4,7 +4,7 @@
 //! destination host, no encapsulation.
 
 mod common;
-use common::{ns, root_or_skip, sh, Lab};
+use common::{iperf3_transfer, ns, root_or_skip, sh, Lab};
 
 const GW: &str = "02:00:00:00:00:01";
 const UPLINK: u32 = 65000; // daolinet-agent's default --uplink-ofport
@@ -141,35 +141,8 @@ fn ping_and_tcp_cross_hosts_with_ip_rewriting_and_survive_agent_restart() {
     );
 
     // TCP: 4 MB through the rewrites, checksums must survive offload.
-    let mut server = std::process::Command::new("ip")
-        .args(["netns", "exec", &b, "iperf3", "-s", "-1", "-B", "10.1.0.3"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("iperf3 server");
-    std::thread::sleep(std::time::Duration::from_millis(1000));
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &a,
-            "iperf3",
-            "-c",
-            "10.1.0.3",
-            "-n",
-            "4M",
-            "--connect-timeout",
-            "3000",
-        ])
-        .output()
-        .expect("iperf3");
-    eprintln!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ok = out.status.success();
-    let _ = server.kill();
-    let _ = server.wait();
+    let (ok, out) = iperf3_transfer(&b, &a, "10.1.0.3");
+    eprintln!("{out}");
     assert!(ok, "TCP transfer across hosts failed");
 
     // Restart the agent on h1: the pinned maps keep the rules.

@@ -14,7 +14,7 @@
 #![allow(clippy::panic)] // a panic is a failed test
 
 mod common;
-use common::{ns, ns_out, root_or_skip, sh, Lab};
+use common::{iperf3_transfer, ns, ns_out, root_or_skip, sh, Lab};
 
 const GW: &str = "02:00:00:00:00:01";
 const UPLINK: u32 = daolinet_agent::DEFAULT_UPLINK_OFPORT;
@@ -172,34 +172,6 @@ fn xdp_uplink_forwards_cross_host_traffic_on_a_real_interface() {
     );
 
     // TCP through the XDP rewrite: the checksums fixed in XDP must hold.
-    let mut server = std::process::Command::new("ip")
-        .args(["netns", "exec", &b, "iperf3", "-s", "-1", "-B", "10.2.0.3"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("iperf3 server");
-    std::thread::sleep(std::time::Duration::from_millis(1000));
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &a,
-            "iperf3",
-            "-c",
-            "10.2.0.3",
-            "-n",
-            "4M",
-            "--connect-timeout",
-            "3000",
-        ])
-        .output()
-        .expect("iperf3");
-    let ok = out.status.success();
-    let _ = server.kill();
-    let _ = server.wait();
-    assert!(
-        ok,
-        "TCP across the XDP uplinks failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, out) = iperf3_transfer(&b, &a, "10.2.0.3");
+    assert!(ok, "TCP across the XDP uplinks failed: {out}");
 }

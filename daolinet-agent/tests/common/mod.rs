@@ -218,40 +218,66 @@ pub fn ns_out(n: &str, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// Open a TCP connection from inside namespace `n` (the socket keeps its
-/// namespace when used from the test's own threads).
-pub fn connect_in(n: &str, addr: &str) -> std::io::Result<std::net::TcpStream> {
+/// Run `f` on a short-lived thread that entered namespace `n`: sockets it
+/// creates keep that namespace when used from the test's own threads.
+fn in_netns<T: Send + 'static>(
+    n: &str,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
     use std::os::fd::AsRawFd;
     let path = format!("/run/netns/{n}");
-    let addr = addr.to_string();
     std::thread::spawn(move || {
-        let f = std::fs::File::open(&path)?;
+        let ns = std::fs::File::open(&path)?;
         // SAFETY: setns on a namespace file we opened; affects this
         // short-lived thread only.
-        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        std::net::TcpStream::connect(addr)
+        f()
     })
     .join()
-    .expect("connect thread")
+    .expect("namespace thread")
+}
+
+/// Open a TCP connection from inside namespace `n`.
+pub fn connect_in(n: &str, addr: &str) -> std::io::Result<std::net::TcpStream> {
+    let addr = addr.to_string();
+    in_netns(n, move || std::net::TcpStream::connect(addr))
 }
 
 /// Bind a TCP listener inside namespace `n`.
 pub fn listen_in(n: &str, addr: &str) -> std::io::Result<std::net::TcpListener> {
-    use std::os::fd::AsRawFd;
-    let path = format!("/run/netns/{n}");
     let addr = addr.to_string();
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(&path)?;
-        // SAFETY: as in connect_in.
-        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        std::net::TcpListener::bind(addr)
-    })
-    .join()
-    .expect("listen thread")
+    in_netns(n, move || std::net::TcpListener::bind(addr))
+}
+
+/// Send 4 MB over TCP with iperf3 from namespace `client` to a one-off
+/// server bound to `server_ip` in namespace `server`: whether the transfer
+/// succeeded, and what the client printed.
+pub fn iperf3_transfer(server: &str, client: &str, server_ip: &str) -> (bool, String) {
+    let mut srv = Command::new("ip")
+        .args([
+            "netns", "exec", server, "iperf3", "-s", "-1", "-B", server_ip,
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("iperf3 server");
+    std::thread::sleep(Duration::from_millis(1000));
+    let out = Command::new("ip")
+        .args(["netns", "exec", client, "iperf3", "-c", server_ip])
+        .args(["-n", "4M", "--connect-timeout", "3000"])
+        .output()
+        .expect("iperf3");
+    let _ = srv.kill();
+    let _ = srv.wait();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 impl Drop for Lab {
