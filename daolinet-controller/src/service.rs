@@ -35,12 +35,217 @@ pub enum ServiceError {
 /// priority" rule: an ADD with the same key replaces the entry).
 type FlowKey = (u8, u16, MatchSpec);
 
+/// Seeds of the two fingerprints (fixed, so a registry is deterministic).
+const KEY_SEED: u64 = 0x6461_6f6c_696e_6574;
+const SPEC_SEED: u64 = 0x666c_6f77_7370_6563;
+
+/// 64-bit fingerprint of a flow's key (table, priority, match).
+fn key_fp(table: u8, priority: u16, m: &MatchSpec) -> u64 {
+    use std::hash::BuildHasher as _;
+    foldhash::quality::FixedState::with_seed(KEY_SEED).hash_one((table, priority, m))
+}
+
+/// 64-bit fingerprint of a whole flow (key, cookie, timeouts, actions),
+/// with a seed independent of [`key_fp`]'s.
+fn spec_fp(f: &FlowSpec) -> u64 {
+    use std::hash::BuildHasher as _;
+    foldhash::quality::FixedState::with_seed(SPEC_SEED).hash_one(f)
+}
+
+/// One recorded flow in a datapath's index: 24 bytes, so the hot path
+/// (a PACKET_IN re-deciding a flow already recorded) touches one small
+/// bucket instead of a whole [`FlowSpec`] and its heap-allocated actions.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    /// [`spec_fp`] of the recorded flow.
+    spec: u64,
+    /// Its cookie (deletions go by cookie).
+    cookie: u64,
+    /// Where its [`FlowSpec`] is kept.
+    at: u32,
+}
+
+/// The flows of one datapath. `index` maps [`key_fp`] to a [`Slot`]; the
+/// specs themselves live in `specs` (read only for listings, FLOW_REMOVED
+/// and changes). An ADD whose key fingerprint and whole-flow fingerprint
+/// both match a slot is taken as the flow already recorded (two independent
+/// 64-bit fingerprints: a false match is a ~2^-128 event); any other case is
+/// checked against the stored key exactly. Two different keys with the same
+/// key fingerprint (~n/2^64 per insertion) are kept exactly in `collided`.
+#[derive(Debug, Clone)]
+struct DpFlows {
+    index: HashMap<u64, Slot>,
+    specs: Vec<Option<FlowSpec>>,
+    free: Vec<u32>,
+    collided: HashMap<FlowKey, FlowSpec>,
+    /// Bits of the key fingerprint used (all; tests use few to force
+    /// collisions).
+    key_mask: u64,
+}
+
+impl Default for DpFlows {
+    fn default() -> Self {
+        DpFlows {
+            index: HashMap::default(),
+            specs: Vec::new(),
+            free: Vec::new(),
+            collided: HashMap::default(),
+            key_mask: u64::MAX,
+        }
+    }
+}
+
+fn same_key(f: &FlowSpec, table: u8, priority: u16, m: &MatchSpec) -> bool {
+    f.table == table && f.priority == priority && f.match_ == *m
+}
+
+impl DpFlows {
+    fn len(&self) -> usize {
+        self.index.len() + self.collided.len()
+    }
+
+    fn kfp(&self, table: u8, priority: u16, m: &MatchSpec) -> u64 {
+        key_fp(table, priority, m) & self.key_mask
+    }
+
+    fn spec(&self, s: &Slot) -> Option<&FlowSpec> {
+        self.specs.get(s.at as usize).and_then(Option::as_ref)
+    }
+
+    fn store(&mut self, f: &FlowSpec) -> u32 {
+        match self.free.pop() {
+            Some(i) => {
+                if let Some(x) = self.specs.get_mut(i as usize) {
+                    *x = Some(f.clone());
+                }
+                i
+            }
+            None => {
+                self.specs.push(Some(f.clone()));
+                u32::try_from(self.specs.len() - 1).unwrap_or(u32::MAX)
+            }
+        }
+    }
+
+    fn release(&mut self, at: u32) {
+        if let Some(x) = self.specs.get_mut(at as usize) {
+            *x = None;
+            self.free.push(at);
+        }
+    }
+
+    /// Records an ADD; returns 1 when it is a new entry, 0 when it replaced one.
+    fn add(&mut self, f: &FlowSpec) -> i64 {
+        let kfp = self.kfp(f.table, f.priority, &f.match_);
+        let sfp = spec_fp(f);
+        match self.index.get(&kfp).copied() {
+            // Under load most decisions repeat a recorded flow.
+            Some(s) if s.spec == sfp => 0,
+            Some(s) => {
+                let key_matches = self
+                    .spec(&s)
+                    .is_some_and(|old| same_key(old, f.table, f.priority, &f.match_));
+                if key_matches {
+                    if let Some(Some(old)) = self.specs.get_mut(s.at as usize) {
+                        old.clone_from(f);
+                    }
+                    self.index.insert(
+                        kfp,
+                        Slot {
+                            spec: sfp,
+                            cookie: f.cookie,
+                            at: s.at,
+                        },
+                    );
+                    0
+                } else {
+                    let key = (f.table, f.priority, f.match_.clone());
+                    i64::from(self.collided.insert(key, f.clone()).is_none())
+                }
+            }
+            None => {
+                if !self.collided.is_empty() {
+                    let key = (f.table, f.priority, f.match_.clone());
+                    if let Some(old) = self.collided.get_mut(&key) {
+                        old.clone_from(f);
+                        return 0;
+                    }
+                }
+                let at = self.store(f);
+                self.index.insert(
+                    kfp,
+                    Slot {
+                        spec: sfp,
+                        cookie: f.cookie,
+                        at,
+                    },
+                );
+                1
+            }
+        }
+    }
+
+    /// Deletes every flow whose cookie `gone` says; returns how many.
+    fn delete_where(&mut self, gone: impl Fn(u64) -> bool) -> usize {
+        let before = self.len();
+        let mut freed = Vec::new();
+        self.index.retain(|_, s| {
+            let del = gone(s.cookie);
+            if del {
+                freed.push(s.at);
+            }
+            !del
+        });
+        for at in freed {
+            self.release(at);
+        }
+        self.collided.retain(|_, f| !gone(f.cookie));
+        if self.index.is_empty() {
+            self.specs.clear();
+            self.free.clear();
+        }
+        before - self.len()
+    }
+
+    /// Forgets the flow with this key if it still has `cookie`.
+    fn remove(&mut self, table: u8, priority: u16, m: &MatchSpec, cookie: u64) -> bool {
+        let kfp = self.kfp(table, priority, m);
+        if let Some(s) = self.index.get(&kfp).copied() {
+            if self
+                .spec(&s)
+                .is_some_and(|f| same_key(f, table, priority, m))
+            {
+                if s.cookie != cookie {
+                    return false;
+                }
+                self.index.remove(&kfp);
+                self.release(s.at);
+                return true;
+            }
+        }
+        if self.collided.is_empty() {
+            return false;
+        }
+        let key = (table, priority, m.clone());
+        if self.collided.get(&key).is_some_and(|f| f.cookie == cookie) {
+            self.collided.remove(&key);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn all(&self) -> impl Iterator<Item = &FlowSpec> {
+        self.specs.iter().flatten().chain(self.collided.values())
+    }
+}
+
 /// The flows the controller has sent, per datapath (what is installed where,
 /// as far as the controller knows: deletions it sent and FLOW_REMOVED
 /// reports from the switches take flows out).
 #[derive(Debug, Default, Clone)]
 pub struct FlowRegistry {
-    flows: HashMap<Dpid, HashMap<FlowKey, FlowSpec>>,
+    flows: HashMap<Dpid, DpFlows>,
 }
 
 impl FlowRegistry {
@@ -96,10 +301,8 @@ impl FlowRegistry {
                 }
             }
         }
-        let before = v.len();
-        v.retain(|_, f| !by_mask.iter().any(|(m, set)| set.contains(&(f.cookie & m))));
-        let gone = before - v.len();
-        if v.is_empty() {
+        let gone = v.delete_where(|c| by_mask.iter().any(|(m, set)| set.contains(&(c & m))));
+        if v.len() == 0 {
             self.flows.remove(dpid);
         }
         -(gone as i64)
@@ -107,24 +310,7 @@ impl FlowRegistry {
 
     fn apply_one(&mut self, d: &Decision) -> i64 {
         match d {
-            Decision::AddFlow(f) => {
-                let key = (f.table, f.priority, f.match_.clone());
-                let v = self.flows.entry(f.dpid).or_default();
-                match v.entry(key) {
-                    // Under load most decisions repeat a recorded flow: no
-                    // allocation unless it changed.
-                    std::collections::hash_map::Entry::Occupied(mut e) => {
-                        if e.get() != f {
-                            e.get_mut().clone_from(f);
-                        }
-                        0
-                    }
-                    std::collections::hash_map::Entry::Vacant(e) => {
-                        e.insert(f.clone());
-                        1
-                    }
-                }
-            }
+            Decision::AddFlow(f) => self.flows.entry(f.dpid).or_default().add(f),
             Decision::DeleteFlows {
                 dpid,
                 cookie,
@@ -133,10 +319,8 @@ impl FlowRegistry {
                 let Some(v) = self.flows.get_mut(dpid) else {
                     return 0;
                 };
-                let before = v.len();
-                v.retain(|_, f| !policy::cookie::matches(f.cookie, *cookie, *cookie_mask));
-                let gone = before - v.len();
-                if v.is_empty() {
+                let gone = v.delete_where(|c| policy::cookie::matches(c, *cookie, *cookie_mask));
+                if v.len() == 0 {
                     self.flows.remove(dpid);
                 }
                 -(gone as i64)
@@ -158,16 +342,11 @@ impl FlowRegistry {
         let Some(v) = self.flows.get_mut(&dpid) else {
             return false;
         };
-        let key = (table, priority, m.clone());
-        if v.get(&key).is_some_and(|f| f.cookie == cookie) {
-            v.remove(&key);
-            if v.is_empty() {
-                self.flows.remove(&dpid);
-            }
-            true
-        } else {
-            false
+        let gone = v.remove(table, priority, m, cookie);
+        if v.len() == 0 {
+            self.flows.remove(&dpid);
         }
+        gone
     }
 
     /// Flows of one datapath, or of all, ordered by datapath, table,
@@ -177,7 +356,7 @@ impl FlowRegistry {
             .flows
             .iter()
             .filter(|(d, _)| dpid.is_none_or(|x| x == **d))
-            .flat_map(|(_, v)| v.values().cloned())
+            .flat_map(|(_, v)| v.all().cloned())
             .collect();
         out.sort_by(|a, b| {
             (a.dpid, a.table, std::cmp::Reverse(a.priority), a.cookie)
@@ -189,7 +368,7 @@ impl FlowRegistry {
 
     /// Number of flows.
     pub fn len(&self) -> usize {
-        self.flows.values().map(HashMap::len).sum()
+        self.flows.values().map(DpFlows::len).sum()
     }
 
     /// True when no flow is recorded.
@@ -481,6 +660,79 @@ mod tests {
         assert_eq!(batched.flows(None), seq.flows(None));
         assert!(batched.flows(Some(Dpid(3))).is_empty());
         assert_eq!(batched.len(), seq.len());
+    }
+
+    /// The compact registry of one datapath behaves exactly like a plain map
+    /// from key to flow, also when key fingerprints collide (forced here by
+    /// keeping 2 bits of them).
+    #[test]
+    fn compact_registry_equals_an_exact_map() {
+        use crate::policy::{ActionSpec, FlowSpec, Ipv4Match, MatchSpec};
+        for mask in [u64::MAX, 0b11] {
+            let mut reg = DpFlows {
+                key_mask: mask,
+                ..DpFlows::default()
+            };
+            let mut exact: std::collections::HashMap<FlowKey, FlowSpec> = Default::default();
+            // A small deterministic pseudo-random walk over 40 keys.
+            let mut x: u64 = 0x1234_5678;
+            let mut next = || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            };
+            for _ in 0..5000 {
+                let r = next();
+                let k = (r % 40) as u32;
+                let f = FlowSpec {
+                    dpid: Dpid(1),
+                    table: 0,
+                    priority: 100 + (k % 2) as u16,
+                    cookie: (r >> 8) % 4,
+                    idle_timeout: 10,
+                    hard_timeout: 0,
+                    match_: MatchSpec {
+                        in_port: Some(k),
+                        eth_type: Some(ETH_TYPE_IPV4),
+                        ipv4_dst: Some(Ipv4Match::exact(std::net::Ipv4Addr::from(k))),
+                        ..Default::default()
+                    },
+                    actions: vec![ActionSpec::Output(((r >> 16) % 3) as u32)],
+                };
+                let key = (f.table, f.priority, f.match_.clone());
+                match (r >> 32) % 8 {
+                    0 => {
+                        let c = (r >> 40) % 4;
+                        let gone = reg.delete_where(|x| x == c);
+                        let before = exact.len();
+                        exact.retain(|_, f| f.cookie != c);
+                        assert_eq!(gone, before - exact.len());
+                    }
+                    1 | 2 => {
+                        let want = exact.get(&key).is_some_and(|g| g.cookie == f.cookie);
+                        if want {
+                            exact.remove(&key);
+                        }
+                        assert_eq!(reg.remove(f.table, f.priority, &f.match_, f.cookie), want);
+                    }
+                    _ => {
+                        let new = i64::from(exact.insert(key, f.clone()).is_none());
+                        assert_eq!(reg.add(&f), new);
+                    }
+                }
+                assert_eq!(reg.len(), exact.len());
+            }
+            let mut a: Vec<FlowSpec> = reg.all().cloned().collect();
+            let mut b: Vec<FlowSpec> = exact.into_values().collect();
+            let by = |f: &FlowSpec| format!("{f:?}");
+            a.sort_by_key(by);
+            b.sort_by_key(by);
+            assert_eq!(a, b);
+            if mask != u64::MAX {
+                assert!(!reg.collided.is_empty() || reg.index.len() <= 4);
+            }
+        }
     }
 
     #[test]

@@ -27,9 +27,9 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use daolinet_openflow::{
     consts::{OFPCML_NO_BUFFER, OFPET_HELLO_FAILED, OFP_VERSION},
-    DecodeError, Decoder, ErrorCode, ErrorMsg, FlowMod, FlowRemoved, Hello, Message,
-    MultipartReplyBody, MultipartRequest, MultipartRequestBody, PacketIn, PacketOut, Port,
-    PortStatus, SwitchConfig, SwitchFeatures,
+    DecodeError, Decoder, ErrorCode, ErrorMsg, FlowRemoved, Hello, Message, MultipartReplyBody,
+    MultipartRequest, MultipartRequestBody, PacketIn, Port, PortStatus, SwitchConfig,
+    SwitchFeatures,
 };
 
 use crate::addr::Dpid;
@@ -150,10 +150,6 @@ pub struct Conn {
     last_rx: Instant,
     echo_sent: Option<Instant>,
     barriers: HashMap<u32, u64>,
-    /// A FLOW_MOD reused for every flow sent (no allocation per flow).
-    scratch: FlowMod,
-    /// A PACKET_OUT reused for every packet sent (its action vector).
-    scratch_po: PacketOut,
     /// Messages answered with an OFPT_ERROR.
     pub errors_sent: u64,
 }
@@ -172,8 +168,6 @@ impl Conn {
             last_rx: now,
             echo_sent: None,
             barriers: HashMap::new(),
-            scratch: FlowMod::default(),
-            scratch_po: PacketOut::new(0, Vec::new(), Vec::new()),
             errors_sent: 0,
         };
         c.send(&Message::Hello(Hello::new()));
@@ -223,64 +217,34 @@ impl Conn {
         }
     }
 
-    /// Queues the OpenFlow message of a decision.
+    /// Queues the OpenFlow message of a decision. FLOW_MOD adds and
+    /// PACKET_OUTs (the PACKET_IN answers) are encoded straight into the
+    /// output buffer ([`translate::put_flow_mod`],
+    /// [`translate::put_packet_out`]).
     pub fn send_decision(&mut self, d: &Decision) -> Result<(), TranslateError> {
-        if let Decision::AddFlow(f) = d {
-            return self.send_flow(f);
-        }
-        let m = translate::to_message(d)?;
-        self.send(&m);
-        Ok(())
-    }
-
-    /// Like [`Conn::send_decision`], consuming the decision (a PACKET_OUT's
-    /// frame is moved into a reused PACKET_OUT, not copied).
-    pub fn send_owned(&mut self, d: Decision) -> Result<(), TranslateError> {
         match d {
-            Decision::AddFlow(f) => self.send_flow(&f),
+            Decision::AddFlow(f) => self.send_flow(f),
             Decision::PacketOut {
                 in_port,
                 actions,
                 data,
                 ..
             } => {
-                let mut po = std::mem::replace(
-                    &mut self.scratch_po,
-                    PacketOut::new(0, Vec::new(), Vec::new()),
-                );
-                let r = translate::fill_packet_out(in_port, &actions, data, &mut po);
-                let msg = Message::PacketOut(po);
-                if r.is_ok() {
-                    self.send(&msg);
-                }
-                if let Message::PacketOut(mut po) = msg {
-                    po.data = Vec::new();
-                    self.scratch_po = po;
-                }
-                r
+                let xid = self.xid();
+                translate::put_packet_out(*in_port, actions, data, xid, &mut self.out)
             }
-            other => {
-                let m = translate::into_message(other)?;
+            Decision::DeleteFlows { .. } => {
+                let m = translate::to_message(d)?;
                 self.send(&m);
                 Ok(())
             }
         }
     }
 
-    /// Queues the FLOW_MOD adding `f`, built in the reused scratch message.
+    /// Queues the FLOW_MOD adding `f`.
     pub fn send_flow(&mut self, f: &FlowSpec) -> Result<(), TranslateError> {
-        let mut fm = std::mem::take(&mut self.scratch);
-        let r = translate::fill_flow_mod(f, &mut fm);
-        if r.is_ok() {
-            let msg = Message::FlowMod(fm);
-            self.send(&msg);
-            if let Message::FlowMod(fm) = msg {
-                self.scratch = fm;
-            }
-        } else {
-            self.scratch = fm;
-        }
-        r
+        let xid = self.xid();
+        translate::put_flow_mod(f, xid, &mut self.out)
     }
 
     /// Queues a BARRIER_REQUEST. With a token, [`Event::BarrierDone`] is

@@ -634,18 +634,19 @@ impl Task<'_> {
             } else if !matches!(d, Decision::PacketOut { .. }) {
                 // Sent in the first pass.
             } else if !has_remote {
-                if let Err(e) = self.conn.send_owned(d) {
+                if let Err(e) = self.conn.send_decision(&d) {
                     tracing::warn!(error = %e, "PACKET_OUT not translatable");
                 }
-            } else {
+            } else if let Decision::PacketOut {
+                in_port,
+                actions,
+                data,
+                ..
+            } = &d
+            {
                 let b = held_buf.get_or_insert_with(BytesMut::new);
-                match translate::into_message(d) {
-                    Ok(m) => {
-                        if let Err(e) = m.encode(0, b) {
-                            tracing::warn!(error = %e, "PACKET_OUT not encodable");
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "PACKET_OUT not translatable"),
+                if let Err(e) = translate::put_packet_out(*in_port, actions, data, 0, b) {
+                    tracing::warn!(error = %e, "PACKET_OUT not translatable");
                 }
             }
         }

@@ -3,16 +3,22 @@
 //! `daolinet_openflow`, in both directions for matches (FLOW_REMOVED carries
 //! the match of the removed flow).
 
+use bytes::{BufMut as _, BytesMut};
 use daolinet_openflow::{
     consts::{
         OFPCML_NO_BUFFER, OFPFC_ADD, OFPFF_SEND_FLOW_REM, OFPG_ANY, OFPP_ANY, OFPP_CONTROLLER,
-        OFPP_IN_PORT, OFPP_LOCAL, OFPP_MAX, OFP_NO_BUFFER,
+        OFPP_IN_PORT, OFPP_LOCAL, OFPP_MAX, OFPT_FLOW_MOD, OFPT_PACKET_OUT, OFP_NO_BUFFER,
+        OFP_VERSION,
     },
     Action, FlowMod, Instruction, MacAddr as OfMac, Match, Message, OxmField, PacketOut,
+    MAX_MESSAGE_LEN,
 };
 
 use crate::addr::MacAddr;
 use crate::policy::{ActionSpec, Decision, FlowSpec, Ipv4Match, MatchSpec, ETH_TYPE_IPV4};
+
+/// OFPIT_APPLY_ACTIONS (instruction type).
+const OFPIT_APPLY_ACTIONS: u16 = 4;
 
 /// IP protocol number of TCP.
 pub const IPPROTO_TCP: u8 = 6;
@@ -28,6 +34,9 @@ pub enum TranslateError {
     /// An IPv4 prefix longer than 32.
     #[error("IPv4 prefix length {0} above 32")]
     BadPrefix(u8),
+    /// The message would exceed 65535 bytes (e.g. a huge frame).
+    #[error("message of {0} bytes exceeds the OpenFlow maximum of 65535")]
+    TooLong(usize),
 }
 
 /// A transport-port OXM constructor (`OxmField::TcpSrc` ...).
@@ -65,14 +74,20 @@ pub fn to_match(m: &MatchSpec) -> Result<Match, TranslateError> {
 /// [`to_match`] into a reused vector (cleared first).
 fn fill_match(m: &MatchSpec, f: &mut Vec<OxmField>) -> Result<(), TranslateError> {
     f.clear();
+    each_match_field(m, |x| f.push(x))
+}
+
+/// Hands the OXM fields of `m` to `each`, in prerequisite order (see
+/// [`to_match`]), without collecting them.
+fn each_match_field(m: &MatchSpec, mut each: impl FnMut(OxmField)) -> Result<(), TranslateError> {
     if let Some(p) = m.in_port {
-        f.push(OxmField::InPort(p, None));
+        each(OxmField::InPort(p, None));
     }
     if let Some(mac) = m.eth_dst {
-        f.push(OxmField::EthDst(of_mac(mac), None));
+        each(OxmField::EthDst(of_mac(mac), None));
     }
     if let Some(mac) = m.eth_src {
-        f.push(OxmField::EthSrc(of_mac(mac), None));
+        each(OxmField::EthSrc(of_mac(mac), None));
     }
     let needs_ip = m.ipv4_src.is_some()
         || m.ipv4_dst.is_some()
@@ -80,18 +95,22 @@ fn fill_match(m: &MatchSpec, f: &mut Vec<OxmField>) -> Result<(), TranslateError
         || m.tp_src.is_some()
         || m.tp_dst.is_some();
     match m.eth_type {
-        Some(t) => f.push(OxmField::EthType(t, None)),
-        None if needs_ip => f.push(OxmField::EthType(ETH_TYPE_IPV4, None)),
+        Some(t) => each(OxmField::EthType(t, None)),
+        None if needs_ip => each(OxmField::EthType(ETH_TYPE_IPV4, None)),
         None => {}
     }
     if let Some(p) = m.ip_proto {
-        f.push(OxmField::IpProto(p, None));
+        each(OxmField::IpProto(p, None));
     }
     if let Some(a) = &m.ipv4_src {
-        f.extend(ipv4_field(a, OxmField::Ipv4Src)?);
+        if let Some(x) = ipv4_field(a, OxmField::Ipv4Src)? {
+            each(x);
+        }
     }
     if let Some(a) = &m.ipv4_dst {
-        f.extend(ipv4_field(a, OxmField::Ipv4Dst)?);
+        if let Some(x) = ipv4_field(a, OxmField::Ipv4Dst)? {
+            each(x);
+        }
     }
     if m.tp_src.is_some() || m.tp_dst.is_some() {
         let (src, dst): (PortField, PortField) = match m.ip_proto {
@@ -100,20 +119,20 @@ fn fill_match(m: &MatchSpec, f: &mut Vec<OxmField>) -> Result<(), TranslateError
             _ => return Err(TranslateError::TransportWithoutProto),
         };
         if let Some(p) = m.tp_src {
-            f.push(src(p, None));
+            each(src(p, None));
         }
         if let Some(p) = m.tp_dst {
-            f.push(dst(p, None));
+            each(dst(p, None));
         }
     }
     if let Some(op) = m.arp_op {
-        f.push(OxmField::ArpOp(op, None));
+        each(OxmField::ArpOp(op, None));
     }
     if let Some(a) = m.arp_spa {
-        f.push(OxmField::ArpSpa(a, None));
+        each(OxmField::ArpSpa(a, None));
     }
     if let Some(a) = m.arp_tpa {
-        f.push(OxmField::ArpTpa(a, None));
+        each(OxmField::ArpTpa(a, None));
     }
     Ok(())
 }
@@ -183,8 +202,17 @@ fn fill_actions(
     out: &mut Vec<Action>,
 ) -> Result<(), TranslateError> {
     out.clear();
+    each_action(actions, ip_proto, |a| out.push(a))
+}
+
+/// Hands the OpenFlow actions of `actions` to `each` (see [`to_actions`]).
+fn each_action(
+    actions: &[ActionSpec],
+    ip_proto: Option<u8>,
+    mut each: impl FnMut(Action),
+) -> Result<(), TranslateError> {
     for a in actions {
-        out.push(match *a {
+        each(match *a {
             ActionSpec::SetEthSrc(m) => Action::SetField(OxmField::EthSrc(of_mac(m), None)),
             ActionSpec::SetEthDst(m) => Action::SetField(OxmField::EthDst(of_mac(m), None)),
             ActionSpec::SetIpv4Src(a) => Action::SetField(OxmField::Ipv4Src(a, None)),
@@ -211,6 +239,112 @@ fn fill_actions(
         });
     }
     Ok(())
+}
+
+/// Writes `v` as a big-endian u16 at `at` (which `buf` already holds).
+fn patch_u16(buf: &mut BytesMut, at: usize, v: usize) {
+    if let Some(b) = buf.get_mut(at..at + 2) {
+        b.copy_from_slice(&u16::try_from(v).unwrap_or(u16::MAX).to_be_bytes());
+    }
+}
+
+/// Runs `body` appending one message to `buf` after an OpenFlow header
+/// (version 1.3, `msg_type`, `xid`) and sets the header's length; on error
+/// or when the message exceeds 65535 bytes `buf` is left as it was.
+fn put_message(
+    buf: &mut BytesMut,
+    msg_type: u8,
+    xid: u32,
+    body: impl FnOnce(&mut BytesMut) -> Result<(), TranslateError>,
+) -> Result<(), TranslateError> {
+    let start = buf.len();
+    buf.put_u8(OFP_VERSION);
+    buf.put_u8(msg_type);
+    buf.put_u16(0);
+    buf.put_u32(xid);
+    let r = body(buf).and_then(|()| {
+        let len = buf.len() - start;
+        if len > MAX_MESSAGE_LEN {
+            return Err(TranslateError::TooLong(len));
+        }
+        patch_u16(buf, start + 2, len);
+        Ok(())
+    });
+    if r.is_err() {
+        buf.truncate(start);
+    }
+    r
+}
+
+/// Appends the FLOW_MOD adding `f` with transaction id `xid` straight to
+/// `buf`: the same bytes as encoding [`flow_mod`]'s message, without
+/// building it (no intermediate match, instruction or action vectors, one
+/// pass). On error `buf` is unchanged.
+pub fn put_flow_mod(f: &FlowSpec, xid: u32, buf: &mut BytesMut) -> Result<(), TranslateError> {
+    put_message(buf, OFPT_FLOW_MOD, xid, |buf| {
+        buf.put_u64(f.cookie);
+        buf.put_u64(0); // cookie_mask
+        buf.put_u8(f.table);
+        buf.put_u8(OFPFC_ADD);
+        buf.put_u16(f.idle_timeout);
+        buf.put_u16(f.hard_timeout);
+        buf.put_u16(f.priority);
+        buf.put_u32(OFP_NO_BUFFER);
+        buf.put_u32(OFPP_ANY);
+        buf.put_u32(OFPG_ANY);
+        buf.put_u16(if f.idle_timeout != 0 || f.hard_timeout != 0 {
+            OFPFF_SEND_FLOW_REM
+        } else {
+            0
+        });
+        buf.put_u16(0); // pad
+                        // ofp_match: type OXM, length without padding, fields, pad to 8.
+        let m = buf.len();
+        buf.put_u16(1);
+        buf.put_u16(0);
+        each_match_field(&f.match_, |x| x.encode(buf))?;
+        let mlen = buf.len() - m;
+        patch_u16(buf, m + 2, mlen);
+        buf.put_bytes(0, mlen.next_multiple_of(8) - mlen);
+        // One APPLY_ACTIONS instruction, none when no action remains.
+        let i = buf.len();
+        buf.put_u16(OFPIT_APPLY_ACTIONS);
+        buf.put_u16(0);
+        buf.put_u32(0); // pad
+        each_action(&f.actions, f.match_.ip_proto, |a| a.encode(buf))?;
+        if buf.len() == i + 8 {
+            buf.truncate(i);
+        } else {
+            let ilen = buf.len() - i;
+            patch_u16(buf, i + 2, ilen);
+        }
+        Ok(())
+    })
+}
+
+/// Appends the PACKET_OUT sending `data` with `actions` as if received on
+/// `in_port` straight to `buf` (the same bytes as encoding the message of
+/// [`into_message`]). On error `buf` is unchanged.
+pub fn put_packet_out(
+    in_port: u32,
+    actions: &[ActionSpec],
+    data: &[u8],
+    xid: u32,
+    buf: &mut BytesMut,
+) -> Result<(), TranslateError> {
+    put_message(buf, OFPT_PACKET_OUT, xid, |buf| {
+        buf.put_u32(OFP_NO_BUFFER);
+        buf.put_u32(in_port);
+        let at = buf.len();
+        buf.put_u16(0);
+        buf.put_bytes(0, 6);
+        let start = buf.len();
+        each_action(actions, frame_ip_proto(data), |a| a.encode(buf))?;
+        let alen = buf.len() - start;
+        patch_u16(buf, at, alen);
+        buf.put_slice(data);
+        Ok(())
+    })
 }
 
 /// The FLOW_MOD (OFPFC_ADD) installing `f`. Flows with a timeout ask for a
@@ -292,23 +426,6 @@ pub fn packet_out_needs_barrier(d: &Decision) -> bool {
         | ActionSpec::SetTpSrc(_)
         | ActionSpec::SetTpDst(_) => false,
     })
-}
-
-/// The PACKET_OUT sending `data` with `actions` as if received on
-/// `in_port`, built in a PACKET_OUT reused from one call to the next (its
-/// action vector keeps its capacity; `data` is moved in). On error `po`
-/// holds garbage and must not be sent.
-pub fn fill_packet_out(
-    in_port: u32,
-    actions: &[ActionSpec],
-    data: Vec<u8>,
-    po: &mut PacketOut,
-) -> Result<(), TranslateError> {
-    fill_actions(actions, frame_ip_proto(&data), &mut po.actions)?;
-    po.buffer_id = OFP_NO_BUFFER;
-    po.in_port = in_port;
-    po.data = data;
-    Ok(())
 }
 
 /// The OpenFlow message for one decision.
@@ -544,16 +661,30 @@ mod tests {
             ]
         );
         assert_eq!(p.data, frame);
-        // A reused PACKET_OUT, dirty from another packet, gives the same.
-        let mut scratch = PacketOut::new(9, vec![Action::DecNwTtl; 5], vec![1; 99]);
-        fill_packet_out(
+        // Encoded straight into a buffer: the same bytes, after what the
+        // buffer already held.
+        let mut direct = BytesMut::from(&b"xyz"[..]);
+        put_packet_out(
             2,
             &[ActionSpec::SetTpSrc(99), ActionSpec::Output(3)],
-            frame.clone(),
-            &mut scratch,
+            &frame,
+            5,
+            &mut direct,
         )
         .unwrap();
-        assert_eq!(scratch, p);
+        let mut via = BytesMut::from(&b"xyz"[..]);
+        encode(&Message::PacketOut(p), 5, &mut via).unwrap();
+        assert_eq!(direct, via);
+        // Errors and oversized frames leave the buffer as it was.
+        assert_eq!(
+            put_packet_out(2, &[ActionSpec::SetTpSrc(1)], &[0; 20], 6, &mut direct),
+            Err(TranslateError::TransportWithoutProto)
+        );
+        assert!(matches!(
+            put_packet_out(2, &[], &vec![0; 70_000], 6, &mut direct),
+            Err(TranslateError::TooLong(_))
+        ));
+        assert_eq!(direct, via);
     }
 
     #[test]
@@ -643,13 +774,69 @@ mod tests {
             fill_flow_mod(&f, &mut scratch).unwrap();
             prop_assert_eq!(&scratch, &flow_mod(&f).unwrap());
             let msg = Message::FlowMod(flow_mod(&f).unwrap());
-            let mut buf = bytes::BytesMut::new();
+            let mut buf = BytesMut::new();
             encode(&msg, 1, &mut buf).unwrap();
+            // Encoded straight from the FlowSpec: the same bytes.
+            let mut direct = BytesMut::new();
+            put_flow_mod(&f, 1, &mut direct).unwrap();
+            prop_assert_eq!(&direct, &buf);
             let (frame, used) = decode(&buf).unwrap().unwrap();
             prop_assert_eq!(used, buf.len());
             let Message::FlowMod(fm) = frame.message else { panic!("not a FLOW_MOD") };
             prop_assert_eq!(fm.cookie, cookie);
             prop_assert_eq!(from_match(&fm.match_), Some(m));
         }
+
+        /// Any flow, encoded straight into a buffer, gives the bytes of its
+        /// FLOW_MOD encoded by the codec (or the same error).
+        #[test]
+        fn direct_flow_mod_encoding_equals_the_codec(
+            m in arb_match(),
+            acts in proptest::collection::vec(arb_action(), 0..6),
+            (cookie, table, priority, idle, hard) in (any::<u64>(), any::<u8>(), any::<u16>(), 0u16..3, 0u16..3),
+            xid in any::<u32>(),
+        ) {
+            let f = FlowSpec {
+                dpid: Dpid(9),
+                table,
+                priority,
+                cookie,
+                idle_timeout: idle,
+                hard_timeout: hard,
+                match_: m,
+                actions: acts,
+            };
+            let mut direct = BytesMut::from(&b"ab"[..]);
+            let r = put_flow_mod(&f, xid, &mut direct);
+            match flow_mod(&f) {
+                Ok(fm) => {
+                    prop_assert_eq!(r, Ok(()));
+                    let mut buf = BytesMut::from(&b"ab"[..]);
+                    encode(&Message::FlowMod(fm), xid, &mut buf).unwrap();
+                    prop_assert_eq!(&direct, &buf);
+                }
+                Err(e) => {
+                    prop_assert_eq!(r, Err(e));
+                    prop_assert_eq!(&direct[..], b"ab");
+                }
+            }
+        }
+    }
+
+    fn arb_action() -> impl Strategy<Value = ActionSpec> {
+        prop_oneof![
+            any::<[u8; 6]>().prop_map(|m| ActionSpec::SetEthSrc(MacAddr(m))),
+            any::<[u8; 6]>().prop_map(|m| ActionSpec::SetEthDst(MacAddr(m))),
+            any::<u32>().prop_map(|a| ActionSpec::SetIpv4Src(a.into())),
+            any::<u32>().prop_map(|a| ActionSpec::SetIpv4Dst(a.into())),
+            any::<u16>().prop_map(ActionSpec::SetTpSrc),
+            any::<u16>().prop_map(ActionSpec::SetTpDst),
+            any::<u32>().prop_map(ActionSpec::Output),
+            Just(ActionSpec::DecTtl),
+            Just(ActionSpec::InPort),
+            Just(ActionSpec::Local),
+            Just(ActionSpec::Controller),
+            Just(ActionSpec::Drop),
+        ]
     }
 }
