@@ -110,6 +110,8 @@ pub struct ConnOut {
     pub sock: Option<std::net::TcpStream>,
     /// Buffers handed to the writer task and not yet written.
     pub queued: Arc<std::sync::atomic::AtomicUsize>,
+    /// The reading side, for the punt reader's reply spin.
+    pub input: Option<Arc<Mutex<crate::runtime::ConnIn>>>,
 }
 
 /// The agent state shared by the control socket, the controller
@@ -130,6 +132,9 @@ pub struct Agent {
     /// Punt timings (ring wait, handling, write; ns) not yet logged: they
     /// are logged from the timer, off the path of the next packet.
     punt_timings: Vec<[u64; 3]>,
+    /// Connections sent a PACKET_IN since [`Agent::take_awaiting`] was
+    /// last called: their answers are expected.
+    awaiting: Vec<ConnId>,
 }
 
 /// At most this many punt timings wait for the timer; more are dropped.
@@ -184,6 +189,7 @@ impl Agent {
             conns: HashMap::new(),
             ifindex: HashMap::new(),
             punt_timings: Vec::new(),
+            awaiting: Vec::new(),
         }
     }
 
@@ -306,6 +312,9 @@ impl Agent {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
+        if matches!(msg, Message::PacketIn(_)) && !self.awaiting.contains(&conn) {
+            self.awaiting.push(conn);
+        }
         let mut bytes = b.to_vec();
         if c.queued.load(std::sync::atomic::Ordering::Acquire) == 0 {
             if let Some(mut sock) = c.sock.as_ref() {
@@ -336,6 +345,22 @@ impl Agent {
         self.conns.insert(conn, out);
         let fx = self.sw.connected(conn);
         self.apply(fx);
+    }
+
+    /// The connections sent a PACKET_IN since the last call, with their
+    /// reading sides (see [`crate::runtime::punt_reader`]).
+    pub fn take_awaiting(&mut self) -> Vec<(ConnId, Arc<Mutex<crate::runtime::ConnIn>>)> {
+        let conns = &self.conns;
+        self.awaiting
+            .drain(..)
+            .filter_map(|id| Some((id, conns.get(&id)?.input.clone()?)))
+            .collect()
+    }
+
+    /// Stop serving a connection (its stream cannot be decoded any more):
+    /// its queue is dropped, which ends its writer and then its task.
+    pub fn conn_drop(&mut self, conn: ConnId) {
+        self.conns.remove(&conn);
     }
 
     /// True while the connection may be used (not closed by the switch).

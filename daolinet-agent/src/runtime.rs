@@ -14,11 +14,12 @@ use anyhow::{anyhow, Context, Result};
 use bytes::{Buf, BytesMut};
 use daolinet_openflow::{Decoder, Message};
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::agent::{now_ns, Agent, ConnOut, CONN_QUEUE, LATENCY};
+use crate::ofswitch::ConnId;
 
 /// How long a connection may stay silent before we send ECHO_REQUEST; a
 /// second silent period closes it.
@@ -73,14 +74,106 @@ pub fn parse_passive(spec: &str) -> Result<SocketAddr> {
     Ok(SocketAddr::new(ip, port))
 }
 
+/// The reading side of a controller connection: its socket and the bytes
+/// received and not yet decoded. Shared by the connection's task and the
+/// punt reader's reply spin (see [`punt_reader`]); whoever holds the lock
+/// reads the socket and handles what it decodes, so the messages of a
+/// connection are handled one at a time and in order.
+pub struct ConnIn {
+    /// A non-blocking duplicate of the connection's socket.
+    sock: std::net::TcpStream,
+    /// Received, not yet decoded.
+    buf: BytesMut,
+    /// Set by the reply spin when it received something: the connection's
+    /// keepalive counts it as traffic.
+    heard: bool,
+}
+
+/// What handling the bytes of a connection gave.
+struct Handled {
+    /// A PACKET_OUT was among the messages.
+    packet_out: bool,
+    /// The stream cannot be decoded any more: the connection must close.
+    fatal: bool,
+    /// The switch still serves the connection.
+    alive: bool,
+}
+
+/// Decode everything complete in `cin.buf` and handle it under one agent
+/// lock (map writes batched); `read_at` is when the bytes were read.
+fn handle_input(agent: &Shared, id: ConnId, cin: &mut ConnIn, read_at: u64, spun: bool) -> Handled {
+    let decoder = Decoder::new();
+    let buf = &mut cin.buf;
+    let mut frames = Vec::new();
+    let mut fatal = false;
+    loop {
+        match decoder.decode(buf) {
+            Ok(Some((frame, used))) => {
+                frames.push((frame, buf.split_to(used).freeze()));
+            }
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(conn = id, "{e}");
+                let (xid, reply) = e.reply(buf);
+                let mut a = lock(agent);
+                a.conn_frames(id, std::mem::take(&mut frames));
+                a.send(id, xid, &reply);
+                drop(a);
+                match e.frame_len {
+                    Some(n) => buf.advance(n.min(buf.len())),
+                    None => {
+                        fatal = true;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    let packet_out = frames
+        .iter()
+        .any(|(f, _)| matches!(f.message, Message::PacketOut(_)));
+    // Timing of a lone PACKET_OUT (see agent::LATENCY).
+    let timed = frames.len() == 1
+        && packet_out
+        && tracing::enabled!(target: LATENCY, tracing::Level::TRACE);
+    let (alive, handled) = {
+        let mut a = lock(agent);
+        let handled = if frames.is_empty() {
+            0
+        } else {
+            a.conn_frames(id, frames)
+        };
+        if fatal {
+            a.conn_drop(id);
+        }
+        (a.conn_alive(id), handled)
+    };
+    if timed {
+        tracing::trace!(
+            target: LATENCY,
+            packet_out_handle_ns = handled.saturating_sub(read_at),
+            packet_out_send_ns = now_ns().saturating_sub(handled),
+            spun,
+            "PACKET_OUT handled"
+        );
+    }
+    Handled {
+        packet_out,
+        fatal,
+        alive,
+    }
+}
+
 /// Run one OpenFlow connection until it closes.
 pub async fn serve_conn(agent: Shared, stream: TcpStream, peer: String) {
     let _ = stream.set_nodelay(true);
     let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-    // A duplicate of the socket for direct writes (see ConnOut).
-    let (stream, sock) = match stream.into_std().and_then(|s| {
+    // Duplicates of the socket for direct writes (see ConnOut) and for
+    // reads by the reply spin (see ConnIn).
+    let (stream, sock, sock_in) = match stream.into_std().and_then(|s| {
         let dup = s.try_clone()?;
-        Ok((TcpStream::from_std(s)?, dup))
+        let dup_in = s.try_clone()?;
+        Ok((TcpStream::from_std(s)?, dup, dup_in))
     }) {
         Ok(v) => v,
         Err(e) => {
@@ -88,15 +181,21 @@ pub async fn serve_conn(agent: Shared, stream: TcpStream, peer: String) {
             return;
         }
     };
-    let (mut rd, mut wr) = stream.into_split();
+    let (rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(CONN_QUEUE);
     let queued = Arc::new(AtomicUsize::new(0));
+    let input = Arc::new(Mutex::new(ConnIn {
+        sock: sock_in,
+        buf: BytesMut::with_capacity(64 * 1024),
+        heard: false,
+    }));
     lock(&agent).conn_open(
         id,
         ConnOut {
             tx,
             sock: Some(sock),
             queued: queued.clone(),
+            input: Some(input.clone()),
         },
     );
     tracing::info!(conn = id, %peer, "OpenFlow connection up");
@@ -122,19 +221,18 @@ pub async fn serve_conn(agent: Shared, stream: TcpStream, peer: String) {
         }
         let _ = wr.shutdown().await;
     });
-    let decoder = Decoder::new();
-    let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut silent = 0u32;
     let why = 'conn: loop {
-        if buf.capacity() - buf.len() < 16 * 1024 {
-            buf.reserve(64 * 1024);
-        }
-        let read = tokio::select! {
-            r = tokio::time::timeout(ECHO_INTERVAL, rd.read_buf(&mut buf)) => r,
+        let ready = tokio::select! {
+            r = tokio::time::timeout(ECHO_INTERVAL, rd.readable()) => r,
             _ = &mut writer => break 'conn "closed by the switch",
         };
-        match read {
+        match ready {
             Err(_) => {
+                if std::mem::take(&mut lock_in(&input).heard) {
+                    silent = 0;
+                    continue;
+                }
                 silent += 1;
                 if silent >= 2 {
                     break "echo keepalive timed out";
@@ -142,63 +240,29 @@ pub async fn serve_conn(agent: Shared, stream: TcpStream, peer: String) {
                 lock(&agent).send(id, 0, &Message::EchoRequest(Vec::new()));
                 continue;
             }
-            Ok(Ok(0)) => break "closed by the peer",
             Ok(Err(_)) => break "read error",
-            Ok(Ok(_)) => silent = 0,
+            Ok(Ok(())) => {}
         }
-        let read_at = now_ns();
-        // Everything decoded from this read is handled under one lock, its
-        // map writes batched.
-        let mut frames = Vec::new();
-        let mut fatal = false;
-        loop {
-            match decoder.decode(&buf) {
-                Ok(Some((frame, used))) => {
-                    frames.push((frame, buf.split_to(used).freeze()));
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(conn = id, "{e}");
-                    let (xid, reply) = e.reply(&buf);
-                    let mut a = lock(&agent);
-                    a.conn_frames(id, std::mem::take(&mut frames));
-                    a.send(id, xid, &reply);
-                    drop(a);
-                    match e.frame_len {
-                        Some(n) => buf.advance(n.min(buf.len())),
-                        None => {
-                            fatal = true;
-                            break;
-                        }
-                    }
-                }
+        // Read and handle under the input lock: the reply spin may have
+        // taken what woke us (then the read finds nothing and clears the
+        // readiness).
+        let h = {
+            let mut cin = lock_in(&input);
+            if cin.buf.capacity() - cin.buf.len() < 16 * 1024 {
+                cin.buf.reserve(64 * 1024);
             }
-        }
-        // Timing of a lone PACKET_OUT (see agent::LATENCY).
-        let timed = frames.len() == 1
-            && matches!(frames[0].0.message, Message::PacketOut(_))
-            && tracing::enabled!(target: LATENCY, tracing::Level::TRACE);
-        let (alive, handled) = {
-            let mut a = lock(&agent);
-            let handled = if frames.is_empty() {
-                0
-            } else {
-                a.conn_frames(id, frames)
-            };
-            (a.conn_alive(id), handled)
+            match rd.try_read_buf(&mut cin.buf) {
+                Ok(0) => break "closed by the peer",
+                Ok(_) => silent = 0,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => break "read error",
+            }
+            handle_input(&agent, id, &mut cin, now_ns(), false)
         };
-        if timed {
-            tracing::trace!(
-                target: LATENCY,
-                packet_out_handle_ns = handled.saturating_sub(read_at),
-                packet_out_send_ns = now_ns().saturating_sub(handled),
-                "PACKET_OUT handled"
-            );
-        }
-        if fatal {
+        if h.fatal {
             break "unrecoverable framing error";
         }
-        if !alive {
+        if !h.alive {
             break "closed by the switch";
         }
     };
@@ -207,6 +271,10 @@ pub async fn serve_conn(agent: Shared, stream: TcpStream, peer: String) {
     let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
     writer.abort();
     tracing::info!(conn = id, %peer, why, "OpenFlow connection down");
+}
+
+fn lock_in(c: &Mutex<ConnIn>) -> MutexGuard<'_, ConnIn> {
+    c.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Keep a connection to `addr` up: connect, serve, reconnect with backoff.
@@ -260,50 +328,193 @@ pub async fn passive(agent: Shared, listener: TcpListener) {
     }
 }
 
+/// How the punt reader waits for answers to its PACKET_INs (see
+/// [`punt_reader`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ReplySpin {
+    /// Longest busy-wait after a PACKET_IN; zero turns the spin off.
+    pub max: Duration,
+    /// Share of one CPU the spin may use over time (0.0..=1.0): spinning
+    /// draws on a budget that refills at this rate, so a flood of
+    /// PACKET_INs cannot turn into a busy agent.
+    pub cpu_share: f64,
+}
+
+impl ReplySpin {
+    /// Spin up to `us` microseconds, within 10% of one CPU.
+    pub fn micros(us: u64) -> Self {
+        ReplySpin {
+            max: Duration::from_micros(us),
+            cpu_share: 0.1,
+        }
+    }
+}
+
+/// The spin time left (see [`ReplySpin::cpu_share`]).
+struct SpinBudget {
+    /// Nanoseconds of spinning available.
+    left: u64,
+    /// When it was last refilled (CLOCK_MONOTONIC, ns).
+    at: u64,
+}
+
+/// The most spin time saved up (ns).
+const SPIN_BURST_NS: u64 = 50_000_000;
+
+impl SpinBudget {
+    /// How long the next spin may last (ns), after refilling.
+    fn grant(&mut self, cfg: &ReplySpin, now: u64) -> u64 {
+        let refill = (now.saturating_sub(self.at) as f64 * cfg.cpu_share) as u64;
+        self.left = self.left.saturating_add(refill).min(SPIN_BURST_NS);
+        self.at = now;
+        (cfg.max.as_nanos() as u64).min(self.left)
+    }
+}
+
 /// Read punts as soon as the ring signals them, on a thread of its own
 /// blocked in poll(2) on the ring: the BPF ring's wake-up goes straight to
 /// the thread that reads it and writes the PACKET_IN, without passing
 /// through the runtime's scheduler (which costs several microseconds per
 /// wake-up). It sleeps while nothing is punted; writing to `stop` (an
 /// eventfd) ends it.
+///
+/// After writing PACKET_INs it busy-waits (up to `spin.max`, within the
+/// CPU budget of `spin.cpu_share`) for the controllers' answers and
+/// handles them itself, so that a PACKET_OUT does not wait for a thread to
+/// wake up (which costs tens of microseconds on a virtual machine). It
+/// reads and handles a connection's messages under that connection's
+/// input lock ([`ConnIn`]), like the connection's own task, so they are
+/// still handled one at a time and in order; it stops as soon as a
+/// PACKET_OUT came from every connection it waits for, or the task took
+/// over. An idle agent does not spin.
 pub fn punt_reader(
     agent: Shared,
     ring: OwnedFd,
     stop: OwnedFd,
+    spin: ReplySpin,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     use std::os::fd::AsRawFd;
     std::thread::Builder::new()
         .name("punts".into())
-        .spawn(move || loop {
-            let mut fds = [
-                libc::pollfd {
-                    fd: ring.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: stop.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            // SAFETY: two valid pollfd entries, no timeout.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
+        .spawn(move || {
+            let mut budget = SpinBudget {
+                left: SPIN_BURST_NS,
+                at: now_ns(),
+            };
+            let mut scratch = vec![0u8; 64 * 1024];
+            loop {
+                let mut fds = [
+                    libc::pollfd {
+                        fd: ring.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    },
+                    libc::pollfd {
+                        fd: stop.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    },
+                ];
+                // SAFETY: two valid pollfd entries, no timeout.
+                let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+                if n < 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() == std::io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    tracing::error!(
+                        "punt reader stopped (poll: {e}); the timer still drains the ring"
+                    );
+                    return;
                 }
-                tracing::error!("punt reader stopped (poll: {e}); the timer still drains the ring");
-                return;
-            }
-            if fds[1].revents != 0 {
-                return;
-            }
-            if fds[0].revents != 0 {
-                lock(&agent).drain_punts();
+                if fds[1].revents != 0 {
+                    return;
+                }
+                if fds[0].revents != 0 {
+                    let waiting = {
+                        let mut a = lock(&agent);
+                        a.drain_punts();
+                        a.take_awaiting()
+                    };
+                    if !waiting.is_empty() && !spin.max.is_zero() {
+                        let grant = budget.grant(&spin, now_ns());
+                        if grant > 0 {
+                            let start = now_ns();
+                            let left =
+                                reply_spin(&agent, &ring, waiting, start + grant, &mut scratch);
+                            let spent = now_ns().saturating_sub(start);
+                            budget.left = budget.left.saturating_sub(spent);
+                            tracing::trace!(
+                                target: LATENCY,
+                                reply_spin_ns = spent,
+                                unanswered = left,
+                                "reply spin over"
+                            );
+                        }
+                    }
+                }
             }
         })
+}
+
+/// Busy-wait until `deadline` (CLOCK_MONOTONIC, ns) for the answers of the
+/// connections in `waiting`, handling them (and new punts) as they come.
+/// Returns how many connections were still waited for at the deadline.
+fn reply_spin(
+    agent: &Shared,
+    ring: &OwnedFd,
+    mut waiting: Vec<(ConnId, Arc<Mutex<ConnIn>>)>,
+    deadline: u64,
+    scratch: &mut [u8],
+) -> usize {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    while !waiting.is_empty() && now_ns() < deadline {
+        let mut fd = libc::pollfd {
+            fd: ring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd entry, no waiting.
+        if unsafe { libc::poll(&mut fd, 1, 0) } > 0 {
+            let more = {
+                let mut a = lock(agent);
+                a.drain_punts();
+                a.take_awaiting()
+            };
+            for (id, c) in more {
+                if !waiting.iter().any(|(w, _)| *w == id) {
+                    waiting.push((id, c));
+                }
+            }
+        }
+        waiting.retain(|(id, input)| {
+            // Held: the connection's task is reading; it will handle
+            // the answer.
+            let Ok(mut cin) = input.try_lock() else {
+                return false;
+            };
+            match (&cin.sock).read(scratch) {
+                Ok(0) => false,
+                Ok(n) => {
+                    let read_at = now_ns();
+                    cin.heard = true;
+                    cin.buf.extend_from_slice(&scratch[..n]);
+                    let h = handle_input(agent, *id, &mut cin, read_at, true);
+                    !h.packet_out && h.alive && !h.fatal
+                }
+                Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+            }
+        });
+        // Let anything else runnable on this CPU go first (the controller
+        // may share it): a spinner that does not yield keeps its CPU for a
+        // whole time slice, wake-ups do not preempt it at once. On a busy
+        // machine this may cost the spin its CPU for a slice; then the
+        // runtime thread handles the answer.
+        // SAFETY: plain system call.
+        unsafe { libc::sched_yield() };
+    }
+    waiting.len()
 }
 
 /// An eventfd to stop [`punt_reader`].
@@ -421,6 +632,7 @@ pub async fn run(
     agent: Shared,
     controllers: Vec<SocketAddr>,
     listen: Option<SocketAddr>,
+    spin: ReplySpin,
 ) -> Result<()> {
     let punt_fd = lock(&agent).dp.punt_ring_fd()?;
     if let Some(addr) = listen {
@@ -434,7 +646,8 @@ pub async fn run(
     }
     let stop = stop_fd().context("eventfd for the punt reader")?;
     let stop_w = stop.try_clone()?;
-    let reader = punt_reader(agent.clone(), punt_fd, stop).context("starting the punt reader")?;
+    let reader =
+        punt_reader(agent.clone(), punt_fd, stop, spin).context("starting the punt reader")?;
     tokio::spawn(timers(agent.clone()));
     let la = agent.clone();
     tokio::spawn(async move {

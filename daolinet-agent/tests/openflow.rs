@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{connect_in, listen_in, ns, ns_out, root_or_skip, sh, Lab};
+use common::{connect_in, listen_in, ns, ns_out, root_or_skip, sh, udp_in, Lab};
 use daolinet_openflow::{self as of, Frame, Message};
 
 const OF_PORT: &str = "6634";
@@ -312,6 +312,89 @@ impl Client {
             ))
             .is_some());
     }
+}
+
+/// After a PACKET_IN the agent's punt reader busy-waits for the answer and
+/// handles it itself (`--reply-spin-us`); otherwise, or when the answer is
+/// late, the connection's task does. Answers split across writes at every
+/// kind of moment (within the spin, across its end, long after) must still
+/// be handled whole and in order: flows installed, barriers answered in
+/// order, PACKET_OUTs delivered.
+#[test]
+fn answers_split_across_writes_are_handled_whole_and_in_order() {
+    if !root_or_skip("answers_split_across_writes_are_handled_whole_and_in_order") {
+        return;
+    }
+    let mut lab = Lab::new("spl");
+    let (h, a, b) = topology(&mut lab, true);
+    start_two_port_agent(
+        &mut lab,
+        &h,
+        &[
+            "--listen",
+            &format!("ptcp:{OF_PORT}"),
+            "--packet-in-rate",
+            "0",
+        ],
+    );
+    wait_listener(&h);
+    let mut c = Client::new(&h);
+    let miss = of::FlowMod::add(of::Match::new())
+        .priority(0)
+        .apply(vec![of::Action::controller(of::OFPCML_NO_BUFFER)]);
+    c.send(2, Message::FlowMod(miss));
+    c.barrier(3);
+    let tx = udp_in(&a, "10.1.0.2:40000").unwrap();
+    tx.connect("10.1.0.3:40001").unwrap();
+    let rx = udp_in(&b, "10.1.0.3:40001").unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let delays = [0, 50, 150, 400, 2000].map(Duration::from_micros);
+    let rounds = 25u32;
+    for round in 0..rounds {
+        tx.send(&round.to_be_bytes()).unwrap();
+        let fr = c
+            .wait(
+                Duration::from_secs(3),
+                |m| matches!(m, Message::PacketIn(p) if p.in_port() == Some(1)),
+            )
+            .unwrap_or_else(|| panic!("round {round}: no PACKET_IN"));
+        let Message::PacketIn(pi) = fr.message else {
+            unreachable!()
+        };
+        let dst = std::net::Ipv4Addr::new(10, 9, 0, round as u8);
+        let fm = of::FlowMod::add(of::Match::new().eth_type(0x0800).ipv4_dst(dst))
+            .priority(10)
+            .cookie(0x5a)
+            .apply(vec![of::Action::output(2)]);
+        let mut answer = Message::FlowMod(fm).to_bytes(100 + round).unwrap();
+        answer.extend(Message::BarrierRequest.to_bytes(1000 + round).unwrap());
+        let po = of::PacketOut::new(1, vec![of::Action::output(2)], pi.data);
+        answer.extend(Message::PacketOut(po).to_bytes(2000 + round).unwrap());
+        let split = 1 + (round as usize * 37) % (answer.len() - 1);
+        c.s.write_all(&answer[..split]).unwrap();
+        std::thread::sleep(delays[round as usize % delays.len()]);
+        c.s.write_all(&answer[split..]).unwrap();
+        let fr = c
+            .wait(Duration::from_secs(3), |m| {
+                matches!(m, Message::BarrierReply | Message::Error(_))
+            })
+            .unwrap_or_else(|| panic!("round {round}: no BARRIER_REPLY"));
+        assert!(
+            matches!(fr.message, Message::BarrierReply) && fr.xid == 1000 + round,
+            "round {round} (split at {split}): {fr:?}"
+        );
+        let mut got = [0u8; 16];
+        let n = rx
+            .recv(&mut got)
+            .unwrap_or_else(|e| panic!("round {round}: PACKET_OUT not delivered: {e}"));
+        assert_eq!(&got[..n], &round.to_be_bytes(), "round {round}");
+    }
+    let flows = lab.agent_cmd(&h, &["flows"]);
+    assert_eq!(
+        flows.matches("cookie=0x5a").count(),
+        rounds as usize,
+        "{flows}"
+    );
 }
 
 #[test]

@@ -245,6 +245,12 @@ pub fn connect_in(n: &str, addr: &str) -> std::io::Result<std::net::TcpStream> {
     in_netns(n, move || std::net::TcpStream::connect(addr))
 }
 
+/// Bind a UDP socket inside namespace `n`.
+pub fn udp_in(n: &str, addr: &str) -> std::io::Result<std::net::UdpSocket> {
+    let addr = addr.to_string();
+    in_netns(n, move || std::net::UdpSocket::bind(addr))
+}
+
 /// Bind a TCP listener inside namespace `n`.
 pub fn listen_in(n: &str, addr: &str) -> std::io::Result<std::net::TcpListener> {
     let addr = addr.to_string();
