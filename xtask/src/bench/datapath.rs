@@ -4,30 +4,116 @@
 //! the daolinet-agent datapath forwards (DaoliNet rewrite flows), in the
 //! other plain kernel IP forwarding does. Runs alternate between the two
 //! (and which goes first alternates too), so the noise of a shared machine
-//! hits both sides alike. Ratios go to BENCHMARKS.md.
+//! hits both sides alike. Beside the rates, each run is divided by the CPU
+//! time of the threads that carry its traffic (the iperf3 processes, or the
+//! UDP sender thread, and ksoftirqd): how much CPU the machine's other work
+//! leaves to the transfer then drops out. Ratios go to BENCHMARKS.md.
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::udp;
 use crate::demo::{install_rules, prepare, start_agents, topology, Host};
 use crate::util::{run as sh, step};
 
-const ROUNDS: usize = 7;
-const TCP_SECONDS: &str = "4";
+const ROUNDS: usize = 9;
+const TCP_SECONDS: &str = "5";
+/// CPU accounting window inside each TCP run (see [`iperf`]).
+const CPU_WINDOW: Duration = Duration::from_millis(3000);
 const UDP_SECONDS: f64 = 2.0;
 
 /// One side's measurements: TCP Gbit/s and UDP 64-byte packets/s per run.
 #[derive(Default)]
 struct Sample {
     tcp_gbps: Vec<f64>,
+    tcp_gbit_per_cpu_s: Vec<f64>,
+    tcp_cores: Vec<f64>,
     udp_pps: Vec<f64>,
+    udp_kpps_per_core: Vec<f64>,
 }
 
-/// One iperf3 TCP run; the receiver's bits/s.
-fn iperf(client_ns: &str, server_ns: &str, server_ip: &str) -> Result<f64> {
+impl Sample {
+    fn set_tcp(&mut self, runs: &[TcpRun]) {
+        self.tcp_gbps = runs.iter().map(|r| r.gbps).collect();
+        self.tcp_gbit_per_cpu_s = runs.iter().map(|r| r.gbit_per_cpu_s).collect();
+        self.tcp_cores = runs.iter().map(|r| r.cores).collect();
+    }
+
+    fn set_udp(&mut self, runs: &[udp::Rates]) {
+        self.udp_pps = runs.iter().map(|r| r.recv_pps).collect();
+        self.udp_kpps_per_core = runs
+            .iter()
+            .map(|r| 1e6 / r.cpu_ns_per_pkt.max(1.0))
+            .collect();
+    }
+}
+
+/// One iperf3 TCP run.
+#[derive(Clone, Copy)]
+struct TcpRun {
+    /// The receiver's Gbit/s, as iperf3 reports it.
+    gbps: f64,
+    /// Gbit the destination's eth0 received per CPU-second that the
+    /// transfer's threads ran (see [`TransferCpu`]), in the middle of the run.
+    gbit_per_cpu_s: f64,
+    /// CPU cores those threads kept busy meanwhile.
+    cores: f64,
+}
+
+/// The threads that run a transfer through namespaces on this machine:
+/// every thread of the iperf3 client and server, and the ksoftirqd
+/// threads. Packets cross veths by the per-CPU backlog, which the kernel
+/// processes in softirq right when the sender's system call enables bottom
+/// halves again, or in ksoftirqd when softirqs pile up; both count on those
+/// threads (this kernel has no IRQ time accounting, so softirq time counts
+/// on the task it interrupts). Other helpers' builds on the machine do not.
+struct TransferCpu {
+    pids: Vec<u32>,
+}
+
+impl TransferCpu {
+    fn new(client: u32, server: u32) -> Self {
+        let mut pids = vec![client, server];
+        pids.extend(udp::ksoftirqd_pids());
+        Self { pids }
+    }
+
+    /// Nanoseconds the threads have run so far (`/proc/PID/task/TID/schedstat`).
+    fn ns(&self) -> Result<u64> {
+        let mut sum = 0u64;
+        for pid in &self.pids {
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .with_context(|| format!("listing the threads of {pid}"))?;
+            for t in tasks.flatten() {
+                // A thread may end meanwhile: it then ran after the window.
+                let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) else {
+                    continue;
+                };
+                sum += s
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+        Ok(sum)
+    }
+}
+
+/// Bytes received on `eth0` in the network namespace of process `pid`.
+fn eth0_rx_bytes(pid: u32) -> Result<u64> {
+    let dev = std::fs::read_to_string(format!("/proc/{pid}/net/dev"))
+        .context("reading the destination's /proc/net/dev")?;
+    dev.lines()
+        .find_map(|l| l.trim_start().strip_prefix("eth0:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| anyhow!("no eth0 in the destination's /proc/net/dev"))
+}
+
+/// One iperf3 TCP run from `client_ns` to `server_ip` in `server_ns`.
+fn iperf(client_ns: &str, server_ns: &str, server_ip: &str) -> Result<TcpRun> {
     let mut server = Command::new("ip")
         .args([
             "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", server_ip,
@@ -41,7 +127,29 @@ fn iperf(client_ns: &str, server_ns: &str, server_ip: &str) -> Result<f64> {
     c.args(["netns", "exec", client_ns, "iperf3", "-J", "-c", server_ip]);
     // Leave TCP slow start (first second) out of the result.
     c.args(["-t", TCP_SECONDS, "-O", "1"]);
-    let out = c.output().context("running iperf3 -c")?;
+    let client = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("running iperf3 -c")?;
+    // `ip netns exec` execs iperf3 in place: these are iperf3's pids.
+    let cpu = TransferCpu::new(client.id(), server.id());
+    // The CPU window: from the end of iperf3's warm-up to shortly before
+    // its end, while the stream runs at full speed.
+    let window = (|| -> Result<(f64, f64)> {
+        std::thread::sleep(Duration::from_millis(1500));
+        let (b0, c0, t0) = (eth0_rx_bytes(server.id())?, cpu.ns()?, Instant::now());
+        std::thread::sleep(CPU_WINDOW);
+        let (b1, c1, dt) = (
+            eth0_rx_bytes(server.id())?,
+            cpu.ns()?,
+            t0.elapsed().as_secs_f64(),
+        );
+        let cpu_s = c1.saturating_sub(c0) as f64 / 1e9;
+        let gbit = b1.saturating_sub(b0) as f64 * 8.0 / 1e9;
+        Ok((gbit / cpu_s.max(1e-9), cpu_s / dt))
+    })();
+    let out = client.wait_with_output().context("running iperf3 -c")?;
     let _ = server.kill();
     let _ = server.wait();
     if !out.status.success() {
@@ -55,8 +163,13 @@ fn iperf(client_ns: &str, server_ns: &str, server_ip: &str) -> Result<f64> {
                 .join(" | ")
         );
     }
+    let (gbit_per_cpu_s, cores) = window?;
     let json = String::from_utf8_lossy(&out.stdout);
-    serde_like::received_bps(&json)
+    Ok(TcpRun {
+        gbps: serde_like::received_bps(&json)? / 1e9,
+        gbit_per_cpu_s,
+        cores,
+    })
 }
 
 /// Tiny extraction of the two numbers we need from iperf3's JSON, so xtask
@@ -82,12 +195,12 @@ mod serde_like {
     }
 }
 
-fn tcp_once(hosts: &[Host]) -> Result<f64> {
+fn tcp_once(hosts: &[Host]) -> Result<TcpRun> {
     let (c1, c2, ip2) = (&hosts[0].container, &hosts[1].container, hosts[1].logical);
-    Ok(iperf(c1, c2, ip2)? / 1e9)
+    iperf(c1, c2, ip2)
 }
 
-fn udp_once(hosts: &[Host]) -> Result<f64> {
+fn udp_once(hosts: &[Host]) -> Result<udp::Rates> {
     let (c1, c2) = (&hosts[0].container, &hosts[1].container);
     let ip2: Ipv4Addr = hosts[1].logical.parse()?;
     let r = udp::flood(c1, c2, ip2, 9000, UDP_SECONDS)?;
@@ -96,17 +209,17 @@ fn udp_once(hosts: &[Host]) -> Result<f64> {
         r.sent_pps / 1e3,
         r.recv_pps / 1e3
     );
-    Ok(r.recv_pps)
+    Ok(r)
 }
 
 /// Run `f` on both sides `ROUNDS` times, alternating which side goes first.
-fn alternate(
+fn alternate<T: Copy>(
     what: &str,
     agent: &[Host],
     kernel: &[Host],
-    f: fn(&[Host]) -> Result<f64>,
-    fmt: fn(f64) -> String,
-) -> Result<(Vec<f64>, Vec<f64>)> {
+    f: fn(&[Host]) -> Result<T>,
+    fmt: fn(T) -> String,
+) -> Result<(Vec<T>, Vec<T>)> {
     let (mut a, mut k) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         let order: [bool; 2] = if round % 2 == 0 {
@@ -187,17 +300,26 @@ pub fn run(setup: bool) -> Result<()> {
     ));
     let mut agent = Sample::default();
     let mut kernel = Sample::default();
-    (agent.tcp_gbps, kernel.tcp_gbps) =
-        alternate("TCP", &agent_hosts, &kernel_hosts, tcp_once, |v| {
-            format!("{v:.2} Gbit/s")
-        })?;
+    let (a, k) = alternate("TCP", &agent_hosts, &kernel_hosts, tcp_once, |r| {
+        format!(
+            "{:.2} Gbit/s, {:.2} Gbit per CPU-second, {:.2} cores busy",
+            r.gbps, r.gbit_per_cpu_s, r.cores
+        )
+    })?;
+    agent.set_tcp(&a);
+    kernel.set_tcp(&k);
     step(&format!(
         "UDP 64-byte frames, {ROUNDS} rounds of {UDP_SECONDS} s (sendmmsg sender, arrivals counted by the destination kernel), alternating"
     ));
-    (agent.udp_pps, kernel.udp_pps) =
-        alternate("UDP", &agent_hosts, &kernel_hosts, udp_once, |v| {
-            format!("{:.0} kpps", v / 1e3)
-        })?;
+    let (a, k) = alternate("UDP", &agent_hosts, &kernel_hosts, udp_once, |r| {
+        format!(
+            "{:.0} kpps, {:.0} CPU ns per packet",
+            r.recv_pps / 1e3,
+            r.cpu_ns_per_pkt
+        )
+    })?;
+    agent.set_udp(&a);
+    kernel.set_udp(&k);
 
     step("BPF program cost per packet (BPF_PROG_TEST_RUN)");
     let cost = crate::util::output(
@@ -226,7 +348,16 @@ pub fn run(setup: bool) -> Result<()> {
         .collect();
 
     let (at, kt) = (median(&agent.tcp_gbps), median(&kernel.tcp_gbps));
+    let (ae, ke) = (
+        median(&agent.tcp_gbit_per_cpu_s),
+        median(&kernel.tcp_gbit_per_cpu_s),
+    );
+    let (ac, kc) = (median(&agent.tcp_cores), median(&kernel.tcp_cores));
     let (au, ku) = (median(&agent.udp_pps), median(&kernel.udp_pps));
+    let (auc, kuc) = (
+        median(&agent.udp_kpps_per_core),
+        median(&kernel.udp_kpps_per_core),
+    );
     // Each round's two runs are neighbours in time: their ratio is less
     // exposed to the machine's load changing between rounds.
     let paired = |a: &[f64], k: &[f64]| {
@@ -238,17 +369,73 @@ pub fn run(setup: bool) -> Result<()> {
                 .collect::<Vec<_>>(),
         )
     };
-    let (pt, pu) = (
+    let (pt, pe, pu) = (
         paired(&agent.tcp_gbps, &kernel.tcp_gbps),
+        paired(&agent.tcp_gbit_per_cpu_s, &kernel.tcp_gbit_per_cpu_s),
         paired(&agent.udp_pps, &kernel.udp_pps),
     );
-    if kt <= 0.0 || ku <= 0.0 {
+    let puc = paired(&agent.udp_kpps_per_core, &kernel.udp_kpps_per_core);
+    if kt <= 0.0 || ke <= 0.0 || ku <= 0.0 || kuc <= 0.0 {
         return Err(anyhow!("kernel routing measured zero"));
     }
-    let runs =
-        |v: &[f64], f: fn(f64) -> String| v.iter().map(|x| f(*x)).collect::<Vec<_>>().join(", ");
     let date = crate::util::output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
         .unwrap_or_default();
+    let window = CPU_WINDOW.as_secs_f64();
+    let row = |name: &str, unit: &str, a: f64, k: f64, p: f64, av: &[f64], kv: &[f64]| {
+        let list = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.prec$}", prec = if *x >= 100.0 { 0 } else { 2 }))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let prec = if a >= 100.0 { 0 } else { 2 };
+        format!(
+            "| {name} ({unit}) | **{a:.prec$}** ({}) | **{k:.prec$}** ({}) | **{:.2}x** | {p:.2}x |\n",
+            list(av),
+            list(kv),
+            a / k
+        )
+    };
+    let kpps = |v: &[f64]| v.iter().map(|x| x / 1e3).collect::<Vec<_>>();
+    let table = [
+        row(
+            "TCP throughput",
+            "Gbit/s",
+            at,
+            kt,
+            pt,
+            &agent.tcp_gbps,
+            &kernel.tcp_gbps,
+        ),
+        row(
+            "TCP per CPU time",
+            "Gbit per CPU-second",
+            ae,
+            ke,
+            pe,
+            &agent.tcp_gbit_per_cpu_s,
+            &kernel.tcp_gbit_per_cpu_s,
+        ),
+        row(
+            "UDP 64-byte rate",
+            "kpps",
+            au / 1e3,
+            ku / 1e3,
+            pu,
+            &kpps(&agent.udp_pps),
+            &kpps(&kernel.udp_pps),
+        ),
+        row(
+            "UDP 64-byte per CPU time",
+            "kpps per CPU core",
+            auc,
+            kuc,
+            puc,
+            &agent.udp_kpps_per_core,
+            &kernel.udp_kpps_per_core,
+        ),
+    ]
+    .concat();
     let md = format!(
         "## Datapath: cross-host container to container\n\n\
          Command: `cargo xtask bench datapath`. Topology: two hosts in namespaces on an underlay \
@@ -261,26 +448,26 @@ pub fn run(setup: bool) -> Result<()> {
          one sender thread (sendmmsg, batches of 64), counted over {UDP_SECONDS} s by the \
          destination container's UDP layer (a bound socket nobody reads, so no receiver \
          wake-ups in the path).\n\n\
-         | path | TCP Gbit/s (runs) | UDP 64-byte kpps (runs) |\n|---|---|---|\n\
-         | daolinet-agent | **{at:.2}** ({}) | **{:.0}** ({}) |\n\
-         | kernel routing | **{kt:.2}** ({}) | **{:.0}** ({}) |\n\
-         | ratio of the medians, agent / kernel | **{:.2}x** | **{:.2}x** |\n\
-         | median of the per-round ratios | {pt:.2}x | {pu:.2}x |\n\n\
-         Measured {} on a 2-core machine shared with other builds: absolute numbers move \
-         from run to run; the ratio is what this benchmark tracks. Target: agent >= 1.0x.\n\n\
+         Per CPU time: the same runs divided by the CPU time of the threads that carry the \
+         traffic, so that the machine's other work (which takes CPU from the transfer) drops \
+         out. TCP: over {window:.0} s in the middle of each run, the bytes the destination \
+         container's eth0 received per CPU-second run by every thread of the iperf3 client and \
+         server and the ksoftirqd threads. UDP: datagrams received per CPU-second of the \
+         sender thread and the ksoftirqd threads. On this kernel softirq time counts on the \
+         thread it interrupts (no IRQ time accounting), and the veth, bridge, BPF and routing \
+         work runs in softirq on these threads (`/proc/PID/task/TID/schedstat`).\n\n\
+         | | daolinet-agent (runs) | kernel routing (runs) | ratio of the medians, agent / kernel | median of the per-round ratios |\n\
+         |---|---|---|---|---|\n\
+         {table}\n\
+         CPU cores the TCP transfer's threads kept busy (median): agent {ac:.2}, kernel {kc:.2} \
+         (of 2). Measured {} on a 2-core machine shared with other builds: absolute numbers \
+         move from run to run; the ratios are what this benchmark tracks. Target: agent >= \
+         1.0x.\n\n\
          Cost of one run of the TC program, measured by the kernel (BPF_PROG_TEST_RUN, mean \
          of 1M runs, best of 3; `cargo run --release -p daolinet-tests --example prog_cost`). \
          The subtable scenarios walk empty higher-priority subtables first; from 3 subtables \
          on, the exact-match cache answers for known flows.\n\n\
          | scenario | ns per packet |\n|---|---:|\n{cost_rows}",
-        runs(&agent.tcp_gbps, |x| format!("{x:.2}")),
-        au / 1e3,
-        runs(&agent.udp_pps, |x| format!("{:.0}", x / 1e3)),
-        runs(&kernel.tcp_gbps, |x| format!("{x:.2}")),
-        ku / 1e3,
-        runs(&kernel.udp_pps, |x| format!("{:.0}", x / 1e3)),
-        at / kt,
-        au / ku,
         date.trim(),
     );
     eprintln!("{md}");

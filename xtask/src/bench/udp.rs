@@ -27,11 +27,57 @@ pub const PAYLOAD: usize = 18;
 const BATCH: usize = 64;
 
 /// Rates measured over the measurement window.
+#[derive(Clone, Copy)]
 pub struct Rates {
     /// Datagrams the sender handed to the kernel, per second.
     pub sent_pps: f64,
     /// Datagrams the sink received, per second (the number reported).
     pub recv_pps: f64,
+    /// CPU nanoseconds per datagram received: what the sender thread and
+    /// the ksoftirqd threads ran meanwhile (the whole path runs in softirq
+    /// on the sender's thread, or in ksoftirqd when softirqs pile up),
+    /// divided by the datagrams received.
+    pub cpu_ns_per_pkt: f64,
+}
+
+/// Nanoseconds thread `tid` of this process has run so far.
+fn thread_ns(tid: i32) -> Result<u64> {
+    schedstat_ns(&format!("/proc/self/task/{tid}/schedstat"))
+}
+
+/// The first field of a `schedstat` file: nanoseconds run.
+fn schedstat_ns(path: &str) -> Result<u64> {
+    std::fs::read_to_string(path)
+        .with_context(|| format!("reading {path}"))?
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("no run time in {path}"))
+}
+
+/// The pids of the ksoftirqd threads.
+pub fn ksoftirqd_pids() -> Vec<u32> {
+    let mut pids = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            if std::fs::read_to_string(e.path().join("comm"))
+                .is_ok_and(|c| c.starts_with("ksoftirqd/"))
+            {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+/// Nanoseconds the ksoftirqd threads `pids` have run so far.
+fn ksoftirqd_ns(pids: &[u32]) -> Result<u64> {
+    pids.iter()
+        .map(|p| schedstat_ns(&format!("/proc/{p}/schedstat")))
+        .sum()
 }
 
 /// Move the calling thread into network namespace `ns`.
@@ -115,9 +161,12 @@ pub fn flood(src_ns: &str, dst_ns: &str, dst: Ipv4Addr, port: u16, secs: f64) ->
         .recv_timeout(Duration::from_secs(5))
         .map_err(|_| anyhow!("the UDP sink did not start"))??;
 
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel::<i32>();
     let sender = {
         let (stop, sent, src_ns) = (stop.clone(), sent.clone(), src_ns.to_string());
         std::thread::spawn(move || -> Result<()> {
+            // SAFETY: gettid has no preconditions.
+            let _ = tid_tx.send(unsafe { libc::gettid() });
             enter_netns(&src_ns)?;
             let sock = UdpSocket::bind("0.0.0.0:0").context("bind sender")?;
             sock.connect(SocketAddrV4::new(dst, port))
@@ -153,22 +202,31 @@ pub fn flood(src_ns: &str, dst_ns: &str, dst: Ipv4Addr, port: u16, secs: f64) ->
         })
     };
 
+    let softirqd = ksoftirqd_pids();
     let measured = (|| -> Result<Rates> {
+        let sender_tid = tid_rx
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|_| anyhow!("the UDP sender did not start"))?;
+        let cpu = || -> Result<u64> { Ok(thread_ns(sender_tid)? + ksoftirqd_ns(&softirqd)?) };
         std::thread::sleep(Duration::from_millis(500));
-        let (r0, s0, t0) = (
+        let (r0, s0, c0, t0) = (
             udp_arrivals(sink_tid)?,
             sent.load(Ordering::Relaxed),
+            cpu()?,
             Instant::now(),
         );
         std::thread::sleep(Duration::from_secs_f64(secs));
-        let (r1, s1, dt) = (
+        let (r1, s1, c1, dt) = (
             udp_arrivals(sink_tid)?,
             sent.load(Ordering::Relaxed),
+            cpu()?,
             t0.elapsed().as_secs_f64(),
         );
+        let received = r1.saturating_sub(r0);
         Ok(Rates {
             sent_pps: s1.saturating_sub(s0) as f64 / dt,
-            recv_pps: r1.saturating_sub(r0) as f64 / dt,
+            recv_pps: received as f64 / dt,
+            cpu_ns_per_pkt: c1.saturating_sub(c0) as f64 / received.max(1) as f64,
         })
     })();
     stop.store(true, Ordering::Relaxed);
