@@ -42,10 +42,11 @@ const DIRTY_TTL: u32 = 8;
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Wire {
-    /// IPv4 source and destination, as in the packet.
-    pub ipv4: [u8; 8],
-    /// TCP/UDP source and destination ports, as in the packet (big endian).
-    pub ports: [u8; 4],
+    /// IPv4 source and destination, as in the packet (memory byte order).
+    pub ipv4: [u32; 2],
+    /// TCP/UDP source and destination ports, as in the packet (memory byte
+    /// order).
+    pub ports: u32,
     /// IPv4 TTL.
     pub ttl: u8,
     /// Padding.
@@ -76,14 +77,17 @@ impl ActState {
     #[inline(always)]
     pub fn reset(&mut self, port: &PortInfo) {
         let k = &self.pkt.key;
-        let (s, d) = (k.ipv4_src, k.ipv4_dst);
+        // Whole words (key words 1 and 2 are the IPv4 addresses), field by
+        // field: a struct literal would copy byte by byte and zero the
+        // padding with a call to a byte-wise memset.
+        let w = k.words();
         let (sp, dp) = (k.l4_src.to_be_bytes(), k.l4_dst.to_be_bytes());
-        self.wire = Wire {
-            ipv4: [s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3]],
-            ports: [sp[0], sp[1], dp[0], dp[1]],
-            ttl: self.pkt.ttl,
-            _pad: [0; 3],
-        };
+        let ports = u32::from_ne_bytes([sp[0], sp[1], dp[0], dp[1]]);
+        let ttl = self.pkt.ttl;
+        let wire = &mut self.wire;
+        wire.ipv4 = [w[1], w[2]];
+        wire.ports = ports;
+        wire.ttl = ttl;
         self.port = *port;
         self.dirty = 0;
         self.last_out = MAX_ACTIONS as u32;
@@ -283,10 +287,14 @@ fn commit<P: Packet>(ctx: &P, st: &mut ActState) -> Result<(), DropReason> {
     let pkt = &st.pkt;
     let k = &pkt.key;
     if dirty & DIRTY_ETH != 0 {
-        let (d, s) = (k.eth_dst, k.eth_src);
-        let macs = Buf([
-            d[0], d[1], d[2], d[3], d[4], d[5], s[0], s[1], s[2], s[3], s[4], s[5],
-        ]);
+        // Key words 4..7 hold eth_src then eth_dst (see `parse`); the frame
+        // wants eth_dst then eth_src: three shifted words.
+        let w = k.words();
+        let (w4, w5, w6) = (w[4], w[5], w[6]);
+        let mut macs = Buf([0u8; 12]);
+        macs.set_u32::<0>((w5 >> 16) | (w6 << 16));
+        macs.set_u32::<4>((w6 >> 16) | (w4 << 16));
+        macs.set_u32::<8>((w4 >> 16) | (w5 << 16));
         ctx.store(ETH_DST_OFF, &macs.0)
             .map_err(|_| DropReason::RewriteFailed)?;
     }
@@ -295,19 +303,21 @@ fn commit<P: Packet>(ctx: &P, st: &mut ActState) -> Result<(), DropReason> {
     }
     let mut l3_diff = 0u32;
     if dirty & DIRTY_IP != 0 {
-        let (s, d) = (k.ipv4_src, k.ipv4_dst);
-        let new = Buf([s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3]]);
-        let old = Buf(st.wire.ipv4);
-        let diff = csum_diff(word(&old.0, 0), word(&new.0, 0))
-            .wrapping_add(csum_diff(word(&old.0, 4), word(&new.0, 4)));
+        let w = k.words();
+        let (src, dst) = (w[1], w[2]);
+        let [old_src, old_dst] = st.wire.ipv4;
+        let diff = csum_diff(old_src, src).wrapping_add(csum_diff(old_dst, dst));
         if pkt.has_ports() {
             ctx.l4_csum_diff(pkt.l4_csum_off(), diff, true, pkt.is_udp())
                 .map_err(|_| DropReason::RewriteFailed)?;
         }
         l3_diff = diff;
+        let mut new = Buf([0u8; 8]);
+        new.set_u32::<0>(src);
+        new.set_u32::<4>(dst);
         ctx.store(pkt.l3_off + IP_SRC_OFF, &new.0)
             .map_err(|_| DropReason::RewriteFailed)?;
-        st.wire.ipv4 = new.0;
+        st.wire.ipv4 = [src, dst];
     }
     if dirty & DIRTY_TTL != 0 {
         // TTL shares a 16-bit checksum word with the protocol.
@@ -326,21 +336,15 @@ fn commit<P: Packet>(ctx: &P, st: &mut ActState) -> Result<(), DropReason> {
     if dirty & DIRTY_L4 != 0 {
         let (sp, dp) = (k.l4_src.to_be_bytes(), k.l4_dst.to_be_bytes());
         let new = Buf([sp[0], sp[1], dp[0], dp[1]]);
-        let old = Buf(st.wire.ports);
-        let diff = csum_diff(word(&old.0, 0), word(&new.0, 0));
+        let ports = new.u32_at::<0>();
+        let diff = csum_diff(st.wire.ports, ports);
         ctx.l4_csum_diff(pkt.l4_csum_off(), diff, false, pkt.is_udp())
             .map_err(|_| DropReason::RewriteFailed)?;
         ctx.store(pkt.l4_off, &new.0)
             .map_err(|_| DropReason::RewriteFailed)?;
-        st.wire.ports = new.0;
+        st.wire.ports = ports;
     }
     Ok(())
-}
-
-/// The 32-bit word at `i` of `b`, in memory byte order.
-#[inline(always)]
-fn word<const N: usize>(b: &[u8; N], i: usize) -> u32 {
-    u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
 }
 
 /// Output to `target` and count it on port `slot`.

@@ -41,6 +41,15 @@ impl<const N: usize> Buf<N> {
         unsafe { self.0.as_ptr().add(I).cast::<u32>().read() }
     }
 
+    /// Set the 32-bit word at byte `I` (memory byte order; one aligned
+    /// store; `I` is checked at compile time).
+    #[inline(always)]
+    pub fn set_u32<const I: usize>(&mut self, v: u32) {
+        const { assert!(I.is_multiple_of(4) && I + 4 <= N) };
+        // SAFETY: in bounds and 4-aligned (the buffer is 8-aligned).
+        unsafe { self.0.as_mut_ptr().add(I).cast::<u32>().write(v) }
+    }
+
     /// The 16-bit word at byte `I` in network byte order, as a number.
     #[inline(always)]
     pub fn be16_at<const I: usize>(&self) -> u16 {

@@ -114,10 +114,15 @@ pub fn parse<P: Packet>(ctx: &P, in_port: u32, p: &mut Parsed) -> Result<(), Dro
     w[8] = 0;
     w[9] = 0;
     p.l3_off = ETH_HLEN;
-    p.l4_off = 0;
-    p.l3 = L3::Other;
-    p.has_l4 = false;
-    p.ttl = 0;
+    // Volatile: merged, these four stores become a call to a byte-wise
+    // memset (the BPF target has no memset instruction).
+    // SAFETY: plain stores to fields of `p`.
+    unsafe {
+        core::ptr::write_volatile(&mut p.l4_off, 0);
+        core::ptr::write_volatile(&mut p.l3, L3::Other);
+        core::ptr::write_volatile(&mut p.has_l4, false);
+        core::ptr::write_volatile(&mut p.ttl, 0);
+    }
     let mut eth_type = eth.be16_at::<12>();
     if let Some(tci) = ctx.offloaded_vlan() {
         p.key.vlan_tci = (tci & 0x0fff) | VLAN_PRESENT;
