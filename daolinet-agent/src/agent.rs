@@ -111,7 +111,7 @@ pub struct ConnOut {
     /// Buffers handed to the writer task and not yet written.
     pub queued: Arc<std::sync::atomic::AtomicUsize>,
     /// The reading side, for the punt reader's reply spin.
-    pub input: Option<Arc<Mutex<crate::runtime::ConnIn>>>,
+    pub input: Option<crate::runtime::ConnInput>,
 }
 
 /// The agent state shared by the control socket, the controller
@@ -129,9 +129,9 @@ pub struct Agent {
     conns: HashMap<ConnId, ConnOut>,
     /// ifindex and kind by OpenFlow port.
     ifindex: HashMap<u32, (u32, String)>,
-    /// Punt timings (ring wait, handling, write; ns) not yet logged: they
+    /// Punt timings (ring wait, wake-up to read, handling, write; ns) not yet logged: they
     /// are logged from the timer, off the path of the next packet.
-    punt_timings: Vec<[u64; 3]>,
+    punt_timings: Vec<[u64; 4]>,
     /// Connections sent a PACKET_IN since [`Agent::take_awaiting`] was
     /// last called: their answers are expected.
     awaiting: Vec<ConnId>,
@@ -349,7 +349,7 @@ impl Agent {
 
     /// The connections sent a PACKET_IN since the last call, with their
     /// reading sides (see [`crate::runtime::punt_reader`]).
-    pub fn take_awaiting(&mut self) -> Vec<(ConnId, Arc<Mutex<crate::runtime::ConnIn>>)> {
+    pub fn take_awaiting(&mut self) -> Vec<(ConnId, crate::runtime::ConnInput)> {
         let conns = &self.conns;
         self.awaiting
             .drain(..)
@@ -402,6 +402,12 @@ impl Agent {
 
     /// Drain the punt ring: ARP responder, PACKET_IN, standalone learning.
     pub fn drain_punts(&mut self) {
+        self.drain_punts_woken(0);
+    }
+
+    /// [`Agent::drain_punts`] for a reader that woke up at `woke`
+    /// (CLOCK_MONOTONIC, ns; 0 if unknown), for the timings.
+    pub fn drain_punts_woken(&mut self, woke: u64) {
         let punts = match self.dp.punts() {
             Ok(p) => p,
             Err(e) => {
@@ -423,6 +429,11 @@ impl Agent {
                         // Both clocks are CLOCK_MONOTONIC (bpf_ktime_get_ns).
                         self.punt_timings.push([
                             read_at.saturating_sub(punted),
+                            if woke == 0 {
+                                0
+                            } else {
+                                read_at.saturating_sub(woke)
+                            },
                             handled.saturating_sub(read_at),
                             now_ns().saturating_sub(handled),
                         ]);
@@ -435,10 +446,11 @@ impl Agent {
 
     /// Log the punt timings gathered since the last call (see [`LATENCY`]).
     pub fn log_timings(&mut self) {
-        for [to_read, handle, write] in self.punt_timings.drain(..) {
+        for [to_read, woke_to_read, handle, write] in self.punt_timings.drain(..) {
             tracing::trace!(
                 target: LATENCY,
                 punt_to_read_ns = to_read,
+                woke_to_read_ns = woke_to_read,
                 handle_ns = handle,
                 write_ns = write,
                 "punt handled"

@@ -81,12 +81,22 @@ pub fn parse_passive(spec: &str) -> Result<SocketAddr> {
 /// connection are handled one at a time and in order.
 pub struct ConnIn {
     /// A non-blocking duplicate of the connection's socket.
-    sock: std::net::TcpStream,
+    sock: Arc<std::net::TcpStream>,
     /// Received, not yet decoded.
     buf: BytesMut,
     /// Set by the reply spin when it received something: the connection's
     /// keepalive counts it as traffic.
     heard: bool,
+}
+
+/// A connection's reading side as the reply spin sees it: the state, and
+/// the socket, which it may tune without the lock (see [`reply_spin`]).
+#[derive(Clone)]
+pub struct ConnInput {
+    /// The reading state.
+    pub state: Arc<Mutex<ConnIn>>,
+    /// The same socket as in the state.
+    pub sock: Arc<std::net::TcpStream>,
 }
 
 /// What handling the bytes of a connection gave.
@@ -184,8 +194,9 @@ pub async fn serve_conn(agent: Shared, stream: TcpStream, peer: String) {
     let (rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(CONN_QUEUE);
     let queued = Arc::new(AtomicUsize::new(0));
+    let sock_in = Arc::new(sock_in);
     let input = Arc::new(Mutex::new(ConnIn {
-        sock: sock_in,
+        sock: sock_in.clone(),
         buf: BytesMut::with_capacity(64 * 1024),
         heard: false,
     }));
@@ -195,7 +206,10 @@ pub async fn serve_conn(agent: Shared, stream: TcpStream, peer: String) {
             tx,
             sock: Some(sock),
             queued: queued.clone(),
-            input: Some(input.clone()),
+            input: Some(ConnInput {
+                state: input.clone(),
+                sock: sock_in,
+            }),
         },
     );
     tracing::info!(conn = id, %peer, "OpenFlow connection up");
@@ -431,17 +445,17 @@ pub fn punt_reader(
                     return;
                 }
                 if fds[0].revents != 0 {
+                    let woke = now_ns();
                     let waiting = {
                         let mut a = lock(&agent);
-                        a.drain_punts();
+                        a.drain_punts_woken(woke);
                         a.take_awaiting()
                     };
                     if !waiting.is_empty() && !spin.max.is_zero() {
                         let grant = budget.grant(&spin, now_ns());
                         if grant > 0 {
                             let start = now_ns();
-                            let left =
-                                reply_spin(&agent, &ring, waiting, start + grant, &mut scratch);
+                            let left = reply_spin(&agent, waiting, start + grant, &mut scratch);
                             let spent = now_ns().saturating_sub(start);
                             budget.left = budget.left.saturating_sub(spent);
                             tracing::trace!(
@@ -457,54 +471,84 @@ pub fn punt_reader(
         })
 }
 
+/// SO_RCVLOWAT while the reply spin waits on a connection: TCP then does
+/// not wake the connection's task for an answer smaller than this, which
+/// the spin takes anyway (a wake-up the controller's write would pay for,
+/// and a thread that would contend for the input lock). Small enough not
+/// to grow the receive buffer (`tcp_set_rcvlowat`).
+const SPIN_RCVLOWAT: libc::c_int = 16 * 1024;
+
+/// Set SO_RCVLOWAT; setting it back to 1 wakes the readers at once if data
+/// is waiting (`tcp_set_rcvlowat` signals it), so no wake-up is lost.
+fn set_rcvlowat(sock: &std::net::TcpStream, bytes: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: valid socket and an int option value of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&bytes as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as u32,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!("SO_RCVLOWAT {bytes}: {}", std::io::Error::last_os_error());
+    }
+}
+
 /// Busy-wait until `deadline` (CLOCK_MONOTONIC, ns) for the answers of the
 /// connections in `waiting`, handling them (and new punts) as they come.
 /// Returns how many connections were still waited for at the deadline.
+///
+/// While it waits on a connection, the connection's SO_RCVLOWAT is raised
+/// (see [`SPIN_RCVLOWAT`]) so that the answer does not also wake the
+/// connection's task; it is set back to 1 as soon as the spin stops
+/// waiting on that connection.
 fn reply_spin(
     agent: &Shared,
-    ring: &OwnedFd,
-    mut waiting: Vec<(ConnId, Arc<Mutex<ConnIn>>)>,
+    mut waiting: Vec<(ConnId, ConnInput)>,
     deadline: u64,
     scratch: &mut [u8],
 ) -> usize {
     use std::io::Read;
-    use std::os::fd::AsRawFd;
+    for (_, c) in &waiting {
+        set_rcvlowat(&c.sock, SPIN_RCVLOWAT);
+    }
     while !waiting.is_empty() && now_ns() < deadline {
-        let mut fd = libc::pollfd {
-            fd: ring.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
+        // New punts? Reading the ring needs no system call (it is mapped).
+        let more = {
+            let mut a = lock(agent);
+            a.drain_punts();
+            a.take_awaiting()
         };
-        // SAFETY: one valid pollfd entry, no waiting.
-        if unsafe { libc::poll(&mut fd, 1, 0) } > 0 {
-            let more = {
-                let mut a = lock(agent);
-                a.drain_punts();
-                a.take_awaiting()
-            };
-            for (id, c) in more {
-                if !waiting.iter().any(|(w, _)| *w == id) {
-                    waiting.push((id, c));
-                }
+        for (id, c) in more {
+            if !waiting.iter().any(|(w, _)| *w == id) {
+                set_rcvlowat(&c.sock, SPIN_RCVLOWAT);
+                waiting.push((id, c));
             }
         }
         waiting.retain(|(id, input)| {
-            // Held: the connection's task is reading; it will handle
-            // the answer.
-            let Ok(mut cin) = input.try_lock() else {
-                return false;
+            let keep = match input.state.try_lock() {
+                // Held: the connection's task is reading; it will handle
+                // the answer.
+                Err(_) => false,
+                Ok(mut cin) => match (&*cin.sock).read(scratch) {
+                    Ok(0) => false,
+                    Ok(n) => {
+                        let read_at = now_ns();
+                        cin.heard = true;
+                        cin.buf.extend_from_slice(&scratch[..n]);
+                        let h = handle_input(agent, *id, &mut cin, read_at, true);
+                        !h.packet_out && h.alive && !h.fatal
+                    }
+                    Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+                },
             };
-            match (&cin.sock).read(scratch) {
-                Ok(0) => false,
-                Ok(n) => {
-                    let read_at = now_ns();
-                    cin.heard = true;
-                    cin.buf.extend_from_slice(&scratch[..n]);
-                    let h = handle_input(agent, *id, &mut cin, read_at, true);
-                    !h.packet_out && h.alive && !h.fatal
-                }
-                Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+            if !keep {
+                set_rcvlowat(&input.sock, 1);
             }
+            keep
         });
         // Let anything else runnable on this CPU go first (the controller
         // may share it): a spinner that does not yield keeps its CPU for a
@@ -513,6 +557,9 @@ fn reply_spin(
         // runtime thread handles the answer.
         // SAFETY: plain system call.
         unsafe { libc::sched_yield() };
+    }
+    for (_, c) in &waiting {
+        set_rcvlowat(&c.sock, 1);
     }
     waiting.len()
 }

@@ -591,6 +591,8 @@ fn bench_agent(bin: &Path, obj: &Path) -> Result<Setup> {
 struct Inside {
     /// BPF punt (bpf_ktime_get_ns in the record) to the agent reading it.
     punt_to_read: f64,
+    /// Of which: the punt reader's return from poll(2) to having read it.
+    woke_to_read: f64,
     /// Reading the punt to the PACKET_IN ready to write.
     handle: f64,
     /// The write system call of the PACKET_IN.
@@ -620,6 +622,7 @@ fn agent_timings(log: &str) -> Result<Inside> {
         digits.parse::<f64>().ok().map(|ns| ns / 1000.0)
     };
     let mut cols: [Vec<f64>; 5] = Default::default();
+    let mut woke = Vec::new();
     let mut spun = 0;
     let (mut spins, mut timed_out) = (Vec::new(), 0);
     for line in log.lines() {
@@ -628,6 +631,10 @@ fn agent_timings(log: &str) -> Result<Inside> {
             cols[0].push(r);
             cols[1].push(h);
             cols[2].push(w);
+            // Punts read by the punt reader (not the fallback timer).
+            if let Some(k) = field(line, "woke_to_read_ns").filter(|k| *k > 0.0) {
+                woke.push(k);
+            }
         }
         let po = ["packet_out_handle_ns", "packet_out_send_ns"].map(|n| field(line, n));
         if let [Some(h), Some(s)] = po {
@@ -647,12 +654,15 @@ fn agent_timings(log: &str) -> Result<Inside> {
     let packet_outs = cols[3].len();
     spins.sort_by(f64::total_cmp);
     let spin_median = spins.get(spins.len() / 2).copied().unwrap_or(0.0);
+    woke.sort_by(f64::total_cmp);
+    let woke_to_read = woke.get(woke.len() / 2).copied().unwrap_or(0.0);
     let [a, b, c, d, e] = cols.map(|mut v| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     });
     Ok(Inside {
         punt_to_read: a,
+        woke_to_read,
         handle: b,
         write: c,
         po_handle: d,
@@ -860,7 +870,8 @@ pub fn run(setup: bool) -> Result<()> {
          under a microsecond).\n\n\
          Inside the agent (its own `daolinet_agent::latency` trace timestamps, medians \
          over {} punts): BPF punt (`bpf_ktime_get_ns` in the ring record) to the agent \
-         reading it {:.1} µs (ring wake-up, poll, scheduling); reading it to the \
+         reading it {:.1} µs (ring wake-up, poll, scheduling; of which {:.1} µs from \
+         the return of poll(2) to the punt read: the agent lock and the ring read); reading it to the \
          PACKET_IN ready to write {:.1} µs; the write system call {:.1} µs (on \
          loopback it also runs the controller's TCP input); a PACKET_OUT read to its \
          frame ready (decode, handle) {:.1} µs; the AF_PACKET send {:.1} µs (it runs \
@@ -897,6 +908,7 @@ pub fn run(setup: bool) -> Result<()> {
             .unwrap_or_else(|| "unknown".into()),
         inside.punts,
         inside.punt_to_read,
+        inside.woke_to_read,
         inside.handle,
         inside.write,
         inside.po_handle,
