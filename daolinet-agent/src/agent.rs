@@ -444,9 +444,16 @@ impl Agent {
         }
     }
 
-    /// Log the punt timings gathered since the last call (see [`LATENCY`]).
-    pub fn log_timings(&mut self) {
-        for [to_read, woke_to_read, handle, write] in self.punt_timings.drain(..) {
+    /// The punt timings gathered since the last call, to log with
+    /// [`Agent::log_timings`] once the agent lock is released (writing them takes
+    /// system calls that a punt must not wait for).
+    pub fn take_timings(&mut self) -> Vec<[u64; 4]> {
+        std::mem::take(&mut self.punt_timings)
+    }
+
+    /// Log punt timings (see [`LATENCY`], [`Agent::take_timings`]).
+    pub fn log_timings(timings: Vec<[u64; 4]>) {
+        for [to_read, woke_to_read, handle, write] in timings {
             tracing::trace!(
                 target: LATENCY,
                 punt_to_read_ns = to_read,

@@ -664,13 +664,16 @@ pub async fn timers(agent: Shared) {
     loop {
         tick.tick().await;
         n += 1;
-        let mut a = lock(&agent);
-        a.tick();
-        a.drain_punts();
-        a.log_timings();
-        if n.is_multiple_of(10) {
-            a.check_ports();
-        }
+        let timings = {
+            let mut a = lock(&agent);
+            a.tick();
+            a.drain_punts();
+            if n.is_multiple_of(10) {
+                a.check_ports();
+            }
+            a.take_timings()
+        };
+        Agent::log_timings(timings);
     }
 }
 

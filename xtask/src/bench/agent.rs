@@ -113,9 +113,19 @@ impl Ctl {
         Ok(c)
     }
 
+    /// Send a message (the socket may be non-blocking).
     fn send(&mut self, xid: u32, m: &Message) -> Result<()> {
-        self.s
-            .write_all(&m.to_bytes(xid).map_err(|e| anyhow!("{e}"))?)?;
+        let bytes = m.to_bytes(xid).map_err(|e| anyhow!("{e}"))?;
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            match self.s.write(rest) {
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         Ok(())
     }
 
@@ -244,46 +254,114 @@ fn install_rate(c: &mut Ctl) -> Result<f64> {
     Ok(f64::from(FLOWS) / secs)
 }
 
-type Seen = std::sync::Arc<std::sync::Mutex<Vec<Option<Instant>>>>;
-
-/// Whether the harness busy-polls (see [`Prober`]); `DAOLINET_BENCH_SPIN=0`
-/// turns it off, to compare.
-fn harness_spins() -> bool {
-    std::env::var("DAOLINET_BENCH_SPIN").map_or(true, |v| v != "0")
+/// The agent's `--reply-spin-us` in this run: its default (200) unless
+/// `DAOLINET_BENCH_REPLY_SPIN_US` says otherwise (0 to compare without).
+fn reply_spin_us() -> String {
+    std::env::var("DAOLINET_BENCH_REPLY_SPIN_US").unwrap_or_else(|_| "200".into())
 }
 
-/// First-packet probes through one switch: a controller thread answering
-/// every PACKET_IN from port 1 with a PACKET_OUT to port 2, a sender in A
-/// and a receiver in B.
-///
-/// The harness busy-polls: while a probe is outstanding (from just before
-/// it is sent until B has it), the controller thread reads its socket
-/// without blocking in a loop and B's receiver does the same. Neither of
-/// them is then woken by the kernel, so their own wake-ups (which cost as
-/// much as the switch's on this machine) stay out of what is measured. They
-/// yield the CPU (`sched_yield`) between tries so that the switch's threads
-/// get one at once. Both switches are probed the same way.
-struct Prober {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    /// Set while a probe through this switch is outstanding.
-    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    /// Set while the controller thread busy-polls.
-    spinning: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    spin: bool,
-    /// When each sequence number reached the controller.
-    seen: Seen,
-    ctl: std::thread::JoinHandle<Result<u64>>,
-    tx: UdpSocket,
-    rx: UdpSocket,
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<Option<Instant>>>>;
+
+/// How the harness waits during a probe (see [`Prober`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Wait {
+    /// The controller thread and B's receiver block in the kernel.
+    Block = 0,
+    /// They busy-poll their sockets.
+    Spin = 1,
+}
+
+/// The samples of one harness mode.
+#[derive(Default)]
+struct Samples {
     lat: Vec<f64>,
     half_in: Vec<f64>,
     half_out: Vec<f64>,
     lost: usize,
 }
 
+/// First-packet probes through one switch: a controller thread answering
+/// every PACKET_IN from port 1 with a PACKET_OUT to port 2, a sender in A
+/// and a receiver in B.
+///
+/// Probes alternate between two harness modes ([`Wait`]). Blocking: the
+/// controller thread sleeps in poll(2) and B's receiver in recv(2), so
+/// their wake-ups are in the latency. Busy-polling: while a probe is
+/// outstanding (from just before it is sent until B has it), both read
+/// their sockets without blocking in a loop, yielding the CPU
+/// (`sched_yield`) between tries so that the switch's threads get one at
+/// once; their own wake-ups are then out of the measurement. Both switches
+/// are probed the same way.
+struct Prober {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Set while a busy-polling probe through this switch is outstanding.
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Set while the controller thread busy-polls.
+    spinning: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Wakes the controller thread when it is armed or stopped.
+    nudge: std::os::unix::net::UnixStream,
+    /// When each sequence number reached the controller.
+    seen: Seen,
+    ctl: std::thread::JoinHandle<Result<u64>>,
+    tx: UdpSocket,
+    rx: UdpSocket,
+    samples: [Samples; 2],
+}
+
+/// The controller side of the probes (see [`Prober`]); the socket is
+/// non-blocking.
+fn answer_probes(
+    mut c: Ctl,
+    stop: &std::sync::atomic::AtomicBool,
+    armed: &std::sync::atomic::AtomicBool,
+    spinning: &std::sync::atomic::AtomicBool,
+    nudge: std::os::unix::net::UnixStream,
+    seen: &Seen,
+) -> Result<u64> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut n = 0;
+    while !stop.load(Relaxed) {
+        let Some(fr) = c.poll()? else {
+            if armed.load(Relaxed) {
+                spinning.store(true, Relaxed);
+                // SAFETY: plain system call.
+                unsafe { libc::sched_yield() };
+            } else {
+                spinning.store(false, Relaxed);
+                let mut fds = [c.s.as_raw_fd(), nudge.as_raw_fd()].map(|fd| libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+                // SAFETY: two valid pollfd entries.
+                unsafe { libc::poll(fds.as_mut_ptr(), 2, 100) };
+                let mut b = [0u8; 64];
+                while let Ok(1..) = (&nudge).read(&mut b) {}
+            }
+            continue;
+        };
+        if let Message::PacketIn(pi) = fr.message {
+            let at = Instant::now();
+            let in_port = pi.in_port().unwrap_or(1);
+            let out = if in_port == 1 { 2 } else { 1 };
+            // The sequence number is the UDP payload (after 14 + 20 + 8 bytes).
+            if let Some(tail) = pi.data.get(42..46) {
+                let seq = u32::from_be_bytes([tail[0], tail[1], tail[2], tail[3]]) as usize;
+                if let Some(slot) = seen.lock().ok().as_mut().and_then(|v| v.get_mut(seq)) {
+                    *slot = Some(at);
+                }
+            }
+            let po = of::PacketOut::new(in_port, vec![of::Action::output(out)], pi.data);
+            c.send(0, &Message::PacketOut(po))?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 impl Prober {
     fn start(mut c: Ctl, a: &str, b: &str) -> Result<Prober> {
-        use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+        use std::sync::atomic::AtomicBool;
         use std::sync::{Arc, Mutex};
         // Only a table-miss flow: every packet goes through the controller.
         let miss = of::FlowMod::add(of::Match::new())
@@ -291,62 +369,19 @@ impl Prober {
             .apply(vec![of::Action::controller(of::OFPCML_NO_BUFFER)]);
         c.send(10, &Message::FlowMod(miss))?;
         c.barrier(11)?;
-        let spin = harness_spins();
+        c.s.set_read_timeout(None)?;
+        c.s.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
         let armed = Arc::new(AtomicBool::new(false));
-        let armed2 = armed.clone();
         let spinning = Arc::new(AtomicBool::new(false));
-        let spinning2 = spinning.clone();
-        let seen: Seen = Arc::new(Mutex::new(vec![None; PACKETS + 20]));
-        let seen2 = seen.clone();
-        let ctl = std::thread::spawn(move || -> Result<u64> {
-            let mut n = 0;
-            while !stop2.load(Relaxed) {
-                let fr = if spin && armed2.load(Relaxed) {
-                    c.s.set_nonblocking(true)?;
-                    spinning2.store(true, Relaxed);
-                    let mut got = None;
-                    while armed2.load(Relaxed) {
-                        got = c.poll()?;
-                        if got.is_some() {
-                            break;
-                        }
-                        // Yield: with the switch's threads and these two spinning on
-                        // 2 cores, a spinner that does not yield holds its CPU for a
-                        // whole time slice (wake-ups do not preempt it at once).
-                        // SAFETY: plain system call.
-                        unsafe { libc::sched_yield() };
-                    }
-                    spinning2.store(false, Relaxed);
-                    c.s.set_nonblocking(false)?;
-                    got
-                } else {
-                    // Blocking, but looking at `armed` every millisecond.
-                    c.recv(Instant::now() + Duration::from_millis(1))?
-                };
-                let Some(fr) = fr else {
-                    continue;
-                };
-                if let Message::PacketIn(pi) = fr.message {
-                    let at = Instant::now();
-                    let in_port = pi.in_port().unwrap_or(1);
-                    let out = if in_port == 1 { 2 } else { 1 };
-                    // The sequence number is the UDP payload (after 14 + 20 + 8 bytes).
-                    if let Some(tail) = pi.data.get(42..46) {
-                        let seq = u32::from_be_bytes([tail[0], tail[1], tail[2], tail[3]]) as usize;
-                        if let Some(slot) = seen2.lock().ok().as_mut().and_then(|v| v.get_mut(seq))
-                        {
-                            *slot = Some(at);
-                        }
-                    }
-                    let po = of::PacketOut::new(in_port, vec![of::Action::output(out)], pi.data);
-                    c.send(0, &Message::PacketOut(po))?;
-                    n += 1;
-                }
-            }
-            Ok(n)
-        });
+        let (nudge, nudged) = std::os::unix::net::UnixStream::pair()?;
+        nudged.set_nonblocking(true)?;
+        let seen: Seen = Arc::new(Mutex::new(vec![None; 2 * (PACKETS + 20)]));
+        let ctl = {
+            let (stop, armed, spinning, seen) =
+                (stop.clone(), armed.clone(), spinning.clone(), seen.clone());
+            std::thread::spawn(move || answer_probes(c, &stop, &armed, &spinning, nudged, &seen))
+        };
         let tx = in_netns(a, || {
             let s = UdpSocket::bind("10.1.0.2:40000")?;
             s.connect("10.1.0.3:40001")?;
@@ -354,41 +389,44 @@ impl Prober {
         })?;
         let rx = in_netns(b, || UdpSocket::bind("10.1.0.3:40001"))?;
         rx.set_read_timeout(Some(Duration::from_millis(500)))?;
-        rx.set_nonblocking(spin)?;
         Ok(Prober {
             stop,
             armed,
             spinning,
-            spin,
+            nudge,
             seen,
             ctl,
             tx,
             rx,
-            lat: Vec::new(),
-            half_in: Vec::new(),
-            half_out: Vec::new(),
-            lost: 0,
+            samples: Default::default(),
         })
     }
 
-    /// Arm the harness for the next probe (see [`Prober`]) and wait (up
-    /// to 10 ms) until the controller thread busy-polls.
-    fn arm(&self) {
+    /// Put the harness in `mode` for the next probe: arm the controller
+    /// thread and wait (up to 10 ms) until it busy-polls, or make sure it
+    /// blocks.
+    fn prepare(&mut self, mode: Wait) -> Result<()> {
         use std::sync::atomic::Ordering::Relaxed;
-        if !self.spin {
-            return;
+        let spin = mode == Wait::Spin;
+        self.armed.store(spin, Relaxed);
+        if spin {
+            let _ = (&self.nudge).write(&[1]);
         }
-        self.armed.store(true, Relaxed);
+        self.rx.set_nonblocking(spin)?;
         let until = Instant::now() + Duration::from_millis(10);
-        while !self.spinning.load(Relaxed) && Instant::now() < until {
+        while self.spinning.load(Relaxed) != spin && Instant::now() < until {
             std::thread::sleep(Duration::from_micros(50));
         }
+        // Let the controller thread settle into poll(2).
+        if !spin {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        Ok(())
     }
 
-    /// B's receive: busy-polling when the harness spins, blocking
-    /// otherwise (500 ms timeout).
-    fn receive(&self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if !self.spin {
+    /// B's receive: busy-polling or blocking (500 ms timeout), as prepared.
+    fn receive(&self, mode: Wait, buf: &mut [u8]) -> std::io::Result<usize> {
+        if mode == Wait::Block {
             return self.rx.recv(buf);
         }
         let deadline = Instant::now() + Duration::from_millis(500);
@@ -398,9 +436,6 @@ impl Prober {
                     if Instant::now() >= deadline {
                         return Err(e);
                     }
-                    // Yield: with the switch's threads and these two spinning on
-                    // 2 cores, a spinner that does not yield holds its CPU for a
-                    // whole time slice (wake-ups do not preempt it at once).
                     // SAFETY: plain system call.
                     unsafe { libc::sched_yield() };
                 }
@@ -409,85 +444,98 @@ impl Prober {
         }
     }
 
-    /// Send probe `i` and wait for it in B; the first 20 are warm-up.
-    fn probe(&mut self, i: usize) -> Result<()> {
-        let r = self.probe_armed(i);
+    /// Send probe `i` in harness mode `mode` and wait for it in B; the
+    /// first 20 of each mode are warm-up.
+    fn probe(&mut self, i: usize, mode: Wait) -> Result<()> {
+        self.prepare(mode)?;
+        let r = self.probe_prepared(i, mode);
         self.armed
             .store(false, std::sync::atomic::Ordering::Relaxed);
         r
     }
 
-    fn probe_armed(&mut self, i: usize) -> Result<()> {
-        let seq = (i as u32).to_be_bytes();
+    fn probe_prepared(&mut self, i: usize, mode: Wait) -> Result<()> {
+        let id = 2 * i + mode as usize;
+        let seq = (id as u32).to_be_bytes();
         let t = Instant::now();
         self.tx.send(&seq)?;
         let mut buf = [0u8; 64];
         loop {
-            match self.receive(&mut buf) {
+            match self.receive(mode, &mut buf) {
                 Ok(4) if buf[..4] == seq => {
                     let done = Instant::now();
+                    let s = &mut self.samples[mode as usize];
                     if i >= 20 {
-                        self.lat.push((done - t).as_secs_f64() * 1e6);
+                        s.lat.push((done - t).as_secs_f64() * 1e6);
                         let at = self
                             .seen
                             .lock()
                             .ok()
-                            .and_then(|v| v.get(i).copied().flatten());
+                            .and_then(|v| v.get(id).copied().flatten());
                         if let Some(at) = at {
-                            self.half_in.push((at - t).as_secs_f64() * 1e6);
-                            self.half_out.push((done - at).as_secs_f64() * 1e6);
+                            s.half_in.push((at - t).as_secs_f64() * 1e6);
+                            s.half_out.push((done - at).as_secs_f64() * 1e6);
                         }
                     }
                     return Ok(());
                 }
                 Ok(_) => continue,
                 Err(_) => {
-                    self.lost += 1;
+                    self.samples[mode as usize].lost += 1;
                     return Ok(());
                 }
             }
         }
     }
 
-    /// Stop the controller thread. Latencies in microseconds: (median, 99th
-    /// percentile) of the whole trip, and the medians of its two halves
-    /// (A's send to the PACKET_IN at the controller; the controller's
-    /// PACKET_OUT to B's receive).
-    fn finish(mut self) -> Result<Latency> {
+    /// Stop the controller thread. Latencies in microseconds, per harness
+    /// mode (blocking, busy-polling): (median, 99th percentile) of the
+    /// whole trip, and the medians of its two halves (A's send to the
+    /// PACKET_IN at the controller; the controller's PACKET_OUT to B's
+    /// receive).
+    fn finish(mut self) -> Result<[Latency; 2]> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = (&self.nudge).write(&[1]);
         let answered = self
             .ctl
             .join()
             .map_err(|_| anyhow!("controller thread panicked"))??;
-        if self.lat.len() < PACKETS / 2 || self.half_in.is_empty() {
-            bail!(
-                "{} of {} packets lost ({answered} PACKET_INs answered)",
-                self.lost,
-                PACKETS + 20
-            );
-        }
         let pct = |v: &mut Vec<f64>, p: f64| {
             v.sort_by(f64::total_cmp);
             v[((v.len() - 1) as f64 * p) as usize]
         };
-        Ok(Latency {
-            p50: pct(&mut self.lat, 0.5),
-            p99: pct(&mut self.lat, 0.99),
-            to_controller: pct(&mut self.half_in, 0.5),
-            from_controller: pct(&mut self.half_out, 0.5),
-        })
+        let mut out = Vec::new();
+        for (s, mode) in self.samples.iter_mut().zip([Wait::Block, Wait::Spin]) {
+            if s.lat.len() < PACKETS / 2 || s.half_in.is_empty() {
+                bail!(
+                    "harness {mode:?}: {} of {} packets lost ({answered} PACKET_INs answered in all)",
+                    s.lost,
+                    PACKETS + 20
+                );
+            }
+            out.push(Latency {
+                p50: pct(&mut s.lat, 0.5),
+                p99: pct(&mut s.lat, 0.99),
+                to_controller: pct(&mut s.half_in, 0.5),
+                from_controller: pct(&mut s.half_out, 0.5),
+            });
+        }
+        out.try_into()
+            .map_err(|_| anyhow!("two harness modes expected"))
     }
 }
 
-/// First-packet latency through both switches, probes alternating between
-/// them (5 ms apart) so that both see the same load on this shared machine.
-fn first_packet(agent: Prober, ovs: Prober) -> Result<(Latency, Latency)> {
+/// First-packet latency through both switches, in both harness modes:
+/// probes alternating between the switches and the modes (5 ms apart) so
+/// that all see the same load on this shared machine.
+fn first_packet(agent: Prober, ovs: Prober) -> Result<([Latency; 2], [Latency; 2])> {
     let mut p = [agent, ovs];
     for i in 0..PACKETS + 20 {
-        for pr in &mut p {
-            std::thread::sleep(Duration::from_millis(5));
-            pr.arm();
-            pr.probe(i)?;
+        for mode in [Wait::Block, Wait::Spin] {
+            for pr in &mut p {
+                std::thread::sleep(Duration::from_millis(5));
+                pr.probe(i, mode)?;
+            }
         }
     }
     let [agent, ovs] = p;
@@ -540,7 +588,8 @@ struct Setup {
 
 struct Result2 {
     rate: f64,
-    lat: Latency,
+    /// Harness blocking, busy-polling.
+    lat: [Latency; 2],
 }
 
 fn listener(h: &str) -> Result<TcpListener> {
@@ -569,7 +618,7 @@ fn bench_agent(bin: &Path, obj: &Path) -> Result<Setup> {
         .arg("--bpf-object")
         .arg(obj)
         .args(["--controller", &format!("tcp:127.0.0.1:{CTL_PORT}")])
-        .args(["--packet-in-rate", "0"])
+        .args(["--packet-in-rate", "0", "--reply-spin-us", &reply_spin_us()])
         .env("RUST_LOG", "warn,daolinet_agent::latency=trace")
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
@@ -816,7 +865,7 @@ pub fn run(setup: bool) -> Result<()> {
         let _g = cleanup::guard()?;
         let a = bench_agent(&bin, &obj)?;
         let o = bench_ovs()?;
-        step("first-packet latency, probes alternating between the agent and Open vSwitch");
+        step("first-packet latency, probes alternating between the agent and Open vSwitch and between harness modes");
         let (la, lo) = first_packet(a.prober, o.prober)?;
         // The agent logs its timings every 100 ms.
         std::thread::sleep(Duration::from_millis(300));
@@ -837,31 +886,59 @@ pub fn run(setup: bool) -> Result<()> {
     step("one thread wake-up on this machine (Unix socket ping-pong, same pacing)");
     let wake = wake_up()?;
     let inside = &inside;
-    let spin_note = if harness_spins() {
-        "The harness busy-polls: while a probe is outstanding, the controller thread and \
-         B's receiver read their sockets without blocking in a loop (yielding the CPU \
-         between tries), for both switches alike, so that their own wake-ups stay out \
-         of the measurement (`DAOLINET_BENCH_SPIN=0` turns this off)."
-    } else {
-        "The harness does not busy-poll in this run (`DAOLINET_BENCH_SPIN=0`): the \
-         controller's and B's wake-ups are in both latencies."
+    let row = |what: &str, f: fn(&Latency) -> f64, mode: Wait| {
+        let (x, y) = (f(&agent.lat[mode as usize]), f(&ovs.lat[mode as usize]));
+        format!("| {what} | {x:.0} µs | {y:.0} µs | {:.2} |\n", x / y)
     };
+    let mut table = format!(
+        "| | daolinet-agent | Open vSwitch (netdev) | ratio |\n\
+         |---|---|---|---|\n\
+         | FLOW_MOD install rate, {FLOWS} adds pipelined + barrier | {:.0} flows/s | {:.0} flows/s | {:.2}x |\n",
+        agent.rate,
+        ovs.rate,
+        agent.rate / ovs.rate,
+    );
+    for (mode, name) in [
+        (Wait::Block, "harness blocking"),
+        (Wait::Spin, "harness busy-polling"),
+    ] {
+        table += &row(
+            &format!("first-packet latency, median, {name} (send in A, punt, PACKET_IN, PACKET_OUT, receive in B; {PACKETS} packets)"),
+            |l| l.p50,
+            mode,
+        );
+        table += &row(
+            &format!("first-packet latency, 99th percentile, {name}"),
+            |l| l.p99,
+            mode,
+        );
+        table += &row(
+            &format!("of which: A's send to PACKET_IN at the controller (median), {name}"),
+            |l| l.to_controller,
+            mode,
+        );
+        table += &row(
+            &format!("of which: PACKET_OUT sent to B's receive (median), {name}"),
+            |l| l.from_controller,
+            mode,
+        );
+    }
     let body = format!(
         "## Agent as an OpenFlow switch vs Open vSwitch (userspace datapath)\n\n\
          Command: `cargo xtask bench agent`. Same topology (one host namespace, two \
          container namespaces on veths), same controller (the benchmark itself, \
          OpenFlow 1.3 over TCP on loopback), in one run on a shared, noisy 2-core \
          machine: the install rates one after the other, the latency probes \
-         alternating between the two switches (5 ms apart) so that both see the same \
-         load; compare the ratios. {spin_note} The agent runs with its defaults \
-         (`--reply-spin-us 200`) except `--packet-in-rate 0`.\n\n\
-         | | daolinet-agent | Open vSwitch (netdev) | ratio |\n\
-         |---|---|---|---|\n\
-         | FLOW_MOD install rate, {FLOWS} adds pipelined + barrier | {:.0} flows/s | {:.0} flows/s | {:.2}x |\n\
-         | first-packet latency, median (send in A, punt, PACKET_IN, PACKET_OUT, receive in B; {PACKETS} packets) | {:.0} µs | {:.0} µs | {:.2} |\n\
-         | first-packet latency, 99th percentile | {:.0} µs | {:.0} µs | {:.2} |\n\
-         | of which: A's send to PACKET_IN at the controller (median) | {:.0} µs | {:.0} µs | {:.2} |\n\
-         | of which: PACKET_OUT sent to B's receive (median) | {:.0} µs | {:.0} µs | {:.2} |\n\n\
+         alternating between the two switches and between two harness modes (5 ms \
+         apart) so that all see the same load; compare the ratios. Harness blocking: \
+         the controller thread sleeps in poll(2) and B's receiver in recv(2), so their \
+         wake-ups are in both switches' latencies. Harness busy-polling: while a probe \
+         is outstanding they read their sockets without blocking in a loop (yielding \
+         the CPU between tries), so only the switch's own wake-ups are measured; the \
+         spinning threads also take CPU time from the switch under test on these 2 \
+         cores, the more so the longer its path. The agent runs with its defaults \
+         except `--packet-in-rate 0`, with `--reply-spin-us {}`.\n\n\
+         {table}\n\
          Targets: at least 100k flow installs/s; first-packet latency at most 1/3 of \
          Open vSwitch's (ratio <= 0.33). Load average at the end of this run: {} \
          (other builds shared the 2 cores). Both latencies include the same \
@@ -869,39 +946,25 @@ pub fn run(setup: bool) -> Result<()> {
          optimized build of the benchmark (decode PACKET_IN, encode PACKET_OUT in well \
          under a microsecond).\n\n\
          Inside the agent (its own `daolinet_agent::latency` trace timestamps, medians \
-         over {} punts): BPF punt (`bpf_ktime_get_ns` in the ring record) to the agent \
-         reading it {:.1} µs (ring wake-up, poll, scheduling; of which {:.1} µs from \
-         the return of poll(2) to the punt read: the agent lock and the ring read); reading it to the \
-         PACKET_IN ready to write {:.1} µs; the write system call {:.1} µs (on \
-         loopback it also runs the controller's TCP input); a PACKET_OUT read to its \
-         frame ready (decode, handle) {:.1} µs; the AF_PACKET send {:.1} µs (it runs \
-         B's veth input and UDP delivery too). The punt reader then waits for the \
-         answer without sleeping (reply spin, up to 200 µs): it handled {} of {} \
-         PACKET_OUTs itself; {} of {} spins ended at the deadline without an answer \
-         (median spin {:.0} µs), and then the runtime thread, woken by the answer, \
-         handled it. The rest of each half is the kernel outside these calls: the \
-         veth and TCP stacks, and the thread wake-ups.\n\n\
-         The floor: one thread wake-up costs {:.0} µs here (median, Unix socket \
-         ping-pong at the same pacing, {:.2} of Open vSwitch's median). With the \
-         harness polling, the wake-ups left in a first packet's trip are the switch's \
-         own: the agent's punt reader on the punt (its reply spin takes the \
-         PACKET_OUT without sleeping); Open vSwitch's main thread, which polls these \
-         ports and handles the upcall, on the packet and again on the PACKET_OUT.\n",
-        agent.rate,
-        ovs.rate,
-        agent.rate / ovs.rate,
-        agent.lat.p50,
-        ovs.lat.p50,
-        agent.lat.p50 / ovs.lat.p50,
-        agent.lat.p99,
-        ovs.lat.p99,
-        agent.lat.p99 / ovs.lat.p99,
-        agent.lat.to_controller,
-        ovs.lat.to_controller,
-        agent.lat.to_controller / ovs.lat.to_controller,
-        agent.lat.from_controller,
-        ovs.lat.from_controller,
-        agent.lat.from_controller / ovs.lat.from_controller,
+         over {} punts, both harness modes): BPF punt (`bpf_ktime_get_ns` in the ring \
+         record) to the agent reading it {:.1} µs (ring wake-up, poll, scheduling; of \
+         which {:.1} µs from the return of poll(2) to the punt read: the agent lock and \
+         the ring read); reading it to the PACKET_IN ready to write {:.1} µs; the write \
+         system call {:.1} µs (on loopback it also runs the controller's TCP input); a \
+         PACKET_OUT read to its frame ready (decode, handle) {:.1} µs; the AF_PACKET \
+         send {:.1} µs (it runs B's veth input and UDP delivery too). The punt reader \
+         waits for the answer without sleeping (reply spin, up to {} µs): it handled \
+         {} of {} PACKET_OUTs itself; {} of {} spins ended at the deadline without an \
+         answer (median spin {:.0} µs), and then the runtime thread, woken by the \
+         answer, handled it. The rest of each half is the kernel outside these calls: \
+         the veth and TCP stacks, and the thread wake-ups.\n\n\
+         One thread wake-up costs {:.0} µs here (median, Unix socket ping-pong at the \
+         same pacing). With the harness blocking, a first packet wakes the controller \
+         and B's receiver, and the switch: the agent's punt reader once (its reply spin \
+         takes the PACKET_OUT without sleeping), Open vSwitch's main thread, which \
+         polls these ports and handles the upcall, on the packet and again on the \
+         PACKET_OUT.\n",
+        reply_spin_us(),
         std::fs::read_to_string("/proc/loadavg")
             .ok()
             .and_then(|l| l.split(' ').next().map(str::to_string))
@@ -913,13 +976,13 @@ pub fn run(setup: bool) -> Result<()> {
         inside.write,
         inside.po_handle,
         inside.po_send,
+        reply_spin_us(),
         inside.spun,
         inside.packet_outs,
         inside.timed_out,
         inside.spins,
         inside.spin_median,
         wake,
-        wake / ovs.lat.p50,
     );
     println!("{body}");
     crate::benchmarks::update_section("agent", &body)
