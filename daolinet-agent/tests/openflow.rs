@@ -352,11 +352,13 @@ fn answers_split_across_writes_are_handled_whole_and_in_order() {
     let rounds = 25u32;
     for round in 0..rounds {
         tx.send(&round.to_be_bytes()).unwrap();
+        // This round's datagram (not, e.g., IPv6 neighbour discovery from
+        // A's new interface): the payload after Ethernet, IPv4 and UDP.
         let fr = c
-            .wait(
-                Duration::from_secs(3),
-                |m| matches!(m, Message::PacketIn(p) if p.in_port() == Some(1)),
-            )
+            .wait(Duration::from_secs(3), |m| {
+                matches!(m, Message::PacketIn(p) if p.in_port() == Some(1)
+                    && p.data.get(42..46) == Some(&round.to_be_bytes()[..]))
+            })
             .unwrap_or_else(|| panic!("round {round}: no PACKET_IN"));
         let Message::PacketIn(pi) = fr.message else {
             unreachable!()
