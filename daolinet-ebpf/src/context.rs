@@ -2,10 +2,13 @@
 //!
 //! The pipeline ([`crate::datapath`]) is written once against the [`Packet`]
 //! trait and monomorphised for TC ([`TcContext`]) and XDP ([`XdpContext`]).
-//! Packet bytes are only touched through load/store helpers
-//! (`bpf_skb_load_bytes`/`bpf_xdp_load_bytes` and friends), never through
-//! direct packet pointers, so a non-linear skb or a multi-buffer frame is
-//! handled by the kernel and the verifier has no packet bounds to track.
+//! Packet bytes are written through the store and checksum helpers
+//! (`bpf_skb_store_bytes` and friends) and read through the load helpers,
+//! so a non-linear skb or a multi-buffer frame is handled by the kernel.
+//! One exception, for speed: TC reads headers that lie in the skb's linear
+//! part in place (one bounds check instead of a helper call, which this
+//! machine's return-stack mitigation makes costly), falling back to
+//! `bpf_skb_load_bytes` otherwise.
 
 use core::mem::MaybeUninit;
 
@@ -58,6 +61,11 @@ impl<const N: usize> Buf<N> {
         u16::from_be(unsafe { self.0.as_ptr().add(I).cast::<u16>().read() })
     }
 }
+
+/// Header offsets up to this are read in place when the linear part holds
+/// them ([`Packet::load`] for TC); beyond, through the load helper. (A
+/// bound the verifier needs for a variable offset on a packet pointer.)
+const MAX_DIRECT_OFF: usize = 128;
 
 /// Where an output action sends the packet.
 #[derive(Clone, Copy)]
@@ -164,6 +172,18 @@ impl Packet for TcContext {
 
     #[inline(always)]
     fn load<const N: usize>(&self, off: u32) -> Result<Buf<N>, ()> {
+        // Headers in the linear part (the usual case) are read in place:
+        // a bounds check instead of a helper call.
+        let (start, end) = (self.data(), self.data_end());
+        let o = off as usize;
+        if o <= MAX_DIRECT_OFF && start + o + N <= end {
+            // SAFETY: the N bytes at `start + o` are inside the linear
+            // packet data (checked above, and by the verifier).
+            // Exactly N bytes: `Buf<N>` itself is padded to its alignment.
+            return Ok(Buf(unsafe {
+                ((start + o) as *const [u8; N]).read_unaligned()
+            }));
+        }
         let mut buf = MaybeUninit::<Buf<N>>::uninit();
         // SAFETY: the helper writes exactly N bytes into `buf` or fails.
         let ret = unsafe {
