@@ -372,6 +372,9 @@ struct SpinBudget {
     at: u64,
 }
 
+/// The shortest spin worth starting (ns).
+const MIN_SPIN_NS: u64 = 10_000;
+
 /// The most spin time saved up (ns).
 const SPIN_BURST_NS: u64 = 50_000_000;
 
@@ -381,7 +384,13 @@ impl SpinBudget {
         let refill = (now.saturating_sub(self.at) as f64 * cfg.cpu_share) as u64;
         self.left = self.left.saturating_add(refill).min(SPIN_BURST_NS);
         self.at = now;
-        (cfg.max.as_nanos() as u64).min(self.left)
+        let g = (cfg.max.as_nanos() as u64).min(self.left);
+        // Shorter spins would rarely see an answer.
+        if g < MIN_SPIN_NS {
+            0
+        } else {
+            g
+        }
     }
 }
 
@@ -723,6 +732,33 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reply_spin_stays_within_its_cpu_share() {
+        let cfg = ReplySpin::micros(200);
+        let mut b = SpinBudget {
+            left: SPIN_BURST_NS,
+            at: 0,
+        };
+        // A spin never lasts longer than asked.
+        assert_eq!(b.grant(&cfg, 0), 200_000);
+        // A flood of PACKET_INs, each followed by a full spin: once the
+        // saved-up burst is spent, spinning is limited to 10% of the time.
+        let (mut now, mut spun) = (0u64, 0u64);
+        while now < 2_000_000_000 {
+            let g = b.grant(&cfg, now);
+            b.left -= g;
+            spun += g;
+            now += g + 10_000;
+        }
+        let share = (spun - SPIN_BURST_NS) as f64 / now as f64;
+        assert!((0.09..=0.11).contains(&share), "{share}");
+        // Too little left right after; the budget refills while idle.
+        assert_eq!(b.grant(&cfg, now), 0);
+        assert_eq!(b.grant(&cfg, now + 2_000_000), 200_000);
+        // Off.
+        assert_eq!(b.grant(&ReplySpin::micros(0), now + 4_000_000), 0);
+    }
 
     #[test]
     fn connection_specs_parse_like_open_vswitch() {
