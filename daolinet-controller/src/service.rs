@@ -45,11 +45,19 @@ fn key_fp(table: u8, priority: u16, m: &MatchSpec) -> u64 {
     foldhash::quality::FixedState::with_seed(KEY_SEED).hash_one((table, priority, m))
 }
 
-/// 64-bit fingerprint of a whole flow (key, cookie, timeouts, actions),
-/// with a seed independent of [`key_fp`]'s.
-fn spec_fp(f: &FlowSpec) -> u64 {
+/// 64-bit fingerprint of a whole flow: its key (as the full, unmasked
+/// [`key_fp`] `kfp`, so the match is hashed once), datapath, cookie,
+/// timeouts and actions, with a seed independent of [`key_fp`]'s.
+fn spec_fp(kfp: u64, f: &FlowSpec) -> u64 {
     use std::hash::BuildHasher as _;
-    foldhash::quality::FixedState::with_seed(SPEC_SEED).hash_one(f)
+    foldhash::quality::FixedState::with_seed(SPEC_SEED).hash_one((
+        kfp,
+        f.dpid,
+        f.cookie,
+        f.idle_timeout,
+        f.hard_timeout,
+        &f.actions,
+    ))
 }
 
 /// One recorded flow in a datapath's index: 24 bytes, so the hot path
@@ -104,8 +112,8 @@ impl DpFlows {
         self.index.len() + self.collided.len()
     }
 
-    fn kfp(&self, table: u8, priority: u16, m: &MatchSpec) -> u64 {
-        key_fp(table, priority, m) & self.key_mask
+    fn kfp(&self, full: u64) -> u64 {
+        full & self.key_mask
     }
 
     fn spec(&self, s: &Slot) -> Option<&FlowSpec> {
@@ -136,8 +144,9 @@ impl DpFlows {
 
     /// Records an ADD; returns 1 when it is a new entry, 0 when it replaced one.
     fn add(&mut self, f: &FlowSpec) -> i64 {
-        let kfp = self.kfp(f.table, f.priority, &f.match_);
-        let sfp = spec_fp(f);
+        let full = key_fp(f.table, f.priority, &f.match_);
+        let kfp = self.kfp(full);
+        let sfp = spec_fp(full, f);
         match self.index.get(&kfp).copied() {
             // Under load most decisions repeat a recorded flow.
             Some(s) if s.spec == sfp => 0,
@@ -209,7 +218,7 @@ impl DpFlows {
 
     /// Forgets the flow with this key if it still has `cookie`.
     fn remove(&mut self, table: u8, priority: u16, m: &MatchSpec, cookie: u64) -> bool {
-        let kfp = self.kfp(table, priority, m);
+        let kfp = self.kfp(key_fp(table, priority, m));
         if let Some(s) = self.index.get(&kfp).copied() {
             if self
                 .spec(&s)
