@@ -440,6 +440,11 @@ async fn handshake_packet_in_reconnect_and_model_changes() {
     let m = env.ctl.metrics.render();
     assert!(m.contains("daolinet_switches_connected 2"), "{m}");
     assert!(m.contains("daolinet_packet_in_total 3"), "{m}");
+    // Each was answered, timed from the kernel's receive timestamp.
+    assert!(
+        m.contains("daolinet_packet_in_answer_seconds_count 3"),
+        "{m}"
+    );
     // h2 left: its container's flows are deleted on the other datapaths
     // (c's cookie id as `lo` and as `hi`).
     let got = s3.within(Duration::from_millis(500)).await;

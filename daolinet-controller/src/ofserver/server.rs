@@ -19,14 +19,14 @@
 //! `try_send`; a full channel drops and logs, the flows are then installed
 //! again on the next PACKET_IN).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf as _, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncWriteExt as _, Interest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, watch};
 
@@ -287,6 +287,8 @@ impl Server {
             next_token: 1,
             events: Vec::new(),
             registered: None,
+            decided: 0,
+            answers: AnswerClock::default(),
         };
         let (tx, rx) = mpsc::channel(self.cfg.channel.max(1));
         task.tx = Some(tx);
@@ -353,11 +355,50 @@ fn group_by_dpid(ds: impl IntoIterator<Item = Decision>) -> Vec<(Dpid, Vec<Decis
 }
 
 enum Wake {
-    Read(std::io::Result<usize>),
-    Wrote(std::io::Result<usize>),
+    Readable(std::io::Result<()>),
+    Writable(std::io::Result<()>),
     Cmd(Option<Cmd>),
     Tick,
     Stop,
+}
+
+/// Answer times of PACKET_INs: from the kernel's receive timestamp of the
+/// read that brought them to the `write` that handed the last byte of their
+/// answers to the kernel (so the controller's own wake-up, queueing and
+/// scheduling are included, unlike the decision time).
+#[derive(Debug, Default)]
+struct AnswerClock {
+    /// Bytes of the output stream handed to the kernel so far.
+    written: u64,
+    /// (stream offset where a read batch's answers end, its receive time,
+    /// PACKET_INs it held), oldest first.
+    marks: VecDeque<(u64, SystemTime, u64)>,
+}
+
+impl AnswerClock {
+    /// The answers to `n` PACKET_INs received at `at` end where the output,
+    /// holding `queued` bytes not yet written, ends now.
+    fn mark(&mut self, queued: usize, at: SystemTime, n: u64) {
+        if n > 0 {
+            self.marks.push_back((self.written + queued as u64, at, n));
+        }
+    }
+
+    /// `n` more bytes were written: records the batches now fully written.
+    fn wrote(&mut self, n: usize, metrics: &crate::metrics::Metrics) {
+        self.written += n as u64;
+        if self.marks.front().is_none_or(|m| m.0 > self.written) {
+            return;
+        }
+        let now = SystemTime::now();
+        while let Some(&(end, at, count)) = self.marks.front() {
+            if end > self.written {
+                break;
+            }
+            metrics.packet_in_answered(super::rxstamp::age(at, now), count);
+            self.marks.pop_front();
+        }
+    }
 }
 
 struct Task<'a> {
@@ -370,6 +411,9 @@ struct Task<'a> {
     next_token: u64,
     events: Vec<Event>,
     registered: Option<Dpid>,
+    /// PACKET_INs decided since the last read.
+    decided: u64,
+    answers: AnswerClock,
 }
 
 impl Task<'_> {
@@ -381,14 +425,18 @@ impl Task<'_> {
     ) -> std::io::Result<()> {
         let cfg = self.srv.cfg;
         let mut rbuf = BytesMut::with_capacity(cfg.read_buf);
+        // Reads land here (with their kernel receive time), then in rbuf.
+        let mut scratch = vec![0u8; cfg.read_buf.max(4096)];
+        if let Err(e) = super::rxstamp::enable(&*sock) {
+            tracing::debug!(error = %e, "no kernel receive timestamps");
+        }
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let (mut rd, mut wr) = sock.split();
         loop {
             if self.conn.is_closed() {
                 // Flush what is queued (the OFPT_ERROR explaining why), briefly.
                 let out = self.conn.out();
-                let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all_buf(out)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), sock.write_all_buf(out)).await;
                 return Ok(());
             }
             let queued = self.conn.out().len();
@@ -400,35 +448,35 @@ impl Task<'_> {
             }
             let want_read = queued < cfg.max_out_bytes;
             let want_write = !self.conn.out().is_empty();
-            if rbuf.capacity() - rbuf.len() < 4096 {
-                rbuf.reserve(cfg.read_buf);
-            }
-            let wake = {
-                let out = self.conn.out();
-                tokio::select! {
-                    r = rd.read_buf(&mut rbuf), if want_read => Wake::Read(r),
-                    r = wr.write_buf(out), if want_write => Wake::Wrote(r),
-                    c = rx.recv() => Wake::Cmd(c),
-                    _ = tick.tick() => Wake::Tick,
-                    _ = stopped(&mut stop) => Wake::Stop,
-                }
+            let wake = tokio::select! {
+                r = sock.readable(), if want_read => Wake::Readable(r),
+                r = sock.writable(), if want_write => Wake::Writable(r),
+                c = rx.recv() => Wake::Cmd(c),
+                _ = tick.tick() => Wake::Tick,
+                _ = stopped(&mut stop) => Wake::Stop,
             };
             let now = Instant::now();
+            let mut received_at = None;
             match wake {
-                Wake::Read(Ok(0)) => return Ok(()),
-                Wake::Read(Ok(_)) => {
-                    let used = self.conn.receive(&rbuf, now, &mut self.events);
-                    tracing::trace!(len = rbuf.len(), cap = rbuf.capacity(), used, "read");
-                    rbuf.advance(used);
+                Wake::Readable(Ok(())) => {
+                    let sk = &*sock;
+                    match sk.try_io(Interest::READABLE, || {
+                        super::rxstamp::recv(sk, &mut scratch)
+                    }) {
+                        Ok((0, _)) => return Ok(()),
+                        Ok((n, at)) => {
+                            rbuf.extend_from_slice(scratch.get(..n).unwrap_or_default());
+                            received_at = at;
+                            let used = self.conn.receive(&rbuf, now, &mut self.events);
+                            tracing::trace!(len = rbuf.len(), used, "read");
+                            rbuf.advance(used);
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e),
+                    }
                 }
-                Wake::Read(Err(e)) | Wake::Wrote(Err(e)) => return Err(e),
-                Wake::Wrote(Ok(0)) => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::WriteZero,
-                        "write returned 0",
-                    ))
-                }
-                Wake::Wrote(Ok(_)) => {}
+                Wake::Readable(Err(e)) | Wake::Writable(Err(e)) => return Err(e),
+                Wake::Writable(Ok(())) => self.flush(sock)?,
                 Wake::Cmd(Some(c)) => {
                     if self.command(c) {
                         return Ok(());
@@ -449,7 +497,34 @@ impl Task<'_> {
                 Wake::Tick => self.conn.tick(now, &mut self.events),
                 Wake::Stop => return Ok(()),
             }
+            self.decided = 0;
             self.events().await;
+            if let Some(at) = received_at {
+                let queued = self.conn.out().len();
+                self.answers.mark(queued, at, self.decided);
+            }
+            // Answer at once: one write for everything this wake-up queued.
+            if !self.conn.out().is_empty() {
+                self.flush(sock)?;
+            }
+        }
+    }
+
+    /// Writes what the socket takes now of the output, without waiting.
+    fn flush(&mut self, sock: &TcpStream) -> std::io::Result<()> {
+        let out = self.conn.out();
+        match sock.try_write(out) {
+            Ok(0) => Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                "write returned 0",
+            )),
+            Ok(n) => {
+                out.advance(n);
+                self.answers.wrote(n, &self.srv.ctl.metrics);
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -679,5 +754,6 @@ impl Task<'_> {
             }
         }
         srv.ctl.metrics.packet_in(t0.elapsed(), &out.verdict);
+        self.decided += 1;
     }
 }
