@@ -3,10 +3,11 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::{Buf, BytesMut};
+use daolinet_controller::ofserver::rxstamp;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
@@ -51,8 +52,13 @@ pub struct Report {
     pub flow_mods: u64,
     /// PACKET_OUTs received during the measurement.
     pub packet_outs: u64,
-    /// Round-trip percentiles (measurement only).
+    /// Round-trip percentiles (measurement only): from just before the
+    /// PACKET_IN's `write` to the kernel's receive timestamp of the read that
+    /// brought its FLOW_MOD (the generator's own wake-up and work excluded).
     pub latency: Option<Percentiles>,
+    /// The same round trips measured to when the generator had read the
+    /// FLOW_MOD (its wake-up and scheduling included).
+    pub latency_user: Option<Percentiles>,
     /// Totals over the whole run, all switches.
     pub totals: Counters,
     /// PACKET_INs sent over the whole run.
@@ -106,8 +112,14 @@ impl Report {
         );
         if let Some(p) = self.latency {
             s += &format!(
-                "  round trip (us): p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  ({} samples)\n",
+                "  round trip to the kernel's receive timestamp (us): p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  ({} samples)\n",
                 p.p50, p.p90, p.p99, p.p999, p.max, p.count
+            );
+        }
+        if let Some(p) = self.latency_user {
+            s += &format!(
+                "  round trip to the generator's read (us):           p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}\n",
+                p.p50, p.p90, p.p99, p.p999, p.max
             );
         }
         s += &format!(
@@ -160,6 +172,12 @@ impl Report {
                 p.p50, p.p90, p.p99, p.p999, p.max, p.count
             );
         }
+        if let Some(p) = self.latency_user {
+            s += &format!(
+                " user_p50_us={:.2} user_p99_us={:.2} user_max_us={:.2}",
+                p.p50, p.p99, p.max
+            );
+        }
         s
     }
 }
@@ -178,6 +196,7 @@ struct Shared {
 struct SwitchResult {
     counters: Counters,
     latencies: Vec<u64>,
+    latencies_user: Vec<u64>,
     sent: u64,
     lost: u64,
     first_error: Option<String>,
@@ -205,11 +224,15 @@ async fn switch_task(
     let deadline = Instant::now() + cfg.connect_timeout;
     let stream = connect(&cfg.connect, deadline).await?;
     stream.set_nodelay(true).context("TCP_NODELAY")?;
+    rxstamp::enable(&stream).context("SO_TIMESTAMPNS")?;
+    // Reads land here with their kernel receive time, then in rbuf.
+    let mut scratch = vec![0u8; 64 * 1024];
     let mut sw = Switch::new(&cfg.plan, s);
     let mut win = Window::new(flows, cfg.window);
     let mut rbuf = BytesMut::with_capacity(256 * 1024);
     let mut wbuf = BytesMut::with_capacity(64 * 1024);
     let mut latencies = Vec::new();
+    let mut latencies_user = Vec::new();
     let mut ready_reported = false;
     let mut flushed = Counters::default();
     sw.hello(&mut wbuf)?;
@@ -253,8 +276,8 @@ async fn switch_task(
             if rbuf.capacity() - rbuf.len() < 64 * 1024 {
                 rbuf.reserve(128 * 1024);
             }
-            match stream.try_read_buf(&mut rbuf) {
-                Ok(0) => {
+            match stream.try_io(Interest::READABLE, || rxstamp::recv(&stream, &mut scratch)) {
+                Ok((0, _)) => {
                     if shared.stop.load(Ordering::Relaxed) {
                         break;
                     }
@@ -266,8 +289,14 @@ async fn switch_task(
                             .unwrap_or_default()
                     );
                 }
-                Ok(_) => {
+                Ok((n, stamp)) => {
                     let now = Instant::now();
+                    // How long the data waited in the kernel for us: our
+                    // wake-up, not the controller's latency.
+                    let waited = stamp
+                        .map(|t| rxstamp::age(t, SystemTime::now()))
+                        .unwrap_or_default();
+                    rbuf.extend_from_slice(scratch.get(..n).unwrap_or_default());
                     let measuring = record && shared.measuring.load(Ordering::Relaxed);
                     let mut answered = 0u64;
                     let used = sw
@@ -275,7 +304,11 @@ async fn switch_task(
                             if let Some(rtt) = win.answer(k, now) {
                                 answered += 1;
                                 if measuring {
-                                    latencies.push(rtt.as_nanos().min(u128::from(u64::MAX)) as u64);
+                                    let ns = |d: Duration| {
+                                        d.as_nanos().min(u128::from(u64::MAX)) as u64
+                                    };
+                                    latencies.push(ns(rtt.saturating_sub(waited)));
+                                    latencies_user.push(ns(rtt));
                                 }
                             }
                         })
@@ -299,6 +332,7 @@ async fn switch_task(
     Ok(SwitchResult {
         counters: sw.counters,
         latencies,
+        latencies_user,
         sent: win.sent,
         lost: win.lost,
         first_error: sw.first_error,
@@ -422,12 +456,14 @@ async fn drive(cfg: &RunConfig) -> Result<Report> {
 
     let mut totals = Counters::default();
     let mut lat = Vec::new();
+    let mut lat_user = Vec::new();
     let (mut sent, mut lost) = (0, 0);
     let mut first_error = None;
     for t in tasks {
         let r = t.await.map_err(|e| anyhow!("switch task failed: {e}"))??;
         totals.add(&r.counters);
         lat.extend(r.latencies);
+        lat_user.extend(r.latencies_user);
         sent += r.sent;
         lost += r.lost;
         if first_error.is_none() {
@@ -442,6 +478,11 @@ async fn drive(cfg: &RunConfig) -> Result<Report> {
         packet_outs: end.3 - start.3,
         latency: if cfg.mode == Mode::Latency {
             percentiles(&mut lat)
+        } else {
+            None
+        },
+        latency_user: if cfg.mode == Mode::Latency {
+            percentiles(&mut lat_user)
         } else {
             None
         },
@@ -508,7 +549,12 @@ mod tests {
         let r = run(&c).unwrap();
         let p = r.latency.expect("latency samples");
         assert!(p.count > 0 && p.p50 <= p.p99 && p.p99 <= p.max);
+        let u = r.latency_user.expect("user-space latency samples");
+        assert_eq!(u.count, p.count);
+        // The kernel's receive time comes before our read.
+        assert!(p.p50 <= u.p50 && p.max <= u.max, "{p:?} {u:?}");
         assert!(r.result_line(&c).contains(" p99_us="));
+        assert!(r.result_line(&c).contains(" user_p99_us="));
     }
 
     #[test]
