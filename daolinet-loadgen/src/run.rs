@@ -304,9 +304,8 @@ async fn switch_task(
                             if let Some(rtt) = win.answer(k, now) {
                                 answered += 1;
                                 if measuring {
-                                    let ns = |d: Duration| {
-                                        d.as_nanos().min(u128::from(u64::MAX)) as u64
-                                    };
+                                    let ns =
+                                        |d: Duration| d.as_nanos().min(u128::from(u64::MAX)) as u64;
                                     latencies.push(ns(rtt.saturating_sub(waited)));
                                     latencies_user.push(ns(rtt));
                                 }
