@@ -129,7 +129,7 @@ impl Metrics {
             &mut s,
             "daolinet_packet_in_answer_seconds",
             "Time to answer a PACKET_IN: from the kernel's receive timestamp of the read that \
-             brought it (SO_TIMESTAMPNS, latest segment of that read) to the write that handed the \
+             brought it (SO_TIMESTAMPNS, latest segment of that read; the time of the read when the kernel gave none) to the write that handed the \
              last byte of its answers to the kernel; includes the controller's wake-up, queueing \
              and scheduling.",
         );

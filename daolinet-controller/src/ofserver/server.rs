@@ -466,7 +466,10 @@ impl Task<'_> {
                         Ok((0, _)) => return Ok(()),
                         Ok((n, at)) => {
                             rbuf.extend_from_slice(scratch.get(..n).unwrap_or_default());
-                            received_at = at;
+                            // Without a kernel timestamp (timestamping is
+                            // switched on asynchronously, the first reads
+                            // may lack one): the time of the read.
+                            received_at = at.or_else(|| Some(SystemTime::now()));
                             let used = self.conn.receive(&rbuf, now, &mut self.events);
                             tracing::trace!(len = rbuf.len(), used, "read");
                             rbuf.advance(used);
