@@ -2,13 +2,16 @@
 //!
 //! The pipeline ([`crate::datapath`]) is written once against the [`Packet`]
 //! trait and monomorphised for TC ([`TcContext`]) and XDP ([`XdpContext`]).
-//! Packet bytes are written through the store and checksum helpers
-//! (`bpf_skb_store_bytes` and friends) and read through the load helpers,
-//! so a non-linear skb or a multi-buffer frame is handled by the kernel.
-//! One exception, for speed: TC reads headers that lie in the skb's linear
-//! part in place (one bounds check instead of a helper call, which this
-//! machine's return-stack mitigation makes costly), falling back to
-//! `bpf_skb_load_bytes` otherwise.
+//! XDP touches packet bytes only through the load/store helpers
+//! (`bpf_xdp_load_bytes` and friends), so a multi-buffer frame is handled
+//! by the kernel. TC, the hot path, reads and writes headers that lie in the
+//! skb's linear part in place (one bounds check instead of a helper call,
+//! which this machine's return-stack mitigation makes costly) and falls
+//! back to `bpf_skb_load_bytes`/`bpf_skb_store_bytes` otherwise; the
+//! TCP/UDP checksum always goes through `bpf_l4_csum_replace`, which knows
+//! the skb's checksum offload state. Because the program writes packet data
+//! directly, the verifier gives it a prologue that unclones a cloned skb
+//! (as the store helper would before its first write).
 
 use core::mem::MaybeUninit;
 
@@ -199,9 +202,22 @@ impl Packet for TcContext {
 
     #[inline(always)]
     fn store<const N: usize>(&self, off: u32, bytes: &[u8; N]) -> Result<(), ()> {
-        // Flags 0: no skb->csum recompute. For CHECKSUM_COMPLETE the MAC
-        // header is outside the sum, and IP/L4 changes are balanced by the
-        // csum_replace helpers below (as Cilium does).
+        // No skb->csum recompute, in place or by the helper (flags 0). For
+        // CHECKSUM_COMPLETE the MAC header is outside the sum, and IP/L4
+        // changes are balanced by the checksum fix-ups below (as Cilium
+        // does). In place when the linear part holds the bytes: a program
+        // that writes packet data directly gets a prologue from the verifier
+        // that unclones a cloned skb first, as the helper would.
+        let (start, end) = (self.data(), self.data_end());
+        let o = off as usize;
+        // Not for single bytes: the compiler turns that bounds check into
+        // `start + o < end`, from which this verifier learns no range.
+        if N >= 2 && o <= MAX_DIRECT_OFF && start + o + N <= end {
+            // SAFETY: the N bytes at `start + o` are inside the linear,
+            // writable packet data (checked above, and by the verifier).
+            unsafe { ((start + o) as *mut [u8; N]).write_unaligned(*bytes) };
+            return Ok(());
+        }
         // SAFETY: reads N bytes from `bytes`.
         let ret = unsafe {
             bpf_skb_store_bytes(self.skb.skb.cast(), off, bytes.as_ptr().cast(), N as u32, 0)
@@ -215,6 +231,20 @@ impl Packet for TcContext {
 
     #[inline(always)]
     fn l3_csum_diff(&self, off: u32, diff: u32) -> Result<(), ()> {
+        // In place when the linear part holds it (see `store`): the IPv4
+        // header checksum is not part of any offload state.
+        let (start, end) = (self.data(), self.data_end());
+        let o = off as usize;
+        if o <= MAX_DIRECT_OFF && start + o + 2 <= end {
+            let p = (start + o) as *mut [u8; 2];
+            // SAFETY: the 2 bytes at `p` are inside the linear, writable
+            // packet data (checked above, and by the verifier).
+            unsafe {
+                let sum = u16::from_ne_bytes(p.read_unaligned());
+                p.write_unaligned(csum_apply(sum, diff).to_ne_bytes());
+            }
+            return Ok(());
+        }
         // Size 0: `to` is a checksum difference (`from` must be 0).
         // SAFETY: plain helper call on our skb.
         let ret = unsafe { bpf_l3_csum_replace(self.skb.skb.cast(), off, 0, diff as u64, 0) };
