@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::datapath::{Datapath, UplinkMode};
-use crate::inject::Injector;
+use crate::inject::{Injector, LocalPort};
 use crate::ofswitch::{ConnId, Effects, PortDesc, Switch};
 use crate::oftable::Counters;
 
@@ -125,6 +125,8 @@ pub struct Agent {
     pub uplink_mode: UplinkMode,
     /// Sends frames on ports (PACKET_OUT, ARP replies).
     pub injector: Option<Injector>,
+    /// Hands frames sent to OFPP_LOCAL to the host stack (see [`LocalPort`]).
+    pub local: Option<LocalPort>,
     /// Write queues of the controller connections.
     conns: HashMap<ConnId, ConnOut>,
     /// ifindex and kind by OpenFlow port.
@@ -181,11 +183,24 @@ impl Agent {
                 None
             }
         };
+        let local = match LocalPort::new() {
+            Ok(l) => {
+                tracing::info!(device = l.name(), "host-stack port for output to LOCAL");
+                Some(l)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "no TAP device, frames sent to LOCAL from userspace (PACKET_OUT) are dropped: {e}"
+                );
+                None
+            }
+        };
         Agent {
             dp,
             sw,
             uplink_mode,
             injector,
+            local,
             conns: HashMap::new(),
             ifindex: HashMap::new(),
             punt_timings: Vec::new(),
@@ -283,13 +298,28 @@ impl Agent {
             }
         }
         for (port, frame) in fx.emit {
+            if port == of::OFPP_LOCAL {
+                match &self.local {
+                    Some(l) => {
+                        if let Err(e) = l.send(&frame) {
+                            tracing::debug!("to the host stack (LOCAL) failed: {e}");
+                        }
+                    }
+                    None => tracing::debug!("no host-stack port: frame to LOCAL dropped"),
+                }
+                continue;
+            }
             match (self.ifindex.get(&port), &self.injector) {
                 (Some((ifindex, _)), Some(inj)) => {
                     if let Err(e) = inj.send(*ifindex, &frame) {
                         tracing::debug!(port, "transmit failed: {e}");
                     }
                 }
-                _ => tracing::debug!(port, "no such port for output: frame dropped"),
+                (None, _) => tracing::warn!(
+                    port,
+                    "output to a port the switch does not have: frame dropped"
+                ),
+                (Some(_), None) => tracing::debug!(port, "no AF_PACKET socket: frame dropped"),
             }
         }
         for (conn, xid, msg) in fx.send {

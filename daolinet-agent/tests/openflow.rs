@@ -729,3 +729,124 @@ fn controller_sees_port_status_roles_and_the_agent_reconnects() {
         ))
         .is_some());
 }
+
+/// An Ethernet + IPv4 + UDP frame (UDP checksum 0: none) as hex.
+fn udp_frame_hex(
+    src_mac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    dport: u16,
+    payload: &[u8],
+) -> String {
+    let mut f = vec![0x02, 0, 0, 0, 0, 0x01];
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let total = (20 + 8 + payload.len()) as u16;
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[0, 1, 0, 0, 64, 17, 0, 0]);
+    ip.extend_from_slice(&src);
+    ip.extend_from_slice(&dst);
+    let mut sum: u32 = ip
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&4321u16.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    f.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn packet_out_to_local_reaches_the_host_stack() {
+    if !root_or_skip("packet_out_to_local_reaches_the_host_stack") {
+        return;
+    }
+    assert!(
+        have("ovs-ofctl"),
+        "ovs-ofctl missing: run `cargo xtask setup`"
+    );
+    let mut lab = Lab::new("pollocal");
+    let (h, _a, _b) = topology(&mut lab, true);
+    // A host address to deliver to, a route back to the containers (loose
+    // reverse-path filtering, a common default, needs one).
+    sh(&[
+        "ip",
+        "-n",
+        &h,
+        "addr",
+        "add",
+        "192.168.77.1/24",
+        "dev",
+        "up0",
+    ]);
+    sh(&["ip", "-n", &h, "route", "add", "10.1.0.0/24", "dev", "pa"]);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &h,
+        "sysctl",
+        "-qw",
+        "net.ipv4.conf.all.rp_filter=2",
+    ]);
+    let sock = udp_in(&h, "192.168.77.1:4000").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    start_two_port_agent(&mut lab, &h, &["--listen", &format!("ptcp:{OF_PORT}")]);
+    wait_listener(&h);
+    let links = ns_out(&h, &["ip", "-o", "link", "show"]).1;
+    assert!(links.contains("dllocal"), "no host-stack port: {links}");
+
+    // A port the switch does not have: the frame is dropped, the agent lives on.
+    let stray = udp_frame_hex(
+        [2, 0, 0, 0, 0, 0x0a],
+        [10, 1, 0, 2],
+        [192, 168, 77, 1],
+        4000,
+        b"stray",
+    );
+    ofctl(
+        &h,
+        &[
+            "packet-out",
+            &format!("in_port=1 packet={stray} actions=output:77"),
+        ],
+    );
+    // The first packet of a NAT-out connection: to LOCAL, from container a.
+    let frame = udp_frame_hex(
+        [2, 0, 0, 0, 0, 0x0a],
+        [10, 1, 0, 2],
+        [192, 168, 77, 1],
+        4000,
+        b"first packet",
+    );
+    ofctl(
+        &h,
+        &[
+            "packet-out",
+            &format!("in_port=1 packet={frame} actions=LOCAL"),
+        ],
+    );
+    let mut buf = [0u8; 64];
+    let got = sock.recv_from(&mut buf);
+    let (n, from) = got.unwrap_or_else(|e| {
+        let links = ns_out(&h, &["ip", "-s", "link", "show"]).1;
+        let stats = ns_out(&h, &["nstat", "-az"]).1;
+        panic!("the PACKET_OUT to LOCAL did not reach the host stack: {e}\n{links}\n{stats}")
+    });
+    assert_eq!(&buf[..n], b"first packet");
+    assert_eq!(from.to_string(), "10.1.0.2:4321");
+    assert!(lab.agent_running(&h), "the agent died");
+
+    // The TAP device goes with the agent.
+    lab.stop_agent(&h);
+    let links = ns_out(&h, &["ip", "-o", "link", "show"]).1;
+    assert!(!links.contains("dllocal"), "left over: {links}");
+}
