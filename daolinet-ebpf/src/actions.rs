@@ -103,7 +103,8 @@ pub const ACT_DROP_BASE: i32 = -100;
 /// Apply `entry`'s actions; returns the program verdict, or the reason to
 /// drop the packet.
 ///
-/// Each action runs in [`step`], which the program entry points wrap in a
+/// Set-field actions and a final output to a port run inline; every other
+/// action runs in [`step`], which the program entry points wrap in a
 /// *global* BPF function ([`Packet::step_out_of_line`]) that the verifier
 /// checks once, on its own. Inlined, the action loop multiplies the
 /// verifier's paths by every parse variant and every action kind of every
@@ -134,6 +135,19 @@ pub fn apply<P: Packet>(ctx: &P, st: &mut ActState, entry: &FlowEntry) -> Result
             if set_field(st, a) {
                 i += 1;
                 continue;
+            }
+            // The common last action, an output to a port, also right here:
+            // one call of the per-action function fewer per packet.
+            if i == st.last_out && a.kind() == Some(ActionKind::Output) {
+                // SAFETY: map value, valid for this run.
+                let Some(dst) = (unsafe { DL_OFPORTS.get(a.arg) }) else {
+                    return Err(DropReason::NoSuchPort);
+                };
+                commit(ctx, st)?;
+                return match output(ctx, Target::for_port(dst), dst.slot, true)? {
+                    Some(v) => Ok(v),
+                    None => Err(DropReason::RedirectFailed),
+                };
             }
         }
         let ret = ctx.step_out_of_line(st, entry, i);
