@@ -165,7 +165,7 @@ fn verbs_tables_json_and_errors() {
     assert!(t.contains("8080:80/tcp,53:53/udp"), "{t}");
     let t = ok(&p, &["flows", "--host", "h1"]);
     assert!(
-        t.contains("host h1") && t.contains("tp_dst=8080") && t.contains("actions=controller"),
+        t.contains("host h1") && t.contains("tp_dst=8080") && t.contains("actions=CONTROLLER"),
         "{t}"
     );
     ok(&p, &["firewall", "show"]);

@@ -501,6 +501,37 @@ fn render(kind: &Kind, v: &Value) -> String {
     }
 }
 
+/// A port number as `ovs-ofctl dump-flows` shows it: reserved ports by
+/// their OpenFlow name (`LOCAL`, `CONTROLLER`, `IN_PORT`...), others as
+/// the number.
+fn port_text(v: &Value) -> String {
+    match v.as_u64().and_then(|p| u32::try_from(p).ok()) {
+        Some(p) => daolinet_openflow::flow_syntax::fmt_port(p),
+        None => text(v),
+    }
+}
+
+/// One action as `ovs-ofctl dump-flows` shows it: `output:2`, `LOCAL`,
+/// `IN_PORT`, `CONTROLLER`, `drop`, `set_eth_dst:...`.
+fn action_text(a: &Value) -> String {
+    let kind = text(&a["type"]);
+    match (kind.as_str(), a.get("value")) {
+        ("output", Some(v)) => {
+            let port = port_text(v);
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                format!("output:{port}")
+            } else {
+                port
+            }
+        }
+        ("local", None) => "LOCAL".into(),
+        ("in_port", None) => "IN_PORT".into(),
+        ("controller", None) => "CONTROLLER".into(),
+        (_, Some(v)) => format!("{kind}:{}", text(v)),
+        (_, None) => kind,
+    }
+}
+
 /// One flow in ovs-ofctl-like syntax.
 fn flow_line(f: &Value) -> String {
     let mut m = vec![
@@ -525,6 +556,7 @@ fn flow_line(f: &Value) -> String {
                     }
                 }
                 ("eth_type", Value::Number(n)) => format!("{:#06x}", n.as_u64().unwrap_or(0)),
+                ("in_port", v) => port_text(v),
                 _ => text(v),
             };
             m.push(format!("{k}={val}"));
@@ -534,10 +566,7 @@ fn flow_line(f: &Value) -> String {
         .as_array()
         .into_iter()
         .flatten()
-        .map(|a| match a.get("value") {
-            Some(v) => format!("{}:{}", text(&a["type"]), text(v)),
-            None => text(&a["type"]),
-        })
+        .map(action_text)
         .collect();
     let acts = if acts.is_empty() {
         "drop".to_string()
@@ -790,6 +819,48 @@ fn main() -> ExitCode {
         Err(Failure(msg, code)) => {
             eprintln!("daolictl: {msg}");
             ExitCode::from(code)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_ports_print_by_name_like_ovs_ofctl() {
+        let f = json!({
+            "cookie": 16,
+            "priority": 100,
+            "idle_timeout": 10,
+            "match": {"in_port": 4294967294u32, "eth_type": 2048},
+            "actions": [
+                {"type": "set_ipv4_dst", "value": "10.1.0.2"},
+                {"type": "output", "value": 3},
+                {"type": "output", "value": 4294967293u32},
+                {"type": "output", "value": 4294967288u32},
+                {"type": "local"},
+                {"type": "in_port"},
+                {"type": "controller"},
+            ],
+        });
+        assert_eq!(
+            flow_line(&f),
+            "cookie=0x10, priority=100, idle_timeout=10, eth_type=0x0800, in_port=LOCAL \
+             actions=set_ipv4_dst:10.1.0.2,output:3,CONTROLLER,IN_PORT,LOCAL,IN_PORT,CONTROLLER"
+        );
+        let plain = json!({"cookie": 0, "priority": 1, "match": {"in_port": 7}, "actions": []});
+        assert_eq!(
+            flow_line(&plain),
+            "cookie=0x0, priority=1, in_port=7 actions=drop"
+        );
+        for (p, name) in [
+            (0xfffffffcu32, "ALL"),
+            (0xfffffffb, "FLOOD"),
+            (0xfffffff9, "TABLE"),
+            (0xffffffff, "ANY"),
+        ] {
+            assert_eq!(port_text(&json!(p)), name);
         }
     }
 }
