@@ -27,6 +27,15 @@ pub enum AddrError {
     /// Not a hexadecimal 64-bit datapath id.
     #[error("invalid datapath id {0:?} (expected up to 16 hex digits, optionally 0x-prefixed)")]
     Dpid(String),
+    /// A gateway MAC that a container could also have, or that is not a
+    /// unicast address.
+    #[error("gateway MAC {mac} {why}")]
+    Gateway {
+        /// The MAC given.
+        mac: MacAddr,
+        /// What is wrong with it.
+        why: &'static str,
+    },
 }
 
 /// An Ethernet MAC address.
@@ -56,6 +65,37 @@ impl MacAddr {
     pub fn container(id: u32) -> MacAddr {
         let b = (id & 0x0fff_ffff).to_be_bytes();
         MacAddr([0x02, 0xda, 0x10 | b[0], b[1], b[2], b[3]])
+    }
+}
+
+/// The first MAC [`MacAddr::container`] generates.
+pub const CONTAINER_MAC_FIRST: MacAddr = MacAddr([0x02, 0xda, 0x10, 0, 0, 0]);
+/// The last MAC [`MacAddr::container`] generates.
+pub const CONTAINER_MAC_LAST: MacAddr = MacAddr([0x02, 0xda, 0x1f, 0xff, 0xff, 0xff]);
+
+impl MacAddr {
+    /// True inside the range [`MacAddr::container`] hands out
+    /// ([`CONTAINER_MAC_FIRST`]..=[`CONTAINER_MAC_LAST`]).
+    pub fn is_generated_container_mac(&self) -> bool {
+        (CONTAINER_MAC_FIRST..=CONTAINER_MAC_LAST).contains(self)
+    }
+
+    /// Check a MAC for use as the gateway MAC (the address that answers
+    /// every container's ARP): unicast, not zero, and outside the range of
+    /// generated container MACs (a container with the same MAC would
+    /// answer for the gateway).
+    pub fn check_gateway(self) -> Result<MacAddr, AddrError> {
+        let why = if self.0 == [0; 6] {
+            "is the zero address"
+        } else if self.is_multicast() {
+            "is a multicast/broadcast address (the first octet's lowest bit is set)"
+        } else if self.is_generated_container_mac() {
+            "is in the range the controller gives containers \
+             (02:da:10:00:00:00-02:da:1f:ff:ff:ff): choose another"
+        } else {
+            return Ok(self);
+        };
+        Err(AddrError::Gateway { mac: self, why })
     }
 }
 
@@ -304,6 +344,44 @@ mod tests {
             let m = MacAddr::container(id);
             assert!(m != gw && !m.is_multicast());
         }
+    }
+
+    #[test]
+    fn gateway_macs_outside_the_container_range_only() {
+        let ok = |s: &str| s.parse::<MacAddr>().unwrap().check_gateway();
+        assert!(ok("02:da:00:00:00:01").is_ok());
+        assert!(ok("02:da:0f:ff:ff:ff").is_ok());
+        assert!(ok("02:da:20:00:00:00").is_ok());
+        assert!(ok("00:00:00:00:00:01").is_ok());
+        for bad in [
+            "02:da:10:00:00:00",
+            "02:da:10:00:00:01",
+            "02:da:1f:ff:ff:ff",
+            "02:da:17:12:34:56",
+        ] {
+            let e = ok(bad).unwrap_err().to_string();
+            assert!(e.contains("range the controller gives containers"), "{e}");
+        }
+        for id in [0, 1, 0x0fff_ffff, u32::MAX] {
+            assert!(MacAddr::container(id).check_gateway().is_err());
+        }
+        assert!(ok("00:00:00:00:00:00")
+            .unwrap_err()
+            .to_string()
+            .contains("zero"));
+        assert!(ok("ff:ff:ff:ff:ff:ff")
+            .unwrap_err()
+            .to_string()
+            .contains("multicast"));
+        assert!(ok("01:00:5e:00:00:01")
+            .unwrap_err()
+            .to_string()
+            .contains("multicast"));
+        assert_eq!(
+            ok("02:da:10:00:00:05").unwrap_err().to_string(),
+            "gateway MAC 02:da:10:00:00:05 is in the range the controller gives containers \
+             (02:da:10:00:00:00-02:da:1f:ff:ff:ff): choose another"
+        );
     }
 
     #[test]

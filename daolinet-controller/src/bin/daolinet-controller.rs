@@ -60,7 +60,9 @@ struct RunArgs {
     /// Pool of physical IPs handed to containers.
     #[arg(long, default_value = "172.31.0.0/16")]
     physical_pool: Ipv4Net,
-    /// Gateway MAC that answers containers' ARP requests.
+    /// Gateway MAC that answers containers' ARP requests: unicast, not
+    /// zero, outside 02:da:10:00:00:00-02:da:1f:ff:ff:ff (the MACs given to
+    /// containers that do not ask for one).
     #[arg(long, default_value = "02:da:00:00:00:01")]
     gateway_mac: MacAddr,
     /// Idle timeout of hot-plug flows, seconds.
@@ -86,6 +88,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn run(a: RunArgs) -> anyhow::Result<()> {
+    // Before anything is created or started.
+    a.gateway_mac.check_gateway()?;
     let dir = a
         .store
         .parent()
