@@ -774,7 +774,7 @@ fn packet_out_to_local_reaches_the_host_stack() {
         "ovs-ofctl missing: run `cargo xtask setup`"
     );
     let mut lab = Lab::new("pollocal");
-    let (h, _a, _b) = topology(&mut lab, true);
+    let (h, a, _b) = topology(&mut lab, true);
     // A host address to deliver to, a route back to the containers (loose
     // reverse-path filtering, a common default, needs one).
     sh(&[
@@ -844,6 +844,52 @@ fn packet_out_to_local_reaches_the_host_stack() {
     assert_eq!(&buf[..n], b"first packet");
     assert_eq!(from.to_string(), "10.1.0.2:4321");
     assert!(lab.agent_running(&h), "the agent died");
+
+    // Later packets of the flow, from a (to the gateway MAC) through a flow
+    // like the controller's NAT-out one: the datapath passes them to the
+    // host stack, which must take them as its own.
+    let up0_mac = ns_out(&h, &["cat", "/sys/class/net/up0/address"]).1;
+    ofctl(
+        &h,
+        &[
+            "add-flow",
+            &format!(
+                "priority=100,in_port=1,udp,nw_dst=192.168.77.1 actions=set_field:{}->eth_dst,LOCAL",
+                up0_mac.trim()
+            ),
+        ],
+    );
+    sh(&[
+        "ip",
+        "-n",
+        &a,
+        "route",
+        "add",
+        "192.168.77.0/24",
+        "dev",
+        "eth0",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &a,
+        "neigh",
+        "add",
+        "192.168.77.1",
+        "lladdr",
+        "02:da:00:00:00:01",
+        "dev",
+        "eth0",
+    ]);
+    let c = udp_in(&a, "10.1.0.2:4321").unwrap();
+    c.send_to(b"later packet", "192.168.77.1:4000").unwrap();
+    let got = sock.recv_from(&mut buf);
+    let (n, _) = got.unwrap_or_else(|e| {
+        let links = ns_out(&h, &["ip", "-s", "-s", "link", "show", "pa"]).1;
+        let flows = ofctl(&h, &["dump-flows"]);
+        panic!("the datapath's pass to the host stack was lost: {e}\n{flows}\n{links}")
+    });
+    assert_eq!(&buf[..n], b"later packet");
 
     // The TAP device goes with the agent.
     lab.stop_agent(&h);

@@ -224,6 +224,7 @@ fn apply_one<P: Packet>(
                 return Ok(None);
             }
             commit(ctx, st)?;
+            ctx.to_host();
             Ok(Some(P::PASS))
         }
         ActionKind::Controller => {

@@ -143,11 +143,29 @@ pub trait Packet {
     /// Run [`crate::actions::step`] in the global (separately verified)
     /// function of this program type.
     fn step_out_of_line(&self, st: &mut ActState, entry: &FlowEntry, index: u32) -> i32;
+    /// Before passing the packet to the host stack (output to LOCAL): make
+    /// the stack take it as addressed to this host, as Open vSwitch's LOCAL
+    /// port does. TC: the kernel classified the frame by its destination
+    /// MAC *before* the program ran (a container's frame to the gateway MAC
+    /// is PACKET_OTHERHOST on the host side of its veth, and IP input drops
+    /// those), so OTHERHOST becomes HOST. XDP: nothing, the skb is built
+    /// after the program, from the rewritten frame.
+    fn to_host(&self);
 }
 
 impl Packet for TcContext {
     const PASS: i32 = TC_ACT_OK;
     const DROP: i32 = TC_ACT_SHOT;
+
+    #[inline(always)]
+    fn to_host(&self) {
+        // PACKET_OTHERHOST and PACKET_HOST (linux/if_packet.h).
+        // SAFETY: the context pointer is valid for the whole program run.
+        if unsafe { (*self.skb.skb).pkt_type } == 3 {
+            // Cannot fail for these two types; if it did, IP input drops it.
+            let _ = self.change_type(0);
+        }
+    }
 
     #[inline(always)]
     fn len(&self) -> u32 {
@@ -348,6 +366,9 @@ pub fn csum_apply(sum: u16, diff: u32) -> u16 {
 impl Packet for XdpContext {
     const PASS: i32 = xdp_action::XDP_PASS as i32;
     const DROP: i32 = xdp_action::XDP_DROP as i32;
+
+    #[inline(always)]
+    fn to_host(&self) {}
 
     #[inline(always)]
     fn len(&self) -> u32 {
