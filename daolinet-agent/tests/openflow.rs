@@ -891,6 +891,67 @@ fn packet_out_to_local_reaches_the_host_stack() {
     });
     assert_eq!(&buf[..n], b"later packet");
 
+    // Forwarded, as NAT-out traffic is: the first packet (PACKET_OUT) to an
+    // outside namespace behind the host.
+    let o = lab.netns("o");
+    sh(&[
+        "ip", "-n", &h, "link", "add", "out0", "type", "veth", "peer", "name", "eth0", "netns", &o,
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &h,
+        "addr",
+        "add",
+        "192.168.88.1/24",
+        "dev",
+        "out0",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &o,
+        "addr",
+        "add",
+        "192.168.88.2/24",
+        "dev",
+        "eth0",
+    ]);
+    sh(&["ip", "-n", &h, "link", "set", "out0", "up"]);
+    sh(&["ip", "-n", &o, "link", "set", "eth0", "up"]);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &h,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]);
+    let outside = udp_in(&o, "192.168.88.2:5000").unwrap();
+    outside
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let frame = udp_frame_hex(
+        [2, 0, 0, 0, 0, 0x0a],
+        [10, 1, 0, 2],
+        [192, 168, 88, 2],
+        5000,
+        b"forwarded",
+    );
+    ofctl(
+        &h,
+        &[
+            "packet-out",
+            &format!("in_port=1 packet={frame} actions=LOCAL"),
+        ],
+    );
+    let (n, from) = outside
+        .recv_from(&mut buf)
+        .expect("the PACKET_OUT to LOCAL was not forwarded by the host");
+    assert_eq!(&buf[..n], b"forwarded");
+    assert_eq!(from.to_string(), "10.1.0.2:4321");
+
     // The TAP device goes with the agent.
     lab.stop_agent(&h);
     let links = ns_out(&h, &["ip", "-o", "link", "show"]).1;
