@@ -846,6 +846,18 @@ impl Model {
         let mac = match spec.mac {
             Some(m) => {
                 check_unicast("mac", m)?;
+                // A later container without a requested MAC could get it.
+                if m.is_generated_container_mac() {
+                    return Err(ModelError::Invalid {
+                        field: "mac",
+                        message: format!(
+                            "{m} is in the range the controller gives containers that do not \
+                             ask for a MAC ({}-{}): choose another",
+                            crate::addr::CONTAINER_MAC_FIRST,
+                            crate::addr::CONTAINER_MAC_LAST
+                        ),
+                    });
+                }
                 if let Some(o) = self.containers.values().find(|c| c.mac == m) {
                     return Err(ModelError::Conflict {
                         field: "mac",
@@ -1215,6 +1227,30 @@ mod tests {
             Err(ModelError::Duplicate { .. })
         ));
         assert_eq!(m, before);
+    }
+
+    #[test]
+    fn requested_macs_stay_out_of_the_generated_range() {
+        let mut m = base();
+        m.add_container(spec("a", 2), pool()).unwrap();
+        let generated = MacAddr::container(m.containers["a"].cookie_id + 1);
+        let before = m.clone();
+        let mut s = spec("b", 3);
+        s.mac = Some(generated);
+        let e = m.add_container(s.clone(), pool()).unwrap_err();
+        assert_eq!(e.field(), Some("mac"));
+        assert!(
+            e.to_string()
+                .contains("02:da:10:00:00:00-02:da:1f:ff:ff:ff"),
+            "{e}"
+        );
+        assert_eq!(m, before);
+        s.mac = Some("02:00:00:00:00:0b".parse().unwrap());
+        m.add_container(s, pool()).unwrap();
+        // The next generated MAC is then free for c.
+        m.add_container(spec("c", 4), pool()).unwrap();
+        let macs: std::collections::HashSet<_> = m.containers.values().map(|c| c.mac).collect();
+        assert_eq!(macs.len(), 3);
     }
 
     #[test]
