@@ -423,7 +423,13 @@ impl Flows {
             delta += self.shard(dpid)?.apply(&ds[i..i + n]);
             i += n;
         }
-        let t = self.total.fetch_add(delta, Ordering::Relaxed) + delta;
+        // Most PACKET_INs re-decide recorded flows: no write to the shared
+        // counter then (it would bounce between the cores' caches).
+        let t = if delta == 0 {
+            self.total.load(Ordering::Relaxed)
+        } else {
+            self.total.fetch_add(delta, Ordering::Relaxed) + delta
+        };
         Ok(u64::try_from(t).unwrap_or(0))
     }
 }
