@@ -424,9 +424,10 @@ impl Task<'_> {
         mut stop: watch::Receiver<bool>,
     ) -> std::io::Result<()> {
         let cfg = self.srv.cfg;
-        let mut rbuf = BytesMut::with_capacity(cfg.read_buf);
-        // Reads land here (with their kernel receive time), then in rbuf.
+        // Reads land in `scratch` (with their kernel receive time), then in
+        // `rbuf`, which only grows to hold what is not yet decoded.
         let mut scratch = vec![0u8; cfg.read_buf.max(4096)];
+        let mut rbuf = BytesMut::new();
         if let Err(e) = super::rxstamp::enable(&*sock) {
             tracing::debug!(error = %e, "no kernel receive timestamps");
         }
