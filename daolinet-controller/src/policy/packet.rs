@@ -93,6 +93,16 @@ fn be16(b: &[u8]) -> u16 {
 impl Packet {
     /// Parses a frame.
     pub fn parse(data: &[u8]) -> Result<Packet, PacketError> {
+        Packet::parse_with(data, true)
+    }
+
+    /// Like [`Packet::parse`] but leaves the IPv4 payload empty (no copy):
+    /// for deciding on a frame, which never reads it.
+    pub fn parse_headers(data: &[u8]) -> Result<Packet, PacketError> {
+        Packet::parse_with(data, false)
+    }
+
+    fn parse_with(data: &[u8], keep_payload: bool) -> Result<Packet, PacketError> {
         let eth = data.get(..14).ok_or(PacketError::Truncated("Ethernet"))?;
         let eth_type = be16(&eth[12..14]);
         let body = &data[14..];
@@ -130,11 +140,12 @@ impl Packet {
                 let l4 = &body[ihl..end];
                 let proto = h[9];
                 let first_fragment = be16(&h[6..8]) & 0x1fff == 0;
+                let copy = |b: &[u8]| if keep_payload { b.to_vec() } else { Vec::new() };
                 let (ports, payload) = if first_fragment && matches!(proto, 6 | 17) {
                     let p = l4.get(..4).ok_or(PacketError::Truncated("transport"))?;
-                    (Some((be16(&p[0..2]), be16(&p[2..4]))), l4[4..].to_vec())
+                    (Some((be16(&p[0..2]), be16(&p[2..4]))), copy(&l4[4..]))
                 } else {
-                    (None, l4.to_vec())
+                    (None, copy(l4))
                 };
                 L3::Ipv4(Ipv4 {
                     src: ip(&h[12..16]),
@@ -266,6 +277,30 @@ mod tests {
         };
         let r = Packet::arp_reply(&req, "02:00:00:00:00:aa".parse().unwrap());
         assert_eq!(Packet::parse(&r.emit()).unwrap(), r);
+    }
+
+    #[test]
+    fn headers_only_parse_is_parse_without_the_payload() {
+        let mut p = Packet {
+            eth_dst: "02:00:00:00:00:02".parse().unwrap(),
+            eth_src: "02:00:00:00:00:01".parse().unwrap(),
+            eth_type: ETH_TYPE_IPV4,
+            l3: L3::Ipv4(Ipv4 {
+                src: Ipv4Addr::new(10, 0, 0, 2),
+                dst: Ipv4Addr::new(10, 0, 0, 3),
+                proto: 17,
+                ttl: 64,
+                ports: Some((1, 2)),
+                payload: b"data".to_vec(),
+            }),
+        };
+        let h = Packet::parse_headers(&p.emit()).unwrap();
+        if let L3::Ipv4(i) = &mut p.l3 {
+            i.payload.clear();
+        }
+        assert_eq!(h, p);
+        assert!(Packet::parse_headers(&[0; 20]).is_ok());
+        assert!(Packet::parse_headers(&[]).is_err());
     }
 
     #[test]
