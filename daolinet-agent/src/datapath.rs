@@ -17,6 +17,7 @@ use aya::{Ebpf, EbpfLoader};
 use daolinet_common::{
     maps as names, DatapathConfig, DropReason, FlowEntry, FlowMapKey, MissPolicy, PortInfo,
     PortKind, PortStats, PuntHeader, RuleMeta, RuleStats, Subtable, MAX_PORTS, MAX_SUBTABLES,
+    OFPORT_INDEX_SLOTS, PORT_INDEX_SLOTS,
 };
 
 use crate::table::MapOp;
@@ -483,6 +484,9 @@ impl Datapath {
     /// Write `info` into the port maps (by ifindex and by OpenFlow port).
     /// [`Datapath::attach_port`] does this before attaching; tests of the
     /// programs call it directly.
+    /// The array indexes ([`names::PORT_INDEX`], [`names::OFPORT_INDEX`])
+    /// get the port too when its number fits, for the datapath's per-packet
+    /// lookups.
     pub fn write_port(&mut self, info: &PortInfo) -> Result<()> {
         let mut m: HashMap<&mut MapData, u32, PortInfo> =
             HashMap::try_from(self.map(names::PORTS)?)?;
@@ -490,10 +494,31 @@ impl Datapath {
         let mut m: HashMap<&mut MapData, u32, PortInfo> =
             HashMap::try_from(self.map(names::OFPORTS)?)?;
         m.insert(info.ofport, *info, 0)?;
+        if info.ifindex < PORT_INDEX_SLOTS {
+            let mut a: Array<&mut MapData, PortInfo> =
+                Array::try_from(self.map(names::PORT_INDEX)?)?;
+            a.set(info.ifindex, *info, 0)?;
+        }
+        if info.ofport < OFPORT_INDEX_SLOTS {
+            let mut a: Array<&mut MapData, PortInfo> =
+                Array::try_from(self.map(names::OFPORT_INDEX)?)?;
+            a.set(info.ofport, *info, 0)?;
+        }
         Ok(())
     }
 
     fn erase_port(&mut self, info: &PortInfo) -> Result<()> {
+        // Array slots first: a zeroed slot is empty.
+        if info.ifindex < PORT_INDEX_SLOTS {
+            let mut a: Array<&mut MapData, PortInfo> =
+                Array::try_from(self.map(names::PORT_INDEX)?)?;
+            a.set(info.ifindex, PortInfo::default(), 0)?;
+        }
+        if info.ofport < OFPORT_INDEX_SLOTS {
+            let mut a: Array<&mut MapData, PortInfo> =
+                Array::try_from(self.map(names::OFPORT_INDEX)?)?;
+            a.set(info.ofport, PortInfo::default(), 0)?;
+        }
         let mut m: HashMap<&mut MapData, u32, PortInfo> =
             HashMap::try_from(self.map(names::PORTS)?)?;
         let _ = m.remove(&info.ifindex);

@@ -42,6 +42,13 @@ pub const MAX_SUBTABLES: usize = 32;
 pub const MAX_RULES: u32 = 131_072;
 /// Maximum number of ports on one agent (slots of the port statistics).
 pub const MAX_PORTS: u32 = 1024;
+/// Slots of [`maps::PORT_INDEX`]: ports whose ifindex is below this are
+/// found by an array lookup on ingress (others through [`maps::PORTS`]).
+pub const PORT_INDEX_SLOTS: u32 = 4096;
+/// Slots of [`maps::OFPORT_INDEX`]: OpenFlow port numbers below this are
+/// found by an array lookup on output (others through [`maps::OFPORTS`]).
+/// Covers the uplink's default number, 65000.
+pub const OFPORT_INDEX_SLOTS: u32 = 65536;
 /// Size in bytes of the punt ring buffer.
 pub const PUNT_RING_BYTES: u32 = 1 << 22;
 /// Rule id meaning "no rule" in [`PuntHeader::rule_id`].
@@ -60,6 +67,16 @@ pub mod maps {
     pub const PORTS: &str = "DL_PORTS";
     /// Hash map OpenFlow port number (u32) -> [`crate::PortInfo`].
     pub const OFPORTS: &str = "DL_OFPORTS";
+    /// Array of [`crate::PortInfo`] indexed by ifindex (below
+    /// [`crate::PORT_INDEX_SLOTS`]), the same ports as [`PORTS`]: the
+    /// per-packet ingress lookup without hashing. A slot whose `ifindex`
+    /// differs from its index is empty.
+    pub const PORT_INDEX: &str = "DL_PORT_IDX";
+    /// Array of [`crate::PortInfo`] indexed by OpenFlow port number (below
+    /// [`crate::OFPORT_INDEX_SLOTS`]), the same ports as [`OFPORTS`]. A slot
+    /// whose `ofport` differs from its index (or whose `ifindex` is 0) is
+    /// empty.
+    pub const OFPORT_INDEX: &str = "DL_OFPORT_IDX";
     /// Per-CPU array of [`crate::RuleStats`] indexed by rule id.
     pub const RULE_STATS: &str = "DL_RULE_STATS";
     /// Per-CPU array of [`crate::PortStats`] indexed by port slot.

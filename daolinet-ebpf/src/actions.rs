@@ -23,7 +23,7 @@ use crate::{
     classify::EmcEntry,
     context::{csum_diff, Buf, Packet, Sent, Target},
     counters,
-    maps::DL_OFPORTS,
+    maps::port_by_ofport,
     parse::{Parsed, ETH_DST_OFF, IP_CSUM_OFF, IP_SRC_OFF, IP_TTL_OFF, L3},
     punt::punt,
 };
@@ -139,8 +139,7 @@ pub fn apply<P: Packet>(ctx: &P, st: &mut ActState, entry: &FlowEntry) -> Result
             // The common last action, an output to a port, also right here:
             // one call of the per-action function fewer per packet.
             if i == st.last_out && a.kind() == Some(ActionKind::Output) {
-                // SAFETY: map value, valid for this run.
-                let Some(dst) = (unsafe { DL_OFPORTS.get(a.arg) }) else {
+                let Some(dst) = port_by_ofport(a.arg) else {
                     return Err(DropReason::NoSuchPort);
                 };
                 commit(ctx, st)?;
@@ -208,8 +207,7 @@ fn apply_one<P: Packet>(
     };
     match kind {
         ActionKind::Output => {
-            // SAFETY: map value, valid for this run.
-            let Some(dst) = (unsafe { DL_OFPORTS.get(a.arg) }) else {
+            let Some(dst) = port_by_ofport(a.arg) else {
                 return Err(DropReason::NoSuchPort);
             };
             commit(ctx, st)?;

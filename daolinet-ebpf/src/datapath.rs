@@ -1,6 +1,6 @@
 //! The per-packet pipeline shared by the TC and XDP programs.
 //!
-//! 1. ingress port lookup ([`DL_PORTS`] by ifindex; unknown interfaces pass
+//! 1. ingress port lookup ([`port_by_ifindex`]; unknown interfaces pass
 //!    untouched and are counted as [`DropReason::UnknownIngress`]);
 //! 2. parse ([`crate::parse`]); 3. anti-spoofing; 4. classify
 //!    ([`crate::classify`]); 5. miss policy or 6. actions
@@ -16,7 +16,7 @@ use crate::{
     classify::classify,
     context::Packet,
     counters,
-    maps::{DL_PORTS, DL_SCRATCH},
+    maps::{port_by_ifindex, DL_SCRATCH},
     parse::{parse, Parsed, L3},
     punt::punt,
 };
@@ -25,8 +25,7 @@ use crate::{
 #[inline(always)]
 pub fn run<P: Packet>(ctx: &P) -> i32 {
     let ifindex = ctx.ifindex();
-    // SAFETY: map value, valid for this run.
-    let Some(port) = (unsafe { DL_PORTS.get(ifindex) }) else {
+    let Some(port) = port_by_ifindex(ifindex) else {
         // Not ours: do not break interfaces we do not manage.
         counters::count_reason(DropReason::UnknownIngress);
         return P::PASS;

@@ -13,7 +13,8 @@ use aya_ebpf::{
 };
 use daolinet_common::{
     maps as names, DatapathConfig, DropReason, FlowEntry, FlowKey, FlowMapKey, PortInfo, PortStats,
-    RuleMeta, RuleStats, Subtable, MAX_PORTS, MAX_RULES, MAX_SUBTABLES, PUNT_RING_BYTES,
+    RuleMeta, RuleStats, Subtable, MAX_PORTS, MAX_RULES, MAX_SUBTABLES, OFPORT_INDEX_SLOTS,
+    PORT_INDEX_SLOTS, PUNT_RING_BYTES,
 };
 
 /// `BPF_F_NO_PREALLOC`: allocate hash map entries on demand.
@@ -38,6 +39,46 @@ pub static DL_PORTS: HashMap<u32, PortInfo> = HashMap::pinned(MAX_PORTS, 0);
 /// Ports by OpenFlow port number (output lookup).
 #[map]
 pub static DL_OFPORTS: HashMap<u32, PortInfo> = HashMap::pinned(MAX_PORTS, 0);
+
+/// Ports by ifindex below [`PORT_INDEX_SLOTS`] (array: no hashing per
+/// packet); [`DL_PORTS`] holds them too, and every other port.
+#[map]
+pub static DL_PORT_IDX: Array<PortInfo> = Array::pinned(PORT_INDEX_SLOTS, 0);
+
+/// Ports by OpenFlow port number below [`OFPORT_INDEX_SLOTS`];
+/// [`DL_OFPORTS`] holds them too, and every other port.
+#[map]
+pub static DL_OFPORT_IDX: Array<PortInfo> = Array::pinned(OFPORT_INDEX_SLOTS, 0);
+
+/// The port that `ifindex` is, if it is one of ours.
+#[inline(always)]
+pub fn port_by_ifindex(ifindex: u32) -> Option<&'static PortInfo> {
+    if ifindex < PORT_INDEX_SLOTS {
+        let p = DL_PORT_IDX.get(ifindex)?;
+        return if p.ifindex == ifindex && ifindex != 0 {
+            Some(p)
+        } else {
+            None
+        };
+    }
+    // SAFETY: map value, valid (RCU) for the rest of this run.
+    unsafe { DL_PORTS.get(ifindex) }
+}
+
+/// The port with OpenFlow number `ofport`, if there is one.
+#[inline(always)]
+pub fn port_by_ofport(ofport: u32) -> Option<&'static PortInfo> {
+    if ofport < OFPORT_INDEX_SLOTS {
+        let p = DL_OFPORT_IDX.get(ofport)?;
+        return if p.ofport == ofport && p.ifindex != 0 {
+            Some(p)
+        } else {
+            None
+        };
+    }
+    // SAFETY: map value, valid (RCU) for the rest of this run.
+    unsafe { DL_OFPORTS.get(ofport) }
+}
 
 /// Per-CPU rule counters, indexed by rule id.
 #[map]
@@ -103,6 +144,8 @@ const _: () = {
     assert!(same(names::CONFIG, "DL_CONFIG"));
     assert!(same(names::PORTS, "DL_PORTS"));
     assert!(same(names::OFPORTS, "DL_OFPORTS"));
+    assert!(same(names::PORT_INDEX, "DL_PORT_IDX"));
+    assert!(same(names::OFPORT_INDEX, "DL_OFPORT_IDX"));
     assert!(same(names::RULE_STATS, "DL_RULE_STATS"));
     assert!(same(names::PORT_STATS, "DL_PORT_STATS"));
     assert!(same(names::DROPS, "DL_DROPS"));

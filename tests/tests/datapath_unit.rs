@@ -376,6 +376,97 @@ const H1_TO_H2: Macs = Macs {
     dst: MAC_H2,
 };
 
+/// A veth pair with a chosen ifindex in the test's namespace, deleted on drop.
+struct VethWithIndex(String);
+
+impl VethWithIndex {
+    /// A pair named `dpux<pid>`/`dpuy<pid>` whose first end has an ifindex
+    /// at or above `min` (the first free one of a few tried).
+    fn create(min: u32) -> Option<(Self, u32)> {
+        let pid = std::process::id();
+        let (a, b) = (format!("dpux{pid}"), format!("dpuy{pid}"));
+        for i in 0..50 {
+            let index = min + (pid % 1000) * 50 + i;
+            let ok = std::process::Command::new("ip")
+                .args([
+                    "link",
+                    "add",
+                    &a,
+                    "index",
+                    &index.to_string(),
+                    "type",
+                    "veth",
+                ])
+                .args(["peer", "name", &b])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return Some((Self(a), index));
+            }
+        }
+        None
+    }
+}
+
+impl Drop for VethWithIndex {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.0])
+            .status();
+    }
+}
+
+/// Ports whose ifindex does not fit the array index are found through the
+/// hash map: a packet arriving on one is classified and forwarded.
+#[test]
+fn tc_ingress_on_a_port_beyond_the_array_index() {
+    let Some(mut dp) = setup("tc_ingress_beyond_index", MissPolicy::Punt) else {
+        return;
+    };
+    let (_veth, far) = VethWithIndex::create(daolinet_common::PORT_INDEX_SLOTS + 10_000)
+        .expect("creating a veth pair with a large ifindex");
+    dp.add_port(port(
+        IN_OFPORT + 50,
+        far,
+        PortKind::Container,
+        MissPolicy::Punt,
+        9,
+    ))
+    .expect("registering a port");
+    let sub = subtable(1, mask_in_port_ip_pair(), 1000);
+    dp.set_subtables(&[sub]).expect("subtables");
+    dp.insert_flow(
+        &sub,
+        &ip_key(IN_OFPORT + 50, IP_A, IP_B),
+        entry(1000, 8, &[Action::output(PEER_OFPORT)]),
+    )
+    .expect("inserting a flow");
+    let input = tcp_frame(FROM_A, IP_A, IP_B, 40000, 5201, 64);
+    let (verdict, _) = dp.run_tc(&input, far).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(dp.port_stats(9).unwrap().rx_packets, 1);
+    assert_eq!(dp.drop_count(DropReason::UnknownIngress).unwrap(), 0);
+}
+
+/// Ports whose numbers do not fit the array indexes are found through the
+/// hash maps: an output to an OpenFlow port number beyond
+/// `OFPORT_INDEX_SLOTS` still leaves by that port.
+#[test]
+fn tc_output_to_a_port_beyond_the_array_index() {
+    let Some(mut dp) = setup("tc_output_beyond_index", MissPolicy::Punt) else {
+        return;
+    };
+    let far = daolinet_common::OFPORT_INDEX_SLOTS + 7;
+    dp.add_port(port(far, 4444, PortKind::Uplink, MissPolicy::Local, 9))
+        .expect("registering a port");
+    install_pair_rule(&mut dp, 8, &[Action::output(far)]);
+    let input = tcp_frame(FROM_A, IP_A, IP_B, 40000, 5201, 64);
+    let (verdict, _) = dp.run_tc(&input, IN_IFINDEX).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(dp.port_stats(9).unwrap().tx_packets, 1);
+    assert_eq!(dp.drop_count(DropReason::NoSuchPort).unwrap(), 0);
+}
+
 // ---------------------------------------------------------------------------
 // (a) cross-host rewrite
 
@@ -1303,6 +1394,8 @@ fn every_map_is_pinned_under_its_common_name() {
         names::DROPS,
         names::PUNTS,
         names::RULE_META,
+        names::PORT_INDEX,
+        names::OFPORT_INDEX,
     ] {
         assert!(dp.pin_dir().join(name).exists(), "{name} is not pinned");
     }
