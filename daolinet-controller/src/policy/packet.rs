@@ -252,21 +252,26 @@ fn checksum(b: &[u8]) -> u16 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn round_trips() {
-        let p = Packet {
+    /// An IPv4 packet from 10.0.0.2 to 10.0.0.3 between two test MACs.
+    fn ipv4(proto: u8, ports: (u16, u16), payload: &[u8]) -> Packet {
+        Packet {
             eth_dst: "02:00:00:00:00:02".parse().unwrap(),
             eth_src: "02:00:00:00:00:01".parse().unwrap(),
             eth_type: ETH_TYPE_IPV4,
             l3: L3::Ipv4(Ipv4 {
                 src: Ipv4Addr::new(10, 0, 0, 2),
                 dst: Ipv4Addr::new(10, 0, 0, 3),
-                proto: 6,
+                proto,
                 ttl: 64,
-                ports: Some((1234, 80)),
-                payload: vec![1, 2, 3],
+                ports: Some(ports),
+                payload: payload.to_vec(),
             }),
-        };
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let p = ipv4(6, (1234, 80), &[1, 2, 3]);
         assert_eq!(Packet::parse(&p.emit()).unwrap(), p);
         let req = Arp {
             op: 1,
@@ -281,19 +286,7 @@ mod tests {
 
     #[test]
     fn headers_only_parse_is_parse_without_the_payload() {
-        let mut p = Packet {
-            eth_dst: "02:00:00:00:00:02".parse().unwrap(),
-            eth_src: "02:00:00:00:00:01".parse().unwrap(),
-            eth_type: ETH_TYPE_IPV4,
-            l3: L3::Ipv4(Ipv4 {
-                src: Ipv4Addr::new(10, 0, 0, 2),
-                dst: Ipv4Addr::new(10, 0, 0, 3),
-                proto: 17,
-                ttl: 64,
-                ports: Some((1, 2)),
-                payload: b"data".to_vec(),
-            }),
-        };
+        let mut p = ipv4(17, (1, 2), b"data");
         let h = Packet::parse_headers(&p.emit()).unwrap();
         if let L3::Ipv4(i) = &mut p.l3 {
             i.payload.clear();

@@ -129,15 +129,24 @@ impl Ctl {
         Ok(())
     }
 
+    /// The next complete frame already received, answering ECHO_REQUESTs on
+    /// the way (they are not returned).
+    fn take_buffered(&mut self) -> Result<Option<Frame>> {
+        while let Ok(Some((f, used))) = of::decode(&self.buf) {
+            self.buf.drain(..used);
+            if let Message::EchoRequest(d) = &f.message {
+                let d = d.clone();
+                self.send(f.xid, &Message::EchoReply(d))?;
+                continue;
+            }
+            return Ok(Some(f));
+        }
+        Ok(None)
+    }
+
     fn recv(&mut self, deadline: Instant) -> Result<Option<Frame>> {
         loop {
-            if let Ok(Some((f, used))) = of::decode(&self.buf) {
-                self.buf.drain(..used);
-                if let Message::EchoRequest(d) = &f.message {
-                    let d = d.clone();
-                    self.send(f.xid, &Message::EchoReply(d))?;
-                    continue;
-                }
+            if let Some(f) = self.take_buffered()? {
                 return Ok(Some(f));
             }
             let now = Instant::now();
@@ -163,13 +172,7 @@ impl Ctl {
     /// be non-blocking): the busy-polling side of the probes.
     fn poll(&mut self) -> Result<Option<Frame>> {
         loop {
-            if let Ok(Some((f, used))) = of::decode(&self.buf) {
-                self.buf.drain(..used);
-                if let Message::EchoRequest(d) = &f.message {
-                    let d = d.clone();
-                    self.send(f.xid, &Message::EchoReply(d))?;
-                    continue;
-                }
+            if let Some(f) = self.take_buffered()? {
                 return Ok(Some(f));
             }
             let mut b = [0u8; 65536];
