@@ -1,6 +1,8 @@
 //! Bad input to `daolinet-agent run`: one clear line, non-zero exit,
 //! nothing attached or pinned.
 
+#![allow(clippy::expect_used)] // test helpers: a failed expect is a failed test
+
 mod common;
 use common::{root_or_skip, sh, Lab};
 use std::process::Command;

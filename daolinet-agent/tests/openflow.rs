@@ -2,7 +2,7 @@
 //! controllers we did not write (ovs-ofctl, ovs-testcontroller) and by a
 //! hostile peer over real TCP connections.
 
-#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failed unwrap is a failed test
 
 mod common;
 use std::io::{Read, Write};

@@ -1,7 +1,7 @@
 //! Privileged: `daolinet-agent run` refuses, with one clear line and
 //! nothing left behind, to start without the capabilities it needs, and to
 //! take an interface another DaoliNet datapath already serves.
-#![allow(clippy::panic)] // a panic is a failed test
+#![allow(clippy::panic, clippy::expect_used)] // a panic is a failed test
 
 mod common;
 use common::{root_or_skip, sh, Lab};

@@ -5,7 +5,7 @@
 //! pair flows, PACKET_OUT), same host and across hosts with the logical to
 //! physical rewriting, and the flows expire when idle.
 
-#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failed unwrap is a failed test
 
 mod common;
 use std::io::{BufRead, BufReader, Read, Write};

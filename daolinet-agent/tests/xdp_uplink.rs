@@ -11,7 +11,7 @@
 //! for (design.md §3): the underlay ends compute checksums before sending
 //! (a wire never carries partial ones), and the containers' veths have GRO
 //! on (a veth accepts redirected XDP frames only with NAPI enabled).
-#![allow(clippy::panic)] // a panic is a failed test
+#![allow(clippy::panic, clippy::expect_used)] // a panic is a failed test
 
 mod common;
 use common::{iperf3_transfer, ns, ns_out, root_or_skip, sh, Lab};

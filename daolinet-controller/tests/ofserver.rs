@@ -4,7 +4,7 @@
 //! reconnection by datapath id, model-change deletions, FLOW_REMOVED, and
 //! hostile input (garbage, truncated, out-of-order, oversized, thousands of
 //! connections) that never disturbs a well-behaved switch.
-#![allow(clippy::unwrap_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -9,6 +9,8 @@
 //! names ifindex 1. Output ports may use made-up ifindexes: the redirect
 //! helpers only record the target in a test run.
 
+#![allow(clippy::expect_used)] // test helpers: a failed expect is a failed test
+
 use daolinet_common::{
     Action, DropReason, FlowEntry, FlowKey, MissPolicy, PortInfo, PortKind, PuntReason, Subtable,
     MAX_ACTIONS, NO_RULE, PORT_FLAG_ANTI_SPOOF,

@@ -1,5 +1,7 @@
 //! Shared helpers of the agent's privileged tests: namespaces with a
 //! cleanup guard, a running agent, command helpers.
+
+#![allow(clippy::expect_used)] // test helpers: a failed expect is a failed test
 #![allow(dead_code)]
 
 use std::path::PathBuf;
