@@ -462,6 +462,32 @@ async fn handshake_packet_in_reconnect_and_model_changes() {
     drop(s1b);
 }
 
+/// A PACKET_IN whose frame the switch truncated (data shorter than
+/// total_len: a GSO super-frame beyond the agent's punt capacity) gets the
+/// pair's flows but no PACKET_OUT: the truncated frame would go out corrupt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_packet_in_gets_flows_but_no_packet_out() {
+    let env = Env::start().await;
+    let (mut s1, _) = FakeSwitch::connect(env.addr, 1).await;
+    let (port, data) = env.udp("a", "b");
+    let mut pi = PacketIn::new(port, OFPR_NO_MATCH, data);
+    pi.total_len = 9000;
+    s1.send(90, Message::PacketIn(pi)).await;
+    let got = s1.within(Duration::from_millis(500)).await;
+    assert_eq!(flow_mods(&got).len(), 2, "{got:?}");
+    assert!(
+        !got.iter()
+            .any(|f| matches!(f.message, Message::PacketOut(_))),
+        "{got:?}"
+    );
+    // The same PACKET_IN whole: the PACKET_OUT goes.
+    let (port, data) = env.udp("b", "a");
+    s1.send(91, packet_in(port, data)).await;
+    s1.until(|f| matches!(f.message, Message::PacketOut(_)))
+        .await;
+    env.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_input_never_disturbs_a_good_switch() {
     let env = Env::start().await;

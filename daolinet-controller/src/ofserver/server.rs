@@ -681,6 +681,20 @@ impl Task<'_> {
         // over the decisions, so that nothing is collected on the way (no
         // allocation per PACKET_IN beyond the remote groups).
         let mut decisions = out.decisions;
+        // A frame the switch truncated (shorter than total_len, e.g. a GSO
+        // super-frame beyond the agent's punt capacity) must not be sent
+        // back out: the receiver would drop it as corrupt. The flows still
+        // go; the sender's retransmission takes them.
+        if p.data.len() < usize::from(p.total_len) {
+            tracing::debug!(
+                %dpid,
+                in_port,
+                total_len = p.total_len,
+                data_len = p.data.len(),
+                "truncated PACKET_IN: flows only, no PACKET_OUT"
+            );
+            decisions.retain(|d| !matches!(d, Decision::PacketOut { .. }));
+        }
         let mut local_flows = false;
         let mut has_remote = false;
         let mut po_barrier = false;
