@@ -494,31 +494,27 @@ impl Datapath {
         let mut m: HashMap<&mut MapData, u32, PortInfo> =
             HashMap::try_from(self.map(names::OFPORTS)?)?;
         m.insert(info.ofport, *info, 0)?;
-        if info.ifindex < PORT_INDEX_SLOTS {
-            let mut a: Array<&mut MapData, PortInfo> =
-                Array::try_from(self.map(names::PORT_INDEX)?)?;
-            a.set(info.ifindex, *info, 0)?;
-        }
-        if info.ofport < OFPORT_INDEX_SLOTS {
-            let mut a: Array<&mut MapData, PortInfo> =
-                Array::try_from(self.map(names::OFPORT_INDEX)?)?;
-            a.set(info.ofport, *info, 0)?;
+        self.set_port_slots(info, *info)
+    }
+
+    /// Write `value` into `info`'s slots of the array indexes (by ifindex
+    /// and by OpenFlow port), where its numbers fit.
+    fn set_port_slots(&mut self, info: &PortInfo, value: PortInfo) -> Result<()> {
+        for (name, index, slots) in [
+            (names::PORT_INDEX, info.ifindex, PORT_INDEX_SLOTS),
+            (names::OFPORT_INDEX, info.ofport, OFPORT_INDEX_SLOTS),
+        ] {
+            if index < slots {
+                let mut a: Array<&mut MapData, PortInfo> = Array::try_from(self.map(name)?)?;
+                a.set(index, value, 0)?;
+            }
         }
         Ok(())
     }
 
     fn erase_port(&mut self, info: &PortInfo) -> Result<()> {
         // Array slots first: a zeroed slot is empty.
-        if info.ifindex < PORT_INDEX_SLOTS {
-            let mut a: Array<&mut MapData, PortInfo> =
-                Array::try_from(self.map(names::PORT_INDEX)?)?;
-            a.set(info.ifindex, PortInfo::default(), 0)?;
-        }
-        if info.ofport < OFPORT_INDEX_SLOTS {
-            let mut a: Array<&mut MapData, PortInfo> =
-                Array::try_from(self.map(names::OFPORT_INDEX)?)?;
-            a.set(info.ofport, PortInfo::default(), 0)?;
-        }
+        self.set_port_slots(info, PortInfo::default())?;
         let mut m: HashMap<&mut MapData, u32, PortInfo> =
             HashMap::try_from(self.map(names::PORTS)?)?;
         let _ = m.remove(&info.ifindex);

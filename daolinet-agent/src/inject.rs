@@ -7,6 +7,23 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+/// Refuse a frame without a whole Ethernet header.
+fn check_frame(frame: &[u8]) -> io::Result<()> {
+    if frame.len() < 14 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "frame shorter than an Ethernet header",
+        ));
+    }
+    Ok(())
+}
+
+/// The last OS error (errno), its message prefixed with what failed.
+fn os_error(what: impl std::fmt::Display) -> io::Error {
+    let e = io::Error::last_os_error();
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
 /// A send-only AF_PACKET socket (protocol 0: it receives nothing).
 pub struct Injector {
     fd: OwnedFd,
@@ -28,12 +45,7 @@ impl Injector {
 
     /// Send one Ethernet frame out of interface `ifindex`.
     pub fn send(&self, ifindex: u32, frame: &[u8]) -> io::Result<()> {
-        if frame.len() < 14 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "frame shorter than an Ethernet header",
-            ));
-        }
+        check_frame(frame)?;
         // SAFETY: sockaddr_ll is plain old data.
         let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sa.sll_family = libc::AF_PACKET as u16;
@@ -102,8 +114,7 @@ impl LocalPort {
             )
         };
         if fd < 0 {
-            let e = io::Error::last_os_error();
-            return Err(io::Error::new(e.kind(), format!("/dev/net/tun: {e}")));
+            return Err(os_error("/dev/net/tun"));
         }
         // SAFETY: fd is a fresh descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -115,8 +126,7 @@ impl LocalPort {
         req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
         // SAFETY: valid fd and ifreq.
         if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
-            let e = io::Error::last_os_error();
-            return Err(io::Error::new(e.kind(), format!("TUNSETIFF: {e}")));
+            return Err(os_error("TUNSETIFF"));
         }
         let name: String = req
             .ifr_name
@@ -155,12 +165,7 @@ impl LocalPort {
     /// Hand one Ethernet frame to the host network stack (its destination
     /// MAC becomes the device's, so the stack takes it as its own).
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
-        if frame.len() < 14 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "frame shorter than an Ethernet header",
-            ));
-        }
+        check_frame(frame)?;
         let mut f = frame.to_vec();
         f[..6].copy_from_slice(&self.mac);
         // SAFETY: valid fd and buffer.
@@ -211,28 +216,19 @@ fn set_up(name: &str, req: &mut libc::ifreq) -> io::Result<()> {
         };
         // SAFETY: valid fd and ifreq.
         if unsafe { libc::ioctl(s.as_raw_fd(), cmd, &mut *req) } < 0 {
-            let e = io::Error::last_os_error();
-            return Err(io::Error::new(e.kind(), format!("{name}: {what}: {e}")));
+            return Err(os_error(format_args!("{name}: {what}")));
         }
     }
     // SAFETY: valid fd and ifreq.
     if unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS, &mut *req) } < 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(
-            e.kind(),
-            format!("{name}: SIOCGIFFLAGS: {e}"),
-        ));
+        return Err(os_error(format_args!("{name}: SIOCGIFFLAGS")));
     }
     // SAFETY: the kernel filled ifru_flags.
     let flags = unsafe { req.ifr_ifru.ifru_flags };
     req.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_NOARP) as libc::c_short;
     // SAFETY: valid fd and ifreq.
     if unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &mut *req) } < 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(
-            e.kind(),
-            format!("{name}: SIOCSIFFLAGS: {e}"),
-        ));
+        return Err(os_error(format_args!("{name}: SIOCSIFFLAGS")));
     }
     Ok(())
 }
