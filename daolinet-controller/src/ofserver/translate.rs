@@ -67,14 +67,8 @@ fn ipv4_field(
 /// fields without an `eth_type` get `eth_type=0x0800` added.
 pub fn to_match(m: &MatchSpec) -> Result<Match, TranslateError> {
     let mut f = Vec::with_capacity(8);
-    fill_match(m, &mut f)?;
+    each_match_field(m, |x| f.push(x))?;
     Ok(Match { fields: f })
-}
-
-/// [`to_match`] into a reused vector (cleared first).
-fn fill_match(m: &MatchSpec, f: &mut Vec<OxmField>) -> Result<(), TranslateError> {
-    f.clear();
-    each_match_field(m, |x| f.push(x))
 }
 
 /// Hands the OXM fields of `m` to `each`, in prerequisite order (see
@@ -191,18 +185,8 @@ pub fn to_actions(
     ip_proto: Option<u8>,
 ) -> Result<Vec<Action>, TranslateError> {
     let mut out = Vec::with_capacity(actions.len());
-    fill_actions(actions, ip_proto, &mut out)?;
+    each_action(actions, ip_proto, |a| out.push(a))?;
     Ok(out)
-}
-
-/// [`to_actions`] into a reused vector (cleared first).
-fn fill_actions(
-    actions: &[ActionSpec],
-    ip_proto: Option<u8>,
-    out: &mut Vec<Action>,
-) -> Result<(), TranslateError> {
-    out.clear();
-    each_action(actions, ip_proto, |a| out.push(a))
 }
 
 /// Hands the OpenFlow actions of `actions` to `each` (see [`to_actions`]).
@@ -276,6 +260,16 @@ fn put_message(
     r
 }
 
+/// The FLOW_MOD flags of `f`: flows with a timeout ask for a FLOW_REMOVED
+/// (`OFPFF_SEND_FLOW_REM`) so the flow registry learns about their expiry.
+fn flow_flags(f: &FlowSpec) -> u16 {
+    if f.idle_timeout != 0 || f.hard_timeout != 0 {
+        OFPFF_SEND_FLOW_REM
+    } else {
+        0
+    }
+}
+
 /// Appends the FLOW_MOD adding `f` with transaction id `xid` straight to
 /// `buf`: the same bytes as encoding [`flow_mod`]'s message, without
 /// building it (no intermediate match, instruction or action vectors, one
@@ -292,11 +286,7 @@ pub fn put_flow_mod(f: &FlowSpec, xid: u32, buf: &mut BytesMut) -> Result<(), Tr
         buf.put_u32(OFP_NO_BUFFER);
         buf.put_u32(OFPP_ANY);
         buf.put_u32(OFPG_ANY);
-        buf.put_u16(if f.idle_timeout != 0 || f.hard_timeout != 0 {
-            OFPFF_SEND_FLOW_REM
-        } else {
-            0
-        });
+        buf.put_u16(flow_flags(f));
         buf.put_u16(0); // pad
                         // ofp_match: type OXM, length without padding, fields, pad to 8.
         let m = buf.len();
@@ -351,22 +341,11 @@ pub fn put_packet_out(
 /// FLOW_REMOVED (`OFPFF_SEND_FLOW_REM`) so the controller's flow registry
 /// learns about their expiry.
 pub fn flow_mod(f: &FlowSpec) -> Result<FlowMod, TranslateError> {
-    let mut fm = FlowMod::default();
-    fill_flow_mod(f, &mut fm)?;
-    Ok(fm)
-}
-
-/// [`flow_mod`] into a FLOW_MOD reused from one call to the next: its match
-/// and action vectors keep their capacity, so a connection encodes flows
-/// without allocating. On error `fm` holds garbage and must not be sent.
-pub fn fill_flow_mod(f: &FlowSpec, fm: &mut FlowMod) -> Result<(), TranslateError> {
-    fill_match(&f.match_, &mut fm.match_.fields)?;
-    let mut actions = match fm.instructions.pop() {
-        Some(Instruction::ApplyActions(v)) => v,
-        _ => Vec::new(),
+    let mut fm = FlowMod {
+        match_: to_match(&f.match_)?,
+        ..FlowMod::default()
     };
-    fm.instructions.clear();
-    fill_actions(&f.actions, f.match_.ip_proto, &mut actions)?;
+    let actions = to_actions(&f.actions, f.match_.ip_proto)?;
     if !actions.is_empty() {
         fm.instructions.push(Instruction::ApplyActions(actions));
     }
@@ -380,12 +359,8 @@ pub fn fill_flow_mod(f: &FlowSpec, fm: &mut FlowMod) -> Result<(), TranslateErro
     fm.buffer_id = OFP_NO_BUFFER;
     fm.out_port = OFPP_ANY;
     fm.out_group = OFPG_ANY;
-    fm.flags = if f.idle_timeout != 0 || f.hard_timeout != 0 {
-        OFPFF_SEND_FLOW_REM
-    } else {
-        0
-    };
-    Ok(())
+    fm.flags = flow_flags(f);
+    Ok(fm)
 }
 
 /// The IP protocol of an Ethernet frame carrying IPv4, if any (for
@@ -561,9 +536,6 @@ mod tests {
         };
         let fm = flow_mod(&drop).unwrap();
         assert!(fm.instructions.is_empty());
-        let mut scratch = flow_mod(&pair_flow()).unwrap();
-        fill_flow_mod(&drop, &mut scratch).unwrap();
-        assert_eq!(scratch, fm);
         assert_eq!(fm.flags, OFPFF_SEND_FLOW_REM);
     }
 
@@ -769,10 +741,6 @@ mod tests {
                 match_: m.clone(),
                 actions: vec![ActionSpec::Output(1)],
             };
-            // A reused FLOW_MOD, dirty from a different flow, gives the same.
-            let mut scratch = flow_mod(&pair_flow()).unwrap();
-            fill_flow_mod(&f, &mut scratch).unwrap();
-            prop_assert_eq!(&scratch, &flow_mod(&f).unwrap());
             let msg = Message::FlowMod(flow_mod(&f).unwrap());
             let mut buf = BytesMut::new();
             encode(&msg, 1, &mut buf).unwrap();
