@@ -314,7 +314,7 @@ pub fn put_flow_mod(f: &FlowSpec, xid: u32, buf: &mut BytesMut) -> Result<(), Tr
 
 /// Appends the PACKET_OUT sending `data` with `actions` as if received on
 /// `in_port` straight to `buf` (the same bytes as encoding the message of
-/// [`into_message`]). On error `buf` is unchanged.
+/// [`to_message`]). On error `buf` is unchanged.
 pub fn put_packet_out(
     in_port: u32,
     actions: &[ActionSpec],
@@ -406,8 +406,19 @@ pub fn packet_out_needs_barrier(d: &Decision) -> bool {
 /// The OpenFlow message for one decision.
 pub fn to_message(d: &Decision) -> Result<Message, TranslateError> {
     match d {
-        // Only a PACKET_OUT owns bulky data; avoid cloning the rest.
-        Decision::PacketOut { .. } => into_message(d.clone()),
+        Decision::PacketOut {
+            in_port,
+            actions,
+            data,
+            ..
+        } => {
+            let actions = to_actions(actions, frame_ip_proto(data))?;
+            Ok(Message::PacketOut(PacketOut::new(
+                *in_port,
+                actions,
+                data.clone(),
+            )))
+        }
         Decision::AddFlow(f) => Ok(Message::FlowMod(flow_mod(f)?)),
         Decision::DeleteFlows {
             cookie,
@@ -416,23 +427,6 @@ pub fn to_message(d: &Decision) -> Result<Message, TranslateError> {
         } => Ok(Message::FlowMod(
             FlowMod::delete(Match::new()).cookie_match(*cookie, *cookie_mask),
         )),
-    }
-}
-
-/// Like [`to_message`], consuming the decision (a PACKET_OUT's frame is
-/// moved, not copied).
-pub fn into_message(d: Decision) -> Result<Message, TranslateError> {
-    match d {
-        Decision::PacketOut {
-            in_port,
-            actions,
-            data,
-            ..
-        } => {
-            let actions = to_actions(&actions, frame_ip_proto(&data))?;
-            Ok(Message::PacketOut(PacketOut::new(in_port, actions, data)))
-        }
-        other => to_message(&other),
     }
 }
 
