@@ -153,6 +153,17 @@ pub trait Packet {
     fn to_host(&self);
 }
 
+/// The address of the `n` bytes at `off` of a TC packet when the skb's
+/// linear part holds them and `off` is within [`MAX_DIRECT_OFF`] (the bound
+/// the verifier needs for a variable offset on a packet pointer): in-place
+/// access (see the module docs).
+#[inline(always)]
+fn linear(ctx: &TcContext, off: u32, n: usize) -> Option<usize> {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let o = off as usize;
+    (o <= MAX_DIRECT_OFF && start + o + n <= end).then_some(start + o)
+}
+
 impl Packet for TcContext {
     const PASS: i32 = TC_ACT_OK;
     const DROP: i32 = TC_ACT_SHOT;
@@ -195,15 +206,11 @@ impl Packet for TcContext {
     fn load<const N: usize>(&self, off: u32) -> Result<Buf<N>, ()> {
         // Headers in the linear part (the usual case) are read in place:
         // a bounds check instead of a helper call.
-        let (start, end) = (self.data(), self.data_end());
-        let o = off as usize;
-        if o <= MAX_DIRECT_OFF && start + o + N <= end {
-            // SAFETY: the N bytes at `start + o` are inside the linear
-            // packet data (checked above, and by the verifier).
+        if let Some(at) = linear(self, off, N) {
+            // SAFETY: the N bytes at `at` are inside the linear packet data
+            // (checked by `linear`, and by the verifier).
             // Exactly N bytes: `Buf<N>` itself is padded to its alignment.
-            return Ok(Buf(unsafe {
-                ((start + o) as *const [u8; N]).read_unaligned()
-            }));
+            return Ok(Buf(unsafe { (at as *const [u8; N]).read_unaligned() }));
         }
         let mut buf = MaybeUninit::<Buf<N>>::uninit();
         // SAFETY: the helper writes exactly N bytes into `buf` or fails.
@@ -226,12 +233,11 @@ impl Packet for TcContext {
         // does). In place when the linear part holds the bytes: a program
         // that writes packet data directly gets a prologue from the verifier
         // that unclones a cloned skb first, as the helper would.
-        let (start, end) = (self.data(), self.data_end());
-        let o = off as usize;
         // Not for single bytes: the compiler turns that bounds check into
         // `start + o < end`, from which this verifier learns no range.
-        if N >= 2 && o <= MAX_DIRECT_OFF && start + o + N <= end {
-            let dst = (start + o) as *mut u8;
+        let direct = if N >= 2 { linear(self, off, N) } else { None };
+        if let Some(at) = direct {
+            let dst = at as *mut u8;
             // Word by word: a 12-byte array copy becomes a call to a
             // byte-wise memmove subprogram instead of inline stores.
             let mut i = 0;
@@ -264,10 +270,8 @@ impl Packet for TcContext {
     fn l3_csum_diff(&self, off: u32, diff: u32) -> Result<(), ()> {
         // In place when the linear part holds it (see `store`): the IPv4
         // header checksum is not part of any offload state.
-        let (start, end) = (self.data(), self.data_end());
-        let o = off as usize;
-        if o <= MAX_DIRECT_OFF && start + o + 2 <= end {
-            let p = (start + o) as *mut [u8; 2];
+        if let Some(at) = linear(self, off, 2) {
+            let p = at as *mut [u8; 2];
             // SAFETY: the 2 bytes at `p` are inside the linear, writable
             // packet data (checked above, and by the verifier).
             unsafe {
