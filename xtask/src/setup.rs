@@ -23,6 +23,24 @@ const APT_PACKAGES: &[&str] = &[
     // and ovs-testcontroller as a third-party controller.
     "openvswitch-switch",
     "openvswitch-testcontroller",
+    // traceroute through the virtual routers (edge services).
+    "traceroute",
+    // NAT-out masquerade and firewall on hosts: one nftables table of ours.
+    "nftables",
+    "conntrack",
+    // Several controllers on etcd (HA): etcd members started by the tests;
+    // etcd-client needs protoc at build time.
+    "etcd-server",
+    "etcd-client",
+    "protobuf-compiler",
+    // Container runtimes driven by the Docker driver and the CNI plugin;
+    // images are imported from busybox-static (no registry is reachable).
+    "docker.io",
+    "podman",
+    "runc",
+    "busybox-static",
+    // A real Prometheus scrapes the agents' and the controller's metrics.
+    "prometheus",
 ];
 
 /// The bpf-linker version known to work with our aya pins.
