@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::policy::{DenyReason, Verdict};
+use daolinet_policy::{DenyReason, Verdict};
 
 /// Upper bounds (seconds) of the decision latency histogram.
 const BUCKETS: [f64; 10] = [

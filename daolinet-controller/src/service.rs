@@ -11,11 +11,11 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
-use crate::addr::{Dpid, Ipv4Net};
 use crate::metrics::Metrics;
-use crate::model::{Change, Model, ModelError};
-use crate::policy::{self, Config, Decision, FlowSpec, MatchSpec, Outcome, Snapshot};
 use crate::store::{batch_of, load_model, Store, StoreError};
+use daolinet_policy::addr::{Dpid, Ipv4Net};
+use daolinet_policy::model::{Change, Model, ModelError};
+use daolinet_policy::{self as policy, Config, Decision, FlowSpec, MatchSpec, Outcome, Snapshot};
 
 /// Why a mutation failed.
 #[derive(Debug, thiserror::Error)]
@@ -612,17 +612,17 @@ impl Controller {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::addr::MacAddr;
-    use crate::model::{ContainerSpec, Host, NetworkSpec, PairAction};
-    use crate::policy::{Ipv4, Packet, Verdict, ETH_TYPE_IPV4, L3};
     use crate::store::MemStore;
+    use daolinet_policy::addr::MacAddr;
+    use daolinet_policy::model::{ContainerSpec, Host, NetworkSpec, PairAction};
+    use daolinet_policy::{Ipv4, Packet, Verdict, ETH_TYPE_IPV4, L3};
 
     /// Batched deletions (one pass per datapath) leave exactly what the
     /// deletions applied one by one leave.
     #[test]
     fn batched_deletions_equal_sequential_ones() {
-        use crate::policy::cookie::{self, Kind, HI_MASK, LO_MASK};
-        use crate::policy::{FlowSpec, Ipv4Match, MatchSpec};
+        use daolinet_policy::cookie::{self, Kind, HI_MASK, LO_MASK};
+        use daolinet_policy::{FlowSpec, Ipv4Match, MatchSpec};
         let flow = |dpid: u64, lo: u32, hi: u32, port: u32| {
             Decision::AddFlow(FlowSpec {
                 dpid: Dpid(dpid),
@@ -682,7 +682,7 @@ mod tests {
     /// keeping 2 bits of them).
     #[test]
     fn compact_registry_equals_an_exact_map() {
-        use crate::policy::{ActionSpec, FlowSpec, Ipv4Match, MatchSpec};
+        use daolinet_policy::{ActionSpec, FlowSpec, Ipv4Match, MatchSpec};
         for mask in [u64::MAX, 0b11] {
             let mut reg = DpFlows {
                 key_mask: mask,

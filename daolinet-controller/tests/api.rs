@@ -8,9 +8,9 @@ mod common;
 use std::sync::Arc;
 
 use daolinet_controller::api::{router, AppState};
-use daolinet_controller::policy::Config;
 use daolinet_controller::service::Controller;
 use daolinet_controller::store::{load_model, RedbStore, Store};
+use daolinet_policy::Config;
 use serde_json::Value;
 
 struct Server {

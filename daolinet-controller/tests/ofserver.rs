@@ -13,16 +13,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use daolinet_controller::addr::{Dpid, MacAddr};
-use daolinet_controller::model::{ContainerSpec, Host, NetworkSpec, PairAction};
 use daolinet_controller::ofserver::{Server, ServerConfig};
-use daolinet_controller::policy::{Config, Ipv4, Packet, ETH_TYPE_IPV4, L3};
 use daolinet_controller::service::Controller;
 use daolinet_controller::store::MemStore;
 use daolinet_openflow::{
     consts::*, decode, ErrorCode, FlowMod, FlowRemoved, Frame, Hello, Message, MultipartReply,
     MultipartReplyBody, PacketIn, Port, SwitchFeatures,
 };
+use daolinet_policy::addr::{Dpid, MacAddr};
+use daolinet_policy::model::{ContainerSpec, Host, NetworkSpec, PairAction};
+use daolinet_policy::{Config, Ipv4, Packet, ETH_TYPE_IPV4, L3};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -292,11 +292,7 @@ async fn handshake_packet_in_reconnect_and_model_changes() {
     assert!(fms[1..].iter().all(|m| m.command == OFPFC_ADD));
     let miss: FlowMod = format!(
         "cookie={:#x},priority=0 actions=CONTROLLER:65535",
-        daolinet_controller::policy::cookie::make(
-            daolinet_controller::policy::cookie::Kind::Base,
-            0,
-            0
-        )
+        daolinet_policy::cookie::make(daolinet_policy::cookie::Kind::Base, 0, 0)
     )
     .parse()
     .unwrap();
@@ -398,10 +394,7 @@ async fn handshake_packet_in_reconnect_and_model_changes() {
     let Some(Message::FlowMod(del)) = got.last().map(|f| &f.message) else {
         unreachable!()
     };
-    assert_eq!(
-        del.cookie_mask,
-        daolinet_controller::policy::cookie::PAIR_MASK
-    );
+    assert_eq!(del.cookie_mask, daolinet_policy::cookie::PAIR_MASK);
     // Now denied: a drop flow, no PACKET_OUT.
     let (port, data) = env.udp("a", "b");
     s1b.send(80, packet_in(port, data)).await;

@@ -17,10 +17,10 @@
 use std::net::Ipv4Addr;
 
 use bytes::BytesMut;
-use daolinet_controller::addr::{Dpid, Ipv4Net, MacAddr};
 use daolinet_controller::api::HostReq;
-use daolinet_controller::model::{ContainerSpec, NetworkSpec};
 use daolinet_openflow::{encode, Message, PacketIn, OFPR_NO_MATCH};
+use daolinet_policy::addr::{Dpid, Ipv4Net, MacAddr};
+use daolinet_policy::model::{ContainerSpec, NetworkSpec};
 
 /// Largest number of switches (the third octet of the container IPs).
 pub const MAX_SWITCHES: usize = 250;
@@ -292,8 +292,8 @@ pub fn flows(plan: &Plan, s: usize) -> anyhow::Result<Vec<Flow>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use daolinet_controller::model::{Host, Model};
-    use daolinet_controller::policy::{handle_packet_in, Config, Decision, Snapshot, Verdict};
+    use daolinet_policy::model::{Host, Model};
+    use daolinet_policy::{handle_packet_in, Config, Decision, Snapshot, Verdict};
     use std::collections::HashSet;
 
     fn model(plan: &Plan) -> Model {
@@ -356,9 +356,9 @@ mod tests {
         let f = frame(p.gateway_mac, &p.container(1, 0), &p.container(1, 2), 7);
         assert_eq!(f.len(), 60, "a minimum-size frame (64 bytes with the FCS)");
         assert_eq!(checksum(&f[14..34]), 0, "IP header checksum verifies");
-        let pk = daolinet_controller::policy::Packet::parse(&f).unwrap();
+        let pk = daolinet_policy::Packet::parse(&f).unwrap();
         match pk.l3 {
-            daolinet_controller::policy::L3::Ipv4(ip) => {
+            daolinet_policy::L3::Ipv4(ip) => {
                 assert_eq!(ip.src, Ipv4Addr::new(10, 200, 1, 10));
                 assert_eq!(ip.dst, Ipv4Addr::new(10, 200, 1, 12));
                 assert_eq!(ip.ports, Some((7, UDP_DPORT)));

@@ -5,9 +5,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
-use crate::model::ModelError;
 use crate::service::ServiceError;
 use crate::store::StoreError;
+use daolinet_policy::model::ModelError;
 
 /// An API error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,7 +64,7 @@ impl ApiError {
 
 impl From<ModelError> for ApiError {
     fn from(e: ModelError) -> Self {
-        use crate::ipam::IpamError;
+        use daolinet_policy::ipam::IpamError;
         let status = match &e {
             ModelError::NotFound { .. } => StatusCode::NOT_FOUND,
             ModelError::Duplicate { .. }

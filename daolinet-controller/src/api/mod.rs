@@ -41,13 +41,13 @@ use serde::{Deserialize, Serialize};
 
 pub use error::ApiError;
 
-use crate::addr::{Dpid, MacAddr};
-use crate::model::{
+use crate::service::Controller;
+use daolinet_policy::addr::{Dpid, MacAddr};
+use daolinet_policy::model::{
     Change, Container, ContainerSpec, Firewall, FirewallRule, Group, Host, Model, ModelError,
     Network, NetworkSpec, Object, PairAction, PairPolicy,
 };
-use crate::policy::FlowSpec;
-use crate::service::Controller;
+use daolinet_policy::FlowSpec;
 
 /// Shared state of the handlers.
 #[derive(Debug, Clone)]
@@ -194,7 +194,7 @@ fn put_of<T>(changes: &[Change], pick: impl Fn(&Object) -> Option<T>) -> Result<
         })
 }
 
-fn model(st: &AppState) -> Result<Arc<crate::policy::Snapshot>, ApiError> {
+fn model(st: &AppState) -> Result<Arc<daolinet_policy::Snapshot>, ApiError> {
     st.ctl.snapshot().map_err(ApiError::from)
 }
 

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use daolinet_controller::addr::{Ipv4Net, MacAddr};
 use daolinet_controller::api::{self, auth, AppState};
 use daolinet_controller::ofserver::{self, ConnConfig, Server, ServerConfig};
-use daolinet_controller::policy::Config;
 use daolinet_controller::service::Controller;
 use daolinet_controller::store::RedbStore;
+use daolinet_policy::addr::{Ipv4Net, MacAddr};
+use daolinet_policy::Config;
 
 #[derive(Parser, Debug)]
 #[command(

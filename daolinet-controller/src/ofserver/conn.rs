@@ -32,8 +32,8 @@ use daolinet_openflow::{
     SwitchFeatures,
 };
 
-use crate::addr::Dpid;
-use crate::policy::{Decision, FlowSpec};
+use daolinet_policy::addr::Dpid;
+use daolinet_policy::{Decision, FlowSpec};
 
 use super::translate::{self, TranslateError};
 

@@ -2,7 +2,7 @@
 //! bridges) connect, the controller answers their PACKET_INs with the
 //! policy's decisions and pushes the decisions of model changes.
 //!
-//! - [`translate`]: policy [`crate::policy::Decision`]s <-> OpenFlow
+//! - [`translate`]: policy [`daolinet_policy::Decision`]s <-> OpenFlow
 //!   messages (pure).
 //! - [`conn`]: one connection's protocol as a sans-IO state machine
 //!   (handshake, echo, errors, barriers).

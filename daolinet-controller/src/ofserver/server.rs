@@ -30,10 +30,10 @@ use tokio::io::{AsyncWriteExt as _, Interest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, watch};
 
-use crate::addr::Dpid;
-use crate::model::Host;
-use crate::policy::Decision;
 use crate::service::Controller;
+use daolinet_policy::addr::Dpid;
+use daolinet_policy::model::Host;
+use daolinet_policy::Decision;
 
 use super::conn::{describe, Conn, ConnConfig, Event};
 use super::translate;

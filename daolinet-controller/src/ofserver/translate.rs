@@ -14,8 +14,8 @@ use daolinet_openflow::{
     MAX_MESSAGE_LEN,
 };
 
-use crate::addr::MacAddr;
-use crate::policy::{ActionSpec, Decision, FlowSpec, Ipv4Match, MatchSpec, ETH_TYPE_IPV4};
+use daolinet_policy::addr::MacAddr;
+use daolinet_policy::{ActionSpec, Decision, FlowSpec, Ipv4Match, MatchSpec, ETH_TYPE_IPV4};
 
 /// OFPIT_APPLY_ACTIONS (instruction type).
 const OFPIT_APPLY_ACTIONS: u16 = 4;
@@ -433,9 +433,9 @@ pub fn to_message(d: &Decision) -> Result<Message, TranslateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::addr::Dpid;
-    use crate::policy::{cookie, priority, PORT_LOCAL};
     use daolinet_openflow::{consts::*, decode, encode, Instruction};
+    use daolinet_policy::addr::Dpid;
+    use daolinet_policy::{cookie, priority, PORT_LOCAL};
     use proptest::prelude::*;
 
     fn mac(n: u8) -> MacAddr {

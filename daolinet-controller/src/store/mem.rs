@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use super::{Batch, Op, Revision, Store, StoreError, Watch, WatchBatch, Watchers};
-use crate::model::Kind;
+use daolinet_policy::model::Kind;
 
 #[derive(Debug, Default)]
 struct Inner {

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 pub use mem::MemStore;
 pub use redb_store::RedbStore;
 
-use crate::model::{Change, Kind, Model, Object};
+use daolinet_policy::model::{Change, Kind, Model, Object};
 
 /// A store revision: increases by one with every applied batch.
 pub type Revision = u64;

@@ -9,7 +9,7 @@ use std::path::Path;
 use redb::{Database, ReadableTable, TableDefinition};
 
 use super::{Batch, Op, Revision, Store, StoreError, Watch, WatchBatch, Watchers};
-use crate::model::Kind;
+use daolinet_policy::model::Kind;
 
 const REVISION: TableDefinition<'_, &str, u64> = TableDefinition::new("_revision");
 

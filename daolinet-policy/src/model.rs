@@ -237,7 +237,7 @@ pub struct Meta {
     pub physical_cursor: Option<Ipv4Addr>,
 }
 
-/// The largest container cookie id (28 bits, see [`crate::policy::cookie`]).
+/// The largest container cookie id (28 bits, see [`crate::cookie`]).
 pub const MAX_COOKIE_ID: u32 = (1 << 28) - 1;
 
 /// Kinds of stored objects.

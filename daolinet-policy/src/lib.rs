@@ -1,5 +1,14 @@
 //! DaoliNet policy as pure functions: model + event -> OpenFlow decisions.
 //!
+//! This crate is the controller's pure core; it has no I/O dependencies
+//! (no tokio, axum, redb), so Cargo, not convention, keeps it pure.
+//!
+//! - [`model`]: hosts, networks, containers, groups, pair policies, firewalls;
+//!   validated mutations that return the [`model::Change`]s they made.
+//! - [`addr`]: MAC addresses, IPv4 prefixes, datapath ids.
+//! - [`ipam`]: logical and physical address allocation.
+//! - [`fakeswitch`]: a fake network executing the produced flows, for tests.
+//!
 //! - [`handle_packet_in`]: a punted packet (ARP, first packet of a flow,
 //!   firewall connection, NAT return) -> flows + PACKET_OUT.
 //! - [`handle_model_change`]: an accepted API mutation -> deletion of exactly
@@ -38,10 +47,13 @@
 //! - **Packets to the gateway IP** are denied (reason `gateway`): the
 //!   gateway is a MAC, not a host.
 
+pub mod addr;
 mod change;
 pub mod cookie;
 pub mod fakeswitch;
 mod flow;
+pub mod ipam;
+pub mod model;
 mod packet;
 mod rules;
 mod view;

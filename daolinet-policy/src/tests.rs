@@ -479,7 +479,7 @@ fn switch_connect_and_host_gone() {
 
 /// An independent statement of the rules: may x and y talk?
 fn oracle_allowed(m: &Model, x: &Container, y: &Container) -> bool {
-    let key = crate::model::PairPolicy::key_of(&x.id, &y.id);
+    let key = model::PairPolicy::key_of(&x.id, &y.id);
     if let Some(p) = m.policies.get(&key) {
         return p.action == PairAction::Connect;
     }
@@ -652,7 +652,7 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     ]
 }
 
-fn mutate(m: &mut Model, mu: &Mutation) -> Vec<crate::model::Change> {
+fn mutate(m: &mut Model, mu: &Mutation) -> Vec<model::Change> {
     let n = m.containers.len();
     let cid = |i: usize| format!("c{}", i % n);
     let r = match mu {

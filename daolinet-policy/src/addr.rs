@@ -334,7 +334,7 @@ mod tests {
 
     #[test]
     fn container_macs_avoid_the_default_gateway() {
-        let gw = crate::policy::Config::default().gateway_mac;
+        let gw = crate::Config::default().gateway_mac;
         assert_eq!(MacAddr::container(1).to_string(), "02:da:10:00:00:01");
         assert_eq!(
             MacAddr::container(0x0fff_ffff).to_string(),
