@@ -17,10 +17,9 @@
 use std::net::Ipv4Addr;
 
 use bytes::BytesMut;
-use daolinet_controller::api::HostReq;
 use daolinet_openflow::{encode, Message, PacketIn, OFPR_NO_MATCH};
 use daolinet_policy::addr::{Dpid, Ipv4Net, MacAddr};
-use daolinet_policy::model::{ContainerSpec, NetworkSpec};
+use daolinet_policy::model::{ContainerSpec, Host, NetworkSpec};
 
 /// Largest number of switches (the third octet of the container IPs).
 pub const MAX_SWITCHES: usize = 250;
@@ -118,9 +117,10 @@ impl Plan {
         [0x02, 0x1d, 0, 0, (s >> 8) as u8, s as u8]
     }
 
-    /// The registration of switch `s` as a DaoliNet host.
-    pub fn host(&self, s: usize) -> HostReq {
-        HostReq {
+    /// The registration of switch `s` as a DaoliNet host (the host record
+    /// is also the body of `POST /api/hosts`).
+    pub fn host(&self, s: usize) -> Host {
+        Host {
             name: self.host_name(s),
             dpid: Dpid(self.dpid(s)),
             ip: Ipv4Addr::new(192, 168, 200 + (s / 250) as u8, 1 + (s % 250) as u8),
@@ -292,23 +292,14 @@ pub fn flows(plan: &Plan, s: usize) -> anyhow::Result<Vec<Flow>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use daolinet_policy::model::{Host, Model};
+    use daolinet_policy::model::Model;
     use daolinet_policy::{handle_packet_in, Config, Decision, Snapshot, Verdict};
     use std::collections::HashSet;
 
     fn model(plan: &Plan) -> Model {
         let mut m = Model::default();
         for s in 0..plan.switches {
-            let h = plan.host(s);
-            m.add_host(Host {
-                name: h.name,
-                dpid: h.dpid,
-                ip: h.ip,
-                mac: h.mac,
-                uplink_port: h.uplink_port,
-                local_mac: h.local_mac,
-            })
-            .unwrap();
+            m.add_host(plan.host(s)).unwrap();
         }
         m.add_network(plan.network()).unwrap();
         for s in 0..plan.switches {

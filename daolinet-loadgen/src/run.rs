@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::{Buf, BytesMut};
-use daolinet_controller::ofserver::rxstamp;
+use daolinet_rxstamp as rxstamp;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 

@@ -6,13 +6,11 @@
 //!   messages (pure).
 //! - [`conn`]: one connection's protocol as a sans-IO state machine
 //!   (handshake, echo, errors, barriers).
-//! - [`rxstamp`]: kernel receive timestamps of socket reads.
 //! - [`server`]: tokio edges: accept loop, one task per connection,
 //!   datapath registry (a reconnecting datapath is recognised by its id and
 //!   replaces its old connection), model-change dispatcher.
 
 pub mod conn;
-pub mod rxstamp;
 pub mod server;
 pub mod translate;
 

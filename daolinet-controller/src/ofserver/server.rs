@@ -395,7 +395,7 @@ impl AnswerClock {
             if end > self.written {
                 break;
             }
-            metrics.packet_in_answered(super::rxstamp::age(at, now), count);
+            metrics.packet_in_answered(daolinet_rxstamp::age(at, now), count);
             self.marks.pop_front();
         }
     }
@@ -428,7 +428,7 @@ impl Task<'_> {
         // `rbuf`, which only grows to hold what is not yet decoded.
         let mut scratch = vec![0u8; cfg.read_buf.max(4096)];
         let mut rbuf = BytesMut::new();
-        if let Err(e) = super::rxstamp::enable(&*sock) {
+        if let Err(e) = daolinet_rxstamp::enable(&*sock) {
             tracing::debug!(error = %e, "no kernel receive timestamps");
         }
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -462,7 +462,7 @@ impl Task<'_> {
                 Wake::Readable(Ok(())) => {
                     let sk = &*sock;
                     match sk.try_io(Interest::READABLE, || {
-                        super::rxstamp::recv(sk, &mut scratch)
+                        daolinet_rxstamp::recv(sk, &mut scratch)
                     }) {
                         Ok((0, _)) => return Ok(()),
                         Ok((n, at)) => {
