@@ -13,6 +13,7 @@ mod build_ebpf;
 mod cleanup;
 mod demo;
 mod fuzz;
+mod purity;
 mod setup;
 mod test;
 mod util;
