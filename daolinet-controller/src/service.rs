@@ -504,6 +504,11 @@ impl Controller {
         let old = self.snap.load_full();
         let mut model = old.model.clone();
         let changes = f(&mut model)?;
+        if changes.is_empty() {
+            // Nothing changed (e.g. a host registering again): nothing to
+            // persist, publish or re-initialise.
+            return Ok(changes);
+        }
         self.store.apply(batch_of(&changes)?)?;
         let new = Arc::new(Snapshot::new(model));
         let decisions = policy::handle_model_change(&old, &new, &self.cfg, &changes);

@@ -392,6 +392,48 @@ fn every_bad_input_is_refused_and_changes_nothing() {
             "not a valid OpenFlow port",
             Some("uplink_port"),
         ),
+        (
+            "PUT",
+            "/api/hosts/h1",
+            Some(r#"{"dpid":7,"ip":"192.168.0.1","mac":"02:00:00:00:00:01","uplink_port":1}"#),
+            409,
+            "registered with datapath id 0000000000000001",
+            Some("dpid"),
+        ),
+        (
+            "PUT",
+            "/api/hosts/h3",
+            Some(r#"{"dpid":3,"ip":"192.168.0.2","mac":"02:00:00:00:00:03","uplink_port":1}"#),
+            409,
+            "already host \"h2\"",
+            Some("ip"),
+        ),
+        (
+            "PUT",
+            "/api/hosts/h1",
+            Some(r#"{"dpid":1,"ip":"192.168.0.1","mac":"02:00:00:00:00:01","uplink_port":10}"#),
+            409,
+            "is container",
+            Some("uplink_port"),
+        ),
+        (
+            "PUT",
+            "/api/hosts/bad%20name",
+            Some(r#"{"dpid":3,"ip":"192.168.0.3","mac":"02:00:00:00:00:03","uplink_port":1}"#),
+            400,
+            "invalid name",
+            Some("name"),
+        ),
+        (
+            "PUT",
+            "/api/hosts/h3",
+            Some(
+                r#"{"name":"h3","dpid":3,"ip":"192.168.0.3","mac":"02:00:00:00:00:03","uplink_port":1}"#,
+            ),
+            400,
+            "unknown field `name`",
+            Some("name"),
+        ),
         ("DELETE", "/api/hosts/h1", None, 409, "still in use", None),
         (
             "POST",
@@ -521,6 +563,31 @@ fn every_bad_input_is_refused_and_changes_nothing() {
             "{ctx} changed the model"
         );
     }
+}
+
+#[test]
+fn hosts_register_themselves_idempotently() {
+    let s = mem();
+    let body = r#"{"dpid":"00000000000000a1","ip":"192.168.0.9","mac":"02:00:00:00:00:09","uplink_port":65000,"local_mac":"02:00:00:00:00:09"}"#;
+    let (st, h) = s.call("PUT", "/api/hosts/self1", Some(body));
+    assert_eq!(st, 201, "{h}");
+    assert_eq!(h["dpid"], "00000000000000a1");
+    assert!(h.get("local_mac").is_none(), "LOCAL MAC = uplink MAC: {h}");
+    // Again, as after a restart: unchanged, nothing written, no new
+    // revision of the model.
+    let rev = *s.ctl.subscribe_model().borrow();
+    let (st, again) = s.call("PUT", "/api/hosts/self1", Some(body));
+    assert_eq!((st, &again), (200, &h));
+    assert_eq!(*s.ctl.subscribe_model().borrow(), rev);
+    // A new address: the record is updated.
+    let (st, moved) = s.call(
+        "PUT",
+        "/api/hosts/self1",
+        Some(r#"{"dpid":"00000000000000a1","ip":"192.168.0.10","mac":"02:00:00:00:00:09","uplink_port":65000}"#),
+    );
+    assert_eq!(st, 200, "{moved}");
+    assert_eq!(moved["ip"], "192.168.0.10");
+    assert_eq!(s.call("GET", "/api/hosts/self1", None).1, moved);
 }
 
 #[test]

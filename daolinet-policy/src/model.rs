@@ -648,30 +648,83 @@ impl Model {
                 name: host.name,
             });
         }
+        self.check_host(&host)?;
+        Ok(self.commit(vec![Change::Put(Object::Host(host))]))
+    }
+
+    /// Registers a host or updates its record: what a host that joins by
+    /// itself sends on every start and reconnection. Idempotent: the same
+    /// record again changes nothing (no [`Change`]). A host keeps its
+    /// datapath id: a record with the name of a host registered with
+    /// another datapath id is refused ([`ModelError::Conflict`] on
+    /// `dpid`), as is one whose datapath id, IP or MAC belongs to another
+    /// host. A `local_mac` equal to `mac` is stored as none (the same
+    /// thing said twice).
+    pub fn register_host(&mut self, mut host: Host) -> Result<Vec<Change>, ModelError> {
+        check_name("name", &host.name)?;
+        if host.local_mac == Some(host.mac) {
+            host.local_mac = None;
+        }
+        if let Some(old) = self.hosts.get(&host.name) {
+            if old.dpid != host.dpid {
+                return Err(ModelError::Conflict {
+                    field: "dpid",
+                    message: format!(
+                        "host {:?} is registered with datapath id {}, not {} \
+                         (another machine with the same name? remove the host first)",
+                        host.name, old.dpid, host.dpid
+                    ),
+                });
+            }
+            if *old == host {
+                return Ok(vec![]);
+            }
+        }
+        self.check_host(&host)?;
+        if let Some(c) = self
+            .containers
+            .values()
+            .find(|c| c.host == host.name && c.port == host.uplink_port)
+        {
+            return Err(ModelError::Conflict {
+                field: "uplink_port",
+                message: format!(
+                    "port {} on host {:?} is container {:?}",
+                    host.uplink_port, host.name, c.name
+                ),
+            });
+        }
+        Ok(self.commit(vec![Change::Put(Object::Host(host))]))
+    }
+
+    /// The checks of a host record against itself and the other hosts
+    /// (those of other names).
+    fn check_host(&self, host: &Host) -> Result<(), ModelError> {
         check_port("uplink_port", host.uplink_port)?;
         check_unicast("mac", host.mac)?;
         if let Some(m) = host.local_mac {
             check_unicast("local_mac", m)?;
         }
-        if let Some(o) = self.hosts.values().find(|h| h.dpid == host.dpid) {
+        let others = || self.hosts.values().filter(|h| h.name != host.name);
+        if let Some(o) = others().find(|h| h.dpid == host.dpid) {
             return Err(ModelError::Conflict {
                 field: "dpid",
                 message: format!("datapath id {} is already host {:?}", host.dpid, o.name),
             });
         }
-        if let Some(o) = self.hosts.values().find(|h| h.ip == host.ip) {
+        if let Some(o) = others().find(|h| h.ip == host.ip) {
             return Err(ModelError::Conflict {
                 field: "ip",
                 message: format!("{} is already host {:?}", host.ip, o.name),
             });
         }
-        if let Some(o) = self.hosts.values().find(|h| h.mac == host.mac) {
+        if let Some(o) = others().find(|h| h.mac == host.mac) {
             return Err(ModelError::Conflict {
                 field: "mac",
                 message: format!("{} is already host {:?}", host.mac, o.name),
             });
         }
-        Ok(self.commit(vec![Change::Put(Object::Host(host))]))
+        Ok(())
     }
 
     /// Removes a host that runs no container.
@@ -1147,15 +1200,7 @@ mod tests {
 
     fn base() -> Model {
         let mut m = Model::default();
-        m.add_host(Host {
-            name: "h1".into(),
-            dpid: Dpid(1),
-            ip: "192.168.0.1".parse().unwrap(),
-            mac: "02:00:00:00:00:01".parse().unwrap(),
-            uplink_port: 1,
-            local_mac: None,
-        })
-        .unwrap();
+        m.add_host(h1()).unwrap();
         m.add_network(NetworkSpec {
             name: "n1".into(),
             subnet: "10.0.0.0/24".parse().unwrap(),
@@ -1177,6 +1222,71 @@ mod tests {
             host: "h1".into(),
             port,
         }
+    }
+
+    fn h1() -> Host {
+        Host {
+            name: "h1".into(),
+            dpid: Dpid(1),
+            ip: "192.168.0.1".parse().unwrap(),
+            mac: "02:00:00:00:00:01".parse().unwrap(),
+            uplink_port: 1,
+            local_mac: None,
+        }
+    }
+
+    #[test]
+    fn register_host_is_an_idempotent_upsert_that_keeps_the_datapath_id() {
+        let mut m = base();
+        m.add_container(spec("a", 2), pool()).unwrap();
+        // The same record again (LOCAL MAC given as the uplink MAC, which
+        // says nothing more): no change.
+        let mut same = h1();
+        same.local_mac = Some(same.mac);
+        assert_eq!(m.register_host(same).unwrap(), vec![]);
+        // A new address is an update of the same host, containers kept.
+        let mut moved = h1();
+        moved.ip = "192.168.0.9".parse().unwrap();
+        let ch = m.register_host(moved.clone()).unwrap();
+        assert_eq!(ch, vec![Change::Put(Object::Host(moved.clone()))]);
+        assert_eq!(m.hosts["h1"], moved);
+        assert_eq!(m.containers["a"].host, "h1");
+        // A new host.
+        let mut h2 = h1();
+        h2.name = "h2".into();
+        h2.dpid = Dpid(2);
+        h2.ip = "192.168.0.2".parse().unwrap();
+        h2.mac = "02:00:00:00:00:02".parse().unwrap();
+        m.register_host(h2.clone()).unwrap();
+        // Refused, model untouched: the name with another datapath id; the
+        // datapath id, IP or MAC of another host; the uplink on a
+        // container's port.
+        let before = m.clone();
+        let mut other = moved.clone();
+        other.dpid = Dpid(7);
+        let e = m.register_host(other).unwrap_err();
+        assert!(
+            matches!(e, ModelError::Conflict { field: "dpid", .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("registered with datapath id"), "{e}");
+        type Tweak = fn(&mut Host);
+        let cases: [(&str, Tweak); 4] = [
+            ("dpid", |h| h.dpid = Dpid(2)),
+            ("ip", |h| h.ip = "192.168.0.2".parse().unwrap()),
+            ("mac", |h| h.mac = "02:00:00:00:00:02".parse().unwrap()),
+            ("uplink_port", |h| h.uplink_port = 2),
+        ];
+        for (field, f) in cases {
+            let mut h = moved.clone();
+            f(&mut h);
+            let e = m.register_host(h).unwrap_err();
+            assert!(
+                matches!(e, ModelError::Conflict { field: got, .. } if got == field),
+                "{field}: {e}"
+            );
+        }
+        assert_eq!(m, before);
     }
 
     #[test]

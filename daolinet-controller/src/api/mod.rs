@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | GET, POST | `/api/hosts` | [`HostReq`] -> [`Host`] |
 //! | GET, DELETE | `/api/hosts/{name}` | |
+//! | PUT | `/api/hosts/{name}` | [`HostRegistration`] -> [`Host`] (201 created, 200 updated or unchanged) |
 //! | GET, POST | `/api/networks` | [`NetworkSpec`] -> [`Network`] |
 //! | GET, DELETE | `/api/networks/{name}` | |
 //! | GET, POST | `/api/containers` | [`ContainerSpec`] -> [`Container`] |
@@ -64,6 +65,26 @@ pub struct AppState {
 pub struct HostReq {
     /// Name.
     pub name: String,
+    /// Datapath id (hex string or number).
+    pub dpid: Dpid,
+    /// Underlay IP.
+    pub ip: std::net::Ipv4Addr,
+    /// Underlay MAC.
+    pub mac: MacAddr,
+    /// Uplink OpenFlow port.
+    pub uplink_port: u32,
+    /// MAC of the LOCAL port, if not `mac`.
+    #[serde(default)]
+    pub local_mac: Option<MacAddr>,
+}
+
+/// Body of `PUT /api/hosts/{name}`: a host registering itself (or being
+/// registered again). Idempotent: the same body again changes nothing. A
+/// name registered with another datapath id is refused (409, field
+/// `dpid`), as is a datapath id, IP or MAC of another host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostRegistration {
     /// Datapath id (hex string or number).
     pub dpid: Dpid,
     /// Underlay IP.
@@ -244,6 +265,44 @@ async fn create_host(
         _ => None,
     })?;
     Ok((StatusCode::CREATED, Json(h)))
+}
+
+async fn register_host(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Host>), ApiError> {
+    let r: HostRegistration = parse(&body)?;
+    let host = Host {
+        name: name.clone(),
+        dpid: r.dpid,
+        ip: r.ip,
+        mac: r.mac,
+        uplink_port: r.uplink_port,
+        local_mac: r.local_mac,
+    };
+    let existed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = existed.clone();
+    mutate(&st, move |m| {
+        seen.store(
+            m.hosts.contains_key(&host.name),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        m.register_host(host)
+    })
+    .await?;
+    let h = model(&st)?
+        .model
+        .hosts
+        .get(&name)
+        .cloned()
+        .ok_or_else(|| not_found("host", &name))?;
+    let status = if existed.load(std::sync::atomic::Ordering::Relaxed) {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(h)))
 }
 
 async fn delete_host(
@@ -556,7 +615,10 @@ async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/hosts", get(list_hosts).post(create_host))
-        .route("/hosts/{name}", get(get_host).delete(delete_host))
+        .route(
+            "/hosts/{name}",
+            get(get_host).put(register_host).delete(delete_host),
+        )
         .route("/networks", get(list_networks).post(create_network))
         .route("/networks/{name}", get(get_network).delete(delete_network))
         .route("/containers", get(list_containers).post(create_container))
