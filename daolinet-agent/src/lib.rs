@@ -13,7 +13,8 @@
 //! - [`agent`]: applies the switch's effects to the datapath and the
 //!   connections, and serves the control socket; [`runtime`]: tokio tasks
 //!   for controller connections, the passive listener, punts and timers;
-//!   [`inject`]: AF_PACKET transmit.
+//!   [`inject`]: AF_PACKET transmit; [`register`]: self-registration with
+//!   the controller's REST API.
 
 pub mod agent;
 pub mod compile;
@@ -22,6 +23,7 @@ pub mod inject;
 pub mod ofswitch;
 pub mod oftable;
 pub mod packet;
+pub mod register;
 pub mod runtime;
 pub mod table;
 

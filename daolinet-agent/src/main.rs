@@ -10,6 +10,8 @@ use daolinet_agent::agent::{request, serve, Agent, Request};
 use daolinet_agent::datapath::{default_object_path, Datapath, UplinkMode};
 use daolinet_agent::ofswitch::{FailMode, Switch, SwitchSettings};
 use daolinet_agent::oftable::FlowTable;
+use daolinet_agent::register::Registrar;
+use daolinet_agent::runtime::Hooks;
 use daolinet_agent::table::RuleTable;
 use daolinet_common::PortKind;
 
@@ -86,6 +88,9 @@ enum Cmd {
         /// of one CPU over time; an idle agent does not spin. 0 turns it off.
         #[arg(long, value_name = "US", default_value_t = 200)]
         reply_spin_us: u64,
+        /// Self-registration with the controller's REST API.
+        #[command(flatten)]
+        register: Box<RegisterArgs>,
     },
     /// Manage ports of the running agent.
     Port {
@@ -103,6 +108,29 @@ enum Cmd {
         #[command(subcommand)]
         cmd: RuleCmd,
     },
+}
+
+/// Self-registration options of `run`.
+#[derive(clap::Args)]
+struct RegisterArgs {
+    /// The controller's REST API, e.g. `http://10.0.0.1:8080`: the agent
+    /// registers its host there (datapath id, the uplink's IPv4 address
+    /// and MAC, uplink port, LOCAL MAC) on start and after each
+    /// reconnection to a controller. A conflicting registration (the name
+    /// taken by another datapath id...) stops the agent.
+    #[arg(long, env = "DAOLI_API", value_name = "URL")]
+    api: Option<String>,
+    /// File holding the API token (with --api).
+    #[arg(
+        long,
+        env = "DAOLI_TOKEN_FILE",
+        value_name = "FILE",
+        default_value = "/var/lib/daolinet/api-token"
+    )]
+    api_token_file: PathBuf,
+    /// Name to register the host under (with --api; default: the host name).
+    #[arg(long, value_name = "NAME")]
+    host_name: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -172,6 +200,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             packet_in_burst,
             arp_responder,
             reply_spin_us,
+            register,
         } => {
             let controllers = controller
                 .iter()
@@ -216,6 +245,18 @@ fn dispatch(cli: Cli) -> Result<()> {
                     settings,
                     dpid_given: dpid.is_some(),
                     spin: daolinet_agent::runtime::ReplySpin::micros(reply_spin_us),
+                    register: {
+                        let RegisterArgs {
+                            api,
+                            api_token_file,
+                            host_name,
+                        } = *register;
+                        api.map(|api| Register {
+                            api,
+                            token_file: api_token_file,
+                            name: host_name,
+                        })
+                    },
                 },
             )
         }
@@ -276,6 +317,39 @@ struct Net {
     settings: SwitchSettings,
     dpid_given: bool,
     spin: daolinet_agent::runtime::ReplySpin,
+    register: Option<Register>,
+}
+
+/// Self-registration options of `run` (with `--api`).
+struct Register {
+    api: String,
+    token_file: PathBuf,
+    name: Option<String>,
+}
+
+impl Register {
+    /// Everything checked before the agent touches anything: the token,
+    /// the name, the uplink's IPv4 address.
+    fn registrar(self, uplink: &str, uplink_port: u32, dpid: u64) -> Result<Registrar> {
+        if !(self.api.starts_with("http://") || self.api.starts_with("https://")) {
+            bail!("--api {:?}: expected http://HOST:PORT", self.api);
+        }
+        let token = daolinet_agent::register::read_token(&self.token_file)?;
+        let name = match self.name {
+            Some(n) => n,
+            None => daolinet_agent::register::hostname()?,
+        };
+        let r = Registrar {
+            api: self.api,
+            token,
+            name,
+            uplink: uplink.to_string(),
+            uplink_port,
+            dpid,
+        };
+        r.record()?;
+        Ok(r)
+    }
 }
 
 fn run(
@@ -301,6 +375,11 @@ fn run(
             .map(|m| m.iter().fold(0u64, |a, b| (a << 8) | u64::from(*b)))
             .unwrap_or(1);
     }
+    let registrar = net
+        .register
+        .take()
+        .map(|r| r.registrar(uplink, uplink_ofport, net.settings.datapath_id))
+        .transpose()?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let sock = dir.join("agent.sock");
     if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
@@ -355,11 +434,16 @@ fn run(
         std::thread::spawn(move || serve(listener, agent));
     }
     tracing::info!(socket = %sock.display(), "agent running; SIGINT/SIGTERM to stop");
+    let mut hooks = Hooks::default();
+    if let Some(r) = registrar {
+        hooks.fatal = Some(Box::pin(r.run(hooks.connected.subscribe())));
+    }
     let res = rt.block_on(daolinet_agent::runtime::run(
         agent.clone(),
         net.controllers,
         net.listen,
         net.spin,
+        hooks,
     ));
     tracing::info!("stopping: detaching programs, keeping pinned maps");
     let _ = std::fs::remove_file(&sock);

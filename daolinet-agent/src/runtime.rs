@@ -4,8 +4,10 @@
 //! Everything goes through the shared [`Agent`], whose lock is never held
 //! across an await.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -16,7 +18,7 @@ use daolinet_openflow::{Decoder, Message};
 use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::agent::{now_ns, Agent, ConnOut, CONN_QUEUE, LATENCY};
 use crate::ofswitch::ConnId;
@@ -291,14 +293,35 @@ fn lock_in(c: &Mutex<ConnIn>) -> MutexGuard<'_, ConnIn> {
     c.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Keep a connection to `addr` up: connect, serve, reconnect with backoff.
-pub async fn active(agent: Shared, addr: SocketAddr) {
+/// What tasks beside the OpenFlow side (e.g. [`crate::register`]) get
+/// from it and give it.
+pub struct Hooks {
+    /// Bumped each time a connection to an active controller comes up.
+    pub connected: watch::Sender<u64>,
+    /// When it completes, the run ends with its error (e.g. a refused
+    /// registration).
+    pub fatal: Option<Pin<Box<dyn Future<Output = anyhow::Error> + Send>>>,
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Hooks {
+            connected: watch::Sender::new(0),
+            fatal: None,
+        }
+    }
+}
+
+/// Keep a connection to `addr` up: connect, serve, reconnect with backoff;
+/// `connected` is bumped each time the connection comes up.
+pub async fn active(agent: Shared, addr: SocketAddr, connected: watch::Sender<u64>) {
     let mut backoff = MIN_BACKOFF;
     let mut warned = false;
     loop {
         match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await {
             Ok(Ok(s)) => {
                 warned = false;
+                connected.send_modify(|n| *n += 1);
                 let started = tokio::time::Instant::now();
                 serve_conn(agent.clone(), s, format!("tcp:{addr}")).await;
                 if started.elapsed() > Duration::from_secs(10) {
@@ -692,6 +715,7 @@ pub async fn run(
     controllers: Vec<SocketAddr>,
     listen: Option<SocketAddr>,
     spin: ReplySpin,
+    hooks: Hooks,
 ) -> Result<()> {
     let punt_fd = lock(&agent).dp.punt_ring_fd()?;
     if let Some(addr) = listen {
@@ -701,7 +725,7 @@ pub async fn run(
     }
     for c in controllers {
         tracing::info!(controller = %c, "OpenFlow controller (active)");
-        tokio::spawn(active(agent.clone(), c));
+        tokio::spawn(active(agent.clone(), c, hooks.connected.clone()));
     }
     let stop = stop_fd().context("eventfd for the punt reader")?;
     let stop_w = stop.try_clone()?;
@@ -715,10 +739,17 @@ pub async fn run(
         }
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {},
-    }
+    let fatal = async {
+        match hooks.fatal {
+            Some(f) => f.await,
+            None => std::future::pending().await,
+        }
+    };
+    let res = tokio::select! {
+        r = tokio::signal::ctrl_c() => r.map_err(anyhow::Error::from),
+        _ = term.recv() => Ok(()),
+        e = fatal => Err(e),
+    };
     // Wake and end the punt reader.
     {
         use std::io::Write;
@@ -726,7 +757,7 @@ pub async fn run(
         let _ = w.write_all(&1u64.to_ne_bytes());
     }
     let _ = tokio::task::spawn_blocking(move || reader.join()).await;
-    Ok(())
+    res
 }
 
 #[cfg(test)]

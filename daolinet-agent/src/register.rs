@@ -1,0 +1,353 @@
+//! Self-registration: the agent tells the controller's REST API which host
+//! it is (`PUT /api/hosts/{name}`: datapath id, the uplink's IPv4 address
+//! and MAC, the uplink's OpenFlow port, the LOCAL port's MAC) when it
+//! starts and again each time a controller connection comes up (a
+//! controller that comes back may have lost or changed the record). The
+//! API's upsert is idempotent, so registering again changes nothing when
+//! nothing changed.
+//!
+//! Errors the agent cannot fix by waiting end it (see [`Verdict`]): a
+//! conflicting registration (the name belongs to another datapath id, or
+//! the datapath id, IP or MAC to another host), a refused token, a record
+//! the API calls invalid. Everything else (controller unreachable, store
+//! unavailable) is retried with backoff.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Serialize;
+use tokio::sync::watch;
+
+/// First retry delay; doubles up to [`MAX_RETRY`].
+pub const MIN_RETRY: Duration = Duration::from_millis(500);
+/// Longest retry delay.
+pub const MAX_RETRY: Duration = Duration::from_secs(8);
+/// Time allowed for one API request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where and as whom to register.
+#[derive(Debug, Clone)]
+pub struct Registrar {
+    /// API base URL, e.g. `http://10.0.0.1:8080`.
+    pub api: String,
+    /// Bearer token.
+    pub token: String,
+    /// Host name to register under.
+    pub name: String,
+    /// Uplink interface (its IPv4 address and MAC are read at each
+    /// registration).
+    pub uplink: String,
+    /// OpenFlow port of the uplink.
+    pub uplink_port: u32,
+    /// Datapath id.
+    pub dpid: u64,
+}
+
+/// The body of `PUT /api/hosts/{name}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostRecord {
+    /// Datapath id, 16 hex digits.
+    pub dpid: String,
+    /// The uplink's IPv4 address.
+    pub ip: Ipv4Addr,
+    /// The uplink's MAC.
+    pub mac: String,
+    /// The uplink's OpenFlow port.
+    pub uplink_port: u32,
+    /// The LOCAL port's MAC. On an agent the LOCAL port is the uplink's
+    /// host stack, so it is the uplink's MAC.
+    pub local_mac: String,
+}
+
+impl HostRecord {
+    /// The record of an agent host.
+    pub fn new(dpid: u64, ip: Ipv4Addr, mac: [u8; 6], uplink_port: u32) -> Self {
+        let mac = mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        HostRecord {
+            dpid: format!("{dpid:016x}"),
+            ip,
+            local_mac: mac.clone(),
+            mac,
+            uplink_port,
+        }
+    }
+}
+
+/// What an answer of the API means for the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Registered (created, updated or unchanged).
+    Done {
+        /// A new record (201) rather than an update or no change.
+        created: bool,
+    },
+    /// Worth trying again later (controller starting, store unavailable).
+    Retry(String),
+    /// Waiting will not help: the agent must stop.
+    Fatal(String),
+}
+
+/// Classifies an HTTP answer (status and body) of the registration request.
+pub fn verdict(status: u16, body: &str) -> Verdict {
+    let error = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or_else(|| body.trim().chars().take(200).collect());
+    match status {
+        200 => Verdict::Done { created: false },
+        201 => Verdict::Done { created: true },
+        401 => Verdict::Fatal(format!("the API refused the token ({error})")),
+        400 | 404 | 405 | 409 | 422 => Verdict::Fatal(format!("{error} [HTTP {status}]")),
+        _ => Verdict::Retry(format!("{error} [HTTP {status}]")),
+    }
+}
+
+/// Reads an API token file (whitespace trimmed); one clear error if it is
+/// missing, unreadable or empty.
+pub fn read_token(path: &Path) -> Result<String> {
+    let t = std::fs::read_to_string(path)
+        .with_context(|| format!("no API token: cannot read {}", path.display()))?;
+    let t = t.trim();
+    if t.is_empty() {
+        bail!("no API token: {} is empty", path.display());
+    }
+    Ok(t.to_string())
+}
+
+/// The primary IPv4 address of an interface (`SIOCGIFADDR`), if it has one.
+pub fn iface_ipv4(name: &str) -> Option<Ipv4Addr> {
+    // SAFETY: a plain datagram socket used only for the ioctl, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: ifreq is plain old data.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes().take(15)) {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: valid fd and ifreq.
+    let ok = unsafe { libc::ioctl(fd, libc::SIOCGIFADDR, &mut req) } == 0;
+    // SAFETY: we own fd.
+    unsafe { libc::close(fd) };
+    if !ok {
+        return None;
+    }
+    // SAFETY: the kernel filled ifru_addr with a sockaddr_in.
+    let sa = unsafe { req.ifr_ifru.ifru_addr };
+    if i32::from(sa.sa_family) != libc::AF_INET {
+        return None;
+    }
+    // sockaddr_in: family (2), port (2), address (4).
+    let b = sa.sa_data;
+    Some(Ipv4Addr::new(
+        b[2] as u8, b[3] as u8, b[4] as u8, b[5] as u8,
+    ))
+}
+
+/// This machine's host name (`gethostname`).
+pub fn hostname() -> Result<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: valid buffer of the given length.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("gethostname");
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
+}
+
+impl Registrar {
+    /// The record to send, from the uplink as it is now.
+    pub fn record(&self) -> Result<HostRecord> {
+        let (mac, _) = crate::agent::iface_info(&self.uplink);
+        let mac = mac.ok_or_else(|| anyhow!("uplink {} has no MAC address", self.uplink))?;
+        let ip = iface_ipv4(&self.uplink).ok_or_else(|| {
+            anyhow!(
+                "uplink {} has no IPv4 address (the controller needs it as the host's underlay address)",
+                self.uplink
+            )
+        })?;
+        Ok(HostRecord::new(self.dpid, ip, mac, self.uplink_port))
+    }
+
+    fn url(&self) -> String {
+        // Names are restricted to [A-Za-z0-9._-] by the API; anything else
+        // is encoded and refused there with a clear error.
+        let name: String = self
+            .name
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        format!("{}/api/hosts/{name}", self.api.trim_end_matches('/'))
+    }
+
+    /// One registration attempt (blocking).
+    pub fn register_once(&self) -> Verdict {
+        let rec = match self.record() {
+            Ok(r) => r,
+            Err(e) => return Verdict::Retry(format!("{e:#}")),
+        };
+        let body = match serde_json::to_string(&rec) {
+            Ok(b) => b,
+            Err(e) => return Verdict::Fatal(format!("encoding the host record: {e}")),
+        };
+        let agent = ureq::AgentBuilder::new().timeout(REQUEST_TIMEOUT).build();
+        let res = agent
+            .put(&self.url())
+            .set("Authorization", &format!("Bearer {}", self.token))
+            .set("Content-Type", "application/json")
+            .send_string(&body);
+        match res {
+            Ok(r) => {
+                let status = r.status();
+                verdict(status, &r.into_string().unwrap_or_default())
+            }
+            Err(ureq::Error::Status(status, r)) => {
+                verdict(status, &r.into_string().unwrap_or_default())
+            }
+            Err(e) => Verdict::Retry(format!("cannot reach the API at {}: {e}", self.api)),
+        }
+    }
+
+    /// Registers until it succeeds (retrying with backoff) or fails for
+    /// good.
+    async fn register(&self) -> Result<()> {
+        let mut delay = MIN_RETRY;
+        let mut warned = false;
+        loop {
+            let me = self.clone();
+            let v = tokio::task::spawn_blocking(move || me.register_once())
+                .await
+                .unwrap_or_else(|e| Verdict::Retry(format!("registration task: {e}")));
+            match v {
+                Verdict::Done { created } => {
+                    tracing::info!(
+                        host = %self.name,
+                        dpid = format!("{:016x}", self.dpid),
+                        created,
+                        "registered with the controller"
+                    );
+                    return Ok(());
+                }
+                Verdict::Fatal(why) => {
+                    bail!(
+                        "registering host {:?} at {}: {why}",
+                        self.name,
+                        self.api.trim_end_matches('/')
+                    )
+                }
+                Verdict::Retry(why) => {
+                    if !warned {
+                        tracing::warn!(host = %self.name, "registration failed, retrying: {why}");
+                        warned = true;
+                    } else {
+                        tracing::debug!(host = %self.name, "registration failed, retrying: {why}");
+                    }
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(MAX_RETRY);
+        }
+    }
+
+    /// Registers now, then again each time `connected` changes (a
+    /// controller connection came up). Returns only when registration
+    /// failed for good, with the reason.
+    pub async fn run(self, mut connected: watch::Receiver<u64>) -> anyhow::Error {
+        loop {
+            // Changes that happen while registering are folded into this
+            // round or the next one.
+            connected.mark_unchanged();
+            if let Err(e) = self.register().await {
+                return e;
+            }
+            if connected.changed().await.is_err() {
+                // No connection can come up any more: nothing more to do.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_record_is_what_the_api_expects() {
+        let r = HostRecord::new(
+            0x0002_0000_0000_00a1,
+            Ipv4Addr::new(192, 168, 0, 9),
+            [2, 0, 0, 0, 0, 0xa1],
+            65000,
+        );
+        assert_eq!(
+            serde_json::to_value(&r).unwrap(),
+            serde_json::json!({
+                "dpid": "00020000000000a1",
+                "ip": "192.168.0.9",
+                "mac": "02:00:00:00:00:a1",
+                "uplink_port": 65000,
+                "local_mac": "02:00:00:00:00:a1",
+            })
+        );
+    }
+
+    #[test]
+    fn answers_are_classified() {
+        assert_eq!(verdict(201, "{}"), Verdict::Done { created: true });
+        assert_eq!(verdict(200, "{}"), Verdict::Done { created: false });
+        let conflict = verdict(
+            409,
+            r#"{"error":"dpid: host \"h1\" is registered with datapath id 0000000000000001, not 0000000000000002","field":"dpid"}"#,
+        );
+        assert_eq!(
+            conflict,
+            Verdict::Fatal(
+                "dpid: host \"h1\" is registered with datapath id 0000000000000001, not 0000000000000002 [HTTP 409]"
+                    .into()
+            )
+        );
+        assert!(
+            matches!(verdict(401, r#"{"error":"bad token"}"#), Verdict::Fatal(m) if m.contains("refused the token"))
+        );
+        assert!(matches!(verdict(400, "{}"), Verdict::Fatal(_)));
+        assert!(
+            matches!(verdict(503, r#"{"error":"store unavailable"}"#), Verdict::Retry(m) if m.contains("store unavailable"))
+        );
+        assert!(
+            matches!(verdict(502, "<html>bad gateway</html>"), Verdict::Retry(m) if m.contains("bad gateway"))
+        );
+    }
+
+    #[test]
+    fn token_files_must_hold_a_token() {
+        let dir = std::env::temp_dir().join(format!("jn-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("t");
+        std::fs::write(&f, "  abc\n").unwrap();
+        assert_eq!(read_token(&f).unwrap(), "abc");
+        std::fs::write(&f, "\n").unwrap();
+        assert!(read_token(&f).unwrap_err().to_string().contains("is empty"));
+        let missing = dir.join("missing");
+        assert!(format!("{:#}", read_token(&missing).unwrap_err()).contains("cannot read"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn loopback_has_an_ipv4_address() {
+        assert_eq!(iface_ipv4("lo"), Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(iface_ipv4("jn-no-such-if"), None);
+    }
+}
