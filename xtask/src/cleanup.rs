@@ -101,6 +101,12 @@ pub fn add_path(path: impl Into<PathBuf>) {
     registry().paths.push(path.into());
 }
 
+/// Delete namespace `name` now (killing what runs in it) and forget it.
+pub fn remove_namespace(name: &str) {
+    registry().namespaces.retain(|n| n != name);
+    delete_namespace(name);
+}
+
 fn stop_child(mut c: Child) {
     // SAFETY: kill(2) on our own child, which has not been reaped yet.
     unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };

@@ -5,12 +5,14 @@
 //! - `test`: setup + build-ebpf + the whole test suite (privileged tests too).
 //! - `demo`: show the product working on network namespaces (controller + agents).
 //! - `bench`: side-by-side benchmarks, written to BENCHMARKS.md.
+//! - `conformance`: os-ken's OpenFlow switch test suite, agent vs Open vSwitch.
 //! - `fuzz`: run the cargo-fuzz targets for a bounded time.
 
 mod bench;
 mod benchmarks;
 mod build_ebpf;
 mod cleanup;
+mod conformance;
 mod demo;
 mod fuzz;
 mod purity;
@@ -64,6 +66,24 @@ enum Cmd {
         #[arg(long)]
         no_setup: bool,
     },
+    /// Run os-ken's OpenFlow switch test suite against the agent and Open vSwitch; record the counts in BENCHMARKS.md.
+    Conformance {
+        /// Only this target (both when omitted; Open vSwitch first, the baseline).
+        #[arg(long, value_enum)]
+        target: Vec<conformance::Target>,
+        /// Only these suites (all when omitted).
+        #[arg(long, value_enum)]
+        suite: Vec<conformance::Suite>,
+        /// Only the case files whose path contains this (e.g. `VLAN`).
+        #[arg(long)]
+        filter: Option<String>,
+        /// Seconds the tester waits before each case's first packet.
+        #[arg(long, default_value_t = 0.3)]
+        settle: f64,
+        /// Skip `setup`.
+        #[arg(long)]
+        no_setup: bool,
+    },
     /// Run the cargo-fuzz targets for a bounded time each.
     Fuzz {
         /// Seconds per target.
@@ -86,6 +106,13 @@ fn main() {
         } => test::run(!no_setup, fuzz_seconds),
         Cmd::Demo { no_setup } => demo::run(!no_setup),
         Cmd::Bench { which, no_setup } => bench::run(which, !no_setup),
+        Cmd::Conformance {
+            target,
+            suite,
+            filter,
+            settle,
+            no_setup,
+        } => conformance::run(&target, &suite, filter.as_deref(), settle, !no_setup),
         Cmd::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref()),
     };
     if let Err(e) = res {
