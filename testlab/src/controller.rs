@@ -20,6 +20,8 @@ pub struct ControllerOpts {
     pub netns: Option<String>,
     /// OpenFlow listen address; the port should be 0 (kernel-chosen).
     pub listen: String,
+    /// REST API listen address; the port should be 0 (kernel-chosen).
+    pub api: String,
     /// More `run` arguments (`--idle-timeout 2`...).
     pub args: Vec<String>,
 }
@@ -31,6 +33,7 @@ impl ControllerOpts {
             dir: dir.to_path_buf(),
             netns: None,
             listen: "127.0.0.1:0".into(),
+            api: "127.0.0.1:0".into(),
             args: Vec::new(),
         }
     }
@@ -45,6 +48,13 @@ impl ControllerOpts {
     /// from other namespaces.
     pub fn listen(mut self, addr: &str) -> Self {
         self.listen = addr.to_string();
+        self
+    }
+
+    /// The REST API on `addr` (keep port 0), e.g. `0.0.0.0:0` to be
+    /// reached from other namespaces.
+    pub fn api(mut self, addr: &str) -> Self {
+        self.api = addr.to_string();
         self
     }
 
@@ -83,7 +93,7 @@ impl Controller {
             }
             None => Command::new(bin),
         };
-        cmd.args(["run", "--api", "127.0.0.1:0", "--listen", &opts.listen])
+        cmd.args(["run", "--api", &opts.api, "--listen", &opts.listen])
             .arg("--store")
             .arg(opts.dir.join("controller.redb"))
             .args(&opts.args)

@@ -8,6 +8,9 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
+mod hostnet;
+mod join;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "daolictl",
@@ -247,7 +250,7 @@ enum HostCmd {
         /// Name.
         name: Option<String>,
     },
-    /// Register a host (agents register themselves; use this for OVS bridges).
+    /// Register a host by hand (agents register themselves, OVS hosts with join-ovs).
     Add {
         /// Name.
         name: String,
@@ -272,31 +275,78 @@ enum HostCmd {
         /// Name.
         name: String,
     },
+    /// Join this Open vSwitch host to the cluster (run on the host): the
+    /// bridge (created or configured: OpenFlow 1.3, fail_mode=secure, the
+    /// controller), the uplink in it, the host's IPv4 addresses and routes
+    /// moved to the bridge, the host registered. Undone if a step fails.
+    JoinOvs {
+        /// The bridge.
+        #[arg(long)]
+        bridge: String,
+        /// The uplink (physical NIC) carrying the host's IPv4 address.
+        #[arg(long)]
+        uplink: String,
+        /// The controller's OpenFlow address, `tcp:IP[:PORT]`.
+        #[arg(long, value_name = "tcp:IP[:PORT]")]
+        controller: String,
+        /// Host name to register (default: this machine's host name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Datapath of a new bridge (default: system; an existing bridge keeps its own).
+        #[arg(long, value_enum)]
+        datapath: Option<join::DatapathType>,
+        /// The Open vSwitch database, e.g. `unix:/var/run/openvswitch/db.sock`.
+        #[arg(long, value_name = "unix:PATH")]
+        ovs_db: Option<String>,
+    },
+    /// Undo `host join-ovs`: the host unregistered, its addresses and routes
+    /// back on the uplink, the bridge deleted (or its settings restored).
+    LeaveOvs {
+        /// The bridge (default: the one joined).
+        #[arg(long)]
+        bridge: Option<String>,
+        /// The Open vSwitch database.
+        #[arg(long, value_name = "unix:PATH")]
+        ovs_db: Option<String>,
+        /// Keep the host registered with the controller.
+        #[arg(long)]
+        keep_host: bool,
+    },
 }
 
 /// A failed command: message and exit code.
-struct Failure(String, u8);
+pub(crate) struct Failure(pub(crate) String, pub(crate) u8);
 
-struct Client {
+pub(crate) struct Client {
     api: String,
-    token: String,
+    /// The token, or why there is none (reported at the first call).
+    token: Result<String, String>,
     agent: ureq::Agent,
 }
 
 impl Client {
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, Failure> {
+    /// `METHOD PATH`: the status and the answer (JSON, or a JSON string),
+    /// whatever the status; an error only when the API cannot be reached
+    /// or there is no token.
+    pub(crate) fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), Failure> {
+        let token = self.token.as_ref().map_err(|e| Failure(e.clone(), 1))?;
         let url = format!("{}{path}", self.api.trim_end_matches('/'));
         let req = self
             .agent
             .request(method, &url)
-            .set("Authorization", &format!("Bearer {}", self.token));
+            .set("Authorization", &format!("Bearer {token}"));
         let res = match body {
             Some(b) => req.send_json(b),
             None => req.call(),
         };
-        let (ok, resp) = match res {
-            Ok(r) => (true, r),
-            Err(ureq::Error::Status(_, r)) => (false, r),
+        let resp = match res {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
             Err(e) => {
                 return Err(Failure(
                     format!("cannot reach the controller at {}: {e}", self.api),
@@ -313,7 +363,12 @@ impl Client {
         } else {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
-        if ok {
+        Ok((status, v))
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, Failure> {
+        let (status, v) = self.request(method, path, body)?;
+        if status < 300 {
             return Ok(v);
         }
         let msg = v["error"]
@@ -338,7 +393,7 @@ fn split_pair(pair: &str) -> Result<(&str, &str), Failure> {
     }
 }
 
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     // Path segments: names are restricted to [A-Za-z0-9._-] by the API; encode the rest.
     s.bytes()
         .map(|b| match b {
@@ -583,19 +638,29 @@ fn run(cli: Cli) -> Result<String, Failure> {
         return Ok(String::from_utf8_lossy(&buf).into_owned());
     }
     let token = match &cli.token {
-        Some(t) => t.trim().to_string(),
+        Some(t) => Ok(t.trim().to_string()),
         None => std::fs::read_to_string(&cli.token_file)
             .map(|t| t.trim().to_string())
             .map_err(|e| {
-                Failure(
-                    format!(
-                        "no API token: pass --token, set DAOLI_TOKEN, or make {} readable ({e})",
-                        cli.token_file.display()
-                    ),
-                    1,
+                format!(
+                    "no API token: pass --token, set DAOLI_TOKEN, or make {} readable ({e})",
+                    cli.token_file.display()
                 )
-            })?,
+            }),
     };
+    // Every command but leaving while keeping the registration needs it:
+    // say so before doing anything.
+    if !matches!(
+        cli.cmd,
+        Cmd::Host(HostCmd::LeaveOvs {
+            keep_host: true,
+            ..
+        })
+    ) {
+        if let Err(e) = &token {
+            return Err(Failure(e.clone(), 1));
+        }
+    }
     let c = Client {
         api: cli.api.clone(),
         token,
@@ -791,6 +856,42 @@ fn run(cli: Cli) -> Result<String, Failure> {
                 Kind::Done(format!("host {name} deleted")),
                 json!({"deleted": name}),
             )
+        }
+        Cmd::Host(HostCmd::JoinOvs {
+            bridge,
+            uplink,
+            controller,
+            name,
+            datapath,
+            ovs_db,
+        }) => {
+            let (line, v) = join::join(
+                &c,
+                &join::JoinArgs {
+                    bridge,
+                    uplink,
+                    controller,
+                    name,
+                    datapath,
+                    ovs_db,
+                },
+            )?;
+            (Kind::Done(line), v)
+        }
+        Cmd::Host(HostCmd::LeaveOvs {
+            bridge,
+            ovs_db,
+            keep_host,
+        }) => {
+            let (line, v) = join::leave(
+                &c,
+                &join::LeaveArgs {
+                    bridge,
+                    ovs_db,
+                    keep_host,
+                },
+            )?;
+            (Kind::Done(line), v)
         }
         Cmd::Flows { host } => {
             let path = match &host {
