@@ -37,16 +37,67 @@ pub enum UplinkMode {
     Xdp,
 }
 
-/// The BPF object to load: `$DAOLINET_BPF_OBJECT`, else the one built in
-/// this workspace by `cargo xtask build-ebpf --release`.
-pub fn default_object_path() -> PathBuf {
-    if let Some(p) = std::env::var_os(OBJECT_ENV) {
-        return PathBuf::from(p);
+/// The BPF object built with this agent (see `build.rs`): empty when the
+/// agent was built with `DAOLINET_EMBED_BPF_OBJECT=none`.
+static EMBEDDED_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/daolinet.bpf.o"));
+
+/// The BPF object the datapath loads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BpfObject {
+    /// The object embedded in this binary at build time.
+    Embedded,
+    /// An object file (`--bpf-object`, `$DAOLINET_BPF_OBJECT`).
+    File(PathBuf),
+}
+
+impl BpfObject {
+    /// `explicit` (`--bpf-object`) if given, else `$DAOLINET_BPF_OBJECT`
+    /// if set, else the embedded object.
+    pub fn choose(explicit: Option<PathBuf>) -> Self {
+        match explicit.or_else(|| std::env::var_os(OBJECT_ENV).map(PathBuf::from)) {
+            Some(path) => BpfObject::File(path),
+            None => BpfObject::Embedded,
+        }
     }
-    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    here.parent()
-        .unwrap_or(&here)
-        .join("target/bpf/daolinet.bpf.o")
+
+    /// The object's bytes, or one clear error: an unreadable file, or an
+    /// agent built without an embedded object.
+    pub fn bytes(&self) -> Result<std::borrow::Cow<'static, [u8]>> {
+        match self {
+            BpfObject::Embedded if EMBEDDED_OBJECT.is_empty() => bail!(
+                "this daolinet-agent was built without its BPF object \
+                 (DAOLINET_EMBED_BPF_OBJECT=none): pass --bpf-object PATH or set {OBJECT_ENV} \
+                 (`cargo xtask build-ebpf --release` writes target/bpf/daolinet.bpf.o)"
+            ),
+            BpfObject::Embedded => Ok(std::borrow::Cow::Borrowed(EMBEDDED_OBJECT)),
+            BpfObject::File(path) => std::fs::read(path)
+                .map(std::borrow::Cow::Owned)
+                .with_context(|| {
+                    format!(
+                        "cannot read the BPF object {} (--bpf-object or {OBJECT_ENV}; build one \
+                         with `cargo xtask build-ebpf --release`, or set neither to use the \
+                         object built into this binary)",
+                        path.display()
+                    )
+                }),
+        }
+    }
+
+    /// True when this binary carries an object (it was not built with
+    /// `DAOLINET_EMBED_BPF_OBJECT=none`).
+    pub fn has_embedded() -> bool {
+        !EMBEDDED_OBJECT.is_empty()
+    }
+}
+
+impl std::fmt::Display for BpfObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BpfObject::Embedded => write!(f, "embedded ({} bytes)", EMBEDDED_OBJECT.len()),
+            BpfObject::File(path) => write!(f, "{}", path.display()),
+        }
+    }
 }
 
 /// Mount bpffs on `dir` unless it already is one.
@@ -324,23 +375,17 @@ pub struct Datapath {
 }
 
 impl Datapath {
-    /// Load `object`, reusing maps already pinned in `pin_dir` (so rules
-    /// survive an agent restart) and verify both programs.
-    /// `pin_dir` must be inside a mounted bpffs (see [`ensure_bpffs`]).
-    pub fn load(object: &Path, pin_dir: &Path) -> Result<Self> {
-        if !object.exists() {
-            bail!(
-                "BPF object {} is missing: build it with `cargo xtask build-ebpf --release` \
-                 (or point {OBJECT_ENV} at it)",
-                object.display()
-            );
-        }
+    /// Load `object` (its bytes, see [`BpfObject::bytes`]), reusing maps
+    /// already pinned in `pin_dir` (so rules survive an agent restart) and
+    /// verify both programs. `pin_dir` must be inside a mounted bpffs (see
+    /// [`ensure_bpffs`]).
+    pub fn load(object: &[u8], pin_dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(pin_dir)
             .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
-            .load_file(object)
-            .with_context(|| format!("loading {}", object.display()))?;
+            .load(object)
+            .context("loading the BPF object")?;
         let tc: &mut SchedClassifier = ebpf
             .program_mut(names::PROG_TC)
             .context("no TC program in the BPF object")?

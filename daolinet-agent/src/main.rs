@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use daolinet_agent::agent::{request, serve, Agent, Request};
-use daolinet_agent::datapath::{default_object_path, Datapath, UplinkMode};
+use daolinet_agent::datapath::{BpfObject, Datapath, UplinkMode};
 use daolinet_agent::ofswitch::{FailMode, Switch, SwitchSettings};
 use daolinet_agent::oftable::FlowTable;
 use daolinet_agent::register::Registrar;
@@ -53,8 +53,9 @@ enum Cmd {
         /// How to attach the uplink program.
         #[arg(long, value_enum, default_value = "tc")]
         uplink_mode: UplinkMode,
-        /// The BPF object (default: $DAOLINET_BPF_OBJECT or the workspace build).
-        #[arg(long)]
+        /// A BPF object file to load instead of the one built into this binary
+        /// (default: $DAOLINET_BPF_OBJECT if set, else the embedded object).
+        #[arg(long, value_name = "PATH")]
         bpf_object: Option<PathBuf>,
         /// OpenFlow 1.3 controller to connect to, `tcp:IP[:PORT]` (default port
         /// 6653); repeat for several. Reconnects with backoff, echo keepalive.
@@ -369,6 +370,8 @@ fn run(
     for (iface, _) in &specs {
         daolinet_agent::datapath::ifindex(iface).context("--port")?;
     }
+    let object = BpfObject::choose(bpf_object);
+    let object_bytes = object.bytes()?;
     if !net.dpid_given {
         let (mac, _) = daolinet_agent::agent::iface_info(uplink);
         net.settings.datapath_id = mac
@@ -389,11 +392,11 @@ fn run(
         );
     }
     let _ = std::fs::remove_file(&sock);
-    let object = bpf_object.unwrap_or_else(default_object_path);
     daolinet_agent::datapath::ensure_bpffs(bpffs)?;
     let pin_dir = bpffs.join("daolinet").join(pin_name(dir));
-    let mut dp = Datapath::load(&object, &pin_dir)?;
-    tracing::info!(object = %object.display(), pins = %pin_dir.display(), "datapath loaded");
+    let mut dp = Datapath::load(&object_bytes, &pin_dir)?;
+    drop(object_bytes);
+    tracing::info!(%object, pins = %pin_dir.display(), "datapath loaded");
     let saved = dp.saved_rules()?;
     if !saved.rules.is_empty() || !saved.lost.is_empty() {
         tracing::info!(

@@ -1,6 +1,7 @@
 //! Cost of one run of the TC datapath program, measured by the kernel with
 //! BPF_PROG_TEST_RUN (`repeat` runs on the same packet, mean ns per run).
-//! Needs root and the BPF object (`cargo xtask build-ebpf`).
+//! Needs root; runs the BPF object embedded in the agent (or
+//! `$DAOLINET_BPF_OBJECT`).
 //!
 //! `cargo run --release -p daolinet-tests --example prog_cost [REPEAT]`
 //!

@@ -1,7 +1,7 @@
 //! Loading the datapath object and running its programs with BPF_PROG_TEST_RUN.
 //!
-//! - [`Datapath`] loads `daolinet.bpf.o` (from `$DAOLINET_BPF_OBJECT` or
-//!   `<workspace>/target/bpf/daolinet.bpf.o`) through the agent's own
+//! - [`Datapath`] loads the BPF object the agent embeds (or
+//!   `$DAOLINET_BPF_OBJECT` when set, as the agent does) through its own
 //!   loader ([`daolinet_agent::datapath::Datapath`]), with its maps pinned in
 //!   a unique directory under `/sys/fs/bpf` that is removed again on drop,
 //!   and offers typed access to the maps (again the agent's code).
@@ -28,9 +28,9 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use aya::Ebpf;
-use daolinet_agent::datapath::{self as agent_dp, default_object_path};
+use daolinet_agent::datapath::{self as agent_dp, BpfObject};
 use daolinet_agent::table::MapOp;
 use daolinet_common::{
     maps as names, DropReason, FlowEntry, FlowKey, FlowMapKey, PortInfo, PortStats, RuleStats,
@@ -87,10 +87,10 @@ pub fn ensure_bpffs() -> Result<()> {
     agent_dp::ensure_bpffs(Path::new(BPFFS))
 }
 
-/// Path of the BPF object: `$DAOLINET_BPF_OBJECT` or
-/// `<workspace>/target/bpf/daolinet.bpf.o`.
-pub fn object_path() -> PathBuf {
-    default_object_path()
+/// The BPF object an agent started without `--bpf-object` loads:
+/// `$DAOLINET_BPF_OBJECT` if set, else the one embedded in the agent.
+pub fn object() -> BpfObject {
+    BpfObject::choose(None)
 }
 
 /// Run `prog_fd` once on `packet` with BPF_PROG_TEST_RUN; `ctx_in` is the
@@ -193,16 +193,9 @@ pub struct Datapath {
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 
 impl Datapath {
-    /// Load the object and both programs (through the verifier). Fails with
-    /// "run `cargo xtask build-ebpf --release`" when the object is missing.
+    /// Load [`object`] and both programs (through the verifier).
     pub fn load() -> Result<Self> {
-        let object = object_path();
-        if !object.exists() {
-            bail!(
-                "BPF object {} is missing: run `cargo xtask build-ebpf --release`",
-                object.display()
-            );
-        }
+        let object = object().bytes()?;
         ensure_bpffs()?;
         let pin_dir = PathBuf::from(BPFFS).join(format!(
             "daolinet-test-{}-{}",

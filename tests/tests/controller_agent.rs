@@ -8,9 +8,8 @@
 //! flows with logical <-> physical rewriting, PACKET_OUT), the agents hold
 //! the controller's flows, and a disconnect policy stops the traffic.
 //!
-//! Needs root, the BPF object (`cargo xtask build-ebpf`, or
-//! `$DAOLINET_BPF_OBJECT`) and both binaries (built by `cargo test
-//! --workspace`). Everything is removed by the guard's Drop.
+//! Needs root and both binaries (built by `cargo test --workspace`); the
+//! agents load the BPF object built into them. Everything is removed by the guard's Drop.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 use std::io::{Read, Write};
@@ -19,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use daolinet_tests::bpf::{object_path, skip_unless_root};
+use daolinet_tests::bpf::skip_unless_root;
 
 const BR: &str = "ctlx-br";
 const NET: &str = "192.168.213";
@@ -154,12 +153,6 @@ fn controller_drives_two_agents() {
     if skip_unless_root("controller_drives_two_agents") {
         return;
     }
-    let object = object_path();
-    assert!(
-        object.exists(),
-        "BPF object {} missing: run `cargo xtask build-ebpf`",
-        object.display()
-    );
     let (ctl_bin, agent_bin) = (bin("daolinet-controller"), bin("daolinet-agent"));
     let tmp = std::env::temp_dir().join(format!("ctlx-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
@@ -338,8 +331,6 @@ fn controller_drives_two_agents() {
             .arg(&state)
             .args(["run", "--uplink", "eth0", "--datapath-id", &i.to_string()])
             .args(["--controller", &format!("tcp:{of}")])
-            .arg("--bpf-object")
-            .arg(&object)
             .env("RUST_LOG", "warn");
         for p in ports {
             cmd.args(["--port", p]);

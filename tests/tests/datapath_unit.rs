@@ -2,7 +2,8 @@
 //! `daolinet_xdp`) on hand-crafted packets.
 //!
 //! They need root. Not root: each test prints a loud SKIP line and returns.
-//! Root but no object: they fail with "run `cargo xtask build-ebpf --release`".
+//! They load the object embedded in the agent (`$DAOLINET_BPF_OBJECT`
+//! overrides it, e.g. to test a variant).
 //!
 //! The ingress port is registered under ifindex 1 (`lo`): that is the device
 //! BPF_PROG_TEST_RUN gives the skb (and the XDP rx queue) when the context

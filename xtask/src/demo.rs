@@ -64,14 +64,13 @@ fn path_with(bin: &Path) -> std::ffi::OsString {
     std::env::join_paths(dirs).unwrap_or_default()
 }
 
-/// The agent binary and the BPF object a lab runs.
+/// The agent binary a lab runs (it carries its BPF object).
 pub(crate) struct Build {
     pub(crate) bin: PathBuf,
-    pub(crate) obj: PathBuf,
 }
 
-/// What every lab needs first: root check, setup, the BPF object and the
-/// agent (release), the bpffs for pins, and the cleanup guard (installed
+/// What every lab needs first: root check, setup, the BPF object (built in
+/// the open, then embedded in the agent) and the agent (release), the bpffs for pins, and the cleanup guard (installed
 /// before anything is created, so Ctrl-C from here on cleans up). Returns
 /// the guard and this run's tag (prefix of every namespace it creates).
 pub(crate) fn prepare(setup: bool, what: &str, prefix: &str) -> Result<(Build, Guard, String)> {
@@ -92,7 +91,7 @@ fn prepare_with(
     if setup {
         crate::setup::run()?;
     }
-    let obj = crate::build_ebpf::run(true)?;
+    crate::build_ebpf::run(true)?;
     let mut names = vec!["daolinet-agent"];
     names.extend(also);
     step(&format!("building {} (release)", names.join(", ")));
@@ -106,7 +105,7 @@ fn prepare_with(
     ensure_bpffs()?;
     let guard = cleanup::guard()?;
     let tag = cleanup::claim_tag(prefix, BPFFS)?;
-    Ok((Build { bin, obj }, guard, tag))
+    Ok((Build { bin }, guard, tag))
 }
 
 /// The controller's address on the underlay bridge: it runs in the
@@ -825,7 +824,7 @@ fn start_agents_with(
         cleanup::add_path(&state);
         cleanup::add_path(Path::new(BPFFS).join(format!("daolinet/tmp_{}_state", h.ns)));
         let mut cmd = agent(&build.bin, &h.ns, &state, &["run", "--uplink", "eth0"]);
-        cmd.args(&args).env("DAOLINET_BPF_OBJECT", &build.obj);
+        cmd.args(&args);
         if log.is_some() {
             cmd.env("NO_COLOR", "1");
         }

@@ -599,7 +599,7 @@ fn listener(h: &str) -> Result<TcpListener> {
     in_netns(h, || TcpListener::bind(("127.0.0.1", CTL_PORT)))
 }
 
-fn bench_agent(bin: &Path, obj: &Path) -> Result<Setup> {
+fn bench_agent(bin: &Path) -> Result<Setup> {
     step("agent: topology, agent with --controller");
     let tag = cleanup::claim_tag("dlba", BPFFS)?;
     let (h, a, b) = topology(&tag)?;
@@ -618,8 +618,6 @@ fn bench_agent(bin: &Path, obj: &Path) -> Result<Setup> {
         .args(["--bpffs", BPFFS, "--state-dir"])
         .arg(&state)
         .args(["run", "--uplink", "up0", "--port", "pa=1", "--port", "pb=2"])
-        .arg("--bpf-object")
-        .arg(obj)
         .args(["--controller", &format!("tcp:127.0.0.1:{CTL_PORT}")])
         .args(["--packet-in-rate", "0", "--reply-spin-us", &reply_spin_us()])
         .env("RUST_LOG", "warn,daolinet_agent::latency=trace")
@@ -851,7 +849,7 @@ pub fn run(setup: bool) -> Result<()> {
             "--no-setup",
         ]));
     }
-    let obj = crate::build_ebpf::run(true)?;
+    crate::build_ebpf::run(true)?;
     step("building daolinet-agent (release)");
     sh(cargo().args(["build", "--release", "-p", "daolinet-agent"]))?;
     let bin = workspace_root().join("target/release/daolinet-agent");
@@ -866,7 +864,7 @@ pub fn run(setup: bool) -> Result<()> {
     // between them.
     let (agent, ovs, inside) = {
         let _g = cleanup::guard()?;
-        let a = bench_agent(&bin, &obj)?;
+        let a = bench_agent(&bin)?;
         let o = bench_ovs()?;
         step("first-packet latency, probes alternating between the agent and Open vSwitch and between harness modes");
         let (la, lo) = first_packet(a.prober, o.prober)?;

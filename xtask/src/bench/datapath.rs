@@ -322,21 +322,17 @@ pub fn run(setup: bool) -> Result<()> {
     kernel.set_udp(&k);
 
     step("BPF program cost per packet (BPF_PROG_TEST_RUN)");
-    let cost = crate::util::output(
-        crate::util::cargo()
-            .args([
-                "run",
-                "--release",
-                "-q",
-                "-p",
-                "daolinet-tests",
-                "--example",
-                "prog_cost",
-                "--",
-                "1000000",
-            ])
-            .env("DAOLINET_BPF_OBJECT", &build.obj),
-    )?;
+    let cost = crate::util::output(crate::util::cargo().args([
+        "run",
+        "--release",
+        "-q",
+        "-p",
+        "daolinet-tests",
+        "--example",
+        "prog_cost",
+        "--",
+        "1000000",
+    ]))?;
     eprint!("{cost}");
     let cost_rows: String = cost
         .lines()
