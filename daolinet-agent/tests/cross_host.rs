@@ -1,7 +1,7 @@
 //! Privileged: two hosts joined by an underlay bridge namespace, one
-//! container behind each; DaoliNet's cross-host rewrite (design.md §6):
-//! logical -> physical on the source host, physical -> logical on the
-//! destination host, no encapsulation.
+//! container behind each; DaoliNet's cross-host rewrite (docs/architecture.md,
+//! "Cross-host pair"): logical -> physical on the source host, physical ->
+//! logical on the destination host, no encapsulation.
 
 mod common;
 use common::{iperf3_transfer, ns, root_or_skip, sh, Lab};

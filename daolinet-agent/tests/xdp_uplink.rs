@@ -1,16 +1,17 @@
 //! Privileged: `--uplink-mode xdp` on a real interface (a veth in a
 //! namespace) with traffic through it. Two hosts on an underlay bridge,
-//! one container each, DaoliNet's cross-host rewrite (design.md §6); both
-//! agents run the XDP program on their uplink, so every packet between the
-//! containers enters a host through XDP: parsed, classified, rewritten
-//! physical -> logical (checksums fixed in software) and redirected
-//! (XDP_REDIRECT) into the container's veth. Table misses on the uplink
-//! (the hosts' own traffic, ARP) go to the host stack (XDP_PASS).
+//! one container each, DaoliNet's cross-host rewrite (docs/architecture.md,
+//! "Cross-host pair"); both agents run the XDP program on their uplink, so
+//! every packet between the containers enters a host through XDP: parsed,
+//! classified, rewritten physical -> logical (checksums fixed in software)
+//! and redirected (XDP_REDIRECT) into the container's veth. Table misses on
+//! the uplink (the hosts' own traffic, ARP) go to the host stack (XDP_PASS).
 //!
 //! Two settings make veths behave like the physical NICs XDP mode is meant
-//! for (design.md §3): the underlay ends compute checksums before sending
-//! (a wire never carries partial ones), and the containers' veths have GRO
-//! on (a veth accepts redirected XDP frames only with NAPI enabled).
+//! for (docs/architecture.md, "Where the programs attach"): the underlay
+//! ends compute checksums before sending (a wire never carries partial
+//! ones), and the containers' veths have GRO on (a veth accepts redirected
+//! XDP frames only with NAPI enabled).
 #![allow(clippy::panic, clippy::expect_used)] // a panic is a failed test
 
 mod common;

@@ -24,7 +24,8 @@
 //!   it may talk to, or an outside address when NAT-out is allowed). Requests
 //!   for anything else get no answer, so isolation is visible as "host
 //!   unreachable" in the container, and a short drop flow for that target.
-//! - **Same host / cross host**: exactly design.md §6; no TTL decrement.
+//! - **Same host / cross host**: the pair flows of docs/architecture.md
+//!   ("The flows on the wire"); no TTL decrement.
 //!   Decisions are ordered so that flows on the *remote* datapath come
 //!   first, then the local ones, then the PACKET_OUT: the OpenFlow server
 //!   should send a BARRIER to the remote datapath before the PACKET_OUT.

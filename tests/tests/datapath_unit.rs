@@ -363,7 +363,8 @@ fn install_pair_rule(dp: &mut Datapath, rule_id: u32, actions: &[Action]) {
     .expect("inserting a flow");
 }
 
-/// The cross-host rewrite of the source host (design §6).
+/// The cross-host rewrite of the source host (docs/architecture.md,
+/// "Cross-host pair").
 fn cross_host_actions() -> Vec<Action> {
     vec![
         Action::set_eth_src(MAC_H1),
