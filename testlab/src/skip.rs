@@ -22,7 +22,9 @@ pub enum Need {
     Root,
     /// A program on `PATH` (`ovs-vswitchd`, `iperf3`, `etcd`, `dockerd`...).
     Program(&'static str),
-    /// The BPF datapath object ([`bpf_object`]).
+    /// The BPF datapath object the agents load: the one built into the
+    /// agent binary, or the file `$DAOLINET_BPF_OBJECT` names ([`bpf_object`]),
+    /// which must then exist.
     BpfObject,
     /// A binary of this workspace built next to the test
     /// ([`crate::workspace_bin`]), e.g. `daolinet-controller`.
@@ -37,16 +39,13 @@ impl Need {
             Need::Program(p) => {
                 (!on_path(p)).then(|| format!("{p} not installed (run `cargo xtask setup`)"))
             }
-            Need::BpfObject => {
-                let obj = bpf_object();
-                (!obj.is_file()).then(|| {
-                    format!(
-                        "no BPF object at {} (run `cargo xtask build-ebpf --release`, \
-                         or set {OBJECT_ENV})",
-                        obj.display()
-                    )
-                })
-            }
+            Need::BpfObject => bpf_object().filter(|obj| !obj.is_file()).map(|obj| {
+                format!(
+                    "{OBJECT_ENV}={} is not a file (unset it to use the object built into \
+                     the agent, or run `cargo xtask build-ebpf --release`)",
+                    obj.display()
+                )
+            }),
             Need::Binary(b) => {
                 let p = crate::workspace_bin(b);
                 (!p.is_file()).then(|| {
@@ -122,16 +121,15 @@ pub fn on_path(program: &str) -> bool {
         .any(|d| exec(&d.join(program)))
 }
 
-/// Environment variable naming the BPF datapath object.
+/// Environment variable naming a BPF datapath object that agents load
+/// instead of the one built into them.
 pub const OBJECT_ENV: &str = "DAOLINET_BPF_OBJECT";
 
-/// The BPF datapath object: `$DAOLINET_BPF_OBJECT`, else the one
-/// `cargo xtask build-ebpf --release` writes into this workspace.
-pub fn bpf_object() -> PathBuf {
-    if let Some(p) = std::env::var_os(OBJECT_ENV) {
-        return PathBuf::from(p);
-    }
-    crate::workspace_root().join("target/bpf/daolinet.bpf.o")
+/// The BPF object file that replaces the agent's built-in one:
+/// `$DAOLINET_BPF_OBJECT` when set (agents started by the lab inherit it),
+/// `None` when the agents load the object they carry.
+pub fn bpf_object() -> Option<PathBuf> {
+    std::env::var_os(OBJECT_ENV).map(PathBuf::from)
 }
 
 /// The running test's name: libtest names each test's thread after it.

@@ -344,9 +344,7 @@ fn start_agent(build: &crate::demo::Build, ns: &str, log: &Path) -> Result<()> {
             "0",
         ],
     );
-    cmd.env("DAOLINET_BPF_OBJECT", &build.obj)
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "info");
+    cmd.env("NO_COLOR", "1").env("RUST_LOG", "info");
     eprintln!("    $ {}", display(&cmd));
     let child = cmd
         .stdout(Stdio::null())
