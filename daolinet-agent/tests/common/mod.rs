@@ -43,7 +43,7 @@ pub fn ns(n: &str, args: &[&str]) -> bool {
 /// tests; mounted by the first one that needs it.
 pub const TEST_BPFFS: &str = "/run/daolinet-test-bpffs";
 
-pub fn ensure_test_bpffs() {
+fn ensure_test_bpffs() {
     let mounted = std::fs::read_to_string("/proc/self/mounts")
         .map(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(TEST_BPFFS)))
         .unwrap_or(false);
