@@ -152,7 +152,7 @@ impl LocalPort {
             _ => {}
         }
         set_up(&name, &mut req)?;
-        let (mac, _) = crate::agent::iface_info(&name);
+        let (mac, _) = crate::netdev::iface_info(&name);
         let mac = mac.ok_or_else(|| io::Error::other(format!("{name}: no MAC address")))?;
         Ok(LocalPort { fd, name, mac })
     }

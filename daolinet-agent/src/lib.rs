@@ -10,16 +10,32 @@
 //!   table (sans-IO); [`ofswitch`]: the OpenFlow switch (sessions, roles,
 //!   multiparts, PACKET_IN/OUT, ARP responder, fail modes; sans-IO);
 //!   [`packet`]: userspace packet parsing and rewriting;
-//! - [`agent`]: applies the switch's effects to the datapath and the
-//!   connections, and serves the control socket; [`runtime`]: tokio tasks
-//!   for controller connections, the passive listener, punts and timers;
-//!   [`inject`]: AF_PACKET transmit; [`register`]: self-registration with
-//!   the controller's REST API.
+//! - [`conn`]: one OpenFlow connection (framing, HELLO and version, echo
+//!   keepalive, backpressure; sans-IO);
+//! - [`engine`]: the single owner of the switch, its [`engine::Dataplane`]
+//!   and its connections, applying the switch's effects in order (generic
+//!   over the dataplane: tested without root); [`fastpath`]: punts to
+//!   PACKET_IN and the wait for the answers, handed the engine;
+//!   [`runtime`]: the one-thread event loop (epoll) around them: sockets,
+//!   reconnects, timers, signals, the control socket ([`control`]);
+//! - [`host`]: the real dataplane (BPF maps, [`inject`]: AF_PACKET
+//!   transmit and the LOCAL port; [`netdev`]: interface facts);
+//!   [`register`]: self-registration with the controller's REST API (a
+//!   thread of its own, told by the event loop when controllers connect).
+//!
+//! Module dependencies run one way: runtime -> control, fastpath ->
+//! engine -> conn, ofswitch -> oftable -> table, compile; host -> engine
+//! (the trait), datapath, inject -> netdev.
 
-pub mod agent;
 pub mod compile;
+pub mod conn;
+pub mod control;
 pub mod datapath;
+pub mod engine;
+pub mod fastpath;
+pub mod host;
 pub mod inject;
+pub mod netdev;
 pub mod ofswitch;
 pub mod oftable;
 pub mod packet;

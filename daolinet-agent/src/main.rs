@@ -2,16 +2,17 @@
 
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
-use daolinet_agent::agent::{request, serve, Agent, Request};
+use daolinet_agent::conn::ConnConfig;
+use daolinet_agent::control::{request, Request};
 use daolinet_agent::datapath::{BpfObject, Datapath, UplinkMode};
+use daolinet_agent::engine::Engine;
+use daolinet_agent::host::Host;
 use daolinet_agent::ofswitch::{FailMode, Switch, SwitchSettings};
 use daolinet_agent::oftable::FlowTable;
 use daolinet_agent::register::Registrar;
-use daolinet_agent::runtime::Hooks;
 use daolinet_agent::table::RuleTable;
 use daolinet_common::PortKind;
 
@@ -245,7 +246,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                     listen,
                     settings,
                     dpid_given: dpid.is_some(),
-                    spin: daolinet_agent::runtime::ReplySpin::micros(reply_spin_us),
+                    spin: daolinet_agent::fastpath::ReplySpin::micros(reply_spin_us),
                     register: {
                         let RegisterArgs {
                             api,
@@ -317,7 +318,7 @@ struct Net {
     listen: Option<std::net::SocketAddr>,
     settings: SwitchSettings,
     dpid_given: bool,
-    spin: daolinet_agent::runtime::ReplySpin,
+    spin: daolinet_agent::fastpath::ReplySpin,
     register: Option<Register>,
 }
 
@@ -373,7 +374,7 @@ fn run(
     let object = BpfObject::choose(bpf_object);
     let object_bytes = object.bytes()?;
     if !net.dpid_given {
-        let (mac, _) = daolinet_agent::agent::iface_info(uplink);
+        let (mac, _) = daolinet_agent::netdev::iface_info(uplink);
         net.settings.datapath_id = mac
             .map(|m| m.iter().fold(0u64, |a, b| (a << 8) | u64::from(*b)))
             .unwrap_or(1);
@@ -408,50 +409,74 @@ fn run(
     }
     let flows = FlowTable::new(
         RuleTable::restore(&saved.subtables, saved.rules),
-        daolinet_agent::agent::now_ns(),
+        daolinet_agent::engine::now_ns(),
     );
     tracing::info!(
         datapath_id = format!("{:016x}", net.settings.datapath_id),
         fail_mode = ?net.settings.fail_mode,
         "OpenFlow 1.3 switch"
     );
-    let mut agent = Agent::new(dp, Switch::new(flows, net.settings), uplink_mode);
-    // Attach everything or nothing: on error, dropping `agent` detaches
+    let mut eng = Engine::new(
+        Host::new(dp, uplink_mode),
+        Switch::new(flows, net.settings),
+        ConnConfig::default(),
+    );
+    // Attach everything or nothing: on error, dropping the engine detaches
     // what was attached (links are owned).
-    agent.add_port(uplink, Some(uplink_ofport), PortKind::Uplink)?;
+    eng.add_port(uplink, Some(uplink_ofport), PortKind::Uplink)?;
     for (iface, ofport) in &specs {
-        agent.add_port(iface, *ofport, PortKind::Container)?;
+        eng.add_port(iface, *ofport, PortKind::Container)?;
     }
-    // One thread: the switch is serialised by its lock anyway, and a single
-    // thread parked in epoll wakes faster for a punt or a PACKET_OUT than
-    // a pool handing tasks between workers.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let agent = Arc::new(Mutex::new(agent));
-    let listener =
+    let listen = match net.listen {
+        Some(addr) => {
+            let l = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("listening on {addr}"))?;
+            tracing::info!(%addr, "OpenFlow listener (passive)");
+            Some(l)
+        }
+        None => None,
+    };
+    for c in &net.controllers {
+        tracing::info!(controller = %c, "OpenFlow controller (active)");
+    }
+    let control =
         UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
-    {
-        let agent = agent.clone();
-        std::thread::spawn(move || serve(listener, agent));
+    // The registrar (blocking HTTP) runs on a thread of its own; the event
+    // loop tells it when a controller connection comes up.
+    let (connected_tx, connected_rx) = std::sync::mpsc::channel::<()>();
+    // One thread owns everything else: the switch, the datapath, every
+    // socket.
+    let mut lp = daolinet_agent::runtime::EventLoop::new(
+        eng,
+        daolinet_agent::runtime::Net {
+            controllers: net.controllers,
+            listen,
+            control: Some(control),
+            spin: net.spin,
+            signals: true,
+            on_connect: registrar.is_some().then(|| {
+                Box::new(move || {
+                    let _ = connected_tx.send(());
+                }) as Box<dyn FnMut() + Send>
+            }),
+        },
+    )?;
+    if let Some(r) = registrar {
+        let stop = lp.stop_handle();
+        std::thread::Builder::new()
+            .name("register".into())
+            .spawn(move || {
+                if let Some(e) = r.run(connected_rx) {
+                    stop.fail(e);
+                }
+            })
+            .context("starting the registration thread")?;
     }
     tracing::info!(socket = %sock.display(), "agent running; SIGINT/SIGTERM to stop");
-    let mut hooks = Hooks::default();
-    if let Some(r) = registrar {
-        hooks.fatal = Some(Box::pin(r.run(hooks.connected.subscribe())));
-    }
-    let res = rt.block_on(daolinet_agent::runtime::run(
-        agent.clone(),
-        net.controllers,
-        net.listen,
-        net.spin,
-        hooks,
-    ));
+    let res = lp.run();
     tracing::info!("stopping: detaching programs, keeping pinned maps");
     let _ = std::fs::remove_file(&sock);
-    rt.shutdown_timeout(std::time::Duration::from_secs(1));
-    drop(agent);
+    drop(lp);
     res
 }
 

@@ -1,12 +1,12 @@
-//! The OpenFlow 1.3 switch, sans-IO: controller sessions (HELLO, version
-//! negotiation, roles, async config), FLOW_MOD through the [`FlowTable`],
-//! multipart replies, punts turned into PACKET_IN (rate limited per port),
+//! The OpenFlow 1.3 switch, sans-IO: controller sessions (roles, async
+//! config; HELLO, version and echo are the connection's, [`crate::conn`]),
+//! FLOW_MOD through the [`FlowTable`], multipart replies, punts turned into PACKET_IN (rate limited per port),
 //! PACKET_OUT executed in userspace, FLOW_REMOVED and PORT_STATUS, the
 //! local ARP responder and the standalone fail mode (L2 learning).
 //!
 //! Every entry point returns [`Effects`]: messages for connections, map
-//! operations for the datapath, frames to transmit on ports. The I/O edge
-//! (`crate::runtime`) applies them in order.
+//! operations for the datapath, frames to transmit on ports. The event loop
+//! ([`crate::engine`]) applies them in order.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -135,7 +135,6 @@ pub struct SwitchCounters {
 
 #[derive(Clone, Debug)]
 struct Session {
-    hello: bool,
     role: u32,
     async_cfg: AsyncConfig,
 }
@@ -170,7 +169,6 @@ pub struct Switch {
     generation: Option<u64>,
     buckets: HashMap<u32, Bucket>,
     macs: HashMap<[u8; 6], u32>,
-    xid: u32,
     /// Counters.
     pub counters: SwitchCounters,
 }
@@ -198,7 +196,6 @@ impl Switch {
             generation: None,
             buckets: HashMap::new(),
             macs: HashMap::new(),
-            xid: 0,
             counters: SwitchCounters::default(),
         }
     }
@@ -208,31 +205,33 @@ impl Switch {
         &self.settings
     }
 
-    fn next_xid(&mut self) -> u32 {
-        self.xid = self.xid.wrapping_add(1);
-        self.xid
-    }
-
     /// True when at least one controller completed the handshake.
     pub fn has_controller(&self) -> bool {
-        self.sessions.values().any(|s| s.hello)
+        !self.sessions.is_empty()
     }
 
-    /// A new connection: send our HELLO.
-    pub fn connected(&mut self, conn: ConnId) -> Effects {
+    /// A connection completed its handshake (HELLO and version, done by
+    /// [`crate::conn::Conn`]): it becomes a session with the default role
+    /// and asynchronous configuration. In standalone fail mode the first
+    /// controller takes over from L2 learning, whose flows are removed.
+    pub fn connected(&mut self, conn: ConnId, now_ns: u64, counters: &mut dyn Counters) -> Effects {
+        let was = self.has_controller();
         self.sessions.insert(
             conn,
             Session {
-                hello: false,
                 role: of::OFPCR_ROLE_EQUAL,
                 async_cfg: DEFAULT_ASYNC,
             },
         );
-        let xid = self.next_xid();
-        Effects {
-            send: vec![(conn, xid, Message::Hello(of::Hello::new()))],
-            ..Default::default()
+        let mut fx = Effects::default();
+        if !was && self.settings.fail_mode == FailMode::Standalone {
+            let del = FlowMod::delete(of::Match::new()).cookie_match(STANDALONE_COOKIE, u64::MAX);
+            if let Ok(o) = self.flows.flow_mod(&del, now_ns, counters) {
+                fx.ops.extend(o.ops);
+            }
+            self.macs.clear();
         }
+        fx
     }
 
     /// A connection is gone.
@@ -282,7 +281,7 @@ impl Switch {
     fn port_status(&mut self, reason: u8, port: of::Port) -> Effects {
         let mut fx = Effects::default();
         for (c, s) in &self.sessions {
-            if s.hello && wants(s, |a| a.port_status_mask, reason) {
+            if wants(s, |a| a.port_status_mask, reason) {
                 fx.send.push((
                     *c,
                     0,
@@ -296,11 +295,17 @@ impl Switch {
     fn flow_removed(&self, removed: Vec<of::FlowRemoved>, fx: &mut Effects) {
         for fr in removed {
             for (c, s) in &self.sessions {
-                if s.hello && wants(s, |a| a.flow_removed_mask, fr.reason) {
+                if wants(s, |a| a.flow_removed_mask, fr.reason) {
                     fx.send.push((*c, 0, Message::FlowRemoved(fr.clone())));
                 }
             }
         }
+    }
+
+    /// When [`Switch::tick`] next has work (CLOCK_MONOTONIC ns; `u64::MAX`:
+    /// never, until the table changes).
+    pub fn next_deadline(&self) -> u64 {
+        self.flows.next_deadline().unwrap_or(u64::MAX)
     }
 
     /// Periodic work: flow expiry.
@@ -349,36 +354,8 @@ impl Switch {
         let slave = session.role == of::OFPCR_ROLE_SLAVE;
         let err = |fx: &mut Effects, c: ErrorCode| fx.send.push(error(conn, xid, c, raw));
         match frame.message {
-            Message::Hello(h) => {
-                if h.supports(of::OFP_VERSION) {
-                    let was = self.has_controller();
-                    if let Some(s) = self.sessions.get_mut(&conn) {
-                        s.hello = true;
-                    }
-                    if !was && self.settings.fail_mode == FailMode::Standalone {
-                        // A controller takes over: drop what L2 learning installed.
-                        let del = FlowMod::delete(of::Match::new())
-                            .cookie_match(STANDALONE_COOKIE, u64::MAX);
-                        if let Ok(o) = self.flows.flow_mod(&del, now_ns, counters) {
-                            fx.ops.extend(o.ops);
-                        }
-                        self.macs.clear();
-                    }
-                } else {
-                    fx.send.push((
-                        conn,
-                        xid,
-                        Message::Error(ErrorMsg::Standard {
-                            err_type: of::OFPET_HELLO_FAILED,
-                            code: of::OFPHFC_INCOMPATIBLE,
-                            data: b"daolinet-agent speaks OpenFlow 1.3 (0x04) only".to_vec(),
-                        }),
-                    ));
-                    fx.close.push(conn);
-                }
-            }
-            Message::EchoRequest(d) => fx.send.push((conn, xid, Message::EchoReply(d))),
-            Message::EchoReply(_) => {}
+            // HELLO, version and echo are the connection's (crate::conn).
+            Message::Hello(_) | Message::EchoRequest(_) | Message::EchoReply(_) => {}
             Message::Error(e) => {
                 tracing::warn!(conn, ?e, "controller sent an error");
             }
@@ -743,7 +720,7 @@ impl Switch {
     fn send_packet_in(&mut self, pi: PacketIn, fx: &mut Effects) {
         let mut sent = false;
         for (c, s) in &self.sessions {
-            if s.hello && wants(s, |a| a.packet_in_mask, pi.reason) {
+            if wants(s, |a| a.packet_in_mask, pi.reason) {
                 fx.send.push((*c, 0, Message::PacketIn(pi.clone())));
                 sent = true;
             }
@@ -1040,9 +1017,7 @@ mod tests {
     }
 
     fn hello(s: &mut Switch, conn: ConnId) {
-        let fx = s.connected(conn);
-        assert!(matches!(fx.send[0].2, Message::Hello(_)));
-        let fx = send(s, conn, 1, Message::Hello(of::Hello::new()));
+        let fx = s.connected(conn, 0, &mut Fake);
         assert!(fx.send.is_empty() && fx.close.is_empty());
     }
 
@@ -1057,7 +1032,7 @@ mod tests {
     }
 
     #[test]
-    fn handshake_features_echo_barrier() {
+    fn features_and_barrier() {
         let mut s = switch();
         hello(&mut s, 7);
         let fx = send(&mut s, 7, 9, Message::FeaturesRequest);
@@ -1065,26 +1040,10 @@ mod tests {
             [(7, 9, Message::FeaturesReply(f))] => assert_eq!(f.n_tables, 1),
             other => panic!("{other:?}"),
         }
-        let fx = send(&mut s, 7, 10, Message::EchoRequest(vec![1, 2]));
-        assert_eq!(fx.send[0].2, Message::EchoReply(vec![1, 2]));
         let fx = send(&mut s, 7, 11, Message::BarrierRequest);
         assert_eq!(fx.send[0], (7, 11, Message::BarrierReply));
-        // A 1.0-only peer is refused and disconnected.
-        s.connected(8);
-        let fx = send(
-            &mut s,
-            8,
-            1,
-            Message::Hello(of::Hello {
-                version: 1,
-                elements: vec![],
-            }),
-        );
-        assert_eq!(
-            errors(&fx),
-            [code(of::OFPET_HELLO_FAILED, of::OFPHFC_INCOMPATIBLE)]
-        );
-        assert_eq!(fx.close, [8]);
+        // A connection that has not completed its handshake is not served.
+        assert!(send(&mut s, 8, 12, Message::BarrierRequest).send.is_empty());
     }
 
     #[test]
@@ -1317,8 +1276,7 @@ mod tests {
         assert_eq!(fx.emit, [(1, fx.emit[0].1.clone())]);
         assert_eq!(s.flows.len(), 1);
         // A controller arrives: the learned flows go.
-        s.connected(1);
-        let fx = send(&mut s, 1, 1, Message::Hello(of::Hello::new()));
+        let fx = s.connected(1, 0, &mut Fake);
         assert!(fx.ops.iter().any(|o| matches!(o, MapOp::DelFlow(_))));
         assert!(s.flows.is_empty());
     }

@@ -365,6 +365,12 @@ impl FlowTable {
         out
     }
 
+    /// When [`FlowTable::expire`] next has work: the earliest timeout
+    /// deadline (CLOCK_MONOTONIC ns), if any rule has a timeout.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.deadlines.first().map(|(d, _)| *d)
+    }
+
     /// Remove the rules whose idle or hard timeout has passed at `now_ns`.
     /// Only rules whose deadline has come are read, so this is cheap to call
     /// often.

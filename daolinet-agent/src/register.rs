@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
-use tokio::sync::watch;
+use std::sync::mpsc::Receiver;
 
 /// First retry delay; doubles up to [`MAX_RETRY`].
 pub const MIN_RETRY: Duration = Duration::from_millis(500);
@@ -165,7 +165,7 @@ pub fn hostname() -> Result<String> {
 impl Registrar {
     /// The record to send, from the uplink as it is now.
     pub fn record(&self) -> Result<HostRecord> {
-        let (mac, _) = crate::agent::iface_info(&self.uplink);
+        let (mac, _) = crate::netdev::iface_info(&self.uplink);
         let mac = mac.ok_or_else(|| anyhow!("uplink {} has no MAC address", self.uplink))?;
         let ip = iface_ipv4(&self.uplink).ok_or_else(|| {
             anyhow!(
@@ -221,16 +221,12 @@ impl Registrar {
     }
 
     /// Registers until it succeeds (retrying with backoff) or fails for
-    /// good.
-    async fn register(&self) -> Result<()> {
+    /// good (blocking).
+    fn register(&self) -> Result<()> {
         let mut delay = MIN_RETRY;
         let mut warned = false;
         loop {
-            let me = self.clone();
-            let v = tokio::task::spawn_blocking(move || me.register_once())
-                .await
-                .unwrap_or_else(|e| Verdict::Retry(format!("registration task: {e}")));
-            match v {
+            match self.register_once() {
                 Verdict::Done { created } => {
                     tracing::info!(
                         host = %self.name,
@@ -256,25 +252,25 @@ impl Registrar {
                     }
                 }
             }
-            tokio::time::sleep(delay).await;
+            std::thread::sleep(delay);
             delay = (delay * 2).min(MAX_RETRY);
         }
     }
 
-    /// Registers now, then again each time `connected` changes (a
-    /// controller connection came up). Returns only when registration
-    /// failed for good, with the reason.
-    pub async fn run(self, mut connected: watch::Receiver<u64>) -> anyhow::Error {
+    /// Registers now, then again each time a message comes on `connected`
+    /// (a controller connection came up); blocks, for a thread of its
+    /// own. Returns the reason when registration failed for good, `None`
+    /// when no connection can come up any more (the sender is gone).
+    pub fn run(self, connected: Receiver<()>) -> Option<anyhow::Error> {
         loop {
-            // Changes that happen while registering are folded into this
-            // round or the next one.
-            connected.mark_unchanged();
-            if let Err(e) = self.register().await {
-                return e;
+            // Connections that come up while registering are folded into
+            // this round or the next one.
+            while connected.try_recv().is_ok() {}
+            if let Err(e) = self.register() {
+                return Some(e);
             }
-            if connected.changed().await.is_err() {
-                // No connection can come up any more: nothing more to do.
-                std::future::pending::<()>().await;
+            if connected.recv().is_err() {
+                return None;
             }
         }
     }

@@ -1,46 +1,45 @@
-//! The I/O edge of the OpenFlow side (tokio): active controller
-//! connections with reconnect and backoff, the passive listener, echo
-//! keepalive, the timers, and the punt ring reader (a thread of its own).
-//! Everything goes through the shared [`Agent`], whose lock is never held
-//! across an await.
+//! The event loop: one thread, one epoll (mio), owning the [`Engine`] and
+//! every descriptor: the punt ring, the OpenFlow connections (active ones
+//! with reconnect and backoff, and the passive listener's), the control
+//! socket and its clients, rtnetlink link events, SIGINT/SIGTERM. Timers
+//! (flow expiry, echo keepalive, reconnects, port checks) are deadlines
+//! the epoll wait sleeps until; nothing runs while nothing happens.
+//!
+//! When it wakes up it looks at the punt ring first and hands the engine
+//! to the [`FastPath`], so a punt becomes a PACKET_IN before anything else
+//! is looked at; then the events in order.
 
-use std::future::Future;
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use bytes::{Buf, BytesMut};
-use daolinet_openflow::{Decoder, Message};
-use tokio::io::unix::AsyncFd;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::agent::{now_ns, Agent, ConnOut, CONN_QUEUE, LATENCY};
+use crate::engine::{now_ns, Dataplane, Engine, Transport};
+use crate::fastpath::{FastPath, ReplySpin};
 use crate::ofswitch::ConnId;
 
-/// How long a connection may stay silent before we send ECHO_REQUEST; a
-/// second silent period closes it.
-pub const ECHO_INTERVAL: Duration = Duration::from_secs(5);
 /// First reconnect delay; doubles up to [`MAX_BACKOFF`].
 pub const MIN_BACKOFF: Duration = Duration::from_millis(500);
 /// Longest reconnect delay.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(8);
-
-static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
-
-/// Shared agent state.
-pub type Shared = Arc<Mutex<Agent>>;
-
-fn lock(a: &Shared) -> MutexGuard<'_, Agent> {
-    // A panic while holding the lock cannot leave the switch half-updated
-    // in a way worse than stopping; keep serving.
-    a.lock().unwrap_or_else(|p| p.into_inner())
-}
+/// A connection that lasted this long resets the backoff.
+const STABLE: Duration = Duration::from_secs(10);
+/// A connect that has not completed by then is abandoned (and retried).
+const CONNECT_TIMEOUT_NS: u64 = 5_000_000_000;
+/// How often ports are re-checked when rtnetlink link events work (they
+/// report changes at once) and when they do not.
+const PORT_CHECK_NS: u64 = 10_000_000_000;
+const PORT_CHECK_FALLBACK_NS: u64 = 1_000_000_000;
+/// Punt timings wait at most this long to be logged.
+const TIMINGS_NS: u64 = 100_000_000;
 
 /// `tcp:IP[:PORT]` (default port 6653).
 pub fn parse_active(spec: &str) -> Result<SocketAddr> {
@@ -76,595 +75,666 @@ pub fn parse_passive(spec: &str) -> Result<SocketAddr> {
     Ok(SocketAddr::new(ip, port))
 }
 
-/// The reading side of a controller connection: its socket and the bytes
-/// received and not yet decoded. Shared by the connection's task and the
-/// punt reader's reply spin (see [`punt_reader`]); whoever holds the lock
-/// reads the socket and handles what it decodes, so the messages of a
-/// connection are handled one at a time and in order.
-pub struct ConnIn {
-    /// A non-blocking duplicate of the connection's socket.
-    sock: Arc<std::net::TcpStream>,
-    /// Received, not yet decoded.
-    buf: BytesMut,
-    /// Set by the reply spin when it received something: the connection's
-    /// keepalive counts it as traffic.
-    heard: bool,
+impl Transport for TcpStream {
+    fn raw_fd(&self) -> Option<RawFd> {
+        Some(self.as_raw_fd())
+    }
 }
 
-/// A connection's reading side as the reply spin sees it: the state, and
-/// the socket, which it may tune without the lock (see [`reply_spin`]).
+/// Reconnect delays: [`MIN_BACKOFF`] doubling up to [`MAX_BACKOFF`], back
+/// to the minimum after a connection that lasted [`STABLE`].
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: MIN_BACKOFF }
+    }
+}
+
+impl Backoff {
+    /// The wait before the next attempt, after a failed one (`lasted`
+    /// None) or a connection that ended after `lasted`.
+    pub fn after(&mut self, lasted: Option<Duration>) -> Duration {
+        if lasted.is_some_and(|d| d >= STABLE) {
+            self.next = MIN_BACKOFF;
+        }
+        let d = self.next;
+        self.next = (d * 2).min(MAX_BACKOFF);
+        d
+    }
+}
+
+/// What the event loop serves.
+pub struct Net {
+    /// Controllers to keep a connection to.
+    pub controllers: Vec<SocketAddr>,
+    /// The passive OpenFlow listener (bound already, so errors show at
+    /// startup).
+    pub listen: Option<std::net::TcpListener>,
+    /// The control socket.
+    pub control: Option<std::os::unix::net::UnixListener>,
+    /// How the fast path waits for answers.
+    pub spin: ReplySpin,
+    /// Stop on SIGINT/SIGTERM (blocks them in this thread, and in the
+    /// threads it starts afterwards, and reads them from a signalfd).
+    /// Tests leave it off and use a [`StopHandle`].
+    pub signals: bool,
+    /// Called each time a connection to an active controller comes up
+    /// (e.g. to register with the controller again, [`crate::register`]).
+    pub on_connect: Option<Box<dyn FnMut() + Send>>,
+}
+
+/// Stops a running event loop from another thread.
 #[derive(Clone)]
-pub struct ConnInput {
-    /// The reading state.
-    pub state: Arc<Mutex<ConnIn>>,
-    /// The same socket as in the state.
-    pub sock: Arc<std::net::TcpStream>,
+pub struct StopHandle {
+    flag: Arc<AtomicBool>,
+    error: Arc<Mutex<Option<anyhow::Error>>>,
+    waker: Arc<Waker>,
 }
 
-/// What handling the bytes of a connection gave.
-struct Handled {
-    /// A PACKET_OUT was among the messages.
-    packet_out: bool,
-    /// The stream cannot be decoded any more: the connection must close.
-    fatal: bool,
-    /// The switch still serves the connection.
-    alive: bool,
+impl StopHandle {
+    /// Ask the loop to return.
+    pub fn stop(&self) {
+        self.flag.store(true, Ordering::Release);
+        let _ = self.waker.wake();
+    }
+
+    /// Ask the loop to return with this error (e.g. a refused
+    /// registration: the agent must not go on).
+    pub fn fail(&self, e: anyhow::Error) {
+        if let Ok(mut slot) = self.error.lock() {
+            slot.get_or_insert(e);
+        }
+        self.stop();
+    }
+
+    fn result(&self) -> Result<()> {
+        match self.error.lock().ok().and_then(|mut e| e.take()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
 }
 
-/// Decode everything complete in `cin.buf` and handle it under one agent
-/// lock (map writes batched); `read_at` is when the bytes were read.
-fn handle_input(agent: &Shared, id: ConnId, cin: &mut ConnIn, read_at: u64, spun: bool) -> Handled {
-    let decoder = Decoder::new();
-    let buf = &mut cin.buf;
-    let mut frames = Vec::new();
-    let mut fatal = false;
-    loop {
-        match decoder.decode(buf) {
-            Ok(Some((frame, used))) => {
-                frames.push((frame, buf.split_to(used).freeze()));
+const RING: Token = Token(0);
+const SIGNALS: Token = Token(1);
+const NETLINK: Token = Token(2);
+const CONTROL: Token = Token(3);
+const LISTEN: Token = Token(4);
+const WAKER: Token = Token(5);
+const FIRST_DYNAMIC: usize = 16;
+
+enum Slot {
+    Conn(ConnId),
+    Connecting(usize),
+    Control,
+}
+
+enum Link {
+    Idle {
+        retry_at: u64,
+    },
+    Connecting {
+        stream: TcpStream,
+        token: Token,
+        since: u64,
+    },
+    Up {
+        conn: ConnId,
+        since: u64,
+    },
+}
+
+/// An active controller connection kept up.
+struct Active {
+    addr: SocketAddr,
+    backoff: Backoff,
+    link: Link,
+    /// A failure was logged and nothing worked since.
+    warned: bool,
+}
+
+/// A control socket client: a line protocol.
+struct Client {
+    stream: UnixStream,
+    input: Vec<u8>,
+    out: Vec<u8>,
+    eof: bool,
+}
+
+/// The event loop (see the module documentation).
+pub struct EventLoop<D> {
+    poll: Poll,
+    eng: Engine<D>,
+    fast: FastPath,
+    actives: Vec<Active>,
+    listener: Option<TcpListener>,
+    control: Option<UnixListener>,
+    clients: HashMap<Token, Client>,
+    slots: HashMap<Token, Slot>,
+    conn_tokens: HashMap<ConnId, Token>,
+    next_token: usize,
+    netlink: Option<OwnedFd>,
+    signals: Option<OwnedFd>,
+    stop: StopHandle,
+    on_connect: Option<Box<dyn FnMut() + Send>>,
+    next_port_check: u64,
+}
+
+impl<D: Dataplane> EventLoop<D> {
+    /// Set up the loop over `eng`: register the punt ring, listeners,
+    /// rtnetlink and signals; controllers are connected to at once.
+    pub fn new(eng: Engine<D>, net: Net) -> Result<Self> {
+        let poll = Poll::new().context("epoll")?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).context("eventfd")?);
+        if let Some(fd) = eng.dp.punt_fd() {
+            poll.registry()
+                .register(&mut SourceFd(&fd), RING, Interest::READABLE)
+                .context("registering the punt ring")?;
+        }
+        let signals = if net.signals {
+            let fd = signal_fd().context("signalfd for SIGINT/SIGTERM")?;
+            poll.registry().register(
+                &mut SourceFd(&fd.as_raw_fd()),
+                SIGNALS,
+                Interest::READABLE,
+            )?;
+            Some(fd)
+        } else {
+            None
+        };
+        let netlink = match link_events_socket() {
+            Ok(fd) => {
+                poll.registry().register(
+                    &mut SourceFd(&fd.as_raw_fd()),
+                    NETLINK,
+                    Interest::READABLE,
+                )?;
+                Some(fd)
             }
-            Ok(None) => break,
             Err(e) => {
-                tracing::warn!(conn = id, "{e}");
-                let (xid, reply) = e.reply(buf);
-                let mut a = lock(agent);
-                a.conn_frames(id, std::mem::take(&mut frames));
-                a.send(id, xid, &reply);
-                drop(a);
-                match e.frame_len {
-                    Some(n) => buf.advance(n.min(buf.len())),
-                    None => {
-                        fatal = true;
-                        break;
+                tracing::warn!("no rtnetlink link events, ports checked every second: {e}");
+                None
+            }
+        };
+        let listener = match net.listen {
+            Some(l) => {
+                l.set_nonblocking(true)?;
+                let mut l = TcpListener::from_std(l);
+                poll.registry()
+                    .register(&mut l, LISTEN, Interest::READABLE)?;
+                Some(l)
+            }
+            None => None,
+        };
+        let control = match net.control {
+            Some(l) => {
+                l.set_nonblocking(true)?;
+                let mut l = UnixListener::from_std(l);
+                poll.registry()
+                    .register(&mut l, CONTROL, Interest::READABLE)?;
+                Some(l)
+            }
+            None => None,
+        };
+        let now = now_ns();
+        let actives = net
+            .controllers
+            .into_iter()
+            .map(|addr| Active {
+                addr,
+                backoff: Backoff::default(),
+                link: Link::Idle { retry_at: now },
+                warned: false,
+            })
+            .collect();
+        Ok(EventLoop {
+            poll,
+            eng,
+            fast: FastPath::new(net.spin),
+            actives,
+            listener,
+            control,
+            clients: HashMap::new(),
+            slots: HashMap::new(),
+            conn_tokens: HashMap::new(),
+            next_token: FIRST_DYNAMIC,
+            next_port_check: now,
+            netlink,
+            signals,
+            stop: StopHandle {
+                flag: Arc::new(AtomicBool::new(false)),
+                error: Arc::default(),
+                waker,
+            },
+            on_connect: net.on_connect,
+        })
+    }
+
+    /// A handle that stops [`EventLoop::run`] from another thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
+    }
+
+    /// The engine (e.g. to inspect it after the loop returned).
+    pub fn engine(&mut self) -> &mut Engine<D> {
+        &mut self.eng
+    }
+
+    /// Take the engine back.
+    pub fn into_engine(self) -> Engine<D> {
+        self.eng
+    }
+
+    fn token(&mut self, slot: Slot) -> Token {
+        let t = Token(self.next_token);
+        self.next_token += 1;
+        self.slots.insert(t, slot);
+        t
+    }
+
+    /// Serve until SIGINT/SIGTERM or [`StopHandle::stop`].
+    pub fn run(&mut self) -> Result<()> {
+        let mut events = Events::with_capacity(256);
+        loop {
+            let now = now_ns();
+            self.start_connects(now);
+            let deadline = self.next_deadline(now);
+            let mut timeout = Duration::from_nanos(deadline.saturating_sub(now));
+            if timeout.is_zero() && deadline > now {
+                timeout = Duration::from_nanos(1);
+            }
+            if !timeout.is_zero() && self.eng.has_timings() {
+                // About to sleep: log the punt timings now, off the path.
+                self.eng.log_timings();
+            }
+            match self.poll.poll(&mut events, Some(timeout)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e).context("epoll_wait"),
+            }
+            let woke = now_ns();
+            let ring = events.iter().any(|e| e.token() == RING);
+            // Punts first. The ring is mapped: looking costs nothing.
+            self.fast.run(&mut self.eng, if ring { woke } else { 0 });
+            for ev in events.iter() {
+                match ev.token() {
+                    RING => {}
+                    WAKER => {
+                        if self.stop.flag.load(Ordering::Acquire) {
+                            return self.stop.result();
+                        }
                     }
+                    SIGNALS => {
+                        if self.signalled() {
+                            return Ok(());
+                        }
+                    }
+                    NETLINK => {
+                        if self.link_events() {
+                            self.eng.check_ports();
+                        }
+                    }
+                    LISTEN => self.accept(),
+                    CONTROL => self.accept_control(),
+                    t => match self.slots.get(&t) {
+                        Some(Slot::Conn(id)) => {
+                            let id = *id;
+                            if ev.is_writable() {
+                                self.eng.flush(id);
+                            }
+                            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                                self.eng.read(id, false);
+                            }
+                        }
+                        Some(Slot::Connecting(i)) => {
+                            let i = *i;
+                            self.connected(i);
+                        }
+                        Some(Slot::Control) => self.control_io(t),
+                        None => {}
+                    },
                 }
             }
+            for id in self.eng.take_resumed() {
+                self.eng.read(id, false);
+            }
+            let now = now_ns();
+            if self.eng.next_deadline() <= now {
+                self.eng.timers(now);
+            }
+            if self.next_port_check <= now {
+                self.eng.check_ports();
+                self.next_port_check = now
+                    + if self.netlink.is_some() {
+                        PORT_CHECK_NS
+                    } else {
+                        PORT_CHECK_FALLBACK_NS
+                    };
+            }
+            self.connect_timeouts(now);
+            self.reap(now);
         }
     }
-    let packet_out = frames
-        .iter()
-        .any(|(f, _)| matches!(f.message, Message::PacketOut(_)));
-    // Timing of a lone PACKET_OUT (see agent::LATENCY).
-    let timed = frames.len() == 1
-        && packet_out
-        && tracing::enabled!(target: LATENCY, tracing::Level::TRACE);
-    let (alive, handled) = {
-        let mut a = lock(agent);
-        let handled = if frames.is_empty() {
-            0
-        } else {
-            a.conn_frames(id, frames)
-        };
-        if fatal {
-            a.conn_drop(id);
-        }
-        (a.conn_alive(id), handled)
-    };
-    if timed {
-        tracing::trace!(
-            target: LATENCY,
-            packet_out_handle_ns = handled.saturating_sub(read_at),
-            packet_out_send_ns = now_ns().saturating_sub(handled),
-            spun,
-            "PACKET_OUT handled"
-        );
-    }
-    Handled {
-        packet_out,
-        fatal,
-        alive,
-    }
-}
 
-/// Run one OpenFlow connection until it closes.
-pub async fn serve_conn(agent: Shared, stream: TcpStream, peer: String) {
-    let _ = stream.set_nodelay(true);
-    let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-    // Duplicates of the socket for direct writes (see ConnOut) and for
-    // reads by the reply spin (see ConnIn).
-    let (stream, sock, sock_in) = match stream.into_std().and_then(|s| {
-        let dup = s.try_clone()?;
-        let dup_in = s.try_clone()?;
-        Ok((TcpStream::from_std(s)?, dup, dup_in))
-    }) {
-        Ok(v) => v,
-        Err(e) => {
-            tracing::warn!(%peer, "cannot set up the connection: {e}");
+    fn next_deadline(&self, now: u64) -> u64 {
+        let mut d = self.eng.next_deadline().min(self.next_port_check);
+        for a in &self.actives {
+            d = d.min(match &a.link {
+                Link::Idle { retry_at } => *retry_at,
+                Link::Connecting { since, .. } => since + CONNECT_TIMEOUT_NS,
+                Link::Up { .. } => u64::MAX,
+            });
+        }
+        if self.eng.has_timings() {
+            d = d.min(now + TIMINGS_NS);
+        }
+        d
+    }
+
+    /// Start the connects that are due.
+    fn start_connects(&mut self, now: u64) {
+        for i in 0..self.actives.len() {
+            let due = matches!(self.actives[i].link, Link::Idle { retry_at } if retry_at <= now);
+            if !due {
+                continue;
+            }
+            let addr = self.actives[i].addr;
+            match TcpStream::connect(addr) {
+                Ok(mut stream) => {
+                    let token = self.token(Slot::Connecting(i));
+                    if let Err(e) = self.poll.registry().register(
+                        &mut stream,
+                        token,
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        self.slots.remove(&token);
+                        self.retry(i, now, &format!("epoll: {e}"));
+                        continue;
+                    }
+                    self.actives[i].link = Link::Connecting {
+                        stream,
+                        token,
+                        since: now,
+                    };
+                }
+                Err(e) => self.retry(i, now, &e.to_string()),
+            }
+        }
+    }
+
+    /// Connect attempt `i` failed: wait and try again.
+    fn retry(&mut self, i: usize, now: u64, why: &str) {
+        let a = &mut self.actives[i];
+        if !a.warned {
+            tracing::warn!(controller = %a.addr, "cannot connect: {why} (retrying)");
+            a.warned = true;
+        }
+        let d = a.backoff.after(None);
+        a.link = Link::Idle {
+            retry_at: now + d.as_nanos() as u64,
+        };
+    }
+
+    /// A connecting socket became writable (or failed).
+    fn connected(&mut self, i: usize) {
+        let now = now_ns();
+        let link = std::mem::replace(&mut self.actives[i].link, Link::Idle { retry_at: now });
+        let Link::Connecting {
+            mut stream, token, ..
+        } = link
+        else {
+            self.actives[i].link = link;
+            return;
+        };
+        let failed = match stream.take_error() {
+            Ok(Some(e)) | Err(e) => Some(e.to_string()),
+            Ok(None) => match stream.peer_addr() {
+                Ok(_) => None,
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                    // Not yet: keep waiting.
+                    self.actives[i].link = Link::Connecting {
+                        stream,
+                        token,
+                        since: now,
+                    };
+                    return;
+                }
+                Err(e) => Some(e.to_string()),
+            },
+        };
+        if let Some(why) = failed {
+            let _ = self.poll.registry().deregister(&mut stream);
+            self.slots.remove(&token);
+            self.retry(i, now, &why);
             return;
         }
-    };
-    let (rd, mut wr) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(CONN_QUEUE);
-    let queued = Arc::new(AtomicUsize::new(0));
-    let sock_in = Arc::new(sock_in);
-    let input = Arc::new(Mutex::new(ConnIn {
-        sock: sock_in.clone(),
-        buf: BytesMut::with_capacity(64 * 1024),
-        heard: false,
-    }));
-    lock(&agent).conn_open(
-        id,
-        ConnOut {
-            tx,
-            sock: Some(sock),
-            queued: queued.clone(),
-            input: Some(ConnInput {
-                state: input.clone(),
-                sock: sock_in,
-            }),
-        },
-    );
-    tracing::info!(conn = id, %peer, "OpenFlow connection up");
-    let mut writer = tokio::spawn(async move {
-        while let Some(first) = rx.recv().await {
-            // Batch what is queued into one write.
-            let mut buf = first;
-            let mut n = 1;
-            while buf.len() < 64 * 1024 {
-                match rx.try_recv() {
-                    Ok(more) => {
-                        buf.extend_from_slice(&more);
-                        n += 1;
-                    }
-                    Err(_) => break,
+        let _ = stream.set_nodelay(true);
+        self.actives[i].warned = false;
+        if let Some(f) = self.on_connect.as_mut() {
+            f();
+        }
+        let name = format!("tcp:{}", self.actives[i].addr);
+        let id = self.eng.open(Box::new(stream), name);
+        // The same registration, now for the connection.
+        self.slots.insert(token, Slot::Conn(id));
+        self.conn_tokens.insert(id, token);
+        self.actives[i].link = Link::Up {
+            conn: id,
+            since: now,
+        };
+        // Bytes may have come with the connect.
+        self.eng.read(id, false);
+    }
+
+    fn connect_timeouts(&mut self, now: u64) {
+        for i in 0..self.actives.len() {
+            let late = matches!(self.actives[i].link,
+                Link::Connecting { since, .. } if since + CONNECT_TIMEOUT_NS <= now);
+            if !late {
+                continue;
+            }
+            if let Link::Connecting {
+                mut stream, token, ..
+            } = std::mem::replace(&mut self.actives[i].link, Link::Idle { retry_at: now })
+            {
+                let _ = self.poll.registry().deregister(&mut stream);
+                self.slots.remove(&token);
+            }
+            self.retry(i, now, "connect timed out");
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let Some(l) = self.listener.as_ref() else {
+                return;
+            };
+            match l.accept() {
+                Ok((stream, peer)) => self.adopt(stream, format!("tcp:{peer}")),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // E.g. out of descriptors: try again on the next event.
+                    tracing::warn!("accept: {e}");
+                    return;
                 }
             }
-            let ok = wr.write_all(&buf).await.is_ok();
-            queued.fetch_sub(n, Ordering::AcqRel);
-            if !ok {
+        }
+    }
+
+    /// Serve an accepted connection.
+    fn adopt(&mut self, mut stream: TcpStream, name: String) {
+        let _ = stream.set_nodelay(true);
+        let token = Token(self.next_token);
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            tracing::warn!(peer = %name, "cannot serve the connection: {e}");
+            return;
+        }
+        self.next_token += 1;
+        let id = self.eng.open(Box::new(stream), name);
+        self.slots.insert(token, Slot::Conn(id));
+        self.conn_tokens.insert(id, token);
+        self.eng.read(id, false);
+    }
+
+    /// Forget closed connections; an active one reconnects after its
+    /// backoff.
+    fn reap(&mut self, now: u64) {
+        for c in self.eng.reap() {
+            if let Some(t) = self.conn_tokens.remove(&c.id) {
+                self.slots.remove(&t);
+            }
+            if let Some(fd) = c.io.raw_fd() {
+                let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+            }
+            drop(c.io);
+            for a in &mut self.actives {
+                if let Link::Up { conn, since } = a.link {
+                    if conn == c.id {
+                        let lasted = Duration::from_nanos(now.saturating_sub(since));
+                        let d = a.backoff.after(Some(lasted));
+                        a.link = Link::Idle {
+                            retry_at: now + d.as_nanos() as u64,
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    fn accept_control(&mut self) {
+        loop {
+            let Some(l) = self.control.as_ref() else {
+                return;
+            };
+            match l.accept() {
+                Ok((mut stream, _)) => {
+                    let token = Token(self.next_token);
+                    if self
+                        .poll
+                        .registry()
+                        .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+                        .is_err()
+                    {
+                        continue;
+                    }
+                    self.next_token += 1;
+                    self.slots.insert(token, Slot::Control);
+                    self.clients.insert(
+                        token,
+                        Client {
+                            stream,
+                            input: Vec::new(),
+                            out: Vec::new(),
+                            eof: false,
+                        },
+                    );
+                    self.control_io(token);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::debug!("control socket accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Read requests from a control client, answer them, write replies.
+    fn control_io(&mut self, token: Token) {
+        let Some(c) = self.clients.get_mut(&token) else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        let mut broken = false;
+        while !c.eof {
+            match c.stream.read(&mut buf) {
+                Ok(0) => c.eof = true,
+                Ok(n) => c.input.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    broken = true;
+                    break;
+                }
+            }
+            if c.input.len() > 1 << 20 {
+                // No request is that long.
+                broken = true;
                 break;
             }
         }
-        let _ = wr.shutdown().await;
-    });
-    let mut silent = 0u32;
-    let why = 'conn: loop {
-        let ready = tokio::select! {
-            r = tokio::time::timeout(ECHO_INTERVAL, rd.readable()) => r,
-            _ = &mut writer => break 'conn "closed by the switch",
+        let mut lines = Vec::new();
+        while let Some(end) = c.input.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = c.input.drain(..=end).collect();
+            lines.push(String::from_utf8_lossy(&line[..end]).into_owned());
+        }
+        for line in lines {
+            let reply = crate::control::answer(&mut self.eng, &line);
+            if let Some(c) = self.clients.get_mut(&token) {
+                c.out.extend_from_slice(reply.as_bytes());
+                c.out.push(b'\n');
+            }
+        }
+        let Some(c) = self.clients.get_mut(&token) else {
+            return;
         };
-        match ready {
-            Err(_) => {
-                if std::mem::take(&mut lock_in(&input).heard) {
-                    silent = 0;
-                    continue;
+        while !broken && !c.out.is_empty() {
+            match c.stream.write(&c.out) {
+                Ok(0) => broken = true,
+                Ok(n) => {
+                    c.out.drain(..n);
                 }
-                silent += 1;
-                if silent >= 2 {
-                    break "echo keepalive timed out";
-                }
-                lock(&agent).send(id, 0, &Message::EchoRequest(Vec::new()));
-                continue;
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => broken = true,
             }
-            Ok(Err(_)) => break "read error",
-            Ok(Ok(())) => {}
         }
-        // Read and handle under the input lock: the reply spin may have
-        // taken what woke us (then the read finds nothing and clears the
-        // readiness).
-        let h = {
-            let mut cin = lock_in(&input);
-            if cin.buf.capacity() - cin.buf.len() < 16 * 1024 {
-                cin.buf.reserve(64 * 1024);
+        if broken || (c.eof && c.out.is_empty()) {
+            if let Some(mut c) = self.clients.remove(&token) {
+                let _ = self.poll.registry().deregister(&mut c.stream);
             }
-            match rd.try_read_buf(&mut cin.buf) {
-                Ok(0) => break "closed by the peer",
-                Ok(_) => silent = 0,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(_) => break "read error",
-            }
-            handle_input(&agent, id, &mut cin, now_ns(), false)
+            self.slots.remove(&token);
+        }
+    }
+
+    /// True when SIGINT or SIGTERM arrived.
+    fn signalled(&mut self) -> bool {
+        let Some(fd) = &self.signals else {
+            return false;
         };
-        if h.fatal {
-            break "unrecoverable framing error";
-        }
-        if !h.alive {
-            break "closed by the switch";
-        }
-    };
-    lock(&agent).conn_closed(id);
-    // The queue is gone: the writer flushes what is left and closes.
-    let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
-    writer.abort();
-    tracing::info!(conn = id, %peer, why, "OpenFlow connection down");
-}
-
-fn lock_in(c: &Mutex<ConnIn>) -> MutexGuard<'_, ConnIn> {
-    c.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// What tasks beside the OpenFlow side (e.g. [`crate::register`]) get
-/// from it and give it.
-pub struct Hooks {
-    /// Bumped each time a connection to an active controller comes up.
-    pub connected: watch::Sender<u64>,
-    /// When it completes, the run ends with its error (e.g. a refused
-    /// registration).
-    pub fatal: Option<Pin<Box<dyn Future<Output = anyhow::Error> + Send>>>,
-}
-
-impl Default for Hooks {
-    fn default() -> Self {
-        Hooks {
-            connected: watch::Sender::new(0),
-            fatal: None,
-        }
-    }
-}
-
-/// Keep a connection to `addr` up: connect, serve, reconnect with backoff;
-/// `connected` is bumped each time the connection comes up.
-pub async fn active(agent: Shared, addr: SocketAddr, connected: watch::Sender<u64>) {
-    let mut backoff = MIN_BACKOFF;
-    let mut warned = false;
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => {
-                warned = false;
-                connected.send_modify(|n| *n += 1);
-                let started = tokio::time::Instant::now();
-                serve_conn(agent.clone(), s, format!("tcp:{addr}")).await;
-                if started.elapsed() > Duration::from_secs(10) {
-                    backoff = MIN_BACKOFF;
-                }
-            }
-            Ok(Err(e)) if !warned => {
-                tracing::warn!(controller = %addr, "cannot connect: {e} (retrying)");
-                warned = true;
-            }
-            Err(_) if !warned => {
-                tracing::warn!(controller = %addr, "connect timed out (retrying)");
-                warned = true;
-            }
-            _ => {}
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
-    }
-}
-
-/// Bind the passive listener (before serving, so errors show at startup).
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("listening on {addr}"))
-}
-
-/// Accept connections on the passive listener forever.
-pub async fn passive(agent: Shared, listener: TcpListener) {
-    loop {
-        match listener.accept().await {
-            Ok((s, peer)) => {
-                tokio::spawn(serve_conn(agent.clone(), s, format!("tcp:{peer}")));
-            }
-            Err(e) => {
-                tracing::warn!("accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-/// How the punt reader waits for answers to its PACKET_INs (see
-/// [`punt_reader`]).
-#[derive(Debug, Clone, Copy)]
-pub struct ReplySpin {
-    /// Longest busy-wait after a PACKET_IN; zero turns the spin off.
-    pub max: Duration,
-    /// Share of one CPU the spin may use over time (0.0..=1.0): spinning
-    /// draws on a budget that refills at this rate, so a flood of
-    /// PACKET_INs cannot turn into a busy agent.
-    pub cpu_share: f64,
-}
-
-impl ReplySpin {
-    /// Spin up to `us` microseconds, within 10% of one CPU.
-    pub fn micros(us: u64) -> Self {
-        ReplySpin {
-            max: Duration::from_micros(us),
-            cpu_share: 0.1,
-        }
-    }
-}
-
-/// The spin time left (see [`ReplySpin::cpu_share`]).
-struct SpinBudget {
-    /// Nanoseconds of spinning available.
-    left: u64,
-    /// When it was last refilled (CLOCK_MONOTONIC, ns).
-    at: u64,
-}
-
-/// The shortest spin worth starting (ns).
-const MIN_SPIN_NS: u64 = 10_000;
-
-/// The most spin time saved up (ns).
-const SPIN_BURST_NS: u64 = 50_000_000;
-
-impl SpinBudget {
-    /// How long the next spin may last (ns), after refilling.
-    fn grant(&mut self, cfg: &ReplySpin, now: u64) -> u64 {
-        let refill = (now.saturating_sub(self.at) as f64 * cfg.cpu_share) as u64;
-        self.left = self.left.saturating_add(refill).min(SPIN_BURST_NS);
-        self.at = now;
-        let g = (cfg.max.as_nanos() as u64).min(self.left);
-        // Shorter spins would rarely see an answer.
-        if g < MIN_SPIN_NS {
-            0
-        } else {
-            g
-        }
-    }
-}
-
-/// Read punts as soon as the ring signals them, on a thread of its own
-/// blocked in poll(2) on the ring: the BPF ring's wake-up goes straight to
-/// the thread that reads it and writes the PACKET_IN, without passing
-/// through the runtime's scheduler (which costs several microseconds per
-/// wake-up). It sleeps while nothing is punted; writing to `stop` (an
-/// eventfd) ends it.
-///
-/// After writing PACKET_INs it busy-waits (up to `spin.max`, within the
-/// CPU budget of `spin.cpu_share`) for the controllers' answers and
-/// handles them itself, so that a PACKET_OUT does not wait for a thread to
-/// wake up (which costs tens of microseconds on a virtual machine). It
-/// reads and handles a connection's messages under that connection's
-/// input lock ([`ConnIn`]), like the connection's own task, so they are
-/// still handled one at a time and in order; it stops as soon as a
-/// PACKET_OUT came from every connection it waits for, or the task took
-/// over. An idle agent does not spin.
-pub fn punt_reader(
-    agent: Shared,
-    ring: OwnedFd,
-    stop: OwnedFd,
-    spin: ReplySpin,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    use std::os::fd::AsRawFd;
-    std::thread::Builder::new()
-        .name("punts".into())
-        .spawn(move || {
-            let mut budget = SpinBudget {
-                left: SPIN_BURST_NS,
-                at: now_ns(),
-            };
-            let mut scratch = vec![0u8; 64 * 1024];
-            loop {
-                let mut fds = [
-                    libc::pollfd {
-                        fd: ring.as_raw_fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    },
-                    libc::pollfd {
-                        fd: stop.as_raw_fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    },
-                ];
-                // SAFETY: two valid pollfd entries, no timeout.
-                let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-                if n < 0 {
-                    let e = std::io::Error::last_os_error();
-                    if e.kind() == std::io::ErrorKind::Interrupted {
-                        continue;
-                    }
-                    tracing::error!(
-                        "punt reader stopped (poll: {e}); the timer still drains the ring"
-                    );
-                    return;
-                }
-                if fds[1].revents != 0 {
-                    return;
-                }
-                if fds[0].revents != 0 {
-                    let woke = now_ns();
-                    let waiting = {
-                        let mut a = lock(&agent);
-                        a.drain_punts_woken(woke);
-                        a.take_awaiting()
-                    };
-                    if !waiting.is_empty() && !spin.max.is_zero() {
-                        let grant = budget.grant(&spin, now_ns());
-                        if grant > 0 {
-                            let start = now_ns();
-                            let left = reply_spin(&agent, waiting, start + grant, &mut scratch);
-                            let spent = now_ns().saturating_sub(start);
-                            budget.left = budget.left.saturating_sub(spent);
-                            tracing::trace!(
-                                target: LATENCY,
-                                reply_spin_ns = spent,
-                                unanswered = left,
-                                "reply spin over"
-                            );
-                        }
-                    }
-                }
-            }
-        })
-}
-
-/// SO_RCVLOWAT while the reply spin waits on a connection: TCP then does
-/// not wake the connection's task for an answer smaller than this, which
-/// the spin takes anyway (a wake-up the controller's write would pay for,
-/// and a thread that would contend for the input lock). Small enough not
-/// to grow the receive buffer (`tcp_set_rcvlowat`).
-const SPIN_RCVLOWAT: libc::c_int = 16 * 1024;
-
-/// Set SO_RCVLOWAT; setting it back to 1 wakes the readers at once if data
-/// is waiting (`tcp_set_rcvlowat` signals it), so no wake-up is lost.
-fn set_rcvlowat(sock: &std::net::TcpStream, bytes: libc::c_int) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: valid socket and an int option value of the right size.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
-            (&bytes as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as u32,
-        )
-    };
-    if rc != 0 {
-        tracing::debug!("SO_RCVLOWAT {bytes}: {}", std::io::Error::last_os_error());
-    }
-}
-
-/// Busy-wait until `deadline` (CLOCK_MONOTONIC, ns) for the answers of the
-/// connections in `waiting`, handling them (and new punts) as they come.
-/// Returns how many connections were still waited for at the deadline.
-///
-/// While it waits on a connection, the connection's SO_RCVLOWAT is raised
-/// (see [`SPIN_RCVLOWAT`]) so that the answer does not also wake the
-/// connection's task; it is set back to 1 as soon as the spin stops
-/// waiting on that connection.
-fn reply_spin(
-    agent: &Shared,
-    mut waiting: Vec<(ConnId, ConnInput)>,
-    deadline: u64,
-    scratch: &mut [u8],
-) -> usize {
-    use std::io::Read;
-    for (_, c) in &waiting {
-        set_rcvlowat(&c.sock, SPIN_RCVLOWAT);
-    }
-    while !waiting.is_empty() && now_ns() < deadline {
-        // New punts? Reading the ring needs no system call (it is mapped).
-        let more = {
-            let mut a = lock(agent);
-            a.drain_punts();
-            a.take_awaiting()
+        // SAFETY: signalfd_siginfo is plain old data.
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        // SAFETY: valid fd and buffer of the right size.
+        let n = unsafe {
+            libc::read(
+                fd.as_raw_fd(),
+                (&mut info as *mut libc::signalfd_siginfo).cast(),
+                size_of::<libc::signalfd_siginfo>(),
+            )
         };
-        for (id, c) in more {
-            if !waiting.iter().any(|(w, _)| *w == id) {
-                set_rcvlowat(&c.sock, SPIN_RCVLOWAT);
-                waiting.push((id, c));
-            }
-        }
-        waiting.retain(|(id, input)| {
-            let keep = match input.state.try_lock() {
-                // Held: the connection's task is reading; it will handle
-                // the answer.
-                Err(_) => false,
-                Ok(mut cin) => match (&*cin.sock).read(scratch) {
-                    Ok(0) => false,
-                    Ok(n) => {
-                        let read_at = now_ns();
-                        cin.heard = true;
-                        cin.buf.extend_from_slice(&scratch[..n]);
-                        let h = handle_input(agent, *id, &mut cin, read_at, true);
-                        !h.packet_out && h.alive && !h.fatal
-                    }
-                    Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
-                },
-            };
-            if !keep {
-                set_rcvlowat(&input.sock, 1);
-            }
-            keep
-        });
-        // Let anything else runnable on this CPU go first (the controller
-        // may share it): a spinner that does not yield keeps its CPU for a
-        // whole time slice, wake-ups do not preempt it at once. On a busy
-        // machine this may cost the spin its CPU for a slice; then the
-        // runtime thread handles the answer.
-        // SAFETY: plain system call.
-        unsafe { libc::sched_yield() };
+        n == size_of::<libc::signalfd_siginfo>() as isize
     }
-    for (_, c) in &waiting {
-        set_rcvlowat(&c.sock, 1);
-    }
-    waiting.len()
-}
 
-/// An eventfd to stop [`punt_reader`].
-fn stop_fd() -> std::io::Result<OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: plain eventfd(2) call.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fresh descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Open a NETLINK_ROUTE socket subscribed to link events.
-fn link_events_socket() -> std::io::Result<OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: plain socket(2) call.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fresh descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: sockaddr_nl is plain old data.
-    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    sa.nl_family = libc::AF_NETLINK as u16;
-    sa.nl_groups = libc::RTMGRP_LINK as u32;
-    // SAFETY: valid fd and address of the right size.
-    let rc = unsafe {
-        libc::bind(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            (&sa as *const libc::sockaddr_nl).cast(),
-            size_of::<libc::sockaddr_nl>() as u32,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(fd)
-}
-
-/// Watch rtnetlink link events (RTM_NEWLINK/RTM_DELLINK) and re-check the
-/// ports at once, so PORT_STATUS follows interfaces that come, go or
-/// change link state. The timer's once-a-second check stays as a fallback.
-pub async fn link_events(agent: Shared) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    let fd = link_events_socket().context("rtnetlink socket")?;
-    // SAFETY: the AsyncFd owns the descriptor.
-    let afd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
-        .map_err(|_| anyhow!("registering the rtnetlink socket with epoll failed"))?;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let mut guard = afd.readable().await?;
+    /// Drain rtnetlink; true when a link was added, removed or changed.
+    fn link_events(&mut self) -> bool {
+        let Some(fd) = &self.netlink else {
+            return false;
+        };
+        let mut buf = vec![0u8; 64 * 1024];
         let mut changed = false;
         loop {
             // SAFETY: valid fd and buffer.
-            let n = unsafe {
-                libc::recv(
-                    afd.get_ref().as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    0,
-                )
-            };
+            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n <= 0 {
                 break;
             }
@@ -681,114 +751,261 @@ pub async fn link_events(agent: Shared) -> Result<()> {
                 msgs = msgs.get((len + 3) & !3..).unwrap_or_default();
             }
         }
-        guard.clear_ready();
-        if changed {
-            lock(&agent).check_ports();
-        }
+        changed
     }
 }
 
-/// Timers: flow expiry every 100 ms, punts as a fallback, ports every second.
-pub async fn timers(agent: Shared) {
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut n = 0u64;
-    loop {
-        tick.tick().await;
-        n += 1;
-        let timings = {
-            let mut a = lock(&agent);
-            a.tick();
-            a.drain_punts();
-            if n.is_multiple_of(10) {
-                a.check_ports();
-            }
-            a.take_timings()
-        };
-        Agent::log_timings(timings);
+/// Block SIGINT and SIGTERM in this thread and read them from a signalfd.
+fn signal_fd() -> io::Result<OwnedFd> {
+    // SAFETY: sigset_t is plain old data, initialised by sigemptyset.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid set pointer and signal numbers.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
     }
+    // SAFETY: valid set; the old mask is not wanted.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    // SAFETY: valid set.
+    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Start the OpenFlow side and wait for SIGINT/SIGTERM.
-pub async fn run(
-    agent: Shared,
-    controllers: Vec<SocketAddr>,
-    listen: Option<SocketAddr>,
-    spin: ReplySpin,
-    hooks: Hooks,
-) -> Result<()> {
-    let punt_fd = lock(&agent).dp.punt_ring_fd()?;
-    if let Some(addr) = listen {
-        let l = bind(addr).await?;
-        tracing::info!(%addr, "OpenFlow listener (passive)");
-        tokio::spawn(passive(agent.clone(), l));
-    }
-    for c in controllers {
-        tracing::info!(controller = %c, "OpenFlow controller (active)");
-        tokio::spawn(active(agent.clone(), c, hooks.connected.clone()));
-    }
-    let stop = stop_fd().context("eventfd for the punt reader")?;
-    let stop_w = stop.try_clone()?;
-    let reader =
-        punt_reader(agent.clone(), punt_fd, stop, spin).context("starting the punt reader")?;
-    tokio::spawn(timers(agent.clone()));
-    let la = agent.clone();
-    tokio::spawn(async move {
-        if let Err(e) = link_events(la).await {
-            tracing::warn!("no rtnetlink link events, ports checked every second: {e:#}");
-        }
-    });
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let fatal = async {
-        match hooks.fatal {
-            Some(f) => f.await,
-            None => std::future::pending().await,
-        }
+/// Open a NETLINK_ROUTE socket subscribed to link events.
+fn link_events_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            libc::NETLINK_ROUTE,
+        )
     };
-    let res = tokio::select! {
-        r = tokio::signal::ctrl_c() => r.map_err(anyhow::Error::from),
-        _ = term.recv() => Ok(()),
-        e = fatal => Err(e),
-    };
-    // Wake and end the punt reader.
-    {
-        use std::io::Write;
-        let mut w = std::fs::File::from(stop_w);
-        let _ = w.write_all(&1u64.to_ne_bytes());
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
     }
-    let _ = tokio::task::spawn_blocking(move || reader.join()).await;
-    res
+    // SAFETY: fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_nl is plain old data.
+    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    sa.nl_family = libc::AF_NETLINK as u16;
+    sa.nl_groups = libc::RTMGRP_LINK as u32;
+    // SAFETY: valid fd and address of the right size.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sa as *const libc::sockaddr_nl).cast(),
+            size_of::<libc::sockaddr_nl>() as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conn::ConnConfig;
+    use crate::engine::tests::{engine_with, hello, lock, Ev, Log};
+    use daolinet_openflow::{self as of, Frame, Message};
+    use std::time::Instant;
+
+    /// The controller's side over a real socket.
+    struct Peer {
+        s: std::net::TcpStream,
+        buf: Vec<u8>,
+    }
+
+    impl Peer {
+        fn new(s: std::net::TcpStream) -> Peer {
+            s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            Peer { s, buf: Vec::new() }
+        }
+        fn send(&mut self, xid: u32, m: Message) {
+            self.s.write_all(&m.to_bytes(xid).unwrap()).unwrap();
+        }
+        /// The next message satisfying `f`, within 10 s.
+        fn wait(&mut self, f: impl Fn(&Message) -> bool) -> Frame {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                while let Ok(Some((fr, n))) = of::decode(&self.buf) {
+                    self.buf.drain(..n);
+                    if f(&fr.message) {
+                        return fr;
+                    }
+                }
+                assert!(Instant::now() < deadline, "timed out waiting for a message");
+                let mut b = [0u8; 65536];
+                match self.s.read(&mut b) {
+                    Ok(0) => panic!("the agent closed the connection"),
+                    Ok(n) => self.buf.extend_from_slice(&b[..n]),
+                    Err(_) => {}
+                }
+            }
+        }
+        fn handshake(&mut self) {
+            self.wait(|m| matches!(m, Message::Hello(_)));
+            self.s.write_all(&hello()).unwrap();
+            self.send(2, Message::FeaturesRequest);
+            self.wait(|m| matches!(m, Message::FeaturesReply(_)));
+        }
+    }
+
+    fn accept_within(l: &std::net::TcpListener, d: Duration) -> std::net::TcpStream {
+        l.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + d;
+        loop {
+            match l.accept() {
+                Ok((s, _)) => {
+                    s.set_nonblocking(false).unwrap();
+                    return s;
+                }
+                Err(_) => {
+                    assert!(Instant::now() < deadline, "the agent did not connect");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+
+    fn net() -> Net {
+        Net {
+            controllers: Vec::new(),
+            listen: None,
+            control: None,
+            spin: ReplySpin::micros(200),
+            signals: false,
+            on_connect: None,
+        }
+    }
 
     #[test]
-    fn reply_spin_stays_within_its_cpu_share() {
-        let cfg = ReplySpin::micros(200);
-        let mut b = SpinBudget {
-            left: SPIN_BURST_NS,
-            at: 0,
-        };
-        // A spin never lasts longer than asked.
-        assert_eq!(b.grant(&cfg, 0), 200_000);
-        // A flood of PACKET_INs, each followed by a full spin: once the
-        // saved-up burst is spent, spinning is limited to 10% of the time.
-        let (mut now, mut spun) = (0u64, 0u64);
-        while now < 2_000_000_000 {
-            let g = b.grant(&cfg, now);
-            b.left -= g;
-            spun += g;
-            now += g + 10_000;
+    fn an_active_connection_comes_back_after_the_controller_drops_it() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let log = Log::default();
+        let mut lp = EventLoop::new(
+            engine_with(&log, ConnConfig::default()),
+            Net {
+                controllers: vec![l.local_addr().unwrap()],
+                ..net()
+            },
+        )
+        .unwrap();
+        let stop = lp.stop_handle();
+        let t = std::thread::spawn(move || lp.run());
+        for round in 0..3 {
+            let mut c = Peer::new(accept_within(&l, Duration::from_secs(20)));
+            c.handshake();
+            c.send(3, Message::EchoRequest(vec![round]));
+            c.wait(|m| matches!(m, Message::EchoReply(d) if d == &[round]));
+            // Dropped by the controller: the agent reconnects by itself.
         }
-        let share = (spun - SPIN_BURST_NS) as f64 / now as f64;
-        assert!((0.09..=0.11).contains(&share), "{share}");
-        // Too little left right after; the budget refills while idle.
-        assert_eq!(b.grant(&cfg, now), 0);
-        assert_eq!(b.grant(&cfg, now + 2_000_000), 200_000);
-        // Off.
-        assert_eq!(b.grant(&ReplySpin::micros(0), now + 4_000_000), 0);
+        stop.stop();
+        t.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn the_loop_serves_listener_punts_and_control_socket_on_one_thread() {
+        let log = Log::default();
+        let eng = engine_with(&log, ConnConfig::default());
+        let punter = eng.dp.punter();
+        let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listen.local_addr().unwrap();
+        let sock = std::env::temp_dir().join(format!("co-rt-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&sock);
+        struct Rm(std::path::PathBuf);
+        impl Drop for Rm {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+        let _rm = Rm(sock.clone());
+        let control = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let mut lp = EventLoop::new(
+            eng,
+            Net {
+                listen: Some(listen),
+                control: Some(control),
+                ..net()
+            },
+        )
+        .unwrap();
+        let stop = lp.stop_handle();
+        let t = std::thread::spawn(move || lp.run());
+        let mut c = Peer::new(std::net::TcpStream::connect(addr).unwrap());
+        c.handshake();
+        let miss = of::FlowMod::add(of::Match::new())
+            .priority(0)
+            .apply(vec![of::Action::controller(of::OFPCML_NO_BUFFER)]);
+        c.send(4, Message::FlowMod(miss));
+        c.send(5, Message::BarrierRequest);
+        c.wait(|m| matches!(m, Message::BarrierReply));
+        // A punt wakes the loop; the PACKET_IN's answer is executed.
+        let data = crate::packet::tests::ipv4_frame(17, [10, 0, 0, 1], [10, 0, 0, 2], 7, 53);
+        punter.punt(crate::datapath::Punt {
+            header: daolinet_common::PuntHeader {
+                in_port: 1,
+                rule_id: u32::MAX,
+                pkt_len: data.len() as u32,
+                cap_len: data.len() as u32,
+                ..Default::default()
+            },
+            data: data.clone(),
+        });
+        let pi = c.wait(|m| matches!(m, Message::PacketIn(_)));
+        let Message::PacketIn(pi) = pi.message else {
+            unreachable!()
+        };
+        assert_eq!(pi.data, data);
+        c.send(
+            6,
+            Message::PacketOut(of::PacketOut::new(1, vec![of::Action::output(2)], pi.data)),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !lock(&log).contains(&Ev::Emit(2, data.clone())) {
+            assert!(Instant::now() < deadline, "PACKET_OUT not executed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The control socket, answered by the same loop.
+        let mut u = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        u.write_all(b"{\"cmd\":\"status\"}\nnot json\n").unwrap();
+        u.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut out = String::new();
+        u.read_to_string(&mut out).unwrap();
+        let lines: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["ok"]["flows"], 1, "{out}");
+        assert_eq!(lines[0]["ok"]["controllers"], 1, "{out}");
+        assert!(lines[1]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("bad request"));
+        stop.stop();
+        t.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn reconnect_backoff_doubles_to_a_cap_and_resets_after_a_stable_connection() {
+        let mut b = Backoff::default();
+        let waits: Vec<u64> = (0..7).map(|_| b.after(None).as_millis() as u64).collect();
+        assert_eq!(waits, [500, 1000, 2000, 4000, 8000, 8000, 8000]);
+        // A connection that dropped quickly keeps backing off...
+        assert_eq!(b.after(Some(Duration::from_secs(2))), MAX_BACKOFF);
+        // ...one that lasted starts over.
+        assert_eq!(b.after(Some(Duration::from_secs(30))), MIN_BACKOFF);
+        assert_eq!(b.after(None), Duration::from_secs(1));
     }
 
     #[test]

@@ -1,0 +1,578 @@
+//! The single owner of the switch: the OpenFlow [`Switch`], the
+//! [`Dataplane`] it programs, and every OpenFlow connection ([`Conn`] plus
+//! its [`Transport`]). One thread drives it ([`crate::runtime`]); the punt
+//! fast path ([`crate::fastpath`]) is handed it, so there is one reader and
+//! one writer per connection and no lock anywhere.
+//!
+//! Ordering: the messages of a connection are handled in the order they
+//! arrived, whoever reads them (the event loop, or the fast path waiting
+//! for a PACKET_IN's answer). The messages of one read are handled
+//! together: their map operations are written first (batched), then their
+//! frames are sent, then their replies queued. So every reply, a
+//! BARRIER_REPLY in particular, follows the datapath writes of every
+//! message before it.
+//!
+//! The engine is generic over the dataplane, so the whole OpenFlow side is
+//! tested without root against a fake ([`tests`]).
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::os::fd::RawFd;
+
+use anyhow::{anyhow, Result};
+use daolinet_common::PortKind;
+use daolinet_openflow::{self as of, FlowMod, Message};
+
+use crate::conn::{CloseReason, Conn, ConnConfig, Input};
+use crate::datapath::Punt;
+use crate::ofswitch::{ConnId, Effects, PortDesc, Switch};
+use crate::oftable::Counters;
+use crate::table::MapOp;
+
+/// Tracing target of the per-packet timing events (TRACE level, off unless
+/// asked for, e.g. `RUST_LOG=warn,daolinet_agent::latency=trace`): how
+/// long a punt waited in the ring before the agent read it, how long the
+/// agent took to handle it (build the PACKET_IN) and to write it (the
+/// system call, which on loopback also runs the receiver's TCP input);
+/// and for a lone PACKET_OUT, from reading it to having handled it, and
+/// the AF_PACKET send.
+pub const LATENCY: &str = "daolinet_agent::latency";
+
+/// CLOCK_MONOTONIC in nanoseconds (the clock of `bpf_ktime_get_ns`).
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).wrapping_mul(1_000_000_000) + ts.tv_nsec as u64
+}
+
+/// The byte stream under an OpenFlow connection: a non-blocking TCP
+/// socket, or anything that behaves like one (a TLS session over it, an
+/// in-memory pipe in tests).
+///
+/// `read` and `write` follow non-blocking socket semantics: `WouldBlock`
+/// when nothing can be done now, `Ok(0)` from `read` at end of stream. A
+/// read that returns less than the buffer it was given means nothing more
+/// is waiting: the event loop waits for the next readiness event then
+/// (edge-triggered epoll signals every arrival), so a transport that
+/// buffers internally (TLS) must fill the buffer while it has data.
+pub trait Transport: Read + Write + Send {
+    /// The descriptor the event loop waits on (None: not pollable, e.g. a
+    /// test pipe driven by hand).
+    fn raw_fd(&self) -> Option<RawFd>;
+}
+
+/// What a port check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortCheck {
+    /// The interface is there (its current description).
+    Present(PortDesc),
+    /// The interface of this name is gone.
+    Gone(String),
+}
+
+/// The datapath side of the switch, as the engine needs it: the real one
+/// is [`crate::host::Host`] (BPF maps, AF_PACKET, TAP); tests use a fake.
+pub trait Dataplane: Counters {
+    /// Apply map operations, in order (errors are the dataplane's to log:
+    /// the switch's table stays authoritative).
+    fn apply(&mut self, ops: &[MapOp]);
+    /// Move the punted packets waiting into `out`.
+    fn punts(&mut self, out: &mut Vec<Punt>);
+    /// A descriptor that becomes readable when punts wait.
+    fn punt_fd(&self) -> Option<RawFd>;
+    /// Transmit a frame on an OpenFlow port, or hand it to the host stack
+    /// (`OFPP_LOCAL`).
+    fn emit(&mut self, port: u32, frame: &[u8]);
+    /// Attach interface `iface` as OpenFlow port `ofport` (next free number
+    /// when `None`).
+    fn attach(&mut self, iface: &str, ofport: Option<u32>, kind: PortKind) -> Result<PortDesc>;
+    /// Detach interface `iface`; the OpenFlow ports it had.
+    fn detach(&mut self, iface: &str) -> Result<Vec<u32>>;
+    /// Look at every port's interface again (gone, link state, MAC).
+    fn check_ports(&mut self) -> Vec<PortCheck>;
+    /// The ports with their counters, for the control socket.
+    fn port_list(&mut self) -> Result<serde_json::Value>;
+}
+
+/// One connection: the state machine and its byte stream.
+struct Peer {
+    conn: Conn,
+    io: Box<dyn Transport>,
+    name: String,
+    /// Reading stopped because the connection was congested.
+    paused: bool,
+    /// Output is waiting for the transport to take it.
+    blocked: bool,
+}
+
+/// A closed connection taken out of the engine (see [`Engine::reap`]).
+pub struct Closed {
+    /// Its id.
+    pub id: ConnId,
+    /// Its transport, to deregister and drop.
+    pub io: Box<dyn Transport>,
+    /// Why.
+    pub reason: CloseReason,
+}
+
+/// What reading a connection gave.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReadOutcome {
+    /// Bytes received.
+    pub bytes: usize,
+    /// A PACKET_OUT was among the messages handled.
+    pub packet_out: bool,
+    /// The connection is closed (or gone).
+    pub closed: bool,
+}
+
+/// At most this many punt timings wait to be logged; more are dropped.
+const MAX_TIMINGS: usize = 4096;
+
+/// Read buffer size per read system call.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// The switch and its connections (see the module documentation).
+pub struct Engine<D> {
+    /// The dataplane.
+    pub dp: D,
+    /// The OpenFlow switch (flow table, sessions, ports).
+    pub sw: Switch,
+    cfg: ConnConfig,
+    peers: BTreeMap<ConnId, Peer>,
+    next_id: ConnId,
+    /// Connections with new output since the last flush.
+    dirty: Vec<ConnId>,
+    /// Connections sent a PACKET_IN whose answer is expected.
+    awaiting: Vec<ConnId>,
+    /// Paused connections that may be read again.
+    resumed: Vec<ConnId>,
+    inputs: Vec<Input>,
+    punts: Vec<Punt>,
+    scratch: Vec<u8>,
+    /// Punt timings not yet logged: ring wait, wake-up to read, handling,
+    /// write (ns).
+    timings: Vec<[u64; 4]>,
+}
+
+impl<D: Dataplane> Engine<D> {
+    /// An engine over a dataplane and a switch; connections get `cfg`.
+    pub fn new(dp: D, sw: Switch, cfg: ConnConfig) -> Self {
+        Engine {
+            dp,
+            sw,
+            cfg,
+            peers: BTreeMap::new(),
+            next_id: 1,
+            dirty: Vec::new(),
+            awaiting: Vec::new(),
+            resumed: Vec::new(),
+            inputs: Vec::new(),
+            punts: Vec::new(),
+            scratch: vec![0; READ_CHUNK],
+            timings: Vec::new(),
+        }
+    }
+
+    /// A new connection over `io` (already connected): HELLO goes out at
+    /// once. Returns its id.
+    pub fn open(&mut self, io: Box<dyn Transport>, name: String) -> ConnId {
+        let id = self.next_id;
+        self.next_id += 1;
+        tracing::info!(conn = id, peer = %name, "OpenFlow connection up");
+        self.peers.insert(
+            id,
+            Peer {
+                conn: Conn::new(self.cfg, now_ns()),
+                io,
+                name,
+                paused: false,
+                blocked: false,
+            },
+        );
+        self.flush(id);
+        id
+    }
+
+    /// Connections, by id.
+    pub fn conn_ids(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.peers.keys().copied()
+    }
+
+    /// Number of connections that completed their handshake.
+    pub fn controllers(&self) -> usize {
+        self.peers.values().filter(|p| p.conn.is_up()).count()
+    }
+
+    /// The connection's state machine, if it exists.
+    pub fn conn(&self, id: ConnId) -> Option<&Conn> {
+        self.peers.get(&id).map(|p| &p.conn)
+    }
+
+    /// The transport's descriptor.
+    pub fn raw_fd(&self, id: ConnId) -> Option<RawFd> {
+        self.peers.get(&id).and_then(|p| p.io.raw_fd())
+    }
+
+    /// Read connection `id` until nothing more waits (or it is congested),
+    /// handling what arrives; `spun` says the fast path reads it (for the
+    /// timings).
+    pub fn read(&mut self, id: ConnId, spun: bool) -> ReadOutcome {
+        let mut out = ReadOutcome::default();
+        loop {
+            let Some(p) = self.peers.get_mut(&id) else {
+                out.closed = true;
+                break;
+            };
+            if p.conn.is_closed() {
+                out.closed = true;
+                break;
+            }
+            if !p.conn.wants_read() {
+                p.paused = true;
+                break;
+            }
+            match p.io.read(&mut self.scratch) {
+                Ok(0) => {
+                    p.conn.close(CloseReason::PeerClosed);
+                    out.closed = true;
+                    break;
+                }
+                Ok(n) => {
+                    let at = now_ns();
+                    out.bytes += n;
+                    p.conn.receive(&self.scratch[..n], at, &mut self.inputs);
+                    out.packet_out |= self.handle(id, at, spun);
+                    self.flush(id);
+                    self.flush_dirty();
+                    if self.peers.get(&id).is_none_or(|p| p.conn.is_closed()) {
+                        out.closed = true;
+                        break;
+                    }
+                    if n < self.scratch.len() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    p.conn.close(CloseReason::Io(e.to_string()));
+                    out.closed = true;
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// Hand what connection `id` received to the switch: all of it, then
+    /// its effects applied at once. True if a PACKET_OUT was among it.
+    fn handle(&mut self, id: ConnId, read_at: u64, spun: bool) -> bool {
+        if self.inputs.is_empty() {
+            return false;
+        }
+        let mut fx = Effects::default();
+        let (mut packet_outs, mut n) = (0usize, 0usize);
+        for input in std::mem::take(&mut self.inputs) {
+            match input {
+                Input::Up => fx.extend(self.sw.connected(id, read_at, &mut self.dp)),
+                Input::Reply(xid, msg) => fx.send.push((id, xid, msg)),
+                Input::Message(frame, raw) => {
+                    n += 1;
+                    packet_outs += usize::from(matches!(frame.message, Message::PacketOut(_)));
+                    fx.extend(self.sw.handle(id, frame, &raw, read_at, &mut self.dp));
+                }
+            }
+        }
+        let timed =
+            n == 1 && packet_outs == 1 && tracing::enabled!(target: LATENCY, tracing::Level::TRACE);
+        let handled = if timed { now_ns() } else { 0 };
+        self.apply(fx);
+        if timed {
+            tracing::trace!(
+                target: LATENCY,
+                packet_out_handle_ns = handled.saturating_sub(read_at),
+                packet_out_send_ns = now_ns().saturating_sub(handled),
+                spun,
+                "PACKET_OUT handled"
+            );
+        }
+        packet_outs > 0
+    }
+
+    /// Apply effects: map operations first, then frames, then messages,
+    /// then closes. Output is queued (see [`Engine::flush_dirty`]).
+    pub fn apply(&mut self, fx: Effects) {
+        if !fx.ops.is_empty() {
+            self.dp.apply(&fx.ops);
+        }
+        for (port, frame) in &fx.emit {
+            self.dp.emit(*port, frame);
+        }
+        for (id, xid, msg) in &fx.send {
+            let Some(p) = self.peers.get_mut(id) else {
+                continue;
+            };
+            let asynchronous = matches!(
+                msg,
+                Message::PacketIn(_) | Message::FlowRemoved(_) | Message::PortStatus(_)
+            );
+            if asynchronous {
+                if !p.conn.send_async(*xid, msg) {
+                    continue;
+                }
+                if matches!(msg, Message::PacketIn(_)) && !self.awaiting.contains(id) {
+                    self.awaiting.push(*id);
+                }
+            } else {
+                p.conn.send(*xid, msg);
+            }
+            if !self.dirty.contains(id) {
+                self.dirty.push(*id);
+            }
+        }
+        for id in &fx.close {
+            if let Some(p) = self.peers.get_mut(id) {
+                p.conn.close(CloseReason::BySwitch);
+            }
+        }
+    }
+
+    /// Write what the connections given output since the last call hold.
+    pub fn flush_dirty(&mut self) {
+        while let Some(id) = self.dirty.pop() {
+            self.flush(id);
+        }
+    }
+
+    /// Write connection `id`'s output until it is empty or the transport
+    /// is full. Returns true while output waits (the event loop then waits
+    /// for the transport to be writable).
+    pub fn flush(&mut self, id: ConnId) -> bool {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return false;
+        };
+        p.blocked = false;
+        while !p.conn.output().is_empty() {
+            match p.io.write(p.conn.output()) {
+                Ok(0) => {
+                    p.conn.close(CloseReason::PeerClosed);
+                    break;
+                }
+                Ok(n) => p.conn.consumed(n, now_ns()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    p.blocked = true;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    p.conn.close(CloseReason::Io(e.to_string()));
+                    break;
+                }
+            }
+        }
+        if p.paused && p.conn.wants_read() {
+            p.paused = false;
+            self.resumed.push(id);
+        }
+        p.blocked
+    }
+
+    /// Connections whose reading was paused by congestion and may now be
+    /// read again (their bytes arrived while paused, so no readiness event
+    /// will say so).
+    pub fn take_resumed(&mut self) -> Vec<ConnId> {
+        std::mem::take(&mut self.resumed)
+    }
+
+    /// Take the punts waiting and handle them one by one: ARP responder,
+    /// PACKET_IN (written at once), standalone learning. `woke` is when
+    /// the caller woke up for them (0: unknown), for the timings. Returns
+    /// how many there were.
+    pub fn drain_punts(&mut self, woke: u64) -> usize {
+        self.dp.punts(&mut self.punts);
+        if self.punts.is_empty() {
+            return 0;
+        }
+        let n = self.punts.len();
+        let read_at = now_ns();
+        let timed = tracing::enabled!(target: LATENCY, tracing::Level::TRACE);
+        for p in std::mem::take(&mut self.punts) {
+            let punted = p.header.timestamp_ns;
+            let fx = self.sw.punt(p, read_at, &mut self.dp);
+            let handled = if timed { now_ns() } else { 0 };
+            self.apply(fx);
+            self.flush_dirty();
+            if timed && self.timings.len() < MAX_TIMINGS {
+                // Both clocks are CLOCK_MONOTONIC (bpf_ktime_get_ns).
+                self.timings.push([
+                    read_at.saturating_sub(punted),
+                    if woke == 0 {
+                        0
+                    } else {
+                        read_at.saturating_sub(woke)
+                    },
+                    handled.saturating_sub(read_at),
+                    now_ns().saturating_sub(handled),
+                ]);
+            }
+        }
+        n
+    }
+
+    /// The connections sent a PACKET_IN since the last call (their answers
+    /// are expected).
+    pub fn take_awaiting(&mut self) -> Vec<ConnId> {
+        std::mem::take(&mut self.awaiting)
+    }
+
+    /// True when punt timings wait to be logged ([`Engine::log_timings`]).
+    pub fn has_timings(&self) -> bool {
+        !self.timings.is_empty()
+    }
+
+    /// Log the punt timings gathered (off the packets' path: writing them
+    /// takes system calls).
+    pub fn log_timings(&mut self) {
+        for [to_read, woke_to_read, handle, write] in std::mem::take(&mut self.timings) {
+            tracing::trace!(
+                target: LATENCY,
+                punt_to_read_ns = to_read,
+                woke_to_read_ns = woke_to_read,
+                handle_ns = handle,
+                write_ns = write,
+                "punt handled"
+            );
+        }
+    }
+
+    /// Timers due at `now`: flow expiry, connection keepalives.
+    pub fn timers(&mut self, now: u64) {
+        if self.sw.next_deadline() <= now {
+            let fx = self.sw.tick(now, &mut self.dp);
+            self.apply(fx);
+        }
+        for (id, p) in self.peers.iter_mut() {
+            if p.conn.next_timer() <= now {
+                let before = p.conn.output().len();
+                p.conn.on_timer(now);
+                if p.conn.output().len() != before && !self.dirty.contains(id) {
+                    self.dirty.push(*id);
+                }
+            }
+        }
+        self.flush_dirty();
+    }
+
+    /// When [`Engine::timers`] next has work (CLOCK_MONOTONIC ns).
+    pub fn next_deadline(&self) -> u64 {
+        self.peers
+            .values()
+            .map(|p| p.conn.next_timer())
+            .fold(self.sw.next_deadline(), u64::min)
+    }
+
+    /// Take the closed connections out (after a last best-effort write of
+    /// their output, e.g. an OFPT_ERROR): the switch forgets their
+    /// sessions; the caller deregisters and drops their transports.
+    pub fn reap(&mut self) -> Vec<Closed> {
+        let ids: Vec<ConnId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.conn.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
+        let mut out = Vec::new();
+        for id in ids {
+            let Some(mut p) = self.peers.remove(&id) else {
+                continue;
+            };
+            let _ = p.io.write(p.conn.output());
+            self.sw.disconnected(id);
+            self.awaiting.retain(|a| *a != id);
+            let reason = p
+                .conn
+                .close_reason()
+                .cloned()
+                .unwrap_or(CloseReason::BySwitch);
+            tracing::info!(conn = id, peer = %p.name, why = %reason, "OpenFlow connection down");
+            out.push(Closed {
+                id,
+                io: p.io,
+                reason,
+            });
+        }
+        out
+    }
+
+    /// Attach a port; announced to controllers with PORT_STATUS. Returns
+    /// its OpenFlow number.
+    pub fn add_port(&mut self, iface: &str, ofport: Option<u32>, kind: PortKind) -> Result<u32> {
+        let desc = self.dp.attach(iface, ofport, kind)?;
+        let ofport = desc.ofport;
+        let fx = self.sw.port_added(desc, now_ns());
+        self.apply(fx);
+        self.flush_dirty();
+        tracing::info!(iface, ofport, ?kind, "port attached");
+        Ok(ofport)
+    }
+
+    /// Detach a port by interface name.
+    pub fn del_port(&mut self, iface: &str) -> Result<()> {
+        for p in self.dp.detach(iface)? {
+            let fx = self.sw.port_removed(p);
+            self.apply(fx);
+        }
+        self.flush_dirty();
+        tracing::info!(iface, "port detached");
+        Ok(())
+    }
+
+    /// Notice ports whose interface vanished or changed (PORT_STATUS).
+    pub fn check_ports(&mut self) {
+        for c in self.dp.check_ports() {
+            match c {
+                PortCheck::Present(desc) => {
+                    let fx = self.sw.port_modified(desc);
+                    self.apply(fx);
+                }
+                PortCheck::Gone(name) => {
+                    tracing::info!(iface = %name, "interface gone: port removed");
+                    if let Err(e) = self.del_port(&name) {
+                        tracing::debug!(iface = %name, "removing the port: {e:#}");
+                    }
+                }
+            }
+        }
+        self.flush_dirty();
+    }
+
+    /// Apply a FLOW_MOD given locally; returns how many flows it touched.
+    pub fn local_flow_mod(&mut self, fm: &FlowMod) -> Result<usize> {
+        let (n, fx) = self
+            .sw
+            .local_flow_mod(fm, now_ns(), &mut self.dp)
+            .map_err(|c| anyhow!("flow refused: {c}"))?;
+        self.apply(fx);
+        self.flush_dirty();
+        Ok(n)
+    }
+
+    /// The flow dump, one line per flow, like `ovs-ofctl dump-flows`.
+    pub fn dump_flows(&mut self) -> Result<Vec<String>> {
+        let req = of::FlowStatsRequest::default();
+        let list = self
+            .sw
+            .flows
+            .flow_stats(&req, now_ns(), &mut self.dp)
+            .map_err(|c| anyhow!("{c}"))?;
+        Ok(list.iter().map(|f| f.to_string()).collect())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,642 @@
+//! The engine without root: a fake dataplane and in-memory connections
+//! that record, in one log, every map write, every frame sent and every
+//! message the peer received, in the order they happened.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use daolinet_common::{PortStats, PuntHeader, RuleStats};
+use daolinet_openflow::{self as of, Frame, Message};
+
+use super::*;
+use crate::fastpath::FastPath;
+use crate::ofswitch::SwitchSettings;
+use crate::oftable::FlowTable;
+
+/// One thing that happened, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Ev {
+    /// A classifier entry written for this rule id.
+    Put(u32),
+    /// A classifier entry removed.
+    Del,
+    /// A frame sent on a port.
+    Emit(u32, Vec<u8>),
+    /// A message the peer named here received (complete on the wire).
+    Got(&'static str, u32, Message),
+}
+
+pub(crate) type Log = Arc<Mutex<Vec<Ev>>>;
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A dataplane that records what it is asked to do.
+pub(crate) struct FakeDp {
+    pub log: Log,
+    /// Punts to hand out; `wake` (an eventfd) is written when one is added
+    /// through [`FakeDp::punter`].
+    pub punts: Arc<Mutex<VecDeque<Punt>>>,
+    pub wake: Option<OwnedFd>,
+    pub ports: BTreeMap<u32, PortDesc>,
+}
+
+impl FakeDp {
+    pub fn new(log: &Log) -> Self {
+        // SAFETY: plain eventfd(2) call.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        assert!(fd >= 0);
+        FakeDp {
+            log: log.clone(),
+            punts: Arc::default(),
+            // SAFETY: fresh descriptor we own.
+            wake: Some(unsafe { OwnedFd::from_raw_fd(fd) }),
+            ports: BTreeMap::new(),
+        }
+    }
+
+    /// Something to punt packets from another thread with.
+    pub fn punter(&self) -> Punter {
+        let fd = self.wake.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
+        // SAFETY: dup of a descriptor we own.
+        let dup = unsafe { libc::dup(fd) };
+        assert!(dup >= 0);
+        Punter {
+            punts: self.punts.clone(),
+            // SAFETY: fresh descriptor we own.
+            wake: unsafe { OwnedFd::from_raw_fd(dup) },
+        }
+    }
+}
+
+/// Punts packets into a [`FakeDp`] as the BPF ring would.
+pub(crate) struct Punter {
+    punts: Arc<Mutex<VecDeque<Punt>>>,
+    wake: OwnedFd,
+}
+
+impl Punter {
+    pub fn punt(&self, p: Punt) {
+        lock(&self.punts).push_back(p);
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: valid eventfd and an 8-byte buffer.
+        unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), 8) };
+    }
+}
+
+impl Counters for FakeDp {
+    fn rule(&mut self, _: u32) -> RuleStats {
+        RuleStats::default()
+    }
+    fn port(&mut self, ofport: u32) -> Option<PortStats> {
+        self.ports.contains_key(&ofport).then(PortStats::default)
+    }
+}
+
+impl Dataplane for FakeDp {
+    fn apply(&mut self, ops: &[MapOp]) {
+        let mut log = lock(&self.log);
+        for op in ops {
+            match op {
+                MapOp::PutFlow(_, e) => log.push(Ev::Put(e.rule_id)),
+                MapOp::DelFlow(_) => log.push(Ev::Del),
+                _ => {}
+            }
+        }
+    }
+    fn punts(&mut self, out: &mut Vec<Punt>) {
+        if let Some(w) = &self.wake {
+            let mut b = [0u8; 8];
+            // SAFETY: valid eventfd and buffer: clears it.
+            unsafe { libc::read(w.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
+        }
+        out.extend(lock(&self.punts).drain(..));
+    }
+    fn punt_fd(&self) -> Option<RawFd> {
+        self.wake.as_ref().map(|f| f.as_raw_fd())
+    }
+    fn emit(&mut self, port: u32, frame: &[u8]) {
+        lock(&self.log).push(Ev::Emit(port, frame.to_vec()));
+    }
+    fn attach(&mut self, iface: &str, ofport: Option<u32>, _: PortKind) -> Result<PortDesc> {
+        let ofport = ofport.unwrap_or(self.ports.keys().max().copied().unwrap_or(0) + 1);
+        let d = PortDesc {
+            ofport,
+            name: iface.into(),
+            mac: [2, 0, 0, 0, 0, ofport as u8],
+            up: true,
+        };
+        self.ports.insert(ofport, d.clone());
+        Ok(d)
+    }
+    fn detach(&mut self, iface: &str) -> Result<Vec<u32>> {
+        let gone: Vec<u32> = self
+            .ports
+            .iter()
+            .filter(|(_, d)| d.name == iface)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in &gone {
+            self.ports.remove(p);
+        }
+        if gone.is_empty() {
+            anyhow::bail!("no such port: {iface}");
+        }
+        Ok(gone)
+    }
+    fn check_ports(&mut self) -> Vec<PortCheck> {
+        self.ports
+            .values()
+            .map(|d| PortCheck::Present(d.clone()))
+            .collect()
+    }
+    fn port_list(&mut self) -> Result<serde_json::Value> {
+        Ok(serde_json::json!(self.ports.keys().collect::<Vec<_>>()))
+    }
+}
+
+/// The peer's side of an in-memory connection.
+pub(crate) struct PipeState {
+    name: &'static str,
+    log: Log,
+    /// Chunks the peer sent: readable once the switch has read this many
+    /// times (a clock made of reads), one chunk per read.
+    inbound: VecDeque<(usize, Vec<u8>)>,
+    /// read() calls so far.
+    pub reads: usize,
+    /// The peer hung up (after its chunks).
+    pub eof: bool,
+    /// What the switch wrote, not yet decoded.
+    outbound: Vec<u8>,
+    /// Every message the peer got.
+    pub got: Vec<Frame>,
+    /// Most bytes taken per write; 0: the peer does not read (WouldBlock).
+    pub max_write: usize,
+    /// Every other write blocks.
+    pub stutter: bool,
+    writes: usize,
+}
+
+impl PipeState {
+    /// Queue bytes from the peer, readable `after` reads from now.
+    pub fn send_after(&mut self, after: usize, bytes: Vec<u8>) {
+        let at = self.reads + after;
+        self.inbound.push_back((at, bytes));
+    }
+    pub fn send(&mut self, bytes: Vec<u8>) {
+        self.send_after(0, bytes);
+    }
+    pub fn pending(&self) -> usize {
+        self.inbound.len()
+    }
+}
+
+pub(crate) struct Pipe(Arc<Mutex<PipeState>>);
+
+impl Read for Pipe {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut st = lock(&self.0);
+        st.reads += 1;
+        let now = st.reads;
+        let eof = st.eof;
+        match st.inbound.front_mut() {
+            Some((at, chunk)) if *at < now => {
+                let n = chunk.len().min(buf.len());
+                buf[..n].copy_from_slice(&chunk[..n]);
+                chunk.drain(..n);
+                if chunk.is_empty() {
+                    st.inbound.pop_front();
+                }
+                Ok(n)
+            }
+            None if eof => Ok(0),
+            _ => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
+impl Write for Pipe {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut st = lock(&self.0);
+        st.writes += 1;
+        if st.max_write == 0 || (st.stutter && st.writes.is_multiple_of(2)) {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = buf.len().min(st.max_write);
+        st.outbound.extend_from_slice(&buf[..n]);
+        while let Ok(Some((f, used))) = of::decode(&st.outbound) {
+            st.outbound.drain(..used);
+            lock(&st.log).push(Ev::Got(st.name, f.xid, f.message.clone()));
+            st.got.push(f);
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Transport for Pipe {
+    fn raw_fd(&self) -> Option<RawFd> {
+        None
+    }
+}
+
+pub(crate) fn pipe(log: &Log, name: &'static str) -> (Pipe, Arc<Mutex<PipeState>>) {
+    let st = Arc::new(Mutex::new(PipeState {
+        name,
+        log: log.clone(),
+        inbound: VecDeque::new(),
+        reads: 0,
+        eof: false,
+        outbound: Vec::new(),
+        got: Vec::new(),
+        max_write: usize::MAX,
+        stutter: false,
+        writes: 0,
+    }));
+    (Pipe(st.clone()), st)
+}
+
+pub(crate) fn engine_with(log: &Log, cfg: ConnConfig) -> Engine<FakeDp> {
+    let sw = Switch::new(
+        FlowTable::default(),
+        SwitchSettings {
+            packet_in_rate: 0,
+            ..Default::default()
+        },
+    );
+    let mut eng = Engine::new(FakeDp::new(log), sw, cfg);
+    for p in ["pa", "pb"] {
+        eng.add_port(p, None, PortKind::Container).unwrap();
+    }
+    eng
+}
+
+pub(crate) fn wire(msgs: &[(u32, Message)]) -> Vec<u8> {
+    msgs.iter()
+        .flat_map(|(x, m)| m.to_bytes(*x).unwrap())
+        .collect()
+}
+
+pub(crate) fn hello() -> Vec<u8> {
+    wire(&[(1, Message::Hello(of::Hello::new()))])
+}
+
+/// A connection with its handshake done.
+fn connected(
+    eng: &mut Engine<FakeDp>,
+    log: &Log,
+    name: &'static str,
+) -> (ConnId, Arc<Mutex<PipeState>>) {
+    let (p, st) = pipe(log, name);
+    let id = eng.open(Box::new(p), name.into());
+    lock(&st).send(hello());
+    eng.read(id, false);
+    assert!(eng.conn(id).is_some_and(|c| c.is_up()));
+    (id, st)
+}
+
+fn flow(dst: u8) -> Message {
+    Message::FlowMod(
+        format!("in_port=1,ip,nw_dst=10.0.0.{dst} actions=output:2")
+            .parse()
+            .unwrap(),
+    )
+}
+
+fn frame(tag: u8) -> Vec<u8> {
+    crate::packet::tests::ipv4_frame(17, [10, 0, 0, 1], [10, 0, 0, 2], tag.into(), 53)
+}
+
+fn packet_out(tag: u8) -> Message {
+    Message::PacketOut(of::PacketOut::new(
+        1,
+        vec![of::Action::output(2)],
+        frame(tag),
+    ))
+}
+
+fn punt(tag: u8) -> Punt {
+    let data = frame(tag);
+    Punt {
+        header: PuntHeader {
+            in_port: 1,
+            rule_id: u32::MAX,
+            pkt_len: data.len() as u32,
+            cap_len: data.len() as u32,
+            ..Default::default()
+        },
+        data,
+    }
+}
+
+/// Classifier writes before the first event matching `f`.
+fn puts_before(log: &[Ev], f: impl Fn(&Ev) -> bool) -> usize {
+    let at = log.iter().position(f).expect("event not in the log");
+    log[..at].iter().filter(|e| matches!(e, Ev::Put(_))).count()
+}
+
+fn barrier_reply(xid: u32) -> impl Fn(&Ev) -> bool {
+    move |e| matches!(e, Ev::Got(_, x, Message::BarrierReply) if *x == xid)
+}
+
+#[test]
+fn barrier_replies_follow_the_map_writes_of_every_message_before_them() {
+    let stream = wire(&[
+        (1, Message::Hello(of::Hello::new())),
+        (2, flow(1)),
+        (3, flow(2)),
+        (10, Message::BarrierRequest),
+        (4, packet_out(7)),
+        (5, flow(3)),
+        (11, Message::BarrierRequest),
+    ]);
+    for chunk in [1, 5, 8, 13, 100, stream.len()] {
+        let log = Log::default();
+        let mut eng = engine_with(&log, ConnConfig::default());
+        let (p, st) = pipe(&log, "c");
+        let id = eng.open(Box::new(p), "c".into());
+        for (i, part) in stream.chunks(chunk).enumerate() {
+            lock(&st).send_after(i, part.to_vec());
+        }
+        while lock(&st).pending() > 0 {
+            eng.read(id, false);
+        }
+        let log = lock(&log).clone();
+        assert!(
+            puts_before(&log, barrier_reply(10)) >= 2,
+            "chunk {chunk}: {log:?}"
+        );
+        assert!(
+            puts_before(&log, barrier_reply(11)) >= 3,
+            "chunk {chunk}: {log:?}"
+        );
+        assert!(
+            puts_before(&log, |e| matches!(e, Ev::Emit(2, f) if *f == frame(7))) >= 2,
+            "chunk {chunk}: the PACKET_OUT went before the flows sent ahead of it: {log:?}"
+        );
+        let replies: Vec<u32> = log
+            .iter()
+            .filter_map(|e| match e {
+                Ev::Got(_, x, Message::BarrierReply) => Some(*x),
+                Ev::Got(_, _, Message::Error(e)) => panic!("error {e:?}"),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(replies, [10, 11], "chunk {chunk}");
+        assert_eq!(eng.sw.flows.len(), 3);
+    }
+}
+
+#[test]
+fn the_fast_path_handles_answers_in_order_with_what_the_loop_read_before() {
+    let answer = wire(&[
+        (20, flow(9)),
+        (21, Message::BarrierRequest),
+        (22, packet_out(1)),
+    ]);
+    // The controller's answer split anywhere: the part before the split
+    // is read by the event loop, the rest arrives while the fast path
+    // waits for it.
+    for split in [0, 1, 7, 50, answer.len() - 30, answer.len() - 1] {
+        let log = Log::default();
+        let mut eng = engine_with(&log, ConnConfig::default());
+        let (id, st) = connected(&mut eng, &log, "c");
+        let mut fast = FastPath::patient(60);
+        if split > 0 {
+            lock(&st).send(answer[..split].to_vec());
+            eng.read(id, false);
+        }
+        lock(&st).send_after(3, answer[split..].to_vec());
+        lock(&eng.dp.punts).push_back(punt(1));
+        assert_eq!(fast.run(&mut eng, 0), 1);
+        let log = lock(&log).clone();
+        let pi = log
+            .iter()
+            .position(|e| matches!(e, Ev::Got(_, _, Message::PacketIn(_))))
+            .expect("PACKET_IN");
+        let put = log
+            .iter()
+            .position(|e| matches!(e, Ev::Put(_)))
+            .expect("flow");
+        let br = log.iter().position(barrier_reply(21)).expect("barrier");
+        let out = log
+            .iter()
+            .position(|e| matches!(e, Ev::Emit(2, f) if *f == frame(1)))
+            .expect("PACKET_OUT executed");
+        assert!(pi < out && put < br && put < out, "split {split}: {log:?}");
+        // The spin stopped at the PACKET_OUT, not at its deadline.
+        assert!(lock(&st).reads <= 3 + 3 + 2, "split {split}");
+    }
+}
+
+#[test]
+fn the_fast_path_waits_for_every_controller_and_for_new_punts() {
+    let log = Log::default();
+    let mut eng = engine_with(&log, ConnConfig::default());
+    let (a, sa) = connected(&mut eng, &log, "a");
+    let (b, sb) = connected(&mut eng, &log, "b");
+    assert_ne!(a, b);
+    let mut fast = FastPath::patient(60);
+    lock(&eng.dp.punts).push_back(punt(1));
+    // a answers at once; b later.
+    lock(&sa).send_after(1, wire(&[(30, packet_out(1))]));
+    lock(&sb).send_after(5, wire(&[(31, packet_out(2))]));
+    fast.run(&mut eng, 0);
+    let log = lock(&log).clone();
+    let emits: Vec<Vec<u8>> = log
+        .iter()
+        .filter_map(|e| match e {
+            Ev::Emit(2, f) => Some(f.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(emits, [frame(1), frame(2)]);
+    // Both got the PACKET_IN.
+    for st in [&sa, &sb] {
+        assert!(lock(st)
+            .got
+            .iter()
+            .any(|f| matches!(f.message, Message::PacketIn(_))));
+    }
+}
+
+#[test]
+fn a_slow_peer_gets_every_reply_whole_and_in_order() {
+    let log = Log::default();
+    let mut eng = engine_with(&log, ConnConfig::default());
+    let (id, st) = connected(&mut eng, &log, "c");
+    let mut mods = Vec::new();
+    for i in 0..2000u32 {
+        let fm: FlowMod = format!("ip,nw_dst=10.{}.{}.1 actions=output:1", i / 256, i % 256)
+            .parse()
+            .unwrap();
+        mods.push((100, Message::FlowMod(fm)));
+    }
+    mods.push((101, Message::BarrierRequest));
+    mods.push((
+        102,
+        Message::MultipartRequest(of::MultipartRequest::new(of::MultipartRequestBody::Flow(
+            of::FlowStatsRequest::default(),
+        ))),
+    ));
+    mods.push((103, Message::EchoRequest(vec![9])));
+    // The peer takes 7 bytes at a time, and only every other try.
+    {
+        let mut s = lock(&st);
+        s.max_write = 7;
+        s.stutter = true;
+        s.send(wire(&mods));
+    }
+    let mut rounds = 0;
+    loop {
+        let waiting = eng.flush(id);
+        eng.read(id, false);
+        for r in eng.take_resumed() {
+            eng.read(r, false);
+        }
+        if !waiting
+            && lock(&st).pending() == 0
+            && eng.conn(id).is_some_and(|c| c.output().is_empty())
+        {
+            break;
+        }
+        rounds += 1;
+        assert!(rounds < 1_000_000, "no progress");
+    }
+    let got = lock(&st).got.clone();
+    let mut flows = 0;
+    let mut order = Vec::new();
+    for f in &got {
+        match &f.message {
+            Message::MultipartReply(r) => {
+                let of::MultipartReplyBody::Flow(l) = &r.body else {
+                    panic!("{r:?}")
+                };
+                flows += l.len();
+                order.push(f.xid);
+            }
+            Message::BarrierReply | Message::EchoReply(_) => order.push(f.xid),
+            Message::Error(e) => panic!("{e:?}"),
+            _ => {}
+        }
+    }
+    assert_eq!(flows, 2000);
+    order.dedup();
+    assert_eq!(order, [101, 102, 103]);
+}
+
+#[test]
+fn a_peer_that_does_not_read_is_not_read_and_gets_no_packet_ins_until_it_reads() {
+    let log = Log::default();
+    let cfg = ConnConfig {
+        high_water: 4096,
+        ..Default::default()
+    };
+    let mut eng = engine_with(&log, cfg);
+    let (id, st) = connected(&mut eng, &log, "c");
+    let desc = |x| {
+        (
+            x,
+            Message::MultipartRequest(of::MultipartRequest::new(
+                of::MultipartRequestBody::PortDesc,
+            )),
+        )
+    };
+    lock(&st).max_write = 0;
+    for round in 0..20u32 {
+        let reqs: Vec<(u32, Message)> = (0..10).map(|i| desc(1000 + round * 10 + i)).collect();
+        lock(&st).send_after(round as usize, wire(&reqs));
+    }
+    for _ in 0..40 {
+        eng.read(id, false);
+    }
+    // Congested: reading stopped with requests still unread...
+    assert!(lock(&st).pending() > 0);
+    assert!(eng.conn(id).is_some_and(|c| !c.wants_read()));
+    // ...and PACKET_INs for it are dropped.
+    lock(&eng.dp.punts).push_back(punt(1));
+    eng.drain_punts(0);
+    assert_eq!(eng.conn(id).map(|c| c.dropped), Some(1));
+    // It reads again: everything is answered, in order.
+    lock(&st).max_write = usize::MAX;
+    for _ in 0..100 {
+        eng.flush(id);
+        for r in eng.take_resumed() {
+            eng.read(r, false);
+        }
+        eng.read(id, false);
+    }
+    let xids: Vec<u32> = lock(&st)
+        .got
+        .iter()
+        .filter(|f| matches!(f.message, Message::MultipartReply(_)))
+        .map(|f| f.xid)
+        .collect();
+    assert_eq!(xids, (1000..1200).collect::<Vec<_>>());
+    assert!(!lock(&st)
+        .got
+        .iter()
+        .any(|f| matches!(f.message, Message::PacketIn(_))));
+}
+
+#[test]
+fn a_controller_that_never_answers_is_probed_then_dropped_and_its_session_forgotten() {
+    let log = Log::default();
+    let mut eng = engine_with(&log, ConnConfig::default());
+    let t0 = now_ns();
+    let s = crate::conn::ECHO_INTERVAL_NS;
+    // Never says HELLO.
+    let (p, _st) = pipe(&log, "mute");
+    let mute = eng.open(Box::new(p), "mute".into());
+    // Says HELLO, then nothing.
+    let (quiet, qs) = connected(&mut eng, &log, "quiet");
+    assert!(eng.next_deadline() <= t0 + 2 * s + 1_000_000_000);
+    eng.timers(t0 + s + 500_000_000);
+    assert!(lock(&qs)
+        .got
+        .iter()
+        .any(|f| matches!(f.message, Message::EchoRequest(_))));
+    assert!(eng.reap().is_empty());
+    eng.timers(t0 + 3 * s);
+    let mut closed: Vec<(ConnId, CloseReason)> =
+        eng.reap().into_iter().map(|c| (c.id, c.reason)).collect();
+    closed.sort_by_key(|c| c.0);
+    assert_eq!(
+        closed,
+        [
+            (mute, CloseReason::HelloTimeout),
+            (quiet, CloseReason::EchoTimeout)
+        ]
+    );
+    // The switch has no session left: punts go nowhere.
+    assert_eq!(eng.controllers(), 0);
+    assert!(!eng.sw.has_controller());
+}
+
+#[test]
+fn a_peer_that_hangs_up_or_sends_an_unframeable_header_is_reaped() {
+    let log = Log::default();
+    let mut eng = engine_with(&log, ConnConfig::default());
+    let (a, sa) = connected(&mut eng, &log, "a");
+    let (b, sb) = connected(&mut eng, &log, "b");
+    lock(&sa).eof = true;
+    lock(&sb).send(vec![4, 0, 0, 4, 0, 0, 0, 9]);
+    assert!(eng.read(a, false).closed);
+    assert!(eng.read(b, false).closed);
+    let closed: Vec<(ConnId, CloseReason)> =
+        eng.reap().into_iter().map(|c| (c.id, c.reason)).collect();
+    assert_eq!(
+        closed,
+        [(a, CloseReason::PeerClosed), (b, CloseReason::Unframeable)]
+    );
+    // b was told why before it was dropped.
+    assert!(matches!(
+        lock(&sb).got.last().map(|f| &f.message),
+        Some(Message::Error(_))
+    ));
+}
