@@ -64,6 +64,7 @@ pub struct Metrics {
     switches_connected: AtomicU64,
     api_mutations: AtomicU64,
     api_errors: AtomicU64,
+    store_conflicts: AtomicU64,
 }
 
 impl Metrics {
@@ -105,6 +106,17 @@ impl Metrics {
     /// Counts an accepted API mutation.
     pub fn api_mutation(&self) {
         self.api_mutations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a mutation that lost a race with another controller's write
+    /// (it catches up and runs again).
+    pub fn store_conflict(&self) {
+        self.store_conflicts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Mutations that lost a race with another controller's write.
+    pub fn store_conflicts(&self) -> u64 {
+        self.store_conflicts.load(Ordering::Relaxed)
     }
 
     /// Counts a refused API request.
@@ -167,6 +179,16 @@ impl Metrics {
         let _ = writeln!(s, "# HELP daolinet_api_errors_total Refused API requests.");
         let _ = writeln!(s, "# TYPE daolinet_api_errors_total counter");
         let _ = writeln!(s, "daolinet_api_errors_total {}", g(&self.api_errors));
+        let _ = writeln!(
+            s,
+            "# HELP daolinet_store_conflicts_total Mutations that lost a race with another controller's write and ran again."
+        );
+        let _ = writeln!(s, "# TYPE daolinet_store_conflicts_total counter");
+        let _ = writeln!(
+            s,
+            "daolinet_store_conflicts_total {}",
+            g(&self.store_conflicts)
+        );
         s
     }
 }

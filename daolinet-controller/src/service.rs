@@ -1,18 +1,28 @@
 //! The running controller's state: the store, the current model snapshot,
 //! the flows it has installed, and the metrics. Every mutation goes through
 //! [`Controller::mutate`]: validate on a copy of the model, persist the
-//! changes in one store transaction, then publish the new snapshot and the
-//! flow decisions the change implies.
+//! changes in one store transaction guarded by the revision the model was
+//! read at, then publish the new snapshot and the flow decisions the change
+//! implies.
+//!
+//! Several controllers on one shared store: each follows the store
+//! ([`Controller::follow`]): batches written by the others arrive through
+//! the store's watch and are applied and published the same way, so every
+//! controller converges on the same model. A mutation whose guard fails
+//! (another controller wrote first) catches up with the store and runs
+//! again on the newer model, so neither write is lost.
 
 use foldhash::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
 use crate::metrics::Metrics;
-use crate::store::{batch_of, load_model, Store, StoreError};
+use crate::store::{
+    batch_of, changes_of, diff, load_model_at, model_of, Revision, Store, StoreError, WatchBatch,
+};
 use daolinet_policy::addr::{Dpid, Ipv4Net};
 use daolinet_policy::model::{Change, Model, ModelError};
 use daolinet_policy::{self as policy, Config, Decision, FlowSpec, MatchSpec, Outcome, Snapshot};
@@ -434,11 +444,16 @@ impl Flows {
     }
 }
 
+/// How long a mutation keeps running again after losing races with other
+/// controllers' writes before the conflict is reported.
+const RETRY_FOR: Duration = Duration::from_secs(10);
+
 /// The controller.
 pub struct Controller {
     store: Arc<dyn Store>,
-    /// Serialises mutations (validate, persist, publish).
-    write: Mutex<()>,
+    /// Serialises mutations and applied watch batches (validate, persist,
+    /// publish); holds the store revision the published snapshot is at.
+    write: Mutex<Revision>,
     /// The current snapshot: read without locks on every PACKET_IN.
     snap: ArcSwap<Snapshot>,
     flows: Flows,
@@ -447,7 +462,8 @@ pub struct Controller {
     /// Metrics.
     pub metrics: Metrics,
     decisions: tokio::sync::broadcast::Sender<Arc<Vec<Decision>>>,
-    model_rev: tokio::sync::watch::Sender<u64>,
+    /// The store revision of the published snapshot.
+    model_rev: tokio::sync::watch::Sender<Revision>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -461,7 +477,7 @@ impl std::fmt::Debug for Controller {
 impl Controller {
     /// Loads the model from `store`.
     pub fn open(store: Arc<dyn Store>, cfg: Config) -> Result<Self, StoreError> {
-        let model = load_model(store.as_ref())?;
+        let (model, revision) = load_model_at(store.as_ref())?;
         let outside: Vec<&str> = model
             .containers
             .values()
@@ -474,14 +490,19 @@ impl Controller {
         }
         Ok(Controller {
             store,
-            write: Mutex::new(()),
+            write: Mutex::new(revision),
             snap: ArcSwap::from_pointee(Snapshot::new(model)),
             flows: Flows::new(),
             cfg,
             metrics: Metrics::default(),
             decisions: tokio::sync::broadcast::channel(1024).0,
-            model_rev: tokio::sync::watch::channel(0).0,
+            model_rev: tokio::sync::watch::channel(revision).0,
         })
+    }
+
+    /// The store revision the current snapshot is at.
+    pub fn revision(&self) -> Revision {
+        *self.model_rev.borrow()
     }
 
     /// The physical IP pool.
@@ -495,23 +516,68 @@ impl Controller {
     }
 
     /// Applies a mutation: on success the change is durable before this
-    /// returns; on any error nothing changed.
+    /// returns; on any error nothing changed. `f` runs on a copy of the
+    /// model; when another controller wrote to the shared store first, the
+    /// model is brought up to date and `f` runs again (a clone of it).
     pub fn mutate<F>(&self, f: F) -> Result<Vec<Change>, ServiceError>
     where
-        F: FnOnce(&mut Model) -> Result<Vec<Change>, ModelError>,
+        F: FnOnce(&mut Model) -> Result<Vec<Change>, ModelError> + Clone,
     {
-        let _w = self.write.lock().map_err(|_| ServiceError::Poisoned)?;
-        let old = self.snap.load_full();
-        let mut model = old.model.clone();
-        let changes = f(&mut model)?;
-        if changes.is_empty() {
-            // Nothing changed (e.g. a host registering again): nothing to
-            // persist, publish or re-initialise.
-            return Ok(changes);
+        let started = Instant::now();
+        let mut attempt: u32 = 0;
+        loop {
+            let mut applied = self.write.lock().map_err(|_| ServiceError::Poisoned)?;
+            let old = self.snap.load_full();
+            let mut model = old.model.clone();
+            let changes = f.clone()(&mut model)?;
+            if changes.is_empty() {
+                // Nothing changed (e.g. a host registering again): nothing to
+                // persist, publish or re-initialise.
+                return Ok(changes);
+            }
+            let mut batch = batch_of(&changes)?;
+            batch.expect_revision = Some(*applied);
+            match self.store.apply(batch) {
+                Ok(rev) => {
+                    self.publish(&mut applied, &old, model, &changes, rev)?;
+                    self.metrics.api_mutation();
+                    return Ok(changes);
+                }
+                Err(StoreError::Conflict { actual, .. }) if started.elapsed() < RETRY_FOR => {
+                    attempt += 1;
+                    self.metrics.store_conflict();
+                    tracing::debug!(
+                        at = *applied,
+                        store = actual,
+                        attempt,
+                        "mutation raced another controller: catching up"
+                    );
+                    self.catch_up(&mut applied)?;
+                    drop(applied);
+                    // Random pause growing with the attempts, so that
+                    // controllers writing at the same moment stop colliding.
+                    if attempt > 1 {
+                        let cap = u64::from(attempt.min(10)) * 4;
+                        std::thread::sleep(Duration::from_millis(jitter(cap)));
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        self.store.apply(batch_of(&changes)?)?;
+    }
+
+    /// Publishes the model at `rev` (under the write lock): snapshot, flow
+    /// decisions, revision.
+    fn publish(
+        &self,
+        applied: &mut Revision,
+        old: &Snapshot,
+        model: Model,
+        changes: &[Change],
+        rev: Revision,
+    ) -> Result<(), ServiceError> {
         let new = Arc::new(Snapshot::new(model));
-        let decisions = policy::handle_model_change(&old, &new, &self.cfg, &changes);
+        let decisions = policy::handle_model_change(old, &new, &self.cfg, changes);
         let n = self.flows.apply(&decisions)?;
         self.snap.store(new);
         if !decisions.is_empty() {
@@ -519,9 +585,69 @@ impl Controller {
             let _ = self.decisions.send(Arc::new(decisions));
         }
         self.metrics.set_flows_installed(n);
-        self.metrics.api_mutation();
-        self.model_rev.send_modify(|r| *r += 1);
-        Ok(changes)
+        *applied = rev;
+        self.model_rev.send_replace(rev);
+        Ok(())
+    }
+
+    /// Lists the store again and publishes the difference (when the store
+    /// is ahead of the snapshot). Returns true when something was applied.
+    fn catch_up(&self, applied: &mut Revision) -> Result<bool, ServiceError> {
+        let listing = self.store.list()?;
+        if listing.revision <= *applied {
+            return Ok(false);
+        }
+        let model = model_of(&listing)?;
+        let old = self.snap.load_full();
+        let changes = diff(&old.model, &model);
+        tracing::info!(
+            from = *applied,
+            to = listing.revision,
+            changes = changes.len(),
+            "caught up with the store"
+        );
+        self.publish(applied, &old, model, &changes, listing.revision)?;
+        Ok(true)
+    }
+
+    /// Applies a batch another controller (or this one) wrote, when the
+    /// snapshot is not already past it.
+    fn apply_watched(&self, batch: WatchBatch) -> Result<(), ServiceError> {
+        let mut applied = self.write.lock().map_err(|_| ServiceError::Poisoned)?;
+        if batch.revision <= *applied {
+            return Ok(());
+        }
+        let changes = match changes_of(&batch.ops) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, revision = batch.revision, "watched batch does not decode: listing the store");
+                self.catch_up(&mut applied)?;
+                return Ok(());
+            }
+        };
+        let old = self.snap.load_full();
+        let mut model = old.model.clone();
+        for c in &changes {
+            model.apply(c);
+        }
+        tracing::debug!(
+            revision = batch.revision,
+            changes = changes.len(),
+            "applied a watched batch"
+        );
+        self.publish(&mut applied, &old, model, &changes, batch.revision)
+    }
+
+    /// Follows the store on a thread of its own: applies and publishes
+    /// every batch written after the current snapshot (by other controllers
+    /// on a shared store), lists again when the watch breaks, and retries
+    /// with a pause while the store is unreachable. The thread ends once
+    /// the controller is dropped.
+    pub fn follow(self: &Arc<Self>) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let weak = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("store-follower".into())
+            .spawn(move || follow(&weak))
     }
 
     /// Runs the policy on a PACKET_IN, records the flows it decided and
@@ -611,6 +737,69 @@ impl Controller {
         }
         out.sort_by_key(|f| f.dpid);
         Ok(out)
+    }
+}
+
+/// A pseudo-random number in `0..=max` (spreads retries; not for secrets).
+fn jitter(max: u64) -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish() % (max + 1)
+}
+
+/// The follower loop of [`Controller::follow`].
+fn follow(weak: &std::sync::Weak<Controller>) {
+    let pause = Duration::from_millis(500);
+    loop {
+        let Some(ctl) = weak.upgrade() else { return };
+        let from = ctl.revision();
+        let watch = match ctl.store.watch(from) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the store: listing it again");
+                if let Ok(mut applied) = ctl.write.lock() {
+                    if let Err(e) = ctl.catch_up(&mut applied) {
+                        tracing::warn!(error = %e, "cannot list the store");
+                    }
+                }
+                drop(ctl);
+                std::thread::sleep(pause);
+                continue;
+            }
+        };
+        drop(ctl);
+        loop {
+            match watch.rx.recv_timeout(pause) {
+                Ok(batch) => {
+                    let Some(ctl) = weak.upgrade() else { return };
+                    if let Err(e) = ctl.apply_watched(batch) {
+                        tracing::warn!(error = %e, "applying a watched batch");
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if weak.strong_count() == 0 {
+                        return;
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    tracing::info!("store watch ended: listing the store again");
+                    let Some(ctl) = weak.upgrade() else { return };
+                    if let Ok(mut applied) = ctl.write.lock() {
+                        if let Err(e) = ctl.catch_up(&mut applied) {
+                            tracing::warn!(error = %e, "cannot list the store");
+                        }
+                    }
+                    drop(ctl);
+                    std::thread::sleep(pause);
+                    break;
+                }
+            }
+        }
     }
 }
 

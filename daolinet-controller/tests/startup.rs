@@ -31,3 +31,38 @@ fn a_gateway_mac_containers_could_have_is_refused_before_anything_starts() {
         assert!(!dir.exists(), "{} created", dir.display());
     }
 }
+
+#[test]
+fn a_bad_or_unreachable_etcd_store_is_refused_with_one_line() {
+    let dir = std::env::temp_dir().join(format!("haetcd-{}", std::process::id()));
+    let token = dir.join("api-token");
+    for (store, why) in [
+        ("etcd:", "expected http://HOST:PORT"),
+        (
+            "etcd:https://127.0.0.1:2379",
+            "TLS to etcd is not supported",
+        ),
+        (
+            "etcd:http://127.0.0.1:2379,127.0.0.1:2380",
+            "expected http://HOST:PORT",
+        ),
+        // Port 1 on loopback: nothing listens there.
+        ("etcd:http://127.0.0.1:1", "unreachable"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_daolinet-controller"))
+            .args(["run", "--store", store, "--token-file"])
+            .arg(&token)
+            .args(["--api", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "warn")
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("RUST_LIB_BACKTRACE")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{store} accepted");
+        assert_eq!(err.trim().lines().count(), 1, "{store}: {err}");
+        assert!(err.contains(why), "{store}: {err}");
+        assert!(out.stdout.is_empty(), "something started: {out:?}");
+        assert!(!dir.exists(), "{} created", dir.display());
+    }
+}

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::agent::Agent;
 use crate::controller::{Controller, ControllerOpts};
+use crate::etcd::EtcdCluster;
 use crate::fs::{Bpffs, TempDir};
 use crate::netns::{Netns, Veth};
 use crate::ovs::OvsHost;
@@ -162,6 +163,15 @@ impl Lab {
                 .listen("0.0.0.0:0")
                 .args(args),
         )
+    }
+
+    /// Start an etcd cluster of `n` members in a namespace of its own
+    /// (`<tag>etcd`), data in the lab's directory; it answers when this
+    /// returns. List [`crate::ETCD_PROGRAMS`] in the lab's needs.
+    #[track_caller]
+    pub fn etcd(&self, n: usize) -> EtcdCluster {
+        let dir = self.subdir(&format!("etcd-{}", crate::names::fresh_tag()));
+        EtcdCluster::start(self.netns("etcd"), dir, n)
     }
 
     /// Start an Open vSwitch host whose switch daemon runs in `host`.

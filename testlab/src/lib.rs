@@ -12,7 +12,8 @@
 //! - **Starters**, stopped on drop: [`Agent`] (`daolinet-agent run` in a
 //!   host namespace), [`Controller`] (kernel-chosen ports, ready when it
 //!   printed them), [`OvsHost`] (ovsdb-server + ovs-vswitchd with their own
-//!   directories, netdev bridges with `fail_mode=secure`).
+//!   directories, netdev bridges with `fail_mode=secure`), [`EtcdCluster`]
+//!   (etcd members in a namespace of their own, own data directories).
 //! - **One REST API client** ([`Api`]), also from inside a namespace.
 //! - **Helpers**: commands with clear failure messages ([`sh`],
 //!   [`Netns::run`]), ping ([`Netns::ping`]), [`iperf3`], waiting for a
@@ -35,6 +36,7 @@
 mod agent;
 mod cmd;
 mod controller;
+mod etcd;
 mod fs;
 mod http;
 mod lab;
@@ -50,6 +52,7 @@ use std::path::{Path, PathBuf};
 pub use agent::Agent;
 pub use cmd::{command, output, sh, show, signal, succeeds, Proc, Ran};
 pub use controller::{Controller, ControllerOpts};
+pub use etcd::{EtcdCluster, ETCD_PROGRAMS};
 pub use fs::{Bpffs, TempDir};
 pub use http::{parse_response, Api};
 pub use lab::Lab;

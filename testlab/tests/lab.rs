@@ -200,3 +200,48 @@ fn ovs_host_serves_a_secure_bridge_and_goes_away() {
     }
     assert!(!dir.exists());
 }
+
+#[test]
+fn etcd_cluster_serves_survives_a_member_and_leaves_nothing() {
+    use daolinet_testlab::ETCD_PROGRAMS;
+    let Some(lab) = Lab::new(&[
+        Need::Program(ETCD_PROGRAMS[0]),
+        Need::Program(ETCD_PROGRAMS[1]),
+    ]) else {
+        return;
+    };
+    let (ns, dirs) = {
+        let mut etcd = lab.etcd(3);
+        assert_eq!(etcd.endpoints().len(), 3);
+        assert!(etcd
+            .store_spec()
+            .starts_with("etcd:http://127.0.0.11:2379,"));
+        assert!(etcd.etcdctl(&["put", "k", "v1"]).ok);
+        etcd.kill9(0);
+        assert!(!etcd.running(0));
+        // Two of three still make a quorum (once they elected a leader,
+        // if the killed member was it).
+        etcd.wait_healthy(Duration::from_secs(30));
+        let r = etcd.etcdctl(&["put", "k", "v2"]);
+        assert!(r.ok, "{}\n{}", r.stderr, etcd.logs());
+        etcd.start_member(0);
+        etcd.wait_healthy(Duration::from_secs(30));
+        let r = etcd.etcdctl(&["get", "k", "--print-value-only"]);
+        assert_eq!(r.stdout.trim(), "v2");
+        let dirs: Vec<PathBuf> = (0..3).map(|i| etcd.data_dir(i)).collect();
+        assert!(dirs.iter().all(|d| d.is_dir()));
+        (etcd.netns().name().to_string(), dirs)
+    };
+    let list = sh(&["ip", "netns", "list"]);
+    assert!(!list.contains(&ns), "{ns} left behind");
+    assert!(
+        !Command::new("pgrep")
+            .args(["-f", &format!("initial-cluster-token {ns}")])
+            .status()
+            .unwrap()
+            .success(),
+        "an etcd member of {ns} still runs"
+    );
+    drop(lab);
+    assert!(dirs.iter().all(|d| !d.exists()));
+}

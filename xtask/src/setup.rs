@@ -29,10 +29,12 @@ const APT_PACKAGES: &[&str] = &[
     "nftables",
     "conntrack",
     // Several controllers on etcd (HA): etcd members started by the tests;
-    // etcd-client needs protoc at build time.
+    // etcd-client needs protoc at build time, and the well-known types
+    // (google/protobuf/*.proto) that libprotobuf-dev ships.
     "etcd-server",
     "etcd-client",
     "protobuf-compiler",
+    "libprotobuf-dev",
     // Container runtimes driven by the Docker driver and the CNI plugin;
     // images are imported from busybox-static (no registry is reachable).
     "docker.io",

@@ -190,7 +190,7 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
 /// Runs a mutation off the async runtime (the store fsyncs).
 async fn mutate<F>(st: &AppState, f: F) -> Result<Vec<Change>, ApiError>
 where
-    F: FnOnce(&mut Model) -> Result<Vec<Change>, ModelError> + Send + 'static,
+    F: FnOnce(&mut Model) -> Result<Vec<Change>, ModelError> + Clone + Send + 'static,
 {
     let ctl = st.ctl.clone();
     tokio::task::spawn_blocking(move || ctl.mutate(f))

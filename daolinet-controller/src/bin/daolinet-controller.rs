@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use daolinet_controller::api::{self, auth, AppState};
 use daolinet_controller::ofserver::{self, ConnConfig, Server, ServerConfig};
 use daolinet_controller::service::Controller;
-use daolinet_controller::store::RedbStore;
+use daolinet_controller::store::{EtcdConfig, EtcdStore, RedbStore, Store};
 use daolinet_policy::addr::{Ipv4Net, MacAddr};
 use daolinet_policy::Config;
 
@@ -50,10 +50,13 @@ struct RunArgs {
     /// is printed on stdout as `api: http://ADDR`).
     #[arg(long, default_value = "127.0.0.1:8080")]
     api: SocketAddr,
-    /// Store file (redb); created if missing. The API token file lives in
-    /// the same directory unless --token-file is given.
+    /// Store: a redb file (created if missing; the API token file lives in
+    /// the same directory unless --token-file is given), or
+    /// `etcd:http://A:2379[,http://B:2379...]`, an etcd cluster several
+    /// controllers share (the API token is then shared through etcd and
+    /// written to --token-file, default /var/lib/daolinet/api-token).
     #[arg(long, default_value = "/var/lib/daolinet/controller.redb")]
-    store: PathBuf,
+    store: String,
     /// API bearer token file (created 0600 with a random token if missing).
     #[arg(long)]
     token_file: Option<PathBuf>,
@@ -73,7 +76,7 @@ struct RunArgs {
     deny_timeout: u16,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -82,35 +85,83 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match cli.cmd {
+    let r = match cli.cmd {
         Cmd::Run(a) => run(a),
+    };
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the error and its causes.
+            eprintln!("daolinet-controller: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Where the model is kept.
+enum StoreSpec {
+    File(PathBuf),
+    Etcd(EtcdConfig),
+}
+
+impl StoreSpec {
+    fn parse(s: &str) -> anyhow::Result<StoreSpec> {
+        match EtcdConfig::parse(s) {
+            Some(r) => Ok(StoreSpec::Etcd(r.map_err(anyhow::Error::msg)?)),
+            None => Ok(StoreSpec::File(PathBuf::from(s))),
+        }
     }
 }
 
 fn run(a: RunArgs) -> anyhow::Result<()> {
     // Before anything is created or started.
     a.gateway_mac.check_gateway()?;
-    let dir = a
-        .store
-        .parent()
-        .map(|p| {
-            if p.as_os_str().is_empty() {
-                PathBuf::from(".")
-            } else {
-                p.to_path_buf()
+    let spec = StoreSpec::parse(&a.store)?;
+    let (store, token, created, token_path): (Arc<dyn Store>, String, bool, PathBuf) = match spec {
+        StoreSpec::File(path) => {
+            let dir = path
+                .parent()
+                .map(|p| {
+                    if p.as_os_str().is_empty() {
+                        PathBuf::from(".")
+                    } else {
+                        p.to_path_buf()
+                    }
+                })
+                .unwrap_or_else(|| PathBuf::from("."));
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let store = RedbStore::open(&path)
+                .with_context(|| format!("opening store {}", path.display()))?;
+            tracing::info!(path = %path.display(), "store opened");
+            let token_path = a
+                .token_file
+                .clone()
+                .unwrap_or_else(|| dir.join("api-token"));
+            let (token, created) = auth::load_or_create_token(&token_path)
+                .with_context(|| format!("token file {}", token_path.display()))?;
+            (Arc::new(store), token, created, token_path)
+        }
+        StoreSpec::Etcd(cfg) => {
+            let endpoints = cfg.endpoints.join(",");
+            let store = EtcdStore::connect(cfg)?;
+            tracing::info!(%endpoints, "etcd store connected");
+            let token_path = a
+                .token_file
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/var/lib/daolinet/api-token"));
+            if let Some(dir) = token_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
             }
-        })
-        .unwrap_or_else(|| PathBuf::from("."));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let store = RedbStore::open(&a.store)
-        .with_context(|| format!("opening store {}", a.store.display()))?;
-    tracing::info!(path = %a.store.display(), "store opened");
-    let token_path = a
-        .token_file
-        .clone()
-        .unwrap_or_else(|| dir.join("api-token"));
-    let (token, created) = auth::load_or_create_token(&token_path)
-        .with_context(|| format!("token file {}", token_path.display()))?;
+            let (token, created) = auth::load_or_share_token(&token_path, |t| {
+                store
+                    .create_or_get("api-token", t)
+                    .map_err(std::io::Error::other)
+            })
+            .with_context(|| format!("token file {}", token_path.display()))?;
+            (Arc::new(store), token, created, token_path)
+        }
+    };
     if created {
         tracing::info!(path = %token_path.display(), "created API token file");
     } else {
@@ -123,7 +174,8 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         table: 0,
         physical_pool: a.physical_pool,
     };
-    let ctl = Arc::new(Controller::open(Arc::new(store), cfg)?);
+    let ctl = Arc::new(Controller::open(store, cfg)?);
+    ctl.follow().context("starting the store follower")?;
     let snap = ctl.snapshot()?;
     tracing::info!(
         hosts = snap.model.hosts.len(),

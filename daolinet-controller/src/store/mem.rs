@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use super::{Batch, Op, Revision, Store, StoreError, Watch, WatchBatch, Watchers};
+use super::{Batch, Listing, Op, Revision, Store, StoreError, Watch, WatchBatch, Watchers};
 use daolinet_policy::model::Kind;
 
 #[derive(Debug, Default)]
@@ -37,14 +37,16 @@ impl Store for MemStore {
         Ok(self.lock()?.data.get(&(kind, key.to_string())).cloned())
     }
 
-    fn list(&self, kind: Kind) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        Ok(self
-            .lock()?
-            .data
-            .iter()
-            .filter(|((k, _), _)| *k == kind)
-            .map(|((_, key), v)| (key.clone(), v.clone()))
-            .collect())
+    fn list(&self) -> Result<Listing, StoreError> {
+        let g = self.lock()?;
+        Ok(Listing {
+            revision: g.revision,
+            items: g
+                .data
+                .iter()
+                .map(|((k, key), v)| (*k, key.clone(), v.clone()))
+                .collect(),
+        })
     }
 
     fn revision(&self) -> Result<Revision, StoreError> {
@@ -61,7 +63,8 @@ impl Store for MemStore {
                 });
             }
         }
-        for op in &batch.ops {
+        let ops: Vec<Op> = batch.last_writes().into_iter().cloned().collect();
+        for op in &ops {
             match op {
                 Op::Put { kind, key, value } => {
                     g.data.insert((*kind, key.clone()), value.clone());
@@ -73,16 +76,18 @@ impl Store for MemStore {
         }
         g.revision += 1;
         let revision = g.revision;
+        // Under the data lock, so that a watch starting now sees each batch
+        // exactly once (from the history or as a new one).
+        self.watchers.notify(WatchBatch { revision, ops });
         drop(g);
-        self.watchers.notify(&WatchBatch {
-            revision,
-            ops: batch.ops,
-        });
         Ok(revision)
     }
 
-    fn watch(&self) -> Result<Watch, StoreError> {
-        Ok(self.watchers.subscribe())
+    fn watch(&self, after: Revision) -> Result<Watch, StoreError> {
+        let g = self.lock()?;
+        let w = self.watchers.subscribe(after, g.revision);
+        drop(g);
+        w
     }
 }
 

@@ -5,10 +5,11 @@
 //! power cut, and a torn write leaves the previous commit in place.
 
 use std::path::Path;
+use std::sync::Mutex;
 
 use redb::{Database, ReadableTable, TableDefinition};
 
-use super::{Batch, Op, Revision, Store, StoreError, Watch, WatchBatch, Watchers};
+use super::{Batch, Listing, Op, Revision, Store, StoreError, Watch, WatchBatch, Watchers};
 use daolinet_policy::model::Kind;
 
 const REVISION: TableDefinition<'_, &str, u64> = TableDefinition::new("_revision");
@@ -25,6 +26,8 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 pub struct RedbStore {
     db: Database,
     watchers: Watchers,
+    /// Orders commits and their notification against new watches.
+    order: Mutex<()>,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -50,6 +53,7 @@ impl RedbStore {
         Ok(RedbStore {
             db,
             watchers: Watchers::default(),
+            order: Mutex::new(()),
         })
     }
 }
@@ -61,15 +65,24 @@ impl Store for RedbStore {
         Ok(t.get(key).map_err(backend)?.map(|v| v.value().to_vec()))
     }
 
-    fn list(&self, kind: Kind) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    fn list(&self) -> Result<Listing, StoreError> {
+        // One read transaction: every table and the revision at one commit.
         let txn = self.db.begin_read().map_err(backend)?;
-        let t = txn.open_table(table(kind)).map_err(backend)?;
-        let mut out = Vec::new();
-        for item in t.iter().map_err(backend)? {
-            let (k, v) = item.map_err(backend)?;
-            out.push((k.value().to_string(), v.value().to_vec()));
+        let mut items = Vec::new();
+        for kind in Kind::ALL {
+            let t = txn.open_table(table(kind)).map_err(backend)?;
+            for item in t.iter().map_err(backend)? {
+                let (k, v) = item.map_err(backend)?;
+                items.push((kind, k.value().to_string(), v.value().to_vec()));
+            }
         }
-        Ok(out)
+        let t = txn.open_table(REVISION).map_err(backend)?;
+        let revision = t
+            .get("revision")
+            .map_err(backend)?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        Ok(Listing { revision, items })
     }
 
     fn revision(&self) -> Result<Revision, StoreError> {
@@ -83,7 +96,14 @@ impl Store for RedbStore {
 
     fn apply(&self, batch: Batch) -> Result<Revision, StoreError> {
         // redb serialises write transactions, so the guard check and the
-        // writes are atomic with respect to other writers of this file.
+        // writes are atomic with respect to other writers of this file;
+        // `order` also keeps new watches from slipping between a commit and
+        // its notification.
+        let _order = self
+            .order
+            .lock()
+            .map_err(|_| StoreError::Backend("store lock poisoned".into()))?;
+        let ops: Vec<Op> = batch.last_writes().into_iter().cloned().collect();
         let txn = self.db.begin_write().map_err(backend)?;
         let revision = {
             let mut rev = txn.open_table(REVISION).map_err(backend)?;
@@ -100,7 +120,7 @@ impl Store for RedbStore {
                     });
                 }
             }
-            for op in &batch.ops {
+            for op in &ops {
                 match op {
                     Op::Put { kind, key, value } => {
                         let mut t = txn.open_table(table(*kind)).map_err(backend)?;
@@ -117,15 +137,16 @@ impl Store for RedbStore {
             next
         };
         txn.commit().map_err(backend)?;
-        self.watchers.notify(&WatchBatch {
-            revision,
-            ops: batch.ops,
-        });
+        self.watchers.notify(WatchBatch { revision, ops });
         Ok(revision)
     }
 
-    fn watch(&self) -> Result<Watch, StoreError> {
-        Ok(self.watchers.subscribe())
+    fn watch(&self, after: Revision) -> Result<Watch, StoreError> {
+        let _order = self
+            .order
+            .lock()
+            .map_err(|_| StoreError::Backend("store lock poisoned".into()))?;
+        self.watchers.subscribe(after, self.revision()?)
     }
 }
 
@@ -142,7 +163,7 @@ mod tests {
             super::super::contract::run(&s);
         }
         let s = RedbStore::open(&path).unwrap();
-        assert_eq!(s.get(Kind::Group, "g").unwrap(), Some(b"3".to_vec()));
+        assert_eq!(s.get(Kind::Group, "g").unwrap(), Some(b"4".to_vec()));
         assert_eq!(s.revision().unwrap(), 3);
     }
 }

@@ -1,0 +1,213 @@
+//! A real etcd cluster (Debian's etcd-server) for the tests of several
+//! controllers: `n` members in a namespace of the lab's own, so their
+//! fixed ports (2379 clients, 2380 peers, on 127.0.0.11, .12, ...) collide
+//! with nobody; each member has its own data directory in the lab; every
+//! member is stopped on drop.
+//!
+//! What talks to the cluster runs inside [`EtcdCluster::netns`]:
+//! processes with [`crate::Netns::spawn`] / `command`, in-process clients on
+//! a thread that entered it ([`crate::Netns::enter`]; threads and tokio
+//! runtimes started there stay in it).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cmd::Proc;
+use crate::netns::Netns;
+
+/// The programs an etcd test needs (list them in the lab's needs).
+pub const ETCD_PROGRAMS: [&str; 2] = ["etcd", "etcdctl"];
+
+#[derive(Debug)]
+struct Member {
+    name: String,
+    ip: String,
+    proc: Option<Proc>,
+}
+
+/// An etcd cluster in a namespace of its own.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    members: Vec<Member>,
+    dir: PathBuf,
+    token: String,
+    // Declared last: dropped after the members are stopped.
+    netns: Netns,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members in `netns` with data under `dir` and waits
+    /// until every member answers (see [`crate::Lab::etcd`]).
+    #[track_caller]
+    pub fn start(netns: Netns, dir: PathBuf, n: usize) -> EtcdCluster {
+        let members = (0..n)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                ip: format!("127.0.0.{}", 11 + i),
+                proc: None,
+            })
+            .collect();
+        let mut c = EtcdCluster {
+            members,
+            dir,
+            token: netns.name().to_string(),
+            netns,
+        };
+        for i in 0..n {
+            c.start_member(i);
+        }
+        c.wait_healthy(crate::DEADLINE);
+        c
+    }
+
+    /// The namespace the members (and whatever talks to them) run in.
+    pub fn netns(&self) -> &Netns {
+        &self.netns
+    }
+
+    /// Number of members.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// True without members.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}=http://{}:2380", m.name, m.ip))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The data directory of member `i`.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.join(&self.members[i].name)
+    }
+
+    /// (Re)starts member `i` with its data directory as it is.
+    #[track_caller]
+    pub fn start_member(&mut self, i: usize) {
+        let initial = self.initial_cluster();
+        let data = self.data_dir(i);
+        let log = self.dir.join(format!("{}.log", self.members[i].name));
+        let m = &self.members[i];
+        let client = format!("http://{}:2379", m.ip);
+        let peer = format!("http://{}:2380", m.ip);
+        let data = data.to_string_lossy().into_owned();
+        // Short heartbeats: etcd's shortest lease is 1.5 election
+        // timeouts (rounded up to a second), so a 1 s lease is allowed and
+        // a member failure elects a new etcd leader within a second.
+        let args = [
+            "etcd",
+            "--name",
+            &m.name,
+            "--data-dir",
+            &data,
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--initial-cluster",
+            &initial,
+            "--initial-cluster-state",
+            "new",
+            "--initial-cluster-token",
+            &self.token,
+            "--heartbeat-interval",
+            "50",
+            "--election-timeout",
+            "500",
+            "--logger",
+            "zap",
+            "--log-level",
+            "warn",
+        ];
+        let what = format!("etcd member {} in {}", m.name, self.netns);
+        let p = Proc::spawn(&mut self.netns.command(&args), &what, Some(&log));
+        self.members[i].proc = Some(p);
+    }
+
+    /// SIGKILL member `i` (its data directory stays).
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut p) = self.members[i].proc.take() {
+            p.kill9();
+        }
+    }
+
+    /// Whether member `i` runs.
+    pub fn running(&mut self, i: usize) -> bool {
+        self.members[i].proc.as_mut().is_some_and(Proc::running)
+    }
+
+    /// Client URL of member `i`.
+    pub fn endpoint(&self, i: usize) -> String {
+        format!("http://{}:2379", self.members[i].ip)
+    }
+
+    /// Client URLs of every member.
+    pub fn endpoints(&self) -> Vec<String> {
+        (0..self.members.len()).map(|i| self.endpoint(i)).collect()
+    }
+
+    /// `etcd:URL,URL,...`, the controller's `--store` for this cluster.
+    pub fn store_spec(&self) -> String {
+        format!("etcd:{}", self.endpoints().join(","))
+    }
+
+    /// `etcdctl ARGS` (v3 API) against every running member, in the
+    /// cluster's namespace; what it did.
+    pub fn etcdctl(&mut self, args: &[&str]) -> crate::Ran {
+        let running: Vec<usize> = (0..self.members.len())
+            .filter(|&i| self.running(i))
+            .collect();
+        let running: Vec<String> = running.into_iter().map(|i| self.endpoint(i)).collect();
+        let eps = running.join(",");
+        let mut full = vec!["env", "ETCDCTL_API=3", "etcdctl", "--endpoints", &eps];
+        full.extend_from_slice(args);
+        self.netns.output(&full)
+    }
+
+    /// Waits until every running member reports healthy.
+    #[track_caller]
+    pub fn wait_healthy(&mut self, within: Duration) {
+        let mut last = String::new();
+        let ok = crate::eventually(within, || {
+            let r = self.etcdctl(&["endpoint", "health"]);
+            last = format!("{}{}", r.stdout, r.stderr);
+            r.ok
+        });
+        assert!(
+            ok,
+            "etcd cluster in {} not healthy after {within:?}: {last}\n{}",
+            self.netns,
+            self.logs()
+        );
+    }
+
+    /// The members' log tails (for failure messages).
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        for m in &self.members {
+            if let Some(p) = &m.proc {
+                s.push_str(&format!("--- {} ---\n{}\n", m.name, p.log_tail(20)));
+            }
+        }
+        s
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill9(i);
+        }
+    }
+}
