@@ -65,9 +65,41 @@ fn ofctl(h: &str, args: &[&str]) -> String {
     out
 }
 
-fn rx_packets(n: &str) -> u64 {
-    let (_, out, _) = ns_out(n, &["cat", "/sys/class/net/eth0/statistics/rx_packets"]);
-    out.trim().parse().unwrap_or(0)
+/// Make the host namespace `h`'s own stack send a datagram out of port
+/// `port` (to IPv6 all-nodes, from the port's link-local address), as it
+/// does unprompted with router solicitations and MLD reports. Such frames
+/// go straight into the container: the agent only sees a port's ingress.
+fn host_stack_sends_on(h: &str, port: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // The link-local address is usable once duplicate address
+        // detection is over (no longer "tentative").
+        let (_, out, _) = ns_out(
+            h,
+            &[
+                "ip", "-6", "-o", "addr", "show", "dev", port, "scope", "link",
+            ],
+        );
+        if out.contains("fe80") && !out.contains("tentative") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{port} has no link-local address: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, idx, _) = ns_out(h, &["cat", &format!("/sys/class/net/{port}/ifindex")]);
+    let idx: u32 = idx.trim().parse().expect("ifindex");
+    let all_nodes = std::net::SocketAddrV6::new(
+        std::net::Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1),
+        9,
+        0,
+        idx,
+    );
+    let s = udp_in(h, "[::]:0").expect("udp socket in the host namespace");
+    s.send_to(b"not from the agent", all_nodes)
+        .expect("send on the port from the host stack");
 }
 
 fn wait_listener(h: &str) {
@@ -164,19 +196,40 @@ fn ovs_ofctl_installs_dumps_deletes_and_packets_out() {
     assert_eq!(dump.matches("cookie=").count(), 1, "{dump}");
     assert!(!ns(&a, &["ping", "-c", "1", "-W", "1", "10.1.0.3"]));
 
-    // PACKET_OUT: a UDP frame from a to b, sent out port 2 by the agent.
-    let frame = "02000000000b02000000000a08004500001e000100004011a6b60a0100020a010003\
-                 04d2162e000a0000616263";
-    let before = rx_packets(&b);
-    ofctl(
-        &h,
-        &[
-            "packet-out",
-            &format!("in_port=1 packet={frame} actions=output:2"),
-        ],
-    );
-    std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(rx_packets(&b), before + 1, "PACKET_OUT did not reach b");
+    // PACKET_OUT: UDP datagrams from a (10.1.0.2:1234) to b (10.1.0.3:5678),
+    // sent out port 2 by the agent; b's socket must receive each exactly
+    // once, in order. b's interface counters are no measure of that: the
+    // host's own stack sends on pb too (IPv6 router solicitations up to
+    // ~9 s after the link came up, MLD reports), which made this check fail
+    // about one run in five; `host_stack_sends_on` makes it happen on
+    // every run.
+    let rx = udp_in(&b, "10.1.0.3:5678").unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    host_stack_sends_on(&h, "pb");
+    for payload in ["ab", "cd"] {
+        let frame = format!(
+            "02000000000b02000000000a08004500001e00010000401166c80a0100020a010003\
+             04d2162e000a0000{}00",
+            payload
+                .bytes()
+                .map(|c| format!("{c:02x}"))
+                .collect::<String>()
+        );
+        ofctl(
+            &h,
+            &[
+                "packet-out",
+                &format!("in_port=1 packet={frame} actions=output:2"),
+            ],
+        );
+        let mut buf = [0u8; 64];
+        let (n, from) = rx.recv_from(&mut buf).expect("PACKET_OUT did not reach b");
+        assert_eq!(
+            (&buf[..n], from.to_string()),
+            (payload.as_bytes(), "10.1.0.2:1234".to_string()),
+            "b received something else than the PACKET_OUT {payload:?}"
+        );
+    }
 
     // Unsupported things get the OpenFlow error and change nothing.
     let (ok, _, err) = ns_out(
