@@ -1,7 +1,7 @@
 //! Translate OpenFlow 1.3 matches and actions into the datapath's
 //! [`FlowKey`] value/mask and [`Action`] list.
 
-use daolinet_common::{Action, FlowKey, MAX_ACTIONS, VLAN_PRESENT};
+use daolinet_common::{Action, FlowKey, MAX_ACTIONS, VLAN_PCP_MASK, VLAN_PRESENT};
 use daolinet_openflow::{self as of, OxmField};
 
 /// Why a flow cannot be compiled for the eBPF datapath.
@@ -58,11 +58,35 @@ impl CompileError {
     }
 }
 
+/// Ethernet types a field needs one of (its OpenFlow prerequisite).
+const IP_ANY: &[u16] = &[FlowKey::ETH_TYPE_IPV4, FlowKey::ETH_TYPE_IPV6];
+const IPV4: &[u16] = &[FlowKey::ETH_TYPE_IPV4];
+const IPV6: &[u16] = &[FlowKey::ETH_TYPE_IPV6];
+const ARP: &[u16] = &[FlowKey::ETH_TYPE_ARP];
+const MPLS: &[u16] = &[FlowKey::ETH_TYPE_MPLS, FlowKey::ETH_TYPE_MPLS_MC];
+
+/// `value & mask`, and the mask (all ones when absent).
+fn vm<T: Copy + std::ops::BitAnd<Output = T>>(v: T, m: Option<T>, ones: T) -> (T, T) {
+    let m = m.unwrap_or(ones);
+    (v & m, m)
+}
+
+fn mac_vm(v: &of::MacAddr, m: &Option<of::MacAddr>) -> ([u8; 6], [u8; 6]) {
+    let m = m.map_or([0xff; 6], |m| m.0);
+    (std::array::from_fn(|i| v.0[i] & m[i]), m)
+}
+
+fn ip4_vm(v: &std::net::Ipv4Addr, m: &Option<std::net::Ipv4Addr>) -> ([u8; 4], [u8; 4]) {
+    let (v, m) = vm(u32::from(*v), m.map(u32::from), u32::MAX);
+    (v.to_be_bytes(), m.to_be_bytes())
+}
+
 /// Compile an OpenFlow match into (key, mask); the key comes back masked.
 ///
 /// Checks what an OpenFlow 1.3 switch must check: duplicate fields,
-/// prerequisites (eth_type for IPv4/ARP fields, ip_proto for L4 fields),
-/// masks only where the field is maskable here.
+/// prerequisites (the Ethernet type for L3 fields, the IP protocol for L4
+/// fields, a VLAN tag for VLAN_PCP), masks only where the field is
+/// maskable.
 pub fn compile_match(m: &of::Match) -> Result<(FlowKey, FlowKey), CompileError> {
     let mut k = FlowKey::default();
     let mut mk = FlowKey::default();
@@ -72,134 +96,196 @@ pub fn compile_match(m: &of::Match) -> Result<(FlowKey, FlowKey), CompileError> 
             .map(|i| i.name.to_string())
             .unwrap_or_else(|| format!("{f:?}"))
     };
-    // Prerequisites to check once all fields are known.
-    let (mut need_ip, mut need_arp) = (false, false);
+    // Prerequisites, checked once all fields are known: Ethernet types
+    // (one of), IP protocol, a VLAN tag.
+    let mut need_eth: Vec<(&'static [u16], String)> = Vec::new();
     let mut need_proto: Option<(u8, String)> = None;
+    let mut need_vlan: Option<String> = None;
     for f in &m.fields {
         let (class, field, _) = f.id();
         if seen.contains(&(class, field)) {
             return Err(CompileError::DuplicateField(name(f)));
         }
         seen.push((class, field));
-        let masked = || CompileError::UnsupportedMask(name(f));
+        let mut eth = |types: &'static [u16]| need_eth.push((types, name(f)));
+        let mut proto = |p: u8| need_proto = Some((p, name(f)));
         match f {
             OxmField::InPort(p, None) => {
                 k.in_port = *p;
                 mk.in_port = u32::MAX;
             }
-            OxmField::EthSrc(v, m) => {
-                k.eth_src = v.0;
-                mk.eth_src = m.map_or([0xff; 6], |m| m.0);
-            }
-            OxmField::EthDst(v, m) => {
-                k.eth_dst = v.0;
-                mk.eth_dst = m.map_or([0xff; 6], |m| m.0);
-            }
+            OxmField::EthSrc(v, m) => (k.eth_src, mk.eth_src) = mac_vm(v, m),
+            OxmField::EthDst(v, m) => (k.eth_dst, mk.eth_dst) = mac_vm(v, m),
             OxmField::EthType(v, None) => {
                 k.eth_type = *v;
                 mk.eth_type = u16::MAX;
             }
-            OxmField::VlanVid(v, None) => {
-                k.vlan_tci = if *v & VLAN_PRESENT != 0 {
-                    (*v & 0x0fff) | VLAN_PRESENT
-                } else {
-                    0
-                };
-                mk.vlan_tci = 0x0fff | VLAN_PRESENT;
+            OxmField::VlanVid(v, m) => {
+                // OFPVID_PRESENT is VLAN_PRESENT; the 13 bits line up.
+                let (v, m) = vm(*v, *m, 0x1fff);
+                if m & !0x1fff != 0 {
+                    return Err(CompileError::UnsupportedMask(name(f)));
+                }
+                k.vlan_tci = (k.vlan_tci & !0x1fff) | v;
+                mk.vlan_tci = (mk.vlan_tci & !0x1fff) | m;
+            }
+            OxmField::VlanPcp(v, None) => {
+                need_vlan = Some(name(f));
+                k.vlan_tci =
+                    (k.vlan_tci & !VLAN_PCP_MASK) | ((u16::from(*v) << 13) & VLAN_PCP_MASK);
+                mk.vlan_tci |= VLAN_PCP_MASK;
+            }
+            OxmField::IpDscp(v, None) => {
+                eth(IP_ANY);
+                k.ip_tos = (k.ip_tos & 0x03) | ((*v << 2) & 0xfc);
+                mk.ip_tos |= 0xfc;
+            }
+            OxmField::IpEcn(v, None) => {
+                eth(IP_ANY);
+                k.ip_tos = (k.ip_tos & 0xfc) | (*v & 0x03);
+                mk.ip_tos |= 0x03;
             }
             OxmField::IpProto(v, None) => {
-                need_ip = true;
+                eth(IP_ANY);
                 k.ip_proto = *v;
                 mk.ip_proto = u8::MAX;
             }
             OxmField::Ipv4Src(v, m) => {
-                need_ip = true;
-                k.ipv4_src = v.octets();
-                mk.ipv4_src = m.map_or([0xff; 4], |m| m.octets());
+                eth(IPV4);
+                (k.ipv4_src, mk.ipv4_src) = ip4_vm(v, m);
             }
             OxmField::Ipv4Dst(v, m) => {
-                need_ip = true;
-                k.ipv4_dst = v.octets();
-                mk.ipv4_dst = m.map_or([0xff; 4], |m| m.octets());
+                eth(IPV4);
+                (k.ipv4_dst, mk.ipv4_dst) = ip4_vm(v, m);
             }
             OxmField::ArpSpa(v, m) => {
-                need_arp = true;
-                k.ipv4_src = v.octets();
-                mk.ipv4_src = m.map_or([0xff; 4], |m| m.octets());
+                eth(ARP);
+                (k.ipv4_src, mk.ipv4_src) = ip4_vm(v, m);
             }
             OxmField::ArpTpa(v, m) => {
-                need_arp = true;
-                k.ipv4_dst = v.octets();
-                mk.ipv4_dst = m.map_or([0xff; 4], |m| m.octets());
+                eth(ARP);
+                (k.ipv4_dst, mk.ipv4_dst) = ip4_vm(v, m);
             }
-            OxmField::TcpSrc(v, None) | OxmField::UdpSrc(v, None) => {
-                let proto = if matches!(f, OxmField::TcpSrc(..)) {
-                    6
+            OxmField::TcpSrc(v, m) | OxmField::UdpSrc(v, m) | OxmField::SctpSrc(v, m) => {
+                eth(IP_ANY);
+                proto(match f {
+                    OxmField::TcpSrc(..) => FlowKey::IPPROTO_TCP,
+                    OxmField::UdpSrc(..) => FlowKey::IPPROTO_UDP,
+                    _ => FlowKey::IPPROTO_SCTP,
+                });
+                (k.l4_src, mk.l4_src) = vm(*v, *m, u16::MAX);
+            }
+            OxmField::TcpDst(v, m) | OxmField::UdpDst(v, m) | OxmField::SctpDst(v, m) => {
+                eth(IP_ANY);
+                proto(match f {
+                    OxmField::TcpDst(..) => FlowKey::IPPROTO_TCP,
+                    OxmField::UdpDst(..) => FlowKey::IPPROTO_UDP,
+                    _ => FlowKey::IPPROTO_SCTP,
+                });
+                (k.l4_dst, mk.l4_dst) = vm(*v, *m, u16::MAX);
+            }
+            OxmField::Icmpv4Type(v, None) | OxmField::Icmpv6Type(v, None) => {
+                let v6 = matches!(f, OxmField::Icmpv6Type(..));
+                eth(if v6 { IPV6 } else { IPV4 });
+                proto(if v6 {
+                    FlowKey::IPPROTO_ICMPV6
                 } else {
-                    17
-                };
-                need_proto = Some((proto, name(f)));
-                k.l4_src = *v;
-                mk.l4_src = u16::MAX;
-            }
-            OxmField::TcpDst(v, None) | OxmField::UdpDst(v, None) => {
-                let proto = if matches!(f, OxmField::TcpDst(..)) {
-                    6
-                } else {
-                    17
-                };
-                need_proto = Some((proto, name(f)));
-                k.l4_dst = *v;
-                mk.l4_dst = u16::MAX;
-            }
-            OxmField::Icmpv4Type(v, None) => {
-                need_proto = Some((1, name(f)));
+                    FlowKey::IPPROTO_ICMP
+                });
                 k.l4_src = u16::from(*v);
                 mk.l4_src = u16::MAX;
             }
-            OxmField::Icmpv4Code(v, None) => {
-                need_proto = Some((1, name(f)));
+            OxmField::Icmpv4Code(v, None) | OxmField::Icmpv6Code(v, None) => {
+                let v6 = matches!(f, OxmField::Icmpv6Code(..));
+                eth(if v6 { IPV6 } else { IPV4 });
+                proto(if v6 {
+                    FlowKey::IPPROTO_ICMPV6
+                } else {
+                    FlowKey::IPPROTO_ICMP
+                });
                 k.l4_dst = u16::from(*v);
                 mk.l4_dst = u16::MAX;
             }
             OxmField::ArpOp(v, None) => {
-                need_arp = true;
+                eth(ARP);
                 k.arp_op = *v;
                 mk.arp_op = u16::MAX;
             }
+            OxmField::Ipv6Flabel(v, m) => {
+                eth(IPV6);
+                let (v, m) = vm(*v, *m, 0x000f_ffff);
+                if m & !0x000f_ffff != 0 {
+                    return Err(CompileError::UnsupportedMask(name(f)));
+                }
+                (k.ipv6_label, mk.ipv6_label) = (v, m);
+            }
+            // MPLS: the outer label stack entry, in wire order, in the
+            // ipv4_src slot: label (20 bits), TC (3), BoS (1), TTL (8).
+            OxmField::MplsLabel(v, None) => {
+                eth(MPLS);
+                set_lse(&mut k, &mut mk, (*v & 0x000f_ffff) << 12, 0xffff_f000);
+            }
+            OxmField::MplsTc(v, None) => {
+                eth(MPLS);
+                set_lse(&mut k, &mut mk, u32::from(*v & 7) << 9, 0x0e00);
+            }
+            OxmField::MplsBos(v, None) => {
+                eth(MPLS);
+                set_lse(&mut k, &mut mk, u32::from(*v & 1) << 8, 0x0100);
+            }
             OxmField::InPort(..)
             | OxmField::EthType(..)
-            | OxmField::VlanVid(..)
+            | OxmField::VlanPcp(..)
+            | OxmField::IpDscp(..)
+            | OxmField::IpEcn(..)
             | OxmField::IpProto(..)
-            | OxmField::TcpSrc(..)
-            | OxmField::UdpSrc(..)
-            | OxmField::TcpDst(..)
-            | OxmField::UdpDst(..)
             | OxmField::Icmpv4Type(..)
             | OxmField::Icmpv4Code(..)
-            | OxmField::ArpOp(..) => return Err(masked()),
+            | OxmField::Icmpv6Type(..)
+            | OxmField::Icmpv6Code(..)
+            | OxmField::ArpOp(..)
+            | OxmField::MplsLabel(..)
+            | OxmField::MplsTc(..)
+            | OxmField::MplsBos(..) => return Err(CompileError::UnsupportedMask(name(f))),
             other => return Err(CompileError::UnsupportedField(name(other))),
         }
     }
     let eth = (mk.eth_type != 0).then_some(k.eth_type);
-    if need_ip && eth != Some(FlowKey::ETH_TYPE_IPV4) {
-        return Err(CompileError::Prerequisite(
-            "IPv4 field without eth_type=0x0800".into(),
-        ));
-    }
-    if need_arp && eth != Some(FlowKey::ETH_TYPE_ARP) {
-        return Err(CompileError::Prerequisite(
-            "ARP field without eth_type=0x0806".into(),
-        ));
+    for (types, what) in &need_eth {
+        if !eth.is_some_and(|e| types.contains(&e)) {
+            return Err(CompileError::Prerequisite(format!(
+                "{what} without eth_type={}",
+                types
+                    .iter()
+                    .map(|t| format!("{t:#06x}"))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            )));
+        }
     }
     if let Some((proto, what)) = need_proto {
-        if eth != Some(FlowKey::ETH_TYPE_IPV4) || mk.ip_proto == 0 || k.ip_proto != proto {
+        if mk.ip_proto == 0 || k.ip_proto != proto {
             return Err(CompileError::Prerequisite(format!(
                 "{what} without ip_proto={proto}"
             )));
         }
     }
+    if let Some(what) = need_vlan {
+        if mk.vlan_tci & VLAN_PRESENT == 0 || k.vlan_tci & VLAN_PRESENT == 0 {
+            return Err(CompileError::Prerequisite(format!(
+                "{what} without a VLAN tag (vlan_vid)"
+            )));
+        }
+    }
     Ok((k.masked(&mk), mk))
+}
+
+/// Merge `bits` under `mask` into the MPLS label stack entry of the key.
+fn set_lse(k: &mut FlowKey, mk: &mut FlowKey, bits: u32, mask: u32) {
+    let v = (u32::from_be_bytes(k.ipv4_src) & !mask) | (bits & mask);
+    let m = u32::from_be_bytes(mk.ipv4_src) | mask;
+    k.ipv4_src = v.to_be_bytes();
+    mk.ipv4_src = m.to_be_bytes();
 }
 
 /// Compile OpenFlow instructions (apply-actions only) into datapath actions.
@@ -249,7 +335,9 @@ pub fn compile_actions(acts: &[of::Action]) -> Result<Vec<Action>, CompileError>
 }
 
 /// The OpenFlow match of a compiled (key, mask): the inverse of
-/// [`compile_match`], used for flow stats and FLOW_REMOVED.
+/// [`compile_match`] (fields in OXM field order), used for flow stats and
+/// FLOW_REMOVED when the original match is not known (rules restored from
+/// the pinned maps after a restart).
 pub fn match_of(key: &FlowKey, mask: &FlowKey) -> of::Match {
     use std::net::Ipv4Addr;
     let mut m = of::Match::new();
@@ -275,28 +363,53 @@ pub fn match_of(key: &FlowKey, mask: &FlowKey) -> of::Match {
     if mask.eth_type != 0 {
         m = m.with(OxmField::EthType(key.eth_type, None));
     }
-    if mask.vlan_tci != 0 {
-        let vid = if key.vlan_tci & VLAN_PRESENT != 0 {
-            (key.vlan_tci & 0x0fff) | VLAN_PRESENT
-        } else {
-            0
-        };
-        m = m.with(OxmField::VlanVid(vid, None));
+    let vid_mask = mask.vlan_tci & 0x1fff;
+    if vid_mask != 0 {
+        let mk = (vid_mask != 0x1fff).then_some(vid_mask);
+        m = m.with(OxmField::VlanVid(key.vlan_tci & vid_mask, mk));
+    }
+    if mask.vlan_tci & VLAN_PCP_MASK != 0 {
+        m = m.with(OxmField::VlanPcp((key.vlan_tci >> 13) as u8, None));
     }
     let ether = (mask.eth_type != 0).then_some(key.eth_type);
-    if ether == Some(FlowKey::ETH_TYPE_ARP) {
-        if mask.arp_op != 0 {
-            m = m.with(OxmField::ArpOp(key.arp_op, None));
+    match ether {
+        Some(FlowKey::ETH_TYPE_ARP) => {
+            if mask.arp_op != 0 {
+                m = m.with(OxmField::ArpOp(key.arp_op, None));
+            }
+            if mask.ipv4_src != [0; 4] {
+                let (v, mk) = ip(key.ipv4_src, mask.ipv4_src);
+                m = m.with(OxmField::ArpSpa(v, mk));
+            }
+            if mask.ipv4_dst != [0; 4] {
+                let (v, mk) = ip(key.ipv4_dst, mask.ipv4_dst);
+                m = m.with(OxmField::ArpTpa(v, mk));
+            }
+            return m;
         }
-        if mask.ipv4_src != [0; 4] {
-            let (v, mk) = ip(key.ipv4_src, mask.ipv4_src);
-            m = m.with(OxmField::ArpSpa(v, mk));
+        Some(FlowKey::ETH_TYPE_MPLS | FlowKey::ETH_TYPE_MPLS_MC) => {
+            let (v, mk) = (
+                u32::from_be_bytes(key.ipv4_src),
+                u32::from_be_bytes(mask.ipv4_src),
+            );
+            if mk & 0xffff_f000 != 0 {
+                m = m.with(OxmField::MplsLabel(v >> 12, None));
+            }
+            if mk & 0x0e00 != 0 {
+                m = m.with(OxmField::MplsTc(((v >> 9) & 7) as u8, None));
+            }
+            if mk & 0x0100 != 0 {
+                m = m.with(OxmField::MplsBos(((v >> 8) & 1) as u8, None));
+            }
+            return m;
         }
-        if mask.ipv4_dst != [0; 4] {
-            let (v, mk) = ip(key.ipv4_dst, mask.ipv4_dst);
-            m = m.with(OxmField::ArpTpa(v, mk));
-        }
-        return m;
+        _ => {}
+    }
+    if mask.ip_tos & 0xfc != 0 {
+        m = m.with(OxmField::IpDscp(key.ip_tos >> 2, None));
+    }
+    if mask.ip_tos & 0x03 != 0 {
+        m = m.with(OxmField::IpEcn(key.ip_tos & 3, None));
     }
     if mask.ip_proto != 0 {
         m = m.with(OxmField::IpProto(key.ip_proto, None));
@@ -310,19 +423,31 @@ pub fn match_of(key: &FlowKey, mask: &FlowKey) -> of::Match {
         m = m.with(OxmField::Ipv4Dst(v, mk));
     }
     let proto = (mask.ip_proto != 0).then_some(key.ip_proto);
+    let port = |v: u16, mk: u16| (v, (mk != u16::MAX).then_some(mk));
+    let icmp = |f: fn(u8, Option<u8>) -> OxmField, v: u16| f(v as u8, None);
     if mask.l4_src != 0 {
+        let (v, mk) = port(key.l4_src, mask.l4_src);
         m = m.with(match proto {
-            Some(FlowKey::IPPROTO_UDP) => OxmField::UdpSrc(key.l4_src, None),
-            Some(FlowKey::IPPROTO_ICMP) => OxmField::Icmpv4Type(key.l4_src as u8, None),
-            _ => OxmField::TcpSrc(key.l4_src, None),
+            Some(FlowKey::IPPROTO_UDP) => OxmField::UdpSrc(v, mk),
+            Some(FlowKey::IPPROTO_SCTP) => OxmField::SctpSrc(v, mk),
+            Some(FlowKey::IPPROTO_ICMP) => icmp(OxmField::Icmpv4Type, v),
+            Some(FlowKey::IPPROTO_ICMPV6) => icmp(OxmField::Icmpv6Type, v),
+            _ => OxmField::TcpSrc(v, mk),
         });
     }
     if mask.l4_dst != 0 {
+        let (v, mk) = port(key.l4_dst, mask.l4_dst);
         m = m.with(match proto {
-            Some(FlowKey::IPPROTO_UDP) => OxmField::UdpDst(key.l4_dst, None),
-            Some(FlowKey::IPPROTO_ICMP) => OxmField::Icmpv4Code(key.l4_dst as u8, None),
-            _ => OxmField::TcpDst(key.l4_dst, None),
+            Some(FlowKey::IPPROTO_UDP) => OxmField::UdpDst(v, mk),
+            Some(FlowKey::IPPROTO_SCTP) => OxmField::SctpDst(v, mk),
+            Some(FlowKey::IPPROTO_ICMP) => icmp(OxmField::Icmpv4Code, v),
+            Some(FlowKey::IPPROTO_ICMPV6) => icmp(OxmField::Icmpv6Code, v),
+            _ => OxmField::TcpDst(v, mk),
         });
+    }
+    if mask.ipv6_label != 0 {
+        let mk = (mask.ipv6_label != 0x000f_ffff).then_some(mask.ipv6_label);
+        m = m.with(OxmField::Ipv6Flabel(key.ipv6_label, mk));
     }
     m
 }
@@ -552,10 +677,59 @@ mod tests {
             err("ip actions=set_field:1->ip_ecn"),
             a(of::OFPBAC_BAD_SET_TYPE)
         );
-        assert_eq!(err("ip,ip_dscp=4 actions=drop"), m(of::OFPBMC_BAD_FIELD));
+        assert_eq!(
+            err("dl_type=0x88e7,pbb_isid=4 actions=drop"),
+            m(of::OFPBMC_BAD_FIELD)
+        );
         assert_eq!(
             err("actions=goto_table:1"),
             E::new(of::OFPET_BAD_INSTRUCTION, of::OFPBIC_UNSUP_INST)
+        );
+    }
+
+    #[test]
+    fn ipv6_vlan_pcp_tos_sctp_and_mpls_fields_compile() {
+        let c = |flow: &str| {
+            let fm: of::FlowMod = format!("{flow} actions=drop").parse().unwrap();
+            compile_match(&fm.match_)
+        };
+        // IPv6 with the IP protocol and ports (answered BAD_PREREQ before).
+        let (k, m) = c("tcp6,tcp_dst=80").unwrap();
+        assert_eq!((k.eth_type, k.ip_proto, k.l4_dst), (0x86dd, 6, 80));
+        assert_eq!(m.l4_dst, u16::MAX);
+        let (k, _) = c("sctp6,sctp_src=9").unwrap();
+        assert_eq!((k.ip_proto, k.l4_src), (132, 9));
+        let (k, _) = c("icmp6,icmpv6_type=135,icmpv6_code=0").unwrap();
+        assert_eq!((k.ip_proto, k.l4_src, k.l4_dst), (58, 135, 0));
+        // DSCP and ECN share the TOS byte.
+        let (k, m) = c("ip,ip_dscp=8,nw_ecn=3").unwrap();
+        assert_eq!((k.ip_tos, m.ip_tos), (0x23, 0xff));
+        // PCP needs a tag; it sits in the top bits of the TCI as in the tag.
+        let (k, m) = c("vlan_vid=0x1064,vlan_pcp=3").unwrap();
+        assert_eq!((k.vlan_tci, m.vlan_tci), (0x7064, 0xffff));
+        assert_eq!(
+            c("vlan_pcp=3").unwrap_err().code(),
+            of::ErrorCode::new(of::OFPET_BAD_MATCH, of::OFPBMC_BAD_PREREQ)
+        );
+        // Masked VID (any VID 0x60-0x6f, tagged).
+        let (k, m) = c("vlan_vid=0x1060/0x10f0").unwrap();
+        assert_eq!((k.vlan_tci, m.vlan_tci), (0x1060, 0x10f0));
+        let (k, m) = c("ipv6,ipv6_label=0x12345/0xff").unwrap();
+        assert_eq!((k.ipv6_label, m.ipv6_label), (0x45, 0xff));
+        // MPLS: the label stack entry in wire order.
+        let (k, m) = c("mpls,mpls_label=100,mpls_tc=5,mpls_bos=1").unwrap();
+        assert_eq!(
+            k.ipv4_src,
+            ((100u32 << 12) | (5 << 9) | (1 << 8)).to_be_bytes()
+        );
+        assert_eq!(m.ipv4_src, 0xffff_ff00u32.to_be_bytes());
+        assert_eq!(
+            c("ip,mpls_label=1").unwrap_err().code(),
+            of::ErrorCode::new(of::OFPET_BAD_MATCH, of::OFPBMC_BAD_PREREQ)
+        );
+        assert_eq!(
+            c("udp6,tcp_dst=1").unwrap_err().code(),
+            of::ErrorCode::new(of::OFPET_BAD_MATCH, of::OFPBMC_BAD_PREREQ)
         );
     }
 
@@ -567,6 +741,11 @@ mod tests {
             "udp,nw_dst=10.0.0.1,udp_dst=53 actions=set_field:5353->udp_dst,IN_PORT",
             "icmp,icmp_type=8 actions=LOCAL",
             "dl_src=02:00:00:00:00:01,dl_dst=01:00:00:00:00:00/01:00:00:00:00:00,vlan_vid=0 actions=drop",
+            "tcp6,ip_dscp=10,nw_ecn=1,tcp_src=5,tcp_dst=6 actions=output:1",
+            "sctp,sctp_dst=77 actions=output:1",
+            "icmp6,icmpv6_type=136,icmpv6_code=0 actions=output:1",
+            "vlan_vid=0x1064/0x1fff,vlan_pcp=7,ipv6,ipv6_label=0x12345 actions=output:2",
+            "mpls,mpls_label=70000,mpls_bos=0 actions=output:2",
         ] {
             let fm: of::FlowMod = flow.parse().unwrap();
             let (k, m) = compile_match(&fm.match_).unwrap();

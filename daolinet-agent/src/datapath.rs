@@ -346,19 +346,39 @@ fn update_batch(fd: std::os::fd::RawFd, keys: &[u8], values: &[u8], count: u32) 
 }
 
 /// Parse one punt ring record: a [`PuntHeader`] then `cap_len` bytes.
+///
+/// A VLAN tag the kernel held in skb metadata (`vlan_proto` != 0) is put
+/// back into the frame after the MAC addresses, so the frame is the one
+/// that arrived on the wire; `pkt_len` and `cap_len` count it, and
+/// `vlan_proto` becomes 0.
 pub fn parse_punt(record: &[u8]) -> Result<Punt> {
     let hlen = size_of::<PuntHeader>();
     if record.len() < hlen {
         bail!("short punt record: {} bytes", record.len());
     }
-    let header: PuntHeader = bytemuck::pod_read_unaligned(&record[..hlen]);
+    let mut header: PuntHeader = bytemuck::pod_read_unaligned(&record[..hlen]);
     let cap = header.cap_len as usize;
     let data = record
         .get(hlen..hlen + cap)
         .ok_or_else(|| anyhow!("punt record of {} bytes, cap_len {cap}", record.len()))?;
+    if header.vlan_proto == 0 || data.len() < 12 {
+        return Ok(Punt {
+            header,
+            data: data.to_vec(),
+        });
+    }
+    let mut framed = Vec::with_capacity(data.len() + 4);
+    framed.extend_from_slice(&data[..12]);
+    framed.extend_from_slice(&header.vlan_proto.to_be_bytes());
+    framed.extend_from_slice(&header.vlan_tci.to_be_bytes());
+    framed.extend_from_slice(&data[12..]);
+    header.pkt_len = header.pkt_len.saturating_add(4);
+    header.cap_len = framed.len() as u32;
+    header.vlan_proto = 0;
+    header.vlan_tci = 0;
     Ok(Punt {
         header,
-        data: data.to_vec(),
+        data: framed,
     })
 }
 
@@ -929,5 +949,43 @@ mod cap_tests {
         assert!(missing_capabilities((1 << 21) | (1 << 12)).is_empty());
         assert_eq!(missing_capabilities(1 << 39), vec!["CAP_NET_ADMIN"]);
         assert_eq!(missing_capabilities(1 << 12), vec!["CAP_BPF"]);
+    }
+}
+
+#[cfg(test)]
+mod punt_tests {
+    use super::*;
+
+    fn record(h: PuntHeader, data: &[u8]) -> Vec<u8> {
+        let mut r = bytemuck::bytes_of(&h).to_vec();
+        r.extend_from_slice(data);
+        r
+    }
+
+    #[test]
+    fn a_tag_held_in_metadata_is_put_back_into_the_frame() {
+        // The kernel untags on receive: the bytes lack the 802.1Q tag.
+        let untagged: Vec<u8> = (0u8..12).chain([0x08, 0x00, 0x45, 0]).collect();
+        let h = PuntHeader {
+            pkt_len: 100,
+            cap_len: untagged.len() as u32,
+            vlan_proto: 0x8100,
+            vlan_tci: 0x6064, // PCP 3, VID 100
+            ..Default::default()
+        };
+        let p = parse_punt(&record(h, &untagged)).unwrap();
+        let want: Vec<u8> = (0u8..12)
+            .chain([0x81, 0x00, 0x60, 0x64, 0x08, 0x00, 0x45, 0])
+            .collect();
+        assert_eq!(p.data, want);
+        assert_eq!((p.header.pkt_len, p.header.cap_len), (104, 20));
+        assert_eq!(p.header.vlan_proto, 0);
+        // Without a tag in metadata the bytes are the frame.
+        let h = PuntHeader {
+            cap_len: untagged.len() as u32,
+            ..Default::default()
+        };
+        assert_eq!(parse_punt(&record(h, &untagged)).unwrap().data, untagged);
+        assert!(parse_punt(&record(h, &untagged[..4])).is_err());
     }
 }

@@ -848,19 +848,30 @@ const MATCH_FIELDS: &[(u32, u32, bool)] = &[
     (3, 6, true),   // eth_dst
     (4, 6, true),   // eth_src
     (5, 2, false),  // eth_type
-    (6, 2, false),  // vlan_vid
+    (6, 2, true),   // vlan_vid
+    (7, 1, false),  // vlan_pcp
+    (8, 1, false),  // ip_dscp
+    (9, 1, false),  // ip_ecn
     (10, 1, false), // ip_proto
     (11, 4, true),  // ipv4_src
     (12, 4, true),  // ipv4_dst
-    (13, 2, false), // tcp_src
-    (14, 2, false), // tcp_dst
-    (15, 2, false), // udp_src
-    (16, 2, false), // udp_dst
+    (13, 2, true),  // tcp_src
+    (14, 2, true),  // tcp_dst
+    (15, 2, true),  // udp_src
+    (16, 2, true),  // udp_dst
+    (17, 2, true),  // sctp_src
+    (18, 2, true),  // sctp_dst
     (19, 1, false), // icmpv4_type
     (20, 1, false), // icmpv4_code
     (21, 2, false), // arp_op
     (22, 4, true),  // arp_spa
     (23, 4, true),  // arp_tpa
+    (28, 4, true),  // ipv6_flabel
+    (29, 1, false), // icmpv6_type
+    (30, 1, false), // icmpv6_code
+    (34, 4, false), // mpls_label
+    (35, 1, false), // mpls_tc
+    (36, 1, false), // mpls_bos
 ];
 
 /// Fields the datapath can rewrite (set_field).

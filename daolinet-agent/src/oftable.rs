@@ -59,12 +59,46 @@ struct Times {
     deadline_ns: u64,
 }
 
+/// A flow as the controller wrote it: what flow stats and FLOW_REMOVED
+/// report (OpenFlow wants back what the FLOW_MOD said, e.g. an output's
+/// max_len, which the datapath does not need).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Written {
+    match_: of::Match,
+    instructions: Vec<of::Instruction>,
+}
+
 /// The OpenFlow table (table 0) of the switch.
 #[derive(Debug, Default)]
 pub struct FlowTable {
     table: RuleTable,
     times: HashMap<u32, Times>,
     deadlines: BTreeSet<(u64, u32)>,
+    /// The controller's own match and instructions by rule id (rules
+    /// restored from the pinned maps after a restart have none: their
+    /// stats are decompiled).
+    written: HashMap<u32, Written>,
+}
+
+/// The controller's match in its own field order, each field as the rule
+/// holds it (value under the mask, no all-ones mask, fields whose mask is
+/// empty dropped), as Open vSwitch reports it.
+fn normalized(original: &of::Match, key: &FlowKey, mask: &FlowKey) -> of::Match {
+    let mut canonical = match_of(key, mask).fields;
+    let mut out = of::Match::new();
+    for f in &original.fields {
+        let id = f.id();
+        if let Some(i) = canonical
+            .iter()
+            .position(|c| (c.id().0, c.id().1) == (id.0, id.1))
+        {
+            out = out.with(canonical.remove(i));
+        }
+    }
+    for c in canonical {
+        out = out.with(c);
+    }
+    out
 }
 
 fn err(t: u16, c: u16) -> ErrorCode {
@@ -135,6 +169,7 @@ impl FlowTable {
             table,
             times: HashMap::new(),
             deadlines: BTreeSet::new(),
+            written: HashMap::new(),
         };
         let ids: Vec<u32> = t.table.rules().map(|(id, _)| id).collect();
         for id in ids {
@@ -244,6 +279,10 @@ impl FlowTable {
             touched: 1,
             ..Default::default()
         };
+        let written = Written {
+            match_: normalized(&fm.match_, &key, &mask),
+            instructions: fm.instructions.clone(),
+        };
         match self.table.find(&key, &mask, fm.priority) {
             // An identical flow is replaced: new actions, cookie, timeouts
             // and duration; counters kept unless RESET_COUNTS. No
@@ -258,11 +297,13 @@ impl FlowTable {
                 }
                 out.ops = ops;
                 self.track(id, now_ns);
+                self.written.insert(id, written);
             }
             None => {
                 let (id, ops) = self.table.insert(rule).map_err(table_error)?;
                 out.ops = ops;
                 self.track(id, now_ns);
+                self.written.insert(id, written);
             }
         }
         Ok(out)
@@ -289,6 +330,9 @@ impl FlowTable {
                     .modify(id, |r| r.actions = acts)
                     .map_err(table_error)?,
             );
+            if let Some(w) = self.written.get_mut(&id) {
+                w.instructions = fm.instructions.clone();
+            }
             if fm.flags & of::OFPFF_RESET_COUNTS != 0 {
                 out.ops.push(MapOp::ResetStats(id));
                 if let Some(t) = self.times.get_mut(&id) {
@@ -343,6 +387,7 @@ impl FlowTable {
                 continue;
             };
             self.untrack(id);
+            let written = self.written.remove(&id);
             out.ops.extend(ops);
             out.touched += 1;
             if wants {
@@ -358,7 +403,9 @@ impl FlowTable {
                     hard_timeout: rule.hard_timeout,
                     packet_count: stats.packets,
                     byte_count: stats.bytes,
-                    match_: match_of(&rule.key, &rule.mask),
+                    match_: written
+                        .map(|w| w.match_)
+                        .unwrap_or_else(|| match_of(&rule.key, &rule.mask)),
                 });
             }
         }
@@ -458,8 +505,19 @@ impl FlowTable {
     fn stats_of(&self, id: u32, r: &Rule, now_ns: u64, counters: &mut dyn Counters) -> FlowStats {
         let s = counters.rule(id);
         let age = now_ns.saturating_sub(self.times.get(&id).map_or(now_ns, |t| t.installed_ns));
-        let udp = r.mask.ip_proto != 0 && r.key.ip_proto == FlowKey::IPPROTO_UDP;
-        let acts = actions_of(&r.actions, udp);
+        let (match_, instructions) = match self.written.get(&id) {
+            Some(w) => (w.match_.clone(), w.instructions.clone()),
+            None => {
+                let udp = r.mask.ip_proto != 0 && r.key.ip_proto == FlowKey::IPPROTO_UDP;
+                let acts = actions_of(&r.actions, udp);
+                let ins = if acts.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![of::Instruction::ApplyActions(acts)]
+                };
+                (match_of(&r.key, &r.mask), ins)
+            }
+        };
         FlowStats {
             table_id: 0,
             duration_sec: (age / NS) as u32,
@@ -471,12 +529,8 @@ impl FlowTable {
             cookie: r.cookie,
             packet_count: s.packets,
             byte_count: s.bytes,
-            match_: match_of(&r.key, &r.mask),
-            instructions: if acts.is_empty() {
-                Vec::new()
-            } else {
-                vec![of::Instruction::ApplyActions(acts)]
-            },
+            match_,
+            instructions,
         }
     }
 
@@ -626,6 +680,59 @@ mod tests {
     }
 
     #[test]
+    fn stats_report_what_the_flow_mod_said() {
+        let mut t = FlowTable::default();
+        // Fields out of OXM order, a value with bits outside its mask, an
+        // all-ones mask, and an output max_len the datapath has no use for.
+        let m = of::Match::new()
+            .with(of::OxmField::Ipv4Dst(
+                "10.1.2.3".parse().unwrap(),
+                Some("255.255.0.0".parse().unwrap()),
+            ))
+            .with(of::OxmField::EthType(0x0800, None))
+            .with(of::OxmField::EthSrc(
+                of::MacAddr([2, 0, 0, 0, 0, 1]),
+                Some(of::MacAddr([0xff; 6])),
+            ));
+        let ins = vec![of::Instruction::ApplyActions(vec![
+            of::Action::SetField(of::OxmField::TcpDst(8080, None)),
+            of::Action::Output {
+                port: 2,
+                max_len: 0xffe5,
+            },
+        ])];
+        let mut f = FlowMod::add(m).priority(7);
+        f.instructions = ins.clone();
+        apply(&mut t, &f).unwrap();
+        let req = of::FlowStatsRequest::default();
+        let st = t.flow_stats(&req, 0, &mut FakeCounters::default()).unwrap();
+        assert_eq!(st.len(), 1);
+        assert_eq!(st[0].instructions, ins);
+        assert_eq!(
+            st[0].match_.fields,
+            vec![
+                of::OxmField::Ipv4Dst(
+                    "10.1.0.0".parse().unwrap(),
+                    Some("255.255.0.0".parse().unwrap())
+                ),
+                of::OxmField::EthType(0x0800, None),
+                of::OxmField::EthSrc(of::MacAddr([2, 0, 0, 0, 0, 1]), None),
+            ]
+        );
+        // A modify changes what is reported; a delete forgets it.
+        let mut md = with(of::OFPFC_MODIFY, "ip actions=output:3");
+        md.match_ = of::Match::new().eth_type(0x0800);
+        apply(&mut t, &md).unwrap();
+        let st = t.flow_stats(&req, 0, &mut FakeCounters::default()).unwrap();
+        assert_eq!(
+            st[0].instructions,
+            vec![of::Instruction::ApplyActions(vec![of::Action::output(3)])]
+        );
+        apply(&mut t, &with(of::OFPFC_DELETE, "")).unwrap();
+        assert!(t.written.is_empty());
+    }
+
+    #[test]
     fn overlap_check_only_for_same_priority_and_intersecting_matches() {
         let mut t = FlowTable::default();
         apply(
@@ -757,13 +864,13 @@ mod tests {
         apply(&mut t, &fm("priority=10,ip actions=output:1")).unwrap();
         let before = dump(&t);
         for bad in [
-            fm("ip,ip_dscp=3 actions=output:1"),
+            fm("dl_type=0x88e7,pbb_isid=3 actions=output:1"),
             fm("ip actions=group:3"),
             fm("ip actions=goto_table:2"),
             fm("table=3,ip actions=output:1"),
             with(9, "ip actions=output:1"),
             with(of::OFPFC_MODIFY, "ip actions=FLOOD"),
-            with(of::OFPFC_DELETE, "ip,ip_dscp=4"),
+            with(of::OFPFC_DELETE, "dl_type=0x88e7,pbb_isid=4"),
         ] {
             assert!(apply(&mut t, &bad).is_err(), "{bad:?}");
             assert_eq!(dump(&t), before);

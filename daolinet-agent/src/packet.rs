@@ -15,14 +15,40 @@ fn arr<const N: usize>(b: &[u8], at: usize) -> Option<[u8; N]> {
     b.get(at..at + N)?.try_into().ok()
 }
 
+/// The network layer of a frame.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum L3Kind {
+    /// None of the below.
+    #[default]
+    Other,
+    /// IPv4.
+    Ipv4,
+    /// IPv6.
+    Ipv6,
+    /// ARP.
+    Arp,
+    /// MPLS (`l3` is the outer label stack entry).
+    Mpls,
+}
+
 /// Offsets found while parsing.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Layout {
-    /// Start of the L3 header.
+    /// Start of the L3 header (after the VLAN tags).
     pub l3: usize,
-    /// Start of the L4 header for an unfragmented IPv4 packet.
+    /// What the L3 header is.
+    pub kind: L3Kind,
+    /// Start of the L4 header of a first (or only) fragment whose key
+    /// fields were read.
     pub l4: Option<usize>,
 }
+
+fn is_vlan(t: u16) -> bool {
+    t == FlowKey::ETH_TYPE_VLAN || t == FlowKey::ETH_TYPE_VLAN_AD
+}
+
+/// IPv6 extension headers skipped on the way to L4, at most (as the datapath).
+const IPV6_MAX_EXT: usize = 4;
 
 /// The datapath's [`FlowKey`] of `frame` received on `in_port`, or None
 /// when the frame is malformed (the datapath drops those too).
@@ -35,13 +61,17 @@ pub fn flow_key(frame: &[u8], in_port: u32) -> Option<(FlowKey, Layout)> {
     };
     let mut lay = Layout {
         l3: ETH_HLEN,
-        l4: None,
+        ..Default::default()
     };
     let mut et = be16(frame, 12)?;
-    if et == FlowKey::ETH_TYPE_VLAN {
-        k.vlan_tci = (be16(frame, 14)? & 0x0fff) | VLAN_PRESENT;
+    if is_vlan(et) {
+        k.vlan_tci = (be16(frame, 14)? & !VLAN_PRESENT) | VLAN_PRESENT;
         et = be16(frame, 16)?;
         lay.l3 = ETH_HLEN + 4;
+    }
+    if is_vlan(et) {
+        et = be16(frame, lay.l3 + 2)?;
+        lay.l3 += 4;
     }
     k.eth_type = et;
     let l3 = lay.l3;
@@ -52,42 +82,93 @@ pub fn flow_key(frame: &[u8], in_port: u32) -> Option<(FlowKey, Layout)> {
             if ip[0] >> 4 != 4 || ihl < 20 || frame.len() < l3 + ihl {
                 return None;
             }
+            lay.kind = L3Kind::Ipv4;
+            k.ip_tos = ip[1];
             k.ip_proto = ip[9];
             k.ipv4_src = [ip[12], ip[13], ip[14], ip[15]];
             k.ipv4_dst = [ip[16], ip[17], ip[18], ip[19]];
-            let l4 = l3 + ihl;
             if u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
                 return Some((k, lay));
             }
-            let need = match k.ip_proto {
-                FlowKey::IPPROTO_TCP => 20,
-                FlowKey::IPPROTO_UDP => 8,
-                FlowKey::IPPROTO_ICMP => 4,
-                _ => return Some((k, lay)),
-            };
-            if frame.len() < l4 + need {
+            l4_fields(frame, &mut k, &mut lay, l3 + ihl)?;
+        }
+        FlowKey::ETH_TYPE_IPV6 => {
+            let ip: [u8; 8] = arr(frame, l3)?;
+            if ip[0] >> 4 != 6 || frame.len() < l3 + 40 {
                 return None;
             }
-            if k.ip_proto == FlowKey::IPPROTO_ICMP {
-                k.l4_src = u16::from(frame[l4]);
-                k.l4_dst = u16::from(frame[l4 + 1]);
-            } else {
-                k.l4_src = be16(frame, l4)?;
-                k.l4_dst = be16(frame, l4 + 2)?;
+            lay.kind = L3Kind::Ipv6;
+            k.ip_tos = (ip[0] << 4) | (ip[1] >> 4);
+            k.ipv6_label = u32::from_be_bytes([0, ip[1] & 0x0f, ip[2], ip[3]]);
+            let mut nh = ip[6];
+            let mut off = l3 + 40;
+            for _ in 0..IPV6_MAX_EXT {
+                match nh {
+                    0 | 43 | 60 => {
+                        let h: [u8; 2] = arr(frame, off)?;
+                        nh = h[0];
+                        off += (usize::from(h[1]) + 1) * 8;
+                    }
+                    51 => {
+                        let h: [u8; 2] = arr(frame, off)?;
+                        nh = h[0];
+                        off += (usize::from(h[1]) + 2) * 4;
+                    }
+                    44 => {
+                        let h: [u8; 4] = arr(frame, off)?;
+                        nh = h[0];
+                        off += 8;
+                        if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
+                            k.ip_proto = nh;
+                            return Some((k, lay));
+                        }
+                    }
+                    _ => break,
+                }
             }
-            lay.l4 = Some(l4);
+            k.ip_proto = nh;
+            l4_fields(frame, &mut k, &mut lay, off)?;
         }
         FlowKey::ETH_TYPE_ARP => {
             let h: [u8; 8] = arr(frame, l3)?;
+            lay.kind = L3Kind::Arp;
             k.arp_op = u16::from_be_bytes([h[6], h[7]]);
             if h[..6] == [0, 1, 8, 0, 6, 4] {
                 k.ipv4_src = arr(frame, l3 + 14)?;
                 k.ipv4_dst = arr(frame, l3 + 24)?;
             }
         }
+        FlowKey::ETH_TYPE_MPLS | FlowKey::ETH_TYPE_MPLS_MC => {
+            lay.kind = L3Kind::Mpls;
+            k.ipv4_src = arr(frame, l3)?;
+        }
         _ => {}
     }
     Some((k, lay))
+}
+
+/// Read the L4 key fields at `l4` (as the datapath: ports, or ICMP type and
+/// code); None when the header they are in is cut short.
+fn l4_fields(frame: &[u8], k: &mut FlowKey, lay: &mut Layout, l4: usize) -> Option<()> {
+    let need = match k.ip_proto {
+        FlowKey::IPPROTO_TCP => 20,
+        FlowKey::IPPROTO_UDP => 8,
+        FlowKey::IPPROTO_SCTP => 12,
+        FlowKey::IPPROTO_ICMP | FlowKey::IPPROTO_ICMPV6 => 4,
+        _ => return Some(()),
+    };
+    if frame.len() < l4 + need {
+        return None;
+    }
+    if matches!(k.ip_proto, FlowKey::IPPROTO_ICMP | FlowKey::IPPROTO_ICMPV6) {
+        k.l4_src = u16::from(frame[l4]);
+        k.l4_dst = u16::from(frame[l4 + 1]);
+    } else {
+        k.l4_src = be16(frame, l4)?;
+        k.l4_dst = be16(frame, l4 + 2)?;
+    }
+    lay.l4 = Some(l4);
+    Some(())
 }
 
 /// Ones'-complement sum of `data` (folded).
@@ -161,7 +242,8 @@ pub fn rewrite(frame: &mut [u8], a: &Action) -> Applied {
     let Some((k, lay)) = flow_key(frame, 0) else {
         return Applied::Done;
     };
-    let ip = k.eth_type == FlowKey::ETH_TYPE_IPV4;
+    let ip = lay.kind == L3Kind::Ipv4;
+    let ip_any = ip || lay.kind == L3Kind::Ipv6;
     match a.kind() {
         Some(ActionKind::SetEthSrc) => frame[6..12].copy_from_slice(&a.mac()),
         Some(ActionKind::SetEthDst) => frame[0..6].copy_from_slice(&a.mac()),
@@ -183,7 +265,7 @@ pub fn rewrite(frame: &mut [u8], a: &Action) -> Applied {
                 csum_replace(frame, c, &old, &new);
             }
         }
-        Some(kind @ (ActionKind::SetL4Src | ActionKind::SetL4Dst)) if ip => {
+        Some(kind @ (ActionKind::SetL4Src | ActionKind::SetL4Dst)) if ip_any => {
             let Some(l4) = lay.l4 else {
                 return Applied::Done;
             };
@@ -210,13 +292,22 @@ pub fn rewrite(frame: &mut [u8], a: &Action) -> Applied {
             frame[at] = ttl - 1;
             ip_checksum(frame, lay.l3);
         }
+        Some(ActionKind::DecTtl) if ip_any => {
+            // The IPv6 hop limit: no header checksum, not in the pseudo-header.
+            let at = lay.l3 + 7;
+            let ttl = frame[at];
+            if ttl <= 1 {
+                return Applied::TtlExpired;
+            }
+            frame[at] = ttl - 1;
+        }
         _ => {}
     }
     Applied::Done
 }
 
-/// Recompute the TCP/UDP checksum of an unfragmented IPv4 frame from
-/// scratch. Packets punted from a veth usually carry a partial checksum
+/// Recompute the TCP/UDP checksum of an unfragmented IPv4 or IPv6 frame
+/// from scratch. Packets punted from a veth usually carry a partial checksum
 /// (the kernel's checksum offload fills it later); a frame sent to the
 /// controller, or back out of a port, must carry the real one. A UDP
 /// checksum of zero ("none") is left alone. Returns true when it changed.
@@ -225,14 +316,16 @@ pub fn complete_l4_checksum(frame: &mut [u8]) -> bool {
         return false;
     };
     let Some(l4) = lay.l4 else { return false };
-    if k.eth_type != FlowKey::ETH_TYPE_IPV4 {
-        return false;
-    }
     let l3 = lay.l3;
+    let v6 = match lay.kind {
+        L3Kind::Ipv4 => false,
+        L3Kind::Ipv6 => true,
+        _ => return false,
+    };
     let Some(total) = be16(frame, l3 + 2) else {
         return false;
     };
-    let end = l3 + usize::from(total);
+    let end = l3 + usize::from(total) + if v6 { 40 } else { 0 };
     if end > frame.len() || end < l4 {
         return false;
     }
@@ -250,7 +343,12 @@ pub fn complete_l4_checksum(frame: &mut [u8]) -> bool {
     }
     frame[at] = 0;
     frame[at + 1] = 0;
-    let mut sum = csum_add(0, &frame[l3 + 12..l3 + 20]);
+    let addrs = if v6 {
+        &frame[l3 + 8..l3 + 40]
+    } else {
+        &frame[l3 + 12..l3 + 20]
+    };
+    let mut sum = csum_add(0, addrs);
     sum += u32::from(k.ip_proto) + (end - l4) as u32;
     sum = csum_add(sum, &frame[l4..end]);
     let mut c = !fold(sum);

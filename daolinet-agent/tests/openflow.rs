@@ -240,7 +240,7 @@ fn ovs_ofctl_installs_dumps_deletes_and_packets_out() {
             "OpenFlow13",
             "add-flow",
             &format!("tcp:127.0.0.1:{OF_PORT}"),
-            "ip,nw_tos=4,actions=output:2",
+            "reg0=5,ip,actions=output:2",
         ],
     );
     assert!(!ok && err.contains("OFPBMC_BAD_FIELD"), "{err}");

@@ -30,7 +30,7 @@ pub enum ActionKind {
     SetL4Src = 10,
     /// Set the TCP/UDP destination port to `arg` (fixes the L4 checksum).
     SetL4Dst = 11,
-    /// Decrement the IPv4 TTL; a packet whose TTL would reach 0 is punted
+    /// Decrement the IPv4 TTL or IPv6 hop limit; a packet whose TTL would reach 0 is punted
     /// with [`crate::PuntReason::InvalidTtl`].
     DecTtl = 12,
 }

@@ -1,8 +1,13 @@
 //! The packet key the classifier matches on.
 
 /// Bit set in [`FlowKey::vlan_tci`] when the packet carries an 802.1Q tag
-/// (like OpenFlow's OFPVID_PRESENT). A key with `vlan_tci == 0` is untagged.
+/// (like OpenFlow's OFPVID_PRESENT; in the tag itself this bit is the
+/// CFI/DEI bit, which is not kept). A key with `vlan_tci == 0` is untagged.
 pub const VLAN_PRESENT: u16 = 0x1000;
+/// Bits of [`FlowKey::vlan_tci`] holding the VLAN id.
+pub const VLAN_VID_MASK: u16 = 0x0fff;
+/// Bits of [`FlowKey::vlan_tci`] holding the priority (PCP), as in the tag.
+pub const VLAN_PCP_MASK: u16 = 0xe000;
 
 /// Number of 32-bit words in a [`FlowKey`]; the datapath masks word by word.
 pub const FLOW_KEY_WORDS: usize = size_of::<FlowKey>() / 4;
@@ -16,28 +21,32 @@ pub const FLOW_KEY_WORDS: usize = size_of::<FlowKey>() / 4;
 pub struct FlowKey {
     /// OpenFlow ingress port number.
     pub in_port: u32,
-    /// IPv4 source address, or ARP sender protocol address (SPA).
+    /// IPv4 source address, ARP sender protocol address (SPA), or the
+    /// outer MPLS label stack entry (wire order) of an MPLS packet.
     pub ipv4_src: [u8; 4],
     /// IPv4 destination address, or ARP target protocol address (TPA).
     pub ipv4_dst: [u8; 4],
     /// Ethernet type (after a VLAN tag, if any).
     pub eth_type: u16,
-    /// VLAN TCI with [`VLAN_PRESENT`] set, or 0 when untagged.
+    /// VLAN priority and id (the tag's TCI) with [`VLAN_PRESENT`] in place
+    /// of the CFI/DEI bit, or 0 when untagged.
     pub vlan_tci: u16,
     /// Ethernet source address.
     pub eth_src: [u8; 6],
     /// Ethernet destination address.
     pub eth_dst: [u8; 6],
-    /// TCP/UDP source port, or ICMP type.
+    /// TCP/UDP/SCTP source port, or ICMP/ICMPv6 type.
     pub l4_src: u16,
-    /// TCP/UDP destination port, or ICMP code.
+    /// TCP/UDP/SCTP destination port, or ICMP/ICMPv6 code.
     pub l4_dst: u16,
     /// ARP opcode.
     pub arp_op: u16,
-    /// IP protocol number.
+    /// IP protocol number (IPv6: of the header after the extension headers).
     pub ip_proto: u8,
-    /// Reserved, always zero.
-    pub _pad: [u8; 5],
+    /// IPv4 TOS byte or IPv6 traffic class: DSCP (high 6 bits), ECN (low 2).
+    pub ip_tos: u8,
+    /// IPv6 flow label (low 20 bits).
+    pub ipv6_label: u32,
 }
 
 impl FlowKey {
@@ -47,12 +56,24 @@ impl FlowKey {
     pub const ETH_TYPE_ARP: u16 = 0x0806;
     /// Ethernet type of an 802.1Q tag.
     pub const ETH_TYPE_VLAN: u16 = 0x8100;
+    /// Ethernet type of an 802.1ad (service) tag.
+    pub const ETH_TYPE_VLAN_AD: u16 = 0x88a8;
+    /// Ethernet type of IPv6.
+    pub const ETH_TYPE_IPV6: u16 = 0x86dd;
+    /// Ethernet type of MPLS unicast.
+    pub const ETH_TYPE_MPLS: u16 = 0x8847;
+    /// Ethernet type of MPLS multicast.
+    pub const ETH_TYPE_MPLS_MC: u16 = 0x8848;
     /// IP protocol number of ICMP.
     pub const IPPROTO_ICMP: u8 = 1;
     /// IP protocol number of TCP.
     pub const IPPROTO_TCP: u8 = 6;
     /// IP protocol number of UDP.
     pub const IPPROTO_UDP: u8 = 17;
+    /// IP protocol number of ICMPv6.
+    pub const IPPROTO_ICMPV6: u8 = 58;
+    /// IP protocol number of SCTP.
+    pub const IPPROTO_SCTP: u8 = 132;
 
     /// The key as 32-bit words (for masking).
     #[inline(always)]
@@ -86,7 +107,6 @@ impl FlowKey {
         for w in k.words_mut().iter_mut() {
             *w = u32::MAX;
         }
-        k._pad = [0; 5];
         k
     }
 
@@ -134,9 +154,9 @@ mod tests {
     }
 
     #[test]
-    fn exact_mask_leaves_padding_clear_and_subset_order_holds() {
+    fn exact_mask_and_subset_order_hold() {
         let exact = FlowKey::exact_mask();
-        assert_eq!(exact._pad, [0; 5]);
+        assert_eq!(exact.ipv6_label, u32::MAX);
         assert!(FlowKey::default().is_empty_mask());
         assert!(FlowKey::default().mask_is_subset_of(&exact));
         assert!(!exact.mask_is_subset_of(&FlowKey::default()));

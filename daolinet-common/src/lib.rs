@@ -30,7 +30,7 @@ pub mod stats;
 
 pub use action::{Action, ActionKind, MAX_ACTIONS};
 pub use drop_reason::DropReason;
-pub use flow_key::{FlowKey, FLOW_KEY_WORDS, VLAN_PRESENT};
+pub use flow_key::{FlowKey, FLOW_KEY_WORDS, VLAN_PCP_MASK, VLAN_PRESENT, VLAN_VID_MASK};
 pub use port::{MissPolicy, PortInfo, PortKind, PORT_FLAG_ANTI_SPOOF};
 pub use punt::{PuntHeader, PuntReason, PuntRecord, PUNT_CAP};
 pub use stats::{PortStats, RuleStats};
@@ -206,7 +206,7 @@ mod tests {
         assert_eq!(size_of::<FlowEntry>(), 16 + 16 * MAX_ACTIONS);
         assert_eq!(size_of::<Subtable>(), 48);
         assert_eq!(size_of::<PortInfo>(), 32);
-        assert_eq!(size_of::<PuntHeader>(), 32);
+        assert_eq!(size_of::<PuntHeader>(), 48);
         assert_eq!(size_of::<RuleStats>(), 24);
         assert_eq!(size_of::<RuleMeta>(), 128);
     }

@@ -46,6 +46,19 @@ pub struct PuntHeader {
     pub cap_len: u32,
     /// `bpf_ktime_get_ns()` when punted.
     pub timestamp_ns: u64,
+    /// TPID (host order) of a VLAN tag the kernel keeps out of the packet
+    /// bytes (it moves the outer 802.1Q/802.1ad tag into skb metadata on
+    /// receive, before TC runs), or 0 when the bytes are the whole frame.
+    /// The tag belongs right after the two MAC addresses.
+    pub vlan_proto: u16,
+    /// TCI of that tag.
+    pub vlan_tci: u16,
+    /// OpenFlow table whose flow (or table miss) punted the packet.
+    pub table_id: u8,
+    /// Reserved, zero.
+    pub _pad: [u8; 3],
+    /// The pipeline's metadata register when punted.
+    pub metadata: u64,
 }
 
 /// One record of the punt ring buffer.

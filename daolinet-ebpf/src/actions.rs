@@ -24,7 +24,7 @@ use crate::{
     context::{csum_diff, Buf, Packet, Sent, Target},
     counters,
     maps::port_by_ofport,
-    parse::{Parsed, ETH_DST_OFF, IP_CSUM_OFF, IP_SRC_OFF, IP_TTL_OFF, L3},
+    parse::{Parsed, ETH_DST_OFF, IPV6_HOP_OFF, IP_CSUM_OFF, IP_SRC_OFF, IP_TTL_OFF, L3},
     punt::punt,
 };
 
@@ -311,6 +311,9 @@ fn commit<P: Packet>(ctx: &P, st: &mut ActState) -> Result<(), DropReason> {
         ctx.store(ETH_DST_OFF, &macs.0)
             .map_err(|_| DropReason::RewriteFailed)?;
     }
+    if pkt.l3 == L3::Ipv6 {
+        return commit_ipv6(ctx, st, dirty);
+    }
     if pkt.l3 != L3::Ipv4 {
         return Ok(());
     }
@@ -360,6 +363,31 @@ fn commit<P: Packet>(ctx: &P, st: &mut ActState) -> Result<(), DropReason> {
     Ok(())
 }
 
+/// [`commit`] for IPv6: the hop limit (outside every checksum) and the
+/// TCP/UDP ports.
+#[inline(always)]
+fn commit_ipv6<P: Packet>(ctx: &P, st: &mut ActState, dirty: u32) -> Result<(), DropReason> {
+    let pkt = &st.pkt;
+    if dirty & DIRTY_TTL != 0 {
+        ctx.store(pkt.l3_off + IPV6_HOP_OFF, &[pkt.ttl])
+            .map_err(|_| DropReason::RewriteFailed)?;
+        st.wire.ttl = pkt.ttl;
+    }
+    if dirty & DIRTY_L4 != 0 {
+        let k = &pkt.key;
+        let (sp, dp) = (k.l4_src.to_be_bytes(), k.l4_dst.to_be_bytes());
+        let new = Buf([sp[0], sp[1], dp[0], dp[1]]);
+        let ports = new.u32_at::<0>();
+        let diff = csum_diff(st.wire.ports, ports);
+        ctx.l4_csum_diff(pkt.l4_csum_off(), diff, false, pkt.is_udp())
+            .map_err(|_| DropReason::RewriteFailed)?;
+        ctx.store(pkt.l4_off, &new.0)
+            .map_err(|_| DropReason::RewriteFailed)?;
+        st.wire.ports = ports;
+    }
+    Ok(())
+}
+
 /// Output to `target` and count it on port `slot`.
 #[inline(always)]
 fn output<P: Packet>(
@@ -382,11 +410,12 @@ fn output<P: Packet>(
     }
 }
 
-/// Decrement the IPv4 TTL; a TTL of 0 or 1 punts the packet (with the
-/// changes so far) as [`PuntReason::InvalidTtl`] and ends the action list.
+/// Decrement the IPv4 TTL or IPv6 hop limit; a value of 0 or 1 punts the
+/// packet (with the changes so far) as [`PuntReason::InvalidTtl`] and ends
+/// the action list.
 #[inline(always)]
 fn dec_ttl<P: Packet>(ctx: &P, st: &mut ActState, rule_id: u32) -> Result<Option<i32>, DropReason> {
-    if st.pkt.l3 != L3::Ipv4 {
+    if !st.pkt.is_ip() {
         return Ok(None);
     }
     let ttl = st.pkt.ttl;

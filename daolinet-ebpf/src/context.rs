@@ -118,8 +118,10 @@ pub trait Packet {
     fn len(&self) -> u32;
     /// Interface the packet arrived on.
     fn ifindex(&self) -> u32;
-    /// VLAN TCI stripped by hardware offload into packet metadata, if any.
-    fn offloaded_vlan(&self) -> Option<u16>;
+    /// The VLAN tag the kernel keeps in packet metadata instead of the
+    /// packet bytes (it untags on receive, before TC), if any: (TPID in
+    /// host order, TCI).
+    fn offloaded_vlan(&self) -> Option<(u16, u16)>;
     /// Copy `N` bytes at `off` out of the packet.
     fn load<const N: usize>(&self, off: u32) -> Result<Buf<N>, ()>;
     /// Write `N` bytes at `off`.
@@ -143,6 +145,9 @@ pub trait Packet {
     /// Run [`crate::actions::step`] in the global (separately verified)
     /// function of this program type.
     fn step_out_of_line(&self, st: &mut ActState, entry: &FlowEntry, index: u32) -> i32;
+    /// Run [`crate::parse::parse_more`] in the global (separately verified)
+    /// function of this program type: 0, or a [`DropReason`] + 1.
+    fn parse_out_of_line(&self, p: &mut crate::parse::Parsed) -> i32;
     /// Before passing the packet to the host stack (output to LOCAL): make
     /// the stack take it as addressed to this host, as Open vSwitch's LOCAL
     /// port does. TC: the kernel classified the frame by its destination
@@ -192,11 +197,13 @@ impl Packet for TcContext {
     }
 
     #[inline(always)]
-    fn offloaded_vlan(&self) -> Option<u16> {
+    fn offloaded_vlan(&self) -> Option<(u16, u16)> {
         // SAFETY: as above.
         let (present, tci) = unsafe { ((*self.skb.skb).vlan_present, (*self.skb.skb).vlan_tci) };
         if present != 0 {
-            Some(tci as u16)
+            // SAFETY: as above. The context holds the kernel's __be16 as is.
+            let proto = u16::from_be(unsafe { (*self.skb.skb).vlan_proto } as u16);
+            Some((proto, tci as u16))
         } else {
             None
         }
@@ -355,6 +362,11 @@ impl Packet for TcContext {
     fn step_out_of_line(&self, st: &mut ActState, entry: &FlowEntry, index: u32) -> i32 {
         crate::programs::dl_action_tc(self.skb.skb, st, entry, index)
     }
+
+    #[inline(always)]
+    fn parse_out_of_line(&self, p: &mut crate::parse::Parsed) -> i32 {
+        crate::programs::dl_parse_tc(self.skb.skb, p)
+    }
 }
 
 /// Checksum difference for a 32-bit field changing from `from` to `to`
@@ -400,7 +412,7 @@ impl Packet for XdpContext {
     }
 
     #[inline(always)]
-    fn offloaded_vlan(&self) -> Option<u16> {
+    fn offloaded_vlan(&self) -> Option<(u16, u16)> {
         // XDP sees the frame as received: tags are in the data.
         None
     }
@@ -488,5 +500,10 @@ impl Packet for XdpContext {
     #[inline(always)]
     fn step_out_of_line(&self, st: &mut ActState, entry: &FlowEntry, index: u32) -> i32 {
         crate::programs::dl_action_xdp(self.ctx, st, entry, index)
+    }
+
+    #[inline(always)]
+    fn parse_out_of_line(&self, p: &mut crate::parse::Parsed) -> i32 {
+        crate::programs::dl_parse_xdp(self.ctx, p)
     }
 }

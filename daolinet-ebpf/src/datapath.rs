@@ -81,6 +81,6 @@ fn spoofed(port: &PortInfo, pkt: &Parsed) -> bool {
     }
     match pkt.l3 {
         L3::Ipv4 | L3::Arp => pkt.key.ipv4_src != port.allowed_ipv4,
-        L3::Other => false,
+        L3::Other | L3::Ipv6 | L3::Mpls => false,
     }
 }

@@ -33,6 +33,7 @@ pub(crate) mod programs {
     use crate::{
         actions::{step, ActState, ACT_DROP_BASE},
         datapath,
+        parse::Parsed,
     };
     use daolinet_common::{DropReason, FlowEntry, FlowKey};
 
@@ -77,6 +78,31 @@ pub(crate) mod programs {
             return ACT_DROP_BASE - DropReason::RewriteFailed as i32;
         };
         step(&TcContext::new(skb), st, entry, index)
+    }
+
+    /// The rarer part of parsing ([`crate::parse::parse_more`]: a second
+    /// VLAN tag, IPv6, MPLS) for the TC program, as a global BPF function:
+    /// it keeps the IPv4 fast path of the program short. 0, or the
+    /// [`DropReason`] + 1.
+    #[no_mangle]
+    #[inline(never)]
+    pub extern "C" fn dl_parse_tc(skb: *mut __sk_buff, p: *mut Parsed) -> i32 {
+        // SAFETY: as above.
+        let Some(p) = (unsafe { p.as_mut() }) else {
+            return DropReason::Malformed as i32 + 1;
+        };
+        crate::parse::parse_more(&TcContext::new(skb), p)
+    }
+
+    /// [`dl_parse_tc`] for the XDP program.
+    #[no_mangle]
+    #[inline(never)]
+    pub extern "C" fn dl_parse_xdp(ctx: *mut xdp_md, p: *mut Parsed) -> i32 {
+        // SAFETY: as above.
+        let Some(p) = (unsafe { p.as_mut() }) else {
+            return DropReason::Malformed as i32 + 1;
+        };
+        crate::parse::parse_more(&XdpContext::new(ctx), p)
     }
 
     /// One action of the XDP program (see [`dl_action_tc`]).

@@ -1,9 +1,12 @@
 //! Packet parsing into a [`FlowKey`].
 //!
-//! Parsed: Ethernet, one 802.1Q tag (or a tag offloaded into skb metadata),
-//! IPv4 (honouring IHL; L4 only on the first fragment), TCP/UDP ports, ICMP
-//! type/code, and Ethernet/IPv4 ARP. Anything else keeps only the Ethernet
-//! fields. A header we need that is cut short is [`DropReason::Malformed`].
+//! Parsed: Ethernet, the outer 802.1Q/802.1ad tag (in the bytes, or kept
+//! by the kernel in skb metadata) and one inner tag behind it, IPv4
+//! (honouring IHL; L4 only on the first fragment), IPv6 (up to four
+//! extension headers; L4 only on the first fragment), TCP/UDP/SCTP ports,
+//! ICMP/ICMPv6 type and code, Ethernet/IPv4 ARP, and the outer MPLS label
+//! stack entry. Anything else keeps only the Ethernet fields. A header we
+//! need that is cut short is [`DropReason::Malformed`].
 
 use daolinet_common::{DropReason, FlowKey, VLAN_PRESENT};
 
@@ -29,13 +32,24 @@ pub const UDP_CSUM_OFF: u32 = 6;
 #[repr(u32)]
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum L3 {
-    /// Neither IPv4 nor ARP.
+    /// None of the below.
     Other,
     /// IPv4; `Parsed::l3_off` points at its header.
     Ipv4,
     /// ARP.
     Arp,
+    /// IPv6; `Parsed::l3_off` points at its fixed header.
+    Ipv6,
+    /// MPLS; `Parsed::l3_off` points at the outer label stack entry.
+    Mpls,
 }
+
+/// Length of the fixed IPv6 header.
+pub const IPV6_HLEN: u32 = 40;
+/// Offset of the hop limit in the IPv6 header.
+pub const IPV6_HOP_OFF: u32 = 7;
+/// IPv6 extension headers skipped on the way to L4, at most.
+const IPV6_MAX_EXT: u32 = 4;
 
 /// A parsed packet: the classifier key plus what the actions need.
 /// Scalars only: it is handed to a global BPF function as plain memory.
@@ -52,11 +66,17 @@ pub struct Parsed {
     pub l3: L3,
     /// An L4 header with ports was parsed (first fragment, TCP/UDP/ICMP).
     pub has_l4: bool,
-    /// IPv4 TTL (valid for [`L3::Ipv4`]).
+    /// IPv4 TTL or IPv6 hop limit (valid for [`L3::Ipv4`], [`L3::Ipv6`]).
     pub ttl: u8,
 }
 
 impl Parsed {
+    /// True for an IPv4 or IPv6 packet.
+    #[inline(always)]
+    pub fn is_ip(&self) -> bool {
+        self.l3 == L3::Ipv4 || self.l3 == L3::Ipv6
+    }
+
     /// True for a TCP or UDP packet whose header (with ports and checksum)
     /// is present.
     #[inline(always)]
@@ -124,22 +144,167 @@ pub fn parse<P: Packet>(ctx: &P, in_port: u32, p: &mut Parsed) -> Result<(), Dro
         core::ptr::write_volatile(&mut p.ttl, 0);
     }
     let mut eth_type = eth.be16_at::<12>();
-    if let Some(tci) = ctx.offloaded_vlan() {
-        p.key.vlan_tci = (tci & 0x0fff) | VLAN_PRESENT;
-    } else if eth_type == FlowKey::ETH_TYPE_VLAN {
+    // PCP and VID; bit 12 (CFI/DEI in the tag) becomes VLAN_PRESENT.
+    if let Some((_, tci)) = ctx.offloaded_vlan() {
+        p.key.vlan_tci = (tci & !VLAN_PRESENT) | VLAN_PRESENT;
+    } else if eth_type == FlowKey::ETH_TYPE_VLAN || eth_type == FlowKey::ETH_TYPE_VLAN_AD {
         let tag = ctx.load::<4>(ETH_HLEN).map_err(|_| DropReason::Malformed)?;
-        // The VID only (PCP and DEI are not matched): bit 12 is VLAN_PRESENT.
-        p.key.vlan_tci = (tag.be16_at::<0>() & 0x0fff) | VLAN_PRESENT;
+        p.key.vlan_tci = (tag.be16_at::<0>() & !VLAN_PRESENT) | VLAN_PRESENT;
         eth_type = tag.be16_at::<2>();
         p.l3_off = ETH_HLEN + 4;
     }
     p.key.eth_type = eth_type;
+    // IPv4 and ARP here; the rest out of line (a short fast path).
     match eth_type {
-        FlowKey::ETH_TYPE_IPV4 => parse_ipv4(ctx, p)?,
-        FlowKey::ETH_TYPE_ARP => parse_arp(ctx, p)?,
-        _ => {}
+        FlowKey::ETH_TYPE_IPV4 => parse_ipv4(ctx, p),
+        FlowKey::ETH_TYPE_ARP => parse_arp(ctx, p),
+        _ => match ctx.parse_out_of_line(p) {
+            0 => Ok(()),
+            r => Err(drop_reason(r - 1)),
+        },
     }
+}
+
+/// The drop reason with index `v` ([`DropReason::Malformed`] if unknown).
+#[inline(always)]
+fn drop_reason(v: i32) -> DropReason {
+    let mut i = 0;
+    while i < DropReason::ALL.len() {
+        if DropReason::ALL[i] as i32 == v {
+            return DropReason::ALL[i];
+        }
+        i += 1;
+    }
+    DropReason::Malformed
+}
+
+/// The part of [`parse`] after the Ethernet header and the outer VLAN tag
+/// for anything but IPv4 and ARP: a second (inner) VLAN tag, then IPv4,
+/// ARP, IPv6 or MPLS. `p.key.eth_type` and `p.l3_off` are set. Returns 0,
+/// or the [`DropReason`] + 1.
+#[inline(always)]
+pub fn parse_more<P: Packet>(ctx: &P, p: &mut Parsed) -> i32 {
+    match parse_more_inner(ctx, p) {
+        Ok(()) => 0,
+        Err(r) => r as i32 + 1,
+    }
+}
+
+#[inline(always)]
+fn parse_more_inner<P: Packet>(ctx: &P, p: &mut Parsed) -> Result<(), DropReason> {
+    let mut eth_type = p.key.eth_type;
+    if p.key.vlan_tci != 0 && is_vlan(eth_type) {
+        // An inner tag (QinQ): OpenFlow matches the outer one; the
+        // Ethernet type is the one after the tags.
+        let tag = ctx.load::<4>(p.l3_off).map_err(|_| DropReason::Malformed)?;
+        eth_type = tag.be16_at::<2>();
+        p.l3_off += 4;
+        p.key.eth_type = eth_type;
+    }
+    match eth_type {
+        FlowKey::ETH_TYPE_IPV4 => parse_ipv4(ctx, p),
+        FlowKey::ETH_TYPE_ARP => parse_arp(ctx, p),
+        FlowKey::ETH_TYPE_IPV6 => parse_ipv6(ctx, p),
+        FlowKey::ETH_TYPE_MPLS | FlowKey::ETH_TYPE_MPLS_MC => {
+            let lse = ctx.load::<4>(p.l3_off).map_err(|_| DropReason::Malformed)?;
+            p.l3 = L3::Mpls;
+            p.key.words_mut()[1] = lse.u32_at::<0>();
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// True for the Ethernet types of a VLAN tag.
+#[inline(always)]
+fn is_vlan(eth_type: u16) -> bool {
+    eth_type == FlowKey::ETH_TYPE_VLAN || eth_type == FlowKey::ETH_TYPE_VLAN_AD
+}
+
+/// Bytes of the L4 header needed for its key fields, 0 for protocols
+/// without any.
+#[inline(always)]
+fn l4_need(proto: u8) -> u32 {
+    match proto {
+        FlowKey::IPPROTO_TCP => 20,
+        FlowKey::IPPROTO_UDP => 8,
+        FlowKey::IPPROTO_SCTP => 12,
+        FlowKey::IPPROTO_ICMP | FlowKey::IPPROTO_ICMPV6 => 4,
+        _ => 0,
+    }
+}
+
+/// Read the L4 key fields (ports, or ICMP type and code) at `l4_off`.
+#[inline(always)]
+fn parse_l4<P: Packet>(ctx: &P, p: &mut Parsed, l4_off: u32) -> Result<(), DropReason> {
+    let proto = p.key.ip_proto;
+    let need = l4_need(proto);
+    if need == 0 {
+        return Ok(());
+    }
+    if ctx.len() < l4_off + need {
+        return Err(DropReason::Malformed);
+    }
+    let l4 = ctx.load::<4>(l4_off).map_err(|_| DropReason::Malformed)?;
+    if proto == FlowKey::IPPROTO_ICMP || proto == FlowKey::IPPROTO_ICMPV6 {
+        p.key.l4_src = l4.0[0] as u16;
+        p.key.l4_dst = l4.0[1] as u16;
+    } else {
+        p.key.l4_src = l4.be16_at::<0>();
+        p.key.l4_dst = l4.be16_at::<2>();
+    }
+    p.has_l4 = true;
     Ok(())
+}
+
+#[inline(always)]
+fn parse_ipv6<P: Packet>(ctx: &P, p: &mut Parsed) -> Result<(), DropReason> {
+    let ip = ctx.load::<8>(p.l3_off).map_err(|_| DropReason::Malformed)?;
+    let b = ip.0;
+    if b[0] >> 4 != 6 {
+        return Err(DropReason::Malformed);
+    }
+    p.l3 = L3::Ipv6;
+    p.ttl = b[7];
+    p.key.ip_tos = (b[0] << 4) | (b[1] >> 4);
+    p.key.ipv6_label = u32::from_be_bytes([0, b[1] & 0x0f, b[2], b[3]]);
+    let mut nh = b[6];
+    let mut off = p.l3_off + IPV6_HLEN;
+    if ctx.len() < off {
+        return Err(DropReason::Malformed);
+    }
+    let mut i = 0;
+    while i < IPV6_MAX_EXT {
+        match nh {
+            // Hop-by-hop, routing, destination options: 8-byte units.
+            0 | 43 | 60 => {
+                let h = ctx.load::<2>(off).map_err(|_| DropReason::Malformed)?;
+                nh = h.0[0];
+                off += (h.0[1] as u32 + 1) * 8;
+            }
+            // Authentication header: 4-byte units, plus 2.
+            51 => {
+                let h = ctx.load::<2>(off).map_err(|_| DropReason::Malformed)?;
+                nh = h.0[0];
+                off += (h.0[1] as u32 + 2) * 4;
+            }
+            // Fragment header: a later fragment has no L4 header.
+            44 => {
+                let h = ctx.load::<4>(off).map_err(|_| DropReason::Malformed)?;
+                nh = h.0[0];
+                off += 8;
+                if h.be16_at::<2>() & 0xfff8 != 0 {
+                    p.key.ip_proto = nh;
+                    return Ok(());
+                }
+            }
+            _ => break,
+        }
+        i += 1;
+    }
+    p.key.ip_proto = nh;
+    p.l4_off = off;
+    parse_l4(ctx, p, off)
 }
 
 #[inline(always)]
@@ -155,7 +320,8 @@ fn parse_ipv4<P: Packet>(ctx: &P, p: &mut Parsed) -> Result<(), DropReason> {
     p.l3 = L3::Ipv4;
     p.ttl = ip.0[8];
     let proto = ip.0[9];
-    p.key.ip_proto = proto;
+    // Key word 8: arp_op (0), ip_proto, ip_tos; one store.
+    p.key.words_mut()[8] = ((proto as u32) << 16) | ((ip.0[1] as u32) << 24);
     let w = p.key.words_mut();
     w[1] = ip.u32_at::<12>();
     w[2] = ip.u32_at::<16>();
@@ -170,25 +336,7 @@ fn parse_ipv4<P: Packet>(ctx: &P, p: &mut Parsed) -> Result<(), DropReason> {
         // A later fragment: no L4 header.
         return Ok(());
     }
-    let need = match proto {
-        FlowKey::IPPROTO_TCP => 20,
-        FlowKey::IPPROTO_UDP => 8,
-        FlowKey::IPPROTO_ICMP => 4,
-        _ => return Ok(()),
-    };
-    if ctx.len() < l4_off + need {
-        return Err(DropReason::Malformed);
-    }
-    let l4 = ctx.load::<4>(l4_off).map_err(|_| DropReason::Malformed)?;
-    if proto == FlowKey::IPPROTO_ICMP {
-        p.key.l4_src = l4.0[0] as u16;
-        p.key.l4_dst = l4.0[1] as u16;
-    } else {
-        p.key.l4_src = l4.be16_at::<0>();
-        p.key.l4_dst = l4.be16_at::<2>();
-    }
-    p.has_l4 = true;
-    Ok(())
+    parse_l4(ctx, p, l4_off)
 }
 
 #[inline(always)]

@@ -8,7 +8,9 @@ use daolinet_common::{DropReason, PortInfo, PuntHeader, PuntReason, PuntRecord, 
 use crate::{context::Packet, maps::DL_PUNTS};
 
 /// Send a copy of the packet (at most [`PUNT_CAP`] bytes) with its metadata
-/// to userspace. The caller decides what happens to the original.
+/// to userspace. The caller decides what happens to the original. A VLAN
+/// tag the kernel keeps out of the bytes travels in the header (userspace
+/// puts it back into the frame).
 ///
 /// Errors: [`DropReason::PuntRingFull`] when no record could be reserved,
 /// [`DropReason::Malformed`] when the packet bytes could not be read.
@@ -32,6 +34,7 @@ pub fn punt<P: Packet>(
         return Err(DropReason::PuntRingFull);
     };
     let base = rec.as_mut_ptr();
+    let (vlan_proto, vlan_tci) = ctx.offloaded_vlan().unwrap_or((0, 0));
     let header = PuntHeader {
         ifindex: ctx.ifindex(),
         in_port: port.ofport,
@@ -41,6 +44,11 @@ pub fn punt<P: Packet>(
         cap_len: cap,
         // SAFETY: no preconditions.
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        vlan_proto,
+        vlan_tci,
+        table_id: 0,
+        _pad: [0; 3],
+        metadata: 0,
     };
     let hdr = base.cast::<PuntHeader>();
     // SAFETY: the reservation is size_of::<PuntRecord>() bytes, 8-aligned;

@@ -2,3 +2,4 @@
 //! namespaces with cleanup guards, and a running agent.
 
 pub mod bpf;
+pub mod frames;
