@@ -3,8 +3,7 @@
 //! take an interface another DaoliNet datapath already serves.
 #![allow(clippy::panic, clippy::expect_used)] // a panic is a failed test
 
-mod common;
-use common::{root_or_skip, sh, Lab};
+use daolinet_testlab::{Agent, Lab, Need};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -38,19 +37,12 @@ fn run_bounded(cmd: &mut Command) -> (bool, String) {
     )
 }
 
-/// A second agent in namespace `ns` with its own state dir (hence its own
-/// pinned maps), expected to be refused.
-fn second_agent(ns: &str, args: &[&str]) -> (bool, String) {
-    let state = format!("/tmp/{ns}-second");
-    let r = run_bounded(
-        Command::new("ip")
-            .args(["netns", "exec", ns, AGENT])
-            .args(["--bpffs", common::TEST_BPFFS, "--state-dir", &state, "run"])
-            .args(args),
-    );
-    let _ = std::fs::remove_dir_all(&state);
-    let _ = std::fs::remove_dir_all(format!("{}/daolinet/tmp_{}_second", common::TEST_BPFFS, ns));
-    r
+/// Run a second agent (its own state dir, hence its own pinned maps),
+/// expected to be refused.
+fn second_agent(agent: &Agent, args: &[&str]) -> (bool, String) {
+    let mut full = vec!["run"];
+    full.extend_from_slice(args);
+    run_bounded(&mut agent.command(&full))
 }
 
 fn one_error_line(err: &str) {
@@ -63,26 +55,24 @@ fn one_error_line(err: &str) {
 
 #[test]
 fn a_port_served_by_another_agent_is_refused() {
-    if !root_or_skip("a_port_served_by_another_agent_is_refused") {
+    let Some(mut lab) = Lab::new(&[Need::BpfObject]) else {
         return;
-    }
-    let mut lab = Lab::new("busy");
+    };
     let h = lab.netns("h");
     for (a, b) in [("up0", "up0p"), ("up1", "up1p"), ("c0", "c0p")] {
-        sh(&[
-            "ip", "-n", &h, "link", "add", a, "type", "veth", "peer", "name", b,
-        ]);
-        sh(&["ip", "-n", &h, "link", "set", a, "up"]);
-        sh(&["ip", "-n", &h, "link", "set", b, "up"]);
+        h.veth(a, b);
     }
     // The first agent: XDP on the uplink, tcx on a container port.
-    lab.start_agent(
+    let mut first = lab.agent(
         &h,
         &["--uplink", "up0", "--uplink-mode", "xdp", "--port", "c0=1"],
     );
 
     // Its container port, taken by a second agent (tcx would let both run).
-    let (ok, err) = second_agent(&h, &["--uplink", "up1", "--port", "c0=1"]);
+    let (ok, err) = second_agent(
+        &lab.agent_stopped(&h, &[]),
+        &["--uplink", "up1", "--port", "c0=1"],
+    );
     assert!(!ok);
     assert!(
         err.contains("c0 is already served by another DaoliNet datapath"),
@@ -92,54 +82,38 @@ fn a_port_served_by_another_agent_is_refused() {
     one_error_line(&err);
 
     // Its XDP uplink.
-    let (ok, err) = second_agent(&h, &["--uplink", "up0", "--uplink-mode", "xdp"]);
+    let (ok, err) = second_agent(
+        &lab.agent_stopped(&h, &[]),
+        &["--uplink", "up0", "--uplink-mode", "xdp"],
+    );
     assert!(!ok);
     assert!(err.contains("up0 already has an XDP program"), "{err}");
     one_error_line(&err);
 
     // The first agent still serves both of its ports.
-    assert!(lab.agent_running(&h), "the first agent died");
-    let ports = lab.agent_cmd(&h, &["ports"]);
+    assert!(first.running(), "the first agent died");
+    let ports = first.cli(&["ports"]);
     assert!(
         ports.contains("\"c0\"") && ports.contains("\"up0\""),
         "{ports}"
     );
 }
 
-/// The agent binary copied where any user can run it (the build tree may
-/// sit under a directory only root can enter).
-struct PublicCopy(std::path::PathBuf);
-
-impl PublicCopy {
-    fn new() -> PublicCopy {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = std::path::PathBuf::from(format!("/tmp/dl-priv-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        let bin = dir.join("daolinet-agent");
-        std::fs::copy(AGENT, &bin).expect("copy agent");
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        PublicCopy(dir)
-    }
-
-    fn bin(&self) -> std::path::PathBuf {
-        self.0.join("daolinet-agent")
-    }
-}
-
-impl Drop for PublicCopy {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn missing_privileges_get_one_clear_line() {
-    if !root_or_skip("missing_privileges_get_one_clear_line") {
+    let Some(lab) = Lab::new(&[Need::Program("setpriv")]) else {
         return;
+    };
+    // The agent binary copied where any user can run it (the build tree
+    // may sit under a directory only root can enter).
+    let bin = lab.dir().join("daolinet-agent");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::copy(AGENT, &bin).expect("copy agent");
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     }
-    let copy = PublicCopy::new();
-    let state = format!("/tmp/dl-priv-state-{}", std::process::id());
+    let state = lab.dir().join("priv-state");
+    let state = state.to_str().expect("UTF-8 path");
     let cases: [(&str, &[&str]); 2] = [
         (
             "uid 65534",
@@ -159,9 +133,9 @@ fn missing_privileges_get_one_clear_line() {
         ),
     ];
     for (who, setpriv) in cases {
-        let (ok, err) = run_bounded(Command::new("setpriv").args(setpriv).arg(copy.bin()).args([
+        let (ok, err) = run_bounded(Command::new("setpriv").args(setpriv).arg(&bin).args([
             "--state-dir",
-            &state,
+            state,
             "run",
             "--uplink",
             "lo",
@@ -177,6 +151,6 @@ fn missing_privileges_get_one_clear_line() {
         );
         one_error_line(&err);
         // Refused before touching anything.
-        assert!(!Path::new(&state).exists(), "{who}: state dir created");
+        assert!(!Path::new(state).exists(), "{who}: state dir created");
     }
 }

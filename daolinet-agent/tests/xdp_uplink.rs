@@ -14,8 +14,7 @@
 //! XDP frames only with NAPI enabled).
 #![allow(clippy::panic, clippy::expect_used)] // a panic is a failed test
 
-mod common;
-use common::{iperf3_transfer, ns, ns_out, root_or_skip, sh, Lab};
+use daolinet_testlab::{iperf3, Lab, Need};
 
 const GW: &str = "02:00:00:00:00:01";
 const UPLINK: u32 = daolinet_agent::DEFAULT_UPLINK_OFPORT;
@@ -57,86 +56,76 @@ fn rx_packets(ports_json: &str, name: &str) -> u64 {
 
 #[test]
 fn xdp_uplink_forwards_cross_host_traffic_on_a_real_interface() {
-    if !root_or_skip("xdp_uplink_forwards_cross_host_traffic_on_a_real_interface") {
+    let Some(mut lab) = Lab::new(&[
+        Need::BpfObject,
+        Need::Program("ping"),
+        Need::Program("iperf3"),
+        Need::Program("ethtool"),
+    ]) else {
         return;
-    }
-    let mut lab = Lab::new("xdp");
+    };
     let u = lab.netns("u");
-    sh(&["ip", "-n", &u, "link", "add", "br0", "type", "bridge"]);
-    sh(&["ip", "-n", &u, "link", "set", "br0", "up"]);
+    u.ip(&["link", "add", "br0", "type", "bridge"]);
+    u.ip(&["link", "set", "br0", "up"]);
     let (m1, m2) = ("02:00:00:00:01:01", "02:00:00:00:01:02");
     let mut hosts = Vec::new();
     for (i, mac) in [(1, m1), (2, m2)] {
         let h = lab.netns(&format!("h{i}"));
         let peer = format!("u{i}");
-        sh(&[
-            "ip", "-n", &h, "link", "add", "eth0", "type", "veth", "peer", "name", &peer, "netns",
-            &u,
+        h.ip(&[
+            "link", "add", "name", "eth0", "type", "veth", "peer", "name", &peer, "netns", &u,
         ]);
-        sh(&["ip", "-n", &h, "link", "set", "eth0", "address", mac]);
-        let addr = format!("192.168.78.{i}/24");
-        sh(&["ip", "-n", &h, "addr", "add", &addr, "dev", "eth0"]);
-        sh(&["ip", "-n", &h, "link", "set", "eth0", "up"]);
-        sh(&["ip", "-n", &u, "link", "set", &peer, "master", "br0", "up"]);
+        h.ip(&["link", "set", "eth0", "address", mac]);
+        h.addr("eth0", &format!("192.168.78.{i}/24"));
+        u.ip(&["link", "set", &peer, "master", "br0", "up"]);
         // A wire carries complete checksums; a veth would hand the XDP
         // program CHECKSUM_PARTIAL frames (only the pseudo-header summed),
         // which no longer hold once redirected as XDP frames. Compute them
         // where the "wire" starts, as a physical NIC's sender does.
-        sh(&[
-            "ip", "netns", "exec", &u, "ethtool", "-K", &peer, "tx", "off",
-        ]);
+        u.run(&["ethtool", "-K", &peer, "tx", "off"]);
         hosts.push(h);
     }
-    let (h1, h2) = (hosts[0].clone(), hosts[1].clone());
-    let a = lab.container(&h1, "a", "ca", "10.2.0.2", "02:00:00:00:00:0a");
-    let b = lab.container(&h2, "b", "cb", "10.2.0.3", "02:00:00:00:00:0b");
+    let (h1, h2) = (&hosts[0], &hosts[1]);
+    let a = lab.container(h1, "a", "ca", "10.2.0.2", "02:00:00:00:00:0a");
+    let b = lab.container(h2, "b", "cb", "10.2.0.3", "02:00:00:00:00:0b");
     for (c, other) in [(&a, "10.2.0.3"), (&b, "10.2.0.2")] {
-        sh(&[
-            "ip", "-n", c, "neigh", "add", other, "lladdr", GW, "dev", "eth0",
-        ]);
+        c.ip(&["neigh", "add", other, "lladdr", GW, "dev", "eth0"]);
         // XDP_REDIRECT into a veth needs NAPI on the receiving end, which a
         // veth has with GRO on (or with an XDP program of its own).
-        sh(&[
-            "ip", "netns", "exec", c, "ethtool", "-K", "eth0", "gro", "on",
-        ]);
+        c.run(&["ethtool", "-K", "eth0", "gro", "on"]);
     }
-    for h in [&h1, &h2] {
-        lab.start_agent(
+    let mut agents = Vec::new();
+    for (h, port) in [(h1, "ca=1"), (h2, "cb=1")] {
+        agents.push(lab.agent(
             h,
-            &[
-                "--uplink",
-                "eth0",
-                "--uplink-mode",
-                "xdp",
-                "--port",
-                &format!("c{}=1", if *h == h1 { "a" } else { "b" }),
-            ],
-        );
-        let (_, link, _) = ns_out(h, &["ip", "-d", "link", "show", "eth0"]);
+            &["--uplink", "eth0", "--uplink-mode", "xdp", "--port", port],
+        ));
+        let link = h.run(&["ip", "-d", "link", "show", "eth0"]);
         assert!(
             link.contains("prog/xdp") && link.contains("daolinet_xdp"),
             "no DaoliNet XDP program on {h}'s eth0: {link}"
         );
     }
+    let (ag1, ag2) = (&agents[0], &agents[1]);
 
     // Misses on the XDP uplink reach the host stack: the underlay works.
     assert!(
-        ns(&h1, &["ping", "-c", "1", "-W", "2", "192.168.78.2"]),
+        h1.ping("192.168.78.2", 1, 2),
         "underlay broken by the XDP program"
     );
 
     let (pa, pb) = ("172.30.0.2", "172.30.0.3");
     let (ma, mb) = ("02:00:00:00:00:0a", "02:00:00:00:00:0b");
-    for (h, rules) in [
+    for (ag, rules) in [
         (
-            &h1,
+            ag1,
             [
                 out_rule("10.2.0.2", "10.2.0.3", pa, pb, m1, m2),
                 in_rule(pb, pa, "10.2.0.3", "10.2.0.2", ma),
             ],
         ),
         (
-            &h2,
+            ag2,
             [
                 out_rule("10.2.0.3", "10.2.0.2", pb, pa, m2, m1),
                 in_rule(pa, pb, "10.2.0.2", "10.2.0.3", mb),
@@ -144,35 +133,35 @@ fn xdp_uplink_forwards_cross_host_traffic_on_a_real_interface() {
         ),
     ] {
         for r in rules {
-            lab.agent_cmd(h, &["rule", "add", &r]);
+            ag.cli(&["rule", "add", &r]);
         }
     }
-    let before = rx_packets(&lab.agent_cmd(&h2, &["ports"]), "eth0");
+    let before = rx_packets(&ag2.cli(&["ports"]), "eth0");
 
-    if !ns(&a, &["ping", "-c", "5", "-i", "0.2", "-W", "2", "10.2.0.3"]) {
+    if !a.ping("10.2.0.3", 5, 2) {
         panic!(
             "cross-host ping through the XDP uplinks failed\nh1 flows:\n{}\nh2 flows:\n{}\n\
              h1 status: {}\nh2 status: {}",
-            lab.agent_cmd(&h1, &["flows"]),
-            lab.agent_cmd(&h2, &["flows"]),
-            lab.agent_cmd(&h1, &["status"]),
-            lab.agent_cmd(&h2, &["status"]),
+            ag1.cli(&["flows"]),
+            ag2.cli(&["flows"]),
+            ag1.cli(&["status"]),
+            ag2.cli(&["status"]),
         );
     }
     // Every echo request entered h2 through XDP and hit the inbound rule.
-    let flows = lab.agent_cmd(&h2, &["flows"]);
+    let flows = ag2.cli(&["flows"]);
     let inbound = flows
         .lines()
         .find(|l| l.contains(&format!("in_port={UPLINK}")))
         .unwrap_or_else(|| panic!("no inbound rule on h2: {flows}"));
     assert!(inbound.contains("n_packets=5,"), "{flows}");
-    let after = rx_packets(&lab.agent_cmd(&h2, &["ports"]), "eth0");
+    let after = rx_packets(&ag2.cli(&["ports"]), "eth0");
     assert!(
         after >= before + 5,
         "XDP uplink counted {before} -> {after} packets"
     );
 
     // TCP through the XDP rewrite: the checksums fixed in XDP must hold.
-    let (ok, out) = iperf3_transfer(&b, &a, "10.2.0.3");
-    assert!(ok, "TCP across the XDP uplinks failed: {out}");
+    let t = iperf3(&b, &a, "10.2.0.3", "4M");
+    assert!(t.ok, "TCP across the XDP uplinks failed: {}", t.output);
 }

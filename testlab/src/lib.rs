@@ -50,7 +50,7 @@ mod wait;
 use std::path::{Path, PathBuf};
 
 pub use agent::Agent;
-pub use cmd::{command, output, sh, show, signal, succeeds, Proc, Ran};
+pub use cmd::{command, output, output_of, sh, show, signal, succeeds, Proc, Ran};
 pub use controller::{Controller, ControllerOpts};
 pub use etcd::{EtcdCluster, ETCD_PROGRAMS};
 pub use fs::{Bpffs, TempDir};
