@@ -11,11 +11,11 @@ use daolinet_controller::api::{router, AppState};
 use daolinet_controller::service::Controller;
 use daolinet_controller::store::{load_model, RedbStore, Store};
 use daolinet_policy::Config;
+use daolinet_testlab::Api;
 use serde_json::Value;
 
 struct Server {
-    base: String,
-    token: String,
+    api: Api,
     ctl: Arc<Controller>,
     _rt: tokio::runtime::Runtime,
 }
@@ -39,15 +39,14 @@ impl Server {
         let base = format!("http://{}", listener.local_addr().unwrap());
         rt.spawn(async move { axum::serve(listener, app).await });
         Server {
-            base,
-            token,
+            api: Api::new(&base, Some(&token)),
             ctl,
             _rt: rt,
         }
     }
 
     fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-        common::call(&self.base, Some(&self.token), method, path, body)
+        self.api.call(method, path, body)
     }
 }
 
@@ -58,12 +57,10 @@ fn mem() -> Server {
 #[test]
 fn token_is_required() {
     let s = mem();
-    let (st, v) = common::call(&s.base, None, "GET", "/api/hosts", None);
+    let (st, v) = s.api.without_token().call("GET", "/api/hosts", None);
     assert_eq!(st, 401);
     assert!(v["error"].as_str().unwrap().contains("bearer token"), "{v}");
-    let (st, _) = common::call(
-        &s.base,
-        Some("wrong"),
+    let (st, _) = Api::new(&s.api.base(), Some("wrong")).call(
         "POST",
         "/api/networks",
         Some(r#"{"name":"n","subnet":"10.0.0.0/24"}"#),
@@ -74,8 +71,9 @@ fn token_is_required() {
         (200, Value::Array(vec![]))
     );
     // Health and metrics need no token.
-    assert_eq!(common::call(&s.base, None, "GET", "/healthz", None).0, 200);
-    let (st, m) = common::call(&s.base, None, "GET", "/metrics", None);
+    let anyone = s.api.without_token();
+    assert_eq!(anyone.call("GET", "/healthz", None).0, 200);
+    let (st, m) = anyone.call("GET", "/metrics", None);
     assert_eq!(st, 200);
     assert!(
         m.as_str().unwrap().contains("daolinet_api_errors_total 2"),
@@ -86,7 +84,7 @@ fn token_is_required() {
 #[test]
 fn happy_path_and_views() {
     let s = mem();
-    common::populate(&|m, p, b| s.call(m, p, b));
+    common::populate(&s.api);
     let (st, c) = s.call("GET", "/api/containers/web", None);
     assert_eq!(st, 200);
     assert_eq!(c["ip"], "10.0.0.2");
@@ -130,8 +128,8 @@ fn happy_path_and_views() {
 #[test]
 fn every_bad_input_is_refused_and_changes_nothing() {
     let s = mem();
-    common::populate(&|m, p, b| s.call(m, p, b));
-    let before = common::dump(&|m, p, b| s.call(m, p, b));
+    common::populate(&s.api);
+    let before = common::dump(&s.api);
     // (method, path, body, status, text in error, field)
     #[allow(clippy::type_complexity)]
     let cases: &[(&str, &str, Option<&str>, u16, &str, Option<&str>)] = &[
@@ -557,11 +555,7 @@ fn every_bad_input_is_refused_and_changes_nothing() {
             .unwrap_or_else(|| panic!("no error text: {ctx}"));
         assert!(err.contains(text), "{ctx}: expected {text:?}");
         assert_eq!(v["field"].as_str(), *field, "{ctx}");
-        assert_eq!(
-            common::dump(&|m, p, b| s.call(m, p, b)),
-            before,
-            "{ctx} changed the model"
-        );
+        assert_eq!(common::dump(&s.api), before, "{ctx} changed the model");
     }
 }
 
@@ -597,13 +591,13 @@ fn accepted_writes_are_in_the_store() {
     let dumped = {
         let store = Arc::new(RedbStore::open(&path).unwrap());
         let s = Server::start(store);
-        common::populate(&|m, p, b| s.call(m, p, b));
-        let d = common::dump(&|m, p, b| s.call(m, p, b));
+        common::populate(&s.api);
+        let d = common::dump(&s.api);
         let model = s.ctl.snapshot().unwrap().model.clone();
         (d, model)
     };
     let store = RedbStore::open(&path).unwrap();
     assert_eq!(load_model(&store).unwrap(), dumped.1);
     let s = Server::start(Arc::new(store));
-    assert_eq!(common::dump(&|m, p, b| s.call(m, p, b)), dumped.0);
+    assert_eq!(common::dump(&s.api), dumped.0);
 }

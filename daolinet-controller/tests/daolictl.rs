@@ -6,19 +6,19 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::Proc;
+use daolinet_testlab::Controller;
 
-fn ctl(p: &Proc, args: &[&str]) -> Output {
+fn ctl(p: &Controller, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_daolictl"))
         .arg("--api")
-        .arg(&p.base)
+        .arg(p.api().base())
         .args(args)
-        .env("DAOLI_TOKEN", &p.token)
+        .env("DAOLI_TOKEN", p.api().token().unwrap_or_default())
         .output()
         .unwrap()
 }
 
-fn ok(p: &Proc, args: &[&str]) -> String {
+fn ok(p: &Controller, args: &[&str]) -> String {
     let o = ctl(p, args);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(
@@ -29,7 +29,7 @@ fn ok(p: &Proc, args: &[&str]) -> String {
     out
 }
 
-fn fails(p: &Proc, args: &[&str], text: &str) {
+fn fails(p: &Controller, args: &[&str], text: &str) {
     let o = ctl(p, args);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "daolictl {args:?} should fail");
@@ -42,7 +42,7 @@ fn fails(p: &Proc, args: &[&str], text: &str) {
 #[test]
 fn verbs_tables_json_and_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let p = Proc::start(dir.path());
+    let p = common::start(dir.path());
     ok(
         &p,
         &[
@@ -231,7 +231,7 @@ fn verbs_tables_json_and_errors() {
 
     // Token problems.
     let o = Command::new(env!("CARGO_BIN_EXE_daolictl"))
-        .args(["--api", &p.base, "--token", "nope", "host", "show"])
+        .args(["--api", &p.api().base(), "--token", "nope", "host", "show"])
         .env_remove("DAOLI_TOKEN")
         .output()
         .unwrap();
@@ -240,7 +240,7 @@ fn verbs_tables_json_and_errors() {
     let o = Command::new(env!("CARGO_BIN_EXE_daolictl"))
         .args([
             "--api",
-            &p.base,
+            &p.api().base(),
             "--token-file",
             "/nonexistent/token",
             "host",
@@ -254,7 +254,7 @@ fn verbs_tables_json_and_errors() {
     let o = Command::new(env!("CARGO_BIN_EXE_daolictl"))
         .args([
             "--api",
-            &p.base,
+            &p.api().base(),
             "--token-file",
             tf.to_str().unwrap(),
             "host",

@@ -649,16 +649,16 @@ async fn two_thousand_switches_at_once() {
 #[test]
 fn binary_serves_openflow_on_listen() {
     let dir = tempfile::tempdir().unwrap();
-    let p = common::Proc::start(dir.path());
-    common::populate(&|m, path, b| p.call(m, path, b));
+    let p = common::start(dir.path());
+    common::populate(p.api());
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let (_s, init) = FakeSwitch::connect(p.openflow, 1).await;
+        let (_s, init) = FakeSwitch::connect(p.openflow(), 1).await;
         // h1 holds the firewall of "web": base + 2 firewall punt flows.
         let fms = flow_mods(&init);
         assert_eq!(fms[0].command, OFPFC_DELETE);
         assert!(fms.iter().any(|m| m.priority == 200), "{fms:#?}");
-        let (_, m) = p.call("GET", "/metrics", None);
+        let (_, m) = p.api().call("GET", "/metrics", None);
         let text = m.as_str().unwrap_or_default().to_string();
         assert!(text.contains("daolinet_switches_connected 1"), "{text}");
     });

@@ -1,122 +1,24 @@
-//! Helpers shared by the integration tests.
-#![allow(dead_code, clippy::unwrap_used, clippy::panic)]
+//! Helpers shared by the integration tests: the controller binary started
+//! through the test lab, and a small model to fill it with.
+#![allow(dead_code, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 
+use daolinet_testlab::{Api, Controller, ControllerOpts};
 use serde_json::Value;
 
-/// Something that performs an API call: (method, path, body) -> (status, JSON).
-pub type Caller<'a> = &'a dyn Fn(&str, &str, Option<&str>) -> (u16, Value);
-
-/// A blocking HTTP call; returns (status, JSON body or Null).
-pub fn call(
-    base: &str,
-    token: Option<&str>,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-) -> (u16, Value) {
-    let mut req = ureq::request(method, &format!("{base}{path}"));
-    if let Some(t) = token {
-        req = req.set("Authorization", &format!("Bearer {t}"));
-    }
-    let res = match body {
-        Some(b) => req.set("Content-Type", "application/json").send_string(b),
-        None => req.call(),
-    };
-    let resp = match res {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{method} {path}: {e}"),
-    };
-    let status = resp.status();
-    let text = resp.into_string().unwrap();
-    let v = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or(Value::String(text))
-    };
-    (status, v)
-}
-
-/// A controller process.
-pub struct Proc {
-    pub child: Child,
-    pub base: String,
-    pub token: String,
-    /// The OpenFlow listen address.
-    pub openflow: std::net::SocketAddr,
-}
-
-impl Proc {
-    /// Starts `daolinet-controller run` on a free port with its store in `dir`.
-    pub fn start(dir: &Path) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_daolinet-controller"))
-            .args([
-                "run",
-                "--api",
-                "127.0.0.1:0",
-                "--listen",
-                "127.0.0.1:0",
-                "--store",
-            ])
-            .arg(dir.join("controller.redb"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let out = child.stdout.take().unwrap();
-        let mut out = BufReader::new(out);
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("api: ")
-            .unwrap_or_else(|| panic!("unexpected {line:?}"))
-            .to_string();
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        let openflow = line
-            .trim()
-            .strip_prefix("openflow: ")
-            .unwrap_or_else(|| panic!("unexpected {line:?}"))
-            .parse()
-            .unwrap();
-        let token = std::fs::read_to_string(dir.join("api-token"))
-            .unwrap()
-            .trim()
-            .to_string();
-        Proc {
-            child,
-            base,
-            token,
-            openflow,
-        }
-    }
-
-    pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-        call(&self.base, Some(&self.token), method, path, body)
-    }
-
-    /// SIGKILL, no cleanup.
-    pub fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Start this package's `daolinet-controller run` with its store in `dir`,
+/// API and OpenFlow on kernel-chosen ports of 127.0.0.1.
+pub fn start(dir: &Path) -> Controller {
+    Controller::start_bin(
+        Path::new(env!("CARGO_BIN_EXE_daolinet-controller")),
+        &ControllerOpts::new(dir),
+    )
 }
 
 /// Creates a small topology through the API.
-pub fn populate(p: Caller<'_>) {
+pub fn populate(api: &Api) {
+    let p = |m: &str, path: &str, b: Option<&str>| api.call(m, path, b);
     let ok = |r: (u16, Value)| assert!(r.0 == 201 || r.0 == 200, "{r:?}");
     ok(p(
         "POST",
@@ -180,7 +82,7 @@ pub fn populate(p: Caller<'_>) {
 }
 
 /// Everything the API lists, to compare before/after.
-pub fn dump(p: Caller<'_>) -> Value {
+pub fn dump(api: &Api) -> Value {
     let mut all = serde_json::Map::new();
     for k in [
         "hosts",
@@ -190,7 +92,7 @@ pub fn dump(p: Caller<'_>) -> Value {
         "policies",
         "firewalls",
     ] {
-        let (s, v) = p("GET", &format!("/api/{k}"), None);
+        let (s, v) = api.call("GET", &format!("/api/{k}"), None);
         assert_eq!(s, 200);
         all.insert(k.into(), v);
     }
