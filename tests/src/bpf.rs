@@ -3,8 +3,9 @@
 //! - [`Datapath`] loads the BPF object the agent embeds (or
 //!   `$DAOLINET_BPF_OBJECT` when set, as the agent does) through its own
 //!   loader ([`daolinet_agent::datapath::Datapath`]), with its maps pinned in
-//!   a unique directory under `/sys/fs/bpf` that is removed again on drop,
-//!   and offers typed access to the maps (again the agent's code).
+//!   a private bpffs of the test lab (unmounted again on drop), and offers
+//!   typed access to the maps (again the agent's code). Tests first call
+//!   `daolinet_testlab::require(&[Need::Root, Need::BpfObject])`.
 //! - [`prog_test_run`] is the raw `bpf(BPF_PROG_TEST_RUN)` syscall (aya 0.14
 //!   does not expose it); [`Datapath::run_tc`] and [`Datapath::run_xdp`]
 //!   wrap it with the right context (`__sk_buff` / `xdp_md`).
@@ -22,10 +23,8 @@
 //!   does transmit a copy, so tests should not clone to real devices.
 
 use std::{
-    io::Write as _,
     os::fd::{AsFd, AsRawFd, RawFd},
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU32, Ordering},
 };
 
 use anyhow::{Context, Result};
@@ -36,8 +35,9 @@ use daolinet_common::{
     maps as names, DropReason, FlowEntry, FlowKey, FlowMapKey, PortInfo, PortStats, RuleStats,
     Subtable,
 };
+use daolinet_testlab::Bpffs;
 
-pub use daolinet_agent::datapath::{Punt, BPFFS, OBJECT_ENV};
+pub use daolinet_agent::datapath::{Punt, OBJECT_ENV};
 
 /// `TC_ACT_OK`: pass to the stack.
 pub const TC_ACT_OK: u32 = 0;
@@ -60,32 +60,6 @@ pub const SK_BUFF_CTX_SIZE: usize = 192;
 const SK_BUFF_IFINDEX_OFF: usize = 40;
 /// Size of the kernel's `struct xdp_md`.
 pub const XDP_MD_SIZE: usize = 24;
-
-/// True when running as root (the BPF tests need it).
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Returns true (after printing a loud SKIP line) when `test` cannot run
-/// because we are not root. As root it returns false: a missing object is a
-/// failure, reported by [`Datapath::load`].
-pub fn skip_unless_root(test: &str) -> bool {
-    if is_root() {
-        return false;
-    }
-    // Straight to the stderr handle: libtest captures `eprintln!` of passing
-    // tests, and a skip must not be silent.
-    let line =
-        format!("*** SKIP {test}: BPF_PROG_TEST_RUN needs root; run the test suite as root ***\n");
-    let _ = std::io::stderr().write_all(line.as_bytes());
-    true
-}
-
-/// Make sure bpffs is mounted at [`BPFFS`], mounting it if needed.
-pub fn ensure_bpffs() -> Result<()> {
-    agent_dp::ensure_bpffs(Path::new(BPFFS))
-}
 
 /// The BPF object an agent started without `--bpf-object` loads:
 /// `$DAOLINET_BPF_OBJECT` if set, else the one embedded in the agent.
@@ -184,32 +158,27 @@ pub fn xdp_ctx(len: usize, ingress_ifindex: u32) -> Vec<u8> {
 }
 
 /// The datapath object loaded for a test, with its maps pinned in a private
-/// bpffs directory that is removed on drop.
+/// bpffs that is unmounted on drop.
 pub struct Datapath {
     dp: Option<agent_dp::Datapath>,
     pin_dir: PathBuf,
+    // Dropped after `dp` (declaration order): unpins everything.
+    _bpffs: Bpffs,
 }
-
-static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 
 impl Datapath {
     /// Load [`object`] and both programs (through the verifier).
     pub fn load() -> Result<Self> {
         let object = object().bytes()?;
-        ensure_bpffs()?;
-        let pin_dir = PathBuf::from(BPFFS).join(format!(
-            "daolinet-test-{}-{}",
-            std::process::id(),
-            NEXT_ID.fetch_add(1, Ordering::Relaxed)
-        ));
-        if pin_dir.exists() {
-            std::fs::remove_dir_all(&pin_dir)
-                .with_context(|| format!("removing stale {}", pin_dir.display()))?;
-        }
-        // From here on, Drop cleans the directory up.
-        let mut dp = Datapath { dp: None, pin_dir };
-        dp.dp = Some(agent_dp::Datapath::load(&object, &dp.pin_dir)?);
-        Ok(dp)
+        let tag = daolinet_testlab::fresh_tag();
+        let bpffs = Bpffs::mount(PathBuf::from(format!("/run/daolinet-{tag}-bpffs")));
+        let pin_dir = bpffs.path().join("daolinet");
+        let dp = agent_dp::Datapath::load(&object, &pin_dir)?;
+        Ok(Datapath {
+            dp: Some(dp),
+            pin_dir,
+            _bpffs: bpffs,
+        })
     }
 
     /// The bpffs directory the maps are pinned in.
@@ -314,10 +283,7 @@ impl Datapath {
 
 impl Drop for Datapath {
     fn drop(&mut self) {
-        // Close programs and maps first, then unpin.
+        // Close programs and maps before the bpffs goes.
         drop(self.dp.take());
-        if let Err(e) = std::fs::remove_dir_all(&self.pin_dir) {
-            eprintln!("warning: removing {}: {e}", self.pin_dir.display());
-        }
     }
 }

@@ -5,15 +5,16 @@
 //! results compared byte for byte with the expected frame, checksums
 //! checked by full recomputation.
 //!
-//! They need root (not root: a loud SKIP line each); as root, a missing
-//! BPF object fails them ("run `cargo xtask build-ebpf --release`").
+//! They need root: the workspace skip rule applies
+//! (`daolinet_testlab::require`).
 
 #![allow(clippy::expect_used)] // test helpers: a failed expect is a failed test
 
 use daolinet_common::{
     Action, FlowEntry, FlowKey, MissPolicy, PortInfo, PortKind, PuntReason, Subtable, MAX_ACTIONS,
 };
-use daolinet_tests::bpf::{skip_unless_root, Datapath, TC_ACT_REDIRECT, TC_ACT_SHOT};
+use daolinet_testlab::{require, Need};
+use daolinet_tests::bpf::{Datapath, TC_ACT_REDIRECT, TC_ACT_SHOT};
 use daolinet_tests::frames::{
     assert_checksums_ok, eth, icmp, ipv4_frame, ipv6_frame, lse, sctp, tagged, tcp, udp, ETH_MPLS,
 };
@@ -37,10 +38,9 @@ fn port(ofport: u32, ifindex: u32, slot: u32) -> PortInfo {
     }
 }
 
-fn setup(test: &str) -> Option<Datapath> {
-    if skip_unless_root(test) {
-        return None;
-    }
+/// The datapath with two ports; `None` when skipped.
+fn setup() -> Option<Datapath> {
+    require(&[Need::Root, Need::BpfObject])?;
     let mut dp = Datapath::load().expect("loading the datapath");
     dp.add_port(port(IN_OFPORT, 1, 1)).expect("port");
     dp.add_port(port(OUT_OFPORT, 4343, 2)).expect("port");
@@ -95,7 +95,7 @@ fn ipv6_tcp(hop: u8, tclass: u8, label: u32, dport: u16) -> Vec<u8> {
 
 #[test]
 fn ipv6_protocol_ports_class_and_label_are_matched() {
-    let Some(mut dp) = setup("ipv6_protocol_ports_class_and_label_are_matched") else {
+    let Some(mut dp) = setup() else {
         return;
     };
     let key = FlowKey {
@@ -130,7 +130,7 @@ fn ipv6_protocol_ports_class_and_label_are_matched() {
 
 #[test]
 fn ipv6_dec_ttl_decrements_the_hop_limit_and_punts_at_one() {
-    let Some(mut dp) = setup("ipv6_dec_ttl_decrements_the_hop_limit_and_punts_at_one") else {
+    let Some(mut dp) = setup() else {
         return;
     };
     let key = FlowKey {
@@ -166,7 +166,7 @@ fn ipv6_dec_ttl_decrements_the_hop_limit_and_punts_at_one() {
 
 #[test]
 fn ipv6_port_rewrites_keep_the_tcp_and_udp_checksums_valid() {
-    let Some(mut dp) = setup("ipv6_port_rewrites_keep_the_tcp_and_udp_checksums_valid") else {
+    let Some(mut dp) = setup() else {
         return;
     };
     let key = FlowKey {
@@ -206,7 +206,7 @@ fn ipv6_port_rewrites_keep_the_tcp_and_udp_checksums_valid() {
 
 #[test]
 fn vlan_priority_dscp_ecn_sctp_icmpv6_and_mpls_are_matched() {
-    let Some(mut dp) = setup("vlan_priority_dscp_ecn_sctp_icmpv6_and_mpls_are_matched") else {
+    let Some(mut dp) = setup() else {
         return;
     };
     let ip4 = |tos: u8, proto: u8, seg: &[u8]| {

@@ -1,9 +1,9 @@
 //! BPF_PROG_TEST_RUN unit tests of the datapath programs (`daolinet_tc`,
 //! `daolinet_xdp`) on hand-crafted packets.
 //!
-//! They need root. Not root: each test prints a loud SKIP line and returns.
-//! They load the object embedded in the agent (`$DAOLINET_BPF_OBJECT`
-//! overrides it, e.g. to test a variant).
+//! They need root (the workspace skip rule applies:
+//! `daolinet_testlab::require`). They load the object embedded in the
+//! agent (`$DAOLINET_BPF_OBJECT` overrides it, e.g. to test a variant).
 //!
 //! The ingress port is registered under ifindex 1 (`lo`): that is the device
 //! BPF_PROG_TEST_RUN gives the skb (and the XDP rx queue) when the context
@@ -16,10 +16,13 @@ use daolinet_common::{
     Action, DropReason, FlowEntry, FlowKey, MissPolicy, PortInfo, PortKind, PuntReason, Subtable,
     MAX_ACTIONS, NO_RULE, PORT_FLAG_ANTI_SPOOF,
 };
+use daolinet_testlab::{require, Need, ThreadNetns};
 use daolinet_tests::bpf::{
-    skip_unless_root, Datapath, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS,
-    XDP_REDIRECT, XDP_TX,
+    Datapath, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
 };
+
+/// What every test here needs.
+const NEEDS: [Need; 2] = [Need::Root, Need::BpfObject];
 
 // ---------------------------------------------------------------------------
 // Packet building and independent (full, not incremental) checksums.
@@ -268,11 +271,9 @@ fn port(ofport: u32, ifindex: u32, kind: PortKind, miss: MissPolicy, slot: u32) 
 }
 
 /// Load the datapath with the ingress container port (miss policy `miss`),
-/// a peer container port and the uplink. `None` when not root.
-fn setup(test: &str, miss: MissPolicy) -> Option<Datapath> {
-    if skip_unless_root(test) {
-        return None;
-    }
+/// a peer container port and the uplink. `None` when skipped.
+fn setup(miss: MissPolicy) -> Option<Datapath> {
+    require(&NEEDS)?;
     let mut dp = Datapath::load().expect("loading the datapath");
     dp.add_port(port(
         IN_OFPORT,
@@ -424,7 +425,7 @@ impl Drop for VethWithIndex {
 /// hash map: a packet arriving on one is classified and forwarded.
 #[test]
 fn tc_ingress_on_a_port_beyond_the_array_index() {
-    let Some(mut dp) = setup("tc_ingress_beyond_index", MissPolicy::Punt) else {
+    let Some(mut dp) = setup(MissPolicy::Punt) else {
         return;
     };
     let (_veth, far) = VethWithIndex::create(daolinet_common::PORT_INDEX_SLOTS + 10_000)
@@ -457,7 +458,7 @@ fn tc_ingress_on_a_port_beyond_the_array_index() {
 /// `OFPORT_INDEX_SLOTS` still leaves by that port.
 #[test]
 fn tc_output_to_a_port_beyond_the_array_index() {
-    let Some(mut dp) = setup("tc_output_beyond_index", MissPolicy::Punt) else {
+    let Some(mut dp) = setup(MissPolicy::Punt) else {
         return;
     };
     let far = daolinet_common::OFPORT_INDEX_SLOTS + 7;
@@ -476,7 +477,7 @@ fn tc_output_to_a_port_beyond_the_array_index() {
 
 #[test]
 fn tc_cross_host_rewrite_is_byte_exact_with_valid_checksums() {
-    let Some(mut dp) = setup("tc_cross_host_rewrite", MissPolicy::Punt) else {
+    let Some(mut dp) = setup(MissPolicy::Punt) else {
         return;
     };
     install_pair_rule(&mut dp, 7, &cross_host_actions());
@@ -510,7 +511,7 @@ fn tc_cross_host_rewrite_is_byte_exact_with_valid_checksums() {
 
 #[test]
 fn tc_udp_without_checksum_keeps_zero_checksum() {
-    let Some(mut dp) = setup("tc_udp_without_checksum", MissPolicy::Punt) else {
+    let Some(mut dp) = setup(MissPolicy::Punt) else {
         return;
     };
     install_pair_rule(&mut dp, 7, &cross_host_actions());
@@ -525,7 +526,7 @@ fn tc_udp_without_checksum_keeps_zero_checksum() {
 #[test]
 fn tc_reverse_rewrite_on_destination_host_outputs_to_container() {
     // H2 side: in_port=uplink, physical pair -> logical pair, output B.
-    let Some(mut dp) = setup("tc_reverse_rewrite", MissPolicy::Punt) else {
+    let Some(mut dp) = setup(MissPolicy::Punt) else {
         return;
     };
     // Traffic arrives on the uplink here: register it under ifindex 1.
@@ -570,7 +571,7 @@ fn tc_reverse_rewrite_on_destination_host_outputs_to_container() {
 
 #[test]
 fn tc_set_l4_ports_fixes_tcp_and_udp_checksums() {
-    let Some(mut dp) = setup("tc_set_l4_ports", MissPolicy::Punt) else {
+    let Some(mut dp) = setup(MissPolicy::Punt) else {
         return;
     };
     install_pair_rule(
@@ -614,7 +615,7 @@ fn tc_set_l4_ports_fixes_tcp_and_udp_checksums() {
 
 #[test]
 fn tc_dec_ttl_decrements_and_punts_expiring_packets() {
-    let Some(mut dp) = setup("tc_dec_ttl", MissPolicy::Punt) else {
+    let Some(mut dp) = setup(MissPolicy::Punt) else {
         return;
     };
     install_pair_rule(
@@ -653,7 +654,7 @@ fn tc_dec_ttl_decrements_and_punts_expiring_packets() {
 
 #[test]
 fn tc_miss_punts_the_whole_packet_and_drops_the_original() {
-    let Some(mut dp) = setup("tc_miss_punts", MissPolicy::Punt) else {
+    let Some(mut dp) = setup(MissPolicy::Punt) else {
         return;
     };
     // A rule for another pair only: this packet misses.
@@ -687,7 +688,7 @@ fn tc_miss_punts_the_whole_packet_and_drops_the_original() {
 
 #[test]
 fn tc_miss_with_no_subtables_and_large_packet_is_capped() {
-    let Some(mut dp) = setup("tc_miss_capped", MissPolicy::Punt) else {
+    let Some(mut dp) = setup(MissPolicy::Punt) else {
         return;
     };
     let payload = vec![0xabu8; 3000];
@@ -704,7 +705,7 @@ fn tc_miss_with_no_subtables_and_large_packet_is_capped() {
 
 #[test]
 fn tc_miss_policy_local_passes_and_drop_drops() {
-    let Some(mut dp) = setup("tc_miss_policy", MissPolicy::Local) else {
+    let Some(mut dp) = setup(MissPolicy::Local) else {
         return;
     };
     let input = tcp_frame(FROM_A, IP_A, IP_B, 40000, 22, 64);
@@ -729,9 +730,9 @@ fn tc_miss_policy_local_passes_and_drop_drops() {
 
 #[test]
 fn tc_unknown_ingress_passes_untouched() {
-    if skip_unless_root("tc_unknown_ingress") {
+    let Some(_ready) = require(&NEEDS) else {
         return;
-    }
+    };
     let mut dp = Datapath::load().expect("loading the datapath");
     let input = tcp_frame(FROM_A, IP_A, IP_B, 40000, 22, 64);
     let (verdict, out) = dp.run_tc(&input, IN_IFINDEX).unwrap();
@@ -745,7 +746,7 @@ fn tc_unknown_ingress_passes_untouched() {
 
 #[test]
 fn tc_higher_priority_in_later_subtable_wins_and_walk_stops_early() {
-    let Some(mut dp) = setup("tc_priorities", MissPolicy::Punt) else {
+    let Some(mut dp) = setup(MissPolicy::Punt) else {
         return;
     };
     let mark = |last: u8| Action::set_eth_dst([0x02, 0xee, 0, 0, 0, last]);
@@ -828,7 +829,7 @@ fn tc_higher_priority_in_later_subtable_wins_and_walk_stops_early() {
 /// with a stale winner.
 #[test]
 fn tc_exact_match_cache_follows_rule_changes() {
-    let Some(mut dp) = setup("tc_exact_match_cache", MissPolicy::Punt) else {
+    let Some(mut dp) = setup(MissPolicy::Punt) else {
         return;
     };
     // Three empty subtables walked before the pair subtable: the cache is on.
@@ -893,7 +894,7 @@ fn tc_exact_match_cache_follows_rule_changes() {
 
 #[test]
 fn tc_drop_action_and_empty_action_list_count_policy_drops() {
-    let Some(mut dp) = setup("tc_drop_action", MissPolicy::Punt) else {
+    let Some(mut dp) = setup(MissPolicy::Punt) else {
         return;
     };
     install_pair_rule(&mut dp, 4, &[Action::drop_packet()]);
@@ -923,7 +924,7 @@ fn tc_drop_action_and_empty_action_list_count_policy_drops() {
 
 #[test]
 fn tc_anti_spoofing_drops_foreign_sources() {
-    let Some(mut dp) = setup("tc_anti_spoofing", MissPolicy::Local) else {
+    let Some(mut dp) = setup(MissPolicy::Local) else {
         return;
     };
     let mut p = port(
@@ -980,7 +981,7 @@ fn tc_anti_spoofing_drops_foreign_sources() {
 
 #[test]
 fn tc_truncated_ipv4_is_malformed() {
-    let Some(mut dp) = setup("tc_truncated_ipv4", MissPolicy::Local) else {
+    let Some(mut dp) = setup(MissPolicy::Local) else {
         return;
     };
     let full = tcp_frame(FROM_A, IP_A, IP_B, 1, 2, 64);
@@ -1010,7 +1011,7 @@ fn tc_truncated_ipv4_is_malformed() {
 
 #[test]
 fn tc_rule_stats_count_packets_bytes_and_last_use() {
-    let Some(mut dp) = setup("tc_rule_stats", MissPolicy::Punt) else {
+    let Some(mut dp) = setup(MissPolicy::Punt) else {
         return;
     };
     install_pair_rule(&mut dp, 42, &[Action::output(PEER_OFPORT)]);
@@ -1042,7 +1043,7 @@ fn tc_rule_stats_count_packets_bytes_and_last_use() {
 
 #[test]
 fn tc_other_outputs_local_in_port_and_controller() {
-    let Some(mut dp) = setup("tc_other_outputs", MissPolicy::Punt) else {
+    let Some(mut dp) = setup(MissPolicy::Punt) else {
         return;
     };
     let input = tcp_frame(FROM_A, IP_A, IP_B, 1, 2, 64);
@@ -1114,7 +1115,7 @@ fn tc_other_outputs_local_in_port_and_controller() {
 
 #[test]
 fn tc_vlan_tag_is_matched_and_offsets_follow_it() {
-    let Some(mut dp) = setup("tc_vlan", MissPolicy::Local) else {
+    let Some(mut dp) = setup(MissPolicy::Local) else {
         return;
     };
     let mask = FlowKey {
@@ -1163,7 +1164,7 @@ fn tc_vlan_tag_is_matched_and_offsets_follow_it() {
 
 #[test]
 fn xdp_cross_host_rewrite_is_byte_exact_with_valid_checksums() {
-    let Some(mut dp) = setup("xdp_cross_host_rewrite", MissPolicy::Punt) else {
+    let Some(mut dp) = setup(MissPolicy::Punt) else {
         return;
     };
     install_pair_rule(&mut dp, 7, &cross_host_actions());
@@ -1196,7 +1197,7 @@ fn xdp_cross_host_rewrite_is_byte_exact_with_valid_checksums() {
 
 #[test]
 fn xdp_ports_ttl_miss_and_drops() {
-    let Some(mut dp) = setup("xdp_ports_ttl_miss", MissPolicy::Punt) else {
+    let Some(mut dp) = setup(MissPolicy::Punt) else {
         return;
     };
     install_pair_rule(
@@ -1252,7 +1253,7 @@ fn xdp_ports_ttl_miss_and_drops() {
 
 #[test]
 fn xdp_only_the_last_output_counts() {
-    let Some(mut dp) = setup("xdp_last_output", MissPolicy::Punt) else {
+    let Some(mut dp) = setup(MissPolicy::Punt) else {
         return;
     };
     install_pair_rule(
@@ -1279,32 +1280,6 @@ fn xdp_only_the_last_output_counts() {
 // ---------------------------------------------------------------------------
 // Several outputs (TC clones all but the last)
 
-/// Runs the calling thread in a fresh network namespace until dropped.
-struct ThreadNetns {
-    orig: std::fs::File,
-}
-
-impl ThreadNetns {
-    fn enter() -> ThreadNetns {
-        let orig = std::fs::File::open("/proc/thread-self/ns/net").expect("opening own netns");
-        // SAFETY: affects only this thread.
-        assert_eq!(
-            unsafe { libc::unshare(libc::CLONE_NEWNET) },
-            0,
-            "unshare(CLONE_NEWNET)"
-        );
-        ThreadNetns { orig }
-    }
-}
-
-impl Drop for ThreadNetns {
-    fn drop(&mut self) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: a valid netns fd; back to where the thread started.
-        unsafe { libc::setns(self.orig.as_raw_fd(), libc::CLONE_NEWNET) };
-    }
-}
-
 fn ip(args: &[&str]) {
     let st = std::process::Command::new("ip")
         .args(args)
@@ -1315,9 +1290,9 @@ fn ip(args: &[&str]) {
 
 #[test]
 fn tc_outputs_before_the_last_are_cloned() {
-    if skip_unless_root("tc_outputs_before_the_last_are_cloned") {
+    let Some(_ready) = require(&NEEDS) else {
         return;
-    }
+    };
     // bpf_clone_redirect really transmits the copy: give it a veth pair in
     // a private namespace (children of this thread inherit it).
     let _ns = ThreadNetns::enter();
@@ -1382,9 +1357,9 @@ fn tc_outputs_before_the_last_are_cloned() {
 
 #[test]
 fn every_map_is_pinned_under_its_common_name() {
-    if skip_unless_root("every_map_is_pinned_under_its_common_name") {
+    let Some(_ready) = require(&NEEDS) else {
         return;
-    }
+    };
     use daolinet_common::maps as names;
     let dp = Datapath::load().expect("loading the datapath");
     for name in [
