@@ -2,7 +2,8 @@
 //!
 //! - `setup`: install every missing prerequisite (idempotent, needs root).
 //! - `build-ebpf`: build the BPF datapath object.
-//! - `test`: setup + build-ebpf + the whole test suite (privileged tests too).
+//! - `test`: setup + build-ebpf + the whole test suite (privileged tests too);
+//!   `--repeat N [--load]` for a stability run.
 //! - `demo`: show the product working on network namespaces (controller + agents).
 //! - `bench`: side-by-side benchmarks, written to BENCHMARKS.md.
 //! - `conformance`: os-ken's OpenFlow switch test suite, agent vs Open vSwitch.
@@ -42,7 +43,7 @@ enum Cmd {
         #[arg(long, conflicts_with = "release")]
         debug: bool,
     },
-    /// Run setup, build-ebpf and the whole test suite, including privileged namespace tests.
+    /// Run setup, build-ebpf and the whole test suite, including privileged namespace tests (under CI=true: a test that cannot run fails).
     Test {
         /// Skip `setup` (prerequisites already installed).
         #[arg(long)]
@@ -50,6 +51,12 @@ enum Cmd {
         /// Seconds for each fuzz target in the short fuzz run (0 skips it).
         #[arg(long, default_value_t = 20)]
         fuzz_seconds: u64,
+        /// Stability run: build once, run the suite N times, report each run and which tests failed in which runs.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        repeat: u32,
+        /// Keep one core busy (a busy loop) while the suite runs, as on a loaded CI machine.
+        #[arg(long)]
+        load: bool,
     },
     /// Run the controller and an agent per host on namespaces; show and check first packets, flows, policy, expiry.
     Demo {
@@ -103,7 +110,14 @@ fn main() {
         Cmd::Test {
             no_setup,
             fuzz_seconds,
-        } => test::run(!no_setup, fuzz_seconds),
+            repeat,
+            load,
+        } => test::run(&test::Opts {
+            setup: !no_setup,
+            fuzz_seconds,
+            repeat,
+            load,
+        }),
         Cmd::Demo { no_setup } => demo::run(!no_setup),
         Cmd::Bench { which, no_setup } => bench::run(which, !no_setup),
         Cmd::Conformance {
