@@ -4,32 +4,29 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failed unwrap is a failed test
 
-mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{connect_in, listen_in, ns, ns_out, root_or_skip, sh, udp_in, Lab};
 use daolinet_openflow::{self as of, Frame, Message};
+use daolinet_testlab::{wait_poll, Agent, Lab, Need, Netns, Poll};
 
+/// The agent's OpenFlow listener, inside the test's host namespace.
 const OF_PORT: &str = "6634";
+/// The controller port (ovs-testcontroller, our own), inside the host namespace.
+const CTL_PORT: &str = "6653";
 
-fn have(tool: &str) -> bool {
-    std::process::Command::new(tool)
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+/// A lab for a test of this file: the BPF object, ping, and `more`.
+fn lab(more: &[Need]) -> Option<Lab> {
+    let mut needs = vec![Need::BpfObject, Need::Program("ping")];
+    needs.extend_from_slice(more);
+    Lab::new(&needs)
 }
 
 /// A host namespace with an uplink veth and two containers (pa=1, pb=2).
-fn topology(lab: &mut Lab, static_arp: bool) -> (String, String, String) {
+fn topology(lab: &mut Lab, static_arp: bool) -> (Netns, Netns, Netns) {
     let h = lab.netns("h");
-    sh(&[
-        "ip", "-n", &h, "link", "add", "up0", "type", "veth", "peer", "name", "up0p",
-    ]);
-    sh(&["ip", "-n", &h, "link", "set", "up0", "up"]);
-    sh(&["ip", "-n", &h, "link", "set", "up0p", "up"]);
+    h.veth("up0", "up0p");
     let a = lab.container(&h, "a", "pa", "10.1.0.2", "02:00:00:00:00:0a");
     let b = lab.container(&h, "b", "pb", "10.1.0.3", "02:00:00:00:00:0b");
     if static_arp {
@@ -37,9 +34,7 @@ fn topology(lab: &mut Lab, static_arp: bool) -> (String, String, String) {
             (&a, "10.1.0.3", "02:00:00:00:00:0b"),
             (&b, "10.1.0.2", "02:00:00:00:00:0a"),
         ] {
-            sh(&[
-                "ip", "-n", c, "neigh", "add", ip, "lladdr", mac, "dev", "eth0",
-            ]);
+            c.ip(&["neigh", "add", ip, "lladdr", mac, "dev", "eth0"]);
         }
     }
     (h, a, b)
@@ -47,49 +42,48 @@ fn topology(lab: &mut Lab, static_arp: bool) -> (String, String, String) {
 
 /// Start the agent of `h` with the uplink `up0` and the two container ports
 /// of `topology` (pa=1, pb=2), plus `extra` arguments.
-fn start_two_port_agent(lab: &mut Lab, h: &str, extra: &[&str]) {
+fn start_two_port_agent(lab: &mut Lab, h: &Netns, extra: &[&str]) -> Agent {
     let mut args = vec!["--uplink", "up0", "--port", "pa=1", "--port", "pb=2"];
     args.extend_from_slice(extra);
-    lab.start_agent(h, &args);
+    lab.agent(h, &args)
 }
 
-fn ofctl(h: &str, args: &[&str]) -> String {
+fn ofctl(h: &Netns, args: &[&str]) -> String {
     let target = format!("tcp:127.0.0.1:{OF_PORT}");
     let mut full = vec!["ovs-ofctl", "-O", "OpenFlow13"];
     let opts = args.iter().take_while(|a| a.starts_with("--")).count();
     full.extend_from_slice(&args[..=opts]);
     full.push(&target);
     full.extend_from_slice(&args[opts + 1..]);
-    let (ok, out, err) = ns_out(h, &full);
-    assert!(ok, "ovs-ofctl {args:?} failed: {err}");
-    out
+    let r = h.output(&full);
+    assert!(r.ok, "ovs-ofctl {args:?} failed: {}", r.stderr);
+    r.stdout
 }
 
 /// Make the host namespace `h`'s own stack send a datagram out of port
 /// `port` (to IPv6 all-nodes, from the port's link-local address), as it
 /// does unprompted with router solicitations and MLD reports. Such frames
 /// go straight into the container: the agent only sees a port's ingress.
-fn host_stack_sends_on(h: &str, port: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        // The link-local address is usable once duplicate address
-        // detection is over (no longer "tentative").
-        let (_, out, _) = ns_out(
-            h,
-            &[
-                "ip", "-6", "-o", "addr", "show", "dev", port, "scope", "link",
-            ],
-        );
-        if out.contains("fe80") && !out.contains("tentative") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{port} has no link-local address: {out}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let (_, idx, _) = ns_out(h, &["cat", &format!("/sys/class/net/{port}/ifindex")]);
+fn host_stack_sends_on(h: &Netns, port: &str) {
+    // The link-local address is usable once duplicate address detection
+    // is over (no longer "tentative").
+    wait_poll(
+        &format!("a link-local address on {port}"),
+        Duration::from_secs(20),
+        || {
+            let out = h
+                .output(&[
+                    "ip", "-6", "-o", "addr", "show", "dev", port, "scope", "link",
+                ])
+                .stdout;
+            if out.contains("fe80") && !out.contains("tentative") {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(out)
+            }
+        },
+    );
+    let idx = h.run(&["cat", &format!("/sys/class/net/{port}/ifindex")]);
     let idx: u32 = idx.trim().parse().expect("ifindex");
     let all_nodes = std::net::SocketAddrV6::new(
         std::net::Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1),
@@ -97,34 +91,23 @@ fn host_stack_sends_on(h: &str, port: &str) {
         0,
         idx,
     );
-    let s = udp_in(h, "[::]:0").expect("udp socket in the host namespace");
+    let s = h.udp("[::]:0").expect("udp socket in the host namespace");
     s.send_to(b"not from the agent", all_nodes)
         .expect("send on the port from the host stack");
 }
 
-fn wait_listener(h: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while connect_in(h, &format!("127.0.0.1:{OF_PORT}")).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "OpenFlow listener did not come up"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// Wait until the agent's OpenFlow listener is up in `h`.
+fn wait_listener(h: &Netns) {
+    h.wait_tcp_listening(OF_PORT.parse().expect("port"), Duration::from_secs(30));
 }
 
 #[test]
 fn ovs_ofctl_installs_dumps_deletes_and_packets_out() {
-    if !root_or_skip("ovs_ofctl_installs_dumps_deletes_and_packets_out") {
+    let Some(mut lab) = lab(&[Need::Program("ovs-ofctl")]) else {
         return;
-    }
-    assert!(
-        have("ovs-ofctl"),
-        "ovs-ofctl missing: run `cargo xtask setup`"
-    );
-    let mut lab = Lab::new("ofc");
+    };
     let (h, a, b) = topology(&mut lab, true);
-    start_two_port_agent(
+    let agent = start_two_port_agent(
         &mut lab,
         &h,
         &[
@@ -135,7 +118,7 @@ fn ovs_ofctl_installs_dumps_deletes_and_packets_out() {
         ],
     );
     wait_listener(&h);
-    assert!(!ns(&a, &["ping", "-c", "1", "-W", "1", "10.1.0.3"]));
+    assert!(!a.ok(&["ping", "-c", "1", "-W", "1", "10.1.0.3"]));
 
     let desc = ofctl(&h, &["show"]);
     assert!(desc.contains("dpid:00000000000000d1"), "{desc}");
@@ -157,7 +140,7 @@ fn ovs_ofctl_installs_dumps_deletes_and_packets_out() {
     );
     ofctl(&h, &["add-flow", "cookie=0x20,priority=5,arp,actions=drop"]);
     assert!(
-        ns(&a, &["ping", "-c", "3", "-i", "0.2", "-W", "2", "10.1.0.3"]),
+        a.ok(&["ping", "-c", "3", "-i", "0.2", "-W", "2", "10.1.0.3"]),
         "ping failed with the flows ovs-ofctl installed"
     );
     let dump = ofctl(&h, &["dump-flows"]);
@@ -170,7 +153,7 @@ fn ovs_ofctl_installs_dumps_deletes_and_packets_out() {
     assert!(dump.contains("arp actions=drop"), "{dump}");
 
     // Our own dump says the same.
-    let ours = lab.agent_cmd(&h, &["flows"]);
+    let ours = agent.cli(&["flows"]);
     assert_eq!(ours.matches("n_packets=3,").count(), 2, "{ours}");
 
     let ports = ofctl(&h, &["dump-ports"]);
@@ -194,7 +177,7 @@ fn ovs_ofctl_installs_dumps_deletes_and_packets_out() {
     ofctl(&h, &["del-flows", "cookie=0x10/-1"]);
     let dump = ofctl(&h, &["dump-flows"]);
     assert_eq!(dump.matches("cookie=").count(), 1, "{dump}");
-    assert!(!ns(&a, &["ping", "-c", "1", "-W", "1", "10.1.0.3"]));
+    assert!(!a.ok(&["ping", "-c", "1", "-W", "1", "10.1.0.3"]));
 
     // PACKET_OUT: UDP datagrams from a (10.1.0.2:1234) to b (10.1.0.3:5678),
     // sent out port 2 by the agent; b's socket must receive each exactly
@@ -203,7 +186,7 @@ fn ovs_ofctl_installs_dumps_deletes_and_packets_out() {
     // ~9 s after the link came up, MLD reports), which made this check fail
     // about one run in five; `host_stack_sends_on` makes it happen on
     // every run.
-    let rx = udp_in(&b, "10.1.0.3:5678").unwrap();
+    let rx = b.udp("10.1.0.3:5678").unwrap();
     rx.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     host_stack_sends_on(&h, "pb");
     for payload in ["ab", "cd"] {
@@ -232,61 +215,50 @@ fn ovs_ofctl_installs_dumps_deletes_and_packets_out() {
     }
 
     // Unsupported things get the OpenFlow error and change nothing.
-    let (ok, _, err) = ns_out(
-        &h,
-        &[
-            "ovs-ofctl",
-            "-O",
-            "OpenFlow13",
-            "add-flow",
-            &format!("tcp:127.0.0.1:{OF_PORT}"),
-            "reg0=5,ip,actions=output:2",
-        ],
+    let r = h.output(&[
+        "ovs-ofctl",
+        "-O",
+        "OpenFlow13",
+        "add-flow",
+        &format!("tcp:127.0.0.1:{OF_PORT}"),
+        "reg0=5,ip,actions=output:2",
+    ]);
+    assert!(
+        !r.ok && r.stderr.contains("OFPBMC_BAD_FIELD"),
+        "{}",
+        r.stderr
     );
-    assert!(!ok && err.contains("OFPBMC_BAD_FIELD"), "{err}");
     ofctl(&h, &["del-flows"]);
     assert_eq!(ofctl(&h, &["dump-flows"]).matches("cookie=").count(), 0);
 }
 
 #[test]
 fn ovs_testcontroller_learns_and_containers_ping() {
-    if !root_or_skip("ovs_testcontroller_learns_and_containers_ping") {
+    let Some(mut lab) = lab(&[Need::Program("ovs-testcontroller")]) else {
         return;
-    }
-    assert!(
-        have("ovs-testcontroller"),
-        "ovs-testcontroller missing: run `cargo xtask setup`"
-    );
-    let mut lab = Lab::new("otc");
+    };
     let (h, a, _b) = topology(&mut lab, false);
     // The learning switch with wildcarded flows (in_port, dl_vlan, dl_src,
     // dl_dst), what our classifier supports.
-    let ctl = format!("--unixctl=/tmp/{}-otc.ctl", lab.tag);
-    lab.spawn_in(
+    let ctl = format!("--unixctl={}", lab.dir().join("otc.ctl").display());
+    let _otc = h.spawn(&[
+        "ovs-testcontroller",
+        "--wildcards",
+        &ctl,
+        &format!("ptcp:{CTL_PORT}:127.0.0.1"),
+    ]);
+    h.wait_tcp_listening(CTL_PORT.parse().expect("port"), Duration::from_secs(30));
+    let agent = start_two_port_agent(
+        &mut lab,
         &h,
-        &[
-            "ovs-testcontroller",
-            "--wildcards",
-            &ctl,
-            "ptcp:6653:127.0.0.1",
-        ],
+        &["--controller", &format!("tcp:127.0.0.1:{CTL_PORT}")],
     );
-    std::thread::sleep(Duration::from_millis(300));
-    start_two_port_agent(&mut lab, &h, &["--controller", "tcp:127.0.0.1:6653"]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut ok = false;
-    while Instant::now() < deadline {
-        if ns(&a, &["ping", "-c", "1", "-W", "1", "10.1.0.3"]) {
-            ok = true;
-            break;
-        }
-    }
+    let ok = daolinet_testlab::eventually(Duration::from_secs(30), || {
+        a.ok(&["ping", "-c", "1", "-W", "1", "10.1.0.3"])
+    });
     assert!(ok, "no ping through ovs-testcontroller");
-    assert!(ns(
-        &a,
-        &["ping", "-c", "5", "-i", "0.2", "-W", "2", "10.1.0.3"]
-    ));
-    let flows = lab.agent_cmd(&h, &["flows"]);
+    assert!(a.ok(&["ping", "-c", "5", "-i", "0.2", "-W", "2", "10.1.0.3"]));
+    let flows = agent.cli(&["flows"]);
     // The learned flows carry the traffic in the datapath.
     let busy = flows
         .lines()
@@ -304,8 +276,8 @@ struct Client {
 }
 
 impl Client {
-    fn new(h: &str) -> Client {
-        let s = connect_in(h, &format!("127.0.0.1:{OF_PORT}")).expect("connect");
+    fn new(h: &Netns) -> Client {
+        let s = h.connect(&format!("127.0.0.1:{OF_PORT}")).expect("connect");
         Client::over(s)
     }
     /// Handshake on an established connection (either direction).
@@ -375,12 +347,11 @@ impl Client {
 /// order, PACKET_OUTs delivered.
 #[test]
 fn answers_split_across_writes_are_handled_whole_and_in_order() {
-    if !root_or_skip("answers_split_across_writes_are_handled_whole_and_in_order") {
+    let Some(mut lab) = lab(&[]) else {
         return;
-    }
-    let mut lab = Lab::new("spl");
+    };
     let (h, a, b) = topology(&mut lab, true);
-    start_two_port_agent(
+    let agent = start_two_port_agent(
         &mut lab,
         &h,
         &[
@@ -397,9 +368,9 @@ fn answers_split_across_writes_are_handled_whole_and_in_order() {
         .apply(vec![of::Action::controller(of::OFPCML_NO_BUFFER)]);
     c.send(2, Message::FlowMod(miss));
     c.barrier(3);
-    let tx = udp_in(&a, "10.1.0.2:40000").unwrap();
+    let tx = a.udp("10.1.0.2:40000").unwrap();
     tx.connect("10.1.0.3:40001").unwrap();
-    let rx = udp_in(&b, "10.1.0.3:40001").unwrap();
+    let rx = b.udp("10.1.0.3:40001").unwrap();
     rx.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let delays = [0, 50, 150, 400, 2000].map(Duration::from_micros);
     let rounds = 25u32;
@@ -444,7 +415,7 @@ fn answers_split_across_writes_are_handled_whole_and_in_order() {
             .unwrap_or_else(|e| panic!("round {round}: PACKET_OUT not delivered: {e}"));
         assert_eq!(&got[..n], &round.to_be_bytes(), "round {round}");
     }
-    let flows = lab.agent_cmd(&h, &["flows"]);
+    let flows = agent.cli(&["flows"]);
     assert_eq!(
         flows.matches("cookie=0x5a").count(),
         rounds as usize,
@@ -454,12 +425,11 @@ fn answers_split_across_writes_are_handled_whole_and_in_order() {
 
 #[test]
 fn idle_timeout_removes_the_quiet_flow_and_sends_flow_removed() {
-    if !root_or_skip("idle_timeout_removes_the_quiet_flow_and_sends_flow_removed") {
+    let Some(mut lab) = lab(&[]) else {
         return;
-    }
-    let mut lab = Lab::new("idl");
+    };
     let (h, a, _b) = topology(&mut lab, true);
-    start_two_port_agent(&mut lab, &h, &["--listen", &format!("ptcp:{OF_PORT}")]);
+    let agent = start_two_port_agent(&mut lab, &h, &["--listen", &format!("ptcp:{OF_PORT}")]);
     wait_listener(&h);
     let mut c = Client::new(&h);
     for flow in [
@@ -473,7 +443,7 @@ fn idle_timeout_removes_the_quiet_flow_and_sends_flow_removed() {
     }
     c.barrier(3);
     let start = Instant::now();
-    lab.spawn_in(&a, &["ping", "-i", "0.2", "-c", "25", "10.1.0.3"]);
+    let _ping = a.spawn(&["ping", "-i", "0.2", "-c", "25", "10.1.0.3"]);
     let fr = c
         .wait(Duration::from_secs(6), |m| {
             matches!(m, Message::FlowRemoved(_))
@@ -490,7 +460,7 @@ fn idle_timeout_removes_the_quiet_flow_and_sends_flow_removed() {
         took >= Duration::from_millis(1500),
         "removed too early: {took:?}"
     );
-    let flows = lab.agent_cmd(&h, &["flows"]);
+    let flows = agent.cli(&["flows"]);
     assert!(
         !flows.contains("10.1.0.9"),
         "quiet flow still there:\n{flows}"
@@ -502,7 +472,7 @@ fn idle_timeout_removes_the_quiet_flow_and_sends_flow_removed() {
     );
     // ...and not only in userspace: the datapath forgot it too (a packet
     // to 10.1.0.9 is punted, which the PACKET_IN shows).
-    assert!(!ns(&a, &["ping", "-c", "1", "-W", "1", "10.1.0.9"]));
+    assert!(!a.ok(&["ping", "-c", "1", "-W", "1", "10.1.0.9"]));
     assert!(c
         .wait(
             Duration::from_secs(3),
@@ -513,12 +483,11 @@ fn idle_timeout_removes_the_quiet_flow_and_sends_flow_removed() {
 
 #[test]
 fn hostile_controller_bytes_never_crash_the_agent_nor_touch_the_table() {
-    if !root_or_skip("hostile_controller_bytes_never_crash_the_agent_nor_touch_the_table") {
+    let Some(mut lab) = lab(&[]) else {
         return;
-    }
-    let mut lab = Lab::new("hst");
+    };
     let (h, a, _b) = topology(&mut lab, true);
-    start_two_port_agent(&mut lab, &h, &["--listen", &format!("ptcp:{OF_PORT}")]);
+    let mut agent = start_two_port_agent(&mut lab, &h, &["--listen", &format!("ptcp:{OF_PORT}")]);
     wait_listener(&h);
     let mut c = Client::new(&h);
     // One write with 200 FLOW_MODs: the agent writes them to the maps in
@@ -543,10 +512,10 @@ fn hostile_controller_bytes_never_crash_the_agent_nor_touch_the_table() {
     c.s.write_all(&wire).unwrap();
     c.barrier(3);
     assert!(
-        ns(&a, &["ping", "-c", "2", "-i", "0.2", "-W", "2", "10.1.0.3"]),
+        a.ok(&["ping", "-c", "2", "-i", "0.2", "-W", "2", "10.1.0.3"]),
         "flows written in a batch do not forward"
     );
-    let before = lab.agent_cmd(&h, &["flows"]);
+    let before = agent.cli(&["flows"]);
 
     let good = Message::FlowMod(
         "cookie=0x66,ip,nw_dst=10.9.9.9 actions=output:1"
@@ -588,7 +557,7 @@ fn hostile_controller_bytes_never_crash_the_agent_nor_touch_the_table() {
         attacks.push(b);
     }
     for (i, bytes) in attacks.iter().enumerate() {
-        let mut s = connect_in(&h, &format!("127.0.0.1:{OF_PORT}")).expect("connect");
+        let mut s = h.connect(&format!("127.0.0.1:{OF_PORT}")).expect("connect");
         s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
         if i % 2 == 0 {
             let _ = s.write_all(&Message::Hello(of::Hello::new()).to_bytes(1).unwrap());
@@ -597,7 +566,7 @@ fn hostile_controller_bytes_never_crash_the_agent_nor_touch_the_table() {
         let mut sink = [0u8; 4096];
         let _ = s.read(&mut sink);
         drop(s);
-        assert!(lab.agent_running(&h), "agent died on attack {i}");
+        assert!(agent.running(), "agent died on attack {i}");
     }
     // The flipped FLOW_MODs that were still valid may have added flows with
     // their own cookies; the original flows are untouched.
@@ -616,7 +585,7 @@ fn hostile_controller_bytes_never_crash_the_agent_nor_touch_the_table() {
             })
             .collect()
     };
-    let after = norm(&lab.agent_cmd(&h, &["flows"]));
+    let after = norm(&agent.cli(&["flows"]));
     for line in norm(&before) {
         assert!(
             after.contains(&line),
@@ -624,7 +593,7 @@ fn hostile_controller_bytes_never_crash_the_agent_nor_touch_the_table() {
         );
     }
     assert!(
-        ns(&a, &["ping", "-c", "1", "-W", "2", "10.1.0.3"]),
+        a.ok(&["ping", "-c", "1", "-W", "2", "10.1.0.3"]),
         "forwarding broke"
     );
     // A well-behaved controller is still served.
@@ -640,26 +609,25 @@ fn hostile_controller_bytes_never_crash_the_agent_nor_touch_the_table() {
 
 #[test]
 fn standalone_fail_mode_forwards_by_l2_learning_without_a_controller() {
-    if !root_or_skip("standalone_fail_mode_forwards_by_l2_learning_without_a_controller") {
+    let Some(mut lab) = lab(&[]) else {
         return;
-    }
-    let mut lab = Lab::new("std");
+    };
     let (h, a, _b) = topology(&mut lab, false);
-    start_two_port_agent(
+    let agent = start_two_port_agent(
         &mut lab,
         &h,
         &[
             "--fail-mode",
             "standalone",
             "--controller",
-            "tcp:127.0.0.1:6653", // nobody listens there
+            &format!("tcp:127.0.0.1:{CTL_PORT}"), // nobody listens there
         ],
     );
     assert!(
-        ns(&a, &["ping", "-c", "3", "-i", "0.2", "-W", "2", "10.1.0.3"]),
+        a.ok(&["ping", "-c", "3", "-i", "0.2", "-W", "2", "10.1.0.3"]),
         "no forwarding in standalone mode"
     );
-    let flows = lab.agent_cmd(&h, &["flows"]);
+    let flows = agent.cli(&["flows"]);
     let learned: Vec<&str> = flows
         .lines()
         .filter(|l| l.contains("cookie=0xda01100000000001"))
@@ -672,32 +640,30 @@ fn standalone_fail_mode_forwards_by_l2_learning_without_a_controller() {
 
 #[test]
 fn arp_responder_answers_containers_with_the_gateway_mac() {
-    if !root_or_skip("arp_responder_answers_containers_with_the_gateway_mac") {
+    let Some(mut lab) = lab(&[]) else {
         return;
-    }
-    let mut lab = Lab::new("arp");
+    };
     let (h, a, _b) = topology(&mut lab, false);
-    start_two_port_agent(&mut lab, &h, &["--arp-responder", "02:00:00:00:00:01"]);
+    let agent = start_two_port_agent(&mut lab, &h, &["--arp-responder", "02:00:00:00:00:01"]);
     // Nothing answers pings to the gateway address, but ARP resolves.
-    let _ = ns(&a, &["ping", "-c", "1", "-W", "1", "10.1.0.1"]);
-    let (_, neigh, _) = ns_out(&a, &["ip", "neigh", "show", "10.1.0.1"]);
+    let _ = a.ok(&["ping", "-c", "1", "-W", "1", "10.1.0.1"]);
+    let neigh = a.output(&["ip", "neigh", "show", "10.1.0.1"]).stdout;
     assert!(
         neigh.contains("lladdr 02:00:00:00:00:01"),
         "ARP not answered locally: {neigh:?}"
     );
-    let status = lab.agent_cmd(&h, &["status"]);
+    let status = agent.cli(&["status"]);
     assert!(status.contains("\"arp_replies\": 1"), "{status}");
 }
 
 #[test]
 fn controller_sees_port_status_roles_and_the_agent_reconnects() {
-    if !root_or_skip("controller_sees_port_status_roles_and_the_agent_reconnects") {
+    let Some(mut lab) = lab(&[]) else {
         return;
-    }
-    let mut lab = Lab::new("rec");
+    };
     let (h, _a, _b) = topology(&mut lab, true);
-    let l = listen_in(&h, "127.0.0.1:6653").expect("listen");
-    lab.start_agent(
+    let l = h.listen(&format!("127.0.0.1:{CTL_PORT}")).expect("listen");
+    let agent = lab.agent(
         &h,
         &[
             "--uplink",
@@ -705,7 +671,7 @@ fn controller_sees_port_status_roles_and_the_agent_reconnects() {
             "--port",
             "pa=1",
             "--controller",
-            "tcp:127.0.0.1:6653",
+            &format!("tcp:127.0.0.1:{CTL_PORT}"),
             "--datapath-id",
             "abc",
         ],
@@ -731,7 +697,7 @@ fn controller_sees_port_status_roles_and_the_agent_reconnects() {
         .is_some());
 
     // pb comes and goes: PORT_STATUS add, then delete when the interface vanishes.
-    lab.agent_cmd(&h, &["port", "add", "pb", "--ofport", "7"]);
+    agent.cli(&["port", "add", "pb", "--ofport", "7"]);
     let add = c
         .wait(
             Duration::from_secs(3),
@@ -741,7 +707,7 @@ fn controller_sees_port_status_roles_and_the_agent_reconnects() {
     assert!(
         matches!(add.message, Message::PortStatus(p) if p.desc.port_no == 7 && p.desc.name == "pb")
     );
-    sh(&["ip", "-n", &h, "link", "del", "pb"]);
+    h.ip(&["link", "del", "pb"]);
     let del = c
         .wait(
             Duration::from_secs(5),
@@ -763,7 +729,7 @@ fn controller_sees_port_status_roles_and_the_agent_reconnects() {
     // ...outlives the controller (fail-mode secure keeps the flows).
     drop(c);
     std::thread::sleep(Duration::from_millis(300));
-    let flows = lab.agent_cmd(&h, &["flows"]);
+    let flows = agent.cli(&["flows"]);
     assert!(
         flows.contains("cookie=0x5"),
         "flow lost with the controller:\n{flows}"
@@ -819,42 +785,20 @@ fn udp_frame_hex(
 
 #[test]
 fn packet_out_to_local_reaches_the_host_stack() {
-    if !root_or_skip("packet_out_to_local_reaches_the_host_stack") {
+    let Some(mut lab) = lab(&[Need::Program("ovs-ofctl")]) else {
         return;
-    }
-    assert!(
-        have("ovs-ofctl"),
-        "ovs-ofctl missing: run `cargo xtask setup`"
-    );
-    let mut lab = Lab::new("pollocal");
+    };
     let (h, a, _b) = topology(&mut lab, true);
     // A host address to deliver to, a route back to the containers (loose
     // reverse-path filtering, a common default, needs one).
-    sh(&[
-        "ip",
-        "-n",
-        &h,
-        "addr",
-        "add",
-        "192.168.77.1/24",
-        "dev",
-        "up0",
-    ]);
-    sh(&["ip", "-n", &h, "route", "add", "10.1.0.0/24", "dev", "pa"]);
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &h,
-        "sysctl",
-        "-qw",
-        "net.ipv4.conf.all.rp_filter=2",
-    ]);
-    let sock = udp_in(&h, "192.168.77.1:4000").unwrap();
+    h.ip(&["addr", "add", "192.168.77.1/24", "dev", "up0"]);
+    h.ip(&["route", "add", "10.1.0.0/24", "dev", "pa"]);
+    h.sysctl("net.ipv4.conf.all.rp_filter=2");
+    let sock = h.udp("192.168.77.1:4000").unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    start_two_port_agent(&mut lab, &h, &["--listen", &format!("ptcp:{OF_PORT}")]);
+    let mut agent = start_two_port_agent(&mut lab, &h, &["--listen", &format!("ptcp:{OF_PORT}")]);
     wait_listener(&h);
-    let links = ns_out(&h, &["ip", "-o", "link", "show"]).1;
+    let links = h.output(&["ip", "-o", "link", "show"]).stdout;
     assert!(links.contains("dllocal"), "no host-stack port: {links}");
 
     // A port the switch does not have: the frame is dropped, the agent lives on.
@@ -890,18 +834,18 @@ fn packet_out_to_local_reaches_the_host_stack() {
     let mut buf = [0u8; 64];
     let got = sock.recv_from(&mut buf);
     let (n, from) = got.unwrap_or_else(|e| {
-        let links = ns_out(&h, &["ip", "-s", "link", "show"]).1;
-        let stats = ns_out(&h, &["nstat", "-az"]).1;
+        let links = h.output(&["ip", "-s", "link", "show"]).stdout;
+        let stats = h.output(&["nstat", "-az"]).stdout;
         panic!("the PACKET_OUT to LOCAL did not reach the host stack: {e}\n{links}\n{stats}")
     });
     assert_eq!(&buf[..n], b"first packet");
     assert_eq!(from.to_string(), "10.1.0.2:4321");
-    assert!(lab.agent_running(&h), "the agent died");
+    assert!(agent.running(), "the agent died");
 
     // Later packets of the flow, from a (to the gateway MAC) through a flow
     // like the controller's NAT-out one: the datapath passes them to the
     // host stack, which must take them as its own.
-    let up0_mac = ns_out(&h, &["cat", "/sys/class/net/up0/address"]).1;
+    let up0_mac = h.output(&["cat", "/sys/class/net/up0/address"]).stdout;
     ofctl(
         &h,
         &[
@@ -912,20 +856,8 @@ fn packet_out_to_local_reaches_the_host_stack() {
             ),
         ],
     );
-    sh(&[
-        "ip",
-        "-n",
-        &a,
-        "route",
-        "add",
-        "192.168.77.0/24",
-        "dev",
-        "eth0",
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        &a,
+    a.ip(&["route", "add", "192.168.77.0/24", "dev", "eth0"]);
+    a.ip(&[
         "neigh",
         "add",
         "192.168.77.1",
@@ -934,11 +866,11 @@ fn packet_out_to_local_reaches_the_host_stack() {
         "dev",
         "eth0",
     ]);
-    let c = udp_in(&a, "10.1.0.2:4321").unwrap();
+    let c = a.udp("10.1.0.2:4321").unwrap();
     c.send_to(b"later packet", "192.168.77.1:4000").unwrap();
     let got = sock.recv_from(&mut buf);
     let (n, _) = got.unwrap_or_else(|e| {
-        let links = ns_out(&h, &["ip", "-s", "-s", "link", "show", "pa"]).1;
+        let links = h.output(&["ip", "-s", "-s", "link", "show", "pa"]).stdout;
         let flows = ofctl(&h, &["dump-flows"]);
         panic!("the datapath's pass to the host stack was lost: {e}\n{flows}\n{links}")
     });
@@ -947,41 +879,15 @@ fn packet_out_to_local_reaches_the_host_stack() {
     // Forwarded, as NAT-out traffic is: the first packet (PACKET_OUT) to an
     // outside namespace behind the host.
     let o = lab.netns("o");
-    sh(&[
-        "ip", "-n", &h, "link", "add", "out0", "type", "veth", "peer", "name", "eth0", "netns", &o,
+    h.ip(&[
+        "link", "add", "out0", "type", "veth", "peer", "name", "eth0", "netns", &o,
     ]);
-    sh(&[
-        "ip",
-        "-n",
-        &h,
-        "addr",
-        "add",
-        "192.168.88.1/24",
-        "dev",
-        "out0",
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        &o,
-        "addr",
-        "add",
-        "192.168.88.2/24",
-        "dev",
-        "eth0",
-    ]);
-    sh(&["ip", "-n", &h, "link", "set", "out0", "up"]);
-    sh(&["ip", "-n", &o, "link", "set", "eth0", "up"]);
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &h,
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_forward=1",
-    ]);
-    let outside = udp_in(&o, "192.168.88.2:5000").unwrap();
+    h.ip(&["addr", "add", "192.168.88.1/24", "dev", "out0"]);
+    o.ip(&["addr", "add", "192.168.88.2/24", "dev", "eth0"]);
+    h.ip(&["link", "set", "out0", "up"]);
+    o.ip(&["link", "set", "eth0", "up"]);
+    h.sysctl("net.ipv4.ip_forward=1");
+    let outside = o.udp("192.168.88.2:5000").unwrap();
     outside
         .set_read_timeout(Some(Duration::from_secs(3)))
         .unwrap();
@@ -1006,7 +912,7 @@ fn packet_out_to_local_reaches_the_host_stack() {
     assert_eq!(from.to_string(), "10.1.0.2:4321");
 
     // The TAP device goes with the agent.
-    lab.stop_agent(&h);
-    let links = ns_out(&h, &["ip", "-o", "link", "show"]).1;
+    agent.stop();
+    let links = h.output(&["ip", "-o", "link", "show"]).stdout;
     assert!(!links.contains("dllocal"), "left over: {links}");
 }
