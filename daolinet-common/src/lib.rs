@@ -53,6 +53,9 @@ pub const OFPORT_INDEX_SLOTS: u32 = 65536;
 pub const PUNT_RING_BYTES: u32 = 1 << 22;
 /// Rule id meaning "no rule" in [`PuntHeader::rule_id`].
 pub const NO_RULE: u32 = u32::MAX;
+/// OpenFlow's LOCAL port number (`OFPP_LOCAL`): the number of the
+/// [`PortKind::Local`] port in the port maps.
+pub const OFPP_LOCAL: u32 = 0xffff_fffe;
 
 /// Names of the BPF maps and programs. They are also the file names under
 /// the bpffs pin directory.

@@ -9,6 +9,18 @@ pub enum PortKind {
     Container = 0,
     /// The uplink (physical NIC): output uses `bpf_redirect` to its egress.
     Uplink = 1,
+    /// The agent's LOCAL port, a TAP device (`dllocalN`) standing for the
+    /// host stack. The program runs on its tcx *egress*: what the host
+    /// stack routes to it (the physical pool: NAT-out replies after
+    /// de-masquerade) enters the datapath with `in_port=LOCAL`, and output
+    /// from there to a container uses `bpf_redirect` to the veth's egress
+    /// (`bpf_redirect_peer` only works at ingress). Output to LOCAL from a
+    /// container port enters the host stack *through* this device
+    /// (`bpf_redirect` with `BPF_F_INGRESS`, destination MAC set to
+    /// [`PortInfo::allowed_mac`], the device's), so the stack sees every
+    /// such packet on one interface that has an address and the pool's
+    /// route: reverse-path filtering accepts it in every mode.
+    Local = 2,
 }
 
 /// What the datapath does with a packet that matches no rule.
@@ -54,7 +66,9 @@ pub struct PortInfo {
     pub slot: u32,
     /// Source IPv4 the container was registered with (anti-spoofing).
     pub allowed_ipv4: [u8; 4],
-    /// Source MAC the container was registered with (anti-spoofing).
+    /// Source MAC the container was registered with (anti-spoofing); for a
+    /// [`PortKind::Local`] port, the device's own MAC (the destination of
+    /// the frames handed to the host stack through it).
     pub allowed_mac: [u8; 6],
     /// `PORT_FLAG_*` bits.
     pub flags: u16,
@@ -64,5 +78,10 @@ impl PortInfo {
     /// True when this is a container port.
     pub fn is_container(&self) -> bool {
         self.kind == PortKind::Container as u32
+    }
+
+    /// True when this is the LOCAL port (see [`PortKind::Local`]).
+    pub fn is_local(&self) -> bool {
+        self.kind == PortKind::Local as u32
     }
 }

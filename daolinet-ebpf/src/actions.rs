@@ -16,7 +16,7 @@
 //! changed word, instead of a store and two checksum helper calls per field.
 
 use daolinet_common::{
-    Action, ActionKind, DropReason, FlowEntry, PortInfo, PuntReason, MAX_ACTIONS,
+    Action, ActionKind, DropReason, FlowEntry, PortInfo, PuntReason, MAX_ACTIONS, OFPP_LOCAL,
 };
 
 use crate::{
@@ -143,7 +143,7 @@ pub fn apply<P: Packet>(ctx: &P, st: &mut ActState, entry: &FlowEntry) -> Result
                     return Err(DropReason::NoSuchPort);
                 };
                 commit(ctx, st)?;
-                return match output(ctx, Target::for_port(dst), dst.slot, true)? {
+                return match output(ctx, Target::for_port(dst, &st.port), dst.slot, true)? {
                     Some(v) => Ok(v),
                     None => Err(DropReason::RedirectFailed),
                 };
@@ -211,7 +211,7 @@ fn apply_one<P: Packet>(
                 return Err(DropReason::NoSuchPort);
             };
             commit(ctx, st)?;
-            output(ctx, Target::for_port(dst), dst.slot, last)
+            output(ctx, Target::for_port(dst, &st.port), dst.slot, last)
         }
         ActionKind::OutputInPort => {
             commit(ctx, st)?;
@@ -220,6 +220,21 @@ fn apply_one<P: Packet>(
         ActionKind::OutputLocal => {
             if !last {
                 return Ok(None);
+            }
+            // From a container: into the host stack through the LOCAL
+            // port's device, addressed to it (see `PortKind::Local`). From
+            // the uplink (the host's own traffic) or without a LOCAL port:
+            // up the stack where the packet came in. From LOCAL itself:
+            // OpenFlow drops output to the ingress port.
+            if st.port.is_container() {
+                if let Some(local) = port_by_ofport(OFPP_LOCAL).filter(|p| p.is_local()) {
+                    st.pkt.key.eth_dst = local.allowed_mac;
+                    st.dirty |= DIRTY_ETH;
+                    commit(ctx, st)?;
+                    return output(ctx, Target::Ingress(local.ifindex), local.slot, true);
+                }
+            } else if st.port.is_local() {
+                return Err(DropReason::PolicyDrop);
             }
             commit(ctx, st)?;
             ctx.to_host();

@@ -17,7 +17,8 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     bindings::{
-        xdp_action, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
+        xdp_action, BPF_F_INGRESS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK,
+        TC_ACT_REDIRECT, TC_ACT_SHOT,
     },
     helpers::generated::{
         bpf_clone_redirect, bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_redirect,
@@ -80,13 +81,19 @@ pub enum Target {
     Egress(u32),
     /// Back out of the interface the packet came in on.
     InPort(u32),
+    /// Into the host stack as if received on that interface (TC:
+    /// `bpf_redirect` with `BPF_F_INGRESS`; the LOCAL port's device).
+    Ingress(u32),
 }
 
 impl Target {
-    /// The target for an output to `port`.
+    /// The target for an output to `port` of a packet that came in on
+    /// `from`: into a container straight into its namespace, except from
+    /// the LOCAL port, whose program runs at egress, where only a redirect
+    /// to the veth's egress works.
     #[inline(always)]
-    pub fn for_port(port: &PortInfo) -> Self {
-        if port.is_container() {
+    pub fn for_port(port: &PortInfo, from: &PortInfo) -> Self {
+        if port.is_container() && !from.is_local() {
             Target::Peer(port.ifindex)
         } else {
             Target::Egress(port.ifindex)
@@ -322,11 +329,12 @@ impl Packet for TcContext {
     fn output(&self, target: Target, last: bool) -> Result<Sent, DropReason> {
         if !last {
             // A copy goes out now; later actions keep working on the original.
-            let ifindex = match target {
-                Target::Peer(i) | Target::Egress(i) | Target::InPort(i) => i,
+            let (ifindex, flags) = match target {
+                Target::Peer(i) | Target::Egress(i) | Target::InPort(i) => (i, 0),
+                Target::Ingress(i) => (i, BPF_F_INGRESS as u64),
             };
             // SAFETY: plain helper call on our skb.
-            let ret = unsafe { bpf_clone_redirect(self.skb.skb.cast(), ifindex, 0) };
+            let ret = unsafe { bpf_clone_redirect(self.skb.skb.cast(), ifindex, flags) };
             return if ret == 0 {
                 Ok(Sent::Copy)
             } else {
@@ -338,6 +346,7 @@ impl Packet for TcContext {
             match target {
                 Target::Peer(i) => bpf_redirect_peer(i, 0),
                 Target::Egress(i) | Target::InPort(i) => bpf_redirect(i, 0),
+                Target::Ingress(i) => bpf_redirect(i, BPF_F_INGRESS as u64),
             }
         };
         if ret == TC_ACT_REDIRECT as i64 {
@@ -475,6 +484,8 @@ impl Packet for XdpContext {
         }
         let ifindex = match target {
             Target::InPort(_) => return Ok(Sent::Final(xdp_action::XDP_TX as i32)),
+            // XDP runs on the uplink only, whose output to LOCAL passes.
+            Target::Ingress(_) => return Ok(Sent::Final(xdp_action::XDP_PASS as i32)),
             Target::Peer(i) | Target::Egress(i) => i,
         };
         // SAFETY: plain helper call.
