@@ -17,7 +17,7 @@ use aya::{Ebpf, EbpfLoader};
 use daolinet_common::{
     maps as names, DatapathConfig, DropReason, FlowEntry, FlowMapKey, MissPolicy, PortInfo,
     PortKind, PortStats, PuntHeader, RuleMeta, RuleStats, Subtable, MAX_PORTS, MAX_SUBTABLES,
-    OFPORT_INDEX_SLOTS, PORT_INDEX_SLOTS,
+    OFPORT_INDEX_SLOTS, PORT_FLAG_ANTI_SPOOF, PORT_INDEX_SLOTS,
 };
 
 use crate::table::MapOp;
@@ -136,6 +136,21 @@ fn is_bpffs(path: &Path) -> bool {
     // SAFETY: valid path and out pointer.
     let rc = unsafe { libc::statfs(cpath.as_ptr(), &mut st) };
     rc == 0 && st.f_type as i64 == BPF_FS_MAGIC
+}
+
+/// The MAC address of `iface` (from sysfs).
+fn sys_mac(iface: &str) -> Result<[u8; 6]> {
+    let path = format!("/sys/class/net/{iface}/address");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let mut mac = [0u8; 6];
+    let mut parts = text.trim().split(':');
+    for b in &mut mac {
+        *b = parts
+            .next()
+            .and_then(|p| u8::from_str_radix(p, 16).ok())
+            .ok_or_else(|| anyhow!("{iface}: no Ethernet address in {path}"))?;
+    }
+    Ok(mac)
 }
 
 /// Interface index of `iface`, or a clear error.
@@ -468,10 +483,16 @@ impl Datapath {
             ifindex,
             kind: kind as u32,
             miss: match kind {
-                PortKind::Container => MissPolicy::Punt as u32,
+                PortKind::Container | PortKind::Local => MissPolicy::Punt as u32,
                 PortKind::Uplink => MissPolicy::Local as u32,
             },
             slot,
+            // The LOCAL port's own MAC: frames handed to the host stack
+            // through it are addressed to it.
+            allowed_mac: match kind {
+                PortKind::Local => sys_mac(iface)?,
+                _ => [0; 6],
+            },
             ..Default::default()
         };
         // Maps first, so the first packet after attach finds its port.
@@ -508,13 +529,14 @@ impl Datapath {
                     .program_mut(names::PROG_TC)
                     .context("no TC program")?
                     .try_into()?;
+                // The LOCAL port takes what the host stack sends to it.
+                let (at, what) = match kind {
+                    PortKind::Local => (TcAttachType::Egress, "egress"),
+                    _ => (TcAttachType::Ingress, "ingress"),
+                };
                 let id = prog
-                    .attach_with_options(
-                        iface,
-                        TcAttachType::Ingress,
-                        TcAttachOptions::TcxOrder(LinkOrder::default()),
-                    )
-                    .with_context(|| format!("attaching tcx ingress to {iface}"));
+                    .attach_with_options(iface, at, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                    .with_context(|| format!("attaching tcx {what} to {iface}"));
                 match id {
                     Ok(id) => PortLink::Tc(prog.take_link(id)?),
                     Err(e) => {
@@ -533,6 +555,37 @@ impl Datapath {
         self.ports
             .insert(iface.to_string(), AttachedPort { info, _link: link });
         Ok(())
+    }
+
+    /// Set or clear anti-spoofing on container port `ofport`: with `allowed`
+    /// (MAC, IPv4) the datapath drops every frame from it with another
+    /// Ethernet source, or another IPv4 source or ARP sender address
+    /// (counted as `spoofed_source`); `None` turns the check off.
+    pub fn set_anti_spoof(
+        &mut self,
+        ofport: u32,
+        allowed: Option<([u8; 6], [u8; 4])>,
+    ) -> Result<()> {
+        let port = self
+            .ports
+            .values_mut()
+            .find(|p| p.info.ofport == ofport && p.info.is_container())
+            .ok_or_else(|| anyhow!("no container port {ofport}"))?;
+        let mut info = port.info;
+        match allowed {
+            Some((mac, ip)) => {
+                info.allowed_mac = mac;
+                info.allowed_ipv4 = ip;
+                info.flags |= PORT_FLAG_ANTI_SPOOF;
+            }
+            None => {
+                info.allowed_mac = [0; 6];
+                info.allowed_ipv4 = [0; 4];
+                info.flags &= !PORT_FLAG_ANTI_SPOOF;
+            }
+        }
+        port.info = info;
+        self.write_port(&info)
     }
 
     /// Detach `iface` and forget it.
@@ -605,6 +658,8 @@ impl Datapath {
                 ifindex: info.ifindex,
                 kind: if info.is_container() {
                     "container"
+                } else if info.is_local() {
+                    "local"
                 } else {
                     "uplink"
                 },

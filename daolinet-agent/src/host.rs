@@ -73,6 +73,25 @@ impl Host {
     pub fn datapath(&mut self) -> &mut Datapath {
         &mut self.dp
     }
+
+    /// Make the `dllocalN` TAP device (if there is one) the datapath's
+    /// LOCAL port (see [`daolinet_common::PortKind::Local`]): what the host
+    /// stack routes to it enters the datapath with `in_port=LOCAL`, and
+    /// output to LOCAL from a container enters the host stack through it.
+    /// Returns the device's name.
+    pub fn attach_local(&mut self) -> Result<Option<String>> {
+        let Some(name) = self.local.as_ref().map(|l| l.name().to_string()) else {
+            return Ok(None);
+        };
+        self.dp.attach_port(
+            &name,
+            daolinet_common::OFPP_LOCAL,
+            PortKind::Local,
+            self.uplink_mode,
+        )?;
+        tracing::info!(device = %name, "LOCAL port attached (tcx egress)");
+        Ok(Some(name))
+    }
 }
 
 impl Counters for Host {

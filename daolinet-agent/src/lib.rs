@@ -21,7 +21,9 @@
 //! - [`host`]: the real dataplane (BPF maps, [`inject`]: AF_PACKET
 //!   transmit and the LOCAL port; [`netdev`]: interface facts);
 //!   [`register`]: self-registration with the controller's REST API (a
-//!   thread of its own, told by the event loop when controllers connect).
+//!   thread of its own, told by the event loop when controllers connect);
+//!   [`hostsetup`]: the host's NAT-out (forwarding, masquerade, the pool
+//!   routed to the LOCAL port).
 //!
 //! Module dependencies run one way: runtime -> control, fastpath ->
 //! engine -> conn, ofswitch -> oftable -> table, compile; host -> engine
@@ -34,6 +36,7 @@ pub mod datapath;
 pub mod engine;
 pub mod fastpath;
 pub mod host;
+pub mod hostsetup;
 pub mod inject;
 pub mod netdev;
 pub mod ofswitch;

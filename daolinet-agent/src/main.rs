@@ -90,6 +90,14 @@ enum Cmd {
         /// of one CPU over time; an idle agent does not spin. 0 turns it off.
         #[arg(long, value_name = "US", default_value_t = 200)]
         reply_spin_us: u64,
+        /// The controller's physical pool (`--physical-pool`), e.g.
+        /// `172.31.0.0/16`: the agent sets its host up for NAT-out
+        /// (forwarding, the pool masqueraded out of the uplink in nftables
+        /// table `ip daolinet`, the pool routed to the LOCAL port) and
+        /// undoes it when it stops. With `--api` and without this option,
+        /// the pool is read from the API. `none` sets nothing up.
+        #[arg(long, env = "DAOLI_NAT_POOL", value_name = "CIDR|none")]
+        nat_pool: Option<String>,
         /// Self-registration with the controller's REST API.
         #[command(flatten)]
         register: Box<RegisterArgs>,
@@ -202,8 +210,16 @@ fn dispatch(cli: Cli) -> Result<()> {
             packet_in_burst,
             arp_responder,
             reply_spin_us,
+            nat_pool,
             register,
         } => {
+            let nat_pool = match nat_pool.as_deref() {
+                None => NatPool::FromApi,
+                Some("none") => NatPool::Off,
+                Some(p) => {
+                    NatPool::Given(p.parse().map_err(|e: String| anyhow!("--nat-pool: {e}"))?)
+                }
+            };
             let controllers = controller
                 .iter()
                 .map(|c| daolinet_agent::runtime::parse_active(c))
@@ -247,6 +263,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                     settings,
                     dpid_given: dpid.is_some(),
                     spin: daolinet_agent::fastpath::ReplySpin::micros(reply_spin_us),
+                    nat_pool,
                     register: {
                         let RegisterArgs {
                             api,
@@ -312,6 +329,16 @@ fn parse_port(spec: &str) -> Result<(String, Option<u32>)> {
     }
 }
 
+/// Where the NAT-out pool comes from.
+enum NatPool {
+    /// `--nat-pool CIDR`.
+    Given(daolinet_natout::Pool),
+    /// From the API with `--api`, else no NAT-out set-up.
+    FromApi,
+    /// `--nat-pool none`.
+    Off,
+}
+
 /// The OpenFlow side of `run`.
 struct Net {
     controllers: Vec<std::net::SocketAddr>,
@@ -319,6 +346,7 @@ struct Net {
     settings: SwitchSettings,
     dpid_given: bool,
     spin: daolinet_agent::fastpath::ReplySpin,
+    nat_pool: NatPool,
     register: Option<Register>,
 }
 
@@ -427,6 +455,29 @@ fn run(
     for (iface, ofport) in &specs {
         eng.add_port(iface, *ofport, PortKind::Container)?;
     }
+    let local_dev = eng.dp.attach_local()?;
+    let pool = match net.nat_pool {
+        NatPool::Given(p) => Some(p),
+        NatPool::Off => None,
+        NatPool::FromApi => match &registrar {
+            Some(r) => match daolinet_agent::hostsetup::fetch_pool(&r.api, &r.token) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!("NAT-out not set up: the pool is unknown: {e:#}");
+                    None
+                }
+            },
+            None => None,
+        },
+    };
+    let nat = match (pool, &local_dev) {
+        (Some(p), Some(dev)) => Some(daolinet_agent::hostsetup::nat_out(p, uplink, dev)?),
+        (Some(_), None) => {
+            tracing::warn!("NAT-out not set up: no LOCAL device");
+            None
+        }
+        (None, _) => None,
+    };
     let listen = match net.listen {
         Some(addr) => {
             let l = std::net::TcpListener::bind(addr)
@@ -476,6 +527,14 @@ fn run(
     let res = lp.run();
     tracing::info!("stopping: detaching programs, keeping pinned maps");
     let _ = std::fs::remove_file(&sock);
+    // Before the LOCAL device goes (with the engine): its route and
+    // sysctl are undone while it exists.
+    if let Some(g) = nat {
+        match g.release() {
+            Ok(()) => tracing::info!("NAT-out set-up undone"),
+            Err(e) => tracing::error!("undoing the NAT-out set-up: {e}"),
+        }
+    }
     drop(lp);
     res
 }

@@ -19,6 +19,7 @@
 //! | GET, POST | `/api/firewalls` | [`FirewallReq`] -> [`Firewall`] |
 //! | GET, DELETE | `/api/firewalls/{name}` | |
 //! | GET | `/api/flows[?host=NAME]` | flows installed, per host |
+//! | GET | `/api/settings` | -> [`Settings`] (physical pool, gateway MAC: what hosts set themselves up with) |
 //!
 //! Every `/api/` request needs `Authorization: Bearer <token>`. Errors are
 //! `{"error": "...", "field": "..."}` with 400 (bad input), 401 (token),
@@ -600,6 +601,24 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
+/// Body of `GET /api/settings`: what hosts need to know of the controller's
+/// configuration to set themselves up (NAT-out routes and masquerades the
+/// physical pool).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Settings {
+    /// The pool physical IPs come from.
+    pub physical_pool: String,
+    /// The gateway MAC answering containers' ARP.
+    pub gateway_mac: MacAddr,
+}
+
+async fn settings(State(st): State<AppState>) -> Json<Settings> {
+    Json(Settings {
+        physical_pool: st.ctl.cfg.physical_pool.to_string(),
+        gateway_mac: st.ctl.cfg.gateway_mac,
+    })
+}
+
 async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -642,6 +661,7 @@ pub fn router(state: AppState) -> Router {
             get(get_firewall).delete(delete_firewall),
         )
         .route("/flows", get(list_flows))
+        .route("/settings", get(settings))
         .fallback(api_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
