@@ -15,7 +15,11 @@
 //!    uplink (ARP off, and an nftables ingress chain that drops what the
 //!    kernel would otherwise receive a second time: Open vSwitch reads the
 //!    uplink through a packet socket, which sees frames before that hook);
-//! 4. the registration is sent again through the bridge: the host reaches
+//! 4. NAT-out (`daolinet-natout`): forwarding on the bridge, the
+//!    controller's physical pool (`GET /api/settings`) masqueraded out of
+//!    the bridge in table `ip daolinet` and routed back into it; what it
+//!    changed goes into the join record;
+//! 5. the registration is sent again through the bridge: the host reaches
 //!    the controller through its new path.
 //!
 //! Any failure undoes what was done, in reverse order. Leave undoes a join
@@ -129,6 +133,10 @@ pub struct JoinRecord {
     /// The nftables table (family netdev) keeping the kernel off the uplink.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nft_table: Option<String>,
+    /// What the NAT-out set-up changed (forwarding, pool route, the
+    /// `ip daolinet` table), undone by leave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<daolinet_natout::Applied>,
 }
 
 // --- running commands ---
@@ -319,9 +327,7 @@ fn join_txn(
             a.push(format!("other_config:hwaddr=\"{m}\""));
         }
     }
-    let text = serde_json::to_string(rec).map_err(|e| format!("join record: {e}"))?;
-    // An OVSDB string atom in JSON syntax.
-    let quoted = serde_json::to_string(&text).map_err(|e| format!("join record: {e}"))?;
+    let quoted = record_quoted(rec)?;
     a.extend(sv(&[
         "--",
         "set",
@@ -410,6 +416,42 @@ fn nft_script(table: &str, uplink: &str) -> String {
     )
 }
 
+/// The join record as an OVSDB string atom in JSON syntax.
+fn record_quoted(rec: &JoinRecord) -> Result<String, String> {
+    let text = serde_json::to_string(rec).map_err(|e| format!("join record: {e}"))?;
+    serde_json::to_string(&text).map_err(|e| format!("join record: {e}"))
+}
+
+/// The controller's physical pool (`GET /api/settings`).
+fn nat_pool(client: &Client) -> Result<daolinet_natout::Pool, String> {
+    match client.request("GET", "/api/settings", None) {
+        Ok((200, v)) => v["physical_pool"]
+            .as_str()
+            .ok_or_else(|| format!("GET /api/settings: no physical_pool in {v}"))?
+            .parse()
+            .map_err(|e| format!("GET /api/settings: physical_pool {e}")),
+        Ok((s, v)) => Err(format!("GET /api/settings: HTTP {s} {v}")),
+        Err(Failure(m, _)) => Err(m),
+    }
+}
+
+/// NAT-out on an Open vSwitch host: the bridge's LOCAL interface is the
+/// host's way in and out (it holds the host's address after the join), so
+/// the pool is masqueraded out of it, forwarded on it, and routed back
+/// into it through the dummy next hop whose neighbour entry is the
+/// bridge's own MAC (the flows rewrite it).
+fn nat_plan(pool: daolinet_natout::Pool, bridge: &str, local_mac: &str) -> daolinet_natout::Plan {
+    daolinet_natout::Plan {
+        pool,
+        out_dev: bridge.to_string(),
+        forward_devs: vec![bridge.to_string()],
+        route: daolinet_natout::PoolRoute::Via {
+            dev: bridge.to_string(),
+            lladdr: local_mac.to_string(),
+        },
+    }
+}
+
 // --- undo ---
 
 /// One thing to undo.
@@ -421,6 +463,8 @@ enum Undo {
     Tolerant(Vec<Vec<String>>),
     /// Unregister the host.
     DeleteHost(String),
+    /// Undo the NAT-out set-up.
+    NatOut(daolinet_natout::Applied),
 }
 
 /// What was done so far, undone in reverse order on failure.
@@ -447,6 +491,11 @@ impl Rollback<'_> {
                 Undo::Tolerant(cs) => {
                     for c in cs {
                         let _ = run_cmd(&c, None);
+                    }
+                }
+                Undo::NatOut(a) => {
+                    if let Err(e) = daolinet_natout::undo(&a) {
+                        errs.push(format!("undoing NAT-out: {e}"));
                     }
                 }
                 Undo::DeleteHost(name) => {
@@ -703,7 +752,9 @@ pub fn join(client: &Client, a: &JoinArgs) -> Result<(String, Value), Failure> {
         routes,
         arp_was_on: arp_was_on && netdev,
         nft_table: netdev.then(|| nft_table_name(&a.bridge)),
+        nat: None,
     };
+    let pool = nat_pool(client).map_err(bad)?;
 
     // --- changes, each undone on a later failure ---
     let mut rb = Rollback {
@@ -828,6 +879,30 @@ pub fn join(client: &Client, a: &JoinArgs) -> Result<(String, Value), Failure> {
             rb.push(Undo::Cmd(sv(&["nft", "delete", "table", "netdev", t])));
         }
     }
+    // NAT-out: forwarding on the bridge, the pool masqueraded out of it
+    // and routed back into it (see daolinet-natout); recorded for leave.
+    let plan = nat_plan(pool, &a.bridge, &local_mac);
+    let nat = match daolinet_natout::apply(&plan) {
+        Ok(n) => n,
+        Err(e) => return Err(rb.fail(format!("setting up NAT-out: {e}"))),
+    };
+    rb.push(Undo::NatOut(nat.clone()));
+    let mut rec = rec;
+    rec.nat = Some(nat);
+    match record_quoted(&rec) {
+        Ok(q) => {
+            let set = ovs.vsctl_argv(&sv(&[
+                "set",
+                "bridge",
+                &a.bridge,
+                &format!("external_ids:{RECORD_KEY}={q}"),
+            ]));
+            if let Err(e) = run_cmd(&set, None) {
+                return Err(rb.fail(e));
+            }
+        }
+        Err(e) => return Err(rb.fail(e)),
+    }
     // Through the bridge now: the host reaches the controller again.
     let again = poll(CONNECT_DEADLINE, || {
         matches!(register(client, &name, &body), Ok((200 | 201, _))).then_some(())
@@ -900,6 +975,11 @@ pub fn leave(client: &Client, a: &LeaveArgs) -> Result<(String, Value), Failure>
         }
     }
     let mut errs = Vec::new();
+    if let Some(n) = &rec.nat {
+        if let Err(e) = daolinet_natout::undo(n) {
+            errs.push(format!("undoing NAT-out: {e}"));
+        }
+    }
     let mut try_run = |c: Vec<String>, stdin: Option<&str>| {
         if let Err(e) = run_cmd(&c, stdin) {
             errs.push(e);
@@ -959,6 +1039,7 @@ mod tests {
             routes: vec![],
             arp_was_on: true,
             nft_table: Some("daolinet_join_br_jn".into()),
+            nat: None,
         }
     }
 
