@@ -1,0 +1,358 @@
+//! Privileged: the edge of the network on real hosts. A controller drives
+//! an agent host (`daolinet-agent run --api ...`, which registers itself
+//! and sets its host up for NAT-out); an outside namespace sits behind a
+//! router (the controller's namespace), reached through the host's default
+//! route.
+//!
+//! Shown:
+//! - firewall from the outside to containers (two rules on one host),
+//!   first SYN delivered (the client's kernel sent no SYN twice), and the
+//!   rules removed cleanly;
+//! - NAT-out by TCP from a container, its first SYN delivered, and the
+//!   outside sees only the host's underlay IP (a capture on the outside's
+//!   interface: no physical or logical container address);
+//! - a network with `nat_out: false` gets nothing out;
+//! - after the agent stops, the host's nftables, routes, permanent
+//!   neighbours and IPv4 forwarding sysctls are as they were before.
+//!
+//! The host runs with loose reverse-path filtering (`rp_filter=2`, a common
+//! default), which the LOCAL port's design must survive.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use daolinet_testlab::{Controller, Lab, Need, Netns, Proc};
+use serde_json::Value;
+
+const POOL: &str = "172.30.0.0/16";
+
+/// The host's state NAT-out may touch: nftables, IPv4 routes (every
+/// table), neighbours, and the IPv4 forwarding sysctls.
+fn host_state(h: &Netns) -> String {
+    let fwd = h.run(&["sh", "-c", "grep -H . /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv4/conf/*/forwarding | grep -v dllocal"]);
+    format!(
+        "nft:\n{}\nroutes:\n{}\nneigh:\n{}\nforwarding:\n{fwd}",
+        h.run(&["nft", "list", "ruleset"]),
+        h.ip(&["-4", "route", "show", "table", "all"]),
+        h.ip(&["-4", "neigh", "show", "nud", "permanent"]),
+    )
+}
+
+/// `TcpExt: TCPSynRetrans` of namespace `ns`: SYNs its kernel sent again.
+fn syn_retrans(ns: &Netns) -> u64 {
+    let text = ns.run(&["cat", "/proc/net/netstat"]);
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+    let i = names
+        .split_whitespace()
+        .position(|n| n == "TCPSynRetrans")
+        .unwrap();
+    values.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
+/// A TCP connection from `ns` to `to`, within `within`.
+fn connect(ns: &Netns, to: &str, within: Duration) -> std::io::Result<TcpStream> {
+    let addr: SocketAddr = to.parse().unwrap();
+    ns.enter(move || TcpStream::connect_timeout(&addr, within))
+}
+
+/// A TCP echo-once server in `ns` on `addr`: accepts connections, answers
+/// each with "hello from <peer address>\n".
+fn serve(ns: &Netns, addr: &str) {
+    let l = ns.listen(addr).unwrap();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let peer = c.peer_addr().map(|p| p.to_string()).unwrap_or_default();
+            let _ = writeln!(c, "hello from {peer}");
+        }
+    });
+}
+
+/// Connect from `ns` to `to` and read the server's line; asserts that the
+/// first SYN was enough.
+#[track_caller]
+fn talk(ns: &Netns, to: &str) -> String {
+    let before = syn_retrans(ns);
+    let mut c = connect(ns, to, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("connecting from {ns} to {to}: {e}"));
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut line = String::new();
+    c.read_to_string(&mut line).unwrap();
+    assert_eq!(
+        syn_retrans(ns),
+        before,
+        "the first SYN from {ns} to {to} was lost (the SYN was sent again)"
+    );
+    line.trim().to_string()
+}
+
+/// tcpdump on an interface of a namespace, into a file.
+struct Capture {
+    proc: Proc,
+    ns: String,
+    file: PathBuf,
+}
+
+impl Capture {
+    fn start(ns: &Netns, dev: &str, dir: &Path) -> Capture {
+        let file = dir.join(format!("cap-{ns}-{dev}.pcap"));
+        let log = dir.join(format!("cap-{ns}-{dev}.log"));
+        let mut c = ns.command(&["tcpdump", "-i", dev, "-n", "-U", "-w"]);
+        c.arg(&file);
+        let proc = Proc::spawn(&mut c, &format!("tcpdump in {ns}"), Some(&log));
+        daolinet_testlab::wait_until("tcpdump to listen", daolinet_testlab::DEADLINE, || {
+            std::fs::read_to_string(&log).is_ok_and(|t| t.contains("listening on"))
+        });
+        Capture {
+            proc,
+            ns: ns.to_string(),
+            file,
+        }
+    }
+
+    /// Stop and return the packets as `tcpdump -n -r` prints them.
+    fn stop(mut self) -> String {
+        self.proc.terminate(Duration::from_secs(5));
+        daolinet_testlab::sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.ns,
+            "tcpdump",
+            "-n",
+            "-r",
+            &self.file.display().to_string(),
+        ])
+    }
+}
+
+/// The world of one test: the router/controller namespace `r`, the
+/// outside `x` behind it, the controller.
+struct World {
+    r: Netns,
+    x: Netns,
+    ctl: Controller,
+}
+
+/// `r` routes between the hosts' underlay 192.168.91.0/24 (`u0` here) and
+/// the outside 10.99.0.0/24 (`x`'s `eth0` is 10.99.0.2); the controller
+/// runs in `r` on 192.168.91.1.
+fn world(lab: &Lab) -> World {
+    let r = lab.netns("r");
+    let x = lab.netns("x");
+    r.veth_to("o0", &x, "eth0");
+    r.addr("o0", "10.99.0.1/24");
+    x.addr("eth0", "10.99.0.2/24");
+    x.ip(&["route", "add", "default", "via", "10.99.0.1"]);
+    r.sysctl("net.ipv4.ip_forward=1");
+    let ctl = Controller::start(
+        &lab.controller_opts()
+            .netns(&r)
+            .listen("0.0.0.0:0")
+            .api("0.0.0.0:0")
+            .args(&["--physical-pool", POOL, "--idle-timeout", "5"]),
+    );
+    World { r, x, ctl }
+}
+
+impl World {
+    fn api_url(&self) -> String {
+        let port = self
+            .ctl
+            .api()
+            .addr()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .to_string();
+        format!("http://192.168.91.1:{port}")
+    }
+
+    fn post(&self, path: &str, body: &str) -> Value {
+        self.ctl.api().ok("POST", path, Some(body))
+    }
+
+    /// Networks `out` (10.1.0.0/24, NAT-out) and `closed` (10.2.0.0/24,
+    /// `nat_out: false`).
+    fn networks(&self) {
+        self.post(
+            "/api/networks",
+            r#"{"name":"out","subnet":"10.1.0.0/24","gateway":"10.1.0.1"}"#,
+        );
+        self.post(
+            "/api/networks",
+            r#"{"name":"closed","subnet":"10.2.0.0/24","gateway":"10.2.0.1","nat_out":false}"#,
+        );
+    }
+
+    /// The namespace of container `id` (`ip` in network `net`, `mac`)
+    /// behind port `port` of host namespace `h`, default route via the
+    /// network's gateway.
+    fn container(lab: &Lab, h: &Netns, id: &str, (ip, mac): (&str, &str), port: &str) -> Netns {
+        let ns = lab.container(h, id, port, &format!("{ip}/24"), mac);
+        let gw = if ip.starts_with("10.1.") {
+            "10.1.0.1"
+        } else {
+            "10.2.0.1"
+        };
+        ns.ip(&["route", "add", "default", "via", gw]);
+        ns
+    }
+
+    /// Register container `id` on OpenFlow port `ofport` of `host`.
+    fn register(
+        &self,
+        id: &str,
+        net: &str,
+        host: &str,
+        ofport: u32,
+        (ip, mac): (&str, &str),
+    ) -> Value {
+        self.post(
+            "/api/containers",
+            &format!(
+                r#"{{"id":"{id}","network":"{net}","host":"{host}","port":{ofport},"ip":"{ip}","mac":"{mac}"}}"#
+            ),
+        )
+    }
+}
+
+const A: (&str, &str) = ("10.1.0.2", "02:00:00:00:0a:02");
+const B: (&str, &str) = ("10.2.0.2", "02:00:00:00:0b:02");
+
+/// What the outside saw: every IPv4 address in the capture is the host's,
+/// the outside's own or (ARP) its router's.
+#[track_caller]
+fn only_the_host_seen(cap: &str, host_ip: &str, containers: &[&Value]) {
+    assert!(cap.contains(host_ip), "no packet from {host_ip}:\n{cap}");
+    for c in containers {
+        for key in ["ip", "physical_ip"] {
+            let a = c[key].as_str().unwrap();
+            assert!(
+                !cap.contains(&format!("{a}.")) && !cap.contains(&format!("{a} ")),
+                "the outside saw container address {a} ({key}):\n{cap}"
+            );
+        }
+    }
+    assert!(!cap.contains("172.30."), "pool address outside:\n{cap}");
+}
+
+#[test]
+fn nat_out_and_firewall_on_an_agent_host() {
+    let Some(mut lab) = Lab::new(&[
+        Need::BpfObject,
+        Need::Binary("daolinet-agent"),
+        Need::Program("nft"),
+        Need::Program("tcpdump"),
+    ]) else {
+        return;
+    };
+    let w = world(&lab);
+    let h = lab.netns("h");
+    w.r.veth_to("u0", &h, "up0");
+    w.r.addr("u0", "192.168.91.1/24");
+    h.addr("up0", "192.168.91.2/24");
+    h.ip(&["route", "add", "default", "via", "192.168.91.1"]);
+    // A common default (systemd's): loose reverse-path filtering.
+    h.sysctl("net.ipv4.conf.all.rp_filter=2");
+    w.networks();
+    let a = World::container(&lab, &h, "a", A, "pa");
+    let b = World::container(&lab, &h, "b", B, "pb");
+    let before = host_state(&h);
+    let token = w.ctl.dir().join("api-token").display().to_string();
+    let of = format!("tcp:192.168.91.1:{}", w.ctl.openflow_port());
+    let api = w.api_url();
+    let mut agent = lab.agent(
+        &h,
+        &[
+            "--uplink",
+            "up0",
+            "--port",
+            "pa=1",
+            "--port",
+            "pb=2",
+            "--controller",
+            &of,
+            "--api",
+            &api,
+            "--api-token-file",
+            &token,
+            "--host-name",
+            "h1",
+        ],
+    );
+    daolinet_testlab::wait_until(
+        "the agent to register and get its base flows",
+        daolinet_testlab::DEADLINE,
+        || agent.cli(&["flows"]).contains("priority=20"),
+    );
+    let ca = w.register("eg-a", "out", "h1", 1, A);
+    let cb = w.register("eg-b", "closed", "h1", 2, B);
+    // The set-up is there.
+    let nft = h.run(&["nft", "list", "table", "ip", "daolinet"]);
+    assert!(
+        nft.contains("ip saddr 172.30.0.0/16 oifname \"up0\" masquerade"),
+        "{nft}"
+    );
+    let routes = h.ip(&["-4", "route"]);
+    assert!(routes.contains("172.30.0.0/16 dev dllocal"), "{routes}");
+    assert_eq!(
+        h.run(&["cat", "/proc/sys/net/ipv4/conf/up0/forwarding"])
+            .trim(),
+        "1"
+    );
+
+    // Firewall: two rules on this host, the first SYN delivered.
+    serve(&a, "0.0.0.0:80");
+    serve(&b, "0.0.0.0:81");
+    w.post(
+        "/api/firewalls",
+        r#"{"name":"fa","container":"eg-a","rules":["8080:80/tcp"]}"#,
+    );
+    w.post(
+        "/api/firewalls",
+        r#"{"name":"fb","container":"eg-b","rules":["8081:81/tcp"]}"#,
+    );
+    let said = talk(&w.x, "192.168.91.2:8080");
+    assert!(said.starts_with("hello from 10.99.0.2:"), "{said}");
+    let said = talk(&w.x, "192.168.91.2:8081");
+    assert!(said.starts_with("hello from 10.99.0.2:"), "{said}");
+    // Removed cleanly: no punt flow left, nothing answers.
+    w.ctl.api().ok("DELETE", "/api/firewalls/fa", None);
+    w.ctl.api().ok("DELETE", "/api/firewalls/fb", None);
+    daolinet_testlab::wait_until(
+        "the firewall flows to go",
+        daolinet_testlab::DEADLINE,
+        || !agent.cli(&["flows"]).contains("priority=200"),
+    );
+    assert!(connect(&w.x, "192.168.91.2:8080", Duration::from_secs(2)).is_err());
+
+    // NAT-out: the outside sees the host only, the first SYN goes through.
+    serve(&w.x, "10.99.0.2:8000");
+    let cap = Capture::start(&w.x, "eth0", lab.dir());
+    for _ in 0..2 {
+        let said = talk(&a, "10.99.0.2:8000");
+        assert!(said.starts_with("hello from 192.168.91.2:"), "{said}");
+    }
+    // A network without NAT-out gets nothing out.
+    let before_b = syn_retrans(&b);
+    let refused = connect(&b, "10.99.0.2:8000", Duration::from_secs(3));
+    assert!(refused.is_err(), "nat_out: false let {} out", cb["id"]);
+    assert!(syn_retrans(&b) >= before_b);
+    let seen = cap.stop();
+    only_the_host_seen(&seen, "192.168.91.2", &[&ca, &cb]);
+    eprintln!("outside capture:\n{seen}");
+
+    // Stopping the agent puts the host back as it was.
+    agent.stop();
+    let after = host_state(&h);
+    assert_eq!(
+        before, after,
+        "the host changed:\n--- before\n{before}\n--- after\n{after}"
+    );
+    drop((a, b));
+}
