@@ -3,11 +3,14 @@
 //! The model, addresses, IPAM and the policy (pure functions producing flows)
 //! live in the `daolinet-policy` crate; this crate runs them:
 //!
-//! - [`store`]: the persistence trait (etcd-shaped) with the embedded redb default.
+//! - [`store`]: the persistence trait (etcd-shaped) with the embedded redb
+//!   default and etcd for several controllers.
+//! - [`election`]: leader election among controllers on etcd leases.
 //! - [`service`], [`api`], [`metrics`]: the running controller and its REST API.
 //! - [`ofserver`]: the OpenFlow 1.3 server (tokio) the switches connect to.
 
 pub mod api;
+pub mod election;
 pub mod metrics;
 pub mod ofserver;
 pub mod service;

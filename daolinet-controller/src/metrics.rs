@@ -65,6 +65,9 @@ pub struct Metrics {
     api_mutations: AtomicU64,
     api_errors: AtomicU64,
     store_conflicts: AtomicU64,
+    /// 0 alone, 1 master, 2 slave.
+    role: AtomicU64,
+    generation: AtomicU64,
 }
 
 impl Metrics {
@@ -112,6 +115,18 @@ impl Metrics {
     /// (it catches up and runs again).
     pub fn store_conflict(&self) {
         self.store_conflicts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records this controller's role (leader election).
+    pub fn set_role(&self, role: crate::ofserver::Role) {
+        use crate::ofserver::Role;
+        let (r, g) = match role {
+            Role::Alone => (0, 0),
+            Role::Master { generation } => (1, generation),
+            Role::Slave { generation } => (2, generation.unwrap_or(0)),
+        };
+        self.role.store(r, Ordering::Relaxed);
+        self.generation.store(g, Ordering::Relaxed);
     }
 
     /// Mutations that lost a race with another controller's write.
@@ -189,6 +204,19 @@ impl Metrics {
             "daolinet_store_conflicts_total {}",
             g(&self.store_conflicts)
         );
+        let _ = writeln!(
+            s,
+            "# HELP daolinet_leader 1 when this controller is the elected master of the switches (several controllers on etcd), else 0."
+        );
+        let _ = writeln!(s, "# TYPE daolinet_leader gauge");
+        let role = g(&self.role);
+        let _ = writeln!(s, "daolinet_leader {}", u64::from(role == 1));
+        let _ = writeln!(
+            s,
+            "# HELP daolinet_leader_generation OpenFlow generation id of the current leader (0: unknown or no election)."
+        );
+        let _ = writeln!(s, "# TYPE daolinet_leader_generation gauge");
+        let _ = writeln!(s, "daolinet_leader_generation {}", g(&self.generation));
         s
     }
 }

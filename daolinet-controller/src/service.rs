@@ -676,14 +676,29 @@ impl Controller {
         Ok(out)
     }
 
-    /// A datapath completed its handshake: the decisions that (re)initialise
-    /// it (delete everything of ours, base and firewall flows), recorded.
-    pub fn switch_connected(&self, dpid: Dpid) -> Result<Vec<Decision>, ServiceError> {
-        let snap = self.snap.load();
-        let ds = policy::handle_switch_connected(&snap, &self.cfg, dpid);
-        let n = self.flows.apply(&ds)?;
+    /// A datapath was reconciled: records the flows it keeps and was given,
+    /// forgets the ones deleted.
+    pub fn reconciled(
+        &self,
+        dpid: Dpid,
+        kept: &[FlowSpec],
+        deleted: &[FlowSpec],
+        added: &[FlowSpec],
+    ) -> Result<(), ServiceError> {
+        let adds: Vec<Decision> = kept
+            .iter()
+            .chain(added)
+            .cloned()
+            .map(Decision::AddFlow)
+            .collect();
+        let mut n = self.flows.apply(&adds)?;
+        for f in deleted {
+            if self.flow_removed(dpid, f.table, f.priority, &f.match_, f.cookie)? {
+                n = n.saturating_sub(1);
+            }
+        }
         self.metrics.set_flows_installed(n);
-        Ok(ds)
+        Ok(())
     }
 
     /// A datapath disconnected for good: the deletions for the other

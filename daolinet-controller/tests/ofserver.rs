@@ -1,168 +1,37 @@
 //! The OpenFlow server against fake switches over loopback TCP: handshake,
 //! base flows, PACKET_IN -> FLOW_MODs + BARRIER + PACKET_OUT (same host and
 //! cross host, where the PACKET_OUT waits for the remote BARRIER_REPLY),
-//! reconnection by datapath id, model-change deletions, FLOW_REMOVED, and
+//! reconnection by datapath id with reconciliation (valid flows kept,
+//! stale ones deleted one by one), roles (a master's FLOW_MODs held until
+//! its ROLE_REPLY, a slave writes nothing), a datapath that stays away,
+//! model-change deletions, FLOW_REMOVED, and
 //! hostile input (garbage, truncated, out-of-order, oversized, thousands of
 //! connections) that never disturbs a well-behaved switch.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
+use common::fakeswitch::{flow_mods, stats_of, FakeSwitch, WAIT};
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use daolinet_controller::ofserver::Role;
 use daolinet_controller::ofserver::{Server, ServerConfig};
 use daolinet_controller::service::Controller;
 use daolinet_controller::store::MemStore;
 use daolinet_openflow::{
-    consts::*, decode, ErrorCode, FlowMod, FlowRemoved, Frame, Hello, Message, MultipartReply,
-    MultipartReplyBody, PacketIn, Port, SwitchFeatures,
+    consts::*, ErrorCode, ErrorMsg, FlowMod, FlowRemoved, FlowStats, Frame, Hello, Instruction,
+    Message, MultipartRequestBody, PacketIn, SwitchFeatures,
 };
 use daolinet_policy::addr::{Dpid, MacAddr};
 use daolinet_policy::model::{ContainerSpec, Host, NetworkSpec, PairAction};
 use daolinet_policy::{Config, Ipv4, Packet, ETH_TYPE_IPV4, L3};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tokio::time::timeout;
-
-const WAIT: Duration = Duration::from_secs(5);
-
-/// A fake OpenFlow switch.
-struct FakeSwitch {
-    sock: TcpStream,
-    buf: BytesMut,
-    /// Answer BARRIER_REQUESTs automatically.
-    auto_barrier: bool,
-    /// BARRIER_REQUESTs seen and not answered.
-    barriers: Vec<u32>,
-}
-
-impl FakeSwitch {
-    async fn raw(addr: SocketAddr) -> FakeSwitch {
-        FakeSwitch {
-            sock: TcpStream::connect(addr).await.unwrap(),
-            buf: BytesMut::new(),
-            auto_barrier: true,
-            barriers: Vec::new(),
-        }
-    }
-
-    /// Connects and completes the handshake as datapath `dpid`; returns the
-    /// switch and the messages received up to the initial BARRIER.
-    async fn connect(addr: SocketAddr, dpid: u64) -> (FakeSwitch, Vec<Frame>) {
-        let mut s = FakeSwitch::raw(addr).await;
-        s.send(1, Message::Hello(Hello::new())).await;
-        let f = s.until(|f| f.message == Message::FeaturesRequest).await;
-        let xid = f.last().unwrap().xid;
-        s.send(
-            xid,
-            Message::FeaturesReply(SwitchFeatures {
-                datapath_id: dpid,
-                n_buffers: 0,
-                n_tables: 254,
-                auxiliary_id: 0,
-                capabilities: 0,
-                reserved: 0,
-            }),
-        )
-        .await;
-        let init = s.until(|f| f.message == Message::BarrierRequest).await;
-        (s, init)
-    }
-
-    async fn send(&mut self, xid: u32, m: Message) {
-        let mut b = BytesMut::new();
-        m.encode(xid, &mut b).unwrap();
-        self.sock.write_all(&b).await.unwrap();
-    }
-
-    /// Next frame (answering echo, barrier and port-desc requests).
-    async fn next(&mut self) -> Option<Frame> {
-        loop {
-            if let Some((f, n)) = decode(&self.buf).unwrap() {
-                let _ = self.buf.split_to(n);
-                match &f.message {
-                    Message::EchoRequest(d) => {
-                        self.send(f.xid, Message::EchoReply(d.clone())).await
-                    }
-                    Message::BarrierRequest if self.auto_barrier => {
-                        self.send(f.xid, Message::BarrierReply).await
-                    }
-                    Message::BarrierRequest => self.barriers.push(f.xid),
-                    Message::MultipartRequest(_) => {
-                        let ports = vec![Port::new(
-                            1,
-                            daolinet_openflow::MacAddr([2, 0, 0, 0, 0, 1]),
-                            "uplink",
-                        )];
-                        self.send(
-                            f.xid,
-                            Message::MultipartReply(MultipartReply::new(
-                                MultipartReplyBody::PortDesc(ports),
-                            )),
-                        )
-                        .await
-                    }
-                    _ => {}
-                }
-                return Some(f);
-            }
-            match self.sock.read_buf(&mut self.buf).await {
-                Ok(0) | Err(_) => return None,
-                Ok(_) => {}
-            }
-        }
-    }
-
-    /// Frames up to and including the first that satisfies `pred`.
-    async fn until(&mut self, pred: impl Fn(&Frame) -> bool) -> Vec<Frame> {
-        let mut v = Vec::new();
-        timeout(WAIT, async {
-            loop {
-                let f = self.next().await.expect("connection closed");
-                let done = pred(&f);
-                v.push(f);
-                if done {
-                    return;
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("timed out; got {v:?}"));
-        v
-    }
-
-    /// Frames received within `d` (quiet period).
-    async fn within(&mut self, d: Duration) -> Vec<Frame> {
-        let mut v = Vec::new();
-        let _ = timeout(d, async {
-            while let Some(f) = self.next().await {
-                v.push(f);
-            }
-        })
-        .await;
-        v
-    }
-
-    /// True once the controller closed the connection (within WAIT).
-    async fn closed(&mut self) -> bool {
-        timeout(WAIT, async { while self.next().await.is_some() {} })
-            .await
-            .is_ok()
-    }
-}
-
-fn flow_mods(fs: &[Frame]) -> Vec<&FlowMod> {
-    fs.iter()
-        .filter_map(|f| match &f.message {
-            Message::FlowMod(m) => Some(m),
-            _ => None,
-        })
-        .collect()
-}
 
 fn error_of(f: &Frame) -> Option<ErrorCode> {
     match &f.message {
@@ -183,6 +52,11 @@ impl Env {
     /// Hosts h1 (dpid 1) and h2 (dpid 2), uplink port 1; network n with a
     /// (h1 port 2), b (h1 port 3), c (h2 port 2).
     async fn start() -> Env {
+        Self::start_with(None).await
+    }
+
+    /// With `role`: a server among several controllers, its role from there.
+    async fn start_with(role: Option<watch::Receiver<Role>>) -> Env {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
@@ -227,7 +101,14 @@ impl Env {
         .unwrap();
         let listener = daolinet_controller::ofserver::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = Server::new(ctl.clone(), ServerConfig::default());
+        let cfg = ServerConfig {
+            host_gone_after: Duration::from_millis(800),
+            ..ServerConfig::default()
+        };
+        let server = match role {
+            None => Server::new(ctl.clone(), cfg),
+            Some(r) => Server::with_role(ctl.clone(), cfg, r),
+        };
         let (stop, rx) = watch::channel(false);
         let task = tokio::spawn(server.clone().run(listener, rx));
         Env {
@@ -283,13 +164,16 @@ fn packet_in(in_port: u32, data: Vec<u8>) -> Message {
 async fn handshake_packet_in_reconnect_and_model_changes() {
     let env = Env::start().await;
     let (mut s1, init) = FakeSwitch::connect(env.addr, 1).await;
-    // SET_CONFIG (whole packets), PORT_DESC, then: delete everything, base flows.
+    // SET_CONFIG (whole packets), PORT_DESC, the flow table read, then (the
+    // table being empty) nothing to delete, the base flows added. No
+    // ROLE_REQUEST: the only controller stays EQUAL.
     assert!(init.iter().any(|f| matches!(&f.message,
         Message::SetConfig(c) if c.miss_send_len == OFPCML_NO_BUFFER)));
+    assert!(!init
+        .iter()
+        .any(|f| matches!(f.message, Message::RoleRequest(_))));
     let fms = flow_mods(&init);
-    assert_eq!(fms[0].command, OFPFC_DELETE);
-    assert_eq!((fms[0].cookie_mask, fms[0].table_id), (0, OFPTT_ALL));
-    assert!(fms[1..].iter().all(|m| m.command == OFPFC_ADD));
+    assert!(fms.iter().all(|m| m.command == OFPFC_ADD), "{fms:#?}");
     let miss: FlowMod = format!(
         "cookie={:#x},priority=0 actions=CONTROLLER:65535",
         daolinet_policy::cookie::make(daolinet_policy::cookie::Kind::Base, 0, 0)
@@ -376,10 +260,42 @@ async fn handshake_packet_in_reconnect_and_model_changes() {
     .await
     .unwrap();
 
-    // Datapath 1 reconnects: the new connection replaces the old one and is
-    // initialised again; nothing is lost for datapath 2.
-    let (mut s1b, init) = FakeSwitch::connect(env.addr, 1).await;
-    assert_eq!(flow_mods(&init)[0].command, OFPFC_DELETE);
+    // Datapath 1 reconnects holding what it was given plus a flow that is
+    // not ours and a pair flow whose action went wrong: the new connection
+    // replaces the old one, keeps the valid flows (nothing re-added, no
+    // wildcard delete) and deletes exactly the two stale ones.
+    let valid: Vec<FlowStats> = env
+        .ctl
+        .flows(Some(Dpid(1)))
+        .unwrap()
+        .iter()
+        .map(|f| stats_of(&daolinet_controller::ofserver::translate::flow_mod(f).unwrap()))
+        .collect();
+    let foreign = stats_of(&"cookie=0x77,priority=5,ip actions=drop".parse().unwrap());
+    let mut wrong = valid.iter().find(|f| f.priority == 100).unwrap().clone();
+    wrong.instructions = vec![Instruction::ApplyActions(vec![
+        daolinet_openflow::Action::output(42),
+    ])];
+    let mut s1b = FakeSwitch::raw(env.addr).await;
+    s1b.table = valid
+        .iter()
+        .cloned()
+        .chain([foreign.clone(), wrong.clone()])
+        .collect();
+    // The valid entry that `wrong` replaces is gone from the switch.
+    s1b.table
+        .retain(|f| !(f.priority == 100 && f.match_ == wrong.match_ && f != &wrong));
+    let init = s1b.handshake(1).await;
+    let fms = flow_mods(&init);
+    assert_eq!(fms.len(), 2, "{fms:#?}");
+    for (fm, stale) in fms.iter().zip([&foreign, &wrong]) {
+        assert_eq!(fm.command, OFPFC_DELETE_STRICT);
+        assert_eq!(
+            (&fm.match_, fm.priority, fm.cookie, fm.cookie_mask),
+            (&stale.match_, stale.priority, stale.cookie, u64::MAX)
+        );
+    }
+    // (The pair's next packet is punted and decided again.)
     assert!(s1.closed().await, "old connection of dpid 1 still open");
     env.wait_connected(2).await;
     assert_eq!(env.server.connected(), vec![Dpid(1), Dpid(2)]);
@@ -438,9 +354,10 @@ async fn handshake_packet_in_reconnect_and_model_changes() {
         m.contains("daolinet_packet_in_answer_seconds_count 3"),
         "{m}"
     );
-    // h2 left: its container's flows are deleted on the other datapaths
-    // (c's cookie id as `lo` and as `hi`).
-    let got = s3.within(Duration::from_millis(500)).await;
+    // h2 stayed away (longer than host_gone_after): its container's flows
+    // are deleted on the other datapaths (c's cookie id as `lo` and as
+    // `hi`).
+    let got = s3.within(Duration::from_millis(2000)).await;
     let dels = flow_mods(&got);
     assert_eq!(dels.len(), 2, "{got:?}");
     assert!(dels.iter().all(|m| m.command == OFPFC_DELETE));
@@ -453,6 +370,115 @@ async fn handshake_packet_in_reconnect_and_model_changes() {
     }
     assert!(flow_mods(&after).is_empty(), "{after:?}");
     drop(s1b);
+}
+
+/// Among several controllers: a slave asks for the slave role and writes
+/// nothing (its PACKET_INs are left to the master); once elected, it asks
+/// for master and holds every FLOW_MOD until the switch's ROLE_REPLY; when
+/// the switch refuses (a newer generation is master there), it drops what
+/// it held and acts no more on that switch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_slave_writes_nothing_master_waits_for_its_role_reply() {
+    let (role_tx, role_rx) = watch::channel(Role::Slave {
+        generation: Some(5),
+    });
+    let env = Env::start_with(Some(role_rx)).await;
+    let mut s = FakeSwitch::raw(env.addr).await;
+    s.auto_role = false;
+    s.send(1, Message::Hello(Hello::new())).await;
+    let f = s.until(|f| f.message == Message::FeaturesRequest).await;
+    let xid = f.last().unwrap().xid;
+    s.send(
+        xid,
+        Message::FeaturesReply(SwitchFeatures {
+            datapath_id: 1,
+            n_buffers: 0,
+            n_tables: 254,
+            auxiliary_id: 0,
+            capabilities: 0,
+            reserved: 0,
+        }),
+    )
+    .await;
+    s.until(|f| matches!(f.message, Message::RoleRequest(_)))
+        .await;
+    let (_, r) = s.roles.pop().unwrap();
+    assert_eq!((r.role, r.generation_id), (OFPCR_ROLE_SLAVE, 5));
+    // A PACKET_IN reaching a slave (still EQUAL on a switch that ignored
+    // its request) is not answered.
+    let (port, data) = env.udp("a", "b");
+    s.send(70, packet_in(port, data.clone())).await;
+    let quiet = s.within(Duration::from_millis(400)).await;
+    assert!(
+        !quiet
+            .iter()
+            .any(|f| matches!(f.message, Message::FlowMod(_) | Message::PacketOut(_))),
+        "{quiet:?}"
+    );
+
+    // Elected: ROLE_REQUEST master with the new generation, the flow table
+    // read; reconciliation's FLOW_MODs wait for the ROLE_REPLY.
+    role_tx.send(Role::Master { generation: 7 }).unwrap();
+    let got = s
+        .until(|f| matches!(&f.message, Message::MultipartRequest(m) if matches!(m.body, MultipartRequestBody::Flow(_))))
+        .await;
+    let (rxid, r) = s.roles.pop().unwrap();
+    assert_eq!((r.role, r.generation_id), (OFPCR_ROLE_MASTER, 7));
+    assert!(flow_mods(&got).is_empty(), "{got:?}");
+    let held = s.within(Duration::from_millis(400)).await;
+    assert!(
+        flow_mods(&held).is_empty(),
+        "sent before its ROLE_REPLY: {held:?}"
+    );
+    s.send(rxid, Message::RoleReply(r)).await;
+    let init = s.until(|f| f.message == Message::BarrierRequest).await;
+    assert!(flow_mods(&init).len() >= 5, "{init:?}");
+    // As master it answers PACKET_INs.
+    s.send(71, packet_in(port, data.clone())).await;
+    s.until(|f| matches!(f.message, Message::PacketOut(_)))
+        .await;
+
+    // A newer master took the switch: the next role request is refused as
+    // stale; what it held is dropped and it answers nothing any more.
+    role_tx.send(Role::Master { generation: 8 }).unwrap();
+    s.until(|f| matches!(f.message, Message::RoleRequest(_)))
+        .await;
+    let (rxid, _) = s.roles.pop().unwrap();
+    s.send(
+        rxid,
+        Message::Error(ErrorMsg::new(
+            ErrorCode::new(OFPET_ROLE_REQUEST_FAILED, OFPRRFC_STALE),
+            &[],
+        )),
+    )
+    .await;
+    let after = s.within(Duration::from_millis(400)).await;
+    assert!(flow_mods(&after).is_empty(), "{after:?}");
+    s.send(72, packet_in(port, data)).await;
+    let quiet = s.within(Duration::from_millis(400)).await;
+    assert!(
+        !quiet
+            .iter()
+            .any(|f| matches!(f.message, Message::FlowMod(_) | Message::PacketOut(_))),
+        "{quiet:?}"
+    );
+    env.stop().await;
+}
+
+/// A datapath that comes back within `host_gone_after` (an agent restart)
+/// costs the others nothing: no deletion towards its containers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_datapath_back_in_time_costs_the_others_nothing() {
+    let env = Env::start().await;
+    let (mut s1, _) = FakeSwitch::connect(env.addr, 1).await;
+    let (s2, _) = FakeSwitch::connect(env.addr, 2).await;
+    env.wait_connected(2).await;
+    drop(s2);
+    env.wait_connected(1).await;
+    let (_s2, _) = FakeSwitch::connect(env.addr, 2).await;
+    let got = s1.within(Duration::from_millis(1500)).await;
+    assert!(flow_mods(&got).is_empty(), "{got:?}");
+    env.stop().await;
 }
 
 /// A PACKET_IN whose frame the switch truncated (data shorter than
@@ -654,10 +680,15 @@ fn binary_serves_openflow_on_listen() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let (_s, init) = FakeSwitch::connect(p.openflow(), 1).await;
-        // h1 holds the firewall of "web": base + 2 firewall punt flows.
+        // h1 holds the firewall of "web": base + 2 firewall punt flows, all
+        // added to the empty table, nothing deleted.
         let fms = flow_mods(&init);
-        assert_eq!(fms[0].command, OFPFC_DELETE);
-        assert!(fms.iter().any(|m| m.priority == 200), "{fms:#?}");
+        assert!(fms.iter().all(|m| m.command == OFPFC_ADD), "{fms:#?}");
+        assert_eq!(
+            fms.iter().filter(|m| m.priority == 200).count(),
+            2,
+            "{fms:#?}"
+        );
         let (_, m) = p.api().call("GET", "/metrics", None);
         let text = m.as_str().unwrap_or_default().to_string();
         assert!(text.contains("daolinet_switches_connected 1"), "{text}");

@@ -66,3 +66,27 @@ fn a_bad_or_unreachable_etcd_store_is_refused_with_one_line() {
         assert!(!dir.exists(), "{} created", dir.display());
     }
 }
+
+#[test]
+fn a_lease_ttl_without_an_etcd_store_is_refused() {
+    let dir = std::env::temp_dir().join(format!("hattl-{}", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_daolinet-controller"))
+        .args(["run", "--store"])
+        .arg(dir.join("c.redb"))
+        .args([
+            "--lease-ttl",
+            "2",
+            "--api",
+            "127.0.0.1:0",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--lease-ttl needs an etcd store"), "{err}");
+    assert!(out.stdout.is_empty() && !dir.exists());
+}

@@ -14,6 +14,8 @@
 //! - [`handle_model_change`]: an accepted API mutation -> deletion of exactly
 //!   the flows it invalidates (by cookie) and the proactive flows it adds.
 //! - [`handle_switch_connected`], [`handle_host_gone`]: datapath life cycle.
+//! - [`reconcile`]: which flows a switch holds are still valid (kept), which
+//!   are stale (deleted one by one), which base flows it lacks (added).
 //!
 //! No I/O, no clocks: the caller measures latency and sends the messages.
 //!
@@ -56,6 +58,7 @@ mod flow;
 pub mod ipam;
 pub mod model;
 mod packet;
+mod reconcile;
 mod rules;
 mod view;
 
@@ -72,6 +75,7 @@ pub use flow::{
     PORT_CONTROLLER, PORT_IN_PORT, PORT_LOCAL,
 };
 pub use packet::{Arp, Ipv4, Packet, PacketError, L3};
+pub use reconcile::{reconcile, Reconciled};
 pub use view::{PairState, Resolution, Snapshot};
 
 use crate::addr::{Dpid, Ipv4Net, MacAddr};

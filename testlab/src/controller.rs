@@ -22,6 +22,9 @@ pub struct ControllerOpts {
     pub listen: String,
     /// REST API listen address; the port should be 0 (kernel-chosen).
     pub api: String,
+    /// `--store` other than the redb file in `dir` (an etcd cluster's
+    /// `etcd:URL,...`); the API token file stays `dir/api-token`.
+    pub store: Option<String>,
     /// More `run` arguments (`--idle-timeout 2`...).
     pub args: Vec<String>,
 }
@@ -34,8 +37,16 @@ impl ControllerOpts {
             netns: None,
             listen: "127.0.0.1:0".into(),
             api: "127.0.0.1:0".into(),
+            store: None,
             args: Vec::new(),
         }
+    }
+
+    /// `--store SPEC` (e.g. [`crate::EtcdCluster::store_spec`]) with the
+    /// token file in `dir`.
+    pub fn store(mut self, spec: &str) -> Self {
+        self.store = Some(spec.to_string());
+        self
     }
 
     /// Run in namespace `netns`.
@@ -93,10 +104,14 @@ impl Controller {
             }
             None => Command::new(bin),
         };
-        cmd.args(["run", "--api", &opts.api, "--listen", &opts.listen])
-            .arg("--store")
-            .arg(opts.dir.join("controller.redb"))
-            .args(&opts.args)
+        cmd.args(["run", "--api", &opts.api, "--listen", &opts.listen]);
+        match &opts.store {
+            Some(spec) => cmd
+                .args(["--store", spec, "--token-file"])
+                .arg(opts.dir.join("api-token")),
+            None => cmd.arg("--store").arg(opts.dir.join("controller.redb")),
+        };
+        cmd.args(&opts.args)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or("warn".into()),

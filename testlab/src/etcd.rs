@@ -162,14 +162,14 @@ impl EtcdCluster {
         format!("etcd:{}", self.endpoints().join(","))
     }
 
-    /// `etcdctl ARGS` (v3 API) against every running member, in the
-    /// cluster's namespace; what it did.
-    pub fn etcdctl(&mut self, args: &[&str]) -> crate::Ran {
-        let running: Vec<usize> = (0..self.members.len())
-            .filter(|&i| self.running(i))
-            .collect();
-        let running: Vec<String> = running.into_iter().map(|i| self.endpoint(i)).collect();
-        let eps = running.join(",");
+    /// `etcdctl ARGS` (v3 API) against the cluster (every member's URL;
+    /// etcdctl uses those that answer), in the cluster's namespace.
+    pub fn etcdctl(&self, args: &[&str]) -> crate::Ran {
+        self.etcdctl_at(&self.endpoints(), args)
+    }
+
+    fn etcdctl_at(&self, endpoints: &[String], args: &[&str]) -> crate::Ran {
+        let eps = endpoints.join(",");
         let mut full = vec!["env", "ETCDCTL_API=3", "etcdctl", "--endpoints", &eps];
         full.extend_from_slice(args);
         self.netns.output(&full)
@@ -178,9 +178,13 @@ impl EtcdCluster {
     /// Waits until every running member reports healthy.
     #[track_caller]
     pub fn wait_healthy(&mut self, within: Duration) {
+        let running: Vec<usize> = (0..self.members.len())
+            .filter(|&i| self.running(i))
+            .collect();
+        let running: Vec<String> = running.into_iter().map(|i| self.endpoint(i)).collect();
         let mut last = String::new();
         let ok = crate::eventually(within, || {
-            let r = self.etcdctl(&["endpoint", "health"]);
+            let r = self.etcdctl_at(&running, &["endpoint", "health"]);
             last = format!("{}{}", r.stdout, r.stderr);
             r.ok
         });

@@ -43,6 +43,7 @@ mod lab;
 mod names;
 mod netns;
 mod ovs;
+mod proxy;
 mod skip;
 mod traffic;
 mod wait;
@@ -59,6 +60,7 @@ pub use lab::Lab;
 pub use names::{fresh_tag, IFNAME_MAX, PREFIX_ENV};
 pub use netns::{in_netns, Netns, ThreadNetns, Veth};
 pub use ovs::{OvsHost, OVS_PROGRAMS};
+pub use proxy::TcpProxy;
 pub use skip::{
     bpf_object, is_root, on_path, require, summary_line, under_ci, Need, Ready, OBJECT_ENV,
 };

@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use daolinet_controller::api::{self, auth, AppState};
-use daolinet_controller::ofserver::{self, ConnConfig, Server, ServerConfig};
+use daolinet_controller::election::{self, Election, ElectionConfig};
+use daolinet_controller::ofserver::{self, ConnConfig, Role, Server, ServerConfig};
 use daolinet_controller::service::Controller;
 use daolinet_controller::store::{EtcdConfig, EtcdStore, RedbStore, Store};
 use daolinet_policy::addr::{Ipv4Net, MacAddr};
@@ -60,6 +61,11 @@ struct RunArgs {
     /// API bearer token file (created 0600 with a random token if missing).
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// With an etcd store: the leader election's lease TTL in seconds. A
+    /// leader that dies is replaced after about this long (etcd raises
+    /// TTLs below 1.5 of its election timeout).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=60))]
+    lease_ttl: Option<u64>,
     /// Pool of physical IPs handed to containers.
     #[arg(long, default_value = "172.31.0.0/16")]
     physical_pool: Ipv4Net,
@@ -117,6 +123,10 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     // Before anything is created or started.
     a.gateway_mac.check_gateway()?;
     let spec = StoreSpec::parse(&a.store)?;
+    if a.lease_ttl.is_some() && matches!(spec, StoreSpec::File(_)) {
+        anyhow::bail!("--lease-ttl needs an etcd store (--store etcd:URL,...): a controller on a file store is alone");
+    }
+    let mut shared: Option<Arc<EtcdStore>> = None;
     let (store, token, created, token_path): (Arc<dyn Store>, String, bool, PathBuf) = match spec {
         StoreSpec::File(path) => {
             let dir = path
@@ -159,7 +169,9 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                     .map_err(std::io::Error::other)
             })
             .with_context(|| format!("token file {}", token_path.display()))?;
-            (Arc::new(store), token, created, token_path)
+            let store = Arc::new(store);
+            shared = Some(store.clone());
+            (store, token, created, token_path)
         }
     };
     if created {
@@ -210,13 +222,33 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             echo_timeout: Duration::from_secs(a.echo_interval.saturating_mul(3)),
             ..ConnConfig::default()
         };
-        let server = Server::new(
-            ctl.clone(),
-            ServerConfig {
-                conn,
-                ..ServerConfig::default()
-            },
-        );
+        let scfg = ServerConfig {
+            conn,
+            ..ServerConfig::default()
+        };
+        // Several controllers on etcd: the elected one is the switches'
+        // master, the others their slaves.
+        let election = shared.as_ref().map(|etcd| {
+            let id = format!(
+                "{} pid {} openflow {of_addr} api http://{addr}",
+                hostname(),
+                std::process::id()
+            );
+            Election::start(
+                etcd,
+                ElectionConfig {
+                    ttl: election::ttl_secs(a.lease_ttl.unwrap_or(1)),
+                    id,
+                },
+            )
+        });
+        let server = match &election {
+            Some(e) => {
+                tokio::spawn(watch_role(e.role(), ctl.clone()));
+                Server::with_role(ctl.clone(), scfg, e.role())
+            }
+            None => Server::new(ctl.clone(), scfg),
+        };
         let of_task = tokio::spawn(server.run(of_listener, stop_rx.clone()));
         let app = api::router(AppState {
             ctl,
@@ -231,12 +263,34 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                 .await
         });
         shutdown().await;
+        if let Some(e) = election {
+            // Hand over first: another controller becomes master while
+            // this one's connections are still open.
+            e.resign(Duration::from_secs(1)).await;
+        }
         let _ = stop_tx.send(true);
         let _ = of_task.await;
         api_task.await??;
         tracing::info!("stopped");
         anyhow::Ok(())
     })
+}
+
+/// Logs and exports this controller's role as the election changes it.
+async fn watch_role(mut role: tokio::sync::watch::Receiver<Role>, ctl: Arc<Controller>) {
+    loop {
+        let r = *role.borrow_and_update();
+        ctl.metrics.set_role(r);
+        if role.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
 }
 
 /// One socket per switch: lift the soft limit on open files to the hard

@@ -15,6 +15,15 @@
 //!    here; an idle switch is probed with ECHO_REQUEST and dropped when it
 //!    does not answer.
 //!
+//! Roles (several controllers): [`Conn::request_role`] sends a
+//! ROLE_REQUEST; while a request for master awaits its ROLE_REPLY, every
+//! FLOW_MOD, PACKET_OUT and BARRIER the connection is asked to send is held
+//! back ([`Conn::sink`]) and released when the reply arrives, so a new
+//! leader never writes before the switch accepted it; a refusal (a newer
+//! generation is master) drops them. [`Conn::request_flows`] reads the
+//! switch's flow table (multipart replies are gathered into one
+//! [`Event::Flows`]) for reconciliation.
+//!
 //! Malformed input gets the OFPT_ERROR the codec names and the offending
 //! message is skipped (also when its declared length is still arriving);
 //! an unframeable header (length < 8) closes. Out-of-order or
@@ -26,10 +35,13 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use daolinet_openflow::{
-    consts::{OFPCML_NO_BUFFER, OFPET_HELLO_FAILED, OFP_VERSION},
-    DecodeError, Decoder, ErrorCode, ErrorMsg, FlowRemoved, Hello, Message, MultipartReplyBody,
-    MultipartRequest, MultipartRequestBody, PacketIn, Port, PortStatus, SwitchConfig,
-    SwitchFeatures,
+    consts::{
+        OFPCML_NO_BUFFER, OFPCR_ROLE_MASTER, OFPET_HELLO_FAILED, OFPET_ROLE_REQUEST_FAILED,
+        OFPMPF_REPLY_MORE, OFP_VERSION,
+    },
+    DecodeError, Decoder, ErrorCode, ErrorMsg, FlowRemoved, FlowStats, FlowStatsRequest, Hello,
+    Message, MultipartReplyBody, MultipartRequest, MultipartRequestBody, PacketIn, Port,
+    PortStatus, RoleMsg, SwitchConfig, SwitchFeatures,
 };
 
 use daolinet_policy::addr::Dpid;
@@ -132,6 +144,14 @@ pub enum Event {
     },
     /// A BARRIER_REPLY for a barrier sent with this token.
     BarrierDone(u64),
+    /// The switch answered our ROLE_REQUEST: our role there now (held
+    /// messages, if any, were released to [`Conn::out`]).
+    Role(RoleMsg),
+    /// The switch refused our ROLE_REQUEST (e.g. OFPRRFC_STALE: a newer
+    /// generation is master there); held messages were dropped.
+    RoleRefused(ErrorMsg),
+    /// The switch's flow table, as asked by [`Conn::request_flows`].
+    Flows(Vec<FlowStats>),
     /// The connection is closed (after `out` is flushed).
     Closed(CloseReason),
 }
@@ -150,6 +170,12 @@ pub struct Conn {
     last_rx: Instant,
     echo_sent: Option<Instant>,
     barriers: HashMap<u32, u64>,
+    /// The xid of a ROLE_REQUEST awaiting its reply, and whether it asked
+    /// for master (then output is held in `held`).
+    role_pending: Option<(u32, bool)>,
+    held: BytesMut,
+    /// The xid of a flow table read in progress and what arrived so far.
+    flows_pending: Option<(u32, Vec<FlowStats>)>,
     /// Messages answered with an OFPT_ERROR.
     pub errors_sent: u64,
 }
@@ -168,6 +194,9 @@ impl Conn {
             last_rx: now,
             echo_sent: None,
             barriers: HashMap::new(),
+            role_pending: None,
+            held: BytesMut::new(),
+            flows_pending: None,
             errors_sent: 0,
         };
         c.send(&Message::Hello(Hello::new()));
@@ -190,6 +219,46 @@ impl Conn {
     /// Bytes to write to the switch (the edge writes and advances them).
     pub fn out(&mut self) -> &mut BytesMut {
         &mut self.out
+    }
+
+    /// Where messages that change the switch go: [`Conn::out`], or while a
+    /// ROLE_REQUEST for master awaits its reply, the held buffer.
+    pub fn sink(&mut self) -> &mut BytesMut {
+        if self.holding() {
+            &mut self.held
+        } else {
+            &mut self.out
+        }
+    }
+
+    /// True while output is held for a ROLE_REPLY.
+    pub fn holding(&self) -> bool {
+        matches!(self.role_pending, Some((_, true)))
+    }
+
+    /// Sends a ROLE_REQUEST for `role` (`OFPCR_ROLE_*`) with `generation`;
+    /// for master, holds what [`Conn::sink`] receives until the reply.
+    /// Returns the xid.
+    pub fn request_role(&mut self, role: u32, generation: u64) -> u32 {
+        let xid = self.send(&Message::RoleRequest(RoleMsg {
+            role,
+            generation_id: generation,
+        }));
+        if role != OFPCR_ROLE_MASTER {
+            // Nothing we queued may go out as a non-master.
+            self.held.clear();
+        }
+        self.role_pending = Some((xid, role == OFPCR_ROLE_MASTER));
+        xid
+    }
+
+    /// Asks for every flow of the switch ([`Event::Flows`] follows).
+    pub fn request_flows(&mut self) -> u32 {
+        let xid = self.send(&Message::MultipartRequest(MultipartRequest::new(
+            MultipartRequestBody::Flow(FlowStatsRequest::default()),
+        )));
+        self.flows_pending = Some((xid, Vec::new()));
+        xid
     }
 
     /// True once closed.
@@ -231,27 +300,36 @@ impl Conn {
                 ..
             } => {
                 let xid = self.xid();
-                translate::put_packet_out(*in_port, actions, data, xid, &mut self.out)
+                translate::put_packet_out(*in_port, actions, data, xid, self.sink())
             }
             Decision::DeleteFlows { .. } => {
                 let m = translate::to_message(d)?;
-                self.send(&m);
+                self.send_change(&m);
                 Ok(())
             }
         }
     }
 
+    /// Queues a message that changes the switch (see [`Conn::sink`]).
+    pub fn send_change(&mut self, msg: &Message) -> u32 {
+        let xid = self.xid();
+        if let Err(e) = msg.encode(xid, self.sink()) {
+            tracing::warn!(error = %e, msg_type = msg.msg_type(), "message not sent");
+        }
+        xid
+    }
+
     /// Queues the FLOW_MOD adding `f`.
     pub fn send_flow(&mut self, f: &FlowSpec) -> Result<(), TranslateError> {
         let xid = self.xid();
-        translate::put_flow_mod(f, xid, &mut self.out)
+        translate::put_flow_mod(f, xid, self.sink())
     }
 
     /// Queues a BARRIER_REQUEST. With a token, [`Event::BarrierDone`] is
     /// emitted when its reply arrives; when too many are pending the token
     /// is returned at once (the caller proceeds without waiting).
     pub fn barrier(&mut self, token: Option<u64>) -> Option<u64> {
-        let xid = self.send(&Message::BarrierRequest);
+        let xid = self.send_change(&Message::BarrierRequest);
         match token {
             Some(t) if self.barriers.len() < self.cfg.max_pending_barriers => {
                 self.barriers.insert(xid, t);
@@ -379,21 +457,61 @@ impl Conn {
             (Phase::Ready(_), M::PacketIn(p)) => events.push(Event::PacketIn(p)),
             (Phase::Ready(_), M::FlowRemoved(f)) => events.push(Event::FlowRemoved(f)),
             (Phase::Ready(_), M::PortStatus(p)) => events.push(Event::PortStatus(p)),
-            (Phase::Ready(_), M::MultipartReply(r)) => {
-                if let MultipartReplyBody::PortDesc(ports) = r.body {
-                    events.push(Event::Ports(ports));
+            (Phase::Ready(_), M::MultipartReply(r)) => match r.body {
+                MultipartReplyBody::PortDesc(ports) => events.push(Event::Ports(ports)),
+                MultipartReplyBody::Flow(flows) => {
+                    if let Some((want, got)) = &mut self.flows_pending {
+                        if *want == xid {
+                            got.extend(flows);
+                            if r.flags & OFPMPF_REPLY_MORE == 0 {
+                                let (_, all) = self.flows_pending.take().unwrap_or_default();
+                                events.push(Event::Flows(all));
+                            }
+                        }
+                    }
                 }
+                _ => {}
+            },
+            (Phase::Ready(_), M::RoleReply(r)) => {
+                if self.role_pending.is_some_and(|(want, _)| want == xid) {
+                    self.role_pending = None;
+                    let held = std::mem::take(&mut self.held);
+                    self.out.extend_from_slice(&held);
+                }
+                events.push(Event::Role(r));
             }
             (Phase::Ready(_), M::BarrierReply) => {
                 if let Some(t) = self.barriers.remove(&xid) {
                     events.push(Event::BarrierDone(t));
                 }
             }
-            (Phase::Ready(_), M::Error(e)) => events.push(Event::SwitchError { xid, error: e }),
+            (Phase::Ready(_), M::Error(e)) => {
+                let role_xid = self.role_pending.is_some_and(|(want, _)| want == xid);
+                if role_xid
+                    || e.code()
+                        .is_some_and(|c| c.err_type == OFPET_ROLE_REQUEST_FAILED)
+                {
+                    if role_xid {
+                        self.role_pending = None;
+                        self.held.clear();
+                    }
+                    events.push(Event::RoleRefused(e));
+                } else {
+                    if self
+                        .flows_pending
+                        .as_ref()
+                        .is_some_and(|(want, _)| *want == xid)
+                    {
+                        // No flow table from this switch: reconcile on nothing.
+                        self.flows_pending = None;
+                        events.push(Event::Flows(Vec::new()));
+                    }
+                    events.push(Event::SwitchError { xid, error: e });
+                }
+            }
             (
                 Phase::Ready(_),
                 M::GetConfigReply(_)
-                | M::RoleReply(_)
                 | M::GetAsyncReply(_)
                 | M::QueueGetConfigReply(_)
                 | M::Experimenter(_),
@@ -504,6 +622,81 @@ mod tests {
         ));
         drain(&mut c);
         c
+    }
+
+    /// A master's changes wait for its ROLE_REPLY; a refusal drops them;
+    /// flow stats replies split with REPLY_MORE come back as one event.
+    #[test]
+    fn role_holds_changes_and_flows_are_gathered() {
+        use daolinet_openflow::{FlowStats, Match, MultipartReply};
+        let now = Instant::now();
+        let mut c = ready(now);
+        let mut ev = Vec::new();
+        let xid = c.request_role(OFPCR_ROLE_MASTER, 9);
+        let fxid = c.request_flows();
+        c.send_change(&Message::BarrierRequest);
+        let out = drain(&mut c);
+        assert!(
+            matches!(&out[0].message, Message::RoleRequest(r) if r.role == OFPCR_ROLE_MASTER && r.generation_id == 9)
+        );
+        assert!(matches!(&out[1].message, Message::MultipartRequest(_)));
+        assert_eq!(out.len(), 2, "the barrier went out before the role reply");
+        assert!(c.holding());
+        let stats = |cookie| FlowStats {
+            table_id: 0,
+            duration_sec: 0,
+            duration_nsec: 0,
+            priority: 1,
+            idle_timeout: 0,
+            hard_timeout: 0,
+            flags: 0,
+            cookie,
+            packet_count: 0,
+            byte_count: 0,
+            match_: Match::new(),
+            instructions: vec![],
+        };
+        let mut more = MultipartReply::new(MultipartReplyBody::Flow(vec![stats(1)]));
+        more.flags = OFPMPF_REPLY_MORE;
+        let last = MultipartReply::new(MultipartReplyBody::Flow(vec![stats(2)]));
+        let input = bytes(&[
+            (
+                xid,
+                Message::RoleReply(RoleMsg {
+                    role: OFPCR_ROLE_MASTER,
+                    generation_id: 9,
+                }),
+            ),
+            (fxid, Message::MultipartReply(more)),
+            (fxid, Message::MultipartReply(last)),
+        ]);
+        c.receive(&input, now, &mut ev);
+        assert!(matches!(&ev[0], Event::Role(r) if r.role == OFPCR_ROLE_MASTER));
+        assert!(
+            matches!(&ev[1], Event::Flows(f) if f.len() == 2 && f[1].cookie == 2),
+            "{ev:?}"
+        );
+        assert!(matches!(
+            &drain(&mut c)[..],
+            [Frame {
+                message: Message::BarrierRequest,
+                ..
+            }]
+        ));
+        assert!(!c.holding());
+        // Refused: what was held never goes out.
+        ev.clear();
+        let xid = c.request_role(OFPCR_ROLE_MASTER, 8);
+        c.send_change(&Message::BarrierRequest);
+        drain(&mut c);
+        let refusal = Message::Error(ErrorMsg::new(
+            ErrorCode::new(OFPET_ROLE_REQUEST_FAILED, OFPRRFC_STALE),
+            &[],
+        ));
+        c.receive(&bytes(&[(xid, refusal)]), now, &mut ev);
+        assert!(matches!(&ev[..], [Event::RoleRefused(_)]));
+        assert!(drain(&mut c).is_empty());
+        assert!(!c.holding());
     }
 
     #[test]

@@ -31,9 +31,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::service::Controller;
+use daolinet_openflow::consts::{
+    OFPBRC_IS_SLAVE, OFPCR_ROLE_EQUAL, OFPCR_ROLE_MASTER, OFPCR_ROLE_SLAVE, OFPET_BAD_REQUEST,
+};
+use daolinet_openflow::{FlowStats, Message};
 use daolinet_policy::addr::Dpid;
 use daolinet_policy::model::Host;
-use daolinet_policy::Decision;
+use daolinet_policy::{Decision, FlowSpec};
 
 use super::conn::{describe, Conn, ConnConfig, Event};
 use super::translate;
@@ -51,6 +55,10 @@ pub struct ServerConfig {
     pub channel: usize,
     /// Read buffer size per connection.
     pub read_buf: usize,
+    /// How long a datapath may stay disconnected before the flows towards
+    /// its containers are deleted on the other datapaths (an agent restart
+    /// or a reconnection within this time costs no traffic).
+    pub host_gone_after: Duration,
 }
 
 impl Default for ServerConfig {
@@ -60,8 +68,30 @@ impl Default for ServerConfig {
             max_out_bytes: 8 << 20,
             channel: 4096,
             read_buf: 16 << 10,
+            host_gone_after: Duration::from_secs(30),
         }
     }
+}
+
+/// What this controller is to the switches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The only controller (no election): acts on every switch and sends
+    /// no ROLE_REQUEST (the switches keep it EQUAL).
+    Alone,
+    /// The elected leader: ROLE_REQUEST master with this generation id
+    /// (the election key's create revision), then acts.
+    Master {
+        /// OpenFlow generation id.
+        generation: u64,
+    },
+    /// Not the leader: ROLE_REQUEST slave with the leader's generation id
+    /// when known, and nothing else (PACKET_INs and model changes are left
+    /// to the master).
+    Slave {
+        /// The leader's generation id, if one is known.
+        generation: Option<u64>,
+    },
 }
 
 /// What other tasks ask a connection task to do.
@@ -160,17 +190,51 @@ pub struct Server {
     cfg: ServerConfig,
     switches: Switches,
     next_id: AtomicU64,
+    role: watch::Receiver<Role>,
+    /// Keeps the role channel of a server without election open.
+    _alone: Option<watch::Sender<Role>>,
+    /// Datapaths that left, by the time their host_gone is due.
+    gone: std::sync::Mutex<HashMap<Dpid, Instant>>,
 }
 
 impl Server {
-    /// A server deciding with `ctl`.
+    /// A server deciding with `ctl`, the only controller of its switches.
     pub fn new(ctl: Arc<Controller>, cfg: ServerConfig) -> Arc<Self> {
+        let (tx, rx) = watch::channel(Role::Alone);
+        Self::build(ctl, cfg, rx, Some(tx))
+    }
+
+    /// A server among several controllers: `role` says whether this one
+    /// is the master (from the leader election).
+    pub fn with_role(
+        ctl: Arc<Controller>,
+        cfg: ServerConfig,
+        role: watch::Receiver<Role>,
+    ) -> Arc<Self> {
+        Self::build(ctl, cfg, role, None)
+    }
+
+    fn build(
+        ctl: Arc<Controller>,
+        cfg: ServerConfig,
+        role: watch::Receiver<Role>,
+        alone: Option<watch::Sender<Role>>,
+    ) -> Arc<Self> {
         Arc::new(Server {
             ctl,
             cfg,
             switches: Switches::default(),
             next_id: AtomicU64::new(1),
+            role,
+            _alone: alone,
+            gone: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// True when this controller may change the switches (alone, or the
+    /// elected master).
+    fn acting(&self) -> bool {
+        matches!(*self.role.borrow(), Role::Alone | Role::Master { .. })
     }
 
     /// Datapaths currently connected (handshake done).
@@ -214,9 +278,14 @@ impl Server {
     async fn dispatch_model_changes(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut decisions = self.ctl.subscribe_decisions();
         let mut model = self.ctl.subscribe_model();
+        let mut gone_tick = tokio::time::interval(Duration::from_millis(100));
+        gone_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 r = decisions.recv() => match r {
+                    // A slave leaves the switches to the master (which
+                    // gets the same change through the store).
+                    Ok(_) if !self.acting() => {}
                     Ok(ds) => self.route(&ds, None).await,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(lost = n, "model-change decisions lagged: re-initialising every switch");
@@ -232,7 +301,39 @@ impl Server {
                     }
                     self.resync_changed_hosts();
                 }
+                _ = gone_tick.tick() => self.hosts_gone().await,
                 _ = stopped(&mut stop) => break,
+            }
+        }
+    }
+
+    /// Deletes, on the other datapaths, the flows towards the containers of
+    /// datapaths that stayed away longer than
+    /// [`ServerConfig::host_gone_after`].
+    async fn hosts_gone(&self) {
+        let now = Instant::now();
+        let due: Vec<Dpid> = match self.gone.lock() {
+            Ok(mut g) => {
+                let due: Vec<Dpid> = g
+                    .iter()
+                    .filter(|(_, t)| **t <= now)
+                    .map(|(d, _)| *d)
+                    .collect();
+                for d in &due {
+                    g.remove(d);
+                }
+                due
+            }
+            Err(_) => return,
+        };
+        for dpid in due {
+            if !self.acting() || self.switches.get(dpid).is_some() {
+                continue;
+            }
+            tracing::info!(%dpid, "datapath stayed away: deleting the flows towards its containers");
+            match self.ctl.host_gone(dpid) {
+                Ok(ds) => self.route(&ds, Some(dpid)).await,
+                Err(e) => tracing::warn!(error = %e, "host_gone"),
             }
         }
     }
@@ -289,6 +390,9 @@ impl Server {
             registered: None,
             decided: 0,
             answers: AnswerClock::default(),
+            role: self.role.clone(),
+            applied_role: None,
+            acting: false,
         };
         let (tx, rx) = mpsc::channel(self.cfg.channel.max(1));
         task.tx = Some(tx);
@@ -311,9 +415,10 @@ impl Server {
             if let Some(n) = self.switches.remove(dpid, id) {
                 self.ctl.metrics.set_switches_connected(n as u64);
                 tracing::info!(%dpid, %peer, "datapath disconnected");
-                match self.ctl.host_gone(dpid) {
-                    Ok(ds) => self.route(&ds, Some(dpid)).await,
-                    Err(e) => tracing::warn!(error = %e, "host_gone"),
+                // Its flows towards it stay while it may come back (an
+                // agent restart): deleted if it is still away later.
+                if let Ok(mut g) = self.gone.lock() {
+                    g.insert(dpid, Instant::now() + self.cfg.host_gone_after);
                 }
             }
         }
@@ -333,6 +438,15 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     sock.set_reuseaddr(true)?;
     sock.bind(addr)?;
     sock.listen(4096)
+}
+
+fn role_name(r: u32) -> &'static str {
+    match r {
+        OFPCR_ROLE_MASTER => "master",
+        OFPCR_ROLE_SLAVE => "slave",
+        OFPCR_ROLE_EQUAL => "equal",
+        _ => "other",
+    }
 }
 
 /// Resolves once `stop` is true (or its sender is gone).
@@ -358,6 +472,7 @@ enum Wake {
     Readable(std::io::Result<()>),
     Writable(std::io::Result<()>),
     Cmd(Option<Cmd>),
+    Role,
     Tick,
     Stop,
 }
@@ -414,6 +529,12 @@ struct Task<'a> {
     /// PACKET_INs decided since the last read.
     decided: u64,
     answers: AnswerClock,
+    /// This controller's role (election), and the one last applied here.
+    role: watch::Receiver<Role>,
+    applied_role: Option<Role>,
+    /// May this connection change the switch (alone, or master and not
+    /// refused by the switch)?
+    acting: bool,
 }
 
 impl Task<'_> {
@@ -449,10 +570,12 @@ impl Task<'_> {
             }
             let want_read = queued < cfg.max_out_bytes;
             let want_write = !self.conn.out().is_empty();
+            let role_live = self.role.has_changed().is_ok();
             let wake = tokio::select! {
                 r = sock.readable(), if want_read => Wake::Readable(r),
                 r = sock.writable(), if want_write => Wake::Writable(r),
                 c = rx.recv() => Wake::Cmd(c),
+                _ = self.role.changed(), if role_live => Wake::Role,
                 _ = tick.tick() => Wake::Tick,
                 _ = stopped(&mut stop) => Wake::Stop,
             };
@@ -498,6 +621,7 @@ impl Task<'_> {
                     }
                 }
                 Wake::Cmd(None) => return Ok(()),
+                Wake::Role => self.apply_role(),
                 Wake::Tick => self.conn.tick(now, &mut self.events),
                 Wake::Stop => return Ok(()),
             }
@@ -536,6 +660,11 @@ impl Task<'_> {
     fn command(&mut self, c: Cmd) -> bool {
         match c {
             Cmd::Decisions { ds, then } => {
+                if !self.acting {
+                    // Not ours to send (a slave, or the switch has a newer
+                    // master); a PACKET_OUT waiting on this is dropped.
+                    return false;
+                }
                 for d in &ds {
                     if let Err(e) = self.conn.send_decision(d) {
                         tracing::warn!(error = %e, ?d, "decision not translatable");
@@ -554,7 +683,9 @@ impl Task<'_> {
                 false
             }
             Cmd::Bytes(b) => {
-                self.conn.out().extend_from_slice(&b);
+                if self.acting {
+                    self.conn.sink().extend_from_slice(&b);
+                }
                 false
             }
             Cmd::Replaced => {
@@ -563,35 +694,90 @@ impl Task<'_> {
                 true
             }
             Cmd::Resync => {
-                if let Some(dpid) = self.registered {
-                    self.initialise(dpid);
+                if self.acting {
+                    self.conn.request_flows();
                 }
                 false
             }
         }
     }
 
-    /// Sends the flows a (re)connected datapath needs.
-    fn initialise(&mut self, dpid: Dpid) {
-        let host = self
-            .srv
-            .ctl
-            .snapshot()
-            .ok()
-            .and_then(|s| s.host_by_dpid(dpid).cloned());
-        match self.srv.ctl.switch_connected(dpid) {
-            Ok(ds) if ds.is_empty() => {
-                tracing::warn!(%dpid, "datapath is not a registered host: no flows until it is");
+    /// Takes this controller's current role on the switch (after the
+    /// handshake, and whenever the election changes it): as the master (or
+    /// alone) it asks for the master role and the switch's flows, which it
+    /// then reconciles ([`Task::reconcile`]); as a slave it asks for the
+    /// slave role and leaves the switch alone.
+    fn apply_role(&mut self) {
+        let role = *self.role.borrow_and_update();
+        let Some(dpid) = self.registered else { return };
+        if self.applied_role == Some(role) {
+            return;
+        }
+        self.applied_role = Some(role);
+        match role {
+            Role::Alone => {
+                self.acting = true;
+                self.conn.request_flows();
             }
-            Ok(ds) => {
-                for d in &ds {
-                    if let Err(e) = self.conn.send_decision(d) {
-                        tracing::warn!(error = %e, "base flow not translatable");
-                    }
+            Role::Master { generation } => {
+                tracing::info!(%dpid, generation, "asking for the master role");
+                // Everything this connection sends from now on is held by
+                // the Conn until the switch accepts us as master.
+                self.conn.request_role(OFPCR_ROLE_MASTER, generation);
+                self.acting = true;
+                self.conn.request_flows();
+            }
+            Role::Slave { generation } => {
+                self.acting = false;
+                if let Some(g) = generation {
+                    self.conn.request_role(OFPCR_ROLE_SLAVE, g);
                 }
-                tracing::info!(%dpid, flows = ds.len() - 1, "datapath initialised");
             }
-            Err(e) => tracing::warn!(error = %e, "switch_connected"),
+        }
+    }
+
+    /// The switch's flows arrived: keeps the valid ones, deletes the stale
+    /// ones one by one, adds the base flows it lacks, then a BARRIER. No
+    /// wildcard deletion: traffic on valid flows never stops.
+    fn reconcile(&mut self, flows: Vec<FlowStats>) {
+        let Some(dpid) = self.registered else { return };
+        let ctl = &self.srv.ctl;
+        let Ok(snap) = ctl.snapshot() else { return };
+        let host = snap.host_by_dpid(dpid).cloned();
+        let installed: Vec<Option<FlowSpec>> = flows
+            .iter()
+            .map(|f| translate::from_flow_stats(dpid, f))
+            .collect();
+        let r = daolinet_policy::reconcile(&snap, &ctl.cfg, dpid, &installed);
+        if host.is_none() {
+            tracing::warn!(%dpid, "datapath is not a registered host: no flows until it is");
+        } else {
+            for &i in &r.delete {
+                if let Some(f) = flows.get(i) {
+                    self.conn
+                        .send_change(&Message::FlowMod(translate::delete_exactly(f)));
+                }
+            }
+            for f in &r.add {
+                if let Err(e) = self.conn.send_flow(f) {
+                    tracing::warn!(error = %e, "base flow not translatable");
+                }
+            }
+            let pick = |idx: &[usize]| -> Vec<FlowSpec> {
+                idx.iter()
+                    .filter_map(|&i| installed.get(i).cloned().flatten())
+                    .collect()
+            };
+            if let Err(e) = ctl.reconciled(dpid, &pick(&r.keep), &pick(&r.delete), &r.add) {
+                tracing::warn!(error = %e, "recording reconciled flows");
+            }
+            tracing::info!(
+                %dpid,
+                kept = r.keep.len(),
+                deleted = r.delete.len(),
+                added = r.add.len(),
+                "datapath reconciled"
+            );
         }
         // Always a BARRIER: it marks the end of the initialisation.
         self.conn.barrier(None);
@@ -627,7 +813,23 @@ impl Task<'_> {
                 }
                 srv.ctl.metrics.set_switches_connected(n as u64);
                 self.registered = Some(dpid);
-                self.initialise(dpid);
+                self.apply_role();
+            }
+            Event::Role(r) => {
+                tracing::info!(dpid = ?self.registered, role = role_name(r.role), generation = r.generation_id, "switch role");
+                if r.role != OFPCR_ROLE_MASTER && r.role != OFPCR_ROLE_EQUAL {
+                    self.acting = false;
+                }
+            }
+            Event::RoleRefused(e) => {
+                tracing::warn!(dpid = ?self.registered, error = %describe(&e),
+                    "the switch refused our role (a newer master?): not acting on it");
+                self.acting = false;
+            }
+            Event::Flows(flows) => {
+                if self.acting {
+                    self.reconcile(flows);
+                }
             }
             Event::PacketIn(p) => self.packet_in(p).await,
             Event::FlowRemoved(f) => {
@@ -650,6 +852,13 @@ impl Task<'_> {
             }
             Event::SwitchError { xid, error } => {
                 tracing::warn!(dpid = ?self.registered, xid, error = %describe(&error), "switch reported an error");
+                if error
+                    .code()
+                    .is_some_and(|c| c.err_type == OFPET_BAD_REQUEST && c.code == OFPBRC_IS_SLAVE)
+                {
+                    // Another controller became master there.
+                    self.acting = false;
+                }
             }
             Event::BarrierDone(token) => {
                 if let Some(r) = self.releases.remove(&token) {
@@ -664,6 +873,11 @@ impl Task<'_> {
 
     async fn packet_in(&mut self, p: daolinet_openflow::PacketIn) {
         let Some(dpid) = self.registered else { return };
+        if !self.acting {
+            // Only the master answers (an EQUAL connection of a slave still
+            // gets PACKET_INs until its ROLE_REQUEST is accepted).
+            return;
+        }
         let Some(in_port) = p.in_port() else {
             tracing::debug!(%dpid, "PACKET_IN without in_port ignored");
             return;
@@ -755,7 +969,7 @@ impl Task<'_> {
             let Some(rtx) = srv.switches.get(to) else {
                 tracing::debug!(%dpid, remote = %to, "remote datapath not connected");
                 if let Some(r) = then {
-                    self.conn.out().extend_from_slice(&r.bytes);
+                    self.conn.sink().extend_from_slice(&r.bytes);
                 }
                 continue;
             };
@@ -765,7 +979,7 @@ impl Task<'_> {
                 | Err(mpsc::error::TrySendError::Closed(Cmd::Decisions { then, .. })) => {
                     tracing::warn!(remote = %to, "remote datapath busy or gone: its flows were not sent");
                     if let Some(r) = then {
-                        self.conn.out().extend_from_slice(&r.bytes);
+                        self.conn.sink().extend_from_slice(&r.bytes);
                     }
                 }
                 Err(_) => {}

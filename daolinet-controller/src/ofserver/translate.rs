@@ -10,7 +10,7 @@ use daolinet_openflow::{
         OFPP_IN_PORT, OFPP_LOCAL, OFPP_MAX, OFPT_FLOW_MOD, OFPT_PACKET_OUT, OFP_NO_BUFFER,
         OFP_VERSION,
     },
-    Action, FlowMod, Instruction, MacAddr as OfMac, Match, Message, OxmField, PacketOut,
+    Action, FlowMod, FlowStats, Instruction, MacAddr as OfMac, Match, Message, OxmField, PacketOut,
     MAX_MESSAGE_LEN,
 };
 
@@ -403,6 +403,67 @@ pub fn packet_out_needs_barrier(d: &Decision) -> bool {
     })
 }
 
+/// The [`FlowSpec`] of a flow the switch reported (flow stats), or `None`
+/// when it uses matches or instructions the policy never installs (then it
+/// is not one of ours). Inverse of [`flow_mod`] for the flows it builds.
+pub fn from_flow_stats(dpid: daolinet_policy::addr::Dpid, s: &FlowStats) -> Option<FlowSpec> {
+    let match_ = from_match(&s.match_)?;
+    let actions = match s.instructions.as_slice() {
+        [] => Vec::new(),
+        [Instruction::ApplyActions(acts)] => from_actions(acts)?,
+        _ => return None,
+    };
+    Some(FlowSpec {
+        dpid,
+        table: s.table_id,
+        priority: s.priority,
+        cookie: s.cookie,
+        idle_timeout: s.idle_timeout,
+        hard_timeout: s.hard_timeout,
+        match_,
+        actions,
+    })
+}
+
+/// The [`ActionSpec`]s of OpenFlow actions, or `None` for an action the
+/// policy never uses.
+pub fn from_actions(acts: &[Action]) -> Option<Vec<ActionSpec>> {
+    acts.iter()
+        .map(|a| {
+            Some(match a {
+                Action::SetField(OxmField::EthSrc(m, None)) => ActionSpec::SetEthSrc(MacAddr(m.0)),
+                Action::SetField(OxmField::EthDst(m, None)) => ActionSpec::SetEthDst(MacAddr(m.0)),
+                Action::SetField(OxmField::Ipv4Src(a, None)) => ActionSpec::SetIpv4Src(*a),
+                Action::SetField(OxmField::Ipv4Dst(a, None)) => ActionSpec::SetIpv4Dst(*a),
+                Action::SetField(OxmField::TcpSrc(p, None) | OxmField::UdpSrc(p, None)) => {
+                    ActionSpec::SetTpSrc(*p)
+                }
+                Action::SetField(OxmField::TcpDst(p, None) | OxmField::UdpDst(p, None)) => {
+                    ActionSpec::SetTpDst(*p)
+                }
+                Action::DecNwTtl => ActionSpec::DecTtl,
+                Action::Output { port, .. } => match *port {
+                    OFPP_IN_PORT => ActionSpec::InPort,
+                    OFPP_LOCAL => ActionSpec::Local,
+                    OFPP_CONTROLLER => ActionSpec::Controller,
+                    p if p <= OFPP_MAX => ActionSpec::Output(p),
+                    _ => return None,
+                },
+                _ => return None,
+            })
+        })
+        .collect()
+}
+
+/// The FLOW_MOD deleting exactly the flow a switch reported: strict
+/// (match and priority), in its table, only with its cookie.
+pub fn delete_exactly(s: &FlowStats) -> FlowMod {
+    let mut fm =
+        FlowMod::delete_strict(s.match_.clone(), s.priority).cookie_match(s.cookie, u64::MAX);
+    fm.table_id = s.table_id;
+    fm
+}
+
 /// The OpenFlow message for one decision.
 pub fn to_message(d: &Decision) -> Result<Message, TranslateError> {
     match d {
@@ -685,6 +746,25 @@ mod tests {
         assert!(!packet_out_needs_barrier(&Decision::AddFlow(pair_flow())));
     }
 
+    fn arb_actions() -> impl Strategy<Value = Vec<ActionSpec>> {
+        proptest::collection::vec(
+            prop_oneof![
+                any::<[u8; 6]>().prop_map(|m| ActionSpec::SetEthSrc(MacAddr(m))),
+                any::<[u8; 6]>().prop_map(|m| ActionSpec::SetEthDst(MacAddr(m))),
+                any::<u32>().prop_map(|a| ActionSpec::SetIpv4Src(a.into())),
+                any::<u32>().prop_map(|a| ActionSpec::SetIpv4Dst(a.into())),
+                any::<u16>().prop_map(ActionSpec::SetTpSrc),
+                any::<u16>().prop_map(ActionSpec::SetTpDst),
+                Just(ActionSpec::DecTtl),
+                (1u32..=OFPP_MAX).prop_map(ActionSpec::Output),
+                Just(ActionSpec::InPort),
+                Just(ActionSpec::Local),
+                Just(ActionSpec::Controller),
+            ],
+            0..6,
+        )
+    }
+
     fn arb_match() -> impl Strategy<Value = MatchSpec> {
         (
             proptest::option::of(1u32..0xffff_ff00),
@@ -721,6 +801,55 @@ mod tests {
     }
 
     proptest! {
+        /// Every flow the policy can build, as a switch reports it in flow
+        /// stats (what reconciliation reads), is the same FlowSpec.
+        #[test]
+        fn flows_round_trip_through_flow_stats(
+            m in arb_match(),
+            actions in arb_actions(),
+            cookie in any::<u64>(),
+            prio in any::<u16>(),
+            idle in any::<u16>(),
+        ) {
+            let mut m = m;
+            // Transport set-fields need TCP or UDP in the match.
+            if actions.iter().any(|a| matches!(a, ActionSpec::SetTpSrc(_) | ActionSpec::SetTpDst(_))) {
+                m.eth_type = Some(ETH_TYPE_IPV4);
+                m.ip_proto = Some(IPPROTO_UDP);
+            }
+            let f = FlowSpec {
+                dpid: Dpid(9),
+                table: 0,
+                priority: prio,
+                cookie,
+                idle_timeout: idle,
+                hard_timeout: 3,
+                match_: m,
+                actions,
+            };
+            let fm = flow_mod(&f).unwrap();
+            let stats = FlowStats {
+                table_id: fm.table_id,
+                duration_sec: 1,
+                duration_nsec: 2,
+                priority: fm.priority,
+                idle_timeout: fm.idle_timeout,
+                hard_timeout: fm.hard_timeout,
+                flags: fm.flags,
+                cookie: fm.cookie,
+                packet_count: 4,
+                byte_count: 5,
+                match_: fm.match_.clone(),
+                instructions: fm.instructions.clone(),
+            };
+            prop_assert_eq!(from_flow_stats(Dpid(9), &stats), Some(f));
+            // The strict delete names exactly that entry.
+            let d = delete_exactly(&stats);
+            prop_assert_eq!(d.command, OFPFC_DELETE_STRICT);
+            prop_assert_eq!((d.cookie, d.cookie_mask, d.priority, d.table_id), (fm.cookie, u64::MAX, fm.priority, fm.table_id));
+            prop_assert_eq!(d.match_, fm.match_);
+        }
+
         /// Every match the policy can build survives the wire and comes
         /// back as the same MatchSpec (what FLOW_REMOVED handling relies on).
         #[test]

@@ -2,6 +2,8 @@
 //! through the test lab, and a small model to fill it with.
 #![allow(dead_code, clippy::panic)]
 
+pub mod fakeswitch;
+
 use std::path::Path;
 
 use daolinet_testlab::{Api, Controller, ControllerOpts};
