@@ -27,7 +27,11 @@
 //!   for anything else get no answer, so isolation is visible as "host
 //!   unreachable" in the container, and a short drop flow for that target.
 //! - **Same host / cross host**: the pair flows of docs/architecture.md
-//!   ("The flows on the wire"); no TTL decrement.
+//!   ("The flows on the wire"). Cross-host flows decrement the TTL once on
+//!   each host (two virtual routers); an expiring packet is answered with
+//!   ICMP time exceeded from the router it expired at (the sender's
+//!   gateway, or the destination host's underlay IP); see `hops`. Same-host
+//!   flows do not decrement it (one hop).
 //!   Decisions are ordered so that flows on the *remote* datapath come
 //!   first, then the local ones, then the PACKET_OUT: the OpenFlow server
 //!   should send a BARRIER to the remote datapath before the PACKET_OUT.
@@ -36,9 +40,9 @@
 //!   LOCAL MAC>, ipv4_src=pa, output:LOCAL`; return flow: `in_port=LOCAL,
 //!   ip, src=d, dst=pa -> eth_src=gw, eth_dst=ma, ipv4_dst=a, output:A`.
 //!   Using the physical IP (unique) rather than the logical one (which may
-//!   overlap between tenants) keeps replies unambiguous. The host must route
-//!   the physical pool to its LOCAL port and masquerade it
-//!   (`-s POOL ! -d POOL -j MASQUERADE`), which the agent/setup does.
+//!   overlap between tenants) keeps replies unambiguous. The host routes
+//!   the physical pool to its LOCAL port and masquerades it: the agent and
+//!   `daolictl host join-ovs` set that up (crate `daolinet-natout`).
 //! - **Firewall ingress**: each rule installs a permanent flow on the
 //!   container's host sending `in_port=uplink, ip_proto, dst=<host IP>,
 //!   tp_dst=<host port>` to the controller; each new connection then gets a
@@ -55,6 +59,7 @@ mod change;
 pub mod cookie;
 pub mod fakeswitch;
 mod flow;
+mod hops;
 pub mod ipam;
 pub mod model;
 mod packet;
@@ -175,6 +180,9 @@ pub enum Verdict {
     NatOut,
     /// Installed a firewall connection.
     Firewall,
+    /// A packet's TTL expired at a virtual router: answered with ICMP time
+    /// exceeded (see the `hops` module).
+    TtlExceeded,
     /// Denied.
     Denied(DenyReason),
     /// Not for the policy (unparsable, unknown datapath, stray traffic).

@@ -232,7 +232,7 @@ impl Packet {
 }
 
 /// The Internet checksum of a header.
-fn checksum(b: &[u8]) -> u16 {
+pub(crate) fn checksum(b: &[u8]) -> u16 {
     let mut sum: u32 = 0;
     for c in b.chunks(2) {
         let w = match c {

@@ -10,6 +10,7 @@ use super::flow::{
     priority, ActionSpec, Decision, FlowSpec, Ipv4Match, MatchSpec, ETH_TYPE_ARP, ETH_TYPE_IPV4,
     PORT_CONTROLLER, PORT_LOCAL,
 };
+use super::hops;
 use super::packet::{Arp, Ipv4, Packet, L3};
 use super::view::{Resolution, Snapshot};
 use super::{Config, DenyReason, Outcome, Verdict};
@@ -67,12 +68,14 @@ fn direction(
             ],
         ));
     }
+    // Two virtual routers, each decrementing the TTL (see `hops`).
     each(hotplug(
         cfg,
         h1.dpid,
         cookie,
         ip_match(a.port, a.ip, b.ip),
         vec![
+            ActionSpec::DecTtl,
             ActionSpec::SetEthSrc(h1.mac),
             ActionSpec::SetEthDst(h2.mac),
             ActionSpec::SetIpv4Src(a.physical_ip),
@@ -86,6 +89,7 @@ fn direction(
         cookie,
         ip_match(h2.uplink_port, a.physical_ip, b.physical_ip),
         vec![
+            ActionSpec::DecTtl,
             ActionSpec::SetEthSrc(cfg.gateway_mac),
             ActionSpec::SetEthDst(b.mac),
             ActionSpec::SetIpv4Src(a.ip),
@@ -346,6 +350,24 @@ fn from_container(
             };
             let (mut decisions, actions) =
                 pair_decisions(snap, cfg, (x, host), (y, h2), host.dpid, false);
+            if host.name != h2.name && hops::expires(ip) {
+                // Expired at the container-side router: the gateway answers.
+                let gw = snap.model.networks.get(&x.network).map(|n| n.gateway);
+                if let Some(f) = gw.and_then(|g| {
+                    hops::time_exceeded(data, g, x, cfg.gateway_mac, (ip.src, ip.dst))
+                }) {
+                    decisions.push(Decision::PacketOut {
+                        dpid: host.dpid,
+                        in_port: PORT_CONTROLLER,
+                        actions: vec![ActionSpec::Output(x.port)],
+                        data: f,
+                    });
+                }
+                return Outcome {
+                    decisions,
+                    verdict: Verdict::TtlExceeded,
+                };
+            }
             decisions.push(Decision::PacketOut {
                 dpid: host.dpid,
                 in_port: x.port,
@@ -491,6 +513,22 @@ fn from_uplink(snap: &Snapshot, cfg: &Config, host: &Host, pkt: &Packet, data: &
         );
     }
     let (mut decisions, actions) = pair_decisions(snap, cfg, (x, hx), (y, host), host.dpid, true);
+    if hops::expires(ip) {
+        // Expired at this host's router: its underlay IP answers, to the
+        // sender on its own host, quoting the probe as the sender sent it.
+        if let Some(f) = hops::time_exceeded(data, host.ip, x, cfg.gateway_mac, (x.ip, y.ip)) {
+            decisions.push(Decision::PacketOut {
+                dpid: hx.dpid,
+                in_port: PORT_CONTROLLER,
+                actions: vec![ActionSpec::Output(x.port)],
+                data: f,
+            });
+        }
+        return Outcome {
+            decisions,
+            verdict: Verdict::TtlExceeded,
+        };
+    }
     decisions.push(Decision::PacketOut {
         dpid: host.dpid,
         in_port: host.uplink_port,

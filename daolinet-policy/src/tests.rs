@@ -128,6 +128,7 @@ fn cross_host_pair_has_the_design_rewrites() {
     assert_eq!(
         e.actions,
         vec![
+            ActionSpec::DecTtl,
             ActionSpec::SetEthSrc(h1.mac),
             ActionSpec::SetEthDst(h2.mac),
             ActionSpec::SetIpv4Src(a.physical_ip),
@@ -141,6 +142,7 @@ fn cross_host_pair_has_the_design_rewrites() {
     assert_eq!(
         i.actions,
         vec![
+            ActionSpec::DecTtl,
             ActionSpec::SetEthSrc(cfg.gateway_mac),
             ActionSpec::SetEthDst(b.mac),
             ActionSpec::SetIpv4Src(a.ip),
@@ -152,6 +154,99 @@ fn cross_host_pair_has_the_design_rewrites() {
         assert_eq!(f.idle_timeout, 10);
         assert_eq!(f.cookie, cookie::pair(Kind::Pair, a.cookie_id, b.cookie_id));
     }
+}
+
+/// The ICMP time exceeded in a PACKET_OUT: (datapath, out port, IPv4
+/// source, destination, the quoted source and destination).
+fn time_exceeded(o: &Outcome) -> (Dpid, u32, Ipv4Addr, Ipv4Addr, Ipv4Addr, Ipv4Addr) {
+    let Some(Decision::PacketOut {
+        dpid,
+        in_port,
+        actions,
+        data,
+    }) = o.decisions.last()
+    else {
+        panic!("no PACKET_OUT: {o:?}");
+    };
+    assert_eq!(*in_port, PORT_CONTROLLER);
+    let [ActionSpec::Output(port)] = actions[..] else {
+        panic!("{actions:?}");
+    };
+    let p = Packet::parse(data).unwrap();
+    let ip = p.ipv4().unwrap();
+    assert_eq!((ip.proto, ip.payload[0], ip.payload[1]), (1, 11, 0));
+    let q = &ip.payload[8..];
+    let v4 = |b: &[u8]| Ipv4Addr::new(b[0], b[1], b[2], b[3]);
+    (*dpid, port, ip.src, ip.dst, v4(&q[12..16]), v4(&q[16..20]))
+}
+
+#[test]
+fn virtual_routers_answer_expired_packets() {
+    let m = sample();
+    let (a, b, d) = (
+        m.containers["a"].clone(),
+        m.containers["b"].clone(),
+        m.containers["d"].clone(),
+    );
+    let (h1, h2) = (host(1), host(2));
+    let gw = m.networks["n1"].gateway;
+    let cfg = Config::default();
+    let snap = Snapshot::new(m);
+    let ttl = |mut p: Packet, t: u8| {
+        if let L3::Ipv4(i) = &mut p.l3 {
+            i.ttl = t;
+        }
+        p
+    };
+    // TTL 1 at the source host: the container-side router (the gateway)
+    // answers; the pair is installed for the next probe.
+    let o = handle_packet_in(
+        &snap,
+        &cfg,
+        h1.dpid,
+        a.port,
+        &ttl(udp(&a, b.ip, 33434), 1).emit(),
+    );
+    assert_eq!(o.verdict, Verdict::TtlExceeded);
+    assert_eq!(
+        o.decisions
+            .iter()
+            .filter(|d| matches!(d, Decision::AddFlow(_)))
+            .count(),
+        4
+    );
+    assert_eq!(time_exceeded(&o), (h1.dpid, a.port, gw, a.ip, a.ip, b.ip));
+    // TTL 1 on arrival at the destination host (physical addresses): its
+    // host router (underlay IP) answers, on the sender's host, quoting the
+    // logical addresses.
+    let mut at_h2 = ttl(udp(&a, b.physical_ip, 33434), 1);
+    if let L3::Ipv4(i) = &mut at_h2.l3 {
+        i.src = a.physical_ip;
+    }
+    let o = handle_packet_in(&snap, &cfg, h2.dpid, h2.uplink_port, &at_h2.emit());
+    assert_eq!(o.verdict, Verdict::TtlExceeded);
+    assert_eq!(
+        time_exceeded(&o),
+        (h1.dpid, a.port, h2.ip, a.ip, a.ip, b.ip)
+    );
+    // On one host there is no router in between: TTL 1 is delivered.
+    let o = handle_packet_in(
+        &snap,
+        &cfg,
+        h1.dpid,
+        a.port,
+        &ttl(udp(&a, d.ip, 33434), 1).emit(),
+    );
+    assert_eq!(o.verdict, Verdict::SameHost);
+    // TTL 2 goes on (the flows decrement it).
+    let o = handle_packet_in(
+        &snap,
+        &cfg,
+        h1.dpid,
+        a.port,
+        &ttl(udp(&a, b.ip, 33434), 2).emit(),
+    );
+    assert_eq!(o.verdict, Verdict::CrossHost);
 }
 
 #[test]

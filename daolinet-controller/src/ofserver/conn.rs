@@ -8,8 +8,11 @@
 //!    header version); otherwise HELLO_FAILED/INCOMPATIBLE and close.
 //!    Then FEATURES_REQUEST.
 //! 3. FEATURES_REPLY (main connection, `auxiliary_id` 0) names the datapath:
-//!    SET_CONFIG (`miss_send_len` = no buffer, whole packets) and a
-//!    PORT_DESC request are queued and [`Event::Ready`] is emitted.
+//!    SET_CONFIG (`miss_send_len` = no buffer, whole packets), SET_ASYNC
+//!    ([`ASYNC`]: OpenFlow's defaults plus PACKET_IN for an invalid TTL,
+//!    which Open vSwitch and the agent leave off by default: the virtual
+//!    routers answer expired packets) and a PORT_DESC request are queued
+//!    and [`Event::Ready`] is emitted.
 //! 4. Ready: PACKET_IN, FLOW_REMOVED, PORT_STATUS, port descriptions,
 //!    ERROR and BARRIER replies become events; ECHO requests are answered
 //!    here; an idle switch is probed with ECHO_REQUEST and dropped when it
@@ -37,17 +40,30 @@ use bytes::BytesMut;
 use daolinet_openflow::{
     consts::{
         OFPCML_NO_BUFFER, OFPCR_ROLE_MASTER, OFPET_HELLO_FAILED, OFPET_ROLE_REQUEST_FAILED,
-        OFPMPF_REPLY_MORE, OFP_VERSION,
+        OFPMPF_REPLY_MORE, OFPR_ACTION, OFPR_INVALID_TTL, OFPR_NO_MATCH, OFP_VERSION,
     },
-    DecodeError, Decoder, ErrorCode, ErrorMsg, FlowRemoved, FlowStats, FlowStatsRequest, Hello,
-    Message, MultipartReplyBody, MultipartRequest, MultipartRequestBody, PacketIn, Port,
-    PortStatus, RoleMsg, SwitchConfig, SwitchFeatures,
+    AsyncConfig, DecodeError, Decoder, ErrorCode, ErrorMsg, FlowRemoved, FlowStats,
+    FlowStatsRequest, Hello, Message, MultipartReplyBody, MultipartRequest, MultipartRequestBody,
+    PacketIn, Port, PortStatus, RoleMsg, SwitchConfig, SwitchFeatures,
 };
 
 use daolinet_policy::addr::Dpid;
 use daolinet_policy::{Decision, FlowSpec};
 
 use super::translate::{self, TranslateError};
+
+/// The asynchronous messages the controller asks for (SET_ASYNC, as
+/// `[master/equal, slave]` masks): PACKET_IN for no match, an action and an
+/// invalid TTL (`dec_ttl` of an expiring packet); every PORT_STATUS; every
+/// FLOW_REMOVED (idle, hard, delete, group delete) to masters.
+pub const ASYNC: AsyncConfig = AsyncConfig {
+    packet_in_mask: [
+        (1 << OFPR_NO_MATCH) | (1 << OFPR_ACTION) | (1 << OFPR_INVALID_TTL),
+        0,
+    ],
+    port_status_mask: [0b111, 0b111],
+    flow_removed_mask: [0b1111, 0],
+};
 
 /// Timers and limits of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -439,6 +455,7 @@ impl Conn {
                     flags: 0,
                     miss_send_len: OFPCML_NO_BUFFER,
                 }));
+                self.send(&M::SetAsync(ASYNC));
                 self.send(&M::MultipartRequest(MultipartRequest::new(
                     MultipartRequestBody::PortDesc,
                 )));
@@ -742,6 +759,10 @@ mod tests {
                         flags: 0,
                         miss_send_len: OFPCML_NO_BUFFER
                     }),
+                    ..
+                },
+                Frame {
+                    message: Message::SetAsync(ASYNC),
                     ..
                 },
                 Frame {
