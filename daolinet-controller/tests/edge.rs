@@ -13,7 +13,11 @@
 //!   interface: no physical or logical container address);
 //! - a network with `nat_out: false` gets nothing out;
 //! - after the agent stops, the host's nftables, routes, permanent
-//!   neighbours and IPv4 forwarding sysctls are as they were before.
+//!   neighbours and IPv4 forwarding sysctls are as they were before;
+//! - traceroute through the virtual routers between two agent hosts: three
+//!   hops cross-host (the sender's gateway, the destination host's
+//!   underlay IP, the destination) both ways, one hop on the same host, no
+//!   physical address.
 //!
 //! The host runs with loose reverse-path filtering (`rp_filter=2`, a common
 //! default), which the LOCAL port's design must survive.
@@ -149,6 +153,9 @@ fn world(lab: &Lab) -> World {
     x.addr("eth0", "10.99.0.2/24");
     x.ip(&["route", "add", "default", "via", "10.99.0.1"]);
     r.sysctl("net.ipv4.ip_forward=1");
+    // The hosts' underlay: one L2 segment (a bridge in `r`).
+    r.ip(&["link", "add", "ul", "type", "bridge"]);
+    r.addr("ul", "192.168.91.1/24");
     let ctl = Controller::start(
         &lab.controller_opts()
             .netns(&r)
@@ -160,6 +167,15 @@ fn world(lab: &Lab) -> World {
 }
 
 impl World {
+    /// Host namespace `h` on the underlay with `ip` (uplink `up0`, `r`'s
+    /// side `link`), default route via `r`.
+    fn attach(&self, h: &Netns, link: &str, ip: &str) {
+        self.r.veth_to(link, h, "up0");
+        self.r.ip(&["link", "set", link, "master", "ul"]);
+        h.addr("up0", &format!("{ip}/24"));
+        h.ip(&["route", "add", "default", "via", "192.168.91.1"]);
+    }
+
     fn api_url(&self) -> String {
         let port = self
             .ctl
@@ -253,10 +269,7 @@ fn nat_out_and_firewall_on_an_agent_host() {
     };
     let w = world(&lab);
     let h = lab.netns("h");
-    w.r.veth_to("u0", &h, "up0");
-    w.r.addr("u0", "192.168.91.1/24");
-    h.addr("up0", "192.168.91.2/24");
-    h.ip(&["route", "add", "default", "via", "192.168.91.1"]);
+    w.attach(&h, "u0", "192.168.91.2");
     // A common default (systemd's): loose reverse-path filtering.
     h.sysctl("net.ipv4.conf.all.rp_filter=2");
     w.networks();
@@ -292,6 +305,11 @@ fn nat_out_and_firewall_on_an_agent_host() {
     );
     let ca = w.register("eg-a", "out", "h1", 1, A);
     let cb = w.register("eg-b", "closed", "h1", 2, B);
+    daolinet_testlab::wait_until(
+        "the drops for then unknown ports to expire",
+        daolinet_testlab::DEADLINE,
+        || !unknown_port_drops(&agent.cli(&["flows"])),
+    );
     // The set-up is there.
     let nft = h.run(&["nft", "list", "table", "ip", "daolinet"]);
     assert!(
@@ -355,4 +373,135 @@ fn nat_out_and_firewall_on_an_agent_host() {
         "the host changed:\n--- before\n{before}\n--- after\n{after}"
     );
     drop((a, b));
+}
+
+/// Whether `flows` (`daolinet-agent flows`) hold a drop flow for a whole
+/// port (`hard_timeout=N, send_flow_rem,priority=100,in_port=P
+/// actions=drop`).
+fn unknown_port_drops(flows: &str) -> bool {
+    flows.lines().any(|l| {
+        l.contains("hard_timeout=")
+            && l.split_whitespace().any(|w| {
+                let p: Vec<&str> = w.split(',').collect();
+                p.len() >= 2
+                    && p[p.len() - 2] == "priority=100"
+                    && p[p.len() - 1].starts_with("in_port=")
+            })
+    })
+}
+
+/// `traceroute -n` from `ns` to `to`: the hop addresses, in order.
+fn hops(ns: &Netns, to: &str) -> (Vec<String>, String) {
+    let out = ns.run(&["traceroute", "-n", "-q", "1", "-w", "5,0,0", "-m", "6", to]);
+    let hops = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
+        .collect();
+    (hops, out)
+}
+
+#[test]
+fn traceroute_through_agent_hosts() {
+    let Some(mut lab) = Lab::new(&[
+        Need::BpfObject,
+        Need::Binary("daolinet-agent"),
+        Need::Program("traceroute"),
+    ]) else {
+        return;
+    };
+    let w = world(&lab);
+    w.networks();
+    let token = w.ctl.dir().join("api-token").display().to_string();
+    let of = format!("tcp:192.168.91.1:{}", w.ctl.openflow_port());
+    let api = w.api_url();
+    let mut agents = Vec::new();
+    let mut containers = Vec::new();
+    // h1: a (10.1.0.2) and f (10.1.0.6); h2: e (10.1.0.5).
+    for (i, name, ip, ctrs) in [
+        (
+            2,
+            "h1",
+            "192.168.91.2",
+            vec![("a", A), ("f", ("10.1.0.6", "02:00:00:00:0a:06"))],
+        ),
+        (
+            3,
+            "h2",
+            "192.168.91.4",
+            vec![("e", ("10.1.0.5", "02:00:00:00:0a:05"))],
+        ),
+    ] {
+        let h = lab.netns(&format!("h{i}"));
+        w.attach(&h, &format!("u{i}"), ip);
+        let mut args = vec![
+            "--uplink".to_string(),
+            "up0".into(),
+            "--controller".into(),
+            of.clone(),
+            "--api".into(),
+            api.clone(),
+            "--api-token-file".into(),
+            token.clone(),
+            "--host-name".into(),
+            name.into(),
+        ];
+        for (n, (id, addr)) in ctrs.iter().enumerate() {
+            let port = format!("p{id}");
+            containers.push((
+                World::container(&lab, &h, id, *addr, &port),
+                *id,
+                name,
+                n + 1,
+                *addr,
+            ));
+            args.push("--port".into());
+            args.push(format!("{port}={}", n + 1));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let agent = lab.agent(&h, &args);
+        daolinet_testlab::wait_until(
+            "the agent to register and get its base flows",
+            daolinet_testlab::DEADLINE,
+            || agent.cli(&["flows"]).contains("priority=20"),
+        );
+        agents.push((h, agent));
+    }
+    for (_, id, host, port, addr) in &containers {
+        w.register(&format!("eg-{id}"), "out", host, *port as u32, *addr);
+    }
+    // What the containers sent before they were registered (IPv6 router
+    // solicitations on link up) got their ports a drop flow for an unknown
+    // port (hard timeout, --deny-timeout): wait until it is gone.
+    for (_, agent) in &agents {
+        daolinet_testlab::wait_until(
+            "the drops for then unknown ports to expire",
+            daolinet_testlab::DEADLINE,
+            || !unknown_port_drops(&agent.cli(&["flows"])),
+        );
+    }
+    let a = &containers[0].0;
+    // Cross-host: the gateway (a's side), h2's underlay IP, e.
+    let (cross, out) = hops(a, "10.1.0.5");
+    eprintln!("{out}");
+    assert_eq!(
+        cross,
+        ["10.1.0.1", "192.168.91.4", "10.1.0.5"],
+        "{out}\nh1 flows:\n{}\nh1 status: {}\nh2 flows:\n{}\nmetrics:\n{}\ncontainers: {}",
+        agents[0].1.cli(&["flows"]),
+        agents[0].1.cli(&["status"]),
+        agents[1].1.cli(&["flows"]),
+        w.ctl.api().text("/metrics"),
+        w.ctl.api().ok("GET", "/api/containers", None),
+    );
+    assert!(
+        !out.contains("172.30."),
+        "a physical address showed:\n{out}"
+    );
+    // The other way round too.
+    let (back, out) = hops(&containers[2].0, "10.1.0.2");
+    assert_eq!(back, ["10.1.0.1", "192.168.91.2", "10.1.0.2"], "{out}");
+    // Same host: one hop.
+    let (same, out) = hops(a, "10.1.0.6");
+    assert_eq!(same, ["10.1.0.6"], "{out}");
 }
