@@ -13,12 +13,13 @@ use crate::fs::TempDir;
 
 /// The Open vSwitch binaries an [`OvsHost`] runs: list them in the test's
 /// needs (`Lab::new(&OVS_NEEDS)` or with more).
-pub const OVS_PROGRAMS: [&str; 5] = [
+pub const OVS_PROGRAMS: [&str; 6] = [
     "ovsdb-tool",
     "ovsdb-server",
     "ovs-vswitchd",
     "ovs-vsctl",
     "ovs-ofctl",
+    "ovs-appctl",
 ];
 
 /// The schema `ovsdb-tool create` needs.
@@ -183,8 +184,9 @@ impl OvsHost {
         self.ofctl("dump-flows", br, &[])
     }
 
-    /// Wait until `br`'s flows satisfy `pred`; the dump. Panics with the
-    /// last dump after `within`.
+    /// Wait until `br`'s flows satisfy `pred`, then until the datapath
+    /// follows them ([`OvsHost::settle`]); the dump. Panics with the last
+    /// dump after `within`.
     #[track_caller]
     pub fn wait_flows(
         &self,
@@ -193,14 +195,33 @@ impl OvsHost {
         within: Duration,
         pred: impl Fn(&str) -> bool,
     ) -> String {
-        crate::wait_poll(what, within, || {
+        let f = crate::wait_poll(what, within, || {
             let f = self.dump_flows(br);
             if pred(&f) {
                 crate::Poll::Ready(f)
             } else {
                 crate::Poll::Pending(f)
             }
-        })
+        });
+        self.settle();
+        f
+    }
+
+    /// Wait until `ovs-vswitchd`'s datapath flows follow its OpenFlow
+    /// tables. `dump-flows` shows a FLOW_MOD as soon as the table has it,
+    /// but packets keep taking the datapath flows cached from the old table
+    /// until the revalidator threads have been over them: right after a
+    /// (re)connection, when OVS has just flushed the table, a packet sent
+    /// in that window never reaches the controller. Each
+    /// `revalidator/wait` returns when a revalidation round ends; the
+    /// second one ends a round that began after the first returned, i.e.
+    /// after the table changed.
+    #[track_caller]
+    pub fn settle(&self) {
+        let ctl = format!("{}/ovs-vswitchd.ctl", self.dir.display());
+        for _ in 0..2 {
+            self.run(&["ovs-appctl", "--timeout=30", "-t", &ctl, "revalidator/wait"]);
+        }
     }
 
     /// The end of `ovs-vswitchd`'s log.
