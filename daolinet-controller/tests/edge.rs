@@ -17,7 +17,10 @@
 //! - traceroute through the virtual routers between two agent hosts: three
 //!   hops cross-host (the sender's gateway, the destination host's
 //!   underlay IP, the destination) both ways, one hop on the same host, no
-//!   physical address.
+//!   physical address;
+//! - a forged source IP or MAC from a container gets nothing through once
+//!   its pair's flows exist, and is counted (`daolinet_denials_total`,
+//!   reason `spoofed`).
 //!
 //! The host runs with loose reverse-path filtering (`rp_filter=2`, a common
 //! default), which the LOCAL port's design must survive.
@@ -402,7 +405,7 @@ fn hops(ns: &Netns, to: &str) -> (Vec<String>, String) {
 }
 
 #[test]
-fn traceroute_through_agent_hosts() {
+fn traceroute_and_anti_spoofing_on_agent_hosts() {
     let Some(mut lab) = Lab::new(&[
         Need::BpfObject,
         Need::Binary("daolinet-agent"),
@@ -504,4 +507,34 @@ fn traceroute_through_agent_hosts() {
     // Same host: one hop.
     let (same, out) = hops(a, "10.1.0.6");
     assert_eq!(same, ["10.1.0.6"], "{out}");
+
+    // Anti-spoofing: the pair's flows match a's own MAC and IP, so a forged
+    // source misses them, reaches the controller, is denied and counted.
+    let spoofed = || {
+        let m = w.ctl.api().text("/metrics");
+        m.lines()
+            .find_map(|l| l.strip_prefix("daolinet_denials_total{reason=\"spoofed\"} "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap()
+    };
+    assert!(a.ping("10.1.0.5", 1, 3), "a lost e");
+    let before = spoofed();
+    a.ip(&["addr", "add", "10.1.0.9/32", "dev", "eth0"]);
+    let forged_ip = a.ok(&[
+        "ping", "-n", "-c", "2", "-W", "2", "-I", "10.1.0.9", "10.1.0.5",
+    ]);
+    assert!(!forged_ip, "a forged IPv4 source got through");
+    let after_ip = spoofed();
+    assert!(
+        after_ip > before,
+        "forged IP not counted: {before} -> {after_ip}"
+    );
+    a.ip(&["addr", "del", "10.1.0.9/32", "dev", "eth0"]);
+    a.ip(&["link", "set", "eth0", "address", "02:00:00:00:0a:99"]);
+    assert!(!a.ping("10.1.0.5", 2, 2), "a forged MAC got through");
+    let after_mac = spoofed();
+    assert!(
+        after_mac > after_ip,
+        "forged MAC not counted: {after_ip} -> {after_mac}"
+    );
 }

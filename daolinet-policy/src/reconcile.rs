@@ -132,7 +132,7 @@ fn candidates(snap: &Snapshot, cfg: &Config, f: &FlowSpec) -> Vec<(u32, Vec<u8>)
     let (Some(in_port), Some(src), Some(dst)) = (m.in_port, exact(m, true), exact(m, false)) else {
         return vec![];
     };
-    if m.eth_type != Some(ETH_TYPE_IPV4) || m.eth_src.is_some() || m.eth_dst.is_some() {
+    if m.eth_type != Some(ETH_TYPE_IPV4) || m.eth_dst.is_some() {
         return vec![];
     }
     let Some(host) = snap.host_by_dpid(f.dpid) else {
@@ -144,11 +144,13 @@ fn candidates(snap: &Snapshot, cfg: &Config, f: &FlowSpec) -> Vec<(u32, Vec<u8>)
         (None, None) => (proto == 6 || proto == 17).then_some((1, 1)),
         _ => return vec![],
     };
-    // The sender's MAC: a container's own at its port, anything else at the
+    // The sender's MAC: the one the flow matches (a container's flows match
+    // its own), else a container's own at its port, anything else at the
     // uplink and LOCAL ports (the policy does not read it there).
-    let sender = snap
-        .container_at(&host.name, in_port)
-        .map_or(MacAddr([0x02, 0, 0, 0, 0, 0x01]), |c| c.mac);
+    let sender = m.eth_src.unwrap_or_else(|| {
+        snap.container_at(&host.name, in_port)
+            .map_or(MacAddr([0x02, 0, 0, 0, 0, 0x01]), |c| c.mac)
+    });
     let frame = |eth_src: MacAddr, src: Ipv4Addr, dst: Ipv4Addr, ports| {
         Packet {
             eth_dst: cfg.gateway_mac,

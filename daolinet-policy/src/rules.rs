@@ -44,6 +44,17 @@ fn ip_match(in_port: u32, src: Ipv4Addr, dst: Ipv4Addr) -> MatchSpec {
     }
 }
 
+/// The match of traffic container `c` sends to `dst`: its port, and its
+/// own Ethernet and IPv4 sources (anti-spoofing by flow: a frame with
+/// another source misses every flow and comes to the controller, which
+/// denies it as spoofed).
+fn from_ctr(c: &Container, dst: Ipv4Addr) -> MatchSpec {
+    MatchSpec {
+        eth_src: Some(c.mac),
+        ..ip_match(c.port, c.ip, dst)
+    }
+}
+
 /// The flows carrying `src` -> `dst`, each handed to `each` (one flow
 /// same-host, two cross-host: egress on src's host, then ingress on dst's
 /// host).
@@ -60,7 +71,7 @@ fn direction(
             cfg,
             h1.dpid,
             cookie,
-            ip_match(a.port, a.ip, b.ip),
+            from_ctr(a, b.ip),
             vec![
                 ActionSpec::SetEthSrc(cfg.gateway_mac),
                 ActionSpec::SetEthDst(b.mac),
@@ -73,7 +84,7 @@ fn direction(
         cfg,
         h1.dpid,
         cookie,
-        ip_match(a.port, a.ip, b.ip),
+        from_ctr(a, b.ip),
         vec![
             ActionSpec::DecTtl,
             ActionSpec::SetEthSrc(h1.mac),
@@ -416,7 +427,7 @@ fn nat_flows(cfg: &Config, host: &Host, x: &Container, d: Ipv4Addr) -> (FlowSpec
         cfg,
         host.dpid,
         ck,
-        ip_match(x.port, x.ip, d),
+        from_ctr(x, d),
         vec![
             ActionSpec::SetEthDst(host.local_mac()),
             ActionSpec::SetIpv4Src(x.physical_ip),
@@ -597,7 +608,7 @@ fn firewall_in(
             ip_proto: Some(ip.proto),
             tp_src: Some(r.container_port),
             tp_dst: Some(sport),
-            ..ip_match(c.port, c.ip, ip.src)
+            ..from_ctr(c, ip.src)
         },
         vec![
             ActionSpec::SetEthSrc(host.mac),

@@ -123,6 +123,8 @@ fn cross_host_pair_has_the_design_rewrites() {
             .unwrap()
     };
     let e = find(h1.dpid, a.port);
+    // Anti-spoofing by flow: only a's own MAC and IP match.
+    assert_eq!(e.match_.eth_src, Some(a.mac));
     assert_eq!(e.match_.ipv4_src, Some(Ipv4Match::exact(a.ip)));
     assert_eq!(e.match_.ipv4_dst, Some(Ipv4Match::exact(b.ip)));
     assert_eq!(
