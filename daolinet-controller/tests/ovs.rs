@@ -121,7 +121,14 @@ fn open_vswitch_bridge_is_served() {
     });
     let pair_line = flows
         .lines()
-        .find(|l| l.contains(&format!("in_port=2,nw_src={},nw_dst={}", ip(&a), ip(&b))))
+        .find(|l| {
+            l.contains(&format!(
+                "in_port=2,dl_src={},nw_src={},nw_dst={}",
+                mac(&a),
+                ip(&a),
+                ip(&b)
+            ))
+        })
         .unwrap_or_else(|| panic!("no a -> b flow:\n{flows}"));
     assert!(pair_line.contains("idle_timeout=10"), "{pair_line}");
     assert!(pair_line.contains("priority=100"), "{pair_line}");
@@ -146,7 +153,14 @@ fn open_vswitch_bridge_is_served() {
     let f1 = ovs.dump_flows(BR);
     let out1 = f1
         .lines()
-        .find(|l| l.contains(&format!("in_port=2,nw_src={},nw_dst={}", ip(&a), ip(&c))))
+        .find(|l| {
+            l.contains(&format!(
+                "in_port=2,dl_src={},nw_src={},nw_dst={}",
+                mac(&a),
+                ip(&a),
+                ip(&c)
+            ))
+        })
         .unwrap_or_else(|| panic!("no a -> c flow on bridge 1:\n{f1}"));
     assert!(
         out1.contains(&format!("set_field:{}->ip_dst", phys(&c))) && out1.contains("output:1"),
