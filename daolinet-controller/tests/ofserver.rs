@@ -507,6 +507,46 @@ async fn truncated_packet_in_gets_flows_but_no_packet_out() {
     env.stop().await;
 }
 
+/// A switch may punt packets as soon as the HELLOs are exchanged, before it
+/// has answered FEATURES_REQUEST (the agent does when it reconnects with
+/// the flows of its last controller): such a PACKET_IN is answered once the
+/// datapath is known, after its initialisation, with the pair's flows and
+/// the PACKET_OUT, and no error. (It used to get OFPBRC_BAD_TYPE and the
+/// packet was lost: the first packets after every reconnection.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packet_in_during_the_handshake_is_answered() {
+    let env = Env::start().await;
+    let mut s = FakeSwitch::raw(env.addr).await;
+    s.send(1, Message::Hello(Hello::new())).await;
+    let f = s.until(|f| f.message == Message::FeaturesRequest).await;
+    let (port, data) = env.udp("a", "b");
+    s.send(77, packet_in(port, data.clone())).await;
+    let features = SwitchFeatures {
+        datapath_id: 1,
+        n_buffers: 0,
+        n_tables: 254,
+        auxiliary_id: 0,
+        capabilities: 0,
+        reserved: 0,
+    };
+    s.send(f.last().unwrap().xid, Message::FeaturesReply(features))
+        .await;
+    let got = s
+        .until(|f| matches!(f.message, Message::PacketOut(_)))
+        .await;
+    assert!(got.iter().all(|f| error_of(f).is_none()), "{got:#?}");
+    let pair: Vec<_> = flow_mods(&got)
+        .into_iter()
+        .filter(|m| m.command == OFPFC_ADD && m.idle_timeout > 0)
+        .collect();
+    assert_eq!(pair.len(), 2, "{got:#?}");
+    let Some(Message::PacketOut(po)) = got.last().map(|f| &f.message) else {
+        unreachable!()
+    };
+    assert_eq!((po.in_port, &po.data), (port, &data));
+    env.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_input_never_disturbs_a_good_switch() {
     let env = Env::start().await;
@@ -548,12 +588,13 @@ async fn hostile_input_never_disturbs_a_good_switch() {
     t.sock.shutdown().await.unwrap();
     assert!(t.closed().await);
 
-    // Out of order: PACKET_IN before FEATURES_REPLY -> BAD_TYPE, stays open;
-    // a header length below 8 -> error and close.
+    // Out of order: FLOW_REMOVED before FEATURES_REPLY -> BAD_TYPE, stays
+    // open; a header length below 8 -> error and close.
     let mut o = FakeSwitch::raw(env.addr).await;
     o.send(1, Message::Hello(Hello::new())).await;
     o.until(|f| f.message == Message::FeaturesRequest).await;
-    o.send(42, packet_in(2, vec![0; 60])).await;
+    let fr = FlowRemoved::new(Default::default(), 1, 0, OFPRR_DELETE);
+    o.send(42, Message::FlowRemoved(fr)).await;
     let got = o.until(|f| error_of(f).is_some()).await;
     assert_eq!(
         got.last().map(|f| (f.xid, error_of(f))),

@@ -13,6 +13,11 @@
 //!    which Open vSwitch and the agent leave off by default: the virtual
 //!    routers answer expired packets) and a PORT_DESC request are queued
 //!    and [`Event::Ready`] is emitted.
+//!    PACKET_INs that arrive between the HELLOs and FEATURES_REPLY (a
+//!    switch may send them as soon as the versions are agreed, and one that
+//!    kept its flows from an earlier connection does) are held, up to
+//!    [`ConnConfig::max_early_packet_in_bytes`], and become events right
+//!    after [`Event::Ready`].
 //! 4. Ready: PACKET_IN, FLOW_REMOVED, PORT_STATUS, port descriptions,
 //!    ERROR and BARRIER replies become events; ECHO requests are answered
 //!    here; an idle switch is probed with ECHO_REQUEST and dropped when it
@@ -30,8 +35,8 @@
 //! Malformed input gets the OFPT_ERROR the codec names and the offending
 //! message is skipped (also when its declared length is still arriving);
 //! an unframeable header (length < 8) closes. Out-of-order or
-//! wrong-direction messages (a PACKET_IN before FEATURES_REPLY, a FLOW_MOD
-//! sent *to* the controller...) get OFPET_BAD_REQUEST/OFPBRC_BAD_TYPE.
+//! wrong-direction messages (a second FEATURES_REPLY, a FLOW_MOD sent *to*
+//! the controller...) get OFPET_BAD_REQUEST/OFPBRC_BAD_TYPE.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -80,6 +85,9 @@ pub struct ConnConfig {
     /// Most BARRIER requests awaiting a reply that carry a token; beyond
     /// this a token is released at once (see [`Conn::barrier`]).
     pub max_pending_barriers: usize,
+    /// Most frame bytes of the PACKET_INs held while the datapath is not
+    /// known yet (before FEATURES_REPLY); later ones are dropped.
+    pub max_early_packet_in_bytes: usize,
 }
 
 impl Default for ConnConfig {
@@ -90,6 +98,7 @@ impl Default for ConnConfig {
             handshake_timeout: Duration::from_secs(10),
             max_message_len: daolinet_openflow::MAX_MESSAGE_LEN,
             max_pending_barriers: 4096,
+            max_early_packet_in_bytes: 256 << 10,
         }
     }
 }
@@ -192,8 +201,14 @@ pub struct Conn {
     held: BytesMut,
     /// The xid of a flow table read in progress and what arrived so far.
     flows_pending: Option<(u32, Vec<FlowStats>)>,
+    /// PACKET_INs received before FEATURES_REPLY, and their frame bytes.
+    early: Vec<PacketIn>,
+    early_bytes: usize,
     /// Messages answered with an OFPT_ERROR.
     pub errors_sent: u64,
+    /// PACKET_INs dropped before FEATURES_REPLY (beyond
+    /// [`ConnConfig::max_early_packet_in_bytes`]).
+    pub early_packet_ins_dropped: u64,
 }
 
 impl Conn {
@@ -213,7 +228,10 @@ impl Conn {
             role_pending: None,
             held: BytesMut::new(),
             flows_pending: None,
+            early: Vec::new(),
+            early_bytes: 0,
             errors_sent: 0,
+            early_packet_ins_dropped: 0,
         };
         c.send(&Message::Hello(Hello::new()));
         c
@@ -460,6 +478,26 @@ impl Conn {
                     MultipartRequestBody::PortDesc,
                 )));
                 events.push(Event::Ready { dpid, features: f });
+                // Held PACKET_INs, in their order, once the edge knows the
+                // datapath (and has queued its initialisation before their
+                // answers).
+                events.extend(self.early.drain(..).map(Event::PacketIn));
+                self.early_bytes = 0;
+            }
+            (Phase::Features, M::PacketIn(p)) => {
+                // Valid once the HELLOs are exchanged, but the datapath is
+                // not known yet: held until FEATURES_REPLY, within a budget.
+                let n = p.data.len();
+                if self.early_bytes + n <= self.cfg.max_early_packet_in_bytes {
+                    self.early_bytes += n;
+                    self.early.push(p);
+                } else {
+                    self.early_packet_ins_dropped += 1;
+                    tracing::debug!(
+                        len = n,
+                        "PACKET_IN before FEATURES_REPLY dropped: budget spent"
+                    );
+                }
             }
             (Phase::Features, M::Error(e)) => {
                 if e.code().is_some_and(|c| c.err_type == OFPET_HELLO_FAILED) {
@@ -533,9 +571,9 @@ impl Conn {
                 | M::QueueGetConfigReply(_)
                 | M::Experimenter(_),
             ) => {}
-            // Anything else is out of order here (a PACKET_IN before the
-            // datapath is known, a second HELLO or FEATURES_REPLY) or a
-            // controller-to-switch message sent the wrong way.
+            // Anything else is out of order here (a second HELLO or
+            // FEATURES_REPLY, a FLOW_REMOVED before the datapath is known)
+            // or a controller-to-switch message sent the wrong way.
             (_, _) => self.error(ErrorCode::BAD_TYPE, xid, raw),
         }
     }
@@ -845,16 +883,7 @@ mod tests {
         let mut ev = Vec::new();
         c.receive(&bytes(&[(1, Message::Hello(Hello::new()))]), now, &mut ev);
         drain(&mut c);
-        // PACKET_IN before FEATURES_REPLY: error, connection stays.
         let pin = Message::PacketIn(PacketIn::new(3, OFPR_NO_MATCH, vec![0; 60]));
-        c.receive(&bytes(&[(11, pin.clone())]), now, &mut ev);
-        let out = drain(&mut c);
-        assert_eq!(out.len(), 1);
-        assert_eq!(
-            (out[0].xid, error_code(&out[0])),
-            (11, Some(ErrorCode::BAD_TYPE))
-        );
-        assert!(ev.is_empty());
         c.receive(&bytes(&[(2, features(7))]), now, &mut ev);
         assert_eq!(c.dpid(), Some(Dpid(7)));
         drain(&mut c);
@@ -878,6 +907,51 @@ mod tests {
         assert_eq!(c.dpid(), Some(Dpid(7)));
         c.receive(&bytes(&[(50, pin)]), now, &mut ev);
         assert!(matches!(&ev[..], [Event::PacketIn(_)]));
+    }
+
+    /// A switch may send PACKET_INs as soon as the HELLOs are exchanged
+    /// (the agent and Open vSwitch do when they kept flows that punt from an
+    /// earlier connection): they are valid, held until FEATURES_REPLY names
+    /// the datapath, then become events after Ready, in order; none gets an
+    /// error. Beyond the budget they are dropped, still without an error.
+    #[test]
+    fn packet_in_before_features_reply_is_held_until_ready() {
+        let now = Instant::now();
+        let cfg = ConnConfig {
+            max_early_packet_in_bytes: 150,
+            ..ConnConfig::default()
+        };
+        let mut c = Conn::new(cfg, now);
+        let mut ev = Vec::new();
+        c.receive(&bytes(&[(1, Message::Hello(Hello::new()))]), now, &mut ev);
+        drain(&mut c);
+        let pin = |port, len| PacketIn::new(port, OFPR_NO_MATCH, vec![port as u8; len]);
+        let early = [(11, pin(3, 60)), (12, pin(4, 60)), (13, pin(5, 60))];
+        let msgs: Vec<(u32, Message)> = early
+            .iter()
+            .map(|(x, p)| (*x, Message::PacketIn(p.clone())))
+            .collect();
+        c.receive(&bytes(&msgs), now, &mut ev);
+        assert!(drain(&mut c).is_empty(), "an early PACKET_IN was answered");
+        assert!(ev.is_empty(), "{ev:?}");
+        assert_eq!((c.errors_sent, c.early_packet_ins_dropped), (0, 1));
+        c.receive(&bytes(&[(2, features(7))]), now, &mut ev);
+        assert!(
+            matches!(ev[0], Event::Ready { dpid: Dpid(7), .. }),
+            "{ev:?}"
+        );
+        assert_eq!(
+            ev[1..],
+            [
+                Event::PacketIn(early[0].1.clone()),
+                Event::PacketIn(early[1].1.clone())
+            ]
+        );
+        // Held ones are handed over once; later ones pass straight through.
+        ev.clear();
+        c.receive(&bytes(&[(14, Message::PacketIn(pin(6, 60)))]), now, &mut ev);
+        assert_eq!(ev, [Event::PacketIn(pin(6, 60))]);
+        assert_eq!(c.errors_sent, 0);
     }
 
     #[test]
