@@ -57,7 +57,10 @@ fn firewall_flows(snap: &Snapshot, cfg: &Config, x: &Container) -> Vec<Decision>
 /// - every flow of a container that was removed, moved, or whose addresses
 ///   or host changed (on every datapath);
 /// - the flows (allow and drop) of each pair of containers whose
-///   [`super::PairState`] changed, on the pair's datapaths;
+///   [`super::PairState`] changed, on the pair's datapaths, and the drops
+///   of either container that name no pair (with overlapping tenants a
+///   destination IP may name several containers, so such a drop is keyed
+///   by its source alone: it may drop what the change now allows);
 /// - the firewall flows of a container whose firewalls changed (the
 ///   permanent punt flows are then re-added);
 /// - the NAT-out flows of a network's containers when its NAT-out setting
@@ -206,6 +209,9 @@ pub fn handle_model_change(
 
     // Pairs whose state changed.
     let mut done: BTreeSet<(u32, u32)> = BTreeSet::new();
+    // Containers of those pairs: their drops that name no pair (keyed by
+    // source alone, see rules::deny_cookie) may drop what is now allowed.
+    let mut stale_denies: BTreeSet<String> = BTreeSet::new();
     for id in &candidates {
         if gone.contains(id) {
             continue;
@@ -229,6 +235,8 @@ pub fn handle_model_change(
             }
             if old.pair_state(xo, yo) != new.pair_state(xn, yn) {
                 done.insert(key);
+                stale_denies.insert(xo.id.clone());
+                stale_denies.insert(yo.id.clone());
                 let ck = cookie::pair(Kind::Pair, xo.cookie_id, yo.cookie_id);
                 let dpids: BTreeSet<Dpid> = [old.host_of(xo), old.host_of(yo)]
                     .into_iter()
@@ -239,6 +247,19 @@ pub fn handle_model_change(
                     out.push(delete(d, ck, PAIR_MASK));
                 }
             }
+        }
+    }
+
+    for id in &stale_denies {
+        let Some(x) = om.containers.get(id) else {
+            continue;
+        };
+        if let Some(h) = old.host_of(x) {
+            out.push(delete(
+                h.dpid,
+                cookie::single(Kind::Deny, x.cookie_id),
+                u64::MAX,
+            ));
         }
     }
 

@@ -50,7 +50,14 @@
 //!   IP>:<host port>` towards the Ethernet source of the first packet).
 //! - **Denials** install a drop flow with a hard timeout
 //!   ([`Config::deny_timeout`]) matching the punted traffic, so a scanning
-//!   container cannot flood the controller.
+//!   container cannot flood the controller. Its cookie names the pair when
+//!   the destination IP names one container, otherwise only the source
+//!   (overlapping tenants); a change of any pair of a container deletes
+//!   both kinds, so the next packet meets the new policy at once.
+//! - **PACKET_OUT** sends the punted frame with its checksums completed
+//!   ([`with_checksums`]): a switch may punt a frame carrying only the
+//!   pseudo-header sum that the NIC was to complete (Open vSwitch with
+//!   userspace TSO does, for TCP).
 //! - **Packets to the gateway IP** are denied (reason `gateway`): the
 //!   gateway is a MAC, not a host.
 
@@ -79,7 +86,7 @@ pub use flow::{
     priority, ActionSpec, Decision, FlowSpec, Ipv4Match, MatchSpec, ETH_TYPE_ARP, ETH_TYPE_IPV4,
     PORT_CONTROLLER, PORT_IN_PORT, PORT_LOCAL,
 };
-pub use packet::{Arp, Ipv4, Packet, PacketError, L3};
+pub use packet::{with_checksums, Arp, Ipv4, Packet, PacketError, L3};
 pub use reconcile::{reconcile, Reconciled};
 pub use view::{PairState, Resolution, Snapshot};
 

@@ -231,6 +231,98 @@ impl Packet {
     }
 }
 
+/// A copy of `frame` with valid IPv4 and TCP/UDP checksums, for a
+/// PACKET_OUT of a punted frame.
+///
+/// Switches punt frames whose checksums the sending NIC (or the kernel)
+/// was to complete: Open vSwitch with userspace TSO punts a container's TCP
+/// segment carrying only the pseudo-header sum (Linux's CHECKSUM_PARTIAL),
+/// and such a frame sent back as it is gets dropped by the receiver. A
+/// header checksum that does not verify is computed; a UDP checksum of zero
+/// ("none") is left alone; fragments, truncated frames and anything but
+/// IPv4 are copied unchanged.
+pub fn with_checksums(frame: &[u8]) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    complete_checksums(&mut f);
+    f
+}
+
+fn complete_checksums(f: &mut [u8]) -> Option<()> {
+    if be16(f.get(12..14)?) != ETH_TYPE_IPV4 {
+        return None;
+    }
+    let l3 = 14;
+    let ihl = usize::from(f.get(l3)? & 0x0f) * 4;
+    let total = usize::from(be16(f.get(l3 + 2..l3 + 4)?));
+    if ihl < 20 || total < ihl || f.len() < l3 + total {
+        return None;
+    }
+    if checksum(&f[l3..l3 + ihl]) != 0 {
+        f[l3 + 10..l3 + 12].fill(0);
+        let c = checksum(&f[l3..l3 + ihl]);
+        f[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
+    }
+    let frag = be16(&f[l3 + 6..l3 + 8]);
+    if frag & 0x3fff != 0 {
+        return None;
+    }
+    let proto = f[l3 + 9];
+    let at = match proto {
+        6 => 16,
+        17 => 6,
+        _ => return None,
+    };
+    let (l4, end) = (l3 + ihl, l3 + total);
+    if l4 + at + 2 > end {
+        return None;
+    }
+    let pseudo = {
+        let mut p = [0u8; 12];
+        p[..8].copy_from_slice(&f[l3 + 12..l3 + 20]);
+        p[9] = proto;
+        p[10..12].copy_from_slice(&u16::try_from(end - l4).ok()?.to_be_bytes());
+        p
+    };
+    let field = l4 + at;
+    if proto == 17 && f[field..field + 2] == [0, 0] {
+        return None;
+    }
+    if l4_sum(&pseudo, &f[l4..end]) == 0xffff {
+        return None;
+    }
+    f[field..field + 2].fill(0);
+    let mut c = !l4_sum(&pseudo, &f[l4..end]);
+    if c == 0 && proto == 17 {
+        c = 0xffff;
+    }
+    f[field..field + 2].copy_from_slice(&c.to_be_bytes());
+    Some(())
+}
+
+/// The folded one's complement sum of a pseudo-header and a segment (0xffff
+/// when a segment with its checksum verifies).
+fn l4_sum(pseudo: &[u8; 12], seg: &[u8]) -> u16 {
+    !checksum_pair(pseudo, seg)
+}
+
+/// The Internet checksum of `a` followed by `b` (`a` of even length).
+fn checksum_pair(a: &[u8], b: &[u8]) -> u16 {
+    let mut sum: u64 = 0;
+    for part in [a, b] {
+        let mut chunks = part.chunks_exact(2);
+        for c in &mut chunks {
+            sum += u64::from(u16::from_be_bytes([c[0], c[1]]));
+        }
+        if let [last] = chunks.remainder() {
+            sum += u64::from(u16::from_be_bytes([*last, 0]));
+        }
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
 /// The Internet checksum of a header.
 pub(crate) fn checksum(b: &[u8]) -> u16 {
     let mut sum: u32 = 0;
@@ -296,6 +388,89 @@ mod tests {
         assert!(Packet::parse_headers(&[]).is_err());
     }
 
+    /// A valid TCP or UDP frame (checksums computed the long way).
+    fn valid(proto: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = ipv4(proto, (1234, 80), &[]).emit();
+        let hdr = if proto == 6 { 16 } else { 4 };
+        // Ports are in; the rest of the transport header, then the payload.
+        f.extend(std::iter::repeat_n(0u8, hdr));
+        if proto == 6 {
+            f[14 + 20 + 12] = 0x50; // data offset 5
+        }
+        f.extend_from_slice(payload);
+        let total = (f.len() - 14) as u16;
+        f[16..18].copy_from_slice(&total.to_be_bytes());
+        f[24..26].fill(0);
+        let c = checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+        if proto == 17 {
+            let l = (f.len() - 34) as u16;
+            f[38..40].copy_from_slice(&l.to_be_bytes());
+        }
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&f[26..34]);
+        pseudo.extend_from_slice(&[0, proto]);
+        pseudo.extend_from_slice(&((f.len() - 34) as u16).to_be_bytes());
+        pseudo.extend_from_slice(&f[34..]);
+        let at = 34 + if proto == 6 { 16 } else { 6 };
+        let c = checksum(&pseudo);
+        f[at..at + 2].copy_from_slice(&c.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn partial_checksums_are_completed_for_packet_out() {
+        for proto in [6u8, 17] {
+            for payload in [&b""[..], b"x", b"hello world"] {
+                let good = valid(proto, payload);
+                assert_eq!(with_checksums(&good), good, "a valid frame is kept");
+                // CHECKSUM_PARTIAL as Linux leaves it and OVS punts it: the
+                // field holds the folded pseudo-header sum, not complemented.
+                let at = 34 + if proto == 6 { 16 } else { 6 };
+                let mut partial = good.clone();
+                let mut pseudo = [0u8; 12];
+                pseudo[..8].copy_from_slice(&good[26..34]);
+                pseudo[9] = proto;
+                pseudo[10..12].copy_from_slice(&((good.len() - 34) as u16).to_be_bytes());
+                let p = !checksum(&pseudo);
+                partial[at..at + 2].copy_from_slice(&p.to_be_bytes());
+                assert_ne!(partial, good);
+                assert_eq!(with_checksums(&partial), good, "proto {proto} {payload:?}");
+                // A broken IPv4 header checksum too.
+                partial[24] ^= 0xff;
+                assert_eq!(with_checksums(&partial), good);
+            }
+        }
+        // UDP without checksum, fragments, truncated frames, ARP: unchanged.
+        let mut none = valid(17, b"abc");
+        none[40..42].fill(0);
+        assert_eq!(with_checksums(&none), none);
+        let mut frag = valid(6, b"abc");
+        frag[50] ^= 1;
+        frag[20] = 0x20; // more fragments
+        frag[24..26].fill(0);
+        let c = checksum(&frag[14..34]);
+        frag[24..26].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(with_checksums(&frag), frag);
+        let short = &valid(6, b"abcdef")[..50];
+        assert_eq!(with_checksums(short), short);
+        let arp = Packet::arp_reply(
+            &Arp {
+                op: 1,
+                sha: "02:00:00:00:00:01".parse().unwrap(),
+                spa: Ipv4Addr::new(10, 0, 0, 2),
+                tha: MacAddr::default(),
+                tpa: Ipv4Addr::new(10, 0, 0, 1),
+            },
+            "02:00:00:00:00:aa".parse().unwrap(),
+        )
+        .emit();
+        assert_eq!(with_checksums(&arp), arp);
+        for n in 0..60 {
+            let _ = with_checksums(&valid(6, b"0123456789")[..n]);
+        }
+    }
+
     #[test]
     fn malformed_is_an_error() {
         assert!(Packet::parse(&[]).is_err());
@@ -319,6 +494,7 @@ mod tests {
                 if ty == 0x0800 && d.len() > 14 { d[14] = 0x45; }
             }
             let _ = Packet::parse(&d);
+            let _ = with_checksums(&d);
         }
     }
 }

@@ -11,7 +11,7 @@ use super::flow::{
     PORT_CONTROLLER, PORT_LOCAL,
 };
 use super::hops;
-use super::packet::{Arp, Ipv4, Packet, L3};
+use super::packet::{with_checksums, Arp, Ipv4, Packet, L3};
 use super::view::{Resolution, Snapshot};
 use super::{Config, DenyReason, Outcome, Verdict};
 
@@ -383,7 +383,7 @@ fn from_container(
                 dpid: host.dpid,
                 in_port: x.port,
                 actions,
-                data: data.to_vec(),
+                data: with_checksums(data),
             });
             let verdict = if host.name == h2.name {
                 Verdict::SameHost
@@ -403,7 +403,7 @@ fn from_container(
                         dpid: host.dpid,
                         in_port: x.port,
                         actions,
-                        data: data.to_vec(),
+                        data: with_checksums(data),
                     },
                 ],
                 verdict: Verdict::NatOut,
@@ -484,7 +484,7 @@ fn from_local(snap: &Snapshot, cfg: &Config, host: &Host, pkt: &Packet, data: &[
                 dpid: host.dpid,
                 in_port: PORT_LOCAL,
                 actions,
-                data: data.to_vec(),
+                data: with_checksums(data),
             },
         ],
         verdict: Verdict::NatOut,
@@ -544,7 +544,7 @@ fn from_uplink(snap: &Snapshot, cfg: &Config, host: &Host, pkt: &Packet, data: &
         dpid: host.dpid,
         in_port: host.uplink_port,
         actions,
-        data: data.to_vec(),
+        data: with_checksums(data),
     });
     Outcome {
         decisions,
@@ -627,7 +627,7 @@ fn firewall_in(
                 dpid: host.dpid,
                 in_port: host.uplink_port,
                 actions,
-                data: data.to_vec(),
+                data: with_checksums(data),
             },
         ],
         verdict: Verdict::Firewall,
