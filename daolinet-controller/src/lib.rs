@@ -6,10 +6,12 @@
 //! - [`store`]: the persistence trait (etcd-shaped) with the embedded redb
 //!   default and etcd for several controllers.
 //! - [`election`]: leader election among controllers on etcd leases.
-//! - [`service`], [`api`], [`metrics`]: the running controller and its REST API.
+//! - [`service`], [`api`], [`metrics`]: the running controller and its REST API;
+//!   [`applied`]: knowing when a mutation's flow changes are in effect.
 //! - [`ofserver`]: the OpenFlow 1.3 server (tokio) the switches connect to.
 
 pub mod api;
+pub mod applied;
 pub mod election;
 pub mod metrics;
 pub mod ofserver;

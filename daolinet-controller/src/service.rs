@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
+use crate::applied::{Applied, Published};
 use crate::metrics::Metrics;
 use crate::store::{
     batch_of, changes_of, diff, load_model_at, model_of, Revision, Store, StoreError, WatchBatch,
@@ -461,7 +462,7 @@ pub struct Controller {
     pub cfg: Config,
     /// Metrics.
     pub metrics: Metrics,
-    decisions: tokio::sync::broadcast::Sender<Arc<Vec<Decision>>>,
+    decisions: tokio::sync::broadcast::Sender<Arc<Published>>,
     /// The store revision of the published snapshot.
     model_rev: tokio::sync::watch::Sender<Revision>,
 }
@@ -523,6 +524,15 @@ impl Controller {
     where
         F: FnOnce(&mut Model) -> Result<Vec<Change>, ModelError> + Clone,
     {
+        self.mutate_applied(f).map(|(changes, _)| changes)
+    }
+
+    /// [`Controller::mutate`], and what resolves when the switches have
+    /// applied the flow changes it implies (see [`Applied`]).
+    pub fn mutate_applied<F>(&self, f: F) -> Result<(Vec<Change>, Applied), ServiceError>
+    where
+        F: FnOnce(&mut Model) -> Result<Vec<Change>, ModelError> + Clone,
+    {
         let started = Instant::now();
         let mut attempt: u32 = 0;
         loop {
@@ -533,15 +543,15 @@ impl Controller {
             if changes.is_empty() {
                 // Nothing changed (e.g. a host registering again): nothing to
                 // persist, publish or re-initialise.
-                return Ok(changes);
+                return Ok((changes, Applied::done()));
             }
             let mut batch = batch_of(&changes)?;
             batch.expect_revision = Some(*applied);
             match self.store.apply(batch) {
                 Ok(rev) => {
-                    self.publish(&mut applied, &old, model, &changes, rev)?;
+                    let done = self.publish(&mut applied, &old, model, &changes, rev)?;
                     self.metrics.api_mutation();
-                    return Ok(changes);
+                    return Ok((changes, done));
                 }
                 Err(StoreError::Conflict { actual, .. }) if started.elapsed() < RETRY_FOR => {
                     attempt += 1;
@@ -567,7 +577,8 @@ impl Controller {
     }
 
     /// Publishes the model at `rev` (under the write lock): snapshot, flow
-    /// decisions, revision.
+    /// decisions, revision; what resolves when the switches applied the
+    /// decisions.
     fn publish(
         &self,
         applied: &mut Revision,
@@ -575,19 +586,28 @@ impl Controller {
         model: Model,
         changes: &[Change],
         rev: Revision,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<Applied, ServiceError> {
         let new = Arc::new(Snapshot::new(model));
         let decisions = policy::handle_model_change(old, &new, &self.cfg, changes);
         let n = self.flows.apply(&decisions)?;
         self.snap.store(new);
-        if !decisions.is_empty() {
-            // Without subscribers (no OpenFlow server running) this is a no-op.
-            let _ = self.decisions.send(Arc::new(decisions));
+        let done = Applied::new();
+        if decisions.is_empty()
+            || self
+                .decisions
+                .send(Arc::new(Published {
+                    decisions,
+                    applied: done.clone(),
+                }))
+                .is_err()
+        {
+            // Nothing to send, or no OpenFlow server running.
+            done.routed();
         }
         self.metrics.set_flows_installed(n);
         *applied = rev;
         self.model_rev.send_replace(rev);
-        Ok(())
+        Ok(done)
     }
 
     /// Lists the store again and publishes the difference (when the store
@@ -636,6 +656,7 @@ impl Controller {
             "applied a watched batch"
         );
         self.publish(&mut applied, &old, model, &changes, batch.revision)
+            .map(|_| ())
     }
 
     /// Follows the store on a thread of its own: applies and publishes
@@ -734,7 +755,7 @@ impl Controller {
 
     /// Subscribes to the decisions produced by mutations, which the
     /// OpenFlow server must send to the switches.
-    pub fn subscribe_decisions(&self) -> tokio::sync::broadcast::Receiver<Arc<Vec<Decision>>> {
+    pub fn subscribe_decisions(&self) -> tokio::sync::broadcast::Receiver<Arc<Published>> {
         self.decisions.subscribe()
     }
 
@@ -1023,6 +1044,7 @@ mod tests {
         assert_eq!(ctl.flows(None).unwrap(), vec![]);
         let sent = rx.try_recv().unwrap();
         assert!(sent
+            .decisions
             .iter()
             .any(|d| matches!(d, Decision::DeleteFlows { dpid: Dpid(1), .. })));
         // A refused mutation changes nothing and publishes nothing.

@@ -314,8 +314,10 @@ async fn handshake_packet_in_reconnect_and_model_changes() {
     // Now denied: a drop flow, no PACKET_OUT.
     let (port, data) = env.udp("a", "b");
     s1b.send(80, packet_in(port, data)).await;
+    // (After the deletions of the change: the pair's flows, and the drops
+    // of either container keyed by their source alone.)
     let got = s1b
-        .until(|f| matches!(f.message, Message::FlowMod(_)))
+        .until(|f| matches!(&f.message, Message::FlowMod(m) if m.command == OFPFC_ADD))
         .await;
     let Some(Message::FlowMod(deny)) = got.last().map(|f| &f.message) else {
         unreachable!()
@@ -478,6 +480,57 @@ async fn a_datapath_back_in_time_costs_the_others_nothing() {
     let (_s2, _) = FakeSwitch::connect(env.addr, 2).await;
     let got = s1.within(Duration::from_millis(1500)).await;
     assert!(flow_mods(&got).is_empty(), "{got:?}");
+    env.stop().await;
+}
+
+/// A mutation is reported applied only once every switch concerned has
+/// confirmed its flow changes with a BARRIER_REPLY (the API answers then,
+/// so the next packet meets the new policy); a switch that goes away
+/// releases it, and a mutation that concerns no connected switch is
+/// applied at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_change_is_applied_when_the_switches_confirm_it() {
+    let env = Env::start().await;
+    let (mut s1, _) = FakeSwitch::connect(env.addr, 1).await;
+    env.wait_connected(1).await;
+    s1.auto_barrier = false;
+    let (_, applied) = env
+        .ctl
+        .mutate_applied(|m| m.set_pair("a", "b", PairAction::Disconnect))
+        .unwrap();
+    let got = s1.until(|f| f.message == Message::BarrierRequest).await;
+    assert!(
+        flow_mods(&got).iter().any(|m| m.command == OFPFC_DELETE),
+        "{got:?}"
+    );
+    // Not before the switch answers.
+    assert!(!applied.wait(Duration::from_millis(200)).await);
+    let xid = s1.barriers.pop().unwrap();
+    s1.send(xid, Message::BarrierReply).await;
+    assert!(
+        applied.wait(WAIT).await,
+        "the BARRIER_REPLY did not complete it"
+    );
+
+    // A switch that leaves without answering releases the wait.
+    let (_, applied) = env
+        .ctl
+        .mutate_applied(|m| m.set_pair("a", "b", PairAction::Connect))
+        .unwrap();
+    s1.until(|f| f.message == Message::BarrierRequest).await;
+    assert!(!applied.is_done());
+    drop(s1);
+    assert!(
+        applied.wait(WAIT).await,
+        "a gone switch kept the change pending"
+    );
+    // Nothing connected: applied at once.
+    env.wait_connected(0).await;
+    let (_, applied) = env
+        .ctl
+        .mutate_applied(|m| m.set_pair("a", "c", PairAction::Disconnect))
+        .unwrap();
+    assert!(applied.wait(WAIT).await);
     env.stop().await;
 }
 

@@ -24,7 +24,9 @@
 //! Every `/api/` request needs `Authorization: Bearer <token>`. Errors are
 //! `{"error": "...", "field": "..."}` with 400 (bad input), 401 (token),
 //! 404 (unknown object), 409 (duplicate, conflict, in use), 500/503 (store).
-//! A mutation is durable in the store before its answer is sent.
+//! A mutation is durable in the store before its answer is sent, and the
+//! connected switches have applied the flow changes it implies (confirmed
+//! by a barrier; at most [`APPLY_WAIT`]): the new policy is in effect.
 
 pub mod auth;
 pub mod error;
@@ -188,16 +190,30 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     })
 }
 
-/// Runs a mutation off the async runtime (the store fsyncs).
+/// How long an answer waits for the switches to confirm a mutation's flow
+/// changes (see [`crate::applied`]); a switch that does not answer within
+/// it delays the answer, never fails it.
+pub const APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Runs a mutation off the async runtime (the store fsyncs), then waits
+/// (at most [`APPLY_WAIT`]) until the connected switches concerned have
+/// applied the flow changes it implies: when the answer arrives, the new
+/// policy is in effect.
 async fn mutate<F>(st: &AppState, f: F) -> Result<Vec<Change>, ApiError>
 where
     F: FnOnce(&mut Model) -> Result<Vec<Change>, ModelError> + Clone + Send + 'static,
 {
     let ctl = st.ctl.clone();
-    tokio::task::spawn_blocking(move || ctl.mutate(f))
+    let (changes, applied) = tokio::task::spawn_blocking(move || ctl.mutate_applied(f))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(ApiError::from)
+        .map_err(ApiError::from)?;
+    if !applied.wait(APPLY_WAIT).await {
+        tracing::warn!(
+            "a switch did not confirm the flow changes of a mutation within {APPLY_WAIT:?}"
+        );
+    }
+    Ok(changes)
 }
 
 fn put_of<T>(changes: &[Change], pick: impl Fn(&Object) -> Option<T>) -> Result<T, ApiError> {

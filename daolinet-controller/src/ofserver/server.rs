@@ -30,6 +30,7 @@ use tokio::io::{AsyncWriteExt as _, Interest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, watch};
 
+use crate::applied::{Applied, ApplyGuard};
 use crate::service::Controller;
 use daolinet_openflow::consts::{
     OFPBRC_IS_SLAVE, OFPCR_ROLE_EQUAL, OFPCR_ROLE_MASTER, OFPCR_ROLE_SLAVE, OFPET_BAD_REQUEST,
@@ -97,11 +98,12 @@ pub enum Role {
 /// What other tasks ask a connection task to do.
 #[derive(Debug)]
 enum Cmd {
-    /// Send decisions; with `then`, follow them with a BARRIER and release
-    /// `then` when its reply arrives.
+    /// Send decisions; with `then` or `ack`, follow them with a BARRIER and
+    /// release `then` and `ack` when its reply arrives.
     Decisions {
         ds: Vec<Decision>,
         then: Option<Release>,
+        ack: Option<ApplyGuard>,
     },
     /// Append pre-encoded messages.
     Bytes(Bytes),
@@ -285,8 +287,11 @@ impl Server {
                 r = decisions.recv() => match r {
                     // A slave leaves the switches to the master (which
                     // gets the same change through the store).
-                    Ok(_) if !self.acting() => {}
-                    Ok(ds) => self.route(&ds, None).await,
+                    Ok(p) if !self.acting() => p.applied.routed(),
+                    Ok(p) => {
+                        self.route(&p.decisions, None, Some(&p.applied)).await;
+                        p.applied.routed();
+                    }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(lost = n, "model-change decisions lagged: re-initialising every switch");
                         for (_, h) in self.switches.snapshot() {
@@ -332,7 +337,7 @@ impl Server {
             }
             tracing::info!(%dpid, "datapath stayed away: deleting the flows towards its containers");
             match self.ctl.host_gone(dpid) {
-                Ok(ds) => self.route(&ds, Some(dpid)).await,
+                Ok(ds) => self.route(&ds, Some(dpid), None).await,
                 Err(e) => tracing::warn!(error = %e, "host_gone"),
             }
         }
@@ -349,8 +354,9 @@ impl Server {
         }
     }
 
-    /// Sends decisions to their datapaths (not to `except`).
-    async fn route(&self, ds: &[Decision], except: Option<Dpid>) {
+    /// Sends decisions to their datapaths (not to `except`); with
+    /// `applied`, each datapath confirms them with a barrier.
+    async fn route(&self, ds: &[Decision], except: Option<Dpid>, applied: Option<&Applied>) {
         for (dpid, group) in group_by_dpid(ds.iter().cloned()) {
             if Some(dpid) == except {
                 continue;
@@ -361,6 +367,7 @@ impl Server {
             let cmd = Cmd::Decisions {
                 ds: group,
                 then: None,
+                ack: applied.map(Applied::hold),
             };
             if let Err(mpsc::error::TrySendError::Full(cmd)) = tx.try_send(cmd) {
                 if tx.send_timeout(cmd, Duration::from_secs(1)).await.is_err() {
@@ -385,6 +392,7 @@ impl Server {
             id,
             peer,
             releases: HashMap::new(),
+            acks: HashMap::new(),
             next_token: 1,
             events: Vec::new(),
             registered: None,
@@ -523,6 +531,8 @@ struct Task<'a> {
     id: u64,
     peer: SocketAddr,
     releases: HashMap<u64, Release>,
+    /// Model-change barriers awaited, by token (see [`Applied`]).
+    acks: HashMap<u64, ApplyGuard>,
     next_token: u64,
     events: Vec<Event>,
     registered: Option<Dpid>,
@@ -659,10 +669,12 @@ impl Task<'_> {
     /// Handles a command; true when the connection must end now.
     fn command(&mut self, c: Cmd) -> bool {
         match c {
-            Cmd::Decisions { ds, then } => {
+            Cmd::Decisions { ds, then, ack } => {
                 if !self.acting {
                     // Not ours to send (a slave, or the switch has a newer
-                    // master); a PACKET_OUT waiting on this is dropped.
+                    // master); a PACKET_OUT waiting on this is dropped (and
+                    // a mutation waiting on it released).
+                    drop(ack);
                     return false;
                 }
                 for d in &ds {
@@ -670,14 +682,23 @@ impl Task<'_> {
                         tracing::warn!(error = %e, ?d, "decision not translatable");
                     }
                 }
-                if let Some(r) = then {
+                if then.is_some() || ack.is_some() {
                     let token = self.next_token;
                     self.next_token += 1;
                     match self.conn.barrier(Some(token)) {
                         None => {
-                            self.releases.insert(token, r);
+                            if let Some(r) = then {
+                                self.releases.insert(token, r);
+                            }
+                            if let Some(a) = ack {
+                                self.acks.insert(token, a);
+                            }
                         }
-                        Some(_) => r.fire(),
+                        Some(_) => {
+                            if let Some(r) = then {
+                                r.fire();
+                            }
+                        }
                     }
                 }
                 false
@@ -864,6 +885,8 @@ impl Task<'_> {
                 if let Some(r) = self.releases.remove(&token) {
                     r.fire();
                 }
+                // Dropping the guard tells the mutation its flows are in place.
+                self.acks.remove(&token);
             }
             Event::Closed(why) => {
                 tracing::warn!(peer = %self.peer, dpid = ?self.registered, reason = %why, "closing switch connection");
@@ -973,7 +996,11 @@ impl Task<'_> {
                 }
                 continue;
             };
-            match rtx.try_send(Cmd::Decisions { ds, then }) {
+            match rtx.try_send(Cmd::Decisions {
+                ds,
+                then,
+                ack: None,
+            }) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(Cmd::Decisions { then, .. }))
                 | Err(mpsc::error::TrySendError::Closed(Cmd::Decisions { then, .. })) => {
