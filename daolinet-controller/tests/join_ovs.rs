@@ -23,11 +23,16 @@ fn snapshot(host: &Netns, ovs: &OvsHost, ctl: &Controller) -> String {
         .lines()
         .filter(|l| !l.contains("ovs_version"))
         .collect();
+    let pretty = |json: String| {
+        serde_json::from_str::<Value>(&json)
+            .and_then(|v| serde_json::to_string_pretty(&v))
+            .unwrap_or(json)
+    };
     format!(
         "link: {}\naddr: {}\nroute: {}\nnft: {}\novs: {}\nhosts: {}",
-        host.ip(&["-j", "link"]),
-        host.ip(&["-4", "-j", "addr"]),
-        host.ip(&["-4", "-j", "route", "show", "table", "all"]),
+        pretty(host.ip(&["-j", "link"])),
+        pretty(host.ip(&["-4", "-j", "addr"])),
+        pretty(host.ip(&["-4", "-j", "route", "show", "table", "all"])),
         host.run(&["nft", "list", "ruleset"]),
         vsctl.join("\n"),
         ctl.api().ok("GET", "/api/hosts", None),
@@ -75,6 +80,20 @@ impl Setup {
         a.extend_from_slice(extra);
         self.daolictl(&a)
     }
+}
+
+/// The host is as it was: the lines that differ otherwise.
+#[track_caller]
+fn same(after: &str, before: &str, when: &str) {
+    if after == before {
+        return;
+    }
+    let (a, b): (Vec<&str>, Vec<&str>) = (after.lines().collect(), before.lines().collect());
+    let gone: Vec<&&str> = b.iter().filter(|l| !a.contains(l)).collect();
+    let new: Vec<&&str> = a.iter().filter(|l| !b.contains(l)).collect();
+    panic!(
+        "{when}: the host changed\nbefore only: {gone:#?}\nafter only: {new:#?}\nafter:\n{after}"
+    );
 }
 
 /// A failure as the CLI must report it: non-zero, one line on stderr.
@@ -182,7 +201,7 @@ fn an_ovs_host_joins_and_leaves_by_itself() {
         &s.db,
     ]);
     refused(&no_token, "missing token", "no API token");
-    assert_eq!(snapshot(&s.host, &s.ovs, &s.ctl), before);
+    same(&snapshot(&s.host, &s.ovs, &s.ctl), &before, "before");
 
     // Refused by the controller after the bridge was made (the host's IP
     // belongs to another host): everything undone.
@@ -199,9 +218,13 @@ fn an_ovs_host_joins_and_leaves_by_itself() {
         "192.168.90.2 is already host \"squatter\"",
     );
     assert!(r.stderr.contains("(changes undone)"), "{}", r.stderr);
-    assert_eq!(snapshot(&s.host, &s.ovs, &s.ctl), with_squatter);
+    same(
+        &snapshot(&s.host, &s.ovs, &s.ctl),
+        &with_squatter,
+        "with_squatter",
+    );
     s.ctl.api().ok("DELETE", "/api/hosts/squatter", None);
-    assert_eq!(snapshot(&s.host, &s.ovs, &s.ctl), before);
+    same(&snapshot(&s.host, &s.ovs, &s.ctl), &before, "before");
 
     // The join.
     let r = s.join(&["--controller", &of]);
@@ -271,13 +294,13 @@ fn an_ovs_host_joins_and_leaves_by_itself() {
         "joining twice",
         "already joined: bridge brjn",
     );
-    assert_eq!(snapshot(&s.host, &s.ovs, &s.ctl), joined);
+    same(&snapshot(&s.host, &s.ovs, &s.ctl), &joined, "joined");
 
     // Leaving puts the host back as it was.
     let r = s.daolictl(&["host", "leave-ovs", "--ovs-db", &s.db]);
     assert!(r.ok, "leave failed: {}", r.stderr);
     assert!(r.stdout.contains("host ovs1 left"), "{}", r.stdout);
-    assert_eq!(snapshot(&s.host, &s.ovs, &s.ctl), before);
+    same(&snapshot(&s.host, &s.ovs, &s.ctl), &before, "before");
     assert!(
         s.host.ping("192.168.90.1", 1, 2),
         "no connectivity after leaving"

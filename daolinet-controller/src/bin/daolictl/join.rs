@@ -398,6 +398,19 @@ fn undo_txn(rec: &JoinRecord) -> Vec<String> {
     a
 }
 
+/// The commands giving the uplink back: the OVSDB transaction undoing the
+/// join, then ARP on again if the join turned it off. ARP comes last:
+/// Open vSwitch writes the uplink's interface flags back from its own copy
+/// when it lets the port go, and a copy taken before ARP came back on
+/// would turn it off again (seen in the tests).
+fn release_uplink(ovs: &Ovs, rec: &JoinRecord) -> Vec<Vec<String>> {
+    let mut cs = vec![ovs.vsctl_argv(&undo_txn(rec))];
+    if rec.arp_was_on {
+        cs.push(sv(&["ip", "link", "set", &rec.uplink, "arp", "on"]));
+    }
+    cs
+}
+
 /// The nftables table keeping the kernel off a netdev uplink.
 fn nft_table_name(bridge: &str) -> String {
     let clean: String = bridge
@@ -459,6 +472,8 @@ fn nat_plan(pool: daolinet_natout::Pool, bridge: &str, local_mac: &str) -> daoli
 enum Undo {
     /// Run a command (errors reported).
     Cmd(Vec<String>),
+    /// Run commands in order (errors reported).
+    Cmds(Vec<Vec<String>>),
     /// Run commands, ignoring errors (undoing a move that may be partial).
     Tolerant(Vec<Vec<String>>),
     /// Unregister the host.
@@ -486,6 +501,13 @@ impl Rollback<'_> {
                 Undo::Cmd(c) => {
                     if let Err(e) = run_cmd(&c, None) {
                         errs.push(e);
+                    }
+                }
+                Undo::Cmds(cs) => {
+                    for c in cs {
+                        if let Err(e) = run_cmd(&c, None) {
+                            errs.push(e);
+                        }
                     }
                 }
                 Undo::Tolerant(cs) => {
@@ -770,7 +792,7 @@ pub fn join(client: &Client, a: &JoinArgs) -> Result<(String, Value), Failure> {
     .map_err(bad)?;
     // Undo first: a transaction that fails half-applied cannot happen
     // (OVSDB), but one that applied and then timed out waiting can.
-    rb.push(Undo::Cmd(ovs.vsctl_argv(&undo_txn(&rec))));
+    rb.push(Undo::Cmds(release_uplink(&ovs, &rec)));
     if let Err(e) = run_cmd(&ovs.vsctl_argv(&txn), None) {
         return Err(rb.fail(e));
     }
@@ -988,13 +1010,12 @@ pub fn leave(client: &Client, a: &LeaveArgs) -> Result<(String, Value), Failure>
     if let Some(t) = &rec.nft_table {
         try_run(sv(&["nft", "delete", "table", "netdev", t]), None);
     }
-    if rec.arp_was_on {
-        try_run(sv(&["ip", "link", "set", &rec.uplink, "arp", "on"]), None);
-    }
     for c in hostnet::move_commands(&rec.addrs, &rec.routes, &rec.bridge, &rec.uplink) {
         try_run(c, None);
     }
-    try_run(ovs.vsctl_argv(&undo_txn(&rec)), None);
+    for c in release_uplink(&ovs, &rec) {
+        try_run(c, None);
+    }
     if !errs.is_empty() {
         return Err(Failure(
             format!(
