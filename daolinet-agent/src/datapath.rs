@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues, RingBuf};
-use aya::programs::links::LinkOrder;
+use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::xdp::XdpLink;
 use aya::programs::xdp::XdpMode;
@@ -167,9 +167,11 @@ pub fn ifindex(iface: &str) -> Result<u32> {
 /// Refuse `iface` when another DaoliNet datapath already serves it: tcx
 /// lets several programs share an interface, so a second agent (another
 /// state dir, hence other maps) would silently run after the first one on
-/// every packet. Programs are recognised by name ([`names::PROG_TC`]).
-/// Other tcx programs are allowed (logged): they run before ours.
-fn refuse_busy_port(iface: &str) -> Result<()> {
+/// every packet. Programs are recognised by name ([`names::PROG_TC`]);
+/// `own` is the program of this agent's own pinned link (left by its
+/// previous run, about to be replaced). Other tcx programs are allowed
+/// (logged): they run before ours.
+fn refuse_busy_port(iface: &str, own: Option<u32>) -> Result<()> {
     let progs = match SchedClassifier::query_tcx(iface, TcAttachType::Ingress) {
         Ok((_, progs)) => progs,
         Err(e) => {
@@ -179,6 +181,9 @@ fn refuse_busy_port(iface: &str) -> Result<()> {
         }
     };
     for p in &progs {
+        if Some(p.id()) == own {
+            continue;
+        }
         let name = String::from_utf8_lossy(p.name());
         if p.name() == names::PROG_TC.as_bytes() {
             bail!(
@@ -297,6 +302,65 @@ pub struct PortView {
 struct AttachedPort {
     info: PortInfo,
     _link: PortLink,
+    /// Where its link is pinned (removed when the port is detached).
+    pin: Option<PathBuf>,
+    /// Pinned by this run (an earlier run's pin is never removed on a
+    /// failed start: that datapath keeps forwarding).
+    pinned_now: bool,
+}
+
+/// The link pinned by an earlier run of this agent at `pin`, if any (the
+/// pin stays: the program stays attached while it is replaced).
+fn pinned_link(pin: &Path) -> Option<FdLink> {
+    if !pin.exists() {
+        return None;
+    }
+    match PinnedLink::from_pin(pin) {
+        Ok(l) => Some(FdLink::from(l)),
+        Err(e) => {
+            tracing::warn!(pin = %pin.display(), error = %e, "unusable pinned link: attaching anew");
+            let _ = std::fs::remove_file(pin);
+            None
+        }
+    }
+}
+
+/// Removes the pins in `dir` of `iface` other than `keep` (left for an
+/// interface of the same name that was deleted and created again).
+fn forget_stale_pins(dir: &Path, iface: &str, keep: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let same_iface = name
+            .split_once('-')
+            .and_then(|(_, rest)| rest.split_once('-'))
+            .is_some_and(|(_, i)| i == iface);
+        if same_iface && p != keep {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+}
+
+/// Pins a new fd link at `pin` so that its program stays attached when
+/// the agent stops or restarts, and gives it back as a `L`.
+fn pin_link<L>(link: L, pin: &Path) -> Result<L>
+where
+    L: TryFrom<FdLink, Error = aya::programs::links::LinkError>,
+    FdLink: TryFrom<L, Error = aya::programs::links::LinkError>,
+{
+    if let Some(dir) = pin.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let fd = FdLink::try_from(link)
+        .context("the link is not an fd link (kernel without tcx/bpf_link?)")?;
+    let pinned = fd
+        .pin(pin)
+        .with_context(|| format!("pinning the link at {}", pin.display()))?;
+    Ok(L::try_from(FdLink::from(pinned))?)
 }
 
 /// A punted packet read from the ring buffer.
@@ -407,9 +471,33 @@ pub struct Datapath {
     punt_ring: Option<RingBuf<MapData>>,
     /// Second handles on pinned maps, for batched updates.
     batch_maps: StdHashMap<&'static str, MapData>,
+    /// Keep the links this run pinned when dropped (a clean stop: the
+    /// next run takes them over); otherwise (a failed start or run) they
+    /// are unpinned and detached.
+    keep_links: bool,
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        if self.keep_links {
+            return;
+        }
+        for p in self.ports.values() {
+            if let (Some(pin), true) = (&p.pin, p.pinned_now) {
+                let _ = std::fs::remove_file(pin);
+            }
+        }
+    }
 }
 
 impl Datapath {
+    /// A clean stop: the programs stay attached (pinned) with the pinned
+    /// maps, so the datapath keeps forwarding until the agent runs again
+    /// (which takes them over without a gap) or the ports are removed.
+    pub fn keep_links(&mut self) {
+        self.keep_links = true;
+    }
+
     /// Load `object` (its bytes, see [`BpfObject::bytes`]), reusing maps
     /// already pinned in `pin_dir` (so rules survive an agent restart) and
     /// verify both programs. `pin_dir` must be inside a mounted bpffs (see
@@ -438,6 +526,7 @@ impl Datapath {
             pin_dir: pin_dir.to_path_buf(),
             ports: StdHashMap::new(),
             punt_ring: None,
+            keep_links: false,
             batch_maps: StdHashMap::new(),
         })
     }
@@ -474,7 +563,24 @@ impl Datapath {
             bail!("too many ports (at most {MAX_PORTS})");
         }
         let ifindex = ifindex(iface)?;
-        refuse_busy_port(iface)?;
+        // The link of an earlier run of this agent, still attached (the
+        // datapath kept forwarding while the agent was away): its program is
+        // replaced atomically below, never detached.
+        let what = match (kind, uplink_mode) {
+            (PortKind::Uplink, UplinkMode::Xdp) => "xdp",
+            (PortKind::Local, _) => "egress",
+            _ => "ingress",
+        };
+        let pin = self
+            .pin_dir
+            .join("links")
+            .join(format!("{what}-{ifindex}-{iface}"));
+        let earlier = pinned_link(&pin);
+        let own = earlier
+            .as_ref()
+            .and_then(|l| l.info().ok())
+            .map(|i| i.program_id());
+        refuse_busy_port(iface, own)?;
         let slot = (0..MAX_PORTS)
             .find(|s| !self.ports.values().any(|p| p.info.slot == *s))
             .ok_or_else(|| anyhow!("no free port slot"))?;
@@ -504,9 +610,15 @@ impl Datapath {
                     .program_mut(names::PROG_XDP)
                     .context("no XDP program")?
                     .try_into()?;
-                let id = prog
-                    .attach(iface, XdpMode::Default)
-                    .with_context(|| format!("attaching XDP to {iface}"));
+                let id = match earlier {
+                    Some(l) => XdpLink::try_from(l)
+                        .map_err(anyhow::Error::from)
+                        .and_then(|l| Ok(prog.attach_to_link(l)?))
+                        .with_context(|| format!("replacing the XDP program of {iface}")),
+                    None => prog
+                        .attach(iface, XdpMode::Default)
+                        .with_context(|| format!("attaching XDP to {iface}")),
+                };
                 match id {
                     Ok(id) => PortLink::Xdp(prog.take_link(id)?),
                     Err(e) => {
@@ -534,9 +646,19 @@ impl Datapath {
                     PortKind::Local => (TcAttachType::Egress, "egress"),
                     _ => (TcAttachType::Ingress, "ingress"),
                 };
-                let id = prog
-                    .attach_with_options(iface, at, TcAttachOptions::TcxOrder(LinkOrder::default()))
-                    .with_context(|| format!("attaching tcx {what} to {iface}"));
+                let id = match earlier {
+                    Some(l) => SchedClassifierLink::try_from(l)
+                        .map_err(anyhow::Error::from)
+                        .and_then(|l| Ok(prog.attach_to_link(l)?))
+                        .with_context(|| format!("replacing the tcx {what} program of {iface}")),
+                    None => prog
+                        .attach_with_options(
+                            iface,
+                            at,
+                            TcAttachOptions::TcxOrder(LinkOrder::default()),
+                        )
+                        .with_context(|| format!("attaching tcx {what} to {iface}")),
+                };
                 match id {
                     Ok(id) => PortLink::Tc(prog.take_link(id)?),
                     Err(e) => {
@@ -546,14 +668,42 @@ impl Datapath {
                 }
             }
         };
+        // Pinned (if not already): the program stays attached when the
+        // agent stops, so a restart costs no traffic. A port that cannot be
+        // pinned is not attached.
+        let pinned_now = !pin.exists();
+        let link = if !pinned_now {
+            link
+        } else {
+            let pinned = match link {
+                PortLink::Tc(l) => pin_link(l, &pin).map(PortLink::Tc),
+                PortLink::Xdp(l) => pin_link(l, &pin).map(PortLink::Xdp),
+            };
+            match pinned {
+                Ok(l) => l,
+                Err(e) => {
+                    self.erase_port(&info)?;
+                    return Err(e);
+                }
+            }
+        };
+        // Pins of this interface under an earlier ifindex are stale.
+        forget_stale_pins(&self.pin_dir.join("links"), iface, &pin);
         // Start the port's counters from zero.
         let zero =
             PerCpuValues::try_from(vec![PortStats::default(); nr_cpus().map_err(|(_, e)| e)?])?;
         let mut stats: PerCpuArray<&mut MapData, PortStats> =
             PerCpuArray::try_from(self.map(names::PORT_STATS)?)?;
         stats.set(slot, zero, 0)?;
-        self.ports
-            .insert(iface.to_string(), AttachedPort { info, _link: link });
+        self.ports.insert(
+            iface.to_string(),
+            AttachedPort {
+                info,
+                _link: link,
+                pin: Some(pin),
+                pinned_now,
+            },
+        );
         Ok(())
     }
 
@@ -595,7 +745,13 @@ impl Datapath {
             .remove(iface)
             .ok_or_else(|| anyhow!("no such port: {iface}"))?;
         self.erase_port(&port.info)?;
-        drop(port); // dropping the link detaches the program
+        // Without its pin, dropping the link detaches the program.
+        if let Some(pin) = &port.pin {
+            if let Err(e) = std::fs::remove_file(pin) {
+                tracing::warn!(pin = %pin.display(), error = %e, "cannot remove the link pin");
+            }
+        }
+        drop(port);
         Ok(())
     }
 

@@ -30,6 +30,11 @@ pub struct Host {
 }
 
 impl Host {
+    /// See [`Datapath::keep_links`].
+    pub fn keep_datapath(&mut self) {
+        self.dp.keep_links();
+    }
+
     /// Wrap a loaded datapath; opens the transmit paths (warning, not
     /// failing, when they cannot be had).
     pub fn new(mut dp: Datapath, uplink_mode: UplinkMode) -> Self {

@@ -525,7 +525,14 @@ fn run(
     }
     tracing::info!(socket = %sock.display(), "agent running; SIGINT/SIGTERM to stop");
     let res = lp.run();
-    tracing::info!("stopping: detaching programs, keeping pinned maps");
+    if res.is_ok() {
+        // A clean stop: the datapath keeps forwarding (pinned programs and
+        // maps) until the agent is back.
+        lp.engine().dp.keep_datapath();
+        tracing::info!("stopping: the datapath keeps forwarding (pinned programs and maps)");
+    } else {
+        tracing::info!("stopping on an error: detaching the programs this run attached");
+    }
     let _ = std::fs::remove_file(&sock);
     // Before the LOCAL device goes (with the engine): its route and
     // sysctl are undone while it exists.

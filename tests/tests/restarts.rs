@@ -1,0 +1,295 @@
+//! Privileged: restarts cost no traffic. Two agent hosts joined by an
+//! underlay wire, the controller (embedded store) in host 1's namespace on
+//! a fixed port (its own namespace), containers a, c on host 1 and b on
+//! host 2. With pings every 10 ms running on established flows (cross host
+//! a -> b, same host a -> c):
+//!
+//! - the controller is stopped (SIGTERM) and started again, then killed
+//!   (`kill -9`) and started again: it reconciles, keeps every valid flow
+//!   (the flows keep their counters: nothing was deleted and re-added) and
+//!   no ping is lost;
+//! - the agent of host 1 is stopped and started again: forwarding goes on
+//!   from its pinned maps and programs, it resyncs with the controller
+//!   without churn, and no ping is lost.
+#![allow(clippy::panic)] // a panic is a failed test
+
+use std::io::Read as _;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use daolinet_testlab::{wait_poll, Agent, Controller, Lab, Need, Netns, Poll};
+use serde_json::Value;
+
+const NET: &str = "192.168.214";
+
+fn field(v: &Value, name: &str) -> String {
+    v[name]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {name} in {v}"))
+        .to_string()
+}
+
+/// `ping -c COUNT -i 0.01` in the background.
+struct Pinger {
+    child: Child,
+    what: String,
+}
+
+impl Pinger {
+    fn start(from: &Netns, ip: &str, count: u32) -> Pinger {
+        let child = from
+            .command(&[
+                "ping",
+                "-n",
+                "-q",
+                "-i",
+                "0.01",
+                "-W",
+                "1",
+                "-c",
+                &count.to_string(),
+                ip,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("ping: {e}"));
+        Pinger {
+            child,
+            what: format!("ping {ip} from {from}"),
+        }
+    }
+
+    /// Waits for the end: (sent, received).
+    fn finish(mut self) -> (u32, u32) {
+        let _ = self.child.wait();
+        let mut out = String::new();
+        if let Some(mut o) = self.child.stdout.take() {
+            let _ = o.read_to_string(&mut out);
+        }
+        let line = out
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .unwrap_or_else(|| panic!("{}: no summary in {out:?}", self.what));
+        let num = |w: &str| -> u32 {
+            let words: Vec<&str> = line.split([' ', ',']).filter(|s| !s.is_empty()).collect();
+            let i = words
+                .iter()
+                .position(|x| x.starts_with(w))
+                .unwrap_or_else(|| panic!("{line}"));
+            words[i - 1].parse().unwrap_or_else(|_| panic!("{line}"))
+        };
+        (num("packets"), num("received"))
+    }
+}
+
+impl Drop for Pinger {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The pair flows of `agent` (priority 100 with an idle timeout; drops
+/// after a denial expire by themselves) as (flow without counters,
+/// packet count).
+fn pair_flows(agent: &Agent) -> Vec<(String, u64)> {
+    agent
+        .cli(&["flows"])
+        .lines()
+        .filter(|l| l.contains("priority=100") && l.contains("idle_timeout="))
+        .map(|l| {
+            let packets = l
+                .split([' ', ','])
+                .find_map(|w| w.strip_prefix("n_packets="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            let stable: Vec<&str> = l
+                .split([' ', ','])
+                .filter(|w| {
+                    !w.is_empty()
+                        && !w.starts_with("n_packets=")
+                        && !w.starts_with("n_bytes=")
+                        && !w.starts_with("duration=")
+                        && !w.starts_with("idle_age=")
+                })
+                .collect();
+            (stable.join(","), packets)
+        })
+        .collect()
+}
+
+/// After a restart: the same pair flows, none reset (counters only grow).
+fn same_flows_kept(agent: &Agent, before: &[(String, u64)], what: &str) {
+    let after = pair_flows(agent);
+    for (f, n) in before {
+        let now = after
+            .iter()
+            .find(|(g, _)| g == f)
+            .unwrap_or_else(|| panic!("{what}: flow gone or changed: {f}\nnow: {after:#?}"));
+        assert!(
+            now.1 >= *n,
+            "{what}: counters reset (re-added): {f} {n} -> {}",
+            now.1
+        );
+    }
+}
+
+fn wait_connected(ctl: &Controller, n: usize) {
+    wait_poll(
+        &format!("{n} datapaths connected"),
+        Duration::from_secs(30),
+        || {
+            let m = ctl.api().text("/metrics");
+            if m.contains(&format!("daolinet_switches_connected {n}")) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(m)
+            }
+        },
+    );
+}
+
+#[test]
+fn restarts_of_controller_and_agent_lose_no_packet() {
+    let Some(mut lab) = Lab::new(&[
+        Need::BpfObject,
+        Need::Binary("daolinet-controller"),
+        Need::Binary("daolinet-agent"),
+        Need::Program("ping"),
+    ]) else {
+        return;
+    };
+    let h1 = lab.netns("h1");
+    let h2 = lab.netns("h2");
+    h1.ip(&[
+        "link", "add", "name", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &h2,
+    ]);
+    for (i, h) in [(1, &h1), (2, &h2)] {
+        h.ip(&[
+            "link",
+            "set",
+            "eth0",
+            "address",
+            &format!("02:00:00:00:d6:0{i}"),
+        ]);
+        h.addr("eth0", &format!("{NET}.{i}/24"));
+    }
+    // A fixed OpenFlow port inside host 1's namespace, so the agents find
+    // the restarted controller where they left it.
+    let opts = lab
+        .controller_opts()
+        .netns(&h1)
+        .listen("0.0.0.0:6653")
+        .args(&["--idle-timeout", "30"]);
+    let mut ctl = Controller::start(&opts);
+    let api = ctl.api().clone();
+    for i in 1..=2 {
+        api.ok(
+            "POST",
+            "/api/hosts",
+            Some(&format!(
+                r#"{{"name":"h{i}","dpid":{i},"ip":"{NET}.{i}","mac":"02:00:00:00:d6:0{i}","uplink_port":65000}}"#
+            )),
+        );
+    }
+    api.ok(
+        "POST",
+        "/api/networks",
+        Some(r#"{"name":"blue","subnet":"10.214.0.0/24"}"#),
+    );
+    let container = |id: &str, host: &str, port: u32| {
+        api.ok(
+            "POST",
+            "/api/containers",
+            Some(&format!(
+                r#"{{"id":"{id}","network":"blue","host":"{host}","port":{port}}}"#
+            )),
+        )
+    };
+    let a = container("ca", "h1", 1);
+    let b = container("cb", "h2", 1);
+    let c = container("cc", "h1", 2);
+    let na = lab.container(&h1, "a", "ca", &field(&a, "ip"), &field(&a, "mac"));
+    let _nb = lab.container(&h2, "b", "cb", &field(&b, "ip"), &field(&b, "mac"));
+    let _nc = lab.container(&h1, "c", "cc", &field(&c, "ip"), &field(&c, "mac"));
+    let mut ag1 = lab.agent(
+        &h1,
+        &[
+            "--uplink",
+            "eth0",
+            "--datapath-id",
+            "1",
+            "--port",
+            "ca=1",
+            "--port",
+            "cc=2",
+            "--controller",
+            "tcp:127.0.0.1:6653",
+        ],
+    );
+    let _ag2 = lab.agent(
+        &h2,
+        &[
+            "--uplink",
+            "eth0",
+            "--datapath-id",
+            "2",
+            "--port",
+            "cb=1",
+            "--controller",
+            &format!("tcp:{NET}.1:6653"),
+        ],
+    );
+    wait_connected(&ctl, 2);
+    let (ipb, ipc) = (field(&b, "ip"), field(&c, "ip"));
+    // Established flows.
+    assert!(na.ping(&ipb, 1, 3), "first cross-host ping failed");
+    assert!(na.ping(&ipc, 1, 3), "first same-host ping failed");
+    let count = 500; // 5 s at 10 ms
+
+    for how in ["SIGTERM", "kill -9"] {
+        let before = pair_flows(&ag1);
+        assert!(before.len() >= 4, "{before:#?}");
+        let pb = Pinger::start(&na, &ipb, count);
+        let pc = Pinger::start(&na, &ipc, count);
+        std::thread::sleep(Duration::from_millis(500));
+        if how == "SIGTERM" {
+            let st = ctl.terminate();
+            assert!(st.is_some_and(|s| s.success()), "{st:?}");
+        } else {
+            ctl.kill9();
+        }
+        ctl = Controller::start(&opts);
+        wait_connected(&ctl, 2);
+        for (p, what) in [(pb, "cross host"), (pc, "same host")] {
+            let (sent, got) = p.finish();
+            assert_eq!(
+                got,
+                sent,
+                "controller restart ({how}): {what} ping lost {} of {sent}",
+                sent - got
+            );
+        }
+        same_flows_kept(&ag1, &before, &format!("controller restart ({how})"));
+    }
+
+    // The agent of host 1 restarts under the same pings.
+    let before = pair_flows(&ag1);
+    let pb = Pinger::start(&na, &ipb, count);
+    let pc = Pinger::start(&na, &ipc, count);
+    std::thread::sleep(Duration::from_millis(500));
+    ag1.stop();
+    ag1.start();
+    wait_connected(&ctl, 2);
+    for (p, what) in [(pb, "cross host"), (pc, "same host")] {
+        let (sent, got) = p.finish();
+        assert_eq!(
+            got,
+            sent,
+            "agent restart: {what} ping lost {} of {sent}",
+            sent - got
+        );
+    }
+    same_flows_kept(&ag1, &before, "agent restart");
+}
