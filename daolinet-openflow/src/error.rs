@@ -237,7 +237,7 @@ impl DecodeError {
 }
 
 /// Why a message could not be encoded.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum EncodeError {
     /// The encoded message (or one of its length-prefixed parts) would exceed
     /// the 16-bit length field (or the encoder's configured maximum).

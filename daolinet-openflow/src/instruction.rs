@@ -1,8 +1,11 @@
 //! Instructions (`ofp_instruction_*`).
 
+use std::convert::Infallible;
+
 use bytes::{BufMut, BytesMut};
 
-use crate::action::{decode_actions, encode_actions, Action};
+use crate::action::{decode_actions, Action};
+use crate::emit::put_actions_instruction;
 use crate::error::{ErrorCode, Fail};
 use crate::wire::{make_room, pad_to_8, patch_len, push_in_place, zeros, Reader};
 
@@ -86,11 +89,12 @@ impl Instruction {
                 } else {
                     OFPIT_APPLY_ACTIONS
                 };
-                buf.put_u16(ty);
-                buf.put_u16(0);
-                zeros(buf, 4);
-                encode_actions(a, buf);
-                patch_len(buf, start + 2, start);
+                let Ok(()) = put_actions_instruction::<Infallible>(buf, ty, false, |w| {
+                    for x in a {
+                        w.action(x);
+                    }
+                    Ok(())
+                });
             }
             Instruction::ClearActions => {
                 buf.put_u16(OFPIT_CLEAR_ACTIONS);

@@ -12,6 +12,8 @@
 //! - [`Match`], [`OxmField`], [`Instruction`], [`Action`] model flow entries;
 //!   unknown-but-well-formed items (NXM fields, experimenter actions, unknown
 //!   multipart types...) are kept raw and re-encoded byte for byte.
+//! - [`emit`]: a FLOW_MOD or PACKET_OUT written straight into the output
+//!   buffer from borrowed parts (no message built first), for hot paths.
 //! - [`flow_syntax`]: `Display` and parsers for an ovs-ofctl-like flow syntax
 //!   (`in_port=2,ip,nw_src=10.0.0.1 actions=set_field:...,output:3`).
 //!
@@ -65,6 +67,7 @@
 
 pub mod action;
 pub mod consts;
+pub mod emit;
 pub mod error;
 pub mod flow_syntax;
 pub mod header;

@@ -13,7 +13,7 @@ use bytes::{BufMut, BytesMut};
 
 use crate::consts::*;
 use crate::error::{ErrorCode, Fail};
-use crate::wire::{make_room, pad8, push_in_place, zeros, Reader};
+use crate::wire::{make_room, pad8, push_in_place, Reader};
 
 /// An Ethernet address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -578,13 +578,12 @@ impl Match {
 
     /// Append the `ofp_match` structure, padded to a multiple of 8.
     pub fn encode(&self, buf: &mut BytesMut) {
-        let len = self.encoded_len();
-        buf.put_u16(1); // OFPMT_OXM
-        buf.put_u16(u16::try_from(len).unwrap_or(u16::MAX));
-        for f in &self.fields {
-            f.encode(buf);
-        }
-        zeros(buf, pad8(len) - len);
+        let Ok(()) = crate::emit::put_match::<std::convert::Infallible>(buf, |w| {
+            for f in &self.fields {
+                w.field(f);
+            }
+            Ok(())
+        });
     }
 
     /// Decode an `ofp_match` (with its padding) from `r`.

@@ -1,24 +1,23 @@
 //! Pure translation between the policy's own flow representation
 //! ([`FlowSpec`], [`Decision`]) and OpenFlow 1.3 messages of
 //! `daolinet_openflow`, in both directions for matches (FLOW_REMOVED carries
-//! the match of the removed flow).
+//! the match of the removed flow). The hot path (FLOW_MOD adds and
+//! PACKET_OUTs) maps the policy's values onto `daolinet_openflow::emit`,
+//! which writes the wire bytes straight into the connection's buffer.
 
-use bytes::{BufMut as _, BytesMut};
+use bytes::BytesMut;
 use daolinet_openflow::{
     consts::{
         OFPCML_NO_BUFFER, OFPFC_ADD, OFPFF_SEND_FLOW_REM, OFPG_ANY, OFPP_ANY, OFPP_CONTROLLER,
-        OFPP_IN_PORT, OFPP_LOCAL, OFPP_MAX, OFPT_FLOW_MOD, OFPT_PACKET_OUT, OFP_NO_BUFFER,
-        OFP_VERSION,
+        OFPP_IN_PORT, OFPP_LOCAL, OFPP_MAX, OFP_NO_BUFFER,
     },
-    Action, FlowMod, FlowStats, Instruction, MacAddr as OfMac, Match, Message, OxmField, PacketOut,
-    MAX_MESSAGE_LEN,
+    emit::{self, FlowModHead},
+    Action, EncodeError, FlowMod, FlowStats, Instruction, MacAddr as OfMac, Match, Message,
+    OxmField, PacketOut,
 };
 
 use daolinet_policy::addr::MacAddr;
 use daolinet_policy::{ActionSpec, Decision, FlowSpec, Ipv4Match, MatchSpec, ETH_TYPE_IPV4};
-
-/// OFPIT_APPLY_ACTIONS (instruction type).
-const OFPIT_APPLY_ACTIONS: u16 = 4;
 
 /// IP protocol number of TCP.
 pub const IPPROTO_TCP: u8 = 6;
@@ -34,9 +33,9 @@ pub enum TranslateError {
     /// An IPv4 prefix longer than 32.
     #[error("IPv4 prefix length {0} above 32")]
     BadPrefix(u8),
-    /// The message would exceed 65535 bytes (e.g. a huge frame).
-    #[error("message of {0} bytes exceeds the OpenFlow maximum of 65535")]
-    TooLong(usize),
+    /// The message cannot be encoded (e.g. a frame making it exceed 65535 bytes).
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
 }
 
 /// A transport-port OXM constructor (`OxmField::TcpSrc` ...).
@@ -225,41 +224,6 @@ fn each_action(
     Ok(())
 }
 
-/// Writes `v` as a big-endian u16 at `at` (which `buf` already holds).
-fn patch_u16(buf: &mut BytesMut, at: usize, v: usize) {
-    if let Some(b) = buf.get_mut(at..at + 2) {
-        b.copy_from_slice(&u16::try_from(v).unwrap_or(u16::MAX).to_be_bytes());
-    }
-}
-
-/// Runs `body` appending one message to `buf` after an OpenFlow header
-/// (version 1.3, `msg_type`, `xid`) and sets the header's length; on error
-/// or when the message exceeds 65535 bytes `buf` is left as it was.
-fn put_message(
-    buf: &mut BytesMut,
-    msg_type: u8,
-    xid: u32,
-    body: impl FnOnce(&mut BytesMut) -> Result<(), TranslateError>,
-) -> Result<(), TranslateError> {
-    let start = buf.len();
-    buf.put_u8(OFP_VERSION);
-    buf.put_u8(msg_type);
-    buf.put_u16(0);
-    buf.put_u32(xid);
-    let r = body(buf).and_then(|()| {
-        let len = buf.len() - start;
-        if len > MAX_MESSAGE_LEN {
-            return Err(TranslateError::TooLong(len));
-        }
-        patch_u16(buf, start + 2, len);
-        Ok(())
-    });
-    if r.is_err() {
-        buf.truncate(start);
-    }
-    r
-}
-
 /// The FLOW_MOD flags of `f`: flows with a timeout ask for a FLOW_REMOVED
 /// (`OFPFF_SEND_FLOW_REM`) so the flow registry learns about their expiry.
 fn flow_flags(f: &FlowSpec) -> u16 {
@@ -270,51 +234,40 @@ fn flow_flags(f: &FlowSpec) -> u16 {
     }
 }
 
+/// The fixed part of the FLOW_MOD adding `f`.
+fn flow_mod_head(f: &FlowSpec) -> FlowModHead {
+    FlowModHead {
+        cookie: f.cookie,
+        cookie_mask: 0,
+        table_id: f.table,
+        command: OFPFC_ADD,
+        idle_timeout: f.idle_timeout,
+        hard_timeout: f.hard_timeout,
+        priority: f.priority,
+        buffer_id: OFP_NO_BUFFER,
+        out_port: OFPP_ANY,
+        out_group: OFPG_ANY,
+        flags: flow_flags(f),
+    }
+}
+
 /// Appends the FLOW_MOD adding `f` with transaction id `xid` straight to
-/// `buf`: the same bytes as encoding [`flow_mod`]'s message, without
-/// building it (no intermediate match, instruction or action vectors, one
-/// pass). On error `buf` is unchanged.
+/// `buf` ([`emit::flow_mod`]): the same bytes as encoding [`flow_mod`]'s
+/// message, without building it (no intermediate match, instruction or
+/// action vectors, one pass). On error `buf` is unchanged.
 pub fn put_flow_mod(f: &FlowSpec, xid: u32, buf: &mut BytesMut) -> Result<(), TranslateError> {
-    put_message(buf, OFPT_FLOW_MOD, xid, |buf| {
-        buf.put_u64(f.cookie);
-        buf.put_u64(0); // cookie_mask
-        buf.put_u8(f.table);
-        buf.put_u8(OFPFC_ADD);
-        buf.put_u16(f.idle_timeout);
-        buf.put_u16(f.hard_timeout);
-        buf.put_u16(f.priority);
-        buf.put_u32(OFP_NO_BUFFER);
-        buf.put_u32(OFPP_ANY);
-        buf.put_u32(OFPG_ANY);
-        buf.put_u16(flow_flags(f));
-        buf.put_u16(0); // pad
-                        // ofp_match: type OXM, length without padding, fields, pad to 8.
-        let m = buf.len();
-        buf.put_u16(1);
-        buf.put_u16(0);
-        each_match_field(&f.match_, |x| x.encode(buf))?;
-        let mlen = buf.len() - m;
-        patch_u16(buf, m + 2, mlen);
-        buf.put_bytes(0, mlen.next_multiple_of(8) - mlen);
-        // One APPLY_ACTIONS instruction, none when no action remains.
-        let i = buf.len();
-        buf.put_u16(OFPIT_APPLY_ACTIONS);
-        buf.put_u16(0);
-        buf.put_u32(0); // pad
-        each_action(&f.actions, f.match_.ip_proto, |a| a.encode(buf))?;
-        if buf.len() == i + 8 {
-            buf.truncate(i);
-        } else {
-            let ilen = buf.len() - i;
-            patch_u16(buf, i + 2, ilen);
-        }
-        Ok(())
-    })
+    emit::flow_mod(
+        buf,
+        xid,
+        &flow_mod_head(f),
+        |w| each_match_field(&f.match_, |x| w.field(&x)),
+        |w| each_action(&f.actions, f.match_.ip_proto, |a| w.action(&a)),
+    )
 }
 
 /// Appends the PACKET_OUT sending `data` with `actions` as if received on
-/// `in_port` straight to `buf` (the same bytes as encoding the message of
-/// [`to_message`]). On error `buf` is unchanged.
+/// `in_port` straight to `buf` ([`emit::packet_out`]; the same bytes as
+/// encoding the message of [`to_message`]). On error `buf` is unchanged.
 pub fn put_packet_out(
     in_port: u32,
     actions: &[ActionSpec],
@@ -322,45 +275,27 @@ pub fn put_packet_out(
     xid: u32,
     buf: &mut BytesMut,
 ) -> Result<(), TranslateError> {
-    put_message(buf, OFPT_PACKET_OUT, xid, |buf| {
-        buf.put_u32(OFP_NO_BUFFER);
-        buf.put_u32(in_port);
-        let at = buf.len();
-        buf.put_u16(0);
-        buf.put_bytes(0, 6);
-        let start = buf.len();
-        each_action(actions, frame_ip_proto(data), |a| a.encode(buf))?;
-        let alen = buf.len() - start;
-        patch_u16(buf, at, alen);
-        buf.put_slice(data);
-        Ok(())
-    })
+    emit::packet_out(
+        buf,
+        xid,
+        in_port,
+        |w| each_action(actions, frame_ip_proto(data), |a| w.action(&a)),
+        data,
+    )
 }
 
 /// The FLOW_MOD (OFPFC_ADD) installing `f`. Flows with a timeout ask for a
 /// FLOW_REMOVED (`OFPFF_SEND_FLOW_REM`) so the controller's flow registry
 /// learns about their expiry.
 pub fn flow_mod(f: &FlowSpec) -> Result<FlowMod, TranslateError> {
-    let mut fm = FlowMod {
-        match_: to_match(&f.match_)?,
-        ..FlowMod::default()
-    };
+    let match_ = to_match(&f.match_)?;
     let actions = to_actions(&f.actions, f.match_.ip_proto)?;
-    if !actions.is_empty() {
-        fm.instructions.push(Instruction::ApplyActions(actions));
-    }
-    fm.cookie = f.cookie;
-    fm.cookie_mask = 0;
-    fm.table_id = f.table;
-    fm.command = OFPFC_ADD;
-    fm.idle_timeout = f.idle_timeout;
-    fm.hard_timeout = f.hard_timeout;
-    fm.priority = f.priority;
-    fm.buffer_id = OFP_NO_BUFFER;
-    fm.out_port = OFPP_ANY;
-    fm.out_group = OFPG_ANY;
-    fm.flags = flow_flags(f);
-    Ok(fm)
+    let instructions = if actions.is_empty() {
+        Vec::new()
+    } else {
+        vec![Instruction::ApplyActions(actions)]
+    };
+    Ok(FlowMod::from_parts(flow_mod_head(f), match_, instructions))
 }
 
 /// The IP protocol of an Ethernet frame carrying IPv4, if any (for
@@ -709,7 +644,7 @@ mod tests {
         );
         assert!(matches!(
             put_packet_out(2, &[], &vec![0; 70_000], 6, &mut direct),
-            Err(TranslateError::TooLong(_))
+            Err(TranslateError::Encode(EncodeError::TooLong { .. }))
         ));
         assert_eq!(direct, via);
     }

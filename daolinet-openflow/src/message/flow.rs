@@ -1,13 +1,16 @@
 //! Flow-table messages: FLOW_MOD, FLOW_REMOVED, PACKET_IN, PACKET_OUT.
 
+use std::convert::Infallible;
+
 use bytes::{BufMut, BytesMut};
 
-use crate::action::{decode_actions, encode_actions, Action};
+use crate::action::{decode_actions, Action};
 use crate::consts::*;
+use crate::emit::{put_packet_out_body, FlowModHead};
 use crate::error::{ErrorCode, Fail};
 use crate::instruction::{decode_instructions, encode_instructions, Instruction};
 use crate::oxm::Match;
-use crate::wire::{be16, be32, be64, patch_u16, zeros, Reader};
+use crate::wire::{be16, be32, be64, zeros, Reader};
 
 use super::bad_len;
 
@@ -202,19 +205,45 @@ impl FlowMod {
         })
     }
 
+    /// The fixed part (everything but the match and the instructions), as
+    /// [`crate::emit::flow_mod`] takes it.
+    pub fn head(&self) -> FlowModHead {
+        FlowModHead {
+            cookie: self.cookie,
+            cookie_mask: self.cookie_mask,
+            table_id: self.table_id,
+            command: self.command,
+            idle_timeout: self.idle_timeout,
+            hard_timeout: self.hard_timeout,
+            priority: self.priority,
+            buffer_id: self.buffer_id,
+            out_port: self.out_port,
+            out_group: self.out_group,
+            flags: self.flags,
+        }
+    }
+
+    /// A FLOW_MOD of a fixed part, a match and instructions.
+    pub fn from_parts(head: FlowModHead, match_: Match, instructions: Vec<Instruction>) -> Self {
+        FlowMod {
+            cookie: head.cookie,
+            cookie_mask: head.cookie_mask,
+            table_id: head.table_id,
+            command: head.command,
+            idle_timeout: head.idle_timeout,
+            hard_timeout: head.hard_timeout,
+            priority: head.priority,
+            buffer_id: head.buffer_id,
+            out_port: head.out_port,
+            out_group: head.out_group,
+            flags: head.flags,
+            match_,
+            instructions,
+        }
+    }
+
     pub(crate) fn encode(&self, buf: &mut BytesMut) {
-        buf.put_u64(self.cookie);
-        buf.put_u64(self.cookie_mask);
-        buf.put_u8(self.table_id);
-        buf.put_u8(self.command);
-        buf.put_u16(self.idle_timeout);
-        buf.put_u16(self.hard_timeout);
-        buf.put_u16(self.priority);
-        buf.put_u32(self.buffer_id);
-        buf.put_u32(self.out_port);
-        buf.put_u32(self.out_group);
-        buf.put_u16(self.flags);
-        zeros(buf, 2);
+        self.head().put(buf);
         self.match_.encode(buf);
         encode_instructions(&self.instructions, buf);
     }
@@ -340,15 +369,18 @@ impl PacketOut {
     }
 
     pub(crate) fn encode(&self, buf: &mut BytesMut) {
-        buf.put_u32(self.buffer_id);
-        buf.put_u32(self.in_port);
-        let len_at = buf.len();
-        buf.put_u16(0);
-        zeros(buf, 6);
-        let start = buf.len();
-        encode_actions(&self.actions, buf);
-        patch_u16(buf, len_at, buf.len() - start);
-        buf.put_slice(&self.data);
+        let Ok(()) = put_packet_out_body::<Infallible>(
+            buf,
+            self.buffer_id,
+            self.in_port,
+            |w| {
+                for a in &self.actions {
+                    w.action(a);
+                }
+                Ok(())
+            },
+            &self.data,
+        );
     }
 }
 

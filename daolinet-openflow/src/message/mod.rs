@@ -352,20 +352,8 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, DecodeError> {
 ///
 /// Fails, leaving `buf` as it was, when the message would exceed 65535 bytes.
 pub fn encode(msg: &Message, xid: u32, buf: &mut BytesMut) -> Result<(), EncodeError> {
-    let start = buf.len();
-    buf.put_u8(msg.version());
-    buf.put_u8(msg.msg_type());
-    buf.put_u16(0);
-    buf.put_u32(xid);
-    msg.encode_body(buf);
-    let len = buf.len() - start;
-    if len > MAX_MESSAGE_LEN {
-        buf.truncate(start);
-        return Err(EncodeError::TooLong {
-            len,
-            max: MAX_MESSAGE_LEN,
-        });
-    }
-    crate::wire::patch_u16(buf, start + 2, len);
-    Ok(())
+    crate::emit::message(buf, msg.version(), msg.msg_type(), xid, |buf| {
+        msg.encode_body(buf);
+        Ok::<(), EncodeError>(())
+    })
 }
