@@ -108,21 +108,25 @@ impl Default for FlowModHead {
 }
 
 impl FlowModHead {
-    /// Appends the 40 bytes of `ofp_flow_mod` between the header and the match.
+    /// Appends the 40 bytes of `ofp_flow_mod` between the header and the
+    /// match (built on the stack and appended at once: one capacity check
+    /// instead of one per field).
     #[inline]
     pub(crate) fn put(&self, buf: &mut BytesMut) {
-        buf.put_u64(self.cookie);
-        buf.put_u64(self.cookie_mask);
-        buf.put_u8(self.table_id);
-        buf.put_u8(self.command);
-        buf.put_u16(self.idle_timeout);
-        buf.put_u16(self.hard_timeout);
-        buf.put_u16(self.priority);
-        buf.put_u32(self.buffer_id);
-        buf.put_u32(self.out_port);
-        buf.put_u32(self.out_group);
-        buf.put_u16(self.flags);
-        zeros(buf, 2);
+        let mut b = [0u8; 40];
+        b[0..8].copy_from_slice(&self.cookie.to_be_bytes());
+        b[8..16].copy_from_slice(&self.cookie_mask.to_be_bytes());
+        b[16] = self.table_id;
+        b[17] = self.command;
+        b[18..20].copy_from_slice(&self.idle_timeout.to_be_bytes());
+        b[20..22].copy_from_slice(&self.hard_timeout.to_be_bytes());
+        b[22..24].copy_from_slice(&self.priority.to_be_bytes());
+        b[24..28].copy_from_slice(&self.buffer_id.to_be_bytes());
+        b[28..32].copy_from_slice(&self.out_port.to_be_bytes());
+        b[32..36].copy_from_slice(&self.out_group.to_be_bytes());
+        b[36..38].copy_from_slice(&self.flags.to_be_bytes());
+        // b[38..40]: pad
+        buf.put_slice(&b);
     }
 }
 
@@ -169,10 +173,9 @@ pub(crate) fn message<E: From<EncodeError>>(
     body: impl FnOnce(&mut BytesMut) -> Result<(), E>,
 ) -> Result<(), E> {
     let start = buf.len();
-    buf.put_u8(version);
-    buf.put_u8(msg_type);
-    buf.put_u16(0);
-    buf.put_u32(xid);
+    let x = xid.to_be_bytes();
+    // The length (bytes 2..4) is set at the end.
+    buf.put_slice(&[version, msg_type, 0, 0, x[0], x[1], x[2], x[3]]);
     let r = body(buf).and_then(|()| {
         let len = buf.len() - start;
         if len > MAX_MESSAGE_LEN {
@@ -198,8 +201,8 @@ pub(crate) fn put_match<E>(
     fields: impl FnOnce(&mut Fields<'_>) -> Result<(), E>,
 ) -> Result<(), E> {
     let start = buf.len();
-    buf.put_u16(OFPMT_OXM);
-    buf.put_u16(0);
+    let t = OFPMT_OXM.to_be_bytes();
+    buf.put_slice(&[t[0], t[1], 0, 0]);
     fields(&mut Fields { buf })?;
     let len = buf.len() - start;
     patch_u16(buf, start + 2, len);
@@ -218,9 +221,8 @@ pub(crate) fn put_actions_instruction<E>(
     actions: impl FnOnce(&mut Actions<'_>) -> Result<(), E>,
 ) -> Result<(), E> {
     let start = buf.len();
-    buf.put_u16(instruction_type);
-    buf.put_u16(0);
-    zeros(buf, 4);
+    let t = instruction_type.to_be_bytes();
+    buf.put_slice(&[t[0], t[1], 0, 0, 0, 0, 0, 0]);
     actions(&mut Actions { buf })?;
     if omit_empty && buf.len() == start + 8 {
         buf.truncate(start);
@@ -240,11 +242,12 @@ pub(crate) fn put_packet_out_body<E>(
     actions: impl FnOnce(&mut Actions<'_>) -> Result<(), E>,
     data: &[u8],
 ) -> Result<(), E> {
-    buf.put_u32(buffer_id);
-    buf.put_u32(in_port);
-    let len_at = buf.len();
-    buf.put_u16(0);
-    zeros(buf, 6);
+    let len_at = buf.len() + 8;
+    let mut b = [0u8; 16];
+    b[0..4].copy_from_slice(&buffer_id.to_be_bytes());
+    b[4..8].copy_from_slice(&in_port.to_be_bytes());
+    // b[8..10]: actions length, set below; b[10..16]: pad.
+    buf.put_slice(&b);
     let start = buf.len();
     actions(&mut Actions { buf })?;
     patch_u16(buf, len_at, buf.len() - start);
