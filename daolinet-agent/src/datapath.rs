@@ -475,6 +475,8 @@ pub struct Datapath {
     /// next run takes them over); otherwise (a failed start or run) they
     /// are unpinned and detached.
     keep_links: bool,
+    /// Rules the maps hold at most.
+    capacity: u32,
 }
 
 impl Drop for Datapath {
@@ -490,6 +492,34 @@ impl Drop for Datapath {
     }
 }
 
+/// Most rules `--max-flows` may ask for.
+pub const MAX_FLOWS_LIMIT: u32 = 1 << 26;
+
+/// The default `--max-flows` for a host with `mem_total` bytes of memory:
+/// about a sixteenth of it at 1 KiB per flow (the userspace table and the
+/// kernel maps together), between 65,536 and 4,194,304. Nothing is
+/// allocated up front for it: memory follows the flows installed.
+pub fn default_max_flows(mem_total: u64) -> u32 {
+    (mem_total / 16 / 1024).clamp(65_536, 4_194_304) as u32
+}
+
+/// `MemTotal` of /proc/meminfo in bytes.
+pub fn mem_total() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// The maps sized by the number of rules.
+const RULE_MAPS: [&str; 3] = [names::FLOWS, names::RULE_STATS, names::RULE_META];
+
 impl Datapath {
     /// A clean stop: the programs stay attached (pinned) with the pinned
     /// maps, so the datapath keeps forwarding until the agent runs again
@@ -502,13 +532,38 @@ impl Datapath {
     /// already pinned in `pin_dir` (so rules survive an agent restart) and
     /// verify both programs. `pin_dir` must be inside a mounted bpffs (see
     /// [`ensure_bpffs`]).
-    pub fn load(object: &[u8], pin_dir: &Path) -> Result<Self> {
+    ///
+    /// The maps that grow with the rules are sized for `max_rules`. Maps
+    /// pinned by an earlier run keep the size they were created with: then
+    /// [`Datapath::capacity`] says what they hold (a different `max_rules`
+    /// needs a fresh state directory or bpffs).
+    pub fn load(object: &[u8], pin_dir: &Path, max_rules: u32) -> Result<Self> {
+        if max_rules == 0 {
+            bail!("the datapath must hold at least one rule");
+        }
         std::fs::create_dir_all(pin_dir)
             .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(pin_dir)
-            .load(object)
-            .context("loading the BPF object")?;
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(pin_dir);
+        for m in RULE_MAPS {
+            loader.map_max_entries(m, max_rules);
+        }
+        let mut ebpf = loader.load(object).context("loading the BPF object")?;
+        let mut capacity = max_rules;
+        for m in RULE_MAPS {
+            let info = aya::maps::MapInfo::from_pin(pin_dir.join(m))
+                .with_context(|| format!("reading the size of map {m}"))?;
+            capacity = capacity.min(info.max_entries());
+        }
+        if capacity < max_rules {
+            tracing::warn!(
+                capacity,
+                asked = max_rules,
+                pins = %pin_dir.display(),
+                "the maps pinned by an earlier run hold fewer rules than asked for \
+                 (--max-flows); remove the pins (a fresh state) to resize them"
+            );
+        }
         let tc: &mut SchedClassifier = ebpf
             .program_mut(names::PROG_TC)
             .context("no TC program in the BPF object")?
@@ -528,7 +583,13 @@ impl Datapath {
             punt_ring: None,
             keep_links: false,
             batch_maps: StdHashMap::new(),
+            capacity,
         })
+    }
+
+    /// How many rules the maps hold at most (see [`Datapath::load`]).
+    pub fn capacity(&self) -> u32 {
+        self.capacity
     }
 
     /// The bpffs directory holding the pinned maps.
@@ -1151,6 +1212,15 @@ impl Datapath {
 #[cfg(test)]
 mod cap_tests {
     use super::*;
+
+    #[test]
+    fn the_default_flow_limit_follows_the_host_memory() {
+        assert_eq!(default_max_flows(0), 65_536);
+        assert_eq!(default_max_flows(1 << 30), 65_536);
+        assert_eq!(default_max_flows(24 << 30), 1_572_864);
+        assert_eq!(default_max_flows(1 << 40), 4_194_304);
+        assert!(mem_total().is_some_and(|m| m > 0));
+    }
 
     #[test]
     fn missing_capabilities_are_named() {

@@ -98,6 +98,12 @@ enum Cmd {
         /// the pool is read from the API. `none` sets nothing up.
         #[arg(long, env = "DAOLI_NAT_POOL", value_name = "CIDR|none")]
         nat_pool: Option<String>,
+        /// Most flows the switch holds (the datapath maps are sized for it at
+        /// load; memory follows the flows installed, not this number). Default:
+        /// from the host's memory (a sixteenth of it at 1 KiB per flow, 65,536
+        /// to 4,194,304). Maps pinned by an earlier run keep their size.
+        #[arg(long, value_name = "N")]
+        max_flows: Option<u32>,
         /// Self-registration with the controller's REST API.
         #[command(flatten)]
         register: Box<RegisterArgs>,
@@ -211,6 +217,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             arp_responder,
             reply_spin_us,
             nat_pool,
+            max_flows,
             register,
         } => {
             let nat_pool = match nat_pool.as_deref() {
@@ -219,6 +226,16 @@ fn dispatch(cli: Cli) -> Result<()> {
                 Some(p) => {
                     NatPool::Given(p.parse().map_err(|e: String| anyhow!("--nat-pool: {e}"))?)
                 }
+            };
+            let max_flows = match max_flows {
+                Some(n) if n == 0 || n > daolinet_agent::datapath::MAX_FLOWS_LIMIT => bail!(
+                    "--max-flows {n}: expected 1 to {}",
+                    daolinet_agent::datapath::MAX_FLOWS_LIMIT
+                ),
+                Some(n) => n,
+                None => daolinet_agent::datapath::default_max_flows(
+                    daolinet_agent::datapath::mem_total().unwrap_or(0),
+                ),
             };
             let controllers = controller
                 .iter()
@@ -264,6 +281,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                     dpid_given: dpid.is_some(),
                     spin: daolinet_agent::fastpath::ReplySpin::micros(reply_spin_us),
                     nat_pool,
+                    max_flows,
                     register: {
                         let RegisterArgs {
                             api,
@@ -347,6 +365,7 @@ struct Net {
     dpid_given: bool,
     spin: daolinet_agent::fastpath::ReplySpin,
     nat_pool: NatPool,
+    max_flows: u32,
     register: Option<Register>,
 }
 
@@ -423,7 +442,7 @@ fn run(
     let _ = std::fs::remove_file(&sock);
     daolinet_agent::datapath::ensure_bpffs(bpffs)?;
     let pin_dir = bpffs.join("daolinet").join(pin_name(dir));
-    let mut dp = Datapath::load(&object_bytes, &pin_dir)?;
+    let mut dp = Datapath::load(&object_bytes, &pin_dir, net.max_flows)?;
     drop(object_bytes);
     tracing::info!(%object, pins = %pin_dir.display(), "datapath loaded");
     let saved = dp.saved_rules()?;
@@ -436,12 +455,13 @@ fn run(
         dp.forget_rules(&saved.lost)?;
     }
     let flows = FlowTable::new(
-        RuleTable::restore(&saved.subtables, saved.rules),
+        RuleTable::restore(&saved.subtables, saved.rules).with_limit(dp.capacity()),
         daolinet_agent::engine::now_ns(),
     );
     tracing::info!(
         datapath_id = format!("{:016x}", net.settings.datapath_id),
         fail_mode = ?net.settings.fail_mode,
+        max_flows = dp.capacity(),
         "OpenFlow 1.3 switch"
     );
     let mut eng = Engine::new(

@@ -600,7 +600,7 @@ impl Switch {
                     return Err(code(of::OFPET_TABLE_FEATURES_FAILED, 5));
                 }
                 vec![MultipartReply::new(Rep::TableFeatures(vec![
-                    table_features(),
+                    table_features(self.flows.rules().limit()),
                 ]))]
             }
             _ => return Err(code(of::OFPET_BAD_REQUEST, of::OFPBRC_BAD_MULTIPART)),
@@ -888,7 +888,7 @@ fn oxm_ids(fields: impl Iterator<Item = (u32, u32, bool)>) -> Vec<u8> {
 
 /// The one table's features: apply-actions only; output, dec_ttl and
 /// set_field; the match fields of [`MATCH_FIELDS`].
-fn table_features() -> of::TableFeatures {
+fn table_features(max_entries: u32) -> of::TableFeatures {
     let ids = |types: &[u16]| -> Vec<u8> {
         types
             .iter()
@@ -915,7 +915,7 @@ fn table_features() -> of::TableFeatures {
         metadata_match: 0,
         metadata_write: 0,
         config: 0,
-        max_entries: daolinet_common::MAX_RULES,
+        max_entries,
         properties: vec![
             prop(0, ids(&[4])),         // OFPTFPT_INSTRUCTIONS
             prop(1, ids(&[4])),         // OFPTFPT_INSTRUCTIONS_MISS

@@ -135,7 +135,7 @@ fn outputs_to(r: &Rule, port: u32) -> bool {
 
 fn table_error(e: TableError) -> ErrorCode {
     match e {
-        TableError::Full | TableError::TooManyMasks => {
+        TableError::Full(_) | TableError::TooManyMasks => {
             err(of::OFPET_FLOW_MOD_FAILED, of::OFPFMFC_TABLE_FULL)
         }
         TableError::TooManyActions(_) => err(of::OFPET_BAD_ACTION, 7),

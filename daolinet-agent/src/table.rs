@@ -56,9 +56,9 @@ pub enum MapOp {
 /// Why a rule cannot be installed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TableError {
-    /// All [`MAX_RULES`] rule ids are in use.
-    #[error("rule table full ({MAX_RULES} rules)")]
-    Full,
+    /// Every rule id the datapath has room for is in use.
+    #[error("rule table full ({0} rules)")]
+    Full(u32),
     /// The rule needs a new mask but [`MAX_SUBTABLES`] are in use.
     #[error("too many distinct match masks (at most {MAX_SUBTABLES})")]
     TooManyMasks,
@@ -89,7 +89,7 @@ impl SubtableState {
 /// Every operation is proportional to the number of rules sharing one
 /// (mask, key) plus the number of subtables, not to the table size, so
 /// bulk installs stay fast.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RuleTable {
     rules: BTreeMap<u32, Rule>,
     /// Rule ids by (masked key, mask).
@@ -100,12 +100,41 @@ pub struct RuleTable {
     next_sub_id: u32,
     /// The subtable list last handed to the datapath.
     last_list: Vec<Subtable>,
+    /// Most rules (rule ids are below it).
+    limit: u32,
+}
+
+impl Default for RuleTable {
+    fn default() -> Self {
+        RuleTable {
+            rules: BTreeMap::new(),
+            groups: HashMap::default(),
+            subtables: Vec::new(),
+            next_id: 0,
+            free_ids: Vec::new(),
+            next_sub_id: 0,
+            last_list: Vec::new(),
+            limit: MAX_RULES,
+        }
+    }
 }
 
 impl RuleTable {
-    /// An empty table.
+    /// An empty table of [`MAX_RULES`] rules at most.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The same table holding at most `limit` rules (the datapath's
+    /// capacity): rule ids stay below it.
+    pub fn with_limit(mut self, limit: u32) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// Most rules this table holds.
+    pub fn limit(&self) -> u32 {
+        self.limit
     }
 
     /// Number of rules.
@@ -217,11 +246,11 @@ impl RuleTable {
         }
         let id = match self.free_ids.pop() {
             Some(id) => id,
-            None if self.next_id < MAX_RULES => {
+            None if self.next_id < self.limit => {
                 self.next_id += 1;
                 self.next_id - 1
             }
-            None => return Err(TableError::Full),
+            None => return Err(TableError::Full(self.limit)),
         };
         if new_sub {
             self.subtables.push(SubtableState {
@@ -504,5 +533,23 @@ mod tests {
         );
         assert_eq!(t.ids_by_cookie(5, u64::MAX).len(), 1);
         assert_eq!(t.ids_by_cookie(0, 0).len(), MAX_SUBTABLES);
+    }
+
+    #[test]
+    fn the_table_holds_what_the_datapath_has_room_for() {
+        let mut t = RuleTable::new().with_limit(3);
+        let m = [255; 4];
+        let ids: Vec<u32> = (0..3u8)
+            .map(|i| t.insert(rule(1, [10, 0, 0, i], m, 0)).unwrap().0)
+            .collect();
+        assert_eq!(ids, [0, 1, 2]);
+        assert_eq!(
+            t.insert(rule(1, [10, 0, 0, 9], m, 0)).unwrap_err(),
+            TableError::Full(3)
+        );
+        // A freed id is used again; ids never reach the limit.
+        t.remove(1).unwrap();
+        assert_eq!(t.insert(rule(1, [10, 0, 0, 9], m, 0)).unwrap().0, 1);
+        assert!(t.insert(rule(1, [10, 0, 0, 8], m, 0)).is_err());
     }
 }

@@ -36,6 +36,16 @@ fn bad_input_gets_one_clear_line_and_nothing_is_left_attached() {
     assert!(!ok);
     assert!(err.contains("bad OpenFlow port number"), "{err}");
 
+    for n in ["0", "999999999"] {
+        let (ok, err) = run_agent(&["--uplink", "up0", "--max-flows", n]);
+        assert!(!ok);
+        assert!(
+            err.contains(&format!("--max-flows {n}: expected 1 to")),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+
     let (ok, err) = run_agent(&[
         "--uplink",
         "up0",

@@ -37,8 +37,9 @@ pub use stats::{PortStats, RuleStats};
 
 /// Maximum number of distinct match masks (subtables) the datapath walks.
 pub const MAX_SUBTABLES: usize = 32;
-/// Maximum number of rules (entries of [`maps::FLOWS`], slots of the per-rule
-/// statistics and metadata).
+/// Number of rules the maps are declared with in the object (entries of
+/// [`maps::FLOWS`], slots of the per-rule statistics and metadata); the
+/// agent sets the real size when it loads the object (`--max-flows`).
 pub const MAX_RULES: u32 = 131_072;
 /// Maximum number of ports on one agent (slots of the port statistics).
 pub const MAX_PORTS: u32 = 1024;

@@ -20,9 +20,11 @@ use daolinet_common::{
 /// `BPF_F_NO_PREALLOC`: allocate hash map entries on demand.
 const BPF_F_NO_PREALLOC: u32 = 1;
 
-/// The rules: [`FlowMapKey`] -> [`FlowEntry`] (preallocated: looked up per packet).
+/// The rules: [`FlowMapKey`] -> [`FlowEntry`]. Not preallocated: memory
+/// follows the rules installed, and the agent sizes it at load time
+/// (`--max-flows`); a lookup costs the same either way.
 #[map]
-pub static DL_FLOWS: HashMap<FlowMapKey, FlowEntry> = HashMap::pinned(MAX_RULES, 0);
+pub static DL_FLOWS: HashMap<FlowMapKey, FlowEntry> = HashMap::pinned(MAX_RULES, BPF_F_NO_PREALLOC);
 
 /// The subtables (match masks), sorted by descending `max_priority`.
 #[map]

@@ -173,7 +173,7 @@ impl Datapath {
         let tag = daolinet_testlab::fresh_tag();
         let bpffs = Bpffs::mount(PathBuf::from(format!("/run/daolinet-{tag}-bpffs")));
         let pin_dir = bpffs.path().join("daolinet");
-        let dp = agent_dp::Datapath::load(&object, &pin_dir)?;
+        let dp = agent_dp::Datapath::load(&object, &pin_dir, daolinet_common::MAX_RULES)?;
         Ok(Datapath {
             dp: Some(dp),
             pin_dir,
