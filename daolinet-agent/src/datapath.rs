@@ -265,7 +265,7 @@ fn next_generation(g: u32) -> u32 {
 fn changes_rules(op: &MapOp) -> bool {
     matches!(
         op,
-        MapOp::PutFlow(..) | MapOp::DelFlow(_) | MapOp::SetSubtables(_)
+        MapOp::PutFlow(..) | MapOp::UpdateFlow(..) | MapOp::DelFlow(_) | MapOp::SetSubtables(_)
     )
 }
 
@@ -518,7 +518,7 @@ pub fn mem_total() -> Option<u64> {
 }
 
 /// The maps sized by the number of rules.
-const RULE_MAPS: [&str; 3] = [names::FLOWS, names::RULE_STATS, names::RULE_META];
+const RULE_MAPS: [&str; 2] = [names::FLOWS, names::RULE_META];
 
 impl Datapath {
     /// A clean stop: the programs stay attached (pinned) with the pinned
@@ -917,22 +917,28 @@ impl Datapath {
                         HashMap::try_from(self.map(names::FLOWS)?)?;
                     m.insert(k, e, 0).context("writing a flow entry")?;
                 }
+                MapOp::UpdateFlow(k, e) => {
+                    let mut m: HashMap<&mut MapData, FlowMapKey, FlowEntry> =
+                        HashMap::try_from(self.map(names::FLOWS)?)?;
+                    // Carry the counters over. Hits between this read and
+                    // the write below are lost (a few packets at most):
+                    // the kernel has no partial update of a hash value.
+                    let mut e = *e;
+                    if let Ok(old) = m.get(k, 0) {
+                        if old.rule_id == e.rule_id {
+                            e.packets = old.packets;
+                            e.bytes = old.bytes;
+                            e.last_used_ns = old.last_used_ns;
+                        }
+                    }
+                    m.insert(k, e, 0).context("rewriting a flow entry")?;
+                }
                 MapOp::DelFlow(k) => {
                     let mut m: HashMap<&mut MapData, FlowMapKey, FlowEntry> =
                         HashMap::try_from(self.map(names::FLOWS)?)?;
                     let _ = m.remove(k);
                 }
                 MapOp::SetSubtables(list) => self.set_subtables(list)?,
-                MapOp::ResetStats(id) => {
-                    let n = nr_cpus().map_err(|(_, e)| e)?;
-                    let mut m: PerCpuArray<&mut MapData, RuleStats> =
-                        PerCpuArray::try_from(self.map(names::RULE_STATS)?)?;
-                    m.set(
-                        *id,
-                        PerCpuValues::try_from(vec![RuleStats::default(); n])?,
-                        0,
-                    )?;
-                }
                 MapOp::PutMeta(id, meta) => {
                     let mut m: HashMap<&mut MapData, u32, RuleMeta> =
                         HashMap::try_from(self.map(names::RULE_META)?)?;
@@ -952,19 +958,13 @@ impl Datapath {
     }
 
     /// Apply table changes like [`Datapath::apply`], but write runs of
-    /// additions (counter resets, metadata, classifier entries) with one
+    /// additions (metadata, new classifier entries) with one
     /// `BPF_MAP_UPDATE_BATCH` call per map instead of one call per entry.
-    /// Within such a run the resets go first, then the metadata, then the
-    /// entries (later writes of the same key win, as one by one); removals
-    /// and subtable lists keep their place. Falls back to one by one when
-    /// the kernel refuses a batch.
+    /// Within such a run the metadata goes first, then the entries (later
+    /// writes of the same key win, as one by one); everything else keeps
+    /// its place. Falls back to one by one when the kernel refuses a batch.
     pub fn apply_batched(&mut self, ops: &[MapOp]) -> Result<()> {
-        let adds = |o: &MapOp| {
-            matches!(
-                o,
-                MapOp::ResetStats(_) | MapOp::PutMeta(..) | MapOp::PutFlow(..)
-            )
-        };
+        let adds = |o: &MapOp| matches!(o, MapOp::PutMeta(..) | MapOp::PutFlow(..));
         let mut i = 0;
         while i < ops.len() {
             let run = ops[i..].iter().take_while(|o| adds(o)).count();
@@ -1001,16 +1001,10 @@ impl Datapath {
     }
 
     fn batch_adds(&mut self, seg: &[MapOp]) -> Result<()> {
-        let ncpu = nr_cpus().map_err(|(_, e)| e)?;
-        let (mut rk, mut mk, mut mv, mut fk, mut fv) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let (mut nr, mut nm, mut nf) = (0u32, 0u32, 0u32);
+        let (mut mk, mut mv, mut fk, mut fv) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut nm, mut nf) = (0u32, 0u32);
         for op in seg {
             match op {
-                MapOp::ResetStats(id) => {
-                    rk.extend_from_slice(&id.to_ne_bytes());
-                    nr += 1;
-                }
                 MapOp::PutMeta(id, meta) => {
                     mk.extend_from_slice(&id.to_ne_bytes());
                     mv.extend_from_slice(bytemuck::bytes_of(meta));
@@ -1023,11 +1017,6 @@ impl Datapath {
                 }
                 _ => bail!("not an addition"),
             }
-        }
-        if nr > 0 {
-            // Per-CPU values: one (8-byte aligned) value per possible CPU.
-            let zeros = vec![0u8; nr as usize * ncpu * size_of::<RuleStats>()];
-            update_batch(self.batch_fd(names::RULE_STATS)?, &rk, &zeros, nr)?;
         }
         if nm > 0 {
             update_batch(self.batch_fd(names::RULE_META)?, &mk, &mv, nm)?;
@@ -1144,15 +1133,36 @@ impl Datapath {
         self.apply(&ops)
     }
 
-    /// A rule's counters summed over CPUs.
-    pub fn rule_stats(&mut self, id: u32) -> Result<RuleStats> {
-        let m: PerCpuArray<&mut MapData, RuleStats> =
-            PerCpuArray::try_from(self.map(names::RULE_STATS)?)?;
-        let mut s = RuleStats::default();
-        for v in m.get(&id, 0)?.iter() {
-            s.merge(v);
+    /// The counters of the classifier entry at `at`, if it is rule `id`'s.
+    pub fn rule_stats(&mut self, id: u32, at: &FlowMapKey) -> Result<Option<RuleStats>> {
+        let m: HashMap<&mut MapData, FlowMapKey, FlowEntry> =
+            HashMap::try_from(self.map(names::FLOWS)?)?;
+        Ok(m.get(at, 0)
+            .ok()
+            .filter(|e| e.rule_id == id)
+            .map(|e| RuleStats {
+                packets: e.packets,
+                bytes: e.bytes,
+                last_used_ns: e.last_used_ns,
+            }))
+    }
+
+    /// The counters of rule `id`, found by walking the classifier (for
+    /// tests and tools: [`Datapath::rule_stats`] is one lookup).
+    pub fn find_rule_stats(&mut self, id: u32) -> Result<Option<RuleStats>> {
+        let m: HashMap<&mut MapData, FlowMapKey, FlowEntry> =
+            HashMap::try_from(self.map(names::FLOWS)?)?;
+        for kv in m.iter() {
+            let (_, e) = kv?;
+            if e.rule_id == id {
+                return Ok(Some(RuleStats {
+                    packets: e.packets,
+                    bytes: e.bytes,
+                    last_used_ns: e.last_used_ns,
+                }));
+            }
         }
-        Ok(s)
+        Ok(None)
     }
 
     /// Drop counters per reason, summed over CPUs.

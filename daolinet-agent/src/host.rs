@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use anyhow::{bail, Result};
-use daolinet_common::{PortKind, PortStats, RuleStats};
+use daolinet_common::{FlowMapKey, PortKind, PortStats, RuleStats};
 use daolinet_openflow as of;
 
 use crate::datapath::{Datapath, Punt, UplinkMode};
@@ -100,8 +100,12 @@ impl Host {
 }
 
 impl Counters for Host {
-    fn rule(&mut self, id: u32) -> RuleStats {
-        self.dp.rule_stats(id).unwrap_or_default()
+    fn rule(&mut self, id: u32, at: &FlowMapKey) -> RuleStats {
+        self.dp
+            .rule_stats(id, at)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
     }
     fn port(&mut self, ofport: u32) -> Option<PortStats> {
         self.dp.ofport_stats(ofport)

@@ -980,7 +980,7 @@ mod tests {
     #[derive(Default)]
     struct Fake;
     impl Counters for Fake {
-        fn rule(&mut self, _: u32) -> RuleStats {
+        fn rule(&mut self, _: u32, _: &daolinet_common::FlowMapKey) -> RuleStats {
             RuleStats::default()
         }
         fn port(&mut self, _: u32) -> Option<PortStats> {

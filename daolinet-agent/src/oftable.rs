@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 
 use foldhash::{HashMap, HashMapExt};
 
-use daolinet_common::{ActionKind, FlowKey, PortStats, RuleStats, FLOW_KEY_WORDS};
+use daolinet_common::{ActionKind, FlowKey, FlowMapKey, PortStats, RuleStats, FLOW_KEY_WORDS};
 use daolinet_openflow::{self as of, ErrorCode, FlowMod, FlowRemoved, FlowStats};
 
 use crate::compile::{actions_of, compile_instructions, compile_match, match_of};
@@ -24,8 +24,9 @@ use crate::table::{MapOp, Rule, RuleTable, TableError};
 
 /// Where counters come from.
 pub trait Counters {
-    /// A rule's counters summed over CPUs (zero when unreadable).
-    fn rule(&mut self, id: u32) -> RuleStats;
+    /// The counters of the classifier entry at `at`, if it is rule `id`'s
+    /// (zero otherwise, or when unreadable).
+    fn rule(&mut self, id: u32, at: &FlowMapKey) -> RuleStats;
     /// A port's counters by OpenFlow port number, if the port exists.
     fn port(&mut self, ofport: u32) -> Option<PortStats>;
 }
@@ -78,6 +79,10 @@ pub struct FlowTable {
     /// restored from the pinned maps after a restart have none: their
     /// stats are decompiled).
     written: HashMap<u32, Written>,
+    /// What rules counted while they were in the classifier, before
+    /// another rule with the same match and a higher priority took their
+    /// entry (the counters live in the entry).
+    base: HashMap<u32, RuleStats>,
 }
 
 /// The controller's match in its own field order, each field as the rule
@@ -170,6 +175,7 @@ impl FlowTable {
             times: HashMap::new(),
             deadlines: BTreeSet::new(),
             written: HashMap::new(),
+            base: HashMap::new(),
         };
         let ids: Vec<u32> = t.table.rules().map(|(id, _)| id).collect();
         for id in ids {
@@ -215,6 +221,42 @@ impl FlowTable {
         if let Some(t) = self.times.remove(&id) {
             self.deadlines.remove(&(t.deadline_ns, id));
         }
+        self.base.remove(&id);
+    }
+
+    /// Rule `id`'s counters: what its classifier entry counted (if it is
+    /// in the classifier) on top of what it counted before it was
+    /// shadowed.
+    pub fn stats(&self, id: u32, counters: &mut dyn Counters) -> RuleStats {
+        let mut s = self.base.get(&id).copied().unwrap_or_default();
+        if let Some(k) = self.table.entry_key(id) {
+            s.merge(&counters.rule(id, &k));
+        }
+        s
+    }
+
+    /// A change is about to take (key, mask)'s classifier entry from the
+    /// rule in it: keep what that rule counted.
+    fn harvest(&mut self, before: Option<(u32, FlowMapKey)>, counters: &mut dyn Counters) {
+        let Some((id, k)) = before else { return };
+        if self.table.entry_key(id).is_some() {
+            return;
+        }
+        let s = counters.rule(id, &k);
+        self.base.entry(id).or_default().merge(&s);
+    }
+
+    /// RESET_COUNTS on rule `id`: its entry (if it has one) is rewritten
+    /// with fresh counters, and what it counted before is forgotten.
+    fn reset_counts(&mut self, id: u32, ops: &mut [MapOp]) {
+        self.base.remove(&id);
+        for op in ops.iter_mut() {
+            if let MapOp::UpdateFlow(k, e) = op {
+                if e.rule_id == id {
+                    *op = MapOp::PutFlow(*k, *e);
+                }
+            }
+        }
     }
 
     /// Apply a FLOW_MOD. On error nothing changed.
@@ -233,7 +275,7 @@ impl FlowTable {
             return Err(err(of::OFPET_FLOW_MOD_FAILED, of::OFPFMFC_BAD_TABLE_ID));
         }
         match fm.command {
-            of::OFPFC_ADD => self.add(fm, now_ns),
+            of::OFPFC_ADD => self.add(fm, now_ns, counters),
             of::OFPFC_MODIFY | of::OFPFC_MODIFY_STRICT => self.modify(fm, now_ns),
             of::OFPFC_DELETE | of::OFPFC_DELETE_STRICT => {
                 let (key, mask) = compile_match(&fm.match_).map_err(|e| e.code())?;
@@ -253,7 +295,12 @@ impl FlowTable {
         }
     }
 
-    fn add(&mut self, fm: &FlowMod, now_ns: u64) -> Result<Outcome, ErrorCode> {
+    fn add(
+        &mut self,
+        fm: &FlowMod,
+        now_ns: u64,
+        counters: &mut dyn Counters,
+    ) -> Result<Outcome, ErrorCode> {
         let (key, mask) = compile_match(&fm.match_).map_err(|e| e.code())?;
         let actions = compile_instructions(&fm.instructions).map_err(|e| e.code())?;
         if fm.flags & of::OFPFF_CHECK_OVERLAP != 0 {
@@ -293,14 +340,16 @@ impl FlowTable {
                     .modify(id, |r| *r = rule.clone())
                     .map_err(table_error)?;
                 if fm.flags & of::OFPFF_RESET_COUNTS != 0 {
-                    ops.push(MapOp::ResetStats(id));
+                    self.reset_counts(id, &mut ops);
                 }
                 out.ops = ops;
                 self.track(id, now_ns);
                 self.written.insert(id, written);
             }
             None => {
+                let before = self.table.entry_of(&key.masked(&mask), &mask);
                 let (id, ops) = self.table.insert(rule).map_err(table_error)?;
+                self.harvest(before, counters);
                 out.ops = ops;
                 self.track(id, now_ns);
                 self.written.insert(id, written);
@@ -325,20 +374,20 @@ impl FlowTable {
         let mut out = Outcome::default();
         for id in ids {
             let acts = actions.clone();
-            out.ops.extend(
-                self.table
-                    .modify(id, |r| r.actions = acts)
-                    .map_err(table_error)?,
-            );
+            let mut ops = self
+                .table
+                .modify(id, |r| r.actions = acts)
+                .map_err(table_error)?;
             if let Some(w) = self.written.get_mut(&id) {
                 w.instructions = fm.instructions.clone();
             }
             if fm.flags & of::OFPFF_RESET_COUNTS != 0 {
-                out.ops.push(MapOp::ResetStats(id));
+                self.reset_counts(id, &mut ops);
                 if let Some(t) = self.times.get_mut(&id) {
                     t.idle_base_ns = now_ns;
                 }
             }
+            out.ops.extend(ops);
             out.touched += 1;
         }
         Ok(out)
@@ -379,7 +428,7 @@ impl FlowTable {
                 .is_some_and(|r| r.flags & of::OFPFF_SEND_FLOW_REM != 0);
             // Read the counters before the rule id can be reused.
             let stats = if wants {
-                counters.rule(id)
+                self.stats(id, counters)
             } else {
                 RuleStats::default()
             };
@@ -444,7 +493,7 @@ impl FlowTable {
             }
             let mut idle_at = u64::MAX;
             if r.idle_timeout != 0 {
-                let used = counters.rule(id).last_used_ns;
+                let used = self.stats(id, counters).last_used_ns;
                 let last = used.max(t.idle_base_ns);
                 idle_at = last + u64::from(r.idle_timeout) * NS;
                 if idle_at <= now_ns {
@@ -503,7 +552,7 @@ impl FlowTable {
 
     /// One flow's stats entry.
     fn stats_of(&self, id: u32, r: &Rule, now_ns: u64, counters: &mut dyn Counters) -> FlowStats {
-        let s = counters.rule(id);
+        let s = self.stats(id, counters);
         let age = now_ns.saturating_sub(self.times.get(&id).map_or(now_ns, |t| t.installed_ns));
         let (match_, instructions) = match self.written.get(&id) {
             Some(w) => (w.match_.clone(), w.instructions.clone()),
@@ -545,7 +594,7 @@ impl FlowTable {
             return Ok(a);
         };
         for id in self.select(&f, None) {
-            let s = counters.rule(id);
+            let s = self.stats(id, counters);
             a.packet_count += s.packets;
             a.byte_count += s.bytes;
             a.flow_count += 1;
@@ -557,7 +606,7 @@ impl FlowTable {
     pub fn matched_packets(&self, counters: &mut dyn Counters) -> u64 {
         self.table
             .rules()
-            .map(|(id, _)| counters.rule(id).packets)
+            .map(|(id, _)| self.stats(id, counters).packets)
             .sum()
     }
 }
@@ -591,7 +640,7 @@ mod tests {
     }
 
     impl Counters for FakeCounters {
-        fn rule(&mut self, id: u32) -> RuleStats {
+        fn rule(&mut self, id: u32, _: &FlowMapKey) -> RuleStats {
             self.rules.get(&id).copied().unwrap_or_default()
         }
         fn port(&mut self, _: u32) -> Option<PortStats> {
@@ -662,7 +711,8 @@ mod tests {
             &fm("cookie=0x5,priority=10,ip,nw_dst=10.0.0.1 actions=output:3"),
         )
         .unwrap();
-        assert!(!o.ops.iter().any(|o| matches!(o, MapOp::ResetStats(_))));
+        // Counters kept: the entry is updated in place, not replaced.
+        assert!(!o.ops.iter().any(|o| matches!(o, MapOp::PutFlow(..))));
         assert_eq!(t.len(), 2);
         assert_eq!(
             dump(&t),
@@ -676,7 +726,9 @@ mod tests {
             &fm("priority=10,reset_counts,ip,nw_dst=10.0.0.1 actions=output:3"),
         )
         .unwrap();
-        assert!(o.ops.iter().any(|o| matches!(o, MapOp::ResetStats(_))));
+        // RESET_COUNTS: the rule's entry starts over (it is shadowed here:
+        // nothing to write) and what it counted before is forgotten.
+        assert!(!o.ops.iter().any(|o| matches!(o, MapOp::UpdateFlow(..))));
     }
 
     #[test]
@@ -997,7 +1049,7 @@ mod tests {
     /// The BPF maps as the datapath sees them, rebuilt from MapOps.
     #[derive(Default)]
     struct SimMaps {
-        flows: std::collections::HashMap<daolinet_common::FlowMapKey, daolinet_common::FlowEntry>,
+        flows: std::collections::HashMap<FlowMapKey, daolinet_common::FlowEntry>,
         subtables: Vec<daolinet_common::Subtable>,
     }
 
@@ -1008,12 +1060,40 @@ mod tests {
                     MapOp::PutFlow(k, e) => {
                         self.flows.insert(*k, *e);
                     }
+                    MapOp::UpdateFlow(k, e) => {
+                        // Counters carried over, as the datapath module does.
+                        let old = self.flows.get(k).copied().unwrap_or_default();
+                        assert_eq!(old.rule_id, e.rule_id, "update of another rule's entry");
+                        let mut e = *e;
+                        (e.packets, e.bytes) = (old.packets, old.bytes);
+                        self.flows.insert(*k, e);
+                    }
                     MapOp::DelFlow(k) => {
                         self.flows.remove(k);
                     }
                     MapOp::SetSubtables(l) => self.subtables = l.clone(),
                     _ => {}
                 }
+            }
+        }
+
+        /// `n` packets hit whatever rule wins for `key`.
+        fn hit(&mut self, key: &FlowKey, n: u64) {
+            let mut best: Option<(FlowMapKey, u32)> = None;
+            for sub in &self.subtables {
+                let mk = FlowMapKey {
+                    subtable: sub.id,
+                    key: key.masked(&sub.mask),
+                };
+                if let Some(e) = self.flows.get(&mk) {
+                    if best.is_none_or(|(_, p)| e.priority > p) {
+                        best = Some((mk, e.priority));
+                    }
+                }
+            }
+            if let Some(e) = best.and_then(|(k, _)| self.flows.get_mut(&k)) {
+                e.packets += n;
+                e.bytes += 100 * n;
             }
         }
 
@@ -1026,7 +1106,7 @@ mod tests {
                         break;
                     }
                 }
-                let mk = daolinet_common::FlowMapKey {
+                let mk = FlowMapKey {
                     subtable: sub.id,
                     key: key.masked(&sub.mask),
                 };
@@ -1038,6 +1118,88 @@ mod tests {
             }
             best.map(|(_, p)| p)
         }
+    }
+
+    impl Counters for SimMaps {
+        fn rule(&mut self, id: u32, at: &FlowMapKey) -> RuleStats {
+            match self.flows.get(at) {
+                Some(e) if e.rule_id == id => RuleStats {
+                    packets: e.packets,
+                    bytes: e.bytes,
+                    last_used_ns: 0,
+                },
+                _ => RuleStats::default(),
+            }
+        }
+        fn port(&mut self, _: u32) -> Option<PortStats> {
+            None
+        }
+    }
+
+    #[test]
+    fn counters_live_in_the_entry_and_follow_shadowing_modify_and_reset() {
+        let mut t = FlowTable::default();
+        let mut m = SimMaps::default();
+        let run = |t: &mut FlowTable, m: &mut SimMaps, cmd: u8, s: &str| {
+            let o = t.flow_mod(&with(cmd, s), 0, m).unwrap();
+            m.apply(&o.ops);
+            o
+        };
+        let pkt = FlowKey {
+            eth_type: FlowKey::ETH_TYPE_IPV4,
+            ipv4_dst: [10, 0, 0, 1],
+            ..Default::default()
+        };
+        let counts = |t: &FlowTable, m: &mut SimMaps| -> Vec<(u16, u64)> {
+            let req = of::FlowStatsRequest::default();
+            t.flow_stats(&req, 0, m)
+                .unwrap()
+                .iter()
+                .map(|f| (f.priority, f.packet_count))
+                .collect()
+        };
+        let (add, strict_del) = (of::OFPFC_ADD, of::OFPFC_DELETE_STRICT);
+        run(
+            &mut t,
+            &mut m,
+            add,
+            "priority=10,ip,nw_dst=10.0.0.1 actions=output:1",
+        );
+        m.hit(&pkt, 3);
+        // A higher priority rule with the same match takes the entry: the
+        // lower one keeps what it counted.
+        run(
+            &mut t,
+            &mut m,
+            add,
+            "priority=20,ip,nw_dst=10.0.0.1 actions=output:2",
+        );
+        m.hit(&pkt, 2);
+        assert_eq!(counts(&t, &mut m), [(20, 2), (10, 3)]);
+        // Replacing the top rule (same match and priority) keeps its counters.
+        run(
+            &mut t,
+            &mut m,
+            add,
+            "priority=20,ip,nw_dst=10.0.0.1 actions=output:3",
+        );
+        m.hit(&pkt, 1);
+        assert_eq!(counts(&t, &mut m), [(20, 3), (10, 3)]);
+        // It goes: the lower one takes the entry back and counts on.
+        let o = run(&mut t, &mut m, strict_del, "priority=20,ip,nw_dst=10.0.0.1");
+        assert_eq!(o.touched, 1);
+        m.hit(&pkt, 4);
+        assert_eq!(counts(&t, &mut m), [(10, 7)]);
+        // RESET_COUNTS starts it over, in the entry too.
+        run(
+            &mut t,
+            &mut m,
+            add,
+            "priority=10,reset_counts,ip,nw_dst=10.0.0.1 actions=output:1",
+        );
+        assert_eq!(counts(&t, &mut m), [(10, 0)]);
+        m.hit(&pkt, 1);
+        assert_eq!(counts(&t, &mut m), [(10, 1)]);
     }
 
     #[test]

@@ -39,14 +39,17 @@ pub struct Rule {
 /// One change to apply to the BPF maps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MapOp {
-    /// Insert or replace a classifier entry.
+    /// Write the classifier entry of a rule that was not in it (a new
+    /// rule, or one taking its (mask, key) over from another), counters as
+    /// given (zero).
     PutFlow(FlowMapKey, FlowEntry),
+    /// Rewrite the entry of the rule already in it (new actions): the
+    /// entry's counters are kept.
+    UpdateFlow(FlowMapKey, FlowEntry),
     /// Remove a classifier entry.
     DelFlow(FlowMapKey),
     /// Rewrite the subtable list (already sorted) and its count.
     SetSubtables(Vec<Subtable>),
-    /// Zero the per-rule counters of a fresh rule id.
-    ResetStats(u32),
     /// Store the rule's metadata (for rebuilding after a restart).
     PutMeta(u32, RuleMeta),
     /// Remove the rule's metadata.
@@ -263,11 +266,12 @@ impl RuleTable {
         if let Some(s) = self.subtables.iter_mut().find(|s| s.mask == rule.mask) {
             *s.prios.entry(rule.priority).or_default() += 1;
         }
-        let mut ops = vec![MapOp::ResetStats(id), MapOp::PutMeta(id, meta(&rule))];
+        let mut ops = vec![MapOp::PutMeta(id, meta(&rule))];
         let (key, mask) = (rule.key, rule.mask);
+        let before = self.winner(&key, &mask);
         self.groups.entry((key, mask)).or_default().push(id);
         self.rules.insert(id, rule);
-        ops.extend(self.refresh_entry(&key, &mask));
+        ops.extend(self.refresh_entry(&key, &mask, before, None));
         ops.extend(self.subtables_op());
         Ok((id, ops))
     }
@@ -293,12 +297,18 @@ impl RuleTable {
         let m = meta(&new);
         *rule = new;
         let mut ops = vec![MapOp::PutMeta(id, m)];
-        ops.extend(self.refresh_entry(&key, &mask));
+        let before = self.winner(&key, &mask);
+        ops.extend(self.refresh_entry(&key, &mask, before, Some(id)));
         Ok(ops)
     }
 
     /// Remove a rule by id; returns it and the map operations.
     pub fn remove(&mut self, id: u32) -> Result<(Rule, Vec<MapOp>), TableError> {
+        let (key, mask) = match self.rules.get(&id) {
+            Some(r) => (r.key, r.mask),
+            None => return Err(TableError::NoSuchRule(id)),
+        };
+        let before = self.winner(&key, &mask);
         let rule = self.rules.remove(&id).ok_or(TableError::NoSuchRule(id))?;
         self.free_ids.push(id);
         if let Some(g) = self.groups.get_mut(&(rule.key, rule.mask)) {
@@ -307,7 +317,7 @@ impl RuleTable {
                 self.groups.remove(&(rule.key, rule.mask));
             }
         }
-        let mut ops = self.refresh_entry(&rule.key, &rule.mask);
+        let mut ops = self.refresh_entry(&rule.key, &rule.mask, before, None);
         ops.push(MapOp::DelMeta(id));
         if let Some(pos) = self.subtables.iter().position(|s| s.mask == rule.mask) {
             let s = &mut self.subtables[pos];
@@ -340,22 +350,62 @@ impl RuleTable {
         })
     }
 
-    /// Write the best rule for (key, mask) into the classifier, or delete
-    /// the entry when none is left.
-    fn refresh_entry(&self, key: &FlowKey, mask: &FlowKey) -> Vec<MapOp> {
-        let Some(mk) = self.map_key(key, mask) else {
-            return Vec::new();
-        };
-        let best = self
-            .groups
+    /// The rule in the datapath for (key, mask): the highest priority,
+    /// then the lowest id, of the rules with that match.
+    fn winner(&self, key: &FlowKey, mask: &FlowKey) -> Option<u32> {
+        self.groups
             .get(&(*key, *mask))
             .into_iter()
             .flatten()
-            .filter_map(|id| self.rules.get(id).map(|r| (id, r)))
-            .max_by_key(|(id, r)| (r.priority, std::cmp::Reverse(**id)));
-        match best {
-            Some((id, r)) => vec![MapOp::PutFlow(mk, entry(*id, r))],
-            None => vec![MapOp::DelFlow(mk)],
+            .filter_map(|id| self.rules.get(id).map(|r| (*id, r.priority)))
+            .max_by_key(|(id, p)| (*p, std::cmp::Reverse(*id)))
+            .map(|(id, _)| id)
+    }
+
+    /// The rule in the classifier entry of (key, mask) and that entry's
+    /// map key, if any rule has this match.
+    pub fn entry_of(&self, key: &FlowKey, mask: &FlowKey) -> Option<(u32, FlowMapKey)> {
+        let id = self.winner(key, mask)?;
+        Some((id, self.map_key(key, mask)?))
+    }
+
+    /// The classifier entry of rule `id` (its map key), if the rule is the
+    /// one in the datapath for its match (not shadowed).
+    pub fn entry_key(&self, id: u32) -> Option<FlowMapKey> {
+        let r = self.rules.get(&id)?;
+        if self.winner(&r.key, &r.mask) != Some(id) {
+            return None;
+        }
+        self.map_key(&r.key, &r.mask)
+    }
+
+    /// Bring the classifier entry of (key, mask) in line after a change:
+    /// `before` was the rule in it, `changed` a rule whose actions just
+    /// changed. A new rule in the entry is written with fresh counters; the
+    /// same rule with new actions keeps them; nothing changes for a change
+    /// to a shadowed rule.
+    fn refresh_entry(
+        &self,
+        key: &FlowKey,
+        mask: &FlowKey,
+        before: Option<u32>,
+        changed: Option<u32>,
+    ) -> Vec<MapOp> {
+        let Some(mk) = self.map_key(key, mask) else {
+            return Vec::new();
+        };
+        let now = self.winner(key, mask);
+        match (before, now.and_then(|id| Some((id, self.rules.get(&id)?)))) {
+            (Some(_), None) => vec![MapOp::DelFlow(mk)],
+            (None, None) => Vec::new(),
+            (Some(b), Some((id, r))) if b == id => {
+                if changed == Some(id) {
+                    vec![MapOp::UpdateFlow(mk, entry(id, r))]
+                } else {
+                    Vec::new()
+                }
+            }
+            (_, Some((id, r))) => vec![MapOp::PutFlow(mk, entry(id, r))],
         }
     }
 
@@ -479,9 +529,29 @@ mod tests {
         let (low, _) = t.insert(rule(10, [10, 0, 0, 1], [255; 4], 1)).unwrap();
         let (high, ops) = t.insert(rule(20, [10, 0, 0, 1], [255; 4], 2)).unwrap();
         assert_eq!(puts(&ops), [(high, 20)]);
-        // Adding a lower one again rewrites the same (best) entry.
-        let (_, ops) = t.insert(rule(5, [10, 0, 0, 1], [255; 4], 3)).unwrap();
-        assert_eq!(puts(&ops), [(high, 20)]);
+        assert_eq!(
+            t.entry_key(high).map(|k| k.key.ipv4_dst),
+            Some([10, 0, 0, 1])
+        );
+        assert_eq!(t.entry_key(low), None);
+        // Adding a lower one leaves the entry (and its counters) alone.
+        let (lower, ops) = t.insert(rule(5, [10, 0, 0, 1], [255; 4], 3)).unwrap();
+        assert!(ops
+            .iter()
+            .all(|o| matches!(o, MapOp::PutMeta(..) | MapOp::SetSubtables(_))));
+        // New actions for the rule in the entry keep its counters; for a
+        // shadowed one nothing changes in the datapath.
+        let ops = t.modify(high, |r| r.actions.clear()).unwrap();
+        assert!(
+            matches!(&ops[1..], [MapOp::UpdateFlow(_, e)] if e.rule_id == high && e.n_actions == 0)
+        );
+        let ops = t.modify(lower, |r| r.actions.clear()).unwrap();
+        assert!(matches!(&ops[..], [MapOp::PutMeta(..)]));
+        let (_, ops) = t.remove(lower).unwrap();
+        assert!(!ops
+            .iter()
+            .any(|o| matches!(o, MapOp::PutFlow(..) | MapOp::DelFlow(_))));
+        // The next one takes over with fresh counters.
         let (_, ops) = t.remove(high).unwrap();
         assert_eq!(puts(&ops), [(low, 10)]);
         assert!(matches!(ops.first(), Some(MapOp::SetSubtables(_))));
@@ -498,7 +568,8 @@ mod tests {
         assert_eq!(t.remove(id).unwrap_err(), TableError::NoSuchRule(id));
         let (again, ops) = t.insert(rule(10, [10, 0, 0, 9], [255; 4], 1)).unwrap();
         assert_eq!(again, id);
-        assert_eq!(ops.first(), Some(&MapOp::ResetStats(id)));
+        // A fresh entry: counters from zero.
+        assert!(matches!(&ops[1], MapOp::PutFlow(_, e) if e.rule_id == id && e.packets == 0));
     }
 
     #[test]

@@ -38,8 +38,8 @@ pub use stats::{PortStats, RuleStats};
 /// Maximum number of distinct match masks (subtables) the datapath walks.
 pub const MAX_SUBTABLES: usize = 32;
 /// Number of rules the maps are declared with in the object (entries of
-/// [`maps::FLOWS`], slots of the per-rule statistics and metadata); the
-/// agent sets the real size when it loads the object (`--max-flows`).
+/// [`maps::FLOWS`] and [`maps::RULE_META`]); the agent sets the real size
+/// when it loads the object (`--max-flows`).
 pub const MAX_RULES: u32 = 131_072;
 /// Maximum number of ports on one agent (slots of the port statistics).
 pub const MAX_PORTS: u32 = 1024;
@@ -81,8 +81,6 @@ pub mod maps {
     /// whose `ofport` differs from its index (or whose `ifindex` is 0) is
     /// empty.
     pub const OFPORT_INDEX: &str = "DL_OFPORT_IDX";
-    /// Per-CPU array of [`crate::RuleStats`] indexed by rule id.
-    pub const RULE_STATS: &str = "DL_RULE_STATS";
     /// Per-CPU array of [`crate::PortStats`] indexed by port slot.
     pub const PORT_STATS: &str = "DL_PORT_STATS";
     /// Per-CPU array of u64 counters indexed by [`crate::DropReason`].
@@ -145,6 +143,16 @@ pub struct FlowEntry {
     pub n_actions: u32,
     /// Reserved, zero.
     pub _pad: u32,
+    /// Packets that hit the rule. The counters live in the entry itself,
+    /// so their memory follows the rules installed: the datapath adds to
+    /// them atomically (all CPUs share the entry), userspace reads them
+    /// with the entry and carries them over when it rewrites the entry.
+    pub packets: u64,
+    /// Bytes that hit the rule.
+    pub bytes: u64,
+    /// `bpf_ktime_get_coarse_ns()` of the last hit (CLOCK_MONOTONIC_COARSE,
+    /// which trails CLOCK_MONOTONIC by at most a timer tick).
+    pub last_used_ns: u64,
     /// The actions, applied in order.
     pub actions: [Action; MAX_ACTIONS],
 }
@@ -207,7 +215,7 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<FlowMapKey>(), 44);
         assert_eq!(size_of::<Action>(), 16);
-        assert_eq!(size_of::<FlowEntry>(), 16 + 16 * MAX_ACTIONS);
+        assert_eq!(size_of::<FlowEntry>(), 40 + 16 * MAX_ACTIONS);
         assert_eq!(size_of::<Subtable>(), 48);
         assert_eq!(size_of::<PortInfo>(), 32);
         assert_eq!(size_of::<PuntHeader>(), 48);

@@ -1,6 +1,8 @@
-//! Counters kept by the datapath in per-CPU maps (userspace sums the CPUs).
+//! Counters kept by the datapath: per rule in the rule's own entry
+//! ([`crate::FlowEntry`]), per port in per-CPU maps (userspace sums the
+//! CPUs).
 
-/// Per-rule counters ([`crate::maps::RULE_STATS`]).
+/// A rule's counters, as userspace reads them from its [`crate::FlowEntry`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct RuleStats {

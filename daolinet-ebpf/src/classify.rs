@@ -39,7 +39,8 @@ pub struct EmcEntry {
 }
 
 /// Find the highest-priority rule matching `key`, as a pointer into the
-/// [`DL_FLOWS`] map value (a [`FlowEntry`] is too big to copy to the stack).
+/// [`DL_FLOWS`] map value (a [`FlowEntry`] is too big to copy to the stack;
+/// its counters are updated through it).
 /// `scratch` is working memory (kept off the stack).
 ///
 /// The search runs in the global BPF function [`crate::programs::dl_classify`]
@@ -50,7 +51,7 @@ pub struct EmcEntry {
 /// Below [`EMC_MIN_SUBTABLES`] the (at most two) subtables are looked up
 /// right here instead, without the call and the second lookup.
 #[inline(always)]
-pub fn classify(key: &FlowKey, scratch: &mut EmcEntry) -> Option<&'static FlowEntry> {
+pub fn classify(key: &FlowKey, scratch: &mut EmcEntry) -> Option<*mut FlowEntry> {
     let n = DL_CONFIG.get(0)?.n_subtables;
     if n < EMC_MIN_SUBTABLES {
         return small_walk(key, n);
@@ -58,14 +59,12 @@ pub fn classify(key: &FlowKey, scratch: &mut EmcEntry) -> Option<&'static FlowEn
     if crate::programs::dl_classify(key, scratch) == 0 {
         return None;
     }
-    // SAFETY: the entry lives in the map; it stays valid (RCU) for the
-    // rest of this program run even if userspace replaces it.
-    unsafe { DL_FLOWS.get(&scratch.flow) }
+    DL_FLOWS.get_ptr_mut(&scratch.flow)
 }
 
 /// The walk over fewer than [`EMC_MIN_SUBTABLES`] (two) subtables.
 #[inline(always)]
-fn small_walk(key: &FlowKey, n: u32) -> Option<&'static FlowEntry> {
+fn small_walk(key: &FlowKey, n: u32) -> Option<*mut FlowEntry> {
     if n == 0 {
         return None;
     }
@@ -74,14 +73,14 @@ fn small_walk(key: &FlowKey, n: u32) -> Option<&'static FlowEntry> {
         subtable: s0.id,
         key: key.masked(&s0.mask),
     };
-    // SAFETY: map values, valid (RCU) for the rest of this run.
-    let first = unsafe { DL_FLOWS.get(&k0) };
+    let first = DL_FLOWS.get_ptr_mut(&k0);
     if n < 2 {
         return first;
     }
     let s1 = DL_SUBTABLES.get(1)?;
     if let Some(e) = first {
-        if e.priority >= s1.max_priority {
+        // SAFETY: map value, valid (RCU) for the rest of this run.
+        if unsafe { (*e).priority } >= s1.max_priority {
             return first;
         }
     }
@@ -89,9 +88,9 @@ fn small_walk(key: &FlowKey, n: u32) -> Option<&'static FlowEntry> {
         subtable: s1.id,
         key: key.masked(&s1.mask),
     };
-    // SAFETY: as above.
-    match (first, unsafe { DL_FLOWS.get(&k1) }) {
-        (Some(a), Some(b)) if b.priority > a.priority => Some(b),
+    // SAFETY: map values, valid (RCU) for the rest of this run.
+    match (first, DL_FLOWS.get_ptr_mut(&k1)) {
+        (Some(a), Some(b)) if unsafe { (*b).priority > (*a).priority } => Some(b),
         (Some(a), _) => Some(a),
         (None, b) => b,
     }

@@ -67,9 +67,10 @@ fn process<P: Packet>(ctx: &P, port: &PortInfo, len: u32) -> Result<i32, DropRea
             MissPolicy::Drop => Err(DropReason::MissDrop),
         };
     };
-    counters::count_rule(entry.rule_id, len);
+    counters::count_rule(entry, len);
     st.reset(port);
-    apply(ctx, st, entry)
+    // SAFETY: map value, valid (RCU) for the rest of this run.
+    apply(ctx, st, unsafe { &*entry })
 }
 
 /// True when the packet's source is not the one registered for `port`:

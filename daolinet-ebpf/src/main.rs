@@ -8,6 +8,11 @@
 //!
 //! Map layouts and semantics are defined in `daolinet-common`.
 #![no_std]
+// Atomic adds on the rules' counters: the BPF target has no atomic RMW
+// methods on the stable types (the BPF build uses nightly; a host build,
+// e.g. clippy, uses the stable types instead).
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 #![no_main]
 
 mod actions;

@@ -13,8 +13,8 @@ use aya_ebpf::{
 };
 use daolinet_common::{
     maps as names, DatapathConfig, DropReason, FlowEntry, FlowKey, FlowMapKey, PortInfo, PortStats,
-    RuleMeta, RuleStats, Subtable, MAX_PORTS, MAX_RULES, MAX_SUBTABLES, OFPORT_INDEX_SLOTS,
-    PORT_INDEX_SLOTS, PUNT_RING_BYTES,
+    RuleMeta, Subtable, MAX_PORTS, MAX_RULES, MAX_SUBTABLES, OFPORT_INDEX_SLOTS, PORT_INDEX_SLOTS,
+    PUNT_RING_BYTES,
 };
 
 /// `BPF_F_NO_PREALLOC`: allocate hash map entries on demand.
@@ -82,10 +82,6 @@ pub fn port_by_ofport(ofport: u32) -> Option<&'static PortInfo> {
     unsafe { DL_OFPORTS.get(ofport) }
 }
 
-/// Per-CPU rule counters, indexed by rule id.
-#[map]
-pub static DL_RULE_STATS: PerCpuArray<RuleStats> = PerCpuArray::pinned(MAX_RULES, 0);
-
 /// Per-CPU port counters, indexed by [`PortInfo::slot`].
 #[map]
 pub static DL_PORT_STATS: PerCpuArray<PortStats> = PerCpuArray::pinned(MAX_PORTS, 0);
@@ -148,7 +144,6 @@ const _: () = {
     assert!(same(names::OFPORTS, "DL_OFPORTS"));
     assert!(same(names::PORT_INDEX, "DL_PORT_IDX"));
     assert!(same(names::OFPORT_INDEX, "DL_OFPORT_IDX"));
-    assert!(same(names::RULE_STATS, "DL_RULE_STATS"));
     assert!(same(names::PORT_STATS, "DL_PORT_STATS"));
     assert!(same(names::DROPS, "DL_DROPS"));
     assert!(same(names::PUNTS, "DL_PUNTS"));

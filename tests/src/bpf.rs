@@ -237,7 +237,7 @@ impl Datapath {
 
     /// Statistics of `rule_id`, merged over CPUs.
     pub fn rule_stats(&mut self, rule_id: u32) -> Result<RuleStats> {
-        self.agent()?.rule_stats(rule_id)
+        Ok(self.agent()?.find_rule_stats(rule_id)?.unwrap_or_default())
     }
 
     /// Statistics of port `slot`, merged over CPUs.

@@ -88,7 +88,7 @@ impl Punter {
 }
 
 impl Counters for FakeDp {
-    fn rule(&mut self, _: u32) -> RuleStats {
+    fn rule(&mut self, _: u32, _: &daolinet_common::FlowMapKey) -> RuleStats {
         RuleStats::default()
     }
     fn port(&mut self, ofport: u32) -> Option<PortStats> {
@@ -101,7 +101,7 @@ impl Dataplane for FakeDp {
         let mut log = lock(&self.log);
         for op in ops {
             match op {
-                MapOp::PutFlow(_, e) => log.push(Ev::Put(e.rule_id)),
+                MapOp::PutFlow(_, e) | MapOp::UpdateFlow(_, e) => log.push(Ev::Put(e.rule_id)),
                 MapOp::DelFlow(_) => log.push(Ev::Del),
                 _ => {}
             }
