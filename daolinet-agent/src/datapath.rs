@@ -517,6 +517,48 @@ pub fn mem_total() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// The pinned maps whose layout the agent knows: name, key size, value
+/// size. A pin whose sizes differ was made by an incompatible agent.
+fn pinned_layouts() -> [(&'static str, usize, usize); 4] {
+    [
+        (
+            names::FLOWS,
+            size_of::<FlowMapKey>(),
+            size_of::<FlowEntry>(),
+        ),
+        (names::SUBTABLES, 4, size_of::<Subtable>()),
+        (names::RULE_META, 4, size_of::<RuleMeta>()),
+        (names::PORTS, 4, size_of::<PortInfo>()),
+    ]
+}
+
+/// Remove the pins in `pin_dir` when any of them has another layout than
+/// this agent's (made by an incompatible version): the programs would not
+/// load against them. Forwarding then starts empty, until the controller
+/// installs the flows again. Returns whether it removed them.
+fn drop_incompatible_pins(pin_dir: &Path) -> Result<bool> {
+    let stale = pinned_layouts().iter().find_map(|(name, k, v)| {
+        let info = aya::maps::MapInfo::from_pin(pin_dir.join(name)).ok()?;
+        let (pk, pv) = (info.key_size() as usize, info.value_size() as usize);
+        ((pk, pv) != (*k, *v)).then(|| format!("{name}: key {pk} B, value {pv} B, now {k} and {v}"))
+    });
+    let Some(why) = stale else {
+        return Ok(false);
+    };
+    tracing::warn!(
+        pins = %pin_dir.display(),
+        "the maps pinned by an earlier run have another layout ({why}): removed, \
+         the rules they held are gone (a controller installs them again)"
+    );
+    for entry in
+        std::fs::read_dir(pin_dir).with_context(|| format!("listing {}", pin_dir.display()))?
+    {
+        let path = entry?.path();
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    Ok(true)
+}
+
 /// The maps sized by the number of rules.
 const RULE_MAPS: [&str; 2] = [names::FLOWS, names::RULE_META];
 
@@ -543,6 +585,7 @@ impl Datapath {
         }
         std::fs::create_dir_all(pin_dir)
             .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
+        drop_incompatible_pins(pin_dir)?;
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(pin_dir);
         for m in RULE_MAPS {

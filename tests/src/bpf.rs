@@ -23,7 +23,7 @@
 //!   does transmit a copy, so tests should not clone to real devices.
 
 use std::{
-    os::fd::{AsFd, AsRawFd, RawFd},
+    os::fd::{AsFd, AsRawFd, FromRawFd, RawFd},
     path::{Path, PathBuf},
 };
 
@@ -186,6 +186,17 @@ impl Datapath {
         &self.pin_dir
     }
 
+    /// Load the object again over the same pins, as a restarted agent does.
+    pub fn reload(&mut self) -> Result<()> {
+        drop(self.dp.take());
+        self.dp = Some(agent_dp::Datapath::load(
+            &object().bytes()?,
+            &self.pin_dir,
+            daolinet_common::MAX_RULES,
+        )?);
+        Ok(())
+    }
+
     fn agent(&mut self) -> Result<&mut agent_dp::Datapath> {
         self.dp.as_mut().context("datapath not loaded")
     }
@@ -286,4 +297,72 @@ impl Drop for Datapath {
         // Close programs and maps before the bpffs goes.
         drop(self.dp.take());
     }
+}
+
+/// Create a BPF hash map with these key and value sizes and pin it at
+/// `path` (replacing what is there): a map as another agent version could
+/// have left it.
+pub fn pin_hash_map(path: &Path, key_size: u32, value_size: u32) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    /// The `map_create` member of `union bpf_attr`.
+    #[repr(C)]
+    struct MapCreate {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+    }
+    /// The `obj_pin` member of `union bpf_attr`.
+    #[repr(C)]
+    struct ObjPin {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    let attr = MapCreate {
+        map_type: BPF_MAP_TYPE_HASH,
+        key_size,
+        value_size,
+        max_entries: 16,
+        map_flags: 0,
+    };
+    // SAFETY: a valid attribute of the size given; the kernel reads it.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            &attr as *const MapCreate,
+            size_of::<MapCreate>() as libc::c_uint,
+        )
+    };
+    anyhow::ensure!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a descriptor the kernel just gave us.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as RawFd) };
+    let _ = std::fs::remove_file(path);
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let pin = ObjPin {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: fd.as_raw_fd() as u32,
+        file_flags: 0,
+    };
+    // SAFETY: a valid attribute pointing at a NUL-terminated path that
+    // outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_PIN,
+            &pin as *const ObjPin,
+            size_of::<ObjPin>() as libc::c_uint,
+        )
+    };
+    anyhow::ensure!(rc == 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
+    Ok(())
 }

@@ -1381,3 +1381,63 @@ fn every_map_is_pinned_under_its_common_name() {
         assert!(dp.pin_dir().join(name).exists(), "{name} is not pinned");
     }
 }
+
+#[test]
+fn pins_of_an_incompatible_agent_are_replaced_and_compatible_ones_kept() {
+    use daolinet_common::{maps as names, FlowMapKey};
+    let Some(mut dp) = setup(MissPolicy::Punt) else {
+        return;
+    };
+    let sub = subtable(1, mask_in_port_ip_pair(), 100);
+    let rule = |dp: &mut Datapath| {
+        dp.set_subtables(&[sub]).unwrap();
+        dp.insert_flow(
+            &sub,
+            &ip_key(IN_OFPORT, IP_A, IP_B),
+            entry(100, 7, &[Action::output(PEER_OFPORT)]),
+        )
+        .unwrap();
+    };
+    rule(&mut dp);
+    let input = udp_frame(FROM_A, IP_A, IP_B, 7, 8, true);
+    assert_eq!(dp.run_tc(&input, IN_IFINDEX).unwrap().0, TC_ACT_REDIRECT);
+    // A restart over compatible pins keeps the rule and its counters.
+    dp.reload().unwrap();
+    assert_eq!(dp.run_tc(&input, IN_IFINDEX).unwrap().0, TC_ACT_REDIRECT);
+    assert_eq!(dp.rule_stats(7).unwrap().packets, 2);
+    // An earlier agent's rules map with another layout: the programs could
+    // not use it, so every pin is made anew (the rules are gone: the
+    // controller installs them again).
+    let flows = dp.pin_dir().join(names::FLOWS);
+    daolinet_tests::bpf::pin_hash_map(
+        &flows,
+        size_of::<FlowMapKey>() as u32,
+        size_of::<FlowEntry>() as u32 - 24,
+    )
+    .unwrap();
+    dp.reload().expect("loading over incompatible pins");
+    let info = aya::maps::MapInfo::from_pin(&flows).unwrap();
+    assert_eq!(info.value_size() as usize, size_of::<FlowEntry>());
+    assert_eq!(dp.rule_stats(7).unwrap().packets, 0);
+    // The ports went with the other pins: the datapath knows nothing.
+    assert_eq!(dp.run_tc(&input, IN_IFINDEX).unwrap().0, TC_ACT_OK);
+    dp.add_port(port(
+        IN_OFPORT,
+        IN_IFINDEX,
+        PortKind::Container,
+        MissPolicy::Punt,
+        IN_SLOT,
+    ))
+    .unwrap();
+    dp.add_port(port(
+        PEER_OFPORT,
+        4343,
+        PortKind::Container,
+        MissPolicy::Punt,
+        PEER_SLOT,
+    ))
+    .unwrap();
+    rule(&mut dp);
+    assert_eq!(dp.run_tc(&input, IN_IFINDEX).unwrap().0, TC_ACT_REDIRECT);
+    assert_eq!(dp.rule_stats(7).unwrap().packets, 1);
+}
