@@ -1190,22 +1190,25 @@ impl Datapath {
             }))
     }
 
-    /// The counters of rule `id`, found by walking the classifier (for
-    /// tests and tools: [`Datapath::rule_stats`] is one lookup).
+    /// The counters of rule `id`, found by walking the classifier and
+    /// summing every entry that names it (for tests and tools that write
+    /// entries by hand; the agent's rules have one entry each, read with
+    /// one lookup by [`Datapath::rule_stats`]).
     pub fn find_rule_stats(&mut self, id: u32) -> Result<Option<RuleStats>> {
         let m: HashMap<&mut MapData, FlowMapKey, FlowEntry> =
             HashMap::try_from(self.map(names::FLOWS)?)?;
+        let mut found: Option<RuleStats> = None;
         for kv in m.iter() {
             let (_, e) = kv?;
             if e.rule_id == id {
-                return Ok(Some(RuleStats {
+                found.get_or_insert_default().merge(&RuleStats {
                     packets: e.packets,
                     bytes: e.bytes,
                     last_used_ns: e.last_used_ns,
-                }));
+                });
             }
         }
-        Ok(None)
+        Ok(found)
     }
 
     /// Drop counters per reason, summed over CPUs.
