@@ -382,20 +382,62 @@ pub struct SavedRules {
     pub lost: Vec<u32>,
 }
 
+/// The `batch` member of `union bpf_attr`.
+#[repr(C)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// `BPF_MAP_DELETE_BATCH`: delete `count` keys (each `key_size` bytes) in
+/// one call. The kernel stops at a key that is not there (ENOENT): that
+/// one is skipped and the rest deleted, so a missing key is not an error.
+fn delete_batch(fd: std::os::fd::RawFd, keys: &[u8], key_size: usize, count: u32) -> Result<()> {
+    const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+    let mut done = 0u32;
+    while done < count {
+        let mut attr = BatchAttr {
+            in_batch: 0,
+            out_batch: 0,
+            keys: keys[done as usize * key_size..].as_ptr() as u64,
+            values: 0,
+            count: count - done,
+            map_fd: fd as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        // SAFETY: the attribute points at `count - done` keys that live for
+        // the duration of the call; the kernel reads only those and writes
+        // back `count` (how many it deleted).
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_DELETE_BATCH,
+                &mut attr as *mut BatchAttr,
+                size_of::<BatchAttr>() as libc::c_uint,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ENOENT) {
+            return Err(e).with_context(|| format!("BPF_MAP_DELETE_BATCH of {count} entries"));
+        }
+        // attr.count keys were deleted; the next one is missing.
+        done += attr.count + 1;
+    }
+    Ok(())
+}
+
 /// `BPF_MAP_UPDATE_BATCH`: write `count` keys and values in one call.
 fn update_batch(fd: std::os::fd::RawFd, keys: &[u8], values: &[u8], count: u32) -> Result<()> {
-    /// The `batch` member of `union bpf_attr`.
-    #[repr(C)]
-    struct BatchAttr {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
-    }
     const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
     let mut attr = BatchAttr {
         in_batch: 0,
@@ -1006,11 +1048,16 @@ impl Datapath {
     /// Within such a run the metadata goes first, then the entries (later
     /// writes of the same key win, as one by one); everything else keeps
     /// its place. Falls back to one by one when the kernel refuses a batch.
+    ///
+    /// Runs of removals (classifier entries, metadata) are deleted with one
+    /// `BPF_MAP_DELETE_BATCH` per map the same way.
     pub fn apply_batched(&mut self, ops: &[MapOp]) -> Result<()> {
         let adds = |o: &MapOp| matches!(o, MapOp::PutMeta(..) | MapOp::PutFlow(..));
+        let dels = |o: &MapOp| matches!(o, MapOp::DelMeta(_) | MapOp::DelFlow(_));
         let mut i = 0;
         while i < ops.len() {
             let run = ops[i..].iter().take_while(|o| adds(o)).count();
+            let del_run = ops[i..].iter().take_while(|o| dels(o)).count();
             if run >= 8 {
                 let seg = &ops[i..i + run];
                 if let Err(e) = self.batch_adds(seg) {
@@ -1018,6 +1065,13 @@ impl Datapath {
                     self.apply(seg)?;
                 }
                 i += run;
+            } else if del_run >= 8 {
+                let seg = &ops[i..i + del_run];
+                if let Err(e) = self.batch_dels(seg) {
+                    tracing::debug!("batched map delete refused ({e:#}), deleting one by one");
+                    self.apply(seg)?;
+                }
+                i += del_run;
             } else {
                 let n = run.max(1);
                 self.apply(&ops[i..i + n])?;
@@ -1066,6 +1120,36 @@ impl Datapath {
         }
         if nf > 0 {
             update_batch(self.batch_fd(names::FLOWS)?, &fk, &fv, nf)?;
+        }
+        Ok(())
+    }
+
+    fn batch_dels(&mut self, seg: &[MapOp]) -> Result<()> {
+        let (mut mk, mut fk) = (Vec::new(), Vec::new());
+        let (mut nm, mut nf) = (0u32, 0u32);
+        for op in seg {
+            match op {
+                MapOp::DelMeta(id) => {
+                    mk.extend_from_slice(&id.to_ne_bytes());
+                    nm += 1;
+                }
+                MapOp::DelFlow(k) => {
+                    fk.extend_from_slice(bytemuck::bytes_of(k));
+                    nf += 1;
+                }
+                _ => bail!("not a removal"),
+            }
+        }
+        if nf > 0 {
+            delete_batch(
+                self.batch_fd(names::FLOWS)?,
+                &fk,
+                size_of::<FlowMapKey>(),
+                nf,
+            )?;
+        }
+        if nm > 0 {
+            delete_batch(self.batch_fd(names::RULE_META)?, &mk, 4, nm)?;
         }
         Ok(())
     }
