@@ -107,7 +107,14 @@ struct Peer {
     paused: bool,
     /// Output is waiting for the transport to take it.
     blocked: bool,
+    /// Messages received after one whose multipart answer is still being
+    /// produced ([`Switch::has_job`]): handled when it is done.
+    deferred: Vec<Input>,
 }
+
+/// Output queued on a connection below which the next step of a
+/// multipart answer is produced ([`Engine::pump`]).
+const JOB_LOW_WATER: usize = 1 << 20;
 
 /// A closed connection taken out of the engine (see [`Engine::reap`]).
 pub struct Closed {
@@ -192,6 +199,7 @@ impl<D: Dataplane> Engine<D> {
                 name,
                 paused: false,
                 blocked: false,
+                deferred: Vec::new(),
             },
         );
         self.flush(id);
@@ -232,7 +240,7 @@ impl<D: Dataplane> Engine<D> {
                 out.closed = true;
                 break;
             }
-            if !p.conn.wants_read() {
+            if !p.conn.wants_read() || !p.deferred.is_empty() || self.sw.has_job(id) {
                 p.paused = true;
                 break;
             }
@@ -277,7 +285,17 @@ impl<D: Dataplane> Engine<D> {
         }
         let mut fx = Effects::default();
         let (mut packet_outs, mut n) = (0usize, 0usize);
-        for input in std::mem::take(&mut self.inputs) {
+        let mut inputs = std::mem::take(&mut self.inputs).into_iter();
+        while let Some(input) = inputs.next() {
+            if self.sw.has_job(id) {
+                // A multipart answer is being produced: what came after it
+                // waits, so that its replies follow the answer.
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.deferred.push(input);
+                    p.deferred.extend(inputs);
+                }
+                break;
+            }
             match input {
                 Input::Up => fx.extend(self.sw.connected(id, read_at, &mut self.dp)),
                 Input::Reply(xid, msg) => fx.send.push((id, xid, msg)),
@@ -342,6 +360,61 @@ impl<D: Dataplane> Engine<D> {
         }
     }
 
+    /// Take the next step of the multipart answers in progress, on the
+    /// connections that took what came before (less than a megabyte
+    /// queued), and handle what waited behind an answer that is done.
+    /// Returns true when more steps can be taken at once (the event loop
+    /// then polls without sleeping).
+    pub fn pump(&mut self) -> bool {
+        let busy: Vec<ConnId> = self
+            .peers
+            .iter()
+            .filter(|(id, p)| self.sw.has_job(**id) || !p.deferred.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        let mut more = false;
+        for id in busy {
+            let ready = |e: &Self| {
+                e.peers.get(&id).is_some_and(|p| {
+                    !p.blocked && !p.conn.is_closed() && p.conn.output().len() < JOB_LOW_WATER
+                })
+            };
+            if !ready(self) {
+                continue;
+            }
+            let now = now_ns();
+            if self.sw.has_job(id) {
+                let fx = self.sw.job_step(id, now, &mut self.dp);
+                self.apply(fx);
+                self.flush(id);
+            }
+            if !self.sw.has_job(id) {
+                let waiting = self
+                    .peers
+                    .get_mut(&id)
+                    .map(|p| std::mem::take(&mut p.deferred))
+                    .unwrap_or_default();
+                if !waiting.is_empty() {
+                    self.inputs = waiting;
+                    self.handle(id, now, false);
+                    self.flush(id);
+                }
+            }
+            let idle =
+                !self.sw.has_job(id) && self.peers.get(&id).is_some_and(|p| p.deferred.is_empty());
+            if idle {
+                // Read what arrived meanwhile.
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.paused = false;
+                }
+                self.resumed.push(id);
+            } else if ready(self) {
+                more = true;
+            }
+        }
+        more
+    }
+
     /// Write what the connections given output since the last call hold.
     pub fn flush_dirty(&mut self) {
         while let Some(id) = self.dirty.pop() {
@@ -375,7 +448,7 @@ impl<D: Dataplane> Engine<D> {
                 }
             }
         }
-        if p.paused && p.conn.wants_read() {
+        if p.paused && p.conn.wants_read() && p.deferred.is_empty() && !self.sw.has_job(id) {
             p.paused = false;
             self.resumed.push(id);
         }

@@ -169,8 +169,36 @@ pub struct Switch {
     generation: Option<u64>,
     buckets: HashMap<u32, Bucket>,
     macs: HashMap<[u8; 6], u32>,
+    /// Multipart answers being produced a step at a time, by connection.
+    jobs: BTreeMap<ConnId, Job>,
     /// Counters.
     pub counters: SwitchCounters,
+}
+
+/// Flows looked at per step of a multipart answer over many flows (FLOW,
+/// AGGREGATE, TABLE stats): each costs a counter read, so an answer over a
+/// million flows is produced a step at a time, between the event loop's
+/// other work, as the connection takes it.
+pub const JOB_STEP: usize = 1024;
+
+/// Rules looked at per expiry call ([`Switch::tick`]).
+pub const EXPIRE_STEP: usize = 4096;
+
+#[derive(Debug)]
+enum JobKind {
+    Flow,
+    Aggregate(of::AggregateStats),
+    Table(of::TableStats),
+}
+
+/// A multipart answer in progress: the flows it covers, chosen when the
+/// request came, and how far it got.
+#[derive(Debug)]
+struct Job {
+    xid: u32,
+    kind: JobKind,
+    ids: Vec<u32>,
+    pos: usize,
 }
 
 fn error(conn: ConnId, xid: u32, code: ErrorCode, raw: &[u8]) -> (ConnId, u32, Message) {
@@ -196,6 +224,7 @@ impl Switch {
             generation: None,
             buckets: HashMap::new(),
             macs: HashMap::new(),
+            jobs: BTreeMap::new(),
             counters: SwitchCounters::default(),
         }
     }
@@ -237,6 +266,96 @@ impl Switch {
     /// A connection is gone.
     pub fn disconnected(&mut self, conn: ConnId) {
         self.sessions.remove(&conn);
+        self.jobs.remove(&conn);
+    }
+
+    /// True while a multipart answer to `conn` is being produced
+    /// ([`Switch::job_step`]): the connection's next messages must wait for
+    /// it, so that their replies follow it.
+    pub fn has_job(&self, conn: ConnId) -> bool {
+        self.jobs.contains_key(&conn)
+    }
+
+    /// The next [`JOB_STEP`] flows of `conn`'s multipart answer; its last
+    /// reply (without OFPMPF_REPLY_MORE) ends it.
+    pub fn job_step(&mut self, conn: ConnId, now_ns: u64, counters: &mut dyn Counters) -> Effects {
+        let mut fx = Effects::default();
+        let Some(mut job) = self.jobs.remove(&conn) else {
+            return fx;
+        };
+        let end = (job.pos + JOB_STEP).min(job.ids.len());
+        let chunk = job.ids.get(job.pos..end).unwrap_or_default();
+        let done = end == job.ids.len();
+        let mut replies = Vec::new();
+        match &mut job.kind {
+            JobKind::Flow => {
+                let list: Vec<of::FlowStats> = chunk
+                    .iter()
+                    .filter_map(|id| self.flows.flow_stats_of(*id, now_ns, counters))
+                    .collect();
+                if !list.is_empty() || done {
+                    replies = split(list, Rep::Flow, |f| {
+                        56 + f.match_.encoded_len().div_ceil(8) * 8 + 16 + 16 * 8
+                    });
+                }
+                if !done {
+                    if let Some(last) = replies.last_mut() {
+                        last.flags |= of::OFPMPF_REPLY_MORE;
+                    }
+                }
+            }
+            JobKind::Aggregate(a) => {
+                for id in chunk {
+                    if self.flows.rules().get(*id).is_some() {
+                        let s = self.flows.stats(*id, counters);
+                        a.packet_count += s.packets;
+                        a.byte_count += s.bytes;
+                        a.flow_count += 1;
+                    }
+                }
+                if done {
+                    replies.push(MultipartReply::new(Rep::Aggregate(*a)));
+                }
+            }
+            JobKind::Table(t) => {
+                for id in chunk {
+                    t.matched_count += self.flows.stats(*id, counters).packets;
+                }
+                if done {
+                    replies.push(MultipartReply::new(Rep::Table(vec![*t])));
+                }
+            }
+        }
+        for r in replies {
+            fx.send.push((conn, job.xid, Message::MultipartReply(r)));
+        }
+        job.pos = end;
+        if !done {
+            self.jobs.insert(conn, job);
+        }
+        fx
+    }
+
+    /// Start a multipart answer over `ids` and take its first step.
+    fn start_job(
+        &mut self,
+        conn: ConnId,
+        xid: u32,
+        kind: JobKind,
+        ids: Vec<u32>,
+        now_ns: u64,
+        counters: &mut dyn Counters,
+    ) -> Effects {
+        self.jobs.insert(
+            conn,
+            Job {
+                xid,
+                kind,
+                ids,
+                pos: 0,
+            },
+        );
+        self.job_step(conn, now_ns, counters)
     }
 
     /// A port appeared.
@@ -310,7 +429,7 @@ impl Switch {
 
     /// Periodic work: flow expiry.
     pub fn tick(&mut self, now_ns: u64, counters: &mut dyn Counters) -> Effects {
-        let o = self.flows.expire(now_ns, counters);
+        let o = self.flows.expire(now_ns, counters, EXPIRE_STEP);
         let mut fx = Effects {
             ops: o.ops,
             ..Default::default()
@@ -429,13 +548,49 @@ impl Switch {
                     self.counters.packet_out += 1;
                 }
             }
-            Message::MultipartRequest(req) => match self.multipart(req.body, now_ns, counters) {
-                Ok(replies) => {
-                    for r in replies {
-                        fx.send.push((conn, xid, Message::MultipartReply(r)));
+            Message::MultipartRequest(req) => match req.body {
+                body @ (Req::Flow(_) | Req::Aggregate(_)) => {
+                    let (aggregate, r) = match body {
+                        Req::Aggregate(r) => (true, r),
+                        Req::Flow(r) => (false, r),
+                        _ => return fx,
+                    };
+                    match self.flows.select_for(&r) {
+                        Ok(ids) => {
+                            let kind = if aggregate {
+                                JobKind::Aggregate(of::AggregateStats::default())
+                            } else {
+                                JobKind::Flow
+                            };
+                            fx.extend(self.start_job(conn, xid, kind, ids, now_ns, counters));
+                        }
+                        Err(c) => err(&mut fx, c),
                     }
                 }
-                Err(c) => err(&mut fx, c),
+                Req::Table => {
+                    let lookup: u64 = self
+                        .ports
+                        .keys()
+                        .filter_map(|p| counters.port(*p))
+                        .map(|s| s.rx_packets)
+                        .sum();
+                    let t = of::TableStats {
+                        table_id: 0,
+                        active_count: self.flows.len() as u32,
+                        lookup_count: lookup,
+                        matched_count: 0,
+                    };
+                    let ids = self.flows.ids();
+                    fx.extend(self.start_job(conn, xid, JobKind::Table(t), ids, now_ns, counters));
+                }
+                body => match self.multipart(body, now_ns, counters) {
+                    Ok(replies) => {
+                        for r in replies {
+                            fx.send.push((conn, xid, Message::MultipartReply(r)));
+                        }
+                    }
+                    Err(c) => err(&mut fx, c),
+                },
             },
             Message::TableMod(t) => {
                 if slave {
@@ -543,29 +698,6 @@ impl Switch {
                 serial_num: "None".into(),
                 dp_desc: format!("daolinet-agent dpid {:016x}", self.settings.datapath_id),
             }))],
-            Req::Flow(r) => {
-                let list = self.flows.flow_stats(&r, now_ns, counters)?;
-                split(list, Rep::Flow, |f| {
-                    56 + f.match_.encoded_len().div_ceil(8) * 8 + 16 + 16 * 8
-                })
-            }
-            Req::Aggregate(r) => vec![MultipartReply::new(Rep::Aggregate(
-                self.flows.aggregate(&r, counters)?,
-            ))],
-            Req::Table => {
-                let lookup: u64 = self
-                    .ports
-                    .keys()
-                    .filter_map(|p| counters.port(*p))
-                    .map(|s| s.rx_packets)
-                    .sum();
-                vec![MultipartReply::new(Rep::Table(vec![of::TableStats {
-                    table_id: 0,
-                    active_count: self.flows.len() as u32,
-                    lookup_count: lookup,
-                    matched_count: self.flows.matched_packets(counters),
-                }]))]
-            }
             Req::PortStats(port) => {
                 if port != of::OFPP_ANY && !self.ports.contains_key(&port) {
                     return Err(code(of::OFPET_BAD_REQUEST, of::OFPBRC_BAD_PORT));
@@ -1234,24 +1366,53 @@ mod tests {
                 .unwrap();
             assert!(errors(&send(&mut s, 1, 4, Message::FlowMod(fm))).is_empty());
         }
+        // A dump over many flows comes a step at a time, until its last
+        // reply (without REPLY_MORE).
         let req = of::FlowStatsRequest::default();
-        let fx = send(&mut s, 1, 5, mp(Req::Flow(req.clone())));
-        assert!(fx.send.len() > 1);
+        let mut all = send(&mut s, 1, 5, mp(Req::Flow(req.clone()))).send;
+        let mut steps = 1;
+        while s.has_job(1) {
+            all.extend(s.job_step(1, 0, &mut Fake).send);
+            steps += 1;
+        }
+        assert_eq!(steps, 2000usize.div_ceil(JOB_STEP));
+        assert!(all.len() > 1);
         let mut total = 0;
-        for (i, (_, xid, m)) in fx.send.iter().enumerate() {
+        let mut last_prio = u16::MAX;
+        for (i, (_, xid, m)) in all.iter().enumerate() {
             let Message::MultipartReply(r) = m else {
                 panic!()
             };
             let Rep::Flow(list) = &r.body else { panic!() };
             total += list.len();
+            for f in list {
+                assert!(f.priority <= last_prio, "highest priority first");
+                last_prio = f.priority;
+            }
             assert_eq!(*xid, 5);
-            assert_eq!(r.flags & of::OFPMPF_REPLY_MORE != 0, i + 1 < fx.send.len());
+            assert_eq!(r.flags & of::OFPMPF_REPLY_MORE != 0, i + 1 < all.len());
             assert!(m.to_bytes(5).is_ok(), "reply too large");
         }
         assert_eq!(total, 2000);
-        let fx = send(&mut s, 1, 6, mp(Req::Aggregate(req)));
+        let mut all = send(&mut s, 1, 6, mp(Req::Aggregate(req))).send;
+        while s.has_job(1) {
+            all.extend(s.job_step(1, 0, &mut Fake).send);
+        }
         assert!(
-            matches!(&fx.send[0].2, Message::MultipartReply(r) if matches!(r.body, Rep::Aggregate(a) if a.flow_count == 2000))
+            matches!(&all[..], [(_, 6, Message::MultipartReply(r))] if matches!(r.body, Rep::Aggregate(a) if a.flow_count == 2000))
+        );
+        let mut all = send(&mut s, 1, 8, mp(Req::Table)).send;
+        assert!(s.has_job(1));
+        // A connection that goes away takes its answer with it.
+        s.disconnected(1);
+        assert!(!s.has_job(1));
+        hello(&mut s, 1);
+        all.extend(send(&mut s, 1, 8, mp(Req::Table)).send);
+        while s.has_job(1) {
+            all.extend(s.job_step(1, 0, &mut Fake).send);
+        }
+        assert!(
+            matches!(&all[..], [(_, 8, Message::MultipartReply(r))] if matches!(&r.body, Rep::Table(t) if t[0].active_count == 2000))
         );
         let fx = send(&mut s, 1, 7, mp(Req::GroupDesc));
         assert_eq!(

@@ -467,15 +467,19 @@ impl FlowTable {
         self.deadlines.first().map(|(d, _)| *d)
     }
 
-    /// Remove the rules whose idle or hard timeout has passed at `now_ns`.
-    /// Only rules whose deadline has come are read, so this is cheap to call
-    /// often.
-    pub fn expire(&mut self, now_ns: u64, counters: &mut dyn Counters) -> Outcome {
+    /// Remove the rules whose idle or hard timeout has passed at `now_ns`,
+    /// looking at no more than `budget` of them (each costs a counter read):
+    /// what is left waits for the next call, which [`FlowTable::next_deadline`]
+    /// says is due at once. Only rules whose deadline has come are read, so
+    /// this is cheap to call often.
+    pub fn expire(&mut self, now_ns: u64, counters: &mut dyn Counters, budget: usize) -> Outcome {
         let mut out = Outcome::default();
+        let mut looked = 0;
         while let Some(&(deadline, id)) = self.deadlines.first() {
-            if deadline > now_ns {
+            if deadline > now_ns || looked >= budget {
                 break;
             }
+            looked += 1;
             self.deadlines.pop_first();
             let (Some(r), Some(t)) = (self.table.get(id), self.times.get(&id).copied()) else {
                 self.times.remove(&id);
@@ -526,6 +530,36 @@ impl FlowTable {
             out_port: req.out_port,
             out_group: req.out_group,
         }))
+    }
+
+    /// The ids of the flows a FLOW or AGGREGATE request selects, highest
+    /// priority first (then by id), as Open vSwitch lists them.
+    pub fn select_for(&self, req: &of::FlowStatsRequest) -> Result<Vec<u32>, ErrorCode> {
+        let Some(f) = Self::filter(req)? else {
+            return Ok(Vec::new());
+        };
+        let mut ids = self.select(&f, None);
+        ids.sort_by_key(|id| {
+            let p = self.table.get(*id).map_or(0, |r| r.priority);
+            (std::cmp::Reverse(p), *id)
+        });
+        Ok(ids)
+    }
+
+    /// The stats entry of flow `id` (None if it is gone).
+    pub fn flow_stats_of(
+        &self,
+        id: u32,
+        now_ns: u64,
+        counters: &mut dyn Counters,
+    ) -> Option<FlowStats> {
+        let r = self.table.get(id)?;
+        Some(self.stats_of(id, r, now_ns, counters))
+    }
+
+    /// All rule ids.
+    pub fn ids(&self) -> Vec<u32> {
+        self.table.rules().map(|(id, _)| id).collect()
     }
 
     /// OFPMP_FLOW: the flows selected by the request, with counters.
@@ -1007,8 +1041,8 @@ mod tests {
                 last_used_ns: 0,
             },
         );
-        assert_eq!(t.expire(1_999_999_999, &mut c).touched, 0);
-        let o = t.expire(2_000_000_000, &mut c);
+        assert_eq!(t.expire(1_999_999_999, &mut c, usize::MAX).touched, 0);
+        let o = t.expire(2_000_000_000, &mut c, usize::MAX);
         assert_eq!(o.touched, 1);
         assert_eq!(o.removed.len(), 1);
         let fr = &o.removed[0];
@@ -1024,12 +1058,36 @@ mod tests {
         );
         assert!(o.ops.iter().any(|o| matches!(o, MapOp::DelFlow(_))));
         // The busy one goes 2 s after its last hit, without FLOW_REMOVED.
-        let o = t.expire(3_000_000_000, &mut c);
+        let o = t.expire(3_000_000_000, &mut c, usize::MAX);
         assert_eq!(o.touched, 1);
         assert_eq!(o.removed[0].reason, of::OFPRR_HARD_TIMEOUT);
         assert_eq!(t.len(), 1);
-        let o = t.expire(3_500_000_000, &mut c);
+        let o = t.expire(3_500_000_000, &mut c, usize::MAX);
         assert_eq!((o.touched, o.removed.len()), (1, 0));
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn many_flows_expire_a_budget_at_a_time() {
+        let mut t = FlowTable::default();
+        let mut c = FakeCounters::default();
+        for i in 0..100 {
+            apply(
+                &mut t,
+                &fm(&format!(
+                    "hard_timeout=1,ip,nw_dst=10.0.0.{i} actions=output:1"
+                )),
+            )
+            .unwrap();
+        }
+        let now = 2_000_000_000;
+        let mut calls = 0;
+        while t.next_deadline().is_some_and(|d| d <= now) {
+            let o = t.expire(now, &mut c, 30);
+            assert!(o.touched <= 30);
+            calls += 1;
+        }
+        assert_eq!(calls, 4);
         assert!(t.is_empty());
     }
 

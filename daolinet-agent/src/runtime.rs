@@ -339,10 +339,12 @@ impl<D: Dataplane> EventLoop<D> {
     /// Serve until SIGINT/SIGTERM or [`StopHandle::stop`].
     pub fn run(&mut self) -> Result<()> {
         let mut events = Events::with_capacity(256);
+        // Multipart answers in progress can take their next step at once.
+        let mut busy = false;
         loop {
             let now = now_ns();
             self.start_connects(now);
-            let deadline = self.next_deadline(now);
+            let deadline = if busy { now } else { self.next_deadline(now) };
             let mut timeout = Duration::from_nanos(deadline.saturating_sub(now));
             if timeout.is_zero() && deadline > now {
                 timeout = Duration::from_nanos(1);
@@ -399,6 +401,7 @@ impl<D: Dataplane> EventLoop<D> {
                     },
                 }
             }
+            busy = self.eng.pump();
             for id in self.eng.take_resumed() {
                 self.eng.read(id, false);
             }

@@ -495,12 +495,14 @@ fn a_slow_peer_gets_every_reply_whole_and_in_order() {
     let mut rounds = 0;
     loop {
         let waiting = eng.flush(id);
+        eng.pump();
         eng.read(id, false);
         for r in eng.take_resumed() {
             eng.read(r, false);
         }
         if !waiting
             && lock(&st).pending() == 0
+            && !eng.sw.has_job(id)
             && eng.conn(id).is_some_and(|c| c.output().is_empty())
         {
             break;
@@ -638,5 +640,100 @@ fn a_peer_that_hangs_up_or_sends_an_unframeable_header_is_reaped() {
     assert!(matches!(
         lock(&sb).got.last().map(|f| &f.message),
         Some(Message::Error(_))
+    ));
+}
+
+#[test]
+fn a_dump_of_many_flows_goes_a_step_at_a_time_and_what_follows_it_waits() {
+    let log = Log::default();
+    let mut eng = engine_with(&log, ConnConfig::default());
+    let (a, sa) = connected(&mut eng, &log, "a");
+    let (b, sb) = connected(&mut eng, &log, "b");
+    let n = 5000u32;
+    let mods: Vec<(u32, Message)> = (0..n)
+        .map(|i| {
+            let fm: FlowMod = format!(
+                "priority={},ip,nw_dst=10.{}.{}.1 actions=output:1",
+                i % 7,
+                i / 256,
+                i % 256
+            )
+            .parse()
+            .unwrap();
+            (100, Message::FlowMod(fm))
+        })
+        .collect();
+    lock(&sa).send(wire(&mods));
+    while lock(&sa).pending() > 0 {
+        eng.read(a, false);
+    }
+    assert_eq!(eng.sw.flows.len(), n as usize);
+    let dump = Message::MultipartRequest(of::MultipartRequest::new(
+        of::MultipartRequestBody::Flow(of::FlowStatsRequest::default()),
+    ));
+    lock(&sa).send(wire(&[(76, dump), (77, Message::BarrierRequest)]));
+    eng.read(a, false);
+    // One step went out; the rest waits, and so does the barrier behind it.
+    assert!(eng.sw.has_job(a));
+    let flows_in = |st: &Arc<Mutex<PipeState>>| -> usize {
+        lock(st)
+            .got
+            .iter()
+            .map(|f| match &f.message {
+                Message::MultipartReply(r) => match &r.body {
+                    of::MultipartReplyBody::Flow(l) => l.len(),
+                    _ => 0,
+                },
+                _ => 0,
+            })
+            .sum()
+    };
+    assert!(flows_in(&sa) < n as usize);
+    assert!(!lock(&sa)
+        .got
+        .iter()
+        .any(|f| matches!(f.message, Message::BarrierReply)));
+    // Meanwhile another controller is served, and punts go out.
+    lock(&sb).send(wire(&[(5, Message::EchoRequest(vec![1]))]));
+    eng.read(b, false);
+    assert!(lock(&sb)
+        .got
+        .iter()
+        .any(|f| f.xid == 5 && matches!(f.message, Message::EchoReply(_))));
+    lock(&eng.dp.punts).push_back(punt(1));
+    eng.drain_punts(0);
+    assert!(lock(&sb)
+        .got
+        .iter()
+        .any(|f| matches!(f.message, Message::PacketIn(_))));
+    // The rest, step by step; then the barrier.
+    while eng.pump() {}
+    assert!(!eng.sw.has_job(a));
+    assert_eq!(flows_in(&sa), n as usize);
+    let xids: Vec<(u32, bool)> = lock(&sa)
+        .got
+        .iter()
+        .filter_map(|f| match &f.message {
+            Message::MultipartReply(r) => Some((f.xid, r.flags & of::OFPMPF_REPLY_MORE != 0)),
+            Message::BarrierReply => Some((f.xid, false)),
+            _ => None,
+        })
+        .collect();
+    let (last_mp, barrier) = (xids[xids.len() - 2], xids[xids.len() - 1]);
+    assert_eq!(last_mp, (76, false), "the dump ends with its last reply");
+    assert_eq!(barrier, (77, false), "then the barrier behind it");
+    assert!(xids[..xids.len() - 2].iter().all(|x| *x == (76, true)));
+    // Reading resumed: the connection is served again.
+    for r in eng.take_resumed() {
+        eng.read(r, false);
+    }
+    lock(&sa).send(wire(&[(78, Message::BarrierRequest)]));
+    eng.read(a, false);
+    assert!(matches!(
+        lock(&sa).got.last(),
+        Some(Frame {
+            xid: 78,
+            message: Message::BarrierReply
+        })
     ));
 }
