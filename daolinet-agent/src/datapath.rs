@@ -16,7 +16,7 @@ use aya::util::nr_cpus;
 use aya::{Ebpf, EbpfLoader};
 use daolinet_common::{
     maps as names, DatapathConfig, DropReason, FlowEntry, FlowMapKey, MissPolicy, PortInfo,
-    PortKind, PortStats, PuntHeader, RuleMeta, RuleStats, Subtable, MAX_PORTS, MAX_SUBTABLES,
+    PortKind, PortStats, PuntHeader, RuleStats, Subtable, MAX_PORTS, MAX_SUBTABLES,
     OFPORT_INDEX_SLOTS, PORT_FLAG_ANTI_SPOOF, PORT_INDEX_SLOTS,
 };
 
@@ -376,10 +376,9 @@ pub struct Punt {
 pub struct SavedRules {
     /// The subtable list, in datapath order.
     pub subtables: Vec<Subtable>,
-    /// Recoverable rules by id.
+    /// The rules by id: each classifier entry holds a whole rule (with the
+    /// subtable's mask).
     pub rules: Vec<(u32, crate::table::Rule)>,
-    /// Ids of rules whose actions are gone (shadowed).
-    pub lost: Vec<u32>,
 }
 
 /// The `batch` member of `union bpf_attr`.
@@ -561,7 +560,7 @@ pub fn mem_total() -> Option<u64> {
 
 /// The pinned maps whose layout the agent knows: name, key size, value
 /// size. A pin whose sizes differ was made by an incompatible agent.
-fn pinned_layouts() -> [(&'static str, usize, usize); 4] {
+fn pinned_layouts() -> [(&'static str, usize, usize); 3] {
     [
         (
             names::FLOWS,
@@ -569,20 +568,29 @@ fn pinned_layouts() -> [(&'static str, usize, usize); 4] {
             size_of::<FlowEntry>(),
         ),
         (names::SUBTABLES, 4, size_of::<Subtable>()),
-        (names::RULE_META, 4, size_of::<RuleMeta>()),
         (names::PORTS, 4, size_of::<PortInfo>()),
     ]
 }
+
+/// Maps earlier agents pinned that this one no longer has.
+const RETIRED_PINS: [&str; 2] = ["DL_RULE_META", "DL_RULE_STATS"];
 
 /// Remove the pins in `pin_dir` when any of them has another layout than
 /// this agent's (made by an incompatible version): the programs would not
 /// load against them. Forwarding then starts empty, until the controller
 /// installs the flows again. Returns whether it removed them.
 fn drop_incompatible_pins(pin_dir: &Path) -> Result<bool> {
-    let stale = pinned_layouts().iter().find_map(|(name, k, v)| {
-        let info = aya::maps::MapInfo::from_pin(pin_dir.join(name)).ok()?;
-        let (pk, pv) = (info.key_size() as usize, info.value_size() as usize);
-        ((pk, pv) != (*k, *v)).then(|| format!("{name}: key {pk} B, value {pv} B, now {k} and {v}"))
+    let retired = RETIRED_PINS
+        .iter()
+        .find(|n| pin_dir.join(n).exists())
+        .map(|n| format!("{n} is no longer used"));
+    let stale = retired.or_else(|| {
+        pinned_layouts().iter().find_map(|(name, k, v)| {
+            let info = aya::maps::MapInfo::from_pin(pin_dir.join(name)).ok()?;
+            let (pk, pv) = (info.key_size() as usize, info.value_size() as usize);
+            ((pk, pv) != (*k, *v))
+                .then(|| format!("{name}: key {pk} B, value {pv} B, now {k} and {v}"))
+        })
     });
     let Some(why) = stale else {
         return Ok(false);
@@ -602,7 +610,7 @@ fn drop_incompatible_pins(pin_dir: &Path) -> Result<bool> {
 }
 
 /// The maps sized by the number of rules.
-const RULE_MAPS: [&str; 2] = [names::FLOWS, names::RULE_META];
+const RULE_MAPS: [&str; 1] = [names::FLOWS];
 
 impl Datapath {
     /// A clean stop: the programs stay attached (pinned) with the pinned
@@ -1024,16 +1032,6 @@ impl Datapath {
                     let _ = m.remove(k);
                 }
                 MapOp::SetSubtables(list) => self.set_subtables(list)?,
-                MapOp::PutMeta(id, meta) => {
-                    let mut m: HashMap<&mut MapData, u32, RuleMeta> =
-                        HashMap::try_from(self.map(names::RULE_META)?)?;
-                    m.insert(id, meta, 0)?;
-                }
-                MapOp::DelMeta(id) => {
-                    let mut m: HashMap<&mut MapData, u32, RuleMeta> =
-                        HashMap::try_from(self.map(names::RULE_META)?)?;
-                    let _ = m.remove(id);
-                }
             }
         }
         if ops.iter().any(changes_rules) {
@@ -1052,8 +1050,8 @@ impl Datapath {
     /// Runs of removals (classifier entries, metadata) are deleted with one
     /// `BPF_MAP_DELETE_BATCH` per map the same way.
     pub fn apply_batched(&mut self, ops: &[MapOp]) -> Result<()> {
-        let adds = |o: &MapOp| matches!(o, MapOp::PutMeta(..) | MapOp::PutFlow(..));
-        let dels = |o: &MapOp| matches!(o, MapOp::DelMeta(_) | MapOp::DelFlow(_));
+        let adds = |o: &MapOp| matches!(o, MapOp::PutFlow(..));
+        let dels = |o: &MapOp| matches!(o, MapOp::DelFlow(_));
         let mut i = 0;
         while i < ops.len() {
             let run = ops[i..].iter().take_while(|o| adds(o)).count();
@@ -1098,25 +1096,15 @@ impl Datapath {
     }
 
     fn batch_adds(&mut self, seg: &[MapOp]) -> Result<()> {
-        let (mut mk, mut mv, mut fk, mut fv) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let (mut nm, mut nf) = (0u32, 0u32);
+        let (mut fk, mut fv) = (Vec::new(), Vec::new());
+        let mut nf = 0u32;
         for op in seg {
-            match op {
-                MapOp::PutMeta(id, meta) => {
-                    mk.extend_from_slice(&id.to_ne_bytes());
-                    mv.extend_from_slice(bytemuck::bytes_of(meta));
-                    nm += 1;
-                }
-                MapOp::PutFlow(k, e) => {
-                    fk.extend_from_slice(bytemuck::bytes_of(k));
-                    fv.extend_from_slice(bytemuck::bytes_of(e));
-                    nf += 1;
-                }
-                _ => bail!("not an addition"),
-            }
-        }
-        if nm > 0 {
-            update_batch(self.batch_fd(names::RULE_META)?, &mk, &mv, nm)?;
+            let MapOp::PutFlow(k, e) = op else {
+                bail!("not an addition");
+            };
+            fk.extend_from_slice(bytemuck::bytes_of(k));
+            fv.extend_from_slice(bytemuck::bytes_of(e));
+            nf += 1;
         }
         if nf > 0 {
             update_batch(self.batch_fd(names::FLOWS)?, &fk, &fv, nf)?;
@@ -1125,20 +1113,14 @@ impl Datapath {
     }
 
     fn batch_dels(&mut self, seg: &[MapOp]) -> Result<()> {
-        let (mut mk, mut fk) = (Vec::new(), Vec::new());
-        let (mut nm, mut nf) = (0u32, 0u32);
+        let mut fk = Vec::new();
+        let mut nf = 0u32;
         for op in seg {
-            match op {
-                MapOp::DelMeta(id) => {
-                    mk.extend_from_slice(&id.to_ne_bytes());
-                    nm += 1;
-                }
-                MapOp::DelFlow(k) => {
-                    fk.extend_from_slice(bytemuck::bytes_of(k));
-                    nf += 1;
-                }
-                _ => bail!("not a removal"),
-            }
+            let MapOp::DelFlow(k) = op else {
+                bail!("not a removal");
+            };
+            fk.extend_from_slice(bytemuck::bytes_of(k));
+            nf += 1;
         }
         if nf > 0 {
             delete_batch(
@@ -1147,9 +1129,6 @@ impl Datapath {
                 size_of::<FlowMapKey>(),
                 nf,
             )?;
-        }
-        if nm > 0 {
-            delete_batch(self.batch_fd(names::RULE_META)?, &mk, 4, nm)?;
         }
         Ok(())
     }
@@ -1185,10 +1164,9 @@ impl Datapath {
         Ok(())
     }
 
-    /// Read back the rules an earlier agent left in the pinned maps.
-    /// Rules shadowed by a higher priority one with the same match have no
-    /// classifier entry of their own and cannot be recovered; they are
-    /// listed in [`SavedRules::lost`].
+    /// Read back the rules an earlier agent left in the pinned maps, from
+    /// the classifier entries. Rules shadowed by a higher priority one with
+    /// the same match have no entry of their own and are not recovered.
     pub fn saved_rules(&mut self) -> Result<SavedRules> {
         let n = {
             let c: Array<&mut MapData, DatapathConfig> = Array::try_from(self.map(names::CONFIG)?)?;
@@ -1201,63 +1179,36 @@ impl Datapath {
                 subs.push(a.get(&i, 0)?);
             }
         }
-        let metas: Vec<(u32, RuleMeta)> = {
-            let m: HashMap<&mut MapData, u32, RuleMeta> =
-                HashMap::try_from(self.map(names::RULE_META)?)?;
-            m.iter().filter_map(|r| r.ok()).collect()
-        };
         tracing::debug!(
             subtables = subs.len(),
-            metas = metas.len(),
             "reading rules left in the pinned maps"
         );
         let flows: HashMap<&mut MapData, FlowMapKey, FlowEntry> =
             HashMap::try_from(self.map(names::FLOWS)?)?;
-        let (mut rules, mut lost) = (Vec::new(), Vec::new());
-        for (id, meta) in metas {
-            let entry = subs
-                .iter()
-                .find(|s| s.mask == meta.mask)
-                .and_then(|s| {
-                    flows
-                        .get(
-                            &FlowMapKey {
-                                subtable: s.id,
-                                key: meta.key,
-                            },
-                            0,
-                        )
-                        .ok()
-                })
-                .filter(|e| e.rule_id == id);
-            match entry {
-                Some(e) => rules.push((
-                    id,
-                    crate::table::Rule {
-                        priority: meta.priority as u16,
-                        key: meta.key,
-                        mask: meta.mask,
-                        actions: e.actions[..(e.n_actions as usize).min(e.actions.len())].to_vec(),
-                        cookie: meta.cookie,
-                        idle_timeout: meta.idle_timeout,
-                        hard_timeout: meta.hard_timeout,
-                        flags: meta.flags,
-                    },
-                )),
-                None => lost.push(id),
-            }
+        let mut rules = Vec::new();
+        for kv in flows.iter() {
+            let (k, e) = kv?;
+            let Some(sub) = subs.iter().find(|s| s.id == k.subtable) else {
+                continue;
+            };
+            rules.push((
+                e.rule_id,
+                crate::table::Rule {
+                    priority: e.priority as u16,
+                    key: k.key,
+                    mask: sub.mask,
+                    actions: e.actions[..(e.n_actions as usize).min(e.actions.len())].to_vec(),
+                    cookie: e.cookie,
+                    idle_timeout: e.idle_timeout,
+                    hard_timeout: e.hard_timeout,
+                    flags: e.flags,
+                },
+            ));
         }
         Ok(SavedRules {
             subtables: subs,
             rules,
-            lost,
         })
-    }
-
-    /// Forget the metadata of rules that could not be restored.
-    pub fn forget_rules(&mut self, ids: &[u32]) -> Result<()> {
-        let ops: Vec<MapOp> = ids.iter().map(|i| MapOp::DelMeta(*i)).collect();
-        self.apply(&ops)
     }
 
     /// The counters of the classifier entry at `at`, if it is rule `id`'s.

@@ -446,13 +446,11 @@ fn run(
     drop(object_bytes);
     tracing::info!(%object, pins = %pin_dir.display(), "datapath loaded");
     let saved = dp.saved_rules()?;
-    if !saved.rules.is_empty() || !saved.lost.is_empty() {
+    if !saved.rules.is_empty() {
         tracing::info!(
             restored = saved.rules.len(),
-            lost = saved.lost.len(),
             "rules kept in the pinned maps from the previous run"
         );
-        dp.forget_rules(&saved.lost)?;
     }
     let flows = FlowTable::new(
         RuleTable::restore(&saved.subtables, saved.rules).with_limit(dp.capacity()),

@@ -1130,7 +1130,6 @@ mod tests {
                         self.flows.remove(k);
                     }
                     MapOp::SetSubtables(l) => self.subtables = l.clone(),
-                    _ => {}
                 }
             }
         }

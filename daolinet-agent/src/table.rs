@@ -11,8 +11,7 @@ use std::collections::BTreeMap;
 use foldhash::HashMap;
 
 use daolinet_common::{
-    Action, FlowEntry, FlowKey, FlowMapKey, RuleMeta, Subtable, MAX_ACTIONS, MAX_RULES,
-    MAX_SUBTABLES,
+    Action, FlowEntry, FlowKey, FlowMapKey, Subtable, MAX_ACTIONS, MAX_RULES, MAX_SUBTABLES,
 };
 
 /// A rule as the agent keeps it.
@@ -50,10 +49,6 @@ pub enum MapOp {
     DelFlow(FlowMapKey),
     /// Rewrite the subtable list (already sorted) and its count.
     SetSubtables(Vec<Subtable>),
-    /// Store the rule's metadata (for rebuilding after a restart).
-    PutMeta(u32, RuleMeta),
-    /// Remove the rule's metadata.
-    DelMeta(u32),
 }
 
 /// Why a rule cannot be installed.
@@ -266,7 +261,7 @@ impl RuleTable {
         if let Some(s) = self.subtables.iter_mut().find(|s| s.mask == rule.mask) {
             *s.prios.entry(rule.priority).or_default() += 1;
         }
-        let mut ops = vec![MapOp::PutMeta(id, meta(&rule))];
+        let mut ops = Vec::with_capacity(2);
         let (key, mask) = (rule.key, rule.mask);
         let before = self.winner(&key, &mask);
         self.groups.entry((key, mask)).or_default().push(id);
@@ -294,10 +289,9 @@ impl RuleTable {
         if new.actions.len() > MAX_ACTIONS {
             return Err(TableError::TooManyActions(new.actions.len()));
         }
-        let m = meta(&new);
         *rule = new;
-        let mut ops = vec![MapOp::PutMeta(id, m)];
         let before = self.winner(&key, &mask);
+        let mut ops = Vec::new();
         ops.extend(self.refresh_entry(&key, &mask, before, Some(id)));
         Ok(ops)
     }
@@ -318,7 +312,6 @@ impl RuleTable {
             }
         }
         let mut ops = self.refresh_entry(&rule.key, &rule.mask, before, None);
-        ops.push(MapOp::DelMeta(id));
         if let Some(pos) = self.subtables.iter().position(|s| s.mask == rule.mask) {
             let s = &mut self.subtables[pos];
             if let Some(n) = s.prios.get_mut(&rule.priority) {
@@ -445,30 +438,16 @@ fn entry(id: u32, r: &Rule) -> FlowEntry {
         priority: u32::from(r.priority),
         rule_id: id,
         n_actions: r.actions.len() as u32,
+        flags: r.flags,
+        cookie: r.cookie,
+        idle_timeout: r.idle_timeout,
+        hard_timeout: r.hard_timeout,
         ..Default::default()
     };
     for (slot, a) in e.actions.iter_mut().zip(&r.actions) {
         *slot = *a;
     }
     e
-}
-
-fn meta(r: &Rule) -> RuleMeta {
-    RuleMeta {
-        cookie: r.cookie,
-        installed_unix_ns: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0),
-        key: r.key,
-        mask: r.mask,
-        priority: u32::from(r.priority),
-        idle_timeout: r.idle_timeout,
-        hard_timeout: r.hard_timeout,
-        flags: r.flags,
-        in_use: 1,
-        ..Default::default()
-    }
 }
 
 #[cfg(test)]
@@ -536,17 +515,15 @@ mod tests {
         assert_eq!(t.entry_key(low), None);
         // Adding a lower one leaves the entry (and its counters) alone.
         let (lower, ops) = t.insert(rule(5, [10, 0, 0, 1], [255; 4], 3)).unwrap();
-        assert!(ops
-            .iter()
-            .all(|o| matches!(o, MapOp::PutMeta(..) | MapOp::SetSubtables(_))));
+        assert!(ops.iter().all(|o| matches!(o, MapOp::SetSubtables(_))));
         // New actions for the rule in the entry keep its counters; for a
         // shadowed one nothing changes in the datapath.
         let ops = t.modify(high, |r| r.actions.clear()).unwrap();
         assert!(
-            matches!(&ops[1..], [MapOp::UpdateFlow(_, e)] if e.rule_id == high && e.n_actions == 0)
+            matches!(&ops[..], [MapOp::UpdateFlow(_, e)] if e.rule_id == high && e.n_actions == 0)
         );
         let ops = t.modify(lower, |r| r.actions.clear()).unwrap();
-        assert!(matches!(&ops[..], [MapOp::PutMeta(..)]));
+        assert!(ops.is_empty());
         let (_, ops) = t.remove(lower).unwrap();
         assert!(!ops
             .iter()
@@ -564,12 +541,13 @@ mod tests {
         let (_, ops) = t.remove(id).unwrap();
         assert!(ops.iter().any(|o| matches!(o, MapOp::DelFlow(_))));
         assert!(ops.contains(&MapOp::SetSubtables(vec![])));
-        assert!(ops.contains(&MapOp::DelMeta(id)));
         assert_eq!(t.remove(id).unwrap_err(), TableError::NoSuchRule(id));
         let (again, ops) = t.insert(rule(10, [10, 0, 0, 9], [255; 4], 1)).unwrap();
         assert_eq!(again, id);
         // A fresh entry: counters from zero.
-        assert!(matches!(&ops[1], MapOp::PutFlow(_, e) if e.rule_id == id && e.packets == 0));
+        assert!(
+            matches!(&ops[0], MapOp::PutFlow(_, e) if e.rule_id == id && e.packets == 0 && e.cookie == 1)
+        );
     }
 
     #[test]

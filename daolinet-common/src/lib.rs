@@ -38,8 +38,8 @@ pub use stats::{PortStats, RuleStats};
 /// Maximum number of distinct match masks (subtables) the datapath walks.
 pub const MAX_SUBTABLES: usize = 32;
 /// Number of rules the maps are declared with in the object (entries of
-/// [`maps::FLOWS`] and [`maps::RULE_META`]); the agent sets the real size
-/// when it loads the object (`--max-flows`).
+/// [`maps::FLOWS`]); the agent sets the real size when it loads the
+/// object (`--max-flows`).
 pub const MAX_RULES: u32 = 131_072;
 /// Maximum number of ports on one agent (slots of the port statistics).
 pub const MAX_PORTS: u32 = 1024;
@@ -87,9 +87,6 @@ pub mod maps {
     pub const DROPS: &str = "DL_DROPS";
     /// Ring buffer of [`crate::PuntRecord`]s.
     pub const PUNTS: &str = "DL_PUNTS";
-    /// Hash map rule id (u32) -> [`crate::RuleMeta`]; written and read by
-    /// userspace only, so the rule table can be rebuilt after a restart.
-    pub const RULE_META: &str = "DL_RULE_META";
     /// The TC (tcx) classifier program, used on container ports and on a TC uplink.
     pub const PROG_TC: &str = "daolinet_tc";
     /// The XDP program, used on the uplink with `--uplink-mode xdp`.
@@ -141,8 +138,10 @@ pub struct FlowEntry {
     pub rule_id: u32,
     /// Number of valid entries in `actions`; zero means drop.
     pub n_actions: u32,
+    /// OpenFlow flow-mod flags (`OFPFF_*`), for userspace.
+    pub flags: u16,
     /// Reserved, zero.
-    pub _pad: u32,
+    pub _pad: u16,
     /// Packets that hit the rule. The counters live in the entry itself,
     /// so their memory follows the rules installed: the datapath adds to
     /// them atomically (all CPUs share the entry), userspace reads them
@@ -153,40 +152,18 @@ pub struct FlowEntry {
     /// `bpf_ktime_get_coarse_ns()` of the last hit (CLOCK_MONOTONIC_COARSE,
     /// which trails CLOCK_MONOTONIC by at most a timer tick).
     pub last_used_ns: u64,
+    /// OpenFlow cookie, for userspace: with the fields above and the
+    /// subtable's mask, the entry is the whole rule, which a restarted
+    /// agent reads back.
+    pub cookie: u64,
+    /// Idle timeout in seconds (0 = none), for userspace.
+    pub idle_timeout: u16,
+    /// Hard timeout in seconds (0 = none), for userspace.
+    pub hard_timeout: u16,
+    /// Reserved, zero.
+    pub _pad2: u32,
     /// The actions, applied in order.
     pub actions: [Action; MAX_ACTIONS],
-}
-
-/// Userspace-only metadata of an installed rule ([`maps::RULE_META`]).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct RuleMeta {
-    /// OpenFlow cookie.
-    pub cookie: u64,
-    /// Wall-clock install time, nanoseconds since the Unix epoch.
-    pub installed_unix_ns: u64,
-    /// Packets counted before the last statistics reset (added to the map's counters).
-    pub packet_base: u64,
-    /// Bytes counted before the last statistics reset.
-    pub byte_base: u64,
-    /// The rule's match values (already masked).
-    pub key: FlowKey,
-    /// The rule's match mask.
-    pub mask: FlowKey,
-    /// OpenFlow priority.
-    pub priority: u32,
-    /// Idle timeout in seconds, 0 = none.
-    pub idle_timeout: u16,
-    /// Hard timeout in seconds, 0 = none.
-    pub hard_timeout: u16,
-    /// OpenFlow flow-mod flags (OFPFF_*).
-    pub flags: u16,
-    /// OpenFlow table id.
-    pub table_id: u8,
-    /// Non-zero when the slot is in use.
-    pub in_use: u8,
-    /// Reserved, zero.
-    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]
@@ -201,7 +178,6 @@ mod aya_pod {
     unsafe impl aya::Pod for super::PortInfo {}
     unsafe impl aya::Pod for super::RuleStats {}
     unsafe impl aya::Pod for super::PortStats {}
-    unsafe impl aya::Pod for super::RuleMeta {}
     unsafe impl aya::Pod for super::PuntHeader {}
 }
 
@@ -215,11 +191,10 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<FlowMapKey>(), 44);
         assert_eq!(size_of::<Action>(), 16);
-        assert_eq!(size_of::<FlowEntry>(), 40 + 16 * MAX_ACTIONS);
+        assert_eq!(size_of::<FlowEntry>(), 56 + 16 * MAX_ACTIONS);
         assert_eq!(size_of::<Subtable>(), 48);
         assert_eq!(size_of::<PortInfo>(), 32);
         assert_eq!(size_of::<PuntHeader>(), 48);
         assert_eq!(size_of::<RuleStats>(), 24);
-        assert_eq!(size_of::<RuleMeta>(), 128);
     }
 }

@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use daolinet_common::{
     maps as names, DatapathConfig, DropReason, FlowEntry, FlowKey, FlowMapKey, PortInfo, PortStats,
-    RuleMeta, Subtable, MAX_PORTS, MAX_RULES, MAX_SUBTABLES, OFPORT_INDEX_SLOTS, PORT_INDEX_SLOTS,
+    Subtable, MAX_PORTS, MAX_RULES, MAX_SUBTABLES, OFPORT_INDEX_SLOTS, PORT_INDEX_SLOTS,
     PUNT_RING_BYTES,
 };
 
@@ -94,12 +94,6 @@ pub static DL_DROPS: PerCpuArray<u64> = PerCpuArray::pinned(DropReason::COUNT, 0
 #[map]
 pub static DL_PUNTS: RingBuf = RingBuf::pinned(PUNT_RING_BYTES, 0);
 
-/// Rule metadata, used by userspace only (present here so that it is created
-/// and pinned together with the other maps). Not preallocated: the datapath
-/// never touches it.
-#[map]
-pub static DL_RULE_META: HashMap<u32, RuleMeta> = HashMap::pinned(MAX_RULES, BPF_F_NO_PREALLOC);
-
 /// Per-CPU scratch space for the per-packet [`ActState`]: together with the
 /// frame of the per-action global function it would not fit the 512-byte
 /// BPF stack. Internal to the datapath, not pinned.
@@ -147,7 +141,6 @@ const _: () = {
     assert!(same(names::PORT_STATS, "DL_PORT_STATS"));
     assert!(same(names::DROPS, "DL_DROPS"));
     assert!(same(names::PUNTS, "DL_PUNTS"));
-    assert!(same(names::RULE_META, "DL_RULE_META"));
     assert!(same(names::PROG_TC, "daolinet_tc"));
     assert!(same(names::PROG_XDP, "daolinet_xdp"));
 };

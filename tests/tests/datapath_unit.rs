@@ -1374,7 +1374,6 @@ fn every_map_is_pinned_under_its_common_name() {
         names::PORT_STATS,
         names::DROPS,
         names::PUNTS,
-        names::RULE_META,
         names::PORT_INDEX,
         names::OFPORT_INDEX,
     ] {
