@@ -538,10 +538,12 @@ pub const MAX_FLOWS_LIMIT: u32 = 1 << 26;
 
 /// The default `--max-flows` for a host with `mem_total` bytes of memory:
 /// about a sixteenth of it at 1 KiB per flow (the userspace table and the
-/// kernel maps together), between 65,536 and 4,194,304. Nothing is
-/// allocated up front for it: memory follows the flows installed.
+/// kernel maps together), between 65,536 and 1,048,576. The entries are
+/// allocated as flows come; only the hash table's bucket array (16 bytes a
+/// bucket, a power of two at least the maximum: 16 MiB for a million) is
+/// made up front.
 pub fn default_max_flows(mem_total: u64) -> u32 {
-    (mem_total / 16 / 1024).clamp(65_536, 4_194_304) as u32
+    (mem_total / 16 / 1024).clamp(65_536, 1 << 20) as u32
 }
 
 /// `MemTotal` of /proc/meminfo in bytes.
@@ -1308,8 +1310,8 @@ mod cap_tests {
     fn the_default_flow_limit_follows_the_host_memory() {
         assert_eq!(default_max_flows(0), 65_536);
         assert_eq!(default_max_flows(1 << 30), 65_536);
-        assert_eq!(default_max_flows(24 << 30), 1_572_864);
-        assert_eq!(default_max_flows(1 << 40), 4_194_304);
+        assert_eq!(default_max_flows(8 << 30), 524_288);
+        assert_eq!(default_max_flows(24 << 30), 1_048_576);
         assert!(mem_total().is_some_and(|m| m > 0));
     }
 

@@ -99,9 +99,10 @@ enum Cmd {
         #[arg(long, env = "DAOLI_NAT_POOL", value_name = "CIDR|none")]
         nat_pool: Option<String>,
         /// Most flows the switch holds (the datapath maps are sized for it at
-        /// load; memory follows the flows installed, not this number). Default:
-        /// from the host's memory (a sixteenth of it at 1 KiB per flow, 65,536
-        /// to 4,194,304). Maps pinned by an earlier run keep their size.
+        /// load; memory follows the flows installed, but for the hash table's
+        /// bucket array, 16 bytes per flow of this number). Default: from the
+        /// host's memory (a sixteenth of it at 1 KiB per flow, 65,536 to
+        /// 1,048,576). Maps pinned by an earlier run keep their size.
         #[arg(long, value_name = "N")]
         max_flows: Option<u32>,
         /// Self-registration with the controller's REST API.
