@@ -235,13 +235,10 @@ impl FlowTable {
         s
     }
 
-    /// A change is about to take (key, mask)'s classifier entry from the
-    /// rule in it: keep what that rule counted.
-    fn harvest(&mut self, before: Option<(u32, FlowMapKey)>, counters: &mut dyn Counters) {
-        let Some((id, k)) = before else { return };
-        if self.table.entry_key(id).is_some() {
-            return;
-        }
+    /// A new rule is about to take rule `displaced`'s classifier entry
+    /// (its key given): keep what that rule counted.
+    fn harvest(&mut self, displaced: Option<(u32, FlowMapKey)>, counters: &mut dyn Counters) {
+        let Some((id, k)) = displaced else { return };
         let s = counters.rule(id, &k);
         self.base.entry(id).or_default().merge(&s);
     }
@@ -347,9 +344,9 @@ impl FlowTable {
                 self.written.insert(id, written);
             }
             None => {
-                let before = self.table.entry_of(&key.masked(&mask), &mask);
-                let (id, ops) = self.table.insert(rule).map_err(table_error)?;
-                self.harvest(before, counters);
+                let ins = self.table.insert_full(rule).map_err(table_error)?;
+                let (id, ops) = (ins.id, ins.ops);
+                self.harvest(ins.displaced, counters);
                 out.ops = ops;
                 self.track(id, now_ns);
                 self.written.insert(id, written);

@@ -51,6 +51,19 @@ pub enum MapOp {
     SetSubtables(Vec<Subtable>),
 }
 
+/// What adding a rule did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inserted {
+    /// The new rule's id.
+    pub id: u32,
+    /// The map operations.
+    pub ops: Vec<MapOp>,
+    /// The rule whose classifier entry the new one takes (same match, lower
+    /// priority), and that entry's key: its counters are to be read before
+    /// the operations are applied.
+    pub displaced: Option<(u32, FlowMapKey)>,
+}
+
 /// Why a rule cannot be installed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TableError {
@@ -233,13 +246,20 @@ impl RuleTable {
     }
 
     /// Add a rule; returns its id and the map operations.
-    pub fn insert(&mut self, mut rule: Rule) -> Result<(u32, Vec<MapOp>), TableError> {
+    pub fn insert(&mut self, rule: Rule) -> Result<(u32, Vec<MapOp>), TableError> {
+        self.insert_full(rule).map(|i| (i.id, i.ops))
+    }
+
+    /// Add a rule (see [`Inserted`]). One lookup of its match group and
+    /// one scan of the subtables: the subtable list is rebuilt only when a
+    /// subtable appears or its top priority rises.
+    pub fn insert_full(&mut self, mut rule: Rule) -> Result<Inserted, TableError> {
         if rule.actions.len() > MAX_ACTIONS {
             return Err(TableError::TooManyActions(rule.actions.len()));
         }
         rule.key = rule.key.masked(&rule.mask);
-        let new_sub = !self.subtables.iter().any(|s| s.mask == rule.mask);
-        if new_sub && self.subtables.len() >= MAX_SUBTABLES {
+        let sub = self.subtables.iter().position(|s| s.mask == rule.mask);
+        if sub.is_none() && self.subtables.len() >= MAX_SUBTABLES {
             return Err(TableError::TooManyMasks);
         }
         let id = match self.free_ids.pop() {
@@ -250,25 +270,50 @@ impl RuleTable {
             }
             None => return Err(TableError::Full(self.limit)),
         };
-        if new_sub {
-            self.subtables.push(SubtableState {
-                id: self.next_sub_id,
-                mask: rule.mask,
-                prios: BTreeMap::new(),
-            });
-            self.next_sub_id = self.next_sub_id.wrapping_add(1);
-        }
-        if let Some(s) = self.subtables.iter_mut().find(|s| s.mask == rule.mask) {
-            *s.prios.entry(rule.priority).or_default() += 1;
-        }
+        let sub = match sub {
+            Some(i) => i,
+            None => {
+                self.subtables.push(SubtableState {
+                    id: self.next_sub_id,
+                    mask: rule.mask,
+                    prios: BTreeMap::new(),
+                });
+                self.next_sub_id = self.next_sub_id.wrapping_add(1);
+                self.subtables.len() - 1
+            }
+        };
+        let s = &mut self.subtables[sub];
+        let top = s.prios.keys().next_back().copied();
+        *s.prios.entry(rule.priority).or_default() += 1;
+        let list_changed = top.is_none_or(|t| rule.priority > t);
+        let mk = FlowMapKey {
+            subtable: s.id,
+            key: rule.key,
+        };
+        // The rule in the entry so far, and whether the new one beats it
+        // (higher priority, then lower id, as the datapath would).
+        let group = self.groups.entry((rule.key, rule.mask)).or_default();
+        let before = group
+            .iter()
+            .filter_map(|i| self.rules.get(i).map(|r| (*i, r.priority)))
+            .max_by_key(|(i, p)| (*p, std::cmp::Reverse(*i)));
+        group.push(id);
+        let wins = before.is_none_or(|(b, p)| {
+            (rule.priority, std::cmp::Reverse(id)) > (p, std::cmp::Reverse(b))
+        });
         let mut ops = Vec::with_capacity(2);
-        let (key, mask) = (rule.key, rule.mask);
-        let before = self.winner(&key, &mask);
-        self.groups.entry((key, mask)).or_default().push(id);
+        if wins {
+            ops.push(MapOp::PutFlow(mk, entry(id, &rule)));
+        }
         self.rules.insert(id, rule);
-        ops.extend(self.refresh_entry(&key, &mask, before, None));
-        ops.extend(self.subtables_op());
-        Ok((id, ops))
+        if list_changed {
+            ops.extend(self.subtables_op());
+        }
+        Ok(Inserted {
+            id,
+            ops,
+            displaced: before.filter(|_| wins).map(|(b, _)| (b, mk)),
+        })
     }
 
     /// Change the actions, cookie, timeouts and flags of rule `id` in place
@@ -312,24 +357,30 @@ impl RuleTable {
             }
         }
         let mut ops = self.refresh_entry(&rule.key, &rule.mask, before, None);
+        let mut list_changed = false;
         if let Some(pos) = self.subtables.iter().position(|s| s.mask == rule.mask) {
             let s = &mut self.subtables[pos];
+            let top = s.prios.keys().next_back().copied();
             if let Some(n) = s.prios.get_mut(&rule.priority) {
                 *n -= 1;
                 if *n == 0 {
                     s.prios.remove(&rule.priority);
+                    list_changed = top == Some(rule.priority);
                 }
             }
             if s.prios.is_empty() {
                 // The entry is deleted (refresh_entry ran while the
                 // subtable still existed); now the subtable goes.
                 self.subtables.remove(pos);
+                list_changed = true;
             }
         }
         // Subtables first, so the datapath stops walking a gone subtable
         // before its entries disappear.
-        if let Some(op) = self.subtables_op() {
-            ops.insert(0, op);
+        if list_changed {
+            if let Some(op) = self.subtables_op() {
+                ops.insert(0, op);
+            }
         }
         Ok((rule, ops))
     }
@@ -353,13 +404,6 @@ impl RuleTable {
             .filter_map(|id| self.rules.get(id).map(|r| (*id, r.priority)))
             .max_by_key(|(id, p)| (*p, std::cmp::Reverse(*id)))
             .map(|(id, _)| id)
-    }
-
-    /// The rule in the classifier entry of (key, mask) and that entry's
-    /// map key, if any rule has this match.
-    pub fn entry_of(&self, key: &FlowKey, mask: &FlowKey) -> Option<(u32, FlowMapKey)> {
-        let id = self.winner(key, mask)?;
-        Some((id, self.map_key(key, mask)?))
     }
 
     /// The classifier entry of rule `id` (its map key), if the rule is the
