@@ -600,13 +600,19 @@ fn drop_incompatible_pins(pin_dir: &Path) -> Result<bool> {
     tracing::warn!(
         pins = %pin_dir.display(),
         "the maps pinned by an earlier run have another layout ({why}): removed, \
-         the rules they held are gone (a controller installs them again)"
+         with the program links pinned with them (the old programs go: they used \
+         those maps); the rules they held are gone (a controller installs them again)"
     );
     for entry in
         std::fs::read_dir(pin_dir).with_context(|| format!("listing {}", pin_dir.display()))?
     {
         let path = entry?.path();
-        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        }
+        .with_context(|| format!("removing {}", path.display()))?;
     }
     Ok(true)
 }

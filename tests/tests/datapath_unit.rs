@@ -1414,7 +1414,13 @@ fn pins_of_an_incompatible_agent_are_replaced_and_compatible_ones_kept() {
         size_of::<FlowEntry>() as u32 - 24,
     )
     .unwrap();
+    // Pins of the old run's program links go with them (a map stands in
+    // for a link here: bpffs holds only BPF objects).
+    let links = dp.pin_dir().join("links");
+    std::fs::create_dir_all(&links).unwrap();
+    daolinet_tests::bpf::pin_hash_map(&links.join("pa"), 4, 4).unwrap();
     dp.reload().expect("loading over incompatible pins");
+    assert!(!links.join("pa").exists());
     let info = aya::maps::MapInfo::from_pin(&flows).unwrap();
     assert_eq!(info.value_size() as usize, size_of::<FlowEntry>());
     assert_eq!(dp.rule_stats(7).unwrap().packets, 0);
