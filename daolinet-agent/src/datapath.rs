@@ -562,7 +562,7 @@ pub fn mem_total() -> Option<u64> {
 
 /// The pinned maps whose layout the agent knows: name, key size, value
 /// size. A pin whose sizes differ was made by an incompatible agent.
-fn pinned_layouts() -> [(&'static str, usize, usize); 3] {
+fn pinned_layouts() -> [(&'static str, usize, usize); 5] {
     [
         (
             names::FLOWS,
@@ -571,6 +571,16 @@ fn pinned_layouts() -> [(&'static str, usize, usize); 3] {
         ),
         (names::SUBTABLES, 4, size_of::<Subtable>()),
         (names::PORTS, 4, size_of::<PortInfo>()),
+        (
+            names::SAMPLE_CONFIG,
+            4,
+            size_of::<daolinet_common::SampleConfig>(),
+        ),
+        (
+            names::SAMPLE_BUCKETS,
+            4,
+            size_of::<daolinet_common::SampleBucket>(),
+        ),
     ]
 }
 

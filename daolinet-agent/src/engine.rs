@@ -96,6 +96,23 @@ pub trait Dataplane: Counters {
     fn check_ports(&mut self) -> Vec<PortCheck>;
     /// The ports with their counters, for the control socket.
     fn port_list(&mut self) -> Result<serde_json::Value>;
+    /// What the metrics and the status show of the dataplane, read now.
+    fn telemetry(&mut self) -> crate::metrics::Telemetry {
+        crate::metrics::Telemetry::default()
+    }
+    /// Move the sampled drops waiting into `out`.
+    fn drop_samples(&mut self, _out: &mut Vec<crate::dpstats::Dropped>) {}
+    /// A descriptor that becomes readable when drop samples wait.
+    fn sample_fd(&self) -> Option<RawFd> {
+        None
+    }
+    /// Anti-spoofing on container port `ofport`: the only (MAC, IPv4)
+    /// source it may send from, or `None` for no check.
+    fn set_port_source(&mut self, ofport: u32, _source: Option<([u8; 6], [u8; 4])>) -> Result<()> {
+        Err(anyhow!(
+            "port {ofport}: this dataplane has no anti-spoofing"
+        ))
+    }
 }
 
 /// One connection: the state machine and its byte stream.
@@ -164,6 +181,10 @@ pub struct Engine<D> {
     /// Punt timings not yet logged: ring wait, wake-up to read, handling,
     /// write (ns).
     timings: Vec<[u64; 4]>,
+    /// Counters for the metrics.
+    pub stats: crate::metrics::EngineStats,
+    /// The last sampled drops.
+    pub drop_log: crate::dropwatch::DropLog,
 }
 
 impl<D: Dataplane> Engine<D> {
@@ -182,6 +203,8 @@ impl<D: Dataplane> Engine<D> {
             punts: Vec::new(),
             scratch: vec![0; READ_CHUNK],
             timings: Vec::new(),
+            stats: Default::default(),
+            drop_log: Default::default(),
         }
     }
 
@@ -472,6 +495,7 @@ impl<D: Dataplane> Engine<D> {
             return 0;
         }
         let n = self.punts.len();
+        self.stats.punts += n as u64;
         let read_at = now_ns();
         let timed = tracing::enabled!(target: LATENCY, tracing::Level::TRACE);
         for p in std::mem::take(&mut self.punts) {
@@ -480,6 +504,10 @@ impl<D: Dataplane> Engine<D> {
             let handled = if timed { now_ns() } else { 0 };
             self.apply(fx);
             self.flush_dirty();
+            // Both clocks are CLOCK_MONOTONIC (bpf_ktime_get_ns).
+            self.stats
+                .punt_latency
+                .observe_ns(now_ns().saturating_sub(punted));
             if timed && self.timings.len() < MAX_TIMINGS {
                 // Both clocks are CLOCK_MONOTONIC (bpf_ktime_get_ns).
                 self.timings.push([
@@ -495,6 +523,15 @@ impl<D: Dataplane> Engine<D> {
             }
         }
         n
+    }
+
+    /// Take the sampled drops waiting in the dataplane.
+    pub fn drain_samples(&mut self) {
+        let mut v = Vec::new();
+        self.dp.drop_samples(&mut v);
+        for d in v {
+            self.drop_log.push(d);
+        }
     }
 
     /// The connections sent a PACKET_IN since the last call (their answers

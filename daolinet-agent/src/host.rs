@@ -10,8 +10,10 @@ use daolinet_common::{FlowMapKey, PortKind, PortStats, RuleStats};
 use daolinet_openflow as of;
 
 use crate::datapath::{Datapath, Punt, UplinkMode};
+use crate::dpstats::{self, Dropped};
 use crate::engine::{Dataplane, PortCheck};
 use crate::inject::{Injector, LocalPort};
+use crate::metrics::{PortTelemetry, Telemetry};
 use crate::netdev::iface_info;
 use crate::ofswitch::PortDesc;
 use crate::oftable::Counters;
@@ -27,6 +29,10 @@ pub struct Host {
     ifindex: HashMap<u32, (u32, String)>,
     /// The punt ring's descriptor (a duplicate, for epoll).
     ring_fd: Option<OwnedFd>,
+    /// The drop sample ring (kept mapped) and its descriptor.
+    samples: Option<(aya::maps::RingBuf<aya::maps::MapData>, OwnedFd)>,
+    samples_read: u64,
+    sample_rate: u32,
 }
 
 impl Host {
@@ -64,6 +70,17 @@ impl Host {
                 None
             }
         };
+        let samples = match dpstats::take_sample_ring(&mut dp).and_then(|r| {
+            use std::os::fd::AsFd;
+            let fd = r.as_fd().try_clone_to_owned()?;
+            Ok((r, fd))
+        }) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!("no drop sample ring: drops are counted but not reported: {e:#}");
+                None
+            }
+        };
         Host {
             dp,
             uplink_mode,
@@ -71,7 +88,24 @@ impl Host {
             local,
             ifindex: HashMap::new(),
             ring_fd,
+            samples,
+            samples_read: 0,
+            sample_rate: 0,
         }
+    }
+
+    /// Let the datapath sample up to `rate` drops per second per CPU
+    /// (bursts of `burst`) for the drop events; 0 turns sampling off.
+    pub fn set_drop_sampling(&mut self, rate: u32, burst: u32) -> Result<()> {
+        dpstats::set_sampling(
+            &mut self.dp,
+            daolinet_common::SampleConfig {
+                rate,
+                burst: burst.max(1),
+            },
+        )?;
+        self.sample_rate = rate;
+        Ok(())
     }
 
     /// The datapath.
@@ -227,5 +261,87 @@ impl Dataplane for Host {
 
     fn port_list(&mut self) -> Result<serde_json::Value> {
         Ok(serde_json::to_value(self.dp.ports()?)?)
+    }
+
+    fn telemetry(&mut self) -> Telemetry {
+        let mut t = Telemetry {
+            flow_capacity: u64::from(daolinet_common::MAX_RULES),
+            port_capacity: u64::from(daolinet_common::MAX_PORTS),
+            subtable_capacity: daolinet_common::MAX_SUBTABLES as u64,
+            samples_read: self.samples_read,
+            sample_rate: self.sample_rate,
+            ..Default::default()
+        };
+        match self.dp.drops() {
+            Ok(d) => t.drops = d,
+            Err(e) => t.errors.push(format!("reading the drop counters: {e:#}")),
+        }
+        let views = match self.dp.ports() {
+            Ok(v) => v,
+            Err(e) => {
+                t.errors.push(format!("reading the port counters: {e:#}"));
+                Vec::new()
+            }
+        };
+        for v in views {
+            let info = dpstats::port_info(&mut self.dp, v.ofport).ok().flatten();
+            let slot = info.map(|i| i.slot);
+            let drops = match slot.map(|s| dpstats::port_drops(&mut self.dp, s)) {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => {
+                    t.errors
+                        .push(format!("reading the drops of port {}: {e:#}", v.name));
+                    Vec::new()
+                }
+                None => Vec::new(),
+            };
+            let xdp = v.kind == "uplink" && self.uplink_mode == UplinkMode::Xdp;
+            // XDP links are the agent's own (the kernel has no query for
+            // them here); tcx attachments are asked for.
+            let attached = xdp
+                || dpstats::tcx_attached(&v.name, v.kind == "local").unwrap_or_else(|e| {
+                    t.errors.push(format!("{e:#}"));
+                    false
+                });
+            t.ports.push(PortTelemetry {
+                stats: PortStats {
+                    rx_packets: v.rx_packets,
+                    rx_bytes: v.rx_bytes,
+                    tx_packets: v.tx_packets,
+                    tx_bytes: v.tx_bytes,
+                    rx_dropped: v.rx_dropped,
+                },
+                name: v.name,
+                ofport: v.ofport,
+                kind: v.kind,
+                drops,
+                attached,
+                anti_spoof: info.is_some_and(|i| dpstats::anti_spoof(&i)),
+            });
+        }
+        t
+    }
+
+    fn drop_samples(&mut self, out: &mut Vec<Dropped>) {
+        let Some((ring, _)) = self.samples.as_mut() else {
+            return;
+        };
+        // Bounded per call: the datapath's token buckets bound the rate.
+        for _ in 0..4096 {
+            let Some(item) = ring.next() else { break };
+            self.samples_read += 1;
+            match dpstats::parse_sample(&item) {
+                Ok(d) => out.push(d),
+                Err(e) => tracing::debug!("bad drop sample: {e:#}"),
+            }
+        }
+    }
+
+    fn sample_fd(&self) -> Option<RawFd> {
+        self.samples.as_ref().map(|(_, fd)| fd.as_raw_fd())
+    }
+
+    fn set_port_source(&mut self, ofport: u32, source: Option<([u8; 6], [u8; 4])>) -> Result<()> {
+        self.dp.set_anti_spoof(ofport, source)
     }
 }

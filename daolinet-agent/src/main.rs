@@ -105,6 +105,9 @@ enum Cmd {
         /// 1,048,576). Maps pinned by an earlier run keep their size.
         #[arg(long, value_name = "N")]
         max_flows: Option<u32>,
+        /// Metrics and drop reports.
+        #[command(flatten)]
+        observe: Box<ObserveArgs>,
         /// Self-registration with the controller's REST API.
         #[command(flatten)]
         register: Box<RegisterArgs>,
@@ -125,6 +128,26 @@ enum Cmd {
         #[command(subcommand)]
         cmd: RuleCmd,
     },
+}
+
+/// Metrics and drop report options of `run`.
+#[derive(clap::Args)]
+struct ObserveArgs {
+    /// Serve Prometheus metrics on `IP:PORT` (`GET /metrics`): drops by
+    /// reason and port, port counters, flows, punts and PACKET_INs,
+    /// first-packet handling latency, controller connections, map use.
+    /// Read when scraped; port 0 picks a free port (logged). No
+    /// authentication: bind it where only your Prometheus reaches it.
+    #[arg(long, value_name = "IP:PORT")]
+    metrics: Option<std::net::SocketAddr>,
+    /// Dropped packets the datapath reports (their headers, for `daolictl
+    /// observe`), at most this many per second per CPU; 0 reports none.
+    /// Every drop is counted either way.
+    #[arg(long, value_name = "N", default_value_t = daolinet_common::drop_sample::DEFAULT_SAMPLE_RATE)]
+    drop_sample_rate: u32,
+    /// Burst of drop reports per CPU above the rate.
+    #[arg(long, value_name = "N", default_value_t = daolinet_common::drop_sample::DEFAULT_SAMPLE_BURST)]
+    drop_sample_burst: u32,
 }
 
 /// Self-registration options of `run`.
@@ -219,8 +242,14 @@ fn dispatch(cli: Cli) -> Result<()> {
             reply_spin_us,
             nat_pool,
             max_flows,
+            observe,
             register,
         } => {
+            let ObserveArgs {
+                metrics,
+                drop_sample_rate,
+                drop_sample_burst,
+            } = *observe;
             let nat_pool = match nat_pool.as_deref() {
                 None => NatPool::FromApi,
                 Some("none") => NatPool::Off,
@@ -283,6 +312,8 @@ fn dispatch(cli: Cli) -> Result<()> {
                     spin: daolinet_agent::fastpath::ReplySpin::micros(reply_spin_us),
                     nat_pool,
                     max_flows,
+                    metrics,
+                    sampling: (drop_sample_rate, drop_sample_burst),
                     register: {
                         let RegisterArgs {
                             api,
@@ -367,6 +398,9 @@ struct Net {
     spin: daolinet_agent::fastpath::ReplySpin,
     nat_pool: NatPool,
     max_flows: u32,
+    metrics: Option<std::net::SocketAddr>,
+    /// Drop samples per second per CPU, and burst.
+    sampling: (u32, u32),
     register: Option<Register>,
 }
 
@@ -419,6 +453,17 @@ fn run(
     for (iface, _) in &specs {
         daolinet_agent::datapath::ifindex(iface).context("--port")?;
     }
+    // Bound before anything is touched: a busy address changes nothing.
+    let metrics = match net.metrics {
+        Some(addr) => {
+            let l = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("--metrics: listening on {addr}"))?;
+            let at = l.local_addr()?;
+            tracing::info!(addr = %at, "metrics on http://{at}/metrics");
+            Some(l)
+        }
+        None => None,
+    };
     let object = BpfObject::choose(bpf_object);
     let object_bytes = object.bytes()?;
     if !net.dpid_given {
@@ -463,8 +508,12 @@ fn run(
         max_flows = dp.capacity(),
         "OpenFlow 1.3 switch"
     );
+    let mut host = Host::new(dp, uplink_mode);
+    if let Err(e) = host.set_drop_sampling(net.sampling.0, net.sampling.1) {
+        tracing::warn!("drop sampling not set: {e:#}");
+    }
     let mut eng = Engine::new(
-        Host::new(dp, uplink_mode),
+        host,
         Switch::new(flows, net.settings),
         ConnConfig::default(),
     );
@@ -524,6 +573,7 @@ fn run(
             control: Some(control),
             spin: net.spin,
             signals: true,
+            metrics,
             on_connect: registrar.is_some().then(|| {
                 Box::new(move || {
                     let _ = connected_tx.send(());

@@ -125,6 +125,9 @@ pub struct Net {
     /// Called each time a connection to an active controller comes up
     /// (e.g. to register with the controller again, [`crate::register`]).
     pub on_connect: Option<Box<dyn FnMut() + Send>>,
+    /// The metrics listener (`--metrics`, bound already): `GET /metrics`
+    /// is answered by this loop ([`crate::metrics`]).
+    pub metrics: Option<std::net::TcpListener>,
 }
 
 /// Stops a running event loop from another thread.
@@ -165,12 +168,15 @@ const NETLINK: Token = Token(2);
 const CONTROL: Token = Token(3);
 const LISTEN: Token = Token(4);
 const WAKER: Token = Token(5);
+const METRICS: Token = Token(6);
+const SAMPLES: Token = Token(7);
 const FIRST_DYNAMIC: usize = 16;
 
 enum Slot {
     Conn(ConnId),
     Connecting(usize),
     Control,
+    Http,
 }
 
 enum Link {
@@ -195,6 +201,12 @@ struct Active {
     link: Link,
     /// A failure was logged and nothing worked since.
     warned: bool,
+    /// Connections established.
+    connects: u64,
+    /// Why the last attempt or connection failed.
+    last_error: Option<String>,
+    /// When the link entered its current state (CLOCK_MONOTONIC, ns).
+    changed_at: u64,
 }
 
 /// A control socket client: a line protocol.
@@ -203,6 +215,14 @@ struct Client {
     input: Vec<u8>,
     out: Vec<u8>,
     eof: bool,
+}
+
+/// A metrics client: one HTTP request, one answer.
+struct HttpClient {
+    stream: TcpStream,
+    input: Vec<u8>,
+    out: Vec<u8>,
+    answered: bool,
 }
 
 /// The event loop (see the module documentation).
@@ -222,6 +242,8 @@ pub struct EventLoop<D> {
     stop: StopHandle,
     on_connect: Option<Box<dyn FnMut() + Send>>,
     next_port_check: u64,
+    metrics: Option<TcpListener>,
+    http: HashMap<Token, HttpClient>,
 }
 
 impl<D: Dataplane> EventLoop<D> {
@@ -280,6 +302,21 @@ impl<D: Dataplane> EventLoop<D> {
             }
             None => None,
         };
+        let metrics = match net.metrics {
+            Some(l) => {
+                l.set_nonblocking(true)?;
+                let mut l = TcpListener::from_std(l);
+                poll.registry()
+                    .register(&mut l, METRICS, Interest::READABLE)?;
+                Some(l)
+            }
+            None => None,
+        };
+        if let Some(fd) = eng.dp.sample_fd() {
+            poll.registry()
+                .register(&mut SourceFd(&fd), SAMPLES, Interest::READABLE)
+                .context("registering the drop sample ring")?;
+        }
         let now = now_ns();
         let actives = net
             .controllers
@@ -289,6 +326,9 @@ impl<D: Dataplane> EventLoop<D> {
                 backoff: Backoff::default(),
                 link: Link::Idle { retry_at: now },
                 warned: false,
+                connects: 0,
+                last_error: None,
+                changed_at: now,
             })
             .collect();
         Ok(EventLoop {
@@ -311,6 +351,8 @@ impl<D: Dataplane> EventLoop<D> {
                 waker,
             },
             on_connect: net.on_connect,
+            metrics,
+            http: HashMap::new(),
         })
     }
 
@@ -382,6 +424,8 @@ impl<D: Dataplane> EventLoop<D> {
                     }
                     LISTEN => self.accept(),
                     CONTROL => self.accept_control(),
+                    METRICS => self.accept_http(),
+                    SAMPLES => self.eng.drain_samples(),
                     t => match self.slots.get(&t) {
                         Some(Slot::Conn(id)) => {
                             let id = *id;
@@ -397,6 +441,7 @@ impl<D: Dataplane> EventLoop<D> {
                             self.connected(i);
                         }
                         Some(Slot::Control) => self.control_io(t),
+                        Some(Slot::Http) => self.http_io(t),
                         None => {}
                     },
                 }
@@ -463,6 +508,7 @@ impl<D: Dataplane> EventLoop<D> {
                         token,
                         since: now,
                     };
+                    self.actives[i].changed_at = now;
                 }
                 Err(e) => self.retry(i, now, &e.to_string()),
             }
@@ -476,6 +522,8 @@ impl<D: Dataplane> EventLoop<D> {
             tracing::warn!(controller = %a.addr, "cannot connect: {why} (retrying)");
             a.warned = true;
         }
+        a.last_error = Some(why.to_string());
+        a.changed_at = now;
         let d = a.backoff.after(None);
         a.link = Link::Idle {
             retry_at: now + d.as_nanos() as u64,
@@ -529,6 +577,8 @@ impl<D: Dataplane> EventLoop<D> {
             conn: id,
             since: now,
         };
+        self.actives[i].connects += 1;
+        self.actives[i].changed_at = now;
         // Bytes may have come with the connect.
         self.eng.read(id, false);
     }
@@ -602,6 +652,8 @@ impl<D: Dataplane> EventLoop<D> {
             for a in &mut self.actives {
                 if let Link::Up { conn, since } = a.link {
                     if conn == c.id {
+                        a.last_error = Some(format!("connection lost: {}", c.reason));
+                        a.changed_at = now;
                         let lasted = Duration::from_nanos(now.saturating_sub(since));
                         let d = a.backoff.after(Some(lasted));
                         a.link = Link::Idle {
@@ -707,6 +759,165 @@ impl<D: Dataplane> EventLoop<D> {
                 let _ = self.poll.registry().deregister(&mut c.stream);
             }
             self.slots.remove(&token);
+        }
+    }
+
+    fn accept_http(&mut self) {
+        loop {
+            let Some(l) = self.metrics.as_ref() else {
+                return;
+            };
+            match l.accept() {
+                Ok((mut stream, _)) => {
+                    let token = Token(self.next_token);
+                    if self
+                        .poll
+                        .registry()
+                        .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+                        .is_err()
+                    {
+                        continue;
+                    }
+                    self.next_token += 1;
+                    self.slots.insert(token, Slot::Http);
+                    self.http.insert(
+                        token,
+                        HttpClient {
+                            stream,
+                            input: Vec::new(),
+                            out: Vec::new(),
+                            answered: false,
+                        },
+                    );
+                    self.http_io(token);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::debug!("metrics accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Read a metrics request, answer it (the counters are read now),
+    /// write the answer, close.
+    fn http_io(&mut self, token: Token) {
+        use crate::metrics::http::{self, Route};
+        let Some(c) = self.http.get_mut(&token) else {
+            return;
+        };
+        let mut buf = [0u8; 2048];
+        let mut done = false;
+        while !c.answered {
+            match c.stream.read(&mut buf) {
+                Ok(0) => {
+                    done = true;
+                    break;
+                }
+                Ok(n) => c.input.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    done = true;
+                    break;
+                }
+            }
+            if c.input.len() > http::MAX_REQUEST {
+                break;
+            }
+        }
+        let route = if c.answered {
+            None
+        } else {
+            http::route(&c.input)
+        };
+        if let Some(route) = route {
+            let reply = match route {
+                Route::Metrics => {
+                    let body = crate::metrics::render(&self.scrape());
+                    http::response(200, http::TEXT_FORMAT, &body)
+                }
+                Route::Health => http::response(200, "text/plain", "ok\n"),
+                Route::Error(code, msg) => http::response(code, "text/plain", &format!("{msg}\n")),
+            };
+            if let Some(c) = self.http.get_mut(&token) {
+                c.out = reply;
+                c.answered = true;
+            }
+        }
+        let Some(c) = self.http.get_mut(&token) else {
+            return;
+        };
+        while !done && !c.out.is_empty() {
+            match c.stream.write(&c.out) {
+                Ok(0) => done = true,
+                Ok(n) => {
+                    c.out.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => done = true,
+            }
+        }
+        if done || (c.answered && c.out.is_empty()) {
+            if let Some(mut c) = self.http.remove(&token) {
+                let _ = self.poll.registry().deregister(&mut c.stream);
+                let _ = c.stream.shutdown(std::net::Shutdown::Both);
+            }
+            self.slots.remove(&token);
+        }
+    }
+
+    /// The controllers this loop keeps connections to, and their state.
+    pub fn links(&self) -> Vec<crate::metrics::ControllerLink> {
+        use crate::metrics::{ControllerLink, LinkState};
+        let now = now_ns();
+        self.actives
+            .iter()
+            .map(|a| ControllerLink {
+                target: format!("tcp:{}", a.addr),
+                state: match &a.link {
+                    Link::Idle { .. } => LinkState::Backoff,
+                    Link::Connecting { .. } => LinkState::Connecting,
+                    Link::Up { conn, .. } => {
+                        if self.eng.conn(*conn).is_some_and(|c| c.is_up()) {
+                            LinkState::Up
+                        } else {
+                            LinkState::Handshake
+                        }
+                    }
+                },
+                connects: a.connects,
+                last_error: a.last_error.clone(),
+                for_secs: now.saturating_sub(a.changed_at) / 1_000_000_000,
+            })
+            .collect()
+    }
+
+    /// Everything a metrics scrape shows, read now.
+    pub fn scrape(&mut self) -> crate::metrics::Scrape {
+        let controllers = self.links();
+        let passive = self
+            .eng
+            .conn_ids()
+            .filter(|id| {
+                !self
+                    .actives
+                    .iter()
+                    .any(|a| matches!(a.link, Link::Up { conn, .. } if conn == *id))
+            })
+            .count() as u64;
+        crate::metrics::Scrape {
+            datapath_id: self.eng.sw.settings().datapath_id,
+            telemetry: self.eng.dp.telemetry(),
+            flows: self.eng.sw.flows.len() as u64,
+            subtables: self.eng.sw.flows.rules().n_subtables() as u64,
+            switch: self.eng.sw.counters,
+            engine: self.eng.stats.clone(),
+            controllers,
+            passive,
         }
     }
 
@@ -889,6 +1100,7 @@ mod tests {
             spin: ReplySpin::micros(200),
             signals: false,
             on_connect: None,
+            metrics: None,
         }
     }
 

@@ -153,6 +153,11 @@ impl RuleTable {
         self.rules.len()
     }
 
+    /// Number of subtables (distinct match masks) in use.
+    pub fn n_subtables(&self) -> usize {
+        self.subtables.len()
+    }
+
     /// True when there is no rule.
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()

@@ -23,6 +23,7 @@
 
 pub mod action;
 pub mod drop_reason;
+pub mod drop_sample;
 pub mod flow_key;
 pub mod port;
 pub mod punt;
@@ -30,6 +31,9 @@ pub mod stats;
 
 pub use action::{Action, ActionKind, MAX_ACTIONS};
 pub use drop_reason::DropReason;
+pub use drop_sample::{
+    DropSample, SampleBucket, SampleConfig, DROP_SAMPLE_CAP, DROP_SAMPLE_RING_BYTES, DROP_SLOTS,
+};
 pub use flow_key::{FlowKey, FLOW_KEY_WORDS, VLAN_PCP_MASK, VLAN_PRESENT, VLAN_VID_MASK};
 pub use port::{MissPolicy, PortInfo, PortKind, PORT_FLAG_ANTI_SPOOF};
 pub use punt::{PuntHeader, PuntReason, PuntRecord, PUNT_CAP};
@@ -87,6 +91,15 @@ pub mod maps {
     pub const DROPS: &str = "DL_DROPS";
     /// Ring buffer of [`crate::PuntRecord`]s.
     pub const PUNTS: &str = "DL_PUNTS";
+    /// Per-CPU array of u64 drop counters by port and reason: index
+    /// `slot * DROP_SLOTS + reason` ([`crate::DROP_SLOTS`]).
+    pub const PORT_DROPS: &str = "DL_PORT_DROPS";
+    /// Ring buffer of [`crate::DropSample`]s (sampled drops).
+    pub const DROP_SAMPLES: &str = "DL_DROP_SAMPLES";
+    /// Array with one [`crate::SampleConfig`] at index 0.
+    pub const SAMPLE_CONFIG: &str = "DL_SAMPLE_CONFIG";
+    /// Per-CPU array with one [`crate::SampleBucket`] at index 0.
+    pub const SAMPLE_BUCKETS: &str = "DL_SAMPLE_BUCKETS";
     /// The TC (tcx) classifier program, used on container ports and on a TC uplink.
     pub const PROG_TC: &str = "daolinet_tc";
     /// The XDP program, used on the uplink with `--uplink-mode xdp`.
@@ -179,6 +192,8 @@ mod aya_pod {
     unsafe impl aya::Pod for super::RuleStats {}
     unsafe impl aya::Pod for super::PortStats {}
     unsafe impl aya::Pod for super::PuntHeader {}
+    unsafe impl aya::Pod for super::SampleConfig {}
+    unsafe impl aya::Pod for super::SampleBucket {}
 }
 
 #[cfg(test)]

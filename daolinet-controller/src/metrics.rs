@@ -1,8 +1,10 @@
 //! Prometheus metrics, rendered in the text exposition format without a
 //! metrics library: a few atomics and one histogram.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::RwLock;
 use std::time::Duration;
 
 use daolinet_policy::{DenyReason, Verdict};
@@ -54,9 +56,63 @@ impl Histogram {
     }
 }
 
+/// The `verdict` and `reason` labels of a policy verdict: `forwarded`
+/// with how (same_host, cross_host, arp_reply...), `denied` with the deny
+/// reason, or `ignored`.
+pub fn verdict_labels(v: &Verdict) -> (&'static str, &'static str) {
+    match v {
+        Verdict::ArpReply => ("forwarded", "arp_reply"),
+        Verdict::SameHost => ("forwarded", "same_host"),
+        Verdict::CrossHost => ("forwarded", "cross_host"),
+        Verdict::NatOut => ("forwarded", "nat_out"),
+        Verdict::Firewall => ("forwarded", "firewall"),
+        Verdict::TtlExceeded => ("forwarded", "ttl_exceeded"),
+        Verdict::Denied(r) => ("denied", r.as_str()),
+        Verdict::Ignored => ("ignored", "ignored"),
+    }
+}
+
+/// Every (verdict, reason) pair, in a fixed order: the slots of
+/// [`VerdictCounts`].
+fn verdict_slots() -> impl Iterator<Item = Verdict> {
+    [
+        Verdict::ArpReply,
+        Verdict::SameHost,
+        Verdict::CrossHost,
+        Verdict::NatOut,
+        Verdict::Firewall,
+        Verdict::TtlExceeded,
+        Verdict::Ignored,
+    ]
+    .into_iter()
+    .chain(DenyReason::ALL.into_iter().map(Verdict::Denied))
+}
+
+/// Number of (verdict, reason) slots.
+const VERDICT_SLOTS: usize = 7 + DenyReason::ALL.len();
+
+fn verdict_slot(v: &Verdict) -> usize {
+    match v {
+        Verdict::ArpReply => 0,
+        Verdict::SameHost => 1,
+        Verdict::CrossHost => 2,
+        Verdict::NatOut => 3,
+        Verdict::Firewall => 4,
+        Verdict::TtlExceeded => 5,
+        Verdict::Ignored => 6,
+        Verdict::Denied(r) => 7 + DenyReason::ALL.iter().position(|x| x == r).unwrap_or(0),
+    }
+}
+
+/// Verdict counters of one network.
+type VerdictCounts = [AtomicU64; VERDICT_SLOTS];
+
 /// The controller's counters and gauges.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// Policy verdicts by network (of the container at the punting port;
+    /// "" for punts from a host's uplink or LOCAL port).
+    verdicts: RwLock<BTreeMap<String, Box<VerdictCounts>>>,
     decision: Histogram,
     answer: Histogram,
     denials: [AtomicU64; DenyReason::ALL.len()],
@@ -84,6 +140,36 @@ impl Metrics {
     /// after the kernel received them (see `daolinet_packet_in_answer_seconds`).
     pub fn packet_in_answered(&self, took: Duration, n: u64) {
         self.answer.observe(took, n);
+    }
+
+    /// Counts a policy verdict for `network` (see [`verdict_labels`]).
+    pub fn verdict(&self, network: &str, v: &Verdict) {
+        let i = verdict_slot(v);
+        if let Ok(m) = self.verdicts.read() {
+            if let Some(c) = m.get(network) {
+                if let Some(a) = c.get(i) {
+                    a.fetch_add(1, Ordering::Relaxed);
+                }
+                return;
+            }
+        }
+        // First verdict for this network.
+        if let Ok(mut m) = self.verdicts.write() {
+            let c = m
+                .entry(network.to_string())
+                .or_insert_with(|| Box::new(std::array::from_fn(|_| AtomicU64::new(0))));
+            if let Some(a) = c.get(i) {
+                a.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Forget the verdict counters of networks that are gone (keeps the
+    /// label set bounded by the networks that exist).
+    pub fn retain_networks(&self, keep: impl Fn(&str) -> bool) {
+        if let Ok(mut m) = self.verdicts.write() {
+            m.retain(|n, _| n.is_empty() || keep(n));
+        }
     }
 
     /// Counts a denial.
@@ -162,6 +248,24 @@ impl Metrics {
              last byte of its answers to the kernel; includes the controller's wake-up, queueing \
              and scheduling.",
         );
+        let _ = writeln!(
+            s,
+            "# HELP daolinet_policy_verdicts_total PACKET_IN decisions by verdict (forwarded, denied, ignored), reason (how it was forwarded, or why denied) and network (of the container whose port punted it; empty for a host's uplink or LOCAL port)."
+        );
+        let _ = writeln!(s, "# TYPE daolinet_policy_verdicts_total counter");
+        if let Ok(m) = self.verdicts.read() {
+            for (net, counts) in m.iter() {
+                for v in verdict_slots() {
+                    let (verdict, reason) = verdict_labels(&v);
+                    let n = counts.get(verdict_slot(&v)).map_or(0, g);
+                    let _ = writeln!(
+                        s,
+                        "daolinet_policy_verdicts_total{{network=\"{}\",verdict=\"{verdict}\",reason=\"{reason}\"}} {n}",
+                        net.replace('\\', "\\\\").replace('"', "\\\"")
+                    );
+                }
+            }
+        }
         let _ = writeln!(s, "# HELP daolinet_denials_total Denied packets by reason.");
         let _ = writeln!(s, "# TYPE daolinet_denials_total counter");
         for (i, r) in DenyReason::ALL.iter().enumerate() {
@@ -244,5 +348,58 @@ mod tests {
         assert!(t.contains("daolinet_packet_in_answer_seconds_bucket{le=\"0.0001\"} 3"));
         assert!(t.contains("daolinet_packet_in_answer_seconds_count 3"));
         assert!(t.contains("daolinet_decision_seconds_count 2"));
+    }
+
+    #[test]
+    fn the_shipped_dashboard_uses_metrics_the_controller_has() {
+        let t = Metrics::default().render();
+        let dash = include_str!("../../docs/monitoring/grafana-dashboard.json");
+        let mut n = 0;
+        let mut rest = dash;
+        while let Some(i) = rest.find("daolinet_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            let name = &tail[..end];
+            rest = &tail[end..];
+            if name.starts_with("daolinet_agent_") {
+                continue;
+            }
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            assert!(
+                t.contains(&format!("# TYPE {base} ")),
+                "{base} is not exported"
+            );
+            n += 1;
+        }
+        assert!(n >= 5, "{n}");
+    }
+
+    #[test]
+    fn verdicts_by_network_reason_and_verdict() {
+        let m = Metrics::default();
+        m.verdict("blue", &Verdict::CrossHost);
+        m.verdict("blue", &Verdict::CrossHost);
+        m.verdict("red", &Verdict::Denied(DenyReason::Isolated));
+        m.verdict("", &Verdict::Ignored);
+        let t = m.render();
+        for want in [
+            "daolinet_policy_verdicts_total{network=\"blue\",verdict=\"forwarded\",reason=\"cross_host\"} 2",
+            "daolinet_policy_verdicts_total{network=\"blue\",verdict=\"denied\",reason=\"isolated\"} 0",
+            "daolinet_policy_verdicts_total{network=\"red\",verdict=\"denied\",reason=\"isolated\"} 1",
+            "daolinet_policy_verdicts_total{network=\"\",verdict=\"ignored\",reason=\"ignored\"} 1",
+        ] {
+            assert!(t.contains(want), "missing {want} in\n{t}");
+        }
+        // Every slot is its own.
+        let slots: std::collections::BTreeSet<usize> =
+            verdict_slots().map(|v| verdict_slot(&v)).collect();
+        assert_eq!(slots.len(), VERDICT_SLOTS);
+        m.retain_networks(|n| n == "blue");
+        assert!(!m.render().contains("network=\"red\""));
     }
 }

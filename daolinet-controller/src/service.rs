@@ -590,6 +590,11 @@ impl Controller {
         let new = Arc::new(Snapshot::new(model));
         let decisions = policy::handle_model_change(old, &new, &self.cfg, changes);
         let n = self.flows.apply(&decisions)?;
+        if old.model.networks.len() != new.model.networks.len() {
+            // Verdict counters of deleted networks go with them.
+            self.metrics
+                .retain_networks(|net| new.model.networks.contains_key(net));
+        }
         self.snap.store(new);
         let done = Applied::new();
         if decisions.is_empty()
@@ -694,6 +699,11 @@ impl Controller {
         let out = policy::handle_packet_in(&snap, &self.cfg, dpid, in_port, data);
         let n = self.flows.apply(&out.decisions)?;
         self.metrics.set_flows_installed(n);
+        let network = snap
+            .host_by_dpid(dpid)
+            .and_then(|h| snap.container_at(&h.name, in_port))
+            .map_or("", |c| c.network.as_str());
+        self.metrics.verdict(network, &out.verdict);
         Ok(out)
     }
 

@@ -3,9 +3,9 @@
 //! (atomic adds: the entry is shared by the CPUs).
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
-use daolinet_common::{DropReason, FlowEntry};
+use daolinet_common::{DropReason, FlowEntry, DROP_SLOTS};
 
-use crate::maps::{DL_DROPS, DL_PORT_STATS};
+use crate::maps::{DL_DROPS, DL_PORT_DROPS, DL_PORT_STATS};
 
 /// Count one `reason` in [`DL_DROPS`] (without touching port counters).
 #[inline(always)]
@@ -16,13 +16,18 @@ pub fn count_reason(reason: DropReason) {
     }
 }
 
-/// Account a dropped packet: the reason and the ingress port's `rx_dropped`.
+/// Account a dropped packet: the reason, the ingress port's `rx_dropped`
+/// and its count of this reason.
 #[inline(always)]
 pub fn count_drop(reason: DropReason, in_slot: u32) {
     count_reason(reason);
     if let Some(s) = DL_PORT_STATS.get_ptr_mut(in_slot) {
         // SAFETY: as above.
         unsafe { (*s).rx_dropped += 1 };
+    }
+    if let Some(c) = DL_PORT_DROPS.get_ptr_mut(in_slot * DROP_SLOTS + reason as u32) {
+        // SAFETY: as above.
+        unsafe { *c += 1 };
     }
 }
 

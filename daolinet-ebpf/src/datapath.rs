@@ -5,7 +5,7 @@
 //! 2. parse ([`crate::parse`]); 3. anti-spoofing; 4. classify
 //!    ([`crate::classify`]); 5. miss policy or 6. actions
 //!    ([`crate::actions`]). Every drop is counted by reason and on the
-//!    ingress port.
+//!    ingress port, and some are sampled for the agent ([`crate::samples`]).
 
 use daolinet_common::{
     DropReason, MissPolicy, PortInfo, PuntReason, NO_RULE, PORT_FLAG_ANTI_SPOOF,
@@ -19,6 +19,7 @@ use crate::{
     maps::{port_by_ifindex, DL_SCRATCH},
     parse::{parse, Parsed, L3},
     punt::punt,
+    samples,
 };
 
 /// Run the datapath on one packet; returns the program verdict.
@@ -36,6 +37,7 @@ pub fn run<P: Packet>(ctx: &P) -> i32 {
         Ok(verdict) => verdict,
         Err(reason) => {
             counters::count_drop(reason, port.slot);
+            samples::sample(ctx, port, reason, len);
             P::DROP
         }
     }

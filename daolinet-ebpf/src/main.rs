@@ -23,6 +23,7 @@ mod datapath;
 mod maps;
 mod parse;
 mod punt;
+mod samples;
 
 /// The program entry points (their names are the program names).
 // The attribute macros wrap each function in an undocumented `extern "C"` one.

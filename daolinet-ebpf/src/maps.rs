@@ -13,8 +13,8 @@ use aya_ebpf::{
 };
 use daolinet_common::{
     maps as names, DatapathConfig, DropReason, FlowEntry, FlowKey, FlowMapKey, PortInfo, PortStats,
-    Subtable, MAX_PORTS, MAX_RULES, MAX_SUBTABLES, OFPORT_INDEX_SLOTS, PORT_INDEX_SLOTS,
-    PUNT_RING_BYTES,
+    SampleBucket, SampleConfig, Subtable, DROP_SAMPLE_RING_BYTES, DROP_SLOTS, MAX_PORTS, MAX_RULES,
+    MAX_SUBTABLES, OFPORT_INDEX_SLOTS, PORT_INDEX_SLOTS, PUNT_RING_BYTES,
 };
 
 /// `BPF_F_NO_PREALLOC`: allocate hash map entries on demand.
@@ -90,6 +90,22 @@ pub static DL_PORT_STATS: PerCpuArray<PortStats> = PerCpuArray::pinned(MAX_PORTS
 #[map]
 pub static DL_DROPS: PerCpuArray<u64> = PerCpuArray::pinned(DropReason::COUNT, 0);
 
+/// Per-CPU drop counters by port and reason, at `slot * DROP_SLOTS + reason`.
+#[map]
+pub static DL_PORT_DROPS: PerCpuArray<u64> = PerCpuArray::pinned(MAX_PORTS * DROP_SLOTS, 0);
+
+/// Sampled drops ([`daolinet_common::DropSample`]s) for the agent.
+#[map]
+pub static DL_DROP_SAMPLES: RingBuf = RingBuf::pinned(DROP_SAMPLE_RING_BYTES, 0);
+
+/// The drop sampling rate (index 0), written by the agent.
+#[map]
+pub static DL_SAMPLE_CONFIG: Array<SampleConfig> = Array::pinned(1, 0);
+
+/// Per-CPU token buckets of the drop sampling (index 0).
+#[map]
+pub static DL_SAMPLE_BUCKETS: PerCpuArray<SampleBucket> = PerCpuArray::pinned(1, 0);
+
 /// Punted packets ([`daolinet_common::PuntRecord`]s) for the agent.
 #[map]
 pub static DL_PUNTS: RingBuf = RingBuf::pinned(PUNT_RING_BYTES, 0);
@@ -141,6 +157,10 @@ const _: () = {
     assert!(same(names::PORT_STATS, "DL_PORT_STATS"));
     assert!(same(names::DROPS, "DL_DROPS"));
     assert!(same(names::PUNTS, "DL_PUNTS"));
+    assert!(same(names::PORT_DROPS, "DL_PORT_DROPS"));
+    assert!(same(names::DROP_SAMPLES, "DL_DROP_SAMPLES"));
+    assert!(same(names::SAMPLE_CONFIG, "DL_SAMPLE_CONFIG"));
+    assert!(same(names::SAMPLE_BUCKETS, "DL_SAMPLE_BUCKETS"));
     assert!(same(names::PROG_TC, "daolinet_tc"));
     assert!(same(names::PROG_XDP, "daolinet_xdp"));
 };
