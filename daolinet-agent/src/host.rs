@@ -265,7 +265,7 @@ impl Dataplane for Host {
 
     fn telemetry(&mut self) -> Telemetry {
         let mut t = Telemetry {
-            flow_capacity: u64::from(daolinet_common::MAX_RULES),
+            flow_capacity: u64::from(self.dp.capacity()),
             port_capacity: u64::from(daolinet_common::MAX_PORTS),
             subtable_capacity: daolinet_common::MAX_SUBTABLES as u64,
             samples_read: self.samples_read,
