@@ -40,78 +40,7 @@ struct Cli {
 enum Cmd {
     /// Load the datapath, attach the uplink and ports, act as an OpenFlow 1.3 switch
     /// (controllers, passive listener) and serve the control socket until SIGINT/SIGTERM.
-    Run {
-        /// The physical NIC (TC or XDP ingress program; table misses go to the host stack).
-        #[arg(long)]
-        uplink: String,
-        /// Container ports: host side of a veth, optionally with its OpenFlow port number.
-        #[arg(long = "port", value_name = "IFACE[=OFPORT]")]
-        ports: Vec<String>,
-        /// OpenFlow port number of the uplink. Kept below 0xff00 so that
-        /// Open vSwitch tools (16-bit port space) can show it.
-        #[arg(long, default_value_t = daolinet_agent::DEFAULT_UPLINK_OFPORT)]
-        uplink_ofport: u32,
-        /// How to attach the uplink program.
-        #[arg(long, value_enum, default_value = "tc")]
-        uplink_mode: UplinkMode,
-        /// A BPF object file to load instead of the one built into this binary
-        /// (default: $DAOLINET_BPF_OBJECT if set, else the embedded object).
-        #[arg(long, value_name = "PATH")]
-        bpf_object: Option<PathBuf>,
-        /// OpenFlow 1.3 controller to connect to, `tcp:IP[:PORT]` (default port
-        /// 6653); repeat for several. Reconnects with backoff, echo keepalive.
-        #[arg(long, value_name = "tcp:IP[:PORT]")]
-        controller: Vec<String>,
-        /// Passive OpenFlow listener for tools (`ovs-ofctl -O OpenFlow13 ... tcp:127.0.0.1:PORT`).
-        /// Binds 127.0.0.1 unless an address is given: it has no authentication.
-        #[arg(long, value_name = "ptcp:PORT[:IP]")]
-        listen: Option<String>,
-        /// Datapath id in hex (default: from the uplink's MAC address).
-        #[arg(long, value_name = "HEX")]
-        datapath_id: Option<String>,
-        /// Without a reachable controller: `secure` keeps the flows and drops
-        /// table misses; `standalone` also forwards misses by L2 learning.
-        #[arg(long, value_enum, default_value = "secure")]
-        fail_mode: FailMode,
-        /// PACKET_INs per second allowed per ingress port (0 = unlimited).
-        #[arg(long, default_value_t = 1000)]
-        packet_in_rate: u32,
-        /// PACKET_IN burst allowed per port above the rate.
-        #[arg(long, default_value_t = 200)]
-        packet_in_burst: u32,
-        /// Answer containers' ARP requests locally with this (gateway) MAC,
-        /// without a controller round trip. Off by default.
-        #[arg(long, value_name = "MAC")]
-        arp_responder: Option<String>,
-        /// After sending PACKET_INs, busy-wait up to this many microseconds for the
-        /// controller's answer and handle it at once, instead of sleeping until it
-        /// arrives (waking a thread costs tens of microseconds on virtual machines).
-        /// Spinning only follows a PACKET_IN, stops at the answer, and uses at most 10%
-        /// of one CPU over time; an idle agent does not spin. 0 turns it off.
-        #[arg(long, value_name = "US", default_value_t = 200)]
-        reply_spin_us: u64,
-        /// The controller's physical pool (`--physical-pool`), e.g.
-        /// `172.31.0.0/16`: the agent sets its host up for NAT-out
-        /// (forwarding, the pool masqueraded out of the uplink in nftables
-        /// table `ip daolinet`, the pool routed to the LOCAL port) and
-        /// undoes it when it stops. With `--api` and without this option,
-        /// the pool is read from the API. `none` sets nothing up.
-        #[arg(long, env = "DAOLI_NAT_POOL", value_name = "CIDR|none")]
-        nat_pool: Option<String>,
-        /// Most flows the switch holds (the datapath maps are sized for it at
-        /// load; memory follows the flows installed, but for the hash table's
-        /// bucket array, 16 bytes per flow of this number). Default: from the
-        /// host's memory (a sixteenth of it at 1 KiB per flow, 65,536 to
-        /// 1,048,576). Maps pinned by an earlier run keep their size.
-        #[arg(long, value_name = "N")]
-        max_flows: Option<u32>,
-        /// Metrics and drop reports.
-        #[command(flatten)]
-        observe: Box<ObserveArgs>,
-        /// Self-registration with the controller's REST API.
-        #[command(flatten)]
-        register: Box<RegisterArgs>,
-    },
+    Run(Box<RunArgs>),
     /// Manage ports of the running agent.
     Port {
         #[command(subcommand)]
@@ -128,6 +57,81 @@ enum Cmd {
         #[command(subcommand)]
         cmd: RuleCmd,
     },
+}
+
+/// Options of `run`.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The physical NIC (TC or XDP ingress program; table misses go to the host stack).
+    #[arg(long)]
+    uplink: String,
+    /// Container ports: host side of a veth, optionally with its OpenFlow port number.
+    #[arg(long = "port", value_name = "IFACE[=OFPORT]")]
+    ports: Vec<String>,
+    /// OpenFlow port number of the uplink. Kept below 0xff00 so that
+    /// Open vSwitch tools (16-bit port space) can show it.
+    #[arg(long, default_value_t = daolinet_agent::DEFAULT_UPLINK_OFPORT)]
+    uplink_ofport: u32,
+    /// How to attach the uplink program.
+    #[arg(long, value_enum, default_value = "tc")]
+    uplink_mode: UplinkMode,
+    /// A BPF object file to load instead of the one built into this binary
+    /// (default: $DAOLINET_BPF_OBJECT if set, else the embedded object).
+    #[arg(long, value_name = "PATH")]
+    bpf_object: Option<PathBuf>,
+    /// OpenFlow 1.3 controller to connect to, `tcp:IP[:PORT]` (default port
+    /// 6653); repeat for several. Reconnects with backoff, echo keepalive.
+    #[arg(long, value_name = "tcp:IP[:PORT]")]
+    controller: Vec<String>,
+    /// Passive OpenFlow listener for tools (`ovs-ofctl -O OpenFlow13 ... tcp:127.0.0.1:PORT`).
+    /// Binds 127.0.0.1 unless an address is given: it has no authentication.
+    #[arg(long, value_name = "ptcp:PORT[:IP]")]
+    listen: Option<String>,
+    /// Datapath id in hex (default: from the uplink's MAC address).
+    #[arg(long, value_name = "HEX")]
+    datapath_id: Option<String>,
+    /// Without a reachable controller: `secure` keeps the flows and drops
+    /// table misses; `standalone` also forwards misses by L2 learning.
+    #[arg(long, value_enum, default_value = "secure")]
+    fail_mode: FailMode,
+    /// PACKET_INs per second allowed per ingress port (0 = unlimited).
+    #[arg(long, default_value_t = 1000)]
+    packet_in_rate: u32,
+    /// PACKET_IN burst allowed per port above the rate.
+    #[arg(long, default_value_t = 200)]
+    packet_in_burst: u32,
+    /// Answer containers' ARP requests locally with this (gateway) MAC,
+    /// without a controller round trip. Off by default.
+    #[arg(long, value_name = "MAC")]
+    arp_responder: Option<String>,
+    /// After sending PACKET_INs, busy-wait up to this many microseconds for the
+    /// controller's answer and handle it at once, instead of sleeping until it
+    /// arrives (waking a thread costs tens of microseconds on virtual machines).
+    /// Spinning only follows a PACKET_IN, stops at the answer, and uses at most 10%
+    /// of one CPU over time; an idle agent does not spin. 0 turns it off.
+    #[arg(long, value_name = "US", default_value_t = 200)]
+    reply_spin_us: u64,
+    /// The controller's physical pool (`--physical-pool`), e.g.
+    /// `172.31.0.0/16`: the agent sets its host up for NAT-out
+    /// (forwarding, the pool masqueraded out of the uplink in nftables
+    /// table `ip daolinet`, the pool routed to the LOCAL port) and
+    /// undoes it when it stops. With `--api` and without this option,
+    /// the pool is read from the API. `none` sets nothing up.
+    #[arg(long, env = "DAOLI_NAT_POOL", value_name = "CIDR|none")]
+    nat_pool: Option<String>,
+    /// Most flows the switch holds (the datapath maps are sized for it at
+    /// load; memory follows the flows installed, but for the hash table's
+    /// bucket array, 16 bytes per flow of this number). Default: from the
+    /// host's memory (a sixteenth of it at 1 KiB per flow, 65,536 to
+    /// 1,048,576). Maps pinned by an earlier run keep their size.
+    #[arg(long, value_name = "N")]
+    max_flows: Option<u32>,
+    /// Metrics and drop reports.
+    #[command(flatten)]
+    observe: Box<ObserveArgs>,
+    /// Self-registration with the controller's REST API.
+    #[command(flatten)]
+    register: Box<RegisterArgs>,
 }
 
 /// Metrics and drop report options of `run`.
@@ -226,25 +230,26 @@ fn dispatch(cli: Cli) -> Result<()> {
         Ok(())
     };
     match cli.cmd {
-        Cmd::Run {
-            uplink,
-            uplink_ofport,
-            ports,
-            uplink_mode,
-            bpf_object,
-            controller,
-            listen,
-            datapath_id,
-            fail_mode,
-            packet_in_rate,
-            packet_in_burst,
-            arp_responder,
-            reply_spin_us,
-            nat_pool,
-            max_flows,
-            observe,
-            register,
-        } => {
+        Cmd::Run(run_args) => {
+            let RunArgs {
+                uplink,
+                uplink_ofport,
+                ports,
+                uplink_mode,
+                bpf_object,
+                controller,
+                listen,
+                datapath_id,
+                fail_mode,
+                packet_in_rate,
+                packet_in_burst,
+                arp_responder,
+                reply_spin_us,
+                nat_pool,
+                max_flows,
+                observe,
+                register,
+            } = *run_args;
             let ObserveArgs {
                 metrics,
                 drop_sample_rate,
