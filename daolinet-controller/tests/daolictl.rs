@@ -148,6 +148,44 @@ fn verbs_tables_json_and_errors() {
     assert!(ok(&p, &["policy", "show"]).contains("disconnect"));
     ok(&p, &["policy", "delete", "c1:c2"]);
 
+    // trace: isolated (no group, no pair policy), NAT-out, errors.
+    let t = ok(&p, &["trace", "web", "c2", "--proto", "udp"]);
+    assert!(
+        t.contains("verdict  denied (isolated)")
+            && t.contains("networks blue (web) and red (c2) share no group")
+            && t.contains("result   dropped"),
+        "{t}"
+    );
+    let j: serde_json::Value =
+        serde_json::from_str(&ok(&p, &["trace", "web", "9.9.9.9", "-o", "json"])).unwrap();
+    assert_eq!(j["verdict"], "nat_out", "{j:#}");
+    assert_eq!(j["result"]["kind"], "outside", "{j:#}");
+    let t = ok(&p, &["trace", "c2", "9.9.9.9"]);
+    assert!(t.contains("denied (nat_disabled)"), "{t}");
+    fails(
+        &p,
+        &["trace", "ghost", "web"],
+        "unknown source container \"ghost\" (field: src) [HTTP 404]",
+    );
+    fails(
+        &p,
+        &["trace", "web", "c2", "--proto", "icmp", "--dport", "1"],
+        "a destination port needs --proto tcp or udp (field: dport) [HTTP 400]",
+    );
+    fails(
+        &p,
+        &["trace", "web", "c2", "--proto", "sctp"],
+        "invalid value 'sctp'",
+    );
+    let (st, v) = p.api().call("POST", "/api/trace", Some(r#"{"src":"web"}"#));
+    assert_eq!((st, v["field"].as_str()), (400, Some("dst")), "{v}");
+    let (st, v) = p.api().call(
+        "POST",
+        "/api/trace",
+        Some(r#"{"src":"web","dst":"c2","proto":"sctp"}"#),
+    );
+    assert_eq!((st, v["field"].as_str()), (400, Some("proto")), "{v}");
+
     let t = ok(
         &p,
         &[

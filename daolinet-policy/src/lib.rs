@@ -14,6 +14,8 @@
 //! - [`handle_model_change`]: an accepted API mutation -> deletion of exactly
 //!   the flows it invalidates (by cookie) and the proactive flows it adds.
 //! - [`handle_switch_connected`], [`handle_host_gone`]: datapath life cycle.
+//! - [`trace::trace`]: would a container reach a destination, and how
+//!   (verdict and why, each host's flow and rewrites, the end).
 //! - [`reconcile`]: which flows a switch holds are still valid (kept), which
 //!   are stale (deleted one by one), which base flows it lacks (added).
 //!
@@ -72,6 +74,7 @@ pub mod model;
 mod packet;
 mod reconcile;
 mod rules;
+pub mod trace;
 mod view;
 
 #[cfg(test)]

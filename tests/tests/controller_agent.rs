@@ -10,7 +10,10 @@
 //! pair flows with logical <-> physical rewriting, PACKET_OUT); the agents
 //! hold the controller's flows and they carried the traffic; idle pair
 //! flows expire; a disconnect policy deletes the flows and stops the
-//! traffic.
+//! traffic. `daolictl trace` (table and JSON) shows the cross-host pair's
+//! flows on both hosts with their rewrites and the delivery, and says
+//! denied, naming both networks, for an isolated pair and after the
+//! disconnect.
 //!
 //! Needs root and both binaries (built by `cargo test --workspace`); the
 //! agents load the BPF object built into them (or `$DAOLINET_BPF_OBJECT`).
@@ -20,7 +23,7 @@
 
 use std::time::Duration;
 
-use daolinet_testlab::{wait_poll, Lab, Need, Poll};
+use daolinet_testlab::{wait_poll, workspace_bin, Lab, Need, Netns, Poll};
 use serde_json::Value;
 
 const NET: &str = "192.168.213";
@@ -40,6 +43,7 @@ fn controller_drives_two_agents() {
         Need::BpfObject,
         Need::Binary("daolinet-controller"),
         Need::Binary("daolinet-agent"),
+        Need::Binary("daolictl"),
         Need::Program("ping"),
     ]) else {
         return;
@@ -89,6 +93,18 @@ fn controller_drives_two_agents() {
             )),
         )
     };
+    // An isolated network with a container on h2 (in the model only:
+    // trace sends nothing).
+    api.ok(
+        "POST",
+        "/api/networks",
+        Some(r#"{"name":"red","subnet":"10.214.0.0/24"}"#),
+    );
+    api.ok(
+        "POST",
+        "/api/containers",
+        Some(r#"{"id":"cr","network":"red","host":"h2","port":2}"#),
+    );
     let a = container("ca", "h1", 1);
     let b = container("cb", "h2", 1);
     let c = container("cc", "h1", 2);
@@ -162,6 +178,59 @@ fn controller_drives_two_agents() {
     );
     assert!(!line.contains("n_packets=0,"), "the pings bypassed {line}");
 
+    // trace a -> b: both hosts' installed flows, the rewrites, delivery.
+    let t = trace_json(&h1, api, &["ca", "cb"]);
+    assert_eq!(t["verdict"], "cross_host", "{t:#}");
+    assert_eq!(t["result"]["kind"], "delivered", "{t:#}");
+    assert_eq!(t["result"]["container"], "cb", "{t:#}");
+    let hops = t["hops"].as_array().cloned().unwrap_or_default();
+    assert_eq!(hops.len(), 2, "{t:#}");
+    assert_eq!(hops[0]["host"], "h1");
+    assert_eq!(hops[0]["source"], "installed", "{t:#}");
+    assert_eq!(hops[0]["out_dst"], field(&b, "physical_ip"), "{t:#}");
+    assert_eq!(hops[0]["out_src"], field(&a, "physical_ip"), "{t:#}");
+    assert_eq!(hops[0]["output"], 65000);
+    assert_eq!(hops[1]["host"], "h2");
+    assert_eq!(hops[1]["source"], "installed", "{t:#}");
+    assert_eq!(hops[1]["out_dst"], ip(&b), "{t:#}");
+    assert_eq!(hops[1]["output"], 1);
+    let table = daolictl(&h1, api, &["trace", "ca", "cb"]);
+    eprintln!("daolictl trace ca cb:\n{table}");
+    assert!(
+        table.contains("delivered to cb on h2 port 1")
+            && table.contains("both are in network blue")
+            && table.contains("host h1")
+            && table.contains("host h2")
+            && table.contains(&format!(
+                "out {} -> {}",
+                field(&a, "physical_ip"),
+                field(&b, "physical_ip")
+            )),
+        "{table}"
+    );
+    // trace a -> the isolated container: denied, both networks named.
+    let t = trace_json(&h1, api, &["ca", "cr", "--proto", "tcp", "--dport", "22"]);
+    assert_eq!(t["verdict"]["denied"], "isolated", "{t:#}");
+    assert_eq!(t["result"]["kind"], "dropped", "{t:#}");
+    let why = t["reason"].as_str().unwrap_or_default();
+    assert!(why.contains("blue") && why.contains("red"), "{t:#}");
+    let table = daolictl(&h1, api, &["trace", "ca", "cr"]);
+    assert!(table.contains("denied (isolated)"), "{table}");
+    // Errors: an unknown container, a malformed request.
+    let bad = daolictl_ran(&h1, api, &["trace", "ca", "nobody"]);
+    assert!(
+        !bad.ok
+            && bad
+                .stderr
+                .contains("unknown destination container \"nobody\""),
+        "{bad:?}"
+    );
+    let bad = daolictl_ran(&h1, api, &["trace", "ca", "cb", "--dport", "80"]);
+    assert!(
+        !bad.ok && bad.stderr.contains("needs --proto tcp or udp"),
+        "{bad:?}"
+    );
+
     // Idle pair flows expire (the controller's idle timeout).
     wait_poll(
         "the idle a -> b pair flow to expire",
@@ -192,4 +261,41 @@ fn controller_drives_two_agents() {
         m.contains("daolinet_denials_total{reason=\"pair_disconnected\"}"),
         "{m}"
     );
+    let t = trace_json(&h1, api, &["ca", "cb"]);
+    assert_eq!(t["verdict"]["denied"], "pair_disconnected", "{t:#}");
+    assert!(
+        t["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("pair policy disconnects ca and cb")),
+        "{t:#}"
+    );
+}
+
+/// `daolictl ARGS` run in `ns`.
+fn daolictl_ran(ns: &Netns, api: &daolinet_testlab::Api, args: &[&str]) -> daolinet_testlab::Ran {
+    let mut v = vec![
+        workspace_bin("daolictl").display().to_string(),
+        "--api".into(),
+        api.base(),
+        "--token".into(),
+        api.token().unwrap_or_default().to_string(),
+    ];
+    v.extend(args.iter().map(|a| a.to_string()));
+    let argv: Vec<&str> = v.iter().map(String::as_str).collect();
+    ns.output(&argv)
+}
+
+/// `daolictl ARGS` run in `ns`; its output (the test fails if it fails).
+fn daolictl(ns: &Netns, api: &daolinet_testlab::Api, args: &[&str]) -> String {
+    let r = daolictl_ran(ns, api, args);
+    assert!(r.ok, "daolictl {args:?}: {}{}", r.stderr, r.stdout);
+    r.stdout
+}
+
+/// `daolictl -o json trace ARGS`.
+fn trace_json(ns: &Netns, api: &daolinet_testlab::Api, args: &[&str]) -> Value {
+    let mut a = vec!["-o", "json", "trace"];
+    a.extend_from_slice(args);
+    let out = daolictl(ns, api, &a);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }

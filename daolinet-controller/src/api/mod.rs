@@ -19,6 +19,7 @@
 //! | GET, POST | `/api/firewalls` | [`FirewallReq`] -> [`Firewall`] |
 //! | GET, DELETE | `/api/firewalls/{name}` | |
 //! | GET | `/api/flows[?host=NAME]` | flows installed, per host |
+//! | POST | `/api/trace` | [`TraceRequest`] -> [`Trace`] (would SRC reach DST, and how; 404 for an unknown container) |
 //! | GET | `/api/settings` | -> [`Settings`] (physical pool, gateway MAC: what hosts set themselves up with) |
 //!
 //! Every `/api/` request needs `Authorization: Bearer <token>`. Errors are
@@ -51,6 +52,7 @@ use daolinet_policy::model::{
     Change, Container, ContainerSpec, Firewall, FirewallRule, Group, Host, Model, ModelError,
     Network, NetworkSpec, Object, PairAction, PairPolicy,
 };
+use daolinet_policy::trace::{Trace, TraceError, TraceRequest};
 use daolinet_policy::FlowSpec;
 
 /// Shared state of the handlers.
@@ -577,6 +579,25 @@ async fn list_flows(
     Ok(Json(out))
 }
 
+// --- trace ---
+
+async fn trace(State(st): State<AppState>, body: Bytes) -> Result<Json<Trace>, ApiError> {
+    let r: TraceRequest = parse(&body)?;
+    let s = model(&st)?;
+    let ctl = st.ctl.clone();
+    let installed = move |d: Dpid| ctl.flows(Some(d)).unwrap_or_default();
+    daolinet_policy::trace::trace(&s, &st.ctl.cfg, &installed, &r)
+        .map(Json)
+        .map_err(|e| {
+            let status = match e {
+                TraceError::UnknownContainer { .. } => StatusCode::NOT_FOUND,
+                TraceError::UnknownHost { .. } => StatusCode::CONFLICT,
+                TraceError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            };
+            ApiError::new(status, e.to_string()).with_field(e.field())
+        })
+}
+
 // --- plumbing ---
 
 async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> Response {
@@ -678,6 +699,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/flows", get(list_flows))
         .route("/settings", get(settings))
+        .route("/trace", post(trace))
         .fallback(api_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), require_token));

@@ -86,11 +86,34 @@ enum Cmd {
         #[arg(long)]
         host: Option<String>,
     },
+    /// Would SRC reach DST, and how: the policy verdict and why (networks,
+    /// group, pair policy, NAT), each host's flow (installed, or installed
+    /// on the first packet) with its rewrites and output, and the end
+    /// (delivered or the drop reason). Nothing is sent.
+    Trace {
+        /// Source container (id or name).
+        src: String,
+        /// Destination container (id or name) or IPv4 address.
+        dst: String,
+        /// Protocol.
+        #[arg(long, value_enum, default_value_t = TraceProto::Icmp)]
+        proto: TraceProto,
+        /// Destination port (tcp, udp; default 80 and 53).
+        #[arg(long)]
+        dport: Option<u16>,
+    },
     /// Print a shell completion script.
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum TraceProto {
+    Icmp,
+    Tcp,
+    Udp,
 }
 
 #[derive(Subcommand, Debug)]
@@ -462,6 +485,7 @@ enum Kind {
     Container,
     Host,
     Flows,
+    Trace,
     Done(String),
 }
 
@@ -552,8 +576,88 @@ fn render(kind: &Kind, v: &Value) -> String {
             }
             out
         }
+        Kind::Trace => trace_text(v),
         Kind::Done(msg) => format!("{msg}\n"),
     }
+}
+
+/// An end of a trace: `name (network, ip) on host port N`.
+fn end_text(e: &Value) -> String {
+    format!(
+        "{} ({}, {}) on {} port {}",
+        text(&e["container"]),
+        text(&e["network"]),
+        text(&e["ip"]),
+        text(&e["host"]),
+        text(&e["port"])
+    )
+}
+
+/// `daolictl trace` as text.
+fn trace_text(v: &Value) -> String {
+    let verdict = match &v["verdict"] {
+        Value::Object(o) => o
+            .iter()
+            .map(|(k, r)| format!("{k} ({})", text(r)))
+            .collect::<Vec<_>>()
+            .join(","),
+        other => text(other),
+    };
+    let to = if v["dst"].is_null() {
+        text(&v["dst_ip"])
+    } else {
+        end_text(&v["dst"])
+    };
+    let port = v["dport"]
+        .as_u64()
+        .map(|p| format!(" port {p}"))
+        .unwrap_or_default();
+    let r = &v["result"];
+    let result = match r["kind"].as_str() {
+        Some("delivered") => format!(
+            "delivered to {} on {} port {}",
+            text(&r["container"]),
+            text(&r["host"]),
+            text(&r["port"])
+        ),
+        Some("outside") => format!("leaves through the stack of host {}", text(&r["host"])),
+        Some("dropped") => format!("dropped: {}", text(&r["reason"])),
+        _ => text(r),
+    };
+    let mut out = format!(
+        "from     {}\nto       {to} ({}{port})\nverdict  {verdict}\nwhy      {}\nresult   {result}\n",
+        end_text(&v["src"]),
+        text(&v["proto"]),
+        text(&v["reason"]),
+    );
+    for h in v["hops"].as_array().into_iter().flatten() {
+        let source = match h["source"].as_str() {
+            Some("installed") => "installed",
+            _ => "installed by the controller on the first packet",
+        };
+        out.push_str(&format!(
+            "\nhost {} (dpid {}), in on port {}\n",
+            text(&h["host"]),
+            text(&h["dpid"]),
+            port_text(&h["in_port"])
+        ));
+        if h["flow"].is_null() {
+            out.push_str("  no flow matches\n");
+            continue;
+        }
+        out.push_str(&format!("  flow ({source}): {}\n", flow_line(&h["flow"])));
+        match h["output"].as_u64() {
+            Some(p) => out.push_str(&format!(
+                "  out {} -> {} (eth_dst {}) on port {}\n",
+                text(&h["out_src"]),
+                text(&h["out_dst"]),
+                text(&h["out_eth_dst"]),
+                port_text(&json!(p))
+            )),
+            None => out.push_str("  dropped here\n"),
+        }
+    }
+    out
 }
 
 /// A port number as `ovs-ofctl dump-flows` shows it: reserved ports by
@@ -899,6 +1003,23 @@ fn run(cli: Cli) -> Result<String, Failure> {
                 None => "/api/flows".into(),
             };
             (Kind::Flows, c.call("GET", &path, None)?)
+        }
+        Cmd::Trace {
+            src,
+            dst,
+            proto,
+            dport,
+        } => {
+            let proto = match proto {
+                TraceProto::Icmp => "icmp",
+                TraceProto::Tcp => "tcp",
+                TraceProto::Udp => "udp",
+            };
+            let mut body = json!({"src": src, "dst": dst, "proto": proto});
+            if let Some(p) = dport {
+                body["dport"] = json!(p);
+            }
+            (Kind::Trace, c.call("POST", "/api/trace", Some(body))?)
         }
         Cmd::Completions { .. } => return Ok(String::new()),
     };
