@@ -234,43 +234,9 @@ fn topology(tag: &str, t: Target) -> Result<(String, String)> {
 /// Start ovsdb-server and ovs-vswitchd in `ns` with bridge br0 over ports
 /// p1-p3 (OpenFlow 1-3), connected to the tool at `controller`.
 fn start_ovs(ns: &str, dpid: &str, controller: &str) -> Result<()> {
-    let dir = PathBuf::from(format!("/tmp/{ns}-ovs"));
-    std::fs::create_dir_all(&dir)?;
-    cleanup::add_path(&dir);
-    let d = dir.display().to_string();
-    let ovs = |prog: &str| {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns, prog])
-            .env("OVS_RUNDIR", &dir)
-            .env("OVS_DBDIR", &dir)
-            .env("OVS_LOGDIR", &dir)
-            .env("OVS_SYSCONFDIR", &dir);
-        c
-    };
-    sh(ovs("ovsdb-tool").args([
-        "create",
-        &format!("{d}/conf.db"),
-        "/usr/share/openvswitch/vswitch.ovsschema",
-    ]))?;
-    // Detached daemons stay in the namespace; the cleanup kills what runs
-    // there before deleting it.
-    sh(ovs("ovsdb-server").args([
-        &format!("--remote=punix:{d}/db.sock"),
-        &format!("--pidfile={d}/ovsdb-server.pid"),
-        &format!("--log-file={d}/ovsdb-server.log"),
-        &format!("--unixctl={d}/ovsdb-server.ctl"),
-        "--detach",
-        &format!("{d}/conf.db"),
-    ]))?;
-    let db = format!("--db=unix:{d}/db.sock");
-    sh(ovs("ovs-vsctl").args([&db, "--no-wait", "init"]))?;
-    sh(ovs("ovs-vswitchd").args([
-        &format!("unix:{d}/db.sock"),
-        &format!("--pidfile={d}/ovs-vswitchd.pid"),
-        &format!("--log-file={d}/ovs-vswitchd.log"),
-        &format!("--unixctl={d}/ovs-vswitchd.ctl"),
-        "--detach",
-    ]))?;
+    let ovs = crate::ovs::Ovs::start(ns, false)?;
+    let db = format!("--db={}", ovs.db());
+    let ovs = |prog: &str| ovs.cmd(prog);
     let mut args: Vec<String> = [
         &db,
         "--timeout=20",

@@ -1,12 +1,15 @@
-//! `cargo xtask demo`: the product's main job on network namespaces. Two
-//! hosts joined by an underlay bridge, a container behind each (plus one in
-//! another network), `daolinet-controller` on the underlay, hosts and
-//! containers registered with `daolictl`, and one `daolinet-agent` (the
-//! eBPF OpenFlow 1.3 switch) per host connected to the controller. No flow
-//! is installed by hand: the first packet goes to the controller
+//! `cargo xtask demo`: the product's main job on network namespaces, in a
+//! mixed cluster. Two hosts joined by an underlay bridge with
+//! `daolinet-controller` on it: h1 runs `daolinet-agent` (the eBPF
+//! OpenFlow 1.3 switch), h2 runs Open vSwitch (userspace datapath). Both
+//! join by themselves: the agent registers its host (`--api`), h2 runs
+//! `daolictl host join-ovs`. Networks and containers come from `daolictl`;
+//! no flow is installed by hand: the first packet goes to the controller
 //! (PACKET_IN), which installs the pair flows on both hosts and sends it on
-//! (PACKET_OUT). Then the flows, their counters after traffic, a
-//! disconnect / connect policy, isolation between networks and idle expiry.
+//! (PACKET_OUT). Then the flows on both kinds of host, a first TCP
+//! connection from the OVS side, counters after traffic, a disconnect /
+//! connect policy, isolation between networks, a container moving from the
+//! OVS host to the agent host (same IP and MAC), and idle expiry.
 //! Every step is checked (the demo doubles as a smoke test): a step that
 //! does not happen fails the demo with a message and the logs' last lines.
 //! Everything is removed at the end (also on failure, Ctrl-C or SIGTERM;
@@ -79,7 +82,7 @@ pub(crate) fn prepare(setup: bool, what: &str, prefix: &str) -> Result<(Build, G
 
 /// [`prepare`], building the release binaries of `also` together with the
 /// agent (one cargo run: shared dependencies are built once).
-fn prepare_with(
+pub(crate) fn prepare_with(
     setup: bool,
     what: &str,
     prefix: &str,
@@ -113,8 +116,12 @@ fn prepare_with(
 const CTL_IP: &str = "192.168.77.254";
 /// The controller's OpenFlow port.
 const OF_PORT: u16 = 6653;
+/// The controller's REST API port (inside the demo's underlay namespace).
+const API_PORT: u16 = 8080;
 /// Idle timeout of the pair flows in the demo (the product's default is 10 s).
 const IDLE: u64 = 4;
+/// The Open vSwitch host's bridge.
+const BR: &str = "br-dl";
 
 /// Run the demo.
 pub fn run(setup: bool) -> Result<()> {
@@ -129,6 +136,9 @@ pub fn run(setup: bool) -> Result<()> {
     netns(&red)?;
     veth_container(&hosts[1].ns, "c1", &red, "10.2.0.2/24", "02:00:00:00:00:0c")?;
     ip(&["-n", &red, "route", "add", "default", "via", "10.2.0.1"])?;
+    for (h, gw) in hosts.iter().map(|h| (&h.container, "10.1.0.1")) {
+        ip(&["-n", h, "route", "add", "default", "via", gw])?;
+    }
     step("IPv6 off in the containers (DaoliNet routes IPv4; the controller would drop IPv6 with short deny flows)");
     for c in hosts.iter().map(|h| &h.container).chain([&red]) {
         sh(Command::new("ip").args([
@@ -151,8 +161,9 @@ pub fn run(setup: bool) -> Result<()> {
         hosts,
         red,
         dir,
-        api: String::new(),
+        api: format!("http://{CTL_IP}:{API_PORT}"),
         logs: Vec::new(),
+        ovs: None,
     };
     let res = demo.run(&build);
     not_interrupted()?;
@@ -161,7 +172,7 @@ pub fn run(setup: bool) -> Result<()> {
     }
     res?;
     step(&format!(
-        "demo done in {:.0} s after the builds: first packets through the controller, pair flows with rewriting, counters, policy, isolation and expiry all checked",
+        "demo done in {:.0} s after the builds: an agent host and an Open vSwitch host joined by themselves; first packets through the controller, pair flows with rewriting on both kinds of host, counters, policy, isolation, migration from the OVS host to the agent host and expiry all checked",
         started.elapsed().as_secs_f64()
     ));
     Ok(())
@@ -219,7 +230,8 @@ fn n_packets(line: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// The running demo: controller, agents, who is where.
+/// The running demo: controller, the agent host (h1) and the Open vSwitch
+/// host (h2), who is where.
 struct Demo {
     /// Where daolinet-controller and daolictl are.
     bindir: PathBuf,
@@ -233,6 +245,8 @@ struct Demo {
     dir: PathBuf,
     api: String,
     logs: Vec<PathBuf>,
+    /// Host 2's Open vSwitch.
+    ovs: Option<crate::ovs::Ovs>,
 }
 
 /// A pair flow of c1 <-> c2 on a host: the match part that names it.
@@ -245,17 +259,18 @@ struct PairFlow {
 impl Demo {
     fn run(&mut self, build: &Build) -> Result<()> {
         self.start_controller()?;
-        let (pa, pb) = self.register()?;
-        self.start_agents(build)?;
+        self.join_hosts(build)?;
+        let (pa, pb) = self.create_model()?;
         let (c1, c2) = (
             self.hosts[0].container.clone(),
             self.hosts[1].container.clone(),
         );
         let (a, b) = (self.hosts[0].logical, self.hosts[1].logical);
+        // The agent shows IPv4 rewrites as nw_dst, Open vSwitch as ip_dst.
         let pairs = [
             PairFlow {
                 host: 0,
-                what: "h1: c1 -> c2, logical to physical".into(),
+                what: "h1 (agent): c1 -> c2, logical to physical".into(),
                 needles: vec![
                     format!("nw_src={a},nw_dst={b}"),
                     format!("set_field:{pb}->nw_dst"),
@@ -264,25 +279,25 @@ impl Demo {
             },
             PairFlow {
                 host: 1,
-                what: "h2: c1 -> c2 arriving, physical back to logical".into(),
+                what: "h2 (OVS): c1 -> c2 arriving, physical back to logical".into(),
                 needles: vec![
                     format!("nw_src={pa},nw_dst={pb}"),
-                    format!("set_field:{b}->nw_dst"),
+                    format!("set_field:{b}->ip_dst"),
                     "output:1".into(),
                 ],
             },
             PairFlow {
                 host: 1,
-                what: "h2: c2 -> c1, logical to physical".into(),
+                what: "h2 (OVS): c2 -> c1, logical to physical".into(),
                 needles: vec![
                     format!("nw_src={b},nw_dst={a}"),
-                    format!("set_field:{pa}->nw_dst"),
+                    format!("set_field:{pa}->ip_dst"),
                     format!("output:{UPLINK}"),
                 ],
             },
             PairFlow {
                 host: 0,
-                what: "h1: c2 -> c1 arriving, physical back to logical".into(),
+                what: "h1 (agent): c2 -> c1 arriving, physical back to logical".into(),
                 needles: vec![
                     format!("nw_src={pb},nw_dst={pa}"),
                     format!("set_field:{a}->nw_dst"),
@@ -298,7 +313,7 @@ impl Demo {
         }
 
         step(&format!(
-            "first ping c1 ({a}, on h1) -> c2 ({b}, on h2): the controller answers c1's ARP, gets the first packet as PACKET_IN, installs the pair flows on both hosts and sends the packet on with PACKET_OUT"
+            "first ping c1 ({a}, on the agent host h1) -> c2 ({b}, on the Open vSwitch host h2): the controller answers c1's ARP, gets the first packet as PACKET_IN, installs the pair flows on both hosts and sends the packet on with PACKET_OUT"
         ));
         if !ping(&c1, b, &["-c", "1", "-W", "3"])? {
             bail!("the first ping c1 -> c2 got no reply");
@@ -316,12 +331,17 @@ impl Demo {
         }
 
         step(&format!(
-            "the pair flows now on both agents: logical IPs <-> physical IPs {pa} / {pb}, host MACs on the underlay, no tunnel; idle_timeout={IDLE}"
+            "the pair flows now on both hosts, the same wire format on the agent (daolinet-agent flows) and on Open vSwitch (ovs-ofctl dump-flows): logical IPs <-> physical IPs {pa} / {pb}, host MACs on the underlay, no tunnel; idle_timeout={IDLE}"
         ));
         self.check_pairs(&pairs, true)?;
         show(&mut self.daolictl(&["flows"]))?;
 
-        step("traffic through the flows, no controller involved: ping, then 2 s of TCP (iperf3)");
+        step("the first packet from the Open vSwitch side too: a TCP connection c2 -> c1 (its first SYN goes through the controller; connect time well under the 1 s of a retransmitted SYN)");
+        self.wait_pairs_gone(&pairs, Duration::from_secs(IDLE + 5))?;
+        let t = self.first_connect(&c2, &c1, a)?;
+        println!("      connected in {:.1} ms", t.as_secs_f64() * 1000.0);
+
+        step("traffic through the flows, no controller involved: ping, then 2 s of TCP (iperf3) from the agent host to the OVS host");
         if !ping(&c2, a, &["-c", "3", "-i", "0.2", "-W", "2"])? {
             bail!("ping c2 -> c1 failed");
         }
@@ -330,22 +350,25 @@ impl Demo {
             .stdout(Stdio::null())
             .spawn()
             .context("starting iperf3 -s")?;
-        std::thread::sleep(Duration::from_millis(500));
+        self.wait_listening(&c2, 5201)?;
         let r = sh(Command::new("ip").args([
             "netns", "exec", &c1, "iperf3", "-c", b, "-t", "2", "-f", "g",
         ]));
         let _ = server.kill();
         let _ = server.wait();
         r?;
-        step("flow counters: the datapath counted every packet of the connection");
-        let f = self.show_flows(0)?;
-        let n = f
-            .lines()
-            .find(|l| pairs[0].needles.iter().all(|n| l.contains(n.as_str())))
-            .map(n_packets)
-            .unwrap_or(0);
-        if n < 1000 {
-            bail!("the c1 -> c2 flow on h1 counted {n} packets after iperf3 (expected thousands)");
+        step("flow counters on both hosts: the datapaths counted every packet of the connection");
+        let f0 = self.show_flows(0)?;
+        let f1 = self.show_flows(1)?;
+        let count = |f: &str, p: &PairFlow| {
+            f.lines()
+                .find(|l| p.needles.iter().all(|n| l.contains(n.as_str())))
+                .map(n_packets)
+                .unwrap_or(0)
+        };
+        let (n0, n1) = (count(&f0, &pairs[0]), count(&f1, &pairs[1]));
+        if n0 < 1000 || n1 < 100 {
+            bail!("after iperf3 the c1 -> c2 flows counted {n0} packets on h1 and {n1} on h2 (expected thousands; OVS counts TSO segments)");
         }
 
         step("policy: `daolictl disconnect c1:c2` deletes the pair's flows on both hosts (by cookie) and the ping stops");
@@ -357,18 +380,18 @@ impl Demo {
         step("h1 now: no pair flows, only a short drop flow the controller installed for the denied packets");
         self.show_flows(0)?;
 
-        step("`daolictl connect c1:c2`: allowed again, the next first packet installs new pair flows");
+        step("`daolictl connect c1:c2` (it returns once both switches applied it): allowed again, the very next packet goes through");
         show(&mut self.daolictl(&["connect", "c1:c2"]))?;
-        if !ping(&c1, b, &["-c", "3", "-i", "0.3", "-W", "2"])? {
-            bail!("c1 does not reach c2 after `daolictl connect c1:c2`");
+        if !ping(&c1, b, &["-c", "1", "-W", "2"])? {
+            bail!("the first packet c1 -> c2 after `daolictl connect c1:c2` was lost");
         }
         self.check_pairs(&pairs, false)?;
 
-        step("isolation: c3 (10.2.0.2, network red, on h2) cannot reach c1 (network blue): the controller denies it");
+        step("isolation: c3 (10.2.0.2, network red, on the OVS host h2) cannot reach c1 (network blue): the controller denies it");
         if ping(&self.red, a, &["-c", "2", "-i", "0.3", "-W", "1"])? {
             bail!("c3 (network red) reached c1 (network blue)");
         }
-        step("h2: the controller's answer to c3 is a drop flow (hard_timeout) for its punted packets");
+        step("h2 (Open vSwitch): the controller's answer to c3 is a drop flow (hard_timeout) for its punted packets");
         let f = self.show_flows(1)?;
         if !f
             .lines()
@@ -377,8 +400,10 @@ impl Demo {
             bail!("no drop flow for c3 (port 2) on h2 after the denied ping");
         }
 
+        self.migrate()?;
+
         step(&format!(
-            "idle expiry: no traffic for {IDLE} s, the agents remove the pair flows (FLOW_REMOVED to the controller)"
+            "idle expiry: no traffic for {IDLE} s, both hosts remove the pair flows (FLOW_REMOVED to the controller)"
         ));
         self.wait_pairs_gone(&pairs, Duration::from_secs(IDLE + 5))?;
         for i in 0..self.hosts.len() {
@@ -391,10 +416,122 @@ impl Demo {
         Ok(())
     }
 
+    /// A TCP connection from container `from` to `ip`:5201 in `to`, timed.
+    fn first_connect(&self, from: &str, to: &str, ip: &str) -> Result<Duration> {
+        let mut server = Command::new("ip")
+            .args(["netns", "exec", to, "iperf3", "-s", "-1", "-B", ip])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting iperf3 -s")?;
+        self.wait_listening(to, 5201)?;
+        let t = Instant::now();
+        let r = output(Command::new("ip").args([
+            "netns",
+            "exec",
+            from,
+            "iperf3",
+            "-c",
+            ip,
+            "-n",
+            "1K",
+            "--connect-timeout",
+            "3000",
+        ]));
+        let took = t.elapsed();
+        let _ = server.kill();
+        let _ = server.wait();
+        r?;
+        Ok(took)
+    }
+
+    /// Wait until something listens on TCP `port` in namespace `ns`.
+    fn wait_listening(&self, ns: &str, port: u16) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = output(Command::new("ip").args([
+                "netns",
+                "exec",
+                ns,
+                "ss",
+                "-Hltn",
+                &format!("sport = :{port}"),
+            ]))?;
+            if !out.trim().is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("nothing listens on port {port} in {ns}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Move c2 from the Open vSwitch host to the agent host, keeping its IP
+    /// and MAC.
+    fn migrate(&mut self) -> Result<()> {
+        let (c1, c2) = (
+            self.hosts[0].container.clone(),
+            self.hosts[1].container.clone(),
+        );
+        let (a, b, mac) = (
+            self.hosts[0].logical,
+            self.hosts[1].logical,
+            self.hosts[1].cmac,
+        );
+        step("migration across host kinds: c2 moves from the Open vSwitch host h2 to the agent host h1 (port 2), keeping its IP and MAC");
+        show(&mut self.daolictl(&["container", "move", "c2", "--host", "h1", "--port", "2"]))?;
+        let ovs = self
+            .ovs
+            .as_ref()
+            .ok_or_else(|| anyhow!("no Open vSwitch on h2"))?;
+        ovs.vsctl(&["del-port", BR, "c0"])?;
+        ip(&["-n", &self.hosts[1].ns, "link", "del", "c0"])?;
+        ip(&[
+            "-n",
+            &self.hosts[0].ns,
+            "link",
+            "add",
+            "c2m",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &c2,
+        ])?;
+        ip(&["-n", &self.hosts[0].ns, "link", "set", "c2m", "up"])?;
+        ip(&["-n", &c2, "link", "set", "eth0", "address", mac])?;
+        ip(&["-n", &c2, "addr", "add", &format!("{b}/24"), "dev", "eth0"])?;
+        ip(&["-n", &c2, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &c2, "route", "add", "default", "via", "10.1.0.1"])?;
+        show(&mut self.agent(0, &["port", "add", "c2m", "--ofport", "2"]))?;
+        if !ping(&c1, b, &["-c", "1", "-W", "3"])? {
+            bail!("c1 does not reach c2 after c2 moved to h1");
+        }
+        if !ping(&c2, a, &["-c", "1", "-W", "3"])? {
+            bail!("c2 does not reach c1 after moving to h1");
+        }
+        step("c2 on h1 now: a same-host pair c1 <-> c2 (gateway MAC, no rewrite), same IP and MAC as before");
+        let f = self.show_flows(0)?;
+        if !f
+            .lines()
+            .any(|l| l.contains(&format!("nw_dst={b}")) && l.contains("output:2"))
+        {
+            bail!("no flow to c2 on port 2 of h1 after the move");
+        }
+        Ok(())
+    }
+
     /// `ip netns exec U daolictl ARGS` against this demo's controller.
     fn daolictl(&self, args: &[&str]) -> Command {
+        self.daolictl_in(&self.u, args)
+    }
+
+    /// `ip netns exec NS daolictl ARGS` against this demo's controller.
+    fn daolictl_in(&self, ns: &str, args: &[&str]) -> Command {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.u, "daolictl"])
+        c.args(["netns", "exec", ns, "daolictl"])
             .args(args)
             .env("PATH", path_with(&self.bindir.join("daolictl")))
             .env("DAOLI_API", &self.api)
@@ -408,109 +545,123 @@ impl Demo {
         agent(&self.agent_bin, ns, &state_dir(ns), args)
     }
 
+    /// The flows of host `i`: the agent's, or Open vSwitch's bridge.
+    fn flows_cmd(&self, i: usize) -> Result<Command> {
+        match (i, &self.ovs) {
+            (1, Some(o)) => Ok(o.ofctl("dump-flows", BR)),
+            (1, None) => bail!("no Open vSwitch on h2"),
+            _ => Ok(self.agent(i, &["flows"])),
+        }
+    }
+
     fn flows(&self, i: usize) -> Result<String> {
-        output(&mut self.agent(i, &["flows"]))
+        output(&mut self.flows_cmd(i)?)
     }
 
     fn show_flows(&self, i: usize) -> Result<String> {
-        show(&mut self.agent(i, &["flows"]))
+        show(&mut self.flows_cmd(i)?)
     }
 
     fn start_controller(&mut self) -> Result<()> {
         step(&format!(
-            "starting daolinet-controller in {} (the underlay), OpenFlow on {CTL_IP}:{OF_PORT}, store in {}",
+            "starting daolinet-controller in {} (the underlay), OpenFlow on {CTL_IP}:{OF_PORT}, REST API on {CTL_IP}:{API_PORT}, store in {}",
             self.u,
             self.dir.display()
         ));
-        ip(&[
-            "-n",
-            &self.u,
-            "addr",
-            "add",
-            &format!("{CTL_IP}/24"),
-            "dev",
-            "br0",
-        ])?;
-        ip(&["-n", &self.u, "link", "set", "lo", "up"])?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.u, "daolinet-controller", "run"])
-            .args(["--listen", &format!("{CTL_IP}:{OF_PORT}"), "--api"])
-            .args(["127.0.0.1:0", "--store"])
-            .arg(self.dir.join("controller.redb"))
-            .args(["--idle-timeout", &IDLE.to_string()])
-            .env("PATH", path_with(&self.bindir.join("daolinet-controller")))
-            .env("NO_COLOR", "1");
-        eprintln!("    $ {}", display(&cmd));
-        let log = self.dir.join("controller.log");
+        self.logs.push(self.dir.join("controller.log"));
+        start_controller(&self.u, &self.dir, CTL_IP, OF_PORT, API_PORT, IDLE)
+    }
+
+    /// Both hosts join by themselves: the agent registers its host when it
+    /// starts; the Open vSwitch host runs `daolictl host join-ovs`.
+    fn join_hosts(&mut self, build: &Build) -> Result<()> {
+        let token = self.dir.join("api-token");
+        step(&format!(
+            "h1 joins by itself: daolinet-agent (the eBPF OpenFlow 1.3 switch) with --api registers its host (datapath id, the uplink's IP and MAC, uplink port) with the controller; the API token is the controller's ({})",
+            token.display()
+        ));
+        let log = self.dir.join("agent-h1.log");
         self.logs.push(log.clone());
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .context("starting daolinet-controller")?;
-        let stdout = child.stdout.take();
-        cleanup::add_child(child);
-        // The controller prints `api: http://ADDR` then `openflow: ADDR`;
-        // the rest of its stdout is drained by this thread.
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let Some(out) = stdout else { return };
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
+        let (api, tok) = (self.api.clone(), token.display().to_string());
+        start_agents_with(build, &self.hosts[..1], |_| {
+            (
+                [
+                    "--controller",
+                    &format!("tcp:{CTL_IP}:{OF_PORT}"),
+                    "--api",
+                    &api,
+                    "--api-token-file",
+                    &tok,
+                    "--host-name",
+                    "h1",
+                    "--listen",
+                    "ptcp:6634",
+                    "--port",
+                    "c0=1",
+                ]
+                .map(String::from)
+                .into(),
+                Some(log.clone()),
+            )
+        })?;
         let deadline = Instant::now() + Duration::from_secs(30);
-        let mut of = None;
-        while self.api.is_empty() || of.is_none() {
-            let line = rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .map_err(|_| {
-                    anyhow!(
-                        "daolinet-controller did not print its addresses (log: {})",
-                        log.display()
-                    )
-                })?;
-            println!("      {line}");
-            if let Some(a) = line.strip_prefix("api: ") {
-                self.api = a.to_string();
-            } else if let Some(o) = line.strip_prefix("openflow: ") {
-                of = Some(o.to_string());
+        while output(&mut self.daolictl(&["host", "show", "h1"])).is_err() {
+            if Instant::now() > deadline {
+                bail!("the agent did not register h1 (log: {})", log.display());
             }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+
+        let h2 = self.hosts[1].ns.clone();
+        step(&format!(
+            "h2 is an Open vSwitch host (userspace datapath, TSO on; ovsdb-server and ovs-vswitchd in {h2}); it joins with one command, run on it: bridge {BR} (OpenFlow 1.3, fail_mode=secure, the controller), the uplink eth0 in it, the host's IP moved to the bridge, the host registered"
+        ));
+        let ovs = crate::ovs::Ovs::start(&h2, true)?;
+        self.logs.push(ovs.dir.join("ovs-vswitchd.log"));
+        let db = ovs.db();
+        self.ovs = Some(ovs);
+        show(&mut self.daolictl_in(
+            &h2,
+            &[
+                "host",
+                "join-ovs",
+                "--bridge",
+                BR,
+                "--uplink",
+                "eth0",
+                "--controller",
+                &format!("tcp:{CTL_IP}:{OF_PORT}"),
+                "--name",
+                "h2",
+                "--datapath",
+                "netdev",
+                "--ovs-db",
+                &db,
+            ],
+        ))?;
+        show(Command::new("ip").args(["-n", &h2, "-br", "addr"]))?;
+        step("the controller knows both hosts now, registered by themselves");
+        show(&mut self.daolictl(&["host", "show"]))?;
+        // Connected once the controller has replaced the agent's (empty)
+        // table with its base flows (join-ovs waited for the bridge's).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.flows(0)?.trim().is_empty() {
+            if Instant::now() > deadline {
+                bail!("the agent on h1 got no flows from the controller");
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
         Ok(())
     }
 
-    /// Register hosts, networks and containers; returns the physical IPs
-    /// the controller gave c1 and c2.
-    fn register(&self) -> Result<(String, String)> {
+    /// Networks and containers (the containers' ports plugged into the
+    /// OVS bridge on h2); returns the physical IPs the controller gave c1
+    /// and c2.
+    fn create_model(&self) -> Result<(String, String)> {
         step(&format!(
-            "registering hosts, networks and containers with daolictl (REST API {}, token {})",
-            self.api,
-            self.dir.join("api-token").display()
+            "networks and containers with daolictl (REST API {}; daolictl runs in {} with DAOLI_API and DAOLI_TOKEN_FILE set)",
+            self.api, self.u
         ));
-        eprintln!(
-            "    (daolictl runs in {} where the API listens; DAOLI_API and DAOLI_TOKEN_FILE are set)",
-            self.u
-        );
-        for (i, h) in self.hosts.iter().enumerate() {
-            let name = format!("h{}", i + 1);
-            let dpid = format!("{}", i + 1);
-            let uplink = UPLINK.to_string();
-            show(&mut self.daolictl(&[
-                "host",
-                "add",
-                &name,
-                "--dpid",
-                &dpid,
-                "--ip",
-                h.underlay_ip,
-                "--mac",
-                h.mac,
-                "--uplink-port",
-                &uplink,
-            ]))?;
-        }
         show(&mut self.daolictl(&["network", "create", "blue", "--subnet", "10.1.0.0/24"]))?;
         show(&mut self.daolictl(&["network", "create", "red", "--subnet", "10.2.0.0/24"]))?;
         for (i, h) in self.hosts.iter().enumerate() {
@@ -547,6 +698,28 @@ impl Demo {
             "02:00:00:00:00:0c",
         ]))?;
         show(&mut self.daolictl(&["container", "show"]))?;
+        let ovs = self
+            .ovs
+            .as_ref()
+            .ok_or_else(|| anyhow!("no Open vSwitch on h2"))?;
+        step(&format!(
+            "on h2, c2's and c3's ports join bridge {BR} as OpenFlow ports 1 and 2"
+        ));
+        for (iface, port) in [("c0", "1"), ("c1", "2")] {
+            let req = format!("ofport_request={port}");
+            let mut c = ovs.cmd("ovs-vsctl");
+            c.arg(format!("--db={}", ovs.db())).args([
+                "add-port",
+                BR,
+                iface,
+                "--",
+                "set",
+                "interface",
+                iface,
+                &req,
+            ]);
+            show(&mut c)?;
+        }
         let physical = |id: &str| -> Result<String> {
             let out = output(&mut self.daolictl(&["-o", "json", "container", "show", id]))?;
             let v: serde_json::Value = serde_json::from_str(&out)
@@ -557,48 +730,6 @@ impl Demo {
                 .ok_or_else(|| anyhow!("container {id} has no physical_ip: {out}"))
         };
         Ok((physical("c1")?, physical("c2")?))
-    }
-
-    fn start_agents(&mut self, build: &Build) -> Result<()> {
-        step(&format!(
-            "starting one daolinet-agent per host: an eBPF OpenFlow 1.3 switch connected to tcp:{CTL_IP}:{OF_PORT}"
-        ));
-        let logs: Vec<PathBuf> = (1..=self.hosts.len())
-            .map(|i| self.dir.join(format!("agent-h{i}.log")))
-            .collect();
-        self.logs.extend(logs.iter().cloned());
-        start_agents_with(build, &self.hosts, |i| {
-            let mut args: Vec<String> = [
-                "--datapath-id".to_string(),
-                format!("{}", i + 1),
-                "--controller".into(),
-                format!("tcp:{CTL_IP}:{OF_PORT}"),
-                "--listen".into(),
-                "ptcp:6634".into(),
-                "--port".into(),
-                "c0=1".into(),
-            ]
-            .into();
-            if i == 1 {
-                args.extend(["--port".to_string(), "c1=2".to_string()]);
-            }
-            (args, logs.get(i).cloned())
-        })?;
-        // Connected once the controller has replaced the (empty) table
-        // with its base flows.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        for i in 0..self.hosts.len() {
-            while self.flows(i)?.trim().is_empty() {
-                if Instant::now() > deadline {
-                    bail!(
-                        "the agent on {} got no flows from the controller",
-                        self.hosts[i].ns
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
-        Ok(())
     }
 
     /// Check that every pair flow is installed (printing the flows of both
@@ -674,6 +805,75 @@ impl Demo {
     }
 }
 
+/// Start daolinet-controller in namespace `u` (its underlay) on `ip`: the
+/// OpenFlow server on `of_port`, the REST API on `api_port`, the store,
+/// the API token and the log (`controller.log`) in `dir`, pair flows idle
+/// after `idle` s. Returns once it printed its addresses.
+pub(crate) fn start_controller(
+    u: &str,
+    dir: &Path,
+    ip_addr: &str,
+    of_port: u16,
+    api_port: u16,
+    idle: u64,
+) -> Result<()> {
+    ip(&[
+        "-n",
+        u,
+        "addr",
+        "add",
+        &format!("{ip_addr}/24"),
+        "dev",
+        "br0",
+    ])?;
+    ip(&["-n", u, "link", "set", "lo", "up"])?;
+    let bin = workspace_root().join("target/release/daolinet-controller");
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", u, "daolinet-controller", "run"])
+        .args(["--listen", &format!("{ip_addr}:{of_port}"), "--api"])
+        .arg(format!("{ip_addr}:{api_port}"))
+        .arg("--store")
+        .arg(dir.join("controller.redb"))
+        .args(["--idle-timeout", &idle.to_string()])
+        .env("PATH", path_with(&bin))
+        .env("NO_COLOR", "1");
+    eprintln!("    $ {}", display(&cmd));
+    let log = dir.join("controller.log");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .context("starting daolinet-controller")?;
+    let stdout = child.stdout.take();
+    cleanup::add_child(child);
+    // The controller prints `api: http://ADDR` then `openflow: ADDR`; the
+    // rest of its stdout is drained by this thread.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Some(out) = stdout else { return };
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut api, mut of) = (false, false);
+    while !(api && of) {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .map_err(|_| {
+                anyhow!(
+                    "daolinet-controller did not print its addresses (log: {})",
+                    log.display()
+                )
+            })?;
+        println!("      {line}");
+        api |= line.starts_with("api: ");
+        of |= line.starts_with("openflow: ");
+    }
+    Ok(())
+}
+
 /// Mount the bpffs the demo and benchmark agents pin their maps in.
 pub(crate) fn ensure_bpffs() -> Result<()> {
     std::fs::create_dir_all(BPFFS)?;
@@ -706,7 +906,7 @@ pub(crate) fn topology(tag: &str) -> Result<Vec<Host>> {
 }
 
 /// [`topology`], with or without the containers' static ARP entries.
-fn topology_with(tag: &str, static_arp: bool) -> Result<Vec<Host>> {
+pub(crate) fn topology_with(tag: &str, static_arp: bool) -> Result<Vec<Host>> {
     step(&format!(
         "creating the topology {tag}*: underlay bridge {tag}u, hosts {tag}h1 and {tag}h2, one container each"
     ));
@@ -813,7 +1013,7 @@ pub(crate) fn start_agents(build: &Build, hosts: &[Host]) -> Result<()> {
 
 /// Start one agent per host with uplink eth0 and the arguments (and stderr
 /// log file) `extra` gives for host `i`; wait for their control sockets.
-fn start_agents_with(
+pub(crate) fn start_agents_with(
     build: &Build,
     hosts: &[Host],
     extra: impl Fn(usize) -> (Vec<String>, Option<PathBuf>),

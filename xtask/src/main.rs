@@ -16,6 +16,7 @@ mod cleanup;
 mod conformance;
 mod demo;
 mod fuzz;
+mod ovs;
 mod purity;
 mod setup;
 mod test;
@@ -58,7 +59,7 @@ enum Cmd {
         #[arg(long)]
         load: bool,
     },
-    /// Run the controller and an agent per host on namespaces; show and check first packets, flows, policy, expiry.
+    /// Run the controller, an agent host and an Open vSwitch host (joining by themselves) on namespaces; show and check first packets, flows, policy, migration, expiry.
     Demo {
         /// Skip `setup`.
         #[arg(long)]
