@@ -46,8 +46,15 @@ pub enum Request {
     },
     /// Dump rules with counters, like `ovs-ofctl dump-flows`.
     Flows,
-    /// Switch counters (PACKET_IN, rate limiting, PACKET_OUT, errors...).
+    /// What is wrong (controllers, attachment, full maps, punt rate
+    /// limiting), switch counters, the last sampled drops.
     Status,
+}
+
+/// Whether `line` is a [`Request::Status`] (answered by the event loop,
+/// which owns the controller links: [`crate::status::answer`]).
+pub fn is_status(line: &str) -> bool {
+    matches!(serde_json::from_str::<Request>(line), Ok(Request::Status))
 }
 
 /// Answer one request line: the reply line (without its newline).

@@ -47,6 +47,7 @@ pub mod oftable;
 pub mod packet;
 pub mod register;
 pub mod runtime;
+pub mod status;
 pub mod table;
 
 /// Default OpenFlow port number of the uplink (`--uplink-ofport`): below

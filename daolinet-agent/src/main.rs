@@ -50,8 +50,14 @@ enum Cmd {
     Ports,
     /// Print the rule table with counters (like `ovs-ofctl dump-flows`).
     Flows,
-    /// Switch counters (PACKET_IN sent and rate limited, PACKET_OUT, errors).
-    Status,
+    /// What is wrong, in words (a controller unreachable, the program not
+    /// attached on a port, a map full, the punt rate limited), the switch
+    /// counters and the last sampled drops (reason, port, headers).
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Install or remove rules in the running agent.
     Rule {
         #[command(subcommand)]
@@ -341,7 +347,14 @@ fn dispatch(cli: Cli) -> Result<()> {
             cmd: PortCmd::Del { iface },
         } => print(request(&dir, &Request::PortDel { iface })?),
         Cmd::Ports => print(request(&dir, &Request::Ports)?),
-        Cmd::Status => print(request(&dir, &Request::Status)?),
+        Cmd::Status { json: true } => print(request(&dir, &Request::Status)?),
+        Cmd::Status { json: false } => {
+            print!(
+                "{}",
+                daolinet_agent::status::text(&request(&dir, &Request::Status)?)
+            );
+            Ok(())
+        }
         Cmd::Flows => {
             let v = request(&dir, &Request::Flows)?;
             for line in v.as_array().into_iter().flatten() {

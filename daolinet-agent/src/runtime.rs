@@ -734,7 +734,17 @@ impl<D: Dataplane> EventLoop<D> {
             lines.push(String::from_utf8_lossy(&line[..end]).into_owned());
         }
         for line in lines {
-            let reply = crate::control::answer(&mut self.eng, &line);
+            let reply = if crate::control::is_status(&line) {
+                // The status judges the controller links the loop owns.
+                self.eng.drain_samples();
+                let scrape = self.scrape();
+                serde_json::json!({
+                    "ok": crate::status::answer(&scrape, self.eng.drop_log.recent())
+                })
+                .to_string()
+            } else {
+                crate::control::answer(&mut self.eng, &line)
+            };
             if let Some(c) = self.clients.get_mut(&token) {
                 c.out.extend_from_slice(reply.as_bytes());
                 c.out.push(b'\n');

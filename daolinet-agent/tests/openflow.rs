@@ -652,8 +652,10 @@ fn arp_responder_answers_containers_with_the_gateway_mac() {
         neigh.contains("lladdr 02:00:00:00:00:01"),
         "ARP not answered locally: {neigh:?}"
     );
-    let status = agent.cli(&["status"]);
+    let status = agent.cli(&["status", "--json"]);
     assert!(status.contains("\"arp_replies\": 1"), "{status}");
+    let text = agent.cli(&["status"]);
+    assert!(text.contains("arp_replies 1"), "{text}");
 }
 
 #[test]

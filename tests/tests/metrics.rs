@@ -6,8 +6,10 @@
 //! datapath, and the agent's `/metrics` counts them exactly, by reason
 //! and by port; a Prometheus (the Debian package) started in the host's
 //! namespace scrapes the agent, and a query through its HTTP API returns
-//! the same count. The workspace skip rule applies; the lab's guards
-//! remove everything.
+//! the same count. `daolinet-agent status` says in words that its
+//! controller (nothing listens there) is unreachable and shows the sampled
+//! drops with their reason, port and headers. The workspace skip rule
+//! applies; the lab's guards remove everything.
 #![allow(clippy::panic)] // a panic is a failed test
 
 use std::time::Duration;
@@ -68,6 +70,8 @@ fn agent_metrics_count_drops_by_reason_and_port_and_prometheus_scrapes_them() {
             "pa=1",
             "--metrics",
             "127.0.0.1:9780",
+            "--controller",
+            "tcp:127.0.0.1:1",
         ],
     );
     let metrics = Api::new("127.0.0.1:9780", None).in_netns(&h);
@@ -117,6 +121,22 @@ fn agent_metrics_count_drops_by_reason_and_port_and_prometheus_scrapes_them() {
         "{m}"
     );
     assert_eq!(sample(&m, "daolinet_agent_flows_installed"), Some(1.0));
+
+    // The status says what is wrong and shows the sampled drops.
+    let status = agent.cli(&["status"]);
+    assert!(
+        status.contains("controller tcp:127.0.0.1:1 is unreachable")
+            && status.contains(
+                "port 1 policy_drop: 02:00:00:00:77:02 > 02:00:00:00:77:03, \
+                 10.77.0.2 > 10.77.0.3 icmp"
+            ),
+        "{status}"
+    );
+    let j: serde_json::Value = serde_json::from_str(&agent.cli(&["status", "--json"]))
+        .unwrap_or_else(|e| panic!("status --json: {e}"));
+    assert_eq!(j["ok"], false, "{j:#}");
+    let n = j["recent_drops"].as_array().map_or(0, Vec::len);
+    assert!(n >= 1 && n <= N as usize, "{n} samples of {N} drops: {j:#}");
 
     // A real Prometheus scrapes the agent every second.
     let dir = lab.subdir("prometheus");
