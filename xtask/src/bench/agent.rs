@@ -27,6 +27,8 @@ use crate::cleanup;
 use crate::util::{cargo, have, is_root, run as sh, step, workspace_root};
 
 const FLOWS: u32 = 100_000;
+/// Table sizes of the install/delete rates.
+const SIZES: [u32; 2] = [FLOWS, 1_000_000];
 const PACKETS: usize = 300;
 const BPFFS: &str = "/run/daolinet-bench-agent-bpffs";
 const CTL_PORT: u16 = 6653;
@@ -229,34 +231,164 @@ impl Ctl {
     }
 }
 
-/// 100k FLOW_MOD adds pipelined, timed to the BARRIER_REPLY. Flows/s.
-fn install_rate(c: &mut Ctl) -> Result<f64> {
-    c.send(3, &Message::FlowMod(of::FlowMod::delete(of::Match::new())))?;
-    c.barrier(4)?;
-    let mut wire = Vec::with_capacity(FLOWS as usize * 96);
-    for i in 0..FLOWS {
-        let dst = std::net::Ipv4Addr::from(0x0a00_0000 | (i + 1));
+/// `n` FLOW_MODs (in_port=1, ip, nw_dst=`base` + i, output:2) with this
+/// cookie, as one write.
+fn flow_mods(n: u32, base: u32, cookie: u64) -> Result<Vec<u8>> {
+    let mut wire = Vec::with_capacity(n as usize * 96);
+    for i in 0..n {
+        let dst = std::net::Ipv4Addr::from(base + i);
         let fm = of::FlowMod::add(of::Match::new().in_port(1).eth_type(0x0800).ipv4_dst(dst))
             .priority(100)
-            .cookie(0xbe)
+            .cookie(cookie)
             .apply(vec![of::Action::output(2)]);
         wire.extend_from_slice(
             &Message::FlowMod(fm)
-                .to_bytes(100 + i)
+                .to_bytes(100)
                 .map_err(|e| anyhow!("{e}"))?,
         );
     }
+    Ok(wire)
+}
+
+/// Delete the flows with this cookie (all ones mask) and wait for the
+/// barrier; seconds it took.
+fn delete_cookie(c: &mut Ctl, cookie: u64) -> Result<f64> {
     let t = Instant::now();
-    c.s.write_all(&wire)?;
-    c.barrier(5)?;
-    let secs = t.elapsed().as_secs_f64();
-    let n = c.flow_count()?;
-    if n != FLOWS {
-        bail!("{n} flows in the table after {FLOWS} adds");
-    }
-    c.send(6, &Message::FlowMod(of::FlowMod::delete(of::Match::new())))?;
+    c.send(
+        6,
+        &Message::FlowMod(of::FlowMod::delete(of::Match::new()).cookie_match(cookie, u64::MAX)),
+    )?;
     c.barrier(7)?;
-    Ok(f64::from(FLOWS) / secs)
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Install and delete rates at each size: `n` adds pipelined in one write
+/// and timed to the BARRIER_REPLY, checked with an aggregate-stats request,
+/// then deleted with one FLOW_MOD by cookie mask, timed to its barrier and
+/// checked. Also the switch's memory with the flows in (see [`Memory`]).
+fn install_delete(c: &mut Ctl, sizes: &[u32], mem: &dyn Fn() -> Memory) -> Result<Vec<Scale>> {
+    c.send(3, &Message::FlowMod(of::FlowMod::delete(of::Match::new())))?;
+    c.barrier(4)?;
+    let empty = mem();
+    let mut out = Vec::new();
+    for &n in sizes {
+        let wire = flow_mods(n, 0x0a00_0001, 0xbe)?;
+        let t = Instant::now();
+        c.s.write_all(&wire)?;
+        c.barrier(5)?;
+        let add = t.elapsed().as_secs_f64();
+        drop(wire);
+        let have = c.flow_count()?;
+        if have != n {
+            bail!("{have} flows in the table after {n} adds");
+        }
+        let full = mem();
+        let del = delete_cookie(c, 0xbe)?;
+        let left = c.flow_count()?;
+        if left != 0 {
+            bail!("{left} flows left after deleting {n} by cookie");
+        }
+        out.push(Scale {
+            flows: n,
+            install: f64::from(n) / add,
+            delete: f64::from(n) / del,
+            empty,
+            full,
+        });
+    }
+    Ok(out)
+}
+
+/// Rates and memory at one table size.
+#[derive(Clone, Copy)]
+struct Scale {
+    flows: u32,
+    /// Flows installed per second.
+    install: f64,
+    /// Flows deleted per second.
+    delete: f64,
+    /// Memory with no flow, and with the `flows` in.
+    empty: Memory,
+    full: Memory,
+}
+
+/// A switch's memory: its resident set, and the kernel memory of the BPF
+/// maps it holds (0 for Open vSwitch's userspace datapath), in bytes.
+#[derive(Clone, Copy, Default)]
+struct Memory {
+    rss: u64,
+    maps: u64,
+}
+
+/// [`Memory`] of process `pid`: VmRSS, and the `memlock` the kernel
+/// accounts to each BPF map it has open (for a hash map not preallocated:
+/// its bucket array and the entries in it).
+fn memory_of(pid: u32) -> Memory {
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024);
+    let mut maps = 0;
+    let mut seen = std::collections::HashSet::new();
+    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) {
+        for e in dir.flatten() {
+            let Ok(info) = std::fs::read_to_string(e.path()) else {
+                continue;
+            };
+            let field = |k: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            };
+            // The same map may be open more than once.
+            if let (Some(id), Some(m)) = (field("map_id:"), field("memlock:")) {
+                if seen.insert(id) {
+                    maps += m;
+                }
+            }
+        }
+    }
+    Memory { rss, maps }
+}
+
+/// 64-byte UDP packets per second from A to B through a rewrite flow,
+/// with `few` flows installed and with `many` (the same mask, other
+/// addresses), alternating 3 times: the medians (few, many).
+fn pps_by_table_size(c: &mut Ctl, a: &str, b: &str, few: u32, many: u32) -> Result<(f64, f64)> {
+    c.send(3, &Message::FlowMod(of::FlowMod::delete(of::Match::new())))?;
+    c.barrier(4)?;
+    // The flow the packets take: rewrite both MACs, out to B.
+    let rewrite: of::FlowMod = "cookie=0xc1,priority=200,in_port=1,ip,nw_dst=10.1.0.3 \
+         actions=set_field:02:00:00:00:00:01->eth_src,set_field:02:00:00:00:00:0b->eth_dst,output:2"
+        .parse()
+        .map_err(|e| anyhow!("{e}"))?;
+    c.send(8, &Message::FlowMod(rewrite))?;
+    c.s.write_all(&flow_mods(few - 1, 0x0b00_0001, 0xc1)?)?;
+    c.barrier(9)?;
+    let others = flow_mods(many - few, 0x0c00_0001, 0xc2)?;
+    let (mut with_few, mut with_many) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        with_few.push(super::udp::flood(a, b, "10.1.0.3".parse()?, 40009, 2.0)?.recv_pps);
+        c.s.write_all(&others)?;
+        c.barrier(10)?;
+        let n = c.flow_count()?;
+        if n != many {
+            bail!("{n} flows in the table, {many} expected");
+        }
+        with_many.push(super::udp::flood(a, b, "10.1.0.3".parse()?, 40009, 2.0)?.recv_pps);
+        delete_cookie(c, 0xc2)?;
+    }
+    c.send(3, &Message::FlowMod(of::FlowMod::delete(of::Match::new())))?;
+    c.barrier(4)?;
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok((median(&mut with_few), median(&mut with_many)))
 }
 
 /// The agent's `--reply-spin-us` in this run: its default (200) unless
@@ -625,16 +757,20 @@ struct Latency {
     share_n: usize,
 }
 
-/// A switch set up, its install rate measured, ready for probes.
+/// A switch set up, its install and delete rates measured, ready for
+/// probes.
 struct Setup {
-    rate: f64,
+    scales: Vec<Scale>,
+    /// Agent only: 64-byte UDP pps with a few and with many flows.
+    pps: Option<(f64, f64)>,
     prober: Prober,
     /// The agent's log (its per-packet timings).
     log: Option<PathBuf>,
 }
 
 struct Result2 {
-    rate: f64,
+    scales: Vec<Scale>,
+    pps: Option<(f64, f64)>,
     /// Harness blocking, busy-polling.
     lat: [Latency; 2],
 }
@@ -670,12 +806,16 @@ fn bench_agent(bin: &Path) -> Result<Setup> {
         .stderr(std::fs::File::create(&log)?)
         .spawn()
         .context("starting the agent")?;
+    let pid = child.id();
     cleanup::add_child(child);
     let mut c = Ctl::accept(&l)?;
-    step("agent: FLOW_MOD install rate (100k adds + barrier)");
-    let rate = install_rate(&mut c)?;
+    step("agent: FLOW_MOD install and delete rates, 100k and 1M flows");
+    let scales = install_delete(&mut c, &SIZES, &|| memory_of(pid))?;
+    step("agent: 64-byte UDP through a rewrite flow, 10 flows vs 1M flows installed");
+    let pps = pps_by_table_size(&mut c, &a, &b, 10, *SIZES.last().unwrap_or(&FLOWS))?;
     Ok(Setup {
-        rate,
+        scales,
+        pps: Some(pps),
         prober: Prober::start(c, &h, &a, &b)?,
         log: Some(log),
     })
@@ -852,10 +992,15 @@ fn bench_ovs() -> Result<Setup> {
         &format!("tcp:127.0.0.1:{CTL_PORT}"),
     ]))?;
     let mut c = Ctl::accept(&l)?;
-    step("Open vSwitch: FLOW_MOD install rate (100k adds + barrier)");
-    let rate = install_rate(&mut c)?;
+    let pid: u32 = std::fs::read_to_string(dir.join("ovs-vswitchd.pid"))?
+        .trim()
+        .parse()
+        .context("ovs-vswitchd's pid file")?;
+    step("Open vSwitch: FLOW_MOD install and delete rates, 100k and 1M flows");
+    let scales = install_delete(&mut c, &SIZES, &|| memory_of(pid))?;
     Ok(Setup {
-        rate,
+        scales,
+        pps: None,
         prober: Prober::start(c, &h, &a, &b)?,
         log: None,
     })
@@ -918,11 +1063,13 @@ pub fn run(setup: bool) -> Result<()> {
         let inside = agent_timings(&std::fs::read_to_string(&log)?)?;
         (
             Result2 {
-                rate: a.rate,
+                scales: a.scales,
+                pps: a.pps,
                 lat: la,
             },
             Result2 {
-                rate: o.rate,
+                scales: o.scales,
+                pps: o.pps,
                 lat: lo,
             },
             inside,
@@ -935,14 +1082,47 @@ pub fn run(setup: bool) -> Result<()> {
         let (x, y) = (f(&agent.lat[mode as usize]), f(&ovs.lat[mode as usize]));
         format!("| {what} | {x:.0} µs | {y:.0} µs | {:.2} |\n", x / y)
     };
-    let mut table = format!(
-        "| | daolinet-agent | Open vSwitch (netdev) | ratio |\n\
-         |---|---|---|---|\n\
-         | FLOW_MOD install rate, {FLOWS} adds pipelined + barrier | {:.0} flows/s | {:.0} flows/s | {:.2}x |\n",
-        agent.rate,
-        ovs.rate,
-        agent.rate / ovs.rate,
-    );
+    let mut table =
+        String::from("| | daolinet-agent | Open vSwitch (netdev) | ratio |\n|---|---|---|---|\n");
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    for (x, y) in agent.scales.iter().zip(&ovs.scales) {
+        let n = x.flows;
+        table += &format!(
+            "| FLOW_MOD install rate, {n} adds pipelined + barrier | {:.0} flows/s | {:.0} flows/s | {:.2}x |\n",
+            x.install,
+            y.install,
+            x.install / y.install
+        );
+        table += &format!(
+            "| delete by cookie mask, {n} flows, one FLOW_MOD + barrier | {:.0} flows/s | {:.0} flows/s | {:.2}x |\n",
+            x.delete,
+            y.delete,
+            x.delete / y.delete
+        );
+        table += &format!(
+            "| memory with {n} flows: resident (+ kernel BPF maps) | {:.0} MiB (+ {:.0} MiB) | {:.0} MiB | {:.2} |\n",
+            mib(x.full.rss),
+            mib(x.full.maps),
+            mib(y.full.rss),
+            (x.full.rss + x.full.maps) as f64 / y.full.rss as f64
+        );
+    }
+    if let (Some(x), Some(y)) = (agent.scales.first(), ovs.scales.first()) {
+        table += &format!(
+            "| memory with no flow: resident (+ kernel BPF maps) | {:.0} MiB (+ {:.0} MiB) | {:.0} MiB | |\n",
+            mib(x.empty.rss),
+            mib(x.empty.maps),
+            mib(y.empty.rss),
+        );
+    }
+    if let Some((few, many)) = agent.pps {
+        table += &format!(
+            "| 64-byte UDP through a rewrite flow, 10 flows installed | {few:.0} pps | | |\n\
+             | the same with {} flows installed (same mask) | {many:.0} pps | | {:.2} of 10 flows |\n",
+            SIZES.last().unwrap_or(&FLOWS),
+            many / few
+        );
+    }
     for (mode, name) in [
         (Wait::Block, "harness blocking"),
         (Wait::Spin, "harness busy-polling"),
@@ -1014,8 +1194,20 @@ pub fn run(setup: bool) -> Result<()> {
          segment handed to loopback, the frame handed to B's port; (PACKET_IN - \
          arrival) + (departure - PACKET_OUT). The controller's and the containers' \
          work, and the harness's wake-ups, are not in it.\n\n\
-         Targets: at least 100k flow installs/s; the switch's own share of a first \
-         packet at most 1/3 of Open vSwitch's (ratio <= 0.33). Load average at the end of this run: {} \
+         Table sizes: the flows (in_port, IPv4, one destination each, output) go in \
+         as one write of pipelined FLOW_MODs timed to the BARRIER_REPLY and are \
+         counted with an AGGREGATE request; they go out with one FLOW_MOD deleting \
+         by cookie mask, timed to its barrier and checked the same way. Memory: \
+         VmRSS of the switch's process, and for the agent the kernel's accounting of \
+         the BPF maps it holds (`memlock` in its fdinfo; the classifier map's bucket \
+         array is sized for `--max-flows`, its entries follow the flows). 64-byte UDP: \
+         the datapath benchmark's sendmmsg generator from A to B through a rewrite \
+         flow (both MACs, output), 2 s per run, with 10 flows and with the other flows \
+         in the same subtable, alternating three times, medians.\n\n\
+         Targets: install at least 500k flows/s and 1.5x Open vSwitch, deleting as \
+         fast; 64-byte UDP with a million flows within 10% of 10 flows; the switch's \
+         own share of a first packet at most 1/3 of Open vSwitch's (ratio <= 0.33). \
+         Load average at the end of this run: {} \
          (other builds shared the 2 cores). Both latencies include the same \
          controller work and both TCP writes on loopback; the controller runs in an \
          optimized build of the benchmark (decode PACKET_IN, encode PACKET_OUT in well \
