@@ -471,6 +471,16 @@ impl<D: Dataplane> Engine<D> {
                 }
             }
         }
+        // What the transport itself still holds (TLS records the socket
+        // did not take): pushed now, or when the socket is writable again.
+        if !p.blocked && !p.conn.is_closed() {
+            match p.io.flush() {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => p.blocked = true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => p.conn.close(CloseReason::Io(e.to_string())),
+            }
+        }
         if p.paused && p.conn.wants_read() && p.deferred.is_empty() && !self.sw.has_job(id) {
             p.paused = false;
             self.resumed.push(id);

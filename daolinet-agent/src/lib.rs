@@ -18,6 +18,7 @@
 //!   PACKET_IN and the wait for the answers, handed the engine;
 //!   [`runtime`]: the one-thread event loop (epoll) around them: sockets,
 //!   reconnects, timers, signals, the control socket ([`control`]);
+//!   [`tls`]: OpenFlow over TLS to a controller (a rustls transport);
 //! - [`host`]: the real dataplane (BPF maps, [`inject`]: AF_PACKET
 //!   transmit and the LOCAL port; [`netdev`]: interface facts);
 //!   [`register`]: self-registration with the controller's REST API (a
@@ -49,6 +50,7 @@ pub mod register;
 pub mod runtime;
 pub mod status;
 pub mod table;
+pub mod tls;
 
 /// Default OpenFlow port number of the uplink (`--uplink-ofport`): below
 /// OpenFlow 1.0's 0xff00 so Open vSwitch tools, which keep ports in 16 bits,

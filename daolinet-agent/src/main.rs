@@ -85,10 +85,24 @@ struct RunArgs {
     /// (default: $DAOLINET_BPF_OBJECT if set, else the embedded object).
     #[arg(long, value_name = "PATH")]
     bpf_object: Option<PathBuf>,
-    /// OpenFlow 1.3 controller to connect to, `tcp:IP[:PORT]` (default port
-    /// 6653); repeat for several. Reconnects with backoff, echo keepalive.
-    #[arg(long, value_name = "tcp:IP[:PORT]")]
+    /// OpenFlow 1.3 controller to connect to, `tcp:IP[:PORT]`, or
+    /// `ssl:IP[:PORT]` for TLS with mutual authentication (needs
+    /// --tls-ca/--tls-cert/--tls-key); default port 6653. Repeat for
+    /// several (the controllers elect one master among themselves).
+    /// Reconnects with backoff, echo keepalive.
+    #[arg(long, value_name = "tcp|ssl:IP[:PORT]")]
     controller: Vec<String>,
+    /// CA certificate (PEM) the controllers' certificates must chain to
+    /// (`ovs-pki`: `controllerca/cacert.pem`).
+    #[arg(long, value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
+    /// This switch's certificate (PEM), bound to its datapath id: the
+    /// first word of its common name (`ovs-pki req+sign DPID switch`).
+    #[arg(long, value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+    /// This switch's private key (PEM).
+    #[arg(long, value_name = "PEM")]
+    tls_key: Option<PathBuf>,
     /// Passive OpenFlow listener for tools (`ovs-ofctl -O OpenFlow13 ... tcp:127.0.0.1:PORT`).
     /// Binds 127.0.0.1 unless an address is given: it has no authentication.
     #[arg(long, value_name = "ptcp:PORT[:IP]")]
@@ -244,6 +258,9 @@ fn dispatch(cli: Cli) -> Result<()> {
                 uplink_mode,
                 bpf_object,
                 controller,
+                tls_ca,
+                tls_cert,
+                tls_key,
                 listen,
                 datapath_id,
                 fail_mode,
@@ -282,6 +299,21 @@ fn dispatch(cli: Cli) -> Result<()> {
                 .iter()
                 .map(|c| daolinet_agent::runtime::parse_active(c))
                 .collect::<Result<Vec<_>>>()?;
+            // TLS files are read and checked before anything starts.
+            let tls = if controllers.iter().any(|c| c.ssl) {
+                let (Some(ca), Some(cert), Some(key)) = (tls_ca, tls_cert, tls_key) else {
+                    bail!("an ssl: --controller needs --tls-ca, --tls-cert and --tls-key");
+                };
+                Some(daolinet_tls::client_config(&daolinet_tls::TlsFiles {
+                    ca,
+                    cert,
+                    key,
+                })?)
+            } else if tls_ca.is_some() || tls_cert.is_some() || tls_key.is_some() {
+                bail!("--tls-ca/--tls-cert/--tls-key are for ssl: controllers: none is given");
+            } else {
+                None
+            };
             let listen = listen
                 .as_deref()
                 .map(daolinet_agent::runtime::parse_passive)
@@ -317,6 +349,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                 bpf_object,
                 Net {
                     controllers,
+                    tls,
                     listen,
                     settings,
                     dpid_given: dpid.is_some(),
@@ -409,7 +442,8 @@ enum NatPool {
 
 /// The OpenFlow side of `run`.
 struct Net {
-    controllers: Vec<std::net::SocketAddr>,
+    controllers: Vec<daolinet_agent::runtime::Target>,
+    tls: Option<std::sync::Arc<daolinet_tls::rustls::ClientConfig>>,
     listen: Option<std::net::SocketAddr>,
     settings: SwitchSettings,
     dpid_given: bool,
@@ -587,6 +621,7 @@ fn run(
         eng,
         daolinet_agent::runtime::Net {
             controllers: net.controllers,
+            tls: net.tls,
             listen,
             control: Some(control),
             spin: net.spin,

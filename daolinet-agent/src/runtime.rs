@@ -41,18 +41,37 @@ const PORT_CHECK_FALLBACK_NS: u64 = 1_000_000_000;
 /// Punt timings wait at most this long to be logged.
 const TIMINGS_NS: u64 = 100_000_000;
 
-/// `tcp:IP[:PORT]` (default port 6653).
-pub fn parse_active(spec: &str) -> Result<SocketAddr> {
-    let rest = spec
-        .strip_prefix("tcp:")
-        .ok_or_else(|| anyhow!("controller {spec:?}: expected tcp:IP[:PORT]"))?;
-    if let Ok(a) = rest.parse::<SocketAddr>() {
-        return Ok(a);
+/// A controller to keep a connection to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Over TLS (`ssl:`).
+    pub ssl: bool,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", if self.ssl { "ssl" } else { "tcp" }, self.addr)
     }
-    let ip: std::net::IpAddr = rest
-        .parse()
-        .map_err(|_| anyhow!("controller {spec:?}: expected tcp:IP[:PORT]"))?;
-    Ok(SocketAddr::new(ip, 6653))
+}
+
+/// `tcp:IP[:PORT]` or `ssl:IP[:PORT]` (default port 6653).
+pub fn parse_active(spec: &str) -> Result<Target> {
+    let bad = || anyhow!("controller {spec:?}: expected tcp:IP[:PORT] or ssl:IP[:PORT]");
+    let (ssl, rest) = match spec.split_once(':') {
+        Some(("tcp", r)) => (false, r),
+        Some(("ssl", r)) => (true, r),
+        _ => return Err(bad()),
+    };
+    if let Ok(addr) = rest.parse::<SocketAddr>() {
+        return Ok(Target { addr, ssl });
+    }
+    let ip: std::net::IpAddr = rest.parse().map_err(|_| bad())?;
+    Ok(Target {
+        addr: SocketAddr::new(ip, 6653),
+        ssl,
+    })
 }
 
 /// `ptcp:PORT[:IP]`. The default address is 127.0.0.1: the listener has
@@ -110,7 +129,9 @@ impl Backoff {
 /// What the event loop serves.
 pub struct Net {
     /// Controllers to keep a connection to.
-    pub controllers: Vec<SocketAddr>,
+    pub controllers: Vec<Target>,
+    /// TLS settings for the `ssl:` controllers (required when there are).
+    pub tls: Option<Arc<daolinet_tls::rustls::ClientConfig>>,
     /// The passive OpenFlow listener (bound already, so errors show at
     /// startup).
     pub listen: Option<std::net::TcpListener>,
@@ -197,6 +218,7 @@ enum Link {
 /// An active controller connection kept up.
 struct Active {
     addr: SocketAddr,
+    ssl: bool,
     backoff: Backoff,
     link: Link,
     /// A failure was logged and nothing worked since.
@@ -241,6 +263,7 @@ pub struct EventLoop<D> {
     signals: Option<OwnedFd>,
     stop: StopHandle,
     on_connect: Option<Box<dyn FnMut() + Send>>,
+    tls: Option<Arc<daolinet_tls::rustls::ClientConfig>>,
     next_port_check: u64,
     metrics: Option<TcpListener>,
     http: HashMap<Token, HttpClient>,
@@ -321,8 +344,9 @@ impl<D: Dataplane> EventLoop<D> {
         let actives = net
             .controllers
             .into_iter()
-            .map(|addr| Active {
-                addr,
+            .map(|t| Active {
+                addr: t.addr,
+                ssl: t.ssl,
                 backoff: Backoff::default(),
                 link: Link::Idle { retry_at: now },
                 warned: false,
@@ -353,6 +377,7 @@ impl<D: Dataplane> EventLoop<D> {
             on_connect: net.on_connect,
             metrics,
             http: HashMap::new(),
+            tls: net.tls,
         })
     }
 
@@ -568,8 +593,31 @@ impl<D: Dataplane> EventLoop<D> {
         if let Some(f) = self.on_connect.as_mut() {
             f();
         }
-        let name = format!("tcp:{}", self.actives[i].addr);
-        let id = self.eng.open(Box::new(stream), name);
+        let target = Target {
+            addr: self.actives[i].addr,
+            ssl: self.actives[i].ssl,
+        };
+        let io: Box<dyn Transport> = match (target.ssl, &self.tls) {
+            (false, _) => Box::new(stream),
+            (true, Some(cfg)) => match crate::tls::TlsIo::new(stream, cfg.clone()) {
+                Ok(t) => Box::new(t),
+                Err(e) => {
+                    self.slots.remove(&token);
+                    self.retry(i, now, &format!("TLS: {e}"));
+                    return;
+                }
+            },
+            (true, None) => {
+                self.slots.remove(&token);
+                self.retry(
+                    i,
+                    now,
+                    "TLS without settings (--tls-ca/--tls-cert/--tls-key)",
+                );
+                return;
+            }
+        };
+        let id = self.eng.open(io, target.to_string());
         // The same registration, now for the connection.
         self.slots.insert(token, Slot::Conn(id));
         self.conn_tokens.insert(id, token);
@@ -1105,6 +1153,7 @@ mod tests {
     fn net() -> Net {
         Net {
             controllers: Vec::new(),
+            tls: None,
             listen: None,
             control: None,
             spin: ReplySpin::micros(200),
@@ -1121,7 +1170,11 @@ mod tests {
         let mut lp = EventLoop::new(
             engine_with(&log, ConnConfig::default()),
             Net {
-                controllers: vec![l.local_addr().unwrap()],
+                controllers: vec![Target {
+                    addr: l.local_addr().unwrap(),
+                    ssl: false,
+                }],
+                tls: None,
                 ..net()
             },
         )
@@ -1235,15 +1288,23 @@ mod tests {
 
     #[test]
     fn connection_specs_parse_like_open_vswitch() {
-        assert_eq!(
-            parse_active("tcp:10.0.0.1").unwrap(),
-            "10.0.0.1:6653".parse().unwrap()
-        );
+        let tcp = |a: &str| Target {
+            addr: a.parse().unwrap(),
+            ssl: false,
+        };
+        assert_eq!(parse_active("tcp:10.0.0.1").unwrap(), tcp("10.0.0.1:6653"));
         assert_eq!(
             parse_active("tcp:10.0.0.1:6633").unwrap(),
-            "10.0.0.1:6633".parse().unwrap()
+            tcp("10.0.0.1:6633")
         );
-        assert!(parse_active("ssl:10.0.0.1:6653").is_err());
+        assert_eq!(
+            parse_active("ssl:10.0.0.1:6653").unwrap(),
+            Target {
+                addr: "10.0.0.1:6653".parse().unwrap(),
+                ssl: true
+            }
+        );
+        assert!(parse_active("udp:10.0.0.1:6653").is_err());
         assert!(parse_active("tcp:nohost:1").is_err());
         assert_eq!(
             parse_passive("ptcp:6634").unwrap(),

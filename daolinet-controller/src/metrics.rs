@@ -123,6 +123,7 @@ pub struct Metrics {
     store_conflicts: AtomicU64,
     /// 0 alone, 1 master, 2 slave.
     role: AtomicU64,
+    tls_refused: AtomicU64,
     generation: AtomicU64,
 }
 
@@ -201,6 +202,12 @@ impl Metrics {
     /// (it catches up and runs again).
     pub fn store_conflict(&self) {
         self.store_conflicts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a switch refused at TLS (no valid certificate, one that names
+    /// no datapath, or a handshake that did not complete).
+    pub fn tls_refused(&self) {
+        self.tls_refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records this controller's role (leader election).
@@ -321,6 +328,12 @@ impl Metrics {
         );
         let _ = writeln!(s, "# TYPE daolinet_leader_generation gauge");
         let _ = writeln!(s, "daolinet_leader_generation {}", g(&self.generation));
+        let _ = writeln!(
+            s,
+            "# HELP daolinet_tls_refused_total Switches refused at TLS (no valid certificate, one naming no datapath, or one for another datapath than the switch claims)."
+        );
+        let _ = writeln!(s, "# TYPE daolinet_tls_refused_total counter");
+        let _ = writeln!(s, "daolinet_tls_refused_total {}", g(&self.tls_refused));
         s
     }
 }

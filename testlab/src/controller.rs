@@ -153,8 +153,10 @@ impl Controller {
         let base = api_line
             .strip_prefix("api: ")
             .unwrap_or_else(|| panic!("unexpected controller output {api_line:?}"));
+        // `openflow: ADDR`, or `openflow: ssl:ADDR` for a TLS listener.
         let openflow: SocketAddr = of_line
             .strip_prefix("openflow: ")
+            .map(|a| a.strip_prefix("ssl:").unwrap_or(a))
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("unexpected controller output {of_line:?}"));
         let token = std::fs::read_to_string(opts.dir.join("api-token"))

@@ -31,6 +31,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod tls;
 
 use std::sync::Arc;
 

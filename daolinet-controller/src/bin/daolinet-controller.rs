@@ -36,10 +36,27 @@ enum Cmd {
 #[derive(clap::Args, Debug)]
 struct RunArgs {
     /// OpenFlow 1.3 listen address for switches (daolinet-agent, Open vSwitch
-    /// bridges). Port 0 picks a free port; the chosen address is printed on
-    /// stdout as `openflow: ADDR` (after the `api:` line).
-    #[arg(long, default_value = "0.0.0.0:6653")]
-    listen: SocketAddr,
+    /// bridges): `[tcp:]IP:PORT`, or `ssl:IP:PORT` for TLS with mutual
+    /// authentication (needs --tls-ca/--tls-cert/--tls-key). Repeat for
+    /// several. Port 0 picks a free port; each address is printed on stdout
+    /// as `openflow: ADDR` or `openflow: ssl:ADDR` (after the `api:` line).
+    #[arg(long, default_value = "tcp:0.0.0.0:6653", value_parser = parse_listen)]
+    listen: Vec<Listen>,
+    /// CA certificate (PEM) switch certificates must chain to (`ovs-pki`:
+    /// `switchca/cacert.pem`).
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// This controller's certificate (PEM; `ovs-pki req+sign NAME
+    /// controller`), for `ssl:` listeners and --api-tls.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// This controller's private key (PEM).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// Serve the REST API over HTTPS with --tls-cert/--tls-key (clients
+    /// still authenticate with the bearer token).
+    #[arg(long)]
+    api_tls: bool,
     /// Probe a silent switch with ECHO_REQUEST after this many seconds; it is
     /// disconnected when the echo stays unanswered three times as long.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
@@ -104,6 +121,24 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// An OpenFlow listen address.
+#[derive(Debug, Clone, Copy)]
+struct Listen {
+    addr: SocketAddr,
+    tls: bool,
+}
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    let (tls, rest) = match s.split_once(':') {
+        Some(("ssl", r)) => (true, r),
+        Some(("tcp", r)) => (false, r),
+        _ => (false, s),
+    };
+    rest.parse()
+        .map(|addr| Listen { addr, tls })
+        .map_err(|_| format!("expected [tcp:]IP:PORT or ssl:IP:PORT, not {s:?}"))
+}
+
 /// Where the model is kept.
 enum StoreSpec {
     File(PathBuf),
@@ -123,6 +158,31 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     // Before anything is created or started.
     a.gateway_mac.check_gateway()?;
     let spec = StoreSpec::parse(&a.store)?;
+    // TLS files are read and checked before anything starts.
+    let want_of_tls = a.listen.iter().any(|l| l.tls);
+    let of_tls = if want_of_tls {
+        let (Some(ca), Some(cert), Some(key)) = (&a.tls_ca, &a.tls_cert, &a.tls_key) else {
+            anyhow::bail!("an ssl: --listen needs --tls-ca, --tls-cert and --tls-key");
+        };
+        Some(daolinet_tls::server_config(&daolinet_tls::TlsFiles {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        })?)
+    } else {
+        if a.tls_ca.is_some() && !a.api_tls {
+            anyhow::bail!("--tls-ca is for ssl: listeners: none is given (--listen ssl:IP:PORT)");
+        }
+        None
+    };
+    let api_tls = if a.api_tls {
+        let (Some(cert), Some(key)) = (&a.tls_cert, &a.tls_key) else {
+            anyhow::bail!("--api-tls needs --tls-cert and --tls-key");
+        };
+        Some(daolinet_tls::api_server_config(cert, key)?)
+    } else {
+        None
+    };
     if a.lease_ttl.is_some() && matches!(spec, StoreSpec::File(_)) {
         anyhow::bail!("--lease-ttl needs an etcd store (--store etcd:URL,...): a controller on a file store is alone");
     }
@@ -202,17 +262,31 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     let rt = rt.enable_all().build()?;
     rt.block_on(async move {
-        let of_listener = ofserver::bind(a.listen)
-            .with_context(|| format!("binding OpenFlow address {}", a.listen))?;
-        let of_addr = of_listener.local_addr()?;
+        let mut of_listeners = Vec::new();
+        let mut of_lines = Vec::new();
+        for l in &a.listen {
+            let sock = ofserver::bind(l.addr)
+                .with_context(|| format!("binding OpenFlow address {}", l.addr))?;
+            let at = sock.local_addr()?;
+            tracing::info!(addr = %at, tls = l.tls, "OpenFlow 1.3 server listening");
+            of_lines.push(if l.tls {
+                format!("ssl:{at}")
+            } else {
+                at.to_string()
+            });
+            of_listeners.push((sock, if l.tls { of_tls.clone() } else { None }));
+        }
+        let of_addr = of_lines.join(" ");
         let listener = tokio::net::TcpListener::bind(a.api)
             .await
             .with_context(|| format!("binding API address {}", a.api))?;
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, "REST API listening");
-        tracing::info!(addr = %of_addr, "OpenFlow 1.3 server listening");
-        println!("api: http://{addr}");
-        println!("openflow: {of_addr}");
+        let scheme = if api_tls.is_some() { "https" } else { "http" };
+        tracing::info!(%addr, scheme, "REST API listening");
+        println!("api: {scheme}://{addr}");
+        for line in &of_lines {
+            println!("openflow: {line}");
+        }
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
 
@@ -230,7 +304,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         // master, the others their slaves.
         let election = shared.as_ref().map(|etcd| {
             let id = format!(
-                "{} pid {} openflow {of_addr} api http://{addr}",
+                "{} pid {} openflow {of_addr} api {scheme}://{addr}",
                 hostname(),
                 std::process::id()
             );
@@ -249,18 +323,28 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             }
             None => Server::new(ctl.clone(), scfg),
         };
-        let of_task = tokio::spawn(server.run(of_listener, stop_rx.clone()));
+        let of_task = tokio::spawn(server.run_all(of_listeners, stop_rx.clone()));
         let app = api::router(AppState {
             ctl,
             token: token.into(),
         });
         let mut api_stop = stop_rx.clone();
         let api_task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = api_stop.wait_for(|s| *s).await;
-                })
-                .await
+            let stop = async move {
+                let _ = api_stop.wait_for(|s| *s).await;
+            };
+            match api_tls {
+                Some(cfg) => {
+                    axum::serve(api::tls::TlsListener::new(listener, cfg)?, app)
+                        .with_graceful_shutdown(stop)
+                        .await
+                }
+                None => {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(stop)
+                        .await
+                }
+            }
         });
         shutdown().await;
         if let Some(e) = election {

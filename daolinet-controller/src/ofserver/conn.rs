@@ -44,8 +44,9 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use daolinet_openflow::{
     consts::{
-        OFPCML_NO_BUFFER, OFPCR_ROLE_MASTER, OFPET_HELLO_FAILED, OFPET_ROLE_REQUEST_FAILED,
-        OFPMPF_REPLY_MORE, OFPR_ACTION, OFPR_INVALID_TTL, OFPR_NO_MATCH, OFP_VERSION,
+        OFPBRC_EPERM, OFPCML_NO_BUFFER, OFPCR_ROLE_MASTER, OFPET_BAD_REQUEST, OFPET_HELLO_FAILED,
+        OFPET_ROLE_REQUEST_FAILED, OFPMPF_REPLY_MORE, OFPR_ACTION, OFPR_INVALID_TTL, OFPR_NO_MATCH,
+        OFP_VERSION,
     },
     AsyncConfig, DecodeError, Decoder, ErrorCode, ErrorMsg, FlowRemoved, FlowStats,
     FlowStatsRequest, Hello, Message, MultipartReplyBody, MultipartRequest, MultipartRequestBody,
@@ -137,6 +138,14 @@ pub enum CloseReason {
     /// HELLO/FEATURES did not complete in time.
     #[error("handshake timed out")]
     HandshakeTimeout,
+    /// The switch's TLS certificate is bound to another datapath.
+    #[error("certificate is for datapath {certified}, switch says it is {claimed}")]
+    WrongDatapath {
+        /// The datapath id of the certificate.
+        certified: Dpid,
+        /// The one in FEATURES_REPLY.
+        claimed: Dpid,
+    },
     /// No answer to ECHO_REQUEST.
     #[error("echo timed out")]
     EchoTimeout,
@@ -201,6 +210,8 @@ pub struct Conn {
     held: BytesMut,
     /// The xid of a flow table read in progress and what arrived so far.
     flows_pending: Option<(u32, Vec<FlowStats>)>,
+    /// The datapath the switch's certificate is bound to (TLS).
+    certified: Option<Dpid>,
     /// PACKET_INs received before FEATURES_REPLY, and their frame bytes.
     early: Vec<PacketIn>,
     early_bytes: usize,
@@ -228,6 +239,7 @@ impl Conn {
             role_pending: None,
             held: BytesMut::new(),
             flows_pending: None,
+            certified: None,
             early: Vec::new(),
             early_bytes: 0,
             errors_sent: 0,
@@ -235,6 +247,13 @@ impl Conn {
         };
         c.send(&Message::Hello(Hello::new()));
         c
+    }
+
+    /// Accepts only datapath `dpid` (the one the switch's TLS certificate
+    /// is bound to): a FEATURES_REPLY naming another gets
+    /// OFPET_BAD_REQUEST/OFPBRC_EPERM and closes the connection.
+    pub fn bind_to(&mut self, dpid: Dpid) {
+        self.certified = Some(dpid);
     }
 
     /// The phase.
@@ -468,6 +487,17 @@ impl Conn {
                     return;
                 }
                 let dpid = Dpid(f.datapath_id);
+                if let Some(certified) = self.certified.filter(|c| *c != dpid) {
+                    self.error(ErrorCode::new(OFPET_BAD_REQUEST, OFPBRC_EPERM), xid, raw);
+                    self.close(
+                        CloseReason::WrongDatapath {
+                            certified,
+                            claimed: dpid,
+                        },
+                        events,
+                    );
+                    return;
+                }
                 self.phase = Phase::Ready(dpid);
                 self.send(&M::SetConfig(SwitchConfig {
                     flags: 0,
@@ -677,6 +707,40 @@ mod tests {
         ));
         drain(&mut c);
         c
+    }
+
+    /// A switch whose certificate names another datapath is refused at
+    /// FEATURES_REPLY.
+    #[test]
+    fn a_certificate_for_another_datapath_is_refused() {
+        let now = Instant::now();
+        let mut c = Conn::new(ConnConfig::default(), now);
+        c.bind_to(Dpid(8));
+        let mut ev = Vec::new();
+        let input = bytes(&[(1, Message::Hello(Hello::new())), (2, features(7))]);
+        c.receive(&input, now, &mut ev);
+        assert!(
+            matches!(
+                &ev[..],
+                [Event::Closed(CloseReason::WrongDatapath {
+                    certified: Dpid(8),
+                    claimed: Dpid(7)
+                })]
+            ),
+            "{ev:?}"
+        );
+        assert!(c.is_closed());
+        let out = drain(&mut c);
+        assert_eq!(
+            out.last().and_then(error_code),
+            Some(ErrorCode::new(OFPET_BAD_REQUEST, OFPBRC_EPERM))
+        );
+        // The right one is served.
+        let mut c = Conn::new(ConnConfig::default(), now);
+        c.bind_to(Dpid(7));
+        let mut ev = Vec::new();
+        c.receive(&input, now, &mut ev);
+        assert!(matches!(&ev[..], [Event::Ready { dpid: Dpid(7), .. }]));
     }
 
     /// A master's changes wait for its ROLE_REPLY; a refusal drops them;

@@ -40,7 +40,7 @@ use daolinet_policy::addr::Dpid;
 use daolinet_policy::model::Host;
 use daolinet_policy::{Decision, FlowSpec};
 
-use super::conn::{describe, Conn, ConnConfig, Event};
+use super::conn::{describe, CloseReason, Conn, ConnConfig, Event};
 use super::translate;
 
 /// Server settings.
@@ -254,14 +254,49 @@ impl Server {
     /// Accepts switches on `listener` until `stop` becomes true; also runs
     /// the model-change dispatcher. Connection tasks end with `stop` too.
     pub async fn run(self: Arc<Self>, listener: TcpListener, stop: watch::Receiver<bool>) {
+        self.run_all(vec![(listener, None)], stop).await;
+    }
+
+    /// Like [`Server::run`] on several listeners; those with a TLS
+    /// configuration take switches over TLS only (mutual authentication,
+    /// each switch bound to the datapath id of its certificate).
+    pub async fn run_all(
+        self: Arc<Self>,
+        listeners: Vec<(TcpListener, Option<Arc<daolinet_tls::rustls::ServerConfig>>)>,
+        stop: watch::Receiver<bool>,
+    ) {
         let dispatcher = tokio::spawn(self.clone().dispatch_model_changes(stop.clone()));
+        let mut accepts = Vec::new();
+        for (l, tls) in listeners {
+            let tls = tls.map(tokio_rustls::TlsAcceptor::from);
+            accepts.push(tokio::spawn(self.clone().accept_loop(l, tls, stop.clone())));
+        }
+        for a in accepts {
+            let _ = a.await;
+        }
+        let _ = dispatcher.await;
+    }
+
+    async fn accept_loop(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        stop: watch::Receiver<bool>,
+    ) {
         let mut stop_accept = stop.clone();
         loop {
             tokio::select! {
                 r = listener.accept() => match r {
                     Ok((sock, peer)) => {
                         let _ = sock.set_nodelay(true);
-                        tokio::spawn(self.clone().serve(sock, peer, stop.clone()));
+                        match &tls {
+                            None => {
+                                tokio::spawn(self.clone().serve(Sock::Tcp(sock), peer, stop.clone(), None));
+                            }
+                            Some(acc) => {
+                                tokio::spawn(self.clone().serve_tls(acc.clone(), sock, peer, stop.clone()));
+                            }
+                        }
                     }
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
@@ -272,7 +307,51 @@ impl Server {
                 _ = stopped(&mut stop_accept) => break,
             }
         }
-        let _ = dispatcher.await;
+    }
+
+    /// A TLS switch: the handshake (its certificate must chain to the
+    /// switch CA), then the datapath id its certificate is bound to, then
+    /// the OpenFlow connection, refused if it claims another datapath.
+    async fn serve_tls(
+        self: Arc<Self>,
+        acc: tokio_rustls::TlsAcceptor,
+        sock: TcpStream,
+        peer: SocketAddr,
+        stop: watch::Receiver<bool>,
+    ) {
+        let hs = tokio::time::timeout(self.cfg.conn.handshake_timeout, acc.accept(sock)).await;
+        let tls = match hs {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                self.ctl.metrics.tls_refused();
+                tracing::warn!(%peer, error = %e, "switch refused: TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                self.ctl.metrics.tls_refused();
+                tracing::warn!(%peer, "switch refused: TLS handshake timed out");
+                return;
+            }
+        };
+        let bound = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .ok_or_else(|| "no client certificate".to_string())
+            .and_then(daolinet_tls::dpid_of);
+        match bound {
+            Ok(d) => {
+                self.serve(Sock::Tls(Box::new(tls)), peer, stop, Some(Dpid(d)))
+                    .await
+            }
+            Err(why) => {
+                self.ctl.metrics.tls_refused();
+                tracing::warn!(%peer, reason = %why, "switch refused: its certificate names no datapath");
+                let mut t = tls;
+                let _ = t.shutdown().await;
+            }
+        }
     }
 
     /// Sends the decisions of model changes to the switches, and
@@ -379,15 +458,20 @@ impl Server {
 
     async fn serve(
         self: Arc<Self>,
-        mut sock: TcpStream,
+        mut sock: Sock,
         peer: SocketAddr,
         stop: watch::Receiver<bool>,
+        certified: Option<Dpid>,
     ) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(%peer, id, "switch connected");
+        tracing::debug!(%peer, id, tls = certified.is_some(), "switch connected");
+        let mut conn = Conn::new(self.cfg.conn, Instant::now());
+        if let Some(d) = certified {
+            conn.bind_to(d);
+        }
         let mut task = Task {
             srv: &self,
-            conn: Conn::new(self.cfg.conn, Instant::now()),
+            conn,
             tx: None,
             id,
             peer,
@@ -430,8 +514,146 @@ impl Server {
                 }
             }
         }
-        let _ = sock.shutdown().await;
+        sock.shutdown().await;
     }
+}
+
+/// A switch connection's socket: plain TCP (read with the kernel's receive
+/// timestamps) or TLS.
+enum Sock {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// What one I/O step did.
+enum IoDone {
+    /// Read this many bytes into the buffer (with the kernel's receive time).
+    Read(usize, Option<SystemTime>),
+    /// Wrote this many bytes of the output.
+    Wrote(usize),
+    /// The switch closed the connection.
+    Eof,
+}
+
+impl Sock {
+    /// One step: writes from `out` if given and possible, else reads into
+    /// `buf` if given and possible; pending (wakers registered for both)
+    /// otherwise.
+    fn poll_io(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        buf: Option<&mut [u8]>,
+        out: Option<&[u8]>,
+    ) -> std::task::Poll<std::io::Result<IoDone>> {
+        use std::task::Poll;
+        let would_block = |e: &std::io::Error| e.kind() == std::io::ErrorKind::WouldBlock;
+        match self {
+            Sock::Tcp(s) => {
+                if let Some(out) = out {
+                    loop {
+                        match s.poll_write_ready(cx) {
+                            Poll::Ready(Ok(())) => match s.try_write(out) {
+                                Ok(0) => return Poll::Ready(Err(write_zero())),
+                                Ok(n) => return Poll::Ready(Ok(IoDone::Wrote(n))),
+                                Err(e) if would_block(&e) => continue,
+                                Err(e) => return Poll::Ready(Err(e)),
+                            },
+                            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                            Poll::Pending => break,
+                        }
+                    }
+                }
+                if let Some(buf) = buf {
+                    loop {
+                        match s.poll_read_ready(cx) {
+                            Poll::Ready(Ok(())) => {
+                                let sk = &*s;
+                                match sk
+                                    .try_io(Interest::READABLE, || daolinet_rxstamp::recv(sk, buf))
+                                {
+                                    Ok((0, _)) => return Poll::Ready(Ok(IoDone::Eof)),
+                                    Ok((n, at)) => return Poll::Ready(Ok(IoDone::Read(n, at))),
+                                    Err(e) if would_block(&e) => continue,
+                                    Err(e) => return Poll::Ready(Err(e)),
+                                }
+                            }
+                            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                            Poll::Pending => break,
+                        }
+                    }
+                }
+                Poll::Pending
+            }
+            Sock::Tls(t) => {
+                use tokio::io::{AsyncRead, AsyncWrite};
+                let mut t = std::pin::Pin::new(&mut **t);
+                if let Some(out) = out {
+                    match t.as_mut().poll_write(cx, out) {
+                        Poll::Ready(Ok(0)) => return Poll::Ready(Err(write_zero())),
+                        Poll::Ready(Ok(n)) => return Poll::Ready(Ok(IoDone::Wrote(n))),
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => {}
+                    }
+                } else if t.get_ref().1.wants_write() {
+                    // TLS records of earlier writes still to go out.
+                    if let Poll::Ready(Err(e)) = t.as_mut().poll_flush(cx) {
+                        return Poll::Ready(Err(e));
+                    }
+                }
+                if let Some(buf) = buf {
+                    let mut rb = tokio::io::ReadBuf::new(buf);
+                    match t.as_mut().poll_read(cx, &mut rb) {
+                        Poll::Ready(Ok(())) if rb.filled().is_empty() => {
+                            return Poll::Ready(Ok(IoDone::Eof))
+                        }
+                        Poll::Ready(Ok(())) => {
+                            return Poll::Ready(Ok(IoDone::Read(rb.filled().len(), None)))
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => {}
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Writes what the socket takes now of `out`, without waiting.
+    fn write_now(&mut self, out: &[u8]) -> std::io::Result<usize> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match self.poll_io(&mut cx, None, Some(out)) {
+            std::task::Poll::Ready(Ok(IoDone::Wrote(n))) => Ok(n),
+            std::task::Poll::Ready(Ok(_)) | std::task::Poll::Pending => Ok(0),
+            std::task::Poll::Ready(Err(e)) => Err(e),
+        }
+    }
+
+    /// Writes all of `out` (bounded by the caller's timeout).
+    async fn write_all(&mut self, out: &mut BytesMut) -> std::io::Result<()> {
+        while !out.is_empty() {
+            let done = std::future::poll_fn(|cx| self.poll_io(cx, None, Some(out))).await?;
+            if let IoDone::Wrote(n) = done {
+                out.advance(n);
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the connection (TLS: close_notify first).
+    async fn shutdown(&mut self) {
+        match self {
+            Sock::Tcp(s) => {
+                let _ = s.shutdown().await;
+            }
+            Sock::Tls(t) => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), t.shutdown()).await;
+            }
+        }
+    }
+}
+
+fn write_zero() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::WriteZero, "write returned 0")
 }
 
 /// Binds the OpenFlow listener with a deep accept queue (4096, capped by
@@ -477,8 +699,7 @@ fn group_by_dpid(ds: impl IntoIterator<Item = Decision>) -> Vec<(Dpid, Vec<Decis
 }
 
 enum Wake {
-    Readable(std::io::Result<()>),
-    Writable(std::io::Result<()>),
+    Io(std::io::Result<IoDone>),
     Cmd(Option<Cmd>),
     Role,
     Tick,
@@ -550,7 +771,7 @@ struct Task<'a> {
 impl Task<'_> {
     async fn run(
         &mut self,
-        sock: &mut TcpStream,
+        sock: &mut Sock,
         mut rx: mpsc::Receiver<Cmd>,
         mut stop: watch::Receiver<bool>,
     ) -> std::io::Result<()> {
@@ -559,8 +780,10 @@ impl Task<'_> {
         // `rbuf`, which only grows to hold what is not yet decoded.
         let mut scratch = vec![0u8; cfg.read_buf.max(4096)];
         let mut rbuf = BytesMut::new();
-        if let Err(e) = daolinet_rxstamp::enable(&*sock) {
-            tracing::debug!(error = %e, "no kernel receive timestamps");
+        if let Sock::Tcp(s) = &*sock {
+            if let Err(e) = daolinet_rxstamp::enable(s) {
+                tracing::debug!(error = %e, "no kernel receive timestamps");
+            }
         }
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -568,7 +791,7 @@ impl Task<'_> {
             if self.conn.is_closed() {
                 // Flush what is queued (the OFPT_ERROR explaining why), briefly.
                 let out = self.conn.out();
-                let _ = tokio::time::timeout(Duration::from_secs(1), sock.write_all_buf(out)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), sock.write_all(out)).await;
                 return Ok(());
             }
             let queued = self.conn.out().len();
@@ -581,39 +804,38 @@ impl Task<'_> {
             let want_read = queued < cfg.max_out_bytes;
             let want_write = !self.conn.out().is_empty();
             let role_live = self.role.has_changed().is_ok();
-            let wake = tokio::select! {
-                r = sock.readable(), if want_read => Wake::Readable(r),
-                r = sock.writable(), if want_write => Wake::Writable(r),
-                c = rx.recv() => Wake::Cmd(c),
-                _ = self.role.changed(), if role_live => Wake::Role,
-                _ = tick.tick() => Wake::Tick,
-                _ = stopped(&mut stop) => Wake::Stop,
+            let wake = {
+                let out: &[u8] = self.conn.out();
+                let io = std::future::poll_fn(|cx| {
+                    sock.poll_io(
+                        cx,
+                        want_read.then_some(&mut scratch[..]),
+                        want_write.then_some(out),
+                    )
+                });
+                tokio::select! {
+                    r = io => Wake::Io(r),
+                    c = rx.recv() => Wake::Cmd(c),
+                    _ = self.role.changed(), if role_live => Wake::Role,
+                    _ = tick.tick() => Wake::Tick,
+                    _ = stopped(&mut stop) => Wake::Stop,
+                }
             };
             let now = Instant::now();
             let mut received_at = None;
             match wake {
-                Wake::Readable(Ok(())) => {
-                    let sk = &*sock;
-                    match sk.try_io(Interest::READABLE, || {
-                        daolinet_rxstamp::recv(sk, &mut scratch)
-                    }) {
-                        Ok((0, _)) => return Ok(()),
-                        Ok((n, at)) => {
-                            rbuf.extend_from_slice(scratch.get(..n).unwrap_or_default());
-                            // Without a kernel timestamp (timestamping is
-                            // switched on asynchronously, the first reads
-                            // may lack one): the time of the read.
-                            received_at = at.or_else(|| Some(SystemTime::now()));
-                            let used = self.conn.receive(&rbuf, now, &mut self.events);
-                            tracing::trace!(len = rbuf.len(), used, "read");
-                            rbuf.advance(used);
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(e),
-                    }
+                Wake::Io(Ok(IoDone::Eof)) => return Ok(()),
+                Wake::Io(Ok(IoDone::Read(n, at))) => {
+                    rbuf.extend_from_slice(scratch.get(..n).unwrap_or_default());
+                    // Without a kernel timestamp (TLS, or timestamping not
+                    // on yet for the first reads): the time of the read.
+                    received_at = at.or_else(|| Some(SystemTime::now()));
+                    let used = self.conn.receive(&rbuf, now, &mut self.events);
+                    tracing::trace!(len = rbuf.len(), used, "read");
+                    rbuf.advance(used);
                 }
-                Wake::Readable(Err(e)) | Wake::Writable(Err(e)) => return Err(e),
-                Wake::Writable(Ok(())) => self.flush(sock)?,
+                Wake::Io(Ok(IoDone::Wrote(n))) => self.wrote(n),
+                Wake::Io(Err(e)) => return Err(e),
                 Wake::Cmd(Some(c)) => {
                     if self.command(c) {
                         return Ok(());
@@ -643,26 +865,17 @@ impl Task<'_> {
             }
             // Answer at once: one write for everything this wake-up queued.
             if !self.conn.out().is_empty() {
-                self.flush(sock)?;
+                let n = sock.write_now(self.conn.out())?;
+                self.wrote(n);
             }
         }
     }
 
-    /// Writes what the socket takes now of the output, without waiting.
-    fn flush(&mut self, sock: &TcpStream) -> std::io::Result<()> {
-        let out = self.conn.out();
-        match sock.try_write(out) {
-            Ok(0) => Err(std::io::Error::new(
-                std::io::ErrorKind::WriteZero,
-                "write returned 0",
-            )),
-            Ok(n) => {
-                out.advance(n);
-                self.answers.wrote(n, &self.srv.ctl.metrics);
-                Ok(())
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-            Err(e) => Err(e),
+    /// `n` bytes of the output were written.
+    fn wrote(&mut self, n: usize) {
+        if n > 0 {
+            self.conn.out().advance(n);
+            self.answers.wrote(n, &self.srv.ctl.metrics);
         }
     }
 
@@ -889,6 +1102,9 @@ impl Task<'_> {
                 self.acks.remove(&token);
             }
             Event::Closed(why) => {
+                if matches!(why, CloseReason::WrongDatapath { .. }) {
+                    self.srv.ctl.metrics.tls_refused();
+                }
                 tracing::warn!(peer = %self.peer, dpid = ?self.registered, reason = %why, "closing switch connection");
             }
         }

@@ -11,15 +11,19 @@ use daolinet_openflow::{
     decode, FlowMod, FlowStats, Frame, Hello, Message, MultipartReply, MultipartReplyBody,
     MultipartRequestBody, Port, RoleMsg, SwitchFeatures,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// Any byte stream a switch talks over (TCP, TLS).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 use tokio::time::timeout;
 
 pub const WAIT: Duration = Duration::from_secs(5);
 
 /// A fake OpenFlow switch.
 pub struct FakeSwitch {
-    pub sock: TcpStream,
+    pub sock: Box<dyn Io>,
     pub buf: BytesMut,
     /// Answer BARRIER_REQUESTs automatically.
     pub auto_barrier: bool,
@@ -44,9 +48,10 @@ impl FakeSwitch {
         Self::over(TcpStream::from_std(s).unwrap())
     }
 
-    fn over(sock: TcpStream) -> FakeSwitch {
+    /// Over any stream (e.g. TLS).
+    pub fn over(sock: impl Io + 'static) -> FakeSwitch {
         FakeSwitch {
-            sock,
+            sock: Box::new(sock),
             buf: BytesMut::new(),
             auto_barrier: true,
             barriers: Vec::new(),

@@ -1,0 +1,314 @@
+//! Privileged: OpenFlow over TLS with real switches and certificates made
+//! by `ovs-pki`. Two agent hosts joined by an underlay wire and an Open
+//! vSwitch bridge, all connected to one controller over `ssl:` only, each
+//! with the switch certificate of its own datapath id:
+//!
+//! - the agents (`--controller ssl:...`) and Open vSwitch (`ovs-vsctl
+//!   set-ssl`, `set-controller ssl:...`) are served: the first ping
+//!   across the agent hosts and between two containers of the Open vSwitch
+//!   bridge goes through the controller over TLS and both keep working;
+//! - a second bridge of the same Open vSwitch, whose certificate names the
+//!   first bridge's datapath id, is refused: it gets no flow and is counted
+//!   as a refused TLS peer;
+//! - an agent with an `ssl:` controller and missing or unreadable TLS
+//!   files, or TLS files without an `ssl:` controller, stops at start with
+//!   one line, before anything is loaded.
+#![allow(clippy::panic)] // a panic is a failed test
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use daolinet_testlab::{
+    fresh_tag, output_of, require, wait_poll, workspace_bin, Controller, Lab, Need, Poll, TempDir,
+    OVS_PROGRAMS,
+};
+use serde_json::Value;
+
+const NET: &str = "192.168.215";
+const BR: &str = "br0";
+const BR_DPID: &str = "0000000000000003";
+const ROGUE_BR: &str = "br1";
+const ROGUE_DPID: &str = "0000000000000004";
+
+fn field(v: &Value, name: &str) -> String {
+    v[name]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {name} in {v}"))
+        .to_string()
+}
+
+/// `ovs-pki` in `dir`: the CAs in `dir/pki`, the controller's certificate
+/// (`ctl`) and one switch certificate per datapath id, signed.
+fn make_pki(dir: &Path, switches: &[&str]) -> PathBuf {
+    let pki = dir.join("pki");
+    let run = |args: &[&str]| {
+        let out = Command::new("ovs-pki")
+            .arg(format!("--dir={}", pki.display()))
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap_or_else(|e| panic!("ovs-pki: {e}"));
+        assert!(
+            out.status.success(),
+            "ovs-pki {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["init"]);
+    run(&["req+sign", "ctl", "controller"]);
+    for s in switches {
+        run(&["req+sign", s, "switch"]);
+    }
+    pki
+}
+
+fn metric(ctl: &Controller, name: &str) -> Option<u64> {
+    ctl.api()
+        .text("/metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn wait_metric(ctl: &Controller, name: &str, want: impl Fn(u64) -> bool) {
+    wait_poll(name, Duration::from_secs(30), || match metric(ctl, name) {
+        Some(v) if want(v) => Poll::Ready(()),
+        other => Poll::Pending(format!("{name} = {other:?}")),
+    });
+}
+
+#[test]
+fn agents_and_open_vswitch_over_tls() {
+    let mut needs: Vec<Need> = OVS_PROGRAMS.iter().map(|p| Need::Program(p)).collect();
+    needs.extend([
+        Need::BpfObject,
+        Need::Binary("daolinet-controller"),
+        Need::Binary("daolinet-agent"),
+        Need::Program("ping"),
+        Need::Program("ovs-pki"),
+    ]);
+    let Some(mut lab) = Lab::new(&needs) else {
+        return;
+    };
+    let certs = lab.subdir("pki");
+    let pki = make_pki(&certs, &["0000000000000001", "0000000000000002", BR_DPID]);
+    let path = |p: PathBuf| p.to_string_lossy().into_owned();
+    let switch_ca = path(pki.join("switchca/cacert.pem"));
+    let controller_ca = path(pki.join("controllerca/cacert.pem"));
+    let cert = |name: &str| path(certs.join(format!("{name}-cert.pem")));
+    let key = |name: &str| path(certs.join(format!("{name}-privkey.pem")));
+
+    let h1 = lab.netns("h1");
+    let h2 = lab.netns("h2");
+    h1.ip(&[
+        "link", "add", "name", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &h2,
+    ]);
+    for (i, h) in [(1, &h1), (2, &h2)] {
+        h.ip(&[
+            "link",
+            "set",
+            "eth0",
+            "address",
+            &format!("02:00:00:00:d7:0{i}"),
+        ]);
+        h.addr("eth0", &format!("{NET}.{i}/24"));
+    }
+    // The controller serves OpenFlow over TLS only, in host 1's namespace.
+    let opts = lab
+        .controller_opts()
+        .netns(&h1)
+        .listen("ssl:0.0.0.0:6653")
+        .args(&[
+            "--tls-ca",
+            &switch_ca,
+            "--tls-cert",
+            &cert("ctl"),
+            "--tls-key",
+            &key("ctl"),
+        ]);
+    let ctl = Controller::start(&opts);
+    let api = ctl.api().clone();
+    for i in 1..=2 {
+        api.ok(
+            "POST",
+            "/api/hosts",
+            Some(&format!(
+                r#"{{"name":"h{i}","dpid":{i},"ip":"{NET}.{i}","mac":"02:00:00:00:d7:0{i}","uplink_port":65000}}"#
+            )),
+        );
+    }
+    api.ok(
+        "POST",
+        "/api/hosts",
+        Some(&format!(
+            r#"{{"name":"ovs3","dpid":"{BR_DPID}","ip":"{NET}.3","mac":"02:00:00:00:d7:03","uplink_port":1}}"#
+        )),
+    );
+    api.ok(
+        "POST",
+        "/api/networks",
+        Some(r#"{"name":"blue","subnet":"10.215.0.0/24"}"#),
+    );
+    let container = |id: &str, host: &str, port: u32| {
+        api.ok(
+            "POST",
+            "/api/containers",
+            Some(&format!(
+                r#"{{"id":"{id}","network":"blue","host":"{host}","port":{port}}}"#
+            )),
+        )
+    };
+    let a = container("ca", "h1", 1);
+    let b = container("cb", "h2", 1);
+    let oa = container("oa", "ovs3", 2);
+    let ob = container("ob", "ovs3", 3);
+    let na = lab.container(&h1, "a", "ca", &field(&a, "ip"), &field(&a, "mac"));
+    let nb = lab.container(&h2, "b", "cb", &field(&b, "ip"), &field(&b, "mac"));
+    let noa = lab.container(&h1, "oa", "poa", &field(&oa, "ip"), &field(&oa, "mac"));
+    let _nob = lab.container(&h1, "ob", "pob", &field(&ob, "ip"), &field(&ob, "mac"));
+
+    let agent_args = |dpid: &str, controller: &str| -> Vec<String> {
+        [
+            "--uplink",
+            "eth0",
+            "--datapath-id",
+            dpid,
+            "--port",
+            &format!("c{}=1", if dpid == "1" { "a" } else { "b" }),
+            "--controller",
+            controller,
+            "--tls-ca",
+            &controller_ca,
+            "--tls-cert",
+            &cert(&format!("000000000000000{dpid}")),
+            "--tls-key",
+            &key(&format!("000000000000000{dpid}")),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let args1 = agent_args("1", "ssl:127.0.0.1:6653");
+    let args2 = agent_args("2", &format!("ssl:{NET}.1:6653"));
+    let _ag1 = lab.agent(&h1, &args1.iter().map(String::as_str).collect::<Vec<_>>());
+    let _ag2 = lab.agent(&h2, &args2.iter().map(String::as_str).collect::<Vec<_>>());
+
+    // Open vSwitch in host 1's namespace: its certificate is for BR_DPID.
+    let ovs = lab.ovs(&h1);
+    ovs.vsctl(&["set-ssl", &key(BR_DPID), &cert(BR_DPID), &controller_ca]);
+    ovs.add_bridge(BR, BR_DPID);
+    ovs.add_port(BR, "poa", 2);
+    ovs.add_port(BR, "pob", 3);
+    ovs.set_controller(BR, "ssl:127.0.0.1:6653");
+    wait_metric(&ctl, "daolinet_switches_connected", |n| n == 3);
+    ovs.wait_flows(BR, "base flows over ssl", Duration::from_secs(30), |f| {
+        f.contains("priority=0 actions=CONTROLLER:65535")
+    });
+
+    // The first packets go through the controller over TLS.
+    assert!(
+        na.ping(&field(&b, "ip"), 1, 5),
+        "first cross-host ping between the agents failed\n{}",
+        ctl.log()
+    );
+    assert!(
+        nb.ping(&field(&a, "ip"), 3, 2),
+        "ping back between the agents failed"
+    );
+    assert!(
+        noa.ping(&field(&ob, "ip"), 1, 5),
+        "first ping on the Open vSwitch bridge failed\n{}\n{}",
+        ovs.dump_flows(BR),
+        ovs.vswitchd_log(30)
+    );
+    assert!(
+        noa.ping(&field(&ob, "ip"), 3, 2),
+        "pings on the Open vSwitch bridge failed"
+    );
+
+    // A bridge of the same Open vSwitch claims another datapath id with
+    // the certificate of BR_DPID: refused, no flow.
+    let refused_before = metric(&ctl, "daolinet_tls_refused_total").unwrap_or(0);
+    ovs.add_bridge(ROGUE_BR, ROGUE_DPID);
+    ovs.set_controller(ROGUE_BR, "ssl:127.0.0.1:6653");
+    wait_metric(&ctl, "daolinet_tls_refused_total", |n| n > refused_before);
+    let flows = ovs.dump_flows(ROGUE_BR);
+    assert!(
+        !flows.contains("CONTROLLER"),
+        "a bridge with another datapath's certificate got flows:\n{flows}"
+    );
+    assert_eq!(
+        metric(&ctl, "daolinet_switches_connected"),
+        Some(3),
+        "the refused bridge counts as connected"
+    );
+}
+
+#[test]
+fn an_agent_with_bad_tls_settings_stops_with_one_line() {
+    let Some(_ready) = require(&[Need::Binary("daolinet-agent")]) else {
+        return;
+    };
+    let tmp = TempDir::create(std::env::temp_dir().join(format!("hatls-{}", fresh_tag())));
+    let dir = tmp.path();
+    let empty = dir.join("empty.pem");
+    std::fs::write(&empty, "").unwrap_or_else(|e| panic!("{e}"));
+    let missing = dir.join("missing.pem");
+    let p = |x: &Path| x.to_string_lossy().into_owned();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--controller".into(), "ssl:127.0.0.1:6653".into()],
+            "an ssl: --controller needs --tls-ca, --tls-cert and --tls-key",
+        ),
+        (
+            vec![
+                "--controller".into(),
+                "ssl:127.0.0.1:6653".into(),
+                "--tls-ca".into(),
+                p(&missing),
+                "--tls-cert".into(),
+                p(&missing),
+                "--tls-key".into(),
+                p(&missing),
+            ],
+            "missing.pem",
+        ),
+        (
+            vec![
+                "--controller".into(),
+                "ssl:127.0.0.1:6653".into(),
+                "--tls-ca".into(),
+                p(&empty),
+                "--tls-cert".into(),
+                p(&empty),
+                "--tls-key".into(),
+                p(&empty),
+            ],
+            "empty.pem",
+        ),
+        (
+            vec![
+                "--controller".into(),
+                "tcp:127.0.0.1:6653".into(),
+                "--tls-ca".into(),
+                p(&empty),
+            ],
+            "are for ssl: controllers",
+        ),
+        (
+            vec!["--controller".into(), "tls:127.0.0.1:6653".into()],
+            "expected tcp:IP[:PORT] or ssl:IP[:PORT]",
+        ),
+    ];
+    for (args, want) in cases {
+        let mut cmd = Command::new(workspace_bin("daolinet-agent"));
+        // An uplink that does not exist: the settings are refused first.
+        cmd.args(["run", "--uplink", "hatls-none0"]).args(&args);
+        let r = output_of(&mut cmd, "daolinet-agent run");
+        let err = r.stderr.trim();
+        assert!(!r.ok, "{args:?} started");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    }
+}
