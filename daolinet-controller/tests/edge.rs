@@ -5,6 +5,9 @@
 //! route.
 //!
 //! Shown:
+//! - the port-wide drop a container's port got for what it sent before it
+//!   was registered goes with the registration (its first packets are not
+//!   lost to it for --deny-timeout);
 //! - firewall from the outside to containers (two rules on one host),
 //!   first SYN delivered (the client's kernel sent no SYN twice), and the
 //!   rules removed cleanly;
@@ -306,12 +309,23 @@ fn nat_out_and_firewall_on_an_agent_host() {
         daolinet_testlab::DEADLINE,
         || agent.cli(&["flows"]).contains("priority=20"),
     );
+    // What a container sends before it is registered (a runtime brings its
+    // link up first) gets its port a port-wide drop for --deny-timeout: an
+    // ARP from a makes sure port 1 has one.
+    assert!(!a.ping("10.1.0.1", 1, 1), "an unregistered port forwarded");
+    daolinet_testlab::wait_until(
+        "the drop of a's then unknown port",
+        daolinet_testlab::DEADLINE,
+        || port_drops(&agent.cli(&["flows"])).contains(&1),
+    );
+    // The registration removes it (the API answers once the switch applied
+    // the change): a's first packets are not lost to it.
     let ca = w.register("eg-a", "out", "h1", 1, A);
     let cb = w.register("eg-b", "closed", "h1", 2, B);
-    daolinet_testlab::wait_until(
-        "the drops for then unknown ports to expire",
-        daolinet_testlab::DEADLINE,
-        || !unknown_port_drops(&agent.cli(&["flows"])),
+    let flows = agent.cli(&["flows"]);
+    assert!(
+        port_drops(&flows).is_empty(),
+        "a registered port kept its drop:\n{flows}"
     );
     // The set-up is there.
     let nft = h.run(&["nft", "list", "table", "ip", "daolinet"]);
@@ -378,19 +392,24 @@ fn nat_out_and_firewall_on_an_agent_host() {
     drop((a, b));
 }
 
-/// Whether `flows` (`daolinet-agent flows`) hold a drop flow for a whole
-/// port (`hard_timeout=N, send_flow_rem,priority=100,in_port=P
+/// The ports `flows` (`daolinet-agent flows`) hold a drop flow of a whole
+/// port for (`hard_timeout=N, send_flow_rem,priority=100,in_port=P
 /// actions=drop`).
-fn unknown_port_drops(flows: &str) -> bool {
-    flows.lines().any(|l| {
-        l.contains("hard_timeout=")
-            && l.split_whitespace().any(|w| {
+fn port_drops(flows: &str) -> Vec<u32> {
+    flows
+        .lines()
+        .filter(|l| l.contains("hard_timeout="))
+        .filter_map(|l| {
+            l.split_whitespace().find_map(|w| {
                 let p: Vec<&str> = w.split(',').collect();
-                p.len() >= 2
-                    && p[p.len() - 2] == "priority=100"
-                    && p[p.len() - 1].starts_with("in_port=")
+                if p.len() >= 2 && p[p.len() - 2] == "priority=100" {
+                    p[p.len() - 1].strip_prefix("in_port=")?.parse().ok()
+                } else {
+                    None
+                }
             })
-    })
+        })
+        .collect()
 }
 
 /// `traceroute -n` from `ns` to `to`: the hop addresses, in order.
@@ -474,13 +493,13 @@ fn traceroute_and_anti_spoofing_on_agent_hosts() {
         w.register(&format!("eg-{id}"), "out", host, *port as u32, *addr);
     }
     // What the containers sent before they were registered (IPv6 router
-    // solicitations on link up) got their ports a drop flow for an unknown
-    // port (hard timeout, --deny-timeout): wait until it is gone.
+    // solicitations on link up) got their ports a drop flow; the
+    // registrations removed them.
     for (_, agent) in &agents {
-        daolinet_testlab::wait_until(
-            "the drops for then unknown ports to expire",
-            daolinet_testlab::DEADLINE,
-            || !unknown_port_drops(&agent.cli(&["flows"])),
+        let flows = agent.cli(&["flows"]);
+        assert!(
+            port_drops(&flows).is_empty(),
+            "a registered port kept its drop:\n{flows}"
         );
     }
     let a = &containers[0].0;
@@ -510,21 +529,14 @@ fn traceroute_and_anti_spoofing_on_agent_hosts() {
 
     // Anti-spoofing: the pair's flows match a's own MAC and IP, so a forged
     // source misses them, reaches the controller, is denied and counted.
-    let spoofed = || {
-        let m = w.ctl.api().text("/metrics");
-        m.lines()
-            .find_map(|l| l.strip_prefix("daolinet_denials_total{reason=\"spoofed\"} "))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap()
-    };
     assert!(a.ping("10.1.0.5", 1, 3), "a lost e");
-    let before = spoofed();
+    let before = spoofed(&w);
     a.ip(&["addr", "add", "10.1.0.9/32", "dev", "eth0"]);
     let forged_ip = a.ok(&[
         "ping", "-n", "-c", "2", "-W", "2", "-I", "10.1.0.9", "10.1.0.5",
     ]);
     assert!(!forged_ip, "a forged IPv4 source got through");
-    let after_ip = spoofed();
+    let after_ip = spoofed(&w);
     assert!(
         after_ip > before,
         "forged IP not counted: {before} -> {after_ip}"
@@ -532,9 +544,18 @@ fn traceroute_and_anti_spoofing_on_agent_hosts() {
     a.ip(&["addr", "del", "10.1.0.9/32", "dev", "eth0"]);
     a.ip(&["link", "set", "eth0", "address", "02:00:00:00:0a:99"]);
     assert!(!a.ping("10.1.0.5", 2, 2), "a forged MAC got through");
-    let after_mac = spoofed();
+    let after_mac = spoofed(&w);
     assert!(
         after_mac > after_ip,
         "forged MAC not counted: {after_ip} -> {after_mac}"
     );
+}
+
+/// The `daolinet_denials_total{reason="spoofed"}` of the controller.
+fn spoofed(w: &World) -> u64 {
+    let m = w.ctl.api().text("/metrics");
+    m.lines()
+        .find_map(|l| l.strip_prefix("daolinet_denials_total{reason=\"spoofed\"} "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no spoofed denials in the metrics:\n{m}"))
 }

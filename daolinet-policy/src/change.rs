@@ -63,6 +63,8 @@ fn firewall_flows(snap: &Snapshot, cfg: &Config, x: &Container) -> Vec<Decision>
 ///   by its source alone: it may drop what the change now allows);
 /// - the firewall flows of a container whose firewalls changed (the
 ///   permanent punt flows are then re-added);
+/// - the drop of the port a container was registered on or moved to (made
+///   while no container was registered there);
 /// - the NAT-out flows of a network's containers when its NAT-out setting
 ///   changes, and every NAT-out flow when a network is created or its subnet
 ///   changes (an outside address may have become a network address).
@@ -90,6 +92,9 @@ pub fn handle_model_change(
     let mut firewall: BTreeSet<String> = BTreeSet::new();
     // Containers whose NAT-out flows must go.
     let mut nat: BTreeSet<String> = BTreeSet::new();
+    // Containers now on a port they were not on: that port's drop (made
+    // while no container was registered there) must go.
+    let mut arrived: BTreeSet<String> = BTreeSet::new();
     let mut all_nat = false;
 
     let in_networks = |m: &crate::model::Model, nets: &BTreeSet<String>| -> Vec<String> {
@@ -123,6 +128,9 @@ pub fn handle_model_change(
                             candidates.extend(old.containers_with_ip(b.ip).map(|c| c.id.clone()));
                             candidates.extend(new.containers_with_ip(a.ip).map(|c| c.id.clone()));
                         }
+                        if b.host != a.host || b.port != a.port {
+                            arrived.insert(key.clone());
+                        }
                     }
                     (Some(b), None) => {
                         gone.insert(key.clone());
@@ -132,6 +140,7 @@ pub fn handle_model_change(
                     (None, Some(a)) => {
                         // A new owner of an IP may change how others resolve it.
                         candidates.extend(new.containers_with_ip(a.ip).map(|c| c.id.clone()));
+                        arrived.insert(key.clone());
                     }
                     (None, None) => {}
                 }
@@ -260,6 +269,17 @@ pub fn handle_model_change(
                 cookie::single(Kind::Deny, x.cookie_id),
                 u64::MAX,
             ));
+        }
+    }
+
+    // What a container sent before it was registered (a runtime brings its
+    // link up first: IPv6 solicitations) got its port a port-wide drop;
+    // left in place it would drop the container's first packets for up to
+    // --deny-timeout. A drop decided on the old snapshot is sent before
+    // this deletion on the switch's connection, so none survives it.
+    for x in arrived.iter().filter_map(|id| nm.containers.get(id)) {
+        if let Some(h) = new.host_of(x) {
+            out.push(delete(h.dpid, cookie::port_deny(x.port), u64::MAX));
         }
     }
 

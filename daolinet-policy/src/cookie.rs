@@ -12,6 +12,8 @@
 //! `lo`/`hi` are container cookie ids (see [`crate::model::Container::cookie_id`],
 //! 1..2^28, never reused). A flow of a pair of containers has `lo < hi`; a
 //! flow of one container has `lo` = its id and `hi` = 0; base flows have 0, 0.
+//! The one exception, [`Kind::PortDeny`], names no container: `lo` = 0 and
+//! `hi` = the port (see [`port_deny`]).
 //!
 //! Deletions:
 //! - one pair, every kind (allow and short-lived drop): cookie
@@ -35,6 +37,9 @@ pub enum Kind {
     NatOut = 4,
     /// Firewall (ingress DNAT) of one container.
     Firewall = 5,
+    /// Short-lived drop of everything from a port no container is
+    /// registered on (`hi` is the port, see [`port_deny`]).
+    PortDeny = 6,
 }
 
 impl Kind {
@@ -45,6 +50,7 @@ impl Kind {
             3 => Kind::Deny,
             4 => Kind::NatOut,
             5 => Kind::Firewall,
+            6 => Kind::PortDeny,
             _ => return None,
         })
     }
@@ -75,6 +81,16 @@ pub fn pair(kind: Kind, x: u32, y: u32) -> u64 {
 /// The cookie of a flow of one container.
 pub fn single(kind: Kind, x: u32) -> u64 {
     make(kind, x, 0)
+}
+
+/// The cookie of the drop for port `port`, on which no container is
+/// registered: a registration on that port deletes it by this cookie (mask
+/// `u64::MAX`), so that the container's first packets are not dropped.
+/// Ports beyond 28 bits are truncated (two ports may then share the
+/// cookie: a registration on one then also deletes the other's drop, which
+/// only limits punts and is made again by the next packet).
+pub fn port_deny(port: u32) -> u64 {
+    make(Kind::PortDeny, 0, port)
 }
 
 /// Splits a cookie into (kind, lo, hi); `None` for cookies not made here.

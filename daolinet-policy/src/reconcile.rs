@@ -15,7 +15,8 @@
 //!   actions answer) and the flow must be among the decisions;
 //! - drop flows after a denial: kept (they carry a hard timeout of a few
 //!   seconds, [`Config::deny_timeout`], and go by themselves) when the
-//!   container they name still exists.
+//!   container they name still exists, or, for the drop of a port without
+//!   a container, while that port still has none.
 //!
 //! Everything else (flows of other controllers, standalone-mode learning
 //! flows, flows of containers that left or moved, pairs no longer allowed)
@@ -112,6 +113,16 @@ fn hot_plug_valid(snap: &Snapshot, cfg: &Config, f: &FlowSpec) -> bool {
                     .into_iter()
                     .filter(|id| *id != 0)
                     .all(|id| snap.model.containers.values().any(|c| c.cookie_id == id))
+        }
+        Some((Kind::PortDeny, _, _)) => {
+            // Short-lived too; kept while no container is on the port.
+            f.hard_timeout > 0
+                && f.hard_timeout <= cfg.deny_timeout
+                && snap.host_by_dpid(f.dpid).is_some_and(|h| {
+                    f.match_
+                        .in_port
+                        .is_some_and(|p| snap.container_at(&h.name, p).is_none())
+                })
         }
         Some((Kind::Pair | Kind::NatOut | Kind::Firewall, _, _)) => candidates(snap, cfg, f)
             .into_iter()

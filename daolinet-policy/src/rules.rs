@@ -239,7 +239,7 @@ pub(crate) fn packet_in(
         return deny(
             cfg,
             dpid,
-            cookie::make(Kind::Deny, 0, 0),
+            cookie::port_deny(in_port),
             MatchSpec {
                 in_port: Some(in_port),
                 ..Default::default()

@@ -390,6 +390,72 @@ fn a_policy_change_removes_the_drops_it_makes_stale() {
 }
 
 #[test]
+fn registering_a_container_removes_the_drop_of_its_port() {
+    // A runtime brings a container's link up (IPv6 solicitations, an ARP)
+    // before registering it: its port gets a port-wide drop. The
+    // registration removes it, so the container's first packet gets
+    // through at once instead of after --deny-timeout; a drop of another
+    // still unknown port stays.
+    let old = sample();
+    let mut with_e = old.clone();
+    ctr(&mut with_e, "e", "n1", 1, 14);
+    let e = with_e.containers["e"].clone();
+    let b = with_e.containers["b"].clone();
+    let mut net = FakeNet::new(Snapshot::new(old), Config::default());
+    for port in [14, 15] {
+        let got = net.ingress(Dpid(1), port, udp(&e, b.ip, 7), 0);
+        assert!(delivered_to(&got).is_empty(), "port {port} forwarded");
+    }
+    let drops: Vec<FlowSpec> = net.switches[&Dpid(1)]
+        .flows
+        .iter()
+        .filter(|f| f.actions.is_empty())
+        .cloned()
+        .collect();
+    assert_eq!(drops.len(), 2, "{drops:#?}");
+    for (f, port) in drops.iter().zip([14, 15]) {
+        assert_eq!(f.match_.in_port, Some(port));
+        assert_eq!(f.cookie, cookie::port_deny(port));
+        assert_eq!(f.hard_timeout, Config::default().deny_timeout);
+    }
+    change(&mut net, |m| {
+        m.add_container(
+            ContainerSpec {
+                id: "e".into(),
+                name: None,
+                network: "n1".into(),
+                ip: None,
+                mac: None,
+                host: "h1".into(),
+                port: 14,
+            },
+            pool(),
+        )
+        .unwrap()
+    });
+    assert_eq!(net.snap.model.containers["e"], e);
+    let flows = &net.switches[&Dpid(1)].flows;
+    assert!(
+        !flows.contains(&drops[0]),
+        "the registered port's drop kept"
+    );
+    assert!(flows.contains(&drops[1]), "another port's drop removed");
+    let got = delivered_to(&net.send_from("e", udp(&e, b.ip, 7)));
+    assert_eq!(got.len(), 1, "the first packet after registration was lost");
+    assert_eq!(got[0].0, b.id);
+    // Reconciliation agrees: the remaining drop is valid while its port has
+    // no container, the removed one would not have been.
+    let cfg = Config::default();
+    let r = reconcile(
+        &net.snap,
+        &cfg,
+        Dpid(1),
+        &[Some(drops[0].clone()), Some(drops[1].clone())],
+    );
+    assert_eq!((r.keep, r.delete), (vec![1], vec![0]));
+}
+
+#[test]
 fn arp_proxy_answers_only_what_may_be_reached() {
     let m = sample();
     let a = m.containers["a"].clone();
