@@ -25,7 +25,12 @@
 //!   its pair's flows exist, and is counted (`daolinet_denials_total`,
 //!   reason `spoofed`).
 //!
-//! The host runs with loose reverse-path filtering (`rp_filter=2`, a common
+//! The same on an Open vSwitch host joined with `daolictl host join-ovs`
+//! (its cross-host hops to an agent host), and after `leave-ovs` its
+//! nftables, routes, permanent neighbours and forwarding sysctls are as
+//! before.
+//!
+//! The hosts run with loose reverse-path filtering (`rp_filter=2`, a common
 //! default), which the LOCAL port's design must survive.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -558,4 +563,216 @@ fn spoofed(w: &World) -> u64 {
         .find_map(|l| l.strip_prefix("daolinet_denials_total{reason=\"spoofed\"} "))
         .and_then(|v| v.trim().parse::<u64>().ok())
         .unwrap_or_else(|| panic!("no spoofed denials in the metrics:\n{m}"))
+}
+
+/// An Open vSwitch host `o` (192.168.91.3, containers c and d of the
+/// agent test's networks, g beside c) joined with `daolictl host join-ovs`,
+/// and an agent host `h` (192.168.91.2, container e) for the cross-host
+/// hops: NAT-out, `nat_out: false`, firewall, traceroute, anti-spoofing,
+/// and the host as it was after `leave-ovs`.
+#[test]
+fn the_edge_of_an_ovs_host() {
+    let mut needs = vec![
+        Need::BpfObject,
+        Need::Binary("daolinet-agent"),
+        Need::Binary("daolictl"),
+        Need::Program("nft"),
+        Need::Program("tcpdump"),
+        Need::Program("traceroute"),
+    ];
+    needs.extend(
+        daolinet_testlab::OVS_PROGRAMS
+            .iter()
+            .map(|p| Need::Program(p)),
+    );
+    let Some(mut lab) = Lab::new(&needs) else {
+        return;
+    };
+    let w = world(&lab);
+    w.networks();
+    let o = lab.netns("o");
+    w.attach(&o, "u0", "192.168.91.3");
+    // A common default (systemd's): loose reverse-path filtering.
+    o.sysctl("net.ipv4.conf.all.rp_filter=2");
+    let ovs = lab.ovs(&o);
+    const G: (&str, &str) = ("10.1.0.6", "02:00:00:00:0a:06");
+    const E: (&str, &str) = ("10.1.0.5", "02:00:00:00:0a:05");
+    let c = World::container(&lab, &o, "c", A, "pc");
+    let d = World::container(&lab, &o, "d", B, "pd");
+    let g = World::container(&lab, &o, "g", G, "pg");
+    let before = host_state(&o);
+    let token = w.ctl.dir().join("api-token").display().to_string();
+    let of = format!("tcp:192.168.91.1:{}", w.ctl.openflow_port());
+    let api = w.api_url();
+    let db = format!("unix:{}/db.sock", ovs.dir().display());
+    let daolictl = |args: &[&str]| {
+        let mut full = vec![
+            env!("CARGO_BIN_EXE_daolictl"),
+            "--api",
+            &api,
+            "--token-file",
+            &token,
+        ];
+        full.extend_from_slice(args);
+        o.output(&full)
+    };
+    let r = daolictl(&[
+        "host",
+        "join-ovs",
+        "--bridge",
+        "brx",
+        "--uplink",
+        "up0",
+        "--name",
+        "o1",
+        "--datapath",
+        "netdev",
+        "--ovs-db",
+        &db,
+        "--controller",
+        &of,
+    ]);
+    assert!(r.ok, "join failed: {}\n{}", r.stderr, r.stdout);
+    for (port, n) in [("pc", 1), ("pd", 2), ("pg", 3)] {
+        ovs.add_port("brx", port, n);
+    }
+    // The agent host, for the cross-host hops.
+    let h = lab.netns("h");
+    w.attach(&h, "u1", "192.168.91.2");
+    let e = World::container(&lab, &h, "e", E, "pe");
+    let agent = lab.agent(
+        &h,
+        &[
+            "--uplink",
+            "up0",
+            "--port",
+            "pe=1",
+            "--controller",
+            &of,
+            "--api",
+            &api,
+            "--api-token-file",
+            &token,
+            "--host-name",
+            "h1",
+        ],
+    );
+    daolinet_testlab::wait_until(
+        "the agent to register and get its base flows",
+        daolinet_testlab::DEADLINE,
+        || agent.cli(&["flows"]).contains("priority=20"),
+    );
+    let cc = w.register("eg-c", "out", "o1", 1, A);
+    let cd = w.register("eg-d", "closed", "o1", 2, B);
+    w.register("eg-g", "out", "o1", 3, G);
+    w.register("eg-e", "out", "h1", 1, E);
+    // The set-up is there.
+    let nft = o.run(&["nft", "list", "table", "ip", "daolinet"]);
+    assert!(
+        nft.contains("ip saddr 172.30.0.0/16 oifname \"brx\" masquerade"),
+        "{nft}"
+    );
+    let routes = o.ip(&["-4", "route"]);
+    assert!(routes.contains("172.30.0.0/16 via"), "{routes}");
+    assert!(routes.contains("dev brx"), "{routes}");
+
+    // Firewall: two rules on this host, the first SYN delivered.
+    serve(&c, "0.0.0.0:80");
+    serve(&d, "0.0.0.0:81");
+    w.post(
+        "/api/firewalls",
+        r#"{"name":"fc","container":"eg-c","rules":["8080:80/tcp"]}"#,
+    );
+    w.post(
+        "/api/firewalls",
+        r#"{"name":"fd","container":"eg-d","rules":["8081:81/tcp"]}"#,
+    );
+    let said = talk(&w.x, "192.168.91.3:8080");
+    assert!(said.starts_with("hello from 10.99.0.2:"), "{said}");
+    let said = talk(&w.x, "192.168.91.3:8081");
+    assert!(said.starts_with("hello from 10.99.0.2:"), "{said}");
+    // Removed cleanly: no punt flow left, nothing answers.
+    w.ctl.api().ok("DELETE", "/api/firewalls/fc", None);
+    w.ctl.api().ok("DELETE", "/api/firewalls/fd", None);
+    let flows = ovs.dump_flows("brx");
+    assert!(!flows.contains("priority=200"), "{flows}");
+    assert!(connect(&w.x, "192.168.91.3:8080", Duration::from_secs(2)).is_err());
+
+    // NAT-out: the outside sees the host only, the first SYN goes through.
+    serve(&w.x, "10.99.0.2:8000");
+    let cap = Capture::start(&w.x, "eth0", lab.dir());
+    for _ in 0..2 {
+        let said = talk(&c, "10.99.0.2:8000");
+        assert!(said.starts_with("hello from 192.168.91.3:"), "{said}");
+    }
+    // A network without NAT-out gets nothing out.
+    let refused = connect(&d, "10.99.0.2:8000", Duration::from_secs(3));
+    assert!(refused.is_err(), "nat_out: false let {} out", cd["id"]);
+    let seen = cap.stop();
+    only_the_host_seen(&seen, "192.168.91.3", &[&cc, &cd]);
+    eprintln!("outside capture:\n{seen}");
+
+    // traceroute: 3 hops cross-host both ways, 1 on the same host.
+    let (cross, out) = hops(&c, "10.1.0.5");
+    eprintln!("{out}");
+    assert_eq!(
+        cross,
+        ["10.1.0.1", "192.168.91.2", "10.1.0.5"],
+        "{out}\nbrx flows:\n{}",
+        ovs.dump_flows("brx")
+    );
+    assert!(
+        !out.contains("172.30."),
+        "a physical address showed:\n{out}"
+    );
+    let (back, out) = hops(&e, "10.1.0.2");
+    assert_eq!(
+        back,
+        ["10.1.0.1", "192.168.91.3", "10.1.0.2"],
+        "{out}\nbrx flows:\n{}",
+        ovs.dump_flows("brx")
+    );
+    assert!(
+        !out.contains("172.30."),
+        "a physical address showed:\n{out}"
+    );
+    let (same, out) = hops(&c, "10.1.0.6");
+    assert_eq!(same, ["10.1.0.6"], "{out}");
+
+    // Anti-spoofing by flow on the OVS host: forged IP, then forged MAC.
+    assert!(c.ping("10.1.0.5", 1, 3), "c lost e");
+    let before_spoof = spoofed(&w);
+    c.ip(&["addr", "add", "10.1.0.9/32", "dev", "eth0"]);
+    let forged_ip = c.ok(&[
+        "ping", "-n", "-c", "2", "-W", "2", "-I", "10.1.0.9", "10.1.0.5",
+    ]);
+    assert!(!forged_ip, "a forged IPv4 source got through");
+    let after_ip = spoofed(&w);
+    assert!(
+        after_ip > before_spoof,
+        "forged IP not counted: {before_spoof} -> {after_ip}"
+    );
+    c.ip(&["addr", "del", "10.1.0.9/32", "dev", "eth0"]);
+    c.ip(&["link", "set", "eth0", "address", "02:00:00:00:0a:99"]);
+    assert!(!c.ping("10.1.0.5", 2, 2), "a forged MAC got through");
+    let after_mac = spoofed(&w);
+    assert!(
+        after_mac > after_ip,
+        "forged MAC not counted: {after_ip} -> {after_mac}"
+    );
+
+    // Leaving puts the host back as it was.
+    for id in ["eg-c", "eg-d", "eg-g"] {
+        w.ctl
+            .api()
+            .ok("DELETE", &format!("/api/containers/{id}"), None);
+    }
+    let r = daolictl(&["host", "leave-ovs", "--ovs-db", &db]);
+    assert!(r.ok, "leave failed: {}", r.stderr);
+    let after = host_state(&o);
+    assert_eq!(
+        before, after,
+        "the host changed:\n--- before\n{before}\n--- after\n{after}"
+    );
+    drop((c, d, g, e));
 }
