@@ -10,6 +10,7 @@ use daolinet_agent::control::{request, Request};
 use daolinet_agent::datapath::{BpfObject, Datapath, UplinkMode};
 use daolinet_agent::engine::Engine;
 use daolinet_agent::host::Host;
+use daolinet_agent::hostsetup::NatOut;
 use daolinet_agent::ofswitch::{FailMode, Switch, SwitchSettings};
 use daolinet_agent::oftable::FlowTable;
 use daolinet_agent::register::Registrar;
@@ -136,7 +137,8 @@ struct RunArgs {
     /// (forwarding, the pool masqueraded out of the uplink in nftables
     /// table `ip daolinet`, the pool routed to the LOCAL port) and
     /// undoes it when it stops. With `--api` and without this option,
-    /// the pool is read from the API. `none` sets nothing up.
+    /// the pool is read from the API (asked again with backoff until it
+    /// answers). `none` sets nothing up.
     #[arg(long, env = "DAOLI_NAT_POOL", value_name = "CIDR|none")]
     nat_pool: Option<String>,
     /// Most flows the switch holds (the datapath maps are sized for it at
@@ -576,27 +578,16 @@ fn run(
         eng.add_port(iface, *ofport, PortKind::Container)?;
     }
     let local_dev = eng.dp.attach_local()?;
-    let pool = match net.nat_pool {
-        NatPool::Given(p) => Some(p),
-        NatPool::Off => None,
-        NatPool::FromApi => match &registrar {
-            Some(r) => match daolinet_agent::hostsetup::fetch_pool(&r.api, &r.token) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    tracing::warn!("NAT-out not set up: the pool is unknown: {e:#}");
-                    None
-                }
-            },
-            None => None,
-        },
-    };
-    let nat = match (pool, &local_dev) {
-        (Some(p), Some(dev)) => Some(daolinet_agent::hostsetup::nat_out(p, uplink, dev)?),
-        (Some(_), None) => {
+    let nat = match (net.nat_pool, &local_dev, &registrar) {
+        (NatPool::Off, _, _) | (NatPool::FromApi, _, None) => None,
+        (_, None, _) => {
             tracing::warn!("NAT-out not set up: no LOCAL device");
             None
         }
-        (None, _) => None,
+        (NatPool::Given(p), Some(dev), _) => Some(NatOut::now(p, uplink, dev)?),
+        (NatPool::FromApi, Some(dev), Some(r)) => {
+            Some(NatOut::from_api(&r.api, &r.token, uplink, dev)?)
+        }
     };
     let listen = match net.listen {
         Some(addr) => {

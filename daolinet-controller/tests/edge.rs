@@ -17,6 +17,8 @@
 //! - a network with `nat_out: false` gets nothing out;
 //! - after the agent stops, the host's nftables, routes, permanent
 //!   neighbours and IPv4 forwarding sysctls are as they were before;
+//! - an agent that starts while the controller's API does not answer sets
+//!   NAT-out up once it does;
 //! - traceroute through the virtual routers between two agent hosts: three
 //!   hops cross-host (the sender's gateway, the destination host's
 //!   underlay IP, the destination) both ways, one hop on the same host, no
@@ -40,7 +42,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use daolinet_testlab::{Controller, Lab, Need, Netns, Proc};
+use daolinet_testlab::{Controller, Lab, Need, Netns, Proc, TcpProxy};
 use serde_json::Value;
 
 const POOL: &str = "172.30.0.0/16";
@@ -250,6 +252,72 @@ impl World {
 
 const A: (&str, &str) = ("10.1.0.2", "02:00:00:00:0a:02");
 const B: (&str, &str) = ("10.2.0.2", "02:00:00:00:0b:02");
+
+/// An agent that starts before its controller's API answers (at boot)
+/// asks for the NAT pool again until it does, then sets its host up; and
+/// stopping it still puts the host back as it was.
+#[test]
+fn nat_out_waits_for_the_controller_api() {
+    let Some(mut lab) = Lab::new(&[
+        Need::BpfObject,
+        Need::Binary("daolinet-agent"),
+        Need::Program("nft"),
+    ]) else {
+        return;
+    };
+    let w = world(&lab);
+    let h = lab.netns("h");
+    w.attach(&h, "u0", "192.168.91.2");
+    let before = host_state(&h);
+    // The API, through a relay in the host that refuses it for now.
+    let target: SocketAddr = w.api_url().trim_start_matches("http://").parse().unwrap();
+    let relay = TcpProxy::start(h.name(), target);
+    relay.cut();
+    let token = w.ctl.dir().join("api-token").display().to_string();
+    let of = format!("tcp:192.168.91.1:{}", w.ctl.openflow_port());
+    let api = format!("http://{}", relay.addr());
+    let mut agent = lab.agent(
+        &h,
+        &[
+            "--uplink",
+            "up0",
+            "--controller",
+            &of,
+            "--api",
+            &api,
+            "--api-token-file",
+            &token,
+            "--host-name",
+            "h1",
+        ],
+    );
+    daolinet_testlab::wait_until(
+        "the agent to find the API unreachable",
+        daolinet_testlab::DEADLINE,
+        || agent.log().contains("/api/settings"),
+    );
+    let table = |h: &Netns| h.ok(&["nft", "list", "table", "ip", "daolinet"]);
+    assert!(!table(&h), "NAT-out set up without a pool");
+    relay.restore();
+    daolinet_testlab::wait_until(
+        "NAT-out to be set up once the API answers",
+        daolinet_testlab::DEADLINE,
+        || table(&h),
+    );
+    let nft = h.run(&["nft", "list", "table", "ip", "daolinet"]);
+    assert!(
+        nft.contains("ip saddr 172.30.0.0/16 oifname \"up0\" masquerade"),
+        "{nft}"
+    );
+    let routes = h.ip(&["-4", "route"]);
+    assert!(routes.contains("172.30.0.0/16 dev dllocal"), "{routes}");
+    agent.stop();
+    let after = host_state(&h);
+    assert_eq!(
+        before, after,
+        "the host changed:\n--- before\n{before}\n--- after\n{after}"
+    );
+}
 
 /// What the outside saw: every IPv4 address in the capture is the host's,
 /// the outside's own or (ARP) its router's.
