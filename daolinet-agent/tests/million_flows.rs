@@ -147,5 +147,6 @@ fn a_million_flows_from_ovs_ofctl_files_forward_dump_and_delete_by_cookie() {
     assert_eq!(lines.len(), 2, "{left}");
     assert!(lines.iter().all(|l| l.contains("cookie=0x2,")), "{left}");
     assert!(a.ping("10.1.0.3", 1, 2), "a -> b after the delete");
-    assert!(agent.cli(&["status"]).contains("\"flows\": 2"));
+    let status = agent.cli(&["status", "--json"]);
+    assert!(status.contains("\"flows\": 2"), "{status}");
 }
