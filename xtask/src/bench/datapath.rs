@@ -52,9 +52,9 @@ impl Sample {
 
 /// One iperf3 TCP run.
 #[derive(Clone, Copy)]
-struct TcpRun {
+pub(super) struct TcpRun {
     /// The receiver's Gbit/s, as iperf3 reports it.
-    gbps: f64,
+    pub(super) gbps: f64,
     /// Gbit the destination's eth0 received per CPU-second that the
     /// transfer's threads ran (see [`TransferCpu`]), in the middle of the run.
     gbit_per_cpu_s: f64,
@@ -113,7 +113,7 @@ fn eth0_rx_bytes(pid: u32) -> Result<u64> {
 }
 
 /// One iperf3 TCP run from `client_ns` to `server_ip` in `server_ns`.
-fn iperf(client_ns: &str, server_ns: &str, server_ip: &str) -> Result<TcpRun> {
+pub(super) fn iperf(client_ns: &str, server_ns: &str, server_ip: &str) -> Result<TcpRun> {
     let mut server = Command::new("ip")
         .args([
             "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", server_ip,
@@ -241,7 +241,7 @@ fn alternate<T: Copy>(
     Ok((a, k))
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(super) fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(0.0)

@@ -3,6 +3,7 @@
 use anyhow::Result;
 
 mod agent;
+mod cluster;
 mod controller;
 mod datapath;
 mod openflow;
@@ -22,6 +23,9 @@ pub enum Which {
     Openflow,
     /// Controller PACKET_IN -> FLOW_MOD decisions/s and latency: ours vs os-ken.
     Controller,
+    /// One two-host topology five ways (agent, OVS, mixed, kernel routing,
+    /// VXLAN): TCP, 64-byte UDP, first-packet latency.
+    Cluster,
 }
 
 /// Run one benchmark, or all of them.
@@ -31,11 +35,13 @@ pub fn run(which: Option<Which>, setup: bool) -> Result<()> {
         Some(Which::Datapath) => datapath::run(setup),
         Some(Which::Openflow) => openflow::run(),
         Some(Which::Controller) => controller::run(setup),
+        Some(Which::Cluster) => cluster::run(setup),
         None => {
             openflow::run()?;
             datapath::run(setup)?;
             controller::run(false)?;
-            agent::run(false)
+            agent::run(false)?;
+            cluster::run(false)
         }
     }
 }
