@@ -652,8 +652,10 @@ impl<D: Dataplane> Engine<D> {
         Ok(())
     }
 
-    /// Notice ports whose interface vanished or changed (PORT_STATUS).
-    pub fn check_ports(&mut self) {
+    /// Notice ports whose interface vanished or changed (PORT_STATUS); the
+    /// interfaces of the ports removed.
+    pub fn check_ports(&mut self) -> Vec<String> {
+        let mut gone = Vec::new();
         for c in self.dp.check_ports() {
             match c {
                 PortCheck::Present(desc) => {
@@ -665,10 +667,12 @@ impl<D: Dataplane> Engine<D> {
                     if let Err(e) = self.del_port(&name) {
                         tracing::debug!(iface = %name, "removing the port: {e:#}");
                     }
+                    gone.push(name);
                 }
             }
         }
         self.flush_dirty();
+        gone
     }
 
     /// Apply a FLOW_MOD given locally; returns how many flows it touched.

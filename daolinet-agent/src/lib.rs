@@ -24,7 +24,10 @@
 //!   [`register`]: self-registration with the controller's REST API (a
 //!   thread of its own, told by the event loop when controllers connect);
 //!   [`hostsetup`]: the host's NAT-out (forwarding, masquerade, the pool
-//!   routed to the LOCAL port).
+//!   routed to the LOCAL port);
+//! - [`portbook`]: the ports attached through the control socket, kept
+//!   for the next start; [`delqueue`]: the deferred-deletion queue the
+//!   runtimes' integrations leave when the agent or controller is down.
 //!
 //! Module dependencies run one way: runtime -> control, fastpath ->
 //! engine -> conn, ofswitch -> oftable -> table, compile; host -> engine
@@ -34,6 +37,7 @@ pub mod compile;
 pub mod conn;
 pub mod control;
 pub mod datapath;
+pub mod delqueue;
 pub mod dpstats;
 pub mod dropwatch;
 pub mod engine;
@@ -46,6 +50,7 @@ pub mod netdev;
 pub mod ofswitch;
 pub mod oftable;
 pub mod packet;
+pub mod portbook;
 pub mod register;
 pub mod runtime;
 pub mod status;

@@ -59,6 +59,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// What the running agent is: host name and API it registered with,
+    /// state directory, datapath id (what runtimes' integrations read).
+    Info,
     /// Install or remove rules in the running agent.
     Rule {
         #[command(subcommand)]
@@ -390,6 +393,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Cmd::Info => print(request(&dir, &Request::Info)?),
         Cmd::Flows => {
             let v = request(&dir, &Request::Flows)?;
             for line in v.as_array().into_iter().flatten() {
@@ -526,6 +530,8 @@ fn run(
             .map(|m| m.iter().fold(0u64, |a, b| (a << 8) | u64::from(*b)))
             .unwrap_or(1);
     }
+    let token_file = net.register.as_ref().map(|r| r.token_file.clone());
+    let datapath_id = net.settings.datapath_id;
     let registrar = net
         .register
         .take()
@@ -577,6 +583,7 @@ fn run(
     for (iface, ofport) in &specs {
         eng.add_port(iface, *ofport, PortKind::Container)?;
     }
+    let book = attach_kept_ports(dir, &specs, &mut eng);
     let local_dev = eng.dp.attach_local()?;
     let nat = match (net.nat_pool, &local_dev, &registrar) {
         (NatPool::Off, _, _) | (NatPool::FromApi, _, None) => None,
@@ -603,6 +610,28 @@ fn run(
     }
     let control =
         UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
+    // What runtimes' integrations ask the control socket for; the queue
+    // of deregistrations they could not do drains on a thread of its own.
+    let drainer = daolinet_agent::delqueue::start(
+        dir,
+        registrar
+            .as_ref()
+            .map(|r| daolinet_attach::api::Api::new(&r.api, &r.token)),
+    )?;
+    let control_ctx = daolinet_agent::control::ControlState {
+        info: daolinet_agent::control::Info {
+            host: registrar.as_ref().map(|r| r.name.clone()),
+            api: registrar.as_ref().map(|r| r.api.clone()),
+            api_token_file: registrar
+                .as_ref()
+                .and(token_file)
+                .map(|p| std::path::absolute(&p).unwrap_or(p)),
+            state_dir: std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf()),
+            datapath_id: format!("{datapath_id:016x}"),
+        },
+        book: Some(book),
+        drainer,
+    };
     // The registrar (blocking HTTP) runs on a thread of its own; the event
     // loop tells it when a controller connection comes up.
     let (connected_tx, connected_rx) = std::sync::mpsc::channel::<()>();
@@ -623,6 +652,7 @@ fn run(
                     let _ = connected_tx.send(());
                 }) as Box<dyn FnMut() + Send>
             }),
+            control_ctx,
         },
     )?;
     if let Some(r) = registrar {
@@ -657,6 +687,40 @@ fn run(
     }
     drop(lp);
     res
+}
+
+/// Attach again the ports a previous run attached through the control
+/// socket (kept in `<state-dir>/ports.json`), unless `--port` names them
+/// now; ports whose interface is gone, or that cannot be attached, are
+/// forgotten. The book, for the control socket to keep up to date.
+fn attach_kept_ports<D: daolinet_agent::engine::Dataplane>(
+    dir: &Path,
+    specs: &[(String, Option<u32>)],
+    eng: &mut Engine<D>,
+) -> daolinet_agent::portbook::PortBook {
+    let mut book = daolinet_agent::portbook::PortBook::load(dir);
+    let mut forget = Vec::new();
+    for (iface, ofport) in book.ports().clone() {
+        if specs.iter().any(|(i, _)| *i == iface) {
+            continue;
+        }
+        if daolinet_agent::datapath::ifindex(&iface).is_err() {
+            tracing::info!(iface, ofport, "kept port forgotten: its interface is gone");
+            forget.push(iface);
+            continue;
+        }
+        match eng.add_port(&iface, Some(ofport), PortKind::Container) {
+            Ok(_) => tracing::info!(iface, ofport, "port of the previous run attached again"),
+            Err(e) => {
+                tracing::warn!(iface, ofport, "kept port not attached again: {e:#}");
+                forget.push(iface);
+            }
+        }
+    }
+    if let Err(e) = book.remove(&forget) {
+        tracing::warn!("updating the kept ports: {e:#}");
+    }
+    book
 }
 
 /// A bpffs directory name derived from the state directory, so several

@@ -149,6 +149,9 @@ pub struct Net {
     /// The metrics listener (`--metrics`, bound already): `GET /metrics`
     /// is answered by this loop ([`crate::metrics`]).
     pub metrics: Option<std::net::TcpListener>,
+    /// What the control socket serves besides the engine (`info`, the
+    /// ports kept for the next start, the deferred-deletion drainer).
+    pub control_ctx: crate::control::ControlState,
 }
 
 /// Stops a running event loop from another thread.
@@ -264,6 +267,7 @@ pub struct EventLoop<D> {
     stop: StopHandle,
     on_connect: Option<Box<dyn FnMut() + Send>>,
     tls: Option<Arc<daolinet_tls::rustls::ClientConfig>>,
+    ctl: crate::control::ControlState,
     next_port_check: u64,
     metrics: Option<TcpListener>,
     http: HashMap<Token, HttpClient>,
@@ -378,6 +382,7 @@ impl<D: Dataplane> EventLoop<D> {
             metrics,
             http: HashMap::new(),
             tls: net.tls,
+            ctl: net.control_ctx,
         })
     }
 
@@ -444,7 +449,8 @@ impl<D: Dataplane> EventLoop<D> {
                     }
                     NETLINK => {
                         if self.link_events() {
-                            self.eng.check_ports();
+                            let gone = self.eng.check_ports();
+                            self.ctl.ports_gone(&gone);
                         }
                     }
                     LISTEN => self.accept(),
@@ -480,7 +486,8 @@ impl<D: Dataplane> EventLoop<D> {
                 self.eng.timers(now);
             }
             if self.next_port_check <= now {
-                self.eng.check_ports();
+                let gone = self.eng.check_ports();
+                self.ctl.ports_gone(&gone);
                 self.next_port_check = now
                     + if self.netlink.is_some() {
                         PORT_CHECK_NS
@@ -791,7 +798,7 @@ impl<D: Dataplane> EventLoop<D> {
                 })
                 .to_string()
             } else {
-                crate::control::answer(&mut self.eng, &line)
+                crate::control::answer(&mut self.eng, &mut self.ctl, &line)
             };
             if let Some(c) = self.clients.get_mut(&token) {
                 c.out.extend_from_slice(reply.as_bytes());
@@ -1160,6 +1167,7 @@ mod tests {
             signals: false,
             on_connect: None,
             metrics: None,
+            control_ctx: Default::default(),
         }
     }
 
