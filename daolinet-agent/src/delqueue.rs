@@ -85,12 +85,34 @@ pub fn drain_once(dir: &Path, api: &Api) -> Pass {
     pass
 }
 
-/// Start draining `<state_dir>/del-queue` against `api` (the controller's
-/// API and token). Without one nothing drains (`None`): what is queued is
-/// reported.
-pub fn start(state_dir: &Path, api: Option<Api>) -> Result<Option<Drainer>> {
+/// The drainer thread, ready to start (see [`prepare`]).
+#[derive(Debug)]
+pub struct Pending {
+    dir: PathBuf,
+    api: Api,
+    rx: Receiver<()>,
+}
+
+impl Pending {
+    /// Start the thread. Start it after the event loop has blocked its
+    /// signals (`runtime::EventLoop::new`), so that it inherits the mask
+    /// and SIGTERM reaches the loop rather than killing the process here.
+    pub fn spawn(self) -> Result<()> {
+        let Pending { dir, api, rx } = self;
+        std::thread::Builder::new()
+            .name("del-queue".into())
+            .spawn(move || run(dir, api, rx))
+            .context("starting the deferred-deletion thread")?;
+        Ok(())
+    }
+}
+
+/// Prepare draining `<state_dir>/del-queue` against `api` (the
+/// controller's API and token): the handle that wakes the drainer, and the
+/// drainer to start. Without an API nothing drains (`None`s): what is
+/// queued is reported.
+pub fn prepare(state_dir: &Path, api: Option<Api>) -> (Option<Drainer>, Option<Pending>) {
     let dir = queue::dir(state_dir);
-    let (tx, rx) = mpsc::channel();
     let Some(api) = api else {
         let n = queue::list(&dir).len();
         if n > 0 {
@@ -99,13 +121,10 @@ pub fn start(state_dir: &Path, api: Option<Api>) -> Result<Option<Drainer>> {
                 "{n} deferred container deletions wait: start the agent with --api to drain them"
             );
         }
-        return Ok(None);
+        return (None, None);
     };
-    std::thread::Builder::new()
-        .name("del-queue".into())
-        .spawn(move || run(dir, api, rx))
-        .context("starting the deferred-deletion thread")?;
-    Ok(Some(Drainer { tx }))
+    let (tx, rx) = mpsc::channel();
+    (Some(Drainer { tx }), Some(Pending { dir, api, rx }))
 }
 
 fn run(dir: PathBuf, api: Api, rx: Receiver<()>) {

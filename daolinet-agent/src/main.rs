@@ -612,12 +612,12 @@ fn run(
         UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
     // What runtimes' integrations ask the control socket for; the queue
     // of deregistrations they could not do drains on a thread of its own.
-    let drainer = daolinet_agent::delqueue::start(
+    let (drainer, drain_thread) = daolinet_agent::delqueue::prepare(
         dir,
         registrar
             .as_ref()
             .map(|r| daolinet_attach::api::Api::new(&r.api, &r.token)),
-    )?;
+    );
     let control_ctx = daolinet_agent::control::ControlState {
         info: daolinet_agent::control::Info {
             host: registrar.as_ref().map(|r| r.name.clone()),
@@ -655,6 +655,9 @@ fn run(
             control_ctx,
         },
     )?;
+    if let Some(d) = drain_thread {
+        d.spawn()?;
+    }
     if let Some(r) = registrar {
         let stop = lp.stop_handle();
         std::thread::Builder::new()

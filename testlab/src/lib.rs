@@ -13,7 +13,9 @@
 //!   host namespace), [`Controller`] (kernel-chosen ports, ready when it
 //!   printed them), [`OvsHost`] (ovsdb-server + ovs-vswitchd with their own
 //!   directories, netdev bridges with `fail_mode=secure`), [`EtcdCluster`]
-//!   (etcd members in a namespace of their own, own data directories).
+//!   (etcd members in a namespace of their own, own data directories),
+//!   [`Cluster`] (a controller and agent hosts that join by themselves on
+//!   one underlay, as the runtime integrations' tests need).
 //! - **One REST API client** ([`Api`]), also from inside a namespace.
 //! - **Helpers**: commands with clear failure messages ([`sh`],
 //!   [`Netns::run`]), ping ([`Netns::ping`]), [`iperf3`], waiting for a
@@ -34,6 +36,7 @@
 #![allow(clippy::panic)]
 
 mod agent;
+mod cluster;
 mod cmd;
 mod controller;
 mod etcd;
@@ -51,6 +54,7 @@ mod wait;
 use std::path::{Path, PathBuf};
 
 pub use agent::Agent;
+pub use cluster::{Cluster, ClusterHost, UNDERLAY};
 pub use cmd::{command, output, output_of, sh, show, signal, succeeds, Proc, Ran};
 pub use controller::{Controller, ControllerOpts};
 pub use etcd::{EtcdCluster, ETCD_PROGRAMS};
