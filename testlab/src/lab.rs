@@ -62,6 +62,11 @@ impl Lab {
         self.dir.path()
     }
 
+    /// The lab's directory guard, for what must keep it while it lives.
+    pub(crate) fn dir_arc(&self) -> Arc<TempDir> {
+        self.dir.clone()
+    }
+
     /// A new subdirectory of the lab's directory.
     #[track_caller]
     pub fn subdir(&self, name: &str) -> PathBuf {

@@ -15,7 +15,9 @@
 //!   directories, netdev bridges with `fail_mode=secure`), [`EtcdCluster`]
 //!   (etcd members in a namespace of their own, own data directories),
 //!   [`Cluster`] (a controller and agent hosts that join by themselves on
-//!   one underlay, as the runtime integrations' tests need).
+//!   one underlay, as the runtime integrations' tests need), [`Dockerd`]
+//!   and [`Podman`] (container runtimes with state of their own in a host
+//!   namespace) and [`busybox_image`] (an image without a registry).
 //! - **One REST API client** ([`Api`]), also from inside a namespace.
 //! - **Helpers**: commands with clear failure messages ([`sh`],
 //!   [`Netns::run`]), ping ([`Netns::ping`]), [`iperf3`], waiting for a
@@ -47,6 +49,7 @@ mod names;
 mod netns;
 mod ovs;
 mod proxy;
+mod runtimes;
 mod skip;
 mod traffic;
 mod wait;
@@ -65,6 +68,9 @@ pub use names::{fresh_tag, IFNAME_MAX, PREFIX_ENV};
 pub use netns::{in_netns, Netns, ThreadNetns, Veth};
 pub use ovs::{OvsHost, OVS_PROGRAMS};
 pub use proxy::TcpProxy;
+pub use runtimes::{
+    busybox_image, unmount_under, Dockerd, Podman, DOCKER_PROGRAMS, PODMAN_PROGRAMS,
+};
 pub use skip::{
     bpf_object, is_root, on_path, require, summary_line, under_ci, Need, Ready, OBJECT_ENV,
 };
