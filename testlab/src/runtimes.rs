@@ -21,7 +21,14 @@ use crate::lab::Lab;
 use crate::netns::Netns;
 
 /// Programs a Docker test needs (list them in the lab's needs).
-pub const DOCKER_PROGRAMS: [&str; 5] = ["dockerd", "docker", "containerd", "runc", "nsenter"];
+pub const DOCKER_PROGRAMS: [&str; 6] = [
+    "dockerd",
+    "docker",
+    "containerd",
+    "runc",
+    "nsenter",
+    "unshare",
+];
 
 /// Programs a podman test needs (list them in the lab's needs).
 pub const PODMAN_PROGRAMS: [&str; 4] = ["podman", "conmon", "runc", "nsenter"];
@@ -94,6 +101,20 @@ fn in_net(ns: &str, args: &[&str]) -> Command {
     c
 }
 
+/// `c` run in a new mount namespace where `plugins` is bind-mounted on
+/// Docker's plugin directory.
+fn private_plugins(c: Command, plugins: &Path) -> Command {
+    let target = "/run/docker/plugins";
+    std::fs::create_dir_all(target).unwrap_or_else(|e| panic!("creating {target}: {e}"));
+    let mut u = Command::new("unshare");
+    u.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!("mount --bind \"$0\" {target} && exec \"$@\""))
+        .arg(plugins)
+        .arg(c.get_program())
+        .args(c.get_args());
+    u
+}
+
 /// A Docker daemon of one host namespace, with its own data root, exec
 /// root, socket, containerd namespaces (it starts its own containerd) and
 /// `vfs` storage; no iptables, forwarding or default bridge of its own
@@ -112,6 +133,16 @@ impl Dockerd {
     /// Start a daemon in `host` and wait until it answers.
     #[track_caller]
     pub fn start(lab: &Lab, host: &Netns) -> Dockerd {
+        Dockerd::start_with_plugins(lab, host, None)
+    }
+
+    /// Start a daemon in `host` that finds its plugins (sockets such as
+    /// `daolinet.sock`) in `plugins` instead of the machine's
+    /// `/run/docker/plugins`: it runs in a mount namespace of its own where
+    /// `plugins` is bind-mounted there, so that each host's daemon talks to
+    /// its own host's driver.
+    #[track_caller]
+    pub fn start_with_plugins(lab: &Lab, host: &Netns, plugins: Option<&Path>) -> Dockerd {
         let dir = lab.subdir(&format!("docker-{host}"));
         let sock = dir.join("docker.sock");
         let ns = lab.name("d");
@@ -142,6 +173,9 @@ impl Dockerd {
                 "warn",
             ],
         );
+        if let Some(plugins) = plugins {
+            c = private_plugins(c, plugins);
+        }
         let log = dir.join("dockerd.log");
         let proc = Proc::spawn(&mut c, &format!("dockerd in {host}"), Some(&log));
         let mut d = Dockerd {
