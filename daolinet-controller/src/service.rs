@@ -462,6 +462,8 @@ pub struct Controller {
     pub cfg: Config,
     /// Metrics.
     pub metrics: Metrics,
+    /// Recent PACKET_IN decisions (`daolictl observe`).
+    pub events: crate::events::Events,
     decisions: tokio::sync::broadcast::Sender<Arc<Published>>,
     /// The store revision of the published snapshot.
     model_rev: tokio::sync::watch::Sender<Revision>,
@@ -496,6 +498,7 @@ impl Controller {
             flows: Flows::new(),
             cfg,
             metrics: Metrics::default(),
+            events: Default::default(),
             decisions: tokio::sync::broadcast::channel(1024).0,
             model_rev: tokio::sync::watch::channel(revision).0,
         })
@@ -704,6 +707,7 @@ impl Controller {
             .and_then(|h| snap.container_at(&h.name, in_port))
             .map_or("", |c| c.network.as_str());
         self.metrics.verdict(network, &out.verdict);
+        self.events.record(dpid, in_port, data, out.verdict);
         Ok(out)
     }
 

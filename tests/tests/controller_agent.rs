@@ -261,6 +261,45 @@ fn controller_drives_two_agents() {
         m.contains("daolinet_denials_total{reason=\"pair_disconnected\"}"),
         "{m}"
     );
+    // observe: the denied PACKET_INs with their reason, the earlier
+    // forwarded ones, table and JSON lines; an unknown container is an error.
+    let lines = |args: &[&str]| -> Vec<Value> {
+        let mut a = vec!["-o", "json", "observe"];
+        a.extend_from_slice(args);
+        daolictl(&h1, api, &a)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    };
+    let dropped = lines(&["--verdict", "dropped", "--container", "ca"]);
+    assert!(
+        dropped
+            .iter()
+            .any(|e| e["src"] == "ca" && e["reason"] == "pair_disconnected"),
+        "{dropped:#?}"
+    );
+    assert!(
+        dropped.iter().all(|e| e["verdict"] == "dropped"),
+        "{dropped:#?}"
+    );
+    let forwarded = lines(&["--verdict", "forwarded", "--network", "blue"]);
+    assert!(
+        forwarded.iter().any(|e| e["src"] == "ca"
+            && e["dst"] == "cb"
+            && e["reason"] == "cross_host"
+            && e["host"] == "h1"),
+        "{forwarded:#?}"
+    );
+    let table = daolictl(&h1, api, &["observe", "--verdict", "dropped"]);
+    assert!(
+        table.starts_with("SEQ") && table.contains("pair_disconnected"),
+        "{table}"
+    );
+    let bad = daolictl_ran(&h1, api, &["observe", "--container", "ghost"]);
+    assert!(
+        !bad.ok && bad.stderr.contains("unknown container"),
+        "{bad:?}"
+    );
     let t = trace_json(&h1, api, &["ca", "cb"]);
     assert_eq!(t["verdict"]["denied"], "pair_disconnected", "{t:#}");
     assert!(

@@ -20,6 +20,7 @@
 //! | GET, DELETE | `/api/firewalls/{name}` | |
 //! | GET | `/api/flows[?host=NAME]` | flows installed, per host |
 //! | POST | `/api/trace` | [`TraceRequest`] -> [`Trace`] (would SRC reach DST, and how; 404 for an unknown container) |
+//! | GET | `/api/events[?since=SEQ&verdict=forwarded\|dropped&container=C&network=N]` | [`EventPage`]: recent PACKET_IN decisions, oldest first |
 //! | GET | `/api/settings` | -> [`Settings`] (physical pool, gateway MAC: what hosts set themselves up with) |
 //!
 //! Every `/api/` request needs `Authorization: Bearer <token>`. Errors are
@@ -47,6 +48,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::ApiError;
 
+use crate::events::{EventPage, EventQuery};
 use crate::service::Controller;
 use daolinet_policy::addr::{Dpid, MacAddr};
 use daolinet_policy::model::{
@@ -599,6 +601,31 @@ async fn trace(State(st): State<AppState>, body: Bytes) -> Result<Json<Trace>, A
         })
 }
 
+// --- events ---
+
+async fn events(
+    State(st): State<AppState>,
+    Query(q): Query<EventQuery>,
+) -> Result<Json<EventPage>, ApiError> {
+    if let Some(v) = q.verdict.as_deref() {
+        if !matches!(v, "forwarded" | "dropped") {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("verdict {v:?}: use forwarded or dropped"),
+            )
+            .with_field("verdict"));
+        }
+    }
+    let s = model(&st)?;
+    if let Some(c) = q.container.as_deref() {
+        s.model.container(c)?;
+    }
+    if let Some(n) = q.network.as_deref() {
+        s.model.network(n)?;
+    }
+    Ok(Json(st.ctl.events.query(&s, &q)))
+}
+
 // --- plumbing ---
 
 async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> Response {
@@ -701,6 +728,7 @@ pub fn router(state: AppState) -> Router {
         .route("/flows", get(list_flows))
         .route("/settings", get(settings))
         .route("/trace", post(trace))
+        .route("/events", get(events))
         .fallback(api_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), require_token));

@@ -102,6 +102,23 @@ enum Cmd {
         #[arg(long)]
         dport: Option<u16>,
     },
+    /// Recent PACKET_IN decisions (verdict and reason), oldest first; with
+    /// --follow, new ones as they come (Ctrl-C stops). `-o json`: one JSON
+    /// object per line.
+    Observe {
+        /// Only packets from or to this container.
+        #[arg(long)]
+        container: Option<String>,
+        /// Only packets of containers of this network.
+        #[arg(long)]
+        network: Option<String>,
+        /// Only forwarded or dropped packets.
+        #[arg(long, value_parser = ["forwarded", "dropped"])]
+        verdict: Option<String>,
+        /// Keep following new decisions.
+        #[arg(long)]
+        follow: bool,
+    },
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -581,6 +598,77 @@ fn render(kind: &Kind, v: &Value) -> String {
     }
 }
 
+/// `daolictl observe`: pages of `GET /api/events`, printed as they come.
+fn observe(
+    c: &Client,
+    container: Option<String>,
+    network: Option<String>,
+    verdict: Option<String>,
+    follow: bool,
+    output: Output,
+) -> Result<String, Failure> {
+    let mut filter = String::new();
+    for (k, v) in [
+        ("container", container),
+        ("network", network),
+        ("verdict", verdict),
+    ] {
+        if let Some(v) = v {
+            filter.push_str(&format!("&{k}={}", enc(&v)));
+        }
+    }
+    let mut since: Option<u64> = None;
+    let mut header = output == Output::Table;
+    loop {
+        let path = match since {
+            Some(s) => format!("/api/events?since={s}{filter}"),
+            None => format!("/api/events?{}", filter.trim_start_matches('&')),
+        };
+        let page = c.call("GET", &path, None)?;
+        let mut out = String::new();
+        if page["lost"].as_u64().unwrap_or(0) > 0 {
+            eprintln!(
+                "daolictl: {} events were overwritten before they were read",
+                page["lost"]
+            );
+        }
+        for e in page["events"].as_array().into_iter().flatten() {
+            match output {
+                Output::Json => out.push_str(&format!("{e}\n")),
+                Output::Table => {
+                    if header {
+                        out.push_str("SEQ  HOST  PORT  SRC  DST  PACKET  VERDICT  REASON\n");
+                        header = false;
+                    }
+                    out.push_str(&format!(
+                        "{}  {}  {}  {}  {}  {}  {}  {}\n",
+                        text(&e["seq"]),
+                        text(&e["host"]),
+                        text(&e["in_port"]),
+                        text(&e["src"]),
+                        text(&e["dst"]),
+                        text(&e["packet"]),
+                        text(&e["verdict"]),
+                        text(&e["reason"]),
+                    ));
+                }
+            }
+        }
+        if !follow {
+            return Ok(out);
+        }
+        let mut o = std::io::stdout().lock();
+        if o.write_all(out.as_bytes())
+            .and_then(|()| o.flush())
+            .is_err()
+        {
+            return Ok(String::new());
+        }
+        since = page["next"].as_u64().or(since);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// An end of a trace: `name (network, ip) on host port N`.
 fn end_text(e: &Value) -> String {
     format!(
@@ -1004,6 +1092,12 @@ fn run(cli: Cli) -> Result<String, Failure> {
             };
             (Kind::Flows, c.call("GET", &path, None)?)
         }
+        Cmd::Observe {
+            container,
+            network,
+            verdict,
+            follow,
+        } => return observe(&c, container, network, verdict, follow, cli.output),
         Cmd::Trace {
             src,
             dst,
