@@ -31,6 +31,10 @@ struct Cluster {
     ovs: OvsHost,
     a: Netns,
     o: Netns,
+    /// No wait for Open vSwitch's revalidators after a policy change, and
+    /// the revalidators paused around the no-wait step: what the product
+    /// must survive (see `ovs_cache_caught_up`).
+    strict: bool,
 }
 
 impl Cluster {
@@ -89,7 +93,19 @@ impl Cluster {
     /// revalidation round after each policy change; remove this wait with
     /// the fix, whose regression test is this test without it.
     fn ovs_cache_caught_up(&self) {
-        self.ovs.settle();
+        if !self.strict {
+            self.ovs.settle();
+        }
+    }
+
+    /// `ovs-appctl revalidator/pause` or `resume` in strict mode: a
+    /// revalidator slower than any API answer, as under load.
+    fn revalidators(&self, verb: &str) {
+        if self.strict {
+            let ctl = format!("{}/ovs-vswitchd.ctl", self.ovs.dir().display());
+            self.ovs
+                .run(&["ovs-appctl", "-t", &ctl, &format!("revalidator/{verb}")]);
+        }
     }
 }
 
@@ -170,6 +186,19 @@ fn replug(host: &Netns, c: &Netns, port: &str, ip: &str, mac: &str, gw: &str) {
 
 #[test]
 fn agent_and_ovs_hosts_join_by_themselves_and_interoperate() {
+    interoperate(false);
+}
+
+/// The same with Open vSwitch's revalidators slower than the API answer:
+/// fails until denials on Open vSwitch punt instead of dropping (the stale
+/// drop megaflow eats the first packet after `connect`).
+#[test]
+#[ignore = "open bug: Open vSwitch's drop megaflow outlives the barrier (testlab README, Failures explained)"]
+fn a_stale_ovs_drop_megaflow_does_not_eat_the_first_packet_after_connect() {
+    interoperate(true);
+}
+
+fn interoperate(strict: bool) {
     let mut needs = vec![
         Need::BpfObject,
         Need::Binary("daolinet-controller"),
@@ -312,6 +341,7 @@ fn agent_and_ovs_hosts_join_by_themselves_and_interoperate() {
         ovs,
         a,
         o,
+        strict,
     };
     let (a1, o1, r1, r2) = (cl.ip("a1"), cl.ip("o1"), cl.ip("r1"), cl.ip("r2"));
     assert_eq!(
@@ -444,9 +474,11 @@ fn agent_and_ovs_hosts_join_by_themselves_and_interoperate() {
             rx.recv_from(&mut buf).is_err(),
             "{from} -> {to} crossed a disconnect"
         );
+        cl.revalidators("pause");
         cl.policy("connect", "a1", "o1");
         tx.send_to(b"first", format!("{to_ip}:7778")).unwrap();
         let got = rx.recv_from(&mut buf).map(|(n, _)| buf[..n].to_vec());
+        cl.revalidators("resume");
         assert_eq!(
             got.ok().as_deref(),
             Some(&b"first"[..]),
