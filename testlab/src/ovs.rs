@@ -218,10 +218,19 @@ impl OvsHost {
     /// after the table changed.
     #[track_caller]
     pub fn settle(&self) {
-        let ctl = format!("{}/ovs-vswitchd.ctl", self.dir.display());
         for _ in 0..2 {
-            self.run(&["ovs-appctl", "--timeout=30", "-t", &ctl, "revalidator/wait"]);
+            self.appctl(&["revalidator/wait"]);
         }
+    }
+
+    /// `ovs-appctl` against this instance's `ovs-vswitchd` (30 s timeout);
+    /// its output. Panics when it fails.
+    #[track_caller]
+    pub fn appctl(&self, args: &[&str]) -> String {
+        let ctl = format!("{}/ovs-vswitchd.ctl", self.dir.display());
+        let mut full = vec!["ovs-appctl", "--timeout=30", "-t", &ctl];
+        full.extend_from_slice(args);
+        self.run(&full)
     }
 
     /// The end of `ovs-vswitchd`'s log.

@@ -102,9 +102,7 @@ impl Cluster {
     /// revalidator slower than any API answer, as under load.
     fn revalidators(&self, verb: &str) {
         if self.strict {
-            let ctl = format!("{}/ovs-vswitchd.ctl", self.ovs.dir().display());
-            self.ovs
-                .run(&["ovs-appctl", "-t", &ctl, &format!("revalidator/{verb}")]);
+            self.ovs.appctl(&[&format!("revalidator/{verb}")]);
         }
     }
 }
