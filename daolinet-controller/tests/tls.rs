@@ -23,7 +23,12 @@ use tokio::time::timeout;
 
 /// `ovs-pki` in `dir`: CAs in `dir/pki`, `ctl` (controller) and the given
 /// switch names signed.
-fn make_pki(dir: &Path, switches: &[&str]) -> PathBuf {
+/// An `ovs-pki` directory under `dir` with a controller certificate and one
+/// switch certificate per name. With `names_of`, its two CAs take the
+/// distinguished names of that other PKI's CAs: `ovs-pki` names a CA after
+/// the second it was made, so two PKIs made in the same second share names
+/// anyway, and a verifier must refuse such an impostor on its signature.
+fn make_pki(dir: &Path, switches: &[&str], names_of: Option<&Path>) -> PathBuf {
     let pki = dir.join("pki");
     let run = |args: &[&str]| {
         let out = Command::new("ovs-pki")
@@ -38,7 +43,17 @@ fn make_pki(dir: &Path, switches: &[&str]) -> PathBuf {
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    run(&["init"]);
+    match names_of {
+        None => run(&["init"]),
+        Some(other) => {
+            for ca in ["controllerca", "switchca"] {
+                std::fs::create_dir_all(pki.join(ca)).unwrap();
+                std::fs::copy(other.join(ca).join("ca.cnf"), pki.join(ca).join("ca.cnf")).unwrap();
+            }
+            // `init` keeps an existing ca.cnf; --force because the directory exists.
+            run(&["init", "--force"]);
+        }
+    }
     run(&["req+sign", "ctl", "controller"]);
     for s in switches {
         run(&["req+sign", s, "switch"]);
@@ -105,11 +120,12 @@ fn openflow_over_tls_binds_switches_to_their_datapath() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let pki = make_pki(dir.path(), &["0000000000000001"]);
-    // Another CA, with a certificate for the same datapath.
+    let pki = make_pki(dir.path(), &["0000000000000001"], None);
+    // Another CA bearing the same names, with a certificate for the same
+    // datapath.
     let rogue_dir = dir.path().join("rogue");
     std::fs::create_dir(&rogue_dir).unwrap();
-    let rogue = make_pki(&rogue_dir, &["0000000000000001"]);
+    let rogue = make_pki(&rogue_dir, &["0000000000000001"], Some(&pki));
 
     let cdir = dir.path().join("ctl");
     std::fs::create_dir(&cdir).unwrap();
@@ -191,7 +207,14 @@ fn openflow_over_tls_binds_switches_to_their_datapath() {
             .await
             .map(|_| ())
             .expect_err("connected to an untrusted controller");
-        assert!(e.to_string().contains("UnknownIssuer"), "{e}");
+        // The rogue CA has our CA's names, so rustls finds the issuer by
+        // name and refuses on the signature (BadSignature); a CA with other
+        // names would be UnknownIssuer. Either is "invalid peer certificate".
+        assert!(
+            e.to_string()
+                .contains("invalid peer certificate: BadSignature"),
+            "{e}"
+        );
         drop(sw);
     });
     let m = ctl.api().text("/metrics");
@@ -209,7 +232,7 @@ fn the_rest_api_over_https() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let pki = make_pki(dir.path(), &[]);
+    let pki = make_pki(dir.path(), &[], None);
     let cdir = dir.path().join("ctl");
     std::fs::create_dir(&cdir).unwrap();
     let s = |p: PathBuf| p.to_string_lossy().into_owned();
@@ -275,7 +298,7 @@ fn bad_tls_settings_are_refused_with_one_line() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let pki = make_pki(dir.path(), &["0000000000000001"]);
+    let pki = make_pki(dir.path(), &["0000000000000001"], None);
     let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
     let ca = pki
         .join("switchca/cacert.pem")
