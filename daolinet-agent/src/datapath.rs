@@ -164,6 +164,22 @@ pub fn ifindex(iface: &str) -> Result<u32> {
     Ok(idx)
 }
 
+/// Refuse to start when another DaoliNet datapath already serves the
+/// uplink `iface` (a second agent on the host, with another state dir):
+/// checked before anything is changed. `pin_dir` is this agent's pin
+/// directory (its own link of an earlier run is not another datapath).
+/// Only the tcx ingress attachment is recognised; with
+/// `--uplink-mode xdp` the XDP attach itself refuses a busy uplink.
+pub fn refuse_served_uplink(iface: &str, pin_dir: &Path) -> Result<()> {
+    let idx = ifindex(iface)?;
+    let pin = pin_dir.join("links").join(format!("ingress-{idx}-{iface}"));
+    let own = pinned_link(&pin)
+        .as_ref()
+        .and_then(|l| l.info().ok())
+        .map(|i| i.program_id());
+    refuse_busy_port(iface, own)
+}
+
 /// Refuse `iface` when another DaoliNet datapath already serves it: tcx
 /// lets several programs share an interface, so a second agent (another
 /// state dir, hence other maps) would silently run after the first one on

@@ -200,6 +200,16 @@ struct RegisterArgs {
     /// Name to register the host under (with --api; default: the host name).
     #[arg(long, value_name = "NAME")]
     host_name: Option<String>,
+    /// With --api: how long the agent may wait at start for an OpenFlow
+    /// controller to answer at --controller and for the API to take its
+    /// registration, before it stops with an error having changed nothing
+    /// on the host (0: wait for ever, e.g. when the agent may boot before
+    /// the controller). An address that answers but is not the
+    /// controller's (OpenFlow or API) stops it at once. Once joined, the
+    /// agent rides out controller outages, registering again each time
+    /// it reconnects.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    join_timeout: u64,
 }
 
 #[derive(Subcommand)]
@@ -368,11 +378,14 @@ fn dispatch(cli: Cli) -> Result<()> {
                             api,
                             api_token_file,
                             host_name,
+                            join_timeout,
                         } = *register;
                         api.map(|api| Register {
                             api,
                             token_file: api_token_file,
                             name: host_name,
+                            join_timeout: (join_timeout > 0)
+                                .then(|| std::time::Duration::from_secs(join_timeout)),
                         })
                     },
                 },
@@ -467,6 +480,8 @@ struct Register {
     api: String,
     token_file: PathBuf,
     name: Option<String>,
+    /// `--join-timeout` (`None`: for ever).
+    join_timeout: Option<std::time::Duration>,
 }
 
 impl Register {
@@ -531,13 +546,13 @@ fn run(
             .unwrap_or(1);
     }
     let token_file = net.register.as_ref().map(|r| r.token_file.clone());
+    let join_timeout = net.register.as_ref().and_then(|r| r.join_timeout);
     let datapath_id = net.settings.datapath_id;
     let registrar = net
         .register
         .take()
         .map(|r| r.registrar(uplink, uplink_ofport, net.settings.datapath_id))
         .transpose()?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let sock = dir.join("agent.sock");
     if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
         bail!(
@@ -545,9 +560,22 @@ fn run(
             dir.display()
         );
     }
+    let pin_dir = bpffs.join("daolinet").join(pin_name(dir));
+    if uplink_mode == UplinkMode::Tc {
+        daolinet_agent::datapath::refuse_served_uplink(uplink, &pin_dir)?;
+    }
+    // Joined before anything changes on the host: a wrong address or a
+    // refused registration stops the agent with the host as it was. A
+    // record this run created goes again if the start fails after it.
+    let mut withdraw = None;
+    if let Some(r) = &registrar {
+        if r.join(&net.controllers, join_timeout)? {
+            withdraw = Some(Withdraw(Some(r.clone())));
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let _ = std::fs::remove_file(&sock);
     daolinet_agent::datapath::ensure_bpffs(bpffs)?;
-    let pin_dir = bpffs.join("daolinet").join(pin_name(dir));
     let mut dp = Datapath::load(&object_bytes, &pin_dir, net.max_flows)?;
     drop(object_bytes);
     tracing::info!(%object, pins = %pin_dir.display(), "datapath loaded");
@@ -669,6 +697,10 @@ fn run(
             })
             .context("starting the registration thread")?;
     }
+    // Started: from here on the registration stays whatever happens.
+    if let Some(w) = withdraw.take() {
+        w.keep();
+    }
     tracing::info!(socket = %sock.display(), "agent running; SIGINT/SIGTERM to stop");
     let res = lp.run();
     if res.is_ok() {
@@ -690,6 +722,24 @@ fn run(
     }
     drop(lp);
     res
+}
+
+/// The registration this run created, withdrawn on drop unless kept: a
+/// start that fails after the join leaves no record behind.
+struct Withdraw(Option<Registrar>);
+
+impl Withdraw {
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Withdraw {
+    fn drop(&mut self) {
+        if let Some(r) = self.0.take() {
+            r.unregister();
+        }
+    }
 }
 
 /// Attach again the ports a previous run attached through the control

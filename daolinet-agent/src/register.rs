@@ -94,17 +94,86 @@ pub enum Verdict {
 }
 
 /// Classifies an HTTP answer (status and body) of the registration request.
+///
+/// DaoliNet's API answers JSON: a host record, or `{"error": ...}`. A
+/// server that answers otherwise at the address is not the API (a wrong
+/// `--api`), which waiting does not fix, but for the 5xx answers a proxy
+/// in front of a restarting controller gives.
 pub fn verdict(status: u16, body: &str) -> Verdict {
-    let error = serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_string))
-        .unwrap_or_else(|| body.trim().chars().take(200).collect());
-    match status {
-        200 => Verdict::Done { created: false },
-        201 => Verdict::Done { created: true },
-        401 => Verdict::Fatal(format!("the API refused the token ({error})")),
-        400 | 404 | 405 | 409 | 422 => Verdict::Fatal(format!("{error} [HTTP {status}]")),
-        _ => Verdict::Retry(format!("{error} [HTTP {status}]")),
+    let json = serde_json::from_str::<serde_json::Value>(body).ok();
+    let error = json
+        .as_ref()
+        .and_then(|v| v["error"].as_str().map(str::to_string));
+    let snippet = || -> String { body.trim().chars().take(120).collect() };
+    match (status, &json, error) {
+        (200 | 201, Some(v), _) if v.is_object() => Verdict::Done {
+            created: status == 201,
+        },
+        (200..=299, _, _) => Verdict::Fatal(format!(
+            "not a DaoliNet controller's API: HTTP {status} without a host record ({})",
+            snippet()
+        )),
+        (401, _, e) => Verdict::Fatal(format!(
+            "the API refused the token ({})",
+            e.unwrap_or_else(snippet)
+        )),
+        (400..=499, _, Some(e)) => Verdict::Fatal(format!("{e} [HTTP {status}]")),
+        (400..=499, _, None) => Verdict::Fatal(format!(
+            "not a DaoliNet controller's API: HTTP {status} ({})",
+            snippet()
+        )),
+        (_, _, e) => Verdict::Retry(format!("{} [HTTP {status}]", e.unwrap_or_else(snippet))),
+    }
+}
+
+/// Whether the first bytes a server sent are an OpenFlow header of a
+/// HELLO (any version from 1.0 to 1.5; OpenFlow servers say HELLO first).
+pub fn is_openflow_hello(hdr: &[u8; 8]) -> bool {
+    let len = u16::from_be_bytes([hdr[2], hdr[3]]);
+    (1..=6).contains(&hdr[0]) && hdr[1] == 0 && len >= 8
+}
+
+/// Why an OpenFlow controller address did not do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// Nothing answers (yet): worth trying again until the join deadline.
+    Unreachable(String),
+    /// Something answers, but it is not an OpenFlow controller.
+    NotOpenFlow(String),
+}
+
+/// Whether an OpenFlow controller answers at `target`: it accepts the
+/// connection and says HELLO first (over TLS only the connection is
+/// checked: the handshake needs the switch's certificate).
+pub fn probe_openflow(target: &crate::runtime::Target, timeout: Duration) -> Result<(), Probe> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect_timeout(&target.addr, timeout)
+        .map_err(|e| Probe::Unreachable(format!("no OpenFlow controller at {target}: {e}")))?;
+    if target.ssl {
+        return Ok(());
+    }
+    let _ = s.set_read_timeout(Some(timeout));
+    let mut hdr = [0u8; 8];
+    match s.read_exact(&mut hdr) {
+        Ok(()) if is_openflow_hello(&hdr) => Ok(()),
+        Ok(()) => Err(Probe::NotOpenFlow(format!(
+            "{target} is not an OpenFlow controller (it did not say HELLO)"
+        ))),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Err(Probe::NotOpenFlow(format!(
+                "{target} is not an OpenFlow controller (it accepts connections but said \
+                 no HELLO within {} s)",
+                timeout.as_secs()
+            )))
+        }
+        Err(e) => Err(Probe::NotOpenFlow(format!(
+            "{target} is not an OpenFlow controller (no HELLO: {e})"
+        ))),
     }
 }
 
@@ -216,7 +285,105 @@ impl Registrar {
             Err(ureq::Error::Status(status, r)) => {
                 verdict(status, &r.into_string().unwrap_or_default())
             }
-            Err(e) => Verdict::Retry(format!("cannot reach the API at {}: {e}", self.api)),
+            Err(ureq::Error::Transport(t)) => match t.kind() {
+                // Bytes that are no HTTP answer (ureq reports some as an I/O
+                // error of kind InvalidInput or InvalidData).
+                ureq::ErrorKind::BadStatus | ureq::ErrorKind::BadHeader => Verdict::Fatal(format!(
+                    "not a DaoliNet controller's API (it does not speak HTTP: {t})"
+                )),
+                ureq::ErrorKind::Io if garbled(&t) => Verdict::Fatal(format!(
+                    "not a DaoliNet controller's API (it does not speak HTTP: {t})"
+                )),
+                ureq::ErrorKind::InvalidUrl | ureq::ErrorKind::UnknownScheme => {
+                    Verdict::Fatal(format!("bad API address: {t}"))
+                }
+                _ => Verdict::Retry(format!("cannot reach the API: {t}")),
+            },
+        }
+    }
+
+    /// The first registration of this run, before the agent changes
+    /// anything on its host: an OpenFlow controller must answer at one of
+    /// `controllers` (one that answers but is not OpenFlow is an error at
+    /// once), then the API must take the record. Unreachable addresses are
+    /// tried again with backoff until `within` has passed (`None`: for
+    /// ever). Whether the record was new (`true`: this run created it).
+    pub fn join(
+        &self,
+        controllers: &[crate::runtime::Target],
+        within: Option<Duration>,
+    ) -> Result<bool> {
+        let start = std::time::Instant::now();
+        let api = self.api.trim_end_matches('/');
+        let waited = || match within {
+            Some(w) => format!("within {} s (--join-timeout)", w.as_secs()),
+            None => "yet".to_string(),
+        };
+        let mut backoff = Backoff::new(start, within);
+        while !controllers.is_empty() {
+            // Every address is checked: one that answers something else
+            // than OpenFlow is a mistake even when another one answers.
+            let (mut answered, mut unreachable) = (false, Vec::new());
+            for t in controllers {
+                match probe_openflow(t, PROBE_TIMEOUT) {
+                    Ok(()) => answered = true,
+                    Err(Probe::NotOpenFlow(why)) => bail!("joining as host {:?}: {why}", self.name),
+                    Err(Probe::Unreachable(why)) => unreachable.push(why),
+                }
+            }
+            if answered {
+                break;
+            }
+            let why = unreachable.join("; ");
+            if !backoff.wait(&why) {
+                bail!(
+                    "joining as host {:?}: no OpenFlow controller answered {}: {why}",
+                    self.name,
+                    waited()
+                );
+            }
+        }
+        let mut backoff = Backoff::new(start, within);
+        loop {
+            match self.register_once() {
+                Verdict::Done { created } => {
+                    tracing::info!(
+                        host = %self.name,
+                        dpid = format!("{:016x}", self.dpid),
+                        created,
+                        "registered with the controller"
+                    );
+                    return Ok(created);
+                }
+                Verdict::Fatal(why) => {
+                    bail!("registering host {:?} at {api}: {why}", self.name)
+                }
+                Verdict::Retry(why) => {
+                    if !backoff.wait(&why) {
+                        bail!(
+                            "registering host {:?}: the controller's API at {api} did not answer {}: {why}",
+                            self.name,
+                            waited()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Removes the host's record (a start that failed after [`join`]
+    /// created it); best effort.
+    ///
+    /// [`join`]: Registrar::join
+    pub fn unregister(&self) {
+        let agent = ureq::AgentBuilder::new().timeout(REQUEST_TIMEOUT).build();
+        match agent
+            .delete(&self.url())
+            .set("Authorization", &format!("Bearer {}", self.token))
+            .call()
+        {
+            Ok(_) => tracing::info!(host = %self.name, "registration withdrawn"),
+            Err(e) => tracing::warn!(host = %self.name, "withdrawing the registration: {e}"),
         }
     }
 
@@ -257,22 +424,85 @@ impl Registrar {
         }
     }
 
-    /// Registers now, then again each time a message comes on `connected`
-    /// (a controller connection came up); blocks, for a thread of its
+    /// After [`Registrar::join`]: registers again each time a message
+    /// comes on `connected` (a controller connection came up), retrying
+    /// with backoff for as long as it takes; blocks, for a thread of its
     /// own. Returns the reason when registration failed for good, `None`
     /// when no connection can come up any more (the sender is gone).
     pub fn run(self, connected: Receiver<()>) -> Option<anyhow::Error> {
         loop {
+            if connected.recv().is_err() {
+                return None;
+            }
             // Connections that come up while registering are folded into
-            // this round or the next one.
+            // this round.
             while connected.try_recv().is_ok() {}
             if let Err(e) = self.register() {
                 return Some(e);
             }
-            if connected.recv().is_err() {
-                return None;
+        }
+    }
+}
+
+/// Whether a transport error is an answer that is not HTTP (rather than
+/// a connection that failed or broke).
+fn garbled(t: &ureq::Transport) -> bool {
+    let mut e: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(t);
+    while let Some(err) = e {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+            ) {
+                return true;
             }
         }
+        e = err.source();
+    }
+    false
+}
+
+/// Time allowed for one OpenFlow probe (connect, then HELLO).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Backoff between join attempts, bounded by the join deadline.
+struct Backoff {
+    start: std::time::Instant,
+    within: Option<Duration>,
+    delay: Duration,
+    warned: bool,
+}
+
+impl Backoff {
+    fn new(start: std::time::Instant, within: Option<Duration>) -> Self {
+        Backoff {
+            start,
+            within,
+            delay: MIN_RETRY,
+            warned: false,
+        }
+    }
+
+    /// Sleeps before the next attempt; false when the deadline has passed
+    /// (the sleep is cut short to end at it).
+    fn wait(&mut self, why: &str) -> bool {
+        let mut d = self.delay;
+        if let Some(w) = self.within {
+            let left = w.saturating_sub(self.start.elapsed());
+            if left.is_zero() {
+                return false;
+            }
+            d = d.min(left);
+        }
+        if !self.warned {
+            tracing::warn!("cannot join yet, trying again: {why}");
+            self.warned = true;
+        } else {
+            tracing::debug!("cannot join yet, trying again: {why}");
+        }
+        std::thread::sleep(d);
+        self.delay = (self.delay * 2).min(MAX_RETRY);
+        true
     }
 }
 
@@ -325,6 +555,37 @@ mod tests {
         assert!(
             matches!(verdict(502, "<html>bad gateway</html>"), Verdict::Retry(m) if m.contains("bad gateway"))
         );
+    }
+
+    #[test]
+    fn answers_that_are_not_the_api_are_fatal() {
+        // Another web server, or a proxy's page: not worth waiting for.
+        for (status, body) in [
+            (404, "<html>Not Found</html>"),
+            (405, ""),
+            (200, "<html>welcome</html>"),
+            (204, ""),
+        ] {
+            assert!(
+                matches!(verdict(status, body), Verdict::Fatal(m) if m.contains("not a DaoliNet controller's API")),
+                "{status} {body}"
+            );
+        }
+        // DaoliNet's own error of a 4xx keeps its words.
+        assert_eq!(
+            verdict(404, r#"{"error":"no such host"}"#),
+            Verdict::Fatal("no such host [HTTP 404]".into())
+        );
+    }
+
+    #[test]
+    fn only_an_openflow_hello_header_is_a_controller() {
+        assert!(is_openflow_hello(&[4, 0, 0, 16, 0, 0, 0, 1]));
+        assert!(is_openflow_hello(&[1, 0, 0, 8, 0, 0, 0, 0]));
+        // HTTP, a FEATURES_REQUEST, an impossible length.
+        assert!(!is_openflow_hello(b"HTTP/1.1"));
+        assert!(!is_openflow_hello(&[4, 5, 0, 8, 0, 0, 0, 1]));
+        assert!(!is_openflow_hello(&[4, 0, 0, 4, 0, 0, 0, 1]));
     }
 
     #[test]

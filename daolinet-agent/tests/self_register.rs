@@ -4,8 +4,16 @@
 //! agent whose name belongs to another datapath id is refused with one
 //! clear line and exits non-zero, leaving the record alone; after the
 //! controller comes back with an empty store, the agents register again
-//! on reconnection. Bad input (no token, an uplink without IPv4 address)
-//! stops the agent at start with one line.
+//! on reconnection.
+//!
+//! Bad input at join stops the agent at start with one error line, a
+//! non-zero exit and the host as it was (links, addresses, routes,
+//! nftables, IPv4 sysctls, pins, no registration): a wrong API address
+//! (after `--join-timeout`), an address that answers but is not the API
+//! (at once), a wrong OpenFlow controller address, one that is not
+//! OpenFlow, a missing or refused token, an uplink without IPv4 address,
+//! joining twice (a second agent on the uplink, or on the state dir). A
+//! start that fails after the join withdraws the record it created.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -196,4 +204,247 @@ fn agents_register_their_hosts_themselves() {
         "a refused agent registered anyway"
     );
     drop(a1);
+}
+
+/// Everything a start changes on an agent host, to compare before and
+/// after: links (the LOCAL device, XDP), addresses, routes, nftables,
+/// IPv4 sysctls (forwarding, ARP), the lab's pins (a new pin directory
+/// is a loaded datapath), whether the state dir was made, and the
+/// controller's hosts.
+fn host_state(host: &str, agent: &Agent, ctl: &Controller) -> String {
+    let ns = |args: &[&str]| {
+        let mut full = vec!["ip", "netns", "exec", host];
+        full.extend_from_slice(args);
+        daolinet_testlab::sh(&full)
+    };
+    let pretty = |json: String| {
+        serde_json::from_str::<serde_json::Value>(&json)
+            .and_then(|v| serde_json::to_string_pretty(&v))
+            .unwrap_or(json)
+    };
+    let pins: Vec<String> = walk(agent.bpffs());
+    format!(
+        "link: {}\naddr: {}\nroute: {}\nnft: {}\nsysctl: {}\npins: {pins:#?}\nstate dir: {}\nhosts: {}",
+        links(&ns(&["ip", "-j", "-d", "link"])),
+        pretty(ns(&["ip", "-4", "-j", "addr"])),
+        pretty(ns(&["ip", "-4", "-j", "route", "show", "table", "all"])),
+        ns(&["nft", "list", "ruleset"]),
+        ns(&["sysctl", "-a", "-r", r"^net\.ipv4\.(ip_forward|conf\.)"]),
+        agent.state_dir().exists(),
+        ctl.api().ok("GET", "/api/hosts", None),
+    )
+}
+
+/// The links of `ip -j -d link`: what a start could add or change (name,
+/// kind, MAC, MTU, XDP program, flags), without their carrier state (a
+/// new veth's carrier comes up by itself).
+fn links(json: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    let keep = ["ifname", "link_type", "address", "mtu", "xdp", "linkinfo"];
+    let links: Vec<serde_json::Value> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| {
+            let mut m: serde_json::Map<_, _> = keep
+                .iter()
+                .filter_map(|k| l.get(*k).map(|x| (k.to_string(), x.clone())))
+                .collect();
+            let flags: Vec<&serde_json::Value> = l["flags"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|f| *f != "LOWER_UP" && *f != "NO-CARRIER")
+                .collect();
+            m.insert("flags".into(), serde_json::json!(flags));
+            m.into()
+        })
+        .collect();
+    serde_json::to_string_pretty(&links).unwrap()
+}
+
+/// Every path under `dir`, sorted.
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            out.push(p.display().to_string());
+            if p.is_dir() {
+                todo.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The host is as it was: the lines that differ otherwise.
+#[track_caller]
+fn same(after: &str, before: &str, when: &str) {
+    if after == before {
+        return;
+    }
+    let (a, b): (Vec<&str>, Vec<&str>) = (after.lines().collect(), before.lines().collect());
+    let gone: Vec<&&str> = b.iter().filter(|l| !a.contains(l)).collect();
+    let new: Vec<&&str> = a.iter().filter(|l| !b.contains(l)).collect();
+    panic!("{when}: the host changed\nbefore only: {gone:#?}\nafter only: {new:#?}");
+}
+
+/// Bad input at join (a wrong API or OpenFlow address, one that answers
+/// but is not the controller's, a missing or refused token, an uplink
+/// without IPv4 address, a second agent on a joined host): one error
+/// line, a non-zero exit, and the host as it was (links, addresses,
+/// routes, nftables, sysctls, pins, no registration). A start that fails
+/// after the join withdraws the record it created.
+#[test]
+fn bad_input_at_join_leaves_the_host_as_it_was() {
+    let Some(mut lab) = Lab::new(&[
+        Need::BpfObject,
+        Need::Binary("daolinet-controller"),
+        Need::Program("nft"),
+        Need::Program("sysctl"),
+    ]) else {
+        return;
+    };
+    let c = lab.netns("c");
+    let h = lab.netns("h");
+    c.veth_to("up0", &h, "up0");
+    c.addr("up0", "192.168.78.1/24");
+    h.ip(&["link", "set", "up0", "address", "02:00:00:00:78:02"]);
+    h.addr("up0", "192.168.78.2/24");
+    let files = lab.subdir("agents");
+    let token_file: PathBuf = files.join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let token = token_file.to_str().unwrap();
+    let ctl = controller(&lab, &c);
+    let of_port = ctl.openflow_port().to_string();
+    let of = format!("tcp:192.168.78.1:{of_port}");
+    let api = format!("http://192.168.78.1:{API_PORT}");
+    let refused_agent = lab.agent_stopped(&h, &[]);
+    let before = host_state(&h, &refused_agent, &ctl);
+    let refuse = |what: &str, a: Vec<String>, says: &str| {
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let line = one_error_line(&run_until_exit(&refused_agent, &a));
+        assert!(line.contains(says), "{what}: expected {says:?} in {line}");
+        same(&host_state(&h, &refused_agent, &ctl), &before, what);
+    };
+    // `run` arguments with these addresses and token, then `extra`.
+    let argv = |of: &str, api: &str, token: &str, extra: &[&str]| -> Vec<String> {
+        let mut a = args("up0", of, api, token, "jnbad");
+        a.extend_from_slice(extra);
+        a.iter().map(|s| s.to_string()).collect()
+    };
+    let good = argv(&of, &api, token, &[]);
+    let good: Vec<&str> = good.iter().map(String::as_str).collect();
+
+    refuse(
+        "wrong API address",
+        argv(
+            &of,
+            "http://192.168.78.1:1",
+            token,
+            &["--join-timeout", "2"],
+        ),
+        "the controller's API at http://192.168.78.1:1 did not answer within 2 s",
+    );
+    refuse(
+        "the OpenFlow address as the API",
+        argv(&of, &format!("http://192.168.78.1:{of_port}"), token, &[]),
+        "not a DaoliNet controller's API",
+    );
+    refuse(
+        "wrong OpenFlow controller address",
+        argv("tcp:192.168.78.1:1", &api, token, &["--join-timeout", "2"]),
+        "no OpenFlow controller answered within 2 s",
+    );
+    refuse(
+        "the API address as the OpenFlow controller",
+        argv(&format!("tcp:192.168.78.1:{API_PORT}"), &api, token, &[]),
+        "is not an OpenFlow controller",
+    );
+    let wrong_token = files.join("wrong-token");
+    std::fs::write(&wrong_token, "jn-not-the-token\n").unwrap();
+    refuse(
+        "a token the API refuses",
+        argv(&of, &api, wrong_token.to_str().unwrap(), &[]),
+        "refused the token",
+    );
+    refuse(
+        "missing token",
+        argv(&of, &api, "/nonexistent/jn-token", &[]),
+        "no API token",
+    );
+    h.veth("bare0", "bare1");
+    let bare_before = host_state(&h, &refused_agent, &ctl);
+    let r = run_until_exit(&refused_agent, &args("bare0", &of, &api, token, "jnbad"));
+    let line = one_error_line(&r);
+    assert!(line.contains("uplink bare0 has no IPv4 address"), "{line}");
+    same(
+        &host_state(&h, &refused_agent, &ctl),
+        &bare_before,
+        "uplink without IPv4",
+    );
+    h.ip(&["link", "del", "bare0"]);
+    same(&host_state(&h, &refused_agent, &ctl), &before, "bare0 gone");
+
+    // A start that fails after the join (here: its bpffs cannot be made)
+    // withdraws the registration it created.
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", &h])
+        .arg(refused_agent.bin())
+        .args(["--bpffs", "/dev/null/jn-no-bpffs", "--state-dir"])
+        .arg(refused_agent.state_dir())
+        .arg("run")
+        .args(&good)
+        .env("RUST_LOG", "info");
+    let r = daolinet_testlab::output_of(&mut cmd, "agent with a bad --bpffs");
+    assert!(!r.ok, "started with a bad --bpffs");
+    assert!(r.stderr.contains("/dev/null/jn-no-bpffs"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("registered with the controller"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("registration withdrawn"), "{}", r.stderr);
+    assert_eq!(
+        ctl.api().call("GET", "/api/hosts/jnbad", None).0,
+        404,
+        "the failed start left its registration"
+    );
+    std::fs::remove_dir_all(refused_agent.state_dir()).ok();
+    same(
+        &host_state(&h, &refused_agent, &ctl),
+        &before,
+        "bad --bpffs",
+    );
+
+    // The join itself, then joining twice: another agent on the same
+    // uplink (another state dir), and the same state dir again.
+    let mut first = lab.agent(&h, &good);
+    wait_until("host jnbad served", DEADLINE, || {
+        first.cli(&["flows"]).contains("actions=CONTROLLER")
+    });
+    let joined = host_state(&h, &refused_agent, &ctl);
+    let line = one_error_line(&run_until_exit(&refused_agent, &good));
+    assert!(
+        line.contains("up0 is already served by another DaoliNet datapath"),
+        "{line}"
+    );
+    same(
+        &host_state(&h, &refused_agent, &ctl),
+        &joined,
+        "joined twice",
+    );
+    let again = run_until_exit(&first, &good);
+    let line = one_error_line(&again);
+    assert!(line.contains("another agent is running"), "{line}");
+    same(
+        &host_state(&h, &refused_agent, &ctl),
+        &joined,
+        "joined twice (same state dir)",
+    );
+    assert!(first.running(), "the joined agent stopped");
+    first.stop();
 }

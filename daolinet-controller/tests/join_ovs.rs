@@ -5,11 +5,12 @@
 //! controller (no duplicate frames: the kernel is kept off the uplink), the
 //! host is registered; `leave-ovs` puts everything back as it was.
 //!
-//! Bad input (joining twice, a wrong controller address, an uplink without
-//! IPv4 address, a missing token, a refused registration after the bridge
-//! was made) gets one line on stderr, a non-zero exit, and leaves the
-//! host as it was: addresses, routes, nftables, the OVS database, the
-//! controller's hosts.
+//! Bad input (joining twice, a wrong OpenFlow controller or API address,
+//! an uplink without IPv4 address, a missing token, a refused
+//! registration after the bridge was made) gets one line on stderr, a
+//! non-zero exit, and leaves the host as it was: links, addresses,
+//! routes, nftables, IPv4 sysctls, the OVS database, the controller's
+//! hosts.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -29,11 +30,12 @@ fn snapshot(host: &Netns, ovs: &OvsHost, ctl: &Controller) -> String {
             .unwrap_or(json)
     };
     format!(
-        "link: {}\naddr: {}\nroute: {}\nnft: {}\novs: {}\nhosts: {}",
+        "link: {}\naddr: {}\nroute: {}\nnft: {}\nsysctl: {}\novs: {}\nhosts: {}",
         pretty(host.ip(&["-j", "link"])),
         pretty(host.ip(&["-4", "-j", "addr"])),
         pretty(host.ip(&["-4", "-j", "route", "show", "table", "all"])),
         host.run(&["nft", "list", "ruleset"]),
+        host.run(&["sysctl", "-a", "-r", r"^net\.ipv4\.(ip_forward|conf\.)"]),
         vsctl.join("\n"),
         ctl.api().ok("GET", "/api/hosts", None),
     )
@@ -51,10 +53,15 @@ struct Setup {
 impl Setup {
     /// `daolictl ARGS` run on the OVS host.
     fn daolictl(&self, args: &[&str]) -> Ran {
+        self.daolictl_at(&self.api, args)
+    }
+
+    /// `daolictl ARGS` run on the OVS host, with API address `api`.
+    fn daolictl_at(&self, api: &str, args: &[&str]) -> Ran {
         let mut full = vec![
             env!("CARGO_BIN_EXE_daolictl"),
             "--api",
-            &self.api,
+            api,
             "--token-file",
             &self.token_file,
         ];
@@ -63,6 +70,11 @@ impl Setup {
     }
 
     fn join(&self, extra: &[&str]) -> Ran {
+        self.join_at(&self.api, extra)
+    }
+
+    /// `join-ovs` with API address `api`.
+    fn join_at(&self, api: &str, extra: &[&str]) -> Ran {
         let mut a = vec![
             "host",
             "join-ovs",
@@ -78,7 +90,7 @@ impl Setup {
             &self.db,
         ];
         a.extend_from_slice(extra);
-        self.daolictl(&a)
+        self.daolictl_at(api, &a)
     }
 }
 
@@ -201,6 +213,25 @@ fn an_ovs_host_joins_and_leaves_by_itself() {
         &s.db,
     ]);
     refused(&no_token, "missing token", "no API token");
+    same(&snapshot(&s.host, &s.ovs, &s.ctl), &before, "before");
+    // A wrong API address: nothing listens there, or the OpenFlow
+    // controller does.
+    for (api, says) in [
+        (
+            "http://192.168.90.1:1".to_string(),
+            "cannot reach the controller at http://192.168.90.1:1",
+        ),
+        (
+            format!("http://192.168.90.1:{}", s.ctl.openflow_port()),
+            "is not a DaoliNet controller's API (it does not speak HTTP",
+        ),
+    ] {
+        refused(
+            &s.join_at(&api, &["--controller", &of]),
+            "wrong API address",
+            says,
+        );
+    }
     same(&snapshot(&s.host, &s.ovs, &s.ctl), &before, "before");
 
     // Refused by the controller after the bridge was made (the host's IP

@@ -387,6 +387,15 @@ impl Client {
         let resp = match res {
             Ok(r) => r,
             Err(ureq::Error::Status(_, r)) => r,
+            Err(ureq::Error::Transport(t)) if not_http(&t) => {
+                return Err(Failure(
+                    format!(
+                        "{} is not a DaoliNet controller's API (it does not speak HTTP: {t})",
+                        self.api
+                    ),
+                    2,
+                ))
+            }
             Err(e) => {
                 return Err(Failure(
                     format!("cannot reach the controller at {}: {e}", self.api),
@@ -421,6 +430,31 @@ impl Client {
             .unwrap_or_default();
         Err(Failure(format!("{msg}{field} [HTTP {status}]"), 1))
     }
+}
+
+/// Whether a transport error is an answer that is not HTTP (a wrong
+/// `--api`, e.g. the OpenFlow port) rather than a connection that failed.
+fn not_http(t: &ureq::Transport) -> bool {
+    if matches!(
+        t.kind(),
+        ureq::ErrorKind::BadStatus | ureq::ErrorKind::BadHeader
+    ) {
+        return true;
+    }
+    // ureq reports some garbled answers as I/O errors of these kinds.
+    let mut e: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(t);
+    while let Some(err) = e {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+            ) {
+                return true;
+            }
+        }
+        e = err.source();
+    }
+    false
 }
 
 fn split_pair(pair: &str) -> Result<(&str, &str), Failure> {
