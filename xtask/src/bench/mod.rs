@@ -6,6 +6,7 @@ mod agent;
 mod cluster;
 mod controller;
 mod datapath;
+mod failover;
 mod openflow;
 mod stamps;
 mod udp;
@@ -26,6 +27,9 @@ pub enum Which {
     /// One two-host topology five ways (agent, OVS, mixed, kernel routing,
     /// VXLAN): TCP, 64-byte UDP, first-packet latency.
     Cluster,
+    /// Three controllers on etcd: time to a working new connection over 10
+    /// leader kills, established-flow loss, decisions/s vs one controller.
+    Failover,
 }
 
 /// Run one benchmark, or all of them.
@@ -36,12 +40,14 @@ pub fn run(which: Option<Which>, setup: bool) -> Result<()> {
         Some(Which::Openflow) => openflow::run(),
         Some(Which::Controller) => controller::run(setup),
         Some(Which::Cluster) => cluster::run(setup),
+        Some(Which::Failover) => failover::run(setup),
         None => {
             openflow::run()?;
             datapath::run(setup)?;
             controller::run(false)?;
             agent::run(false)?;
-            cluster::run(false)
+            cluster::run(false)?;
+            failover::run(false)
         }
     }
 }

@@ -1,0 +1,58 @@
+//! `cargo xtask bench failover`: three controllers on a 3-member etcd
+//! cluster, the leader killed 10 times under established traffic (time to
+//! a working new connection: p50, max; pings and stream lost), and the
+//! decisions/s of the cluster's leader vs one controller. The measurement
+//! is the example `tests/examples/failover_bench.rs` (it builds on the test
+//! lab of the privileged tests, `daolinet_tests::ha`); this builds it and
+//! the daemons in release, runs it and records the section it prints
+//! (`failover` in BENCHMARKS.md).
+
+use anyhow::{bail, Context, Result};
+use std::process::{Command, Stdio};
+
+use crate::util::{cargo, run as sh, step, workspace_root};
+
+/// Build, run, record.
+pub fn run(setup: bool) -> Result<()> {
+    if setup {
+        crate::setup::run()?;
+    }
+    if !crate::util::is_root() {
+        bail!("bench failover needs root (namespaces, BPF, etcd)");
+    }
+    step("building the controller, the agent, the generator and the failover benchmark (release)");
+    sh(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "daolinet-controller",
+        "-p",
+        "daolinet-agent",
+        "-p",
+        "daolinet-loadgen",
+    ]))?;
+    sh(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "daolinet-tests",
+        "--example",
+        "failover_bench",
+    ]))?;
+    let bin = workspace_root().join("target/release/examples/failover_bench");
+    step("10 leader kills, then decisions/s of one controller vs the leader of three");
+    let out = Command::new(&bin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    if !out.status.success() {
+        bail!("{} failed with {}", bin.display(), out.status);
+    }
+    let md = String::from_utf8_lossy(&out.stdout);
+    if !md.starts_with("## Failover") {
+        bail!("{} printed no section: {md}", bin.display());
+    }
+    print!("{md}");
+    crate::benchmarks::update_section("failover", &md)
+}
