@@ -286,6 +286,56 @@ fn the_rest_api_over_https() {
         let _ = timeout(Duration::from_secs(12), p.read_to_end(&mut b)).await;
         assert!(!String::from_utf8_lossy(&b).starts_with("HTTP/1.1 200"));
     });
+    // daolictl over HTTPS: verified against the controller CA with --ca;
+    // without it, with another CA, or --ca for plain HTTP: one line, exit 1
+    // or 2, nothing done.
+    let daolictl = |api: &str, ca: Option<PathBuf>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_daolictl"));
+        c.args(["--api", api, "--token-file"])
+            .arg(cdir.join("api-token"))
+            .env_remove("DAOLI_CA");
+        if let Some(ca) = ca {
+            c.arg("--ca").arg(ca);
+        }
+        c.args([
+            "-o",
+            "json",
+            "network",
+            "create",
+            "blue",
+            "--subnet",
+            "10.9.0.0/24",
+        ]);
+        c.output().unwrap()
+    };
+    let https = format!("https://{addr}");
+    for (api, ca, why) in [
+        (https.as_str(), None, "pass --ca FILE"),
+        (
+            https.as_str(),
+            Some(pki.join("switchca/cacert.pem")),
+            "cannot reach the controller",
+        ),
+        (
+            "http://127.0.0.1:1",
+            Some(pki.join("controllerca/cacert.pem")),
+            "--ca is for an https:// --api",
+        ),
+    ] {
+        let out = daolictl(api, ca.clone());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{api} {ca:?}: accepted");
+        assert_eq!(err.trim().lines().count(), 1, "{api} {ca:?}: {err}");
+        assert!(err.contains(why), "{api} {ca:?}: {err}");
+    }
+    let out = daolictl(&https, Some(pki.join("controllerca/cacert.pem")));
+    assert!(
+        out.status.success(),
+        "daolictl over HTTPS: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["name"], "blue", "{v}");
     let _ = child.kill();
     let _ = child.wait();
 }

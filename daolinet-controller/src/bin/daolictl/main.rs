@@ -37,6 +37,11 @@ struct Cli {
         default_value = "/var/lib/daolinet/api-token"
     )]
     token_file: PathBuf,
+    /// CA certificate (PEM) the API's certificate must chain to, for an
+    /// `https://` --api (a controller run with --api-tls; `ovs-pki`:
+    /// `controllerca/cacert.pem`).
+    #[arg(long, global = true, env = "DAOLI_CA")]
+    ca: Option<PathBuf>,
     /// Output format.
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -857,6 +862,28 @@ fn flow_line(f: &Value) -> String {
     format!("{} actions={acts}", m.join(", "))
 }
 
+/// The HTTP client for `api`: HTTPS verified against `ca` for an
+/// `https://` URL (which needs it), plain HTTP otherwise.
+fn http_agent(api: &str, ca: Option<&std::path::Path>) -> Result<ureq::Agent, Failure> {
+    let b = ureq::AgentBuilder::new().timeout(Duration::from_secs(30));
+    let https = api.starts_with("https://");
+    match (https, ca) {
+        (true, Some(ca)) => {
+            let cfg = daolinet_tls::api_client_config(ca).map_err(|e| Failure(e.to_string(), 1))?;
+            Ok(b.tls_config(cfg).build())
+        }
+        (true, None) => Err(Failure(
+            format!("{api} is HTTPS: pass --ca FILE (or DAOLI_CA), the CA certificate the controller's certificate chains to"),
+            1,
+        )),
+        (false, Some(_)) => Err(Failure(
+            format!("--ca is for an https:// --api, and {api} is not one"),
+            1,
+        )),
+        (false, None) => Ok(b.build()),
+    }
+}
+
 fn run(cli: Cli) -> Result<String, Failure> {
     if let Cmd::Completions { shell } = &cli.cmd {
         let mut buf = Vec::new();
@@ -890,9 +917,7 @@ fn run(cli: Cli) -> Result<String, Failure> {
     let c = Client {
         api: cli.api.clone(),
         token,
-        agent: ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(30))
-            .build(),
+        agent: http_agent(&cli.api, cli.ca.as_deref())?,
     };
     let one_or_all = |base: &str, name: &Option<String>| match name {
         Some(n) => format!("{base}/{}", enc(n)),
