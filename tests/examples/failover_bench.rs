@@ -22,7 +22,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use daolinet_testlab::{workspace_bin, Controller, Lab, Need, ETCD_PROGRAMS};
-use daolinet_tests::ha::{first_answer, metric, Ha, Pinger, Stream};
+use daolinet_tests::ha::{first_answer, metric, Ha, HaOpts, Pinger, Stream};
 
 /// Leader kills measured.
 const KILLS: usize = 10;
@@ -76,7 +76,11 @@ struct Kill {
 }
 
 fn kills() -> Vec<Kill> {
-    let Some(mut ha) = Ha::new(KILLS, true) else {
+    let Some(mut ha) = Ha::new(HaOpts {
+        probes: KILLS,
+        ovs: true,
+        ..HaOpts::default()
+    }) else {
         panic!("the failover lab cannot run here (see the line above)");
     };
     let ipb = ha.b.ip.clone();

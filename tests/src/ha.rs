@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use daolinet_testlab::{
     wait_poll, workspace_bin, Agent, Api, Controller, ControllerOpts, EtcdCluster, Lab, Need,
-    Netns, OvsHost, Poll, ETCD_PROGRAMS, OVS_PROGRAMS,
+    Netns, OvsHost, Poll, TcpProxy, ETCD_PROGRAMS, OVS_PROGRAMS,
 };
 use serde_json::Value;
 
@@ -34,6 +34,26 @@ use serde_json::Value;
 pub const NET: &str = "192.168.216";
 /// The controllers' OpenFlow ports (in the etcd cluster's own namespace).
 pub const PORTS: [u16; 3] = [6661, 6662, 6663];
+
+/// Where a test's own controller end ([`crate::ofpeer::OfPeer`]) listens
+/// for host 1's agent and the Open vSwitch host when [`HaOpts::rogue`]:
+/// `10.251.1.1` and `10.251.3.1` in the etcd cluster's namespace.
+pub const ROGUE_PORT: u16 = 6669;
+
+/// What the lab has besides the three controllers and two agent hosts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HaOpts {
+    /// Probe containers on host 1 (and on the Open vSwitch host, at least
+    /// one there).
+    pub probes: usize,
+    /// An Open vSwitch host (3).
+    pub ovs: bool,
+    /// Controller 0 reaches etcd only through relays the test can cut
+    /// ([`Ha::relays`]).
+    pub relayed: bool,
+    /// Host 1's agent and Open vSwitch also connect to [`ROGUE_PORT`].
+    pub rogue: bool,
+}
 
 /// The Open vSwitch host's bridge.
 pub const BR: &str = "br-ha";
@@ -75,6 +95,8 @@ pub struct Ha {
     pub agents: Vec<Agent>,
     /// The controllers (`None`: down).
     pub ctls: Vec<Option<Controller>>,
+    /// Controller 0's relays to the etcd members ([`HaOpts::relayed`]).
+    pub relays: Vec<TcpProxy>,
     /// How controller `i` is (re)started.
     pub opts: Vec<ControllerOpts>,
     /// On host 1.
@@ -121,11 +143,10 @@ pub fn metric(ctl: &Controller, name: &str) -> Option<u64> {
 }
 
 impl Ha {
-    /// Builds and starts the lab with `probes` probe containers on host 1,
-    /// and an Open vSwitch host when `with_ovs`; `None` when the skip rule
-    /// skips it.
+    /// Builds and starts the lab; `None` when the skip rule skips it.
     #[track_caller]
-    pub fn new(probes: usize, with_ovs: bool) -> Option<Ha> {
+    pub fn new(o: HaOpts) -> Option<Ha> {
+        let with_ovs = o.ovs;
         let mut lab = Lab::new(&needs(with_ovs))?;
         let etcd = lab.etcd(3);
         let e = etcd.netns().name().to_string();
@@ -154,12 +175,39 @@ impl Ha {
         }
 
         let store = etcd.store_spec();
+        let relays: Vec<TcpProxy> = if o.relayed {
+            etcd.endpoints()
+                .iter()
+                .map(|ep| {
+                    let target = ep
+                        .trim_start_matches("http://")
+                        .parse()
+                        .unwrap_or_else(|e| panic!("{ep}: {e}"));
+                    TcpProxy::start(&e, target)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let relayed = format!(
+            "etcd:{}",
+            relays
+                .iter()
+                .map(|r| format!("http://{}", r.addr()))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
         let opts: Vec<ControllerOpts> = PORTS
             .iter()
-            .map(|p| {
+            .enumerate()
+            .map(|(i, p)| {
                 lab.controller_opts()
                     .netns(&e)
-                    .store(&store)
+                    .store(if i == 0 && o.relayed {
+                        &relayed
+                    } else {
+                        &store
+                    })
                     .listen(&format!("0.0.0.0:{p}"))
                     .api("0.0.0.0:0")
                     .args(&["--lease-ttl", "1", "--echo-interval", "1"])
@@ -196,7 +244,7 @@ impl Ha {
         let c = make(0, "c", 2);
         let b = make(1, "b", 1);
         let d = make(1, "d", 2);
-        let probes: Vec<Ctr> = (0..probes)
+        let probes: Vec<Ctr> = (0..o.probes)
             .map(|k| make(0, &format!("p{k}"), 3 + k))
             .collect();
         for (n, peer) in [(&c, &b), (&d, &a), (&d, &c)] {
@@ -228,11 +276,15 @@ impl Ha {
                 args.push("--controller".into());
                 args.push(format!("tcp:10.251.{i}.1:{p}"));
             }
+            if o.rogue && i == 1 {
+                args.push("--controller".into());
+                args.push(format!("tcp:10.251.{i}.1:{ROGUE_PORT}"));
+            }
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             agents.push(lab.agent(&hosts[i - 1], &args));
         }
         let (ovs, ovs_ctrs) = if with_ovs {
-            let (ovs, ctrs) = join_ovs(&lab, &hosts[2], &ctls, &api, probes.len().max(1));
+            let (ovs, ctrs) = join_ovs(&lab, &hosts[2], &ctls, &api, probes.len().max(1), o.rogue);
             for x in &ctrs {
                 neighbour(x, &b);
             }
@@ -243,6 +295,7 @@ impl Ha {
         let ha = Ha {
             agents,
             ctls,
+            relays,
             opts,
             a,
             b,
@@ -409,6 +462,7 @@ fn join_ovs(
     ctls: &[Option<Controller>],
     api: &Api,
     probes: usize,
+    rogue: bool,
 ) -> (OvsHost, Vec<Ctr>) {
     let ovs = lab.ovs(host);
     let db = format!("unix:{}/db.sock", ovs.dir().display());
@@ -456,10 +510,13 @@ fn join_ovs(
     ]);
     assert!(join.ok, "join-ovs: {}{}", join.stdout, join.stderr);
     let mut set = vec!["set-controller", BR];
-    let targets: Vec<String> = PORTS
+    let mut targets: Vec<String> = PORTS
         .iter()
         .map(|p| format!("tcp:10.251.3.1:{p}"))
         .collect();
+    if rogue {
+        targets.push(format!("tcp:10.251.3.1:{ROGUE_PORT}"));
+    }
     set.extend(targets.iter().map(String::as_str));
     ovs.vsctl(&set);
     let names = std::iter::once("e".to_string()).chain((0..probes).map(|k| format!("f{k}")));

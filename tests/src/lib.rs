@@ -7,3 +7,4 @@
 pub mod bpf;
 pub mod frames;
 pub mod ha;
+pub mod ofpeer;

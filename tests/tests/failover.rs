@@ -21,13 +21,16 @@
 use std::time::{Duration, SystemTime};
 
 use daolinet_testlab::{wait_poll, Poll};
-use daolinet_tests::ha::{first_answer, register, Ha, Pinger, Stream};
+use daolinet_tests::ha::{first_answer, register, Ha, HaOpts, Pinger, Stream};
 
 const COUNT: u32 = 400; // 4 s at 10 ms
 
 #[test]
 fn three_controllers_fail_over_and_restart_without_losing_packets() {
-    let Some(mut ha) = Ha::new(0, true) else {
+    let Some(mut ha) = Ha::new(HaOpts {
+        ovs: true,
+        ..HaOpts::default()
+    }) else {
         return;
     };
     let (ipa, ipb, ipc) = (ha.a.ip.clone(), ha.b.ip.clone(), ha.c.ip.clone());
