@@ -450,6 +450,14 @@ fn not_http(t: &ureq::Transport) -> bool {
     let mut e: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(t);
     while let Some(err) = e {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            // A TLS failure (an untrusted certificate...) is not a wrong
+            // protocol: it says why the connection failed.
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<daolinet_tls::rustls::Error>())
+            {
+                return false;
+            }
             if matches!(
                 io.kind(),
                 std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
