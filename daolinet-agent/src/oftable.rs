@@ -60,24 +60,52 @@ struct Times {
     deadline_ns: u64,
 }
 
-/// A flow as the controller wrote it: what flow stats and FLOW_REMOVED
-/// report (OpenFlow wants back what the FLOW_MOD said, e.g. an output's
-/// max_len, which the datapath does not need).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A flow as the controller wrote it, where that differs from what the
+/// rule itself gives back: what flow stats and FLOW_REMOVED report
+/// (OpenFlow wants back what the FLOW_MOD said, e.g. an output's max_len,
+/// which the datapath does not need). Most flows need none: their match
+/// fields come in the canonical order and their actions decompile to what
+/// was written, so a million flows do not keep a million copies.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Written {
-    match_: of::Match,
-    instructions: Vec<of::Instruction>,
+    /// The match in the controller's field order (None: canonical order).
+    match_: Option<of::Match>,
+    /// The instructions (None: as the compiled actions decompile).
+    instructions: Option<Vec<of::Instruction>>,
+}
+
+impl Written {
+    fn is_empty(&self) -> bool {
+        self.match_.is_none() && self.instructions.is_none()
+    }
+}
+
+/// The instructions a rule's compiled actions give back.
+fn decompiled(r: &Rule) -> Vec<of::Instruction> {
+    let udp = r.mask.ip_proto != 0 && r.key.ip_proto == FlowKey::IPPROTO_UDP;
+    let acts = actions_of(&r.actions, udp);
+    if acts.is_empty() {
+        Vec::new()
+    } else {
+        vec![of::Instruction::ApplyActions(acts)]
+    }
+}
+
+/// The instructions to keep for a rule: None when they decompile from it.
+fn kept_instructions(r: &Rule, ins: &[of::Instruction]) -> Option<Vec<of::Instruction>> {
+    (decompiled(r) != ins).then(|| ins.to_vec())
 }
 
 /// The OpenFlow table (table 0) of the switch.
 #[derive(Debug, Default)]
 pub struct FlowTable {
     table: RuleTable,
-    times: HashMap<u32, Times>,
+    /// Install times and deadlines by rule id.
+    times: Vec<Option<Times>>,
     deadlines: BTreeSet<(u64, u32)>,
-    /// The controller's own match and instructions by rule id (rules
-    /// restored from the pinned maps after a restart have none: their
-    /// stats are decompiled).
+    /// The controller's own match and instructions by rule id, for the
+    /// rules whose own differ (see [`Written`]; rules restored from the
+    /// pinned maps after a restart have none: their stats are decompiled).
     written: HashMap<u32, Written>,
     /// What rules counted while they were in the classifier, before
     /// another rule with the same match and a higher priority took their
@@ -87,9 +115,22 @@ pub struct FlowTable {
 
 /// The controller's match in its own field order, each field as the rule
 /// holds it (value under the mask, no all-ones mask, fields whose mask is
-/// empty dropped), as Open vSwitch reports it.
-fn normalized(original: &of::Match, key: &FlowKey, mask: &FlowKey) -> of::Match {
+/// empty dropped), as Open vSwitch reports it; None when that is the
+/// canonical order ([`match_of`]).
+fn normalized(original: &of::Match, key: &FlowKey, mask: &FlowKey) -> Option<of::Match> {
     let mut canonical = match_of(key, mask).fields;
+    let field = |f: &of::OxmField| {
+        let id = f.id();
+        (id.0, id.1)
+    };
+    if canonical
+        .iter()
+        .map(field)
+        .eq(original.fields.iter().map(field))
+    {
+        return None;
+    }
+    let in_order = canonical.clone();
     let mut out = of::Match::new();
     for f in &original.fields {
         let id = f.id();
@@ -103,7 +144,7 @@ fn normalized(original: &of::Match, key: &FlowKey, mask: &FlowKey) -> of::Match 
     for c in canonical {
         out = out.with(c);
     }
-    out
+    (out.fields != in_order).then_some(out)
 }
 
 fn err(t: u16, c: u16) -> ErrorCode {
@@ -159,6 +200,12 @@ struct Filter {
 }
 
 impl Filter {
+    /// A non-strict selection: the rule is covered by the filter's match
+    /// and passes its other conditions.
+    fn picks(&self, r: &Rule) -> bool {
+        covered(&r.key, &r.mask, &self.key, &self.mask) && self.selects(r)
+    }
+
     fn selects(&self, r: &Rule) -> bool {
         r.cookie & self.cookie_mask == self.cookie & self.cookie_mask
             && self.out_group == of::OFPG_ANY
@@ -172,7 +219,7 @@ impl FlowTable {
     pub fn new(table: RuleTable, now_ns: u64) -> Self {
         let mut t = FlowTable {
             table,
-            times: HashMap::new(),
+            times: Vec::new(),
             deadlines: BTreeSet::new(),
             written: HashMap::new(),
             base: HashMap::new(),
@@ -199,18 +246,30 @@ impl FlowTable {
         self.table.is_empty()
     }
 
+    fn times(&self, id: u32) -> Option<Times> {
+        self.times.get(id as usize).copied().flatten()
+    }
+
+    fn times_mut(&mut self, id: u32) -> Option<&mut Times> {
+        self.times.get_mut(id as usize)?.as_mut()
+    }
+
     fn track(&mut self, id: u32, now_ns: u64) {
         let Some(r) = self.table.get(id) else { return };
         let deadline = first_deadline(r, now_ns, now_ns);
-        if let Some(old) = self.times.insert(
-            id,
-            Times {
-                installed_ns: now_ns,
-                idle_base_ns: now_ns,
-                deadline_ns: deadline,
-            },
-        ) {
-            self.deadlines.remove(&(old.deadline_ns, id));
+        let i = id as usize;
+        if self.times.len() <= i {
+            self.times.resize(i + 1, None);
+        }
+        let new = Times {
+            installed_ns: now_ns,
+            idle_base_ns: now_ns,
+            deadline_ns: deadline,
+        };
+        if let Some(old) = self.times[i].replace(new) {
+            if old.deadline_ns != u64::MAX {
+                self.deadlines.remove(&(old.deadline_ns, id));
+            }
         }
         if deadline != u64::MAX {
             self.deadlines.insert((deadline, id));
@@ -218,10 +277,38 @@ impl FlowTable {
     }
 
     fn untrack(&mut self, id: u32) {
-        if let Some(t) = self.times.remove(&id) {
-            self.deadlines.remove(&(t.deadline_ns, id));
+        if let Some(t) = self.times.get_mut(id as usize).and_then(Option::take) {
+            if t.deadline_ns != u64::MAX {
+                self.deadlines.remove(&(t.deadline_ns, id));
+            }
         }
-        self.base.remove(&id);
+        // Memory follows the rules: the tail of free ids goes, and all of
+        // it with the last rule.
+        if self.table.is_empty() {
+            self.times = Vec::new();
+        } else if id as usize + 1 == self.times.len() {
+            while self.times.last().is_some_and(Option::is_none) {
+                self.times.pop();
+            }
+            if self.times.capacity() > 4 * self.times.len() + 1024 {
+                self.times.shrink_to_fit();
+            }
+        }
+        if !self.base.is_empty() {
+            self.base.remove(&id);
+        }
+    }
+
+    /// Keep what the controller wrote for rule `id`, if it differs from
+    /// what the rule gives back.
+    fn set_written(&mut self, id: u32, w: Written) {
+        if w.is_empty() {
+            if !self.written.is_empty() {
+                self.written.remove(&id);
+            }
+        } else {
+            self.written.insert(id, w);
+        }
     }
 
     /// Rule `id`'s counters: what its classifier entry counted (if it is
@@ -325,7 +412,7 @@ impl FlowTable {
         };
         let written = Written {
             match_: normalized(&fm.match_, &key, &mask),
-            instructions: fm.instructions.clone(),
+            instructions: kept_instructions(&rule, &fm.instructions),
         };
         match self.table.find(&key, &mask, fm.priority) {
             // An identical flow is replaced: new actions, cookie, timeouts
@@ -341,7 +428,7 @@ impl FlowTable {
                 }
                 out.ops = ops;
                 self.track(id, now_ns);
-                self.written.insert(id, written);
+                self.set_written(id, written);
             }
             None => {
                 let ins = self.table.insert_full(rule).map_err(table_error)?;
@@ -349,7 +436,7 @@ impl FlowTable {
                 self.harvest(ins.displaced, counters);
                 out.ops = ops;
                 self.track(id, now_ns);
-                self.written.insert(id, written);
+                self.set_written(id, written);
             }
         }
         Ok(out)
@@ -375,12 +462,14 @@ impl FlowTable {
                 .table
                 .modify(id, |r| r.actions = acts)
                 .map_err(table_error)?;
-            if let Some(w) = self.written.get_mut(&id) {
-                w.instructions = fm.instructions.clone();
+            if let Some(r) = self.table.get(id) {
+                let mut w = self.written.get(&id).cloned().unwrap_or_default();
+                w.instructions = kept_instructions(r, &fm.instructions);
+                self.set_written(id, w);
             }
             if fm.flags & of::OFPFF_RESET_COUNTS != 0 {
                 self.reset_counts(id, &mut ops);
-                if let Some(t) = self.times.get_mut(&id) {
+                if let Some(t) = self.times_mut(id) {
                     t.idle_base_ns = now_ns;
                 }
             }
@@ -400,13 +489,32 @@ impl FlowTable {
                 .filter(|id| self.table.get(*id).is_some_and(|r| f.selects(r)))
                 .into_iter()
                 .collect(),
-            None => self
-                .table
-                .rules()
-                .filter(|(_, r)| covered(&r.key, &r.mask, &f.key, &f.mask) && f.selects(r))
-                .map(|(id, _)| id)
-                .collect(),
+            None => self.candidates(f).map_or_else(
+                || {
+                    self.table
+                        .rules()
+                        .filter(|(_, r)| f.picks(r))
+                        .map(|(id, _)| id)
+                        .collect()
+                },
+                |ids| {
+                    ids.into_iter()
+                        .filter(|id| self.table.get(*id).is_some_and(|r| f.picks(r)))
+                        .collect()
+                },
+            ),
         }
+    }
+
+    /// The rules a non-strict filter can select, from an index: by cookie
+    /// when the filter has a cookie mask, by match when the index answers
+    /// for it (see [`RuleTable::ids_by_match`]). None: every rule (a scan).
+    /// In id order.
+    fn candidates(&self, f: &Filter) -> Option<Vec<u32>> {
+        if f.cookie_mask != 0 {
+            return Some(self.table.ids_by_cookie(f.cookie, f.cookie_mask));
+        }
+        self.table.ids_by_match(&f.key.masked(&f.mask), &f.mask)
     }
 
     fn remove_ids(
@@ -418,7 +526,7 @@ impl FlowTable {
     ) -> Outcome {
         let mut out = Outcome::default();
         for &id in ids {
-            let times = self.times.get(&id).copied();
+            let times = self.times(id);
             let wants = self
                 .table
                 .get(id)
@@ -433,7 +541,11 @@ impl FlowTable {
                 continue;
             };
             self.untrack(id);
-            let written = self.written.remove(&id);
+            let written = if self.written.is_empty() {
+                None
+            } else {
+                self.written.remove(&id)
+            };
             out.ops.extend(ops);
             out.touched += 1;
             if wants {
@@ -450,7 +562,7 @@ impl FlowTable {
                     packet_count: stats.packets,
                     byte_count: stats.bytes,
                     match_: written
-                        .map(|w| w.match_)
+                        .and_then(|w| w.match_)
                         .unwrap_or_else(|| match_of(&rule.key, &rule.mask)),
                 });
             }
@@ -478,8 +590,7 @@ impl FlowTable {
             }
             looked += 1;
             self.deadlines.pop_first();
-            let (Some(r), Some(t)) = (self.table.get(id), self.times.get(&id).copied()) else {
-                self.times.remove(&id);
+            let (Some(r), Some(t)) = (self.table.get(id), self.times(id)) else {
                 continue;
             };
             let hard_at = if r.hard_timeout != 0 {
@@ -504,7 +615,7 @@ impl FlowTable {
                 }
             }
             let next = hard_at.min(idle_at);
-            if let Some(tm) = self.times.get_mut(&id) {
+            if let Some(tm) = self.times_mut(id) {
                 tm.deadline_ns = next;
             }
             if next != u64::MAX {
@@ -539,10 +650,9 @@ impl FlowTable {
         // inside the sort's comparisons cost a second per million flows,
         // during which the event loop did nothing else.
         let mut keyed: Vec<(std::cmp::Reverse<u16>, u32)> = self
-            .table
-            .rules()
-            .filter(|(_, r)| covered(&r.key, &r.mask, &f.key, &f.mask) && f.selects(r))
-            .map(|(id, r)| (std::cmp::Reverse(r.priority), id))
+            .select(&f, None)
+            .into_iter()
+            .filter_map(|id| Some((std::cmp::Reverse(self.table.get(id)?.priority), id)))
             .collect();
         keyed.sort_unstable();
         Ok(keyed.into_iter().map(|(_, id)| id).collect())
@@ -589,20 +699,14 @@ impl FlowTable {
     /// One flow's stats entry.
     fn stats_of(&self, id: u32, r: &Rule, now_ns: u64, counters: &mut dyn Counters) -> FlowStats {
         let s = self.stats(id, counters);
-        let age = now_ns.saturating_sub(self.times.get(&id).map_or(now_ns, |t| t.installed_ns));
-        let (match_, instructions) = match self.written.get(&id) {
-            Some(w) => (w.match_.clone(), w.instructions.clone()),
-            None => {
-                let udp = r.mask.ip_proto != 0 && r.key.ip_proto == FlowKey::IPPROTO_UDP;
-                let acts = actions_of(&r.actions, udp);
-                let ins = if acts.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![of::Instruction::ApplyActions(acts)]
-                };
-                (match_of(&r.key, &r.mask), ins)
-            }
-        };
+        let age = now_ns.saturating_sub(self.times(id).map_or(now_ns, |t| t.installed_ns));
+        let w = self.written.get(&id);
+        let match_ = w
+            .and_then(|w| w.match_.clone())
+            .unwrap_or_else(|| match_of(&r.key, &r.mask));
+        let instructions = w
+            .and_then(|w| w.instructions.clone())
+            .unwrap_or_else(|| decompiled(r));
         FlowStats {
             table_id: 0,
             duration_sec: (age / NS) as u32,
@@ -816,8 +920,47 @@ mod tests {
             st[0].instructions,
             vec![of::Instruction::ApplyActions(vec![of::Action::output(3)])]
         );
+        // Its match is still kept (out of order), its instructions are not
+        // (output:3 decompiles from the rule).
+        assert!(t.written.values().all(|w| w.instructions.is_none()));
+        assert_eq!(t.written.len(), 1);
         apply(&mut t, &with(of::OFPFC_DELETE, "")).unwrap();
         assert!(t.written.is_empty());
+    }
+
+    #[test]
+    fn flows_that_read_back_from_the_rule_keep_no_copy() {
+        let mut t = FlowTable::default();
+        // Fields in OXM order, actions that decompile as written: a
+        // million such flows keep no copy of their FLOW_MODs.
+        for i in 1..=3 {
+            let f = fm(&format!(
+                "cookie=0x{i},priority=5,in_port=1,ip,nw_dst=10.0.0.{i} actions=set_field:02:00:00:00:00:0{i}->eth_dst,output:2"
+            ));
+            apply(&mut t, &f).unwrap();
+        }
+        apply(&mut t, &fm("priority=1 actions=drop")).unwrap();
+        assert!(t.written.is_empty());
+        assert_eq!(
+            dump(&t),
+            [
+                "cookie=0x0,priority=1, actions=drop",
+                "cookie=0x1,priority=5,in_port=1,ip,nw_dst=10.0.0.1 actions=set_field:02:00:00:00:00:01->dl_dst,output:2",
+                "cookie=0x2,priority=5,in_port=1,ip,nw_dst=10.0.0.2 actions=set_field:02:00:00:00:00:02->dl_dst,output:2",
+                "cookie=0x3,priority=5,in_port=1,ip,nw_dst=10.0.0.3 actions=set_field:02:00:00:00:00:03->dl_dst,output:2",
+            ]
+        );
+        // An output with a max_len the datapath does not keep is kept.
+        let mut f = fm("priority=9,ip actions=drop");
+        f.instructions = vec![of::Instruction::ApplyActions(vec![of::Action::Output {
+            port: 2,
+            max_len: 0xffe5,
+        }])];
+        apply(&mut t, &f).unwrap();
+        assert_eq!(t.written.len(), 1);
+        let req = of::FlowStatsRequest::default();
+        let st = t.flow_stats(&req, 0, &mut FakeCounters::default()).unwrap();
+        assert_eq!(st[0].instructions, f.instructions);
     }
 
     #[test]

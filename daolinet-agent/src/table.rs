@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use foldhash::HashMap;
+use hashbrown::HashTable;
 
 use daolinet_common::{
     Action, FlowEntry, FlowKey, FlowMapKey, Subtable, MAX_ACTIONS, MAX_RULES, MAX_SUBTABLES,
@@ -95,18 +96,54 @@ impl SubtableState {
     }
 }
 
-/// The table: rules by id, subtables by mask.
+/// No rule: the end of a chain.
+const NIL: u32 = u32::MAX;
+
+/// A rule in the table, with its links in the indexes.
+#[derive(Debug)]
+struct Slot {
+    rule: Rule,
+    /// The next rule with the same (mask, masked key), or [`NIL`].
+    group_next: u32,
+    /// The previous rule with the same cookie, or [`NIL`].
+    cookie_prev: u32,
+    /// The next rule with the same cookie, or [`NIL`].
+    cookie_next: u32,
+}
+
+/// The rules of one cookie: a list linked through their slots.
+#[derive(Debug, Clone, Copy)]
+struct CookieList {
+    head: u32,
+    len: u32,
+}
+
+/// The table: rules by id, indexed by match and by cookie; subtables by
+/// mask.
+///
+/// Rules live in a vector indexed by their id (ids are dense: freed ones
+/// are used again). The rules with the same (mask, masked key) form a
+/// group: the match index is a hash table of each group's first rule id
+/// (4 bytes a group), the others chained through their slots. The rules
+/// with the same cookie form a doubly linked list, found by cookie, so
+/// that a delete by cookie visits the cookies and the rules it removes,
+/// not the whole table.
 ///
 /// Every operation is proportional to the number of rules sharing one
 /// (mask, key) plus the number of subtables, not to the table size, so
-/// bulk installs stay fast.
-#[derive(Debug)]
+/// bulk installs and deletes stay fast.
 pub struct RuleTable {
-    rules: BTreeMap<u32, Rule>,
-    /// Rule ids by (masked key, mask).
-    groups: HashMap<(FlowKey, FlowKey), Vec<u32>>,
+    /// Rules by id (None: a free id).
+    slots: Vec<Option<Slot>>,
+    len: usize,
+    /// The first rule of every group with its hash (see [`GroupRef`]).
+    groups: HashTable<GroupRef>,
+    hasher: foldhash::fast::RandomState,
+    /// The rules of every cookie in use.
+    cookies: HashMap<u64, CookieList>,
     subtables: Vec<SubtableState>,
     next_id: u32,
+    /// Freed ids (those at or above `next_id` are stale: skipped).
     free_ids: Vec<u32>,
     next_sub_id: u32,
     /// The subtable list last handed to the datapath.
@@ -115,11 +152,25 @@ pub struct RuleTable {
     limit: u32,
 }
 
+impl std::fmt::Debug for RuleTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuleTable")
+            .field("len", &self.len)
+            .field("subtables", &self.subtables)
+            .field("cookies", &self.cookies.len())
+            .field("limit", &self.limit)
+            .finish()
+    }
+}
+
 impl Default for RuleTable {
     fn default() -> Self {
         RuleTable {
-            rules: BTreeMap::new(),
-            groups: HashMap::default(),
+            slots: Vec::new(),
+            len: 0,
+            groups: HashTable::new(),
+            hasher: Default::default(),
+            cookies: HashMap::default(),
             subtables: Vec::new(),
             next_id: 0,
             free_ids: Vec::new(),
@@ -127,6 +178,77 @@ impl Default for RuleTable {
             last_list: Vec::new(),
             limit: MAX_RULES,
         }
+    }
+}
+
+/// A group in the match index: its first rule and the hash of its match.
+/// The hash is kept so that growing the index, and most comparisons, do
+/// not read the rules (a cache miss each in a large table).
+#[derive(Debug, Clone, Copy)]
+struct GroupRef {
+    head: u32,
+    hash: u32,
+}
+
+impl GroupRef {
+    /// The hash the index uses: the 32 bits kept, spread over 64.
+    fn hash(&self) -> u64 {
+        spread(self.hash)
+    }
+}
+
+fn spread(h: u32) -> u64 {
+    u64::from(h).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// The match index's hash of (masked key, mask), 32 bits of it.
+fn group_hash(hasher: &foldhash::fast::RandomState, key: &FlowKey, mask: &FlowKey) -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = hasher.build_hasher();
+    h.write(bytemuck::bytes_of(key));
+    h.write(bytemuck::bytes_of(mask));
+    let h = h.finish();
+    (h ^ (h >> 32)) as u32
+}
+
+/// The index entry of (key, mask), if `g` is it.
+fn is_group(
+    slots: &[Option<Slot>],
+    g: &GroupRef,
+    hash: u32,
+    key: &FlowKey,
+    mask: &FlowKey,
+) -> bool {
+    g.hash == hash && same_match(slots, g.head, key, mask)
+}
+
+fn slot_of(slots: &[Option<Slot>], id: u32) -> Option<&Slot> {
+    slots.get(id as usize)?.as_ref()
+}
+
+fn slot_mut_of(slots: &mut [Option<Slot>], id: u32) -> Option<&mut Slot> {
+    slots.get_mut(id as usize)?.as_mut()
+}
+
+/// True when rule `id` has exactly this (masked key, mask).
+fn same_match(slots: &[Option<Slot>], id: u32, key: &FlowKey, mask: &FlowKey) -> bool {
+    slot_of(slots, id).is_some_and(|s| s.rule.key == *key && s.rule.mask == *mask)
+}
+
+/// The rules of one group, first to last.
+struct Group<'a> {
+    slots: &'a [Option<Slot>],
+    next: u32,
+}
+
+impl<'a> Iterator for Group<'a> {
+    type Item = (u32, &'a Rule);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let id = self.next;
+        let s = slot_of(self.slots, id)?;
+        self.next = s.group_next;
+        Some((id, &s.rule))
     }
 }
 
@@ -150,7 +272,7 @@ impl RuleTable {
 
     /// Number of rules.
     pub fn len(&self) -> usize {
-        self.rules.len()
+        self.len
     }
 
     /// Number of subtables (distinct match masks) in use.
@@ -160,36 +282,96 @@ impl RuleTable {
 
     /// True when there is no rule.
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
+        self.len == 0
     }
 
     /// Rules by id, in id order.
     pub fn rules(&self) -> impl Iterator<Item = (u32, &Rule)> {
-        self.rules.iter().map(|(id, r)| (*id, r))
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(id, s)| s.as_ref().map(|s| (id as u32, &s.rule)))
     }
 
     /// The rule with this id.
     pub fn get(&self, id: u32) -> Option<&Rule> {
-        self.rules.get(&id)
+        slot_of(&self.slots, id).map(|s| &s.rule)
+    }
+
+    /// The rules with exactly this (already masked) key and mask.
+    fn group(&self, key: &FlowKey, mask: &FlowKey) -> Group<'_> {
+        let h = group_hash(&self.hasher, key, mask);
+        let slots = &self.slots;
+        let head = self
+            .groups
+            .find(spread(h), |g| is_group(slots, g, h, key, mask))
+            .map(|g| g.head);
+        Group {
+            slots,
+            next: head.unwrap_or(NIL),
+        }
     }
 
     /// The id of the rule with exactly this (already masked) key, mask and
     /// priority, if any.
     pub fn find(&self, key: &FlowKey, mask: &FlowKey, priority: u16) -> Option<u32> {
-        self.groups
-            .get(&(*key, *mask))?
-            .iter()
-            .copied()
-            .find(|id| self.rules.get(id).is_some_and(|r| r.priority == priority))
+        self.group(key, mask)
+            .find(|(_, r)| r.priority == priority)
+            .map(|(id, _)| id)
     }
 
-    /// Ids of the rules with `cookie & mask == want & mask`.
+    /// Ids of the rules with `cookie & mask == want & mask`, in id order.
+    /// The cookie index is used: the cost is the number of distinct
+    /// cookies plus the rules selected.
     pub fn ids_by_cookie(&self, want: u64, mask: u64) -> Vec<u32> {
-        self.rules
+        if mask == 0 {
+            return self.rules().map(|(id, _)| id).collect();
+        }
+        let mut ids = Vec::new();
+        let mut walk = |list: &CookieList| {
+            ids.reserve(list.len as usize);
+            let mut id = list.head;
+            while let Some(s) = slot_of(&self.slots, id) {
+                ids.push(id);
+                id = s.cookie_next;
+            }
+        };
+        if mask == u64::MAX {
+            if let Some(list) = self.cookies.get(&want) {
+                walk(list);
+            }
+        } else {
+            for (c, list) in &self.cookies {
+                if c & mask == want & mask {
+                    walk(list);
+                }
+            }
+        }
+        ids.sort_unstable();
+        ids
+    }
+
+    /// The ids of the rules that every packet matching (`key`, `mask`)
+    /// matches too (a non-strict OpenFlow selection by match), when the
+    /// match index can answer: every subtable whose mask covers `mask` has
+    /// exactly `mask`, so one group is the answer. None when the table is
+    /// to be scanned. In id order.
+    pub fn ids_by_match(&self, key: &FlowKey, mask: &FlowKey) -> Option<Vec<u32>> {
+        let mut covering = self
+            .subtables
             .iter()
-            .filter(|(_, r)| r.cookie & mask == want & mask)
-            .map(|(id, _)| *id)
-            .collect()
+            .filter(|s| mask.mask_is_subset_of(&s.mask));
+        let exact = match covering.next() {
+            None => return Some(Vec::new()),
+            Some(s) if s.mask == *mask && covering.next().is_none() => s.mask,
+            Some(_) => return None,
+        };
+        let mut ids: Vec<u32> = self
+            .group(&key.masked(&exact), &exact)
+            .map(|(id, _)| id)
+            .collect();
+        ids.sort_unstable();
+        Some(ids)
     }
 
     /// The rule that wins for a packet with this key (highest priority,
@@ -199,21 +381,15 @@ impl RuleTable {
         let mut best: Option<(u32, &Rule)> = None;
         for s in &self.subtables {
             let k = pkt.masked(&s.mask);
-            let Some(ids) = self.groups.get(&(k, s.mask)) else {
-                continue;
-            };
-            for id in ids {
-                let Some(r) = self.rules.get(id) else {
-                    continue;
-                };
+            for (id, r) in self.group(&k, &s.mask) {
                 let better = match best {
                     None => true,
                     Some((bid, b)) => {
-                        (r.priority, std::cmp::Reverse(*id)) > (b.priority, std::cmp::Reverse(bid))
+                        (r.priority, std::cmp::Reverse(id)) > (b.priority, std::cmp::Reverse(bid))
                     }
                 };
                 if better {
-                    best = Some((*id, r));
+                    best = Some((id, r));
                 }
             }
         }
@@ -234,20 +410,202 @@ impl RuleTable {
             t.next_sub_id = t.next_sub_id.max(s.id.wrapping_add(1));
         }
         for (id, r) in rules {
+            if id == NIL || t.get(id).is_some() {
+                continue;
+            }
             if let Some(s) = t.subtables.iter_mut().find(|s| s.mask == r.mask) {
                 *s.prios.entry(r.priority).or_default() += 1;
                 t.next_id = t.next_id.max(id + 1);
-                t.groups.entry((r.key, r.mask)).or_default().push(id);
-                t.rules.insert(id, r);
+                let _ = t.put(id, r);
             }
         }
         t.subtables.retain(|s| s.rules() > 0);
         t.free_ids = (0..t.next_id)
-            .filter(|i| !t.rules.contains_key(i))
+            .filter(|i| t.get(*i).is_none())
             .rev()
             .collect();
         t.last_list = t.subtable_list();
         t
+    }
+
+    /// Store rule `id` and link it into the indexes. Returns the rule
+    /// that was in the classifier entry of its match (see
+    /// [`RuleTable::winner_prio`]) before.
+    fn put(&mut self, id: u32, rule: Rule) -> Option<(u32, u16)> {
+        let i = id as usize;
+        if self.slots.len() <= i {
+            self.slots.resize_with(i + 1, || None);
+        }
+        let (key, mask, cookie) = (rule.key, rule.mask, rule.cookie);
+        self.slots[i] = Some(Slot {
+            rule,
+            group_next: NIL,
+            cookie_prev: NIL,
+            cookie_next: NIL,
+        });
+        self.len += 1;
+        let Self {
+            slots,
+            groups,
+            hasher,
+            ..
+        } = self;
+        let h = group_hash(hasher, &key, &mask);
+        let head = groups
+            .find(spread(h), |g| is_group(slots, g, h, &key, &mask))
+            .map(|g| g.head);
+        let before = head.and_then(|head| {
+            Group { slots, next: head }
+                .map(|(id, r)| (id, r.priority))
+                .max_by_key(|(id, p)| (*p, std::cmp::Reverse(*id)))
+        });
+        match head {
+            // Second in its group: the index keeps pointing at the first.
+            Some(head) => {
+                let after = slot_of(slots, head).map_or(NIL, |s| s.group_next);
+                if let Some(s) = slot_mut_of(slots, id) {
+                    s.group_next = after;
+                }
+                if let Some(s) = slot_mut_of(slots, head) {
+                    s.group_next = id;
+                }
+            }
+            None => {
+                groups.insert_unique(spread(h), GroupRef { head: id, hash: h }, GroupRef::hash);
+            }
+        }
+        self.link_cookie(id, cookie);
+        before
+    }
+
+    /// Take rule `id` out of the indexes and the slots. Returns it and
+    /// the first rule left with its match.
+    fn take(&mut self, id: u32) -> Option<(Rule, Option<u32>)> {
+        let (key, mask, cookie, next) = {
+            let s = slot_of(&self.slots, id)?;
+            (s.rule.key, s.rule.mask, s.rule.cookie, s.group_next)
+        };
+        self.unlink_cookie(id, cookie);
+        let Self {
+            slots,
+            groups,
+            hasher,
+            ..
+        } = self;
+        let h = group_hash(hasher, &key, &mask);
+        let mut left = None;
+        if let Ok(entry) = groups.find_entry(spread(h), |g| is_group(slots, g, h, &key, &mask)) {
+            let head = entry.get().head;
+            if head == id {
+                if next == NIL {
+                    entry.remove();
+                } else {
+                    entry.into_mut().head = next;
+                    left = Some(next);
+                }
+            } else {
+                left = Some(head);
+                let mut prev = head;
+                while let Some(s) = slot_mut_of(slots, prev) {
+                    if s.group_next == id {
+                        s.group_next = next;
+                        break;
+                    }
+                    prev = s.group_next;
+                }
+            }
+        }
+        let slot = self.slots.get_mut(id as usize)?.take()?;
+        self.len -= 1;
+        self.free_ids.push(id);
+        self.shrink();
+        Some((slot.rule, left))
+    }
+
+    /// Give memory back as rules go: all of it when the table is empty,
+    /// the free slots at the end otherwise.
+    fn shrink(&mut self) {
+        if self.len == 0 {
+            self.slots = Vec::new();
+            self.free_ids = Vec::new();
+            self.groups = HashTable::new();
+            self.cookies = HashMap::default();
+            self.next_id = 0;
+            return;
+        }
+        if self.slots.last().is_some_and(Option::is_none) {
+            while self.slots.last().is_some_and(Option::is_none) {
+                self.slots.pop();
+            }
+            self.next_id = self.slots.len() as u32;
+            if self.slots.capacity() > 4 * self.slots.len() + 1024 {
+                self.slots.shrink_to_fit();
+            }
+            if self.free_ids.len() > 2 * self.slots.len() + 1024 {
+                let next = self.next_id;
+                self.free_ids.retain(|i| *i < next);
+                self.free_ids.shrink_to_fit();
+            }
+        }
+    }
+
+    fn link_cookie(&mut self, id: u32, cookie: u64) {
+        let list = self
+            .cookies
+            .entry(cookie)
+            .or_insert(CookieList { head: NIL, len: 0 });
+        let old = list.head;
+        list.head = id;
+        list.len += 1;
+        if let Some(s) = slot_mut_of(&mut self.slots, id) {
+            s.cookie_prev = NIL;
+            s.cookie_next = old;
+        }
+        if let Some(s) = slot_mut_of(&mut self.slots, old) {
+            s.cookie_prev = id;
+        }
+    }
+
+    /// Take rule `id` out of the list of `cookie` (the one it was linked
+    /// under).
+    fn unlink_cookie(&mut self, id: u32, cookie: u64) {
+        let Some((prev, next)) = slot_mut_of(&mut self.slots, id).map(|s| {
+            let links = (s.cookie_prev, s.cookie_next);
+            s.cookie_prev = NIL;
+            s.cookie_next = NIL;
+            links
+        }) else {
+            return;
+        };
+        if let Some(s) = slot_mut_of(&mut self.slots, prev) {
+            s.cookie_next = next;
+        }
+        if let Some(s) = slot_mut_of(&mut self.slots, next) {
+            s.cookie_prev = prev;
+        }
+        if let Some(list) = self.cookies.get_mut(&cookie) {
+            if list.head == id {
+                list.head = next;
+            }
+            list.len = list.len.saturating_sub(1);
+            if list.len == 0 {
+                self.cookies.remove(&cookie);
+            }
+        }
+    }
+
+    /// A free rule id, if the datapath has room for one more rule.
+    fn alloc_id(&mut self) -> Result<u32, TableError> {
+        while let Some(id) = self.free_ids.pop() {
+            if id < self.next_id && self.get(id).is_none() {
+                return Ok(id);
+            }
+        }
+        if self.next_id < self.limit {
+            self.next_id += 1;
+            return Ok(self.next_id - 1);
+        }
+        Err(TableError::Full(self.limit))
     }
 
     /// Add a rule; returns its id and the map operations.
@@ -267,14 +625,7 @@ impl RuleTable {
         if sub.is_none() && self.subtables.len() >= MAX_SUBTABLES {
             return Err(TableError::TooManyMasks);
         }
-        let id = match self.free_ids.pop() {
-            Some(id) => id,
-            None if self.next_id < self.limit => {
-                self.next_id += 1;
-                self.next_id - 1
-            }
-            None => return Err(TableError::Full(self.limit)),
-        };
+        let id = self.alloc_id()?;
         let sub = match sub {
             Some(i) => i,
             None => {
@@ -297,20 +648,14 @@ impl RuleTable {
         };
         // The rule in the entry so far, and whether the new one beats it
         // (higher priority, then lower id, as the datapath would).
-        let group = self.groups.entry((rule.key, rule.mask)).or_default();
-        let before = group
-            .iter()
-            .filter_map(|i| self.rules.get(i).map(|r| (*i, r.priority)))
-            .max_by_key(|(i, p)| (*p, std::cmp::Reverse(*i)));
-        group.push(id);
-        let wins = before.is_none_or(|(b, p)| {
-            (rule.priority, std::cmp::Reverse(id)) > (p, std::cmp::Reverse(b))
-        });
+        let (priority, put) = (rule.priority, entry(id, &rule));
+        let before = self.put(id, rule);
+        let wins = before
+            .is_none_or(|(b, p)| (priority, std::cmp::Reverse(id)) > (p, std::cmp::Reverse(b)));
         let mut ops = Vec::with_capacity(2);
         if wins {
-            ops.push(MapOp::PutFlow(mk, entry(id, &rule)));
+            ops.push(MapOp::PutFlow(mk, put));
         }
-        self.rules.insert(id, rule);
         if list_changed {
             ops.extend(self.subtables_op());
         }
@@ -328,8 +673,10 @@ impl RuleTable {
         id: u32,
         update: impl FnOnce(&mut Rule),
     ) -> Result<Vec<MapOp>, TableError> {
-        let rule = self.rules.get_mut(&id).ok_or(TableError::NoSuchRule(id))?;
-        let (key, mask, prio) = (rule.key, rule.mask, rule.priority);
+        let rule = slot_mut_of(&mut self.slots, id)
+            .map(|s| &mut s.rule)
+            .ok_or(TableError::NoSuchRule(id))?;
+        let (key, mask, prio, cookie) = (rule.key, rule.mask, rule.priority, rule.cookie);
         let mut new = rule.clone();
         update(&mut new);
         // Match and priority are the rule's identity: never changed here.
@@ -339,7 +686,12 @@ impl RuleTable {
         if new.actions.len() > MAX_ACTIONS {
             return Err(TableError::TooManyActions(new.actions.len()));
         }
+        let new_cookie = new.cookie;
         *rule = new;
+        if new_cookie != cookie {
+            self.unlink_cookie(id, cookie);
+            self.link_cookie(id, new_cookie);
+        }
         let before = self.winner(&key, &mask);
         let mut ops = Vec::new();
         ops.extend(self.refresh_entry(&key, &mask, before, Some(id)));
@@ -348,20 +700,22 @@ impl RuleTable {
 
     /// Remove a rule by id; returns it and the map operations.
     pub fn remove(&mut self, id: u32) -> Result<(Rule, Vec<MapOp>), TableError> {
-        let (key, mask) = match self.rules.get(&id) {
+        let (key, mask) = match self.get(id) {
             Some(r) => (r.key, r.mask),
             None => return Err(TableError::NoSuchRule(id)),
         };
         let before = self.winner(&key, &mask);
-        let rule = self.rules.remove(&id).ok_or(TableError::NoSuchRule(id))?;
-        self.free_ids.push(id);
-        if let Some(g) = self.groups.get_mut(&(rule.key, rule.mask)) {
-            g.retain(|i| *i != id);
-            if g.is_empty() {
-                self.groups.remove(&(rule.key, rule.mask));
-            }
-        }
-        let mut ops = self.refresh_entry(&rule.key, &rule.mask, before, None);
+        let (rule, left) = self.take(id).ok_or(TableError::NoSuchRule(id))?;
+        let mut ops = match left {
+            // The last rule of its match: its entry goes (if it had it).
+            None if before == Some(id) => self
+                .map_key(&key, &mask)
+                .map(MapOp::DelFlow)
+                .into_iter()
+                .collect(),
+            None => Vec::new(),
+            Some(_) => self.refresh_entry(&rule.key, &rule.mask, before, None),
+        };
         let mut list_changed = false;
         if let Some(pos) = self.subtables.iter().position(|s| s.mask == rule.mask) {
             let s = &mut self.subtables[pos];
@@ -399,22 +753,23 @@ impl RuleTable {
         })
     }
 
-    /// The rule in the datapath for (key, mask): the highest priority,
-    /// then the lowest id, of the rules with that match.
-    fn winner(&self, key: &FlowKey, mask: &FlowKey) -> Option<u32> {
-        self.groups
-            .get(&(*key, *mask))
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.rules.get(id).map(|r| (*id, r.priority)))
+    /// The rule in the datapath for (key, mask), with its priority: the
+    /// highest priority, then the lowest id, of the rules with that match.
+    fn winner_prio(&self, key: &FlowKey, mask: &FlowKey) -> Option<(u32, u16)> {
+        self.group(key, mask)
+            .map(|(id, r)| (id, r.priority))
             .max_by_key(|(id, p)| (*p, std::cmp::Reverse(*id)))
-            .map(|(id, _)| id)
+    }
+
+    /// The rule in the datapath for (key, mask).
+    fn winner(&self, key: &FlowKey, mask: &FlowKey) -> Option<u32> {
+        self.winner_prio(key, mask).map(|(id, _)| id)
     }
 
     /// The classifier entry of rule `id` (its map key), if the rule is the
     /// one in the datapath for its match (not shadowed).
     pub fn entry_key(&self, id: u32) -> Option<FlowMapKey> {
-        let r = self.rules.get(&id)?;
+        let r = self.get(id)?;
         if self.winner(&r.key, &r.mask) != Some(id) {
             return None;
         }
@@ -437,7 +792,7 @@ impl RuleTable {
             return Vec::new();
         };
         let now = self.winner(key, mask);
-        match (before, now.and_then(|id| Some((id, self.rules.get(&id)?)))) {
+        match (before, now.and_then(|id| Some((id, self.get(id)?)))) {
             (Some(_), None) => vec![MapOp::DelFlow(mk)],
             (None, None) => Vec::new(),
             (Some(b), Some((id, r))) if b == id => {
@@ -502,6 +857,7 @@ fn entry(id: u32, r: &Rule) -> FlowEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap as Map;
 
     fn rule(prio: u16, dst: [u8; 4], mask: [u8; 4], out: u32) -> Rule {
         Rule {
@@ -649,5 +1005,208 @@ mod tests {
         t.remove(1).unwrap();
         assert_eq!(t.insert(rule(1, [10, 0, 0, 9], m, 0)).unwrap().0, 1);
         assert!(t.insert(rule(1, [10, 0, 0, 8], m, 0)).is_err());
+    }
+
+    /// A small deterministic generator (xorshift64*), for the model test.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// What every index must answer, from a plain list of the rules.
+    fn check_against_model(t: &RuleTable, model: &Map<u32, Rule>, masks: &[[u8; 4]]) {
+        assert_eq!(t.len(), model.len());
+        assert_eq!(
+            t.rules().map(|(i, r)| (i, r.clone())).collect::<Vec<_>>(),
+            model
+                .iter()
+                .map(|(i, r)| (*i, r.clone()))
+                .collect::<Vec<_>>()
+        );
+        // By cookie, exact and masked (cookies are 0..8 here).
+        for want in 0..8u64 {
+            for mask in [u64::MAX, 0x6, 0x1, 0] {
+                let naive: Vec<u32> = model
+                    .iter()
+                    .filter(|(_, r)| r.cookie & mask == want & mask)
+                    .map(|(i, _)| *i)
+                    .collect();
+                assert_eq!(
+                    t.ids_by_cookie(want, mask),
+                    naive,
+                    "cookie {want:#x}/{mask:#x}"
+                );
+            }
+        }
+        // By match: when the index answers, it answers what a scan would.
+        for m in masks {
+            for last in 0..4u8 {
+                let fm = FlowKey {
+                    ipv4_dst: *m,
+                    ..Default::default()
+                };
+                let fk = FlowKey {
+                    ipv4_dst: [10, 0, 0, last],
+                    ..Default::default()
+                }
+                .masked(&fm);
+                let naive: Vec<u32> = model
+                    .iter()
+                    .filter(|(_, r)| fm.mask_is_subset_of(&r.mask) && r.key.masked(&fm) == fk)
+                    .map(|(i, _)| *i)
+                    .collect();
+                if let Some(ids) = t.ids_by_match(&fk, &fm) {
+                    assert_eq!(ids, naive, "match {fk:?}/{fm:?}");
+                }
+            }
+        }
+        // Winners: what the datapath holds for each match, and lookups.
+        for (id, r) in model {
+            let winner = model
+                .iter()
+                .filter(|(_, o)| o.key == r.key && o.mask == r.mask)
+                .max_by_key(|(i, o)| (o.priority, std::cmp::Reverse(**i)))
+                .map(|(i, _)| *i);
+            assert_eq!(t.entry_key(*id).is_some(), winner == Some(*id));
+        }
+        for last in 0..4u8 {
+            let pkt = FlowKey {
+                ipv4_dst: [10, 0, 0, last],
+                ..Default::default()
+            };
+            let naive = model
+                .iter()
+                .filter(|(_, r)| pkt.masked(&r.mask) == r.key)
+                .max_by_key(|(i, r)| (r.priority, std::cmp::Reverse(**i)))
+                .map(|(i, _)| *i);
+            assert_eq!(t.lookup(&pkt).map(|(i, _)| i), naive);
+        }
+    }
+
+    /// The match and cookie indexes against a plain model, through random
+    /// inserts, removals and cookie changes (rules sharing matches, at
+    /// equal and different priorities, ids reused).
+    #[test]
+    fn indexes_agree_with_a_scan_through_random_changes() {
+        let masks = [[255u8; 4], [255, 255, 255, 252], [255, 255, 0, 0]];
+        for seed in 1..=20u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let mut t = RuleTable::new().with_limit(64);
+            let mut model: Map<u32, Rule> = Map::new();
+            for step in 0..400 {
+                match rng.below(10) {
+                    0..=4 => {
+                        let mask = masks[rng.below(masks.len() as u64) as usize];
+                        let mut r =
+                            rule(rng.below(3) as u16, [10, 0, 0, rng.below(4) as u8], mask, 0);
+                        r.cookie = rng.below(8);
+                        match t.insert(r.clone()) {
+                            Ok((id, _)) => {
+                                r.key = r.key.masked(&r.mask);
+                                assert!(model.insert(id, r).is_none(), "id {id} given twice");
+                            }
+                            Err(e) => assert_eq!(e, TableError::Full(64)),
+                        }
+                    }
+                    5..=7 => {
+                        let ids: Vec<u32> = model.keys().copied().collect();
+                        if let Some(&id) = ids.get(rng.below(ids.len().max(1) as u64) as usize) {
+                            let (r, _) = t.remove(id).unwrap();
+                            assert_eq!(Some(r), model.remove(&id));
+                        }
+                    }
+                    _ => {
+                        let ids: Vec<u32> = model.keys().copied().collect();
+                        if let Some(&id) = ids.get(rng.below(ids.len().max(1) as u64) as usize) {
+                            let c = rng.below(8);
+                            t.modify(id, |r| r.cookie = c).unwrap();
+                            if let Some(r) = model.get_mut(&id) {
+                                r.cookie = c;
+                            }
+                        }
+                    }
+                }
+                if step % 20 == 0 {
+                    check_against_model(&t, &model, &masks);
+                }
+            }
+            check_against_model(&t, &model, &masks);
+        }
+    }
+
+    #[test]
+    fn the_match_index_answers_only_when_one_subtable_covers_the_filter() {
+        let mut t = RuleTable::new();
+        let (a, _) = t.insert(rule(1, [10, 0, 0, 1], [255; 4], 1)).unwrap();
+        t.insert(rule(1, [10, 0, 0, 2], [255; 4], 2)).unwrap();
+        let exact = FlowKey {
+            ipv4_dst: [255; 4],
+            ..Default::default()
+        };
+        let key = |d| FlowKey {
+            ipv4_dst: d,
+            ..Default::default()
+        };
+        // One group, found without a scan.
+        assert_eq!(t.ids_by_match(&key([10, 0, 0, 1]), &exact), Some(vec![a]));
+        assert_eq!(t.ids_by_match(&key([10, 0, 0, 7]), &exact), Some(vec![]));
+        // A wider filter covers rules of several keys: a scan.
+        let wide = FlowKey {
+            ipv4_dst: [255, 255, 255, 0],
+            ..Default::default()
+        };
+        assert_eq!(t.ids_by_match(&key([10, 0, 0, 0]), &wide), None);
+        // A rule with a wider mask than the filter's: no rule is covered
+        // by a narrower one, and the index says so.
+        let mut t = RuleTable::new();
+        t.insert(rule(1, [10, 0, 0, 0], [255, 255, 255, 0], 1))
+            .unwrap();
+        assert_eq!(t.ids_by_match(&key([10, 0, 0, 1]), &exact), Some(vec![]));
+    }
+
+    #[test]
+    fn memory_follows_the_rules() {
+        let mut t = RuleTable::new().with_limit(10_000);
+        let ids: Vec<u32> = (0..5000u32)
+            .map(|i| {
+                let d = i.to_be_bytes();
+                t.insert(rule(1, [10, d[1], d[2], d[3]], [255; 4], i % 7))
+                    .unwrap()
+                    .0
+            })
+            .collect();
+        assert_eq!(t.cookies.len(), 7);
+        // Removing the highest ids gives their slots back.
+        for id in ids[1000..].iter().rev() {
+            t.remove(*id).unwrap();
+        }
+        assert_eq!(t.slots.len(), 1000);
+        assert!(t.slots.capacity() < 5000);
+        // A freed id below is used again, the next after the end is 1000.
+        t.remove(ids[10]).unwrap();
+        assert_eq!(t.insert(rule(1, [11, 0, 0, 1], [255; 4], 1)).unwrap().0, 10);
+        assert_eq!(
+            t.insert(rule(1, [11, 0, 0, 2], [255; 4], 1)).unwrap().0,
+            1000
+        );
+        // The last rule out: nothing kept.
+        let all: Vec<u32> = t.rules().map(|(id, _)| id).collect();
+        for id in all {
+            t.remove(id).unwrap();
+        }
+        assert!(t.is_empty());
+        assert_eq!(t.slots.capacity(), 0);
+        assert_eq!(t.groups.capacity(), 0);
+        assert!(t.cookies.is_empty());
+        assert_eq!(t.insert(rule(1, [12, 0, 0, 1], [255; 4], 1)).unwrap().0, 0);
     }
 }
