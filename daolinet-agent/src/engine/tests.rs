@@ -434,6 +434,93 @@ fn the_fast_path_handles_answers_in_order_with_what_the_loop_read_before() {
     }
 }
 
+/// A flow of cookie `cookie` to 10.(cookie).x.y.
+fn flow_with_cookie(cookie: u8, i: u16) -> Message {
+    let [x, y] = i.to_be_bytes();
+    Message::FlowMod(
+        format!("cookie={cookie},in_port=1,ip,nw_dst=10.{cookie}.{x}.{y} actions=output:2")
+            .parse()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn a_barrier_after_a_delete_by_cookie_follows_the_removal_of_every_entry() {
+    // 300 flows of cookie 1 and 200 of cookie 2; then, in one stream, a
+    // delete by cookie 1, a barrier, and a delete by an exact match and a
+    // barrier: each reply comes after every entry its delete removed is
+    // gone, and what was not selected stays; whether the loop reads the
+    // stream or the fast path does while it waits for a PACKET_OUT.
+    let mut adds: Vec<(u32, Message)> = (0..300).map(|i| (100, flow_with_cookie(1, i))).collect();
+    adds.extend((0..200).map(|i| (101, flow_with_cookie(2, i))));
+    adds.push((102, Message::BarrierRequest));
+    let adds = wire(&adds);
+    let by_match: FlowMod = "in_port=1,ip,nw_dst=10.2.0.7".parse().unwrap();
+    let dels = wire(&[
+        (
+            40,
+            Message::FlowMod(FlowMod::delete(of::Match::new()).cookie_match(1, u64::MAX)),
+        ),
+        (41, Message::BarrierRequest),
+        (
+            42,
+            Message::FlowMod(FlowMod {
+                command: of::OFPFC_DELETE,
+                ..by_match
+            }),
+        ),
+        (43, Message::BarrierRequest),
+        (44, packet_out(1)),
+    ]);
+    for (fast, split) in [(false, 0), (true, 0), (true, 9), (true, 120)] {
+        let log = Log::default();
+        let mut eng = engine_with(&log, ConnConfig::default());
+        let (id, st) = connected(&mut eng, &log, "c");
+        lock(&st).send(adds.clone());
+        while lock(&st).pending() > 0 {
+            eng.read(id, false);
+        }
+        assert_eq!(eng.sw.flows.len(), 500);
+        lock(&log).clear();
+        if fast {
+            // The loop reads the first part; the rest comes while the
+            // fast path waits for the answer to a PACKET_IN.
+            if split > 0 {
+                lock(&st).send(dels[..split].to_vec());
+                eng.read(id, false);
+            }
+            lock(&st).send_after(2, dels[split..].to_vec());
+            lock(&eng.dp.punts).push_back(punt(1));
+            let mut fp = FastPath::patient(60);
+            assert_eq!(fp.run(&mut eng, 0), 1);
+        } else {
+            lock(&st).send(dels.clone());
+            while lock(&st).pending() > 0 {
+                eng.read(id, false);
+            }
+        }
+        let log = lock(&log).clone();
+        let dels_before = |f: &dyn Fn(&Ev) -> bool| {
+            let at = log.iter().position(f).expect("reply in the log");
+            log[..at].iter().filter(|e| matches!(e, Ev::Del)).count()
+        };
+        let first = dels_before(&barrier_reply(41));
+        assert!(
+            first >= 300,
+            "fast {fast} split {split}: {first} removed before the reply"
+        );
+        assert_eq!(
+            dels_before(&barrier_reply(43)),
+            301,
+            "fast {fast} split {split}"
+        );
+        assert_eq!(eng.sw.flows.len(), 199);
+        assert!(log
+            .iter()
+            .any(|e| matches!(e, Ev::Emit(2, f) if *f == frame(1))));
+    }
+}
+
 #[test]
 fn the_fast_path_waits_for_every_controller_and_for_new_punts() {
     let log = Log::default();
