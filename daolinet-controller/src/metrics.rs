@@ -125,6 +125,9 @@ pub struct Metrics {
     role: AtomicU64,
     tls_refused: AtomicU64,
     generation: AtomicU64,
+    /// Packets punted by a denial (Open vSwitch): [still denied, allowed
+    /// now and delivered].
+    punted_denials: [AtomicU64; 2],
 }
 
 impl Metrics {
@@ -171,6 +174,14 @@ impl Metrics {
         if let Ok(mut m) = self.verdicts.write() {
             m.retain(|n, _| n.is_empty() || keep(n));
         }
+    }
+
+    /// Counts a packet a denial punted (Open vSwitch: denials punt through
+    /// a meter): `delivered` when the policy allows it now (a cached copy
+    /// of a denial outlived the change that deleted it), else dropped by
+    /// the controller.
+    pub fn punted_denial(&self, delivered: bool) {
+        self.punted_denials[usize::from(delivered)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a denial.
@@ -283,6 +294,18 @@ impl Metrics {
                 g(&self.denials[i])
             );
         }
+        let _ = writeln!(
+            s,
+            "# HELP daolinet_punted_denials_total Packets a denial punted to the controller (Open vSwitch gets denials as punts through a meter, since its datapath caches a deleted drop past the BARRIER) by outcome: dropped (still denied) or delivered (allowed by a policy change the switch's cache had not caught up with)."
+        );
+        let _ = writeln!(s, "# TYPE daolinet_punted_denials_total counter");
+        for (i, outcome) in ["dropped", "delivered"].iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "daolinet_punted_denials_total{{outcome=\"{outcome}\"}} {}",
+                g(&self.punted_denials[i])
+            );
+        }
         let _ = writeln!(s, "# HELP daolinet_flows_installed Flows the controller has installed (not yet deleted or known expired).");
         let _ = writeln!(s, "# TYPE daolinet_flows_installed gauge");
         let _ = writeln!(s, "daolinet_flows_installed {}", g(&self.flows_installed));
@@ -361,6 +384,12 @@ mod tests {
         assert!(t.contains("daolinet_packet_in_answer_seconds_bucket{le=\"0.0001\"} 3"));
         assert!(t.contains("daolinet_packet_in_answer_seconds_count 3"));
         assert!(t.contains("daolinet_decision_seconds_count 2"));
+        m.punted_denial(true);
+        m.punted_denial(false);
+        m.punted_denial(false);
+        let t = m.render();
+        assert!(t.contains("daolinet_punted_denials_total{outcome=\"dropped\"} 2"));
+        assert!(t.contains("daolinet_punted_denials_total{outcome=\"delivered\"} 1"));
     }
 
     #[test]

@@ -698,8 +698,39 @@ impl Controller {
     /// encoded). Lock-free on the snapshot; one short per-datapath lock on
     /// the flow registry.
     pub fn decide(&self, dpid: Dpid, in_port: u32, data: &[u8]) -> Result<Outcome, ServiceError> {
+        self.decide_as(dpid, in_port, data, None)
+    }
+
+    /// Like [`Controller::decide`] for a packet that one of the
+    /// controller's denials (flow cookie `cookie`) punted: still denied,
+    /// nothing to send; allowed now, delivered
+    /// ([`policy::handle_punted_denial`]).
+    pub fn decide_punted_denial(
+        &self,
+        dpid: Dpid,
+        in_port: u32,
+        data: &[u8],
+        cookie: u64,
+    ) -> Result<Outcome, ServiceError> {
+        self.decide_as(dpid, in_port, data, Some(cookie))
+    }
+
+    fn decide_as(
+        &self,
+        dpid: Dpid,
+        in_port: u32,
+        data: &[u8],
+        denial: Option<u64>,
+    ) -> Result<Outcome, ServiceError> {
         let snap = self.snap.load();
-        let out = policy::handle_packet_in(&snap, &self.cfg, dpid, in_port, data);
+        let out = match denial {
+            None => policy::handle_packet_in(&snap, &self.cfg, dpid, in_port, data),
+            Some(c) => {
+                let out = policy::handle_punted_denial(&snap, &self.cfg, dpid, in_port, data, c);
+                self.metrics.punted_denial(!out.decisions.is_empty());
+                out
+            }
+        };
         let n = self.flows.apply(&out.decisions)?;
         self.metrics.set_flows_installed(n);
         let network = snap

@@ -268,6 +268,9 @@ consts! {
     OFPRRFC_STALE: u16 = 0, "ROLE_REQUEST_FAILED: stale message (old generation_id).";
     OFPRRFC_UNSUP: u16 = 1, "ROLE_REQUEST_FAILED: controller role change unsupported.";
     OFPRRFC_BAD_ROLE: u16 = 2, "ROLE_REQUEST_FAILED: invalid role.";
+    OFPMMFC_METER_EXISTS: u16 = 1, "METER_MOD_FAILED: meter not added because the meter already exists.";
+    OFPMMFC_UNKNOWN_METER: u16 = 3, "METER_MOD_FAILED: meter not modified because the meter does not exist.";
     OFPMMFC_BAD_BAND: u16 = 8, "METER_MOD_FAILED: band unsupported.";
+    OFPMMFC_OUT_OF_METERS: u16 = 10, "METER_MOD_FAILED: no more meters available.";
     OFPTFFC_BAD_LEN: u16 = 3, "TABLE_FEATURES_FAILED: length problem in properties.";
 }

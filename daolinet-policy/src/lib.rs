@@ -11,6 +11,9 @@
 //!
 //! - [`handle_packet_in`]: a punted packet (ARP, first packet of a flow,
 //!   firewall connection, NAT return) -> flows + PACKET_OUT.
+//! - [`handle_punted_denial`]: a packet a denial punted (on switches that
+//!   cache flows past a BARRIER, denials punt through a meter) -> decided
+//!   again; still denied, nothing sent; allowed now, delivered.
 //! - [`handle_model_change`]: an accepted API mutation -> deletion of exactly
 //!   the flows it invalidates (by cookie) and the proactive flows it adds.
 //! - [`handle_switch_connected`], [`handle_host_gone`]: datapath life cycle.
@@ -217,4 +220,44 @@ pub fn handle_packet_in(
     data: &[u8],
 ) -> Outcome {
     rules::packet_in(snap, cfg, dpid, in_port, data)
+}
+
+/// Decides a packet that datapath `dpid` punted through one of the
+/// controller's denials, the flow with cookie `cookie`.
+///
+/// A denial is a drop flow; on a switch whose datapath caches flows past a
+/// BARRIER (Open vSwitch: a megaflow made from a deleted drop keeps
+/// dropping until a revalidator has been over it) the OpenFlow layer
+/// writes it as a rate-limited punt instead, so that a cached copy
+/// outliving a policy change (`connect`, a group join) cannot eat the
+/// first allowed packet. The packet is decided with the policy of now, as
+/// [`handle_packet_in`] does, except that:
+/// - still denied (or ignored), nothing is sent: no new drop flow (the one
+///   that punted it keeps its hard timeout, not renewed by each packet),
+///   no PACKET_OUT; the verdict counts it. A denied packet never loops;
+/// - allowed now, the denial that punted it is deleted first (the policy
+///   no longer backs it; normally the change already deleted it and this
+///   is a no-op), then the flows and the PACKET_OUT of
+///   [`handle_packet_in`] deliver it.
+pub fn handle_punted_denial(
+    snap: &Snapshot,
+    cfg: &Config,
+    dpid: Dpid,
+    in_port: u32,
+    data: &[u8],
+    cookie: u64,
+) -> Outcome {
+    let mut out = rules::packet_in(snap, cfg, dpid, in_port, data);
+    match out.verdict {
+        Verdict::Denied(_) | Verdict::Ignored => out.decisions.clear(),
+        _ => out.decisions.insert(
+            0,
+            Decision::DeleteFlows {
+                dpid,
+                cookie,
+                cookie_mask: u64::MAX,
+            },
+        ),
+    }
+    out
 }

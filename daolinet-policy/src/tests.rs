@@ -294,6 +294,52 @@ fn overlapping_tenants_are_isolated_and_denials_are_rate_limited() {
 }
 
 #[test]
+fn a_punted_denial_is_decided_again_and_never_loops() {
+    // Open vSwitch gets denials as punts through a meter: a stale cached
+    // copy of a deleted denial (or the denial itself, while it lasts)
+    // sends its packets to the controller.
+    let m = sample();
+    let (c, d) = (m.containers["c"].clone(), m.containers["d"].clone());
+    let cfg = Config::default();
+    let snap = Snapshot::new(m.clone());
+    let frame = udp(&c, d.ip, 7).emit();
+    let first = handle_packet_in(&snap, &cfg, Dpid(1), c.port, &frame);
+    assert_eq!(first.verdict, Verdict::Denied(DenyReason::Isolated));
+    let [Decision::AddFlow(deny)] = first.decisions.as_slice() else {
+        panic!("not one drop flow: {:?}", first.decisions);
+    };
+    // Still denied: counted, nothing sent (no new drop renewing the hard
+    // timeout, no PACKET_OUT).
+    let again = handle_punted_denial(&snap, &cfg, Dpid(1), c.port, &frame, deny.cookie);
+    assert_eq!(again.verdict, Verdict::Denied(DenyReason::Isolated));
+    assert!(again.decisions.is_empty(), "{:?}", again.decisions);
+    // Unparsable: ignored, nothing sent either.
+    let junk = handle_punted_denial(&snap, &cfg, Dpid(1), c.port, &[1, 2, 3], deny.cookie);
+    assert_eq!((junk.verdict, junk.decisions.len()), (Verdict::Ignored, 0));
+    // Connected since: the denial is deleted, then the packet delivered as
+    // any first packet of the pair.
+    let mut m2 = m;
+    m2.set_pair(&c.id, &d.id, PairAction::Connect).unwrap();
+    let snap2 = Snapshot::new(m2);
+    let now = handle_punted_denial(&snap2, &cfg, Dpid(1), c.port, &frame, deny.cookie);
+    let fresh = handle_packet_in(&snap2, &cfg, Dpid(1), c.port, &frame);
+    assert_eq!(now.verdict, Verdict::SameHost);
+    assert_eq!(
+        now.decisions[0],
+        Decision::DeleteFlows {
+            dpid: Dpid(1),
+            cookie: deny.cookie,
+            cookie_mask: u64::MAX
+        }
+    );
+    assert_eq!(now.decisions[1..], fresh.decisions[..]);
+    assert!(matches!(
+        now.decisions.last(),
+        Some(Decision::PacketOut { .. })
+    ));
+}
+
+#[test]
 fn packet_out_carries_valid_checksums_whoever_punted() {
     // Open vSwitch with userspace TSO punts a TCP segment with only the
     // pseudo-header sum in its checksum (CHECKSUM_PARTIAL); sent back as

@@ -46,12 +46,14 @@ impl Cluster {
         self.container(id)["ip"].as_str().unwrap().to_string()
     }
 
-    /// The forwarding flows (not drops) of both hosts matching `ip`.
+    /// The forwarding flows (not denials) of both hosts matching `ip`. A
+    /// denial is a drop on the agent and a punt through the deny meter on
+    /// Open vSwitch (`actions=meter:1,CONTROLLER:65535`).
     fn flows_with(&self, ip: &str) -> (Vec<String>, Vec<String>) {
         let pick = |dump: String| -> Vec<String> {
             dump.lines()
                 .filter(|l| l.contains(&format!("={ip},")) || l.contains(&format!("={ip} ")))
-                .filter(|l| !l.contains("actions=drop"))
+                .filter(|l| !l.contains("actions=drop") && !l.contains("actions=meter:"))
                 .map(str::to_string)
                 .collect()
         };

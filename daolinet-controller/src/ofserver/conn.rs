@@ -23,6 +23,15 @@
 //!    here; an idle switch is probed with ECHO_REQUEST and dropped when it
 //!    does not answer.
 //!
+//! Denials (see [`translate::Denials`]): with the FEATURES_REQUEST answered
+//! the switch is asked for its description (OFPMP_DESC). Open vSwitch, whose
+//! datapath caches flows beyond a BARRIER, gets the meter of punting
+//! denials ([`Conn::install_deny_meter`], called by the edge once it may
+//! change the switch): METER_MOD (`OFPMC_ADD`, or `OFPMC_MODIFY` when the
+//! meter is left from an earlier connection) and a BARRIER; from that
+//! BARRIER_REPLY on, the denials sent to it punt through the meter. A switch
+//! that refuses the meter keeps plain drops.
+//!
 //! Roles (several controllers): [`Conn::request_role`] sends a
 //! ROLE_REQUEST; while a request for master awaits its ROLE_REPLY, every
 //! FLOW_MOD, PACKET_OUT and BARRIER the connection is asked to send is held
@@ -45,10 +54,11 @@ use bytes::BytesMut;
 use daolinet_openflow::{
     consts::{
         OFPBRC_EPERM, OFPCML_NO_BUFFER, OFPCR_ROLE_MASTER, OFPET_BAD_REQUEST, OFPET_HELLO_FAILED,
-        OFPET_ROLE_REQUEST_FAILED, OFPMPF_REPLY_MORE, OFPR_ACTION, OFPR_INVALID_TTL, OFPR_NO_MATCH,
+        OFPET_METER_MOD_FAILED, OFPET_ROLE_REQUEST_FAILED, OFPMC_ADD, OFPMC_MODIFY,
+        OFPMMFC_METER_EXISTS, OFPMPF_REPLY_MORE, OFPR_ACTION, OFPR_INVALID_TTL, OFPR_NO_MATCH,
         OFP_VERSION,
     },
-    AsyncConfig, DecodeError, Decoder, ErrorCode, ErrorMsg, FlowRemoved, FlowStats,
+    AsyncConfig, DecodeError, Decoder, Desc, ErrorCode, ErrorMsg, FlowRemoved, FlowStats,
     FlowStatsRequest, Hello, Message, MultipartReplyBody, MultipartRequest, MultipartRequestBody,
     PacketIn, Port, PortStatus, RoleMsg, SwitchConfig, SwitchFeatures,
 };
@@ -56,7 +66,27 @@ use daolinet_openflow::{
 use daolinet_policy::addr::Dpid;
 use daolinet_policy::{Decision, FlowSpec};
 
-use super::translate::{self, TranslateError};
+use super::translate::{self, Denials, TranslateError};
+
+/// Where the meter of punting denials stands on a switch that caches flows
+/// past a BARRIER (see [`Conn::install_deny_meter`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyMeter {
+    /// Not asked for (not an Open vSwitch, or not known yet, or not sent:
+    /// the edge may not change the switch).
+    Absent,
+    /// METER_MOD (xid) and a BARRIER (xid) sent, the BARRIER_REPLY awaited.
+    Pending {
+        /// xid of the METER_MOD.
+        meter_mod: u32,
+        /// xid of the BARRIER after it.
+        barrier: u32,
+    },
+    /// In place: denials punt through it.
+    Ready,
+    /// The switch refused it: denials stay plain drops on this connection.
+    Refused,
+}
 
 /// The asynchronous messages the controller asks for (SET_ASYNC, as
 /// `[master/equal, slave]` masks): PACKET_IN for no match, an action and an
@@ -186,6 +216,9 @@ pub enum Event {
     RoleRefused(ErrorMsg),
     /// The switch's flow table, as asked by [`Conn::request_flows`].
     Flows(Vec<FlowStats>),
+    /// The switch's description (OFPMP_DESC), asked at the handshake; the
+    /// edge calls [`Conn::install_deny_meter`] if it may change the switch.
+    Described(Desc),
     /// The connection is closed (after `out` is flushed).
     Closed(CloseReason),
 }
@@ -215,6 +248,12 @@ pub struct Conn {
     /// PACKET_INs received before FEATURES_REPLY, and their frame bytes.
     early: Vec<PacketIn>,
     early_bytes: usize,
+    /// The xid of the OFPMP_DESC request, until its reply.
+    desc_pending: Option<u32>,
+    /// The switch described itself as one caching flows past a BARRIER
+    /// (Open vSwitch): its denials punt once [`DenyMeter::Ready`].
+    caches_flows: bool,
+    deny_meter: DenyMeter,
     /// Messages answered with an OFPT_ERROR.
     pub errors_sent: u64,
     /// PACKET_INs dropped before FEATURES_REPLY (beyond
@@ -242,6 +281,9 @@ impl Conn {
             certified: None,
             early: Vec::new(),
             early_bytes: 0,
+            desc_pending: None,
+            caches_flows: false,
+            deny_meter: DenyMeter::Absent,
             errors_sent: 0,
             early_packet_ins_dropped: 0,
         };
@@ -289,6 +331,52 @@ impl Conn {
         matches!(self.role_pending, Some((_, true)))
     }
 
+    /// Drops what was held for a ROLE_REPLY; a deny meter among it was
+    /// never sent.
+    fn drop_held(&mut self) {
+        self.held.clear();
+        if matches!(self.deny_meter, DenyMeter::Pending { .. }) {
+            self.deny_meter = DenyMeter::Absent;
+        }
+    }
+
+    /// How denials are written to this switch now.
+    pub fn denials(&self) -> Denials {
+        if self.deny_meter == DenyMeter::Ready {
+            Denials::Punt
+        } else {
+            Denials::Drop
+        }
+    }
+
+    /// The state of the meter of punting denials.
+    pub fn deny_meter(&self) -> DenyMeter {
+        self.deny_meter
+    }
+
+    /// True once the switch described itself as caching flows past a
+    /// BARRIER (Open vSwitch).
+    pub fn caches_flows(&self) -> bool {
+        self.caches_flows
+    }
+
+    /// On a switch that caches flows past a BARRIER, sends the meter of
+    /// punting denials ([`translate::deny_meter_mod`]) and a BARRIER, once
+    /// (through [`Conn::sink`]: held while a ROLE_REQUEST for master awaits
+    /// its reply). The edge calls it whenever it may change the switch
+    /// (alone or master) and when the switch's description arrives; it
+    /// does nothing on other switches, before the description, or when the
+    /// meter is sent, in place or refused. True when it sent something.
+    pub fn install_deny_meter(&mut self) -> bool {
+        if !self.caches_flows || self.deny_meter != DenyMeter::Absent {
+            return false;
+        }
+        let meter_mod = self.send_change(&Message::MeterMod(translate::deny_meter_mod(OFPMC_ADD)));
+        let barrier = self.send_change(&Message::BarrierRequest);
+        self.deny_meter = DenyMeter::Pending { meter_mod, barrier };
+        true
+    }
+
     /// Sends a ROLE_REQUEST for `role` (`OFPCR_ROLE_*`) with `generation`;
     /// for master, holds what [`Conn::sink`] receives until the reply.
     /// Returns the xid.
@@ -299,7 +387,7 @@ impl Conn {
         }));
         if role != OFPCR_ROLE_MASTER {
             // Nothing we queued may go out as a non-master.
-            self.held.clear();
+            self.drop_held();
         }
         self.role_pending = Some((xid, role == OFPCR_ROLE_MASTER));
         xid
@@ -372,10 +460,11 @@ impl Conn {
         xid
     }
 
-    /// Queues the FLOW_MOD adding `f`.
+    /// Queues the FLOW_MOD adding `f` (a denial as [`Conn::denials`] says).
     pub fn send_flow(&mut self, f: &FlowSpec) -> Result<(), TranslateError> {
         let xid = self.xid();
-        translate::put_flow_mod(f, xid, self.sink())
+        let denials = self.denials();
+        translate::put_flow_mod(f, denials, xid, self.sink())
     }
 
     /// Queues a BARRIER_REQUEST. With a token, [`Event::BarrierDone`] is
@@ -507,6 +596,9 @@ impl Conn {
                 self.send(&M::MultipartRequest(MultipartRequest::new(
                     MultipartRequestBody::PortDesc,
                 )));
+                self.desc_pending = Some(self.send(&M::MultipartRequest(MultipartRequest::new(
+                    MultipartRequestBody::Desc,
+                ))));
                 events.push(Event::Ready { dpid, features: f });
                 // Held PACKET_INs, in their order, once the edge knows the
                 // datapath (and has queued its initialisation before their
@@ -544,6 +636,18 @@ impl Conn {
             (Phase::Ready(_), M::PortStatus(p)) => events.push(Event::PortStatus(p)),
             (Phase::Ready(_), M::MultipartReply(r)) => match r.body {
                 MultipartReplyBody::PortDesc(ports) => events.push(Event::Ports(ports)),
+                MultipartReplyBody::Desc(d) if self.desc_pending == Some(xid) => {
+                    self.desc_pending = None;
+                    self.caches_flows = translate::caches_flows_past_barrier(&d);
+                    tracing::info!(
+                        mfr = %d.mfr_desc,
+                        hw = %d.hw_desc,
+                        sw = %d.sw_desc,
+                        punting_denials = self.caches_flows,
+                        "switch description"
+                    );
+                    events.push(Event::Described(d));
+                }
                 MultipartReplyBody::Flow(flows) => {
                     if let Some((want, got)) = &mut self.flows_pending {
                         if *want == xid {
@@ -566,8 +670,27 @@ impl Conn {
                 events.push(Event::Role(r));
             }
             (Phase::Ready(_), M::BarrierReply) => {
+                if matches!(self.deny_meter, DenyMeter::Pending { barrier, .. } if barrier == xid) {
+                    self.deny_meter = DenyMeter::Ready;
+                    tracing::debug!("deny meter in place: denials punt through it");
+                }
                 if let Some(t) = self.barriers.remove(&xid) {
                     events.push(Event::BarrierDone(t));
+                }
+            }
+            (Phase::Ready(_), M::Error(e)) if matches!(self.deny_meter, DenyMeter::Pending { meter_mod, .. } if meter_mod == xid) =>
+            {
+                if e.code().is_some_and(|c| {
+                    c.err_type == OFPET_METER_MOD_FAILED && c.code == OFPMMFC_METER_EXISTS
+                }) {
+                    // Left from an earlier connection (the switch keeps its
+                    // meters): made ours again, before the BARRIER's reply.
+                    self.send_change(&Message::MeterMod(translate::deny_meter_mod(OFPMC_MODIFY)));
+                } else {
+                    tracing::warn!(error = %describe(&e),
+                        "the switch refused the deny meter: its denials stay drops, \
+                         and a drop it caches past a policy change may eat a first packet");
+                    self.deny_meter = DenyMeter::Refused;
                 }
             }
             (Phase::Ready(_), M::Error(e)) => {
@@ -578,7 +701,7 @@ impl Conn {
                 {
                     if role_xid {
                         self.role_pending = None;
-                        self.held.clear();
+                        self.drop_held();
                     }
                     events.push(Event::RoleRefused(e));
                 } else {
@@ -874,6 +997,13 @@ mod tests {
                     }),
                     ..
                 },
+                Frame {
+                    message: Message::MultipartRequest(MultipartRequest {
+                        body: MultipartRequestBody::Desc,
+                        ..
+                    }),
+                    ..
+                },
             ]
         ));
         // Port description, echo, packet-in.
@@ -899,6 +1029,220 @@ mod tests {
                 xid: 9,
                 message: Message::EchoReply(vec![7, 7])
             }]
+        );
+    }
+
+    fn desc(mfr: &str, hw: &str) -> Message {
+        Message::MultipartReply(MultipartReply::new(MultipartReplyBody::Desc(Desc {
+            mfr_desc: mfr.into(),
+            hw_desc: hw.into(),
+            sw_desc: "3.1.0".into(),
+            serial_num: "None".into(),
+            dp_desc: "None".into(),
+        })))
+    }
+
+    /// A connection through the handshake to a switch described as
+    /// `mfr`/`hw`, output drained.
+    fn described(now: Instant, mfr: &str, hw: &str) -> (Conn, Vec<Event>) {
+        let mut c = Conn::new(ConnConfig::default(), now);
+        let mut ev = Vec::new();
+        c.receive(
+            &bytes(&[(1, Message::Hello(Hello::new())), (2, features(7))]),
+            now,
+            &mut ev,
+        );
+        let desc_xid = drain(&mut c)
+            .iter()
+            .find_map(|f| match &f.message {
+                Message::MultipartRequest(MultipartRequest {
+                    body: MultipartRequestBody::Desc,
+                    ..
+                }) => Some(f.xid),
+                _ => None,
+            })
+            .expect("no OFPMP_DESC request at the handshake");
+        ev.clear();
+        c.receive(&bytes(&[(desc_xid, desc(mfr, hw))]), now, &mut ev);
+        (c, ev)
+    }
+
+    fn denial() -> FlowSpec {
+        FlowSpec {
+            dpid: Dpid(7),
+            table: 0,
+            priority: 100,
+            cookie: daolinet_policy::cookie::single(daolinet_policy::cookie::Kind::Deny, 3),
+            idle_timeout: 0,
+            hard_timeout: 3,
+            match_: daolinet_policy::MatchSpec {
+                in_port: Some(2),
+                ..Default::default()
+            },
+            actions: vec![],
+        }
+    }
+
+    /// The instructions of the FLOW_MOD the connection sends for a denial.
+    fn sent_denial(c: &mut Conn) -> Vec<daolinet_openflow::Instruction> {
+        c.send_flow(&denial()).unwrap();
+        match drain(c).pop().map(|f| f.message) {
+            Some(Message::FlowMod(fm)) => fm.instructions,
+            m => panic!("not a FLOW_MOD: {m:?}"),
+        }
+    }
+
+    #[test]
+    fn open_vswitch_gets_the_deny_meter_then_punting_denials() {
+        use daolinet_openflow::{Instruction, MeterMod};
+        let now = Instant::now();
+        let (mut c, ev) = described(now, "Nicira, Inc.", "Open vSwitch");
+        assert!(matches!(&ev[..], [Event::Described(d)] if d.hw_desc == "Open vSwitch"));
+        assert!(c.caches_flows());
+        // Nothing before the edge says it may change the switch; denials
+        // are drops until the meter is confirmed.
+        assert!(drain(&mut c).is_empty());
+        assert_eq!(sent_denial(&mut c), vec![]);
+        assert!(c.install_deny_meter());
+        let out = drain(&mut c);
+        let [Frame {
+            xid: mm_xid,
+            message: Message::MeterMod(mm),
+        }, Frame {
+            xid: b_xid,
+            message: Message::BarrierRequest,
+        }] = &out[..]
+        else {
+            panic!("not METER_MOD + BARRIER: {out:?}");
+        };
+        assert_eq!(*mm, translate::deny_meter_mod(OFPMC_ADD));
+        assert!(!c.install_deny_meter(), "sent twice");
+        assert!(drain(&mut c).is_empty());
+        assert_eq!(c.denials(), Denials::Drop);
+        assert_eq!(sent_denial(&mut c), vec![]);
+        // The meter is left from an earlier connection: made ours again.
+        let mut ev = Vec::new();
+        let exists = Message::Error(ErrorMsg::new(
+            ErrorCode::new(OFPET_METER_MOD_FAILED, OFPMMFC_METER_EXISTS),
+            &[],
+        ));
+        c.receive(&bytes(&[(*mm_xid, exists)]), now, &mut ev);
+        assert!(ev.is_empty(), "{ev:?}");
+        let out = drain(&mut c);
+        assert!(
+            matches!(
+                &out[..],
+                [Frame {
+                    message: Message::MeterMod(MeterMod {
+                        command: OFPMC_MODIFY,
+                        meter_id: translate::DENY_METER,
+                        ..
+                    }),
+                    ..
+                }]
+            ),
+            "{out:?}"
+        );
+        // The BARRIER_REPLY: in place; denials punt through it.
+        c.receive(&bytes(&[(*b_xid, Message::BarrierReply)]), now, &mut ev);
+        assert!(ev.is_empty(), "{ev:?}");
+        assert_eq!(c.deny_meter(), DenyMeter::Ready);
+        assert_eq!(c.denials(), Denials::Punt);
+        assert_eq!(
+            sent_denial(&mut c),
+            vec![
+                Instruction::Meter(translate::DENY_METER),
+                Instruction::ApplyActions(vec![daolinet_openflow::Action::Output {
+                    port: OFPP_CONTROLLER,
+                    max_len: OFPCML_NO_BUFFER
+                }])
+            ]
+        );
+        assert!(!c.install_deny_meter());
+        // Flows that forward are the same as ever.
+        let mut pair = denial();
+        pair.actions = vec![daolinet_policy::ActionSpec::Output(3)];
+        c.send_flow(&pair).unwrap();
+        assert!(matches!(
+            drain(&mut c).pop().map(|f| f.message),
+            Some(Message::FlowMod(fm)) if fm == translate::flow_mod(&pair).unwrap()
+        ));
+    }
+
+    #[test]
+    fn a_refused_meter_or_another_switch_keeps_plain_drops() {
+        let now = Instant::now();
+        // The agent: no meter, drops.
+        let (mut c, _) = described(now, "DaoliNet", "daolinet-agent (eBPF datapath)");
+        assert!(!c.caches_flows());
+        assert!(!c.install_deny_meter());
+        assert!(drain(&mut c).is_empty());
+        assert_eq!(sent_denial(&mut c), vec![]);
+        // Open vSwitch refusing meters (a kernel datapath without them).
+        let (mut c, _) = described(now, "Nicira, Inc.", "Open vSwitch");
+        c.install_deny_meter();
+        let out = drain(&mut c);
+        let refused = Message::Error(ErrorMsg::new(
+            ErrorCode::new(OFPET_METER_MOD_FAILED, OFPMMFC_OUT_OF_METERS),
+            &[],
+        ));
+        let mut ev = Vec::new();
+        c.receive(
+            &bytes(&[(out[0].xid, refused), (out[1].xid, Message::BarrierReply)]),
+            now,
+            &mut ev,
+        );
+        assert!(ev.is_empty(), "{ev:?}");
+        assert_eq!(c.deny_meter(), DenyMeter::Refused);
+        assert!(drain(&mut c).is_empty());
+        assert_eq!(sent_denial(&mut c), vec![]);
+        assert!(!c.install_deny_meter());
+        // Before the description: nothing to do yet.
+        let mut c = ready(now);
+        assert!(!c.install_deny_meter());
+    }
+
+    #[test]
+    fn a_deny_meter_held_for_a_refused_role_is_sent_again() {
+        let now = Instant::now();
+        let (mut c, _) = described(now, "Nicira, Inc.", "Open vSwitch");
+        let role = c.request_role(OFPCR_ROLE_MASTER, 3);
+        drain(&mut c);
+        assert!(c.install_deny_meter());
+        assert!(drain(&mut c).is_empty(), "sent before the ROLE_REPLY");
+        let refusal = Message::Error(ErrorMsg::new(
+            ErrorCode::new(OFPET_ROLE_REQUEST_FAILED, OFPRRFC_STALE),
+            &[],
+        ));
+        let mut ev = Vec::new();
+        c.receive(&bytes(&[(role, refusal)]), now, &mut ev);
+        assert!(drain(&mut c).is_empty());
+        assert_eq!(c.deny_meter(), DenyMeter::Absent);
+        // Master later: sent then.
+        let role = c.request_role(OFPCR_ROLE_MASTER, 4);
+        assert!(c.install_deny_meter());
+        drain(&mut c);
+        let reply = Message::RoleReply(RoleMsg {
+            role: OFPCR_ROLE_MASTER,
+            generation_id: 4,
+        });
+        c.receive(&bytes(&[(role, reply)]), now, &mut ev);
+        let out = drain(&mut c);
+        assert!(
+            matches!(
+                &out[..],
+                [
+                    Frame {
+                        message: Message::MeterMod(_),
+                        ..
+                    },
+                    Frame {
+                        message: Message::BarrierRequest,
+                        ..
+                    }
+                ]
+            ),
+            "{out:?}"
         );
     }
 

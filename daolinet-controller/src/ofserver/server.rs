@@ -952,6 +952,7 @@ impl Task<'_> {
             Role::Alone => {
                 self.acting = true;
                 self.conn.request_flows();
+                self.conn.install_deny_meter();
             }
             Role::Master { generation } => {
                 tracing::info!(%dpid, generation, "asking for the master role");
@@ -960,6 +961,7 @@ impl Task<'_> {
                 self.conn.request_role(OFPCR_ROLE_MASTER, generation);
                 self.acting = true;
                 self.conn.request_flows();
+                self.conn.install_deny_meter();
             }
             Role::Slave { generation } => {
                 self.acting = false;
@@ -1066,6 +1068,13 @@ impl Task<'_> {
                 }
             }
             Event::PacketIn(p) => self.packet_in(p).await,
+            Event::Described(_) => {
+                // Open vSwitch: denials punt through a meter from now on
+                // (see translate::Denials). Only by one that may change it.
+                if self.acting {
+                    self.conn.install_deny_meter();
+                }
+            }
             Event::FlowRemoved(f) => {
                 let Some(dpid) = self.registered else { return };
                 if let Some(m) = translate::from_match(&f.match_) {
@@ -1123,7 +1132,13 @@ impl Task<'_> {
         };
         let srv = self.srv;
         let t0 = Instant::now();
-        let out = match srv.ctl.decide(dpid, in_port, &p.data) {
+        // Through a punting denial (Open vSwitch): decided again, sent on
+        // only if allowed now.
+        let decided = match translate::punted_by_denial(&p) {
+            None => srv.ctl.decide(dpid, in_port, &p.data),
+            Some(c) => srv.ctl.decide_punted_denial(dpid, in_port, &p.data, c),
+        };
+        let out = match decided {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(error = %e, "policy unavailable");

@@ -8,15 +8,16 @@
 use bytes::BytesMut;
 use daolinet_openflow::{
     consts::{
-        OFPCML_NO_BUFFER, OFPFC_ADD, OFPFF_SEND_FLOW_REM, OFPG_ANY, OFPP_ANY, OFPP_CONTROLLER,
-        OFPP_IN_PORT, OFPP_LOCAL, OFPP_MAX, OFP_NO_BUFFER,
+        OFPCML_NO_BUFFER, OFPFC_ADD, OFPFF_SEND_FLOW_REM, OFPG_ANY, OFPMF_BURST, OFPMF_PKTPS,
+        OFPP_ANY, OFPP_CONTROLLER, OFPP_IN_PORT, OFPP_LOCAL, OFPP_MAX, OFPR_ACTION, OFP_NO_BUFFER,
     },
     emit::{self, FlowModHead},
-    Action, EncodeError, FlowMod, FlowStats, Instruction, MacAddr as OfMac, Match, Message,
-    OxmField, PacketOut,
+    Action, Desc, EncodeError, FlowMod, FlowStats, Instruction, MacAddr as OfMac, Match, Message,
+    MeterBand, MeterMod, OxmField, PacketIn, PacketOut,
 };
 
 use daolinet_policy::addr::MacAddr;
+use daolinet_policy::cookie;
 use daolinet_policy::{ActionSpec, Decision, FlowSpec, Ipv4Match, MatchSpec, ETH_TYPE_IPV4};
 
 /// IP protocol number of TCP.
@@ -40,6 +41,91 @@ pub enum TranslateError {
 
 /// A transport-port OXM constructor (`OxmField::TcpSrc` ...).
 type PortField = fn(u16, Option<u16>) -> OxmField;
+
+/// How a switch is given the policy's denials (flows without actions).
+///
+/// A BARRIER_REPLY says the switch's flow *table* has a change, not that
+/// every cache made from the old table has gone. Open vSwitch forwards by
+/// datapath megaflows translated from the table; the megaflow of a deleted
+/// drop flow (`actions:drop`) keeps dropping until a revalidator thread has
+/// been over it, which under load is after the controller answered the
+/// policy change (`connect`, a group join) and the first allowed packet
+/// arrived. On such a switch a denial punts instead, through one
+/// rate-limited meter: a stale megaflow then sends the packet to the
+/// controller, which decides it with the policy of now and, allowed,
+/// delivers it (PACKET_OUT) and installs the pair's flows; still denied, it
+/// is counted and dropped there ([`daolinet_policy::handle_punted_denial`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Denials {
+    /// A flow without instructions: the switch drops (the agent, whose
+    /// datapath reads its flow maps directly, and any switch not known to
+    /// cache flows past a BARRIER).
+    #[default]
+    Drop,
+    /// `meter:`[`DENY_METER`]`, output:CONTROLLER`: rate-limited punts
+    /// (Open vSwitch, once the meter of [`deny_meter_mod`] is in place).
+    Punt,
+}
+
+/// The meter every punting denial of a switch goes through ([`Denials::Punt`]).
+pub const DENY_METER: u32 = 1;
+/// The rate of [`DENY_METER`] (packets per second, per switch): the most
+/// denied packets a switch sends the controller, whatever its containers
+/// send to destinations they may not reach. Only the first packet after a
+/// policy change normally takes this way (the stale megaflow goes with the
+/// next revalidation).
+pub const DENY_METER_PPS: u32 = 200;
+/// The burst [`DENY_METER`] allows above its rate (packets).
+pub const DENY_METER_BURST: u32 = 50;
+
+/// The METER_MOD creating (`OFPMC_ADD`) or updating (`OFPMC_MODIFY`) the
+/// meter of punting denials: [`DENY_METER_PPS`] packets/s, the rest dropped.
+pub fn deny_meter_mod(command: u16) -> MeterMod {
+    MeterMod {
+        command,
+        flags: OFPMF_PKTPS | OFPMF_BURST,
+        meter_id: DENY_METER,
+        bands: vec![MeterBand::Drop {
+            rate: DENY_METER_PPS,
+            burst_size: DENY_METER_BURST,
+        }],
+    }
+}
+
+/// True for a switch whose description (OFPMP_DESC) names Open vSwitch:
+/// its datapath caches flows beyond the BARRIER, so denials must punt
+/// ([`Denials::Punt`]).
+pub fn caches_flows_past_barrier(d: &Desc) -> bool {
+    d.hw_desc.trim() == "Open vSwitch" || d.mfr_desc.contains("Nicira")
+}
+
+/// True when `f` is a denial: it forwards nowhere (no action but drops).
+pub fn is_denial(f: &FlowSpec) -> bool {
+    f.actions.iter().all(|a| *a == ActionSpec::Drop)
+}
+
+/// The cookie of the denial that punted `p` (a switch given
+/// [`Denials::Punt`]: a denial, or a cached copy of one the policy has
+/// deleted since), or `None` for any other PACKET_IN (a table miss, a
+/// firewall punt, an expiring TTL).
+pub fn punted_by_denial(p: &PacketIn) -> Option<u64> {
+    let denial = matches!(
+        cookie::decode(p.cookie),
+        Some((cookie::Kind::Deny | cookie::Kind::PortDeny, _, _))
+    );
+    (p.reason == OFPR_ACTION && denial).then_some(p.cookie)
+}
+
+/// The instructions of a punting denial ([`Denials::Punt`]).
+fn punt_instructions() -> Vec<Instruction> {
+    vec![
+        Instruction::Meter(DENY_METER),
+        Instruction::ApplyActions(vec![Action::Output {
+            port: OFPP_CONTROLLER,
+            max_len: OFPCML_NO_BUFFER,
+        }]),
+    ]
+}
 
 fn of_mac(m: MacAddr) -> OfMac {
     OfMac(m.0)
@@ -252,10 +338,20 @@ fn flow_mod_head(f: &FlowSpec) -> FlowModHead {
 }
 
 /// Appends the FLOW_MOD adding `f` with transaction id `xid` straight to
-/// `buf` ([`emit::flow_mod`]): the same bytes as encoding [`flow_mod`]'s
+/// `buf` ([`emit::flow_mod`]): the same bytes as encoding [`flow_mod_for`]'s
 /// message, without building it (no intermediate match, instruction or
-/// action vectors, one pass). On error `buf` is unchanged.
-pub fn put_flow_mod(f: &FlowSpec, xid: u32, buf: &mut BytesMut) -> Result<(), TranslateError> {
+/// action vectors, one pass). A denial is written as `denials` says. On
+/// error `buf` is unchanged.
+pub fn put_flow_mod(
+    f: &FlowSpec,
+    denials: Denials,
+    xid: u32,
+    buf: &mut BytesMut,
+) -> Result<(), TranslateError> {
+    if denials == Denials::Punt && is_denial(f) {
+        let fm = flow_mod_for(f, denials)?;
+        return Ok(Message::FlowMod(fm).encode(xid, buf)?);
+    }
     emit::flow_mod(
         buf,
         xid,
@@ -284,16 +380,25 @@ pub fn put_packet_out(
     )
 }
 
-/// The FLOW_MOD (OFPFC_ADD) installing `f`. Flows with a timeout ask for a
-/// FLOW_REMOVED (`OFPFF_SEND_FLOW_REM`) so the controller's flow registry
-/// learns about their expiry.
+/// The FLOW_MOD (OFPFC_ADD) installing `f`, denials as drops. Flows with a
+/// timeout ask for a FLOW_REMOVED (`OFPFF_SEND_FLOW_REM`) so the
+/// controller's flow registry learns about their expiry.
 pub fn flow_mod(f: &FlowSpec) -> Result<FlowMod, TranslateError> {
+    flow_mod_for(f, Denials::Drop)
+}
+
+/// The FLOW_MOD (OFPFC_ADD) installing `f` on a switch given denials as
+/// `denials` says (see [`flow_mod`]). Timeouts, cookie and match of a
+/// denial are the same in both forms.
+pub fn flow_mod_for(f: &FlowSpec, denials: Denials) -> Result<FlowMod, TranslateError> {
     let match_ = to_match(&f.match_)?;
     let actions = to_actions(&f.actions, f.match_.ip_proto)?;
-    let instructions = if actions.is_empty() {
-        Vec::new()
-    } else {
+    let instructions = if !actions.is_empty() {
         vec![Instruction::ApplyActions(actions)]
+    } else if denials == Denials::Punt {
+        punt_instructions()
+    } else {
+        Vec::new()
     };
     Ok(FlowMod::from_parts(flow_mod_head(f), match_, instructions))
 }
@@ -340,11 +445,24 @@ pub fn packet_out_needs_barrier(d: &Decision) -> bool {
 
 /// The [`FlowSpec`] of a flow the switch reported (flow stats), or `None`
 /// when it uses matches or instructions the policy never installs (then it
-/// is not one of ours). Inverse of [`flow_mod`] for the flows it builds.
+/// is not one of ours). Inverse of [`flow_mod_for`] for the flows it
+/// builds, in either form of a denial (a punting denial reads back as the
+/// denial the policy built, so reconciliation keeps it).
 pub fn from_flow_stats(dpid: daolinet_policy::addr::Dpid, s: &FlowStats) -> Option<FlowSpec> {
     let match_ = from_match(&s.match_)?;
     let actions = match s.instructions.as_slice() {
         [] => Vec::new(),
+        [Instruction::Meter(DENY_METER), Instruction::ApplyActions(acts)]
+            if matches!(
+                acts.as_slice(),
+                [Action::Output {
+                    port: OFPP_CONTROLLER,
+                    ..
+                }]
+            ) =>
+        {
+            Vec::new()
+        }
         [Instruction::ApplyActions(acts)] => from_actions(acts)?,
         _ => return None,
     };
@@ -527,6 +645,162 @@ mod tests {
         let fm = flow_mod(&drop).unwrap();
         assert!(fm.instructions.is_empty());
         assert_eq!(fm.flags, OFPFF_SEND_FLOW_REM);
+    }
+
+    fn denial() -> FlowSpec {
+        FlowSpec {
+            cookie: cookie::pair(cookie::Kind::Deny, 3, 7),
+            idle_timeout: 0,
+            hard_timeout: 3,
+            actions: vec![],
+            ..pair_flow()
+        }
+    }
+
+    #[test]
+    fn a_denial_punts_through_the_meter_on_a_caching_switch() {
+        let d = denial();
+        let text = |denials| {
+            let mut buf = BytesMut::new();
+            put_flow_mod(&d, denials, 4, &mut buf).unwrap();
+            let (frame, used) = decode(&buf).unwrap().unwrap();
+            assert_eq!(used, buf.len());
+            let Message::FlowMod(fm) = frame.message else {
+                panic!("not a FLOW_MOD")
+            };
+            assert_eq!(fm, flow_mod_for(&d, denials).unwrap());
+            fm.to_string()
+        };
+        let head = format!(
+            "cookie={:#x},priority=100,hard_timeout=3,send_flow_rem,in_port=2,ip,\
+             nw_src=10.0.0.2,nw_dst=10.0.0.3",
+            d.cookie
+        );
+        // The agent: a plain drop. Open vSwitch: the same flow (cookie,
+        // match, timeouts), punting through the meter.
+        assert_eq!(text(Denials::Drop), format!("{head} actions=drop"));
+        assert_eq!(
+            text(Denials::Punt),
+            format!("{head} actions=meter:1,CONTROLLER:65535")
+        );
+        let expected: FlowMod = format!("{head} actions=meter:1,CONTROLLER:65535")
+            .parse()
+            .unwrap();
+        assert_eq!(flow_mod_for(&d, Denials::Punt).unwrap(), expected);
+        // [Drop] is a denial too; anything that forwards is written as is.
+        let dropped = FlowSpec {
+            actions: vec![ActionSpec::Drop],
+            ..d.clone()
+        };
+        assert!(is_denial(&d) && is_denial(&dropped));
+        assert_eq!(
+            flow_mod_for(&dropped, Denials::Punt).unwrap(),
+            flow_mod_for(&d, Denials::Punt).unwrap()
+        );
+        for f in [pair_flow(), {
+            let mut punt = pair_flow();
+            punt.actions = vec![ActionSpec::Controller];
+            punt
+        }] {
+            assert!(!is_denial(&f));
+            assert_eq!(
+                flow_mod_for(&f, Denials::Punt).unwrap(),
+                flow_mod(&f).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn reconciliation_reads_a_punting_denial_as_the_denial() {
+        let d = denial();
+        let stats = |fm: FlowMod| FlowStats {
+            table_id: fm.table_id,
+            duration_sec: 1,
+            duration_nsec: 0,
+            priority: fm.priority,
+            idle_timeout: fm.idle_timeout,
+            hard_timeout: fm.hard_timeout,
+            flags: fm.flags,
+            cookie: fm.cookie,
+            packet_count: 1,
+            byte_count: 60,
+            match_: fm.match_,
+            instructions: fm.instructions,
+        };
+        let punting = stats(flow_mod_for(&d, Denials::Punt).unwrap());
+        assert_eq!(from_flow_stats(Dpid(1), &punting), Some(d.clone()));
+        assert_eq!(
+            from_flow_stats(Dpid(1), &stats(flow_mod(&d).unwrap())),
+            Some(d.clone())
+        );
+        // Another meter, another action after the meter, or a meter alone
+        // is not one of ours.
+        for other in [
+            "actions=meter:2,CONTROLLER:65535",
+            "actions=meter:1,output:3",
+            "actions=meter:1,CONTROLLER:65535,output:3",
+            "actions=meter:1",
+        ] {
+            let fm: FlowMod = format!("cookie={:#x},priority=100,in_port=2 {other}", d.cookie)
+                .parse()
+                .unwrap();
+            assert_eq!(from_flow_stats(Dpid(1), &stats(fm)), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn only_a_denial_punting_is_a_punted_denial() {
+        let pin = |reason, ck| {
+            let mut p = PacketIn::new(2, reason, vec![0; 60]);
+            p.cookie = ck;
+            p
+        };
+        let deny = cookie::pair(cookie::Kind::Deny, 3, 7);
+        let single = cookie::single(cookie::Kind::Deny, 3);
+        let port = cookie::port_deny(9);
+        for ck in [deny, single, port] {
+            assert_eq!(punted_by_denial(&pin(OFPR_ACTION, ck)), Some(ck));
+            assert_eq!(punted_by_denial(&pin(OFPR_NO_MATCH, ck)), None);
+        }
+        // A table miss, a firewall punt, a pair flow's expiring TTL.
+        assert_eq!(punted_by_denial(&pin(OFPR_NO_MATCH, u64::MAX)), None);
+        let fw = cookie::single(cookie::Kind::Firewall, 3);
+        assert_eq!(punted_by_denial(&pin(OFPR_ACTION, fw)), None);
+        let pair = cookie::pair(cookie::Kind::Pair, 3, 7);
+        assert_eq!(punted_by_denial(&pin(OFPR_INVALID_TTL, pair)), None);
+        assert_eq!(punted_by_denial(&pin(OFPR_ACTION, 0)), None);
+    }
+
+    #[test]
+    fn the_deny_meter_and_open_vswitch() {
+        let m = deny_meter_mod(OFPMC_ADD);
+        assert_eq!((m.command, m.meter_id), (OFPMC_ADD, DENY_METER));
+        assert_eq!(m.flags, OFPMF_PKTPS | OFPMF_BURST);
+        assert_eq!(
+            m.bands,
+            vec![MeterBand::Drop {
+                rate: DENY_METER_PPS,
+                burst_size: DENY_METER_BURST
+            }]
+        );
+        assert_eq!(deny_meter_mod(OFPMC_MODIFY).command, OFPMC_MODIFY);
+        let desc = |mfr: &str, hw: &str| Desc {
+            mfr_desc: mfr.into(),
+            hw_desc: hw.into(),
+            sw_desc: "3.1.0".into(),
+            serial_num: "None".into(),
+            dp_desc: "None".into(),
+        };
+        // What `ovs-ofctl dump-desc` shows for Open vSwitch, and the agent.
+        assert!(caches_flows_past_barrier(&desc(
+            "Nicira, Inc.",
+            "Open vSwitch"
+        )));
+        assert!(!caches_flows_past_barrier(&desc(
+            "DaoliNet",
+            "daolinet-agent"
+        )));
+        assert!(!caches_flows_past_barrier(&desc("", "")));
     }
 
     #[test]
@@ -745,6 +1019,7 @@ mod tests {
             cookie in any::<u64>(),
             prio in any::<u16>(),
             idle in any::<u16>(),
+            denials in prop_oneof![Just(Denials::Drop), Just(Denials::Punt)],
         ) {
             let mut m = m;
             // Transport set-fields need TCP or UDP in the match.
@@ -762,7 +1037,7 @@ mod tests {
                 match_: m,
                 actions,
             };
-            let fm = flow_mod(&f).unwrap();
+            let fm = flow_mod_for(&f, denials).unwrap();
             let stats = FlowStats {
                 table_id: fm.table_id,
                 duration_sec: 1,
@@ -804,7 +1079,7 @@ mod tests {
             encode(&msg, 1, &mut buf).unwrap();
             // Encoded straight from the FlowSpec: the same bytes.
             let mut direct = BytesMut::new();
-            put_flow_mod(&f, 1, &mut direct).unwrap();
+            put_flow_mod(&f, Denials::Drop, 1, &mut direct).unwrap();
             prop_assert_eq!(&direct, &buf);
             let (frame, used) = decode(&buf).unwrap().unwrap();
             prop_assert_eq!(used, buf.len());
@@ -821,6 +1096,7 @@ mod tests {
             acts in proptest::collection::vec(arb_action(), 0..6),
             (cookie, table, priority, idle, hard) in (any::<u64>(), any::<u8>(), any::<u16>(), 0u16..3, 0u16..3),
             xid in any::<u32>(),
+            denials in prop_oneof![Just(Denials::Drop), Just(Denials::Punt)],
         ) {
             let f = FlowSpec {
                 dpid: Dpid(9),
@@ -833,8 +1109,8 @@ mod tests {
                 actions: acts,
             };
             let mut direct = BytesMut::from(&b"ab"[..]);
-            let r = put_flow_mod(&f, xid, &mut direct);
-            match flow_mod(&f) {
+            let r = put_flow_mod(&f, denials, xid, &mut direct);
+            match flow_mod_for(&f, denials) {
                 Ok(fm) => {
                     prop_assert_eq!(r, Ok(()));
                     let mut buf = BytesMut::from(&b"ab"[..]);
