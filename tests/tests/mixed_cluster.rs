@@ -9,7 +9,9 @@
 //!   physical addresses;
 //! - a group join, a group leave, a disconnect and a connect each take
 //!   effect with the very next packet (drops keyed by one container, OVS's
-//!   cached drop flows);
+//!   cached drop flows: on Open vSwitch a denial punts through a meter, so
+//!   a cached copy that outlived the change sends the packet to the
+//!   controller, which delivers it; shown with OVS's revalidators paused);
 //! - idle flows expire on both hosts;
 //! - a container moves OVS -> agent and agent -> OVS keeping its IP and MAC.
 
@@ -31,9 +33,9 @@ struct Cluster {
     ovs: OvsHost,
     a: Netns,
     o: Netns,
-    /// No wait for Open vSwitch's revalidators after a policy change, and
-    /// the revalidators paused around the no-wait step: what the product
-    /// must survive (see `ovs_cache_caught_up`).
+    /// Open vSwitch's revalidators paused around the group join and the
+    /// connects: every datapath flow cached from a deleted denial outlives
+    /// the API's answer (as under load), and the first packet meets it.
     strict: bool,
 }
 
@@ -81,23 +83,6 @@ impl Cluster {
             "/api/policies",
             Some(&format!(r#"{{"a":"{a}","b":"{b}","action":"{verb}"}}"#)),
         );
-        self.ovs_cache_caught_up();
-    }
-
-    /// OPEN PRODUCT BUG (testlab README, "Failures explained"): the API
-    /// answers a policy change once the switches confirmed it with a
-    /// BARRIER_REPLY, but on Open vSwitch the datapath megaflow made from a
-    /// deleted drop (or pair) flow keeps acting until the revalidators have
-    /// been over it, which under load is after the answer (shown every run
-    /// with `ovs-appctl revalidator/pause`): the first packet after
-    /// `connect` was lost in 2 of 4 fresh-clone CI runs. Until denials on
-    /// Open vSwitch punt instead of dropping, the test waits for a
-    /// revalidation round after each policy change; remove this wait with
-    /// the fix, whose regression test is this test without it.
-    fn ovs_cache_caught_up(&self) {
-        if !self.strict {
-            self.ovs.settle();
-        }
     }
 
     /// `ovs-appctl revalidator/pause` or `resume` in strict mode: a
@@ -105,6 +90,31 @@ impl Cluster {
     fn revalidators(&self, verb: &str) {
         if self.strict {
             self.ovs.appctl(&[&format!("revalidator/{verb}")]);
+        }
+    }
+
+    /// `daolinet_punted_denials_total{outcome}` of the controller: packets
+    /// an Open vSwitch denial punted, still denied (`dropped`) or allowed
+    /// since (`delivered`).
+    fn punted_denials(&self, outcome: &str) -> u64 {
+        let key = format!("daolinet_punted_denials_total{{outcome=\"{outcome}\"}} ");
+        let text = self.api.text("/metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in the controller's metrics"))
+    }
+
+    /// In strict mode, the first packet after a change went through a
+    /// denial's stale datapath flow on Open vSwitch: punted, delivered by
+    /// the controller (`before` = [`Cluster::punted_denials`]`("delivered")`
+    /// before it was sent).
+    fn delivered_through_a_stale_denial(&self, before: u64, what: &str) {
+        if self.strict {
+            assert!(
+                self.punted_denials("delivered") > before,
+                "{what}: Open vSwitch's stale denial did not punt (revalidators paused)"
+            );
         }
     }
 }
@@ -189,11 +199,11 @@ fn agent_and_ovs_hosts_join_by_themselves_and_interoperate() {
     interoperate(false);
 }
 
-/// The same with Open vSwitch's revalidators slower than the API answer:
-/// fails until denials on Open vSwitch punt instead of dropping (the stale
-/// drop megaflow eats the first packet after `connect`).
+/// The same with Open vSwitch's revalidators slower than the API answer
+/// (paused): the datapath flow cached from a deleted denial meets the first
+/// packet after a group join or `connect`. A plain drop there ate it (every
+/// run); the denial's punt delivers it.
 #[test]
-#[ignore = "open bug: Open vSwitch's drop megaflow outlives the barrier (testlab README, Failures explained)"]
 fn a_stale_ovs_drop_megaflow_does_not_eat_the_first_packet_after_connect() {
     interoperate(true);
 }
@@ -414,23 +424,39 @@ fn interoperate(strict: bool) {
     // them), so their drops are keyed by the source alone.
     assert!(!first_ping(ns("g1"), &o1));
     assert!(!first_ping(ns("g2"), &a1));
+    // Both sends met their host's denial: on Open vSwitch, punted (through
+    // the deny meter) and dropped by the controller.
+    let dropped = cl.punted_denials("dropped");
+    assert!(!first_ping(ns("g2"), &a1));
+    assert!(
+        cl.punted_denials("dropped") > dropped,
+        "Open vSwitch's denial did not punt"
+    );
+    let g2_port = "in_port=4,";
+    let dump = cl.ovs.dump_flows(BR);
+    assert!(
+        dump.lines().any(|l| l.contains("hard_timeout=60")
+            && l.contains(g2_port)
+            && l.ends_with("actions=meter:1,CONTROLLER:65535")),
+        "no punting denial for g2 on the OVS host:\n{dump}"
+    );
+    cl.revalidators("pause");
+    let delivered = cl.punted_denials("delivered");
     api.ok(
         "POST",
         "/api/groups",
         Some(r#"{"name":"gb","networks":["green","blue"]}"#),
     );
-    cl.ovs_cache_caught_up();
     assert!(
         first_ping(ns("g1"), &o1),
         "first packet after a group join lost (agent host)"
     );
-    assert!(
-        first_ping(ns("g2"), &a1),
-        "first packet after a group join lost (OVS host)"
-    );
+    let ok = first_ping(ns("g2"), &a1);
+    cl.revalidators("resume");
+    assert!(ok, "first packet after a group join lost (OVS host)");
+    cl.delivered_through_a_stale_denial(delivered, "g2 -> a1 after the group join");
     // And a group leave stops the next packet.
     api.ok("DELETE", "/api/groups/gb/networks/blue", None);
-    cl.ovs_cache_caught_up();
     assert!(
         !first_ping(ns("g1"), &o1),
         "green still reaches blue after the leave"
@@ -458,14 +484,18 @@ fn interoperate(strict: bool) {
 
     // The same with the first packet sent the moment the policy is in
     // effect (no process start in between): the API answer comes once the
-    // switches applied the change (on OVS, see `ovs_cache_caught_up`).
+    // switches applied the change (BARRIER_REPLY); on Open vSwitch a
+    // datapath flow cached from the deleted denial may outlive it (in
+    // strict mode it does), and punts the packet to the controller.
     for (from, to, to_ip) in [("o1", "a1", &a1), ("a1", "o1", &o1)] {
         let rx = ns(to).udp(&format!("{to_ip}:7778")).unwrap();
         rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let tx = ns(from).udp("0.0.0.0:0").unwrap();
         let mut buf = [0u8; 16];
         cl.policy("disconnect", "a1", "o1");
-        // Denied: punted once, then dropped by the switch (and its cache).
+        // Denied: punted once, then the switch's denial drops (the agent)
+        // or punts through the deny meter to be dropped by the controller
+        // (Open vSwitch).
         for _ in 0..5 {
             tx.send_to(b"denied", format!("{to_ip}:7778")).unwrap();
             std::thread::sleep(Duration::from_millis(20)); // spacing only
@@ -475,6 +505,7 @@ fn interoperate(strict: bool) {
             "{from} -> {to} crossed a disconnect"
         );
         cl.revalidators("pause");
+        let delivered = cl.punted_denials("delivered");
         cl.policy("connect", "a1", "o1");
         tx.send_to(b"first", format!("{to_ip}:7778")).unwrap();
         let got = rx.recv_from(&mut buf).map(|(n, _)| buf[..n].to_vec());
@@ -484,6 +515,10 @@ fn interoperate(strict: bool) {
             Some(&b"first"[..]),
             "{from} -> {to}: the packet sent as `connect` returned was lost"
         );
+        if from == "o1" {
+            // Denied on the OVS host: its stale denial punted it.
+            cl.delivered_through_a_stale_denial(delivered, "o1 -> a1 after connect");
+        }
         cl.wait_expired(to_ip);
     }
 
