@@ -21,6 +21,7 @@ use std::os::fd::RawFd;
 
 use anyhow::{anyhow, Result};
 use daolinet_common::PortKind;
+use daolinet_openflow::ext::Ext;
 use daolinet_openflow::{self as of, FlowMod, Message};
 
 use crate::conn::{CloseReason, Conn, ConnConfig, Input};
@@ -64,6 +65,9 @@ pub trait Transport: Read + Write + Send {
     /// test pipe driven by hand).
     fn raw_fd(&self) -> Option<RawFd>;
 }
+
+/// The only (MAC, IPv4) source a container port may send from.
+pub type Source = ([u8; 6], [u8; 4]);
 
 /// What a port check found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,6 +189,9 @@ pub struct Engine<D> {
     pub stats: crate::metrics::EngineStats,
     /// The last sampled drops.
     pub drop_log: crate::dropwatch::DropLog,
+    /// The container ports' sources the controller gave (anti-spoofing),
+    /// by OpenFlow port: applied to a port attached later too.
+    sources: BTreeMap<u32, Source>,
 }
 
 impl<D: Dataplane> Engine<D> {
@@ -205,6 +212,7 @@ impl<D: Dataplane> Engine<D> {
             timings: Vec::new(),
             stats: Default::default(),
             drop_log: Default::default(),
+            sources: BTreeMap::new(),
         }
     }
 
@@ -325,7 +333,20 @@ impl<D: Dataplane> Engine<D> {
                 Input::Message(frame, raw) => {
                     n += 1;
                     packet_outs += usize::from(matches!(frame.message, Message::PacketOut(_)));
+                    let features = matches!(frame.message, Message::FeaturesRequest);
+                    if let Message::Experimenter(e) = &frame.message {
+                        if let Ok(Ext::PortSources(v)) = Ext::from_message(e) {
+                            self.set_sources(&v);
+                            continue;
+                        }
+                    }
                     fx.extend(self.sw.handle(id, frame, &raw, read_at, &mut self.dp));
+                    if features {
+                        // Right after the FEATURES_REPLY: the controller
+                        // knows the datapath when it reads this.
+                        fx.send
+                            .push((id, 0, Message::Experimenter(Ext::AgentHello.to_message())));
+                    }
                 }
             }
         }
@@ -360,7 +381,10 @@ impl<D: Dataplane> Engine<D> {
             };
             let asynchronous = matches!(
                 msg,
-                Message::PacketIn(_) | Message::FlowRemoved(_) | Message::PortStatus(_)
+                Message::PacketIn(_)
+                    | Message::FlowRemoved(_)
+                    | Message::PortStatus(_)
+                    | Message::Experimenter(_)
             );
             if asynchronous {
                 if !p.conn.send_async(*xid, msg) {
@@ -535,12 +559,62 @@ impl<D: Dataplane> Engine<D> {
         n
     }
 
-    /// Take the sampled drops waiting in the dataplane.
+    /// Take the sampled drops waiting in the dataplane: kept for the
+    /// status and sent to every controller connected (dropped, not
+    /// queued, on a congested connection).
     pub fn drain_samples(&mut self) {
         let mut v = Vec::new();
         self.dp.drop_samples(&mut v);
+        if v.is_empty() {
+            return;
+        }
+        let up: Vec<ConnId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.conn.is_up())
+            .map(|(id, _)| *id)
+            .collect();
+        let mut fx = Effects::default();
         for d in v {
+            if !up.is_empty() {
+                let msg = Message::Experimenter(
+                    Ext::DropSample(of::ext::DropSample {
+                        in_port: d.in_port,
+                        pkt_len: d.pkt_len,
+                        reason: d.reason.map_or_else(
+                            || format!("reason_{}", d.reason_code),
+                            |r| r.name().to_string(),
+                        ),
+                        data: d.data.clone(),
+                    })
+                    .to_message(),
+                );
+                for id in &up {
+                    fx.send.push((*id, 0, msg.clone()));
+                }
+                self.stats.samples_sent += 1;
+            }
             self.drop_log.push(d);
+        }
+        self.apply(fx);
+        self.flush_dirty();
+    }
+
+    /// The controller's set of container port sources: anti-spoofing on
+    /// for those ports, off for the ports it no longer names.
+    fn set_sources(&mut self, v: &[of::ext::PortSource]) {
+        let new: BTreeMap<u32, Source> = v.iter().map(|s| (s.ofport, (s.mac, s.ipv4))).collect();
+        let old = std::mem::replace(&mut self.sources, new);
+        let ports: Vec<u32> = self.sw.ports().map(|p| p.ofport).collect();
+        for ofport in ports {
+            let want = self.sources.get(&ofport).copied();
+            if want == old.get(&ofport).copied() {
+                continue;
+            }
+            match self.dp.set_port_source(ofport, want) {
+                Ok(()) => tracing::info!(ofport, on = want.is_some(), "port anti-spoofing"),
+                Err(e) => tracing::debug!(ofport, "anti-spoofing not set: {e:#}"),
+            }
         }
     }
 
@@ -634,6 +708,11 @@ impl<D: Dataplane> Engine<D> {
     pub fn add_port(&mut self, iface: &str, ofport: Option<u32>, kind: PortKind) -> Result<u32> {
         let desc = self.dp.attach(iface, ofport, kind)?;
         let ofport = desc.ofport;
+        if let Some(src) = self.sources.get(&ofport).copied() {
+            if let Err(e) = self.dp.set_port_source(ofport, Some(src)) {
+                tracing::warn!(ofport, "anti-spoofing not set: {e:#}");
+            }
+        }
         let fx = self.sw.port_added(desc, now_ns());
         self.apply(fx);
         self.flush_dirty();

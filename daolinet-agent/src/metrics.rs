@@ -336,6 +336,21 @@ pub fn render(m: &Scrape) -> String {
             u8::from(p.attached)
         );
     }
+    head(
+        &mut s,
+        "daolinet_agent_port_anti_spoof",
+        "gauge",
+        "1 when the datapath drops what a container port sends from another MAC or IPv4 than the controller gave it.",
+    );
+    for p in &t.ports {
+        let _ = writeln!(
+            s,
+            "daolinet_agent_port_anti_spoof{{port=\"{}\",ofport=\"{}\"}} {}",
+            esc(&p.name),
+            ofport(p.ofport),
+            u8::from(p.anti_spoof)
+        );
+    }
 
     head(
         &mut s,
@@ -620,6 +635,7 @@ mod tests {
             "daolinet_agent_port_receive_packets_total{port=\"veth\\\"a\",ofport=\"1\",kind=\"container\"} 10",
             "daolinet_agent_port_transmit_bytes_total{port=\"veth\\\"a\",ofport=\"1\",kind=\"container\"} 400",
             "daolinet_agent_flows_installed 5",
+            "daolinet_agent_port_anti_spoof{port=\"veth\\\"a\",ofport=\"1\"} 1",
             "daolinet_agent_map_entries{map=\"flows\"} 5",
             "daolinet_agent_map_capacity{map=\"flows\"} 131072",
             "daolinet_agent_packet_ins_total 11",

@@ -1,9 +1,11 @@
-//! PACKET_IN decisions as events for `daolictl observe` (`GET
-//! /api/events`): a bounded ring the PACKET_IN path writes (the frame's
-//! first bytes, the datapath, the port, the verdict: one short lock, no
-//! allocation), read and filtered by the API, which names the containers
-//! from the current model. A flood overwrites the oldest events; the
-//! verdict counters (metrics) stay exact.
+//! PACKET_IN decisions and the agents' sampled datapath drops as events
+//! for `daolictl observe` (`GET /api/events`): a bounded ring the PACKET_IN
+//! path writes (the frame's first bytes, the datapath, the port, the
+//! verdict: one short lock, no allocation), read and filtered by the API,
+//! which names the containers from the current model. A flood overwrites
+//! the oldest events; the verdict counters (metrics) stay exact. Datapath
+//! drops arrive already sampled and rate-limited by the agents (a flood of
+//! drops costs a few events per second); the agents count every drop.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -27,9 +29,18 @@ struct Raw {
     at_ms: u64,
     dpid: Dpid,
     in_port: u32,
-    verdict: Verdict,
+    what: What,
     len: u8,
     head: [u8; HEAD],
+}
+
+/// What an event records.
+#[derive(Debug, Clone)]
+enum What {
+    /// The controller's decision on a PACKET_IN.
+    Decision(Verdict),
+    /// A drop in an agent's datapath, with the datapath's reason.
+    Drop(Box<str>),
 }
 
 #[derive(Debug, Default)]
@@ -85,8 +96,13 @@ pub struct Event {
     pub packet: String,
     /// `forwarded`, `dropped` or `ignored`.
     pub verdict: &'static str,
-    /// How (same_host, cross_host...) or why not (isolated, spoofed...).
-    pub reason: &'static str,
+    /// How (same_host, cross_host...) or why not (isolated, spoofed...;
+    /// for a datapath drop the datapath's reason: policy_drop,
+    /// spoofed_source...).
+    pub reason: String,
+    /// Who decided: `controller` (a PACKET_IN) or `datapath` (a drop the
+    /// host's agent sampled; one event stands for many drops in a flood).
+    pub by: &'static str,
 }
 
 /// The answer of `GET /api/events`.
@@ -110,6 +126,20 @@ fn now_ms() -> u64 {
 impl Events {
     /// Record a decision (the PACKET_IN path).
     pub fn record(&self, dpid: Dpid, in_port: u32, data: &[u8], verdict: Verdict) {
+        self.push(dpid, in_port, data, What::Decision(verdict));
+    }
+
+    /// Record a drop an agent's datapath sampled, with its reason.
+    pub fn record_drop(&self, dpid: Dpid, in_port: u32, data: &[u8], reason: &str) {
+        let reason: String = reason
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(40)
+            .collect();
+        self.push(dpid, in_port, data, What::Drop(reason.into()));
+    }
+
+    fn push(&self, dpid: Dpid, in_port: u32, data: &[u8], what: What) {
         let mut head = [0u8; HEAD];
         let len = data.len().min(HEAD);
         head[..len].copy_from_slice(&data[..len]);
@@ -127,7 +157,7 @@ impl Events {
             at_ms,
             dpid,
             in_port,
-            verdict,
+            what,
             len: len as u8,
             head,
         });
@@ -219,9 +249,12 @@ fn name(snap: &Snapshot, e: &Raw) -> Event {
             None => first,
         }
     });
-    let (verdict, reason) = match verdict_labels(&e.verdict) {
-        ("denied", r) => ("dropped", r),
-        other => other,
+    let (verdict, reason, by) = match &e.what {
+        What::Decision(v) => match verdict_labels(v) {
+            ("denied", r) => ("dropped", r.to_string(), "controller"),
+            (v, r) => (v, r.to_string(), "controller"),
+        },
+        What::Drop(r) => ("dropped", r.to_string(), "datapath"),
     };
     Event {
         seq: e.seq,
@@ -235,6 +268,7 @@ fn name(snap: &Snapshot, e: &Raw) -> Event {
         packet,
         verdict,
         reason,
+        by,
     }
 }
 
@@ -284,5 +318,32 @@ mod tests {
         assert_eq!(p.events.len(), 1);
         assert_eq!(p.events[0].packet, "unparsable");
         assert_eq!(p.events[0].host, Dpid(1).to_string());
+    }
+
+    #[test]
+    fn datapath_drops_are_dropped_events_by_the_datapath_with_a_tame_reason() {
+        let ev = Events::default();
+        let snap = Snapshot::default();
+        ev.record(Dpid(1), 1, &[], Verdict::Denied(DenyReason::Spoofed));
+        ev.record_drop(Dpid(1), 2, &[], "spoofed_source");
+        ev.record_drop(Dpid(1), 2, &[], "a\nb\"c <x>");
+        let q = EventQuery {
+            verdict: Some("dropped".into()),
+            ..Default::default()
+        };
+        let p = ev.query(&snap, &q);
+        let seen: Vec<(&str, &str, &str)> = p
+            .events
+            .iter()
+            .map(|e| (e.verdict, e.reason.as_str(), e.by))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("dropped", "spoofed", "controller"),
+                ("dropped", "spoofed_source", "datapath"),
+                ("dropped", "abcx", "datapath"),
+            ]
+        );
     }
 }

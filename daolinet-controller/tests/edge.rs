@@ -24,8 +24,12 @@
 //!   underlay IP, the destination) both ways, one hop on the same host, no
 //!   physical address;
 //! - a forged source IP or MAC from a container gets nothing through once
-//!   its pair's flows exist, and is counted (`daolinet_denials_total`,
-//!   reason `spoofed`).
+//!   its pair's flows exist, and is counted: on an agent host by the
+//!   datapath (the controller gave the agent the container's MAC and IPv4;
+//!   `daolinet_agent_port_drops_total`, reason `spoofed_source`), on an
+//!   Open vSwitch host by the controller (`daolinet_denials_total`, reason
+//!   `spoofed`: the pair flows match the container's addresses, a forged
+//!   source misses them and is denied).
 //!
 //! The same on an Open vSwitch host joined with `daolictl host join-ovs`
 //! (its cross-host hops to an agent host), and after `leave-ovs` its
@@ -42,10 +46,12 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use daolinet_testlab::{Controller, Lab, Need, Netns, Proc, TcpProxy};
+use daolinet_testlab::{Api, Controller, Lab, Need, Netns, Proc, TcpProxy};
 use serde_json::Value;
 
 const POOL: &str = "172.30.0.0/16";
+/// Where an agent serves its metrics, inside its host's namespace.
+const AGENT_METRICS: &str = "127.0.0.1:9782";
 
 /// The host's state NAT-out may touch: nftables, IPv4 routes (every
 /// table), neighbours, and the IPv4 forwarding sysctls.
@@ -540,6 +546,8 @@ fn traceroute_and_anti_spoofing_on_agent_hosts() {
             token.clone(),
             "--host-name".into(),
             name.into(),
+            "--metrics".into(),
+            AGENT_METRICS.into(),
         ];
         for (n, (id, addr)) in ctrs.iter().enumerate() {
             let port = format!("p{id}");
@@ -600,8 +608,20 @@ fn traceroute_and_anti_spoofing_on_agent_hosts() {
     let (same, out) = hops(a, "10.1.0.6");
     assert_eq!(same, ["10.1.0.6"], "{out}");
 
-    // Anti-spoofing: the pair's flows match a's own MAC and IP, so a forged
-    // source misses them, reaches the controller, is denied and counted.
+    // Anti-spoofing: the controller gave h1's agent a's MAC and IPv4, so its
+    // datapath drops a forged source before any flow and counts it.
+    let h1_metrics = Api::new(AGENT_METRICS, None).in_netns(&agents[0].0);
+    let spoofed = |_: &World| -> u64 {
+        let m = h1_metrics.text("/metrics");
+        m.lines()
+            .find_map(|l| {
+                l.strip_prefix(
+                    "daolinet_agent_port_drops_total{port=\"pa\",ofport=\"1\",reason=\"spoofed_source\"} ",
+                )
+            })
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no spoofed drops of pa in the metrics:\n{m}"))
+    };
     assert!(a.ping("10.1.0.5", 1, 3), "a lost e");
     let before = spoofed(&w);
     a.ip(&["addr", "add", "10.1.0.9/32", "dev", "eth0"]);

@@ -69,6 +69,7 @@ pub mod action;
 pub mod consts;
 pub mod emit;
 pub mod error;
+pub mod ext;
 pub mod flow_syntax;
 pub mod header;
 pub mod instruction;

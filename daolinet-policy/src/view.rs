@@ -118,6 +118,15 @@ impl Snapshot {
             .and_then(|i| self.containers.get(*i))
     }
 
+    /// The containers of a host, by port.
+    pub fn containers_on(&self, host: &str) -> impl Iterator<Item = &Container> {
+        self.by_port
+            .get(host)
+            .into_iter()
+            .flat_map(|ports| ports.values())
+            .filter_map(|i| self.containers.get(*i))
+    }
+
     /// The container owning a physical IP.
     pub fn container_by_physical(&self, ip: Ipv4Addr) -> Option<&Container> {
         self.by_phys.get(&ip).and_then(|i| self.containers.get(*i))

@@ -42,6 +42,10 @@ pub(crate) struct FakeDp {
     pub punts: Arc<Mutex<VecDeque<Punt>>>,
     pub wake: Option<OwnedFd>,
     pub ports: BTreeMap<u32, PortDesc>,
+    /// Anti-spoofing sources set, by port (None: turned off).
+    pub sources: BTreeMap<u32, Option<Source>>,
+    /// Drop samples to hand out.
+    pub samples: Vec<crate::dpstats::Dropped>,
 }
 
 impl FakeDp {
@@ -55,6 +59,8 @@ impl FakeDp {
             // SAFETY: fresh descriptor we own.
             wake: Some(unsafe { OwnedFd::from_raw_fd(fd) }),
             ports: BTreeMap::new(),
+            sources: BTreeMap::new(),
+            samples: Vec::new(),
         }
     }
 
@@ -155,6 +161,14 @@ impl Dataplane for FakeDp {
     }
     fn port_list(&mut self) -> Result<serde_json::Value> {
         Ok(serde_json::json!(self.ports.keys().collect::<Vec<_>>()))
+    }
+    fn drop_samples(&mut self, out: &mut Vec<crate::dpstats::Dropped>) {
+        out.append(&mut self.samples);
+    }
+    fn set_port_source(&mut self, ofport: u32, source: Option<Source>) -> Result<()> {
+        anyhow::ensure!(self.ports.contains_key(&ofport), "no port {ofport}");
+        self.sources.insert(ofport, source);
+        Ok(())
     }
 }
 
@@ -823,4 +837,85 @@ fn a_dump_of_many_flows_goes_a_step_at_a_time_and_what_follows_it_waits() {
             message: Message::BarrierReply
         })
     ));
+}
+
+#[test]
+fn an_agent_says_hello_applies_port_sources_and_forwards_drop_samples() {
+    use daolinet_openflow::ext::{DropSample, Ext, PortSource};
+    let log = Log::default();
+    let mut eng = engine_with(&log, ConnConfig::default());
+    let (id, st) = connected(&mut eng, &log, "ctl");
+    // The hello follows the FEATURES_REPLY.
+    lock(&st).send(wire(&[(5, Message::FeaturesRequest)]));
+    eng.read(id, false);
+    let got: Vec<Message> = lock(&st).got.iter().map(|f| f.message.clone()).collect();
+    let at = got
+        .iter()
+        .position(|m| matches!(m, Message::FeaturesReply(_)))
+        .expect("no FEATURES_REPLY");
+    assert_eq!(
+        got.get(at + 1),
+        Some(&Message::Experimenter(Ext::AgentHello.to_message()))
+    );
+    // Port sources: on for the ports named, remembered for a port attached
+    // later, off for a port no longer named; no error to the controller.
+    let src = |ofport, last| PortSource {
+        ofport,
+        mac: [2, 0, 0, 0, 0, last],
+        ipv4: [10, 0, 0, last],
+    };
+    let sources =
+        |v: Vec<PortSource>| wire(&[(6, Message::Experimenter(Ext::PortSources(v).to_message()))]);
+    lock(&st).send(sources(vec![src(1, 1), src(2, 2), src(3, 3)]));
+    eng.read(id, false);
+    assert_eq!(
+        eng.dp.sources.get(&1),
+        Some(&Some(([2, 0, 0, 0, 0, 1], [10, 0, 0, 1])))
+    );
+    assert_eq!(
+        eng.dp.sources.get(&2),
+        Some(&Some(([2, 0, 0, 0, 0, 2], [10, 0, 0, 2])))
+    );
+    assert_eq!(eng.dp.sources.get(&3), None, "port 3 is not attached yet");
+    eng.add_port("pc", Some(3), PortKind::Container).unwrap();
+    assert_eq!(
+        eng.dp.sources.get(&3),
+        Some(&Some(([2, 0, 0, 0, 0, 3], [10, 0, 0, 3])))
+    );
+    lock(&st).send(sources(vec![src(1, 1), src(3, 3)]));
+    eng.read(id, false);
+    assert_eq!(eng.dp.sources.get(&2), Some(&None));
+    assert!(
+        !lock(&st)
+            .got
+            .iter()
+            .any(|f| matches!(f.message, Message::Error(_))),
+        "{:?}",
+        lock(&st).got
+    );
+    // A drop sample goes to the controller and stays for the status.
+    eng.dp.samples.push(crate::dpstats::Dropped {
+        timestamp_ns: 1,
+        in_port: 2,
+        reason: Some(daolinet_common::DropReason::Spoofed),
+        reason_code: daolinet_common::DropReason::Spoofed as u32,
+        pkt_len: 98,
+        data: vec![1, 2, 3],
+    });
+    eng.drain_samples();
+    let last = lock(&st).got.last().map(|f| f.message.clone());
+    assert_eq!(
+        last,
+        Some(Message::Experimenter(
+            Ext::DropSample(DropSample {
+                in_port: 2,
+                pkt_len: 98,
+                reason: "spoofed_source".into(),
+                data: vec![1, 2, 3],
+            })
+            .to_message()
+        ))
+    );
+    assert_eq!(eng.stats.samples_sent, 1);
+    assert_eq!(eng.drop_log.recent().count(), 1);
 }

@@ -219,6 +219,9 @@ pub enum Event {
     /// The switch's description (OFPMP_DESC), asked at the handshake; the
     /// edge calls [`Conn::install_deny_meter`] if it may change the switch.
     Described(Desc),
+    /// An OFPT_EXPERIMENTER message (DaoliNet's own: see
+    /// [`daolinet_openflow::ext`]).
+    Experimenter(daolinet_openflow::ExperimenterMsg),
     /// The connection is closed (after `out` is flushed).
     Closed(CloseReason),
 }
@@ -719,11 +722,9 @@ impl Conn {
             }
             (
                 Phase::Ready(_),
-                M::GetConfigReply(_)
-                | M::GetAsyncReply(_)
-                | M::QueueGetConfigReply(_)
-                | M::Experimenter(_),
+                M::GetConfigReply(_) | M::GetAsyncReply(_) | M::QueueGetConfigReply(_),
             ) => {}
+            (Phase::Ready(_), M::Experimenter(e)) => events.push(Event::Experimenter(e)),
             // Anything else is out of order here (a second HELLO or
             // FEATURES_REPLY, a FLOW_REMOVED before the datapath is known)
             // or a controller-to-switch message sent the wrong way.

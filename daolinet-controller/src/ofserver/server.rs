@@ -35,6 +35,7 @@ use crate::service::Controller;
 use daolinet_openflow::consts::{
     OFPBRC_IS_SLAVE, OFPCR_ROLE_EQUAL, OFPCR_ROLE_MASTER, OFPCR_ROLE_SLAVE, OFPET_BAD_REQUEST,
 };
+use daolinet_openflow::ext::{Ext, PortSource};
 use daolinet_openflow::{FlowStats, Message};
 use daolinet_policy::addr::Dpid;
 use daolinet_policy::model::Host;
@@ -111,6 +112,9 @@ enum Cmd {
     Replaced,
     /// Re-initialise the datapath (its host changed, or decisions were lost).
     Resync,
+    /// The model changed: send a DaoliNet agent its ports' sources again
+    /// if they changed.
+    Sources,
 }
 
 /// Encoded messages to hand to a connection once a barrier completes.
@@ -384,6 +388,9 @@ impl Server {
                         break;
                     }
                     self.resync_changed_hosts();
+                    for (_, h) in self.switches.snapshot() {
+                        let _ = h.tx.try_send(Cmd::Sources);
+                    }
                 }
                 _ = gone_tick.tick() => self.hosts_gone().await,
                 _ = stopped(&mut stop) => break,
@@ -485,6 +492,8 @@ impl Server {
             role: self.role.clone(),
             applied_role: None,
             acting: false,
+            agent: false,
+            sources_sent: None,
         };
         let (tx, rx) = mpsc::channel(self.cfg.channel.max(1));
         task.tx = Some(tx);
@@ -766,6 +775,11 @@ struct Task<'a> {
     /// May this connection change the switch (alone, or master and not
     /// refused by the switch)?
     acting: bool,
+    /// The switch introduced itself as a DaoliNet agent
+    /// ([`Ext::AgentHello`]): it takes port sources, sends drop samples.
+    agent: bool,
+    /// The port sources last sent to it.
+    sources_sent: Option<Vec<PortSource>>,
 }
 
 impl Task<'_> {
@@ -933,6 +947,64 @@ impl Task<'_> {
                 }
                 false
             }
+            Cmd::Sources => {
+                self.send_sources();
+                false
+            }
+        }
+    }
+
+    /// Send a DaoliNet agent the sources of its host's container ports
+    /// (anti-spoofing in its datapath), when they differ from the last
+    /// ones sent.
+    fn send_sources(&mut self) {
+        let (true, true, Some(dpid)) = (self.agent, self.acting, self.registered) else {
+            return;
+        };
+        let Ok(snap) = self.srv.ctl.snapshot() else {
+            return;
+        };
+        let Some(host) = snap.host_by_dpid(dpid) else {
+            return;
+        };
+        let mut v: Vec<PortSource> = snap
+            .containers_on(&host.name)
+            .map(|c| PortSource {
+                ofport: c.port,
+                mac: c.mac.0,
+                ipv4: c.ip.octets(),
+            })
+            .collect();
+        v.sort();
+        if self.sources_sent.as_ref() == Some(&v) {
+            return;
+        }
+        tracing::debug!(%dpid, ports = v.len(), "port sources sent");
+        self.conn.send_change(&Message::Experimenter(
+            Ext::PortSources(v.clone()).to_message(),
+        ));
+        self.sources_sent = Some(v);
+    }
+
+    /// A DaoliNet message from the switch.
+    fn experimenter(&mut self, e: &daolinet_openflow::ExperimenterMsg) {
+        let Some(dpid) = self.registered else { return };
+        match Ext::from_message(e) {
+            Ok(Ext::AgentHello) => {
+                tracing::info!(%dpid, "the switch is a DaoliNet agent");
+                self.agent = true;
+                self.send_sources();
+            }
+            Ok(Ext::DropSample(d)) => {
+                self.srv
+                    .ctl
+                    .events
+                    .record_drop(dpid, d.in_port, &d.data, &d.reason);
+            }
+            Ok(Ext::PortSources(_)) => {
+                tracing::debug!(%dpid, "port sources from a switch ignored");
+            }
+            Err(err) => tracing::debug!(%dpid, "experimenter message ignored: {err}"),
         }
     }
 
@@ -953,6 +1025,7 @@ impl Task<'_> {
                 self.acting = true;
                 self.conn.request_flows();
                 self.conn.install_deny_meter();
+                self.send_sources();
             }
             Role::Master { generation } => {
                 tracing::info!(%dpid, generation, "asking for the master role");
@@ -962,6 +1035,7 @@ impl Task<'_> {
                 self.acting = true;
                 self.conn.request_flows();
                 self.conn.install_deny_meter();
+                self.send_sources();
             }
             Role::Slave { generation } => {
                 self.acting = false;
@@ -1110,6 +1184,7 @@ impl Task<'_> {
                 // Dropping the guard tells the mutation its flows are in place.
                 self.acks.remove(&token);
             }
+            Event::Experimenter(e) => self.experimenter(&e),
             Event::Closed(why) => {
                 if matches!(why, CloseReason::WrongDatapath { .. }) {
                     self.srv.ctl.metrics.tls_refused();

@@ -684,11 +684,11 @@ fn observe(
                 Output::Json => out.push_str(&format!("{e}\n")),
                 Output::Table => {
                     if header {
-                        out.push_str("SEQ  HOST  PORT  SRC  DST  PACKET  VERDICT  REASON\n");
+                        out.push_str("SEQ  HOST  PORT  SRC  DST  PACKET  VERDICT  REASON  BY\n");
                         header = false;
                     }
                     out.push_str(&format!(
-                        "{}  {}  {}  {}  {}  {}  {}  {}\n",
+                        "{}  {}  {}  {}  {}  {}  {}  {}  {}\n",
                         text(&e["seq"]),
                         text(&e["host"]),
                         text(&e["in_port"]),
@@ -697,6 +697,7 @@ fn observe(
                         text(&e["packet"]),
                         text(&e["verdict"]),
                         text(&e["reason"]),
+                        text(&e["by"]),
                     ));
                 }
             }
