@@ -13,7 +13,10 @@
 //!   a cached copy that outlived the change sends the packet to the
 //!   controller, which delivers it; shown with OVS's revalidators paused);
 //! - idle flows expire on both hosts;
-//! - a container moves OVS -> agent and agent -> OVS keeping its IP and MAC.
+//! - a container moves OVS -> agent and agent -> OVS keeping its IP and MAC;
+//! - `trace` and `observe` with the OVS host: an isolated pair denied,
+//!   naming both networks, its denial on the OVS host in `observe`; an
+//!   allowed pair's flows and rewrites on both kinds of host.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -206,6 +209,51 @@ fn agent_and_ovs_hosts_join_by_themselves_and_interoperate() {
 #[test]
 fn a_stale_ovs_drop_megaflow_does_not_eat_the_first_packet_after_connect() {
     interoperate(true);
+}
+
+/// `trace` and `observe` with an Open vSwitch host (the controller's
+/// model, the flows it installed and its decisions: the same for both
+/// kinds of host): the isolated pair r1 (red, OVS) -> g1 (green, agent),
+/// just denied, is denied naming both networks and its denial shows in
+/// `observe` on the OVS host; the allowed pair o1 (OVS) -> a1 (agent)
+/// crosses both hosts with the logical <-> physical rewrites.
+fn trace_and_observe_on_the_ovs_host(api: &Api) {
+    let t = api.ok("POST", "/api/trace", Some(r#"{"src":"r1","dst":"g1"}"#));
+    assert_eq!(t["verdict"]["denied"], "isolated", "{t:#}");
+    assert_eq!(t["result"]["kind"], "dropped", "{t:#}");
+    let why = t["reason"].as_str().unwrap_or_default();
+    assert!(why.contains("red") && why.contains("green"), "{t:#}");
+    let ev = api.ok("GET", "/api/events?verdict=dropped&container=r1", None);
+    assert!(
+        ev["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["host"] == "ovs1"
+                && e["src"] == "r1"
+                && e["dst"] == "g1"
+                && e["reason"] == "isolated"
+                && e["by"] == "controller"),
+        "{ev:#}"
+    );
+    let c = |id: &str| api.ok("GET", &format!("/api/containers/{id}"), None);
+    let (o1, a1) = (c("o1"), c("a1"));
+    let t = api.ok(
+        "POST",
+        "/api/trace",
+        Some(r#"{"src":"o1","dst":"a1","proto":"tcp","dport":7001}"#),
+    );
+    assert_eq!(t["verdict"], "cross_host", "{t:#}");
+    assert_eq!(t["result"]["kind"], "delivered", "{t:#}");
+    let hops = t["hops"].as_array().unwrap();
+    assert_eq!(hops.len(), 2, "{t:#}");
+    assert_eq!(hops[0]["host"], "ovs1", "{t:#}");
+    assert_eq!(hops[0]["out_src"], o1["physical_ip"], "{t:#}");
+    assert_eq!(hops[0]["out_dst"], a1["physical_ip"], "{t:#}");
+    assert_eq!(hops[1]["host"], "agent1", "{t:#}");
+    assert_eq!(hops[1]["out_src"], o1["ip"], "{t:#}");
+    assert_eq!(hops[1]["out_dst"], a1["ip"], "{t:#}");
+    assert_eq!(hops[1]["output"], 1, "{t:#}");
 }
 
 fn interoperate(strict: bool) {
@@ -418,6 +466,7 @@ fn interoperate(strict: bool) {
         );
     }
     assert!(!first_ping(ns("r1"), &cl.ip("g1")), "red reached green");
+    trace_and_observe_on_the_ovs_host(&api);
 
     // A group join lets the next packet through at once, from either host;
     // g1 -> 10.60.0.3 and g2 -> 10.60.0.2 are ambiguous (two tenants have
