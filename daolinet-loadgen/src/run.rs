@@ -69,6 +69,12 @@ pub struct Report {
     pub first_error: Option<String>,
     /// CPU time (user + system) the generator used over the whole run.
     pub cpu: Option<Duration>,
+    /// The slowest switch's time from its TCP connect to the controller's
+    /// FEATURES_REQUEST (the handshake answered).
+    pub features_after: Option<Duration>,
+    /// The slowest switch's time from its TCP connect to the controller's
+    /// first FLOW_MOD (its flows being installed: the switch is served).
+    pub served_after: Option<Duration>,
 }
 
 impl Report {
@@ -178,6 +184,12 @@ impl Report {
                 p.p50, p.p99, p.max
             );
         }
+        if let Some(d) = self.features_after {
+            s += &format!(" features_ms={:.2}", d.as_secs_f64() * 1e3);
+        }
+        if let Some(d) = self.served_after {
+            s += &format!(" served_ms={:.2}", d.as_secs_f64() * 1e3);
+        }
         s
     }
 }
@@ -200,6 +212,9 @@ struct SwitchResult {
     sent: u64,
     lost: u64,
     first_error: Option<String>,
+    /// From the TCP connect to FEATURES_REQUEST, and to the first FLOW_MOD.
+    features_after: Option<Duration>,
+    served_after: Option<Duration>,
 }
 
 async fn connect(addr: &str, deadline: Instant) -> Result<TcpStream> {
@@ -223,6 +238,8 @@ async fn switch_task(
 ) -> Result<SwitchResult> {
     let deadline = Instant::now() + cfg.connect_timeout;
     let stream = connect(&cfg.connect, deadline).await?;
+    let connected = Instant::now();
+    let (mut features_after, mut served_after) = (None, None);
     stream.set_nodelay(true).context("TCP_NODELAY")?;
     rxstamp::enable(&stream).context("SO_TIMESTAMPNS")?;
     // Reads land here with their kernel receive time, then in rbuf.
@@ -244,7 +261,11 @@ async fn switch_task(
         }
         if !ready_reported && sw.features_sent() {
             ready_reported = true;
+            features_after = Some(connected.elapsed());
             shared.ready.fetch_add(1, Ordering::Relaxed);
+        }
+        if served_after.is_none() && sw.counters.flow_mods > 0 {
+            served_after = Some(connected.elapsed());
         }
         let now = Instant::now();
         if shared.started.load(Ordering::Relaxed) {
@@ -335,6 +356,8 @@ async fn switch_task(
         sent: win.sent,
         lost: win.lost,
         first_error: sw.first_error,
+        features_after,
+        served_after,
     })
 }
 
@@ -458,6 +481,7 @@ async fn drive(cfg: &RunConfig) -> Result<Report> {
     let mut lat_user = Vec::new();
     let (mut sent, mut lost) = (0, 0);
     let mut first_error = None;
+    let (mut features_after, mut served_after) = (None, None);
     for t in tasks {
         let r = t.await.map_err(|e| anyhow!("switch task failed: {e}"))??;
         totals.add(&r.counters);
@@ -468,6 +492,8 @@ async fn drive(cfg: &RunConfig) -> Result<Report> {
         if first_error.is_none() {
             first_error = r.first_error;
         }
+        features_after = features_after.max(r.features_after);
+        served_after = served_after.max(r.served_after);
     }
     Ok(Report {
         answered: end.1 - start.1,
@@ -493,6 +519,8 @@ async fn drive(cfg: &RunConfig) -> Result<Report> {
             (Some(a), Some(b)) => Some(b.saturating_sub(a)),
             _ => None,
         },
+        features_after,
+        served_after,
     })
 }
 

@@ -112,7 +112,7 @@ fn hot_plug_valid(snap: &Snapshot, cfg: &Config, f: &FlowSpec) -> bool {
                 && [lo, hi]
                     .into_iter()
                     .filter(|id| *id != 0)
-                    .all(|id| snap.model.containers.values().any(|c| c.cookie_id == id))
+                    .all(|id| snap.container_by_cookie(id).is_some())
         }
         Some((Kind::PortDeny, _, _)) => {
             // Short-lived too; kept while no container is on the port.

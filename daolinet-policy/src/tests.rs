@@ -779,6 +779,48 @@ fn switch_connect_and_host_gone() {
     }));
 }
 
+/// A host's containers come from the port index, in id order, and a host
+/// gone deletes, datapath by datapath, what the pass over every container
+/// deleted.
+#[test]
+fn host_gone_deletes_its_containers_on_every_other_datapath() {
+    let m = sample();
+    let snap = Snapshot::new(m.clone());
+    for h in m.hosts.values() {
+        let want: Vec<&Container> = m.containers.values().filter(|c| c.host == h.name).collect();
+        let mut on: Vec<&Container> = snap.containers_on(&h.name).collect();
+        on.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(on, want, "{}", h.name);
+        let mut oracle = Vec::new();
+        for d in m
+            .hosts
+            .values()
+            .map(|o| o.dpid)
+            .filter(|d| *d != h.dpid)
+            .collect::<BTreeSet<_>>()
+        {
+            for c in &want {
+                for (cookie, mask) in [
+                    (cookie::make(Kind::Base, c.cookie_id, 0), cookie::LO_MASK),
+                    (cookie::make(Kind::Base, 0, c.cookie_id), cookie::HI_MASK),
+                ] {
+                    oracle.push(Decision::DeleteFlows {
+                        dpid: d,
+                        cookie,
+                        cookie_mask: mask,
+                    });
+                }
+            }
+        }
+        assert_eq!(handle_host_gone(&snap, h.dpid), oracle, "{}", h.name);
+    }
+    assert_eq!(snap.containers_on("no-such-host").count(), 0);
+    for c in m.containers.values() {
+        assert_eq!(snap.container_by_cookie(c.cookie_id), Some(c));
+    }
+    assert_eq!(snap.container_by_cookie(u32::MAX), None);
+}
+
 // ---------------------------------------------------------------------------
 // Properties over generated topologies.
 

@@ -52,6 +52,7 @@ pub struct Snapshot {
     /// host name -> port -> container (looked up without allocating).
     by_port: HashMap<String, HashMap<u32, usize>>,
     by_phys: HashMap<Ipv4Addr, usize>,
+    by_cookie: HashMap<u32, usize>,
     host_by_dpid: HashMap<Dpid, usize>,
     host_by_name: HashMap<String, usize>,
     networks: HashMap<String, Network>,
@@ -80,6 +81,7 @@ impl Snapshot {
                 .or_default()
                 .insert(c.port, i);
             s.by_phys.insert(c.physical_ip, i);
+            s.by_cookie.insert(c.cookie_id, i);
         }
         for (i, h) in s.hosts.iter().enumerate() {
             s.host_by_dpid.insert(h.dpid, i);
@@ -125,6 +127,13 @@ impl Snapshot {
             .into_iter()
             .flat_map(|ports| ports.values())
             .filter_map(|i| self.containers.get(*i))
+    }
+
+    /// The container with a cookie id.
+    pub fn container_by_cookie(&self, id: u32) -> Option<&Container> {
+        self.by_cookie
+            .get(&id)
+            .and_then(|i| self.containers.get(*i))
     }
 
     /// The container owning a physical IP.

@@ -422,9 +422,14 @@ impl Server {
                 continue;
             }
             tracing::info!(%dpid, "datapath stayed away: deleting the flows towards its containers");
-            match self.ctl.host_gone(dpid) {
-                Ok(ds) => self.route(&ds, Some(dpid), None).await,
-                Err(e) => tracing::warn!(error = %e, "host_gone"),
+            // Off the runtime's workers: the deletions are the host's
+            // containers times every other datapath (tens of thousands at
+            // 1,000 hosts), and switches connecting meanwhile must not wait.
+            let ctl = self.ctl.clone();
+            match tokio::task::spawn_blocking(move || ctl.host_gone(dpid)).await {
+                Ok(Ok(ds)) => self.route(&ds, Some(dpid), None).await,
+                Ok(Err(e)) => tracing::warn!(error = %e, "host_gone"),
+                Err(e) => tracing::warn!(error = %e, "host_gone task"),
             }
         }
     }
@@ -697,11 +702,16 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// and the order in which datapaths first appear.
 fn group_by_dpid(ds: impl IntoIterator<Item = Decision>) -> Vec<(Dpid, Vec<Decision>)> {
     let mut out: Vec<(Dpid, Vec<Decision>)> = Vec::new();
+    // Indexed: a host gone makes decisions for every other datapath.
+    let mut at: HashMap<Dpid, usize> = HashMap::new();
     for d in ds {
         let dpid = d.dpid();
-        match out.iter_mut().find(|(x, _)| *x == dpid) {
+        match at.get(&dpid).and_then(|i| out.get_mut(*i)) {
             Some((_, v)) => v.push(d),
-            None => out.push((dpid, vec![d])),
+            None => {
+                at.insert(dpid, out.len());
+                out.push((dpid, vec![d]));
+            }
         }
     }
     out

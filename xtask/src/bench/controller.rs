@@ -90,7 +90,7 @@ fn free_port() -> Result<u16> {
 }
 
 /// Parses `RESULT k=v k=v ...` (the last such line of the generator's stdout).
-fn parse_result(stdout: &str) -> Result<BTreeMap<String, f64>> {
+pub(super) fn parse_result(stdout: &str) -> Result<BTreeMap<String, f64>> {
     let line = stdout
         .lines()
         .rev()
@@ -226,7 +226,7 @@ fn loadgen(bin: &Path, t: &Target, latency: Option<usize>) -> Result<BTreeMap<St
     Ok(r)
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(super) fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     match v.len() {
@@ -339,7 +339,7 @@ fn start_osken(dir: &Path, plan: &Path) -> Result<(Proc, Target)> {
     Ok((p, t))
 }
 
-fn cpu_model() -> String {
+pub(super) fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -692,7 +692,30 @@ pub fn run(setup: bool) -> Result<()> {
         nctr = SWITCHES * CONTAINERS,
         cpu = cpu_model(),
     );
-    crate::benchmarks::update_section("controller", &md)
+    crate::benchmarks::update_section("controller", &md)?;
+    super::scale::run(&ctl_bin, &gen_bin, &cpu_model())
+}
+
+/// Only the scale part of [`run`] (`cargo xtask bench scale`): the small
+/// and the large model side by side, with the release binaries.
+pub fn run_scale(setup: bool) -> Result<()> {
+    if setup {
+        crate::setup::run()?;
+    }
+    step("building daolinet-controller and daolinet-loadgen (release)");
+    sh(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "daolinet-controller",
+        "-p",
+        "daolinet-loadgen",
+    ]))?;
+    let rel = workspace_root().join("target/release");
+    let ctl_bin = std::env::var_os("DAOLINET_BENCH_CONTROLLER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| rel.join("daolinet-controller"));
+    super::scale::run(&ctl_bin, &rel.join("daolinet-loadgen"), &cpu_model())
 }
 
 #[cfg(test)]

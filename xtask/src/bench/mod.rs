@@ -8,6 +8,7 @@ mod controller;
 mod datapath;
 mod failover;
 mod openflow;
+mod scale;
 mod stamps;
 mod udp;
 
@@ -30,6 +31,10 @@ pub enum Which {
     /// Three controllers on etcd: time to a working new connection over 10
     /// leader kills, established-flow loss, decisions/s vs one controller.
     Failover,
+    /// The controller with 1,000 hosts and 100,000 containers beside a
+    /// small model: memory, API and decision latency (also the last part
+    /// of `controller`).
+    Scale,
 }
 
 /// Run one benchmark, or all of them.
@@ -41,6 +46,7 @@ pub fn run(which: Option<Which>, setup: bool) -> Result<()> {
         Some(Which::Controller) => controller::run(setup),
         Some(Which::Cluster) => cluster::run(setup),
         Some(Which::Failover) => failover::run(setup),
+        Some(Which::Scale) => controller::run_scale(setup),
         None => {
             openflow::run()?;
             datapath::run(setup)?;
