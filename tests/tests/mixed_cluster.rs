@@ -256,7 +256,70 @@ fn trace_and_observe_on_the_ovs_host(api: &Api) {
     assert_eq!(hops[1]["output"], 1, "{t:#}");
 }
 
+/// What the steps above cannot show: after a `disconnect` of two containers
+/// on the same Open vSwitch host, the datapath flow cached from their
+/// deleted pair flow forwards until a revalidator has been over it, so with
+/// the revalidators paused a packet crosses the disconnect after the API
+/// answered (between an agent host and an OVS host the agent's side stops
+/// it). No OpenFlow message waits for OVS's revalidation: open (testlab
+/// README, Failures explained).
+#[test]
+#[ignore = "open: Open vSwitch's cached allow megaflow outlives the barrier of a disconnect (testlab README, Failures explained)"]
+fn a_stale_ovs_allow_megaflow_does_not_pass_a_packet_after_disconnect() {
+    interoperate_then(true, Some(stale_allow_same_host));
+}
+
+/// o1 -> m1 (both on the OVS host), allowed and cached; the revalidators
+/// paused, `disconnect o1 m1`, then one packet: it must not arrive. Today
+/// it does, every run: the megaflow (`ipv4(src=10.60.0.3,dst=10.60.0.4,
+/// proto=17) actions:set(eth(..)),6`) is still in `dpctl/dump-flows` after
+/// the API answered.
+fn stale_allow_same_host(cl: &Cluster, containers: &[(String, Netns)]) {
+    let ns = |id: &str| &containers.iter().find(|(i, _)| i == id).unwrap().1;
+    let mip = cl.ip("m1");
+    let rx = ns("m1").udp(&format!("{mip}:7779")).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let tx = ns("o1").udp("0.0.0.0:0").unwrap();
+    let mut buf = [0u8; 16];
+    // The first punted and delivered, the next through the pair flow: its
+    // datapath flow is cached, and kept in use (a megaflow hit once may be
+    // evicted before the pause).
+    for what in [&b"first"[..], b"cached", b"cached", b"cached", b"cached"] {
+        tx.send_to(what, format!("{mip}:7779")).unwrap();
+        let got = rx.recv_from(&mut buf).map(|(n, _)| buf[..n].to_vec());
+        assert_eq!(got.ok().as_deref(), Some(what), "o1 -> m1 allowed");
+    }
+    cl.revalidators("pause");
+    // Still cached under the pause (`dpctl/dump-flows` shows it).
+    tx.send_to(b"cached", format!("{mip}:7779")).unwrap();
+    let got = rx.recv_from(&mut buf).map(|(n, _)| buf[..n].to_vec());
+    assert_eq!(
+        got.ok().as_deref(),
+        Some(&b"cached"[..]),
+        "o1 -> m1 allowed"
+    );
+    cl.policy("disconnect", "o1", "m1");
+    tx.send_to(b"after", format!("{mip}:7779")).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let got = rx.recv_from(&mut buf).map(|(n, _)| buf[..n].to_vec());
+    cl.revalidators("resume");
+    cl.policy("connect", "o1", "m1");
+    assert!(
+        got.is_err(),
+        "o1 -> m1 crossed a disconnect the API had answered: {:?}",
+        got.ok().map(|b| String::from_utf8_lossy(&b).into_owned())
+    );
+}
+
+/// A step run in the middle of [`interoperate`] (after the policy steps,
+/// before the migration).
+type Step = fn(&Cluster, &[(String, Netns)]);
+
 fn interoperate(strict: bool) {
+    interoperate_then(strict, None);
+}
+
+fn interoperate_then(strict: bool, extra: Option<Step>) {
     let mut needs = vec![
         Need::BpfObject,
         Need::Binary("daolinet-controller"),
@@ -569,6 +632,10 @@ fn interoperate(strict: bool) {
             cl.delivered_through_a_stale_denial(delivered, "o1 -> a1 after connect");
         }
         cl.wait_expired(to_ip);
+    }
+
+    if let Some(step) = extra {
+        step(&cl, &containers);
     }
 
     // Migration, OVS -> agent -> OVS, keeping IP and MAC.
