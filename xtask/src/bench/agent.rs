@@ -4,8 +4,14 @@
 //! controller (this benchmark, speaking OpenFlow 1.3 through the project's
 //! codec):
 //!
-//! - FLOW_MOD install rate: 100k adds pipelined on one connection, timed
-//!   until the BARRIER_REPLY, then checked with an aggregate-stats request;
+//! - FLOW_MOD install and delete rates at 100k and 1M flows: the adds
+//!   pipelined on one connection, timed until the BARRIER_REPLY, then
+//!   checked with an aggregate-stats request; one delete by cookie mask,
+//!   timed the same way; the memory with the flows in;
+//! - 64-byte UDP packets/s through a rewrite flow with 10 and with 1M
+//!   flows installed, alternating between the switches;
+//! - idle cost (CPU, wake-ups, threads, memory) over the same minute, with
+//!   no flow and with 1M;
 //! - first-packet latency: container A sends a UDP datagram to container B
 //!   with only a table-miss flow installed; the switch punts it (PACKET_IN),
 //!   the controller answers with PACKET_OUT to B's port, B receives it. The
@@ -357,38 +363,247 @@ fn memory_of(pid: u32) -> Memory {
 
 /// 64-byte UDP packets per second from A to B through a rewrite flow,
 /// with `few` flows installed and with `many` (the same mask, other
-/// addresses), alternating 3 times: the medians (few, many).
-fn pps_by_table_size(c: &mut Ctl, a: &str, b: &str, few: u32, many: u32) -> Result<(f64, f64)> {
-    c.send(3, &Message::FlowMod(of::FlowMod::delete(of::Match::new())))?;
-    c.barrier(4)?;
+/// addresses), on every switch: the runs alternate between the switches
+/// and between the table sizes, 3 times. The medians (few, many), by
+/// switch.
+fn pps_by_table_size(sw: &mut [&mut Setup], few: u32, many: u32) -> Result<Vec<(f64, f64)>> {
     // The flow the packets take: rewrite both MACs, out to B.
     let rewrite: of::FlowMod = "cookie=0xc1,priority=200,in_port=1,ip,nw_dst=10.1.0.3 \
          actions=set_field:02:00:00:00:00:01->eth_src,set_field:02:00:00:00:00:0b->eth_dst,output:2"
         .parse()
         .map_err(|e| anyhow!("{e}"))?;
-    c.send(8, &Message::FlowMod(rewrite))?;
-    c.s.write_all(&flow_mods(few - 1, 0x0b00_0001, 0xc1)?)?;
-    c.barrier(9)?;
-    let others = flow_mods(many - few, 0x0c00_0001, 0xc2)?;
-    let (mut with_few, mut with_many) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
-        with_few.push(super::udp::flood(a, b, "10.1.0.3".parse()?, 40009, 2.0)?.recv_pps);
-        c.s.write_all(&others)?;
-        c.barrier(10)?;
-        let n = c.flow_count()?;
-        if n != many {
-            bail!("{n} flows in the table, {many} expected");
-        }
-        with_many.push(super::udp::flood(a, b, "10.1.0.3".parse()?, 40009, 2.0)?.recv_pps);
-        delete_cookie(c, 0xc2)?;
+    let rewrite_flows = flow_mods(few - 1, 0x0b00_0001, 0xc1)?;
+    for i in 0..sw.len() {
+        on_one(sw, i, |s| {
+            let c = &mut s.c;
+            c.send(3, &Message::FlowMod(of::FlowMod::delete(of::Match::new())))?;
+            c.barrier(4)?;
+            c.send(8, &Message::FlowMod(rewrite.clone()))?;
+            c.s.write_all(&rewrite_flows)?;
+            c.barrier(9)
+        })?;
     }
-    c.send(3, &Message::FlowMod(of::FlowMod::delete(of::Match::new())))?;
-    c.barrier(4)?;
+    let others = flow_mods(many - few, 0x0c00_0001, 0xc2)?;
+    let flood = |s: &mut Setup| -> Result<f64> {
+        Ok(super::udp::flood(&s.a, &s.b, "10.1.0.3".parse()?, 40009, 2.0)?.recv_pps)
+    };
+    let mut with_few = vec![Vec::new(); sw.len()];
+    let mut with_many = vec![Vec::new(); sw.len()];
+    for _ in 0..3 {
+        for (i, v) in with_few.iter_mut().enumerate() {
+            v.push(on_one(sw, i, flood)?);
+        }
+        for i in 0..sw.len() {
+            on_one(sw, i, |s| {
+                s.c.s.write_all(&others)?;
+                s.c.barrier(10)?;
+                let n = s.c.flow_count()?;
+                if n != many {
+                    bail!("{n} flows in the table, {many} expected");
+                }
+                Ok(())
+            })?;
+        }
+        for (i, v) in with_many.iter_mut().enumerate() {
+            v.push(on_one(sw, i, flood)?);
+        }
+        for i in 0..sw.len() {
+            on_one(sw, i, |s| delete_cookie(&mut s.c, 0xc2))?;
+        }
+    }
+    for i in 0..sw.len() {
+        on_one(sw, i, |s| {
+            s.c.send(3, &Message::FlowMod(of::FlowMod::delete(of::Match::new())))?;
+            s.c.barrier(4)
+        })?;
+    }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    Ok((median(&mut with_few), median(&mut with_many)))
+    Ok(with_few
+        .iter_mut()
+        .zip(with_many.iter_mut())
+        .map(|(f, m)| (median(f), median(m)))
+        .collect())
+}
+
+/// Serve controller connection `c` (answer the switch's echo requests, so
+/// that it keeps the connection) until `stop`.
+fn serve(c: &mut Ctl, stop: &std::sync::atomic::AtomicBool) -> Result<()> {
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        // Frames other than echo requests are not expected here.
+        c.recv(Instant::now() + Duration::from_millis(50))?;
+    }
+    Ok(())
+}
+
+/// Run `f` while connections `cs` are served by threads of their own
+/// (see [`serve`]): a switch left waiting while the benchmark works with
+/// another would otherwise drop its controller (no echo reply).
+fn serving<T>(cs: Vec<&mut Ctl>, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let served: Vec<_> = cs
+            .into_iter()
+            .map(|c| {
+                let stop = &stop;
+                scope.spawn(move || serve(c, stop))
+            })
+            .collect();
+        let r = f();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for h in served {
+            h.join()
+                .map_err(|_| anyhow!("controller thread panicked"))??;
+        }
+        r
+    })
+}
+
+/// Run `f` on switch `i` while the other switches' connections are
+/// served.
+fn on_one<T>(
+    sw: &mut [&mut Setup],
+    i: usize,
+    f: impl FnOnce(&mut Setup) -> Result<T>,
+) -> Result<T> {
+    let mut this = None;
+    let mut others = Vec::new();
+    for (j, s) in sw.iter_mut().enumerate() {
+        if j == i {
+            this = Some(&mut **s);
+        } else {
+            others.push(&mut s.c);
+        }
+    }
+    let this = this.ok_or_else(|| anyhow!("no switch {i}"))?;
+    serving(others, || f(this))
+}
+
+/// What a switch costs while nothing happens.
+#[derive(Clone, Copy, Default)]
+struct Idle {
+    /// Flows installed.
+    flows: u32,
+    mem: Memory,
+    threads: u32,
+    /// CPU time over the interval, percent of one CPU.
+    cpu_pct: f64,
+    /// Context switches of all its threads per second (each one a wake-up
+    /// or a preemption).
+    switches_per_s: f64,
+}
+
+/// CPU ticks (user + system), context switches over all threads, and
+/// the number of threads of process `pid`.
+fn cpu_of(pid: u32) -> Result<(u64, u64, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let (mut switches, mut threads) = (0, 0);
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
+        threads += 1;
+        let st = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        switches += st
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Ok((tick(11) + tick(12), switches, threads))
+}
+
+/// Every switch left alone for `secs` with `flows` installed (already in
+/// their tables): their CPU, wake-ups, threads and memory, measured over
+/// the same interval. Each controller connection is served meanwhile
+/// (echo requests answered) by a thread of its own.
+fn idle_cost(sw: &mut [&mut Setup], flows: u32, secs: u64) -> Result<Vec<Idle>> {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let before: Vec<(u64, u64, u32)> = sw.iter().map(|s| cpu_of(s.pid)).collect::<Result<_>>()?;
+    let t0 = Instant::now();
+    serving(sw.iter_mut().map(|s| &mut s.c).collect(), || {
+        std::thread::sleep(Duration::from_secs(secs));
+        Ok(())
+    })?;
+    let dt = t0.elapsed().as_secs_f64();
+    sw.iter()
+        .zip(before)
+        .map(|(s, (cpu0, sw0, _))| {
+            let (cpu1, sw1, threads) = cpu_of(s.pid)?;
+            Ok(Idle {
+                flows,
+                mem: memory_of(s.pid),
+                threads,
+                cpu_pct: (cpu1.saturating_sub(cpu0)) as f64 / hz / dt * 100.0,
+                switches_per_s: (sw1.saturating_sub(sw0)) as f64 / dt,
+            })
+        })
+        .collect()
+}
+
+/// The agent's flow table alone at one size (`examples/table_scale`).
+#[derive(serde::Deserialize)]
+struct Alone {
+    flows: u32,
+    install_per_s: f64,
+    delete_per_s: f64,
+    one_cookie_delete_us: f64,
+    rss_kib: u64,
+}
+
+/// Run `examples/table_scale` (built) at these sizes.
+fn table_alone(sizes: &[u32]) -> Result<Vec<Alone>> {
+    let out = Command::new(workspace_root().join("target/release/examples/table_scale"))
+        .args(sizes.iter().map(u32::to_string))
+        .output()
+        .context("running examples/table_scale")?;
+    if !out.status.success() {
+        bail!(
+            "examples/table_scale failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).with_context(|| format!("table_scale printed {l:?}")))
+        .collect()
+}
+
+/// Seconds each switch is left idle.
+const IDLE_SECS: u64 = 60;
+
+/// The idle cost of every switch with no flow and with `many`, side by
+/// side (see [`idle_cost`]).
+fn idle_costs(sw: &mut [&mut Setup], many: u32) -> Result<Vec<[Idle; 2]>> {
+    for i in 0..sw.len() {
+        on_one(sw, i, |s| {
+            s.c.send(3, &Message::FlowMod(of::FlowMod::delete(of::Match::new())))?;
+            s.c.barrier(4)
+        })?;
+    }
+    let empty = idle_cost(sw, 0, IDLE_SECS)?;
+    let wire = flow_mods(many, 0x0a00_0001, 0xbe)?;
+    for i in 0..sw.len() {
+        on_one(sw, i, |s| {
+            s.c.s.write_all(&wire)?;
+            s.c.barrier(5)
+        })?;
+    }
+    let full = idle_cost(sw, many, IDLE_SECS)?;
+    for i in 0..sw.len() {
+        on_one(sw, i, |s| delete_cookie(&mut s.c, 0xbe).map(|_| ()))?;
+    }
+    Ok(empty.into_iter().zip(full).map(|(e, f)| [e, f]).collect())
 }
 
 /// The agent's `--reply-spin-us` in this run: its default (200) unless
@@ -757,20 +972,27 @@ struct Latency {
     share_n: usize,
 }
 
-/// A switch set up, its install and delete rates measured, ready for
-/// probes.
+/// A switch set up, its install and delete rates measured.
 struct Setup {
     scales: Vec<Scale>,
-    /// Agent only: 64-byte UDP pps with a few and with many flows.
-    pps: Option<(f64, f64)>,
-    prober: Prober,
+    /// The controller connection.
+    c: Ctl,
+    /// The switch's process.
+    pid: u32,
+    /// Its host namespace, and the namespaces of containers A and B.
+    h: String,
+    a: String,
+    b: String,
     /// The agent's log (its per-packet timings).
     log: Option<PathBuf>,
 }
 
 struct Result2 {
     scales: Vec<Scale>,
-    pps: Option<(f64, f64)>,
+    /// 64-byte UDP pps with a few and with many flows.
+    pps: (f64, f64),
+    /// Idle with no flow, and with many.
+    idle: [Idle; 2],
     /// Harness blocking, busy-polling.
     lat: [Latency; 2],
 }
@@ -811,12 +1033,13 @@ fn bench_agent(bin: &Path) -> Result<Setup> {
     let mut c = Ctl::accept(&l)?;
     step("agent: FLOW_MOD install and delete rates, 100k and 1M flows");
     let scales = install_delete(&mut c, &SIZES, &|| memory_of(pid))?;
-    step("agent: 64-byte UDP through a rewrite flow, 10 flows vs 1M flows installed");
-    let pps = pps_by_table_size(&mut c, &a, &b, 10, *SIZES.last().unwrap_or(&FLOWS))?;
     Ok(Setup {
         scales,
-        pps: Some(pps),
-        prober: Prober::start(c, &h, &a, &b)?,
+        c,
+        pid,
+        h,
+        a,
+        b,
         log: Some(log),
     })
 }
@@ -1000,8 +1223,11 @@ fn bench_ovs() -> Result<Setup> {
     let scales = install_delete(&mut c, &SIZES, &|| memory_of(pid))?;
     Ok(Setup {
         scales,
-        pps: None,
-        prober: Prober::start(c, &h, &a, &b)?,
+        c,
+        pid,
+        h,
+        a,
+        b,
         log: None,
     })
 }
@@ -1041,7 +1267,17 @@ pub fn run(setup: bool) -> Result<()> {
     crate::build_ebpf::run(true)?;
     step("building daolinet-agent (release)");
     sh(cargo().args(["build", "--release", "-p", "daolinet-agent"]))?;
+    sh(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "daolinet-agent",
+        "--example",
+        "table_scale",
+    ]))?;
     let bin = workspace_root().join("target/release/daolinet-agent");
+    step("the agent's flow table alone (userspace, no BPF): 100k and 1M flows");
+    let alone = table_alone(&SIZES)?;
     std::fs::create_dir_all(BPFFS)?;
     let mounted = std::fs::read_to_string("/proc/self/mounts")?
         .lines()
@@ -1053,10 +1289,21 @@ pub fn run(setup: bool) -> Result<()> {
     // between them.
     let (agent, ovs, inside) = {
         let _g = cleanup::guard()?;
-        let a = bench_agent(&bin)?;
-        let o = bench_ovs()?;
+        let mut a = bench_agent(&bin)?;
+        let mut o = serving(vec![&mut a.c], bench_ovs)?;
+        let many = *SIZES.last().unwrap_or(&FLOWS);
+        step("64-byte UDP through a rewrite flow, 10 flows vs 1M flows installed, alternating between the agent and Open vSwitch");
+        let pps = pps_by_table_size(&mut [&mut a, &mut o], 10, many)?;
+        step("idle cost, no flow and 1M flows, both switches left alone for the same minute");
+        let idle = idle_costs(&mut [&mut a, &mut o], many)?;
+        let (pps, idle) = match (&pps[..], &idle[..]) {
+            ([pa, po], [ia, io]) => ([*pa, *po], [*ia, *io]),
+            _ => bail!("expected two switches"),
+        };
         step("first-packet latency, probes alternating between the agent and Open vSwitch and between harness modes");
-        let (la, lo) = first_packet(a.prober, o.prober)?;
+        let pa = serving(vec![&mut o.c], || Prober::start(a.c, &a.h, &a.a, &a.b))?;
+        let po = Prober::start(o.c, &o.h, &o.a, &o.b)?;
+        let (la, lo) = first_packet(pa, po)?;
         // The agent logs its timings every 100 ms.
         std::thread::sleep(Duration::from_millis(300));
         let log = a.log.ok_or_else(|| anyhow!("no agent log"))?;
@@ -1064,12 +1311,14 @@ pub fn run(setup: bool) -> Result<()> {
         (
             Result2 {
                 scales: a.scales,
-                pps: a.pps,
+                pps: pps[0],
+                idle: idle[0],
                 lat: la,
             },
             Result2 {
                 scales: o.scales,
-                pps: o.pps,
+                pps: pps[1],
+                idle: idle[1],
                 lat: lo,
             },
             inside,
@@ -1107,6 +1356,16 @@ pub fn run(setup: bool) -> Result<()> {
             (x.full.rss + x.full.maps) as f64 / y.full.rss as f64
         );
     }
+    for t in &alone {
+        table += &format!(
+            "| the agent's flow table alone (userspace, no BPF), {} flows: install; delete by cookie; one cookie's delete among them; memory | {:.0} flows/s; {:.0} flows/s; {:.1} µs; {:.0} MiB | | |\n",
+            t.flows,
+            t.install_per_s,
+            t.delete_per_s,
+            t.one_cookie_delete_us,
+            t.rss_kib as f64 / 1024.0,
+        );
+    }
     if let (Some(x), Some(y)) = (agent.scales.first(), ovs.scales.first()) {
         table += &format!(
             "| memory with no flow: resident (+ kernel BPF maps) | {:.0} MiB (+ {:.0} MiB) | {:.0} MiB | |\n",
@@ -1115,12 +1374,40 @@ pub fn run(setup: bool) -> Result<()> {
             mib(y.empty.rss),
         );
     }
-    if let Some((few, many)) = agent.pps {
+    {
+        let ((af, am), (of_, om)) = (agent.pps, ovs.pps);
         table += &format!(
-            "| 64-byte UDP through a rewrite flow, 10 flows installed | {few:.0} pps | | |\n\
-             | the same with {} flows installed (same mask) | {many:.0} pps | | {:.2} of 10 flows |\n",
+            "| 64-byte UDP through a rewrite flow, 10 flows installed | {af:.0} pps | {of_:.0} pps | {:.2}x |\n\
+             | the same with {} flows installed (same mask) | {am:.0} pps | {om:.0} pps | {:.2}x |\n\
+             | pps with {} flows / with 10 flows | {:.2} | {:.2} | |\n",
+            af / of_,
             SIZES.last().unwrap_or(&FLOWS),
-            many / few
+            am / om,
+            SIZES.last().unwrap_or(&FLOWS),
+            am / af,
+            om / of_,
+        );
+    }
+    for i in 0..2 {
+        let (x, y) = (agent.idle[i], ovs.idle[i]);
+        let what = if x.flows == 0 {
+            "no flow".to_string()
+        } else {
+            format!("{} flows", x.flows)
+        };
+        table += &format!(
+            "| idle {IDLE_SECS} s, {what}: CPU | {:.3} % | {:.3} % | |\n\
+             | idle {IDLE_SECS} s, {what}: context switches (wake-ups) | {:.1}/s | {:.1}/s | |\n\
+             | idle {IDLE_SECS} s, {what}: threads; resident (+ kernel BPF maps) | {}; {:.0} MiB (+ {:.0} MiB) | {}; {:.0} MiB | |\n",
+            x.cpu_pct,
+            y.cpu_pct,
+            x.switches_per_s,
+            y.switches_per_s,
+            x.threads,
+            mib(x.mem.rss),
+            mib(x.mem.maps),
+            y.threads,
+            mib(y.mem.rss),
         );
     }
     for (mode, name) in [
@@ -1203,7 +1490,13 @@ pub fn run(setup: bool) -> Result<()> {
          array is sized for `--max-flows`, its entries follow the flows). 64-byte UDP: \
          the datapath benchmark's sendmmsg generator from A to B through a rewrite \
          flow (both MACs, output), 2 s per run, with 10 flows and with the other flows \
-         in the same subtable, alternating three times, medians.\n\n\
+         in the same subtable, the runs alternating between the switches and the \
+         table sizes three times, medians. Idle: both switches left alone for the \
+         same {IDLE_SECS} s (their controller connections answer echo requests), \
+         first with no flow, then with the flows of the largest size; CPU time \
+         (utime + stime), the context switches of all their threads (each a wake-up \
+         or a preemption), threads, memory. The agent has two container ports and \
+         an uplink, Open vSwitch its two ports.\n\n\
          Targets: install at least 500k flows/s and 1.5x Open vSwitch, deleting as \
          fast; 64-byte UDP with a million flows within 10% of 10 flows; the switch's \
          own share of a first packet at most 1/3 of Open vSwitch's (ratio <= 0.33). \
