@@ -1,15 +1,15 @@
 //! The scale part of `cargo xtask bench controller`: the same controller
 //! with a small model and with 1,000 hosts and 100,000 containers, side by
-//! side in one run: memory, REST API latency, and PACKET_IN decision
+//! side in one run: connect times, memory, REST API latency, PACKET_IN decision
 //! latency (the generator's latency mode, alternating between the two).
 //! Recorded in the `controller-scale` section of BENCHMARKS.md.
 //!
-//! The large model: 984 hosts and 99,488 containers in 100 tenant networks
+//! The large model: 984 hosts and 99,744 containers in 100 tenant networks
 //! sharing one subnet (each logical IP held by 100 containers), written
 //! straight into the store (`cargo run -p daolinet-controller --example
 //! populate_store`: through the API every object is one mutation that
 //! validates and clones the whole model); then the generator's 16 hosts and
-//! 512 containers are registered through the REST API on both controllers,
+//! 256 containers are registered through the REST API on both controllers,
 //! as in the small-model runs, and its fake switches decide on them.
 
 use std::collections::BTreeMap;
@@ -26,9 +26,9 @@ use crate::util::{cargo, output, run as sh, step};
 
 const HOSTS: u32 = 1_000;
 const CONTAINERS: u32 = 100_000;
-/// What the generator registers through the API (16 hosts, 32 containers each).
+/// What the generator registers through the API (16 hosts, 16 containers each).
 const GEN_SWITCHES: u32 = 16;
-const GEN_CONTAINERS: u32 = 32;
+const GEN_CONTAINERS: u32 = 16;
 const NETWORKS: u32 = 100;
 /// A pool large enough for 100,000 physical IPs.
 const POOL: &str = "172.16.0.0/12";
@@ -263,9 +263,10 @@ pub fn run(ctl_bin: &Path, gen_bin: &Path, cpu: &str) -> Result<()> {
         reg_s[i] = t.elapsed().as_secs_f64();
     }
     let n_reg = f64::from(GEN_SWITCHES * (GEN_CONTAINERS + 1) + 1);
-    let (st, _) = large.http("GET", "/api/containers/sc-c99487", "")?;
+    let last = format!("sc-c{}", bulk_containers - 1);
+    let (st, _) = large.http("GET", &format!("/api/containers/{last}"), "")?;
     if st != 200 {
-        bail!("the large model has no container sc-c99487 (HTTP {st})");
+        bail!("the large model has no container {last} (HTTP {st})");
     }
     step("scale: API latency (read, create, delete one container)");
     let api = [api_probes(&small)?, api_probes(&large)?];
