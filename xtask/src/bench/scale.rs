@@ -231,6 +231,12 @@ pub fn run(ctl_bin: &Path, gen_bin: &Path, cpu: &str) -> Result<()> {
             POOL,
         ]))?;
     let write_s = t.elapsed().as_secs_f64();
+    let load = |when: &str| {
+        let l = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let l: Vec<&str> = l.split_whitespace().take(3).collect();
+        format!("{when} {}", l.join(" "))
+    };
+    let load_start = load("at the start");
     step("scale: starting the controller on the small and on the large store");
     let t = Instant::now();
     let small = Ctl::start("small", ctl_bin, &small_dir)?;
@@ -309,6 +315,7 @@ pub fn run(ctl_bin: &Path, gen_bin: &Path, cpu: &str) -> Result<()> {
         }
     }
     let rss_after = [small.rss_mib()?, large.rss_mib()?];
+    let load_end = load("at the end");
     drop(small);
     drop(large);
 
@@ -346,7 +353,11 @@ pub fn run(ctl_bin: &Path, gen_bin: &Path, cpu: &str) -> Result<()> {
             median(&p99[m][1]),
             list(&p99[m][1]),
             median(&rate[m]),
-            list(&rate[m]).replace(".0", ""),
+            rate[m]
+                .iter()
+                .map(|x| format!("{x:.0}"))
+                .collect::<Vec<_>>()
+                .join(", "),
         )
     };
     let md = format!(
@@ -379,7 +390,8 @@ pub fn run(ctl_bin: &Path, gen_bin: &Path, cpu: &str) -> Result<()> {
          container once per other datapath (hosts x containers) on the runtime's worker: \
          about 17 s per host gone at 1,000 hosts and 100,000 containers on this machine, \
          and switches connecting meanwhile got no FEATURES_REQUEST within 20 s; now it \
-         takes the host's containers from the snapshot's port index, off the workers.\n",
+         takes the host's containers from the snapshot's port index, off the workers. \
+         Load average (1, 5, 15 min) {load_start}, {load_end}.\n",
         GEN_SWITCHES * GEN_CONTAINERS,
         row("small", 0),
         row("large (1,000 hosts, 100,000 containers)", 1),
