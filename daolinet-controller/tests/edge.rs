@@ -259,9 +259,10 @@ impl World {
 const A: (&str, &str) = ("10.1.0.2", "02:00:00:00:0a:02");
 const B: (&str, &str) = ("10.2.0.2", "02:00:00:00:0b:02");
 
-/// An agent that starts before its controller's API answers (at boot)
-/// asks for the NAT pool again until it does, then sets its host up; and
-/// stopping it still puts the host back as it was.
+/// An agent that starts before its controller's API answers (at boot,
+/// `--join-timeout 0`) waits to join without changing anything on its
+/// host, then joins and sets its host up for NAT-out once the API
+/// answers; and stopping it still puts the host back as it was.
 #[test]
 fn nat_out_waits_for_the_controller_api() {
     let Some(mut lab) = Lab::new(&[
@@ -282,7 +283,7 @@ fn nat_out_waits_for_the_controller_api() {
     let token = w.ctl.dir().join("api-token").display().to_string();
     let of = format!("tcp:192.168.91.1:{}", w.ctl.openflow_port());
     let api = format!("http://{}", relay.addr());
-    let mut agent = lab.agent(
+    let mut agent = lab.agent_stopped(
         &h,
         &[
             "--uplink",
@@ -295,16 +296,33 @@ fn nat_out_waits_for_the_controller_api() {
             &token,
             "--host-name",
             "h1",
+            "--join-timeout",
+            "0",
         ],
     );
-    daolinet_testlab::wait_until(
-        "the agent to find the API unreachable",
-        daolinet_testlab::DEADLINE,
-        || agent.log().contains("/api/settings"),
-    );
+    let log = agent.log_path().to_path_buf();
     let table = |h: &Netns| h.ok(&["nft", "list", "table", "ip", "daolinet"]);
-    assert!(!table(&h), "NAT-out set up without a pool");
-    relay.restore();
+    std::thread::scope(|s| {
+        // start() returns once the agent has joined and answers.
+        let starting = s.spawn(|| agent.start());
+        daolinet_testlab::wait_until(
+            "the agent to find the API unreachable",
+            daolinet_testlab::DEADLINE,
+            || {
+                std::fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .contains("cannot join yet")
+            },
+        );
+        assert!(!table(&h), "NAT-out set up without a pool");
+        let waiting = host_state(&h);
+        assert_eq!(
+            before, waiting,
+            "the host changed while the agent waited to join:\n--- before\n{before}\n--- waiting\n{waiting}"
+        );
+        relay.restore();
+        starting.join().unwrap();
+    });
     daolinet_testlab::wait_until(
         "NAT-out to be set up once the API answers",
         daolinet_testlab::DEADLINE,

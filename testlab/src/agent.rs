@@ -137,6 +137,11 @@ impl Agent {
         self.proc.as_mut().is_some_and(Proc::running)
     }
 
+    /// Where its log goes (to read it while [`Agent::start`] waits).
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
     /// Its log (stderr and stdout of every run) so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
