@@ -104,8 +104,15 @@ fn main() -> Result<(), String> {
         if o.touched != n as usize || !t.is_empty() {
             return Err(format!("deleted {} of {n}, {} left", o.touched, t.len()));
         }
+        drop(o);
+        // What is still resident once the flows are gone, before and after
+        // the agent hands the freed heap back (as it does after a bulk
+        // delete).
+        let left = rss_kib().saturating_sub(before);
+        daolinet_agent::engine::give_back_memory();
+        let trimmed = rss_kib().saturating_sub(before);
         println!(
-            "{{\"flows\":{n},\"install_per_s\":{:.0},\"delete_per_s\":{:.0},\"one_cookie_delete_us\":{:.1},\"rss_kib\":{held}}}",
+            "{{\"flows\":{n},\"install_per_s\":{:.0},\"delete_per_s\":{:.0},\"one_cookie_delete_us\":{:.1},\"rss_kib\":{held},\"rss_deleted_kib\":{left},\"rss_trimmed_kib\":{trimmed}}}",
             f64::from(n) / install,
             f64::from(n) / delete,
             small_deletes / f64::from(few) * 1e6,
