@@ -75,7 +75,18 @@ struct Kill {
     worst: f64,
 }
 
-fn kills() -> Vec<Kill> {
+/// (retransmits, worst 0.5 s interval over the median one) of a stream.
+fn stream_figures(r: &daolinet_tests::ha::StreamReport) -> (u64, f64) {
+    let bytes: Vec<f64> = r.intervals.iter().map(|b| *b as f64).collect();
+    (
+        r.retransmits,
+        quantile(&bytes, 0.0) / median(&bytes).max(1.0),
+    )
+}
+
+/// The leader kills, and the same stream without a kill before each
+/// third kill (the baseline: retransmits and dips of this loaded machine).
+fn kills() -> (Vec<Kill>, Vec<(u64, f64)>) {
     let Some(mut ha) = Ha::new(HaOpts {
         probes: KILLS,
         ovs: true,
@@ -85,7 +96,18 @@ fn kills() -> Vec<Kill> {
     };
     let ipb = ha.b.ip.clone();
     let mut out = Vec::new();
+    let mut baseline = Vec::new();
     for k in 0..KILLS {
+        if k % 3 == 0 {
+            let stream = Stream::start(&ha.b.ns, &ha.a.ns, &ipb, STREAM_SECS);
+            let r = stream_figures(&stream.finish("no kill"));
+            eprintln!(
+                "no kill: stream {} retransmits, worst 0.5 s at {:.0}% of the median",
+                r.0,
+                r.1 * 100.0
+            );
+            baseline.push(r);
+        }
         let old = ha.leader();
         let pings = Pinger::start(&ha.a.ns, &ipb, PINGS);
         let ovs_pings = Pinger::start(&ha.ovs_ctrs[0].ns, &ipb, PINGS);
@@ -105,8 +127,7 @@ fn kills() -> Vec<Kill> {
         let (sent, received) = pings.finish();
         let (ovs_sent, ovs_received) = ovs_pings.finish();
         let r = stream.finish("leader killed");
-        let bytes: Vec<f64> = r.intervals.iter().map(|b| *b as f64).collect();
-        let worst = quantile(&bytes, 0.0) / median(&bytes).max(1.0);
+        let (_, worst) = stream_figures(&r);
         eprintln!(
             "kill {}/{KILLS}: controller {old} killed, {new} leads; new connection after {new_conn:?} (agent host), {ovs_conn:?} (Open vSwitch host); pings {received}/{sent}, from Open vSwitch {ovs_received}/{ovs_sent}; stream {} retransmits, worst 0.5 s at {:.0}% of the median",
             k + 1,
@@ -127,7 +148,7 @@ fn kills() -> Vec<Kill> {
         ha.all_connected();
         ha.ovs_obeys_leader();
     }
-    out
+    (out, baseline)
 }
 
 /// One loadgen throughput run against `port` in `ns`: decisions/s and the
@@ -288,7 +309,7 @@ fn decisions() -> [Vec<(f64, f64)>; 2] {
 fn main() {
     let started = Instant::now();
     let load0 = loadavg();
-    let ks = kills();
+    let (ks, baseline) = kills();
     let load1 = loadavg();
     let ds = decisions();
     let load2 = loadavg();
@@ -312,6 +333,8 @@ fn main() {
     let lost: u32 = ks.iter().map(|k| k.sent - k.received).sum();
     let retrans: Vec<f64> = ks.iter().map(|k| k.retransmits as f64).collect();
     let worst: Vec<f64> = ks.iter().map(|k| k.worst * 100.0).collect();
+    let base_retr: Vec<f64> = baseline.iter().map(|b| b.0 as f64).collect();
+    let base_worst: Vec<f64> = baseline.iter().map(|b| b.1 * 100.0).collect();
     let rate = |i: usize| -> Vec<f64> { ds[i].iter().map(|r| r.0).collect() };
     let cpu = |i: usize| -> Vec<f64> { ds[i].iter().map(|r| r.1).collect() };
     let (r1, r3) = (median(&rate(0)), median(&rate(1)));
@@ -344,7 +367,10 @@ fn main() {
          the agent hosts and **{ovs_lost} of {ovs_sent}** from the Open vSwitch host \
          (`ping -i 0.01`, {PINGS} per kill each); iperf3 ({STREAM_SECS} s per kill, 0.5 s \
          intervals): retransmits per kill {retr} (median {rmed:.0}), the worst 0.5 s \
-         interval of each stream as % of its median interval: {worst} (lowest {wmin:.0}%). \
+         interval of each stream as % of its median interval: {worst} (lowest {wmin:.0}%); \
+         the same stream without a kill ({nbase} runs between the kills, the baseline of \
+         this loaded machine): retransmits {bretr} (median {bmed:.0}), worst 0.5 s interval \
+         {bworst}%. \
          The established flows are in the switches' datapaths, which forward on their own \
          while no controller is master; the time to a new connection is the 1 s lease \
          running out (etcd checks expiry every 500 ms), the next candidate's election and \
@@ -374,6 +400,10 @@ fn main() {
         rmed = median(&retrans),
         worst = runs(&worst, 0),
         wmin = quantile(&worst, 0.0),
+        nbase = baseline.len(),
+        bretr = runs(&base_retr, 0),
+        bmed = median(&base_retr),
+        bworst = runs(&base_worst, 0),
         o1 = runs(&rate(0), 0),
         o3 = runs(&rate(1), 0),
         c1 = median(&cpu(0)),
