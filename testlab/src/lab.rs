@@ -82,6 +82,29 @@ impl Lab {
         Netns::create(&self.name(suffix))
     }
 
+    /// Two host namespaces, `<tag>h1` and `<tag>h2`, joined by a wire:
+    /// `eth0` in each, with MAC `02:00:00:00:<mac_byte>:0N` and address
+    /// `<net>.N/24` on host N (`net` is three octets, e.g. `"192.168.7"`).
+    #[track_caller]
+    pub fn wired_hosts(&self, net: &str, mac_byte: u8) -> (Netns, Netns) {
+        let h1 = self.netns("h1");
+        let h2 = self.netns("h2");
+        h1.ip(&[
+            "link", "add", "name", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &h2,
+        ]);
+        for (i, h) in [(1, &h1), (2, &h2)] {
+            h.ip(&[
+                "link",
+                "set",
+                "eth0",
+                "address",
+                &format!("02:00:00:00:{mac_byte:02x}:0{i}"),
+            ]);
+            h.addr("eth0", &format!("{net}.{i}/24"));
+        }
+        (h1, h2)
+    }
+
     /// A veth pair in the root namespace, `<tag><a>` <-> `<tag><b>`, both
     /// up; deleted on drop.
     #[track_caller]

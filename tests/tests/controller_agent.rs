@@ -49,21 +49,7 @@ fn controller_drives_two_agents() {
         return;
     };
     // Underlay: host 1 and host 2 joined by a wire.
-    let h1 = lab.netns("h1");
-    let h2 = lab.netns("h2");
-    h1.ip(&[
-        "link", "add", "name", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &h2,
-    ]);
-    for (i, h) in [(1, &h1), (2, &h2)] {
-        h.ip(&[
-            "link",
-            "set",
-            "eth0",
-            "address",
-            &format!("02:00:00:00:d5:0{i}"),
-        ]);
-        h.addr("eth0", &format!("{NET}.{i}/24"));
-    }
+    let (h1, h2) = lab.wired_hosts(NET, 0xd5);
 
     let ctl = lab.controller_in(&h1, &["--idle-timeout", &IDLE.to_string()]);
     let api = ctl.api();

@@ -75,21 +75,7 @@ fn isolated_spoofed_and_flooded_containers_are_explained() {
     ]) else {
         return;
     };
-    let h1 = lab.netns("h1");
-    let h2 = lab.netns("h2");
-    h1.ip(&[
-        "link", "add", "name", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &h2,
-    ]);
-    for (i, h) in [(1, &h1), (2, &h2)] {
-        h.ip(&[
-            "link",
-            "set",
-            "eth0",
-            "address",
-            &format!("02:00:00:00:d7:0{i}"),
-        ]);
-        h.addr("eth0", &format!("{NET}.{i}/24"));
-    }
+    let (h1, h2) = lab.wired_hosts(NET, 0xd7);
     // Denials' drop flows last the whole test, so that every denied packet
     // after the first meets the same drop flow (the flood's exact count).
     let ctl = lab.controller_in(&h1, &["--idle-timeout", "30", "--deny-timeout", "600"]);

@@ -160,21 +160,7 @@ fn restarts_of_controller_and_agent_lose_no_packet() {
     ]) else {
         return;
     };
-    let h1 = lab.netns("h1");
-    let h2 = lab.netns("h2");
-    h1.ip(&[
-        "link", "add", "name", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &h2,
-    ]);
-    for (i, h) in [(1, &h1), (2, &h2)] {
-        h.ip(&[
-            "link",
-            "set",
-            "eth0",
-            "address",
-            &format!("02:00:00:00:d6:0{i}"),
-        ]);
-        h.addr("eth0", &format!("{NET}.{i}/24"));
-    }
+    let (h1, h2) = lab.wired_hosts(NET, 0xd6);
     // A fixed OpenFlow port inside host 1's namespace, so the agents find
     // the restarted controller where they left it.
     let opts = lab

@@ -99,21 +99,7 @@ fn agents_and_open_vswitch_over_tls() {
     let cert = |name: &str| path(certs.join(format!("{name}-cert.pem")));
     let key = |name: &str| path(certs.join(format!("{name}-privkey.pem")));
 
-    let h1 = lab.netns("h1");
-    let h2 = lab.netns("h2");
-    h1.ip(&[
-        "link", "add", "name", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &h2,
-    ]);
-    for (i, h) in [(1, &h1), (2, &h2)] {
-        h.ip(&[
-            "link",
-            "set",
-            "eth0",
-            "address",
-            &format!("02:00:00:00:d7:0{i}"),
-        ]);
-        h.addr("eth0", &format!("{NET}.{i}/24"));
-    }
+    let (h1, h2) = lab.wired_hosts(NET, 0xd7);
     // The controller serves OpenFlow over TLS only, in host 1's namespace.
     let opts = lab
         .controller_opts()
