@@ -13,11 +13,10 @@
 //!   without churn, and no ping is lost.
 #![allow(clippy::panic)] // a panic is a failed test
 
-use std::io::Read as _;
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use daolinet_testlab::{wait_poll, Agent, Controller, Lab, Need, Netns, Poll};
+use daolinet_testlab::{wait_poll, Agent, Controller, Lab, Need, Poll};
+use daolinet_tests::ha::Pinger;
 use serde_json::Value;
 
 const NET: &str = "192.168.214";
@@ -27,67 +26,6 @@ fn field(v: &Value, name: &str) -> String {
         .as_str()
         .unwrap_or_else(|| panic!("no {name} in {v}"))
         .to_string()
-}
-
-/// `ping -c COUNT -i 0.01` in the background.
-struct Pinger {
-    child: Child,
-    what: String,
-}
-
-impl Pinger {
-    fn start(from: &Netns, ip: &str, count: u32) -> Pinger {
-        let child = from
-            .command(&[
-                "ping",
-                "-n",
-                "-q",
-                "-i",
-                "0.01",
-                "-W",
-                "1",
-                "-c",
-                &count.to_string(),
-                ip,
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("ping: {e}"));
-        Pinger {
-            child,
-            what: format!("ping {ip} from {from}"),
-        }
-    }
-
-    /// Waits for the end: (sent, received).
-    fn finish(mut self) -> (u32, u32) {
-        let _ = self.child.wait();
-        let mut out = String::new();
-        if let Some(mut o) = self.child.stdout.take() {
-            let _ = o.read_to_string(&mut out);
-        }
-        let line = out
-            .lines()
-            .find(|l| l.contains("packets transmitted"))
-            .unwrap_or_else(|| panic!("{}: no summary in {out:?}", self.what));
-        let num = |w: &str| -> u32 {
-            let words: Vec<&str> = line.split([' ', ',']).filter(|s| !s.is_empty()).collect();
-            let i = words
-                .iter()
-                .position(|x| x.starts_with(w))
-                .unwrap_or_else(|| panic!("{line}"));
-            words[i - 1].parse().unwrap_or_else(|_| panic!("{line}"))
-        };
-        (num("packets"), num("received"))
-    }
-}
-
-impl Drop for Pinger {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The pair flows of `agent` (priority 100 with an idle timeout; drops
