@@ -190,6 +190,17 @@ fn dechunk(mut b: &[u8]) -> std::io::Result<Vec<u8>> {
     }
 }
 
+/// The string member `name` of the API answer `v`; panics (a failed test)
+/// naming the member and showing the answer when it is missing or not a
+/// string.
+#[track_caller]
+pub fn json_str(v: &Value, name: &str) -> String {
+    v[name]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {name} in {v}"))
+        .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

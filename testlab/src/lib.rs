@@ -62,7 +62,7 @@ pub use cmd::{command, output, output_of, sh, show, signal, succeeds, Proc, Ran}
 pub use controller::{Controller, ControllerOpts};
 pub use etcd::{EtcdCluster, ETCD_PROGRAMS};
 pub use fs::{Bpffs, TempDir};
-pub use http::{parse_response, Api};
+pub use http::{json_str, parse_response, Api};
 pub use lab::Lab;
 pub use names::{fresh_tag, IFNAME_MAX, PREFIX_ENV};
 pub use netns::{in_netns, Netns, ThreadNetns, Veth};

@@ -25,8 +25,8 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use daolinet_testlab::{
-    wait_poll, workspace_bin, Agent, Api, Controller, ControllerOpts, EtcdCluster, Lab, Need,
-    Netns, OvsHost, Poll, TcpProxy, ETCD_PROGRAMS, OVS_PROGRAMS,
+    json_str, wait_poll, workspace_bin, Agent, Api, Controller, ControllerOpts, EtcdCluster, Lab,
+    Need, Netns, OvsHost, Poll, TcpProxy, ETCD_PROGRAMS, OVS_PROGRAMS,
 };
 use serde_json::Value;
 
@@ -122,13 +122,6 @@ pub struct Ha {
     pub etcd: EtcdCluster,
     /// The lab (dropped last).
     pub lab: Lab,
-}
-
-fn field(v: &Value, name: &str) -> String {
-    v[name]
-        .as_str()
-        .unwrap_or_else(|| panic!("no {name} in {v}"))
-        .to_string()
 }
 
 /// The value of metric `name` (no labels) on `ctl`'s `/metrics`.
@@ -236,7 +229,7 @@ impl Ha {
         );
         let make = |host: usize, name: &str, port: usize| -> Ctr {
             let v = register(&api, &format!("c{name}"), &format!("h{}", host + 1), port);
-            let (ip, mac) = (field(&v, "ip"), field(&v, "mac"));
+            let (ip, mac) = (json_str(&v, "ip"), json_str(&v, "mac"));
             let ns = lab.container(&hosts[host], name, &format!("c{name}"), &ip, &mac);
             Ctr { ns, ip, mac }
         };
@@ -525,7 +518,7 @@ fn join_ovs(
         .map(|(k, name)| {
             let port = k + 1;
             let v = register(api, &format!("c{name}"), "h3", port);
-            let (ip, mac) = (field(&v, "ip"), field(&v, "mac"));
+            let (ip, mac) = (json_str(&v, "ip"), json_str(&v, "mac"));
             let iface = format!("c{name}");
             let ns = lab.container(host, &name, &iface, &ip, &mac);
             ovs.add_port(BR, &iface, port as u32);

@@ -23,19 +23,12 @@
 
 use std::time::Duration;
 
-use daolinet_testlab::{wait_poll, workspace_bin, Lab, Need, Netns, Poll};
+use daolinet_testlab::{json_str, wait_poll, workspace_bin, Lab, Need, Netns, Poll};
 use serde_json::Value;
 
 const NET: &str = "192.168.213";
 /// The controller's idle timeout for pair flows, seconds.
 const IDLE: u32 = 3;
-
-fn field(v: &Value, name: &str) -> String {
-    v[name]
-        .as_str()
-        .unwrap_or_else(|| panic!("no {name} in {v}"))
-        .to_string()
-}
 
 #[test]
 fn controller_drives_two_agents() {
@@ -94,9 +87,9 @@ fn controller_drives_two_agents() {
     let a = container("ca", "h1", 1);
     let b = container("cb", "h2", 1);
     let c = container("cc", "h1", 2);
-    let na = lab.container(&h1, "a", "ca", &field(&a, "ip"), &field(&a, "mac"));
-    let nb = lab.container(&h2, "b", "cb", &field(&b, "ip"), &field(&b, "mac"));
-    let _nc = lab.container(&h1, "c", "cc", &field(&c, "ip"), &field(&c, "mac"));
+    let na = lab.container(&h1, "a", "ca", &json_str(&a, "ip"), &json_str(&a, "mac"));
+    let nb = lab.container(&h2, "b", "cb", &json_str(&b, "ip"), &json_str(&b, "mac"));
+    let _nc = lab.container(&h1, "c", "cc", &json_str(&c, "ip"), &json_str(&c, "mac"));
 
     // The agents, connected to the controller.
     let port = ctl.openflow_port();
@@ -138,7 +131,7 @@ fn controller_drives_two_agents() {
     });
 
     // First packets: cross host, then same host; then more both ways.
-    let ip = |v: &Value| field(v, "ip");
+    let ip = |v: &Value| json_str(v, "ip");
     assert!(
         na.ping(&ip(&b), 1, 3),
         "first cross-host ping a -> b failed"
@@ -156,9 +149,13 @@ fn controller_drives_two_agents() {
         .find(|l| l.contains(&format!("nw_src={},nw_dst={}", ip(&a), ip(&b))))
         .unwrap_or_else(|| panic!("no a -> b flow on h1:\n{flows}"));
     assert!(
-        line.contains(&format!("set_field:{}->nw_dst", field(&b, "physical_ip")))
-            && line.contains(&format!("set_field:{}->nw_src", field(&a, "physical_ip")))
-            && line.contains("output:65000")
+        line.contains(&format!(
+            "set_field:{}->nw_dst",
+            json_str(&b, "physical_ip")
+        )) && line.contains(&format!(
+            "set_field:{}->nw_src",
+            json_str(&a, "physical_ip")
+        )) && line.contains("output:65000")
             && line.contains(&format!("idle_timeout={IDLE}")),
         "{line}"
     );
@@ -173,8 +170,8 @@ fn controller_drives_two_agents() {
     assert_eq!(hops.len(), 2, "{t:#}");
     assert_eq!(hops[0]["host"], "h1");
     assert_eq!(hops[0]["source"], "installed", "{t:#}");
-    assert_eq!(hops[0]["out_dst"], field(&b, "physical_ip"), "{t:#}");
-    assert_eq!(hops[0]["out_src"], field(&a, "physical_ip"), "{t:#}");
+    assert_eq!(hops[0]["out_dst"], json_str(&b, "physical_ip"), "{t:#}");
+    assert_eq!(hops[0]["out_src"], json_str(&a, "physical_ip"), "{t:#}");
     assert_eq!(hops[0]["output"], 65000);
     assert_eq!(hops[1]["host"], "h2");
     assert_eq!(hops[1]["source"], "installed", "{t:#}");
@@ -189,8 +186,8 @@ fn controller_drives_two_agents() {
             && table.contains("host h2")
             && table.contains(&format!(
                 "out {} -> {}",
-                field(&a, "physical_ip"),
-                field(&b, "physical_ip")
+                json_str(&a, "physical_ip"),
+                json_str(&b, "physical_ip")
             )),
         "{table}"
     );

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use daolinet_testlab::{wait_poll, workspace_bin, Api, Lab, Need, Netns, Poll};
+use daolinet_testlab::{json_str, wait_poll, workspace_bin, Api, Lab, Need, Netns, Poll};
 use serde_json::Value;
 
 const NET: &str = "192.168.215";
@@ -35,13 +35,6 @@ const NET: &str = "192.168.215";
 const METRICS: &str = "127.0.0.1:9781";
 /// The controller's gateway MAC (its default).
 const GATEWAY_MAC: &str = "02:da:00:00:00:01";
-
-fn field(v: &Value, name: &str) -> String {
-    v[name]
-        .as_str()
-        .unwrap_or_else(|| panic!("no {name} in {v}"))
-        .to_string()
-}
 
 /// The value of the series `series` (name and labels, exactly) in `text`.
 fn sample(text: &str, series: &str) -> Option<u64> {
@@ -112,9 +105,9 @@ fn isolated_spoofed_and_flooded_containers_are_explained() {
         let n = lab.container(
             host,
             suffix,
-            &field(v, "id"),
-            &field(v, "ip"),
-            &field(v, "mac"),
+            &json_str(v, "id"),
+            &json_str(v, "ip"),
+            &json_str(v, "mac"),
         );
         // No IPv6 chatter (it would be denied and counted too).
         n.sysctl("net.ipv6.conf.all.disable_ipv6=1");
@@ -170,7 +163,7 @@ fn isolated_spoofed_and_flooded_containers_are_explained() {
             },
         );
     }
-    let ip = |v: &Value| field(v, "ip");
+    let ip = |v: &Value| json_str(v, "ip");
     assert!(
         na.ping(&ip(&b), 1, 5),
         "first cross-host ping a -> b failed"
@@ -291,7 +284,7 @@ fn isolated_spoofed_and_flooded_containers_are_explained() {
     assert!(!na.ping(&ip(&b), 2, 1), "a forged MAC got through");
     let after = port_drops(&m1, "ca", 1, "spoofed_source");
     assert!(after >= before + 2, "forged MAC: {before} -> {after}");
-    na.ip(&["link", "set", "eth0", "address", &field(&a, "mac")]);
+    na.ip(&["link", "set", "eth0", "address", &json_str(&a, "mac")]);
     // (Changing the MAC flushed the permanent neighbour entry.)
     na.ip(&["neigh", "flush", "dev", "eth0"]);
     assert!(na.ping(&ip(&b), 2, 5), "a -> b after the forgeries failed");

@@ -15,18 +15,10 @@
 
 use std::time::Duration;
 
-use daolinet_testlab::{wait_poll, Agent, Controller, Lab, Need, Poll};
+use daolinet_testlab::{json_str, wait_poll, Agent, Controller, Lab, Need, Poll};
 use daolinet_tests::ha::Pinger;
-use serde_json::Value;
 
 const NET: &str = "192.168.214";
-
-fn field(v: &Value, name: &str) -> String {
-    v[name]
-        .as_str()
-        .unwrap_or_else(|| panic!("no {name} in {v}"))
-        .to_string()
-}
 
 /// The pair flows of `agent` (priority 100 with an idle timeout; drops
 /// after a denial expire by themselves) as (flow without counters,
@@ -134,9 +126,9 @@ fn restarts_of_controller_and_agent_lose_no_packet() {
     let a = container("ca", "h1", 1);
     let b = container("cb", "h2", 1);
     let c = container("cc", "h1", 2);
-    let na = lab.container(&h1, "a", "ca", &field(&a, "ip"), &field(&a, "mac"));
-    let _nb = lab.container(&h2, "b", "cb", &field(&b, "ip"), &field(&b, "mac"));
-    let _nc = lab.container(&h1, "c", "cc", &field(&c, "ip"), &field(&c, "mac"));
+    let na = lab.container(&h1, "a", "ca", &json_str(&a, "ip"), &json_str(&a, "mac"));
+    let _nb = lab.container(&h2, "b", "cb", &json_str(&b, "ip"), &json_str(&b, "mac"));
+    let _nc = lab.container(&h1, "c", "cc", &json_str(&c, "ip"), &json_str(&c, "mac"));
     let mut ag1 = lab.agent(
         &h1,
         &[
@@ -166,7 +158,7 @@ fn restarts_of_controller_and_agent_lose_no_packet() {
         ],
     );
     wait_connected(&ctl, 2);
-    let (ipb, ipc) = (field(&b, "ip"), field(&c, "ip"));
+    let (ipb, ipc) = (json_str(&b, "ip"), json_str(&c, "ip"));
     // Established flows.
     assert!(na.ping(&ipb, 1, 3), "first cross-host ping failed");
     assert!(na.ping(&ipc, 1, 3), "first same-host ping failed");

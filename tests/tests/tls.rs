@@ -20,23 +20,15 @@ use std::process::Command;
 use std::time::Duration;
 
 use daolinet_testlab::{
-    fresh_tag, output_of, require, wait_poll, workspace_bin, Controller, Lab, Need, Poll, TempDir,
-    OVS_PROGRAMS,
+    fresh_tag, json_str, output_of, require, wait_poll, workspace_bin, Controller, Lab, Need, Poll,
+    TempDir, OVS_PROGRAMS,
 };
-use serde_json::Value;
 
 const NET: &str = "192.168.215";
 const BR: &str = "br0";
 const BR_DPID: &str = "0000000000000003";
 const ROGUE_BR: &str = "br1";
 const ROGUE_DPID: &str = "0000000000000004";
-
-fn field(v: &Value, name: &str) -> String {
-    v[name]
-        .as_str()
-        .unwrap_or_else(|| panic!("no {name} in {v}"))
-        .to_string()
-}
 
 /// `ovs-pki` in `dir`: the CAs in `dir/pki`, the controller's certificate
 /// (`ctl`) and one switch certificate per datapath id, signed.
@@ -149,10 +141,22 @@ fn agents_and_open_vswitch_over_tls() {
     let b = container("cb", "h2", 1);
     let oa = container("oa", "ovs3", 2);
     let ob = container("ob", "ovs3", 3);
-    let na = lab.container(&h1, "a", "ca", &field(&a, "ip"), &field(&a, "mac"));
-    let nb = lab.container(&h2, "b", "cb", &field(&b, "ip"), &field(&b, "mac"));
-    let noa = lab.container(&h1, "oa", "poa", &field(&oa, "ip"), &field(&oa, "mac"));
-    let _nob = lab.container(&h1, "ob", "pob", &field(&ob, "ip"), &field(&ob, "mac"));
+    let na = lab.container(&h1, "a", "ca", &json_str(&a, "ip"), &json_str(&a, "mac"));
+    let nb = lab.container(&h2, "b", "cb", &json_str(&b, "ip"), &json_str(&b, "mac"));
+    let noa = lab.container(
+        &h1,
+        "oa",
+        "poa",
+        &json_str(&oa, "ip"),
+        &json_str(&oa, "mac"),
+    );
+    let _nob = lab.container(
+        &h1,
+        "ob",
+        "pob",
+        &json_str(&ob, "ip"),
+        &json_str(&ob, "mac"),
+    );
 
     let agent_args = |dpid: &str, controller: &str| -> Vec<String> {
         [
@@ -194,22 +198,22 @@ fn agents_and_open_vswitch_over_tls() {
 
     // The first packets go through the controller over TLS.
     assert!(
-        na.ping(&field(&b, "ip"), 1, 5),
+        na.ping(&json_str(&b, "ip"), 1, 5),
         "first cross-host ping between the agents failed\n{}",
         ctl.log()
     );
     assert!(
-        nb.ping(&field(&a, "ip"), 3, 2),
+        nb.ping(&json_str(&a, "ip"), 3, 2),
         "ping back between the agents failed"
     );
     assert!(
-        noa.ping(&field(&ob, "ip"), 1, 5),
+        noa.ping(&json_str(&ob, "ip"), 1, 5),
         "first ping on the Open vSwitch bridge failed\n{}\n{}",
         ovs.dump_flows(BR),
         ovs.vswitchd_log(30)
     );
     assert!(
-        noa.ping(&field(&ob, "ip"), 3, 2),
+        noa.ping(&json_str(&ob, "ip"), 3, 2),
         "pings on the Open vSwitch bridge failed"
     );
 
