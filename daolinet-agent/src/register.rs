@@ -314,12 +314,7 @@ impl Registrar {
         within: Option<Duration>,
     ) -> Result<bool> {
         let start = std::time::Instant::now();
-        let api = self.api.trim_end_matches('/');
-        let waited = || match within {
-            Some(w) => format!("within {} s (--join-timeout)", w.as_secs()),
-            None => "yet".to_string(),
-        };
-        let mut backoff = Backoff::new(start, within);
+        let mut backoff = Backoff::new(start, within, "cannot join yet, trying again");
         while !controllers.is_empty() {
             // Every address is checked: one that answers something else
             // than OpenFlow is a mistake even when another one answers.
@@ -339,11 +334,33 @@ impl Registrar {
                 bail!(
                     "joining as host {:?}: no OpenFlow controller answered {}: {why}",
                     self.name,
-                    waited()
+                    backoff.waited()
                 );
             }
         }
-        let mut backoff = Backoff::new(start, within);
+        self.register_with(Backoff::new(start, within, "cannot join yet, trying again"))
+    }
+
+    /// Removes the host's record (a start that failed after [`join`]
+    /// created it); best effort.
+    ///
+    /// [`join`]: Registrar::join
+    pub fn unregister(&self) {
+        let agent = ureq::AgentBuilder::new().timeout(REQUEST_TIMEOUT).build();
+        match agent
+            .delete(&self.url())
+            .set("Authorization", &format!("Bearer {}", self.token))
+            .call()
+        {
+            Ok(_) => tracing::info!(host = %self.name, "registration withdrawn"),
+            Err(e) => tracing::warn!(host = %self.name, "withdrawing the registration: {e}"),
+        }
+    }
+
+    /// Registers, retrying with `backoff` until it gives up, or until the
+    /// API refuses for good (blocking); whether the record was new.
+    fn register_with(&self, mut backoff: Backoff) -> Result<bool> {
+        let api = self.api.trim_end_matches('/');
         loop {
             match self.register_once() {
                 Verdict::Done { created } => {
@@ -363,64 +380,11 @@ impl Registrar {
                         bail!(
                             "registering host {:?}: the controller's API at {api} did not answer {}: {why}",
                             self.name,
-                            waited()
+                            backoff.waited()
                         );
                     }
                 }
             }
-        }
-    }
-
-    /// Removes the host's record (a start that failed after [`join`]
-    /// created it); best effort.
-    ///
-    /// [`join`]: Registrar::join
-    pub fn unregister(&self) {
-        let agent = ureq::AgentBuilder::new().timeout(REQUEST_TIMEOUT).build();
-        match agent
-            .delete(&self.url())
-            .set("Authorization", &format!("Bearer {}", self.token))
-            .call()
-        {
-            Ok(_) => tracing::info!(host = %self.name, "registration withdrawn"),
-            Err(e) => tracing::warn!(host = %self.name, "withdrawing the registration: {e}"),
-        }
-    }
-
-    /// Registers until it succeeds (retrying with backoff) or fails for
-    /// good (blocking).
-    fn register(&self) -> Result<()> {
-        let mut delay = MIN_RETRY;
-        let mut warned = false;
-        loop {
-            match self.register_once() {
-                Verdict::Done { created } => {
-                    tracing::info!(
-                        host = %self.name,
-                        dpid = format!("{:016x}", self.dpid),
-                        created,
-                        "registered with the controller"
-                    );
-                    return Ok(());
-                }
-                Verdict::Fatal(why) => {
-                    bail!(
-                        "registering host {:?} at {}: {why}",
-                        self.name,
-                        self.api.trim_end_matches('/')
-                    )
-                }
-                Verdict::Retry(why) => {
-                    if !warned {
-                        tracing::warn!(host = %self.name, "registration failed, retrying: {why}");
-                        warned = true;
-                    } else {
-                        tracing::debug!(host = %self.name, "registration failed, retrying: {why}");
-                    }
-                }
-            }
-            std::thread::sleep(delay);
-            delay = (delay * 2).min(MAX_RETRY);
         }
     }
 
@@ -437,7 +401,12 @@ impl Registrar {
             // Connections that come up while registering are folded into
             // this round.
             while connected.try_recv().is_ok() {}
-            if let Err(e) = self.register() {
+            let backoff = Backoff::new(
+                std::time::Instant::now(),
+                None,
+                "registration failed, retrying",
+            );
+            if let Err(e) = self.register_with(backoff) {
                 return Some(e);
             }
         }
@@ -465,21 +434,35 @@ fn garbled(t: &ureq::Transport) -> bool {
 /// Time allowed for one OpenFlow probe (connect, then HELLO).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Backoff between join attempts, bounded by the join deadline.
+/// Backoff between registration attempts ([`MIN_RETRY`] doubling to
+/// [`MAX_RETRY`]), bounded by a deadline (the join's) or not (registering
+/// again once joined).
 struct Backoff {
     start: std::time::Instant,
     within: Option<Duration>,
     delay: Duration,
+    /// What the log says before each retry's reason (a warning the first
+    /// time, debug after).
+    what: &'static str,
     warned: bool,
 }
 
 impl Backoff {
-    fn new(start: std::time::Instant, within: Option<Duration>) -> Self {
+    fn new(start: std::time::Instant, within: Option<Duration>, what: &'static str) -> Self {
         Backoff {
             start,
             within,
             delay: MIN_RETRY,
+            what,
             warned: false,
+        }
+    }
+
+    /// How long it tried, for an error once it gave up.
+    fn waited(&self) -> String {
+        match self.within {
+            Some(w) => format!("within {} s (--join-timeout)", w.as_secs()),
+            None => "yet".to_string(),
         }
     }
 
@@ -495,10 +478,10 @@ impl Backoff {
             d = d.min(left);
         }
         if !self.warned {
-            tracing::warn!("cannot join yet, trying again: {why}");
+            tracing::warn!("{}: {why}", self.what);
             self.warned = true;
         } else {
-            tracing::debug!("cannot join yet, trying again: {why}");
+            tracing::debug!("{}: {why}", self.what);
         }
         std::thread::sleep(d);
         self.delay = (self.delay * 2).min(MAX_RETRY);
