@@ -455,20 +455,7 @@ pub fn run(setup: bool) -> Result<()> {
         bail!("os-ken is not installed for python3 (cargo xtask setup installs os-ken=={OSKEN_VERSION})");
     }
 
-    step("building daolinet-controller and daolinet-loadgen (release)");
-    sh(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "daolinet-controller",
-        "-p",
-        "daolinet-loadgen",
-    ]))?;
-    let rel = workspace_root().join("target/release");
-    let ctl_bin = std::env::var_os("DAOLINET_BENCH_CONTROLLER_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| rel.join("daolinet-controller"));
-    let gen_bin = rel.join("daolinet-loadgen");
+    let (ctl_bin, gen_bin) = release_binaries()?;
 
     let dir =
         std::env::temp_dir().join(format!("daolinet-bench-controller-{}", std::process::id()));
@@ -702,6 +689,13 @@ pub fn run_scale(setup: bool) -> Result<()> {
     if setup {
         crate::setup::run()?;
     }
+    let (ctl_bin, gen_bin) = release_binaries()?;
+    super::scale::run(&ctl_bin, &gen_bin, &cpu_model())
+}
+
+/// Builds the controller and the load generator in release; their paths
+/// (the controller's may be another build, `DAOLINET_BENCH_CONTROLLER_BIN`).
+fn release_binaries() -> Result<(PathBuf, PathBuf)> {
     step("building daolinet-controller and daolinet-loadgen (release)");
     sh(cargo().args([
         "build",
@@ -715,7 +709,7 @@ pub fn run_scale(setup: bool) -> Result<()> {
     let ctl_bin = std::env::var_os("DAOLINET_BENCH_CONTROLLER_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| rel.join("daolinet-controller"));
-    super::scale::run(&ctl_bin, &rel.join("daolinet-loadgen"), &cpu_model())
+    Ok((ctl_bin, rel.join("daolinet-loadgen")))
 }
 
 #[cfg(test)]
