@@ -20,7 +20,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use daolinet_testlab::{wait_for, wait_until, Agent, Controller, Lab, Need, Ran, DEADLINE};
+use daolinet_testlab::{
+    assert_unchanged, wait_for, wait_until, Agent, Controller, Lab, Need, Ran, DEADLINE,
+};
 
 /// The API port inside the controller's namespace: fixed, so that the
 /// agents' `--api` still points at the controller once it comes back.
@@ -280,18 +282,6 @@ fn walk(dir: &Path) -> Vec<String> {
     out
 }
 
-/// The host is as it was: the lines that differ otherwise.
-#[track_caller]
-fn same(after: &str, before: &str, when: &str) {
-    if after == before {
-        return;
-    }
-    let (a, b): (Vec<&str>, Vec<&str>) = (after.lines().collect(), before.lines().collect());
-    let gone: Vec<&&str> = b.iter().filter(|l| !a.contains(l)).collect();
-    let new: Vec<&&str> = a.iter().filter(|l| !b.contains(l)).collect();
-    panic!("{when}: the host changed\nbefore only: {gone:#?}\nafter only: {new:#?}");
-}
-
 /// Bad input at join (a wrong API or OpenFlow address, one that answers
 /// but is not the controller's, a missing or refused token, an uplink
 /// without IPv4 address, a second agent on a joined host): one error
@@ -328,7 +318,7 @@ fn bad_input_at_join_leaves_the_host_as_it_was() {
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
         let line = one_error_line(&run_until_exit(&refused_agent, &a));
         assert!(line.contains(says), "{what}: expected {says:?} in {line}");
-        same(&host_state(&h, &refused_agent, &ctl), &before, what);
+        assert_unchanged(&host_state(&h, &refused_agent, &ctl), &before, what);
     };
     // `run` arguments with these addresses and token, then `extra`.
     let argv = |of: &str, api: &str, token: &str, extra: &[&str]| -> Vec<String> {
@@ -381,13 +371,13 @@ fn bad_input_at_join_leaves_the_host_as_it_was() {
     let r = run_until_exit(&refused_agent, &args("bare0", &of, &api, token, "jnbad"));
     let line = one_error_line(&r);
     assert!(line.contains("uplink bare0 has no IPv4 address"), "{line}");
-    same(
+    assert_unchanged(
         &host_state(&h, &refused_agent, &ctl),
         &bare_before,
         "uplink without IPv4",
     );
     h.ip(&["link", "del", "bare0"]);
-    same(&host_state(&h, &refused_agent, &ctl), &before, "bare0 gone");
+    assert_unchanged(&host_state(&h, &refused_agent, &ctl), &before, "bare0 gone");
 
     // A start that fails after the join (here: its bpffs cannot be made)
     // withdraws the registration it created.
@@ -414,7 +404,7 @@ fn bad_input_at_join_leaves_the_host_as_it_was() {
         "the failed start left its registration"
     );
     std::fs::remove_dir_all(refused_agent.state_dir()).ok();
-    same(
+    assert_unchanged(
         &host_state(&h, &refused_agent, &ctl),
         &before,
         "bad --bpffs",
@@ -432,7 +422,7 @@ fn bad_input_at_join_leaves_the_host_as_it_was() {
         line.contains("up0 is already served by another DaoliNet datapath"),
         "{line}"
     );
-    same(
+    assert_unchanged(
         &host_state(&h, &refused_agent, &ctl),
         &joined,
         "joined twice",
@@ -440,7 +430,7 @@ fn bad_input_at_join_leaves_the_host_as_it_was() {
     let again = run_until_exit(&first, &good);
     let line = one_error_line(&again);
     assert!(line.contains("another agent is running"), "{line}");
-    same(
+    assert_unchanged(
         &host_state(&h, &refused_agent, &ctl),
         &joined,
         "joined twice (same state dir)",

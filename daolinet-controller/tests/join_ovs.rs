@@ -14,7 +14,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use daolinet_testlab::{Controller, Lab, Need, Netns, OvsHost, Ran, OVS_PROGRAMS};
+use daolinet_testlab::{
+    assert_unchanged, Controller, Lab, Need, Netns, OvsHost, Ran, OVS_PROGRAMS,
+};
 use serde_json::Value;
 
 /// Everything a join changes, to compare before and after.
@@ -92,20 +94,6 @@ impl Setup {
         a.extend_from_slice(extra);
         self.daolictl_at(api, &a)
     }
-}
-
-/// The host is as it was: the lines that differ otherwise.
-#[track_caller]
-fn same(after: &str, before: &str, when: &str) {
-    if after == before {
-        return;
-    }
-    let (a, b): (Vec<&str>, Vec<&str>) = (after.lines().collect(), before.lines().collect());
-    let gone: Vec<&&str> = b.iter().filter(|l| !a.contains(l)).collect();
-    let new: Vec<&&str> = a.iter().filter(|l| !b.contains(l)).collect();
-    panic!(
-        "{when}: the host changed\nbefore only: {gone:#?}\nafter only: {new:#?}\nafter:\n{after}"
-    );
 }
 
 /// A failure as the CLI must report it: non-zero, one line on stderr.
@@ -213,7 +201,7 @@ fn an_ovs_host_joins_and_leaves_by_itself() {
         &s.db,
     ]);
     refused(&no_token, "missing token", "no API token");
-    same(&snapshot(&s.host, &s.ovs, &s.ctl), &before, "before");
+    assert_unchanged(&snapshot(&s.host, &s.ovs, &s.ctl), &before, "before");
     // A wrong API address: nothing listens there, or the OpenFlow
     // controller does.
     for (api, says) in [
@@ -232,7 +220,7 @@ fn an_ovs_host_joins_and_leaves_by_itself() {
             says,
         );
     }
-    same(&snapshot(&s.host, &s.ovs, &s.ctl), &before, "before");
+    assert_unchanged(&snapshot(&s.host, &s.ovs, &s.ctl), &before, "before");
 
     // Refused by the controller after the bridge was made (the host's IP
     // belongs to another host): everything undone.
@@ -249,13 +237,13 @@ fn an_ovs_host_joins_and_leaves_by_itself() {
         "192.168.90.2 is already host \"squatter\"",
     );
     assert!(r.stderr.contains("(changes undone)"), "{}", r.stderr);
-    same(
+    assert_unchanged(
         &snapshot(&s.host, &s.ovs, &s.ctl),
         &with_squatter,
         "with_squatter",
     );
     s.ctl.api().ok("DELETE", "/api/hosts/squatter", None);
-    same(&snapshot(&s.host, &s.ovs, &s.ctl), &before, "before");
+    assert_unchanged(&snapshot(&s.host, &s.ovs, &s.ctl), &before, "before");
 
     // The join.
     let r = s.join(&["--controller", &of]);
@@ -325,13 +313,13 @@ fn an_ovs_host_joins_and_leaves_by_itself() {
         "joining twice",
         "already joined: bridge brjn",
     );
-    same(&snapshot(&s.host, &s.ovs, &s.ctl), &joined, "joined");
+    assert_unchanged(&snapshot(&s.host, &s.ovs, &s.ctl), &joined, "joined");
 
     // Leaving puts the host back as it was.
     let r = s.daolictl(&["host", "leave-ovs", "--ovs-db", &s.db]);
     assert!(r.ok, "leave failed: {}", r.stderr);
     assert!(r.stdout.contains("host ovs1 left"), "{}", r.stdout);
-    same(&snapshot(&s.host, &s.ovs, &s.ctl), &before, "before");
+    assert_unchanged(&snapshot(&s.host, &s.ovs, &s.ctl), &before, "before");
     assert!(
         s.host.ping("192.168.90.1", 1, 2),
         "no connectivity after leaving"

@@ -40,6 +40,7 @@
 mod agent;
 mod cluster;
 mod cmd;
+mod compare;
 mod controller;
 mod etcd;
 mod fs;
@@ -59,6 +60,7 @@ use std::path::{Path, PathBuf};
 pub use agent::Agent;
 pub use cluster::{Cluster, ClusterHost, UNDERLAY};
 pub use cmd::{command, output, output_of, sh, show, signal, succeeds, Proc, Ran};
+pub use compare::assert_unchanged;
 pub use controller::{Controller, ControllerOpts};
 pub use etcd::{EtcdCluster, ETCD_PROGRAMS};
 pub use fs::{Bpffs, TempDir};
