@@ -1031,17 +1031,13 @@ impl Task<'_> {
         }
         self.applied_role = Some(role);
         match role {
-            Role::Alone => {
-                self.acting = true;
-                self.conn.request_flows();
-                self.conn.install_deny_meter();
-                self.send_sources();
-            }
-            Role::Master { generation } => {
-                tracing::info!(%dpid, generation, "asking for the master role");
-                // Everything this connection sends from now on is held by
-                // the Conn until the switch accepts us as master.
-                self.conn.request_role(OFPCR_ROLE_MASTER, generation);
+            Role::Alone | Role::Master { .. } => {
+                if let Role::Master { generation } = role {
+                    tracing::info!(%dpid, generation, "asking for the master role");
+                    // Everything this connection sends from now on is held
+                    // by the Conn until the switch accepts us as master.
+                    self.conn.request_role(OFPCR_ROLE_MASTER, generation);
+                }
                 self.acting = true;
                 self.conn.request_flows();
                 self.conn.install_deny_meter();
