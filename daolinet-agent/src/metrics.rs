@@ -160,13 +160,53 @@ impl LinkState {
     }
 }
 
+/// A controller connection's OpenFlow role (OpenFlow 1.3 section 6.3.5):
+/// what its ROLE_REQUESTs made it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Full access, as every other equal (the default).
+    Equal,
+    /// Full access; the one master (others were demoted to slave).
+    Master,
+    /// Read-only: its writes are refused, it gets no PACKET_IN.
+    Slave,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 3] = [Role::Equal, Role::Master, Role::Slave];
+
+    /// The role of an `OFPCR_ROLE_*` value (`None` for NOCHANGE or
+    /// another value).
+    pub fn of(role: u32) -> Option<Role> {
+        match role {
+            daolinet_openflow::OFPCR_ROLE_EQUAL => Some(Role::Equal),
+            daolinet_openflow::OFPCR_ROLE_MASTER => Some(Role::Master),
+            daolinet_openflow::OFPCR_ROLE_SLAVE => Some(Role::Slave),
+            _ => None,
+        }
+    }
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Equal => "equal",
+            Role::Master => "master",
+            Role::Slave => "slave",
+        }
+    }
+}
+
 /// One controller the agent keeps a connection to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ControllerLink {
-    /// `tcp:IP:PORT`.
+    /// `tcp:IP:PORT` or `ssl:IP:PORT`.
     pub target: String,
     /// Current state.
     pub state: LinkState,
+    /// Its OpenFlow role while [`LinkState::Up`].
+    pub role: Option<Role>,
     /// Connections established so far.
     pub connects: u64,
     /// Why the last attempt or connection failed, if it did.
@@ -206,6 +246,9 @@ pub struct Scrape {
     pub controllers: Vec<ControllerLink>,
     /// Connections accepted by the passive listener, open now.
     pub passive: u64,
+    /// The switch's generation id (the last master/slave ROLE_REQUEST's),
+    /// `None` until a controller set one.
+    pub generation_id: Option<u64>,
 }
 
 fn head(s: &mut String, name: &str, kind: &str, help: &str) {
@@ -481,6 +524,33 @@ pub fn render(m: &Scrape) -> String {
     }
     head(
         &mut s,
+        "daolinet_agent_controller_role",
+        "gauge",
+        "The OpenFlow role of each connected controller (1 for the current role).",
+    );
+    for c in &m.controllers {
+        let Some(role) = c.role else { continue };
+        for r in Role::ALL {
+            let _ = writeln!(
+                s,
+                "daolinet_agent_controller_role{{controller=\"{}\",role=\"{}\"}} {}",
+                esc(&c.target),
+                r.as_str(),
+                u8::from(role == r)
+            );
+        }
+    }
+    if let Some(g) = m.generation_id {
+        head(
+            &mut s,
+            "daolinet_agent_generation_id",
+            "gauge",
+            "The generation id of the last master/slave ROLE_REQUEST the switch accepted (absent until one).",
+        );
+        let _ = writeln!(s, "daolinet_agent_generation_id {g}");
+    }
+    head(
+        &mut s,
         "daolinet_agent_controller_connects_total",
         "counter",
         "Connections established to each controller.",
@@ -618,11 +688,13 @@ mod tests {
             controllers: vec![ControllerLink {
                 target: "tcp:10.0.0.1:6653".into(),
                 state: LinkState::Up,
+                role: Some(Role::Master),
                 connects: 2,
                 last_error: None,
                 for_secs: 5,
             }],
             passive: 0,
+            generation_id: Some(7),
         }
     }
 
@@ -647,6 +719,9 @@ mod tests {
             "daolinet_agent_controller_up{controller=\"tcp:10.0.0.1:6653\"} 1",
             "daolinet_agent_controller_state{controller=\"tcp:10.0.0.1:6653\",state=\"backoff\"} 0",
             "daolinet_agent_controller_connects_total{controller=\"tcp:10.0.0.1:6653\"} 2",
+            "daolinet_agent_controller_role{controller=\"tcp:10.0.0.1:6653\",role=\"master\"} 1",
+            "daolinet_agent_controller_role{controller=\"tcp:10.0.0.1:6653\",role=\"slave\"} 0",
+            "daolinet_agent_generation_id 7",
             "daolinet_agent_info{datapath_id=\"00000000000000ab\"",
         ] {
             assert!(t.contains(want), "missing {want} in\n{t}");

@@ -263,6 +263,18 @@ impl Switch {
         fx
     }
 
+    /// The OpenFlow role (`OFPCR_ROLE_*`) of connection `conn`, if it
+    /// completed its handshake.
+    pub fn role_of(&self, conn: ConnId) -> Option<u32> {
+        self.sessions.get(&conn).map(|s| s.role)
+    }
+
+    /// The generation id of the last accepted master/slave ROLE_REQUEST
+    /// (switch-wide; `None` until a controller set one).
+    pub fn generation(&self) -> Option<u64> {
+        self.generation
+    }
+
     /// A connection is gone.
     pub fn disconnected(&mut self, conn: ConnId) {
         self.sessions.remove(&conn);

@@ -937,12 +937,16 @@ impl<D: Dataplane> EventLoop<D> {
 
     /// The controllers this loop keeps connections to, and their state.
     pub fn links(&self) -> Vec<crate::metrics::ControllerLink> {
-        use crate::metrics::{ControllerLink, LinkState};
+        use crate::metrics::{ControllerLink, LinkState, Role};
         let now = now_ns();
         self.actives
             .iter()
             .map(|a| ControllerLink {
-                target: format!("tcp:{}", a.addr),
+                target: format!("{}:{}", if a.ssl { "ssl" } else { "tcp" }, a.addr),
+                role: match &a.link {
+                    Link::Up { conn, .. } => self.eng.sw.role_of(*conn).and_then(Role::of),
+                    _ => None,
+                },
                 state: match &a.link {
                     Link::Idle { .. } => LinkState::Backoff,
                     Link::Connecting { .. } => LinkState::Connecting,
@@ -983,6 +987,7 @@ impl<D: Dataplane> EventLoop<D> {
             engine: self.eng.stats.clone(),
             controllers,
             passive,
+            generation_id: self.eng.sw.generation(),
         }
     }
 

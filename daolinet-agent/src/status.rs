@@ -149,6 +149,7 @@ pub fn answer<'a>(s: &Scrape, recent: impl Iterator<Item = &'a Dropped>) -> Valu
         "controllers": s.controllers.iter().filter(|c| c.state == LinkState::Up).count() as u64
             + s.passive,
         "controller_links": s.controllers,
+        "generation_id": s.generation_id,
         "ports": s.telemetry.ports.iter().map(|p| json!({
             "name": p.name, "ofport": p.ofport, "kind": p.kind, "attached": p.attached,
         })).collect::<Vec<_>>(),
@@ -169,6 +170,24 @@ pub fn text(v: &Value) -> String {
         n("flow_capacity"),
         n("controllers")
     );
+    for c in v["controller_links"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "controller {}: {}{}",
+            c["target"].as_str().unwrap_or("?"),
+            c["state"].as_str().unwrap_or("?"),
+            c["role"]
+                .as_str()
+                .map(|r| format!(", {r}"))
+                .unwrap_or_default()
+        );
+    }
+    match v["generation_id"].as_u64() {
+        Some(g) => {
+            let _ = writeln!(out, "generation id {g}");
+        }
+        None => out.push_str("no generation id (no controller asked for master or slave)\n"),
+    }
     let problems: Vec<&str> = v["problems"]
         .as_array()
         .into_iter()
@@ -207,7 +226,7 @@ pub fn text(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{ControllerLink, PortTelemetry, Telemetry};
+    use crate::metrics::{ControllerLink, PortTelemetry, Role, Telemetry};
     use crate::ofswitch::SwitchCounters;
     use daolinet_common::DropReason;
 
@@ -232,6 +251,7 @@ mod tests {
             controllers: vec![ControllerLink {
                 target: "tcp:10.0.0.1:6653".into(),
                 state: LinkState::Up,
+                role: Some(Role::Equal),
                 connects: 1,
                 last_error: None,
                 for_secs: 3,
@@ -246,7 +266,50 @@ mod tests {
         assert_eq!(problems(&s), Vec::<String>::new());
         let v = answer(&s, std::iter::empty());
         assert_eq!(v["ok"], true);
-        assert!(text(&v).contains("no problems"), "{}", text(&v));
+        let t = text(&v);
+        assert!(t.contains("no problems"), "{t}");
+        assert!(
+            t.contains("controller tcp:10.0.0.1:6653: up, equal\n"),
+            "{t}"
+        );
+        assert!(t.contains("no generation id"), "{t}");
+    }
+
+    #[test]
+    fn each_controllers_role_and_the_generation_id_are_shown() {
+        let mut s = healthy();
+        s.generation_id = Some(42);
+        s.controllers[0].role = Some(Role::Master);
+        s.controllers.push(ControllerLink {
+            target: "ssl:10.0.0.2:6653".into(),
+            state: LinkState::Up,
+            role: Some(Role::Slave),
+            connects: 2,
+            last_error: None,
+            for_secs: 1,
+        });
+        s.controllers.push(ControllerLink {
+            target: "tcp:10.0.0.3:6653".into(),
+            state: LinkState::Backoff,
+            role: None,
+            connects: 0,
+            last_error: None,
+            for_secs: 1,
+        });
+        let v = answer(&s, std::iter::empty());
+        assert_eq!(v["generation_id"], 42);
+        assert_eq!(v["controller_links"][0]["role"], "master");
+        assert_eq!(v["controller_links"][1]["role"], "slave");
+        assert!(v["controller_links"][2]["role"].is_null());
+        let t = text(&v);
+        for want in [
+            "controller tcp:10.0.0.1:6653: up, master\n",
+            "controller ssl:10.0.0.2:6653: up, slave\n",
+            "controller tcp:10.0.0.3:6653: backoff\n",
+            "generation id 42\n",
+        ] {
+            assert!(t.contains(want), "{want:?} in {t}");
+        }
     }
 
     #[test]

@@ -427,6 +427,67 @@ impl Ha {
         );
     }
 
+    /// Waits until every agent's `daolinet-agent status` shows the leader
+    /// (by index) as master and the other running controllers as slaves,
+    /// with the leader's generation id: what an operator reads to see who
+    /// is master.
+    #[track_caller]
+    pub fn agents_obey_leader(&self) {
+        for (k, agent) in self.agents.iter().enumerate() {
+            let host = k + 1;
+            wait_poll(
+                &format!("agent {host}'s status: the leader master, the others slaves"),
+                Duration::from_secs(30),
+                || {
+                    let leader = self.leader();
+                    let generation = self.generation(leader);
+                    let v: Value = match serde_json::from_str(&agent.cli(&["status", "--json"])) {
+                        Ok(v) => v,
+                        Err(e) => return Poll::Pending(format!("status --json: {e}")),
+                    };
+                    let links = v["controller_links"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default();
+                    let role = |i: usize| {
+                        let target = format!("tcp:10.251.{host}.1:{}", PORTS[i]);
+                        links
+                            .iter()
+                            .find(|l| l["target"] == target.as_str() && l["state"] == "up")
+                            .and_then(|l| l["role"].as_str().map(str::to_string))
+                    };
+                    let ok = v["generation_id"].as_u64() == generation
+                        && self
+                            .ctls
+                            .iter()
+                            .enumerate()
+                            .all(|(i, c)| match (c, i == leader) {
+                                (None, _) => true,
+                                (Some(_), true) => role(i).as_deref() == Some("master"),
+                                (Some(_), false) => role(i).as_deref() == Some("slave"),
+                            });
+                    if !ok {
+                        return Poll::Pending(format!(
+                            "leader {leader} (generation {generation:?}): {v}"
+                        ));
+                    }
+                    // The same for people.
+                    let text = agent.cli(&["status"]);
+                    let line = format!(
+                        "controller tcp:10.251.{host}.1:{}: up, master\n",
+                        PORTS[leader]
+                    );
+                    let g = format!("generation id {}\n", generation.unwrap_or_default());
+                    if text.contains(&line) && text.contains(&g) {
+                        Poll::Ready(())
+                    } else {
+                        Poll::Pending(format!("{line:?} and {g:?} in {text}"))
+                    }
+                },
+            );
+        }
+    }
+
     /// `kill -9` controller `i`; when it died.
     #[track_caller]
     pub fn kill9(&mut self, i: usize) -> SystemTime {

@@ -7,9 +7,11 @@
 //! every 10 ms on established flows (a -> b between the agent hosts, e -> b
 //! from the Open vSwitch host) and an iperf3 stream (a -> b):
 //!
+//! - every agent's `daolinet-agent status` shows the leader as master,
+//!   the others as slaves, and the leader's generation id;
 //! - the leader is killed (`kill -9`): no ping is lost, the stream never
 //!   stalls for half a second, another controller leads and Open vSwitch
-//!   follows it as master, a new connection (a pair the controller has to
+//!   and the agents (their status) follow it as master, a new connection (a pair the controller has to
 //!   decide) works again from an agent host and from the Open vSwitch
 //!   host, and every write the API had accepted before the kill is there;
 //! - every controller is restarted in turn (SIGTERM, start): no ping lost;
@@ -35,6 +37,7 @@ fn three_controllers_fail_over_and_restart_without_losing_packets() {
     };
     let (ipa, ipb, ipc) = (ha.a.ip.clone(), ha.b.ip.clone(), ha.c.ip.clone());
     ha.ovs_obeys_leader();
+    ha.agents_obey_leader();
     eprintln!("Open vSwitch's controllers: {:?}", ha.ovs_roles());
 
     // 1. kill -9 the leader under pings and a stream.
@@ -65,6 +68,7 @@ fn three_controllers_fail_over_and_restart_without_losing_packets() {
         "leader {old} killed: controller {new} leads (seen after {took_over:?}), a new connection answered after {new_conn:?} from an agent host, {ovs_conn:?} from the Open vSwitch host"
     );
     ha.ovs_obeys_leader();
+    ha.agents_obey_leader();
     assert_ne!(new, old);
     let new_generation = ha.generation(new);
     assert!(
