@@ -16,6 +16,11 @@
 //!   with only a table-miss flow installed; the switch punts it (PACKET_IN),
 //!   the controller answers with PACKET_OUT to B's port, B receives it. The
 //!   time from A's send to B's receive, over many packets.
+//!
+//! While working on the agent: `DAOLINET_BENCH_AGENT_RATES_ONLY=1` measures
+//! only the agent's install and delete rates and prints them (BENCHMARKS.md
+//! untouched); `DAOLINET_BENCH_AGENT_PERF=FILE` records the agent with
+//! `perf record -g` into FILE during those rates.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -366,7 +371,12 @@ fn memory_of(pid: u32) -> Memory {
 /// addresses), on every switch: the runs alternate between the switches
 /// and between the table sizes, 3 times. The medians (few, many), by
 /// switch.
-fn pps_by_table_size(sw: &mut [&mut Setup], few: u32, many: u32) -> Result<Vec<(f64, f64)>> {
+fn pps_by_table_size(
+    sw: &mut [&mut Setup],
+    few: u32,
+    many: u32,
+    settled: &mut Settled,
+) -> Result<Vec<(f64, f64)>> {
     // The flow the packets take: rewrite both MACs, out to B.
     let rewrite: of::FlowMod = "cookie=0xc1,priority=200,in_port=1,ip,nw_dst=10.1.0.3 \
          actions=set_field:02:00:00:00:00:01->eth_src,set_field:02:00:00:00:00:0b->eth_dst,output:2"
@@ -383,6 +393,8 @@ fn pps_by_table_size(sw: &mut [&mut Setup], few: u32, many: u32) -> Result<Vec<(
             c.barrier(9)
         })?;
     }
+    // Both have just deleted 1M flows (the install/delete rates).
+    settle(sw, settled)?;
     let others = flow_mods(many - few, 0x0c00_0001, 0xc2)?;
     let flood = |s: &mut Setup| -> Result<f64> {
         Ok(super::udp::flood(&s.a, &s.b, "10.1.0.3".parse()?, 40009, 2.0)?.recv_pps)
@@ -404,12 +416,14 @@ fn pps_by_table_size(sw: &mut [&mut Setup], few: u32, many: u32) -> Result<Vec<(
                 Ok(())
             })?;
         }
+        settle(sw, settled)?;
         for (i, v) in with_many.iter_mut().enumerate() {
             v.push(on_one(sw, i, flood)?);
         }
         for i in 0..sw.len() {
             on_one(sw, i, |s| delete_cookie(&mut s.c, 0xc2))?;
         }
+        settle(sw, settled)?;
     }
     for i in 0..sw.len() {
         on_one(sw, i, |s| {
@@ -480,6 +494,55 @@ fn on_one<T>(
     let this = this.ok_or_else(|| anyhow!("no switch {i}"))?;
     serving(others, || f(this))
 }
+
+/// How long the switches took to settle after bulk deletes (see
+/// [`settle`]): the longest wait, and how many waits hit the deadline.
+#[derive(Clone, Copy, Default)]
+struct Settled {
+    longest: f64,
+    unsettled: u32,
+}
+
+/// Wait (at most [`SETTLE_MAX`]) until every switch has used at most 2 CPU
+/// ticks in half a second, their connections served meanwhile: after a
+/// bulk change a switch may go on working after its barrier reply (Open
+/// vSwitch's revalidators after a delete of 1M flows), and the next
+/// measurement would pay for it. Recorded in `settled`.
+fn settle(sw: &mut [&mut Setup], settled: &mut Settled) -> Result<()> {
+    let pids: Vec<u32> = sw.iter().map(|s| s.pid).collect();
+    let t0 = Instant::now();
+    let quiet = serving(sw.iter_mut().map(|s| &mut s.c).collect(), || {
+        let end = t0 + SETTLE_MAX;
+        let ticks = || -> Result<Vec<u64>> { pids.iter().map(|p| Ok(cpu_of(*p)?.0)).collect() };
+        let mut last = ticks()?;
+        while Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = ticks()?;
+            if now
+                .iter()
+                .zip(&last)
+                .all(|(n, l)| n.saturating_sub(*l) <= 2)
+            {
+                return Ok(true);
+            }
+            last = now;
+        }
+        Ok(false)
+    })?;
+    let waited = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "    switches {} after {waited:.1} s",
+        if quiet { "settled" } else { "still busy" }
+    );
+    settled.longest = settled.longest.max(waited);
+    if !quiet {
+        settled.unsettled += 1;
+    }
+    Ok(())
+}
+
+/// The longest [`settle`] waits.
+const SETTLE_MAX: Duration = Duration::from_secs(60);
 
 /// What a switch costs while nothing happens.
 #[derive(Clone, Copy, Default)]
@@ -584,13 +647,14 @@ const IDLE_SECS: u64 = 60;
 
 /// The idle cost of every switch with no flow and with `many`, side by
 /// side (see [`idle_cost`]).
-fn idle_costs(sw: &mut [&mut Setup], many: u32) -> Result<Vec<[Idle; 2]>> {
+fn idle_costs(sw: &mut [&mut Setup], many: u32, settled: &mut Settled) -> Result<Vec<[Idle; 2]>> {
     for i in 0..sw.len() {
         on_one(sw, i, |s| {
             s.c.send(3, &Message::FlowMod(of::FlowMod::delete(of::Match::new())))?;
             s.c.barrier(4)
         })?;
     }
+    settle(sw, settled)?;
     let empty = idle_cost(sw, 0, IDLE_SECS)?;
     let wire = flow_mods(many, 0x0a00_0001, 0xbe)?;
     for i in 0..sw.len() {
@@ -599,6 +663,7 @@ fn idle_costs(sw: &mut [&mut Setup], many: u32) -> Result<Vec<[Idle; 2]>> {
             s.c.barrier(5)
         })?;
     }
+    settle(sw, settled)?;
     let full = idle_cost(sw, many, IDLE_SECS)?;
     for i in 0..sw.len() {
         on_one(sw, i, |s| delete_cookie(&mut s.c, 0xbe).map(|_| ()))?;
@@ -1032,7 +1097,25 @@ fn bench_agent(bin: &Path) -> Result<Setup> {
     cleanup::add_child(child);
     let mut c = Ctl::accept(&l)?;
     step("agent: FLOW_MOD install and delete rates, 100k and 1M flows");
-    let scales = install_delete(&mut c, &SIZES, &|| memory_of(pid))?;
+    let perf = match std::env::var_os("DAOLINET_BENCH_AGENT_PERF") {
+        Some(out) => Some(
+            Command::new("perf")
+                .args(["record", "-g", "-o"])
+                .arg(out)
+                .args(["-p", &pid.to_string()])
+                .stdout(Stdio::null())
+                .spawn()
+                .context("starting perf record")?,
+        ),
+        None => None,
+    };
+    let scales = install_delete(&mut c, &SIZES, &|| memory_of(pid));
+    if let Some(p) = perf {
+        // SAFETY: kill(2) on the perf process this function started.
+        unsafe { libc::kill(p.id() as i32, libc::SIGINT) };
+        p.wait_with_output().context("waiting for perf record")?;
+    }
+    let scales = scales?;
     Ok(Setup {
         scales,
         c,
@@ -1285,6 +1368,20 @@ pub fn run(setup: bool) -> Result<()> {
     if !mounted {
         sh(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))?;
     }
+    let mut settled = Settled::default();
+    if std::env::var_os("DAOLINET_BENCH_AGENT_RATES_ONLY").is_some() {
+        // A quick look at the agent's install and delete rates while
+        // working on them: nothing else measured, nothing recorded.
+        let _g = cleanup::guard()?;
+        let a = bench_agent(&bin)?;
+        for x in &a.scales {
+            println!(
+                "agent, {} flows: install {:.0} flows/s, delete by cookie {:.0} flows/s",
+                x.flows, x.install, x.delete
+            );
+        }
+        return Ok(());
+    }
     // Both switches stay up until the end: the latency probes alternate
     // between them.
     let (agent, ovs, inside) = {
@@ -1293,9 +1390,9 @@ pub fn run(setup: bool) -> Result<()> {
         let mut o = serving(vec![&mut a.c], bench_ovs)?;
         let many = *SIZES.last().unwrap_or(&FLOWS);
         step("64-byte UDP through a rewrite flow, 10 flows vs 1M flows installed, alternating between the agent and Open vSwitch");
-        let pps = pps_by_table_size(&mut [&mut a, &mut o], 10, many)?;
+        let pps = pps_by_table_size(&mut [&mut a, &mut o], 10, many, &mut settled)?;
         step("idle cost, no flow and 1M flows, both switches left alone for the same minute");
-        let idle = idle_costs(&mut [&mut a, &mut o], many)?;
+        let idle = idle_costs(&mut [&mut a, &mut o], many, &mut settled)?;
         let (pps, idle) = match (&pps[..], &idle[..]) {
             ([pa, po], [ia, io]) => ([*pa, *po], [*ia, *io]),
             _ => bail!("expected two switches"),
@@ -1491,7 +1588,12 @@ pub fn run(setup: bool) -> Result<()> {
          the datapath benchmark's sendmmsg generator from A to B through a rewrite \
          flow (both MACs, output), 2 s per run, with 10 flows and with the other flows \
          in the same subtable, the runs alternating between the switches and the \
-         table sizes three times, medians. Idle: both switches left alone for the \
+         table sizes three times, medians. Before each packet run and each idle \
+         interval, after the bulk installs and deletes, the benchmark waits until \
+         both switches have settled (at most 2 CPU ticks, i.e. 20 ms, each in half a \
+         second; at most {} s): a switch may go on working after its barrier reply \
+         (Open vSwitch's revalidators). Longest wait in this run {:.1} s; waits that \
+         hit the limit: {}. Idle: both switches left alone for the \
          same {IDLE_SECS} s (their controller connections answer echo requests), \
          first with no flow, then with the flows of the largest size; CPU time \
          (utime + stime), the context switches of all their threads (each a wake-up \
@@ -1524,6 +1626,9 @@ pub fn run(setup: bool) -> Result<()> {
          polls these ports and handles the upcall, on the packet and again on the \
          PACKET_OUT.\n",
         reply_spin_us(),
+        SETTLE_MAX.as_secs(),
+        settled.longest,
+        settled.unsettled,
         std::fs::read_to_string("/proc/loadavg")
             .ok()
             .and_then(|l| l.split(' ').next().map(str::to_string))
