@@ -9,15 +9,16 @@
 use std::time::Instant;
 
 use daolinet_agent::oftable::{Counters, FlowTable};
+use daolinet_agent::table::EntryKey;
 use daolinet_agent::table::RuleTable;
-use daolinet_common::{FlowMapKey, PortStats, RuleStats};
+use daolinet_common::{PortStats, RuleStats};
 use daolinet_openflow as of;
 
 /// No counters (a fresh table counted nothing).
 struct Zero;
 
 impl Counters for Zero {
-    fn rule(&mut self, _: u32, _: &FlowMapKey) -> RuleStats {
+    fn rule(&mut self, _: u32, _: &EntryKey) -> RuleStats {
         RuleStats::default()
     }
     fn port(&mut self, _: u32) -> Option<PortStats> {

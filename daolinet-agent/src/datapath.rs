@@ -6,7 +6,7 @@ use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues, RingBuf};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues, ProgramArray, RingBuf};
 use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::xdp::XdpLink;
@@ -15,12 +15,14 @@ use aya::programs::{SchedClassifier, TcAttachType, Xdp};
 use aya::util::nr_cpus;
 use aya::{Ebpf, EbpfLoader};
 use daolinet_common::{
-    maps as names, DatapathConfig, DropReason, FlowEntry, FlowMapKey, MissPolicy, PortInfo,
-    PortKind, PortStats, PuntHeader, RuleStats, Subtable, MAX_PORTS, MAX_SUBTABLES,
-    OFPORT_INDEX_SLOTS, PORT_FLAG_ANTI_SPOOF, PORT_INDEX_SLOTS,
+    maps as names, DatapathConfig, DropReason, FlowEntry, FlowKeyExt, FlowMapKey, FullKey,
+    GroupEntry, GroupStats, MeterEntry, MeterStats, MissPolicy, PortInfo, PortKind, PortStats,
+    PuntHeader, RuleExt, RuleStats, Subtable, TableConfig, TableStats, WideMapKey, ENTRY_PIPELINE,
+    MAX_PORTS, MAX_SUBTABLES, N_TABLES, OFPORT_INDEX_SLOTS, PORT_FLAG_ANTI_SPOOF, PORT_INDEX_SLOTS,
+    SUBTABLE_WIDE, TABLE_WIDE,
 };
 
-use crate::table::MapOp;
+use crate::table::{EntryKey, MapOp};
 
 /// Where bpffs is mounted.
 pub const BPFFS: &str = "/sys/fs/bpf";
@@ -281,7 +283,7 @@ fn next_generation(g: u32) -> u32 {
 fn changes_rules(op: &MapOp) -> bool {
     matches!(
         op,
-        MapOp::PutFlow(..) | MapOp::UpdateFlow(..) | MapOp::DelFlow(_) | MapOp::SetSubtables(_)
+        MapOp::PutFlow(..) | MapOp::UpdateFlow(..) | MapOp::DelFlow(_) | MapOp::SetSubtables(..)
     )
 }
 
@@ -390,11 +392,23 @@ pub struct Punt {
 
 /// What an earlier agent left in the pinned maps.
 pub struct SavedRules {
-    /// The subtable list, in datapath order.
-    pub subtables: Vec<Subtable>,
-    /// The rules by id: each classifier entry holds a whole rule (with the
-    /// subtable's mask).
+    /// The subtable lists (table, subtable and wide mask), each table's in
+    /// datapath order.
+    pub subtables: Vec<(u8, crate::table::SubtableDesc)>,
+    /// Recoverable rules by id.
     pub rules: Vec<(u32, crate::table::Rule)>,
+}
+
+/// The entry `e` with the counters of `old` when `old` is the same rule's
+/// (an entry rewritten with new actions keeps counting).
+fn carried(old: Option<FlowEntry>, e: &FlowEntry) -> FlowEntry {
+    let mut e = *e;
+    if let Some(old) = old.filter(|o| o.rule_id == e.rule_id) {
+        e.packets = old.packets;
+        e.bytes = old.bytes;
+        e.last_used_ns = old.last_used_ns;
+    }
+    e
 }
 
 /// The `batch` member of `union bpf_attr`.
@@ -534,6 +548,9 @@ pub struct Datapath {
     keep_links: bool,
     /// Rules the maps hold at most.
     capacity: u32,
+    /// The pipeline program arrays (TC, XDP), held open: their entries
+    /// last as long as a user-space handle does.
+    _pipelines: [ProgramArray<MapData>; 2],
 }
 
 impl Drop for Datapath {
@@ -578,11 +595,16 @@ pub fn mem_total() -> Option<u64> {
 
 /// The pinned maps whose layout the agent knows: name, key size, value
 /// size. A pin whose sizes differ was made by an incompatible agent.
-fn pinned_layouts() -> [(&'static str, usize, usize); 5] {
+fn pinned_layouts() -> [(&'static str, usize, usize); 7] {
     [
         (
             names::FLOWS,
             size_of::<FlowMapKey>(),
+            size_of::<FlowEntry>(),
+        ),
+        (
+            names::FLOWS_WIDE,
+            size_of::<WideMapKey>(),
             size_of::<FlowEntry>(),
         ),
         (names::SUBTABLES, 4, size_of::<Subtable>()),
@@ -597,6 +619,7 @@ fn pinned_layouts() -> [(&'static str, usize, usize); 5] {
             4,
             size_of::<daolinet_common::SampleBucket>(),
         ),
+        (names::RULE_EXT, 4, size_of::<RuleExt>()),
     ]
 }
 
@@ -618,6 +641,18 @@ fn drop_incompatible_pins(pin_dir: &Path) -> Result<bool> {
             let (pk, pv) = (info.key_size() as usize, info.value_size() as usize);
             ((pk, pv) != (*k, *v))
                 .then(|| format!("{name}: key {pk} B, value {pv} B, now {k} and {v}"))
+        })
+    });
+    // One subtable list per table (an agent of one table had one list).
+    let stale = stale.or_else(|| {
+        let info = aya::maps::MapInfo::from_pin(pin_dir.join(names::SUBTABLES)).ok()?;
+        (info.max_entries() != daolinet_common::SUBTABLE_SLOTS).then(|| {
+            format!(
+                "{}: {} slots, now {}",
+                names::SUBTABLES,
+                info.max_entries(),
+                daolinet_common::SUBTABLE_SLOTS
+            )
         })
     });
     let Some(why) = stale else {
@@ -644,7 +679,7 @@ fn drop_incompatible_pins(pin_dir: &Path) -> Result<bool> {
 }
 
 /// The maps sized by the number of rules.
-const RULE_MAPS: [&str; 1] = [names::FLOWS];
+const RULE_MAPS: [&str; 3] = [names::FLOWS, names::FLOWS_WIDE, names::RULE_EXT];
 
 impl Datapath {
     /// A clean stop: the programs stay attached (pinned) with the pinned
@@ -703,6 +738,31 @@ impl Datapath {
             .try_into()?;
         xdp.load()
             .context("the kernel verifier rejected the XDP program")?;
+        // The pipeline programs, which the main ones tail-call for rules
+        // beyond one table of apply-actions (a program array per program
+        // type: the kernel ties one to a single type).
+        let take = |ebpf: &mut Ebpf, name: &str| -> Result<ProgramArray<MapData>> {
+            let m = ebpf
+                .take_map(name)
+                .with_context(|| format!("no program array {name} in the BPF object"))?;
+            Ok(ProgramArray::try_from(m)?)
+        };
+        let mut tc_pipeline = take(&mut ebpf, names::PIPELINE_TC)?;
+        let mut xdp_pipeline = take(&mut ebpf, names::PIPELINE_XDP)?;
+        let tc: &mut SchedClassifier = ebpf
+            .program_mut(names::PROG_TC_PIPELINE)
+            .context("no TC pipeline program in the BPF object")?
+            .try_into()?;
+        tc.load()
+            .context("the kernel verifier rejected the TC pipeline program")?;
+        tc_pipeline.set(0, tc.fd()?, 0)?;
+        let xdp: &mut Xdp = ebpf
+            .program_mut(names::PROG_XDP_PIPELINE)
+            .context("no XDP pipeline program in the BPF object")?
+            .try_into()?;
+        xdp.load()
+            .context("the kernel verifier rejected the XDP pipeline program")?;
+        xdp_pipeline.set(0, xdp.fd()?, 0)?;
         Ok(Datapath {
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
@@ -711,6 +771,7 @@ impl Datapath {
             keep_links: false,
             batch_maps: StdHashMap::new(),
             capacity,
+            _pipelines: [tc_pipeline, xdp_pipeline],
         })
     }
 
@@ -1039,33 +1100,93 @@ impl Datapath {
     pub fn apply(&mut self, ops: &[MapOp]) -> Result<()> {
         for op in ops {
             match op {
-                MapOp::PutFlow(k, e) => {
+                MapOp::PutFlow(EntryKey::Narrow(k), e) => {
                     let mut m: HashMap<&mut MapData, FlowMapKey, FlowEntry> =
                         HashMap::try_from(self.map(names::FLOWS)?)?;
                     m.insert(k, e, 0).context("writing a flow entry")?;
                 }
-                MapOp::UpdateFlow(k, e) => {
+                MapOp::PutFlow(EntryKey::Wide(k), e) => {
+                    let mut m: HashMap<&mut MapData, WideMapKey, FlowEntry> =
+                        HashMap::try_from(self.map(names::FLOWS_WIDE)?)?;
+                    m.insert(k, e, 0).context("writing a wide flow entry")?;
+                }
+                MapOp::UpdateFlow(EntryKey::Narrow(k), e) => {
                     let mut m: HashMap<&mut MapData, FlowMapKey, FlowEntry> =
                         HashMap::try_from(self.map(names::FLOWS)?)?;
                     // Carry the counters over. Hits between this read and
                     // the write below are lost (a few packets at most):
                     // the kernel has no partial update of a hash value.
-                    let mut e = *e;
-                    if let Ok(old) = m.get(k, 0) {
-                        if old.rule_id == e.rule_id {
-                            e.packets = old.packets;
-                            e.bytes = old.bytes;
-                            e.last_used_ns = old.last_used_ns;
-                        }
-                    }
+                    let e = carried(m.get(k, 0).ok(), e);
                     m.insert(k, e, 0).context("rewriting a flow entry")?;
                 }
-                MapOp::DelFlow(k) => {
+                MapOp::UpdateFlow(EntryKey::Wide(k), e) => {
+                    let mut m: HashMap<&mut MapData, WideMapKey, FlowEntry> =
+                        HashMap::try_from(self.map(names::FLOWS_WIDE)?)?;
+                    let e = carried(m.get(k, 0).ok(), e);
+                    m.insert(k, e, 0).context("rewriting a wide flow entry")?;
+                }
+                MapOp::DelFlow(EntryKey::Narrow(k)) => {
                     let mut m: HashMap<&mut MapData, FlowMapKey, FlowEntry> =
                         HashMap::try_from(self.map(names::FLOWS)?)?;
                     let _ = m.remove(k);
                 }
-                MapOp::SetSubtables(list) => self.set_subtables(list)?,
+                MapOp::DelFlow(EntryKey::Wide(k)) => {
+                    let mut m: HashMap<&mut MapData, WideMapKey, FlowEntry> =
+                        HashMap::try_from(self.map(names::FLOWS_WIDE)?)?;
+                    let _ = m.remove(k);
+                }
+                MapOp::SetSubtables(table, list) => self.set_subtables(*table, list)?,
+                MapOp::PutRuleExt(id, e) => {
+                    let mut m: HashMap<&mut MapData, u32, RuleExt> =
+                        HashMap::try_from(self.map(names::RULE_EXT)?)?;
+                    m.insert(id, e, 0)
+                        .context("writing a rule's instructions")?;
+                }
+                MapOp::DelRuleExt(id) => {
+                    let mut m: HashMap<&mut MapData, u32, RuleExt> =
+                        HashMap::try_from(self.map(names::RULE_EXT)?)?;
+                    let _ = m.remove(id);
+                }
+                MapOp::PutGroup(id, g) => {
+                    let mut m: HashMap<&mut MapData, u32, GroupEntry> =
+                        HashMap::try_from(self.map(names::GROUPS)?)?;
+                    m.insert(id, **g, 0).context("writing a group")?;
+                }
+                MapOp::DelGroup(id) => {
+                    let mut m: HashMap<&mut MapData, u32, GroupEntry> =
+                        HashMap::try_from(self.map(names::GROUPS)?)?;
+                    let _ = m.remove(id);
+                }
+                MapOp::ResetGroupStats(slot) => {
+                    let n = nr_cpus().map_err(|(_, e)| e)?;
+                    let mut m: PerCpuArray<&mut MapData, GroupStats> =
+                        PerCpuArray::try_from(self.map(names::GROUP_STATS)?)?;
+                    m.set(
+                        *slot,
+                        PerCpuValues::try_from(vec![GroupStats::default(); n])?,
+                        0,
+                    )?;
+                }
+                MapOp::PutMeter(id, e) => {
+                    let mut m: HashMap<&mut MapData, u32, MeterEntry> =
+                        HashMap::try_from(self.map(names::METERS)?)?;
+                    m.insert(id, e, 0).context("writing a meter")?;
+                }
+                MapOp::DelMeter(id) => {
+                    let mut m: HashMap<&mut MapData, u32, MeterEntry> =
+                        HashMap::try_from(self.map(names::METERS)?)?;
+                    let _ = m.remove(id);
+                }
+                MapOp::ResetMeterStats(slot) => {
+                    let n = nr_cpus().map_err(|(_, e)| e)?;
+                    let mut m: PerCpuArray<&mut MapData, MeterStats> =
+                        PerCpuArray::try_from(self.map(names::METER_STATS)?)?;
+                    m.set(
+                        *slot,
+                        PerCpuValues::try_from(vec![MeterStats::default(); n])?,
+                        0,
+                    )?;
+                }
             }
         }
         if ops.iter().any(changes_rules) {
@@ -1084,8 +1205,8 @@ impl Datapath {
     /// Runs of removals (classifier entries, metadata) are deleted with one
     /// `BPF_MAP_DELETE_BATCH` per map the same way.
     pub fn apply_batched(&mut self, ops: &[MapOp]) -> Result<()> {
-        let adds = |o: &MapOp| matches!(o, MapOp::PutFlow(..));
-        let dels = |o: &MapOp| matches!(o, MapOp::DelFlow(_));
+        let adds = |o: &MapOp| matches!(o, MapOp::PutFlow(EntryKey::Narrow(_), _));
+        let dels = |o: &MapOp| matches!(o, MapOp::DelFlow(EntryKey::Narrow(_)));
         let mut i = 0;
         while i < ops.len() {
             let run = ops[i..].iter().take_while(|o| adds(o)).count();
@@ -1133,7 +1254,7 @@ impl Datapath {
         let (mut fk, mut fv) = (Vec::new(), Vec::new());
         let mut nf = 0u32;
         for op in seg {
-            let MapOp::PutFlow(k, e) = op else {
+            let MapOp::PutFlow(EntryKey::Narrow(k), e) = op else {
                 bail!("not an addition");
             };
             fk.extend_from_slice(bytemuck::bytes_of(k));
@@ -1150,7 +1271,7 @@ impl Datapath {
         let mut fk = Vec::new();
         let mut nf = 0u32;
         for op in seg {
-            let MapOp::DelFlow(k) = op else {
+            let MapOp::DelFlow(EntryKey::Narrow(k)) = op else {
                 bail!("not a removal");
             };
             fk.extend_from_slice(bytemuck::bytes_of(k));
@@ -1167,25 +1288,100 @@ impl Datapath {
         Ok(())
     }
 
-    fn set_subtables(&mut self, list: &[Subtable]) -> Result<()> {
+    fn set_subtables(&mut self, table: u8, list: &[crate::table::SubtableDesc]) -> Result<()> {
         if list.len() > MAX_SUBTABLES {
             bail!("{} subtables > {MAX_SUBTABLES}", list.len());
         }
-        let mut a: Array<&mut MapData, Subtable> = Array::try_from(self.map(names::SUBTABLES)?)?;
-        for (i, s) in list.iter().enumerate() {
-            a.set(i as u32, *s, 0)?;
+        if u32::from(table) >= N_TABLES {
+            bail!("no table {table}");
         }
-        let mut c: Array<&mut MapData, DatapathConfig> = Array::try_from(self.map(names::CONFIG)?)?;
-        let old = c.get(&0, 0)?;
-        c.set(
-            0,
-            DatapathConfig {
-                n_subtables: list.len() as u32,
-                generation: next_generation(old.generation),
-            },
-            0,
-        )?;
+        let base = u32::from(table) * MAX_SUBTABLES as u32;
+        // The wide masks first: a wide subtable is walked only once its
+        // slot in the subtable list names it.
+        {
+            let mut x: Array<&mut MapData, FlowKeyExt> =
+                Array::try_from(self.map(names::SUBTABLE_EXT)?)?;
+            for (i, (_, ext)) in list.iter().enumerate() {
+                x.set(base + i as u32, *ext, 0)?;
+            }
+        }
+        let mut a: Array<&mut MapData, Subtable> = Array::try_from(self.map(names::SUBTABLES)?)?;
+        for (i, (s, _)) in list.iter().enumerate() {
+            a.set(base + i as u32, *s, 0)?;
+        }
+        let flags = if list.iter().any(|(s, _)| s.id & SUBTABLE_WIDE != 0) {
+            TABLE_WIDE
+        } else {
+            0
+        };
+        if table == 0 {
+            let mut c: Array<&mut MapData, DatapathConfig> =
+                Array::try_from(self.map(names::CONFIG)?)?;
+            let old = c.get(&0, 0)?;
+            c.set(
+                0,
+                DatapathConfig {
+                    n_subtables: list.len() as u32,
+                    generation: next_generation(old.generation),
+                    flags,
+                },
+                0,
+            )?;
+        } else {
+            let mut t: Array<&mut MapData, TableConfig> =
+                Array::try_from(self.map(names::TABLES)?)?;
+            t.set(
+                u32::from(table),
+                TableConfig {
+                    n_subtables: list.len() as u32,
+                    flags,
+                },
+                0,
+            )?;
+        }
         Ok(())
+    }
+
+    /// Lookups and matches of table `table` (1 and up), summed over CPUs.
+    pub fn table_stats(&mut self, table: u8) -> Result<TableStats> {
+        let m: PerCpuArray<&mut MapData, TableStats> =
+            PerCpuArray::try_from(self.map(names::TABLE_STATS)?)?;
+        let mut s = TableStats::default();
+        for v in m.get(&u32::from(table), 0)?.iter() {
+            s.lookups += v.lookups;
+            s.matched += v.matched;
+        }
+        Ok(s)
+    }
+
+    /// A group's counters (by stats slot), summed over CPUs.
+    pub fn group_stats(&mut self, slot: u32) -> Result<GroupStats> {
+        let m: PerCpuArray<&mut MapData, GroupStats> =
+            PerCpuArray::try_from(self.map(names::GROUP_STATS)?)?;
+        let mut s = GroupStats::default();
+        for v in m.get(&slot, 0)?.iter() {
+            s.packets += v.packets;
+            s.bytes += v.bytes;
+            for b in 0..s.bucket_packets.len() {
+                s.bucket_packets[b] += v.bucket_packets[b];
+                s.bucket_bytes[b] += v.bucket_bytes[b];
+            }
+        }
+        Ok(s)
+    }
+
+    /// A meter's counters (by stats slot), summed over CPUs.
+    pub fn meter_stats(&mut self, slot: u32) -> Result<MeterStats> {
+        let m: PerCpuArray<&mut MapData, MeterStats> =
+            PerCpuArray::try_from(self.map(names::METER_STATS)?)?;
+        let mut s = MeterStats::default();
+        for v in m.get(&slot, 0)?.iter() {
+            s.packets += v.packets;
+            s.bytes += v.bytes;
+            s.band_packets += v.band_packets;
+            s.band_bytes += v.band_bytes;
+        }
+        Ok(s)
     }
 
     /// Invalidate the datapath's exact-match cache after rule changes
@@ -1202,42 +1398,100 @@ impl Datapath {
     /// the classifier entries. Rules shadowed by a higher priority one with
     /// the same match have no entry of their own and are not recovered.
     pub fn saved_rules(&mut self) -> Result<SavedRules> {
-        let n = {
-            let c: Array<&mut MapData, DatapathConfig> = Array::try_from(self.map(names::CONFIG)?)?;
-            c.get(&0, 0)?.n_subtables.min(MAX_SUBTABLES as u32)
-        };
-        let mut subs = Vec::new();
+        let mut counts = Vec::new();
         {
-            let a: Array<&mut MapData, Subtable> = Array::try_from(self.map(names::SUBTABLES)?)?;
-            for i in 0..n {
-                subs.push(a.get(&i, 0)?);
+            let c: Array<&mut MapData, DatapathConfig> = Array::try_from(self.map(names::CONFIG)?)?;
+            counts.push(c.get(&0, 0)?.n_subtables.min(MAX_SUBTABLES as u32));
+        }
+        {
+            let t: Array<&mut MapData, TableConfig> = Array::try_from(self.map(names::TABLES)?)?;
+            for table in 1..N_TABLES {
+                counts.push(t.get(&table, 0)?.n_subtables.min(MAX_SUBTABLES as u32));
             }
         }
+        let mut subs: Vec<(u8, crate::table::SubtableDesc)> = Vec::new();
+        {
+            let a: Array<&mut MapData, Subtable> = Array::try_from(self.map(names::SUBTABLES)?)?;
+            for (table, n) in counts.iter().enumerate() {
+                for i in 0..*n {
+                    let slot = table as u32 * MAX_SUBTABLES as u32 + i;
+                    subs.push((table as u8, (a.get(&slot, 0)?, FlowKeyExt::default())));
+                }
+            }
+        }
+        {
+            let x: Array<&mut MapData, FlowKeyExt> =
+                Array::try_from(self.map(names::SUBTABLE_EXT)?)?;
+            let mut seen = [0u32; N_TABLES as usize];
+            for (table, (s, ext)) in subs.iter_mut() {
+                let t = usize::from(*table);
+                let slot = *table as u32 * MAX_SUBTABLES as u32 + seen[t];
+                seen[t] += 1;
+                if s.id & SUBTABLE_WIDE != 0 {
+                    *ext = x.get(&slot, 0)?;
+                }
+            }
+        }
+        let exts: StdHashMap<u32, RuleExt> = {
+            let m: HashMap<&mut MapData, u32, RuleExt> =
+                HashMap::try_from(self.map(names::RULE_EXT)?)?;
+            m.iter().filter_map(|r| r.ok()).collect()
+        };
         tracing::debug!(
             subtables = subs.len(),
             "reading rules left in the pinned maps"
         );
-        let flows: HashMap<&mut MapData, FlowMapKey, FlowEntry> =
-            HashMap::try_from(self.map(names::FLOWS)?)?;
+        // Each classifier entry holds a whole rule: its table and mask
+        // come from its subtable, its other instructions from RULE_EXT.
+        let by_id: StdHashMap<u32, (u8, FullKey)> = subs
+            .iter()
+            .map(|(t, (s, ext))| {
+                (
+                    s.id,
+                    (
+                        *t,
+                        FullKey {
+                            key: s.mask,
+                            ext: *ext,
+                        },
+                    ),
+                )
+            })
+            .collect();
+        let rule = |table: u8, key: FullKey, mask: FullKey, e: &FlowEntry| crate::table::Rule {
+            actions: e.actions[..(e.n_actions as usize).min(e.actions.len())].to_vec(),
+            ext: if e.kind & ENTRY_PIPELINE != 0 {
+                exts.get(&e.rule_id).copied().map(Box::new)
+            } else {
+                None
+            },
+            cookie: e.cookie,
+            idle_timeout: e.idle_timeout,
+            hard_timeout: e.hard_timeout,
+            flags: e.flags,
+            ..crate::table::Rule::matching(table, e.priority as u16, &key, &mask)
+        };
         let mut rules = Vec::new();
-        for kv in flows.iter() {
-            let (k, e) = kv?;
-            let Some(sub) = subs.iter().find(|s| s.id == k.subtable) else {
-                continue;
-            };
-            rules.push((
-                e.rule_id,
-                crate::table::Rule {
-                    priority: e.priority as u16,
-                    key: k.key,
-                    mask: sub.mask,
-                    actions: e.actions[..(e.n_actions as usize).min(e.actions.len())].to_vec(),
-                    cookie: e.cookie,
-                    idle_timeout: e.idle_timeout,
-                    hard_timeout: e.hard_timeout,
-                    flags: e.flags,
-                },
-            ));
+        {
+            let flows: HashMap<&mut MapData, FlowMapKey, FlowEntry> =
+                HashMap::try_from(self.map(names::FLOWS)?)?;
+            for kv in flows.iter() {
+                let (k, e) = kv?;
+                if let Some((t, mask)) = by_id.get(&k.subtable) {
+                    let key = crate::table::full(k.key);
+                    rules.push((e.rule_id, rule(*t, key, *mask, &e)));
+                }
+            }
+        }
+        {
+            let wide: HashMap<&mut MapData, WideMapKey, FlowEntry> =
+                HashMap::try_from(self.map(names::FLOWS_WIDE)?)?;
+            for kv in wide.iter() {
+                let (k, e) = kv?;
+                if let Some((t, mask)) = by_id.get(&k.subtable) {
+                    rules.push((e.rule_id, rule(*t, k.key, *mask, &e)));
+                }
+            }
         }
         Ok(SavedRules {
             subtables: subs,
@@ -1246,17 +1500,24 @@ impl Datapath {
     }
 
     /// The counters of the classifier entry at `at`, if it is rule `id`'s.
-    pub fn rule_stats(&mut self, id: u32, at: &FlowMapKey) -> Result<Option<RuleStats>> {
-        let m: HashMap<&mut MapData, FlowMapKey, FlowEntry> =
-            HashMap::try_from(self.map(names::FLOWS)?)?;
-        Ok(m.get(at, 0)
-            .ok()
-            .filter(|e| e.rule_id == id)
-            .map(|e| RuleStats {
-                packets: e.packets,
-                bytes: e.bytes,
-                last_used_ns: e.last_used_ns,
-            }))
+    pub fn rule_stats(&mut self, id: u32, at: &EntryKey) -> Result<Option<RuleStats>> {
+        let e = match at {
+            EntryKey::Narrow(k) => {
+                let m: HashMap<&mut MapData, FlowMapKey, FlowEntry> =
+                    HashMap::try_from(self.map(names::FLOWS)?)?;
+                m.get(k, 0).ok()
+            }
+            EntryKey::Wide(k) => {
+                let m: HashMap<&mut MapData, WideMapKey, FlowEntry> =
+                    HashMap::try_from(self.map(names::FLOWS_WIDE)?)?;
+                m.get(k, 0).ok()
+            }
+        };
+        Ok(e.filter(|e| e.rule_id == id).map(|e| RuleStats {
+            packets: e.packets,
+            bytes: e.bytes,
+            last_used_ns: e.last_used_ns,
+        }))
     }
 
     /// The counters of rule `id`, found by walking the classifier and
@@ -1264,18 +1525,34 @@ impl Datapath {
     /// entries by hand; the agent's rules have one entry each, read with
     /// one lookup by [`Datapath::rule_stats`]).
     pub fn find_rule_stats(&mut self, id: u32) -> Result<Option<RuleStats>> {
-        let m: HashMap<&mut MapData, FlowMapKey, FlowEntry> =
-            HashMap::try_from(self.map(names::FLOWS)?)?;
-        let mut found: Option<RuleStats> = None;
-        for kv in m.iter() {
-            let (_, e) = kv?;
-            if e.rule_id == id {
-                found.get_or_insert_default().merge(&RuleStats {
-                    packets: e.packets,
-                    bytes: e.bytes,
-                    last_used_ns: e.last_used_ns,
-                });
+        let mut entries: Vec<FlowEntry> = Vec::new();
+        {
+            let m: HashMap<&mut MapData, FlowMapKey, FlowEntry> =
+                HashMap::try_from(self.map(names::FLOWS)?)?;
+            for kv in m.iter() {
+                let e = kv?.1;
+                if e.rule_id == id {
+                    entries.push(e);
+                }
             }
+        }
+        {
+            let w: HashMap<&mut MapData, WideMapKey, FlowEntry> =
+                HashMap::try_from(self.map(names::FLOWS_WIDE)?)?;
+            for kv in w.iter() {
+                let e = kv?.1;
+                if e.rule_id == id {
+                    entries.push(e);
+                }
+            }
+        }
+        let mut found: Option<RuleStats> = None;
+        for e in entries {
+            found.get_or_insert_default().merge(&RuleStats {
+                packets: e.packets,
+                bytes: e.bytes,
+                last_used_ns: e.last_used_ns,
+            });
         }
         Ok(found)
     }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use anyhow::{bail, Result};
-use daolinet_common::{FlowMapKey, PortKind, PortStats, RuleStats};
+use daolinet_common::{PortKind, PortStats, RuleStats};
 use daolinet_openflow as of;
 
 use crate::datapath::{Datapath, Punt, UplinkMode};
@@ -17,7 +17,7 @@ use crate::metrics::{PortTelemetry, Telemetry};
 use crate::netdev::iface_info;
 use crate::ofswitch::PortDesc;
 use crate::oftable::Counters;
-use crate::table::MapOp;
+use crate::table::{EntryKey, MapOp};
 
 /// The host's datapath and transmit paths.
 pub struct Host {
@@ -134,7 +134,7 @@ impl Host {
 }
 
 impl Counters for Host {
-    fn rule(&mut self, id: u32, at: &FlowMapKey) -> RuleStats {
+    fn rule(&mut self, id: u32, at: &EntryKey) -> RuleStats {
         self.dp
             .rule_stats(id, at)
             .ok()
@@ -143,6 +143,15 @@ impl Counters for Host {
     }
     fn port(&mut self, ofport: u32) -> Option<PortStats> {
         self.dp.ofport_stats(ofport)
+    }
+    fn table(&mut self, table: u8) -> daolinet_common::TableStats {
+        self.dp.table_stats(table).unwrap_or_default()
+    }
+    fn group(&mut self, slot: u32) -> daolinet_common::GroupStats {
+        self.dp.group_stats(slot).unwrap_or_default()
+    }
+    fn meter(&mut self, slot: u32) -> daolinet_common::MeterStats {
+        self.dp.meter_stats(slot).unwrap_or_default()
     }
 }
 

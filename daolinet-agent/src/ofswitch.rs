@@ -8,9 +8,9 @@
 //! operations for the datapath, frames to transmit on ports. The event loop
 //! ([`crate::engine`]) applies them in order.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use daolinet_common::{Action, ActionKind, FlowKey, PuntReason};
+use daolinet_common::{Action, ActionKind, PuntReason, N_TABLES};
 use daolinet_openflow::{
     self as of, AsyncConfig, ErrorCode, ErrorMsg, FlowMod, Frame, Message, MultipartReply,
     MultipartReplyBody as Rep, MultipartRequestBody as Req, PacketIn, PacketOut,
@@ -18,8 +18,11 @@ use daolinet_openflow::{
 
 use crate::compile::compile_actions;
 use crate::datapath::Punt;
-use crate::oftable::{Counters, FlowTable};
-use crate::packet::{arp_reply, complete_l4_checksum, flow_key, rewrite, Applied};
+use crate::groups::GroupTable;
+use crate::meters::MeterTable;
+use crate::oftable::{Counters, FlowTable, Refs};
+use crate::packet::{arp_reply, complete_l4_checksum, flow_key};
+use crate::pipeline::{Emit, Pipeline};
 use crate::table::MapOp;
 
 /// Identifies one controller connection.
@@ -171,6 +174,10 @@ pub struct Switch {
     macs: HashMap<[u8; 6], u32>,
     /// Multipart answers being produced a step at a time, by connection.
     jobs: BTreeMap<ConnId, Job>,
+    /// The groups.
+    pub groups: GroupTable,
+    /// The meters.
+    pub meters: MeterTable,
     /// Counters.
     pub counters: SwitchCounters,
 }
@@ -188,7 +195,8 @@ pub const EXPIRE_STEP: usize = 4096;
 enum JobKind {
     Flow,
     Aggregate(of::AggregateStats),
-    Table(of::TableStats),
+    /// Every table's; table 0's matches are summed from its rules.
+    Table(Vec<of::TableStats>),
 }
 
 /// A multipart answer in progress: the flows it covers, chosen when the
@@ -225,8 +233,36 @@ impl Switch {
             buckets: HashMap::new(),
             macs: HashMap::new(),
             jobs: BTreeMap::new(),
+            groups: GroupTable::new(),
+            meters: MeterTable::new(),
             counters: SwitchCounters::default(),
         }
+    }
+
+    /// Ports changed: the groups whose buckets watch them follow.
+    fn refresh_groups(&mut self, fx: &mut Effects) {
+        let live: BTreeSet<u32> = self
+            .ports
+            .iter()
+            .filter(|(_, s)| s.desc.up)
+            .map(|(p, _)| *p)
+            .collect();
+        fx.ops.extend(self.groups.refresh(&|p| live.contains(&p)));
+    }
+
+    /// Apply a FLOW_MOD whose groups and meters must exist.
+    fn flow_mod(
+        &mut self,
+        fm: &FlowMod,
+        now_ns: u64,
+        counters: &mut dyn Counters,
+    ) -> Result<crate::oftable::Outcome, ErrorCode> {
+        let (groups, meters) = (&self.groups, &self.meters);
+        let refs = Refs {
+            group: &|g| groups.contains(g),
+            meter: &|m| meters.contains(m),
+        };
+        self.flows.flow_mod_with(fm, now_ns, counters, refs)
     }
 
     /// The settings.
@@ -329,12 +365,16 @@ impl Switch {
                     replies.push(MultipartReply::new(Rep::Aggregate(*a)));
                 }
             }
-            JobKind::Table(t) => {
+            JobKind::Table(list) => {
                 for id in chunk {
-                    t.matched_count += self.flows.stats(*id, counters).packets;
+                    if self.flows.rules().get(*id).is_some_and(|r| r.table == 0) {
+                        if let Some(t0) = list.first_mut() {
+                            t0.matched_count += self.flows.stats(*id, counters).packets;
+                        }
+                    }
                 }
                 if done {
-                    replies.push(MultipartReply::new(Rep::Table(vec![*t])));
+                    replies.push(MultipartReply::new(Rep::Table(std::mem::take(list))));
                 }
             }
         }
@@ -380,13 +420,19 @@ impl Switch {
                 added_ns: now_ns,
             },
         );
-        self.port_status(of::OFPPR_ADD, p)
+        let mut fx = self.port_status(of::OFPPR_ADD, p);
+        self.refresh_groups(&mut fx);
+        fx
     }
 
     /// A port went away.
     pub fn port_removed(&mut self, ofport: u32) -> Effects {
         match self.ports.remove(&ofport) {
-            Some(p) => self.port_status(of::OFPPR_DELETE, p.desc.to_of()),
+            Some(p) => {
+                let mut fx = self.port_status(of::OFPPR_DELETE, p.desc.to_of());
+                self.refresh_groups(&mut fx);
+                fx
+            }
             None => Effects::default(),
         }
     }
@@ -401,7 +447,9 @@ impl Switch {
         }
         p.desc = desc;
         let d = p.desc.to_of();
-        self.port_status(of::OFPPR_MODIFY, d)
+        let mut fx = self.port_status(of::OFPPR_MODIFY, d);
+        self.refresh_groups(&mut fx);
+        fx
     }
 
     /// Ports by OpenFlow number.
@@ -457,7 +505,7 @@ impl Switch {
         now_ns: u64,
         counters: &mut dyn Counters,
     ) -> Result<(usize, Effects), ErrorCode> {
-        let o = self.flows.flow_mod(fm, now_ns, counters)?;
+        let o = self.flow_mod(fm, now_ns, counters)?;
         self.counters.flow_mods += 1;
         let mut fx = Effects {
             ops: o.ops,
@@ -496,9 +544,13 @@ impl Switch {
                 Message::FeaturesReply(of::SwitchFeatures {
                     datapath_id: self.settings.datapath_id,
                     n_buffers: 0,
-                    n_tables: 1,
+                    n_tables: N_TABLES as u8,
                     auxiliary_id: 0,
-                    capabilities: of::OFPC_FLOW_STATS | of::OFPC_TABLE_STATS | of::OFPC_PORT_STATS,
+                    // OFPC_GROUP_STATS = 1 << 3.
+                    capabilities: of::OFPC_FLOW_STATS
+                        | of::OFPC_TABLE_STATS
+                        | of::OFPC_PORT_STATS
+                        | (1 << 3),
                     reserved: 0,
                 }),
             )),
@@ -531,7 +583,7 @@ impl Switch {
                 if slave {
                     err(&mut fx, code(of::OFPET_BAD_REQUEST, of::OFPBRC_IS_SLAVE));
                 } else {
-                    match self.flows.flow_mod(&fm, now_ns, counters) {
+                    match self.flow_mod(&fm, now_ns, counters) {
                         Ok(o) => {
                             self.counters.flow_mods += 1;
                             fx.ops.extend(o.ops);
@@ -586,14 +638,30 @@ impl Switch {
                         .filter_map(|p| counters.port(*p))
                         .map(|s| s.rx_packets)
                         .sum();
-                    let t = of::TableStats {
+                    let mut list = vec![of::TableStats {
                         table_id: 0,
-                        active_count: self.flows.len() as u32,
+                        active_count: self.flows.active(0) as u32,
                         lookup_count: lookup,
                         matched_count: 0,
-                    };
+                    }];
+                    for t in 1..N_TABLES as u8 {
+                        let s = counters.table(t);
+                        list.push(of::TableStats {
+                            table_id: t,
+                            active_count: self.flows.active(t) as u32,
+                            lookup_count: s.lookups,
+                            matched_count: s.matched,
+                        });
+                    }
                     let ids = self.flows.ids();
-                    fx.extend(self.start_job(conn, xid, JobKind::Table(t), ids, now_ns, counters));
+                    fx.extend(self.start_job(
+                        conn,
+                        xid,
+                        JobKind::Table(list),
+                        ids,
+                        now_ns,
+                        counters,
+                    ));
                 }
                 body => match self.multipart(body, now_ns, counters) {
                     Ok(replies) => {
@@ -607,7 +675,7 @@ impl Switch {
             Message::TableMod(t) => {
                 if slave {
                     err(&mut fx, code(of::OFPET_BAD_REQUEST, of::OFPBRC_IS_SLAVE));
-                } else if t.table_id != 0 && t.table_id != of::OFPTT_ALL {
+                } else if u32::from(t.table_id) >= N_TABLES && t.table_id != of::OFPTT_ALL {
                     err(
                         &mut fx,
                         code(of::OFPET_TABLE_MOD_FAILED, of::OFPTMFC_BAD_TABLE),
@@ -632,11 +700,50 @@ impl Switch {
                 &mut fx,
                 code(of::OFPET_BAD_REQUEST, of::OFPBRC_BAD_EXPERIMENTER),
             ),
-            // Groups, meters and port configuration are not supported;
-            // switch-to-controller messages make no sense here.
-            Message::GroupMod(_)
-            | Message::MeterMod(_)
-            | Message::PortMod(_)
+            // Port configuration is not supported; switch-to-controller
+            // messages make no sense here.
+            Message::GroupMod(gm) => {
+                if slave {
+                    err(&mut fx, code(of::OFPET_BAD_REQUEST, of::OFPBRC_IS_SLAVE));
+                } else {
+                    let live: BTreeSet<u32> = self
+                        .ports
+                        .iter()
+                        .filter(|(_, s)| s.desc.up)
+                        .map(|(p, _)| *p)
+                        .collect();
+                    match self.groups.group_mod(&gm, now_ns, &|p| live.contains(&p)) {
+                        Ok((ops, gone)) => {
+                            // Flows that send to a deleted group go first.
+                            for g in gone {
+                                let o = self.flows.remove_by_group(g, now_ns, counters);
+                                fx.ops.extend(o.ops);
+                                self.flow_removed(o.removed, &mut fx);
+                            }
+                            fx.ops.extend(ops);
+                        }
+                        Err(c) => err(&mut fx, c),
+                    }
+                }
+            }
+            Message::MeterMod(mm) => {
+                if slave {
+                    err(&mut fx, code(of::OFPET_BAD_REQUEST, of::OFPBRC_IS_SLAVE));
+                } else {
+                    match self.meters.meter_mod(&mm, now_ns) {
+                        Ok((ops, gone)) => {
+                            for m in gone {
+                                let o = self.flows.remove_by_meter(m, now_ns, counters);
+                                fx.ops.extend(o.ops);
+                                self.flow_removed(o.removed, &mut fx);
+                            }
+                            fx.ops.extend(ops);
+                        }
+                        Err(c) => err(&mut fx, c),
+                    }
+                }
+            }
+            Message::PortMod(_)
             | Message::FeaturesReply(_)
             | Message::GetConfigReply(_)
             | Message::PacketIn(_)
@@ -710,6 +817,50 @@ impl Switch {
                 serial_num: "None".into(),
                 dp_desc: format!("daolinet-agent dpid {:016x}", self.settings.datapath_id),
             }))],
+            Req::Group(id) => {
+                let flows = &self.flows;
+                let refs = |g: u32| {
+                    flows
+                        .rules()
+                        .rules()
+                        .filter(|(_, r)| crate::oftable::sends_to_group(r, g))
+                        .count() as u32
+                };
+                let list = self
+                    .groups
+                    .stats(id, now_ns, &mut |slot| counters.group(slot), &refs);
+                split(list, Rep::Group, |g| 40 + 16 * g.bucket_stats.len())
+            }
+            Req::GroupDesc => split(self.groups.desc(), Rep::GroupDesc, |g| {
+                8 + g
+                    .buckets
+                    .iter()
+                    .map(|b| 16 + 16 * b.actions.len())
+                    .sum::<usize>()
+            }),
+            Req::GroupFeatures => vec![MultipartReply::new(Rep::GroupFeatures(
+                GroupTable::features(),
+            ))],
+            Req::Meter(id) => {
+                let flows = &self.flows;
+                let using = |m: u32| {
+                    flows
+                        .rules()
+                        .rules()
+                        .filter(|(_, r)| r.ext.as_ref().is_some_and(|e| e.meter == m))
+                        .count() as u32
+                };
+                let list = self
+                    .meters
+                    .stats(id, now_ns, &mut |slot| counters.meter(slot), &using);
+                split(list, Rep::Meter, |m| 40 + 16 * m.band_stats.len())
+            }
+            Req::MeterConfig(id) => split(self.meters.config(id), Rep::MeterConfig, |m| {
+                8 + 16 * m.bands.len()
+            }),
+            Req::MeterFeatures => vec![MultipartReply::new(Rep::MeterFeatures(
+                MeterTable::features(),
+            ))],
             Req::PortStats(port) => {
                 if port != of::OFPP_ANY && !self.ports.contains_key(&port) {
                     return Err(code(of::OFPET_BAD_REQUEST, of::OFPBRC_BAD_PORT));
@@ -743,9 +894,13 @@ impl Switch {
                     // OFPTFFC_EPERM: the pipeline is fixed.
                     return Err(code(of::OFPET_TABLE_FEATURES_FAILED, 5));
                 }
-                vec![MultipartReply::new(Rep::TableFeatures(vec![
-                    table_features(self.flows.rules().limit()),
-                ]))]
+                let limit = self.flows.rules().limit();
+                let list: Vec<of::TableFeatures> = (0..N_TABLES as u8)
+                    .map(|t| table_features(t, limit))
+                    .collect();
+                split(list, Rep::TableFeatures, |t| {
+                    64 + t.properties.iter().map(|p| 8 + p.data.len()).sum::<usize>()
+                })
             }
             _ => return Err(code(of::OFPET_BAD_REQUEST, of::OFPBRC_BAD_MULTIPART)),
         })
@@ -760,102 +915,95 @@ impl Switch {
         if !reserved_ok && !self.ports.contains_key(&in_port) && in_port > of::OFPP_MAX {
             return Err(code(of::OFPET_BAD_REQUEST, of::OFPBRC_BAD_PORT));
         }
-        // Validate every action before doing anything.
-        let mut steps = Vec::with_capacity(po.actions.len());
+        // Validate every action before doing anything: runs of actions the
+        // datapath knows, and the reserved outputs only userspace has.
+        let mut steps: Vec<Step> = Vec::with_capacity(po.actions.len());
         for a in &po.actions {
-            steps.push(match a {
-                of::Action::Output { port, .. } => match *port {
-                    p if p <= of::OFPP_MAX => Step::Out(p),
-                    of::OFPP_IN_PORT
-                    | of::OFPP_FLOOD
-                    | of::OFPP_ALL
-                    | of::OFPP_TABLE
-                    | of::OFPP_CONTROLLER
-                    | of::OFPP_LOCAL => Step::Out(*port),
-                    _ => return Err(code(of::OFPET_BAD_ACTION, of::OFPBAC_BAD_OUT_PORT)),
-                },
-                other => match compile_actions(std::slice::from_ref(other)) {
-                    Ok(v) => Step::Set(v.into_iter().next().unwrap_or_else(Action::drop_packet)),
-                    Err(e) => return Err(e.code()),
-                },
-            });
+            match a {
+                of::Action::Output { port, .. }
+                    if matches!(*port, of::OFPP_FLOOD | of::OFPP_ALL | of::OFPP_TABLE) =>
+                {
+                    steps.push(Step::Out(*port))
+                }
+                other => {
+                    let v = compile_actions(std::slice::from_ref(other)).map_err(|e| e.code())?;
+                    if let Some(g) = v.iter().find(|a| {
+                        a.kind() == Some(ActionKind::Group) && !self.groups.contains(a.arg)
+                    }) {
+                        tracing::debug!(group = g.arg, "PACKET_OUT to a group that does not exist");
+                        return Err(code(of::OFPET_BAD_ACTION, of::OFPBAC_BAD_OUT_GROUP));
+                    }
+                    match steps.last_mut() {
+                        Some(Step::Acts(list)) => list.extend(v),
+                        _ => steps.push(Step::Acts(v)),
+                    }
+                }
+            }
         }
         let mut frame = po.data.clone();
         for s in steps {
-            match s {
-                Step::Set(a) => {
-                    if rewrite(&mut frame, &a) == Applied::TtlExpired {
-                        break;
+            let emits = {
+                let p = Pipeline {
+                    rules: self.flows.rules(),
+                    groups: &self.groups,
+                };
+                match s {
+                    Step::Acts(list) => {
+                        let (emits, go_on) = p.apply_actions(&mut frame, in_port, &list);
+                        self.emit(emits, in_port, fx);
+                        if !go_on {
+                            break;
+                        }
+                        continue;
+                    }
+                    Step::Out(of::OFPP_TABLE) => p.run(frame.clone(), in_port),
+                    Step::Out(_) => {
+                        for no in self.ports.keys() {
+                            if *no != in_port {
+                                fx.emit.push((*no, frame.clone()));
+                            }
+                        }
+                        continue;
                     }
                 }
-                Step::Out(of::OFPP_TABLE) => self.run_table(frame.clone(), in_port, fx),
-                Step::Out(p) => self.output(p, in_port, &frame, 0, PuntReason::Action, fx),
-            }
+            };
+            self.emit(emits, in_port, fx);
         }
         Ok(())
     }
 
-    /// Send `frame` to port `p` (a number or a reserved port).
-    fn output(
-        &mut self,
-        p: u32,
-        in_port: u32,
-        frame: &[u8],
-        cookie: u64,
-        reason: PuntReason,
-        fx: &mut Effects,
-    ) {
-        match p {
-            of::OFPP_IN_PORT => fx.emit.push((in_port, frame.to_vec())),
-            of::OFPP_FLOOD | of::OFPP_ALL => {
-                for no in self.ports.keys() {
-                    if *no != in_port {
-                        fx.emit.push((*no, frame.to_vec()));
+    /// Turn what the userspace pipeline sent into frames to transmit and
+    /// PACKET_INs.
+    fn emit(&mut self, emits: Vec<Emit>, in_port: u32, fx: &mut Effects) {
+        for e in emits {
+            match e {
+                // OpenFlow: output to the ingress port's number does not
+                // send back (IN_PORT does).
+                Emit::Port(p, _) if p == in_port => {}
+                Emit::Port(p, f) => fx.emit.push((p, f)),
+                Emit::InPort(f) => fx.emit.push((in_port, f)),
+                Emit::Local(f) => fx.emit.push((of::OFPP_LOCAL, f)),
+                Emit::Controller {
+                    reason,
+                    table,
+                    rule,
+                    frame,
+                    metadata,
+                } => {
+                    let r = rule.and_then(|id| self.flows.rules().get(id));
+                    let reason = match r {
+                        Some(r) if reason == of::OFPR_ACTION && is_table_miss(r) => {
+                            of::OFPR_NO_MATCH
+                        }
+                        _ => reason,
+                    };
+                    let mut pi = PacketIn::new(in_port, reason, frame);
+                    pi.table_id = table;
+                    pi.cookie = r.map_or(u64::MAX, |r| r.cookie);
+                    if metadata != 0 {
+                        pi.match_ = pi.match_.with(of::OxmField::Metadata(metadata, None));
                     }
-                }
-            }
-            of::OFPP_CONTROLLER => {
-                let mut pi = PacketIn::new(in_port, reason as u8, frame.to_vec());
-                pi.cookie = cookie;
-                self.send_packet_in(pi, fx);
-            }
-            p if p == in_port => {} // OpenFlow: use IN_PORT to send back
-            p => fx.emit.push((p, frame.to_vec())),
-        }
-    }
-
-    /// Look `frame` up in the table in userspace and apply the winning
-    /// rule's actions (PACKET_OUT to OFPP_TABLE).
-    fn run_table(&mut self, mut frame: Vec<u8>, in_port: u32, fx: &mut Effects) {
-        let Some((key, _)) = flow_key(&frame, in_port) else {
-            return;
-        };
-        let Some((_, rule)) = self.flows.rules().lookup(&key) else {
-            let pi = PacketIn::new(in_port, of::OFPR_NO_MATCH, frame);
-            self.send_packet_in(pi, fx);
-            return;
-        };
-        let (cookie, actions) = (rule.cookie, rule.actions.clone());
-        for a in &actions {
-            match a.kind() {
-                Some(ActionKind::Output) => {
-                    self.output(a.arg, in_port, &frame, cookie, PuntReason::Action, fx)
-                }
-                Some(ActionKind::OutputInPort) => fx.emit.push((in_port, frame.clone())),
-                Some(ActionKind::OutputLocal) => fx.emit.push((of::OFPP_LOCAL, frame.clone())),
-                Some(ActionKind::Controller) => self.output(
-                    of::OFPP_CONTROLLER,
-                    in_port,
-                    &frame,
-                    cookie,
-                    PuntReason::Action,
-                    fx,
-                ),
-                Some(ActionKind::Drop) | None => break,
-                Some(_) => {
-                    if rewrite(&mut frame, a) == Applied::TtlExpired {
-                        break;
-                    }
+                    self.send_packet_in(pi, fx);
                 }
             }
         }
@@ -927,11 +1075,7 @@ impl Switch {
         }
         let (of_reason, cookie) = match PuntReason::from_u32(reason) {
             Some(PuntReason::Action) => match self.flows.rules().get(rule_id) {
-                // OpenFlow 1.3: what the table-miss flow entry (priority 0,
-                // match everything) sends is reported as a table miss.
-                Some(r) if r.priority == 0 && r.mask == FlowKey::default() => {
-                    (of::OFPR_NO_MATCH, r.cookie)
-                }
+                Some(r) if is_table_miss(r) => (of::OFPR_NO_MATCH, r.cookie),
                 Some(r) => (of::OFPR_ACTION, r.cookie),
                 None => (of::OFPR_ACTION, u64::MAX),
             },
@@ -946,6 +1090,12 @@ impl Switch {
         };
         let mut pi = PacketIn::new(in_port, of_reason, data);
         pi.cookie = cookie;
+        pi.table_id = header.table_id;
+        if header.metadata != 0 {
+            pi.match_ = pi
+                .match_
+                .with(of::OxmField::Metadata(header.metadata, None));
+        }
         pi.total_len = u16::try_from(header.pkt_len).unwrap_or(u16::MAX);
         self.send_packet_in(pi, &mut fx);
         fx
@@ -981,7 +1131,13 @@ impl Switch {
                 fx.emit.push((out, frame.to_vec()));
             }
             Some(_) => {}
-            None => self.output(of::OFPP_FLOOD, in_port, frame, 0, PuntReason::Miss, fx),
+            None => {
+                for no in self.ports.keys() {
+                    if *no != in_port {
+                        fx.emit.push((*no, frame.to_vec()));
+                    }
+                }
+            }
         }
     }
 }
@@ -989,6 +1145,7 @@ impl Switch {
 /// (field number, length, maskable) of the OXM fields the datapath matches.
 const MATCH_FIELDS: &[(u32, u32, bool)] = &[
     (0, 4, false),  // in_port
+    (2, 8, true),   // metadata
     (3, 6, true),   // eth_dst
     (4, 6, true),   // eth_src
     (5, 2, false),  // eth_type
@@ -1010,16 +1167,38 @@ const MATCH_FIELDS: &[(u32, u32, bool)] = &[
     (21, 2, false), // arp_op
     (22, 4, true),  // arp_spa
     (23, 4, true),  // arp_tpa
+    (24, 6, true),  // arp_sha
+    (25, 6, true),  // arp_tha
+    (26, 16, true), // ipv6_src
+    (27, 16, true), // ipv6_dst
     (28, 4, true),  // ipv6_flabel
     (29, 1, false), // icmpv6_type
     (30, 1, false), // icmpv6_code
+    (31, 16, true), // ipv6_nd_target
+    (32, 6, true),  // ipv6_nd_sll
+    (33, 6, true),  // ipv6_nd_tll
     (34, 4, false), // mpls_label
     (35, 1, false), // mpls_tc
     (36, 1, false), // mpls_bos
+    (38, 8, true),  // tunnel_id
 ];
 
 /// Fields the datapath can rewrite (set_field).
-const SET_FIELDS: &[u32] = &[3, 4, 11, 12, 13, 14, 15, 16];
+const SET_FIELDS: &[u32] = &[
+    3, 4, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29,
+    30, 31, 32, 33, 34, 35, 36, 38,
+];
+
+/// Instructions every table takes: goto-table (1; not in the last table),
+/// write-metadata 2, write-actions 3, apply-actions 4, clear-actions 5,
+/// meter 6.
+const INSTRUCTIONS: &[u16] = &[1, 2, 3, 4, 5, 6];
+
+/// Action types the datapath runs: output 0, copy TTL out 11 and in 12,
+/// set 15 and decrement 16 the MPLS TTL, push 17 and pop 18 VLAN, push 19
+/// and pop 20 MPLS, group 22, set 23 and decrement 24 the IP TTL, set-field
+/// 25. (Not: set-queue, PBB.)
+const ACTIONS: &[u16] = &[0, 11, 12, 15, 16, 17, 18, 19, 20, 22, 23, 24, 25];
 
 fn oxm_ids(fields: impl Iterator<Item = (u32, u32, bool)>) -> Vec<u8> {
     fields
@@ -1030,9 +1209,11 @@ fn oxm_ids(fields: impl Iterator<Item = (u32, u32, bool)>) -> Vec<u8> {
         .collect()
 }
 
-/// The one table's features: apply-actions only; output, dec_ttl and
-/// set_field; the match fields of [`MATCH_FIELDS`].
-fn table_features(max_entries: u32) -> of::TableFeatures {
+/// Table `table`'s features: every instruction (goto only to later
+/// tables), the actions of [`ACTIONS`] in apply- and write-actions, the
+/// match fields of [`MATCH_FIELDS`], the set-fields of [`SET_FIELDS`];
+/// `max_entries` rules at most (shared by the tables).
+fn table_features(table: u8, max_entries: u32) -> of::TableFeatures {
     let ids = |types: &[u16]| -> Vec<u8> {
         types
             .iter()
@@ -1044,6 +1225,13 @@ fn table_features(max_entries: u32) -> of::TableFeatures {
             .collect()
     };
     let prop = |prop_type: u16, data: Vec<u8>| of::TableFeatureProp { prop_type, data };
+    let last = u32::from(table) + 1 >= N_TABLES;
+    let instructions: Vec<u16> = INSTRUCTIONS
+        .iter()
+        .copied()
+        .filter(|i| *i != 1 || !last)
+        .collect();
+    let next: Vec<u8> = (table.saturating_add(1)..N_TABLES as u8).collect();
     let matchable = oxm_ids(MATCH_FIELDS.iter().map(|&(f, l, hm)| (f, l, hm)));
     let wild = oxm_ids(MATCH_FIELDS.iter().map(|&(f, l, _)| (f, l, false)));
     let set = oxm_ids(
@@ -1052,36 +1240,44 @@ fn table_features(max_entries: u32) -> of::TableFeatures {
             .filter(|(f, _, _)| SET_FIELDS.contains(f))
             .map(|&(f, l, _)| (f, l, false)),
     );
-    // OFPIT_APPLY_ACTIONS = 4; OFPAT_OUTPUT = 0, DEC_NW_TTL = 24, SET_FIELD = 25.
     of::TableFeatures {
-        table_id: 0,
-        name: "classifier".into(),
-        metadata_match: 0,
-        metadata_write: 0,
+        table_id: table,
+        name: format!("table{table}"),
+        metadata_match: u64::MAX,
+        metadata_write: u64::MAX,
         config: 0,
         max_entries,
         properties: vec![
-            prop(0, ids(&[4])),         // OFPTFPT_INSTRUCTIONS
-            prop(1, ids(&[4])),         // OFPTFPT_INSTRUCTIONS_MISS
-            prop(2, Vec::new()),        // OFPTFPT_NEXT_TABLES
-            prop(3, Vec::new()),        // OFPTFPT_NEXT_TABLES_MISS
-            prop(4, Vec::new()),        // OFPTFPT_WRITE_ACTIONS
-            prop(5, Vec::new()),        // OFPTFPT_WRITE_ACTIONS_MISS
-            prop(6, ids(&[0, 24, 25])), // OFPTFPT_APPLY_ACTIONS
-            prop(7, ids(&[0, 24, 25])), // OFPTFPT_APPLY_ACTIONS_MISS
-            prop(8, matchable),         // OFPTFPT_MATCH
-            prop(10, wild),             // OFPTFPT_WILDCARDS
-            prop(12, Vec::new()),       // OFPTFPT_WRITE_SETFIELD
-            prop(13, Vec::new()),       // OFPTFPT_WRITE_SETFIELD_MISS
-            prop(14, set.clone()),      // OFPTFPT_APPLY_SETFIELD
-            prop(15, set),              // OFPTFPT_APPLY_SETFIELD_MISS
+            prop(0, ids(&instructions)), // OFPTFPT_INSTRUCTIONS
+            prop(1, ids(&instructions)), // OFPTFPT_INSTRUCTIONS_MISS
+            prop(2, next.clone()),       // OFPTFPT_NEXT_TABLES
+            prop(3, next),               // OFPTFPT_NEXT_TABLES_MISS
+            prop(4, ids(ACTIONS)),       // OFPTFPT_WRITE_ACTIONS
+            prop(5, ids(ACTIONS)),       // OFPTFPT_WRITE_ACTIONS_MISS
+            prop(6, ids(ACTIONS)),       // OFPTFPT_APPLY_ACTIONS
+            prop(7, ids(ACTIONS)),       // OFPTFPT_APPLY_ACTIONS_MISS
+            prop(8, matchable),          // OFPTFPT_MATCH
+            prop(10, wild),              // OFPTFPT_WILDCARDS
+            prop(12, set.clone()),       // OFPTFPT_WRITE_SETFIELD
+            prop(13, set.clone()),       // OFPTFPT_WRITE_SETFIELD_MISS
+            prop(14, set.clone()),       // OFPTFPT_APPLY_SETFIELD
+            prop(15, set),               // OFPTFPT_APPLY_SETFIELD_MISS
         ],
     }
 }
 
+/// A piece of a PACKET_OUT's action list.
 enum Step {
+    /// Actions the datapath knows (run by the userspace pipeline).
+    Acts(Vec<Action>),
+    /// FLOOD, ALL or TABLE.
     Out(u32),
-    Set(Action),
+}
+
+/// OpenFlow 1.3: what the table-miss flow entry (priority 0, match
+/// everything) sends to the controller is reported as a table miss.
+fn is_table_miss(r: &crate::table::Rule) -> bool {
+    r.priority == 0 && r.mask.is_empty_mask() && r.wide.is_none()
 }
 
 fn wants(s: &Session, mask: impl Fn(&AsyncConfig) -> [u32; 2], reason: u8) -> bool {
@@ -1124,7 +1320,7 @@ mod tests {
     #[derive(Default)]
     struct Fake;
     impl Counters for Fake {
-        fn rule(&mut self, _: u32, _: &daolinet_common::FlowMapKey) -> RuleStats {
+        fn rule(&mut self, _: u32, _: &crate::table::EntryKey) -> RuleStats {
             RuleStats::default()
         }
         fn port(&mut self, _: u32) -> Option<PortStats> {
@@ -1192,7 +1388,7 @@ mod tests {
         hello(&mut s, 7);
         let fx = send(&mut s, 7, 9, Message::FeaturesRequest);
         match &fx.send[..] {
-            [(7, 9, Message::FeaturesReply(f))] => assert_eq!(f.n_tables, 1),
+            [(7, 9, Message::FeaturesReply(f))] => assert_eq!(u32::from(f.n_tables), N_TABLES),
             other => panic!("{other:?}"),
         }
         let fx = send(&mut s, 7, 11, Message::BarrierRequest);
@@ -1333,7 +1529,7 @@ mod tests {
             flow_key(&fx.emit[0].1, 0).unwrap().0.ipv4_dst,
             [10, 9, 9, 9]
         );
-        // Unsupported actions are refused before anything is sent.
+        // A group that does not exist is refused before anything is sent.
         let fx = send(
             &mut s,
             1,
@@ -1343,7 +1539,7 @@ mod tests {
         assert!(fx.emit.is_empty());
         assert_eq!(
             errors(&fx),
-            [code(of::OFPET_BAD_ACTION, of::OFPBAC_BAD_TYPE)]
+            [code(of::OFPET_BAD_ACTION, of::OFPBAC_BAD_OUT_GROUP)]
         );
         let mut bad = PacketOut::new(1, vec![], f.clone());
         bad.buffer_id = 5;
@@ -1427,9 +1623,29 @@ mod tests {
             matches!(&all[..], [(_, 8, Message::MultipartReply(r))] if matches!(&r.body, Rep::Table(t) if t[0].active_count == 2000))
         );
         let fx = send(&mut s, 1, 7, mp(Req::GroupDesc));
-        assert_eq!(
-            errors(&fx),
-            [code(of::OFPET_BAD_REQUEST, of::OFPBRC_BAD_MULTIPART)]
+        assert!(
+            matches!(&fx.send[..], [(1, 7, Message::MultipartReply(r))] if matches!(&r.body, Rep::GroupDesc(g) if g.is_empty()))
+        );
+        // Every table is described, and counted.
+        let fx = send(&mut s, 1, 8, mp(Req::TableFeatures(Vec::new())));
+        let n: usize = fx
+            .send
+            .iter()
+            .map(|(_, _, m)| match m {
+                Message::MultipartReply(r) => match &r.body {
+                    Rep::TableFeatures(t) => t.len(),
+                    _ => 0,
+                },
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(n, N_TABLES as usize);
+        let mut all = send(&mut s, 1, 9, mp(Req::Table)).send;
+        while s.has_job(1) {
+            all.extend(s.job_step(1, 0, &mut Fake).send);
+        }
+        assert!(
+            matches!(&all[..], [(_, 9, Message::MultipartReply(r))] if matches!(&r.body, Rep::Table(t) if t.len() == N_TABLES as usize))
         );
     }
 

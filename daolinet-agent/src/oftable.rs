@@ -16,19 +16,32 @@ use std::collections::BTreeSet;
 
 use foldhash::{HashMap, HashMapExt};
 
-use daolinet_common::{ActionKind, FlowKey, FlowMapKey, PortStats, RuleStats, FLOW_KEY_WORDS};
+use daolinet_common::{Action, ActionKind, FullKey, PortStats, RuleStats, MAX_ACTIONS, N_TABLES};
 use daolinet_openflow::{self as of, ErrorCode, FlowMod, FlowRemoved, FlowStats};
 
-use crate::compile::{actions_of, compile_instructions, compile_match, match_of};
-use crate::table::{MapOp, Rule, RuleTable, TableError};
+use crate::compile::{compile_instructions, compile_match, instructions_from, match_of, Compiled};
+use crate::table::{EntryKey, MapOp, Rule, RuleTable, TableError};
 
 /// Where counters come from.
 pub trait Counters {
     /// The counters of the classifier entry at `at`, if it is rule `id`'s
     /// (zero otherwise, or when unreadable).
-    fn rule(&mut self, id: u32, at: &FlowMapKey) -> RuleStats;
+    fn rule(&mut self, id: u32, at: &EntryKey) -> RuleStats;
     /// A port's counters by OpenFlow port number, if the port exists.
     fn port(&mut self, ofport: u32) -> Option<PortStats>;
+    /// Lookups and matches of a table after the first (zero when
+    /// unreadable).
+    fn table(&mut self, _table: u8) -> daolinet_common::TableStats {
+        Default::default()
+    }
+    /// A group's counters by stats slot (zero when unreadable).
+    fn group(&mut self, _slot: u32) -> daolinet_common::GroupStats {
+        Default::default()
+    }
+    /// A meter's counters by stats slot (zero when unreadable).
+    fn meter(&mut self, _slot: u32) -> daolinet_common::MeterStats {
+        Default::default()
+    }
 }
 
 /// Flags this switch accepts in a FLOW_MOD.
@@ -80,15 +93,10 @@ impl Written {
     }
 }
 
-/// The instructions a rule's compiled actions give back.
+/// The instructions a rule's compiled instructions give back.
 fn decompiled(r: &Rule) -> Vec<of::Instruction> {
-    let udp = r.mask.ip_proto != 0 && r.key.ip_proto == FlowKey::IPPROTO_UDP;
-    let acts = actions_of(&r.actions, udp);
-    if acts.is_empty() {
-        Vec::new()
-    } else {
-        vec![of::Instruction::ApplyActions(acts)]
-    }
+    let proto = (r.mask.ip_proto != 0).then_some(r.key.ip_proto);
+    instructions_from(&r.actions, r.ext.as_deref(), proto)
 }
 
 /// The instructions to keep for a rule: None when they decompile from it.
@@ -117,7 +125,7 @@ pub struct FlowTable {
 /// holds it (value under the mask, no all-ones mask, fields whose mask is
 /// empty dropped), as Open vSwitch reports it; None when that is the
 /// canonical order ([`match_of`]).
-fn normalized(original: &of::Match, key: &FlowKey, mask: &FlowKey) -> Option<of::Match> {
+fn normalized(original: &of::Match, key: &FullKey, mask: &FullKey) -> Option<of::Match> {
     let mut canonical = match_of(key, mask).fields;
     let field = |f: &of::OxmField| {
         let id = f.id();
@@ -154,15 +162,60 @@ fn err(t: u16, c: u16) -> ErrorCode {
 /// True when every packet that matches (rk, rm) also matches (fk, fm):
 /// the filter's mask is within the rule's and the rule agrees with the
 /// filter's values under it.
-fn covered(rk: &FlowKey, rm: &FlowKey, fk: &FlowKey, fm: &FlowKey) -> bool {
-    let (rk, rm, fk, fm) = (rk.words(), rm.words(), fk.words(), fm.words());
-    (0..FLOW_KEY_WORDS).all(|i| fm[i] & !rm[i] == 0 && (rk[i] ^ fk[i]) & fm[i] == 0)
+fn covered_words(rk: &[u32], rm: &[u32], fk: &[u32], fm: &[u32]) -> bool {
+    (0..fm.len()).all(|i| fm[i] & !rm[i] == 0 && (rk[i] ^ fk[i]) & fm[i] == 0)
 }
 
-/// True when some packet matches both.
-fn overlaps(ak: &FlowKey, am: &FlowKey, bk: &FlowKey, bm: &FlowKey) -> bool {
-    let (ak, am, bk, bm) = (ak.words(), am.words(), bk.words(), bm.words());
-    (0..FLOW_KEY_WORDS).all(|i| (ak[i] ^ bk[i]) & am[i] & bm[i] == 0)
+/// [`covered_words`] for a rule (its wide part, if any, beside it) and a
+/// filter.
+fn covered(r: &Rule, fk: &FullKey, fm: &FullKey) -> bool {
+    if !covered_words(
+        r.key.words(),
+        r.mask.words(),
+        fk.key.words(),
+        fm.key.words(),
+    ) {
+        return false;
+    }
+    match &r.wide {
+        Some(w) => covered_words(
+            w.key.words(),
+            w.mask.words(),
+            fk.ext.words(),
+            fm.ext.words(),
+        ),
+        // The rule has no wide field: a filter on one covers none of it.
+        None => fm.ext.is_empty_mask(),
+    }
+}
+
+/// True when some packet matches both a rule and (bk, bm).
+fn overlaps(r: &Rule, bk: &FullKey, bm: &FullKey) -> bool {
+    let apart = |ak: &[u32], am: &[u32], bk: &[u32], bm: &[u32]| {
+        (0..am.len()).all(|i| (ak[i] ^ bk[i]) & am[i] & bm[i] == 0)
+    };
+    apart(
+        r.key.words(),
+        r.mask.words(),
+        bk.key.words(),
+        bm.key.words(),
+    ) && r.wide.as_ref().is_none_or(|w| {
+        apart(
+            w.key.words(),
+            w.mask.words(),
+            bk.ext.words(),
+            bm.ext.words(),
+        )
+    })
+}
+
+/// The actions of a rule's apply-actions and write-actions.
+fn all_actions(r: &Rule) -> impl Iterator<Item = &Action> {
+    let write = r
+        .ext
+        .iter()
+        .flat_map(|e| e.write[..(e.n_write as usize).min(MAX_ACTIONS)].iter());
+    r.actions.iter().chain(write)
 }
 
 /// True when the rule has an output to `port` (OFPP_ANY: always).
@@ -170,7 +223,7 @@ fn outputs_to(r: &Rule, port: u32) -> bool {
     if port == of::OFPP_ANY {
         return true;
     }
-    r.actions.iter().any(|a| match a.kind() {
+    all_actions(r).any(|a| match a.kind() {
         Some(ActionKind::Output) => a.arg == port,
         Some(ActionKind::OutputInPort) => port == of::OFPP_IN_PORT,
         Some(ActionKind::OutputLocal) => port == of::OFPP_LOCAL,
@@ -179,20 +232,61 @@ fn outputs_to(r: &Rule, port: u32) -> bool {
     })
 }
 
+/// True when the rule sends to group `group` (OFPG_ANY: always).
+pub fn sends_to_group(r: &Rule, group: u32) -> bool {
+    group == of::OFPG_ANY
+        || all_actions(r).any(|a| a.kind() == Some(ActionKind::Group) && a.arg == group)
+}
+
 fn table_error(e: TableError) -> ErrorCode {
     match e {
         TableError::Full(_) | TableError::TooManyMasks => {
             err(of::OFPET_FLOW_MOD_FAILED, of::OFPFMFC_TABLE_FULL)
         }
-        TableError::TooManyActions(_) => err(of::OFPET_BAD_ACTION, 7),
+        TableError::TooManyActions(_) => err(of::OFPET_BAD_ACTION, of::OFPBAC_TOO_MANY),
         TableError::NoSuchRule(_) => err(of::OFPET_FLOW_MOD_FAILED, of::OFPFMFC_UNKNOWN),
+        TableError::NoSuchTable(_) => err(of::OFPET_FLOW_MOD_FAILED, of::OFPFMFC_BAD_TABLE_ID),
+    }
+}
+
+/// What a flow may refer to: the groups and meters that exist.
+#[derive(Clone, Copy)]
+pub struct Refs<'a> {
+    /// True when the group exists.
+    pub group: &'a dyn Fn(u32) -> bool,
+    /// True when the meter exists.
+    pub meter: &'a dyn Fn(u32) -> bool,
+}
+
+impl Refs<'_> {
+    /// No group and no meter exists.
+    pub fn none() -> Refs<'static> {
+        Refs {
+            group: &|_| false,
+            meter: &|_| false,
+        }
+    }
+
+    /// Check a compiled rule's references.
+    fn check(&self, c: &Compiled) -> Result<(), ErrorCode> {
+        if let Some(g) = c.groups().find(|g| !(self.group)(*g)) {
+            tracing::debug!(group = g, "flow refers to a group that does not exist");
+            return Err(err(of::OFPET_BAD_ACTION, of::OFPBAC_BAD_OUT_GROUP));
+        }
+        if let Some(m) = c.meter().filter(|m| !(self.meter)(*m)) {
+            tracing::debug!(meter = m, "flow refers to a meter that does not exist");
+            return Err(err(of::OFPET_METER_MOD_FAILED, of::OFPMMFC_UNKNOWN_METER));
+        }
+        Ok(())
     }
 }
 
 /// A flow-stats style filter, compiled.
 struct Filter {
-    key: FlowKey,
-    mask: FlowKey,
+    /// One table, or all (None).
+    table: Option<u8>,
+    key: FullKey,
+    mask: FullKey,
     cookie: u64,
     cookie_mask: u64,
     out_port: u32,
@@ -203,13 +297,26 @@ impl Filter {
     /// A non-strict selection: the rule is covered by the filter's match
     /// and passes its other conditions.
     fn picks(&self, r: &Rule) -> bool {
-        covered(&r.key, &r.mask, &self.key, &self.mask) && self.selects(r)
+        covered(r, &self.key, &self.mask) && self.selects(r)
     }
 
     fn selects(&self, r: &Rule) -> bool {
-        r.cookie & self.cookie_mask == self.cookie & self.cookie_mask
-            && self.out_group == of::OFPG_ANY
+        self.table.is_none_or(|t| t == r.table)
+            && r.cookie & self.cookie_mask == self.cookie & self.cookie_mask
+            && sends_to_group(r, self.out_group)
             && outputs_to(r, self.out_port)
+    }
+}
+
+/// The table a FLOW_MOD or stats request names: one (below [`N_TABLES`]),
+/// all (OFPTT_ALL, None), or an error.
+fn table_of(table_id: u8) -> Result<Option<u8>, ErrorCode> {
+    if table_id == of::OFPTT_ALL {
+        Ok(None)
+    } else if u32::from(table_id) < N_TABLES {
+        Ok(Some(table_id))
+    } else {
+        Err(err(of::OFPET_FLOW_MOD_FAILED, of::OFPFMFC_BAD_TABLE_ID))
     }
 }
 
@@ -324,7 +431,7 @@ impl FlowTable {
 
     /// A new rule is about to take rule `displaced`'s classifier entry
     /// (its key given): keep what that rule counted.
-    fn harvest(&mut self, displaced: Option<(u32, FlowMapKey)>, counters: &mut dyn Counters) {
+    fn harvest(&mut self, displaced: Option<(u32, EntryKey)>, counters: &mut dyn Counters) {
         let Some((id, k)) = displaced else { return };
         let s = counters.rule(id, &k);
         self.base.entry(id).or_default().merge(&s);
@@ -343,27 +450,39 @@ impl FlowTable {
         }
     }
 
-    /// Apply a FLOW_MOD. On error nothing changed.
+    /// Apply a FLOW_MOD that refers to no group or meter (none exist).
+    /// On error nothing changed.
     pub fn flow_mod(
         &mut self,
         fm: &FlowMod,
         now_ns: u64,
         counters: &mut dyn Counters,
     ) -> Result<Outcome, ErrorCode> {
+        self.flow_mod_with(fm, now_ns, counters, Refs::none())
+    }
+
+    /// Apply a FLOW_MOD whose groups and meters must be among `refs`. On
+    /// error nothing changed.
+    pub fn flow_mod_with(
+        &mut self,
+        fm: &FlowMod,
+        now_ns: u64,
+        counters: &mut dyn Counters,
+        refs: Refs<'_>,
+    ) -> Result<Outcome, ErrorCode> {
         if fm.flags & !KNOWN_FLAGS != 0 {
             return Err(err(of::OFPET_FLOW_MOD_FAILED, of::OFPFMFC_BAD_FLAGS));
         }
-        // One table (0). OFPTT_ALL is accepted for add/modify as table 0,
-        // as Open vSwitch does (its own learning switch sends it).
-        if fm.table_id != 0 && fm.table_id != of::OFPTT_ALL {
-            return Err(err(of::OFPET_FLOW_MOD_FAILED, of::OFPFMFC_BAD_TABLE_ID));
-        }
+        let table = table_of(fm.table_id)?;
         match fm.command {
-            of::OFPFC_ADD => self.add(fm, now_ns, counters),
-            of::OFPFC_MODIFY | of::OFPFC_MODIFY_STRICT => self.modify(fm, now_ns),
+            // OFPTT_ALL is accepted for an add as table 0, as Open vSwitch
+            // does (its own learning switch sends it).
+            of::OFPFC_ADD => self.add(fm, table.unwrap_or(0), now_ns, counters, refs),
+            of::OFPFC_MODIFY | of::OFPFC_MODIFY_STRICT => self.modify(fm, table, now_ns, refs),
             of::OFPFC_DELETE | of::OFPFC_DELETE_STRICT => {
                 let (key, mask) = compile_match(&fm.match_).map_err(|e| e.code())?;
                 let f = Filter {
+                    table,
                     key,
                     mask,
                     cookie: fm.cookie,
@@ -382,29 +501,30 @@ impl FlowTable {
     fn add(
         &mut self,
         fm: &FlowMod,
+        table: u8,
         now_ns: u64,
         counters: &mut dyn Counters,
+        refs: Refs<'_>,
     ) -> Result<Outcome, ErrorCode> {
         let (key, mask) = compile_match(&fm.match_).map_err(|e| e.code())?;
-        let actions = compile_instructions(&fm.instructions).map_err(|e| e.code())?;
+        let c = compile_instructions(&fm.instructions, table).map_err(|e| e.code())?;
+        refs.check(&c)?;
         if fm.flags & of::OFPFF_CHECK_OVERLAP != 0 {
-            let clash = self
-                .table
-                .rules()
-                .any(|(_, r)| r.priority == fm.priority && overlaps(&r.key, &r.mask, &key, &mask));
+            let clash = self.table.rules().any(|(_, r)| {
+                r.table == table && r.priority == fm.priority && overlaps(r, &key, &mask)
+            });
             if clash {
                 return Err(err(of::OFPET_FLOW_MOD_FAILED, of::OFPFMFC_OVERLAP));
             }
         }
         let rule = Rule {
-            priority: fm.priority,
-            key,
-            mask,
-            actions,
+            actions: c.apply,
+            ext: c.ext.map(Box::new),
             cookie: fm.cookie,
             idle_timeout: fm.idle_timeout,
             hard_timeout: fm.hard_timeout,
             flags: fm.flags,
+            ..Rule::matching(table, fm.priority, &key, &mask)
         };
         let mut out = Outcome {
             touched: 1,
@@ -414,7 +534,7 @@ impl FlowTable {
             match_: normalized(&fm.match_, &key, &mask),
             instructions: kept_instructions(&rule, &fm.instructions),
         };
-        match self.table.find(&key, &mask, fm.priority) {
+        match self.table.find(table, &key, &mask, fm.priority) {
             // An identical flow is replaced: new actions, cookie, timeouts
             // and duration; counters kept unless RESET_COUNTS. No
             // FLOW_REMOVED for the replaced entry.
@@ -442,10 +562,30 @@ impl FlowTable {
         Ok(out)
     }
 
-    fn modify(&mut self, fm: &FlowMod, now_ns: u64) -> Result<Outcome, ErrorCode> {
+    fn modify(
+        &mut self,
+        fm: &FlowMod,
+        table: Option<u8>,
+        now_ns: u64,
+        refs: Refs<'_>,
+    ) -> Result<Outcome, ErrorCode> {
         let (key, mask) = compile_match(&fm.match_).map_err(|e| e.code())?;
-        let actions = compile_instructions(&fm.instructions).map_err(|e| e.code())?;
+        // Instructions compile per table (goto_table must go forward).
+        let compiled: Vec<Compiled> = (0..N_TABLES as u8)
+            .map(|t| {
+                if table.is_none_or(|x| x == t) {
+                    compile_instructions(&fm.instructions, t)
+                } else {
+                    Ok(Compiled::default())
+                }
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.code())?;
+        for c in &compiled {
+            refs.check(c)?;
+        }
         let f = Filter {
+            table,
             key,
             mask,
             cookie: fm.cookie,
@@ -457,10 +597,16 @@ impl FlowTable {
         let ids = self.select(&f, strict.then_some(fm.priority));
         let mut out = Outcome::default();
         for id in ids {
-            let acts = actions.clone();
+            let Some(t) = self.table.get(id).map(|r| r.table) else {
+                continue;
+            };
+            let c = compiled.get(usize::from(t)).cloned().unwrap_or_default();
             let mut ops = self
                 .table
-                .modify(id, |r| r.actions = acts)
+                .modify(id, |r| {
+                    r.actions = c.apply;
+                    r.ext = c.ext.map(Box::new);
+                })
                 .map_err(table_error)?;
             if let Some(r) = self.table.get(id) {
                 let mut w = self.written.get(&id).cloned().unwrap_or_default();
@@ -483,11 +629,10 @@ impl FlowTable {
     /// match), or strict (same match and `priority`).
     fn select(&self, f: &Filter, strict_priority: Option<u16>) -> Vec<u32> {
         match strict_priority {
-            Some(p) => self
-                .table
-                .find(&f.key, &f.mask, p)
+            Some(p) => (0..N_TABLES as u8)
+                .filter(|t| f.table.is_none_or(|x| x == *t))
+                .filter_map(|t| self.table.find(t, &f.key, &f.mask, p))
                 .filter(|id| self.table.get(*id).is_some_and(|r| f.selects(r)))
-                .into_iter()
                 .collect(),
             None => self.candidates(f).map_or_else(
                 || {
@@ -514,7 +659,8 @@ impl FlowTable {
         if f.cookie_mask != 0 {
             return Some(self.table.ids_by_cookie(f.cookie, f.cookie_mask));
         }
-        self.table.ids_by_match(&f.key.masked(&f.mask), &f.mask)
+        self.table
+            .ids_by_match(f.table, &f.key.masked(&f.mask), &f.mask)
     }
 
     fn remove_ids(
@@ -554,7 +700,7 @@ impl FlowTable {
                     cookie: rule.cookie,
                     priority: rule.priority,
                     reason,
-                    table_id: 0,
+                    table_id: rule.table,
                     duration_sec: (age / NS) as u32,
                     duration_nsec: (age % NS) as u32,
                     idle_timeout: rule.idle_timeout,
@@ -563,7 +709,7 @@ impl FlowTable {
                     byte_count: stats.bytes,
                     match_: written
                         .and_then(|w| w.match_)
-                        .unwrap_or_else(|| match_of(&rule.key, &rule.mask)),
+                        .unwrap_or_else(|| match_of(&rule.full_key(), &rule.full_mask())),
                 });
             }
         }
@@ -626,11 +772,17 @@ impl FlowTable {
     }
 
     fn filter(req: &of::FlowStatsRequest) -> Result<Option<Filter>, ErrorCode> {
-        if req.table_id != 0 && req.table_id != of::OFPTT_ALL {
+        let table = if req.table_id == of::OFPTT_ALL {
+            None
+        } else if u32::from(req.table_id) < N_TABLES {
+            Some(req.table_id)
+        } else {
+            // A table that does not exist has no flows.
             return Ok(None);
-        }
+        };
         let (key, mask) = compile_match(&req.match_).map_err(|e| e.code())?;
         Ok(Some(Filter {
+            table,
             key,
             mask,
             cookie: req.cookie,
@@ -703,12 +855,12 @@ impl FlowTable {
         let w = self.written.get(&id);
         let match_ = w
             .and_then(|w| w.match_.clone())
-            .unwrap_or_else(|| match_of(&r.key, &r.mask));
+            .unwrap_or_else(|| match_of(&r.full_key(), &r.full_mask()));
         let instructions = w
             .and_then(|w| w.instructions.clone())
             .unwrap_or_else(|| decompiled(r));
         FlowStats {
-            table_id: 0,
+            table_id: r.table,
             duration_sec: (age / NS) as u32,
             duration_nsec: (age % NS) as u32,
             priority: r.priority,
@@ -742,12 +894,57 @@ impl FlowTable {
         Ok(a)
     }
 
-    /// Sum of the packets of every flow (OFPMP_TABLE matched_count).
-    pub fn matched_packets(&self, counters: &mut dyn Counters) -> u64 {
+    /// Sum of the packets of every flow of `table` (OFPMP_TABLE
+    /// matched_count of table 0).
+    pub fn matched_packets(&self, table: u8, counters: &mut dyn Counters) -> u64 {
         self.table
             .rules()
+            .filter(|(_, r)| r.table == table)
             .map(|(id, _)| self.stats(id, counters).packets)
             .sum()
+    }
+
+    /// Number of flows of `table`.
+    pub fn active(&self, table: u8) -> usize {
+        self.table.rules().filter(|(_, r)| r.table == table).count()
+    }
+
+    /// Remove the flows that send to group `group` (it is being deleted);
+    /// FLOW_REMOVED with reason OFPRR_GROUP_DELETE for those that asked.
+    pub fn remove_by_group(
+        &mut self,
+        group: u32,
+        now_ns: u64,
+        counters: &mut dyn Counters,
+    ) -> Outcome {
+        let ids: Vec<u32> = self
+            .table
+            .rules()
+            .filter(|(_, r)| group != of::OFPG_ANY && sends_to_group(r, group))
+            .map(|(id, _)| id)
+            .collect();
+        self.remove_ids(&ids, of::OFPRR_GROUP_DELETE, now_ns, counters)
+    }
+
+    /// Remove the flows that go through meter `meter` (it is being
+    /// deleted); FLOW_REMOVED with reason OFPRR_DELETE for those that asked.
+    pub fn remove_by_meter(
+        &mut self,
+        meter: u32,
+        now_ns: u64,
+        counters: &mut dyn Counters,
+    ) -> Outcome {
+        let ids: Vec<u32> = self
+            .table
+            .rules()
+            .filter(|(_, r)| {
+                r.ext
+                    .as_ref()
+                    .is_some_and(|e| e.meter == meter && meter != 0)
+            })
+            .map(|(id, _)| id)
+            .collect();
+        self.remove_ids(&ids, of::OFPRR_DELETE, now_ns, counters)
     }
 }
 
@@ -771,6 +968,7 @@ fn merge(a: &mut Outcome, b: Outcome) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use daolinet_common::FlowKey;
     use std::collections::HashMap as Map;
 
     /// Counters kept in memory, standing in for the BPF maps.
@@ -780,7 +978,7 @@ mod tests {
     }
 
     impl Counters for FakeCounters {
-        fn rule(&mut self, id: u32, _: &FlowMapKey) -> RuleStats {
+        fn rule(&mut self, id: u32, _: &EntryKey) -> RuleStats {
             self.rules.get(&id).copied().unwrap_or_default()
         }
         fn port(&mut self, _: u32) -> Option<PortStats> {
@@ -1097,8 +1295,10 @@ mod tests {
         for bad in [
             fm("dl_type=0x88e7,pbb_isid=3 actions=output:1"),
             fm("ip actions=group:3"),
-            fm("ip actions=goto_table:2"),
-            fm("table=3,ip actions=output:1"),
+            fm("ip actions=goto_table:99"),
+            fm("table=1,ip actions=goto_table:1"),
+            fm("table=99,ip actions=output:1"),
+            fm("ip actions=meter:1,output:1"),
             with(9, "ip actions=output:1"),
             with(of::OFPFC_MODIFY, "ip actions=FLOOD"),
             with(of::OFPFC_DELETE, "dl_type=0x88e7,pbb_isid=4"),
@@ -1129,19 +1329,19 @@ mod tests {
             &fm("priority=20,ip,nw_dst=10.1.0.0/16 actions=output:2"),
         )
         .unwrap();
-        let pkt = FlowKey {
+        let pkt = FullKey::from(FlowKey {
             eth_type: 0x0800,
             ipv4_dst: [10, 1, 2, 3],
             ..Default::default()
-        };
-        let (_, r) = t.rules().lookup(&pkt).unwrap();
+        });
+        let (_, r) = t.rules().lookup(0, &pkt).unwrap();
         assert_eq!(r.priority, 30);
-        let pkt = FlowKey {
+        let pkt = FullKey::from(FlowKey {
             eth_type: 0x0800,
             ipv4_dst: [11, 1, 2, 3],
             ..Default::default()
-        };
-        assert_eq!(t.rules().lookup(&pkt).unwrap().1.priority, 10);
+        });
+        assert_eq!(t.rules().lookup(0, &pkt).unwrap().1.priority, 10);
     }
 
     #[test]
@@ -1252,8 +1452,8 @@ mod tests {
     /// The BPF maps as the datapath sees them, rebuilt from MapOps.
     #[derive(Default)]
     struct SimMaps {
-        flows: std::collections::HashMap<FlowMapKey, daolinet_common::FlowEntry>,
-        subtables: Vec<daolinet_common::Subtable>,
+        flows: std::collections::HashMap<EntryKey, daolinet_common::FlowEntry>,
+        subtables: std::collections::HashMap<u8, Vec<crate::table::SubtableDesc>>,
     }
 
     impl SimMaps {
@@ -1274,18 +1474,46 @@ mod tests {
                     MapOp::DelFlow(k) => {
                         self.flows.remove(k);
                     }
-                    MapOp::SetSubtables(l) => self.subtables = l.clone(),
+                    MapOp::SetSubtables(t, l) => {
+                        self.subtables.insert(*t, l.clone());
+                    }
+                    _ => {}
                 }
             }
         }
 
-        /// `n` packets hit whatever rule wins for `key`.
+        /// `n` packets hit whatever rule of table 0 wins for `key`.
         fn hit(&mut self, key: &FlowKey, n: u64) {
-            let mut best: Option<(FlowMapKey, u32)> = None;
-            for sub in &self.subtables {
-                let mk = FlowMapKey {
-                    subtable: sub.id,
-                    key: key.masked(&sub.mask),
+            let k = crate::table::full(*key);
+            if let Some(e) = self.best(0, &k).and_then(|k| self.flows.get_mut(&k)) {
+                e.packets += n;
+                e.bytes += 100 * n;
+            }
+        }
+
+        /// The entry the datapath's walk of `table` finds: subtables in
+        /// order, stop early, wide subtables by their wide key.
+        fn best(&self, table: u8, key: &FullKey) -> Option<EntryKey> {
+            let mut best: Option<(EntryKey, u32)> = None;
+            for (sub, ext) in self.subtables.get(&table).into_iter().flatten() {
+                if let Some((_, p)) = best {
+                    if p >= sub.max_priority {
+                        break;
+                    }
+                }
+                let mk = if sub.id & daolinet_common::SUBTABLE_WIDE != 0 {
+                    EntryKey::Wide(daolinet_common::WideMapKey {
+                        subtable: sub.id,
+                        key: FullKey {
+                            key: key.key.masked(&sub.mask),
+                            ext: key.ext.masked(ext),
+                        },
+                    })
+                } else {
+                    EntryKey::Narrow(daolinet_common::FlowMapKey {
+                        subtable: sub.id,
+                        key: key.key.masked(&sub.mask),
+                    })
                 };
                 if let Some(e) = self.flows.get(&mk) {
                     if best.is_none_or(|(_, p)| e.priority > p) {
@@ -1293,37 +1521,19 @@ mod tests {
                     }
                 }
             }
-            if let Some(e) = best.and_then(|(k, _)| self.flows.get_mut(&k)) {
-                e.packets += n;
-                e.bytes += 100 * n;
-            }
+            best.map(|(k, _)| k)
         }
 
-        /// The datapath's classify(): walk subtables, stop early.
-        fn classify(&self, key: &FlowKey) -> Option<u32> {
-            let mut best: Option<(u32, u32)> = None;
-            for sub in &self.subtables {
-                if let Some((_, p)) = best {
-                    if p >= sub.max_priority {
-                        break;
-                    }
-                }
-                let mk = FlowMapKey {
-                    subtable: sub.id,
-                    key: key.masked(&sub.mask),
-                };
-                if let Some(e) = self.flows.get(&mk) {
-                    if best.is_none_or(|(_, p)| e.priority > p) {
-                        best = Some((e.rule_id, e.priority));
-                    }
-                }
-            }
-            best.map(|(_, p)| p)
+        /// The priority of the rule the datapath's walk of `table` finds.
+        fn classify(&self, table: u8, key: &FullKey) -> Option<u32> {
+            self.best(table, key)
+                .and_then(|k| self.flows.get(&k))
+                .map(|e| e.priority)
         }
     }
 
     impl Counters for SimMaps {
-        fn rule(&mut self, id: u32, at: &FlowMapKey) -> RuleStats {
+        fn rule(&mut self, id: u32, at: &EntryKey) -> RuleStats {
             match self.flows.get(at) {
                 Some(e) if e.rule_id == id => RuleStats {
                     packets: e.packets,
@@ -1421,7 +1631,11 @@ mod tests {
         let mut maps = SimMaps::default();
         let mut c = FakeCounters::default();
         let flow = |r: &mut dyn FnMut(u64) -> u64| {
-            let mut m = String::from("ip");
+            let mut m = format!("table={},ip", r(2));
+            if r(3) == 0 {
+                // A wide subtable.
+                m += &format!(",metadata={:#x}/0xf", r(2));
+            }
             if r(2) == 0 {
                 m += &format!(",in_port={}", r(3) + 1);
             }
@@ -1457,22 +1671,79 @@ mod tests {
             let o = t.flow_mod(&fm, step, &mut c).unwrap();
             maps.apply(&o.ops);
             for _ in 0..20 {
-                let pkt = FlowKey {
+                let table = rnd(2) as u8;
+                let mut pkt = FullKey::from(FlowKey {
                     in_port: rnd(4) as u32,
                     eth_type: 0x0800,
                     ipv4_src: [192, 168, rnd(3) as u8, rnd(2) as u8],
                     ipv4_dst: [10, 0, rnd(4) as u8, rnd(4) as u8],
                     ..Default::default()
-                };
+                });
+                pkt.ext.metadata = [rnd(3) as u32, 0];
                 let want = t
                     .rules()
                     .rules()
-                    .filter(|(_, r)| pkt.masked(&r.mask) == r.key)
+                    .filter(|(_, r)| r.table == table && pkt.masked(&r.full_mask()) == r.full_key())
                     .map(|(_, r)| u32::from(r.priority))
                     .max();
-                assert_eq!(maps.classify(&pkt), want, "step {step}: {pkt:?}");
+                assert_eq!(maps.classify(table, &pkt), want, "step {step}: {pkt:?}");
             }
         }
         assert!(!t.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod restore_tests {
+    use super::*;
+    use crate::table::SubtableDesc;
+
+    struct Zero;
+    impl Counters for Zero {
+        fn rule(&mut self, _: u32, _: &EntryKey) -> RuleStats {
+            RuleStats::default()
+        }
+        fn port(&mut self, _: u32) -> Option<PortStats> {
+            None
+        }
+    }
+
+    /// A table rebuilt from its rules (as after an agent restart, without
+    /// the controller's own words) describes them as they were written:
+    /// a controller reconciling against the dump keeps them.
+    #[test]
+    fn restored_rules_are_described_as_written() {
+        let flows = [
+            "cookie=0x200000010000003,idle_timeout=30,send_flow_rem,priority=100,in_port=2,ip,\
+             nw_src=10.214.0.4,nw_dst=10.214.0.2 actions=set_field:02:da:00:00:00:01->eth_src,\
+             set_field:02:da:10:00:00:01->eth_dst,output:1",
+            "priority=100,in_port=2,dl_src=02:00:00:00:00:04,ip,nw_src=10.214.0.4,nw_dst=10.214.0.9 \
+             actions=set_field:10.0.0.1->ip_src,dec_ttl,output:1",
+            "table=2,priority=5,metadata=0x5/0xff,ip actions=write_actions(output:3),goto_table:4",
+        ];
+        let mut t = FlowTable::default();
+        let mut subs: std::collections::BTreeMap<u8, Vec<SubtableDesc>> = Default::default();
+        for f in flows {
+            let o = t
+                .flow_mod(&f.parse().expect("syntax"), 0, &mut Zero)
+                .expect("added");
+            for op in o.ops {
+                if let MapOp::SetSubtables(table, l) = op {
+                    subs.insert(table, l);
+                }
+            }
+        }
+        let saved: Vec<(u8, SubtableDesc)> = subs
+            .iter()
+            .flat_map(|(t, l)| l.iter().map(|s| (*t, *s)))
+            .collect();
+        let rules: Vec<(u32, Rule)> = t.rules().rules().map(|(i, r)| (i, r.clone())).collect();
+        let restored = FlowTable::new(RuleTable::restore(&saved, rules), 0);
+        for id in t.ids() {
+            let a = t.flow_stats_of(id, 0, &mut Zero).expect("written");
+            let b = restored.flow_stats_of(id, 0, &mut Zero).expect("restored");
+            assert_eq!(a.match_, b.match_, "match of rule {id}");
+            assert_eq!(a.instructions, b.instructions, "instructions of rule {id}");
+        }
     }
 }

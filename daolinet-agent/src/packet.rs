@@ -3,7 +3,7 @@
 //! PACKET_OUT, which the agent executes itself), and build ARP replies for
 //! the local ARP responder.
 
-use daolinet_common::{Action, ActionKind, FlowKey, VLAN_PRESENT};
+use daolinet_common::{words_of, Action, ActionKind, FlowKey, FlowKeyExt, FullKey, VLAN_PRESENT};
 
 const ETH_HLEN: usize = 14;
 
@@ -357,6 +357,329 @@ pub fn complete_l4_checksum(frame: &mut [u8]) -> bool {
     }
     frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
     frame[at..at + 2] != old
+}
+
+/// The pipeline's registers that travel with a packet in userspace.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Regs {
+    /// OpenFlow metadata.
+    pub metadata: u64,
+    /// Tunnel id.
+    pub tunnel_id: u64,
+}
+
+/// The whole key of `frame` (the wide fields too), as the datapath fills
+/// it: IPv6 and ND addresses, ARP hardware addresses, the registers.
+pub fn full_key(frame: &[u8], in_port: u32, regs: &Regs) -> Option<(FullKey, Layout)> {
+    let (key, lay) = flow_key(frame, in_port)?;
+    let mut ext = FlowKeyExt {
+        metadata: words_of(regs.metadata),
+        tunnel_id: words_of(regs.tunnel_id),
+        ..Default::default()
+    };
+    match lay.kind {
+        L3Kind::Ipv6 => {
+            ext.ipv6_src = arr(frame, lay.l3 + 8)?;
+            ext.ipv6_dst = arr(frame, lay.l3 + 24)?;
+            let nd =
+                key.ip_proto == FlowKey::IPPROTO_ICMPV6 && (key.l4_src == 135 || key.l4_src == 136);
+            if let (Some(l4), true) = (lay.l4, nd) {
+                ext.nd_target = arr(frame, l4 + 8)?;
+                if let Some(o) = arr::<8>(frame, l4 + 24) {
+                    if o[0] == 1 && o[1] == 1 && key.l4_src == 135 {
+                        ext.sha.copy_from_slice(&o[2..]);
+                    } else if o[0] == 2 && o[1] == 1 && key.l4_src == 136 {
+                        ext.tha.copy_from_slice(&o[2..]);
+                    }
+                }
+            }
+        }
+        L3Kind::Arp => {
+            let h: [u8; 8] = arr(frame, lay.l3)?;
+            if h[..2] == [0, 1] && h[4] == 6 && h[5] == 4 {
+                ext.sha = arr(frame, lay.l3 + 8)?;
+                ext.tha = arr(frame, lay.l3 + 18)?;
+            }
+        }
+        _ => {}
+    }
+    Some((FullKey { key, ext }, lay))
+}
+
+/// CRC32c (SCTP's checksum: reflected, initial and final xor all ones).
+fn crc32c(data: &[u8]) -> u32 {
+    let mut crc = u32::MAX;
+    for b in data {
+        crc ^= u32::from(*b);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0x82f6_3b78 & 0u32.wrapping_sub(crc & 1));
+        }
+    }
+    !crc
+}
+
+/// Recompute the SCTP CRC32c of the packet at `l4` (end from the IP
+/// header).
+fn sctp_crc(frame: &mut [u8], lay: &Layout, l4: usize) {
+    let end = match lay.kind {
+        L3Kind::Ipv4 => be16(frame, lay.l3 + 2).map(|t| lay.l3 + usize::from(t)),
+        L3Kind::Ipv6 => be16(frame, lay.l3 + 4).map(|t| lay.l3 + 40 + usize::from(t)),
+        _ => None,
+    };
+    let Some(end) = end.filter(|e| *e <= frame.len() && *e >= l4 + 12) else {
+        return;
+    };
+    frame[l4 + 8..l4 + 12].copy_from_slice(&[0; 4]);
+    let c = crc32c(&frame[l4..end]);
+    frame[l4 + 8..l4 + 12].copy_from_slice(&c.to_le_bytes());
+}
+
+/// The checksum over the L4 header at `l4` and whether it covers the
+/// pseudo-header (TCP, UDP unless zero, ICMP, ICMPv6).
+fn l4_sum_at(frame: &[u8], proto: u8, l4: usize) -> Option<(usize, bool)> {
+    match proto {
+        FlowKey::IPPROTO_TCP | FlowKey::IPPROTO_UDP => Some((l4_csum_at(frame, proto, l4)?, true)),
+        FlowKey::IPPROTO_ICMPV6 => Some((l4 + 2, true)),
+        FlowKey::IPPROTO_ICMP => Some((l4 + 2, false)),
+        _ => None,
+    }
+}
+
+/// Replace `new.len()` bytes at `at`, fixing the L4 checksum (when `l4`
+/// covers them: `pseudo` for pseudo-header fields) incrementally.
+fn put_l4(
+    frame: &mut [u8],
+    k: &FlowKey,
+    lay: &Layout,
+    at: usize,
+    new: &[u8],
+    pseudo: bool,
+) -> Option<()> {
+    let old = frame.get(at..at + new.len())?.to_vec();
+    frame[at..at + new.len()].copy_from_slice(new);
+    if let Some(l4) = lay.l4 {
+        if let Some((c, covers)) = l4_sum_at(frame, k.ip_proto, l4) {
+            if !pseudo || covers {
+                csum_replace(frame, c, &old, new);
+            }
+        }
+    }
+    Some(())
+}
+
+/// Apply any datapath action but outputs and groups to `frame` (a
+/// PACKET_OUT's, or a packet the userspace pipeline runs), with checksum
+/// fix-ups, as the datapath does. A frame without the header an action is
+/// about is left alone.
+pub fn apply(frame: &mut Vec<u8>, a: &Action, regs: &mut Regs) -> Applied {
+    use ActionKind as K;
+    let Some(kind) = a.kind() else {
+        return Applied::Done;
+    };
+    match kind {
+        K::SetEthSrc
+        | K::SetEthDst
+        | K::SetIpv4Src
+        | K::SetIpv4Dst
+        | K::DecTtl
+        | K::SetL4Src
+        | K::SetL4Dst => {
+            let sctp = flow_key(frame, 0)
+                .is_some_and(|(k, l)| k.ip_proto == FlowKey::IPPROTO_SCTP && l.l4.is_some());
+            if sctp && matches!(kind, K::SetL4Src | K::SetL4Dst) {
+                if let Some((_, lay)) = flow_key(frame, 0) {
+                    if let Some(l4) = lay.l4 {
+                        let at = l4 + if kind == K::SetL4Src { 0 } else { 2 };
+                        frame[at..at + 2].copy_from_slice(&(a.arg as u16).to_be_bytes());
+                        sctp_crc(frame, &lay, l4);
+                    }
+                }
+                return Applied::Done;
+            }
+            rewrite(frame, a)
+        }
+        K::SetTunnelId => {
+            regs.tunnel_id = u64::from_le_bytes(a.data);
+            Applied::Done
+        }
+        _ => {
+            if kind == K::DecMplsTtl && mpls_ttl_expired(frame) {
+                return Applied::TtlExpired;
+            }
+            let _ = apply_rare(frame, a);
+            Applied::Done
+        }
+    }
+}
+
+/// True when a dec_mpls_ttl found the MPLS TTL at 0 or 1 (it leaves it).
+fn mpls_ttl_expired(frame: &[u8]) -> bool {
+    flow_key(frame, 0).is_some_and(|(k, l)| l.kind == L3Kind::Mpls && k.ipv4_src[3] <= 1)
+}
+
+/// The actions [`rewrite`] does not know; None when the frame does not
+/// have what they need.
+fn apply_rare(frame: &mut Vec<u8>, a: &Action) -> Option<()> {
+    use ActionKind as K;
+    let (k, lay) = flow_key(frame, 0)?;
+    let l3 = lay.l3;
+    let tagged = is_vlan(be16(frame, 12)?);
+    match a.kind()? {
+        K::SetIpTos => {
+            let (v, m) = (a.data[0], a.data[1]);
+            match lay.kind {
+                L3Kind::Ipv4 => {
+                    frame[l3 + 1] = (frame[l3 + 1] & !m) | (v & m);
+                    ip_checksum(frame, l3);
+                }
+                L3Kind::Ipv6 => {
+                    let tc = (frame[l3] << 4) | (frame[l3 + 1] >> 4);
+                    let tc = (tc & !m) | (v & m);
+                    frame[l3] = (frame[l3] & 0xf0) | (tc >> 4);
+                    frame[l3 + 1] = (tc << 4) | (frame[l3 + 1] & 0x0f);
+                }
+                _ => {}
+            }
+        }
+        K::SetIpv6Label if lay.kind == L3Kind::Ipv6 => {
+            let w = (u32::from_be_bytes(arr(frame, l3)?) & 0xfff0_0000) | (a.arg & 0x000f_ffff);
+            frame[l3..l3 + 4].copy_from_slice(&w.to_be_bytes());
+        }
+        K::SetVlanVid | K::SetVlanPcp if tagged => {
+            let (v, m) = if a.kind() == Some(K::SetVlanVid) {
+                (a.arg as u16 & 0x0fff, 0x0fff)
+            } else {
+                ((a.arg as u16 & 7) << 13, 0xe000)
+            };
+            let tci = (be16(frame, 14)? & !m) | v;
+            frame[14..16].copy_from_slice(&tci.to_be_bytes());
+        }
+        K::PushVlan => {
+            let tci = if k.vlan_tci & VLAN_PRESENT != 0 {
+                k.vlan_tci & !VLAN_PRESENT
+            } else {
+                0
+            };
+            let mut tag = (a.arg as u16).to_be_bytes().to_vec();
+            tag.extend_from_slice(&tci.to_be_bytes());
+            frame.splice(12..12, tag);
+        }
+        K::PopVlan if tagged => {
+            frame.drain(12..16);
+        }
+        K::PushMpls => {
+            let lse: u32 = match lay.kind {
+                L3Kind::Mpls => u32::from_be_bytes(k.ipv4_src) & !0x0100,
+                L3Kind::Ipv4 => 0x0100 | u32::from(*frame.get(l3 + 8)?),
+                L3Kind::Ipv6 => 0x0100 | u32::from(*frame.get(l3 + 7)?),
+                _ => 0x0100 | 64,
+            };
+            frame.splice(l3..l3, lse.to_be_bytes());
+            frame[l3 - 2..l3].copy_from_slice(&(a.arg as u16).to_be_bytes());
+        }
+        K::PopMpls if lay.kind == L3Kind::Mpls => {
+            frame.drain(l3..l3 + 4);
+            frame[l3 - 2..l3].copy_from_slice(&(a.arg as u16).to_be_bytes());
+        }
+        k2 @ (K::SetMplsLabel | K::SetMplsTc | K::SetMplsBos | K::SetMplsTtl | K::DecMplsTtl)
+            if lay.kind == L3Kind::Mpls =>
+        {
+            let lse = u32::from_be_bytes(arr(frame, l3)?);
+            let (v, m) = match k2 {
+                K::SetMplsLabel => (a.arg << 12, 0xffff_f000),
+                K::SetMplsTc => ((a.arg & 7) << 9, 0x0e00),
+                K::SetMplsBos => ((a.arg & 1) << 8, 0x0100),
+                K::SetMplsTtl => (a.arg & 0xff, 0xff),
+                _ => {
+                    let ttl = lse & 0xff;
+                    if ttl <= 1 {
+                        return None;
+                    }
+                    (ttl - 1, 0xff)
+                }
+            };
+            let lse = (lse & !m) | (v & m);
+            frame[l3..l3 + 4].copy_from_slice(&lse.to_be_bytes());
+        }
+        k2 @ (K::CopyTtlOut | K::CopyTtlIn)
+            if lay.kind == L3Kind::Mpls && frame[l3 + 2] & 1 != 0 =>
+        {
+            let ip = l3 + 4;
+            let (at, v4) = match frame.get(ip)? >> 4 {
+                4 => (ip + 8, true),
+                6 => (ip + 7, false),
+                _ => return None,
+            };
+            let ip_ttl = *frame.get(at)?;
+            if k2 == K::CopyTtlOut {
+                frame[l3 + 3] = ip_ttl;
+            } else {
+                frame[at] = frame[l3 + 3];
+                if v4 {
+                    ip_checksum(frame, ip);
+                }
+            }
+        }
+        k2 @ (K::SetIpv6Src | K::SetIpv6Dst) if lay.kind == L3Kind::Ipv6 => {
+            let h = (a.arg & 1) as usize * 8;
+            let at = l3 + if k2 == K::SetIpv6Src { 8 } else { 24 } + h;
+            put_l4(frame, &k, &lay, at, &a.data, true)?;
+        }
+        K::SetNdTarget => {
+            let l4 = lay.l4?;
+            if k.ip_proto == FlowKey::IPPROTO_ICMPV6 && (k.l4_src == 135 || k.l4_src == 136) {
+                let at = l4 + 8 + (a.arg & 1) as usize * 8;
+                put_l4(frame, &k, &lay, at, &a.data, false)?;
+            }
+        }
+        k2 @ (K::SetNdSll | K::SetNdTll) => {
+            let l4 = lay.l4?;
+            let (want, opt) = if k2 == K::SetNdSll {
+                (135, 1)
+            } else {
+                (136, 2)
+            };
+            let o: [u8; 2] = arr(frame, l4 + 24)?;
+            if k.ip_proto == FlowKey::IPPROTO_ICMPV6 && k.l4_src == want && o == [opt, 1] {
+                put_l4(frame, &k, &lay, l4 + 26, &a.mac(), false)?;
+            }
+        }
+        k2 @ (K::SetArpOp | K::SetArpSha | K::SetArpSpa | K::SetArpTha | K::SetArpTpa)
+            if lay.kind == L3Kind::Arp =>
+        {
+            let ipv4_arp = arr::<6>(frame, l3)? == [0, 1, 8, 0, 6, 4];
+            let (at, bytes): (usize, Vec<u8>) = match k2 {
+                K::SetArpOp => (l3 + 6, (a.arg as u16).to_be_bytes().to_vec()),
+                _ if !ipv4_arp => return None,
+                K::SetArpSha => (l3 + 8, a.mac().to_vec()),
+                K::SetArpSpa => (l3 + 14, a.ipv4().to_vec()),
+                K::SetArpTha => (l3 + 18, a.mac().to_vec()),
+                _ => (l3 + 24, a.ipv4().to_vec()),
+            };
+            frame.get_mut(at..at + bytes.len())?.copy_from_slice(&bytes);
+        }
+        k2 @ (K::SetIcmpType | K::SetIcmpCode) => {
+            let l4 = lay.l4?;
+            if k.ip_proto == FlowKey::IPPROTO_ICMP || k.ip_proto == FlowKey::IPPROTO_ICMPV6 {
+                let at = l4 + usize::from(k2 == K::SetIcmpCode);
+                let mut word = [frame[l4], frame[l4 + 1]];
+                word[at - l4] = a.arg as u8;
+                let old = [frame[l4], frame[l4 + 1]];
+                frame[l4..l4 + 2].copy_from_slice(&word);
+                csum_replace(frame, l4 + 2, &old, &word);
+            }
+        }
+        K::SetNwTtl => match lay.kind {
+            L3Kind::Ipv4 => {
+                frame[l3 + 8] = a.arg as u8;
+                ip_checksum(frame, l3);
+            }
+            L3Kind::Ipv6 => frame[l3 + 7] = a.arg as u8,
+            _ => {}
+        },
+        _ => {}
+    }
+    Some(())
 }
 
 /// If `frame` is an ARP request for IPv4, the reply that says the target

@@ -1,10 +1,15 @@
-//! The userspace rule table and its tuple-space layout, sans-IO.
+//! The userspace rule tables and their tuple-space layout, sans-IO.
 //!
 //! [`RuleTable::insert`] and [`RuleTable::remove`] return the [`MapOp`]s
-//! that bring the BPF maps in line with the table; the datapath module
-//! applies them. Rules with the same mask share a subtable; of several rules
-//! with the same (mask, masked key) only the highest priority is in the
-//! datapath (the others are shadowed and take its place when it goes).
+//! that bring the BPF maps in line with the tables; the datapath module
+//! applies them. Every OpenFlow table has its own subtables (one per
+//! distinct mask, ids unique over all tables). A mask that uses the wide
+//! fields (metadata, tunnel id, IPv6 and ND addresses, ARP hardware
+//! addresses) makes a *wide* subtable, whose rules live in the wide flow
+//! map; the others stay in the compact one, which is all the IPv4 fast path
+//! hashes. Of several rules with the same (table, mask, masked key) only
+//! the highest priority is in the datapath (the others are shadowed and
+//! take its place when it goes).
 
 use std::collections::BTreeMap;
 
@@ -12,20 +17,41 @@ use foldhash::HashMap;
 use hashbrown::HashTable;
 
 use daolinet_common::{
-    Action, FlowEntry, FlowKey, FlowMapKey, Subtable, MAX_ACTIONS, MAX_RULES, MAX_SUBTABLES,
+    Action, FlowEntry, FlowKey, FlowKeyExt, FlowMapKey, FullKey, GroupEntry, MeterEntry, RuleExt,
+    Subtable, WideMapKey, ENTRY_PIPELINE, MAX_ACTIONS, MAX_RULES, MAX_SUBTABLES, N_TABLES,
+    SUBTABLE_WIDE,
 };
 
+/// The wide part of a rule's match (see [`FlowKeyExt`]), for the few
+/// rules that have one: kept beside the rule, so that the compact rules
+/// of a large table cost no more than they did with one table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wide {
+    /// Values (masked by `mask` on insert).
+    pub key: FlowKeyExt,
+    /// Mask (never empty).
+    pub mask: FlowKeyExt,
+}
+
 /// A rule as the agent keeps it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Rule {
+    /// OpenFlow table id.
+    pub table: u8,
     /// OpenFlow priority.
     pub priority: u16,
-    /// Match values (masked by [`Rule::mask`] on insert).
+    /// Match values of the compact fields (masked by [`Rule::mask`] on
+    /// insert).
     pub key: FlowKey,
-    /// Match mask.
+    /// Match mask of the compact fields.
     pub mask: FlowKey,
-    /// Compiled actions (empty = drop).
+    /// The wide part of the match, if the mask has one.
+    pub wide: Option<Box<Wide>>,
+    /// Compiled apply-actions (empty = drop, unless `ext` says more).
     pub actions: Vec<Action>,
+    /// The other instructions (goto, metadata, write/clear-actions,
+    /// meter), for rules that have any.
+    pub ext: Option<Box<RuleExt>>,
     /// OpenFlow cookie.
     pub cookie: u64,
     /// Idle timeout in seconds (0 = none).
@@ -36,20 +62,116 @@ pub struct Rule {
     pub flags: u16,
 }
 
+impl Rule {
+    /// A rule of `table` at `priority` with this match (the wide part
+    /// kept only if `mask` has one), no instruction, the rest zero.
+    pub fn matching(table: u8, priority: u16, key: &FullKey, mask: &FullKey) -> Rule {
+        let mut r = Rule {
+            table,
+            priority,
+            ..Default::default()
+        };
+        r.set_match(key, mask);
+        r
+    }
+
+    /// Set the match: values masked, the wide part kept only if the mask
+    /// has one.
+    pub fn set_match(&mut self, key: &FullKey, mask: &FullKey) {
+        self.key = key.key.masked(&mask.key);
+        self.mask = mask.key;
+        self.wide = mask.is_wide().then(|| {
+            Box::new(Wide {
+                key: key.ext.masked(&mask.ext),
+                mask: mask.ext,
+            })
+        });
+    }
+
+    /// The whole match values.
+    pub fn full_key(&self) -> FullKey {
+        FullKey {
+            key: self.key,
+            ext: self
+                .wide
+                .as_ref()
+                .map_or_else(FlowKeyExt::default, |w| w.key),
+        }
+    }
+
+    /// The whole match mask.
+    pub fn full_mask(&self) -> FullKey {
+        FullKey {
+            key: self.mask,
+            ext: self
+                .wide
+                .as_ref()
+                .map_or_else(FlowKeyExt::default, |w| w.mask),
+        }
+    }
+
+    /// True when the rule has exactly this table and (masked key, mask).
+    fn same_match(&self, table: u8, key: &FullKey, mask: &FullKey) -> bool {
+        self.table == table
+            && self.key == key.key
+            && self.mask == mask.key
+            && match &self.wide {
+                Some(w) => w.key == key.ext && w.mask == mask.ext,
+                None => !mask.is_wide(),
+            }
+    }
+}
+
+/// A subtable as handed to the datapath: the compact mask (and id,
+/// priority) and the wide part of the mask (zero for compact subtables).
+pub type SubtableDesc = (Subtable, FlowKeyExt);
+
+/// The key of a classifier entry: in the compact flow map (the subtables
+/// without wide fields) or in the wide one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EntryKey {
+    /// An entry of a compact subtable.
+    Narrow(FlowMapKey),
+    /// An entry of a wide subtable.
+    Wide(WideMapKey),
+}
+
+impl From<FlowMapKey> for EntryKey {
+    fn from(k: FlowMapKey) -> Self {
+        EntryKey::Narrow(k)
+    }
+}
+
 /// One change to apply to the BPF maps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MapOp {
     /// Write the classifier entry of a rule that was not in it (a new
-    /// rule, or one taking its (mask, key) over from another), counters as
+    /// rule, or one taking its match over from another), counters as
     /// given (zero).
-    PutFlow(FlowMapKey, FlowEntry),
+    PutFlow(EntryKey, FlowEntry),
     /// Rewrite the entry of the rule already in it (new actions): the
     /// entry's counters are kept.
-    UpdateFlow(FlowMapKey, FlowEntry),
+    UpdateFlow(EntryKey, FlowEntry),
     /// Remove a classifier entry.
-    DelFlow(FlowMapKey),
-    /// Rewrite the subtable list (already sorted) and its count.
-    SetSubtables(Vec<Subtable>),
+    DelFlow(EntryKey),
+    /// Rewrite a table's subtable list (already sorted) and its count.
+    SetSubtables(u8, Vec<SubtableDesc>),
+    /// Store a pipeline rule's instructions.
+    PutRuleExt(u32, RuleExt),
+    /// Remove a rule's instructions.
+    DelRuleExt(u32),
+    /// Insert or replace a group.
+    PutGroup(u32, Box<GroupEntry>),
+    /// Remove a group.
+    DelGroup(u32),
+    /// Zero a group's counters (by stats slot).
+    ResetGroupStats(u32),
+    /// Insert or replace a meter.
+    PutMeter(u32, MeterEntry),
+    /// Remove a meter.
+    DelMeter(u32),
+    /// Zero a meter's counters (by stats slot).
+    ResetMeterStats(u32),
 }
 
 /// What adding a rule did.
@@ -62,7 +184,7 @@ pub struct Inserted {
     /// The rule whose classifier entry the new one takes (same match, lower
     /// priority), and that entry's key: its counters are to be read before
     /// the operations are applied.
-    pub displaced: Option<(u32, FlowMapKey)>,
+    pub displaced: Option<(u32, EntryKey)>,
 }
 
 /// Why a rule cannot be installed.
@@ -72,7 +194,7 @@ pub enum TableError {
     #[error("rule table full ({0} rules)")]
     Full(u32),
     /// The rule needs a new mask but [`MAX_SUBTABLES`] are in use.
-    #[error("too many distinct match masks (at most {MAX_SUBTABLES})")]
+    #[error("too many distinct match masks (at most {MAX_SUBTABLES} per table)")]
     TooManyMasks,
     /// More than [`MAX_ACTIONS`] actions.
     #[error("too many actions ({0} > {MAX_ACTIONS})")]
@@ -80,12 +202,16 @@ pub enum TableError {
     /// No rule with this id.
     #[error("no rule with id {0}")]
     NoSuchRule(u32),
+    /// A table id beyond [`N_TABLES`].
+    #[error("no table {0} (tables 0..{N_TABLES})")]
+    NoSuchTable(u8),
 }
 
 #[derive(Clone, Debug)]
 struct SubtableState {
     id: u32,
-    mask: FlowKey,
+    table: u8,
+    mask: FullKey,
     /// Number of rules per priority (the maximum is the subtable's).
     prios: BTreeMap<u16, usize>,
 }
@@ -103,7 +229,7 @@ const NIL: u32 = u32::MAX;
 #[derive(Debug)]
 struct Slot {
     rule: Rule,
-    /// The next rule with the same (mask, masked key), or [`NIL`].
+    /// The next rule with the same (table, mask, masked key), or [`NIL`].
     group_next: u32,
     /// The previous rule with the same cookie, or [`NIL`].
     cookie_prev: u32,
@@ -118,11 +244,11 @@ struct CookieList {
     len: u32,
 }
 
-/// The table: rules by id, indexed by match and by cookie; subtables by
-/// mask.
+/// The tables: rules by id, indexed by match and by cookie; subtables by
+/// (table, mask).
 ///
 /// Rules live in a vector indexed by their id (ids are dense: freed ones
-/// are used again). The rules with the same (mask, masked key) form a
+/// are used again). The rules with the same (table, mask, masked key) form a
 /// group: the match index is a hash table of each group's first rule id
 /// (4 bytes a group), the others chained through their slots. The rules
 /// with the same cookie form a doubly linked list, found by cookie, so
@@ -130,8 +256,8 @@ struct CookieList {
 /// not the whole table.
 ///
 /// Every operation is proportional to the number of rules sharing one
-/// (mask, key) plus the number of subtables, not to the table size, so
-/// bulk installs and deletes stay fast.
+/// (table, mask, key) plus the number of subtables, not to the table size,
+/// so bulk installs and deletes stay fast.
 pub struct RuleTable {
     /// Rules by id (None: a free id).
     slots: Vec<Option<Slot>>,
@@ -146,8 +272,8 @@ pub struct RuleTable {
     /// Freed ids (those at or above `next_id` are stale: skipped).
     free_ids: Vec<u32>,
     next_sub_id: u32,
-    /// The subtable list last handed to the datapath.
-    last_list: Vec<Subtable>,
+    /// The subtable lists last handed to the datapath, by table.
+    last_lists: BTreeMap<u8, Vec<SubtableDesc>>,
     /// Most rules (rule ids are below it).
     limit: u32,
 }
@@ -175,7 +301,7 @@ impl Default for RuleTable {
             next_id: 0,
             free_ids: Vec::new(),
             next_sub_id: 0,
-            last_list: Vec::new(),
+            last_lists: BTreeMap::new(),
             limit: MAX_RULES,
         }
     }
@@ -201,25 +327,30 @@ fn spread(h: u32) -> u64 {
     u64::from(h).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
-/// The match index's hash of (masked key, mask), 32 bits of it.
-fn group_hash(hasher: &foldhash::fast::RandomState, key: &FlowKey, mask: &FlowKey) -> u32 {
+/// The match index's hash of (table, masked key, mask), 32 bits of it
+/// (the wide part only hashed when the mask has one).
+fn group_hash(
+    hasher: &foldhash::fast::RandomState,
+    table: u8,
+    key: &FullKey,
+    mask: &FullKey,
+) -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = hasher.build_hasher();
-    h.write(bytemuck::bytes_of(key));
-    h.write(bytemuck::bytes_of(mask));
+    h.write_u8(table);
+    h.write(bytemuck::bytes_of(&key.key));
+    h.write(bytemuck::bytes_of(&mask.key));
+    if mask.is_wide() {
+        h.write(bytemuck::bytes_of(&key.ext));
+        h.write(bytemuck::bytes_of(&mask.ext));
+    }
     let h = h.finish();
     (h ^ (h >> 32)) as u32
 }
 
-/// The index entry of (key, mask), if `g` is it.
-fn is_group(
-    slots: &[Option<Slot>],
-    g: &GroupRef,
-    hash: u32,
-    key: &FlowKey,
-    mask: &FlowKey,
-) -> bool {
-    g.hash == hash && same_match(slots, g.head, key, mask)
+/// The index entry of (table, key, mask), if `g` is it.
+fn is_group(slots: &[Option<Slot>], g: &GroupRef, hash: u32, m: (u8, &FullKey, &FullKey)) -> bool {
+    g.hash == hash && same_match(slots, g.head, m)
 }
 
 fn slot_of(slots: &[Option<Slot>], id: u32) -> Option<&Slot> {
@@ -230,9 +361,21 @@ fn slot_mut_of(slots: &mut [Option<Slot>], id: u32) -> Option<&mut Slot> {
     slots.get_mut(id as usize)?.as_mut()
 }
 
-/// True when rule `id` has exactly this (masked key, mask).
-fn same_match(slots: &[Option<Slot>], id: u32, key: &FlowKey, mask: &FlowKey) -> bool {
-    slot_of(slots, id).is_some_and(|s| s.rule.key == *key && s.rule.mask == *mask)
+/// True when rule `id` has exactly this (table, masked key, mask).
+fn same_match(
+    slots: &[Option<Slot>],
+    id: u32,
+    (table, key, mask): (u8, &FullKey, &FullKey),
+) -> bool {
+    slot_of(slots, id).is_some_and(|s| s.rule.same_match(table, key, mask))
+}
+
+/// True when every bit of mask `a` is in mask `b`.
+fn mask_within(a: &FullKey, b: &FullKey) -> bool {
+    a.words()
+        .iter()
+        .zip(b.words().iter())
+        .all(|(a, b)| a & !b == 0)
 }
 
 /// The rules of one group, first to last.
@@ -298,13 +441,14 @@ impl RuleTable {
         slot_of(&self.slots, id).map(|s| &s.rule)
     }
 
-    /// The rules with exactly this (already masked) key and mask.
-    fn group(&self, key: &FlowKey, mask: &FlowKey) -> Group<'_> {
-        let h = group_hash(&self.hasher, key, mask);
+    /// The rules of `table` with exactly this (already masked) key and
+    /// mask.
+    fn group(&self, table: u8, key: &FullKey, mask: &FullKey) -> Group<'_> {
+        let h = group_hash(&self.hasher, table, key, mask);
         let slots = &self.slots;
         let head = self
             .groups
-            .find(spread(h), |g| is_group(slots, g, h, key, mask))
+            .find(spread(h), |g| is_group(slots, g, h, (table, key, mask)))
             .map(|g| g.head);
         Group {
             slots,
@@ -312,10 +456,10 @@ impl RuleTable {
         }
     }
 
-    /// The id of the rule with exactly this (already masked) key, mask and
-    /// priority, if any.
-    pub fn find(&self, key: &FlowKey, mask: &FlowKey, priority: u16) -> Option<u32> {
-        self.group(key, mask)
+    /// The id of the rule of `table` with exactly this (already masked)
+    /// key, mask and priority, if any.
+    pub fn find(&self, table: u8, key: &FullKey, mask: &FullKey, priority: u16) -> Option<u32> {
+        self.group(table, key, mask)
             .find(|(_, r)| r.priority == priority)
             .map(|(id, _)| id)
     }
@@ -351,37 +495,42 @@ impl RuleTable {
         ids
     }
 
-    /// The ids of the rules that every packet matching (`key`, `mask`)
-    /// matches too (a non-strict OpenFlow selection by match), when the
-    /// match index can answer: every subtable whose mask covers `mask` has
-    /// exactly `mask`, so one group is the answer. None when the table is
-    /// to be scanned. In id order.
-    pub fn ids_by_match(&self, key: &FlowKey, mask: &FlowKey) -> Option<Vec<u32>> {
+    /// The ids of the rules of `table` (None: of every table) that every
+    /// packet matching (`key`, `mask`) matches too (a non-strict OpenFlow
+    /// selection by match), when the match index can answer: one subtable
+    /// covers `mask` and it has exactly `mask`, so one group is the
+    /// answer. None when the tables are to be scanned. In id order.
+    pub fn ids_by_match(
+        &self,
+        table: Option<u8>,
+        key: &FullKey,
+        mask: &FullKey,
+    ) -> Option<Vec<u32>> {
         let mut covering = self
             .subtables
             .iter()
-            .filter(|s| mask.mask_is_subset_of(&s.mask));
-        let exact = match covering.next() {
+            .filter(|s| table.is_none_or(|t| t == s.table) && mask_within(mask, &s.mask));
+        let (t, exact) = match covering.next() {
             None => return Some(Vec::new()),
-            Some(s) if s.mask == *mask && covering.next().is_none() => s.mask,
+            Some(s) if s.mask == *mask && covering.next().is_none() => (s.table, s.mask),
             Some(_) => return None,
         };
         let mut ids: Vec<u32> = self
-            .group(&key.masked(&exact), &exact)
+            .group(t, &key.masked(&exact), &exact)
             .map(|(id, _)| id)
             .collect();
         ids.sort_unstable();
         Some(ids)
     }
 
-    /// The rule that wins for a packet with this key (highest priority,
-    /// then lowest id, as in the datapath), for userspace lookups such as
-    /// PACKET_OUT to OFPP_TABLE.
-    pub fn lookup(&self, pkt: &FlowKey) -> Option<(u32, &Rule)> {
+    /// The rule of `table` that wins for a packet with this key (highest
+    /// priority, then lowest id, as in the datapath), for userspace lookups
+    /// such as PACKET_OUT to OFPP_TABLE.
+    pub fn lookup(&self, table: u8, pkt: &FullKey) -> Option<(u32, &Rule)> {
         let mut best: Option<(u32, &Rule)> = None;
-        for s in &self.subtables {
+        for s in self.subtables.iter().filter(|s| s.table == table) {
             let k = pkt.masked(&s.mask);
-            for (id, r) in self.group(&k, &s.mask) {
+            for (id, r) in self.group(table, &k, &s.mask) {
                 let better = match best {
                     None => true,
                     Some((bid, b)) => {
@@ -396,24 +545,33 @@ impl RuleTable {
         best
     }
 
-    /// Rebuild the table from what an earlier agent left in the pinned maps:
-    /// the subtable list and the rules with their ids. No map operation is
-    /// needed: the maps already hold exactly this.
-    pub fn restore(subtables: &[Subtable], rules: Vec<(u32, Rule)>) -> Self {
+    /// Rebuild the tables from what an earlier agent left in the pinned
+    /// maps: the subtable lists and the rules with their ids. No map
+    /// operation is needed: the maps already hold exactly this.
+    pub fn restore(subtables: &[(u8, SubtableDesc)], rules: Vec<(u32, Rule)>) -> Self {
         let mut t = RuleTable::new();
-        for s in subtables {
+        for (table, (s, ext)) in subtables {
             t.subtables.push(SubtableState {
                 id: s.id,
-                mask: s.mask,
+                table: *table,
+                mask: FullKey {
+                    key: s.mask,
+                    ext: *ext,
+                },
                 prios: BTreeMap::new(),
             });
-            t.next_sub_id = t.next_sub_id.max(s.id.wrapping_add(1));
+            t.next_sub_id = t.next_sub_id.max((s.id & !SUBTABLE_WIDE).wrapping_add(1));
         }
         for (id, r) in rules {
             if id == NIL || t.get(id).is_some() {
                 continue;
             }
-            if let Some(s) = t.subtables.iter_mut().find(|s| s.mask == r.mask) {
+            let mask = r.full_mask();
+            if let Some(s) = t
+                .subtables
+                .iter_mut()
+                .find(|s| s.table == r.table && s.mask == mask)
+            {
                 *s.prios.entry(r.priority).or_default() += 1;
                 t.next_id = t.next_id.max(id + 1);
                 let _ = t.put(id, r);
@@ -424,7 +582,11 @@ impl RuleTable {
             .filter(|i| t.get(*i).is_none())
             .rev()
             .collect();
-        t.last_list = t.subtable_list();
+        let tables: std::collections::BTreeSet<u8> = t.subtables.iter().map(|s| s.table).collect();
+        for table in tables {
+            let list = t.subtable_list(table);
+            t.last_lists.insert(table, list);
+        }
         t
     }
 
@@ -436,7 +598,8 @@ impl RuleTable {
         if self.slots.len() <= i {
             self.slots.resize_with(i + 1, || None);
         }
-        let (key, mask, cookie) = (rule.key, rule.mask, rule.cookie);
+        let (table, key, mask, cookie) =
+            (rule.table, rule.full_key(), rule.full_mask(), rule.cookie);
         self.slots[i] = Some(Slot {
             rule,
             group_next: NIL,
@@ -450,9 +613,9 @@ impl RuleTable {
             hasher,
             ..
         } = self;
-        let h = group_hash(hasher, &key, &mask);
+        let h = group_hash(hasher, table, &key, &mask);
         let head = groups
-            .find(spread(h), |g| is_group(slots, g, h, &key, &mask))
+            .find(spread(h), |g| is_group(slots, g, h, (table, &key, &mask)))
             .map(|g| g.head);
         let before = head.and_then(|head| {
             Group { slots, next: head }
@@ -481,9 +644,10 @@ impl RuleTable {
     /// Take rule `id` out of the indexes and the slots. Returns it and
     /// the first rule left with its match.
     fn take(&mut self, id: u32) -> Option<(Rule, Option<u32>)> {
-        let (key, mask, cookie, next) = {
+        let (table, key, mask, cookie, next) = {
             let s = slot_of(&self.slots, id)?;
-            (s.rule.key, s.rule.mask, s.rule.cookie, s.group_next)
+            let r = &s.rule;
+            (r.table, r.full_key(), r.full_mask(), r.cookie, s.group_next)
         };
         self.unlink_cookie(id, cookie);
         let Self {
@@ -492,9 +656,11 @@ impl RuleTable {
             hasher,
             ..
         } = self;
-        let h = group_hash(hasher, &key, &mask);
+        let h = group_hash(hasher, table, &key, &mask);
         let mut left = None;
-        if let Ok(entry) = groups.find_entry(spread(h), |g| is_group(slots, g, h, &key, &mask)) {
+        if let Ok(entry) =
+            groups.find_entry(spread(h), |g| is_group(slots, g, h, (table, &key, &mask)))
+        {
             let head = entry.get().head;
             if head == id {
                 if next == NIL {
@@ -614,27 +780,44 @@ impl RuleTable {
     }
 
     /// Add a rule (see [`Inserted`]). One lookup of its match group and
-    /// one scan of the subtables: the subtable list is rebuilt only when a
-    /// subtable appears or its top priority rises.
+    /// one scan of the table's subtables: the subtable list is rebuilt only
+    /// when a subtable appears or its top priority rises.
     pub fn insert_full(&mut self, mut rule: Rule) -> Result<Inserted, TableError> {
+        if u32::from(rule.table) >= N_TABLES {
+            return Err(TableError::NoSuchTable(rule.table));
+        }
         if rule.actions.len() > MAX_ACTIONS {
             return Err(TableError::TooManyActions(rule.actions.len()));
         }
-        rule.key = rule.key.masked(&rule.mask);
-        let sub = self.subtables.iter().position(|s| s.mask == rule.mask);
-        if sub.is_none() && self.subtables.len() >= MAX_SUBTABLES {
+        let (full_key, mask) = (rule.full_key(), rule.full_mask());
+        rule.set_match(&full_key, &mask);
+        let key = rule.full_key();
+        let table = rule.table;
+        let mut in_table = 0;
+        let mut sub = None;
+        for (i, s) in self.subtables.iter().enumerate() {
+            if s.table == table {
+                in_table += 1;
+                if s.mask == mask {
+                    sub = Some(i);
+                }
+            }
+        }
+        if sub.is_none() && in_table >= MAX_SUBTABLES {
             return Err(TableError::TooManyMasks);
         }
         let id = self.alloc_id()?;
         let sub = match sub {
             Some(i) => i,
             None => {
+                let wide = if mask.is_wide() { SUBTABLE_WIDE } else { 0 };
                 self.subtables.push(SubtableState {
-                    id: self.next_sub_id,
-                    mask: rule.mask,
+                    id: (self.next_sub_id & !SUBTABLE_WIDE) | wide,
+                    table,
+                    mask,
                     prios: BTreeMap::new(),
                 });
-                self.next_sub_id = self.next_sub_id.wrapping_add(1);
+                self.next_sub_id = self.next_sub_id.wrapping_add(1) & !SUBTABLE_WIDE;
                 self.subtables.len() - 1
             }
         };
@@ -642,10 +825,8 @@ impl RuleTable {
         let top = s.prios.keys().next_back().copied();
         *s.prios.entry(rule.priority).or_default() += 1;
         let list_changed = top.is_none_or(|t| rule.priority > t);
-        let mk = FlowMapKey {
-            subtable: s.id,
-            key: rule.key,
-        };
+        let mk = entry_key_of(s.id, &key);
+        let ext = rule.ext.as_deref().copied();
         // The rule in the entry so far, and whether the new one beats it
         // (higher priority, then lower id, as the datapath would).
         let (priority, put) = (rule.priority, entry(id, &rule));
@@ -653,11 +834,15 @@ impl RuleTable {
         let wins = before
             .is_none_or(|(b, p)| (priority, std::cmp::Reverse(id)) > (p, std::cmp::Reverse(b)));
         let mut ops = Vec::with_capacity(2);
+        // The instructions first, then the entry that points at them.
+        if let Some(e) = ext {
+            ops.push(MapOp::PutRuleExt(id, e));
+        }
         if wins {
             ops.push(MapOp::PutFlow(mk, put));
         }
         if list_changed {
-            ops.extend(self.subtables_op());
+            ops.extend(self.subtables_op(table));
         }
         Ok(Inserted {
             id,
@@ -666,8 +851,9 @@ impl RuleTable {
         })
     }
 
-    /// Change the actions, cookie, timeouts and flags of rule `id` in place
-    /// (its id, and so its counters, stay). Returns the map operations.
+    /// Change the instructions, cookie, timeouts and flags of rule `id` in
+    /// place (its id, and so its counters, stay). Returns the map
+    /// operations.
     pub fn modify(
         &mut self,
         id: u32,
@@ -676,48 +862,68 @@ impl RuleTable {
         let rule = slot_mut_of(&mut self.slots, id)
             .map(|s| &mut s.rule)
             .ok_or(TableError::NoSuchRule(id))?;
-        let (key, mask, prio, cookie) = (rule.key, rule.mask, rule.priority, rule.cookie);
+        let (table, prio, cookie) = (rule.table, rule.priority, rule.cookie);
+        let had_ext = rule.ext.is_some();
         let mut new = rule.clone();
         update(&mut new);
-        // Match and priority are the rule's identity: never changed here.
-        new.key = key;
-        new.mask = mask;
+        // Table, match and priority are the rule's identity: never changed
+        // here.
+        new.table = table;
+        new.key = rule.key;
+        new.mask = rule.mask;
+        new.wide = rule.wide.clone();
         new.priority = prio;
         if new.actions.len() > MAX_ACTIONS {
             return Err(TableError::TooManyActions(new.actions.len()));
         }
+        let (key, mask) = (new.full_key(), new.full_mask());
+        let ext = new.ext.as_deref().copied();
         let new_cookie = new.cookie;
         *rule = new;
         if new_cookie != cookie {
             self.unlink_cookie(id, cookie);
             self.link_cookie(id, new_cookie);
         }
-        let before = self.winner(&key, &mask);
+        let before = self.winner(table, &key, &mask);
         let mut ops = Vec::new();
-        ops.extend(self.refresh_entry(&key, &mask, before, Some(id)));
+        // The instructions first, then the entry that points at them.
+        if let Some(e) = ext {
+            ops.push(MapOp::PutRuleExt(id, e));
+        }
+        ops.extend(self.refresh_entry(table, &key, &mask, before, Some(id)));
+        if ext.is_none() && had_ext {
+            ops.push(MapOp::DelRuleExt(id));
+        }
         Ok(ops)
     }
 
     /// Remove a rule by id; returns it and the map operations.
     pub fn remove(&mut self, id: u32) -> Result<(Rule, Vec<MapOp>), TableError> {
-        let (key, mask) = match self.get(id) {
-            Some(r) => (r.key, r.mask),
+        let (table, key, mask) = match self.get(id) {
+            Some(r) => (r.table, r.full_key(), r.full_mask()),
             None => return Err(TableError::NoSuchRule(id)),
         };
-        let before = self.winner(&key, &mask);
+        let before = self.winner(table, &key, &mask);
         let (rule, left) = self.take(id).ok_or(TableError::NoSuchRule(id))?;
         let mut ops = match left {
             // The last rule of its match: its entry goes (if it had it).
             None if before == Some(id) => self
-                .map_key(&key, &mask)
+                .map_key(table, &key, &mask)
                 .map(MapOp::DelFlow)
                 .into_iter()
                 .collect(),
             None => Vec::new(),
-            Some(_) => self.refresh_entry(&rule.key, &rule.mask, before, None),
+            Some(_) => self.refresh_entry(table, &key, &mask, before, None),
         };
+        if rule.ext.is_some() {
+            ops.push(MapOp::DelRuleExt(id));
+        }
         let mut list_changed = false;
-        if let Some(pos) = self.subtables.iter().position(|s| s.mask == rule.mask) {
+        if let Some(pos) = self
+            .subtables
+            .iter()
+            .position(|s| s.table == table && s.mask == mask)
+        {
             let s = &mut self.subtables[pos];
             let top = s.prios.keys().next_back().copied();
             if let Some(n) = s.prios.get_mut(&rule.priority) {
@@ -737,61 +943,64 @@ impl RuleTable {
         // Subtables first, so the datapath stops walking a gone subtable
         // before its entries disappear.
         if list_changed {
-            if let Some(op) = self.subtables_op() {
+            if let Some(op) = self.subtables_op(table) {
                 ops.insert(0, op);
             }
         }
         Ok((rule, ops))
     }
 
-    /// The map key of a rule.
-    fn map_key(&self, key: &FlowKey, mask: &FlowKey) -> Option<FlowMapKey> {
-        let sub = self.subtables.iter().find(|s| s.mask == *mask)?;
-        Some(FlowMapKey {
-            subtable: sub.id,
-            key: *key,
-        })
+    /// The map key of the classifier entry for (table, key, mask).
+    fn map_key(&self, table: u8, key: &FullKey, mask: &FullKey) -> Option<EntryKey> {
+        let sub = self
+            .subtables
+            .iter()
+            .find(|s| s.table == table && s.mask == *mask)?;
+        Some(entry_key_of(sub.id, key))
     }
 
-    /// The rule in the datapath for (key, mask), with its priority: the
-    /// highest priority, then the lowest id, of the rules with that match.
-    fn winner_prio(&self, key: &FlowKey, mask: &FlowKey) -> Option<(u32, u16)> {
-        self.group(key, mask)
+    /// The rule in the datapath for (table, key, mask), with its priority:
+    /// the highest priority, then the lowest id, of the rules with that
+    /// match.
+    fn winner_prio(&self, table: u8, key: &FullKey, mask: &FullKey) -> Option<(u32, u16)> {
+        self.group(table, key, mask)
             .map(|(id, r)| (id, r.priority))
             .max_by_key(|(id, p)| (*p, std::cmp::Reverse(*id)))
     }
 
-    /// The rule in the datapath for (key, mask).
-    fn winner(&self, key: &FlowKey, mask: &FlowKey) -> Option<u32> {
-        self.winner_prio(key, mask).map(|(id, _)| id)
+    /// The rule in the datapath for (table, key, mask).
+    fn winner(&self, table: u8, key: &FullKey, mask: &FullKey) -> Option<u32> {
+        self.winner_prio(table, key, mask).map(|(id, _)| id)
     }
 
     /// The classifier entry of rule `id` (its map key), if the rule is the
     /// one in the datapath for its match (not shadowed).
-    pub fn entry_key(&self, id: u32) -> Option<FlowMapKey> {
+    pub fn entry_key(&self, id: u32) -> Option<EntryKey> {
         let r = self.get(id)?;
-        if self.winner(&r.key, &r.mask) != Some(id) {
+        let (key, mask) = (r.full_key(), r.full_mask());
+        if self.winner(r.table, &key, &mask) != Some(id) {
             return None;
         }
-        self.map_key(&r.key, &r.mask)
+        self.map_key(r.table, &key, &mask)
     }
 
-    /// Bring the classifier entry of (key, mask) in line after a change:
-    /// `before` was the rule in it, `changed` a rule whose actions just
-    /// changed. A new rule in the entry is written with fresh counters; the
-    /// same rule with new actions keeps them; nothing changes for a change
-    /// to a shadowed rule.
+    /// Bring the classifier entry of (table, key, mask) in line after a
+    /// change: `before` was the rule in it, `changed` a rule whose
+    /// instructions just changed. A new rule in the entry is written with
+    /// fresh counters; the same rule with new actions keeps them; nothing
+    /// changes for a change to a shadowed rule.
     fn refresh_entry(
         &self,
-        key: &FlowKey,
-        mask: &FlowKey,
+        table: u8,
+        key: &FullKey,
+        mask: &FullKey,
         before: Option<u32>,
         changed: Option<u32>,
     ) -> Vec<MapOp> {
-        let Some(mk) = self.map_key(key, mask) else {
+        let Some(mk) = self.map_key(table, key, mask) else {
             return Vec::new();
         };
-        let now = self.winner(key, mask);
+        let now = self.winner(table, key, mask);
         match (before, now.and_then(|id| Some((id, self.get(id)?)))) {
             (Some(_), None) => vec![MapOp::DelFlow(mk)],
             (None, None) => Vec::new(),
@@ -806,43 +1015,59 @@ impl RuleTable {
         }
     }
 
-    /// A SetSubtables operation when the list changed since the last one.
-    fn subtables_op(&mut self) -> Option<MapOp> {
-        let list = self.subtable_list();
-        if list == self.last_list {
+    /// A SetSubtables operation for `table` when its list changed since
+    /// the last one.
+    fn subtables_op(&mut self, table: u8) -> Option<MapOp> {
+        let list = self.subtable_list(table);
+        if self.last_lists.get(&table) == Some(&list) {
             return None;
         }
-        self.last_list = list.clone();
-        Some(MapOp::SetSubtables(list))
+        if list.is_empty() && !self.last_lists.contains_key(&table) {
+            return None;
+        }
+        self.last_lists.insert(table, list.clone());
+        Some(MapOp::SetSubtables(table, list))
     }
 
-    /// Subtables sorted by descending max priority.
-    fn subtable_list(&self) -> Vec<Subtable> {
-        let mut list: Vec<Subtable> = self
+    /// The subtables of `table`, sorted by descending max priority.
+    fn subtable_list(&self, table: u8) -> Vec<SubtableDesc> {
+        let mut list: Vec<SubtableDesc> = self
             .subtables
             .iter()
-            .map(|s| Subtable {
-                mask: s.mask,
-                id: s.id,
-                max_priority: s
-                    .prios
-                    .keys()
-                    .next_back()
-                    .map(|p| u32::from(*p))
-                    .unwrap_or(0),
+            .filter(|s| s.table == table)
+            .map(|s| {
+                (
+                    Subtable {
+                        mask: s.mask.key,
+                        id: s.id,
+                        max_priority: s
+                            .prios
+                            .keys()
+                            .next_back()
+                            .map(|p| u32::from(*p))
+                            .unwrap_or(0),
+                    },
+                    s.mask.ext,
+                )
             })
             .collect();
-        list.sort_by(|a, b| b.max_priority.cmp(&a.max_priority).then(a.id.cmp(&b.id)));
+        list.sort_by(|a, b| {
+            b.0.max_priority
+                .cmp(&a.0.max_priority)
+                .then(a.0.id.cmp(&b.0.id))
+        });
         list
     }
 }
 
-fn entry(id: u32, r: &Rule) -> FlowEntry {
+/// The classifier entry of rule `id`.
+pub fn entry(id: u32, r: &Rule) -> FlowEntry {
     let mut e = FlowEntry {
         priority: u32::from(r.priority),
         rule_id: id,
         n_actions: r.actions.len() as u32,
         flags: r.flags,
+        kind: if r.ext.is_some() { ENTRY_PIPELINE } else { 0 },
         cookie: r.cookie,
         idle_timeout: r.idle_timeout,
         hard_timeout: r.hard_timeout,
@@ -854,6 +1079,26 @@ fn entry(id: u32, r: &Rule) -> FlowEntry {
     e
 }
 
+/// The map key of the entry for `key` in the subtable `sub` (an id).
+fn entry_key_of(sub: u32, key: &FullKey) -> EntryKey {
+    if sub & SUBTABLE_WIDE != 0 {
+        EntryKey::Wide(WideMapKey {
+            subtable: sub,
+            key: *key,
+        })
+    } else {
+        EntryKey::Narrow(FlowMapKey {
+            subtable: sub,
+            key: key.key,
+        })
+    }
+}
+
+/// A compact key as a whole key (no wide fields).
+pub fn full(key: FlowKey) -> FullKey {
+    FullKey::from(key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -861,6 +1106,7 @@ mod tests {
 
     fn rule(prio: u16, dst: [u8; 4], mask: [u8; 4], out: u32) -> Rule {
         Rule {
+            table: 0,
             priority: prio,
             key: FlowKey {
                 ipv4_dst: dst,
@@ -870,12 +1116,21 @@ mod tests {
                 ipv4_dst: mask,
                 ..Default::default()
             },
+            wide: None,
             actions: vec![Action::output(out)],
+            ext: None,
             cookie: u64::from(out),
             idle_timeout: 0,
             hard_timeout: 0,
             flags: 0,
         }
+    }
+
+    fn list_of(ops: &[MapOp]) -> Option<(u8, Vec<SubtableDesc>)> {
+        ops.iter().find_map(|o| match o {
+            MapOp::SetSubtables(t, l) => Some((*t, l.clone())),
+            _ => None,
+        })
     }
 
     fn puts(ops: &[MapOp]) -> Vec<(u32, u32)> {
@@ -891,20 +1146,18 @@ mod tests {
     fn same_mask_shares_a_subtable_and_lists_are_sorted() {
         let mut t = RuleTable::new();
         let (_, ops) = t.insert(rule(10, [10, 0, 0, 1], [255; 4], 1)).unwrap();
-        assert!(matches!(ops.last(), Some(MapOp::SetSubtables(s)) if s.len() == 1));
+        assert!(matches!(ops.last(), Some(MapOp::SetSubtables(0, s)) if s.len() == 1));
         let (_, ops) = t.insert(rule(20, [10, 0, 0, 2], [255; 4], 2)).unwrap();
         assert!(
-            matches!(ops.last(), Some(MapOp::SetSubtables(s)) if s.len() == 1 && s[0].max_priority == 20)
+            matches!(ops.last(), Some(MapOp::SetSubtables(0, s)) if s.len() == 1 && s[0].0.max_priority == 20)
         );
         let (_, ops) = t
             .insert(rule(30, [10, 0, 0, 0], [255, 255, 0, 0], 3))
             .unwrap();
-        let Some(MapOp::SetSubtables(s)) = ops.last() else {
-            panic!("no subtable list")
-        };
+        let (_, s) = list_of(&ops).unwrap();
         assert_eq!(s.len(), 2);
-        assert_eq!(s[0].max_priority, 30);
-        assert_eq!(s[1].max_priority, 20);
+        assert_eq!(s[0].0.max_priority, 30);
+        assert_eq!(s[1].0.max_priority, 20);
     }
 
     #[test]
@@ -913,14 +1166,12 @@ mod tests {
         let (low, _) = t.insert(rule(10, [10, 0, 0, 1], [255; 4], 1)).unwrap();
         let (high, ops) = t.insert(rule(20, [10, 0, 0, 1], [255; 4], 2)).unwrap();
         assert_eq!(puts(&ops), [(high, 20)]);
-        assert_eq!(
-            t.entry_key(high).map(|k| k.key.ipv4_dst),
-            Some([10, 0, 0, 1])
-        );
+        assert!(matches!(t.entry_key(high),
+            Some(EntryKey::Narrow(k)) if k.key.ipv4_dst == [10, 0, 0, 1]));
         assert_eq!(t.entry_key(low), None);
         // Adding a lower one leaves the entry (and its counters) alone.
         let (lower, ops) = t.insert(rule(5, [10, 0, 0, 1], [255; 4], 3)).unwrap();
-        assert!(ops.iter().all(|o| matches!(o, MapOp::SetSubtables(_))));
+        assert!(ops.iter().all(|o| matches!(o, MapOp::SetSubtables(..))));
         // New actions for the rule in the entry keep its counters; for a
         // shadowed one nothing changes in the datapath.
         let ops = t.modify(high, |r| r.actions.clear()).unwrap();
@@ -936,7 +1187,7 @@ mod tests {
         // The next one takes over with fresh counters.
         let (_, ops) = t.remove(high).unwrap();
         assert_eq!(puts(&ops), [(low, 10)]);
-        assert!(matches!(ops.first(), Some(MapOp::SetSubtables(_))));
+        assert!(matches!(ops.first(), Some(MapOp::SetSubtables(..))));
     }
 
     #[test]
@@ -945,7 +1196,7 @@ mod tests {
         let (id, _) = t.insert(rule(10, [10, 0, 0, 1], [255; 4], 1)).unwrap();
         let (_, ops) = t.remove(id).unwrap();
         assert!(ops.iter().any(|o| matches!(o, MapOp::DelFlow(_))));
-        assert!(ops.contains(&MapOp::SetSubtables(vec![])));
+        assert!(ops.contains(&MapOp::SetSubtables(0, vec![])));
         assert_eq!(t.remove(id).unwrap_err(), TableError::NoSuchRule(id));
         let (again, ops) = t.insert(rule(10, [10, 0, 0, 9], [255; 4], 1)).unwrap();
         assert_eq!(again, id);
@@ -962,20 +1213,19 @@ mod tests {
         let (b, ops) = t
             .insert(rule(20, [10, 0, 0, 0], [255, 0, 0, 0], 2))
             .unwrap();
-        let Some(MapOp::SetSubtables(subs)) = ops.last() else {
-            panic!("no subtable list")
-        };
+        let (table, subs) = list_of(&ops).unwrap();
+        let saved: Vec<(u8, SubtableDesc)> = subs.iter().map(|s| (table, *s)).collect();
         let rules: Vec<(u32, Rule)> = t.rules().map(|(i, r)| (i, r.clone())).collect();
-        let mut r = RuleTable::restore(subs, rules);
+        let mut r = RuleTable::restore(&saved, rules);
         assert_eq!(r.len(), 2);
-        assert_eq!(r.subtable_list(), *subs);
+        assert_eq!(r.subtable_list(0), subs);
         let (c, _) = r.insert(rule(5, [10, 0, 0, 9], [255; 4], 3)).unwrap();
         assert!(c != a && c != b);
         assert!(r.remove(a).is_ok());
     }
 
     #[test]
-    fn mask_limit_and_cookie_lookup() {
+    fn mask_limit_is_per_table_and_cookie_lookup() {
         let mut t = RuleTable::new();
         for i in 0..MAX_SUBTABLES {
             let m = (i as u32 + 1).to_be_bytes();
@@ -985,8 +1235,72 @@ mod tests {
             t.insert(rule(1, [0; 4], [1, 2, 3, 4], 99)).unwrap_err(),
             TableError::TooManyMasks
         );
+        // Another table has its own subtables.
+        let mut r = rule(1, [0; 4], [1, 2, 3, 4], 99);
+        r.table = 3;
+        let (_, ops) = t.insert(r).unwrap();
+        assert!(matches!(list_of(&ops), Some((3, l)) if l.len() == 1));
         assert_eq!(t.ids_by_cookie(5, u64::MAX).len(), 1);
-        assert_eq!(t.ids_by_cookie(0, 0).len(), MAX_SUBTABLES);
+        assert_eq!(t.ids_by_cookie(0, 0).len(), MAX_SUBTABLES + 1);
+        let mut r = rule(1, [0; 4], [1, 2, 3, 4], 99);
+        r.table = N_TABLES as u8;
+        assert_eq!(
+            t.insert(r).unwrap_err(),
+            TableError::NoSuchTable(N_TABLES as u8)
+        );
+    }
+
+    #[test]
+    fn wide_masks_make_wide_subtables_and_entries() {
+        let mut t = RuleTable::new();
+        let mut key = full(FlowKey::default());
+        let mut mask = key;
+        key.ext.metadata = [0xff, 0];
+        mask.ext.metadata = [0xffff_ffff, 0];
+        let mut r = Rule::matching(1, 10, &key, &mask);
+        r.actions = vec![Action::output(1)];
+        r.ext = Some(Box::default());
+        let (id, ops) = t.insert(r).unwrap();
+        let (table, list) = list_of(&ops).unwrap();
+        assert_eq!(table, 1);
+        assert!(list[0].0.id & SUBTABLE_WIDE != 0);
+        assert_eq!(list[0].1.metadata, [0xffff_ffff, 0]);
+        assert!(ops
+            .iter()
+            .any(|o| matches!(o, MapOp::PutFlow(EntryKey::Wide(k), e)
+            if k.key.ext.metadata == [0xff, 0] && e.kind == ENTRY_PIPELINE)));
+        assert!(ops.contains(&MapOp::PutRuleExt(id, RuleExt::default())));
+        let pkt = FullKey {
+            ext: FlowKeyExt {
+                metadata: [0xff, 7],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(t.lookup(1, &pkt).map(|(i, _)| i), Some(id));
+        assert_eq!(t.lookup(0, &pkt), None);
+        // The same compact match without the wide part is another group.
+        assert_eq!(
+            t.find(1, &full(FlowKey::default()), &full(FlowKey::default()), 10),
+            None
+        );
+        assert_eq!(t.find(1, &key, &mask, 10), Some(id));
+        let (_, ops) = t.remove(id).unwrap();
+        assert!(ops
+            .iter()
+            .any(|o| matches!(o, MapOp::DelFlow(EntryKey::Wide(_)))));
+        assert!(ops.contains(&MapOp::DelRuleExt(id)));
+    }
+
+    /// A compact rule costs what it cost with one table: the wide part
+    /// and the other instructions are kept beside it, only when present.
+    #[test]
+    fn a_compact_rule_stays_small() {
+        assert!(
+            size_of::<Rule>() <= 2 * size_of::<FlowKey>() + 64,
+            "{} bytes",
+            size_of::<Rule>()
+        );
     }
 
     #[test]
@@ -1064,7 +1378,7 @@ mod tests {
                     .filter(|(_, r)| fm.mask_is_subset_of(&r.mask) && r.key.masked(&fm) == fk)
                     .map(|(i, _)| *i)
                     .collect();
-                if let Some(ids) = t.ids_by_match(&fk, &fm) {
+                if let Some(ids) = t.ids_by_match(Some(0), &full(fk), &full(fm)) {
                     assert_eq!(ids, naive, "match {fk:?}/{fm:?}");
                 }
             }
@@ -1088,7 +1402,7 @@ mod tests {
                 .filter(|(_, r)| pkt.masked(&r.mask) == r.key)
                 .max_by_key(|(i, r)| (r.priority, std::cmp::Reverse(**i)))
                 .map(|(i, _)| *i);
-            assert_eq!(t.lookup(&pkt).map(|(i, _)| i), naive);
+            assert_eq!(t.lookup(0, &full(pkt)).map(|(i, _)| i), naive);
         }
     }
 
@@ -1157,20 +1471,32 @@ mod tests {
             ..Default::default()
         };
         // One group, found without a scan.
-        assert_eq!(t.ids_by_match(&key([10, 0, 0, 1]), &exact), Some(vec![a]));
-        assert_eq!(t.ids_by_match(&key([10, 0, 0, 7]), &exact), Some(vec![]));
+        assert_eq!(
+            t.ids_by_match(Some(0), &full(key([10, 0, 0, 1])), &full(exact)),
+            Some(vec![a])
+        );
+        assert_eq!(
+            t.ids_by_match(Some(0), &full(key([10, 0, 0, 7])), &full(exact)),
+            Some(vec![])
+        );
         // A wider filter covers rules of several keys: a scan.
         let wide = FlowKey {
             ipv4_dst: [255, 255, 255, 0],
             ..Default::default()
         };
-        assert_eq!(t.ids_by_match(&key([10, 0, 0, 0]), &wide), None);
+        assert_eq!(
+            t.ids_by_match(Some(0), &full(key([10, 0, 0, 0])), &full(wide)),
+            None
+        );
         // A rule with a wider mask than the filter's: no rule is covered
         // by a narrower one, and the index says so.
         let mut t = RuleTable::new();
         t.insert(rule(1, [10, 0, 0, 0], [255, 255, 255, 0], 1))
             .unwrap();
-        assert_eq!(t.ids_by_match(&key([10, 0, 0, 1]), &exact), Some(vec![]));
+        assert_eq!(
+            t.ids_by_match(Some(0), &full(key([10, 0, 0, 1])), &full(exact)),
+            Some(vec![])
+        );
     }
 
     #[test]

@@ -33,7 +33,73 @@ pub enum ActionKind {
     /// Decrement the IPv4 TTL or IPv6 hop limit; a packet whose TTL would reach 0 is punted
     /// with [`crate::PuntReason::InvalidTtl`].
     DecTtl = 12,
+    /// Apply group `arg`.
+    Group = 13,
+    /// Set the IPv4 TOS / IPv6 traffic class bits under `data[1]` to
+    /// `data[0]` (DSCP: mask 0xfc, ECN: mask 0x03).
+    SetIpTos = 14,
+    /// Set the IPv6 flow label to `arg`.
+    SetIpv6Label = 15,
+    /// Set the VLAN id of the outer tag to `arg` (no tag: nothing).
+    SetVlanVid = 16,
+    /// Set the VLAN priority of the outer tag to `arg`.
+    SetVlanPcp = 17,
+    /// Push a VLAN tag with TPID `arg` (VID and PCP copied from the outer
+    /// tag, else 0).
+    PushVlan = 18,
+    /// Pop the outer VLAN tag.
+    PopVlan = 19,
+    /// Push an MPLS label stack entry, Ethernet type `arg` (label 0, TC 0,
+    /// TTL from the IP TTL or the outer entry).
+    PushMpls = 20,
+    /// Pop the outer MPLS label stack entry; `arg` is the new Ethernet type.
+    PopMpls = 21,
+    /// Set the MPLS label to `arg`.
+    SetMplsLabel = 22,
+    /// Set the MPLS traffic class to `arg`.
+    SetMplsTc = 23,
+    /// Set the MPLS bottom-of-stack bit to `arg`.
+    SetMplsBos = 24,
+    /// Set the MPLS TTL to `arg`.
+    SetMplsTtl = 25,
+    /// Decrement the MPLS TTL (0 or 1: punted as an invalid TTL).
+    DecMplsTtl = 26,
+    /// Set the IPv4 TTL / IPv6 hop limit to `arg`.
+    SetNwTtl = 27,
+    /// Copy the TTL from the next-to-outermost header outwards.
+    CopyTtlOut = 28,
+    /// Copy the TTL from the outermost header inwards.
+    CopyTtlIn = 29,
+    /// Set 8 bytes of the IPv6 source: `data` at byte `arg` * 8.
+    SetIpv6Src = 30,
+    /// Set 8 bytes of the IPv6 destination: `data` at byte `arg` * 8.
+    SetIpv6Dst = 31,
+    /// Set 8 bytes of the ND target: `data` at byte `arg` * 8.
+    SetNdTarget = 32,
+    /// Set the ARP sender hardware address to `data[0..6]`.
+    SetArpSha = 33,
+    /// Set the ARP target hardware address to `data[0..6]`.
+    SetArpTha = 34,
+    /// Set the ND source link-layer address option to `data[0..6]`.
+    SetNdSll = 35,
+    /// Set the ND target link-layer address option to `data[0..6]`.
+    SetNdTll = 36,
+    /// Set the ARP opcode to `arg`.
+    SetArpOp = 37,
+    /// Set the ARP sender protocol address to `data[0..4]`.
+    SetArpSpa = 38,
+    /// Set the ARP target protocol address to `data[0..4]`.
+    SetArpTpa = 39,
+    /// Set the ICMP/ICMPv6 type to `arg` (fixes the checksum).
+    SetIcmpType = 40,
+    /// Set the ICMP/ICMPv6 code to `arg` (fixes the checksum).
+    SetIcmpCode = 41,
+    /// Set the tunnel id register to `data` (little-endian u64).
+    SetTunnelId = 42,
 }
+
+/// Number of [`ActionKind`] values (all below this).
+pub const ACTION_KINDS: u16 = 43;
 
 impl ActionKind {
     /// Decode a stored kind; `None` for an unknown value.
@@ -51,6 +117,36 @@ impl ActionKind {
             10 => Self::SetL4Src,
             11 => Self::SetL4Dst,
             12 => Self::DecTtl,
+            13 => Self::Group,
+            14 => Self::SetIpTos,
+            15 => Self::SetIpv6Label,
+            16 => Self::SetVlanVid,
+            17 => Self::SetVlanPcp,
+            18 => Self::PushVlan,
+            19 => Self::PopVlan,
+            20 => Self::PushMpls,
+            21 => Self::PopMpls,
+            22 => Self::SetMplsLabel,
+            23 => Self::SetMplsTc,
+            24 => Self::SetMplsBos,
+            25 => Self::SetMplsTtl,
+            26 => Self::DecMplsTtl,
+            27 => Self::SetNwTtl,
+            28 => Self::CopyTtlOut,
+            29 => Self::CopyTtlIn,
+            30 => Self::SetIpv6Src,
+            31 => Self::SetIpv6Dst,
+            32 => Self::SetNdTarget,
+            33 => Self::SetArpSha,
+            34 => Self::SetArpTha,
+            35 => Self::SetNdSll,
+            36 => Self::SetNdTll,
+            37 => Self::SetArpOp,
+            38 => Self::SetArpSpa,
+            39 => Self::SetArpTpa,
+            40 => Self::SetIcmpType,
+            41 => Self::SetIcmpCode,
+            42 => Self::SetTunnelId,
             _ => return None,
         })
     }
@@ -62,6 +158,68 @@ impl ActionKind {
             self,
             Self::Output | Self::OutputInPort | Self::OutputLocal | Self::Controller
         )
+    }
+
+    /// True for the kinds the one-table fast path runs (outputs, drop, the
+    /// lazily written Ethernet/IPv4/TCP/UDP set-fields, TTL decrement and
+    /// set): a rule with any other kind runs in the pipeline program.
+    pub fn on_fast_path(self) -> bool {
+        matches!(
+            self,
+            Self::Output
+                | Self::OutputInPort
+                | Self::OutputLocal
+                | Self::Controller
+                | Self::Drop
+                | Self::SetEthSrc
+                | Self::SetEthDst
+                | Self::SetIpv4Src
+                | Self::SetIpv4Dst
+                | Self::SetL4Src
+                | Self::SetL4Dst
+                | Self::DecTtl
+                | Self::SetNwTtl
+        )
+    }
+
+    /// True for actions that change the packet's layout (tags and label
+    /// stack entries come or go), after which it is parsed again.
+    pub fn is_structural(self) -> bool {
+        matches!(
+            self,
+            Self::PushVlan | Self::PopVlan | Self::PushMpls | Self::PopMpls
+        )
+    }
+}
+
+/// Slots of an action set ([`set_slot`]).
+pub const ASET_SLOTS: usize = 64;
+
+/// The slot of an action of kind `kind` (an [`ActionKind`] as u16) with
+/// argument `arg` in an OpenFlow action set: one slot per action type (per
+/// half for the 16-byte set-fields), so a written action replaces the one
+/// of its type, and slots in the order the set runs: copy TTL in, pops,
+/// push MPLS, push VLAN, copy TTL out, decrement TTLs, set-fields, group,
+/// output. Below [`ASET_SLOTS`].
+pub const fn set_slot(kind: u16, arg: u32) -> u32 {
+    match kind {
+        29 => 0,     // CopyTtlIn
+        19 => 1,     // PopVlan
+        21 => 2,     // PopMpls
+        20 => 3,     // PushMpls
+        18 => 4,     // PushVlan
+        28 => 5,     // CopyTtlOut
+        12 => 6,     // DecTtl
+        26 => 7,     // DecMplsTtl
+        13 => 60,    // Group
+        1..=4 => 61, // the outputs: one output in a set
+        5 => 62,     // Drop
+        // The second halves of the 16-byte set-fields.
+        30..=32 if arg & 1 == 1 => 45 + (kind as u32 - 30),
+        // Set-fields (6..=11, 14..=17, 22..=25, 27, 30..=42): after the
+        // TTL decrements, each its own slot.
+        6..=42 => kind as u32 + 2,
+        _ => 63,
     }
 }
 
@@ -80,7 +238,7 @@ pub struct Action {
 }
 
 impl Action {
-    fn new(kind: ActionKind, arg: u32, data: [u8; 8]) -> Self {
+    const fn new(kind: ActionKind, arg: u32, data: [u8; 8]) -> Self {
         Action {
             kind: kind as u16,
             _pad: 0,
@@ -137,10 +295,27 @@ impl Action {
     pub fn dec_ttl() -> Self {
         Self::new(ActionKind::DecTtl, 0, [0; 8])
     }
+    /// An action of `kind` with a numeric argument.
+    pub fn with_arg(kind: ActionKind, arg: u32) -> Self {
+        Self::new(kind, arg, [0; 8])
+    }
+    /// An action of `kind` with a numeric argument and byte data.
+    pub fn with_data(kind: ActionKind, arg: u32, data: [u8; 8]) -> Self {
+        Self::new(kind, arg, data)
+    }
+    /// Apply group `id`.
+    pub fn group(id: u32) -> Self {
+        Self::new(ActionKind::Group, id, [0; 8])
+    }
 
     /// The decoded kind, `None` when the stored value is unknown.
     pub fn kind(&self) -> Option<ActionKind> {
         ActionKind::from_u16(self.kind)
+    }
+
+    /// This action's slot in an action set ([`set_slot`]).
+    pub fn set_slot(&self) -> u32 {
+        set_slot(self.kind, self.arg)
     }
     /// `data` as a MAC address.
     pub fn mac(&self) -> [u8; 6] {
@@ -173,9 +348,10 @@ mod tests {
 
     #[test]
     fn kinds_round_trip() {
-        for v in 0..32u16 {
-            if let Some(k) = ActionKind::from_u16(v) {
-                assert_eq!(k as u16, v);
+        for v in 0..ACTION_KINDS + 8 {
+            match ActionKind::from_u16(v) {
+                Some(k) => assert_eq!(k as u16, v),
+                None => assert!(v == 0 || v >= ACTION_KINDS, "{v}"),
             }
         }
         assert_eq!(
@@ -184,5 +360,45 @@ mod tests {
         );
         assert_eq!(Action::set_ipv4_src([10, 0, 0, 1]).ipv4(), [10, 0, 0, 1]);
         assert_eq!(Action::output(3).kind(), Some(ActionKind::Output));
+    }
+
+    #[test]
+    fn action_set_slots() {
+        use ActionKind as K;
+        let slot = |k: K| set_slot(k as u16, 0);
+        // One slot per action type; the outputs share one; halves differ.
+        let mut seen = [None; ASET_SLOTS];
+        for v in 1..ACTION_KINDS {
+            for half in 0..2 {
+                let s = set_slot(v, half);
+                assert!((s as usize) < ASET_SLOTS, "{v}: {s}");
+                if let Some((w, h)) = seen[s as usize] {
+                    let outputs = (1..=4).contains(&v) && (1..=4).contains(&w);
+                    let same = w == v && (h == half || !(30..=32).contains(&v));
+                    assert!(outputs || same, "{v}/{half} and {w}/{h} share slot {s}");
+                }
+                seen[s as usize] = Some((v, half));
+            }
+        }
+        // The order the set runs in (OpenFlow 1.3, 5.10).
+        let order = [
+            K::CopyTtlIn,
+            K::PopVlan,
+            K::PushMpls,
+            K::PushVlan,
+            K::CopyTtlOut,
+            K::DecTtl,
+            K::SetEthDst,
+            K::Group,
+            K::Output,
+        ];
+        for w in order.windows(2) {
+            assert!(slot(w[0]) < slot(w[1]), "{:?} before {:?}", w[0], w[1]);
+        }
+        for k in [K::SetIpv6Src, K::SetNdTarget, K::SetTunnelId, K::SetNwTtl] {
+            assert!(slot(K::DecMplsTtl) < slot(k) && slot(k) < slot(K::Group));
+            assert!(set_slot(k as u16, 1) < slot(K::Group));
+        }
+        assert_eq!(slot(K::Controller), slot(K::Output));
     }
 }

@@ -24,11 +24,19 @@ pub enum DropReason {
     MissDrop = 8,
     /// Packet arrived on an interface that is not a registered port.
     UnknownIngress = 9,
+    /// An action this program type cannot execute (a push or pop on the
+    /// XDP uplink).
+    Unsupported = 10,
+    /// A meter's drop band.
+    MeterDrop = 11,
+    /// No rule in a table after the first (OpenFlow 1.3: drop), or a
+    /// group without a live bucket.
+    TableMiss = 12,
 }
 
 impl DropReason {
     /// Number of reasons (size of the drop counter map).
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 13;
 
     /// All reasons, in index order.
     pub const ALL: [DropReason; Self::COUNT as usize] = [
@@ -42,6 +50,9 @@ impl DropReason {
         Self::RewriteFailed,
         Self::MissDrop,
         Self::UnknownIngress,
+        Self::Unsupported,
+        Self::MeterDrop,
+        Self::TableMiss,
     ];
 
     /// A short, stable name (used in logs and metrics labels).
@@ -57,6 +68,9 @@ impl DropReason {
             Self::RewriteFailed => "rewrite_failed",
             Self::MissDrop => "miss_drop",
             Self::UnknownIngress => "unknown_ingress",
+            Self::Unsupported => "unsupported",
+            Self::MeterDrop => "meter_drop",
+            Self::TableMiss => "table_miss",
         }
     }
 }

@@ -125,6 +125,127 @@ impl FlowKey {
     }
 }
 
+/// Number of 32-bit words in a [`FlowKeyExt`].
+pub const FLOW_KEY_EXT_WORDS: usize = size_of::<FlowKeyExt>() / 4;
+
+/// The match fields beyond [`FlowKey`]: the pipeline's registers
+/// (metadata, tunnel id) and the wide addresses (IPv6, ND, ARP hardware
+/// addresses). Only subtables whose mask uses one of them (*wide*
+/// subtables, [`crate::SUBTABLE_WIDE`]) hash these bytes, so the compact key
+/// keeps the IPv4 fast path short. Word-aligned (no u64 fields), so that it
+/// follows a [`FlowKey`] without padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct FlowKeyExt {
+    /// OpenFlow metadata: low and high 32 bits.
+    pub metadata: [u32; 2],
+    /// Tunnel id (OXM TUNNEL_ID): low and high 32 bits.
+    pub tunnel_id: [u32; 2],
+    /// IPv6 source address.
+    pub ipv6_src: [u8; 16],
+    /// IPv6 destination address.
+    pub ipv6_dst: [u8; 16],
+    /// IPv6 neighbour discovery target address.
+    pub nd_target: [u8; 16],
+    /// ARP sender hardware address, or ND source link-layer address.
+    pub sha: [u8; 6],
+    /// ARP target hardware address, or ND target link-layer address.
+    pub tha: [u8; 6],
+}
+
+/// A 64-bit register held as (low, high) words.
+#[inline(always)]
+pub fn u64_of(w: [u32; 2]) -> u64 {
+    (w[0] as u64) | ((w[1] as u64) << 32)
+}
+
+/// The (low, high) words of a 64-bit register.
+#[inline(always)]
+pub fn words_of(v: u64) -> [u32; 2] {
+    [v as u32, (v >> 32) as u32]
+}
+
+impl FlowKeyExt {
+    /// The key as 32-bit words.
+    #[inline(always)]
+    pub fn words(&self) -> &[u32; FLOW_KEY_EXT_WORDS] {
+        bytemuck::cast_ref(self)
+    }
+
+    /// Mutable view of the key as 32-bit words.
+    #[inline(always)]
+    pub fn words_mut(&mut self) -> &mut [u32; FLOW_KEY_EXT_WORDS] {
+        bytemuck::cast_mut(self)
+    }
+
+    /// This key ANDed with `mask`.
+    #[inline(always)]
+    pub fn masked(&self, mask: &FlowKeyExt) -> FlowKeyExt {
+        let mut out = *self;
+        let m = mask.words();
+        let w = out.words_mut();
+        let mut i = 0;
+        while i < FLOW_KEY_EXT_WORDS {
+            w[i] &= m[i];
+            i += 1;
+        }
+        out
+    }
+
+    /// True when this value, used as a mask, has no bit set.
+    pub fn is_empty_mask(&self) -> bool {
+        self.words().iter().all(|w| *w == 0)
+    }
+}
+
+/// A whole match key: the compact [`FlowKey`] and its [`FlowKeyExt`].
+/// Rules and masks are kept in this form by userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct FullKey {
+    /// The compact fields.
+    pub key: FlowKey,
+    /// The wide fields and registers.
+    pub ext: FlowKeyExt,
+}
+
+/// Number of 32-bit words in a [`FullKey`].
+pub const FULL_KEY_WORDS: usize = FLOW_KEY_WORDS + FLOW_KEY_EXT_WORDS;
+
+impl FullKey {
+    /// The key as 32-bit words.
+    pub fn words(&self) -> &[u32; FULL_KEY_WORDS] {
+        bytemuck::cast_ref(self)
+    }
+
+    /// This key ANDed with `mask`.
+    pub fn masked(&self, mask: &FullKey) -> FullKey {
+        FullKey {
+            key: self.key.masked(&mask.key),
+            ext: self.ext.masked(&mask.ext),
+        }
+    }
+
+    /// True when this value, used as a mask, needs the wide fields.
+    pub fn is_wide(&self) -> bool {
+        !self.ext.is_empty_mask()
+    }
+
+    /// True when this value, used as a mask, has no bit set.
+    pub fn is_empty_mask(&self) -> bool {
+        self.key.is_empty_mask() && self.ext.is_empty_mask()
+    }
+}
+
+impl From<FlowKey> for FullKey {
+    fn from(key: FlowKey) -> Self {
+        FullKey {
+            key,
+            ext: FlowKeyExt::default(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

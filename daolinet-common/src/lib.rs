@@ -29,18 +29,49 @@ pub mod port;
 pub mod punt;
 pub mod stats;
 
-pub use action::{Action, ActionKind, MAX_ACTIONS};
+pub use action::{set_slot, Action, ActionKind, ACTION_KINDS, ASET_SLOTS, MAX_ACTIONS};
 pub use drop_reason::DropReason;
 pub use drop_sample::{
     DropSample, SampleBucket, SampleConfig, DROP_SAMPLE_CAP, DROP_SAMPLE_RING_BYTES, DROP_SLOTS,
 };
-pub use flow_key::{FlowKey, FLOW_KEY_WORDS, VLAN_PCP_MASK, VLAN_PRESENT, VLAN_VID_MASK};
+pub use flow_key::{
+    u64_of, words_of, FlowKey, FlowKeyExt, FullKey, FLOW_KEY_EXT_WORDS, FLOW_KEY_WORDS,
+    FULL_KEY_WORDS, VLAN_PCP_MASK, VLAN_PRESENT, VLAN_VID_MASK,
+};
 pub use port::{MissPolicy, PortInfo, PortKind, PORT_FLAG_ANTI_SPOOF};
 pub use punt::{PuntHeader, PuntReason, PuntRecord, PUNT_CAP};
 pub use stats::{PortStats, RuleStats};
 
-/// Maximum number of distinct match masks (subtables) the datapath walks.
+/// Maximum number of distinct match masks (subtables) the datapath walks
+/// in one table.
 pub const MAX_SUBTABLES: usize = 32;
+/// Number of OpenFlow tables (ids 0 to `N_TABLES - 1`).
+pub const N_TABLES: u32 = 16;
+/// Slots of [`maps::SUBTABLES`]: table `t` has slots
+/// `t * MAX_SUBTABLES ..`.
+pub const SUBTABLE_SLOTS: u32 = N_TABLES * MAX_SUBTABLES as u32;
+/// Bit of [`Subtable::id`] marking a *wide* subtable: its mask uses
+/// [`FlowKeyExt`] fields, its rules are in [`maps::FLOWS_WIDE`] and its
+/// [`FlowKeyExt`] mask is in [`maps::SUBTABLE_EXT`] at the same slot.
+pub const SUBTABLE_WIDE: u32 = 1 << 31;
+/// [`DatapathConfig::flags`] and [`TableConfig::flags`]: the table has
+/// wide subtables (the packet's [`FlowKeyExt`] must be filled before the
+/// walk; no exact-match cache, whose key is the compact one).
+pub const TABLE_WIDE: u32 = 1;
+/// "No table" in [`RuleExt::goto_table`].
+pub const NO_TABLE: u32 = u32::MAX;
+/// Buckets of a group, at most.
+pub const MAX_BUCKETS: usize = 16;
+/// Actions of a group bucket, at most.
+pub const BUCKET_ACTIONS: usize = 4;
+/// Slots of a select group's bucket table ([`GroupEntry::select`]).
+pub const SELECT_SLOTS: usize = 64;
+/// "No bucket" in [`GroupEntry::live`].
+pub const NO_BUCKET: u32 = u32::MAX;
+/// Groups the datapath holds, at most.
+pub const MAX_GROUPS: u32 = 4096;
+/// Meters the datapath holds, at most.
+pub const MAX_METERS: u32 = 4096;
 /// Number of rules the maps are declared with in the object (entries of
 /// [`maps::FLOWS`]); the agent sets the real size when it loads the
 /// object (`--max-flows`).
@@ -100,6 +131,40 @@ pub mod maps {
     pub const SAMPLE_CONFIG: &str = "DL_SAMPLE_CONFIG";
     /// Per-CPU array with one [`crate::SampleBucket`] at index 0.
     pub const SAMPLE_BUCKETS: &str = "DL_SAMPLE_BUCKETS";
+    /// Hash map [`crate::WideMapKey`] -> [`crate::FlowEntry`]: the rules of
+    /// wide subtables.
+    pub const FLOWS_WIDE: &str = "DL_FLOWS_WIDE";
+    /// Array of [`crate::FlowKeyExt`]: the wide part of the mask of a wide
+    /// subtable, at the subtable's slot in [`SUBTABLES`].
+    pub const SUBTABLE_EXT: &str = "DL_SUBTABLE_EXT";
+    /// Array of [`crate::TableConfig`] by table id (tables 1 and up; table
+    /// 0 is described by [`CONFIG`]).
+    pub const TABLES: &str = "DL_TABLES";
+    /// Hash map rule id (u32) -> [`crate::RuleExt`]: the instructions of
+    /// rules with [`crate::ENTRY_PIPELINE`].
+    pub const RULE_EXT: &str = "DL_RULE_EXT";
+    /// Per-CPU array of [`crate::TableStats`] by table id (tables 1 and up;
+    /// table 0's come from the port and rule counters).
+    pub const TABLE_STATS: &str = "DL_TABLE_STATS";
+    /// Hash map group id (u32) -> [`crate::GroupEntry`].
+    pub const GROUPS: &str = "DL_GROUPS";
+    /// Hash map meter id (u32) -> [`crate::MeterEntry`].
+    pub const METERS: &str = "DL_METERS";
+    /// Per-CPU array of [`crate::GroupStats`] indexed by
+    /// [`crate::GroupEntry::stats_slot`].
+    pub const GROUP_STATS: &str = "DL_GROUP_STATS";
+    /// Per-CPU array of [`crate::MeterStats`] indexed by
+    /// [`crate::MeterEntry::stats_slot`].
+    pub const METER_STATS: &str = "DL_METER_STATS";
+    /// Program array of the TC pipeline program (not pinned).
+    pub const PIPELINE_TC: &str = "DL_PIPELINE_TC";
+    /// Program array of the XDP pipeline program (not pinned).
+    pub const PIPELINE_XDP: &str = "DL_PIPELINE_XDP";
+    /// The TC pipeline program, tail-called by [`PROG_TC`] for rules beyond
+    /// one table of apply-actions.
+    pub const PROG_TC_PIPELINE: &str = "daolinet_tc_pipeline";
+    /// The XDP pipeline program, tail-called by [`PROG_XDP`].
+    pub const PROG_XDP_PIPELINE: &str = "daolinet_xdp_pipeline";
     /// The TC (tcx) classifier program, used on container ports and on a TC uplink.
     pub const PROG_TC: &str = "daolinet_tc";
     /// The XDP program, used on the uplink with `--uplink-mode xdp`.
@@ -110,9 +175,11 @@ pub mod maps {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Subtable {
-    /// The match mask shared by all rules of this subtable.
+    /// The match mask shared by all rules of this subtable (the compact
+    /// part; a wide subtable has the rest in [`maps::SUBTABLE_EXT`]).
     pub mask: FlowKey,
-    /// Stable id of the subtable, part of [`FlowMapKey`].
+    /// Stable id of the subtable, part of [`FlowMapKey`] (unique over all
+    /// tables), with [`SUBTABLE_WIDE`] set for a wide subtable.
     pub id: u32,
     /// Highest priority of any rule in this subtable.
     pub max_priority: u32,
@@ -129,6 +196,201 @@ pub struct DatapathConfig {
     /// cache only trusts entries made under the current generation; 0
     /// (nothing installed yet) disables the cache.
     pub generation: u32,
+    /// `TABLE_*` bits of table 0.
+    pub flags: u32,
+}
+
+/// A table beyond table 0 ([`maps::TABLES`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct TableConfig {
+    /// Number of valid subtables at the table's slots of [`maps::SUBTABLES`].
+    pub n_subtables: u32,
+    /// `TABLE_*` bits.
+    pub flags: u32,
+}
+
+/// Lookups in a table and how many found a rule ([`maps::TABLE_STATS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct TableStats {
+    /// Packets looked up.
+    pub lookups: u64,
+    /// Of which matched a rule.
+    pub matched: u64,
+}
+
+/// Key of [`maps::FLOWS_WIDE`]: subtable id and masked whole key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct WideMapKey {
+    /// [`Subtable::id`] of the rule's mask ([`SUBTABLE_WIDE`] set).
+    pub subtable: u32,
+    /// The rule's match, ANDed with the subtable mask.
+    pub key: FullKey,
+}
+
+/// [`FlowEntry::kind`]: the rule has instructions beyond apply-actions
+/// (goto_table, write_metadata, write/clear_actions, meter) in
+/// [`maps::RULE_EXT`]. Rules without it take the one-table fast path.
+pub const ENTRY_PIPELINE: u16 = 1;
+
+/// [`RuleExt::flags`]: clear the action set (clear_actions).
+pub const EXT_CLEAR_ACTIONS: u32 = 1;
+
+/// The instructions of a rule beyond its apply-actions list, in the order
+/// OpenFlow runs them: meter, (apply-actions,) clear-actions,
+/// write-actions, write-metadata, goto-table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct RuleExt {
+    /// Table to continue in, or [`NO_TABLE`] (the pipeline ends here).
+    pub goto_table: u32,
+    /// Meter id, 0 for none.
+    pub meter: u32,
+    /// write_metadata value (low, high).
+    pub metadata: [u32; 2],
+    /// write_metadata mask (low, high); zero: no write_metadata.
+    pub metadata_mask: [u32; 2],
+    /// `EXT_*` bits.
+    pub flags: u32,
+    /// Number of actions in `write`.
+    pub n_write: u32,
+    /// write_actions, already in action-set order.
+    pub write: [Action; MAX_ACTIONS],
+}
+
+impl Default for RuleExt {
+    fn default() -> Self {
+        RuleExt {
+            goto_table: NO_TABLE,
+            meter: 0,
+            metadata: [0; 2],
+            metadata_mask: [0; 2],
+            flags: 0,
+            n_write: 0,
+            write: [Action::default(); MAX_ACTIONS],
+        }
+    }
+}
+
+/// One bucket of a group.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Bucket {
+    /// Number of valid `actions`.
+    pub n_actions: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
+    /// The actions (a bucket's action set, in action-set order).
+    pub actions: [Action; BUCKET_ACTIONS],
+}
+
+/// OpenFlow group types (`GroupEntry::group_type`).
+pub mod group_type {
+    /// All buckets (multicast, flooding).
+    pub const ALL: u32 = 0;
+    /// One bucket, chosen by the packet's hash (and the weights).
+    pub const SELECT: u32 = 1;
+    /// The one bucket.
+    pub const INDIRECT: u32 = 2;
+    /// The first live bucket.
+    pub const FAST_FAILOVER: u32 = 3;
+}
+
+/// A group ([`maps::GROUPS`]). Userspace decides liveness and weights:
+/// `live` and `select` are rewritten when ports come and go.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct GroupEntry {
+    /// A [`group_type`] value.
+    pub group_type: u32,
+    /// Number of valid `buckets`.
+    pub n_buckets: u32,
+    /// Fast failover: the live bucket to use, or [`NO_BUCKET`].
+    pub live: u32,
+    /// Slot of the group's counters in [`maps::GROUP_STATS`].
+    pub stats_slot: u32,
+    /// Select: bucket index by hash slot (weights decide how many slots a
+    /// bucket has; dead buckets have none), [`SELECT_SLOTS`] entries, 0xff
+    /// when no bucket is live.
+    pub select: [u8; SELECT_SLOTS],
+    /// The buckets.
+    pub buckets: [Bucket; MAX_BUCKETS],
+}
+
+impl Default for GroupEntry {
+    fn default() -> Self {
+        GroupEntry {
+            group_type: 0,
+            n_buckets: 0,
+            live: NO_BUCKET,
+            stats_slot: 0,
+            select: [0xff; SELECT_SLOTS],
+            buckets: [Bucket::default(); MAX_BUCKETS],
+        }
+    }
+}
+
+/// Counters of a group ([`maps::GROUP_STATS`]) and of its buckets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct GroupStats {
+    /// Packets that went through the group.
+    pub packets: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Packets per bucket.
+    pub bucket_packets: [u64; MAX_BUCKETS],
+    /// Bytes per bucket.
+    pub bucket_bytes: [u64; MAX_BUCKETS],
+}
+
+/// [`MeterEntry::band_type`]: drop what exceeds the rate.
+pub const BAND_DROP: u32 = 1;
+/// [`MeterEntry::band_type`]: raise the DSCP drop precedence of what
+/// exceeds the rate.
+pub const BAND_DSCP_REMARK: u32 = 2;
+/// [`MeterEntry::flags`]: rates in packets per second (else kilobits), as
+/// OpenFlow's OFPMF_PKTPS.
+pub const METER_PKTPS: u32 = 1 << 1;
+
+/// A meter with one band ([`maps::METERS`]): a budget per window of
+/// [`METER_WINDOW_NS`] (rate times window), spent by the datapath.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct MeterEntry {
+    /// OpenFlow meter flags (`OFPMF_*`); [`METER_PKTPS`] selects packets.
+    pub flags: u32,
+    /// [`BAND_DROP`] or [`BAND_DSCP_REMARK`].
+    pub band_type: u32,
+    /// Budget per window: bytes, or packets with [`METER_PKTPS`].
+    pub budget: u64,
+    /// DSCP remark: drop precedence levels to add.
+    pub prec_level: u32,
+    /// Slot of the meter's counters in [`maps::METER_STATS`].
+    pub stats_slot: u32,
+    /// Datapath state: start of the current window (ns, monotonic).
+    pub window_ns: u64,
+    /// Datapath state: budget spent in the current window.
+    pub used: u64,
+}
+
+/// Length of a meter's budget window.
+pub const METER_WINDOW_NS: u64 = 100_000_000;
+
+/// Counters of a meter ([`maps::METER_STATS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct MeterStats {
+    /// Packets that went through the meter.
+    pub packets: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Packets the band applied to.
+    pub band_packets: u64,
+    /// Their bytes.
+    pub band_bytes: u64,
 }
 
 /// Key of [`maps::FLOWS`]: subtable id and masked packet key.
@@ -153,8 +415,8 @@ pub struct FlowEntry {
     pub n_actions: u32,
     /// OpenFlow flow-mod flags (`OFPFF_*`), for userspace.
     pub flags: u16,
-    /// Reserved, zero.
-    pub _pad: u16,
+    /// `ENTRY_*` bits (0: apply-actions only, the fast path).
+    pub kind: u16,
     /// Packets that hit the rule. The counters live in the entry itself,
     /// so their memory follows the rules installed: the datapath adds to
     /// them atomically (all CPUs share the entry), userspace reads them
@@ -194,6 +456,15 @@ mod aya_pod {
     unsafe impl aya::Pod for super::PuntHeader {}
     unsafe impl aya::Pod for super::SampleConfig {}
     unsafe impl aya::Pod for super::SampleBucket {}
+    unsafe impl aya::Pod for super::FlowKeyExt {}
+    unsafe impl aya::Pod for super::WideMapKey {}
+    unsafe impl aya::Pod for super::TableConfig {}
+    unsafe impl aya::Pod for super::TableStats {}
+    unsafe impl aya::Pod for super::RuleExt {}
+    unsafe impl aya::Pod for super::GroupEntry {}
+    unsafe impl aya::Pod for super::GroupStats {}
+    unsafe impl aya::Pod for super::MeterEntry {}
+    unsafe impl aya::Pod for super::MeterStats {}
 }
 
 #[cfg(test)]
@@ -211,5 +482,13 @@ mod tests {
         assert_eq!(size_of::<PortInfo>(), 32);
         assert_eq!(size_of::<PuntHeader>(), 48);
         assert_eq!(size_of::<RuleStats>(), 24);
+        assert_eq!(size_of::<FlowKeyExt>(), 76);
+        assert_eq!(size_of::<WideMapKey>(), 120);
+        assert_eq!(size_of::<RuleExt>(), 32 + 16 * MAX_ACTIONS);
+        assert_eq!(
+            size_of::<GroupEntry>(),
+            16 + SELECT_SLOTS + 72 * MAX_BUCKETS
+        );
+        assert_eq!(size_of::<DatapathConfig>(), 12);
     }
 }

@@ -16,7 +16,8 @@
 //! changed word, instead of a store and two checksum helper calls per field.
 
 use daolinet_common::{
-    Action, ActionKind, DropReason, FlowEntry, PortInfo, PuntReason, MAX_ACTIONS, OFPP_LOCAL,
+    Action, ActionKind, DropReason, FlowEntry, FlowKey, PortInfo, PuntReason, WideMapKey,
+    ASET_SLOTS, MAX_ACTIONS, OFPP_LOCAL,
 };
 
 use crate::{
@@ -29,13 +30,13 @@ use crate::{
 };
 
 /// [`ActState::dirty`]: a MAC address was set.
-const DIRTY_ETH: u32 = 1;
+pub const DIRTY_ETH: u32 = 1;
 /// [`ActState::dirty`]: an IPv4 address was set.
-const DIRTY_IP: u32 = 2;
+pub const DIRTY_IP: u32 = 2;
 /// [`ActState::dirty`]: a TCP/UDP port was set.
-const DIRTY_L4: u32 = 4;
+pub const DIRTY_L4: u32 = 4;
 /// [`ActState::dirty`]: the TTL was decremented.
-const DIRTY_TTL: u32 = 8;
+pub const DIRTY_TTL: u32 = 8;
 
 /// What the packet bytes hold for the fields that enter a checksum, until
 /// the next [`commit`].
@@ -70,6 +71,38 @@ pub struct ActState {
     pub last_out: u32,
     /// Working memory of the classifier's cache insertion.
     pub emc: EmcEntry,
+    /// The table being run (0 on the fast path).
+    pub table: u32,
+    /// The rule whose actions run (for punts).
+    pub rule_id: u32,
+    /// The metadata register (low, high); zero on the fast path.
+    pub metadata: [u32; 2],
+    /// The tunnel id register (low, high); set only by the pipeline.
+    pub tunnel_id: [u32; 2],
+    /// Outputs done so far (copies, in the pipeline).
+    pub sent: u32,
+    /// Non-zero once a push or pop changed the packet's layout: the packet
+    /// leaves by the port's egress (the peer parses it again) instead of
+    /// being handed to the container's stack as is.
+    pub restructured: u32,
+    /// The action set (write_actions): bit `s` set when `aset[s]` holds
+    /// an action (slots: [`daolinet_common::set_slot`]).
+    pub aset_bits: u64,
+    /// The action set's slots, in execution order.
+    pub aset: [Action; ASET_SLOTS],
+    /// Working memory of the pipeline's wide lookups.
+    pub wide: WideMapKey,
+    /// Working memory: the key and dirty bits before a group bucket ran
+    /// (an `all` group's next bucket starts from them).
+    pub snap_key: FlowKey,
+    /// See `snap_key`.
+    pub snap_ttl: u8,
+    /// Reserved.
+    pub _pad: [u8; 3],
+    /// Set by the main program before it tail-calls the pipeline program:
+    /// 1 when table 0 is to be looked up there (it has wide subtables),
+    /// 0 when the first rule is in [`crate::maps::DL_FIRST`].
+    pub pipe_lookup: u32,
 }
 
 impl ActState {
@@ -91,6 +124,8 @@ impl ActState {
         self.port = *port;
         self.dirty = 0;
         self.last_out = MAX_ACTIONS as u32;
+        self.table = 0;
+        self.metadata = [0; 2];
     }
 }
 
@@ -149,7 +184,11 @@ pub fn apply<P: Packet>(ctx: &P, st: &mut ActState, entry: &FlowEntry) -> Result
                 };
             }
         }
-        let ret = ctx.step_out_of_line(st, entry, i);
+        let Some(a) = entry.actions.get(i as usize) else {
+            break;
+        };
+        st.rule_id = entry.rule_id;
+        let ret = ctx.step_out_of_line(st, a, u32::from(i == st.last_out));
         if ret >= 0 {
             return Ok(ret);
         }
@@ -164,7 +203,7 @@ pub fn apply<P: Packet>(ctx: &P, st: &mut ActState, entry: &FlowEntry) -> Result
 
 /// Decode a drop reason from a step result.
 #[inline(always)]
-fn drop_reason(v: i32) -> DropReason {
+pub fn drop_reason(v: i32) -> DropReason {
     let mut i = 0;
     while i < DropReason::ALL.len() {
         if DropReason::ALL[i] as i32 == v {
@@ -175,17 +214,22 @@ fn drop_reason(v: i32) -> DropReason {
     DropReason::RewriteFailed
 }
 
-/// Apply action `index` of `entry` to the packet in `ctx`: a verdict
-/// (>= 0) ends the action list, [`ACT_CONTINUE`] goes on,
-/// `ACT_DROP_BASE - reason` drops.
+/// Apply action `a` (of rule `st.rule_id`) to the packet in `ctx`; `last`:
+/// it is the output that decides the verdict. A verdict (>= 0) ends the
+/// action list, [`ACT_CONTINUE`] goes on, `ACT_DROP_BASE - reason` drops.
+/// `FULL`: the pipeline programs' step, which also runs the actions of
+/// [`crate::rewrite`] (userspace gives rules with those the pipeline); the
+/// one-table fast path's step does not have them (nor their stack).
 #[inline(always)]
-pub fn step<P: Packet>(ctx: &P, st: &mut ActState, entry: &FlowEntry, index: u32) -> i32 {
-    let Some(a) = entry.actions.get(index as usize) else {
-        return ACT_DROP_BASE - DropReason::PolicyDrop as i32;
-    };
+pub fn step<P: Packet, const FULL: bool>(
+    ctx: &P,
+    st: &mut ActState,
+    a: &Action,
+    last: bool,
+) -> i32 {
     let a = *a;
-    let last = index == st.last_out;
-    match apply_one(ctx, st, entry.rule_id, &a, last) {
+    let rule_id = st.rule_id;
+    match apply_one::<P, FULL>(ctx, st, rule_id, &a, last) {
         Ok(Some(v)) => v,
         Ok(None) => ACT_CONTINUE,
         Err(r) => ACT_DROP_BASE - r as i32,
@@ -194,7 +238,7 @@ pub fn step<P: Packet>(ctx: &P, st: &mut ActState, entry: &FlowEntry, index: u32
 
 /// Apply one action; `Some(verdict)` ends the action list.
 #[inline(always)]
-fn apply_one<P: Packet>(
+fn apply_one<P: Packet, const FULL: bool>(
     ctx: &P,
     st: &mut ActState,
     rule_id: u32,
@@ -211,10 +255,17 @@ fn apply_one<P: Packet>(
                 return Err(DropReason::NoSuchPort);
             };
             commit(ctx, st)?;
-            output(ctx, Target::for_port(dst, &st.port), dst.slot, last)
+            let target = if st.restructured != 0 {
+                Target::Egress(dst.ifindex)
+            } else {
+                Target::for_port(dst, &st.port)
+            };
+            st.sent += 1;
+            output(ctx, target, dst.slot, last)
         }
         ActionKind::OutputInPort => {
             commit(ctx, st)?;
+            st.sent += 1;
             output(ctx, Target::InPort(ctx.ifindex()), st.port.slot, last)
         }
         ActionKind::OutputLocal => {
@@ -243,20 +294,53 @@ fn apply_one<P: Packet>(
         ActionKind::Controller => {
             commit(ctx, st)?;
             // The agent trims to max_len (`arg`) when it builds PACKET_IN.
-            punt(ctx, &st.port, PuntReason::Action, rule_id)?;
+            punt_from(ctx, st, PuntReason::Action, rule_id)?;
+            st.sent += 1;
             Ok(if last { Some(P::DROP) } else { None })
         }
         ActionKind::Drop => Err(DropReason::PolicyDrop),
+        ActionKind::DecTtl => dec_ttl(ctx, st, rule_id),
+        ActionKind::DecMplsTtl if FULL => crate::rewrite::dec_mpls_ttl(ctx, st, rule_id),
+        ActionKind::SetNwTtl => {
+            if st.pkt.is_ip() {
+                st.pkt.ttl = a.arg as u8;
+                st.dirty |= DIRTY_TTL;
+            }
+            Ok(None)
+        }
+        // The tunnel id is a register: no packet bytes change.
+        ActionKind::SetTunnelId => {
+            let d = a.data;
+            st.tunnel_id = [
+                u32::from_le_bytes([d[0], d[1], d[2], d[3]]),
+                u32::from_le_bytes([d[4], d[5], d[6], d[7]]),
+            ];
+            Ok(None)
+        }
+        // Groups run in the pipeline's loops, never here (no recursion).
+        ActionKind::Group => Err(DropReason::Unsupported),
         ActionKind::SetEthSrc
         | ActionKind::SetEthDst
         | ActionKind::SetIpv4Src
         | ActionKind::SetIpv4Dst
         | ActionKind::SetL4Src
         | ActionKind::SetL4Dst => {
-            set_field(st, a);
+            if !set_field(st, a) && st.pkt.has_l4 && st.pkt.key.ip_proto == FlowKey::IPPROTO_SCTP {
+                // SCTP's CRC32c is fixed where the bytes change.
+                if !FULL {
+                    return Err(DropReason::Unsupported);
+                }
+                crate::rewrite::from_unit(ctx.rewrite_out_of_line(st, a))?;
+            }
             Ok(None)
         }
-        ActionKind::DecTtl => dec_ttl(ctx, st, rule_id),
+        _ if FULL => {
+            // Everything else changes the packet at once (and commits
+            // the pending rewrites first where the layout changes).
+            crate::rewrite::from_unit(ctx.rewrite_out_of_line(st, a))?;
+            Ok(None)
+        }
+        _ => Err(DropReason::Unsupported),
     }
 }
 
@@ -288,14 +372,16 @@ fn set_field(st: &mut ActState, a: &Action) -> bool {
             }
         }
         Some(k @ (ActionKind::SetL4Src | ActionKind::SetL4Dst)) => {
-            if pkt.has_ports() {
-                if k == ActionKind::SetL4Src {
-                    pkt.key.l4_src = a.arg as u16;
-                } else {
-                    pkt.key.l4_dst = a.arg as u16;
-                }
-                st.dirty |= DIRTY_L4;
+            // TCP/UDP only: SCTP (CRC32c) is rewritten out of line.
+            if !pkt.has_ports() {
+                return false;
             }
+            if k == ActionKind::SetL4Src {
+                pkt.key.l4_src = a.arg as u16;
+            } else {
+                pkt.key.l4_dst = a.arg as u16;
+            }
+            st.dirty |= DIRTY_L4;
         }
         _ => return false,
     }
@@ -306,7 +392,7 @@ fn set_field(st: &mut ActState, a: &Action) -> bool {
 /// documentation), fixing the IPv4 header checksum and the TCP/UDP
 /// checksum with one helper call each.
 #[inline(always)]
-fn commit<P: Packet>(ctx: &P, st: &mut ActState) -> Result<(), DropReason> {
+pub fn commit<P: Packet>(ctx: &P, st: &mut ActState) -> Result<(), DropReason> {
     let dirty = st.dirty;
     if dirty == 0 {
         return Ok(());
@@ -403,6 +489,18 @@ fn commit_ipv6<P: Packet>(ctx: &P, st: &mut ActState, dirty: u32) -> Result<(), 
     Ok(())
 }
 
+/// Punt the packet as it is now, with the pipeline's table and metadata.
+#[inline(always)]
+pub fn punt_from<P: Packet>(
+    ctx: &P,
+    st: &ActState,
+    reason: PuntReason,
+    rule_id: u32,
+) -> Result<(), DropReason> {
+    let meta = (st.metadata[0] as u64) | ((st.metadata[1] as u64) << 32);
+    punt(ctx, &st.port, reason, rule_id, st.table, meta)
+}
+
 /// Output to `target` and count it on port `slot`.
 #[inline(always)]
 fn output<P: Packet>(
@@ -436,7 +534,7 @@ fn dec_ttl<P: Packet>(ctx: &P, st: &mut ActState, rule_id: u32) -> Result<Option
     let ttl = st.pkt.ttl;
     if ttl <= 1 {
         commit(ctx, st)?;
-        return match punt(ctx, &st.port, PuntReason::InvalidTtl, rule_id) {
+        return match punt_from(ctx, st, PuntReason::InvalidTtl, rule_id) {
             Ok(()) => Ok(Some(P::DROP)),
             Err(_) => Err(DropReason::TtlExceeded),
         };

@@ -22,12 +22,13 @@ use aya_ebpf::{
     },
     helpers::generated::{
         bpf_clone_redirect, bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_redirect,
-        bpf_redirect_peer, bpf_skb_load_bytes, bpf_skb_store_bytes, bpf_xdp_get_buff_len,
+        bpf_redirect_peer, bpf_skb_change_head, bpf_skb_change_tail, bpf_skb_load_bytes,
+        bpf_skb_store_bytes, bpf_skb_vlan_pop, bpf_skb_vlan_push, bpf_xdp_get_buff_len,
         bpf_xdp_load_bytes, bpf_xdp_store_bytes,
     },
     programs::{TcContext, XdpContext},
 };
-use daolinet_common::{DropReason, FlowEntry, PortInfo};
+use daolinet_common::{Action, DropReason, FlowEntry, PortInfo};
 
 use crate::actions::ActState;
 
@@ -149,12 +150,58 @@ pub trait Packet {
     /// Copy the first `len` bytes of the packet to `dst`; `len` must be in
     /// `1..=PUNT_CAP` and `dst` must point into a buffer that large.
     fn copy_to(&self, dst: *mut u8, len: u32) -> Result<(), ()>;
-    /// Run [`crate::actions::step`] in the global (separately verified)
-    /// function of this program type.
-    fn step_out_of_line(&self, st: &mut ActState, entry: &FlowEntry, index: u32) -> i32;
+    /// Run [`crate::actions::step`] on `a` in the global (separately
+    /// verified) function of this program type; `last` (0/1): it is the
+    /// output that decides the verdict.
+    fn step_out_of_line(&self, st: &mut ActState, a: &Action, last: u32) -> i32;
+    /// [`Packet::step_out_of_line`] with every action (the pipeline's).
+    fn full_step_out_of_line(&self, st: &mut ActState, a: &Action, last: u32) -> i32;
+    /// Run [`crate::pipeline::group`] in the global function of this
+    /// program type.
+    fn group_out_of_line(&self, st: &mut ActState, id: u32, last: bool) -> i32;
+    /// Continue in this program type's pipeline program (a tail call: a
+    /// fresh stack). Returns only when the call failed.
+    fn tail_call_pipeline(&self);
+    /// Run [`crate::pipeline::rule`] in the global function of this
+    /// program type.
+    fn rule_out_of_line(&self, st: &mut ActState, entry: &FlowEntry) -> i32;
+    /// Run [`crate::pipeline::action_set`] in the global function of this
+    /// program type.
+    fn action_set_out_of_line(&self, st: &mut ActState) -> i32;
     /// Run [`crate::parse::parse_more`] in the global (separately verified)
     /// function of this program type: 0, or a [`DropReason`] + 1.
     fn parse_out_of_line(&self, p: &mut crate::parse::Parsed) -> i32;
+    /// Run [`crate::rewrite::apply`] in the global function of this
+    /// program type: 0, or a [`DropReason`] + 1.
+    fn rewrite_out_of_line(&self, st: &mut ActState, a: &Action) -> i32;
+    /// Run [`crate::actions::commit`] in the global function of this program
+    /// type (for the rarer actions: their frames stay small): 0, or a
+    /// [`DropReason`] + 1.
+    fn commit_out_of_line(&self, st: &mut ActState) -> i32;
+    /// Parse the packet again after a push or pop
+    /// ([`crate::rewrite::reparse`]) in the global function of this program
+    /// type: 0, or a [`DropReason`] + 1.
+    fn reparse_out_of_line(&self, st: &mut ActState) -> i32;
+    /// Move the `n` (1..=[`SHIFT_CHUNK`]) bytes at `off` (at least 4) 4
+    /// bytes towards the start, with the helpers (any offset, no bounds
+    /// for the verifier to follow).
+    fn shift_back4(&self, off: u32, n: u32) -> Result<(), ()>;
+    /// [`Packet::shift_back4`] in the global function of this program type
+    /// (one verification for every step of a pop): 0 or 1 (failed).
+    fn shift_out_of_line(&self, off: u32, n: u32) -> i32;
+    /// Push an outer VLAN tag (TPID `proto`, host order). Err where the
+    /// program type cannot.
+    fn vlan_push(&self, proto: u16, tci: u16) -> Result<(), ()>;
+    /// Pop the outer VLAN tag. Err where the program type cannot.
+    fn vlan_pop(&self) -> Result<(), ()>;
+    /// Make room for `n` bytes at the start of the packet (its bytes move
+    /// `n` further). Err where the program type cannot.
+    fn grow_head(&self, n: u32) -> Result<(), ()>;
+    /// Cut the packet to `len` bytes. Err where the program type cannot.
+    fn trim(&self, len: u32) -> Result<(), ()>;
+    /// Fill the packet's [`crate::parse::Parsed::ext`] in the global
+    /// function of this program type: 0, or a [`DropReason`] + 1.
+    fn fill_ext_out_of_line(&self, p: &mut crate::parse::Parsed) -> i32;
     /// Before passing the packet to the host stack (output to LOCAL): make
     /// the stack take it as addressed to this host, as Open vSwitch's LOCAL
     /// port does. TC: the kernel classified the frame by its destination
@@ -164,6 +211,21 @@ pub trait Packet {
     /// after the program, from the rewritten frame.
     fn to_host(&self);
 }
+
+/// `x`, through a volatile stack slot: the compiler knows nothing of the
+/// result, so a mask applied to it stays where it is written.
+#[inline(always)]
+pub fn opaque(x: u32) -> u32 {
+    let mut v = x;
+    // SAFETY: a local's address, valid for both accesses.
+    unsafe {
+        core::ptr::write_volatile(&mut v, x);
+        core::ptr::read_volatile(&v)
+    }
+}
+
+/// Bytes moved per step when a packet shrinks in the middle (pop).
+pub const SHIFT_CHUNK: u32 = 64;
 
 /// The address of the `n` bytes at `off` of a TC packet when the skb's
 /// linear part holds them and `off` is within [`MAX_DIRECT_OFF`] (the bound
@@ -219,8 +281,10 @@ impl Packet for TcContext {
     #[inline(always)]
     fn load<const N: usize>(&self, off: u32) -> Result<Buf<N>, ()> {
         // Headers in the linear part (the usual case) are read in place:
-        // a bounds check instead of a helper call.
-        if let Some(at) = linear(self, off, N) {
+        // a bounds check instead of a helper call (not for single bytes:
+        // see `store`).
+        let direct = if N >= 2 { linear(self, off, N) } else { None };
+        if let Some(at) = direct {
             // SAFETY: the N bytes at `at` are inside the linear packet data
             // (checked by `linear`, and by the verifier).
             // Exactly N bytes: `Buf<N>` itself is padded to its alignment.
@@ -368,13 +432,132 @@ impl Packet for TcContext {
     }
 
     #[inline(always)]
-    fn step_out_of_line(&self, st: &mut ActState, entry: &FlowEntry, index: u32) -> i32 {
-        crate::programs::dl_action_tc(self.skb.skb, st, entry, index)
+    fn step_out_of_line(&self, st: &mut ActState, a: &Action, last: u32) -> i32 {
+        crate::programs::dl_action_tc(self.skb.skb, st, a, last)
+    }
+
+    #[inline(always)]
+    fn full_step_out_of_line(&self, st: &mut ActState, a: &Action, last: u32) -> i32 {
+        crate::programs::dl_paction_tc(self.skb.skb, st, a, last)
+    }
+
+    #[inline(always)]
+    fn group_out_of_line(&self, st: &mut ActState, id: u32, last: bool) -> i32 {
+        crate::programs::dl_group_tc(self.skb.skb, st, id, u32::from(last))
+    }
+
+    #[inline(always)]
+    fn tail_call_pipeline(&self) {
+        // SAFETY: the program array holds programs of this type only.
+        unsafe { crate::maps::DL_PIPELINE_TC.tail_call(self, 0) };
+    }
+
+    #[inline(always)]
+    fn rule_out_of_line(&self, st: &mut ActState, entry: &FlowEntry) -> i32 {
+        crate::programs::dl_rule_tc(self.skb.skb, st, entry)
+    }
+
+    #[inline(always)]
+    fn action_set_out_of_line(&self, st: &mut ActState) -> i32 {
+        crate::programs::dl_aset_tc(self.skb.skb, st)
     }
 
     #[inline(always)]
     fn parse_out_of_line(&self, p: &mut crate::parse::Parsed) -> i32 {
         crate::programs::dl_parse_tc(self.skb.skb, p)
+    }
+
+    #[inline(always)]
+    fn rewrite_out_of_line(&self, st: &mut ActState, a: &Action) -> i32 {
+        crate::programs::dl_rewrite_tc(self.skb.skb, st, a)
+    }
+
+    #[inline(always)]
+    fn reparse_out_of_line(&self, st: &mut ActState) -> i32 {
+        crate::programs::dl_reparse_tc(self.skb.skb, st)
+    }
+
+    #[inline(always)]
+    fn commit_out_of_line(&self, st: &mut ActState) -> i32 {
+        crate::programs::dl_commit_tc(self.skb.skb, st)
+    }
+
+    #[inline(always)]
+    fn shift_out_of_line(&self, off: u32, n: u32) -> i32 {
+        crate::programs::dl_shift_tc(self.skb.skb, off, n)
+    }
+
+    #[inline(always)]
+    fn shift_back4(&self, off: u32, n: u32) -> Result<(), ()> {
+        let n = (n.wrapping_sub(1) & (SHIFT_CHUNK - 1)) + 1;
+        if off < 4 {
+            return Err(());
+        }
+        let mut buf = [0u8; SHIFT_CHUNK as usize];
+        // SAFETY: the helpers read or write `n` <= SHIFT_CHUNK bytes of `buf`.
+        let ret = unsafe {
+            let r = bpf_skb_load_bytes(self.skb.skb.cast(), off, buf.as_mut_ptr().cast(), n);
+            if r != 0 {
+                r
+            } else {
+                bpf_skb_store_bytes(self.skb.skb.cast(), off - 4, buf.as_ptr().cast(), n, 0)
+            }
+        };
+        if ret == 0 {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+
+    #[inline(always)]
+    fn fill_ext_out_of_line(&self, p: &mut crate::parse::Parsed) -> i32 {
+        crate::programs::dl_fill_ext_tc(self.skb.skb, p)
+    }
+
+    #[inline(always)]
+    fn vlan_push(&self, proto: u16, tci: u16) -> Result<(), ()> {
+        // SAFETY: plain helper call on our skb (it inserts a tag the
+        // kernel already holds in metadata into the bytes first).
+        let ret = unsafe { bpf_skb_vlan_push(self.skb.skb.cast(), proto.to_be(), tci) };
+        if ret == 0 {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+
+    #[inline(always)]
+    fn vlan_pop(&self) -> Result<(), ()> {
+        // SAFETY: plain helper call on our skb.
+        let ret = unsafe { bpf_skb_vlan_pop(self.skb.skb.cast()) };
+        if ret == 0 {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+
+    #[inline(always)]
+    fn grow_head(&self, n: u32) -> Result<(), ()> {
+        // SAFETY: plain helper call on our skb.
+        let ret = unsafe { bpf_skb_change_head(self.skb.skb.cast(), n, 0) };
+        if ret == 0 {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+
+    #[inline(always)]
+    fn trim(&self, len: u32) -> Result<(), ()> {
+        // SAFETY: plain helper call on our skb.
+        let ret = unsafe { bpf_skb_change_tail(self.skb.skb.cast(), len, 0) };
+        if ret == 0 {
+            Ok(())
+        } else {
+            Err(())
+        }
     }
 }
 
@@ -509,12 +692,108 @@ impl Packet for XdpContext {
     }
 
     #[inline(always)]
-    fn step_out_of_line(&self, st: &mut ActState, entry: &FlowEntry, index: u32) -> i32 {
-        crate::programs::dl_action_xdp(self.ctx, st, entry, index)
+    fn step_out_of_line(&self, st: &mut ActState, a: &Action, last: u32) -> i32 {
+        crate::programs::dl_action_xdp(self.ctx, st, a, last)
+    }
+
+    #[inline(always)]
+    fn full_step_out_of_line(&self, st: &mut ActState, a: &Action, last: u32) -> i32 {
+        crate::programs::dl_paction_xdp(self.ctx, st, a, last)
+    }
+
+    #[inline(always)]
+    fn group_out_of_line(&self, st: &mut ActState, id: u32, last: bool) -> i32 {
+        crate::programs::dl_group_xdp(self.ctx, st, id, u32::from(last))
+    }
+
+    #[inline(always)]
+    fn tail_call_pipeline(&self) {
+        // SAFETY: as for TC.
+        unsafe { crate::maps::DL_PIPELINE_XDP.tail_call(self, 0) };
+    }
+
+    #[inline(always)]
+    fn rule_out_of_line(&self, st: &mut ActState, entry: &FlowEntry) -> i32 {
+        crate::programs::dl_rule_xdp(self.ctx, st, entry)
+    }
+
+    #[inline(always)]
+    fn action_set_out_of_line(&self, st: &mut ActState) -> i32 {
+        crate::programs::dl_aset_xdp(self.ctx, st)
     }
 
     #[inline(always)]
     fn parse_out_of_line(&self, p: &mut crate::parse::Parsed) -> i32 {
         crate::programs::dl_parse_xdp(self.ctx, p)
+    }
+
+    #[inline(always)]
+    fn rewrite_out_of_line(&self, st: &mut ActState, a: &Action) -> i32 {
+        crate::programs::dl_rewrite_xdp(self.ctx, st, a)
+    }
+
+    #[inline(always)]
+    fn reparse_out_of_line(&self, st: &mut ActState) -> i32 {
+        crate::programs::dl_reparse_xdp(self.ctx, st)
+    }
+
+    #[inline(always)]
+    fn commit_out_of_line(&self, st: &mut ActState) -> i32 {
+        crate::programs::dl_commit_xdp(self.ctx, st)
+    }
+
+    #[inline(always)]
+    fn shift_out_of_line(&self, off: u32, n: u32) -> i32 {
+        crate::programs::dl_shift_xdp(self.ctx, off, n)
+    }
+
+    #[inline(always)]
+    fn shift_back4(&self, off: u32, n: u32) -> Result<(), ()> {
+        let n = (n.wrapping_sub(1) & (SHIFT_CHUNK - 1)) + 1;
+        if off < 4 {
+            return Err(());
+        }
+        let mut buf = [0u8; SHIFT_CHUNK as usize];
+        // SAFETY: the helpers read or write `n` <= SHIFT_CHUNK bytes of `buf`.
+        let ret = unsafe {
+            let r = bpf_xdp_load_bytes(self.ctx, off, buf.as_mut_ptr().cast(), n);
+            if r != 0 {
+                r
+            } else {
+                bpf_xdp_store_bytes(self.ctx, off - 4, buf.as_mut_ptr().cast(), n)
+            }
+        };
+        if ret == 0 {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+
+    #[inline(always)]
+    fn fill_ext_out_of_line(&self, p: &mut crate::parse::Parsed) -> i32 {
+        crate::programs::dl_fill_ext_xdp(self.ctx, p)
+    }
+
+    // Tags and label stack entries are not pushed or popped on the XDP
+    // uplink (DropReason::Unsupported): use the TC uplink for such flows.
+    #[inline(always)]
+    fn vlan_push(&self, _proto: u16, _tci: u16) -> Result<(), ()> {
+        Err(())
+    }
+
+    #[inline(always)]
+    fn vlan_pop(&self) -> Result<(), ()> {
+        Err(())
+    }
+
+    #[inline(always)]
+    fn grow_head(&self, _n: u32) -> Result<(), ()> {
+        Err(())
+    }
+
+    #[inline(always)]
+    fn trim(&self, _len: u32) -> Result<(), ()> {
+        Err(())
     }
 }

@@ -13,11 +13,12 @@ use daolinet_common::{
 
 use crate::{
     actions::apply,
-    classify::classify,
+    classify::{classify, Found},
     context::Packet,
     counters,
-    maps::{port_by_ifindex, DL_SCRATCH},
+    maps::{port_by_ifindex, DL_FIRST, DL_SCRATCH},
     parse::{parse, Parsed, L3},
+    pipeline::{decode, lookup_table0},
     punt::punt,
     samples,
 };
@@ -58,21 +59,96 @@ fn process<P: Packet>(ctx: &P, port: &PortInfo, len: u32) -> Result<i32, DropRea
     if port.flags & PORT_FLAG_ANTI_SPOOF != 0 && spoofed(port, pkt) {
         return Err(DropReason::Spoofed);
     }
-    let Some(entry) = classify(&st.pkt.key, &mut st.emc) else {
-        return match MissPolicy::from_u32(port.miss) {
-            MissPolicy::Punt => {
-                punt(ctx, port, PuntReason::Miss, NO_RULE)?;
-                // The agent re-injects it (PACKET_OUT) once the controller decided.
-                Ok(P::DROP)
-            }
-            MissPolicy::Local => Ok(P::PASS),
-            MissPolicy::Drop => Err(DropReason::MissDrop),
-        };
+    let entry = match classify(&st.pkt.key, &mut st.emc) {
+        Found::Hit(e) => Some(e),
+        Found::Miss => None,
+        // Table 0 has wide subtables: the pipeline program looks it up
+        // (the general lookup, and its rule from another map, stay out of
+        // this program).
+        Found::Wide => {
+            st.reset(port);
+            st.pipe_lookup = 1;
+            ctx.tail_call_pipeline();
+            // Only when the pipeline program is missing.
+            return Err(DropReason::Unsupported);
+        }
+    };
+    let Some(entry) = entry else {
+        return miss(ctx, port);
     };
     counters::count_rule(entry, len);
     st.reset(port);
     // SAFETY: map value, valid (RCU) for the rest of this run.
-    apply(ctx, st, unsafe { &*entry })
+    let entry = unsafe { &*entry };
+    if entry.kind != 0 {
+        // More than one table of apply-actions: the pipeline program.
+        let Some(first) = DL_FIRST.get_ptr_mut(0) else {
+            return Err(DropReason::Unsupported);
+        };
+        // SAFETY: per-CPU map value, exclusive during this run.
+        unsafe { *first = *entry };
+        st.pipe_lookup = 0;
+        ctx.tail_call_pipeline();
+        // Only when the pipeline program is missing.
+        return Err(DropReason::Unsupported);
+    }
+    apply(ctx, st, entry)
+}
+
+/// No rule of table 0 for the packet: the ingress port's miss policy.
+#[inline(always)]
+fn miss<P: Packet>(ctx: &P, port: &PortInfo) -> Result<i32, DropReason> {
+    match MissPolicy::from_u32(port.miss) {
+        MissPolicy::Punt => {
+            punt(ctx, port, PuntReason::Miss, NO_RULE, 0, 0)?;
+            // The agent re-injects it (PACKET_OUT) once the controller decided.
+            Ok(P::DROP)
+        }
+        MissPolicy::Local => Ok(P::PASS),
+        MissPolicy::Drop => Err(DropReason::MissDrop),
+    }
+}
+
+/// The pipeline program's run: `st` and [`DL_FIRST`] as the main program
+/// left them (same CPU, same packet): the first rule is in [`DL_FIRST`],
+/// or, with `st.pipe_lookup`, table 0 is to be looked up here. The
+/// verdict; drops counted like the main program's.
+#[inline(always)]
+pub fn run_pipeline<P: Packet>(ctx: &P) -> i32 {
+    let (Some(st), Some(first)) = (DL_SCRATCH.get_ptr_mut(0), DL_FIRST.get_ptr(0)) else {
+        counters::count_reason(DropReason::Unsupported);
+        return P::DROP;
+    };
+    // SAFETY: per-CPU map values, exclusive during this run (see process).
+    let (st, first) = unsafe { (&mut *st, &*first) };
+    let slot = st.port.slot;
+    let r = if st.pipe_lookup != 0 {
+        st.pipe_lookup = 0;
+        match lookup_table0(ctx, st) {
+            Some(entry) => {
+                counters::count_rule(entry, ctx.len());
+                // SAFETY: map value, valid (RCU) for the rest of this run.
+                decode(crate::pipeline::run(ctx, st, unsafe { &*entry }))
+            }
+            None => {
+                let port = st.port;
+                miss(ctx, &port).map(Some)
+            }
+        }
+    } else {
+        decode(crate::pipeline::run(ctx, st, first))
+    };
+    match r {
+        Ok(Some(v)) => v,
+        Ok(None) => {
+            counters::count_drop(DropReason::PolicyDrop, slot);
+            P::DROP
+        }
+        Err(reason) => {
+            counters::count_drop(reason, slot);
+            P::DROP
+        }
+    }
 }
 
 /// True when the packet's source is not the one registered for `port`:

@@ -9,12 +9,14 @@
 use crate::{actions::ActState, classify::EmcEntry};
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use daolinet_common::{
-    maps as names, DatapathConfig, DropReason, FlowEntry, FlowKey, FlowMapKey, PortInfo, PortStats,
-    SampleBucket, SampleConfig, Subtable, DROP_SAMPLE_RING_BYTES, DROP_SLOTS, MAX_PORTS, MAX_RULES,
-    MAX_SUBTABLES, OFPORT_INDEX_SLOTS, PORT_INDEX_SLOTS, PUNT_RING_BYTES,
+    maps as names, DatapathConfig, DropReason, FlowEntry, FlowKey, FlowKeyExt, FlowMapKey,
+    GroupEntry, GroupStats, MeterEntry, MeterStats, PortInfo, PortStats, RuleExt, SampleBucket,
+    SampleConfig, Subtable, TableConfig, TableStats, WideMapKey, DROP_SAMPLE_RING_BYTES,
+    DROP_SLOTS, MAX_GROUPS, MAX_METERS, MAX_PORTS, MAX_RULES, N_TABLES, OFPORT_INDEX_SLOTS,
+    PORT_INDEX_SLOTS, PUNT_RING_BYTES, SUBTABLE_SLOTS,
 };
 
 /// `BPF_F_NO_PREALLOC`: allocate hash map entries on demand.
@@ -26,9 +28,47 @@ const BPF_F_NO_PREALLOC: u32 = 1;
 #[map]
 pub static DL_FLOWS: HashMap<FlowMapKey, FlowEntry> = HashMap::pinned(MAX_RULES, BPF_F_NO_PREALLOC);
 
-/// The subtables (match masks), sorted by descending `max_priority`.
+/// The subtables (match masks) of every table, each table's sorted by
+/// descending `max_priority` (table `t` at slots `t * MAX_SUBTABLES..`).
 #[map]
-pub static DL_SUBTABLES: Array<Subtable> = Array::pinned(MAX_SUBTABLES as u32, 0);
+pub static DL_SUBTABLES: Array<Subtable> = Array::pinned(SUBTABLE_SLOTS, 0);
+
+/// The wide part of the masks of wide subtables, at their slots.
+#[map]
+pub static DL_SUBTABLE_EXT: Array<FlowKeyExt> = Array::pinned(SUBTABLE_SLOTS, 0);
+
+/// The rules of wide subtables (not preallocated: most rules are compact).
+#[map]
+pub static DL_FLOWS_WIDE: HashMap<WideMapKey, FlowEntry> =
+    HashMap::pinned(MAX_RULES, BPF_F_NO_PREALLOC);
+
+/// Tables 1 and up (table 0 is [`DL_CONFIG`]).
+#[map]
+pub static DL_TABLES: Array<TableConfig> = Array::pinned(N_TABLES, 0);
+
+/// Instructions of pipeline rules by rule id (not preallocated).
+#[map]
+pub static DL_RULE_EXT: HashMap<u32, RuleExt> = HashMap::pinned(MAX_RULES, BPF_F_NO_PREALLOC);
+
+/// Per-CPU lookups and matches of tables 1 and up.
+#[map]
+pub static DL_TABLE_STATS: PerCpuArray<TableStats> = PerCpuArray::pinned(N_TABLES, 0);
+
+/// Groups by id.
+#[map]
+pub static DL_GROUPS: HashMap<u32, GroupEntry> = HashMap::pinned(MAX_GROUPS, BPF_F_NO_PREALLOC);
+
+/// Per-CPU group counters by [`GroupEntry::stats_slot`].
+#[map]
+pub static DL_GROUP_STATS: PerCpuArray<GroupStats> = PerCpuArray::pinned(MAX_GROUPS, 0);
+
+/// Meters by id (shared by all CPUs: a meter's budget is global).
+#[map]
+pub static DL_METERS: HashMap<u32, MeterEntry> = HashMap::pinned(MAX_METERS, BPF_F_NO_PREALLOC);
+
+/// Per-CPU meter counters by [`MeterEntry::stats_slot`].
+#[map]
+pub static DL_METER_STATS: PerCpuArray<MeterStats> = PerCpuArray::pinned(MAX_METERS, 0);
 
 /// Global configuration at index 0.
 #[map]
@@ -116,6 +156,23 @@ pub static DL_PUNTS: RingBuf = RingBuf::pinned(PUNT_RING_BYTES, 0);
 #[map]
 pub static DL_SCRATCH: PerCpuArray<ActState> = PerCpuArray::with_max_entries(1, 0);
 
+/// The TC pipeline program (slot 0), which the TC program tail-calls for
+/// rules beyond one table of apply-actions: it starts with a fresh stack.
+/// Internal, not pinned (the loader fills it with the program of its own
+/// object). The kernel ties a program array to one program type, hence
+/// one per type.
+#[map]
+pub static DL_PIPELINE_TC: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// The XDP pipeline program (slot 0), for the XDP program.
+#[map]
+pub static DL_PIPELINE_XDP: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// The rule that sent a packet to the pipeline program (per CPU: the main
+/// program writes it right before the tail call). Internal, not pinned.
+#[map]
+pub static DL_FIRST: PerCpuArray<FlowEntry> = PerCpuArray::with_max_entries(1, 0);
+
 /// `BPF_F_NO_COMMON_LRU`: one LRU list per CPU (no shared list lock).
 const BPF_F_NO_COMMON_LRU: u32 = 2;
 
@@ -161,6 +218,19 @@ const _: () = {
     assert!(same(names::DROP_SAMPLES, "DL_DROP_SAMPLES"));
     assert!(same(names::SAMPLE_CONFIG, "DL_SAMPLE_CONFIG"));
     assert!(same(names::SAMPLE_BUCKETS, "DL_SAMPLE_BUCKETS"));
+    assert!(same(names::FLOWS_WIDE, "DL_FLOWS_WIDE"));
+    assert!(same(names::SUBTABLE_EXT, "DL_SUBTABLE_EXT"));
+    assert!(same(names::TABLES, "DL_TABLES"));
+    assert!(same(names::RULE_EXT, "DL_RULE_EXT"));
+    assert!(same(names::TABLE_STATS, "DL_TABLE_STATS"));
+    assert!(same(names::GROUPS, "DL_GROUPS"));
+    assert!(same(names::GROUP_STATS, "DL_GROUP_STATS"));
+    assert!(same(names::METERS, "DL_METERS"));
+    assert!(same(names::METER_STATS, "DL_METER_STATS"));
+    assert!(same(names::PIPELINE_TC, "DL_PIPELINE_TC"));
+    assert!(same(names::PIPELINE_XDP, "DL_PIPELINE_XDP"));
+    assert!(same(names::PROG_TC_PIPELINE, "daolinet_tc_pipeline"));
+    assert!(same(names::PROG_XDP_PIPELINE, "daolinet_xdp_pipeline"));
     assert!(same(names::PROG_TC, "daolinet_tc"));
     assert!(same(names::PROG_XDP, "daolinet_xdp"));
 };

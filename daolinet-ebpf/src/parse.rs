@@ -8,7 +8,7 @@
 //! stack entry. Anything else keeps only the Ethernet fields. A header we
 //! need that is cut short is [`DropReason::Malformed`].
 
-use daolinet_common::{DropReason, FlowKey, VLAN_PRESENT};
+use daolinet_common::{DropReason, FlowKey, FlowKeyExt, VLAN_PRESENT};
 
 use crate::context::Packet;
 
@@ -58,6 +58,10 @@ const IPV6_MAX_EXT: u32 = 4;
 pub struct Parsed {
     /// The key the classifier matches on.
     pub key: FlowKey,
+    /// The wide fields (right after `key`: together they are a
+    /// `FullKey`), valid when `ext_ready` (filled on demand by
+    /// [`fill_ext`], which the IPv4 fast path never needs).
+    pub ext: FlowKeyExt,
     /// Offset of the IPv4/ARP header.
     pub l3_off: u32,
     /// Offset of the TCP/UDP/ICMP header (valid when `has_l4`).
@@ -68,7 +72,19 @@ pub struct Parsed {
     pub has_l4: bool,
     /// IPv4 TTL or IPv6 hop limit (valid for [`L3::Ipv4`], [`L3::Ipv6`]).
     pub ttl: u8,
+    /// `ext` holds the packet's wide fields.
+    pub ext_ready: bool,
+    /// Where the outer VLAN tag is: [`TAG_NONE`], [`TAG_META`] (the kernel
+    /// holds it in skb metadata) or [`TAG_BYTES`] (at byte 12).
+    pub tag: u8,
 }
+
+/// [`Parsed::tag`]: untagged.
+pub const TAG_NONE: u8 = 0;
+/// [`Parsed::tag`]: the outer tag is in skb metadata.
+pub const TAG_META: u8 = 1;
+/// [`Parsed::tag`]: the outer tag is in the packet bytes.
+pub const TAG_BYTES: u8 = 2;
 
 impl Parsed {
     /// True for an IPv4 or IPv6 packet.
@@ -142,16 +158,20 @@ pub fn parse<P: Packet>(ctx: &P, in_port: u32, p: &mut Parsed) -> Result<(), Dro
         core::ptr::write_volatile(&mut p.l3, L3::Other);
         core::ptr::write_volatile(&mut p.has_l4, false);
         core::ptr::write_volatile(&mut p.ttl, 0);
+        core::ptr::write_volatile(&mut p.ext_ready, false);
+        core::ptr::write_volatile(&mut p.tag, TAG_NONE);
     }
     let mut eth_type = eth.be16_at::<12>();
     // PCP and VID; bit 12 (CFI/DEI in the tag) becomes VLAN_PRESENT.
     if let Some((_, tci)) = ctx.offloaded_vlan() {
         p.key.vlan_tci = (tci & !VLAN_PRESENT) | VLAN_PRESENT;
+        p.tag = TAG_META;
     } else if eth_type == FlowKey::ETH_TYPE_VLAN || eth_type == FlowKey::ETH_TYPE_VLAN_AD {
         let tag = ctx.load::<4>(ETH_HLEN).map_err(|_| DropReason::Malformed)?;
         p.key.vlan_tci = (tag.be16_at::<0>() & !VLAN_PRESENT) | VLAN_PRESENT;
         eth_type = tag.be16_at::<2>();
         p.l3_off = ETH_HLEN + 4;
+        p.tag = TAG_BYTES;
     }
     p.key.eth_type = eth_type;
     // IPv4 and ARP here; the rest out of line (a short fast path).
@@ -213,6 +233,74 @@ fn parse_more_inner<P: Packet>(ctx: &P, p: &mut Parsed) -> Result<(), DropReason
         }
         _ => Ok(()),
     }
+}
+
+/// Fill `p.ext` from the packet: IPv6 addresses, the ND target and
+/// link-layer address option, ARP hardware addresses; the registers
+/// (metadata, tunnel id) are the caller's. Zero where the packet has no
+/// such field. Returns 0, or the [`DropReason`] + 1.
+#[inline(always)]
+pub fn fill_ext<P: Packet>(ctx: &P, p: &mut Parsed) -> i32 {
+    match fill_ext_inner(ctx, p) {
+        Ok(()) => {
+            p.ext_ready = true;
+            0
+        }
+        Err(r) => r as i32 + 1,
+    }
+}
+
+#[inline(always)]
+fn fill_ext_inner<P: Packet>(ctx: &P, p: &mut Parsed) -> Result<(), DropReason> {
+    // Word by word (a struct literal would be a byte-wise memset call).
+    let w = p.ext.words_mut();
+    let mut i = 0;
+    while i < w.len() {
+        w[i] = 0;
+        i += 1;
+    }
+    match p.l3 {
+        L3::Ipv6 => {
+            let a = ctx
+                .load::<32>(p.l3_off + 8)
+                .map_err(|_| DropReason::Malformed)?;
+            p.ext.ipv6_src.copy_from_slice(&a.0[..16]);
+            p.ext.ipv6_dst.copy_from_slice(&a.0[16..]);
+            let nd = p.has_l4
+                && p.key.ip_proto == FlowKey::IPPROTO_ICMPV6
+                && (p.key.l4_src == 135 || p.key.l4_src == 136);
+            if !nd {
+                return Ok(());
+            }
+            // Type, code, checksum, flags/reserved (8), target (16).
+            let t = ctx
+                .load::<16>(p.l4_off + 8)
+                .map_err(|_| DropReason::Malformed)?;
+            p.ext.nd_target.copy_from_slice(&t.0);
+            // The first option, if it is the link-layer address that
+            // belongs to this message type.
+            if let Ok(opt) = ctx.load::<8>(p.l4_off + 24) {
+                let o = opt.0;
+                if o[0] == 1 && o[1] == 1 && p.key.l4_src == 135 {
+                    p.ext.sha.copy_from_slice(&o[2..8]);
+                } else if o[0] == 2 && o[1] == 1 && p.key.l4_src == 136 {
+                    p.ext.tha.copy_from_slice(&o[2..8]);
+                }
+            }
+        }
+        L3::Arp => {
+            let h = ctx.load::<8>(p.l3_off).map_err(|_| DropReason::Malformed)?;
+            if be16(h.0[0], h.0[1]) == 1 && h.0[4] == 6 {
+                let a = ctx
+                    .load::<20>(p.l3_off + 8)
+                    .map_err(|_| DropReason::Malformed)?;
+                p.ext.sha.copy_from_slice(&a.0[..6]);
+                p.ext.tha.copy_from_slice(&a.0[10..16]);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// True for the Ethernet types of a VLAN tag.

@@ -20,6 +20,8 @@ pub fn punt<P: Packet>(
     port: &PortInfo,
     reason: PuntReason,
     rule_id: u32,
+    table: u32,
+    metadata: u64,
 ) -> Result<(), DropReason> {
     let pkt_len = ctx.len();
     // Bounded for the verifier: 1..=PUNT_CAP bytes are copied.
@@ -46,9 +48,9 @@ pub fn punt<P: Packet>(
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
         vlan_proto,
         vlan_tci,
-        table_id: 0,
+        table_id: table as u8,
         _pad: [0; 3],
-        metadata: 0,
+        metadata,
     };
     let hdr = base.cast::<PuntHeader>();
     // SAFETY: the reservation is size_of::<PuntRecord>() bytes, 8-aligned;

@@ -206,6 +206,12 @@ impl Datapath {
         Ok(self.agent()?.ebpf_mut())
     }
 
+    /// Apply the agent's map operations (e.g. what its flow table made of
+    /// FLOW_MODs), in order.
+    pub fn apply(&mut self, ops: &[MapOp]) -> Result<()> {
+        self.agent()?.apply(ops)
+    }
+
     /// Register a port in DL_PORTS (by ifindex) and DL_OFPORTS (by ofport).
     pub fn add_port(&mut self, port: PortInfo) -> Result<()> {
         self.agent()?.write_port(&port)
@@ -214,7 +220,11 @@ impl Datapath {
     /// Replace the subtable list (must be sorted by descending max priority)
     /// and set `DatapathConfig::n_subtables`.
     pub fn set_subtables(&mut self, subs: &[Subtable]) -> Result<()> {
-        self.agent()?.apply(&[MapOp::SetSubtables(subs.to_vec())])
+        let list = subs
+            .iter()
+            .map(|s| (*s, daolinet_common::FlowKeyExt::default()))
+            .collect();
+        self.agent()?.apply(&[MapOp::SetSubtables(0, list)])
     }
 
     /// Install a rule matching `key` under subtable `sub` (the key is masked
@@ -224,7 +234,7 @@ impl Datapath {
             subtable: sub.id,
             key: key.masked(&sub.mask),
         };
-        self.agent()?.apply(&[MapOp::PutFlow(mk, entry)])
+        self.agent()?.apply(&[MapOp::PutFlow(mk.into(), entry)])
     }
 
     /// Remove the rule matching `key` under subtable `sub`.
@@ -233,7 +243,7 @@ impl Datapath {
             subtable: sub.id,
             key: key.masked(&sub.mask),
         };
-        self.agent()?.apply(&[MapOp::DelFlow(mk)])
+        self.agent()?.apply(&[MapOp::DelFlow(mk.into())])
     }
 
     /// Drop counters summed over CPUs, indexed by [`DropReason`].

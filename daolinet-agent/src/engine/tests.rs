@@ -94,7 +94,7 @@ impl Punter {
 }
 
 impl Counters for FakeDp {
-    fn rule(&mut self, _: u32, _: &daolinet_common::FlowMapKey) -> RuleStats {
+    fn rule(&mut self, _: u32, _: &crate::table::EntryKey) -> RuleStats {
         RuleStats::default()
     }
     fn port(&mut self, ofport: u32) -> Option<PortStats> {
