@@ -1446,3 +1446,158 @@ fn pins_of_an_incompatible_agent_are_replaced_and_compatible_ones_kept() {
     assert_eq!(dp.run_tc(&input, IN_IFINDEX).unwrap().0, TC_ACT_REDIRECT);
     assert_eq!(dp.rule_stats(7).unwrap().packets, 1);
 }
+
+// ---------------------------------------------------------------------------
+// The multi-table pipeline: rules installed the way the agent installs them
+// (its flow table compiles FLOW_MODs into map operations).
+
+/// Counters for the agent's flow table: none (fresh rules).
+struct NoCounters;
+
+impl daolinet_agent::oftable::Counters for NoCounters {
+    fn rule(&mut self, _: u32, _: &daolinet_agent::table::EntryKey) -> daolinet_common::RuleStats {
+        Default::default()
+    }
+    fn port(&mut self, _: u32) -> Option<daolinet_common::PortStats> {
+        None
+    }
+}
+
+/// Install `flows` (ovs-ofctl syntax) through the agent's flow table.
+fn install_flows(dp: &mut Datapath, flows: &[&str]) {
+    let mut t = daolinet_agent::oftable::FlowTable::default();
+    for f in flows {
+        let fm: daolinet_openflow::FlowMod = f.parse().expect("flow syntax");
+        let o = t.flow_mod(&fm, 0, &mut NoCounters).expect("flow accepted");
+        dp.apply(&o.ops).expect("writing the maps");
+    }
+}
+
+/// `frame` (Ethernet/IPv4) with the IPv4 header's TOS byte set to `tos`
+/// and the header checksum computed again from scratch.
+fn with_tos(frame: &[u8], tos: u8) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[15] = tos;
+    f[24..26].copy_from_slice(&[0, 0]);
+    let ihl = usize::from(f[14] & 0x0f) * 4;
+    let c = csum(&f[14..14 + ihl]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// CRC32c (Castagnoli, reflected), computed bit by bit: SCTP's checksum.
+fn crc32c(data: &[u8]) -> u32 {
+    let mut crc = u32::MAX;
+    for b in data {
+        crc ^= u32::from(*b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82f6_3b78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// An Ethernet/IPv4/SCTP frame (one DATA-less common header and a payload)
+/// with its CRC32c filled in (little-endian on the wire, as Linux writes it).
+fn sctp_frame(m: Macs, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    let mut seg = Vec::new();
+    seg.extend_from_slice(&sport.to_be_bytes());
+    seg.extend_from_slice(&dport.to_be_bytes());
+    seg.extend_from_slice(&0x1234_5678u32.to_be_bytes()); // verification tag
+    seg.extend_from_slice(&[0; 4]); // checksum
+    seg.extend_from_slice(b"\x0a\x00\x00\x08chunk-of-sctp-payload");
+    let c = crc32c(&seg);
+    seg[8..12].copy_from_slice(&c.to_le_bytes());
+    eth(m.dst, m.src, ETH_IPV4, &ipv4(src, dst, 132, 64, &seg))
+}
+
+/// Table 0 writes metadata, puts an output in the action set and goes to
+/// table 1; table 1 matches the metadata, rewrites the destination and
+/// decrements the TTL; the action set's output then sends the packet as
+/// rewritten: byte for byte, checksums checked from scratch.
+#[test]
+fn tc_pipeline_goto_metadata_and_action_set_are_byte_exact() {
+    let Some(mut dp) = setup(MissPolicy::Punt) else {
+        return;
+    };
+    install_flows(
+        &mut dp,
+        &[
+            "priority=10,ip actions=write_metadata:0x5/0xff,write_actions(output:100),goto_table:1",
+            "table=1,priority=20,metadata=0x6/0xff,ip actions=output:2",
+            "table=1,priority=10,metadata=0x5/0xff,ip actions=set_field:10.9.9.9->ip_dst,dec_ttl",
+        ],
+    );
+    for (input, want) in [
+        (
+            tcp_frame(FROM_A, IP_A, IP_B, 40000, 5201, 64),
+            tcp_frame(FROM_A, IP_A, [10, 9, 9, 9], 40000, 5201, 63),
+        ),
+        (udp_frame(FROM_A, IP_A, IP_B, 53000, 53, true), {
+            let mut f = udp_frame(FROM_A, IP_A, [10, 9, 9, 9], 53000, 53, true);
+            // udp_frame's TTL is 64: one hop less, header sum again.
+            f[22] = 63;
+            with_tos(&f, f[15])
+        }),
+    ] {
+        let (verdict, out) = dp.run_tc(&input, IN_IFINDEX).unwrap();
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_checksums_ok(&out);
+        assert_eq!(out, want, "pipeline result differs");
+    }
+    assert_eq!(dp.port_stats(UPLINK_SLOT).unwrap().tx_packets, 2);
+    assert_eq!(dp.port_stats(PEER_SLOT).unwrap().tx_packets, 0);
+}
+
+/// A later table without a matching rule drops the packet (OpenFlow 1.3:
+/// no table-miss rule), counted as a table miss; the action set written
+/// so far is not run.
+#[test]
+fn tc_pipeline_miss_in_a_later_table_drops() {
+    let Some(mut dp) = setup(MissPolicy::Punt) else {
+        return;
+    };
+    install_flows(
+        &mut dp,
+        &["priority=10,ip actions=write_actions(output:100),goto_table:3"],
+    );
+    let before = dp.drop_count(DropReason::TableMiss).unwrap();
+    let (verdict, _) = dp
+        .run_tc(&tcp_frame(FROM_A, IP_A, IP_B, 1, 2, 64), IN_IFINDEX)
+        .unwrap();
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(dp.drop_count(DropReason::TableMiss).unwrap(), before + 1);
+    assert_eq!(dp.port_stats(UPLINK_SLOT).unwrap().tx_packets, 0);
+}
+
+/// Set-fields beyond the fast path: IP DSCP (the header checksum follows)
+/// and an SCTP port (the CRC32c follows), byte for byte.
+#[test]
+fn tc_pipeline_dscp_and_sctp_port_rewrites_fix_their_checksums() {
+    let Some(mut dp) = setup(MissPolicy::Punt) else {
+        return;
+    };
+    install_flows(
+        &mut dp,
+        &[
+            "priority=10,tcp actions=set_field:46->ip_dscp,output:100",
+            "priority=10,sctp actions=set_field:9999->sctp_dst,output:100",
+        ],
+    );
+    let input = tcp_frame(FROM_A, IP_A, IP_B, 40000, 5201, 64);
+    let (verdict, out) = dp.run_tc(&input, IN_IFINDEX).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_checksums_ok(&out);
+    assert_eq!(out, with_tos(&input, 46 << 2), "DSCP rewrite differs");
+
+    let input = sctp_frame(FROM_A, IP_A, IP_B, 5000, 6000);
+    let (verdict, out) = dp.run_tc(&input, IN_IFINDEX).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_checksums_ok(&out);
+    let want = sctp_frame(FROM_A, IP_A, IP_B, 5000, 9999);
+    assert_eq!(out, want, "SCTP rewrite differs (CRC32c at bytes 42..46)");
+}
