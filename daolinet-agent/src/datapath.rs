@@ -280,6 +280,21 @@ fn next_generation(g: u32) -> u32 {
 }
 
 /// True for map changes that can change which rule a packet matches.
+/// True when the operation writes a rule that only the pipeline program
+/// runs: one with instructions beyond apply-actions (its entry says so, and
+/// its instructions go to RULE_EXT), or one in a wide subtable (table 0's
+/// main program hands those lookups to the pipeline program).
+pub fn needs_pipeline(op: &MapOp) -> bool {
+    match op {
+        MapOp::PutFlow(k, e) | MapOp::UpdateFlow(k, e) => {
+            e.kind & ENTRY_PIPELINE != 0 || matches!(k, EntryKey::Wide(_))
+        }
+        MapOp::PutRuleExt(..) => true,
+        MapOp::SetSubtables(_, list) => list.iter().any(|(s, _)| s.id & SUBTABLE_WIDE != 0),
+        _ => false,
+    }
+}
+
 fn changes_rules(op: &MapOp) -> bool {
     matches!(
         op,
@@ -550,7 +565,9 @@ pub struct Datapath {
     capacity: u32,
     /// The pipeline program arrays (TC, XDP), held open: their entries
     /// last as long as a user-space handle does.
-    _pipelines: [ProgramArray<MapData>; 2],
+    pipelines: [ProgramArray<MapData>; 2],
+    /// True once the pipeline programs are loaded and in their arrays.
+    pipeline_loaded: bool,
 }
 
 impl Drop for Datapath {
@@ -747,23 +764,9 @@ impl Datapath {
                 .with_context(|| format!("no program array {name} in the BPF object"))?;
             Ok(ProgramArray::try_from(m)?)
         };
-        let mut tc_pipeline = take(&mut ebpf, names::PIPELINE_TC)?;
-        let mut xdp_pipeline = take(&mut ebpf, names::PIPELINE_XDP)?;
-        let tc: &mut SchedClassifier = ebpf
-            .program_mut(names::PROG_TC_PIPELINE)
-            .context("no TC pipeline program in the BPF object")?
-            .try_into()?;
-        tc.load()
-            .context("the kernel verifier rejected the TC pipeline program")?;
-        tc_pipeline.set(0, tc.fd()?, 0)?;
-        let xdp: &mut Xdp = ebpf
-            .program_mut(names::PROG_XDP_PIPELINE)
-            .context("no XDP pipeline program in the BPF object")?
-            .try_into()?;
-        xdp.load()
-            .context("the kernel verifier rejected the XDP pipeline program")?;
-        xdp_pipeline.set(0, xdp.fd()?, 0)?;
-        Ok(Datapath {
+        let tc_pipeline = take(&mut ebpf, names::PIPELINE_TC)?;
+        let xdp_pipeline = take(&mut ebpf, names::PIPELINE_XDP)?;
+        let mut dp = Datapath {
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
             ports: StdHashMap::new(),
@@ -771,8 +774,68 @@ impl Datapath {
             keep_links: false,
             batch_maps: StdHashMap::new(),
             capacity,
-            _pipelines: [tc_pipeline, xdp_pipeline],
-        })
+            pipelines: [tc_pipeline, xdp_pipeline],
+            pipeline_loaded: false,
+        };
+        // Rules an earlier run left that need the pipeline: load it now,
+        // before this run's programs are attached.
+        if dp.pinned_rules_need_pipeline()? {
+            dp.ensure_pipeline()?;
+        }
+        Ok(dp)
+    }
+
+    /// True when the pinned maps hold a rule that only the pipeline
+    /// program runs (instructions beyond apply-actions, or a wide match).
+    fn pinned_rules_need_pipeline(&mut self) -> Result<bool> {
+        let ext: HashMap<&mut MapData, u32, RuleExt> =
+            HashMap::try_from(self.map(names::RULE_EXT)?)?;
+        if ext.keys().next().is_some() {
+            return Ok(true);
+        }
+        let wide: HashMap<&mut MapData, WideMapKey, FlowEntry> =
+            HashMap::try_from(self.map(names::FLOWS_WIDE)?)?;
+        Ok(wide.keys().next().is_some())
+    }
+
+    /// Load the pipeline programs (TC, XDP) and put them in their program
+    /// arrays, once. They are loaded only when a rule needs them: the
+    /// kernel takes several times longer to verify them than the main
+    /// programs, and the DaoliNet flows (one table of the fast path's
+    /// actions) never tail-call them, so an agent serving those starts as
+    /// fast as before.
+    pub fn ensure_pipeline(&mut self) -> Result<()> {
+        if self.pipeline_loaded {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let tc: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(names::PROG_TC_PIPELINE)
+            .context("no TC pipeline program in the BPF object")?
+            .try_into()?;
+        tc.load()
+            .context("the kernel verifier rejected the TC pipeline program")?;
+        self.pipelines[0].set(0, tc.fd()?, 0)?;
+        let xdp: &mut Xdp = self
+            .ebpf
+            .program_mut(names::PROG_XDP_PIPELINE)
+            .context("no XDP pipeline program in the BPF object")?
+            .try_into()?;
+        xdp.load()
+            .context("the kernel verifier rejected the XDP pipeline program")?;
+        self.pipelines[1].set(0, xdp.fd()?, 0)?;
+        self.pipeline_loaded = true;
+        tracing::info!(
+            took_ms = started.elapsed().as_millis() as u64,
+            "pipeline programs loaded (a rule needs more than the fast path)"
+        );
+        Ok(())
+    }
+
+    /// True once the pipeline programs are loaded.
+    pub fn pipeline_loaded(&self) -> bool {
+        self.pipeline_loaded
     }
 
     /// How many rules the maps hold at most (see [`Datapath::load`]).
@@ -1098,6 +1161,9 @@ impl Datapath {
 
     /// Apply table changes to the maps, in order.
     pub fn apply(&mut self, ops: &[MapOp]) -> Result<()> {
+        if ops.iter().any(needs_pipeline) {
+            self.ensure_pipeline()?;
+        }
         for op in ops {
             match op {
                 MapOp::PutFlow(EntryKey::Narrow(k), e) => {
@@ -1205,6 +1271,9 @@ impl Datapath {
     /// Runs of removals (classifier entries, metadata) are deleted with one
     /// `BPF_MAP_DELETE_BATCH` per map the same way.
     pub fn apply_batched(&mut self, ops: &[MapOp]) -> Result<()> {
+        if ops.iter().any(needs_pipeline) {
+            self.ensure_pipeline()?;
+        }
         let adds = |o: &MapOp| matches!(o, MapOp::PutFlow(EntryKey::Narrow(_), _));
         let dels = |o: &MapOp| matches!(o, MapOp::DelFlow(EntryKey::Narrow(_)));
         let mut i = 0;
@@ -1670,5 +1739,54 @@ mod punt_tests {
         };
         assert_eq!(parse_punt(&record(h, &untagged)).unwrap().data, untagged);
         assert!(parse_punt(&record(h, &untagged[..4])).is_err());
+    }
+}
+
+#[cfg(test)]
+mod pipeline_need_tests {
+    use super::*;
+    use crate::compile::{compile_instructions, compile_match};
+    use crate::table::{Rule, RuleTable};
+    use daolinet_openflow as of;
+
+    /// The map operations of adding `flow` to `table` of an empty switch.
+    fn ops_of(table: u8, flow: &str) -> Vec<MapOp> {
+        let fm: of::FlowMod = flow.parse().expect("flow syntax");
+        let (key, mask) = compile_match(&fm.match_).expect("match");
+        let c = compile_instructions(&fm.instructions, table).expect("instructions");
+        let mut t = RuleTable::new();
+        t.insert(Rule {
+            actions: c.apply,
+            ext: c.ext.map(Box::new),
+            ..Rule::matching(table, fm.priority, &key, &mask)
+        })
+        .expect("insert")
+        .1
+    }
+
+    #[test]
+    fn only_rules_beyond_the_fast_path_load_the_pipeline_programs() {
+        // DaoliNet's flows: one table of the fast path's actions.
+        for f in [
+            "priority=100,ip,in_port=1,nw_src=10.1.0.2,nw_dst=10.1.0.3 \
+             actions=set_field:02:00:00:00:00:02->eth_src,set_field:172.31.0.2->ip_src,\
+             set_field:172.31.0.3->ip_dst,output:65000",
+            "priority=10,arp actions=CONTROLLER:65535",
+            "priority=5,in_port=2 actions=drop",
+        ] {
+            assert!(!ops_of(0, f).iter().any(needs_pipeline), "{f}");
+        }
+        // Instructions beyond apply-actions, actions beyond the fast path,
+        // a wide match.
+        for f in [
+            "ip actions=goto_table:1",
+            "ip actions=write_metadata:0x1/0xff,output:1",
+            "ip actions=write_actions(output:2)",
+            "in_port=1 actions=push_vlan:0x8100,output:2",
+            "metadata=0x1 actions=output:2",
+            "ipv6,ipv6_dst=2001:db8::1 actions=output:2",
+        ] {
+            assert!(ops_of(0, f).iter().any(needs_pipeline), "{f}");
+        }
     }
 }
