@@ -231,10 +231,12 @@ impl Pipeline<'_> {
 }
 
 /// A connection's hash for select groups in userspace (any stable hash of
-/// the 5-tuple: the datapath's own choice is tested in the datapath).
+/// the addresses, Ethernet and IP, and ports: the datapath's own choice is
+/// tested in the datapath).
 pub fn connection_hash(k: &FlowKey) -> u32 {
     let w = k.words();
     let mut h = w[1] ^ w[2].rotate_left(13) ^ w[7].rotate_left(7) ^ u32::from(k.ip_proto);
+    h ^= w[4].rotate_left(3) ^ w[5].rotate_left(11) ^ w[6].rotate_left(19);
     h ^= h >> 16;
     h = h.wrapping_mul(0x85eb_ca6b);
     h ^= h >> 13;

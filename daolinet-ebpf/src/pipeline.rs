@@ -496,15 +496,17 @@ fn restore(st: &mut ActState) {
     st.dirty |= d;
 }
 
-/// A hash of the packet's connection (addresses, protocol, ports; Ethernet
-/// addresses for non-IP), the same for every packet of it: a select group
-/// keeps a connection on one bucket.
+/// A hash of the packet's connection (Ethernet and IP addresses, protocol,
+/// ports), the same for every packet of it: a select group keeps a
+/// connection on one bucket, and spreads hosts that differ only in their
+/// Ethernet addresses (what os-ken's select group cases send) too.
 #[inline(always)]
 fn flow_hash(st: &ActState) -> u32 {
     let k = &st.pkt.key;
     let w = k.words();
     // ipv4 src/dst (or ARP addresses), ports, protocol; MACs.
     let mut h = w[1] ^ w[2].rotate_left(13) ^ w[7].rotate_left(7) ^ (k.ip_proto as u32);
+    h ^= w[4].rotate_left(3) ^ w[5].rotate_left(11) ^ w[6].rotate_left(19);
     if st.pkt.l3 == L3::Ipv6 && st.pkt.ext_ready {
         let e = st.pkt.ext.words();
         let mut i = 4;
@@ -512,9 +514,6 @@ fn flow_hash(st: &ActState) -> u32 {
             h ^= e[i].rotate_left(i as u32 * 3);
             i += 1;
         }
-    }
-    if st.pkt.l3 == L3::Other || st.pkt.l3 == L3::Mpls {
-        h ^= w[4] ^ w[5].rotate_left(9) ^ w[6].rotate_left(17);
     }
     // Final mix (murmur3's fmix32).
     h ^= h >> 16;
