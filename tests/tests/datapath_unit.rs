@@ -1601,3 +1601,150 @@ fn tc_pipeline_dscp_and_sctp_port_rewrites_fix_their_checksums() {
     let want = sctp_frame(FROM_A, IP_A, IP_B, 5000, 9999);
     assert_eq!(out, want, "SCTP rewrite differs (CRC32c at bytes 42..46)");
 }
+
+/// Install `flows` through the agent's flow table after the groups of
+/// `groups` (GROUP_MODs) through its group table, as the agent does.
+fn install_groups_and_flows(
+    dp: &mut Datapath,
+    groups: &[daolinet_openflow::GroupMod],
+    flows: &[&str],
+) {
+    let mut g = daolinet_agent::groups::GroupTable::new();
+    for gm in groups {
+        let (ops, _) = g.group_mod(gm, 0, &|_| true).expect("group accepted");
+        dp.apply(&ops).expect("writing the maps");
+    }
+    let has_group = |id: u32| g.contains(id);
+    let refs = daolinet_agent::oftable::Refs {
+        group: &has_group,
+        meter: &|_| false,
+    };
+    let mut t = daolinet_agent::oftable::FlowTable::default();
+    for f in flows {
+        let fm: daolinet_openflow::FlowMod = f.parse().expect("flow syntax");
+        let o = t
+            .flow_mod_with(&fm, 0, &mut NoCounters, refs)
+            .expect("flow accepted");
+        dp.apply(&o.ops).expect("writing the maps");
+    }
+}
+
+/// A select group hashes per connection: every packet of a connection
+/// leaves by the same bucket (its rewrite and its port, byte for byte),
+/// and connections spread over both buckets.
+#[test]
+fn tc_pipeline_select_group_keeps_each_connection_on_one_bucket() {
+    use daolinet_openflow as of;
+    let Some(mut dp) = setup(MissPolicy::Punt) else {
+        return;
+    };
+    let bucket = |mac: &str, port: u32| {
+        let fm: of::FlowMod = format!("ip actions=set_field:{mac}->eth_dst,output:{port}")
+            .parse()
+            .expect("flow syntax");
+        let Some(of::Instruction::ApplyActions(actions)) = fm.instructions.first().cloned() else {
+            panic!("no actions");
+        };
+        of::Bucket {
+            weight: 1,
+            watch_port: of::OFPP_ANY,
+            watch_group: of::OFPG_ANY,
+            actions,
+        }
+    };
+    let group = of::GroupMod {
+        command: of::OFPGC_ADD,
+        group_type: of::OFPGT_SELECT,
+        group_id: 7,
+        buckets: vec![
+            bucket("52:54:00:00:11:11", UPLINK_OFPORT),
+            bucket("52:54:00:00:22:22", PEER_OFPORT),
+        ],
+    };
+    install_groups_and_flows(&mut dp, &[group], &["priority=10,tcp actions=group:7"]);
+    let mut used = [0u32; 2];
+    for sport in 40000..40016u16 {
+        let input = tcp_frame(FROM_A, IP_A, IP_B, sport, 5201, 64);
+        let mut first = None;
+        for _ in 0..3 {
+            let up = dp.port_stats(UPLINK_SLOT).unwrap().tx_packets;
+            let peer = dp.port_stats(PEER_SLOT).unwrap().tx_packets;
+            let (verdict, out) = dp.run_tc(&input, IN_IFINDEX).unwrap();
+            assert_eq!(verdict, TC_ACT_REDIRECT);
+            let went_up = dp.port_stats(UPLINK_SLOT).unwrap().tx_packets == up + 1;
+            let went_peer = dp.port_stats(PEER_SLOT).unwrap().tx_packets == peer + 1;
+            assert!(went_up != went_peer, "one port, once");
+            // Only the Ethernet destination changes: the bucket's.
+            let mut want = input.clone();
+            want[..6].copy_from_slice(if went_up { &MAC_H1 } else { &MAC_H2 });
+            assert_eq!(out, want, "bucket rewrite differs");
+            assert_checksums_ok(&out);
+            match first {
+                None => first = Some(went_up),
+                Some(f) => assert_eq!(f, went_up, "connection {sport} changed bucket"),
+            }
+        }
+        used[usize::from(first == Some(false))] += 1;
+    }
+    assert!(
+        used[0] > 0 && used[1] > 0,
+        "16 connections all on one bucket: {used:?}"
+    );
+}
+
+/// TCP checksum over the IPv6 pseudo-header and `segment` (whose checksum
+/// field must be zero).
+fn l4_csum6(src: [u8; 16], dst: [u8; 16], proto: u8, segment: &[u8]) -> u16 {
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src);
+    pseudo.extend_from_slice(&dst);
+    pseudo.extend_from_slice(&(segment.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, proto]);
+    let acc = ones_sum(&pseudo, 0);
+    !(ones_sum(segment, acc) as u16)
+}
+
+/// An Ethernet/IPv6/TCP frame, TCP checksum computed from scratch.
+fn tcp6_frame(m: Macs, src: [u8; 16], dst: [u8; 16], hop_limit: u8) -> Vec<u8> {
+    let mut seg = Vec::new();
+    seg.extend_from_slice(&40000u16.to_be_bytes());
+    seg.extend_from_slice(&5201u16.to_be_bytes());
+    seg.extend_from_slice(&0x0102_0304u32.to_be_bytes());
+    seg.extend_from_slice(&0u32.to_be_bytes());
+    seg.extend_from_slice(&[0x50, 0x02, 0xfa, 0xf0, 0, 0, 0, 0]);
+    seg.extend_from_slice(b"hello over ipv6");
+    let c = l4_csum6(src, dst, 6, &seg);
+    seg[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0x60, 0, 0, 0];
+    ip.extend_from_slice(&(seg.len() as u16).to_be_bytes());
+    ip.extend_from_slice(&[6, hop_limit]);
+    ip.extend_from_slice(&src);
+    ip.extend_from_slice(&dst);
+    ip.extend_from_slice(&seg);
+    eth(m.dst, m.src, 0x86dd, &ip)
+}
+
+/// IPv6 set-field of the destination and a hop-limit decrement: the
+/// frame as a host would have built it with the new address, the TCP
+/// checksum (over the IPv6 pseudo-header) recomputed independently.
+#[test]
+fn tc_pipeline_ipv6_destination_rewrite_and_hop_limit_are_byte_exact() {
+    let Some(mut dp) = setup(MissPolicy::Punt) else {
+        return;
+    };
+    let a: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let b: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+    let c: [u8; 16] = [
+        0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x99,
+    ];
+    install_flows(
+        &mut dp,
+        &["priority=10,ipv6,ipv6_dst=2001:db8::2 actions=set_field:2001:db8::99->ipv6_dst,dec_ttl,output:100"],
+    );
+    let (verdict, out) = dp
+        .run_tc(&tcp6_frame(FROM_A, a, b, 64), IN_IFINDEX)
+        .unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(out, tcp6_frame(FROM_A, a, c, 63), "IPv6 rewrite differs");
+    assert_eq!(dp.port_stats(UPLINK_SLOT).unwrap().tx_packets, 1);
+}
