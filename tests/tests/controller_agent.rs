@@ -24,6 +24,7 @@
 use std::time::Duration;
 
 use daolinet_testlab::{json_str, wait_poll, workspace_bin, Lab, Need, Netns, Poll};
+use daolinet_tests::ha::metric;
 use serde_json::Value;
 
 const NET: &str = "192.168.213";
@@ -121,14 +122,14 @@ fn controller_drives_two_agents() {
             &format!("tcp:{NET}.1:{port}"),
         ],
     );
-    wait_poll("both agents to connect", Duration::from_secs(30), || {
-        let m = api.text("/metrics");
-        if m.contains("daolinet_switches_connected 2") {
-            Poll::Ready(())
-        } else {
-            Poll::Pending(m)
-        }
-    });
+    wait_poll(
+        "both agents to connect",
+        Duration::from_secs(30),
+        || match metric(&ctl, "daolinet_switches_connected") {
+            Some(2) => Poll::Ready(()),
+            m => Poll::Pending(format!("daolinet_switches_connected {m:?}")),
+        },
+    );
 
     // First packets: cross host, then same host; then more both ways.
     let ip = |v: &Value| json_str(v, "ip");

@@ -31,6 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::applied::{Applied, ApplyGuard};
+use crate::metrics::Metrics;
 use crate::service::Controller;
 use daolinet_openflow::consts::{
     OFPBRC_IS_SLAVE, OFPCR_ROLE_EQUAL, OFPCR_ROLE_MASTER, OFPCR_ROLE_SLAVE, OFPET_BAD_REQUEST,
@@ -151,25 +152,31 @@ impl Switches {
         self.map.read().ok()?.get(&dpid).map(|h| h.tx.clone())
     }
 
-    /// Registers a connection; returns the one it replaces and the count.
-    fn insert(&self, dpid: Dpid, h: Handle) -> (Option<Handle>, usize) {
-        match self.map.write() {
-            Ok(mut m) => {
-                let old = m.insert(dpid, h);
-                (old, m.len())
-            }
-            Err(_) => (None, 0),
-        }
+    /// Registers a connection; returns the one it replaces. The
+    /// `switches_connected` gauge of `metrics` is set under the lock:
+    /// connections register on several runtime threads at once, and a
+    /// count stored after the lock is released can be overwritten by an
+    /// older, smaller one (two agents reconnecting together after a
+    /// controller restart left the gauge at 1 with both connected).
+    fn insert(&self, dpid: Dpid, h: Handle, metrics: &Metrics) -> Option<Handle> {
+        let mut m = self.map.write().ok()?;
+        let old = m.insert(dpid, h);
+        metrics.set_switches_connected(m.len() as u64);
+        old
     }
 
-    /// Unregisters connection `id` if it still owns `dpid`.
-    fn remove(&self, dpid: Dpid, id: u64) -> Option<usize> {
-        let mut m = self.map.write().ok()?;
+    /// Unregisters connection `id` if it still owns `dpid` (true then);
+    /// sets the gauge under the lock, as [`Switches::insert`] does.
+    fn remove(&self, dpid: Dpid, id: u64, metrics: &Metrics) -> bool {
+        let Ok(mut m) = self.map.write() else {
+            return false;
+        };
         if m.get(&dpid).is_some_and(|h| h.id == id) {
             m.remove(&dpid);
-            Some(m.len())
+            metrics.set_switches_connected(m.len() as u64);
+            true
         } else {
-            None
+            false
         }
     }
 
@@ -515,11 +522,10 @@ impl Server {
         // makes the others forget its containers.
         if *shutdown.borrow() {
             if let Some(dpid) = task.registered {
-                self.switches.remove(dpid, id);
+                self.switches.remove(dpid, id, &self.ctl.metrics);
             }
         } else if let Some(dpid) = task.registered {
-            if let Some(n) = self.switches.remove(dpid, id) {
-                self.ctl.metrics.set_switches_connected(n as u64);
+            if self.switches.remove(dpid, id, &self.ctl.metrics) {
                 tracing::info!(%dpid, %peer, "datapath disconnected");
                 // Its flows towards it stay while it may come back (an
                 // agent restart): deleted if it is still away later.
@@ -748,7 +754,7 @@ impl AnswerClock {
     }
 
     /// `n` more bytes were written: records the batches now fully written.
-    fn wrote(&mut self, n: usize, metrics: &crate::metrics::Metrics) {
+    fn wrote(&mut self, n: usize, metrics: &Metrics) {
         self.written += n as u64;
         if self.marks.front().is_none_or(|m| m.0 > self.written) {
             return;
@@ -1115,19 +1121,19 @@ impl Task<'_> {
             Event::Ready { dpid, features } => {
                 tracing::info!(%dpid, peer = %self.peer, n_tables = features.n_tables, "datapath connected");
                 let Some(tx) = self.tx.clone() else { return };
-                let (old, n) = srv.switches.insert(
+                let old = srv.switches.insert(
                     dpid,
                     Handle {
                         id: self.id,
                         tx,
                         host: None,
                     },
+                    &srv.ctl.metrics,
                 );
                 if let Some(old) = old {
                     tracing::info!(%dpid, "datapath reconnected: replacing its previous connection");
                     let _ = old.tx.try_send(Cmd::Replaced);
                 }
-                srv.ctl.metrics.set_switches_connected(n as u64);
                 self.registered = Some(dpid);
                 self.apply_role();
             }
@@ -1326,5 +1332,64 @@ impl Task<'_> {
         }
         srv.ctl.metrics.packet_in(t0.elapsed(), &out.verdict);
         self.decided += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connected(m: &Metrics) -> String {
+        m.render()
+            .lines()
+            .find(|l| l.starts_with("daolinet_switches_connected "))
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Two switches registering at once (two agents reconnecting together
+    /// after a controller restart) leave the gauge at 2, and their leaving
+    /// at 0; many rounds, so that the threads interleave every way the
+    /// scheduler lets them. With the count stored after the lock was
+    /// released, the thread that registered first could store its smaller
+    /// count last: restarts.rs waited 30 s for `switches_connected 2` with
+    /// both agents connected (1 fresh-clone CI run in about 11). With the
+    /// old code this test failed 4 runs of 5 on a loaded 2-core machine.
+    #[test]
+    fn concurrent_registrations_leave_the_gauge_exact() {
+        let switches = Switches::default();
+        let metrics = Metrics::default();
+        let barrier = std::sync::Barrier::new(2);
+        let (tx, _rx) = mpsc::channel(1);
+        for round in 0..2_000u64 {
+            for (phase, want) in [("register", 2), ("leave", 0)] {
+                std::thread::scope(|s| {
+                    for k in 0..2u64 {
+                        let (switches, metrics, barrier, tx) = (&switches, &metrics, &barrier, &tx);
+                        s.spawn(move || {
+                            let id = round * 2 + k;
+                            barrier.wait();
+                            if phase == "register" {
+                                let h = Handle {
+                                    id,
+                                    tx: tx.clone(),
+                                    host: None,
+                                };
+                                switches.insert(Dpid(k + 1), h, metrics);
+                            } else {
+                                // A stale connection id removes nothing.
+                                assert!(!switches.remove(Dpid(k + 1), u64::MAX, metrics));
+                                assert!(switches.remove(Dpid(k + 1), id, metrics));
+                            }
+                        });
+                    }
+                });
+                assert_eq!(
+                    connected(&metrics),
+                    format!("daolinet_switches_connected {want}"),
+                    "round {round}, {phase}"
+                );
+            }
+        }
     }
 }
