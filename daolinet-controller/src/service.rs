@@ -424,7 +424,8 @@ impl Flows {
             .map_err(|_| ServiceError::Poisoned)
     }
 
-    fn apply(&self, ds: &[Decision]) -> Result<u64, ServiceError> {
+    /// Records `ds`.
+    fn apply(&self, ds: &[Decision]) -> Result<(), ServiceError> {
         let mut delta = 0;
         let mut i = 0;
         while let Some(first) = ds.get(i) {
@@ -436,12 +437,15 @@ impl Flows {
         }
         // Most PACKET_INs re-decide recorded flows: no write to the shared
         // counter then (it would bounce between the cores' caches).
-        let t = if delta == 0 {
-            self.total.load(Ordering::Relaxed)
-        } else {
-            self.total.fetch_add(delta, Ordering::Relaxed) + delta
-        };
-        Ok(u64::try_from(t).unwrap_or(0))
+        if delta != 0 {
+            self.total.fetch_add(delta, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Flows recorded on every datapath.
+    fn total(&self) -> u64 {
+        u64::try_from(self.total.load(Ordering::Relaxed)).unwrap_or(0)
     }
 }
 
@@ -592,7 +596,7 @@ impl Controller {
     ) -> Result<Applied, ServiceError> {
         let new = Arc::new(Snapshot::new(model));
         let decisions = policy::handle_model_change(old, &new, &self.cfg, changes);
-        let n = self.flows.apply(&decisions)?;
+        self.flows.apply(&decisions)?;
         if old.model.networks.len() != new.model.networks.len() {
             // Verdict counters of deleted networks go with them.
             self.metrics
@@ -612,7 +616,6 @@ impl Controller {
             // Nothing to send, or no OpenFlow server running.
             done.routed();
         }
-        self.metrics.set_flows_installed(n);
         *applied = rev;
         self.model_rev.send_replace(rev);
         Ok(done)
@@ -731,8 +734,7 @@ impl Controller {
                 out
             }
         };
-        let n = self.flows.apply(&out.decisions)?;
-        self.metrics.set_flows_installed(n);
+        self.flows.apply(&out.decisions)?;
         let network = snap
             .host_by_dpid(dpid)
             .and_then(|h| snap.container_at(&h.name, in_port))
@@ -757,13 +759,10 @@ impl Controller {
             .cloned()
             .map(Decision::AddFlow)
             .collect();
-        let mut n = self.flows.apply(&adds)?;
+        self.flows.apply(&adds)?;
         for f in deleted {
-            if self.flow_removed(dpid, f.table, f.priority, &f.match_, f.cookie)? {
-                n = n.saturating_sub(1);
-            }
+            self.flow_removed(dpid, f.table, f.priority, &f.match_, f.cookie)?;
         }
-        self.metrics.set_flows_installed(n);
         Ok(())
     }
 
@@ -772,8 +771,7 @@ impl Controller {
     pub fn host_gone(&self, dpid: Dpid) -> Result<Vec<Decision>, ServiceError> {
         let snap = self.snap.load();
         let ds = policy::handle_host_gone(&snap, dpid);
-        let n = self.flows.apply(&ds)?;
-        self.metrics.set_flows_installed(n);
+        self.flows.apply(&ds)?;
         Ok(ds)
     }
 
@@ -791,9 +789,7 @@ impl Controller {
             .shard(dpid)?
             .remove(dpid, table, priority, m, cookie);
         if gone {
-            let t = self.flows.total.fetch_sub(1, Ordering::Relaxed) - 1;
-            self.metrics
-                .set_flows_installed(u64::try_from(t).unwrap_or(0));
+            self.flows.total.fetch_sub(1, Ordering::Relaxed);
         }
         Ok(gone)
     }
@@ -808,6 +804,16 @@ impl Controller {
     /// those that imply no flow decision, e.g. a new host).
     pub fn subscribe_model(&self) -> tokio::sync::watch::Receiver<u64> {
         self.model_rev.subscribe()
+    }
+
+    /// The Prometheus text of [`Controller::metrics`], with the installed
+    /// flows counted as they are now. The count is read here rather than
+    /// stored by each PACKET_IN or flow removal: those run on several
+    /// threads, and a count stored after another thread's newer one would
+    /// stay stale until the next change.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.set_flows_installed(self.flows.total());
+        self.metrics.render()
     }
 
     /// Flows recorded for one datapath or all.
@@ -1081,7 +1087,7 @@ mod tests {
         let out = ctl.packet_in(Dpid(1), a.port, &pkt.emit()).unwrap();
         assert_eq!(out.verdict, Verdict::SameHost);
         assert_eq!(ctl.flows(Some(Dpid(1))).unwrap().len(), 2);
-        assert!(ctl.metrics.render().contains("daolinet_flows_installed 2"));
+        assert!(ctl.metrics_text().contains("daolinet_flows_installed 2"));
         // Disconnecting the pair deletes its flows and tells the OpenFlow side.
         while rx.try_recv().is_ok() {}
         ctl.mutate(|m| m.set_pair("a", "b", PairAction::Disconnect))

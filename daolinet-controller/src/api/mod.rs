@@ -691,7 +691,7 @@ async fn healthz() -> &'static str {
 async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        st.ctl.metrics.render(),
+        st.ctl.metrics_text(),
     )
 }
 
