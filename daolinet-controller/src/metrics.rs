@@ -124,6 +124,7 @@ pub struct Metrics {
     /// 0 alone, 1 master, 2 slave.
     role: AtomicU64,
     tls_refused: AtomicU64,
+    mastered_elsewhere: AtomicU64,
     generation: AtomicU64,
     /// Packets punted by a denial (Open vSwitch): [still denied, allowed
     /// now and delivered].
@@ -219,6 +220,12 @@ impl Metrics {
     /// no datapath, or a handshake that did not complete).
     pub fn tls_refused(&self) {
         self.tls_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a switch this controller (alone, no election) does not act
+    /// on: controllers on another store elected a master there.
+    pub fn mastered_elsewhere(&self) {
+        self.mastered_elsewhere.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records this controller's role (leader election).
@@ -357,6 +364,19 @@ impl Metrics {
         );
         let _ = writeln!(s, "# TYPE daolinet_tls_refused_total counter");
         let _ = writeln!(s, "daolinet_tls_refused_total {}", g(&self.tls_refused));
+        let _ = writeln!(
+            s,
+            "# HELP daolinet_switches_mastered_elsewhere_total Switch connections this controller (no election) did not act on: they have a generation id, a master elected by controllers on another store."
+        );
+        let _ = writeln!(
+            s,
+            "# TYPE daolinet_switches_mastered_elsewhere_total counter"
+        );
+        let _ = writeln!(
+            s,
+            "daolinet_switches_mastered_elsewhere_total {}",
+            g(&self.mastered_elsewhere)
+        );
         s
     }
 }

@@ -19,12 +19,12 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use daolinet_controller::ofserver::Role;
-use daolinet_controller::ofserver::{Server, ServerConfig};
+use daolinet_controller::ofserver::{Server, ServerConfig, PROBE_EVERY};
 use daolinet_controller::service::Controller;
 use daolinet_controller::store::MemStore;
 use daolinet_openflow::{
     consts::*, ErrorCode, ErrorMsg, FlowMod, FlowRemoved, FlowStats, Frame, Hello, Instruction,
-    Message, MultipartRequestBody, PacketIn, SwitchFeatures,
+    Message, MultipartRequestBody, PacketIn, RoleMsg, SwitchFeatures,
 };
 use daolinet_policy::addr::{Dpid, MacAddr};
 use daolinet_policy::model::{ContainerSpec, Host, NetworkSpec, PairAction};
@@ -164,14 +164,20 @@ fn packet_in(in_port: u32, data: Vec<u8>) -> Message {
 async fn handshake_packet_in_reconnect_and_model_changes() {
     let env = Env::start().await;
     let (mut s1, init) = FakeSwitch::connect(env.addr, 1).await;
-    // SET_CONFIG (whole packets), PORT_DESC, the flow table read, then (the
-    // table being empty) nothing to delete, the base flows added. No
-    // ROLE_REQUEST: the only controller stays EQUAL.
+    // SET_CONFIG (whole packets), PORT_DESC, the switch's generation id
+    // asked (ROLE_REQUEST NOCHANGE: the only controller stays EQUAL), the
+    // flow table read, then (the table being empty) nothing to delete, the
+    // base flows added.
     assert!(init.iter().any(|f| matches!(&f.message,
         Message::SetConfig(c) if c.miss_send_len == OFPCML_NO_BUFFER)));
-    assert!(!init
+    let roles: Vec<u32> = init
         .iter()
-        .any(|f| matches!(f.message, Message::RoleRequest(_))));
+        .filter_map(|f| match &f.message {
+            Message::RoleRequest(r) => Some(r.role),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(roles, [OFPCR_ROLE_NOCHANGE], "{init:?}");
     let fms = flow_mods(&init);
     assert!(fms.iter().all(|m| m.command == OFPFC_ADD), "{fms:#?}");
     let miss: FlowMod = format!(
@@ -372,6 +378,128 @@ async fn handshake_packet_in_reconnect_and_model_changes() {
     }
     assert!(flow_mods(&after).is_empty(), "{after:?}");
     drop(s1b);
+}
+
+/// HELLO and FEATURES_REPLY as `dpid`, with ROLE_REQUESTs left to the
+/// test; the frames up to the first ROLE_REQUEST.
+async fn hello_as(s: &mut FakeSwitch, dpid: u64) -> Vec<Frame> {
+    s.auto_role = false;
+    s.send(1, Message::Hello(Hello::new())).await;
+    let f = s.until(|f| f.message == Message::FeaturesRequest).await;
+    let xid = f.last().unwrap().xid;
+    s.send(
+        xid,
+        Message::FeaturesReply(SwitchFeatures {
+            datapath_id: dpid,
+            n_buffers: 0,
+            n_tables: 254,
+            auxiliary_id: 0,
+            capabilities: 0,
+            reserved: 0,
+        }),
+    )
+    .await;
+    s.until(|f| matches!(f.message, Message::RoleRequest(_)))
+        .await
+}
+
+/// What changes a switch or reads its flows for that.
+fn acts(fs: &[Frame]) -> Vec<&Frame> {
+    fs.iter()
+        .filter(|f| match &f.message {
+            Message::FlowMod(_) | Message::PacketOut(_) | Message::MeterMod(_) => true,
+            Message::MultipartRequest(m) => matches!(m.body, MultipartRequestBody::Flow(_)),
+            Message::Experimenter(_) => true,
+            _ => false,
+        })
+        .collect()
+}
+
+/// A controller without election on a switch where controllers on
+/// another store elected a master (the switch has a generation id): it
+/// asks first (ROLE_REQUEST NOCHANGE), then neither reads nor changes the
+/// switch nor answers its PACKET_INs, and says so in its metrics. On a
+/// switch without a generation id it acts, and stops once one appears
+/// there (asked again every PROBE_EVERY).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alone_it_leaves_a_switch_mastered_from_another_store() {
+    let env = Env::start().await;
+    let (port, data) = env.udp("a", "b");
+    let mut s = FakeSwitch::raw(env.addr).await;
+    let before = hello_as(&mut s, 1).await;
+    assert!(
+        acts(&before).is_empty(),
+        "before the role reply: {before:?}"
+    );
+    let (xid, r) = s.roles.pop().unwrap();
+    assert_eq!(r.role, OFPCR_ROLE_NOCHANGE);
+    s.send(
+        xid,
+        Message::RoleReply(RoleMsg {
+            role: OFPCR_ROLE_EQUAL,
+            generation_id: 9,
+        }),
+    )
+    .await;
+    s.send(70, packet_in(port, data.clone())).await;
+    let quiet = s.within(Duration::from_millis(500)).await;
+    assert!(acts(&quiet).is_empty(), "{quiet:?}");
+    let m = env.ctl.metrics.render();
+    assert!(
+        m.contains("daolinet_switches_mastered_elsewhere_total 1"),
+        "{m}"
+    );
+
+    // No generation id: it acts (flows read, base flows, PACKET_INs
+    // answered) until the switch has one.
+    let mut s2 = FakeSwitch::raw(env.addr).await;
+    hello_as(&mut s2, 2).await;
+    let (xid, r) = s2.roles.pop().unwrap();
+    assert_eq!(r.role, OFPCR_ROLE_NOCHANGE);
+    // (Open vSwitch says "none" with all ones.)
+    s2.send(
+        xid,
+        Message::RoleReply(RoleMsg {
+            role: OFPCR_ROLE_EQUAL,
+            generation_id: u64::MAX,
+        }),
+    )
+    .await;
+    let init = s2.until(|f| f.message == Message::BarrierRequest).await;
+    assert!(!flow_mods(&init).is_empty(), "{init:?}");
+    let (port2, data2) = env.udp("c", "a");
+    s2.send(71, packet_in(port2, data2.clone())).await;
+    s2.until(|f| matches!(f.message, Message::FlowMod(_))).await;
+    let asked = timeout(
+        PROBE_EVERY + Duration::from_secs(10),
+        s2.until_long(
+            |f| matches!(&f.message, Message::RoleRequest(r) if r.role == OFPCR_ROLE_NOCHANGE),
+        ),
+    )
+    .await
+    .expect("asked again for the generation id");
+    assert!(!asked.is_empty());
+    let (xid, _) = s2.roles.pop().unwrap();
+    s2.send(
+        xid,
+        Message::RoleReply(RoleMsg {
+            role: OFPCR_ROLE_EQUAL,
+            generation_id: 12,
+        }),
+    )
+    .await;
+    // Once the reply is read, nothing more (a PACKET_IN sent after it).
+    let _ = s2.within(Duration::from_millis(300)).await;
+    s2.send(72, packet_in(port2, data2)).await;
+    let quiet = s2.within(Duration::from_millis(500)).await;
+    assert!(acts(&quiet).is_empty(), "{quiet:?}");
+    let m = env.ctl.metrics.render();
+    assert!(
+        m.contains("daolinet_switches_mastered_elsewhere_total 2"),
+        "{m}"
+    );
+    drop((s, s2));
+    env.stop().await;
 }
 
 /// Among several controllers: a slave asks for the slave role and writes

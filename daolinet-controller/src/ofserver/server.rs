@@ -34,7 +34,8 @@ use crate::applied::{Applied, ApplyGuard};
 use crate::metrics::Metrics;
 use crate::service::Controller;
 use daolinet_openflow::consts::{
-    OFPBRC_IS_SLAVE, OFPCR_ROLE_EQUAL, OFPCR_ROLE_MASTER, OFPCR_ROLE_SLAVE, OFPET_BAD_REQUEST,
+    OFPBRC_IS_SLAVE, OFPCR_ROLE_EQUAL, OFPCR_ROLE_MASTER, OFPCR_ROLE_NOCHANGE, OFPCR_ROLE_SLAVE,
+    OFPET_BAD_REQUEST,
 };
 use daolinet_openflow::ext::{Ext, PortSource};
 use daolinet_openflow::{FlowStats, Message};
@@ -79,8 +80,11 @@ impl Default for ServerConfig {
 /// What this controller is to the switches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// The only controller (no election): acts on every switch and sends
-    /// no ROLE_REQUEST (the switches keep it EQUAL).
+    /// The only controller (no election): stays EQUAL on every switch.
+    /// It asks each switch for its generation id first (ROLE_REQUEST
+    /// NOCHANGE, again every [`PROBE_EVERY`] while it acts): one that has a
+    /// generation id has had a master elected by controllers on another
+    /// store, and this controller does not act on it.
     Alone,
     /// The elected leader: ROLE_REQUEST master with this generation id
     /// (the election key's create revision), then acts.
@@ -96,6 +100,15 @@ pub enum Role {
         generation: Option<u64>,
     },
 }
+
+/// How often a controller without election asks a switch it acts on for
+/// its generation id again (see [`Role::Alone`]): controllers on another
+/// store that elect a master there later stop it within this time.
+pub const PROBE_EVERY: Duration = Duration::from_secs(5);
+
+/// PACKET_INs kept per switch while a controller without election waits
+/// for the switch's generation id (one round trip after the handshake).
+const MAX_WAITING: usize = 256;
 
 /// What other tasks ask a connection task to do.
 #[derive(Debug)]
@@ -504,6 +517,9 @@ impl Server {
             role: self.role.clone(),
             applied_role: None,
             acting: false,
+            elsewhere: false,
+            last_probe: Instant::now(),
+            waiting: None,
             agent: false,
             sources_sent: None,
         };
@@ -791,6 +807,14 @@ struct Task<'a> {
     /// May this connection change the switch (alone, or master and not
     /// refused by the switch)?
     acting: bool,
+    /// Alone: the switch has a generation id, a master elected by
+    /// controllers on another store; never acting on it (said once).
+    elsewhere: bool,
+    /// Alone: when the switch was last asked for its generation id.
+    last_probe: Instant,
+    /// Alone: PACKET_INs that arrived before the switch's first answer
+    /// (at most [`MAX_WAITING`]), answered once it shows no generation id.
+    waiting: Option<Vec<daolinet_openflow::PacketIn>>,
     /// The switch introduced itself as a DaoliNet agent
     /// ([`Ext::AgentHello`]): it takes port sources, sends drop samples.
     agent: bool,
@@ -884,7 +908,10 @@ impl Task<'_> {
                 }
                 Wake::Cmd(None) => return Ok(()),
                 Wake::Role => self.apply_role(),
-                Wake::Tick => self.conn.tick(now, &mut self.events),
+                Wake::Tick => {
+                    self.conn.tick(now, &mut self.events);
+                    self.probe(now);
+                }
                 Wake::Stop => return Ok(()),
             }
             self.decided = 0;
@@ -1025,10 +1052,11 @@ impl Task<'_> {
     }
 
     /// Takes this controller's current role on the switch (after the
-    /// handshake, and whenever the election changes it): as the master (or
-    /// alone) it asks for the master role and the switch's flows, which it
-    /// then reconciles ([`Task::reconcile`]); as a slave it asks for the
-    /// slave role and leaves the switch alone.
+    /// handshake, and whenever the election changes it): as the master it
+    /// asks for the master role and acts ([`Task::act`]); alone, it first
+    /// asks for the switch's generation id (ROLE_REQUEST NOCHANGE) and acts
+    /// when the reply shows none ([`Task::alone_role`]); as a slave it asks
+    /// for the slave role and leaves the switch alone.
     fn apply_role(&mut self) {
         let role = *self.role.borrow_and_update();
         let Some(dpid) = self.registered else { return };
@@ -1037,17 +1065,19 @@ impl Task<'_> {
         }
         self.applied_role = Some(role);
         match role {
-            Role::Alone | Role::Master { .. } => {
-                if let Role::Master { generation } = role {
-                    tracing::info!(%dpid, generation, "asking for the master role");
-                    // Everything this connection sends from now on is held
-                    // by the Conn until the switch accepts us as master.
-                    self.conn.request_role(OFPCR_ROLE_MASTER, generation);
-                }
-                self.acting = true;
-                self.conn.request_flows();
-                self.conn.install_deny_meter();
-                self.send_sources();
+            Role::Alone => {
+                // Nothing is sent that changes the switch before its answer.
+                self.acting = false;
+                self.last_probe = Instant::now();
+                self.waiting = Some(Vec::new());
+                self.conn.request_role(OFPCR_ROLE_NOCHANGE, 0);
+            }
+            Role::Master { generation } => {
+                tracing::info!(%dpid, generation, "asking for the master role");
+                // Everything this connection sends from now on is held
+                // by the Conn until the switch accepts us as master.
+                self.conn.request_role(OFPCR_ROLE_MASTER, generation);
+                self.act();
             }
             Role::Slave { generation } => {
                 self.acting = false;
@@ -1055,6 +1085,50 @@ impl Task<'_> {
                     self.conn.request_role(OFPCR_ROLE_SLAVE, g);
                 }
             }
+        }
+    }
+
+    /// Starts acting on the switch: reads its flows (then reconciles them,
+    /// [`Task::reconcile`]), installs the deny meter, sends port sources.
+    fn act(&mut self) {
+        self.acting = true;
+        self.conn.request_flows();
+        self.conn.install_deny_meter();
+        self.send_sources();
+    }
+
+    /// Alone: the switch's answer to ROLE_REQUEST NOCHANGE. A generation id
+    /// means a master elected by controllers on another store (this one has
+    /// no election): not acting on the switch, said in one line, once.
+    /// None is 0 (daolinet-agent) or all ones (Open vSwitch).
+    fn alone_role(&mut self, generation: u64) {
+        if generation != 0 && generation != u64::MAX {
+            self.acting = false;
+            if !self.elsewhere {
+                self.elsewhere = true;
+                self.srv.ctl.metrics.mastered_elsewhere();
+                let dpid = self.registered.map(|d| d.to_string()).unwrap_or_default();
+                tracing::error!(
+                    "datapath {dpid} at {} has a master elected by controllers on another store \
+                     (generation id {generation}); this controller has no election and does not \
+                     act on it: give every controller of a switch the same --store",
+                    self.peer
+                );
+            }
+        } else if !self.acting && !self.elsewhere {
+            self.act();
+        }
+    }
+
+    /// Alone and acting: asks the switch for its generation id again every
+    /// [`PROBE_EVERY`] (see [`Role::Alone`]).
+    fn probe(&mut self, now: Instant) {
+        if self.acting
+            && self.applied_role == Some(Role::Alone)
+            && now.duration_since(self.last_probe) >= PROBE_EVERY
+        {
+            self.last_probe = now;
+            self.conn.request_role(OFPCR_ROLE_NOCHANGE, 0);
         }
     }
 
@@ -1137,6 +1211,18 @@ impl Task<'_> {
                 self.registered = Some(dpid);
                 self.apply_role();
             }
+            Event::Role(r) if self.applied_role == Some(Role::Alone) => {
+                tracing::debug!(dpid = ?self.registered, generation = r.generation_id, "switch generation id");
+                self.alone_role(r.generation_id);
+                self.answer_waiting().await;
+            }
+            Event::RoleRefused(e) if self.applied_role == Some(Role::Alone) => {
+                // A switch without roles: no master can be elected there.
+                tracing::debug!(dpid = ?self.registered, error = %describe(&e),
+                    "the switch does not answer ROLE_REQUEST NOCHANGE: acting on it");
+                self.alone_role(0);
+                self.answer_waiting().await;
+            }
             Event::Role(r) => {
                 tracing::info!(dpid = ?self.registered, role = role_name(r.role), generation = r.generation_id, "switch role");
                 if r.role != OFPCR_ROLE_MASTER && r.role != OFPCR_ROLE_EQUAL {
@@ -1206,8 +1292,27 @@ impl Task<'_> {
         }
     }
 
+    /// Alone, after the switch's first answer: the PACKET_INs that waited
+    /// for it, answered if this controller acts on the switch.
+    async fn answer_waiting(&mut self) {
+        let Some(waiting) = self.waiting.take() else {
+            return;
+        };
+        if self.acting {
+            for p in waiting {
+                self.packet_in(p).await;
+            }
+        }
+    }
+
     async fn packet_in(&mut self, p: daolinet_openflow::PacketIn) {
         let Some(dpid) = self.registered else { return };
+        if let Some(w) = &mut self.waiting {
+            if w.len() < MAX_WAITING {
+                w.push(p);
+            }
+            return;
+        }
         if !self.acting {
             // Only the master answers (an EQUAL connection of a slave still
             // gets PACKET_INs until its ROLE_REQUEST is accepted).

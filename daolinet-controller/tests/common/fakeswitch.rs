@@ -168,6 +168,20 @@ impl FakeSwitch {
         v
     }
 
+    /// Frames up to and including the first that satisfies `pred`, with
+    /// no deadline of its own (the caller's).
+    pub async fn until_long(&mut self, pred: impl Fn(&Frame) -> bool) -> Vec<Frame> {
+        let mut v = Vec::new();
+        loop {
+            let f = self.next().await.expect("connection closed");
+            let done = pred(&f);
+            v.push(f);
+            if done {
+                return v;
+            }
+        }
+    }
+
     /// Frames received within `d` (quiet period).
     pub async fn within(&mut self, d: Duration) -> Vec<Frame> {
         let mut v = Vec::new();

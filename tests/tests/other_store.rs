@@ -1,0 +1,176 @@
+//! Privileged: a controller on another store at the same switches. The
+//! lab of `failover.rs` (3-member etcd, 3 controllers with 1 s leases, two
+//! agent hosts and an Open vSwitch host, every switch connected to every
+//! controller), where host 1's agent and Open vSwitch also connect to a
+//! fourth controller started without `--store etcd:` (its own embedded
+//! store, so no election: it believes it is the only controller). It has
+//! the same hosts registered but none of their containers, so were it to
+//! act it would reconcile the switches' container flows away and send
+//! host 1's agent empty port sources.
+//!
+//! It asks each switch for its generation id first (ROLE_REQUEST
+//! NOCHANGE); both have one (the elected leader's), so it says so in one
+//! line per switch, stays EQUAL there (`daolinet-agent status`, `ovs-vsctl
+//! list controller`) and changes nothing: no flow is added, pings on
+//! established flows (from both switches) lose nothing, and a new
+//! connection is still decided by the leader.
+#![allow(clippy::panic)] // a panic is a failed test
+
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime};
+
+use daolinet_testlab::{wait_poll, Controller, Poll};
+use daolinet_tests::ha::{first_answer, metric, Ha, HaOpts, Pinger, BR, ROGUE_PORT};
+use serde_json::Value;
+
+/// The line the controller logs once per switch it leaves alone.
+const LINE: &str = "has a master elected by controllers on another store";
+
+/// A flow dump without counters and ages: what controllers wrote.
+fn flows(dump: &str) -> BTreeSet<String> {
+    const VARYING: [&str; 5] = [
+        "duration=",
+        "n_packets=",
+        "n_bytes=",
+        "idle_age=",
+        "hard_age=",
+    ];
+    dump.lines()
+        .filter(|l| l.contains("actions="))
+        .map(|l| {
+            l.split([',', ' '])
+                .filter(|w| !w.is_empty() && !VARYING.iter().any(|p| w.starts_with(p)))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect()
+}
+
+#[test]
+fn a_controller_on_another_store_leaves_the_switches_alone() {
+    let Some(ha) = Ha::new(HaOpts {
+        probes: 1,
+        ovs: true,
+        rogue: true,
+        ..HaOpts::default()
+    }) else {
+        return;
+    };
+    let Some(ovs) = ha.ovs.as_ref() else {
+        panic!("no Open vSwitch host");
+    };
+    let leader = ha.leader();
+    ha.agents_obey_leader();
+    ha.ovs_obeys_leader();
+    let agent_before = flows(&ha.agents[0].cli(&["flows"]));
+    let ovs_before = flows(&ovs.dump_flows(BR));
+
+    // The fourth controller, on its own store, with hosts 1 and 3 as the
+    // others have them.
+    let e = ha.etcd.netns().name().to_string();
+    let lone = Controller::start(
+        &ha.lab
+            .controller_opts()
+            .netns(&e)
+            .listen(&format!("0.0.0.0:{ROGUE_PORT}"))
+            .api("0.0.0.0:0")
+            .args(&["--echo-interval", "1"]),
+    );
+    let hosts = ha.api(leader).ok("GET", "/api/hosts", None);
+    let mut dpids = Vec::new();
+    for h in hosts.as_array().into_iter().flatten() {
+        if !matches!(h["name"].as_str(), Some("h1" | "h3")) {
+            continue;
+        }
+        let body = serde_json::json!({
+            "name": h["name"], "dpid": h["dpid"], "ip": h["ip"],
+            "mac": h["mac"], "uplink_port": h["uplink_port"],
+        });
+        lone.api().ok("POST", "/api/hosts", Some(&body.to_string()));
+        dpids.push(h["dpid"].clone());
+    }
+    assert_eq!(dpids.len(), 2, "hosts h1 and h3 in {hosts}");
+    lone.api().ok(
+        "POST",
+        "/api/networks",
+        Some(r#"{"name":"blue","subnet":"10.216.0.0/24"}"#),
+    );
+
+    // While both switches connect to it (they retry every 8 s at most).
+    let pings = Pinger::start(&ha.a.ns, &ha.b.ip, 2000);
+    let ovs_pings = Pinger::start(&ha.ovs_ctrs[0].ns, &ha.b.ip, 2000);
+    wait_poll(
+        "the fourth controller connected to both switches and left them",
+        Duration::from_secs(60),
+        || {
+            let connected = metric(&lone, "daolinet_switches_connected");
+            let left = metric(&lone, "daolinet_switches_mastered_elsewhere_total");
+            if connected == Some(2) && left == Some(2) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("connected {connected:?}, left {left:?}"))
+            }
+        },
+    );
+    // EQUAL on both (it asked for no role), the leader still master.
+    let status: Value = serde_json::from_str(&ha.agents[0].cli(&["status", "--json"]))
+        .unwrap_or_else(|e| panic!("agent status: {e}"));
+    let rogue = format!("tcp:10.251.1.1:{ROGUE_PORT}");
+    assert!(
+        status["controller_links"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|l| l["target"] == rogue.as_str() && l["role"] == "equal"),
+        "{status}"
+    );
+    assert!(status["generation_id"].as_u64().is_some(), "{status}");
+    // (Open vSwitch refreshes its controllers' status every few seconds.)
+    let rogue = format!("tcp:10.251.3.1:{ROGUE_PORT}");
+    wait_poll(
+        "Open vSwitch: the fourth controller connected, role other (equal)",
+        Duration::from_secs(30),
+        || {
+            let roles = ha.ovs_roles();
+            if roles
+                .iter()
+                .any(|(t, r, up)| *t == rogue && r == "other" && *up)
+            {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("{roles:?}"))
+            }
+        },
+    );
+    ha.agents_obey_leader();
+    ha.ovs_obeys_leader();
+
+    pings.none_lost("a controller on another store connected");
+    ovs_pings.none_lost("a controller on another store connected, Open vSwitch host");
+
+    // Nothing added.
+    let added = |before: &BTreeSet<String>, after: BTreeSet<String>| -> Vec<String> {
+        after.difference(before).cloned().collect()
+    };
+    let agent_added = added(&agent_before, flows(&ha.agents[0].cli(&["flows"])));
+    assert!(agent_added.is_empty(), "host 1's agent: {agent_added:#?}");
+    let ovs_added = added(&ovs_before, flows(&ovs.dump_flows(BR)));
+    assert!(ovs_added.is_empty(), "Open vSwitch: {ovs_added:#?}");
+
+    // A new connection, decided by the leader.
+    let t = first_answer(&ha.probes[0].ns, &ha.b.ip, SystemTime::now());
+    eprintln!("a new connection answered after {t:?}");
+
+    // One line per switch, naming it.
+    let log = lone.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(LINE)).collect();
+    eprintln!("the fourth controller said:\n{}", lines.join("\n"));
+    assert_eq!(lines.len(), 2, "{log}");
+    for d in &dpids {
+        let hex = d.as_str().unwrap_or_else(|| panic!("dpid {d}"));
+        assert!(
+            lines.iter().filter(|l| l.contains(hex)).count() == 1,
+            "datapath {hex}: {log}"
+        );
+    }
+}
