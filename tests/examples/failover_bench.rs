@@ -9,6 +9,9 @@
 //!    a new connection (a probe container that never sent before, pinging
 //!    every 10 ms) gets its first answer, the pings lost and the stream's
 //!    worst 0.5 s; then the killed controller is started again.
+//!    Then [`MEMBER_KILLS`] times the etcd member that is the raft leader
+//!    is killed the same way (the time to a working new connection while
+//!    it is down, pings lost, whether the controllers' leader changed).
 //! 2. **Decisions/s**: `daolinet-loadgen` (the controller benchmark's
 //!    generator, throughput mode) against one controller with its embedded
 //!    store and against the leader of 3 controllers on a 3-member etcd, runs
@@ -26,6 +29,8 @@ use daolinet_tests::ha::{first_answer, metric, Ha, HaOpts, Pinger, Stream};
 
 /// Leader kills measured.
 const KILLS: usize = 10;
+/// etcd member kills measured (each time the raft leader, the worst case).
+const MEMBER_KILLS: usize = 3;
 /// Pings (10 ms apart) and stream seconds around each kill.
 const PINGS: u32 = 500;
 const STREAM_SECS: u32 = 5;
@@ -62,6 +67,88 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
+/// One etcd member kill.
+struct MemberKill {
+    new_conn: Duration,
+    ovs_conn: Duration,
+    sent: u32,
+    received: u32,
+    ovs_sent: u32,
+    ovs_received: u32,
+    /// The controller that led before and after.
+    leaders: (usize, usize),
+}
+
+/// The index of the etcd member that is the raft leader now.
+#[track_caller]
+fn raft_leader(ha: &Ha) -> usize {
+    let r = ha.etcd.etcdctl(&["endpoint", "status", "-w", "json"]);
+    assert!(r.ok, "etcdctl endpoint status: {}{}", r.stdout, r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout)
+        .unwrap_or_else(|e| panic!("etcdctl endpoint status: {e}: {}", r.stdout));
+    let leader_ep = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["Status"]["leader"] == m["Status"]["header"]["member_id"])
+        .and_then(|m| m["Endpoint"].as_str())
+        .unwrap_or_else(|| panic!("no raft leader in {}", r.stdout))
+        .to_string();
+    ha.etcd
+        .endpoints()
+        .iter()
+        .position(|e| *e == leader_ep)
+        .unwrap_or_else(|| panic!("{leader_ep} is not a member"))
+}
+
+/// [`MEMBER_KILLS`] times, in the lab of the leader kills: pings on
+/// established flows, the etcd raft leader `kill -9`ed 1 s into them, the
+/// time to a working new connection from both kinds of host (new probes),
+/// then the member started again and the cluster healthy.
+fn member_kills(ha: &mut Ha) -> Vec<MemberKill> {
+    let ipb = ha.b.ip.clone();
+    let mut out = Vec::new();
+    for k in 0..MEMBER_KILLS {
+        let probe = KILLS + k;
+        let before = ha.leader();
+        let pings = Pinger::start(&ha.a.ns, &ipb, PINGS);
+        let ovs_pings = Pinger::start(&ha.ovs_ctrs[0].ns, &ipb, PINGS);
+        std::thread::sleep(Duration::from_secs(1));
+        let m = raft_leader(ha);
+        ha.etcd.kill9(m);
+        let killed = std::time::SystemTime::now();
+        let (new_conn, ovs_conn) = std::thread::scope(|s| {
+            let ovs = s.spawn(|| first_answer(&ha.ovs_ctrs[1 + probe].ns, &ipb, killed));
+            let agent = first_answer(&ha.probes[probe].ns, &ipb, killed);
+            let ovs = ovs
+                .join()
+                .unwrap_or_else(|_| panic!("the Open vSwitch probe failed"));
+            (agent, ovs)
+        });
+        let after = ha.leader();
+        let (sent, received) = pings.finish();
+        let (ovs_sent, ovs_received) = ovs_pings.finish();
+        eprintln!(
+            "etcd member kill {}/{MEMBER_KILLS}: member {m} (the raft leader) killed, controller {before} led, {after} leads; new connection after {new_conn:?} (agent host), {ovs_conn:?} (Open vSwitch host); pings {received}/{sent}, from Open vSwitch {ovs_received}/{ovs_sent}",
+            k + 1
+        );
+        out.push(MemberKill {
+            new_conn,
+            ovs_conn,
+            sent,
+            received,
+            ovs_sent,
+            ovs_received,
+            leaders: (before, after),
+        });
+        ha.etcd.start_member(m);
+        ha.etcd.wait_healthy(Duration::from_secs(30));
+        ha.all_connected();
+        ha.ovs_obeys_leader();
+    }
+    out
+}
+
 /// One leader kill.
 struct Kill {
     new_conn: Duration,
@@ -86,9 +173,9 @@ fn stream_figures(r: &daolinet_tests::ha::StreamReport) -> (u64, f64) {
 
 /// The leader kills, and the same stream without a kill before each
 /// third kill (the baseline: retransmits and dips of this loaded machine).
-fn kills() -> (Vec<Kill>, Vec<(u64, f64)>) {
+fn kills() -> (Vec<Kill>, Vec<(u64, f64)>, Vec<MemberKill>) {
     let Some(mut ha) = Ha::new(HaOpts {
-        probes: KILLS,
+        probes: KILLS + MEMBER_KILLS,
         ovs: true,
         ..HaOpts::default()
     }) else {
@@ -148,7 +235,8 @@ fn kills() -> (Vec<Kill>, Vec<(u64, f64)>) {
         ha.all_connected();
         ha.ovs_obeys_leader();
     }
-    (out, baseline)
+    let members = member_kills(&mut ha);
+    (out, baseline, members)
 }
 
 /// One loadgen throughput run against `port` in `ns`: decisions/s and the
@@ -309,7 +397,7 @@ fn decisions() -> [Vec<(f64, f64)>; 2] {
 fn main() {
     let started = Instant::now();
     let load0 = loadavg();
-    let (ks, baseline) = kills();
+    let (ks, baseline, mks) = kills();
     let load1 = loadavg();
     let ds = decisions();
     let load2 = loadavg();
@@ -335,6 +423,19 @@ fn main() {
     let worst: Vec<f64> = ks.iter().map(|k| k.worst * 100.0).collect();
     let base_retr: Vec<f64> = baseline.iter().map(|b| b.0 as f64).collect();
     let base_worst: Vec<f64> = baseline.iter().map(|b| b.1 * 100.0).collect();
+    let m_ms: Vec<f64> = mks
+        .iter()
+        .map(|k| k.new_conn.as_secs_f64() * 1000.0)
+        .collect();
+    let m_ovs_ms: Vec<f64> = mks
+        .iter()
+        .map(|k| k.ovs_conn.as_secs_f64() * 1000.0)
+        .collect();
+    let m_sent: u32 = mks.iter().map(|k| k.sent).sum();
+    let m_lost: u32 = mks.iter().map(|k| k.sent - k.received).sum();
+    let m_ovs_sent: u32 = mks.iter().map(|k| k.ovs_sent).sum();
+    let m_ovs_lost: u32 = mks.iter().map(|k| k.ovs_sent - k.ovs_received).sum();
+    let m_moved = mks.iter().filter(|k| k.leaders.0 != k.leaders.1).count();
     let rate = |i: usize| -> Vec<f64> { ds[i].iter().map(|r| r.0).collect() };
     let cpu = |i: usize| -> Vec<f64> { ds[i].iter().map(|r| r.1).collect() };
     let (r1, r3) = (median(&rate(0)), median(&rate(1)));
@@ -375,6 +476,21 @@ fn main() {
          while no controller is master; the time to a new connection is the 1 s lease \
          running out (etcd checks expiry every 500 ms), the next candidate's election and \
          its ROLE_REQUEST to every switch.\n\n\
+         Then, in the same lab, {MEMBER_KILLS} times: the same pings on established flows, \
+         the etcd member that is the raft leader (`etcdctl endpoint status`) is killed with \
+         `kill -9` 1 s into them, and two more probes that never sent before (an agent host, \
+         the Open vSwitch host) ping b until the first answer; the member is started again \
+         and the cluster healthy before the next kill.\n\n\
+         | {MEMBER_KILLS} etcd member (raft leader) kills: time to a working new connection | p50 | max | (runs, ms) |\n\
+         |---|---:|---:|---|\n\
+         | from an agent host | **{mp50:.0} ms** | **{mmax:.0} ms** | {mlist} |\n\
+         | from the Open vSwitch host | **{mop50:.0} ms** | **{momax:.0} ms** | {molist} |\n\n\
+         Established flows over the {MEMBER_KILLS} member kills: pings lost **{m_lost} of \
+         {m_sent}** between the agent hosts and **{m_ovs_lost} of {m_ovs_sent}** from the \
+         Open vSwitch host; the controllers' leader changed in {m_moved} of the \
+         {MEMBER_KILLS} (etcd elects a new raft leader within its 500 ms election timeout; a \
+         controller whose lease keep-alive goes unanswered for 3/4 of its 1 s lease steps \
+         down).\n\n\
          Decisions/s: `daolinet-loadgen` in throughput mode ({SWITCHES} fake switches, \
          {CONTAINERS} containers each, {WINDOW} PACKET_INs in flight per switch, 4 s after \
          1 s warm-up; see the controller benchmark) against one controller with its \
@@ -411,5 +527,11 @@ fn main() {
         oc1 = runs(&cpu(0), 2),
         oc3 = runs(&cpu(1), 2),
         ratio = r3 / r1,
+        mp50 = quantile(&m_ms, 0.5),
+        mmax = quantile(&m_ms, 1.0),
+        mlist = runs(&m_ms, 0),
+        mop50 = quantile(&m_ovs_ms, 0.5),
+        momax = quantile(&m_ovs_ms, 1.0),
+        molist = runs(&m_ovs_ms, 0),
     );
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask bench failover`: three controllers on a 3-member etcd
 //! cluster, the leader killed 10 times under established traffic (time to
-//! a working new connection: p50, max; pings and stream lost), and the
+//! a working new connection: p50, max; pings and stream lost), the etcd
+//! raft leader member killed 3 times (the same time and pings), and the
 //! decisions/s of the cluster's leader vs one controller. The measurement
 //! is the example `tests/examples/failover_bench.rs` (it builds on the test
 //! lab of the privileged tests, `daolinet_tests::ha`); this builds it and
@@ -40,7 +41,7 @@ pub fn run(setup: bool) -> Result<()> {
         "failover_bench",
     ]))?;
     let bin = workspace_root().join("target/release/examples/failover_bench");
-    step("10 leader kills, then decisions/s of one controller vs the leader of three");
+    step("10 leader kills, 3 etcd member kills, then decisions/s of one controller vs the leader of three");
     let out = Command::new(&bin)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
