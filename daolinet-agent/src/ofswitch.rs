@@ -110,10 +110,20 @@ pub struct Effects {
 impl Effects {
     /// Append `o` after these effects.
     pub fn extend(&mut self, o: Effects) {
-        self.ops.extend(o.ops);
-        self.send.extend(o.send);
-        self.emit.extend(o.emit);
-        self.close.extend(o.close);
+        append(&mut self.ops, o.ops);
+        append(&mut self.send, o.send);
+        append(&mut self.emit, o.emit);
+        append(&mut self.close, o.close);
+    }
+}
+
+/// Append `src` to `dst`, moving it instead when `dst` is empty: the map
+/// operations of a bulk delete (a million) are not copied again.
+pub fn append<T>(dst: &mut Vec<T>, src: Vec<T>) {
+    if dst.is_empty() {
+        *dst = src;
+    } else {
+        dst.extend(src);
     }
 }
 
@@ -586,7 +596,7 @@ impl Switch {
                     match self.flow_mod(&fm, now_ns, counters) {
                         Ok(o) => {
                             self.counters.flow_mods += 1;
-                            fx.ops.extend(o.ops);
+                            append(&mut fx.ops, o.ops);
                             self.flow_removed(o.removed, &mut fx);
                             if fm.buffer_id != of::OFP_NO_BUFFER
                                 && fm.command != of::OFPFC_DELETE

@@ -683,7 +683,7 @@ impl FlowTable {
             } else {
                 RuleStats::default()
             };
-            let Ok((rule, ops)) = self.table.remove(id) else {
+            let Ok(rule) = self.table.remove_into(id, &mut out.ops) else {
                 continue;
             };
             self.untrack(id);
@@ -692,7 +692,6 @@ impl FlowTable {
             } else {
                 self.written.remove(&id)
             };
-            out.ops.extend(ops);
             out.touched += 1;
             if wants {
                 let age = now_ns.saturating_sub(times.map_or(now_ns, |t| t.installed_ns));

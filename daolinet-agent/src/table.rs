@@ -641,9 +641,11 @@ impl RuleTable {
         before
     }
 
-    /// Take rule `id` out of the indexes and the slots. Returns it and
-    /// the first rule left with its match.
-    fn take(&mut self, id: u32) -> Option<(Rule, Option<u32>)> {
+    /// Take rule `id` out of the indexes and the slots. Returns it, the
+    /// first rule left with its match, and the rule that was in the
+    /// classifier entry of its match before (see [`RuleTable::winner`]),
+    /// found in the same lookup of the match index.
+    fn take(&mut self, id: u32) -> Option<(Rule, Option<u32>, Option<u32>)> {
         let (table, key, mask, cookie, next) = {
             let s = slot_of(&self.slots, id)?;
             let r = &s.rule;
@@ -657,11 +659,15 @@ impl RuleTable {
             ..
         } = self;
         let h = group_hash(hasher, table, &key, &mask);
-        let mut left = None;
+        let (mut left, mut before) = (None, None);
         if let Ok(entry) =
             groups.find_entry(spread(h), |g| is_group(slots, g, h, (table, &key, &mask)))
         {
             let head = entry.get().head;
+            before = Group { slots, next: head }
+                .map(|(id, r)| (id, r.priority))
+                .max_by_key(|(id, p)| (*p, std::cmp::Reverse(*id)))
+                .map(|(id, _)| id);
             if head == id {
                 if next == NIL {
                     entry.remove();
@@ -685,7 +691,7 @@ impl RuleTable {
         self.len -= 1;
         self.free_ids.push(id);
         self.shrink();
-        Some((slot.rule, left))
+        Some((slot.rule, left, before))
     }
 
     /// Give memory back as rules go: all of it when the table is empty,
@@ -899,22 +905,26 @@ impl RuleTable {
 
     /// Remove a rule by id; returns it and the map operations.
     pub fn remove(&mut self, id: u32) -> Result<(Rule, Vec<MapOp>), TableError> {
-        let (table, key, mask) = match self.get(id) {
-            Some(r) => (r.table, r.full_key(), r.full_mask()),
-            None => return Err(TableError::NoSuchRule(id)),
-        };
-        let before = self.winner(table, &key, &mask);
-        let (rule, left) = self.take(id).ok_or(TableError::NoSuchRule(id))?;
-        let mut ops = match left {
+        let mut ops = Vec::new();
+        let rule = self.remove_into(id, &mut ops)?;
+        Ok((rule, ops))
+    }
+
+    /// Remove a rule by id like [`RuleTable::remove`], appending the map
+    /// operations to `ops` (a bulk delete collects them all in one vector);
+    /// on error `ops` is unchanged.
+    pub fn remove_into(&mut self, id: u32, ops: &mut Vec<MapOp>) -> Result<Rule, TableError> {
+        let start = ops.len();
+        let (rule, left, before) = self.take(id).ok_or(TableError::NoSuchRule(id))?;
+        let (table, key, mask) = (rule.table, rule.full_key(), rule.full_mask());
+        match left {
             // The last rule of its match: its entry goes (if it had it).
-            None if before == Some(id) => self
-                .map_key(table, &key, &mask)
-                .map(MapOp::DelFlow)
-                .into_iter()
-                .collect(),
-            None => Vec::new(),
-            Some(_) => self.refresh_entry(table, &key, &mask, before, None),
-        };
+            None if before == Some(id) => {
+                ops.extend(self.map_key(table, &key, &mask).map(MapOp::DelFlow))
+            }
+            None => {}
+            Some(_) => ops.extend(self.refresh_entry(table, &key, &mask, before, None)),
+        }
         if rule.ext.is_some() {
             ops.push(MapOp::DelRuleExt(id));
         }
@@ -944,10 +954,10 @@ impl RuleTable {
         // before its entries disappear.
         if list_changed {
             if let Some(op) = self.subtables_op(table) {
-                ops.insert(0, op);
+                ops.insert(start, op);
             }
         }
-        Ok((rule, ops))
+        Ok(rule)
     }
 
     /// The map key of the classifier entry for (table, key, mask).

@@ -20,7 +20,9 @@
 //! While working on the agent: `DAOLINET_BENCH_AGENT_RATES_ONLY=1` measures
 //! only the agent's install and delete rates and prints them (BENCHMARKS.md
 //! untouched); `DAOLINET_BENCH_AGENT_PERF=FILE` records the agent with
-//! `perf record -g` into FILE during those rates.
+//! `perf record --call-graph dwarf` into FILE during those rates;
+//! `DAOLINET_BENCH_AGENT_BIN=PATH` measures that agent binary instead of
+//! the one just built (the table-alone rows still come from this tree).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -276,38 +278,74 @@ fn delete_cookie(c: &mut Ctl, cookie: u64) -> Result<f64> {
 /// Install and delete rates at each size: `n` adds pipelined in one write
 /// and timed to the BARRIER_REPLY, checked with an aggregate-stats request,
 /// then deleted with one FLOW_MOD by cookie mask, timed to its barrier and
-/// checked. Also the switch's memory with the flows in (see [`Memory`]).
-fn install_delete(c: &mut Ctl, sizes: &[u32], mem: &dyn Fn() -> Memory) -> Result<Vec<Scale>> {
+/// checked. Also the switch's memory with the flows in (see [`Memory`]),
+/// and the CPU time the switch (process `pid`) spent on each change, from
+/// the first FLOW_MOD until it is quiet again (see [`quiet`]).
+fn install_delete(c: &mut Ctl, sizes: &[u32], pid: u32) -> Result<Vec<Scale>> {
     c.send(3, &Message::FlowMod(of::FlowMod::delete(of::Match::new())))?;
     c.barrier(4)?;
-    let empty = mem();
+    quiet(c, pid)?;
+    let empty = memory_of(pid);
     let mut out = Vec::new();
     for &n in sizes {
         let wire = flow_mods(n, 0x0a00_0001, 0xbe)?;
+        let cpu0 = cpu_of(pid)?.0;
         let t = Instant::now();
         c.s.write_all(&wire)?;
         c.barrier(5)?;
         let add = t.elapsed().as_secs_f64();
         drop(wire);
+        let add_cpu = quiet(c, pid)?.saturating_sub(cpu0);
         let have = c.flow_count()?;
         if have != n {
             bail!("{have} flows in the table after {n} adds");
         }
-        let full = mem();
+        let full = memory_of(pid);
+        quiet(c, pid)?;
+        let cpu0 = cpu_of(pid)?.0;
         let del = delete_cookie(c, 0xbe)?;
+        let del_cpu = quiet(c, pid)?.saturating_sub(cpu0);
         let left = c.flow_count()?;
         if left != 0 {
             bail!("{left} flows left after deleting {n} by cookie");
         }
+        quiet(c, pid)?;
+        let us_per_flow = |ticks: u64| ticks as f64 * 1e6 / clock_ticks_per_s() / f64::from(n);
         out.push(Scale {
             flows: n,
             install: f64::from(n) / add,
             delete: f64::from(n) / del,
+            install_cpu_us: us_per_flow(add_cpu),
+            delete_cpu_us: us_per_flow(del_cpu),
             empty,
             full,
         });
     }
     Ok(out)
+}
+
+/// CPU clock ticks per second (of `/proc/PID/stat`).
+fn clock_ticks_per_s() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
+}
+
+/// Wait (at most [`SETTLE_MAX`]) until switch process `pid` used at most 2
+/// CPU ticks in half a second, answering its echo requests on `c`
+/// meanwhile; its CPU ticks then.
+fn quiet(c: &mut Ctl, pid: u32) -> Result<u64> {
+    let end = Instant::now() + SETTLE_MAX;
+    let mut last = cpu_of(pid)?.0;
+    while Instant::now() < end {
+        // Echo requests are answered; nothing else is expected.
+        c.recv(Instant::now() + Duration::from_millis(500))?;
+        let now = cpu_of(pid)?.0;
+        if now.saturating_sub(last) <= 2 {
+            return Ok(now);
+        }
+        last = now;
+    }
+    Ok(last)
 }
 
 /// Rates and memory at one table size.
@@ -318,6 +356,9 @@ struct Scale {
     install: f64,
     /// Flows deleted per second.
     delete: f64,
+    /// The switch's CPU time per flow installed, and deleted (µs).
+    install_cpu_us: f64,
+    delete_cpu_us: f64,
     /// Memory with no flow, and with the `flows` in.
     empty: Memory,
     full: Memory,
@@ -1100,7 +1141,9 @@ fn bench_agent(bin: &Path) -> Result<Setup> {
     let perf = match std::env::var_os("DAOLINET_BENCH_AGENT_PERF") {
         Some(out) => Some(
             Command::new("perf")
-                .args(["record", "-g", "-o"])
+                // DWARF unwinding: the release build keeps no frame
+                // pointers. A low rate keeps the file small.
+                .args(["record", "--call-graph", "dwarf", "-F", "499", "-o"])
                 .arg(out)
                 .args(["-p", &pid.to_string()])
                 .stdout(Stdio::null())
@@ -1109,7 +1152,7 @@ fn bench_agent(bin: &Path) -> Result<Setup> {
         ),
         None => None,
     };
-    let scales = install_delete(&mut c, &SIZES, &|| memory_of(pid));
+    let scales = install_delete(&mut c, &SIZES, pid);
     if let Some(p) = perf {
         // SAFETY: kill(2) on the perf process this function started.
         unsafe { libc::kill(p.id() as i32, libc::SIGINT) };
@@ -1303,7 +1346,7 @@ fn bench_ovs() -> Result<Setup> {
         .parse()
         .context("ovs-vswitchd's pid file")?;
     step("Open vSwitch: FLOW_MOD install and delete rates, 100k and 1M flows");
-    let scales = install_delete(&mut c, &SIZES, &|| memory_of(pid))?;
+    let scales = install_delete(&mut c, &SIZES, pid)?;
     Ok(Setup {
         scales,
         c,
@@ -1358,7 +1401,11 @@ pub fn run(setup: bool) -> Result<()> {
         "--example",
         "table_scale",
     ]))?;
-    let bin = workspace_root().join("target/release/daolinet-agent");
+    // Another build of the agent may be measured (e.g. before a change).
+    let bin = std::env::var_os("DAOLINET_BENCH_AGENT_BIN").map_or_else(
+        || workspace_root().join("target/release/daolinet-agent"),
+        PathBuf::from,
+    );
     step("the agent's flow table alone (userspace, no BPF): 100k and 1M flows");
     let alone = table_alone(&SIZES)?;
     std::fs::create_dir_all(BPFFS)?;
@@ -1376,8 +1423,8 @@ pub fn run(setup: bool) -> Result<()> {
         let a = bench_agent(&bin)?;
         for x in &a.scales {
             println!(
-                "agent, {} flows: install {:.0} flows/s, delete by cookie {:.0} flows/s",
-                x.flows, x.install, x.delete
+                "agent, {} flows: install {:.0} flows/s ({:.2} CPU µs a flow), delete by cookie {:.0} flows/s ({:.2} CPU µs a flow)",
+                x.flows, x.install, x.install_cpu_us, x.delete, x.delete_cpu_us
             );
         }
         return Ok(());
@@ -1444,6 +1491,15 @@ pub fn run(setup: bool) -> Result<()> {
             x.delete,
             y.delete,
             x.delete / y.delete
+        );
+        table += &format!(
+            "| the switch's CPU time per flow: installing; deleting ({n} flows) | {:.2} µs; {:.2} µs | {:.2} µs; {:.2} µs | {:.2}; {:.2} |\n",
+            x.install_cpu_us,
+            x.delete_cpu_us,
+            y.install_cpu_us,
+            y.delete_cpu_us,
+            x.install_cpu_us / y.install_cpu_us,
+            x.delete_cpu_us / y.delete_cpu_us,
         );
         table += &format!(
             "| memory with {n} flows: resident (+ kernel BPF maps) | {:.0} MiB (+ {:.0} MiB) | {:.0} MiB | {:.2} |\n",
@@ -1581,7 +1637,12 @@ pub fn run(setup: bool) -> Result<()> {
          Table sizes: the flows (in_port, IPv4, one destination each, output) go in \
          as one write of pipelined FLOW_MODs timed to the BARRIER_REPLY and are \
          counted with an AGGREGATE request; they go out with one FLOW_MOD deleting \
-         by cookie mask, timed to its barrier and checked the same way. Memory: \
+         by cookie mask, timed to its barrier and checked the same way. CPU time \
+         per flow: the switch process's user + system time from the first \
+         FLOW_MOD until it is quiet again (at most 2 ticks in half a second), so \
+         with what it does after the barrier reply; each step starts on a quiet \
+         switch. It depends far less on the other load of the machine than the \
+         rates do. Memory: \
          VmRSS of the switch's process, and for the agent the kernel's accounting of \
          the BPF maps it holds (`memlock` in its fdinfo; the classifier map's bucket \
          array is sized for `--max-flows`, its entries follow the flows). 64-byte UDP: \
