@@ -952,7 +952,11 @@ impl Switch {
         }
         let mut frame = po.data.clone();
         for s in steps {
-            let emits = {
+            // The rules a run through the table matched: counted on them
+            // below, as Open vSwitch counts a PACKET_OUT to TABLE (a live
+            // trace reads these counters).
+            let len = frame.len();
+            let (emits, matched) = {
                 let p = Pipeline {
                     rules: self.flows.rules(),
                     groups: &self.groups,
@@ -966,7 +970,7 @@ impl Switch {
                         }
                         continue;
                     }
-                    Step::Out(of::OFPP_TABLE) => p.run(frame.clone(), in_port),
+                    Step::Out(of::OFPP_TABLE) => p.run_counted(frame.clone(), in_port),
                     Step::Out(_) => {
                         for no in self.ports.keys() {
                             if *no != in_port {
@@ -977,6 +981,9 @@ impl Switch {
                     }
                 }
             };
+            for id in matched {
+                self.flows.count_table_packet(id, len);
+            }
             self.emit(emits, in_port, fx);
         }
         Ok(())
@@ -1539,6 +1546,12 @@ mod tests {
             flow_key(&fx.emit[0].1, 0).unwrap().0.ipv4_dst,
             [10, 9, 9, 9]
         );
+        // The flow counted it (as Open vSwitch does; a live trace reads it).
+        let st = s
+            .flows
+            .flow_stats(&of::FlowStatsRequest::default(), 0, &mut Fake)
+            .unwrap();
+        assert_eq!((st[0].packet_count, st[0].byte_count), (1, f.len() as u64));
         // A group that does not exist is refused before anything is sent.
         let fx = send(
             &mut s,

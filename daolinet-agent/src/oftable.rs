@@ -429,6 +429,19 @@ impl FlowTable {
         s
     }
 
+    /// A packet the switch ran through the table itself (PACKET_OUT to
+    /// OFPP_TABLE, looked up in userspace, see `OfSwitch`) matched rule
+    /// `id`: counted on it as if the datapath had matched it, as Open
+    /// vSwitch counts it (a live trace reads this counter).
+    pub fn count_table_packet(&mut self, id: u32, bytes: usize) {
+        if self.table.get(id).is_none() {
+            return;
+        }
+        let s = self.base.entry(id).or_default();
+        s.packets = s.packets.wrapping_add(1);
+        s.bytes = s.bytes.wrapping_add(bytes as u64);
+    }
+
     /// A new rule is about to take rule `displaced`'s classifier entry
     /// (its key given): keep what that rule counted.
     fn harvest(&mut self, displaced: Option<(u32, EntryKey)>, counters: &mut dyn Counters) {

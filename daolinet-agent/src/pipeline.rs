@@ -63,12 +63,21 @@ struct Pkt {
     table: u8,
     rule: Option<u32>,
     aset: Vec<Action>,
+    /// The rules matched so far (see [`Pipeline::run_counted`]).
+    matched: Vec<u32>,
 }
 
 impl Pipeline<'_> {
     /// Run `frame`, received on `in_port`, through the tables from table 0.
     /// A table-0 miss is a PACKET_IN (OFPR_NO_MATCH).
     pub fn run(&self, frame: Vec<u8>, in_port: u32) -> Vec<Emit> {
+        self.run_counted(frame, in_port).0
+    }
+
+    /// [`Pipeline::run`], and the ids of the rules the packet matched, in
+    /// order (one per table it went through), for the caller to count it
+    /// on them.
+    pub fn run_counted(&self, frame: Vec<u8>, in_port: u32) -> (Vec<Emit>, Vec<u32>) {
         let mut out = Vec::new();
         let mut p = Pkt {
             frame,
@@ -77,9 +86,10 @@ impl Pipeline<'_> {
             table: 0,
             rule: None,
             aset: Vec::new(),
+            matched: Vec::new(),
         };
         self.tables(&mut p, &mut out);
-        out
+        (out, p.matched)
     }
 
     /// Apply an action list (a PACKET_OUT's) to `frame` from `in_port`:
@@ -99,6 +109,7 @@ impl Pipeline<'_> {
             table: 0,
             rule: None,
             aset: Vec::new(),
+            matched: Vec::new(),
         };
         let go_on = self.apply_list(&mut p, actions, &mut out);
         *frame = p.frame;
@@ -123,6 +134,7 @@ impl Pipeline<'_> {
                 return;
             };
             p.rule = Some(id);
+            p.matched.push(id);
             if !self.apply_list(p, &rule.actions, out) {
                 return;
             }
@@ -222,6 +234,7 @@ impl Pipeline<'_> {
                 table: p.table,
                 rule: p.rule,
                 aset: Vec::new(),
+                matched: Vec::new(),
             };
             if let Some(acts) = g.buckets.get(b) {
                 self.apply_list(&mut copy, acts, out);

@@ -32,6 +32,7 @@ impl Server {
         let app = router(AppState {
             ctl: ctl.clone(),
             token: token.clone().into(),
+            switches: None,
         });
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))

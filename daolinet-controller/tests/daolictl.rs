@@ -185,6 +185,39 @@ fn verbs_tables_json_and_errors() {
         Some(r#"{"src":"web","dst":"c2","proto":"sctp"}"#),
     );
     assert_eq!((st, v["field"].as_str()), (400, Some("proto")), "{v}");
+    // trace --live: no switch is connected to this controller, so the probe
+    // cannot be sent; bad live requests are refused before anything is.
+    fails(
+        &p,
+        &["trace", "web", "c2", "--live"],
+        "host h1's switch (datapath 0000000000000001) is not connected to this controller (field: src) [HTTP 503]",
+    );
+    fails(
+        &p,
+        &["trace", "ghost", "c2", "--live"],
+        "unknown source container \"ghost\" (field: src) [HTTP 404]",
+    );
+    fails(
+        &p,
+        &["trace", "web", "c2", "--live", "--timeout", "0"],
+        "--timeout 0: give more than 0 and at most 30 seconds",
+    );
+    fails(&p, &["trace", "web", "c2", "--timeout", "1"], "--live");
+    for (body, field) in [
+        (r#"{"src":"web","dst":"c2","live":"yes"}"#, "live"),
+        (
+            r#"{"src":"web","dst":"c2","live":true,"timeout_ms":0}"#,
+            "timeout_ms",
+        ),
+        (
+            r#"{"src":"web","dst":"c2","live":true,"timeout_ms":30001}"#,
+            "timeout_ms",
+        ),
+        (r#"{"src":"web","dst":"c2","timeout_ms":100}"#, "timeout_ms"),
+    ] {
+        let (st, v) = p.api().call("POST", "/api/trace", Some(body));
+        assert_eq!((st, v["field"].as_str()), (400, Some(field)), "{body}: {v}");
+    }
 
     let t = ok(
         &p,

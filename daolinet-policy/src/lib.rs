@@ -18,7 +18,8 @@
 //!   the flows it invalidates (by cookie) and the proactive flows it adds.
 //! - [`handle_switch_connected`], [`handle_host_gone`]: datapath life cycle.
 //! - [`trace::trace`]: would a container reach a destination, and how
-//!   (verdict and why, each host's flow and rewrites, the end).
+//!   (verdict and why, each host's flow and rewrites, the end);
+//!   [`live`]: what a real probe did, judged from the switches' counters.
 //! - [`reconcile`]: which flows a switch holds are still valid (kept), which
 //!   are stale (deleted one by one), which base flows it lacks (added).
 //!
@@ -73,6 +74,7 @@ pub mod fakeswitch;
 mod flow;
 mod hops;
 pub mod ipam;
+pub mod live;
 pub mod model;
 mod packet;
 mod reconcile;

@@ -62,6 +62,15 @@ pub struct TraceRequest {
     /// Destination port (TCP and UDP only; default 80 for TCP, 53 for UDP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dport: Option<u16>,
+    /// Also send a real probe packet through the switches and report what
+    /// they did with it ([`crate::live`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub live: bool,
+    /// How long a live probe may take to arrive, in milliseconds (default
+    /// [`crate::live::DEFAULT_TIMEOUT_MS`], at most
+    /// [`crate::live::MAX_TIMEOUT_MS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 /// Why a trace cannot be answered.
@@ -95,6 +104,7 @@ impl TraceError {
             TraceError::UnknownContainer { what: "source", .. }
             | TraceError::UnknownHost { .. } => "src",
             TraceError::UnknownContainer { .. } => "dst",
+            TraceError::BadRequest(m) if m.contains("timeout") => "timeout_ms",
             TraceError::BadRequest(_) => "dport",
         }
     }
@@ -207,6 +217,13 @@ pub struct Trace {
     pub hops: Vec<TraceHop>,
     /// The end.
     pub result: TraceResult,
+    /// What the switches did with a real probe (`live` requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<crate::live::LiveReport>,
+    /// The traced packet as the source sends it (the frame a live probe
+    /// injects at the source's port).
+    #[serde(skip)]
+    pub frame: Vec<u8>,
 }
 
 /// The source port of traced TCP and UDP packets.
@@ -246,6 +263,20 @@ pub fn trace(
         (TraceProto::Tcp, p) => Some(p.unwrap_or(80)),
         (TraceProto::Udp, p) => Some(p.unwrap_or(53)),
     };
+    match (req.live, req.timeout_ms) {
+        (false, Some(_)) => {
+            return Err(TraceError::BadRequest(
+                "a timeout is for live probes only (--live)".into(),
+            ))
+        }
+        (true, Some(t)) if t == 0 || t > crate::live::MAX_TIMEOUT_MS => {
+            return Err(TraceError::BadRequest(format!(
+                "timeout {t} ms: give 1 to {} ms",
+                crate::live::MAX_TIMEOUT_MS
+            )))
+        }
+        _ => {}
+    }
     let (dst_ip, named) = match req.dst.parse::<Ipv4Addr>() {
         Ok(ip) => (ip, None),
         Err(_) => {
@@ -283,7 +314,8 @@ pub fn trace(
             },
         }),
     };
-    let outcome = handle_packet_in(snap, cfg, host.dpid, src.port, &pkt.emit());
+    let frame = pkt.emit();
+    let outcome = handle_packet_in(snap, cfg, host.dpid, src.port, &frame);
     let on_first: Vec<FlowSpec> = outcome
         .decisions
         .iter()
@@ -306,6 +338,8 @@ pub fn trace(
         reason,
         hops,
         result,
+        live: None,
+        frame,
     })
 }
 
@@ -584,6 +618,8 @@ mod tests {
             dst: dst.into(),
             proto: TraceProto::Icmp,
             dport: None,
+            live: false,
+            timeout_ms: None,
         }
     }
 

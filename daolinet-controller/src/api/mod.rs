@@ -19,7 +19,7 @@
 //! | GET, POST | `/api/firewalls` | [`FirewallReq`] -> [`Firewall`] |
 //! | GET, DELETE | `/api/firewalls/{name}` | |
 //! | GET | `/api/flows[?host=NAME]` | flows installed, per host |
-//! | POST | `/api/trace` | [`TraceRequest`] -> [`Trace`] (would SRC reach DST, and how; 404 for an unknown container) |
+//! | POST | `/api/trace` | [`TraceRequest`] -> [`Trace`] (would SRC reach DST, and how; 404 for an unknown container; with `"live": true` a real probe through the switches, see [`crate::ofserver::Server::probe`]: 503 when a host's switch is not connected or this controller is not the master) |
 //! | GET | `/api/events[?since=SEQ&verdict=forwarded\|dropped&container=C&network=N]` | [`EventPage`]: recent PACKET_IN decisions, oldest first |
 //! | GET | `/api/settings` | -> [`Settings`] (physical pool, gateway MAC: what hosts set themselves up with) |
 //!
@@ -65,6 +65,9 @@ pub struct AppState {
     pub ctl: Arc<Controller>,
     /// The bearer token.
     pub token: Arc<str>,
+    /// The OpenFlow server, for requests that reach the switches (`trace`
+    /// with `live`); `None` in a process without one.
+    pub switches: Option<Arc<crate::ofserver::Server>>,
 }
 
 /// Body of `POST /api/hosts`.
@@ -586,19 +589,45 @@ async fn list_flows(
 
 async fn trace(State(st): State<AppState>, body: Bytes) -> Result<Json<Trace>, ApiError> {
     let r: TraceRequest = parse(&body)?;
+    if r.live {
+        return live_trace(&st, &r).await.map(Json);
+    }
     let s = model(&st)?;
     let ctl = st.ctl.clone();
     let installed = move |d: Dpid| ctl.flows(Some(d)).unwrap_or_default();
     daolinet_policy::trace::trace(&s, &st.ctl.cfg, &installed, &r)
         .map(Json)
-        .map_err(|e| {
-            let status = match e {
-                TraceError::UnknownContainer { .. } => StatusCode::NOT_FOUND,
-                TraceError::UnknownHost { .. } => StatusCode::CONFLICT,
-                TraceError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            };
-            ApiError::new(status, e.to_string()).with_field(e.field())
-        })
+        .map_err(trace_error)
+}
+
+fn trace_error(e: TraceError) -> ApiError {
+    let status = match e {
+        TraceError::UnknownContainer { .. } => StatusCode::NOT_FOUND,
+        TraceError::UnknownHost { .. } => StatusCode::CONFLICT,
+        TraceError::BadRequest(_) => StatusCode::BAD_REQUEST,
+    };
+    ApiError::new(status, e.to_string()).with_field(e.field())
+}
+
+/// `trace` with a real probe through the switches.
+async fn live_trace(st: &AppState, r: &TraceRequest) -> Result<Trace, ApiError> {
+    use crate::ofserver::ProbeError;
+    let Some(srv) = &st.switches else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this process runs no OpenFlow server: no live trace",
+        ));
+    };
+    srv.probe(r).await.map_err(|e| match e {
+        ProbeError::Trace(e) => trace_error(e),
+        ProbeError::NotConnected { field, .. } => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).with_field(field)
+        }
+        ProbeError::NotMaster | ProbeError::Switch { .. } => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+        ProbeError::Internal(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    })
 }
 
 // --- events ---

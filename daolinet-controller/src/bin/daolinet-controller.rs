@@ -323,10 +323,11 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             }
             None => Server::new(ctl.clone(), scfg),
         };
-        let of_task = tokio::spawn(server.run_all(of_listeners, stop_rx.clone()));
+        let of_task = tokio::spawn(server.clone().run_all(of_listeners, stop_rx.clone()));
         let app = api::router(AppState {
             ctl,
             token: token.into(),
+            switches: Some(server),
         });
         let mut api_stop = stop_rx.clone();
         let api_task = tokio::spawn(async move {

@@ -216,6 +216,14 @@ pub enum Event {
     RoleRefused(ErrorMsg),
     /// The switch's flow table, as asked by [`Conn::request_flows`].
     Flows(Vec<FlowStats>),
+    /// The flows of one cookie, as asked by [`Conn::request_flow_stats`]
+    /// (read without reconciling anything), or the switch's error.
+    FlowStats {
+        /// xid of the request.
+        xid: u32,
+        /// The flows, or the switch's error in words.
+        flows: Result<Vec<FlowStats>, String>,
+    },
     /// The switch's description (OFPMP_DESC), asked at the handshake; the
     /// edge calls [`Conn::install_deny_meter`] if it may change the switch.
     Described(Desc),
@@ -246,6 +254,8 @@ pub struct Conn {
     held: BytesMut,
     /// The xid of a flow table read in progress and what arrived so far.
     flows_pending: Option<(u32, Vec<FlowStats>)>,
+    /// Reads of one cookie's flows in progress (xid -> what arrived).
+    stats_pending: HashMap<u32, Vec<FlowStats>>,
     /// The datapath the switch's certificate is bound to (TLS).
     certified: Option<Dpid>,
     /// PACKET_INs received before FEATURES_REPLY, and their frame bytes.
@@ -281,6 +291,7 @@ impl Conn {
             role_pending: None,
             held: BytesMut::new(),
             flows_pending: None,
+            stats_pending: HashMap::new(),
             certified: None,
             early: Vec::new(),
             early_bytes: 0,
@@ -403,6 +414,28 @@ impl Conn {
         )));
         self.flows_pending = Some((xid, Vec::new()));
         xid
+    }
+
+    /// Most reads of [`Conn::request_flow_stats`] awaiting their reply.
+    pub const MAX_PENDING_STATS: usize = 64;
+
+    /// Asks for the flows whose cookie is `cookie` (all tables), to read
+    /// their counters: [`Event::FlowStats`] with the returned xid follows.
+    /// Nothing is reconciled. A read, so not held for a ROLE_REPLY. `None`
+    /// when [`Conn::MAX_PENDING_STATS`] reads are already waiting.
+    pub fn request_flow_stats(&mut self, cookie: u64) -> Option<u32> {
+        if self.stats_pending.len() >= Self::MAX_PENDING_STATS {
+            return None;
+        }
+        let xid = self.send(&Message::MultipartRequest(MultipartRequest::new(
+            MultipartRequestBody::Flow(FlowStatsRequest {
+                cookie,
+                cookie_mask: u64::MAX,
+                ..FlowStatsRequest::default()
+            }),
+        )));
+        self.stats_pending.insert(xid, Vec::new());
+        Some(xid)
     }
 
     /// True once closed.
@@ -651,6 +684,18 @@ impl Conn {
                     );
                     events.push(Event::Described(d));
                 }
+                MultipartReplyBody::Flow(flows) if self.stats_pending.contains_key(&xid) => {
+                    if r.flags & OFPMPF_REPLY_MORE == 0 {
+                        let mut all = self.stats_pending.remove(&xid).unwrap_or_default();
+                        all.extend(flows);
+                        events.push(Event::FlowStats {
+                            xid,
+                            flows: Ok(all),
+                        });
+                    } else if let Some(got) = self.stats_pending.get_mut(&xid) {
+                        got.extend(flows);
+                    }
+                }
                 MultipartReplyBody::Flow(flows) => {
                     if let Some((want, got)) = &mut self.flows_pending {
                         if *want == xid {
@@ -707,6 +752,11 @@ impl Conn {
                         self.drop_held();
                     }
                     events.push(Event::RoleRefused(e));
+                } else if self.stats_pending.remove(&xid).is_some() {
+                    events.push(Event::FlowStats {
+                        xid,
+                        flows: Err(describe(&e)),
+                    });
                 } else {
                     if self
                         .flows_pending
@@ -865,6 +915,83 @@ mod tests {
         let mut ev = Vec::new();
         c.receive(&input, now, &mut ev);
         assert!(matches!(&ev[..], [Event::Ready { dpid: Dpid(7), .. }]));
+    }
+
+    /// A read of one cookie's flows (a live trace's counters) asks the
+    /// switch with that cookie under a full mask, gathers split replies
+    /// into one event of its own (no reconciliation), reports an error
+    /// for its xid, and is bounded.
+    #[test]
+    fn cookie_reads_are_their_own_events() {
+        use daolinet_openflow::{FlowStats, MultipartReply};
+        let now = Instant::now();
+        let mut c = ready(now);
+        let xid = c.request_flow_stats(0xabc).unwrap();
+        let out = drain(&mut c);
+        match &out[..] {
+            [Frame {
+                message: Message::MultipartRequest(r),
+                xid: x,
+            }] if *x == xid => match &r.body {
+                MultipartRequestBody::Flow(f) => {
+                    assert_eq!(
+                        (f.cookie, f.cookie_mask, f.table_id),
+                        (0xabc, u64::MAX, OFPTT_ALL)
+                    )
+                }
+                b => panic!("{b:?}"),
+            },
+            o => panic!("{o:?}"),
+        }
+        let stats = |n| FlowStats {
+            table_id: 0,
+            duration_sec: 0,
+            duration_nsec: 0,
+            priority: 100,
+            idle_timeout: 0,
+            hard_timeout: 0,
+            flags: 0,
+            cookie: 0xabc,
+            packet_count: n,
+            byte_count: 0,
+            match_: Match::new(),
+            instructions: vec![],
+        };
+        let mut more = MultipartReply::new(MultipartReplyBody::Flow(vec![stats(1)]));
+        more.flags = OFPMPF_REPLY_MORE;
+        let last = MultipartReply::new(MultipartReplyBody::Flow(vec![stats(2)]));
+        let mut ev = Vec::new();
+        c.receive(
+            &bytes(&[
+                (xid, Message::MultipartReply(more)),
+                (xid, Message::MultipartReply(last)),
+            ]),
+            now,
+            &mut ev,
+        );
+        assert!(
+            matches!(&ev[..], [Event::FlowStats { xid: x, flows: Ok(f) }]
+                if *x == xid && f.iter().map(|f| f.packet_count).collect::<Vec<_>>() == [1, 2]),
+            "{ev:?}"
+        );
+        // The switch refuses a read: the error is the read's answer.
+        ev.clear();
+        let xid = c.request_flow_stats(1).unwrap();
+        drain(&mut c);
+        let refusal = Message::Error(ErrorMsg::new(
+            ErrorCode::new(OFPET_BAD_REQUEST, OFPBRC_BAD_MULTIPART),
+            &[],
+        ));
+        c.receive(&bytes(&[(xid, refusal)]), now, &mut ev);
+        assert!(
+            matches!(&ev[..], [Event::FlowStats { xid: x, flows: Err(e) }] if *x == xid && e.contains("MULTIPART")),
+            "{ev:?}"
+        );
+        // Bounded: a switch that never answers cannot grow the table.
+        for _ in 0..Conn::MAX_PENDING_STATS {
+            assert!(c.request_flow_stats(2).is_some());
+        }
+        assert_eq!(c.request_flow_stats(2), None);
     }
 
     /// A master's changes wait for its ROLE_REPLY; a refusal drops them;

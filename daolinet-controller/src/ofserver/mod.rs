@@ -15,4 +15,4 @@ pub mod server;
 pub mod translate;
 
 pub use conn::{Conn, ConnConfig, Event, Phase};
-pub use server::{bind, Role, Server, ServerConfig, PROBE_EVERY};
+pub use server::{bind, ProbeError, Role, Server, ServerConfig, PROBE_EVERY};

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::{Buf as _, Bytes, BytesMut};
 use tokio::io::{AsyncWriteExt as _, Interest};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::applied::{Applied, ApplyGuard};
 use crate::metrics::Metrics;
@@ -40,8 +40,10 @@ use daolinet_openflow::consts::{
 use daolinet_openflow::ext::{Ext, PortSource};
 use daolinet_openflow::{FlowStats, Message};
 use daolinet_policy::addr::Dpid;
+use daolinet_policy::live::{self, Count, LiveReport, Watch};
 use daolinet_policy::model::Host;
-use daolinet_policy::{Decision, FlowSpec};
+use daolinet_policy::trace::{FlowSource, Trace, TraceError, TraceRequest};
+use daolinet_policy::{ActionSpec, Decision, FlowSpec};
 
 use super::conn::{describe, CloseReason, Conn, ConnConfig, Event};
 use super::translate;
@@ -129,7 +131,58 @@ enum Cmd {
     /// The model changed: send a DaoliNet agent its ports' sources again
     /// if they changed.
     Sources,
+    /// Read the counters of the flows with this cookie (a live trace).
+    Stats {
+        cookie: u64,
+        reply: oneshot::Sender<Result<SwitchFlows, String>>,
+    },
 }
+
+/// A switch's answer to [`Cmd::Stats`].
+#[derive(Debug)]
+struct SwitchFlows {
+    /// What the switch is, as it introduced itself.
+    switch: &'static str,
+    flows: Vec<FlowStats>,
+}
+
+/// Why a live trace could not be run (see [`Server::probe`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The trace itself is refused (unknown container, bad request).
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+    /// A slave controller does not send packets to the switches.
+    #[error("this controller is not the switches' master: send the live trace to the leader")]
+    NotMaster,
+    /// A host the packet crosses has no switch connected here.
+    #[error("host {host}'s switch (datapath {dpid}) is not connected to this controller")]
+    NotConnected {
+        /// The host.
+        host: String,
+        /// Its datapath.
+        dpid: Dpid,
+        /// `src` for the source's host, `dst` otherwise.
+        field: &'static str,
+    },
+    /// A switch did not answer the counter read.
+    #[error("host {host}'s switch did not give its flow counters: {why}")]
+    Switch {
+        /// The host.
+        host: String,
+        /// What happened.
+        why: String,
+    },
+    /// The controller's own state is unavailable.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// How long [`Server::probe`] waits for a switch's counters, and for the
+/// first packet's flows to be confirmed.
+const PROBE_SWITCH_WAIT: Duration = Duration::from_secs(2);
+/// How often [`Server::probe`] reads the counters while waiting.
+const PROBE_POLL: Duration = Duration::from_millis(100);
 
 /// Encoded messages to hand to a connection once a barrier completes.
 #[derive(Debug)]
@@ -273,6 +326,167 @@ impl Server {
             .collect();
         v.sort();
         v
+    }
+
+    /// `trace --live`: traces `req`, then sends a real probe through the
+    /// switches and reports what they did with it (see
+    /// [`daolinet_policy::live`]). The probe is the traced packet, injected
+    /// at the source's port with a PACKET_OUT to the flow table, so the
+    /// source host's own flows handle it. When the pair has no flows yet
+    /// it is first decided like a real first packet (as a PACKET_IN from
+    /// that port: verdict counted and recorded for `observe`, flows
+    /// installed on both hosts and confirmed by a BARRIER). The packet
+    /// counters of each host's flow are read before the injection and then
+    /// every [`PROBE_POLL`] until the flow of the host where the trace ends
+    /// counted it, or the request's timeout passed.
+    pub async fn probe(&self, req: &TraceRequest) -> Result<Trace, ProbeError> {
+        let internal = |e: crate::service::ServiceError| ProbeError::Internal(e.to_string());
+        let ctl = &self.ctl;
+        let installed = |d: Dpid| ctl.flows(Some(d)).unwrap_or_default();
+        let snap = ctl.snapshot().map_err(internal)?;
+        let first = daolinet_policy::trace::trace(&snap, &ctl.cfg, &installed, req)?;
+        if !self.acting() {
+            return Err(ProbeError::NotMaster);
+        }
+        let mut txs = Vec::with_capacity(first.hops.len());
+        for (i, h) in first.hops.iter().enumerate() {
+            let tx = self
+                .switches
+                .get(h.dpid)
+                .ok_or_else(|| ProbeError::NotConnected {
+                    host: h.host.clone(),
+                    dpid: h.dpid,
+                    field: if i == 0 { "src" } else { "dst" },
+                })?;
+            txs.push(tx);
+        }
+        let (Some(src_hop), Some(src_tx)) = (first.hops.first(), txs.first().cloned()) else {
+            return Err(ProbeError::Internal("the trace crosses no host".into()));
+        };
+        let (src_dpid, src_port) = (src_hop.dpid, first.src.port);
+        let decided_first = src_hop.source == FlowSource::OnFirstPacket;
+        if decided_first {
+            let out = ctl
+                .decide(src_dpid, src_port, &first.frame)
+                .map_err(internal)?;
+            let flows: Vec<Decision> = out
+                .decisions
+                .into_iter()
+                .filter(|d| !matches!(d, Decision::PacketOut { .. }))
+                .collect();
+            let applied = Applied::new();
+            self.route(&flows, None, Some(&applied)).await;
+            applied.routed();
+            if !applied.wait(PROBE_SWITCH_WAIT).await {
+                tracing::warn!("live trace: a switch did not confirm the probe's flows in time");
+            }
+        }
+        // The flows the probe meets now.
+        let snap = ctl.snapshot().map_err(internal)?;
+        let mut t = daolinet_policy::trace::trace(&snap, &ctl.cfg, &installed, req)?;
+        let ws = live::watches(&t);
+        let hosts: Vec<(Dpid, String, mpsc::Sender<Cmd>)> = t
+            .hops
+            .iter()
+            .zip(&txs)
+            .map(|(h, tx)| (h.dpid, h.host.clone(), tx.clone()))
+            .collect();
+        let (before, switches) = self.read_counters(&hosts, &ws).await?;
+        let mut counts: Vec<Count> = before
+            .iter()
+            .map(|b| Count {
+                before: *b,
+                after: *b,
+            })
+            .collect();
+        let mut po = BytesMut::new();
+        translate::put_packet_out(
+            src_port,
+            &[ActionSpec::Output(daolinet_openflow::consts::OFPP_TABLE)],
+            &t.frame,
+            0,
+            &mut po,
+        )
+        .map_err(|e| ProbeError::Internal(e.to_string()))?;
+        if src_tx.try_send(Cmd::Bytes(po.freeze())).is_err() {
+            return Err(ProbeError::Switch {
+                host: src_hop.host.clone(),
+                why: "its connection is busy or gone: the probe was not sent".into(),
+            });
+        }
+        let timeout_ms = req.timeout_ms.unwrap_or(live::DEFAULT_TIMEOUT_MS);
+        let sent = Instant::now();
+        let deadline = sent + Duration::from_millis(timeout_ms);
+        loop {
+            tokio::time::sleep(PROBE_POLL).await;
+            let (after, _) = self.read_counters(&hosts, &ws).await?;
+            for (c, a) in counts.iter_mut().zip(after) {
+                c.after = a;
+            }
+            if live::arrived(&t, &ws, &counts) || Instant::now() >= deadline {
+                break;
+            }
+        }
+        let waited = u64::try_from(sent.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let report: LiveReport = live::judge(
+            &t,
+            &ws,
+            &counts,
+            &switches,
+            decided_first,
+            waited,
+            timeout_ms,
+        );
+        t.live = Some(report);
+        Ok(t)
+    }
+
+    /// Reads the packet counters of the watched flows (`None`: the switch
+    /// does not hold that flow) and what each host's switch is.
+    async fn read_counters(
+        &self,
+        hosts: &[(Dpid, String, mpsc::Sender<Cmd>)],
+        ws: &[Watch],
+    ) -> Result<(Vec<Option<u64>>, Vec<String>), ProbeError> {
+        let mut counts = vec![None; ws.len()];
+        let mut kinds = Vec::with_capacity(hosts.len());
+        for (i, (dpid, host, tx)) in hosts.iter().enumerate() {
+            let mine: Vec<usize> = (0..ws.len())
+                .filter(|&k| ws.get(k).is_some_and(|w| w.hop == i))
+                .collect();
+            // One read per cookie (a hop has one watched flow); a hop with
+            // none is still asked, for what its switch is.
+            let cookie = mine
+                .first()
+                .and_then(|&k| ws.get(k))
+                .map_or(0, |w| w.flow.cookie);
+            let (rtx, rrx) = oneshot::channel();
+            let fail = |why: &str| ProbeError::Switch {
+                host: host.clone(),
+                why: why.to_string(),
+            };
+            tx.try_send(Cmd::Stats { cookie, reply: rtx })
+                .map_err(|_| fail("its connection is busy or gone"))?;
+            let got = match tokio::time::timeout(PROBE_SWITCH_WAIT, rrx).await {
+                Err(_) => return Err(fail("no answer within 2 s")),
+                Ok(Err(_)) => return Err(fail("it disconnected")),
+                Ok(Ok(Err(e))) => return Err(fail(&format!("it refused the read ({e})"))),
+                Ok(Ok(Ok(f))) => f,
+            };
+            for k in mine {
+                let Some(w) = ws.get(k) else { continue };
+                let n = got.flows.iter().find_map(|f| {
+                    let m = translate::from_match(&f.match_)?;
+                    live::is_watched(w, f.priority, &m, f.cookie).then_some(f.packet_count)
+                });
+                if let Some(c) = counts.get_mut(k) {
+                    *c = n;
+                }
+            }
+            tracing::trace!(%dpid, switch = got.switch, "live trace counters read");
+            kinds.push(got.switch.to_string());
+        }
+        Ok((counts, kinds))
     }
 
     /// Accepts switches on `listener` until `stop` becomes true; also runs
@@ -522,6 +736,7 @@ impl Server {
             waiting: None,
             agent: false,
             sources_sent: None,
+            stats: HashMap::new(),
         };
         let (tx, rx) = mpsc::channel(self.cfg.channel.max(1));
         task.tx = Some(tx);
@@ -820,6 +1035,8 @@ struct Task<'a> {
     agent: bool,
     /// The port sources last sent to it.
     sources_sent: Option<Vec<PortSource>>,
+    /// Counter reads of live traces awaiting the switch, by xid.
+    stats: HashMap<u32, oneshot::Sender<Result<SwitchFlows, String>>>,
 }
 
 impl Task<'_> {
@@ -992,6 +1209,17 @@ impl Task<'_> {
             }
             Cmd::Sources => {
                 self.send_sources();
+                false
+            }
+            Cmd::Stats { cookie, reply } => {
+                match self.conn.request_flow_stats(cookie) {
+                    Some(xid) => {
+                        self.stats.insert(xid, reply);
+                    }
+                    None => {
+                        let _ = reply.send(Err("too many counter reads waiting".into()));
+                    }
+                }
                 false
             }
         }
@@ -1283,6 +1511,18 @@ impl Task<'_> {
                 self.acks.remove(&token);
             }
             Event::Experimenter(e) => self.experimenter(&e),
+            Event::FlowStats { xid, flows } => {
+                if let Some(reply) = self.stats.remove(&xid) {
+                    let switch = if self.agent {
+                        "daolinet-agent"
+                    } else if self.conn.caches_flows() {
+                        "Open vSwitch"
+                    } else {
+                        "OpenFlow switch"
+                    };
+                    let _ = reply.send(flows.map(|flows| SwitchFlows { switch, flows }));
+                }
+            }
             Event::Closed(why) => {
                 if matches!(why, CloseReason::WrongDatapath { .. }) {
                     self.srv.ctl.metrics.tls_refused();

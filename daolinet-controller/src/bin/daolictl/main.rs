@@ -94,7 +94,16 @@ enum Cmd {
     /// Would SRC reach DST, and how: the policy verdict and why (networks,
     /// group, pair policy, NAT), each host's flow (installed, or installed
     /// on the first packet) with its rewrites and output, and the end
-    /// (delivered or the drop reason). Nothing is sent.
+    /// (delivered or the drop reason). Nothing is sent, unless --live.
+    ///
+    /// With --live the controller also sends a real probe (the traced
+    /// packet) into the source host's switch at SRC's port, through the
+    /// flows the host holds (a pair without flows is first decided and
+    /// installed, as for a real first packet), and reports each host's
+    /// flow counter before and after and where the probe ended: delivered,
+    /// dropped by the policy's drop flow, or not delivered within the
+    /// timeout and where it was last seen (exit status 1 unless
+    /// delivered). The destination container receives the probe.
     Trace {
         /// Source container (id or name).
         src: String,
@@ -106,6 +115,13 @@ enum Cmd {
         /// Destination port (tcp, udp; default 80 and 53).
         #[arg(long)]
         dport: Option<u16>,
+        /// Send a real probe through the switches and report what they did.
+        #[arg(long)]
+        live: bool,
+        /// How long the probe may take to arrive, in seconds (with --live;
+        /// default 3, at most 30).
+        #[arg(long, requires = "live")]
+        timeout: Option<f64>,
     },
     /// Recent PACKET_IN decisions (verdict and reason), oldest first; with
     /// --follow, new ones as they come (Ctrl-C stops). `-o json`: one JSON
@@ -793,7 +809,80 @@ fn trace_text(v: &Value) -> String {
             None => out.push_str("  dropped here\n"),
         }
     }
+    if !v["live"].is_null() {
+        out.push_str(&live_text(&v["live"]));
+    }
     out
+}
+
+/// Where a live probe ended, in words.
+fn live_result_text(r: &Value) -> String {
+    match r["kind"].as_str() {
+        Some("delivered") => format!(
+            "delivered to {} on {} port {}",
+            text(&r["container"]),
+            text(&r["host"]),
+            text(&r["port"])
+        ),
+        Some("outside") => format!("left through the stack of host {}", text(&r["host"])),
+        Some("dropped") => format!(
+            "not delivered: dropped on {} by a drop flow ({})",
+            text(&r["host"]),
+            text(&r["reason"])
+        ),
+        Some("not_delivered") => format!("not delivered: {}", text(&r["reason"])),
+        _ => text(r),
+    }
+}
+
+/// The live part of `daolictl trace --live` as text.
+fn live_text(l: &Value) -> String {
+    let first = if l["decided_first"].as_bool() == Some(true) {
+        "; the pair had no flows: the probe was decided and its flows installed first"
+    } else {
+        ""
+    };
+    let mut out = format!(
+        "\nlive     {} (after {} ms of at most {}{first})\n",
+        live_result_text(&l["result"]),
+        text(&l["waited_ms"]),
+        text(&l["timeout_ms"]),
+    );
+    for h in l["hops"].as_array().into_iter().flatten() {
+        let flow = match h["cookie"].as_u64() {
+            Some(c) => format!(
+                "flow cookie={c:#x} packets {} -> {}",
+                text(&h["packets_before"]),
+                text(&h["packets_after"])
+            ),
+            None => "no flow".into(),
+        };
+        out.push_str(&format!(
+            "  {} {} ({}): {flow}: {}\n",
+            if h["seen"].as_bool() == Some(true) {
+                "seen    "
+            } else {
+                "not seen"
+            },
+            text(&h["host"]),
+            text(&h["switch"]),
+            text(&h["note"])
+        ));
+    }
+    out
+}
+
+/// Why a live trace's probe did not arrive (`None`: delivered, left
+/// through the host stack as traced, or not a live trace).
+fn live_failure(v: &Value) -> Option<String> {
+    let r = &v["live"]["result"];
+    match r["kind"].as_str() {
+        None | Some("delivered" | "outside") => None,
+        Some(_) => Some(format!(
+            "the probe {}",
+            live_result_text(r).replacen("not delivered: ", "was not delivered: ", 1)
+        )),
+    }
 }
 
 /// A port number as `ovs-ofctl dump-flows` shows it: reserved ports by
@@ -1171,6 +1260,8 @@ fn run(cli: Cli) -> Result<String, Failure> {
             dst,
             proto,
             dport,
+            live,
+            timeout,
         } => {
             let proto = match proto {
                 TraceProto::Icmp => "icmp",
@@ -1181,7 +1272,33 @@ fn run(cli: Cli) -> Result<String, Failure> {
             if let Some(p) = dport {
                 body["dport"] = json!(p);
             }
-            (Kind::Trace, c.call("POST", "/api/trace", Some(body))?)
+            if live {
+                body["live"] = json!(true);
+            }
+            if let Some(t) = timeout {
+                if !(t > 0.0 && t <= 30.0) {
+                    return Err(Failure(
+                        format!("--timeout {t}: give more than 0 and at most 30 seconds"),
+                        2,
+                    ));
+                }
+                body["timeout_ms"] = json!((t * 1000.0).ceil() as u64);
+            }
+            let v = c.call("POST", "/api/trace", Some(body))?;
+            if let Some(why) = live_failure(&v) {
+                // The report, then why it failed (exit status 1).
+                let out = match cli.output {
+                    Output::Json => {
+                        format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default())
+                    }
+                    Output::Table => trace_text(&v),
+                };
+                let mut o = std::io::stdout().lock();
+                let _ = o.write_all(out.as_bytes());
+                let _ = o.flush();
+                return Err(Failure(why, 1));
+            }
+            (Kind::Trace, v)
         }
         Cmd::Completions { .. } => return Ok(String::new()),
     };
