@@ -223,7 +223,7 @@ fn live_probes_report_delivery_and_drops_on_agent_and_ovs_hosts() {
         );
         assert!(
             ran.stderr
-                .contains(&format!("the probe was not delivered: dropped on {host}")),
+                .contains(&format!("live probe: not delivered: dropped on {host}")),
             "{}",
             ran.stderr
         );
@@ -250,9 +250,9 @@ fn live_probes_report_delivery_and_drops_on_agent_and_ovs_hosts() {
     );
     assert!(!ran.ok, "{ran:?}");
     assert!(
-        ran.stderr.contains(
-            "the probe was not delivered: not delivered within 1500 ms: last seen on host ha"
-        ) && ran.stderr.contains("then not on host ho"),
+        ran.stderr
+            .contains("live probe: not delivered within 1500 ms: last seen on host ha")
+            && ran.stderr.contains("then not on host ho"),
         "{}",
         ran.stderr
     );

@@ -332,10 +332,11 @@ impl Server {
     /// switches and reports what they did with it (see
     /// [`daolinet_policy::live`]). The probe is the traced packet, injected
     /// at the source's port with a PACKET_OUT to the flow table, so the
-    /// source host's own flows handle it. When the pair has no flows yet
-    /// it is first decided like a real first packet (as a PACKET_IN from
-    /// that port: verdict counted and recorded for `observe`, flows
-    /// installed on both hosts and confirmed by a BARRIER). The packet
+    /// source host's own flows handle it. When a host lacks its flow for
+    /// the pair, the probe is first decided like a real first packet (as a
+    /// PACKET_IN from that port: verdict counted and recorded for
+    /// `observe`, flows installed on both hosts and confirmed by a
+    /// BARRIER). The packet
     /// counters of each host's flow are read before the injection and then
     /// every [`PROBE_POLL`] until the flow of the host where the trace ends
     /// counted it, or the request's timeout passed.
@@ -364,7 +365,13 @@ impl Server {
             return Err(ProbeError::Internal("the trace crosses no host".into()));
         };
         let (src_dpid, src_port) = (src_hop.dpid, first.src.port);
-        let decided_first = src_hop.source == FlowSource::OnFirstPacket;
+        // A host without its flow would punt the probe to the controller
+        // on the way: decided here instead, from the source, as the first
+        // packet (which installs the flows of both hosts).
+        let decided_first = first
+            .hops
+            .iter()
+            .any(|h| h.source == FlowSource::OnFirstPacket);
         if decided_first {
             let out = ctl
                 .decide(src_dpid, src_port, &first.frame)

@@ -830,7 +830,7 @@ fn live_result_text(r: &Value) -> String {
             text(&r["host"]),
             text(&r["reason"])
         ),
-        Some("not_delivered") => format!("not delivered: {}", text(&r["reason"])),
+        Some("not_delivered") => text(&r["reason"]),
         _ => text(r),
     }
 }
@@ -843,7 +843,7 @@ fn live_text(l: &Value) -> String {
         ""
     };
     let mut out = format!(
-        "\nlive     {} (after {} ms of at most {}{first})\n",
+        "\nlive     {} (after {} ms; timeout {} ms{first})\n",
         live_result_text(&l["result"]),
         text(&l["waited_ms"]),
         text(&l["timeout_ms"]),
@@ -878,10 +878,7 @@ fn live_failure(v: &Value) -> Option<String> {
     let r = &v["live"]["result"];
     match r["kind"].as_str() {
         None | Some("delivered" | "outside") => None,
-        Some(_) => Some(format!(
-            "the probe {}",
-            live_result_text(r).replacen("not delivered: ", "was not delivered: ", 1)
-        )),
+        Some(_) => Some(format!("live probe: {}", live_result_text(r))),
     }
 }
 
