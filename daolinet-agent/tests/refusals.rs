@@ -105,11 +105,19 @@ fn missing_privileges_get_one_clear_line() {
         return;
     };
     // The agent binary copied where any user can run it (the build tree
-    // may sit under a directory only root can enter).
+    // may sit under a directory only root can enter). Copied by `cp`, not
+    // by this process: a file this process had open for writing would be
+    // inherited by a child another test thread forks meanwhile, and
+    // running the copy would then fail with ETXTBSY until that child execs.
     let bin = lab.dir().join("daolinet-agent");
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::copy(AGENT, &bin).expect("copy agent");
+        let cp = Command::new("cp")
+            .arg(AGENT)
+            .arg(&bin)
+            .status()
+            .expect("run cp");
+        assert!(cp.success(), "cp {AGENT} {}: {cp}", bin.display());
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     }
     let state = lab.dir().join("priv-state");
