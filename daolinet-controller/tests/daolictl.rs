@@ -200,7 +200,7 @@ fn verbs_tables_json_and_errors() {
     fails(
         &p,
         &["trace", "web", "c2", "--live", "--timeout", "0"],
-        "--timeout 0: give more than 0 and at most 30 seconds",
+        "--timeout 0: give more than 0 and at most 20 seconds",
     );
     fails(&p, &["trace", "web", "c2", "--timeout", "1"], "--live");
     for (body, field) in [
@@ -210,7 +210,7 @@ fn verbs_tables_json_and_errors() {
             "timeout_ms",
         ),
         (
-            r#"{"src":"web","dst":"c2","live":true,"timeout_ms":30001}"#,
+            r#"{"src":"web","dst":"c2","live":true,"timeout_ms":20001}"#,
             "timeout_ms",
         ),
         (r#"{"src":"web","dst":"c2","timeout_ms":100}"#, "timeout_ms"),

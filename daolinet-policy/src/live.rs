@@ -26,8 +26,10 @@ use crate::trace::{FlowSource, Trace, TraceResult};
 /// Open vSwitch publishes the counters of packets its datapath forwarded
 /// when its revalidators run (every 500 ms by default).
 pub const DEFAULT_TIMEOUT_MS: u64 = 3000;
-/// The longest wait a request may ask for.
-pub const MAX_TIMEOUT_MS: u64 = 30_000;
+/// The longest wait a request may ask for (the whole request, with the
+/// first packet's flows and the counter reads, stays within `daolictl`'s
+/// 30 s HTTP timeout).
+pub const MAX_TIMEOUT_MS: u64 = 20_000;
 
 /// A flow whose packet counter the probe is judged by.
 #[derive(Debug, Clone, PartialEq, Eq)]

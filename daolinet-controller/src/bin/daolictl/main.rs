@@ -119,7 +119,7 @@ enum Cmd {
         #[arg(long)]
         live: bool,
         /// How long the probe may take to arrive, in seconds (with --live;
-        /// default 3, at most 30).
+        /// default 3, at most 20).
         #[arg(long, requires = "live")]
         timeout: Option<f64>,
     },
@@ -1273,9 +1273,9 @@ fn run(cli: Cli) -> Result<String, Failure> {
                 body["live"] = json!(true);
             }
             if let Some(t) = timeout {
-                if !(t > 0.0 && t <= 30.0) {
+                if !(t > 0.0 && t <= 20.0) {
                     return Err(Failure(
-                        format!("--timeout {t}: give more than 0 and at most 30 seconds"),
+                        format!("--timeout {t}: give more than 0 and at most 20 seconds"),
                         2,
                     ));
                 }
