@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use daolinet_testlab::{wait_poll, Lab, Need, Netns, Poll, Proc, Ran, DEADLINE};
+use daolinet_testlab::{copy_executable, wait_poll, Lab, Need, Netns, Poll, Proc, Ran, DEADLINE};
 
 /// The workspace root: hidden from the copied agent.
 fn workspace() -> PathBuf {
@@ -70,11 +70,10 @@ fn a_copied_agent_loads_the_object_it_carries() {
     h.veth("up0", "up0p");
     let bpffs = lab.bpffs();
     let dir = lab.subdir("copied");
-    std::fs::copy(
-        env!("CARGO_BIN_EXE_daolinet-agent"),
-        dir.join("daolinet-agent"),
-    )
-    .expect("copying the agent");
+    copy_executable(
+        Path::new(env!("CARGO_BIN_EXE_daolinet-agent")),
+        &dir.join("daolinet-agent"),
+    );
 
     // The hiding works: the workspace's manifest is not there for the agent.
     let probe = output_of(

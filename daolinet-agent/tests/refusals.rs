@@ -3,7 +3,7 @@
 //! take an interface another DaoliNet datapath already serves.
 #![allow(clippy::panic, clippy::expect_used)] // a panic is a failed test
 
-use daolinet_testlab::{Agent, Lab, Need};
+use daolinet_testlab::{copy_executable, Agent, Lab, Need};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -110,16 +110,7 @@ fn missing_privileges_get_one_clear_line() {
     // inherited by a child another test thread forks meanwhile, and
     // running the copy would then fail with ETXTBSY until that child execs.
     let bin = lab.dir().join("daolinet-agent");
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let cp = Command::new("cp")
-            .arg(AGENT)
-            .arg(&bin)
-            .status()
-            .expect("run cp");
-        assert!(cp.success(), "cp {AGENT} {}: {cp}", bin.display());
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    }
+    copy_executable(Path::new(AGENT), &bin);
     let state = lab.dir().join("priv-state");
     let state = state.to_str().expect("UTF-8 path");
     let cases: [(&str, &[&str]); 2] = [

@@ -34,6 +34,28 @@ impl Drop for TempDir {
     }
 }
 
+/// Copy the executable `src` to `dst`, mode 0755, in a child process
+/// (`install`), so that `dst` can be executed at once. Copied in this
+/// process, the file's write descriptor would be inherited by any child
+/// another test thread forks meanwhile, and held open until that child
+/// execs: exec of `dst` then fails with ETXTBSY ("Text file busy"), as
+/// refusals.rs did once in a whole-suite run.
+#[track_caller]
+pub fn copy_executable(src: &Path, dst: &Path) {
+    let st = std::process::Command::new("install")
+        .args(["-m", "0755"])
+        .arg(src)
+        .arg(dst)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run install: {e}"));
+    assert!(
+        st.success(),
+        "install {} {}: {st}",
+        src.display(),
+        dst.display()
+    );
+}
+
 /// A private bpffs instance mounted on a directory of our own (outside
 /// `/sys`, which `ip netns exec` replaces), unmounted and removed on drop.
 /// Every `mount -t bpf` is a fresh instance, so the pins of one lab never

@@ -63,7 +63,7 @@ pub use cmd::{command, output, output_of, sh, show, signal, succeeds, Proc, Ran}
 pub use compare::assert_unchanged;
 pub use controller::{Controller, ControllerOpts};
 pub use etcd::{EtcdCluster, ETCD_PROGRAMS};
-pub use fs::{Bpffs, TempDir};
+pub use fs::{copy_executable, Bpffs, TempDir};
 pub use http::{json_str, parse_response, Api};
 pub use lab::Lab;
 pub use names::{fresh_tag, IFNAME_MAX, PREFIX_ENV};

@@ -48,8 +48,7 @@ pub fn busybox_image(dir: &Path) -> PathBuf {
         .into_iter()
         .find(|p| Path::new(p).is_file())
         .unwrap_or_else(|| panic!("busybox-static is not installed (cargo xtask setup)"));
-    std::fs::copy(busybox, bin.join("busybox"))
-        .unwrap_or_else(|e| panic!("copying {busybox}: {e}"));
+    crate::fs::copy_executable(Path::new(busybox), &bin.join("busybox"));
     for applet in cmd::sh(&[busybox, "--list"]).lines() {
         let applet = applet.trim();
         if applet.is_empty() || applet == "busybox" || applet.contains('/') {
