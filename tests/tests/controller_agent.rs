@@ -23,7 +23,8 @@
 
 use std::time::Duration;
 
-use daolinet_testlab::{json_str, wait_poll, workspace_bin, Lab, Need, Netns, Poll};
+use daolinet_testlab::{json_str, wait_poll, Lab, Need, Poll};
+use daolinet_tests::daolictl::{daolictl, daolictl_ran, trace_json};
 use daolinet_tests::ha::metric;
 use serde_json::Value;
 
@@ -292,33 +293,4 @@ fn controller_drives_two_agents() {
             .is_some_and(|r| r.contains("pair policy disconnects ca and cb")),
         "{t:#}"
     );
-}
-
-/// `daolictl ARGS` run in `ns`.
-fn daolictl_ran(ns: &Netns, api: &daolinet_testlab::Api, args: &[&str]) -> daolinet_testlab::Ran {
-    let mut v = vec![
-        workspace_bin("daolictl").display().to_string(),
-        "--api".into(),
-        api.base(),
-        "--token".into(),
-        api.token().unwrap_or_default().to_string(),
-    ];
-    v.extend(args.iter().map(|a| a.to_string()));
-    let argv: Vec<&str> = v.iter().map(String::as_str).collect();
-    ns.output(&argv)
-}
-
-/// `daolictl ARGS` run in `ns`; its output (the test fails if it fails).
-fn daolictl(ns: &Netns, api: &daolinet_testlab::Api, args: &[&str]) -> String {
-    let r = daolictl_ran(ns, api, args);
-    assert!(r.ok, "daolictl {args:?}: {}{}", r.stderr, r.stdout);
-    r.stdout
-}
-
-/// `daolictl -o json trace ARGS`.
-fn trace_json(ns: &Netns, api: &daolinet_testlab::Api, args: &[&str]) -> Value {
-    let mut a = vec!["-o", "json", "trace"];
-    a.extend_from_slice(args);
-    let out = daolictl(ns, api, &a);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }

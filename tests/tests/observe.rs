@@ -27,7 +27,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use daolinet_testlab::{json_str, wait_poll, workspace_bin, Api, Lab, Need, Netns, Poll};
+use daolinet_testlab::{json_str, wait_poll, Api, Lab, Need, Netns, Poll};
+use daolinet_tests::daolictl::{daolictl, trace_json};
 use serde_json::Value;
 
 const NET: &str = "192.168.215";
@@ -414,35 +415,6 @@ fn events_next(api: &Api) -> u64 {
     v["next"]
         .as_u64()
         .unwrap_or_else(|| panic!("no next in {v}"))
-}
-
-/// `daolictl ARGS` run in `ns`.
-fn daolictl_ran(ns: &Netns, api: &Api, args: &[&str]) -> daolinet_testlab::Ran {
-    let mut v = vec![
-        workspace_bin("daolictl").display().to_string(),
-        "--api".into(),
-        api.base(),
-        "--token".into(),
-        api.token().unwrap_or_default().to_string(),
-    ];
-    v.extend(args.iter().map(|a| a.to_string()));
-    let argv: Vec<&str> = v.iter().map(String::as_str).collect();
-    ns.output(&argv)
-}
-
-/// `daolictl ARGS` run in `ns`; its output (the test fails if it fails).
-fn daolictl(ns: &Netns, api: &Api, args: &[&str]) -> String {
-    let r = daolictl_ran(ns, api, args);
-    assert!(r.ok, "daolictl {args:?}: {}{}", r.stderr, r.stdout);
-    r.stdout
-}
-
-/// `daolictl -o json trace ARGS`.
-fn trace_json(ns: &Netns, api: &Api, args: &[&str]) -> Value {
-    let mut a = vec!["-o", "json", "trace"];
-    a.extend_from_slice(args);
-    let out = daolictl(ns, api, &a);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
 /// `daolictl -o json observe ARGS`, one event per line.

@@ -24,9 +24,8 @@
 
 use std::time::Duration;
 
-use daolinet_testlab::{
-    json_str, wait_until, workspace_bin, Api, Lab, Need, Netns, Ran, OVS_PROGRAMS,
-};
+use daolinet_testlab::{json_str, wait_until, Lab, Need, Netns, OVS_PROGRAMS};
+use daolinet_tests::daolictl::{daolictl, daolictl_ran, trace_json};
 use serde_json::Value;
 
 const NET: &str = "192.168.218";
@@ -263,33 +262,4 @@ fn live_probes_report_delivery_and_drops_on_agent_and_ovs_hosts() {
         "{}",
         ran.stdout
     );
-}
-
-/// `daolictl ARGS` run in `ns`.
-fn daolictl_ran(ns: &Netns, api: &Api, args: &[&str]) -> Ran {
-    let mut v = vec![
-        workspace_bin("daolictl").display().to_string(),
-        "--api".into(),
-        api.base(),
-        "--token".into(),
-        api.token().unwrap_or_default().to_string(),
-    ];
-    v.extend(args.iter().map(|a| a.to_string()));
-    let argv: Vec<&str> = v.iter().map(String::as_str).collect();
-    ns.output(&argv)
-}
-
-/// `daolictl ARGS` run in `ns`; its output (the test fails if it fails).
-fn daolictl(ns: &Netns, api: &Api, args: &[&str]) -> String {
-    let r = daolictl_ran(ns, api, args);
-    assert!(r.ok, "daolictl {args:?}: {}{}", r.stderr, r.stdout);
-    r.stdout
-}
-
-/// `daolictl -o json trace ARGS`, which must succeed.
-fn trace_json(ns: &Netns, api: &Api, args: &[&str]) -> Value {
-    let mut a = vec!["-o", "json", "trace"];
-    a.extend_from_slice(args);
-    let out = daolictl(ns, api, &a);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
