@@ -289,55 +289,9 @@ pub fn judge(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ContainerSpec, Host, Model, NetworkSpec};
+    use crate::trace::tests::model;
     use crate::trace::{trace, TraceProto, TraceRequest};
     use crate::{Config, Snapshot};
-    use std::net::Ipv4Addr;
-
-    fn model() -> Model {
-        let mut m = Model::default();
-        for n in 1..=2u8 {
-            m.add_host(Host {
-                name: format!("h{n}"),
-                dpid: Dpid(u64::from(n)),
-                ip: Ipv4Addr::new(192, 168, 0, n),
-                mac: crate::addr::MacAddr([2, 0, 0, 0, 0, n]),
-                uplink_port: 100,
-                local_mac: None,
-            })
-            .unwrap();
-        }
-        for (n, s) in [("red", "10.1.0.0/24"), ("blue", "10.2.0.0/24")] {
-            m.add_network(NetworkSpec {
-                name: n.into(),
-                subnet: s.parse().unwrap(),
-                gateway: None,
-                tenant: None,
-                nat_out: None,
-            })
-            .unwrap();
-        }
-        for (name, net, h, port) in [
-            ("a", "red", "h1", 1),
-            ("b", "red", "h2", 1),
-            ("c", "blue", "h2", 2),
-        ] {
-            m.add_container(
-                ContainerSpec {
-                    id: name.into(),
-                    name: None,
-                    network: net.into(),
-                    ip: None,
-                    mac: None,
-                    host: h.into(),
-                    port,
-                },
-                "172.31.0.0/16".parse().unwrap(),
-            )
-            .unwrap();
-        }
-        m
-    }
 
     fn req(src: &str, dst: &str) -> TraceRequest {
         TraceRequest {

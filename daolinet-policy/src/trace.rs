@@ -560,7 +560,7 @@ fn walk(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::{ContainerSpec, Host, Model, NetworkSpec};
 
@@ -575,7 +575,9 @@ mod tests {
         }
     }
 
-    fn model() -> Model {
+    /// Two hosts; networks red and blue; a (red, h1), b (red, h2),
+    /// c (blue, h2), d (red, h1). Also the live module's tests' model.
+    pub(crate) fn model() -> Model {
         let mut m = Model::default();
         m.add_host(host("h1", 1)).unwrap();
         m.add_host(host("h2", 2)).unwrap();
