@@ -583,20 +583,6 @@ impl FlowTable {
         refs: Refs<'_>,
     ) -> Result<Outcome, ErrorCode> {
         let (key, mask) = compile_match(&fm.match_).map_err(|e| e.code())?;
-        // Instructions compile per table (goto_table must go forward).
-        let compiled: Vec<Compiled> = (0..N_TABLES as u8)
-            .map(|t| {
-                if table.is_none_or(|x| x == t) {
-                    compile_instructions(&fm.instructions, t)
-                } else {
-                    Ok(Compiled::default())
-                }
-            })
-            .collect::<Result<_, _>>()
-            .map_err(|e| e.code())?;
-        for c in &compiled {
-            refs.check(c)?;
-        }
         let f = Filter {
             table,
             key,
@@ -608,12 +594,36 @@ impl FlowTable {
         };
         let strict = fm.command == of::OFPFC_MODIFY_STRICT;
         let ids = self.select(&f, strict.then_some(fm.priority));
+        // The instructions compile for each table a selected rule is in
+        // (goto_table must go forward from there), all before anything
+        // changes: a modify over all tables whose goto_table does not go
+        // forward from one selected rule's table is refused as a whole
+        // (BAD_INSTRUCTION/BAD_TABLE_ID), not applied to the other rules.
+        // With nothing selected the instructions still have to be valid in
+        // the named table (table 0 for all tables).
+        let mut compiled: Vec<Option<Compiled>> = vec![None; N_TABLES as usize];
+        let tables = ids
+            .iter()
+            .filter_map(|id| self.table.get(*id).map(|r| r.table))
+            .chain(ids.is_empty().then_some(table.unwrap_or(0)));
+        for t in tables {
+            let Some(slot) = compiled.get_mut(usize::from(t)) else {
+                continue;
+            };
+            if slot.is_none() {
+                let c = compile_instructions(&fm.instructions, t).map_err(|e| e.code())?;
+                refs.check(&c)?;
+                *slot = Some(c);
+            }
+        }
         let mut out = Outcome::default();
         for id in ids {
             let Some(t) = self.table.get(id).map(|r| r.table) else {
                 continue;
             };
-            let c = compiled.get(usize::from(t)).cloned().unwrap_or_default();
+            let Some(c) = compiled.get(usize::from(t)).cloned().flatten() else {
+                continue;
+            };
             let mut ops = self
                 .table
                 .modify(id, |r| {
@@ -1297,6 +1307,75 @@ mod tests {
         a.cookie_mask = u64::MAX;
         apply(&mut t, &a).unwrap();
         assert_eq!(t.len(), 2);
+    }
+
+    /// (table, instructions) of every flow, in table order.
+    fn instructions_by_table(t: &FlowTable) -> Vec<(u8, Vec<of::Instruction>)> {
+        let mut c = FakeCounters::default();
+        let mut v: Vec<(u8, Vec<of::Instruction>)> = t
+            .flow_stats(&of::FlowStatsRequest::default(), 0, &mut c)
+            .unwrap()
+            .into_iter()
+            .map(|f| (f.table_id, f.instructions))
+            .collect();
+        v.sort_by_key(|(t, _)| *t);
+        v
+    }
+
+    /// A modify over all tables compiles its goto_table for each selected
+    /// rule's own table: it applies where the goto goes forward, and is
+    /// refused as a whole (BAD_TABLE_ID, nothing changed) when one selected
+    /// rule sits at or after the goto's table, e.g. in the last table.
+    #[test]
+    fn modify_over_all_tables_checks_goto_per_selected_table() {
+        let bad_table = err(of::OFPET_BAD_INSTRUCTION, of::OFPBIC_BAD_TABLE_ID);
+        let all = |s: &str| with(of::OFPFC_MODIFY, &format!("table=255,{s}"));
+        let mut t = FlowTable::default();
+        // Nothing selected: valid anywhere it could apply, so accepted.
+        assert_eq!(
+            apply(&mut t, &all("ip actions=goto_table:5"))
+                .unwrap()
+                .touched,
+            0
+        );
+        for table in [0, 3] {
+            apply(&mut t, &fm(&format!("table={table},ip actions=output:1"))).unwrap();
+        }
+        let o = apply(&mut t, &all("ip actions=goto_table:5")).unwrap();
+        assert_eq!(o.touched, 2);
+        let goto5 = vec![of::Instruction::GotoTable(5)];
+        assert_eq!(
+            instructions_by_table(&t),
+            [(0, goto5.clone()), (3, goto5.clone())]
+        );
+        // A rule in the last table: no goto_table can go forward from it.
+        let last = (N_TABLES - 1) as u8;
+        apply(&mut t, &fm(&format!("table={last},ip actions=output:1"))).unwrap();
+        let before = instructions_by_table(&t);
+        assert_eq!(before.len(), 3);
+        for bad in [
+            all("ip actions=goto_table:5"),
+            all(&format!("ip actions=goto_table:{last}")),
+            all(&format!("ip actions=goto_table:{N_TABLES}")),
+            with(
+                of::OFPFC_MODIFY_STRICT,
+                &format!("table={last},ip actions=goto_table:{last}"),
+            ),
+        ] {
+            assert_eq!(apply(&mut t, &bad).unwrap_err(), bad_table, "{bad:?}");
+            assert_eq!(instructions_by_table(&t), before);
+        }
+        // Where the goto goes forward from every selected table, it applies;
+        // a goto-free modify reaches the last table too.
+        let only0 = with(of::OFPFC_MODIFY, "table=0,ip actions=goto_table:4");
+        assert_eq!(apply(&mut t, &only0).unwrap().touched, 1);
+        let o = apply(&mut t, &all("ip actions=output:2")).unwrap();
+        assert_eq!(o.touched, 3);
+        let out2 = fm("ip actions=output:2").instructions;
+        assert_eq!(
+            instructions_by_table(&t),
+            [(0, out2.clone()), (3, out2.clone()), (last, out2)]
+        );
     }
 
     #[test]
