@@ -56,7 +56,7 @@ use daolinet_openflow::{
         OFPBRC_EPERM, OFPCML_NO_BUFFER, OFPCR_ROLE_MASTER, OFPET_BAD_REQUEST, OFPET_HELLO_FAILED,
         OFPET_METER_MOD_FAILED, OFPET_ROLE_REQUEST_FAILED, OFPMC_ADD, OFPMC_MODIFY,
         OFPMMFC_METER_EXISTS, OFPMPF_REPLY_MORE, OFPR_ACTION, OFPR_INVALID_TTL, OFPR_NO_MATCH,
-        OFP_VERSION,
+        OFPT_ERROR, OFPT_HELLO, OFP_VERSION,
     },
     AsyncConfig, DecodeError, Decoder, Desc, ErrorCode, ErrorMsg, FlowRemoved, FlowStats,
     FlowStatsRequest, Hello, Message, MultipartReplyBody, MultipartRequest, MultipartRequestBody,
@@ -529,6 +529,27 @@ impl Conn {
         }
     }
 
+    /// Before the versions are agreed, a first message that is not a HELLO
+    /// (or the switch's ERROR refusing ours) is refused from its header alone: HELLO_FAILED/INCOMPATIBLE and close
+    /// (`true`), without waiting for the rest of its declared length. A
+    /// peer that speaks something else (an HTTP client pointed at this
+    /// port: `PUT ` reads as a 21,536-byte message) is told at once instead
+    /// of at the handshake timeout.
+    fn refuse_early(&mut self, rest: &[u8], events: &mut Vec<Event>) -> bool {
+        let (Some(&msg_type), Some(xid)) = (rest.get(1), rest.get(4..8)) else {
+            return false;
+        };
+        // A switch that refuses our HELLO says why in an ERROR first.
+        if msg_type == OFPT_HELLO || msg_type == OFPT_ERROR {
+            return false;
+        }
+        let xid = u32::from_be_bytes([xid[0], xid[1], xid[2], xid[3]]);
+        let shown = rest.get(..64).unwrap_or(rest);
+        self.error(ErrorCode::HELLO_INCOMPATIBLE, xid, shown);
+        self.close(CloseReason::NoHello, events);
+        true
+    }
+
     /// Consumes complete messages from the front of `input` and returns how
     /// many bytes were used (the rest is a partial message: call again with
     /// more bytes appended). Replies go to [`Conn::out`], the rest to `events`.
@@ -548,6 +569,10 @@ impl Conn {
                     break;
                 }
                 continue;
+            }
+            if self.phase == Phase::Hello && self.refuse_early(rest, events) {
+                used = input.len();
+                break;
             }
             match self.decoder.decode(rest) {
                 Ok(Some((frame, n))) => {
@@ -1410,6 +1435,54 @@ mod tests {
             assert_eq!(error_code(&out[0]), Some(ErrorCode::HELLO_INCOMPATIBLE));
             assert_eq!(out[0].xid, 4);
         }
+    }
+
+    /// An HTTP client pointed at the OpenFlow port (an agent given it as
+    /// `--api`): `PUT ` is a header declaring a 21,536-byte message of type
+    /// 0x55. It is refused from the header, not after its declared length
+    /// or the handshake timeout (self_register.rs timed out once under load
+    /// waiting for the controller to close: the agent's 10 s request
+    /// timeout raced the 10 s handshake timeout).
+    #[test]
+    fn a_first_message_that_is_no_hello_is_refused_from_its_header() {
+        let now = Instant::now();
+        for request in [
+            &b"PUT /api/hosts/h1 HTTP/1.1\r\nHost: c\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\n",
+            // An 8-byte header alone, its body still to come.
+            &[4, 5, 0x10, 0, 0, 0, 0, 9],
+        ] {
+            let mut c = Conn::new(ConnConfig::default(), now);
+            drain(&mut c);
+            let mut ev = Vec::new();
+            assert_eq!(c.receive(request, now, &mut ev), request.len());
+            assert!(c.is_closed(), "{request:?}");
+            assert!(
+                matches!(&ev[..], [Event::Closed(CloseReason::NoHello)]),
+                "{ev:?}"
+            );
+            let out = drain(&mut c);
+            assert_eq!(out.len(), 1);
+            assert_eq!(error_code(&out[0]), Some(ErrorCode::HELLO_INCOMPATIBLE));
+        }
+        // A partial header waits; the switch's ERROR refusing our HELLO is
+        // still read whole (its reason is logged).
+        let mut c = Conn::new(ConnConfig::default(), now);
+        drain(&mut c);
+        let mut ev = Vec::new();
+        assert_eq!(c.receive(b"PUT", now, &mut ev), 0);
+        assert!(!c.is_closed());
+        let refusal = bytes(&[(
+            3,
+            Message::Error(ErrorMsg::new(ErrorCode::HELLO_INCOMPATIBLE, b"")),
+        )]);
+        c.receive(&refusal[..9], now, &mut ev);
+        assert!(!c.is_closed(), "an ERROR is read whole");
+        c.receive(&refusal, now, &mut ev);
+        assert!(
+            matches!(&ev[..], [Event::Closed(CloseReason::HelloFailed(_))]),
+            "{ev:?}"
+        );
     }
 
     #[test]
