@@ -669,10 +669,15 @@ fn interoperate_then(strict: bool, extra: Option<Step>) {
         first_ping(ns("o1"), &mip),
         "after moving to the agent host: from the OVS host"
     );
-    api.ok(
+    let back = api.ok(
         "POST",
         "/api/containers/m1/move",
         Some(r#"{"host":"ovs1","port":5}"#),
+    );
+    assert_eq!(
+        (back["ip"].as_str(), back["mac"].as_str()),
+        (Some(mip.as_str()), Some(mmac.as_str())),
+        "moving agent -> OVS changed m1's IP or MAC: {back}"
     );
     cl.agent.cli(&["port", "del", "pm1b"]);
     replug(&cl.o, ns("m1"), "pm1c", &mip, &mmac, "10.60.0.1");
