@@ -293,8 +293,11 @@ fn docker_says_what_is_wrong_and_leaks_nothing() {
         assert_eq!(container_ports(h), ports, "port left by {args:?}");
         assert_eq!(c.containers().len(), regs, "registration left by {args:?}");
     };
-    refused(&["--network", "nosuch"], "nosuch");
-    refused(&["--network", "blue", "--ip", "10.9.9.9"], "10.9.9.9");
+    refused(&["--network", "nosuch"], "network nosuch not found");
+    refused(
+        &["--network", "blue", "--ip", "10.9.9.9"],
+        "Invalid address 10.9.9.9: It does not belong to any of this network's subnets",
+    );
     d.ok(&[
         "run",
         "-d",
