@@ -3,16 +3,15 @@
 //! features.
 //!
 //! A meter has one band: drop, or DSCP remark (raise the drop precedence
-//! of an AF DSCP by `prec_level`). The datapath meters with a budget per
-//! window of [`METER_WINDOW_NS`]: the band's rate times the window, in
-//! bytes (kb/s meters) or packets (packet/s meters); what goes over it
-//! meets the band. The burst size is kept and reported, not used.
+//! of an AF DSCP by `prec_level`). The datapath meters with a token bucket
+//! ([`MeterEntry`]): the band's rate in kilobits (1000 bits) or packets per
+//! second, the bucket as large as the band's burst size with OFPMF_BURST,
+//! else one second of the rate (as Open vSwitch), never smaller than one
+//! 64 KiB packet (a GSO packet on a veth) or one packet.
 
 use std::collections::BTreeMap;
 
-use daolinet_common::{
-    MeterEntry, BAND_DROP, BAND_DSCP_REMARK, MAX_METERS, METER_PKTPS, METER_WINDOW_NS,
-};
+use daolinet_common::{MeterEntry, BAND_DROP, BAND_DSCP_REMARK, MAX_METERS, METER_PKTPS};
 use daolinet_openflow::{self as of, ErrorCode};
 
 use crate::table::MapOp;
@@ -39,34 +38,41 @@ const KNOWN_FLAGS: u16 = of::OFPMF_KBPS | of::OFPMF_PKTPS | of::OFPMF_BURST | of
 
 /// The datapath entry of a meter (its counters at `slot`).
 pub fn entry_of(flags: u16, band: &of::MeterBand, slot: u32) -> Result<MeterEntry, ErrorCode> {
-    let (band_type, rate, prec) = match band {
-        of::MeterBand::Drop { rate, .. } => (BAND_DROP, *rate, 0),
+    let (band_type, rate, burst, prec) = match band {
+        of::MeterBand::Drop { rate, burst_size } => (BAND_DROP, *rate, *burst_size, 0),
         of::MeterBand::DscpRemark {
-            rate, prec_level, ..
-        } => (BAND_DSCP_REMARK, *rate, u32::from(*prec_level)),
+            rate,
+            burst_size,
+            prec_level,
+        } => (BAND_DSCP_REMARK, *rate, *burst_size, u32::from(*prec_level)),
         _ => return Err(fail(of::OFPMMFC_BAD_BAND)),
     };
     if rate == 0 {
         return Err(fail(of::OFPMMFC_BAD_RATE));
     }
     let pktps = flags & of::OFPMF_PKTPS != 0;
-    // Per window: packets, or bytes (kilobits of 1000 bits, as Open vSwitch).
-    let per_second = if pktps {
-        u64::from(rate)
+    // The burst (kilobits or packets): the band's with OFPMF_BURST (OpenFlow
+    // 1.3 uses it only then), else one second of the rate.
+    let burst = if flags & of::OFPMF_BURST != 0 && burst != 0 {
+        burst
     } else {
-        u64::from(rate) * 1000 / 8
+        rate
     };
-    let budget = (per_second * METER_WINDOW_NS / NS).max(1);
+    // Tokens: bits, or thousandths of a packet.
+    let floor = if pktps { 1000 } else { MIN_BUCKET_BITS };
+    let capacity = (u64::from(burst) * 1000).max(floor);
+    let unit = if pktps { METER_PKTPS } else { 0 };
     Ok(MeterEntry {
-        flags: if pktps { METER_PKTPS } else { 0 },
         band_type,
-        budget,
         prec_level: prec,
         stats_slot: slot,
-        window_ns: 0,
-        used: 0,
+        ..MeterEntry::new(unit, u64::from(rate), capacity)
     })
 }
+
+/// The smallest bucket of a kb/s meter, in bits: one 64 KiB packet (GSO
+/// packets on a veth reach that), which a smaller bucket would never pass.
+const MIN_BUCKET_BITS: u64 = 65_536 * 8;
 
 /// The meters of the switch.
 #[derive(Debug, Default)]
@@ -222,7 +228,9 @@ impl MeterTable {
             max_meter: MAX_METERS,
             // Drop and DSCP remark.
             band_types: (1 << of::OFPMBT_DROP) | (1 << of::OFPMBT_DSCP_REMARK),
-            capabilities: u32::from(of::OFPMF_KBPS | of::OFPMF_PKTPS | of::OFPMF_STATS),
+            capabilities: u32::from(
+                of::OFPMF_KBPS | of::OFPMF_PKTPS | of::OFPMF_BURST | of::OFPMF_STATS,
+            ),
             max_bands: 1,
             max_color: 0,
         }
@@ -250,15 +258,36 @@ mod tests {
     }
 
     #[test]
-    fn budgets_follow_the_rate_unit() {
+    fn buckets_follow_the_rate_unit_and_burst() {
+        // 100 packets/s, one second of burst: 100 packets in thousandths.
         let e = entry_of(of::OFPMF_PKTPS, &drop_band(100), 3).unwrap();
         assert_eq!(
-            (e.budget, e.flags, e.band_type),
-            (10, METER_PKTPS, BAND_DROP)
+            (e.rate, e.capacity, e.tokens, e.flags, e.band_type),
+            (100, 100_000, 100_000, METER_PKTPS, BAND_DROP)
         );
-        // 1000 kb/s = 125000 bytes/s = 12500 bytes per 100 ms window.
+        // 1000 kb/s: one second is 1 000 000 bits (kilobits of 1000 bits,
+        // as OpenFlow and Open vSwitch).
         let e = entry_of(of::OFPMF_KBPS, &drop_band(1000), 3).unwrap();
-        assert_eq!((e.budget, e.flags, e.stats_slot), (12_500, 0, 3));
+        assert_eq!(
+            (e.rate, e.capacity, e.flags, e.stats_slot),
+            (1000, 1_000_000, 0, 3)
+        );
+        assert_eq!(e.fill_ns, NS);
+        // The band's burst counts only with OFPMF_BURST.
+        let b = of::MeterBand::Drop {
+            rate: 1000,
+            burst_size: 2000,
+        };
+        assert_eq!(entry_of(of::OFPMF_KBPS, &b, 0).unwrap().capacity, 1_000_000);
+        let e = entry_of(of::OFPMF_KBPS | of::OFPMF_BURST, &b, 0).unwrap();
+        assert_eq!((e.capacity, e.fill_ns), (2_000_000, 2 * NS));
+        // Never smaller than one 64 KiB packet, or one packet.
+        assert_eq!(
+            entry_of(of::OFPMF_KBPS, &drop_band(10), 0)
+                .unwrap()
+                .capacity,
+            MIN_BUCKET_BITS
+        );
         let r = of::MeterBand::DscpRemark {
             rate: 10,
             burst_size: 0,
@@ -266,8 +295,8 @@ mod tests {
         };
         let e = entry_of(of::OFPMF_PKTPS, &r, 0).unwrap();
         assert_eq!(
-            (e.band_type, e.prec_level, e.budget),
-            (BAND_DSCP_REMARK, 1, 1)
+            (e.band_type, e.prec_level, e.capacity),
+            (BAND_DSCP_REMARK, 1, 10_000)
         );
         assert!(entry_of(of::OFPMF_PKTPS, &drop_band(0), 0).is_err());
     }

@@ -25,6 +25,7 @@ pub mod action;
 pub mod drop_reason;
 pub mod drop_sample;
 pub mod flow_key;
+pub mod meter;
 pub mod port;
 pub mod punt;
 pub mod stats;
@@ -38,6 +39,7 @@ pub use flow_key::{
     u64_of, words_of, FlowKey, FlowKeyExt, FullKey, FLOW_KEY_EXT_WORDS, FLOW_KEY_WORDS,
     FULL_KEY_WORDS, VLAN_PCP_MASK, VLAN_PRESENT, VLAN_VID_MASK,
 };
+pub use meter::{meter_cost, remark_dscp, MeterEntry, BAND_DROP, BAND_DSCP_REMARK, METER_PKTPS};
 pub use port::{MissPolicy, PortInfo, PortKind, PORT_FLAG_ANTI_SPOOF};
 pub use punt::{PuntHeader, PuntReason, PuntRecord, PUNT_CAP};
 pub use stats::{PortStats, RuleStats};
@@ -345,39 +347,6 @@ pub struct GroupStats {
     /// Bytes per bucket.
     pub bucket_bytes: [u64; MAX_BUCKETS],
 }
-
-/// [`MeterEntry::band_type`]: drop what exceeds the rate.
-pub const BAND_DROP: u32 = 1;
-/// [`MeterEntry::band_type`]: raise the DSCP drop precedence of what
-/// exceeds the rate.
-pub const BAND_DSCP_REMARK: u32 = 2;
-/// [`MeterEntry::flags`]: rates in packets per second (else kilobits), as
-/// OpenFlow's OFPMF_PKTPS.
-pub const METER_PKTPS: u32 = 1 << 1;
-
-/// A meter with one band ([`maps::METERS`]): a budget per window of
-/// [`METER_WINDOW_NS`] (rate times window), spent by the datapath.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct MeterEntry {
-    /// OpenFlow meter flags (`OFPMF_*`); [`METER_PKTPS`] selects packets.
-    pub flags: u32,
-    /// [`BAND_DROP`] or [`BAND_DSCP_REMARK`].
-    pub band_type: u32,
-    /// Budget per window: bytes, or packets with [`METER_PKTPS`].
-    pub budget: u64,
-    /// DSCP remark: drop precedence levels to add.
-    pub prec_level: u32,
-    /// Slot of the meter's counters in [`maps::METER_STATS`].
-    pub stats_slot: u32,
-    /// Datapath state: start of the current window (ns, monotonic).
-    pub window_ns: u64,
-    /// Datapath state: budget spent in the current window.
-    pub used: u64,
-}
-
-/// Length of a meter's budget window.
-pub const METER_WINDOW_NS: u64 = 100_000_000;
 
 /// Counters of a meter ([`maps::METER_STATS`]).
 #[repr(C)]

@@ -21,9 +21,9 @@
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
 use daolinet_common::{
-    group_type, Action, ActionKind, DropReason, FlowEntry, RuleExt, ASET_SLOTS, BAND_DSCP_REMARK,
-    BUCKET_ACTIONS, ENTRY_PIPELINE, EXT_CLEAR_ACTIONS, MAX_ACTIONS, MAX_BUCKETS, METER_PKTPS,
-    METER_WINDOW_NS, NO_BUCKET, NO_TABLE, N_TABLES, SELECT_SLOTS,
+    group_type, meter_cost, remark_dscp, Action, ActionKind, DropReason, FlowEntry, RuleExt,
+    ASET_SLOTS, BAND_DSCP_REMARK, BUCKET_ACTIONS, ENTRY_PIPELINE, EXT_CLEAR_ACTIONS, MAX_ACTIONS,
+    MAX_BUCKETS, NO_BUCKET, NO_TABLE, N_TABLES, SELECT_SLOTS,
 };
 
 use crate::{
@@ -532,39 +532,15 @@ fn meter<P: Packet>(ctx: &P, st: &mut ActState, id: u32, len: u32) -> Result<boo
         // A meter removed under a flow that still names it: no metering.
         return Ok(false);
     };
-    // SAFETY: map value shared by every CPU: the window and budget are
-    // read and written without a lock; a race lets a few extra packets
-    // through at a window's edge, never fewer.
-    let (flags, budget, band, prec, slot) = unsafe {
-        (
-            (*m).flags,
-            (*m).budget,
-            (*m).band_type,
-            (*m).prec_level,
-            (*m).stats_slot,
-        )
-    };
+    // SAFETY: map value shared by every CPU: the bucket is read and
+    // written without a lock; a race lets a few extra packets through,
+    // never fewer, and a CPU whose clock reads behind the bucket's time
+    // adds nothing (MeterEntry::take).
+    let (band, prec, slot) = unsafe { ((*m).band_type, (*m).prec_level, (*m).stats_slot) };
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let amount = if flags & METER_PKTPS != 0 {
-        1u64
-    } else {
-        len as u64
-    };
     // SAFETY: as above.
-    let over = unsafe {
-        if now.wrapping_sub((*m).window_ns) >= METER_WINDOW_NS {
-            (*m).window_ns = now;
-            (*m).used = 0;
-        }
-        let used = (*m).used;
-        if used + amount > budget {
-            true
-        } else {
-            (*m).used = used + amount;
-            false
-        }
-    };
+    let over = unsafe { !(*m).take(now, meter_cost((*m).flags, len as u64)) };
     if let Some(s) = DL_METER_STATS.get_ptr_mut(slot) {
         // SAFETY: per-CPU map value, exclusive during this run.
         unsafe {
@@ -584,10 +560,7 @@ fn meter<P: Packet>(ctx: &P, st: &mut ActState, id: u32, len: u32) -> Result<boo
     }
     // Raise the drop precedence (bits 1-2 of an AF DSCP) by `prec`.
     if st.pkt.is_ip() {
-        let dscp = st.pkt.key.ip_tos >> 2;
-        let dp = ((dscp >> 1) & 3) as u32 + prec;
-        let dp = if dp > 3 { 3 } else { dp } as u8;
-        let new = (dscp & !0x06) | (dp << 1);
+        let new = remark_dscp(st.pkt.key.ip_tos >> 2, prec);
         let a = Action::with_data(ActionKind::SetIpTos, 0, [new << 2, 0xfc, 0, 0, 0, 0, 0, 0]);
         decode(ctx.full_step_out_of_line(st, &a, 0))?;
     }
