@@ -157,6 +157,18 @@ pub fn xdp_ctx(len: usize, ingress_ifindex: u32) -> Vec<u8> {
     ctx
 }
 
+/// Counters for the agent's flow table: none (fresh rules).
+pub struct NoCounters;
+
+impl daolinet_agent::oftable::Counters for NoCounters {
+    fn rule(&mut self, _: u32, _: &daolinet_agent::table::EntryKey) -> RuleStats {
+        RuleStats::default()
+    }
+    fn port(&mut self, _: u32) -> Option<PortStats> {
+        None
+    }
+}
+
 /// The datapath object loaded for a test, with its maps pinned in a private
 /// bpffs that is unmounted on drop.
 pub struct Datapath {
@@ -210,6 +222,21 @@ impl Datapath {
     /// FLOW_MODs), in order.
     pub fn apply(&mut self, ops: &[MapOp]) -> Result<()> {
         self.agent()?.apply(ops)
+    }
+
+    /// Install `flows` (ovs-ofctl syntax) through a fresh flow table of the
+    /// agent, which compiles each FLOW_MOD into map operations as the agent
+    /// does; a flow it refuses is an error.
+    pub fn install_flows(&mut self, flows: &[&str]) -> Result<()> {
+        let mut t = daolinet_agent::oftable::FlowTable::default();
+        for f in flows {
+            let fm: daolinet_openflow::FlowMod = f.parse().with_context(|| format!("{f:?}"))?;
+            let o = t
+                .flow_mod(&fm, 0, &mut NoCounters)
+                .map_err(|e| anyhow::anyhow!("{f:?} refused: {e:?}"))?;
+            self.apply(&o.ops)?;
+        }
+        Ok(())
     }
 
     /// Register a port in DL_PORTS (by ifindex) and DL_OFPORTS (by ofport).

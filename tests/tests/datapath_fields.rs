@@ -1,7 +1,8 @@
 //! BPF_PROG_TEST_RUN tests of the match fields and actions beyond IPv4:
 //! IPv6 (protocol, ports, traffic class, flow label, hop limit), VLAN
 //! priority, DSCP/ECN, SCTP and ICMPv6 ports/types, MPLS label stack
-//! entries. Frames are built byte by byte ([`daolinet_tests::frames`]),
+//! entries; VLAN push/pop/set VID and PCP, MPLS push/pop/set label, TC and
+//! TTL, installed through the agent's flow table. Frames are built byte by byte ([`daolinet_tests::frames`]),
 //! results compared byte for byte with the expected frame, checksums
 //! checked by full recomputation.
 //!
@@ -332,4 +333,195 @@ fn vlan_priority_dscp_ecn_sctp_icmpv6_and_mpls_are_matched() {
         assert_eq!(out, good, "{what}: forwarded unchanged");
         assert!(!run(&mut dp, &bad).0, "{what}: the other frame must not");
     }
+}
+
+// ---------------------------------------------------------------------------
+// VLAN and MPLS push/pop, installed as the agent installs FLOW_MODs. Test
+// runs leave a tag the program pushes in skb metadata (the kernel's
+// bpf_skb_vlan_push puts the outer tag there and moves an outer tag that
+// was there into the bytes): a pushed outer tag is checked in the frame a
+// punt to the controller carries (the agent puts the metadata tag back),
+// every other result in the bytes of the redirected frame.
+
+/// `flows` installed; `frame` run through the TC program: the verdict and
+/// the frame after.
+fn run_flows(flows: &[&str], frame: &[u8]) -> Option<(u32, Vec<u8>, Datapath)> {
+    let mut dp = setup()?;
+    dp.install_flows(flows).expect("flows installed");
+    let (verdict, out) = dp.run_tc(frame, 1).expect("test run");
+    Some((verdict, out, dp))
+}
+
+/// An Ethernet/IPv4/TCP frame with TTL `ttl`.
+fn ip4_tcp(ttl: u8) -> Vec<u8> {
+    ipv4_frame(
+        MACS,
+        [10, 0, 0, 1],
+        [10, 0, 0, 2],
+        6,
+        ttl,
+        0,
+        &tcp(40000, 80, b"vlan and mpls"),
+    )
+}
+
+/// `frame` with an outer tag of type `tpid` and TCI `tci` after the MACs.
+fn with_tag(frame: &[u8], tpid: u16, tci: u16) -> Vec<u8> {
+    let mut p = frame[..12].to_vec();
+    p.extend_from_slice(&tpid.to_be_bytes());
+    p.extend_from_slice(&tci.to_be_bytes());
+    p.extend_from_slice(&frame[12..]);
+    p
+}
+
+/// `frame` (Ethernet, possibly tagged) with label stack entries `lses`
+/// inserted before its L3 header and its Ethernet type made `eth_type`.
+fn with_labels(frame: &[u8], eth_type: u16, lses: &[[u8; 4]]) -> Vec<u8> {
+    let (l3, _) = daolinet_tests::frames::l3_of(frame);
+    let mut p = frame[..l3 - 2].to_vec();
+    p.extend_from_slice(&eth_type.to_be_bytes());
+    for l in lses {
+        p.extend_from_slice(l);
+    }
+    p.extend_from_slice(&frame[l3..]);
+    p
+}
+
+#[test]
+fn vlan_pop_and_set_vid_and_pcp_are_byte_exact() {
+    let input = tagged(&ip4_tcp(64), (3 << 13) | 42);
+    // Pop: the frame as it was before it was tagged.
+    let Some((verdict, out, _dp)) = run_flows(
+        &["priority=10,vlan_vid=0x102a,ip actions=pop_vlan,output:2"],
+        &input,
+    ) else {
+        return;
+    };
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(out, ip4_tcp(64), "pop_vlan result differs");
+    assert_checksums_ok(&out);
+    // VID 42 -> 100, the priority kept; then priority 3 -> 6, VID kept.
+    for (action, tci) in [
+        ("set_field:4196->vlan_vid", (3 << 13) | 100),
+        ("set_field:6->vlan_pcp", (6 << 13) | 42),
+    ] {
+        let flow = format!("priority=10,vlan_vid=0x102a,ip actions={action},output:2");
+        let (verdict, out, _dp) = run_flows(&[&flow], &input).expect("set up before");
+        assert_eq!(verdict, TC_ACT_REDIRECT, "{action}");
+        assert_eq!(out, tagged(&ip4_tcp(64), tci), "{action}: result differs");
+        assert_checksums_ok(&out);
+    }
+}
+
+#[test]
+fn vlan_push_is_seen_by_the_controller_byte_exact() {
+    let input = ip4_tcp(64);
+    // One push with VID 10 and priority 5: the controller gets the frame
+    // with that 802.1Q tag.
+    let Some((verdict, _, mut dp)) = run_flows(
+        &[
+            "priority=10,ip actions=push_vlan:0x8100,set_field:4106->vlan_vid,\
+           set_field:5->vlan_pcp,CONTROLLER:65535",
+        ],
+        &input,
+    ) else {
+        return;
+    };
+    assert_eq!(verdict, TC_ACT_SHOT, "punted only");
+    let punts = dp.punts().expect("punts");
+    assert_eq!(punts.len(), 1);
+    assert_eq!(punts[0].header.reason, PuntReason::Action as u32);
+    assert_eq!(punts[0].data, tagged(&input, (5 << 13) | 10));
+    // Two pushes (802.1ad over 802.1Q): the inner tag is in the bytes, the
+    // outer one copies the inner's VID until set.
+    let (verdict, _, mut dp) = run_flows(
+        &[
+            "priority=10,ip actions=push_vlan:0x8100,set_field:4106->vlan_vid,\
+           push_vlan:0x88a8,CONTROLLER:65535,set_field:4116->vlan_vid,CONTROLLER:65535",
+        ],
+        &input,
+    )
+    .expect("set up before");
+    assert_eq!(verdict, TC_ACT_SHOT);
+    let punts = dp.punts().expect("punts");
+    assert_eq!(punts.len(), 2);
+    let inner = tagged(&input, 10);
+    assert_eq!(
+        punts[0].data,
+        with_tag(&inner, 0x88a8, 10),
+        "outer VID copied"
+    );
+    assert_eq!(punts[1].data, with_tag(&inner, 0x88a8, 20), "outer VID set");
+}
+
+#[test]
+fn mpls_push_set_and_pop_are_byte_exact() {
+    let input = ip4_tcp(64);
+    // Push onto IPv4: label 0, TC 0, bottom of stack, the IP TTL; then set
+    // the label and TC. The IP packet behind it is untouched.
+    let Some((verdict, out, _dp)) = run_flows(
+        &[
+            "priority=10,ip actions=push_mpls:0x8847,set_field:100->mpls_label,\
+           set_field:5->mpls_tc,output:2",
+        ],
+        &input,
+    ) else {
+        return;
+    };
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let labelled = with_labels(&input, ETH_MPLS, &[lse(100, 5, true, 64)]);
+    assert_eq!(out, labelled, "push_mpls result differs");
+
+    // Push onto a tagged frame: the entry goes after the tag.
+    let (verdict, out, _dp) = run_flows(
+        &["priority=10,ip actions=push_mpls:0x8847,output:2"],
+        &tagged(&input, 7),
+    )
+    .expect("set up before");
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(
+        out,
+        with_labels(&tagged(&input, 7), ETH_MPLS, &[lse(0, 0, true, 64)])
+    );
+
+    // Push onto MPLS: a copy of the outer entry, bottom of stack clear.
+    let (verdict, out, _dp) = run_flows(
+        &["priority=10,mpls actions=push_mpls:0x8847,set_field:200->mpls_label,output:2"],
+        &labelled,
+    )
+    .expect("set up before");
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(
+        out,
+        with_labels(
+            &input,
+            ETH_MPLS,
+            &[lse(200, 5, false, 64), lse(100, 5, true, 64)]
+        )
+    );
+
+    // Pop, with a TTL decrement first: the IPv4 frame again, checksums
+    // valid (the IP header was never touched).
+    let (verdict, out, _dp) = run_flows(
+        &["priority=10,mpls,mpls_label=100 actions=dec_mpls_ttl,pop_mpls:0x0800,output:2"],
+        &labelled,
+    )
+    .expect("set up before");
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(out, input, "pop_mpls result differs");
+    assert_checksums_ok(&out);
+
+    // Pop the outer of two: the inner entry is then the outer, TTL set.
+    let two = with_labels(
+        &input,
+        ETH_MPLS,
+        &[lse(200, 0, false, 9), lse(100, 5, true, 64)],
+    );
+    let (verdict, out, _dp) = run_flows(
+        &["priority=10,mpls,mpls_label=200 actions=pop_mpls:0x8847,set_mpls_ttl:33,output:2"],
+        &two,
+    )
+    .expect("set up before");
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(out, with_labels(&input, ETH_MPLS, &[lse(100, 5, true, 33)]));
 }

@@ -18,7 +18,8 @@ use daolinet_common::{
 };
 use daolinet_testlab::{require, Need, ThreadNetns};
 use daolinet_tests::bpf::{
-    Datapath, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
+    Datapath, NoCounters, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS,
+    XDP_REDIRECT, XDP_TX,
 };
 
 /// What every test here needs.
@@ -1451,28 +1452,6 @@ fn pins_of_an_incompatible_agent_are_replaced_and_compatible_ones_kept() {
 // The multi-table pipeline: rules installed the way the agent installs them
 // (its flow table compiles FLOW_MODs into map operations).
 
-/// Counters for the agent's flow table: none (fresh rules).
-struct NoCounters;
-
-impl daolinet_agent::oftable::Counters for NoCounters {
-    fn rule(&mut self, _: u32, _: &daolinet_agent::table::EntryKey) -> daolinet_common::RuleStats {
-        Default::default()
-    }
-    fn port(&mut self, _: u32) -> Option<daolinet_common::PortStats> {
-        None
-    }
-}
-
-/// Install `flows` (ovs-ofctl syntax) through the agent's flow table.
-fn install_flows(dp: &mut Datapath, flows: &[&str]) {
-    let mut t = daolinet_agent::oftable::FlowTable::default();
-    for f in flows {
-        let fm: daolinet_openflow::FlowMod = f.parse().expect("flow syntax");
-        let o = t.flow_mod(&fm, 0, &mut NoCounters).expect("flow accepted");
-        dp.apply(&o.ops).expect("writing the maps");
-    }
-}
-
 /// `frame` (Ethernet/IPv4) with the IPv4 header's TOS byte set to `tos`
 /// and the header checksum computed again from scratch.
 fn with_tos(frame: &[u8], tos: u8) -> Vec<u8> {
@@ -1524,14 +1503,12 @@ fn tc_pipeline_goto_metadata_and_action_set_are_byte_exact() {
     let Some(mut dp) = setup(MissPolicy::Punt) else {
         return;
     };
-    install_flows(
-        &mut dp,
-        &[
-            "priority=10,ip actions=write_metadata:0x5/0xff,write_actions(output:100),goto_table:1",
-            "table=1,priority=20,metadata=0x6/0xff,ip actions=output:2",
-            "table=1,priority=10,metadata=0x5/0xff,ip actions=set_field:10.9.9.9->ip_dst,dec_ttl",
-        ],
-    );
+    dp.install_flows(&[
+        "priority=10,ip actions=write_metadata:0x5/0xff,write_actions(output:100),goto_table:1",
+        "table=1,priority=20,metadata=0x6/0xff,ip actions=output:2",
+        "table=1,priority=10,metadata=0x5/0xff,ip actions=set_field:10.9.9.9->ip_dst,dec_ttl",
+    ])
+    .expect("flows installed");
     for (input, want) in [
         (
             tcp_frame(FROM_A, IP_A, IP_B, 40000, 5201, 64),
@@ -1561,10 +1538,8 @@ fn tc_pipeline_miss_in_a_later_table_drops() {
     let Some(mut dp) = setup(MissPolicy::Punt) else {
         return;
     };
-    install_flows(
-        &mut dp,
-        &["priority=10,ip actions=write_actions(output:100),goto_table:3"],
-    );
+    dp.install_flows(&["priority=10,ip actions=write_actions(output:100),goto_table:3"])
+        .expect("flows installed");
     let before = dp.drop_count(DropReason::TableMiss).unwrap();
     let (verdict, _) = dp
         .run_tc(&tcp_frame(FROM_A, IP_A, IP_B, 1, 2, 64), IN_IFINDEX)
@@ -1581,13 +1556,11 @@ fn tc_pipeline_dscp_and_sctp_port_rewrites_fix_their_checksums() {
     let Some(mut dp) = setup(MissPolicy::Punt) else {
         return;
     };
-    install_flows(
-        &mut dp,
-        &[
-            "priority=10,tcp actions=set_field:46->ip_dscp,output:100",
-            "priority=10,sctp actions=set_field:9999->sctp_dst,output:100",
-        ],
-    );
+    dp.install_flows(&[
+        "priority=10,tcp actions=set_field:46->ip_dscp,output:100",
+        "priority=10,sctp actions=set_field:9999->sctp_dst,output:100",
+    ])
+    .expect("flows installed");
     let input = tcp_frame(FROM_A, IP_A, IP_B, 40000, 5201, 64);
     let (verdict, out) = dp.run_tc(&input, IN_IFINDEX).unwrap();
     assert_eq!(verdict, TC_ACT_REDIRECT);
@@ -1737,10 +1710,10 @@ fn tc_pipeline_ipv6_destination_rewrite_and_hop_limit_are_byte_exact() {
     let c: [u8; 16] = [
         0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x99,
     ];
-    install_flows(
-        &mut dp,
+    dp.install_flows(
         &["priority=10,ipv6,ipv6_dst=2001:db8::2 actions=set_field:2001:db8::99->ipv6_dst,dec_ttl,output:100"],
-    );
+    )
+        .expect("flows installed");
     let (verdict, out) = dp
         .run_tc(&tcp6_frame(FROM_A, a, b, 64), IN_IFINDEX)
         .unwrap();
