@@ -293,6 +293,11 @@ impl Datapath {
         self.agent()?.port_stats(slot)
     }
 
+    /// A meter's counters (by stats slot), summed over CPUs.
+    pub fn meter_stats(&mut self, slot: u32) -> Result<daolinet_common::MeterStats> {
+        self.agent()?.meter_stats(slot)
+    }
+
     /// Drain the punt ring buffer; a malformed record is an error.
     pub fn punts(&mut self) -> Result<Vec<Punt>> {
         self.agent()?.punts()?.into_iter().collect()

@@ -1665,6 +1665,110 @@ fn tc_pipeline_select_group_keeps_each_connection_on_one_bucket() {
     );
 }
 
+/// Meters through the pipeline, byte for byte: a DSCP-remark band leaves a
+/// packet within the rate unchanged and raises the drop precedence of one
+/// over it (AF21 -> AF22, the IPv4 header checksum fixed); a drop band
+/// drops what is over. Each meter allows 1 packet/s with a bucket of one
+/// packet (OFPMF_BURST) and starts full: the first packet conforms, the
+/// next ones exceed it unless a second passes between two test runs
+/// (back to back they take microseconds), and the meter counts as band
+/// packets exactly the ones its band met.
+#[test]
+fn tc_pipeline_meter_bands_remark_and_drop_what_exceeds_the_rate() {
+    use daolinet_openflow as of;
+    let Some(mut dp) = setup(MissPolicy::Punt) else {
+        return;
+    };
+    let mut meters = daolinet_agent::meters::MeterTable::new();
+    for (id, band) in [
+        (
+            1,
+            of::MeterBand::DscpRemark {
+                rate: 1,
+                burst_size: 1,
+                prec_level: 1,
+            },
+        ),
+        (
+            2,
+            of::MeterBand::Drop {
+                rate: 1,
+                burst_size: 1,
+            },
+        ),
+    ] {
+        let mm = of::MeterMod {
+            command: of::OFPMC_ADD,
+            flags: of::OFPMF_PKTPS | of::OFPMF_BURST | of::OFPMF_STATS,
+            meter_id: id,
+            bands: vec![band],
+        };
+        let (ops, _) = meters.meter_mod(&mm, 0).expect("meter accepted");
+        dp.apply(&ops).expect("writing the maps");
+    }
+    let has_meter = |id: u32| meters.contains(id);
+    let refs = daolinet_agent::oftable::Refs {
+        group: &|_| false,
+        meter: &has_meter,
+    };
+    let mut t = daolinet_agent::oftable::FlowTable::default();
+    for f in [
+        "priority=10,tcp actions=meter:1,output:100",
+        "priority=10,udp actions=meter:2,output:100",
+    ] {
+        let fm: of::FlowMod = f.parse().expect("flow syntax");
+        let o = t
+            .flow_mod_with(&fm, 0, &mut NoCounters, refs)
+            .expect("flow accepted");
+        dp.apply(&o.ops).expect("writing the maps");
+    }
+    let slot = |id: u32| meters.get(id).expect("meter").slot;
+    let (remark_slot, drop_slot) = (slot(1), slot(2));
+    const RUNS: u64 = 10;
+
+    // AF21 (DSCP 18) in, AF22 (20) out when over the rate.
+    let af21 = with_tos(&tcp_frame(FROM_A, IP_A, IP_B, 40000, 5201, 64), 18 << 2);
+    let af22 = with_tos(&af21, 20 << 2);
+    let mut remarked = 0;
+    for i in 0..RUNS {
+        let (verdict, out) = dp.run_tc(&af21, IN_IFINDEX).unwrap();
+        assert_eq!(verdict, TC_ACT_REDIRECT, "a remark band forwards");
+        assert_checksums_ok(&out);
+        if out == af22 {
+            assert!(i > 0, "the first packet is within the rate");
+            remarked += 1;
+        } else {
+            assert_eq!(out, af21, "neither unchanged nor remarked");
+        }
+    }
+    assert!(
+        remarked > 0,
+        "{RUNS} packets back to back, none over 1 packet/s"
+    );
+    let s = dp.meter_stats(remark_slot).unwrap();
+    assert_eq!((s.packets, s.band_packets), (RUNS, remarked));
+
+    let input = udp_frame(FROM_A, IP_A, IP_B, 53000, 53, true);
+    let mut dropped = 0;
+    for i in 0..RUNS {
+        let (verdict, out) = dp.run_tc(&input, IN_IFINDEX).unwrap();
+        if verdict == TC_ACT_SHOT {
+            assert!(i > 0, "the first packet is within the rate");
+            dropped += 1;
+        } else {
+            assert_eq!(verdict, TC_ACT_REDIRECT);
+            assert_eq!(out, input, "forwarded unchanged");
+        }
+    }
+    assert!(
+        dropped > 0,
+        "{RUNS} packets back to back, none over 1 packet/s"
+    );
+    let s = dp.meter_stats(drop_slot).unwrap();
+    assert_eq!((s.packets, s.band_packets), (RUNS, dropped));
+    assert_eq!(dp.drop_count(DropReason::MeterDrop).unwrap(), dropped);
+}
+
 /// TCP checksum over the IPv6 pseudo-header and `segment` (whose checksum
 /// field must be zero).
 fn l4_csum6(src: [u8; 16], dst: [u8; 16], proto: u8, segment: &[u8]) -> u16 {
