@@ -114,26 +114,33 @@ pub fn compile_match(m: &of::Match) -> Result<(FullKey, FullKey), CompileError> 
     let mut e = FlowKeyExt::default();
     let mut me = FlowKeyExt::default();
     // ND fields need one of these ICMPv6 types.
-    let mut need_nd: Option<(&'static [u16], String)> = None;
-    let mut seen: Vec<(u16, u8)> = Vec::with_capacity(m.fields.len());
+    let mut need_nd: Option<(&'static [u16], &OxmField)> = None;
     let name = |f: &OxmField| {
         f.info()
             .map(|i| i.name.to_string())
             .unwrap_or_else(|| format!("{f:?}"))
     };
     // Prerequisites, checked once all fields are known: Ethernet types
-    // (one of), IP protocol, a VLAN tag.
-    let mut need_eth: Vec<(&'static [u16], String)> = Vec::new();
-    let mut need_proto: Option<(u8, String)> = None;
-    let mut need_vlan: Option<String> = None;
-    for f in &m.fields {
-        let (class, field, _) = f.id();
-        if seen.contains(&(class, field)) {
+    // (one of; each set once, with the first field that needs it), IP
+    // protocol, a VLAN tag. The fields are kept, their names made only for
+    // an error.
+    let mut need_eth: Vec<(&'static [u16], &OxmField)> = Vec::new();
+    let mut need_proto: Option<(u8, &OxmField)> = None;
+    let mut need_vlan: Option<&OxmField> = None;
+    for (i, f) in m.fields.iter().enumerate() {
+        let id = f.id();
+        if m.fields[..i]
+            .iter()
+            .any(|g| (g.id().0, g.id().1) == (id.0, id.1))
+        {
             return Err(CompileError::DuplicateField(name(f)));
         }
-        seen.push((class, field));
-        let mut eth = |types: &'static [u16]| need_eth.push((types, name(f)));
-        let mut proto = |p: u8| need_proto = Some((p, name(f)));
+        let mut eth = |types: &'static [u16]| {
+            if !need_eth.iter().any(|(t, _)| *t == types) {
+                need_eth.push((types, f));
+            }
+        };
+        let mut proto = |p: u8| need_proto = Some((p, f));
         match f {
             OxmField::InPort(p, None) => {
                 k.in_port = *p;
@@ -155,7 +162,7 @@ pub fn compile_match(m: &of::Match) -> Result<(FullKey, FullKey), CompileError> 
                 mk.vlan_tci = (mk.vlan_tci & !0x1fff) | m;
             }
             OxmField::VlanPcp(v, None) => {
-                need_vlan = Some(name(f));
+                need_vlan = Some(f);
                 k.vlan_tci =
                     (k.vlan_tci & !VLAN_PCP_MASK) | ((u16::from(*v) << 13) & VLAN_PCP_MASK);
                 mk.vlan_tci |= VLAN_PCP_MASK;
@@ -263,14 +270,14 @@ pub fn compile_match(m: &of::Match) -> Result<(FullKey, FullKey), CompileError> 
             OxmField::Ipv6NdTarget(v, m) => {
                 eth(IPV6);
                 proto(FlowKey::IPPROTO_ICMPV6);
-                need_nd = Some((&[135, 136], name(f)));
+                need_nd = Some((&[135, 136], f));
                 (e.nd_target, me.nd_target) = ip6_vm(v, m);
             }
             OxmField::Ipv6NdSll(v, m) | OxmField::Ipv6NdTll(v, m) => {
                 eth(IPV6);
                 proto(FlowKey::IPPROTO_ICMPV6);
                 let sll = matches!(f, OxmField::Ipv6NdSll(..));
-                need_nd = Some((if sll { &[135] } else { &[136] }, name(f)));
+                need_nd = Some((if sll { &[135] } else { &[136] }, f));
                 let (v, m) = mac_vm(v, m);
                 if sll {
                     (e.sha, me.sha) = (v, m);
@@ -318,10 +325,11 @@ pub fn compile_match(m: &of::Match) -> Result<(FullKey, FullKey), CompileError> 
         }
     }
     let eth = (mk.eth_type != 0).then_some(k.eth_type);
-    for (types, what) in &need_eth {
+    for (types, f) in &need_eth {
         if !eth.is_some_and(|e| types.contains(&e)) {
             return Err(CompileError::Prerequisite(format!(
-                "{what} without eth_type={}",
+                "{} without eth_type={}",
+                name(f),
                 types
                     .iter()
                     .map(|t| format!("{t:#06x}"))
@@ -330,24 +338,27 @@ pub fn compile_match(m: &of::Match) -> Result<(FullKey, FullKey), CompileError> 
             )));
         }
     }
-    if let Some((proto, what)) = need_proto {
+    if let Some((proto, f)) = need_proto {
         if mk.ip_proto == 0 || k.ip_proto != proto {
             return Err(CompileError::Prerequisite(format!(
-                "{what} without ip_proto={proto}"
+                "{} without ip_proto={proto}",
+                name(f)
             )));
         }
     }
-    if let Some(what) = need_vlan {
+    if let Some(f) = need_vlan {
         if mk.vlan_tci & VLAN_PRESENT == 0 || k.vlan_tci & VLAN_PRESENT == 0 {
             return Err(CompileError::Prerequisite(format!(
-                "{what} without a VLAN tag (vlan_vid)"
+                "{} without a VLAN tag (vlan_vid)",
+                name(f)
             )));
         }
     }
-    if let Some((types, what)) = need_nd {
+    if let Some((types, f)) = need_nd {
         if mk.l4_src != u16::MAX || !types.contains(&k.l4_src) {
             return Err(CompileError::Prerequisite(format!(
-                "{what} without icmpv6_type={types:?}"
+                "{} without icmpv6_type={types:?}",
+                name(f)
             )));
         }
     }
