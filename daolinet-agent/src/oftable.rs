@@ -20,7 +20,7 @@ use daolinet_common::{Action, ActionKind, FullKey, PortStats, RuleStats, MAX_ACT
 use daolinet_openflow::{self as of, ErrorCode, FlowMod, FlowRemoved, FlowStats};
 
 use crate::compile::{compile_instructions, compile_match, instructions_from, match_of, Compiled};
-use crate::table::{EntryKey, MapOp, Rule, RuleTable, TableError};
+use crate::table::{Added, EntryKey, MapOp, Rule, RuleTable, TableError};
 
 /// Where counters come from.
 pub trait Counters {
@@ -547,31 +547,28 @@ impl FlowTable {
             match_: normalized(&fm.match_, &key, &mask),
             instructions: kept_instructions(&rule, &fm.instructions),
         };
-        match self.table.find(table, &key, &mask, fm.priority) {
+        // One lookup of the match index: the rule goes in unless an
+        // identical flow (same match and priority) is there.
+        let id = match self.table.add(rule).map_err(table_error)? {
             // An identical flow is replaced: new actions, cookie, timeouts
             // and duration; counters kept unless RESET_COUNTS. No
             // FLOW_REMOVED for the replaced entry.
-            Some(id) => {
-                let mut ops = self
-                    .table
-                    .modify(id, |r| *r = rule.clone())
-                    .map_err(table_error)?;
+            Added::Exists(id, rule) => {
+                let mut ops = self.table.modify(id, |r| *r = rule).map_err(table_error)?;
                 if fm.flags & of::OFPFF_RESET_COUNTS != 0 {
                     self.reset_counts(id, &mut ops);
                 }
                 out.ops = ops;
-                self.track(id, now_ns);
-                self.set_written(id, written);
+                id
             }
-            None => {
-                let ins = self.table.insert_full(rule).map_err(table_error)?;
-                let (id, ops) = (ins.id, ins.ops);
+            Added::New(ins) => {
                 self.harvest(ins.displaced, counters);
-                out.ops = ops;
-                self.track(id, now_ns);
-                self.set_written(id, written);
+                out.ops = ins.ops;
+                ins.id
             }
-        }
+        };
+        self.track(id, now_ns);
+        self.set_written(id, written);
         Ok(out)
     }
 

@@ -187,6 +187,17 @@ pub struct Inserted {
     pub displaced: Option<(u32, EntryKey)>,
 }
 
+/// What [`RuleTable::add`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Added {
+    /// The rule went in.
+    New(Inserted),
+    /// A rule with the same table, match and priority was there already
+    /// (its id): nothing changed; the rule given comes back, its match in
+    /// canonical form.
+    Exists(u32, Rule),
+}
+
 /// Why a rule cannot be installed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TableError {
@@ -444,15 +455,9 @@ impl RuleTable {
     /// The rules of `table` with exactly this (already masked) key and
     /// mask.
     fn group(&self, table: u8, key: &FullKey, mask: &FullKey) -> Group<'_> {
-        let h = group_hash(&self.hasher, table, key, mask);
-        let slots = &self.slots;
-        let head = self
-            .groups
-            .find(spread(h), |g| is_group(slots, g, h, (table, key, mask)))
-            .map(|g| g.head);
         Group {
-            slots,
-            next: head.unwrap_or(NIL),
+            slots: &self.slots,
+            next: self.locate(table, key, mask).1.unwrap_or(NIL),
         }
     }
 
@@ -574,7 +579,8 @@ impl RuleTable {
             {
                 *s.prios.entry(r.priority).or_default() += 1;
                 t.next_id = t.next_id.max(id + 1);
-                let _ = t.put(id, r);
+                let at = t.locate(r.table, &r.full_key(), &mask);
+                let _ = t.put(id, r, at);
             }
         }
         t.subtables.retain(|s| s.rules() > 0);
@@ -590,16 +596,30 @@ impl RuleTable {
         t
     }
 
-    /// Store rule `id` and link it into the indexes. Returns the rule
-    /// that was in the classifier entry of its match (see
+    /// Where a match group is in the match index: the hash of
+    /// (table, masked key, mask) and the group's first rule, if any. One
+    /// lookup, done before anything changes, so that an add can both check
+    /// for a rule with the same priority and link the new rule in.
+    fn locate(&self, table: u8, key: &FullKey, mask: &FullKey) -> (u32, Option<u32>) {
+        let h = group_hash(&self.hasher, table, key, mask);
+        let slots = &self.slots;
+        let head = self
+            .groups
+            .find(spread(h), |g| is_group(slots, g, h, (table, key, mask)))
+            .map(|g| g.head);
+        (h, head)
+    }
+
+    /// Store rule `id` and link it into the indexes, in the group found by
+    /// [`RuleTable::locate`] (hash `h`, first rule `head`) for its match.
+    /// Returns the rule that was in the classifier entry of its match (see
     /// [`RuleTable::winner_prio`]) before.
-    fn put(&mut self, id: u32, rule: Rule) -> Option<(u32, u16)> {
+    fn put(&mut self, id: u32, rule: Rule, (h, head): (u32, Option<u32>)) -> Option<(u32, u16)> {
         let i = id as usize;
         if self.slots.len() <= i {
             self.slots.resize_with(i + 1, || None);
         }
-        let (table, key, mask, cookie) =
-            (rule.table, rule.full_key(), rule.full_mask(), rule.cookie);
+        let cookie = rule.cookie;
         self.slots[i] = Some(Slot {
             rule,
             group_next: NIL,
@@ -607,16 +627,7 @@ impl RuleTable {
             cookie_next: NIL,
         });
         self.len += 1;
-        let Self {
-            slots,
-            groups,
-            hasher,
-            ..
-        } = self;
-        let h = group_hash(hasher, table, &key, &mask);
-        let head = groups
-            .find(spread(h), |g| is_group(slots, g, h, (table, &key, &mask)))
-            .map(|g| g.head);
+        let Self { slots, groups, .. } = self;
         let before = head.and_then(|head| {
             Group { slots, next: head }
                 .map(|(id, r)| (id, r.priority))
@@ -785,10 +796,39 @@ impl RuleTable {
         self.insert_full(rule).map(|i| (i.id, i.ops))
     }
 
-    /// Add a rule (see [`Inserted`]). One lookup of its match group and
-    /// one scan of the table's subtables: the subtable list is rebuilt only
-    /// when a subtable appears or its top priority rises.
-    pub fn insert_full(&mut self, mut rule: Rule) -> Result<Inserted, TableError> {
+    /// Add a rule (see [`Inserted`]), beside any rule with the same match
+    /// and priority. One lookup of its match group and one scan of the
+    /// table's subtables: the subtable list is rebuilt only when a subtable
+    /// appears or its top priority rises.
+    pub fn insert_full(&mut self, rule: Rule) -> Result<Inserted, TableError> {
+        let (rule, key, mask) = Self::checked(rule)?;
+        let at = self.locate(rule.table, &key, &mask);
+        self.insert_at(rule, key, mask, at)
+    }
+
+    /// Add a rule unless one with the same table, match and priority is
+    /// in the table: then nothing changes, and that rule's id and the rule
+    /// given are returned. The match group is looked up once for both.
+    pub fn add(&mut self, rule: Rule) -> Result<Added, TableError> {
+        let (rule, key, mask) = Self::checked(rule)?;
+        let at = self.locate(rule.table, &key, &mask);
+        let same = at.1.and_then(|head| {
+            Group {
+                slots: &self.slots,
+                next: head,
+            }
+            .find(|(_, r)| r.priority == rule.priority)
+            .map(|(id, _)| id)
+        });
+        match same {
+            Some(id) => Ok(Added::Exists(id, rule)),
+            None => self.insert_at(rule, key, mask, at).map(Added::New),
+        }
+    }
+
+    /// A rule's table and actions checked, its match in canonical form
+    /// (values masked), with its whole key and mask.
+    fn checked(mut rule: Rule) -> Result<(Rule, FullKey, FullKey), TableError> {
         if u32::from(rule.table) >= N_TABLES {
             return Err(TableError::NoSuchTable(rule.table));
         }
@@ -798,6 +838,18 @@ impl RuleTable {
         let (full_key, mask) = (rule.full_key(), rule.full_mask());
         rule.set_match(&full_key, &mask);
         let key = rule.full_key();
+        Ok((rule, key, mask))
+    }
+
+    /// Insert a [`RuleTable::checked`] rule into the match group `at`
+    /// ([`RuleTable::locate`]).
+    fn insert_at(
+        &mut self,
+        rule: Rule,
+        key: FullKey,
+        mask: FullKey,
+        at: (u32, Option<u32>),
+    ) -> Result<Inserted, TableError> {
         let table = rule.table;
         let mut in_table = 0;
         let mut sub = None;
@@ -836,7 +888,7 @@ impl RuleTable {
         // The rule in the entry so far, and whether the new one beats it
         // (higher priority, then lower id, as the datapath would).
         let (priority, put) = (rule.priority, entry(id, &rule));
-        let before = self.put(id, rule);
+        let before = self.put(id, rule, at);
         let wins = before
             .is_none_or(|(b, p)| (priority, std::cmp::Reverse(id)) > (p, std::cmp::Reverse(b)));
         let mut ops = Vec::with_capacity(2);
