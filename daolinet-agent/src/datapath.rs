@@ -1170,12 +1170,12 @@ impl Datapath {
                 MapOp::PutFlow(EntryKey::Narrow(k), e) => {
                     let mut m: HashMap<&mut MapData, FlowMapKey, FlowEntry> =
                         HashMap::try_from(self.map(names::FLOWS)?)?;
-                    m.insert(k, e, 0).context("writing a flow entry")?;
+                    m.insert(k, **e, 0).context("writing a flow entry")?;
                 }
                 MapOp::PutFlow(EntryKey::Wide(k), e) => {
                     let mut m: HashMap<&mut MapData, WideMapKey, FlowEntry> =
                         HashMap::try_from(self.map(names::FLOWS_WIDE)?)?;
-                    m.insert(k, e, 0).context("writing a wide flow entry")?;
+                    m.insert(**k, **e, 0).context("writing a wide flow entry")?;
                 }
                 MapOp::UpdateFlow(EntryKey::Narrow(k), e) => {
                     let mut m: HashMap<&mut MapData, FlowMapKey, FlowEntry> =
@@ -1189,8 +1189,8 @@ impl Datapath {
                 MapOp::UpdateFlow(EntryKey::Wide(k), e) => {
                     let mut m: HashMap<&mut MapData, WideMapKey, FlowEntry> =
                         HashMap::try_from(self.map(names::FLOWS_WIDE)?)?;
-                    let e = carried(m.get(k, 0).ok(), e);
-                    m.insert(k, e, 0).context("rewriting a wide flow entry")?;
+                    let e = carried(m.get(&**k, 0).ok(), e);
+                    m.insert(**k, e, 0).context("rewriting a wide flow entry")?;
                 }
                 MapOp::DelFlow(EntryKey::Narrow(k)) => {
                     let mut m: HashMap<&mut MapData, FlowMapKey, FlowEntry> =
@@ -1200,13 +1200,13 @@ impl Datapath {
                 MapOp::DelFlow(EntryKey::Wide(k)) => {
                     let mut m: HashMap<&mut MapData, WideMapKey, FlowEntry> =
                         HashMap::try_from(self.map(names::FLOWS_WIDE)?)?;
-                    let _ = m.remove(k);
+                    let _ = m.remove(&**k);
                 }
                 MapOp::SetSubtables(table, list) => self.set_subtables(*table, list)?,
                 MapOp::PutRuleExt(id, e) => {
                     let mut m: HashMap<&mut MapData, u32, RuleExt> =
                         HashMap::try_from(self.map(names::RULE_EXT)?)?;
-                    m.insert(id, e, 0)
+                    m.insert(id, **e, 0)
                         .context("writing a rule's instructions")?;
                 }
                 MapOp::DelRuleExt(id) => {
@@ -1328,7 +1328,7 @@ impl Datapath {
                 bail!("not an addition");
             };
             fk.extend_from_slice(bytemuck::bytes_of(k));
-            fv.extend_from_slice(bytemuck::bytes_of(e));
+            fv.extend_from_slice(bytemuck::bytes_of(&**e));
             nf += 1;
         }
         if nf > 0 {
@@ -1580,7 +1580,7 @@ impl Datapath {
             EntryKey::Wide(k) => {
                 let m: HashMap<&mut MapData, WideMapKey, FlowEntry> =
                     HashMap::try_from(self.map(names::FLOWS_WIDE)?)?;
-                m.get(k, 0).ok()
+                m.get(&**k, 0).ok()
             }
         };
         Ok(e.filter(|e| e.rule_id == id).map(|e| RuleStats {

@@ -457,7 +457,7 @@ impl FlowTable {
         for op in ops.iter_mut() {
             if let MapOp::UpdateFlow(k, e) = op {
                 if e.rule_id == id {
-                    *op = MapOp::PutFlow(*k, *e);
+                    *op = MapOp::PutFlow(k.clone(), e.clone());
                 }
             }
         }
@@ -1549,15 +1549,15 @@ mod tests {
             for op in ops {
                 match op {
                     MapOp::PutFlow(k, e) => {
-                        self.flows.insert(*k, *e);
+                        self.flows.insert(k.clone(), **e);
                     }
                     MapOp::UpdateFlow(k, e) => {
                         // Counters carried over, as the datapath module does.
                         let old = self.flows.get(k).copied().unwrap_or_default();
                         assert_eq!(old.rule_id, e.rule_id, "update of another rule's entry");
-                        let mut e = *e;
+                        let mut e = **e;
                         (e.packets, e.bytes) = (old.packets, old.bytes);
-                        self.flows.insert(*k, e);
+                        self.flows.insert(k.clone(), e);
                     }
                     MapOp::DelFlow(k) => {
                         self.flows.remove(k);
@@ -1584,19 +1584,19 @@ mod tests {
         fn best(&self, table: u8, key: &FullKey) -> Option<EntryKey> {
             let mut best: Option<(EntryKey, u32)> = None;
             for (sub, ext) in self.subtables.get(&table).into_iter().flatten() {
-                if let Some((_, p)) = best {
-                    if p >= sub.max_priority {
+                if let Some((_, p)) = &best {
+                    if *p >= sub.max_priority {
                         break;
                     }
                 }
                 let mk = if sub.id & daolinet_common::SUBTABLE_WIDE != 0 {
-                    EntryKey::Wide(daolinet_common::WideMapKey {
+                    EntryKey::Wide(Box::new(daolinet_common::WideMapKey {
                         subtable: sub.id,
                         key: FullKey {
                             key: key.key.masked(&sub.mask),
                             ext: key.ext.masked(ext),
                         },
-                    })
+                    }))
                 } else {
                     EntryKey::Narrow(daolinet_common::FlowMapKey {
                         subtable: sub.id,
@@ -1604,7 +1604,7 @@ mod tests {
                     })
                 };
                 if let Some(e) = self.flows.get(&mk) {
-                    if best.is_none_or(|(_, p)| e.priority > p) {
+                    if best.as_ref().is_none_or(|(_, p)| e.priority > *p) {
                         best = Some((mk, e.priority));
                     }
                 }

@@ -261,7 +261,8 @@ impl Datapath {
             subtable: sub.id,
             key: key.masked(&sub.mask),
         };
-        self.agent()?.apply(&[MapOp::PutFlow(mk.into(), entry)])
+        self.agent()?
+            .apply(&[MapOp::PutFlow(mk.into(), Box::new(entry))])
     }
 
     /// Remove the rule matching `key` under subtable `sub`.
