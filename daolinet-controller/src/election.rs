@@ -6,9 +6,10 @@
 //!   and creates the key `<prefix>leader/<lease id>` attached to it; the
 //!   leader is the candidate whose key has the lowest create revision;
 //! - **observe**: every controller watches `<prefix>leader/` and, on each
-//!   change, reads the lowest key again: the leader's key's create revision
-//!   is the OpenFlow `generation_id` (it grows with every new leader, as
-//!   OpenFlow requires), the others are slaves ([`Role`]);
+//!   change, reads the lowest key again: the leader's key's create revision,
+//!   tagged with the set's [`SetTag`] ([`crate::generation`]), is the
+//!   OpenFlow `generation_id` (it grows with every new leader, as OpenFlow
+//!   requires, and names this set), the others are slaves ([`Role`]);
 //! - the lease is kept alive every `ttl / 4`; a controller whose last
 //!   acknowledged keep-alive was sent more than `3/4 ttl` ago **steps down**
 //!   (etcd cannot have expired the lease yet, so two controllers never act
@@ -32,6 +33,7 @@ use etcd_client::{
 };
 use tokio::sync::{oneshot, watch};
 
+use crate::generation::{self, SetTag};
 use crate::ofserver::Role;
 use crate::store::EtcdStore;
 
@@ -43,12 +45,15 @@ pub struct ElectionConfig {
     /// What identifies this controller to the others (shown as the
     /// leader's id).
     pub id: String,
+    /// The set's tag, the high bits of every generation id it elects
+    /// ([`crate::generation`]; kept in the store, see [`EtcdStore::set_tag`]).
+    pub tag: SetTag,
 }
 
 /// The current leader as observed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Leader {
-    /// Its generation id (its key's create revision).
+    /// Its generation id (its key's create revision, tagged).
     pub generation: u64,
     /// Its id ([`ElectionConfig::id`]).
     pub id: String,
@@ -346,7 +351,10 @@ impl Campaign {
             (
                 kv.key().to_vec(),
                 Leader {
-                    generation: u64::try_from(kv.create_revision()).unwrap_or(0),
+                    generation: generation::generation(
+                        self.cfg.tag,
+                        u64::try_from(kv.create_revision()).unwrap_or(0),
+                    ),
                     id: String::from_utf8_lossy(kv.value()).into_owned(),
                 },
             )

@@ -15,6 +15,7 @@ pub mod api;
 pub mod applied;
 pub mod election;
 pub mod events;
+pub mod generation;
 pub mod metrics;
 pub mod ofserver;
 pub mod service;

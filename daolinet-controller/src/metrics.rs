@@ -222,8 +222,8 @@ impl Metrics {
         self.tls_refused.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a switch this controller (alone, no election) does not act
-    /// on: controllers on another store elected a master there.
+    /// Counts a switch this controller does not act on: controllers on
+    /// another store elected a master there.
     pub fn mastered_elsewhere(&self) {
         self.mastered_elsewhere.fetch_add(1, Ordering::Relaxed);
     }
@@ -366,7 +366,7 @@ impl Metrics {
         let _ = writeln!(s, "daolinet_tls_refused_total {}", g(&self.tls_refused));
         let _ = writeln!(
             s,
-            "# HELP daolinet_switches_mastered_elsewhere_total Switch connections this controller (no election) did not act on: they have a generation id, a master elected by controllers on another store."
+            "# HELP daolinet_switches_mastered_elsewhere_total Switch connections this controller did not act on: their generation id names a master elected by controllers on another store (another etcd cluster or prefix, or this controller has no election)."
         );
         let _ = writeln!(
             s,

@@ -1,7 +1,8 @@
 //! Several controller processes on a real 3-member etcd cluster (own
 //! namespace, own data directories), one datapath connected to each of
 //! them (as an agent with several `--controller` is): the elected leader is
-//! the master (generation id = its election key's create revision), the
+//! the master (generation id = its election key's create revision, tagged
+//! with the controller set's tag), the
 //! others are slaves and write nothing; a write through a slave's API
 //! reaches the switch through the master; after `kill -9` of the leader
 //! another takes over and reconciles without deleting a valid flow; a
@@ -15,6 +16,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::fakeswitch::{flow_mods, stats_of, FakeSwitch};
+use daolinet_controller::generation::{revision_of, tag_of, SetTag};
 use daolinet_openflow::{
     consts::*, FlowStats, Frame, Hello, Message, PacketIn, RoleMsg, SwitchFeatures,
 };
@@ -114,6 +116,13 @@ fn leader_key_revision(etcd: &EtcdCluster) -> u64 {
     v["kvs"][0]["create_revision"].as_u64().unwrap()
 }
 
+/// The controller set's tag, as stored in etcd.
+fn set_tag(etcd: &EtcdCluster) -> SetTag {
+    let r = etcd.etcdctl(&["get", "/daolinet/generation-tag", "--print-value-only"]);
+    assert!(r.ok, "{}", r.stderr);
+    SetTag::parse(&r.stdout).unwrap_or_else(|| panic!("stored tag {:?}", r.stdout))
+}
+
 /// One connection of datapath `dpid` to the controller at `addr`, through
 /// the handshake; role requests are not answered automatically.
 async fn attach(ns: &Netns, addr: SocketAddr, dpid: u64) -> FakeSwitch {
@@ -142,8 +151,12 @@ async fn next_role(s: &mut FakeSwitch, within: Duration) -> Option<RoleMsg> {
     let got = timeout(within, async {
         loop {
             if let Some((xid, r)) = s.roles.pop() {
-                s.send(xid, Message::RoleReply(r)).await;
-                return r;
+                let reply = s.role_reply(r);
+                s.send(xid, Message::RoleReply(reply)).await;
+                if r.role != OFPCR_ROLE_NOCHANGE {
+                    return r;
+                }
+                continue;
             }
             s.next().await.expect("connection closed");
         }
@@ -191,14 +204,16 @@ fn leader_is_master_slaves_write_nothing_failover_keeps_flows() {
             roles.push(next_role(s, long).await.expect("no ROLE_REQUEST"));
         }
         // Exactly one master; the slaves name the master's generation,
-        // which is the election key's create revision.
+        // which is the election key's create revision tagged with the
+        // set's tag (kept in etcd).
         let masters: Vec<usize> = (0..3)
             .filter(|&i| roles[i].role == OFPCR_ROLE_MASTER)
             .collect();
         assert_eq!(masters.len(), 1, "{roles:?}");
         let m = masters[0];
         let g = roles[m].generation_id;
-        assert_eq!(g, leader_key_revision(&etcd));
+        assert_eq!(revision_of(g), leader_key_revision(&etcd));
+        assert_eq!(tag_of(g), Some(set_tag(&etcd)));
         for (i, r) in roles.iter().enumerate().filter(|(i, _)| *i != m) {
             assert_eq!(
                 (r.role, r.generation_id),

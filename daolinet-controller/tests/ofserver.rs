@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use daolinet_controller::generation::{generation, SetTag};
 use daolinet_controller::ofserver::Role;
 use daolinet_controller::ofserver::{Server, ServerConfig, PROBE_EVERY};
 use daolinet_controller::service::Controller;
@@ -56,7 +57,7 @@ impl Env {
     }
 
     /// With `role`: a server among several controllers, its role from there.
-    async fn start_with(role: Option<watch::Receiver<Role>>) -> Env {
+    async fn start_with(role: Option<(watch::Receiver<Role>, SetTag)>) -> Env {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
@@ -107,7 +108,7 @@ impl Env {
         };
         let server = match role {
             None => Server::new(ctl.clone(), cfg),
-            Some(r) => Server::with_role(ctl.clone(), cfg, r),
+            Some((r, tag)) => Server::with_role(ctl.clone(), cfg, r, tag),
         };
         let (stop, rx) = watch::channel(false);
         let task = tokio::spawn(server.clone().run(listener, rx));
@@ -502,38 +503,58 @@ async fn alone_it_leaves_a_switch_mastered_from_another_store() {
     env.stop().await;
 }
 
-/// Among several controllers: a slave asks for the slave role and writes
-/// nothing (its PACKET_INs are left to the master); once elected, it asks
-/// for master and holds every FLOW_MOD until the switch's ROLE_REPLY; when
-/// the switch refuses (a newer generation is master there), it drops what
-/// it held and acts no more on that switch.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn roles_slave_writes_nothing_master_waits_for_its_role_reply() {
-    let (role_tx, role_rx) = watch::channel(Role::Slave {
-        generation: Some(5),
-    });
-    let env = Env::start_with(Some(role_rx)).await;
-    let mut s = FakeSwitch::raw(env.addr).await;
-    s.auto_role = false;
-    s.send(1, Message::Hello(Hello::new())).await;
-    let f = s.until(|f| f.message == Message::FeaturesRequest).await;
-    let xid = f.last().unwrap().xid;
+/// The tag of the controller set in these tests, and another set's.
+fn ours() -> SetTag {
+    SetTag::new(0x0a_aaaa).unwrap()
+}
+fn theirs() -> SetTag {
+    SetTag::new(0x0b_bbbb).unwrap()
+}
+
+/// Answers the ROLE_REQUEST NOCHANGE the controller sends first (before
+/// any other role request) with the switch's generation id `g`.
+async fn answer_probe(s: &mut FakeSwitch, g: u64) {
+    if s.roles.is_empty() {
+        s.until(|f| matches!(f.message, Message::RoleRequest(_)))
+            .await;
+    }
+    let (xid, r) = s.roles.remove(0);
+    assert_eq!(r.role, OFPCR_ROLE_NOCHANGE, "{r:?}");
     s.send(
         xid,
-        Message::FeaturesReply(SwitchFeatures {
-            datapath_id: 1,
-            n_buffers: 0,
-            n_tables: 254,
-            auxiliary_id: 0,
-            capabilities: 0,
-            reserved: 0,
+        Message::RoleReply(RoleMsg {
+            role: OFPCR_ROLE_EQUAL,
+            generation_id: g,
         }),
     )
     .await;
+}
+
+/// Among several controllers: a slave first reads the switch's generation
+/// id (ROLE_REQUEST NOCHANGE), then asks for the slave role and writes
+/// nothing (its PACKET_INs are left to the master); once elected, it reads
+/// the generation id again (its own set's previous one: it goes on), asks
+/// for master and holds every FLOW_MOD until the switch's ROLE_REPLY;
+/// when the switch refuses (a newer generation is master there), it drops
+/// what it held and acts no more on that switch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_slave_writes_nothing_master_waits_for_its_role_reply() {
+    let (g5, g7, g8) = (
+        generation(ours(), 5),
+        generation(ours(), 7),
+        generation(ours(), 8),
+    );
+    let (role_tx, role_rx) = watch::channel(Role::Slave {
+        generation: Some(g5),
+    });
+    let env = Env::start_with(Some((role_rx, ours()))).await;
+    let mut s = FakeSwitch::raw(env.addr).await;
+    hello_as(&mut s, 1).await;
+    answer_probe(&mut s, 0).await;
     s.until(|f| matches!(f.message, Message::RoleRequest(_)))
         .await;
     let (_, r) = s.roles.pop().unwrap();
-    assert_eq!((r.role, r.generation_id), (OFPCR_ROLE_SLAVE, 5));
+    assert_eq!((r.role, r.generation_id), (OFPCR_ROLE_SLAVE, g5));
     // A PACKET_IN reaching a slave (still EQUAL on a switch that ignored
     // its request) is not answered.
     let (port, data) = env.udp("a", "b");
@@ -548,12 +569,13 @@ async fn roles_slave_writes_nothing_master_waits_for_its_role_reply() {
 
     // Elected: ROLE_REQUEST master with the new generation, the flow table
     // read; reconciliation's FLOW_MODs wait for the ROLE_REPLY.
-    role_tx.send(Role::Master { generation: 7 }).unwrap();
+    role_tx.send(Role::Master { generation: g7 }).unwrap();
+    answer_probe(&mut s, g5).await;
     let got = s
         .until(|f| matches!(&f.message, Message::MultipartRequest(m) if matches!(m.body, MultipartRequestBody::Flow(_))))
         .await;
     let (rxid, r) = s.roles.pop().unwrap();
-    assert_eq!((r.role, r.generation_id), (OFPCR_ROLE_MASTER, 7));
+    assert_eq!((r.role, r.generation_id), (OFPCR_ROLE_MASTER, g7));
     assert!(flow_mods(&got).is_empty(), "{got:?}");
     let held = s.within(Duration::from_millis(400)).await;
     assert!(
@@ -570,10 +592,12 @@ async fn roles_slave_writes_nothing_master_waits_for_its_role_reply() {
 
     // A newer master took the switch: the next role request is refused as
     // stale; what it held is dropped and it answers nothing any more.
-    role_tx.send(Role::Master { generation: 8 }).unwrap();
+    role_tx.send(Role::Master { generation: g8 }).unwrap();
+    answer_probe(&mut s, g7).await;
     s.until(|f| matches!(f.message, Message::RoleRequest(_)))
         .await;
-    let (rxid, _) = s.roles.pop().unwrap();
+    let (rxid, r) = s.roles.pop().unwrap();
+    assert_eq!((r.role, r.generation_id), (OFPCR_ROLE_MASTER, g8));
     s.send(
         rxid,
         Message::Error(ErrorMsg::new(
@@ -592,6 +616,83 @@ async fn roles_slave_writes_nothing_master_waits_for_its_role_reply() {
             .any(|f| matches!(f.message, Message::FlowMod(_) | Message::PacketOut(_))),
         "{quiet:?}"
     );
+    let m = env.ctl.metrics.render();
+    assert!(
+        m.contains("daolinet_switches_mastered_elsewhere_total 0"),
+        "{m}"
+    );
+    env.stop().await;
+}
+
+/// Two controller sets on different stores (two etcd clusters or two
+/// prefixes) at the same switches: a switch whose generation id another
+/// set elected (another tag, even at the same revision) gets no role
+/// request from this set's master nor its slave (a slave's request would
+/// set the switch's generation id too), nothing read or written, its
+/// PACKET_INs unanswered, one count per connection; the same switch
+/// without a generation id is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_elected_controller_leaves_a_switch_another_set_mastered() {
+    let (role_tx, role_rx) = watch::channel(Role::Slave {
+        generation: Some(generation(ours(), 5)),
+    });
+    let env = Env::start_with(Some((role_rx, ours()))).await;
+    let (port, data) = env.udp("a", "b");
+    let foreign = generation(theirs(), 5);
+    let mut s = FakeSwitch::raw(env.addr).await;
+    let before = hello_as(&mut s, 1).await;
+    assert!(acts(&before).is_empty(), "{before:?}");
+    // As a slave: no slave request.
+    answer_probe(&mut s, foreign).await;
+    let quiet = s.within(Duration::from_millis(400)).await;
+    assert!(
+        !quiet
+            .iter()
+            .any(|f| matches!(f.message, Message::RoleRequest(_))),
+        "{quiet:?}"
+    );
+    // Elected: asks again, still another set's: no master request, nothing
+    // read or written, PACKET_INs unanswered.
+    role_tx
+        .send(Role::Master {
+            generation: generation(ours(), 9),
+        })
+        .unwrap();
+    answer_probe(&mut s, foreign).await;
+    s.send(70, packet_in(port, data.clone())).await;
+    let quiet = s.within(Duration::from_millis(500)).await;
+    assert!(acts(&quiet).is_empty(), "{quiet:?}");
+    assert!(
+        !quiet
+            .iter()
+            .any(|f| matches!(f.message, Message::RoleRequest(_))),
+        "{quiet:?}"
+    );
+    let m = env.ctl.metrics.render();
+    assert!(
+        m.contains("daolinet_switches_mastered_elsewhere_total 1"),
+        "{m}"
+    );
+    // A switch with no generation id (restarted): taken.
+    let mut s2 = FakeSwitch::raw(env.addr).await;
+    hello_as(&mut s2, 2).await;
+    answer_probe(&mut s2, u64::MAX).await;
+    s2.until(|f| matches!(f.message, Message::RoleRequest(_)))
+        .await;
+    let (rxid, r) = s2.roles.pop().unwrap();
+    assert_eq!(
+        (r.role, r.generation_id),
+        (OFPCR_ROLE_MASTER, generation(ours(), 9))
+    );
+    s2.send(rxid, Message::RoleReply(r)).await;
+    let init = s2.until(|f| f.message == Message::BarrierRequest).await;
+    assert!(flow_mods(&init).len() >= 5, "{init:?}");
+    let m = env.ctl.metrics.render();
+    assert!(
+        m.contains("daolinet_switches_mastered_elsewhere_total 1"),
+        "{m}"
+    );
+    drop((s, s2));
     env.stop().await;
 }
 

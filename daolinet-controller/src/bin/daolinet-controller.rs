@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use daolinet_controller::api::{self, auth, AppState};
 use daolinet_controller::election::{self, Election, ElectionConfig};
+use daolinet_controller::generation::SetTag;
 use daolinet_controller::ofserver::{self, ConnConfig, Role, Server, ServerConfig};
 use daolinet_controller::service::Controller;
 use daolinet_controller::store::{EtcdConfig, EtcdStore, RedbStore, Store};
@@ -83,6 +84,12 @@ struct RunArgs {
     /// TTLs below 1.5 of its election timeout).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=60))]
     lease_ttl: Option<u64>,
+    /// With an etcd store: the key prefix of this controller set (default
+    /// /daolinet/). Controllers on one cluster with different prefixes are
+    /// separate sets, each with its own model and leader; a switch is
+    /// mastered by one set only (the other sets leave it alone).
+    #[arg(long)]
+    etcd_prefix: Option<String>,
     /// Pool of physical IPs handed to containers.
     #[arg(long, default_value = "172.31.0.0/16")]
     physical_pool: Ipv4Net,
@@ -186,7 +193,19 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     if a.lease_ttl.is_some() && matches!(spec, StoreSpec::File(_)) {
         anyhow::bail!("--lease-ttl needs an etcd store (--store etcd:URL,...): a controller on a file store is alone");
     }
-    let mut shared: Option<Arc<EtcdStore>> = None;
+    let spec = match (spec, &a.etcd_prefix) {
+        (StoreSpec::File(_), Some(_)) => {
+            anyhow::bail!("--etcd-prefix needs an etcd store (--store etcd:URL,...)")
+        }
+        (StoreSpec::Etcd(mut cfg), Some(p)) => {
+            EtcdConfig::check_prefix(p)
+                .map_err(|why| anyhow::anyhow!("--etcd-prefix {p:?}: {why}"))?;
+            cfg.prefix = p.clone();
+            StoreSpec::Etcd(cfg)
+        }
+        (spec, None) => spec,
+    };
+    let mut shared: Option<(Arc<EtcdStore>, SetTag)> = None;
     let (store, token, created, token_path): (Arc<dyn Store>, String, bool, PathBuf) = match spec {
         StoreSpec::File(path) => {
             let dir = path
@@ -229,8 +248,10 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                     .map_err(std::io::Error::other)
             })
             .with_context(|| format!("token file {}", token_path.display()))?;
+            let tag = store.set_tag()?;
+            tracing::info!(%tag, prefix = %store.config().prefix, "controller set (generation ids carry its tag)");
             let store = Arc::new(store);
-            shared = Some(store.clone());
+            shared = Some((store.clone(), tag));
             (store, token, created, token_path)
         }
     };
@@ -302,7 +323,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         };
         // Several controllers on etcd: the elected one is the switches'
         // master, the others their slaves.
-        let election = shared.as_ref().map(|etcd| {
+        let election = shared.as_ref().map(|(etcd, tag)| {
             let id = format!(
                 "{} pid {} openflow {of_addr} api {scheme}://{addr}",
                 hostname(),
@@ -313,15 +334,16 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                 ElectionConfig {
                     ttl: election::ttl_secs(a.lease_ttl.unwrap_or(1)),
                     id,
+                    tag: *tag,
                 },
             )
         });
-        let server = match &election {
-            Some(e) => {
+        let server = match (&election, &shared) {
+            (Some(e), Some((_, tag))) => {
                 tokio::spawn(watch_role(e.role(), ctl.clone()));
-                Server::with_role(ctl.clone(), scfg, e.role())
+                Server::with_role(ctl.clone(), scfg, e.role(), *tag)
             }
-            None => Server::new(ctl.clone(), scfg),
+            _ => Server::new(ctl.clone(), scfg),
         };
         let of_task = tokio::spawn(server.clone().run_all(of_listeners, stop_rx.clone()));
         let app = api::router(AppState {

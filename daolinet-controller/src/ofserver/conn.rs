@@ -208,12 +208,23 @@ pub enum Event {
     },
     /// A BARRIER_REPLY for a barrier sent with this token.
     BarrierDone(u64),
-    /// The switch answered our ROLE_REQUEST: our role there now (held
-    /// messages, if any, were released to [`Conn::out`]).
-    Role(RoleMsg),
-    /// The switch refused our ROLE_REQUEST (e.g. OFPRRFC_STALE: a newer
+    /// The switch answered a ROLE_REQUEST: our role there now and its
+    /// generation id (held messages, if any, were released to
+    /// [`Conn::out`]).
+    Role {
+        /// The request's xid ([`Conn::request_role`] returned it).
+        xid: u32,
+        /// The reply.
+        reply: RoleMsg,
+    },
+    /// The switch refused a ROLE_REQUEST (e.g. OFPRRFC_STALE: a newer
     /// generation is master there); held messages were dropped.
-    RoleRefused(ErrorMsg),
+    RoleRefused {
+        /// The request's xid.
+        xid: u32,
+        /// The error.
+        error: ErrorMsg,
+    },
     /// The switch's flow table, as asked by [`Conn::request_flows`].
     Flows(Vec<FlowStats>),
     /// The flows of one cookie, as asked by [`Conn::request_flow_stats`]
@@ -740,7 +751,7 @@ impl Conn {
                     let held = std::mem::take(&mut self.held);
                     self.out.extend_from_slice(&held);
                 }
-                events.push(Event::Role(r));
+                events.push(Event::Role { xid, reply: r });
             }
             (Phase::Ready(_), M::BarrierReply) => {
                 if matches!(self.deny_meter, DenyMeter::Pending { barrier, .. } if barrier == xid) {
@@ -776,7 +787,7 @@ impl Conn {
                         self.role_pending = None;
                         self.drop_held();
                     }
-                    events.push(Event::RoleRefused(e));
+                    events.push(Event::RoleRefused { xid, error: e });
                 } else if self.stats_pending.remove(&xid).is_some() {
                     events.push(Event::FlowStats {
                         xid,
@@ -1066,7 +1077,9 @@ mod tests {
             (fxid, Message::MultipartReply(last)),
         ]);
         c.receive(&input, now, &mut ev);
-        assert!(matches!(&ev[0], Event::Role(r) if r.role == OFPCR_ROLE_MASTER));
+        assert!(
+            matches!(&ev[0], Event::Role { xid: x, reply } if *x == xid && reply.role == OFPCR_ROLE_MASTER)
+        );
         assert!(
             matches!(&ev[1], Event::Flows(f) if f.len() == 2 && f[1].cookie == 2),
             "{ev:?}"
@@ -1089,7 +1102,7 @@ mod tests {
             &[],
         ));
         c.receive(&bytes(&[(xid, refusal)]), now, &mut ev);
-        assert!(matches!(&ev[..], [Event::RoleRefused(_)]));
+        assert!(matches!(&ev[..], [Event::RoleRefused { xid: x, .. }] if *x == xid));
         assert!(drain(&mut c).is_empty());
         assert!(!c.holding());
     }

@@ -31,6 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::applied::{Applied, ApplyGuard};
+use crate::generation::{self, Holder, SetTag};
 use crate::metrics::Metrics;
 use crate::service::Controller;
 use daolinet_openflow::consts::{
@@ -88,15 +89,20 @@ pub enum Role {
     /// generation id has had a master elected by controllers on another
     /// store, and this controller does not act on it.
     Alone,
-    /// The elected leader: ROLE_REQUEST master with this generation id
-    /// (the election key's create revision), then acts.
+    /// The elected leader: asks each switch for its generation id first
+    /// (ROLE_REQUEST NOCHANGE); when the switch has none or one of this
+    /// set's ([`crate::generation::holder`]), ROLE_REQUEST master with this
+    /// generation id (the election key's create revision, tagged with the
+    /// set), then acts. A switch whose master another set elected is left
+    /// alone (EQUAL, nothing written).
     Master {
         /// OpenFlow generation id.
         generation: u64,
     },
     /// Not the leader: ROLE_REQUEST slave with the leader's generation id
-    /// when known, and nothing else (PACKET_INs and model changes are left
-    /// to the master).
+    /// when known (after the same check as the master's: a slave's request
+    /// also sets the switch's generation id), and nothing else (PACKET_INs
+    /// and model changes are left to the master).
     Slave {
         /// The leader's generation id, if one is known.
         generation: Option<u64>,
@@ -108,8 +114,8 @@ pub enum Role {
 /// store that elect a master there later stop it within this time.
 pub const PROBE_EVERY: Duration = Duration::from_secs(5);
 
-/// PACKET_INs kept per switch while a controller without election waits
-/// for the switch's generation id (one round trip after the handshake).
+/// PACKET_INs kept per switch while a controller waits for the switch's
+/// generation id (one round trip after the handshake).
 const MAX_WAITING: usize = 256;
 
 /// What other tasks ask a connection task to do.
@@ -270,6 +276,8 @@ pub struct Server {
     switches: Switches,
     next_id: AtomicU64,
     role: watch::Receiver<Role>,
+    /// The set's tag (with election).
+    tag: Option<SetTag>,
     /// Keeps the role channel of a server without election open.
     _alone: Option<watch::Sender<Role>>,
     /// Datapaths that left, by the time their host_gone is due.
@@ -280,23 +288,26 @@ impl Server {
     /// A server deciding with `ctl`, the only controller of its switches.
     pub fn new(ctl: Arc<Controller>, cfg: ServerConfig) -> Arc<Self> {
         let (tx, rx) = watch::channel(Role::Alone);
-        Self::build(ctl, cfg, rx, Some(tx))
+        Self::build(ctl, cfg, rx, None, Some(tx))
     }
 
     /// A server among several controllers: `role` says whether this one
-    /// is the master (from the leader election).
+    /// is the master (from the leader election of set `tag`, whose
+    /// generation ids it recognises on the switches).
     pub fn with_role(
         ctl: Arc<Controller>,
         cfg: ServerConfig,
         role: watch::Receiver<Role>,
+        tag: SetTag,
     ) -> Arc<Self> {
-        Self::build(ctl, cfg, role, None)
+        Self::build(ctl, cfg, role, Some(tag), None)
     }
 
     fn build(
         ctl: Arc<Controller>,
         cfg: ServerConfig,
         role: watch::Receiver<Role>,
+        tag: Option<SetTag>,
         alone: Option<watch::Sender<Role>>,
     ) -> Arc<Self> {
         Arc::new(Server {
@@ -305,6 +316,7 @@ impl Server {
             switches: Switches::default(),
             next_id: AtomicU64::new(1),
             role,
+            tag,
             _alone: alone,
             gone: std::sync::Mutex::new(HashMap::new()),
         })
@@ -739,6 +751,7 @@ impl Server {
             applied_role: None,
             acting: false,
             elsewhere: false,
+            probe_xid: None,
             last_probe: Instant::now(),
             waiting: None,
             agent: false,
@@ -1029,13 +1042,16 @@ struct Task<'a> {
     /// May this connection change the switch (alone, or master and not
     /// refused by the switch)?
     acting: bool,
-    /// Alone: the switch has a generation id, a master elected by
-    /// controllers on another store; never acting on it (said once).
+    /// The switch's generation id names a master elected by controllers
+    /// on another store: not acting on it (said once per connection).
     elsewhere: bool,
+    /// The ROLE_REQUEST NOCHANGE awaiting the switch's generation id.
+    probe_xid: Option<u32>,
     /// Alone: when the switch was last asked for its generation id.
     last_probe: Instant,
-    /// Alone: PACKET_INs that arrived before the switch's first answer
-    /// (at most [`MAX_WAITING`]), answered once it shows no generation id.
+    /// PACKET_INs that arrived before the switch's answer to the first
+    /// probe (at most [`MAX_WAITING`]), answered if this controller then
+    /// acts.
     waiting: Option<Vec<daolinet_openflow::PacketIn>>,
     /// The switch introduced itself as a DaoliNet agent
     /// ([`Ext::AgentHello`]): it takes port sources, sends drop samples.
@@ -1287,40 +1303,30 @@ impl Task<'_> {
     }
 
     /// Takes this controller's current role on the switch (after the
-    /// handshake, and whenever the election changes it): as the master it
-    /// asks for the master role and acts ([`Task::act`]); alone, it first
-    /// asks for the switch's generation id (ROLE_REQUEST NOCHANGE) and acts
-    /// when the reply shows none ([`Task::alone_role`]); as a slave it asks
-    /// for the slave role and leaves the switch alone.
+    /// handshake, and whenever the election changes it). Whatever the
+    /// role, it first stops acting and asks for the switch's generation id
+    /// (ROLE_REQUEST NOCHANGE): the answer ([`Task::probed`]) says whether
+    /// another controller set's master holds the switch; if not, the
+    /// master asks for the master role and acts ([`Task::act`]), a slave
+    /// asks for the slave role, and a controller alone acts (staying
+    /// EQUAL).
     fn apply_role(&mut self) {
         let role = *self.role.borrow_and_update();
-        let Some(dpid) = self.registered else { return };
+        if self.registered.is_none() {
+            return;
+        }
         if self.applied_role == Some(role) {
             return;
         }
         self.applied_role = Some(role);
-        match role {
-            Role::Alone => {
-                // Nothing is sent that changes the switch before its answer.
-                self.acting = false;
-                self.last_probe = Instant::now();
-                self.waiting = Some(Vec::new());
-                self.conn.request_role(OFPCR_ROLE_NOCHANGE, 0);
-            }
-            Role::Master { generation } => {
-                tracing::info!(%dpid, generation, "asking for the master role");
-                // Everything this connection sends from now on is held
-                // by the Conn until the switch accepts us as master.
-                self.conn.request_role(OFPCR_ROLE_MASTER, generation);
-                self.act();
-            }
-            Role::Slave { generation } => {
-                self.acting = false;
-                if let Some(g) = generation {
-                    self.conn.request_role(OFPCR_ROLE_SLAVE, g);
-                }
-            }
+        // Nothing is sent that changes the switch before its answer (a
+        // NOCHANGE request also drops what a master held).
+        self.acting = false;
+        if self.waiting.is_none() {
+            self.waiting = Some(Vec::new());
         }
+        self.last_probe = Instant::now();
+        self.probe_xid = Some(self.conn.request_role(OFPCR_ROLE_NOCHANGE, 0));
     }
 
     /// Starts acting on the switch: reads its flows (then reconciles them,
@@ -1332,26 +1338,66 @@ impl Task<'_> {
         self.send_sources();
     }
 
-    /// Alone: the switch's answer to ROLE_REQUEST NOCHANGE. A generation id
-    /// means a master elected by controllers on another store (this one has
-    /// no election): not acting on the switch, said in one line, once.
-    /// None is 0 (daolinet-agent) or all ones (Open vSwitch).
-    fn alone_role(&mut self, generation: u64) {
-        if generation != 0 && generation != u64::MAX {
-            self.acting = false;
-            if !self.elsewhere {
-                self.elsewhere = true;
-                self.srv.ctl.metrics.mastered_elsewhere();
-                let dpid = self.registered.map(|d| d.to_string()).unwrap_or_default();
-                tracing::error!(
-                    "datapath {dpid} at {} has a master elected by controllers on another store \
-                     (generation id {generation}); this controller has no election and does not \
-                     act on it: give every controller of a switch the same --store",
-                    self.peer
-                );
+    /// The switch's answer to ROLE_REQUEST NOCHANGE: its generation id
+    /// (0 from the agent and all ones from Open vSwitch mean none; a
+    /// switch without roles counts as none). One that another controller
+    /// set elected ([`generation::holder`]) means this controller does
+    /// not act on the switch and asks for no role there, said in one line
+    /// once per connection; otherwise it takes its role.
+    fn probed(&mut self, switch: u64) {
+        let Some(role) = self.applied_role else {
+            return;
+        };
+        match generation::holder(switch, self.srv.tag) {
+            Holder::Elsewhere => {
+                self.acting = false;
+                self.waiting = None;
+                if !self.elsewhere {
+                    self.elsewhere = true;
+                    self.srv.ctl.metrics.mastered_elsewhere();
+                    let dpid = self.registered.map(|d| d.to_string()).unwrap_or_default();
+                    match self.srv.tag {
+                        None => tracing::error!(
+                            "datapath {dpid} at {} has a master elected by controllers on another \
+                             store (generation id {switch:#x}); this controller has no election \
+                             and does not act on it: give every controller of a switch the same \
+                             --store",
+                            self.peer
+                        ),
+                        Some(tag) => tracing::error!(
+                            "datapath {dpid} at {} has a master elected by controllers on another \
+                             store (generation id {switch:#x}, not of this set, whose tag is \
+                             {tag}); this controller stays EQUAL there and does not act on it: \
+                             give every controller of a switch the same --store and \
+                             --etcd-prefix",
+                            self.peer
+                        ),
+                    }
+                }
             }
-        } else if !self.acting && !self.elsewhere {
-            self.act();
+            Holder::Nobody | Holder::Us => match role {
+                Role::Alone => {
+                    if !self.acting && !self.elsewhere {
+                        self.act();
+                    }
+                }
+                Role::Master { generation } => {
+                    if !self.acting {
+                        if let Some(dpid) = self.registered {
+                            tracing::info!(%dpid, generation, "asking for the master role");
+                        }
+                        // Everything this connection sends from now on is
+                        // held by the Conn until the switch accepts us.
+                        self.conn.request_role(OFPCR_ROLE_MASTER, generation);
+                        self.act();
+                    }
+                }
+                Role::Slave { generation } => {
+                    if let Some(g) = generation {
+                        self.conn.request_role(OFPCR_ROLE_SLAVE, g);
+                    }
+                }
+            },
         }
     }
 
@@ -1363,7 +1409,7 @@ impl Task<'_> {
             && now.duration_since(self.last_probe) >= PROBE_EVERY
         {
             self.last_probe = now;
-            self.conn.request_role(OFPCR_ROLE_NOCHANGE, 0);
+            self.probe_xid = Some(self.conn.request_role(OFPCR_ROLE_NOCHANGE, 0));
         }
     }
 
@@ -1446,25 +1492,27 @@ impl Task<'_> {
                 self.registered = Some(dpid);
                 self.apply_role();
             }
-            Event::Role(r) if self.applied_role == Some(Role::Alone) => {
+            Event::Role { xid, reply: r } if self.probe_xid == Some(xid) => {
+                self.probe_xid = None;
                 tracing::debug!(dpid = ?self.registered, generation = r.generation_id, "switch generation id");
-                self.alone_role(r.generation_id);
+                self.probed(r.generation_id);
                 self.answer_waiting().await;
             }
-            Event::RoleRefused(e) if self.applied_role == Some(Role::Alone) => {
+            Event::RoleRefused { xid, error: e } if self.probe_xid == Some(xid) => {
                 // A switch without roles: no master can be elected there.
+                self.probe_xid = None;
                 tracing::debug!(dpid = ?self.registered, error = %describe(&e),
-                    "the switch does not answer ROLE_REQUEST NOCHANGE: acting on it");
-                self.alone_role(0);
+                    "the switch does not answer ROLE_REQUEST NOCHANGE: taking our role");
+                self.probed(0);
                 self.answer_waiting().await;
             }
-            Event::Role(r) => {
+            Event::Role { reply: r, .. } => {
                 tracing::info!(dpid = ?self.registered, role = role_name(r.role), generation = r.generation_id, "switch role");
                 if r.role != OFPCR_ROLE_MASTER && r.role != OFPCR_ROLE_EQUAL {
                     self.acting = false;
                 }
             }
-            Event::RoleRefused(e) => {
+            Event::RoleRefused { error: e, .. } => {
                 tracing::warn!(dpid = ?self.registered, error = %describe(&e),
                     "the switch refused our role (a newer master?): not acting on it");
                 self.acting = false;
@@ -1539,8 +1587,8 @@ impl Task<'_> {
         }
     }
 
-    /// Alone, after the switch's first answer: the PACKET_INs that waited
-    /// for it, answered if this controller acts on the switch.
+    /// After the switch's first answer: the PACKET_INs that waited for it,
+    /// answered if this controller acts on the switch.
     async fn answer_waiting(&mut self) {
         let Some(waiting) = self.waiting.take() else {
             return;

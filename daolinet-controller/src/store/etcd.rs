@@ -9,7 +9,10 @@
 //!   compares that `mod_revision` with the revision its model was read at:
 //!   any other controller's batch in between makes it fail with
 //!   [`StoreError::Conflict`], nothing written.
-//! - `leader`: the leader election (see [`crate::election`]).
+//! - `leader/`: the leader election (see [`crate::election`]);
+//! - `generation-tag`: the controller set's tag, the high bits of the
+//!   generation ids it elects (see [`crate::generation`]);
+//! - `api-token`: the shared REST API token.
 //!
 //! [`Store::list`] reads the model in pages pinned to one etcd revision;
 //! [`Store::watch`] is an etcd watch from the next revision whose events
@@ -33,6 +36,7 @@ use etcd_client::{
 };
 
 use super::{Batch, Listing, Op, Revision, Store, StoreError, Watch, WatchBatch};
+use crate::generation::SetTag;
 use daolinet_policy::model::Kind;
 
 /// Where the etcd store is and how long to wait for it.
@@ -67,6 +71,20 @@ impl EtcdConfig {
             prefix: Self::PREFIX.into(),
             timeout: Duration::from_secs(3),
         }))
+    }
+}
+
+impl EtcdConfig {
+    /// Checks a key prefix (`--etcd-prefix`): starts and ends with `/`,
+    /// something between, no spaces or control characters.
+    pub fn check_prefix(p: &str) -> Result<(), String> {
+        if p.len() < 3 || !p.starts_with('/') || !p.ends_with('/') {
+            return Err("expected /NAME/ (starting and ending with /)".into());
+        }
+        if p.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("no spaces or control characters".into());
+        }
+        Ok(())
     }
 }
 
@@ -425,6 +443,30 @@ impl EtcdStore {
             .ok_or_else(|| backend("transaction", format!("{name} vanished")))
     }
 
+    /// This controller set's tag ([`crate::generation`]): the value of
+    /// `<prefix>generation-tag`, a random one created by the set's first
+    /// controller. An unreadable stored value is an error (one line, the
+    /// controller does not start).
+    pub fn set_tag(&self) -> Result<SetTag, StoreError> {
+        let mut raw = [0u8; 4];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut raw))
+            .map_err(|e| StoreError::Backend(format!("/dev/urandom: {e}")))?;
+        let fresh = SetTag::from_random(u32::from_le_bytes(raw));
+        let stored = self.create_or_get(Self::TAG_KEY, &fresh.to_hex())?;
+        SetTag::parse(&stored).ok_or_else(|| {
+            StoreError::Backend(format!(
+                "{}{} is {stored:?}, not a controller set's tag (six hex digits, \
+                 not 000000 nor ffffff): delete it and start the controllers again",
+                self.cfg.prefix,
+                Self::TAG_KEY
+            ))
+        })
+    }
+
+    /// Where [`EtcdStore::set_tag`] keeps the tag (under the prefix).
+    const TAG_KEY: &'static str = "generation-tag";
+
     /// The marker's `mod_revision` (0 before the first batch).
     fn marker_revision(&self) -> Result<Revision, StoreError> {
         let kv = self.client.kv_client();
@@ -709,6 +751,16 @@ mod tests {
         ] {
             let e = EtcdConfig::parse(bad).unwrap().unwrap_err();
             assert!(e.starts_with("--store "), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn prefixes_are_checked() {
+        for ok in ["/daolinet/", "/tenant-2/", "/a/b/"] {
+            assert_eq!(EtcdConfig::check_prefix(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "/", "//x", "daolinet/", "/daolinet", "/a b/", "/a\tb/"] {
+            assert!(EtcdConfig::check_prefix(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use daolinet_openflow::consts::{OFPCR_ROLE_EQUAL, OFPCR_ROLE_NOCHANGE};
 use daolinet_openflow::{
     decode, FlowMod, FlowStats, Frame, Hello, Message, MultipartReply, MultipartReplyBody,
     MultipartRequestBody, Port, RoleMsg, SwitchFeatures,
@@ -35,6 +36,9 @@ pub struct FakeSwitch {
     pub auto_role: bool,
     /// ROLE_REQUESTs seen and not answered.
     pub roles: Vec<(u32, RoleMsg)>,
+    /// The generation id of the last master or slave request answered by
+    /// [`FakeSwitch::role_reply`] (0: none).
+    pub generation: u64,
 }
 
 impl FakeSwitch {
@@ -58,6 +62,7 @@ impl FakeSwitch {
             table: Vec::new(),
             auto_role: true,
             roles: Vec::new(),
+            generation: 0,
         }
     }
 
@@ -97,6 +102,21 @@ impl FakeSwitch {
     }
 
     /// Next frame (answering echo, barrier and port-desc requests).
+    /// A switch's ROLE_REPLY to `r` (no stale check): NOCHANGE tells the
+    /// generation id (EQUAL), master and slave requests set it.
+    pub fn role_reply(&mut self, r: RoleMsg) -> RoleMsg {
+        if r.role == OFPCR_ROLE_NOCHANGE {
+            return RoleMsg {
+                role: OFPCR_ROLE_EQUAL,
+                generation_id: self.generation,
+            };
+        }
+        if r.role != OFPCR_ROLE_EQUAL {
+            self.generation = r.generation_id;
+        }
+        r
+    }
+
     pub async fn next(&mut self) -> Option<Frame> {
         loop {
             if let Some((f, n)) = decode(&self.buf).unwrap() {
@@ -110,7 +130,8 @@ impl FakeSwitch {
                     }
                     Message::BarrierRequest => self.barriers.push(f.xid),
                     Message::RoleRequest(r) if self.auto_role => {
-                        self.send(f.xid, Message::RoleReply(*r)).await
+                        let reply = self.role_reply(*r);
+                        self.send(f.xid, Message::RoleReply(reply)).await
                     }
                     Message::RoleRequest(r) => self.roles.push((f.xid, *r)),
                     Message::MultipartRequest(m)
