@@ -366,7 +366,7 @@ impl Metrics {
         let _ = writeln!(s, "daolinet_tls_refused_total {}", g(&self.tls_refused));
         let _ = writeln!(
             s,
-            "# HELP daolinet_switches_mastered_elsewhere_total Switch connections this controller did not act on: their generation id names a master elected by controllers on another store (another etcd cluster or prefix, or this controller has no election)."
+            "# HELP daolinet_switches_mastered_elsewhere_total Switches this controller left alone (once per connection and role): their generation id names a master elected by controllers on another store (another etcd cluster or prefix, or this controller has no election)."
         );
         let _ = writeln!(
             s,

@@ -629,7 +629,7 @@ async fn roles_slave_writes_nothing_master_waits_for_its_role_reply() {
 /// set elected (another tag, even at the same revision) gets no role
 /// request from this set's master nor its slave (a slave's request would
 /// set the switch's generation id too), nothing read or written, its
-/// PACKET_INs unanswered, one count per connection; the same switch
+/// PACKET_INs unanswered, one count per connection and role; a switch
 /// without a generation id is taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_elected_controller_leaves_a_switch_another_set_mastered() {
@@ -651,6 +651,11 @@ async fn an_elected_controller_leaves_a_switch_another_set_mastered() {
             .any(|f| matches!(f.message, Message::RoleRequest(_))),
         "{quiet:?}"
     );
+    let m = env.ctl.metrics.render();
+    assert!(
+        m.contains("daolinet_switches_mastered_elsewhere_total 1"),
+        "{m}"
+    );
     // Elected: asks again, still another set's: no master request, nothing
     // read or written, PACKET_INs unanswered.
     role_tx
@@ -670,7 +675,7 @@ async fn an_elected_controller_leaves_a_switch_another_set_mastered() {
     );
     let m = env.ctl.metrics.render();
     assert!(
-        m.contains("daolinet_switches_mastered_elsewhere_total 1"),
+        m.contains("daolinet_switches_mastered_elsewhere_total 2"),
         "{m}"
     );
     // A switch with no generation id (restarted): taken.
@@ -689,7 +694,7 @@ async fn an_elected_controller_leaves_a_switch_another_set_mastered() {
     assert!(flow_mods(&init).len() >= 5, "{init:?}");
     let m = env.ctl.metrics.render();
     assert!(
-        m.contains("daolinet_switches_mastered_elsewhere_total 1"),
+        m.contains("daolinet_switches_mastered_elsewhere_total 2"),
         "{m}"
     );
     drop((s, s2));

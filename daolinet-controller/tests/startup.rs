@@ -90,3 +90,30 @@ fn a_lease_ttl_without_an_etcd_store_is_refused() {
     assert!(err.contains("--lease-ttl needs an etcd store"), "{err}");
     assert!(out.stdout.is_empty() && !dir.exists());
 }
+
+#[test]
+fn a_bad_etcd_prefix_or_one_without_etcd_is_refused() {
+    let dir = std::env::temp_dir().join(format!("hapfx-{}", std::process::id()));
+    let file = dir.join("c.redb").display().to_string();
+    for (store, prefix, why) in [
+        (file.as_str(), "/b/", "--etcd-prefix needs an etcd store"),
+        // Checked before etcd is reached (nothing listens on port 1).
+        ("etcd:http://127.0.0.1:1", "daolinet/", "expected /NAME/"),
+        ("etcd:http://127.0.0.1:1", "/a b/", "no spaces"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_daolinet-controller"))
+            .args(["run", "--store", store, "--etcd-prefix", prefix])
+            .arg("--token-file")
+            .arg(dir.join("api-token"))
+            .args(["--api", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("RUST_LIB_BACKTRACE")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{prefix} accepted");
+        assert_eq!(err.trim().lines().count(), 1, "{prefix}: {err}");
+        assert!(err.contains(why), "{prefix}: {err}");
+        assert!(out.stdout.is_empty() && !dir.exists(), "{out:?}");
+    }
+}

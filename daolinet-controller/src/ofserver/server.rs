@@ -751,6 +751,7 @@ impl Server {
             applied_role: None,
             acting: false,
             elsewhere: false,
+            said_elsewhere: None,
             probe_xid: None,
             last_probe: Instant::now(),
             waiting: None,
@@ -1043,8 +1044,11 @@ struct Task<'a> {
     /// refused by the switch)?
     acting: bool,
     /// The switch's generation id names a master elected by controllers
-    /// on another store: not acting on it (said once per connection).
+    /// on another store: not acting on it.
     elsewhere: bool,
+    /// The role in which that was said last (said once per connection and
+    /// role).
+    said_elsewhere: Option<Role>,
     /// The ROLE_REQUEST NOCHANGE awaiting the switch's generation id.
     probe_xid: Option<u32>,
     /// Alone: when the switch was last asked for its generation id.
@@ -1343,7 +1347,7 @@ impl Task<'_> {
     /// switch without roles counts as none). One that another controller
     /// set elected ([`generation::holder`]) means this controller does
     /// not act on the switch and asks for no role there, said in one line
-    /// once per connection; otherwise it takes its role.
+    /// once per connection and role; otherwise it takes its role.
     fn probed(&mut self, switch: u64) {
         let Some(role) = self.applied_role else {
             return;
@@ -1351,28 +1355,33 @@ impl Task<'_> {
         match generation::holder(switch, self.srv.tag) {
             Holder::Elsewhere => {
                 self.acting = false;
+                self.elsewhere = true;
                 self.waiting = None;
-                if !self.elsewhere {
-                    self.elsewhere = true;
+                if self.said_elsewhere != Some(role) {
+                    self.said_elsewhere = Some(role);
                     self.srv.ctl.metrics.mastered_elsewhere();
                     let dpid = self.registered.map(|d| d.to_string()).unwrap_or_default();
-                    match self.srv.tag {
-                        None => tracing::error!(
-                            "datapath {dpid} at {} has a master elected by controllers on another \
-                             store (generation id {switch:#x}); this controller has no election \
-                             and does not act on it: give every controller of a switch the same \
-                             --store",
-                            self.peer
+                    let tag = self.srv.tag.map(|t| t.to_string()).unwrap_or_default();
+                    let what = match role {
+                        Role::Alone => "this controller has no election and does not act on it: \
+                             give every controller of a switch the same --store"
+                            .to_string(),
+                        Role::Master { .. } => format!(
+                            "this controller, the master of its set (tag {tag}), does not take \
+                             it: it stays EQUAL there and acts on nothing; give every controller \
+                             of a switch the same --store and --etcd-prefix"
                         ),
-                        Some(tag) => tracing::error!(
-                            "datapath {dpid} at {} has a master elected by controllers on another \
-                             store (generation id {switch:#x}, not of this set, whose tag is \
-                             {tag}); this controller stays EQUAL there and does not act on it: \
-                             give every controller of a switch the same --store and \
-                             --etcd-prefix",
-                            self.peer
+                        Role::Slave { .. } => format!(
+                            "this controller, a slave of its set (tag {tag}), asks for no role \
+                             there and acts on nothing; give every controller of a switch the \
+                             same --store and --etcd-prefix"
                         ),
-                    }
+                    };
+                    tracing::error!(
+                        "datapath {dpid} at {} has a master elected by controllers on another \
+                         store (generation id {switch:#x}); {what}",
+                        self.peer
+                    );
                 }
             }
             Holder::Nobody | Holder::Us => match role {
