@@ -160,7 +160,7 @@ mod tests {
         assert!(g2 > g1);
         assert_eq!(revision_of(g1), 7);
         assert_eq!(tag_of(g1), Some(t));
-        assert_eq!(g1, 0x12_3456_00_0000_0007);
+        assert_eq!(g1, 0x1234_5600_0000_0007);
         // Never the switch's "none".
         assert!(!is_none(generation(tag(1), 0)));
         assert!(!is_none(generation(tag(0xff_fffe), REVISION_MASK)));

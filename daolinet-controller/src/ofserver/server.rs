@@ -751,7 +751,7 @@ impl Server {
             applied_role: None,
             acting: false,
             elsewhere: false,
-            said_elsewhere: None,
+            said_elsewhere: 0,
             probe_xid: None,
             last_probe: Instant::now(),
             waiting: None,
@@ -1046,9 +1046,9 @@ struct Task<'a> {
     /// The switch's generation id names a master elected by controllers
     /// on another store: not acting on it.
     elsewhere: bool,
-    /// The role in which that was said last (said once per connection and
-    /// role).
-    said_elsewhere: Option<Role>,
+    /// The kinds of role (alone 1, master 2, slave 4) in which that was
+    /// said (once per connection and kind: not again for each new leader).
+    said_elsewhere: u8,
     /// The ROLE_REQUEST NOCHANGE awaiting the switch's generation id.
     probe_xid: Option<u32>,
     /// Alone: when the switch was last asked for its generation id.
@@ -1357,8 +1357,13 @@ impl Task<'_> {
                 self.acting = false;
                 self.elsewhere = true;
                 self.waiting = None;
-                if self.said_elsewhere != Some(role) {
-                    self.said_elsewhere = Some(role);
+                let kind = match role {
+                    Role::Alone => 1,
+                    Role::Master { .. } => 2,
+                    Role::Slave { .. } => 4,
+                };
+                if self.said_elsewhere & kind == 0 {
+                    self.said_elsewhere |= kind;
                     self.srv.ctl.metrics.mastered_elsewhere();
                     let dpid = self.registered.map(|d| d.to_string()).unwrap_or_default();
                     let tag = self.srv.tag.map(|t| t.to_string()).unwrap_or_default();
