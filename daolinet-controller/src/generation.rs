@@ -102,6 +102,12 @@ pub enum Holder {
     Nobody,
     /// This controller's set.
     Us,
+    /// A generation id without a set's tag (its high 24 bits zero): a
+    /// DaoliNet controller set from before tags (the generation id was the
+    /// bare revision), or another kind of controller. An elected set takes
+    /// the switch, as before tags, so that a rolling upgrade keeps its
+    /// switches; a controller without election leaves it alone.
+    Untagged,
     /// Controllers on another store: this controller must not act on the
     /// switch.
     Elsewhere,
@@ -115,6 +121,8 @@ pub fn holder(switch: u64, ours: Option<SetTag>) -> Holder {
         Holder::Nobody
     } else if ours.is_some() && tag_of(switch) == ours {
         Holder::Us
+    } else if switch >> REVISION_BITS == 0 {
+        Holder::Untagged
     } else {
         Holder::Elsewhere
     }
@@ -178,7 +186,11 @@ mod tests {
         assert_eq!(holder(generation(them, 5), Some(us)), Holder::Elsewhere);
         // A controller without election owns no generation id.
         assert_eq!(holder(generation(us, 5), None), Holder::Elsewhere);
-        // An untagged id (an older controller, another implementation).
-        assert_eq!(holder(5, Some(us)), Holder::Elsewhere);
+        // An untagged id (a set from before tags, another implementation).
+        assert_eq!(holder(5, Some(us)), Holder::Untagged);
+        assert_eq!(holder(5, None), Holder::Untagged);
+        assert_eq!(holder(REVISION_MASK, Some(us)), Holder::Untagged);
+        // High bits that are no valid tag: not ours, not untagged.
+        assert_eq!(holder(u64::MAX - 1, Some(us)), Holder::Elsewhere);
     }
 }

@@ -630,7 +630,8 @@ async fn roles_slave_writes_nothing_master_waits_for_its_role_reply() {
 /// request from this set's master nor its slave (a slave's request would
 /// set the switch's generation id too), nothing read or written, its
 /// PACKET_INs unanswered, one count per connection and role; a switch
-/// without a generation id is taken.
+/// without a generation id is taken, and so is one with an untagged id (a
+/// set from before tags).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_elected_controller_leaves_a_switch_another_set_mastered() {
     let (role_tx, role_rx) = watch::channel(Role::Slave {
@@ -692,12 +693,24 @@ async fn an_elected_controller_leaves_a_switch_another_set_mastered() {
     s2.send(rxid, Message::RoleReply(r)).await;
     let init = s2.until(|f| f.message == Message::BarrierRequest).await;
     assert!(flow_mods(&init).len() >= 5, "{init:?}");
+    // An untagged generation id (a set from before tags: a rolling
+    // upgrade): taken too.
+    let mut s3 = FakeSwitch::raw(env.addr).await;
+    hello_as(&mut s3, 3).await;
+    answer_probe(&mut s3, 5).await;
+    s3.until(|f| matches!(f.message, Message::RoleRequest(_)))
+        .await;
+    let (_, r) = s3.roles.pop().unwrap();
+    assert_eq!(
+        (r.role, r.generation_id),
+        (OFPCR_ROLE_MASTER, generation(ours(), 9))
+    );
     let m = env.ctl.metrics.render();
     assert!(
         m.contains("daolinet_switches_mastered_elsewhere_total 2"),
         "{m}"
     );
-    drop((s, s2));
+    drop((s, s2, s3));
     env.stop().await;
 }
 

@@ -1047,7 +1047,8 @@ struct Task<'a> {
     /// on another store: not acting on it.
     elsewhere: bool,
     /// The kinds of role (alone 1, master 2, slave 4) in which that was
-    /// said (once per connection and kind: not again for each new leader).
+    /// said (once per connection and kind: not again for each new leader);
+    /// 8: an untagged generation id was taken (said once).
     said_elsewhere: u8,
     /// The ROLE_REQUEST NOCHANGE awaiting the switch's generation id.
     probe_xid: Option<u32>,
@@ -1352,8 +1353,22 @@ impl Task<'_> {
         let Some(role) = self.applied_role else {
             return;
         };
-        match generation::holder(switch, self.srv.tag) {
-            Holder::Elsewhere => {
+        let holder = generation::holder(switch, self.srv.tag);
+        if holder == Holder::Untagged && self.srv.tag.is_some() && self.said_elsewhere & 8 == 0 {
+            self.said_elsewhere |= 8;
+            tracing::warn!(
+                dpid = ?self.registered,
+                "the switch's generation id {switch:#x} carries no controller set's tag (a set \
+                 from before tags, or another kind of controller): taking it"
+            );
+        }
+        let leave = match holder {
+            Holder::Elsewhere => true,
+            Holder::Untagged => self.srv.tag.is_none(),
+            Holder::Nobody | Holder::Us => false,
+        };
+        match leave {
+            true => {
                 self.acting = false;
                 self.elsewhere = true;
                 self.waiting = None;
@@ -1389,7 +1404,7 @@ impl Task<'_> {
                     );
                 }
             }
-            Holder::Nobody | Holder::Us => match role {
+            false => match role {
                 Role::Alone => {
                     if !self.acting && !self.elsewhere {
                         self.act();
