@@ -592,17 +592,17 @@ fn render(reports: &[Report], suites: &[Suite], settle: f64, command: &str) -> S
             .filter(|(_, o)| o.cases > 0)
             .map(|(x, o)| {
                 format!(
-                    "{} cases {:.0}-{:.0} % ({} judged by share)",
-                    x.dir(),
+                    "{:.0}-{:.0} % in the {} cases ({} judged by share)",
                     o.min * 100.0,
                     o.max * 100.0,
+                    x.dir(),
                     o.scaled
                 )
             })
             .collect();
         if !parts.is_empty() {
             s.push_str(&format!(
-                "{}: the tester delivered of its nominal rate: {}. ",
+                "{}: the tester delivered {} of its nominal rate. ",
                 r.target.name(),
                 parts.join("; ")
             ));
