@@ -142,7 +142,11 @@ impl Env {
     }
 
     async fn wait_connected(&self, n: usize) {
-        timeout(WAIT, async {
+        self.wait_connected_within(n, WAIT).await
+    }
+
+    async fn wait_connected_within(&self, n: usize, wait: Duration) {
+        timeout(wait, async {
             while self.server.connected().len() != n {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
@@ -981,12 +985,17 @@ async fn two_thousand_switches_at_once() {
     if n < 2000 {
         eprintln!("open files hard limit {hard}: testing {n} switches instead of 2000");
     }
+    // The burst is served in 4-5 s with the machine at load 15, and in
+    // 9 s on one core shared with a busy loop: the switches served last
+    // missed the 5 s a single handshake step gets (a CI run failed so).
+    // Their deadline is the whole burst's; how fast is `bench scale`'s.
+    const BURST: Duration = Duration::from_secs(60);
     let env = Env::start().await;
     let mut tasks = Vec::new();
     for i in 0..n {
         let addr = env.addr;
         tasks.push(tokio::spawn(async move {
-            let (s, _) = FakeSwitch::connect(addr, 1000 + i).await;
+            let (s, _) = FakeSwitch::connect_within(addr, 1000 + i, BURST).await;
             s
         }));
     }
@@ -994,7 +1003,7 @@ async fn two_thousand_switches_at_once() {
     for t in tasks {
         switches.push(t.await.unwrap());
     }
-    env.wait_connected(n as usize).await;
+    env.wait_connected_within(n as usize, BURST).await;
     assert!(env
         .ctl
         .metrics
@@ -1011,7 +1020,7 @@ async fn two_thousand_switches_at_once() {
         assert_eq!(got.last().unwrap().xid, i as u32);
     }
     drop(switches);
-    env.wait_connected(0).await;
+    env.wait_connected_within(0, BURST).await;
     env.stop().await;
 }
 

@@ -39,6 +39,9 @@ pub struct FakeSwitch {
     /// The generation id of the last master or slave request answered by
     /// [`FakeSwitch::role_reply`] (0: none).
     pub generation: u64,
+    /// How long [`FakeSwitch::until`] waits for the frame it wants
+    /// ([`WAIT`] unless the test says otherwise).
+    pub wait: Duration,
 }
 
 impl FakeSwitch {
@@ -63,13 +66,26 @@ impl FakeSwitch {
             auto_role: true,
             roles: Vec::new(),
             generation: 0,
+            wait: WAIT,
         }
     }
 
     /// Connects and completes the handshake as datapath `dpid`; returns the
     /// switch and the messages received up to the initial BARRIER.
     pub async fn connect(addr: SocketAddr, dpid: u64) -> (FakeSwitch, Vec<Frame>) {
+        Self::connect_within(addr, dpid, WAIT).await
+    }
+
+    /// [`FakeSwitch::connect`], waiting up to `wait` for each step (for a
+    /// test that connects many switches at once: the last of them is
+    /// served after the others).
+    pub async fn connect_within(
+        addr: SocketAddr,
+        dpid: u64,
+        wait: Duration,
+    ) -> (FakeSwitch, Vec<Frame>) {
         let mut s = FakeSwitch::raw(addr).await;
+        s.wait = wait;
         let init = s.handshake(dpid).await;
         (s, init)
     }
@@ -174,7 +190,7 @@ impl FakeSwitch {
     /// Frames up to and including the first that satisfies `pred`.
     pub async fn until(&mut self, pred: impl Fn(&Frame) -> bool) -> Vec<Frame> {
         let mut v = Vec::new();
-        timeout(WAIT, async {
+        timeout(self.wait, async {
             loop {
                 let f = self.next().await.expect("connection closed");
                 let done = pred(&f);
