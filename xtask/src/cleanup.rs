@@ -35,12 +35,16 @@ struct Registry {
     namespaces: Vec<String>,
     /// Files and directories to remove (state dirs, pin dirs, markers).
     paths: Vec<PathBuf>,
+    /// bpffs mounts of this run ([`mount_bpffs`]), unmounted after the
+    /// agents are stopped.
+    mounts: Vec<PathBuf>,
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     children: Vec::new(),
     namespaces: Vec::new(),
     paths: Vec::new(),
+    mounts: Vec::new(),
 });
 
 fn registry() -> MutexGuard<'static, Registry> {
@@ -127,17 +131,67 @@ fn stop_child(mut c: Child) {
 /// Clean up everything registered; true when there was something.
 fn run_all() -> bool {
     let mut reg = registry();
-    let had = !reg.children.is_empty() || !reg.namespaces.is_empty() || !reg.paths.is_empty();
+    let had = !reg.children.is_empty()
+        || !reg.namespaces.is_empty()
+        || !reg.paths.is_empty()
+        || !reg.mounts.is_empty();
     for c in std::mem::take(&mut reg.children) {
         stop_child(c);
     }
     for n in std::mem::take(&mut reg.namespaces).iter().rev() {
         delete_namespace(n);
     }
+    for m in std::mem::take(&mut reg.mounts) {
+        unmount(&m);
+    }
     for p in std::mem::take(&mut reg.paths) {
         remove_path(&p);
     }
     had
+}
+
+/// The bpffs a run with `tag` pins its agents' maps in.
+pub fn bpffs_path(tag: &str) -> PathBuf {
+    PathBuf::from(format!("/run/daolinet-{tag}-bpffs"))
+}
+
+/// Mount this run's own bpffs ([`bpffs_path`]) unless it is mounted
+/// already; it is unmounted and removed at cleanup (and by the sweep of
+/// [`claim_tag`] when the run was killed), so no run leaves a mount behind
+/// and no two runs share pins.
+pub fn mount_bpffs(tag: &str) -> Result<PathBuf> {
+    let p = bpffs_path(tag);
+    if is_mounted(&p) {
+        return Ok(p);
+    }
+    std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+    // Registered first: a mount that half-worked is undone too.
+    registry().mounts.push(p.clone());
+    let st = Command::new("mount")
+        .args(["-t", "bpf", "bpf"])
+        .arg(&p)
+        .status()
+        .context("running mount")?;
+    if !st.success() {
+        anyhow::bail!("mount -t bpf bpf {} failed ({st})", p.display());
+    }
+    Ok(p)
+}
+
+fn is_mounted(p: &Path) -> bool {
+    let Some(p) = p.to_str() else { return false };
+    std::fs::read_to_string("/proc/self/mounts")
+        .is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(p)))
+}
+
+/// Unmount `p` if it is mounted, then remove the (empty) directory.
+fn unmount(p: &Path) {
+    if is_mounted(p) {
+        let _ = Command::new("umount").arg(p).stderr(Stdio::null()).status();
+    }
+    if !is_mounted(p) {
+        let _ = std::fs::remove_dir(p);
+    }
 }
 
 fn remove_path(p: &Path) {
@@ -207,9 +261,9 @@ fn tag_of(ns: &str, prefix: &str) -> Option<String> {
 
 /// Remove the leftovers of earlier runs with `prefix` whose owner is gone,
 /// then claim a fresh tag for this run (marker written, removed at
-/// cleanup). State directories (`/tmp/<ns>-state`) and pin directories
-/// (`<bpffs>/daolinet/tmp_<ns>_state`) of swept namespaces go too.
-pub fn claim_tag(prefix: &str, bpffs: &str) -> Result<String> {
+/// cleanup). State directories (`/tmp/<ns>-state`) of swept namespaces and
+/// the swept runs' bpffs mounts ([`bpffs_path`]) go too.
+pub fn claim_tag(prefix: &str) -> Result<String> {
     let list = Command::new("ip")
         .args(["netns", "list"])
         .output()
@@ -254,8 +308,8 @@ pub fn claim_tag(prefix: &str, bpffs: &str) -> Result<String> {
         for n in ours.iter().rev() {
             delete_namespace(n);
             let _ = std::fs::remove_dir_all(format!("/tmp/{n}-state"));
-            let _ = std::fs::remove_dir_all(format!("{bpffs}/daolinet/tmp_{n}_state"));
         }
+        unmount(&bpffs_path(&tag));
         let _ = std::fs::remove_file(&marker);
     }
     let tag = format!("{prefix}{}", std::process::id() % 10000);

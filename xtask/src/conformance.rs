@@ -327,9 +327,8 @@ fn start_agent(build: &crate::demo::Build, ns: &str, log: &Path) -> Result<()> {
     ip(&["-n", ns, "link", "set", "up0p", "up"])?;
     let state = state_dir(ns);
     cleanup::add_path(&state);
-    cleanup::add_path(Path::new(BPFFS_PINS).join(format!("tmp_{ns}_state")));
     let mut cmd = crate::demo::agent(
-        &build.bin,
+        build,
         ns,
         &state,
         &[
@@ -362,9 +361,6 @@ fn start_agent(build: &crate::demo::Build, ns: &str, log: &Path) -> Result<()> {
     cleanup::add_child(child);
     Ok(())
 }
-
-/// Where the agent's pin directories live (under the demo's bpffs).
-const BPFFS_PINS: &str = "/run/daolinet-demo-bpffs/daolinet";
 
 /// The tool's case directory with only `suites` in it (symbolic links),
 /// and of those only the files whose path contains `filter`.

@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 use crate::cleanup::{self, Guard};
 use crate::util::{cargo, display, is_root, output, run as sh, step, workspace_root};
 
-const BPFFS: &str = "/run/daolinet-demo-bpffs";
 const GW: &str = "02:00:00:00:00:01";
 const UPLINK: u32 = 65000; // daolinet-agent's default --uplink-ofport
 
@@ -47,12 +46,15 @@ fn ip(args: &[&str]) -> Result<()> {
 /// `ip netns exec NS daolinet-agent --bpffs .. --state-dir STATE ARGS`,
 /// with the binary's directory first on PATH (so the printed command reads
 /// like what a user types).
-pub(crate) fn agent(bin: &Path, ns: &str, state: &Path, args: &[&str]) -> Command {
+pub(crate) fn agent(build: &Build, ns: &str, state: &Path, args: &[&str]) -> Command {
+    let bin = &build.bin;
     let mut c = Command::new("ip");
     c.args(["netns", "exec", ns])
         .arg(bin.file_name().unwrap_or(bin.as_os_str()))
         .env("PATH", path_with(bin))
-        .args(["--bpffs", BPFFS, "--state-dir"])
+        .arg("--bpffs")
+        .arg(&build.bpffs)
+        .arg("--state-dir")
         .arg(state)
         .args(args);
     c
@@ -68,8 +70,11 @@ fn path_with(bin: &Path) -> std::ffi::OsString {
 }
 
 /// The agent binary a lab runs (it carries its BPF object).
+#[derive(Clone)]
 pub(crate) struct Build {
     pub(crate) bin: PathBuf,
+    /// This run's own bpffs (unmounted at cleanup).
+    pub(crate) bpffs: PathBuf,
 }
 
 /// What every lab needs first: root check, setup, the BPF object (built in
@@ -105,10 +110,10 @@ pub(crate) fn prepare_with(
     }
     sh(&mut build)?;
     let bin = workspace_root().join("target/release/daolinet-agent");
-    ensure_bpffs()?;
     let guard = cleanup::guard()?;
-    let tag = cleanup::claim_tag(prefix, BPFFS)?;
-    Ok((Build { bin }, guard, tag))
+    let tag = cleanup::claim_tag(prefix)?;
+    let bpffs = cleanup::mount_bpffs(&tag)?;
+    Ok((Build { bin, bpffs }, guard, tag))
 }
 
 /// The controller's address on the underlay bridge: it runs in the
@@ -156,7 +161,7 @@ pub fn run(setup: bool) -> Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut demo = Demo {
         bindir: workspace_root().join("target/release"),
-        agent_bin: build.bin.clone(),
+        build: build.clone(),
         u,
         hosts,
         red,
@@ -235,7 +240,8 @@ fn n_packets(line: &str) -> u64 {
 struct Demo {
     /// Where daolinet-controller and daolictl are.
     bindir: PathBuf,
-    agent_bin: PathBuf,
+    /// The agent and this run's bpffs.
+    build: Build,
     /// The underlay namespace (bridge and controller).
     u: String,
     hosts: Vec<Host>,
@@ -542,7 +548,7 @@ impl Demo {
     /// `daolinet-agent ARGS` against host `i`'s agent.
     fn agent(&self, i: usize, args: &[&str]) -> Command {
         let ns = &self.hosts[i].ns;
-        agent(&self.agent_bin, ns, &state_dir(ns), args)
+        agent(&self.build, ns, &state_dir(ns), args)
     }
 
     /// The flows of host `i`: the agent's, or Open vSwitch's bridge.
@@ -874,18 +880,6 @@ pub(crate) fn start_controller(
     Ok(())
 }
 
-/// Mount the bpffs the demo and benchmark agents pin their maps in.
-pub(crate) fn ensure_bpffs() -> Result<()> {
-    std::fs::create_dir_all(BPFFS)?;
-    let mounted = std::fs::read_to_string("/proc/self/mounts")?
-        .lines()
-        .any(|l| l.split(' ').nth(1) == Some(BPFFS));
-    if !mounted {
-        sh(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))?;
-    }
-    Ok(())
-}
-
 /// The agent state directory of host namespace `ns`.
 pub(crate) fn state_dir(ns: &str) -> PathBuf {
     PathBuf::from(format!("/tmp/{ns}-state"))
@@ -1022,8 +1016,7 @@ pub(crate) fn start_agents_with(
         let (args, log) = extra(i);
         let state = state_dir(&h.ns);
         cleanup::add_path(&state);
-        cleanup::add_path(Path::new(BPFFS).join(format!("daolinet/tmp_{}_state", h.ns)));
-        let mut cmd = agent(&build.bin, &h.ns, &state, &["run", "--uplink", "eth0"]);
+        let mut cmd = agent(build, &h.ns, &state, &["run", "--uplink", "eth0"]);
         cmd.args(&args);
         if log.is_some() {
             cmd.env("NO_COLOR", "1");
@@ -1067,7 +1060,7 @@ fn exited(pid: u32) -> bool {
 }
 
 /// Install the DaoliNet pair of flows on both hosts through the agents.
-pub(crate) fn install_rules(bin: &Path, hosts: &[Host]) -> Result<()> {
+pub(crate) fn install_rules(build: &Build, hosts: &[Host]) -> Result<()> {
     step("installing the DaoliNet pair of flows (logical <-> physical rewrite, no tunnel)");
     for (i, h) in hosts.iter().enumerate() {
         let o = &hosts[1 - i];
@@ -1082,7 +1075,7 @@ pub(crate) fn install_rules(bin: &Path, hosts: &[Host]) -> Result<()> {
         let state = state_dir(&h.ns);
         for f in [out, back] {
             eprintln!("    {}: {f}", h.ns);
-            let st = agent(bin, &h.ns, &state, &["rule", "add", &f])
+            let st = agent(build, &h.ns, &state, &["rule", "add", &f])
                 .stdout(Stdio::null())
                 .status()?;
             if !st.success() {

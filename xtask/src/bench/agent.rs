@@ -43,7 +43,6 @@ const FLOWS: u32 = 100_000;
 /// Table sizes of the install/delete rates.
 const SIZES: [u32; 2] = [FLOWS, 1_000_000];
 const PACKETS: usize = 300;
-const BPFFS: &str = "/run/daolinet-bench-agent-bpffs";
 const CTL_PORT: u16 = 6653;
 const MAC_A: &str = "02:00:00:00:00:0a";
 const MAC_B: &str = "02:00:00:00:00:0b";
@@ -1109,13 +1108,13 @@ fn listener(h: &str) -> Result<TcpListener> {
 
 fn bench_agent(bin: &Path) -> Result<Setup> {
     step("agent: topology, agent with --controller");
-    let tag = cleanup::claim_tag("dlba", BPFFS)?;
+    let tag = cleanup::claim_tag("dlba")?;
+    let bpffs = cleanup::mount_bpffs(&tag)?;
     let (h, a, b) = topology(&tag)?;
     let l = listener(&h)?;
     // The names the sweep of interrupted runs knows.
     let state = PathBuf::from(format!("/tmp/{h}-state"));
     cleanup::add_path(&state);
-    cleanup::add_path(Path::new(BPFFS).join(format!("daolinet/tmp_{h}_state")));
     // The agent's own per-packet timings (its `daolinet_agent::latency`
     // trace events) go to this file.
     let log = PathBuf::from(format!("/tmp/{h}-agent.log"));
@@ -1123,7 +1122,9 @@ fn bench_agent(bin: &Path) -> Result<Setup> {
     let child = Command::new("ip")
         .args(["netns", "exec", &h])
         .arg(bin)
-        .args(["--bpffs", BPFFS, "--state-dir"])
+        .arg("--bpffs")
+        .arg(&bpffs)
+        .arg("--state-dir")
         .arg(&state)
         .args(["run", "--uplink", "up0", "--port", "pa=1", "--port", "pb=2"])
         .args(["--controller", &format!("tcp:127.0.0.1:{CTL_PORT}")])
@@ -1261,7 +1262,7 @@ fn agent_timings(log: &str) -> Result<Inside> {
 
 fn bench_ovs() -> Result<Setup> {
     step("Open vSwitch: topology, ovsdb-server + ovs-vswitchd (netdev datapath)");
-    let tag = cleanup::claim_tag("dlbo", BPFFS)?;
+    let tag = cleanup::claim_tag("dlbo")?;
     let (h, a, b) = topology(&tag)?;
     let l = listener(&h)?;
     // ovsdb-server and ovs-vswitchd run inside the host namespace: the
@@ -1408,13 +1409,6 @@ pub fn run(setup: bool) -> Result<()> {
     );
     step("the agent's flow table alone (userspace, no BPF): 100k and 1M flows");
     let alone = table_alone(&SIZES)?;
-    std::fs::create_dir_all(BPFFS)?;
-    let mounted = std::fs::read_to_string("/proc/self/mounts")?
-        .lines()
-        .any(|l| l.split(' ').nth(1) == Some(BPFFS));
-    if !mounted {
-        sh(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))?;
-    }
     let mut settled = Settled::default();
     if std::env::var_os("DAOLINET_BENCH_AGENT_RATES_ONLY").is_some() {
         // A quick look at the agent's install and delete rates while

@@ -290,7 +290,7 @@ pub fn run(setup: bool) -> Result<()> {
     let (build, _guard, tag) = prepare(setup, "the datapath benchmark", "dlbench")?;
     let agent_hosts = topology(&format!("{tag}a"))?;
     start_agents(&build, &agent_hosts)?;
-    install_rules(&build.bin, &agent_hosts)?;
+    install_rules(&build, &agent_hosts)?;
     let kernel_hosts = topology(&format!("{tag}k"))?;
     step("configuring plain kernel IP forwarding in the second topology");
     kernel_routing(&kernel_hosts)?;
