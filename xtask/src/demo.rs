@@ -325,9 +325,10 @@ impl Demo {
             bail!("the first ping c1 -> c2 got no reply");
         }
         step("h1's agent counted it: PACKET_INs sent (ARP, first packet), PACKET_OUTs executed");
-        let st = show(&mut self.agent(0, &["status"]))?;
+        show(&mut self.agent(0, &["status"]))?;
+        let st = output(&mut self.agent(0, &["status", "--json"]))?;
         let v: serde_json::Value = serde_json::from_str(&st)
-            .with_context(|| format!("`daolinet-agent status` output: {st}"))?;
+            .with_context(|| format!("`daolinet-agent status --json` output: {st}"))?;
         let (pin, pout) = (
             v["counters"]["packet_in"].as_u64().unwrap_or(0),
             v["counters"]["packet_out"].as_u64().unwrap_or(0),
