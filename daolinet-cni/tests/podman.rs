@@ -35,30 +35,10 @@ fn podman(lab: &Lab, h: &ClusterHost, image: &Path, networks: &[&str]) -> Podman
     let bin_dir = daolinet_testlab::workspace_bin("daolinet-cni");
     let p = Podman::new(lab, &h.ns, &[bin_dir.parent().unwrap()]);
     for n in networks {
-        write_conflist(&p, h, n, json!({}));
+        p.daolinet_network(n, &h.agent_socket(), json!({}));
     }
     p.import(image, IMAGE);
     p
-}
-
-/// `<name>.conflist` in podman's CNI directory for DaoliNet network
-/// `name`, plus `extra` keys in the plugin's configuration.
-fn write_conflist(p: &Podman, h: &ClusterHost, name: &str, extra: Value) {
-    let mut plugin = json!({
-        "type": "daolinet-cni",
-        "network": name,
-        "agentSocket": h.agent_socket().to_str().unwrap(),
-        "capabilities": {"ips": true, "mac": true},
-    });
-    if let (Some(m), Some(e)) = (plugin.as_object_mut(), extra.as_object()) {
-        m.extend(e.clone());
-    }
-    let list = json!({"cniVersion": "1.0.0", "name": name, "plugins": [plugin]});
-    std::fs::write(
-        p.cni_config_dir().join(format!("{name}.conflist")),
-        serde_json::to_string_pretty(&list).unwrap(),
-    )
-    .unwrap();
 }
 
 fn network(c: &Cluster, name: &str, subnet: &str, tenant: &str) {
@@ -70,21 +50,7 @@ fn network(c: &Cluster, name: &str, subnet: &str, tenant: &str) {
 }
 
 fn cni_links(h: &ClusterHost) -> Vec<String> {
-    h.ns.ip(&["-o", "link", "show"])
-        .lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|n| n.split('@').next().unwrap_or(n).to_string())
-        .filter(|n| n.starts_with("dlc"))
-        .collect()
-}
-
-fn container_ports(h: &ClusterHost) -> usize {
-    let v: Value = serde_json::from_str(&h.agent.cli(&["ports"])).unwrap_or_default();
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["kind"] == "container")
-        .count()
+    h.links_starting_with(&["dlc"])
 }
 
 /// The controller's record of the container named `name`.
@@ -182,10 +148,10 @@ fn podman_containers_on_two_hosts_share_a_network() {
     );
 
     // podman rm releases the address and leaves nothing on the host.
-    let h2_ports = container_ports(c.host(2));
+    let h2_ports = c.host(2).container_ports();
     p2.ok(&["rm", "-f", "db"]);
     assert!(registered(&c, "db").is_none(), "db still registered");
-    assert_eq!(container_ports(c.host(2)), h2_ports - 1);
+    assert_eq!(c.host(2).container_ports(), h2_ports - 1);
     assert_eq!(cni_links(c.host(2)).len(), 1, "only other's veth is left");
     assert!(
         eventually(DEADLINE, || !c
@@ -220,7 +186,7 @@ fn podman_containers_on_two_hosts_share_a_network() {
     p1.ok(&["rm", "-f", "web"]);
     let h1 = c.host(1);
     assert_eq!(cni_links(h1), Vec::<String>::new());
-    assert_eq!(container_ports(h1), 0);
+    assert_eq!(h1.container_ports(), 0);
     assert!(registered(&c, "web").is_none());
     p2.ok(&["rm", "-f", "db2", "other"]);
     assert_eq!(c.containers(), Vec::<Value>::new());
@@ -237,10 +203,14 @@ fn podman_run_says_what_is_wrong_and_leaks_nothing() {
     network(&c, "tiny", "10.3.0.0/30", "t1");
     let image = busybox_image(lab.dir());
     let p = podman(&lab, c.host(1), &image, &["blue", "tiny", "ghost"]);
-    write_conflist(&p, c.host(1), "typo", json!({"netwrok": "blue"}));
+    p.daolinet_network(
+        "typo",
+        &c.host(1).agent_socket(),
+        json!({"netwrok": "blue"}),
+    );
     let h = c.host(1);
     let refused = |args: &[&str], words: &str| {
-        let (links, ports) = (cni_links(h), container_ports(h));
+        let (links, ports) = (cni_links(h), h.container_ports());
         let mut full = vec!["run", "--rm"];
         full.extend_from_slice(args);
         full.extend_from_slice(&[IMAGE, "true"]);
@@ -253,7 +223,7 @@ fn podman_run_says_what_is_wrong_and_leaks_nothing() {
         );
         eprintln!("podman run {args:?}: {}", r.stderr.trim());
         assert_eq!(cni_links(h), links, "veth left by {args:?}");
-        assert_eq!(container_ports(h), ports, "port left by {args:?}");
+        assert_eq!(h.container_ports(), ports, "port left by {args:?}");
     };
 
     refused(&["--network", "nosuch"], "nosuch");

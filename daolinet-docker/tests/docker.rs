@@ -10,12 +10,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::Path;
-use std::process::Command;
-
 use daolinet_testlab::{
-    busybox_image, eventually, workspace_bin, Cluster, ClusterHost, Dockerd, Lab, Need, Proc,
-    DEADLINE, DOCKER_PROGRAMS,
+    busybox_image, eventually, Cluster, ClusterHost, DockerHost, Dockerd, Lab, Need, DEADLINE,
+    DOCKER_PROGRAMS,
 };
 use serde_json::Value;
 
@@ -31,40 +28,6 @@ fn needs() -> Vec<Need> {
     ];
     n.extend(DOCKER_PROGRAMS.map(Need::Program));
     n
-}
-
-/// A host's driver and dockerd (the daemon declared first: stopped first).
-struct DockerHost {
-    d: Dockerd,
-    _driver: Proc,
-}
-
-fn docker_host(lab: &Lab, h: &ClusterHost, image: &Path) -> DockerHost {
-    let dir = lab.subdir(&format!("dkdrv-{}", h.ns));
-    let plugins = dir.join("plugins");
-    std::fs::create_dir_all(&plugins).unwrap();
-    let sock = plugins.join("daolinet.sock");
-    let mut c = Command::new("nsenter");
-    c.arg(format!("--net=/run/netns/{}", h.ns))
-        .arg(workspace_bin("daolinet-docker"))
-        .arg("--socket")
-        .arg(&sock)
-        .arg("--agent-socket")
-        .arg(h.agent_socket())
-        .arg("--state-file")
-        .arg(dir.join("state.json"));
-    let driver = Proc::spawn(
-        &mut c,
-        &format!("daolinet-docker in {}", h.ns),
-        Some(&dir.join("driver.log")),
-    );
-    assert!(
-        eventually(DEADLINE, || sock.exists()),
-        "the driver did not listen"
-    );
-    let d = Dockerd::start_with_plugins(lab, &h.ns, Some(&plugins));
-    d.import(image, IMAGE);
-    DockerHost { d, _driver: driver }
 }
 
 fn create(d: &Dockerd, docker_name: &str, network: &str, subnet: &str, tenant: &str) {
@@ -86,21 +49,7 @@ fn create(d: &Dockerd, docker_name: &str, network: &str, subnet: &str, tenant: &
 }
 
 fn driver_links(h: &ClusterHost) -> Vec<String> {
-    h.ns.ip(&["-o", "link", "show"])
-        .lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|n| n.split('@').next().unwrap_or(n).to_string())
-        .filter(|n| n.starts_with("dld") || n.starts_with("dlp"))
-        .collect()
-}
-
-fn container_ports(h: &ClusterHost) -> usize {
-    let v: Value = serde_json::from_str(&h.agent.cli(&["ports"])).unwrap_or_default();
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["kind"] == "container")
-        .count()
+    h.links_starting_with(&["dld", "dlp"])
 }
 
 fn record_with_ip(c: &Cluster, ip: &str) -> Option<Value> {
@@ -123,8 +72,8 @@ fn docker_containers_on_two_hosts_share_a_network() {
     };
     let mut c = Cluster::start(&mut lab, 2, &[]);
     let image = busybox_image(lab.dir());
-    let d1 = docker_host(&lab, c.host(1), &image);
-    let d2 = docker_host(&lab, c.host(2), &image);
+    let d1 = DockerHost::start(&lab, c.host(1), &image, IMAGE);
+    let d2 = DockerHost::start(&lab, c.host(2), &image, IMAGE);
     create(&d1.d, "blue", "blue", "10.1.0.0/24", "t1");
     create(&d2.d, "blue", "blue", "10.1.0.0/24", "t1");
     create(&d2.d, "red", "red", "10.2.0.0/24", "t2");
@@ -204,13 +153,13 @@ fn docker_containers_on_two_hosts_share_a_network() {
     );
 
     // docker rm releases the address and leaves nothing on the host.
-    let h2_ports = container_ports(c.host(2));
+    let h2_ports = c.host(2).container_ports();
     d2.d.ok(&["rm", "-f", "db"]);
     assert!(
         record_with_ip(&c, "10.1.0.40").is_none(),
         "db still registered"
     );
-    assert_eq!(container_ports(c.host(2)), h2_ports - 1);
+    assert_eq!(c.host(2).container_ports(), h2_ports - 1);
     assert_eq!(
         driver_links(c.host(2)).len(),
         1,
@@ -249,7 +198,7 @@ fn docker_containers_on_two_hosts_share_a_network() {
     d1.d.ok(&["rm", "-f", "web"]);
     let h1 = c.host(1);
     assert_eq!(driver_links(h1), Vec::<String>::new());
-    assert_eq!(container_ports(h1), 0);
+    assert_eq!(h1.container_ports(), 0);
     assert!(record_with_ip(&c, &web_ip).is_none());
     d2.d.ok(&["rm", "-f", "db2", "other"]);
     assert_eq!(c.containers(), Vec::<Value>::new());
@@ -271,13 +220,13 @@ fn docker_says_what_is_wrong_and_leaks_nothing() {
     };
     let mut c = Cluster::start(&mut lab, 1, &[]);
     let image = busybox_image(lab.dir());
-    let dh = docker_host(&lab, c.host(1), &image);
+    let dh = DockerHost::start(&lab, c.host(1), &image, IMAGE);
     let d = &dh.d;
     create(d, "blue", "blue", "10.1.0.0/24", "t1");
     create(d, "tiny", "tiny", "10.3.0.0/30", "t1");
     let h = c.host(1);
     let refused = |args: &[&str], words: &str| {
-        let (links, ports, regs) = (driver_links(h), container_ports(h), c.containers().len());
+        let (links, ports, regs) = (driver_links(h), h.container_ports(), c.containers().len());
         let mut full = vec!["run", "--rm"];
         full.extend_from_slice(args);
         full.extend_from_slice(&[IMAGE, "true"]);
@@ -290,7 +239,7 @@ fn docker_says_what_is_wrong_and_leaks_nothing() {
         );
         eprintln!("docker run {args:?}: {}", r.stderr.trim());
         assert_eq!(driver_links(h), links, "veth left by {args:?}");
-        assert_eq!(container_ports(h), ports, "port left by {args:?}");
+        assert_eq!(h.container_ports(), ports, "port left by {args:?}");
         assert_eq!(c.containers().len(), regs, "registration left by {args:?}");
     };
     refused(&["--network", "nosuch"], "network nosuch not found");

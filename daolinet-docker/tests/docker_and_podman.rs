@@ -11,68 +11,22 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
-use std::process::Command;
 
 use daolinet_testlab::{
-    busybox_image, eventually, workspace_bin, Cluster, ClusterHost, Dockerd, Lab, Need, Podman,
-    Proc, DEADLINE, DOCKER_PROGRAMS, PODMAN_PROGRAMS,
+    busybox_image, workspace_bin, Cluster, ClusterHost, DockerHost, Lab, Need, Podman,
+    DOCKER_PROGRAMS, PODMAN_PROGRAMS,
 };
 use serde_json::{json, Value};
 
 const DOCKER_IMAGE: &str = "rtbusybox:1";
 const PODMAN_IMAGE: &str = "localhost/rtbusybox:1";
 
-/// dockerd on `h` with its own `daolinet-docker` driver (the daemon
-/// declared first: stopped first).
-struct DockerHost {
-    d: Dockerd,
-    _driver: Proc,
-}
-
-fn docker_host(lab: &Lab, h: &ClusterHost, image: &Path) -> DockerHost {
-    let dir = lab.subdir(&format!("dkdrv-{}", h.ns));
-    let plugins = dir.join("plugins");
-    std::fs::create_dir_all(&plugins).unwrap();
-    let sock = plugins.join("daolinet.sock");
-    let mut c = Command::new("nsenter");
-    c.arg(format!("--net=/run/netns/{}", h.ns))
-        .arg(workspace_bin("daolinet-docker"))
-        .arg("--socket")
-        .arg(&sock)
-        .arg("--agent-socket")
-        .arg(h.agent_socket())
-        .arg("--state-file")
-        .arg(dir.join("state.json"));
-    let driver = Proc::spawn(
-        &mut c,
-        &format!("daolinet-docker in {}", h.ns),
-        Some(&dir.join("driver.log")),
-    );
-    assert!(
-        eventually(DEADLINE, || sock.exists()),
-        "the driver did not listen"
-    );
-    let d = Dockerd::start_with_plugins(lab, &h.ns, Some(&plugins));
-    d.import(image, DOCKER_IMAGE);
-    DockerHost { d, _driver: driver }
-}
-
 /// podman on `h`, one CNI configuration per DaoliNet network in `networks`.
 fn podman(lab: &Lab, h: &ClusterHost, image: &Path, networks: &[&str]) -> Podman {
     let bin = workspace_bin("daolinet-cni");
     let p = Podman::new(lab, &h.ns, &[bin.parent().unwrap()]);
     for n in networks {
-        let list = json!({"cniVersion": "1.0.0", "name": n, "plugins": [{
-            "type": "daolinet-cni",
-            "network": n,
-            "agentSocket": h.agent_socket().to_str().unwrap(),
-            "capabilities": {"ips": true, "mac": true},
-        }]});
-        std::fs::write(
-            p.cni_config_dir().join(format!("{n}.conflist")),
-            serde_json::to_string_pretty(&list).unwrap(),
-        )
-        .unwrap();
+        p.daolinet_network(n, &h.agent_socket(), json!({}));
     }
     p.import(image, PODMAN_IMAGE);
     p
@@ -88,21 +42,7 @@ fn record_with_ip(c: &Cluster, ip: &str) -> Value {
 
 /// The host's attachment veths (Docker's `dld`/`dlp`, CNI's `dlc`).
 fn attachment_links(h: &ClusterHost) -> Vec<String> {
-    h.ns.ip(&["-o", "link", "show"])
-        .lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|n| n.split('@').next().unwrap_or(n).to_string())
-        .filter(|n| n.starts_with("dld") || n.starts_with("dlp") || n.starts_with("dlc"))
-        .collect()
-}
-
-fn container_ports(h: &ClusterHost) -> usize {
-    let v: Value = serde_json::from_str(&h.agent.cli(&["ports"])).unwrap_or_default();
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["kind"] == "container")
-        .count()
+    h.links_starting_with(&["dld", "dlp", "dlc"])
 }
 
 #[test]
@@ -123,7 +63,7 @@ fn a_docker_and_a_podman_container_share_a_network() {
     let c = Cluster::start(&mut lab, 2, &[]);
     let image = busybox_image(lab.dir());
     // Host 1: Docker. Its network creates DaoliNet's blue in the controller.
-    let d1 = docker_host(&lab, c.host(1), &image);
+    let d1 = DockerHost::start(&lab, c.host(1), &image, DOCKER_IMAGE);
     d1.d.ok(&[
         "network",
         "create",
@@ -266,7 +206,7 @@ fn a_docker_and_a_podman_container_share_a_network() {
             "veths left on {}",
             h.name
         );
-        assert_eq!(container_ports(h), 0, "ports left on {}", h.name);
+        assert_eq!(h.container_ports(), 0, "ports left on {}", h.name);
     }
     d1.d.ok(&["network", "rm", "blue"]);
 }

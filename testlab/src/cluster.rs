@@ -36,6 +36,29 @@ pub struct ClusterHost {
 }
 
 impl ClusterHost {
+    /// How many of the agent's ports are container ports.
+    pub fn container_ports(&self) -> usize {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.agent.cli(&["ports"])).unwrap_or_default();
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["kind"] == "container")
+            .count()
+    }
+
+    /// The names of the host's links that start with one of `prefixes`
+    /// (a runtime integration's veths).
+    pub fn links_starting_with(&self, prefixes: &[&str]) -> Vec<String> {
+        self.ns
+            .ip(&["-o", "link", "show"])
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .filter(|n| prefixes.iter().any(|p| n.starts_with(p)))
+            .collect()
+    }
+
     /// The agent's control socket.
     pub fn agent_socket(&self) -> PathBuf {
         self.agent.state_dir().join("agent.sock")

@@ -71,7 +71,7 @@ pub use netns::{in_netns, Netns, ThreadNetns, Veth};
 pub use ovs::{OvsHost, OVS_PROGRAMS};
 pub use proxy::TcpProxy;
 pub use runtimes::{
-    busybox_image, unmount_under, Dockerd, Podman, DOCKER_PROGRAMS, PODMAN_PROGRAMS,
+    busybox_image, unmount_under, DockerHost, Dockerd, Podman, DOCKER_PROGRAMS, PODMAN_PROGRAMS,
 };
 pub use skip::{
     bpf_object, is_root, on_path, require, summary_line, under_ci, Need, Ready, OBJECT_ENV,

@@ -421,3 +421,66 @@ impl Drop for Podman {
         unmount_under(&self.dir);
     }
 }
+
+/// dockerd of a cluster host with DaoliNet's `daolinet-docker` driver
+/// serving it through a private plugin directory (the daemon declared
+/// first: stopped before the driver).
+pub struct DockerHost {
+    /// The host's dockerd.
+    pub d: Dockerd,
+    _driver: Proc,
+}
+
+impl DockerHost {
+    /// Start `daolinet-docker` (talking to `h`'s agent) and a dockerd that
+    /// finds it, then import `image` as `name`.
+    pub fn start(lab: &Lab, h: &crate::ClusterHost, image: &Path, name: &str) -> DockerHost {
+        let dir = lab.subdir(&format!("dkdrv-{}", h.ns));
+        let plugins = dir.join("plugins");
+        std::fs::create_dir_all(&plugins)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", plugins.display()));
+        let sock = plugins.join("daolinet.sock");
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", h.ns))
+            .arg(crate::workspace_bin("daolinet-docker"))
+            .arg("--socket")
+            .arg(&sock)
+            .arg("--agent-socket")
+            .arg(h.agent_socket())
+            .arg("--state-file")
+            .arg(dir.join("state.json"));
+        let driver = Proc::spawn(
+            &mut c,
+            &format!("daolinet-docker in {}", h.ns),
+            Some(&dir.join("driver.log")),
+        );
+        assert!(
+            crate::eventually(crate::DEADLINE, || sock.exists()),
+            "the driver did not listen"
+        );
+        let d = Dockerd::start_with_plugins(lab, &h.ns, Some(&plugins));
+        d.import(image, name);
+        DockerHost { d, _driver: driver }
+    }
+}
+
+impl Podman {
+    /// Write `<network>.conflist` in its CNI directory: DaoliNet network
+    /// `network` through `daolinet-cni` and the agent at `agent_socket`,
+    /// with `extra` keys added to the plugin's configuration.
+    pub fn daolinet_network(&self, network: &str, agent_socket: &Path, extra: serde_json::Value) {
+        let mut plugin = serde_json::json!({
+            "type": "daolinet-cni",
+            "network": network,
+            "agentSocket": agent_socket.to_string_lossy(),
+            "capabilities": {"ips": true, "mac": true},
+        });
+        if let (Some(m), Some(e)) = (plugin.as_object_mut(), extra.as_object()) {
+            m.extend(e.clone());
+        }
+        let list = serde_json::json!({"cniVersion": "1.0.0", "name": network, "plugins": [plugin]});
+        let path = self.cni_config_dir().join(format!("{network}.conflist"));
+        std::fs::write(&path, format!("{list:#}"))
+            .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    }
+}
