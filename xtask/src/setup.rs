@@ -39,6 +39,9 @@ const APT_PACKAGES: &[&str] = &[
     // images are imported from busybox-static (no registry is reachable).
     "docker.io",
     "podman",
+    // CNI reference plugins (bridge, host-local): podman's bridge beside
+    // daolinet-cni in `cargo xtask bench attach`.
+    "containernetworking-plugins",
     "runc",
     "busybox-static",
     // A real Prometheus scrapes the agents' and the controller's metrics.

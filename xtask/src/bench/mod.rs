@@ -3,6 +3,7 @@
 use anyhow::Result;
 
 mod agent;
+mod attach;
 mod cluster;
 mod controller;
 mod datapath;
@@ -35,6 +36,11 @@ pub enum Which {
     /// small model: memory, API and decision latency (also the last part
     /// of `controller`).
     Scale,
+    /// Docker (`daolinet` driver) and podman (`daolinet-cni`): time from
+    /// the run command to the first ping, N containers in a row
+    /// (containers/s, p99), vs Docker's bridge driver and podman's CNI
+    /// bridge.
+    Attach,
 }
 
 /// Run one benchmark, or all of them.
@@ -47,6 +53,7 @@ pub fn run(which: Option<Which>, setup: bool) -> Result<()> {
         Some(Which::Cluster) => cluster::run(setup),
         Some(Which::Failover) => failover::run(setup),
         Some(Which::Scale) => controller::run_scale(setup),
+        Some(Which::Attach) => attach::run(setup),
         None => {
             openflow::run()?;
             datapath::run(setup)?;
