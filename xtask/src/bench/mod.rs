@@ -60,7 +60,8 @@ pub fn run(which: Option<Which>, setup: bool) -> Result<()> {
             controller::run(false)?;
             agent::run(false)?;
             cluster::run(false)?;
-            failover::run(false)
+            failover::run(false)?;
+            attach::run(false)
         }
     }
 }
