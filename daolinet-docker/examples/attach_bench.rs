@@ -27,7 +27,8 @@
 //! `run -d` right after the previous one returned, without waiting for
 //! network): throughput is N / (last container with network - first run
 //! command), and the per-container times give p50 and p99. All of them are
-//! removed before the next. `DAOLINET_ATTACH_ROUNDS` and `DAOLINET_ATTACH_N`
+//! removed before the next. One container per way before the first round
+//! is not counted (warm-up). `DAOLINET_ATTACH_ROUNDS` and `DAOLINET_ATTACH_N`
 //! override the round count and N.
 //!
 //! Needs root, dockerd, podman, busybox-static, the CNI reference plugins
@@ -50,9 +51,9 @@ use daolinet_testlab::{
 use serde_json::json;
 
 /// Rounds (each runs the four ways once, in alternating order).
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 /// Containers started in a row per way and round.
-const N: usize = 10;
+const N: usize = 15;
 /// How long a batch may take to get network.
 const BATCH_DEADLINE: Duration = Duration::from_secs(180);
 
@@ -494,6 +495,16 @@ fn main() {
             "atpbr",
         ),
     ];
+    // Warm-up, not measured: each way's first container after its peer
+    // (first use of its code paths, caches, the image's layer).
+    for w in &ways {
+        check_stop();
+        let out = lab.subdir(&format!("out-{}-warm", w.short));
+        let one = vec![format!("{}-warm", w.short)];
+        let (t, _) = w.start(&out, &one);
+        w.rt.remove(&one);
+        eprintln!("warm-up, {}: {:.0} ms (not counted)", w.label, ms(t[0]));
+    }
     let mut results: Vec<Results> = ways.iter().map(|_| Results::default()).collect();
     for r in 0..rounds {
         let mut order: Vec<usize> = (0..ways.len()).collect();
@@ -541,7 +552,7 @@ fn main() {
          network (same host, never talked to before: address, routes, ARP and DaoliNet's first-packet \
          decision in the controller all done); the container pings every 20 ms from its first \
          instruction and marks the first reply in a bind-mounted directory polled every 1 ms. \
-         Each round runs the four ways in alternating order: one container alone, then {n} started \
+         After one uncounted warm-up container per way, each round runs the four ways in alternating order: one container alone, then {n} started \
          in a row (each run right after the previous returned); containers/s = {n} / (last with \
          network - first run command). Load average before {load_before}, after {load_after} \
          (2 cores, shared with other helpers' builds and tests).\n"
