@@ -45,8 +45,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use daolinet_testlab::{
-    busybox_image, eventually, workspace_bin, Cluster, ClusterHost, Dockerd, Lab, Need, Podman,
-    Proc, DEADLINE, DOCKER_PROGRAMS, PODMAN_PROGRAMS,
+    busybox_image, workspace_bin, Cluster, DockerHost, Dockerd, Lab, Need, Podman, DOCKER_PROGRAMS,
+    PODMAN_PROGRAMS,
 };
 use serde_json::json;
 
@@ -133,41 +133,6 @@ fn median(v: &[f64]) -> f64 {
         n if n % 2 == 1 => v[n / 2],
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
-}
-
-/// dockerd with its own `daolinet-docker` driver (the daemon declared
-/// first: stopped first).
-struct DockerHost {
-    d: Dockerd,
-    _driver: Proc,
-}
-
-fn docker_host(lab: &Lab, h: &ClusterHost, image: &Path) -> DockerHost {
-    let dir = lab.subdir(&format!("dkdrv-{}", h.ns));
-    let plugins = dir.join("plugins");
-    std::fs::create_dir_all(&plugins).unwrap();
-    let sock = plugins.join("daolinet.sock");
-    let mut c = Command::new("nsenter");
-    c.arg(format!("--net=/run/netns/{}", h.ns))
-        .arg(workspace_bin("daolinet-docker"))
-        .arg("--socket")
-        .arg(&sock)
-        .arg("--agent-socket")
-        .arg(h.agent_socket())
-        .arg("--state-file")
-        .arg(dir.join("state.json"));
-    let driver = Proc::spawn(
-        &mut c,
-        &format!("daolinet-docker in {}", h.ns),
-        Some(&dir.join("driver.log")),
-    );
-    assert!(
-        eventually(DEADLINE, || sock.exists()),
-        "the driver did not listen"
-    );
-    let d = Dockerd::start_with_plugins(lab, &h.ns, Some(&plugins));
-    d.import(image, DOCKER_IMAGE);
-    DockerHost { d, _driver: driver }
 }
 
 /// A container runtime of the lab.
@@ -401,7 +366,7 @@ fn main() {
     let c = Cluster::start(&mut lab, 1, &[]);
     let h = c.host(1);
     let image = busybox_image(lab.dir());
-    let dh = docker_host(&lab, h, &image);
+    let dh = DockerHost::start(&lab, h, &image, DOCKER_IMAGE);
     let docker = &dh.d;
     docker.ok(&[
         "network",
@@ -442,14 +407,7 @@ fn main() {
         )
         .unwrap();
     };
-    conf(
-        "atgreen",
-        json!({"cniVersion": "1.0.0", "name": "atgreen", "plugins": [{
-            "type": "daolinet-cni",
-            "network": "atgreen",
-            "agentSocket": h.agent_socket().to_str().unwrap(),
-        }]}),
-    );
+    podman.daolinet_network("atgreen", &h.agent_socket(), json!({}));
     let ipam_dir = lab.subdir("host-local");
     conf(
         "atpbr",
