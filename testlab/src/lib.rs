@@ -18,7 +18,9 @@
 //!   one underlay, as the runtime integrations' tests need), [`Dockerd`]
 //!   and [`Podman`] (container runtimes with state of their own in a host
 //!   namespace) and [`busybox_image`] (an image without a registry).
-//! - **One REST API client** ([`Api`]), also from inside a namespace.
+//! - **One REST API client** ([`Api`]), also from inside a namespace, with
+//!   typed shortcuts that fill the model (`add_host`, `add_network`,
+//!   `add_container`).
 //! - **Helpers**: commands with clear failure messages ([`sh`],
 //!   [`Netns::run`]), ping ([`Netns::ping`]), [`iperf3`], waiting for a
 //!   condition with a deadline ([`wait_until`], [`wait_for`], [`wait_poll`]).
@@ -46,6 +48,7 @@ mod etcd;
 mod fs;
 mod http;
 mod lab;
+mod model;
 mod names;
 mod netns;
 mod ovs;

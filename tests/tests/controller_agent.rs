@@ -52,40 +52,20 @@ fn controller_drives_two_agents() {
     // Model: two hosts (uplink = OpenFlow port 65000), one network,
     // containers a (h1 port 1), c (h1 port 2), b (h2 port 1).
     for i in 1..=2 {
-        api.ok(
-            "POST",
-            "/api/hosts",
-            Some(&format!(
-                r#"{{"name":"h{i}","dpid":{i},"ip":"{NET}.{i}","mac":"02:00:00:00:d5:0{i}","uplink_port":65000}}"#
-            )),
+        api.add_host(
+            &format!("h{i}"),
+            i,
+            &format!("{NET}.{i}"),
+            &format!("02:00:00:00:d5:0{i}"),
+            65000,
         );
     }
-    api.ok(
-        "POST",
-        "/api/networks",
-        Some(r#"{"name":"blue","subnet":"10.213.0.0/24"}"#),
-    );
-    let container = |id: &str, host: &str, port: u32| {
-        api.ok(
-            "POST",
-            "/api/containers",
-            Some(&format!(
-                r#"{{"id":"{id}","network":"blue","host":"{host}","port":{port}}}"#
-            )),
-        )
-    };
+    api.add_network("blue", "10.213.0.0/24");
+    let container = |id: &str, host: &str, port: u32| api.add_container(id, "blue", host, port);
     // An isolated network with a container on h2 (in the model only:
     // trace sends nothing).
-    api.ok(
-        "POST",
-        "/api/networks",
-        Some(r#"{"name":"red","subnet":"10.214.0.0/24"}"#),
-    );
-    api.ok(
-        "POST",
-        "/api/containers",
-        Some(r#"{"id":"cr","network":"red","host":"h2","port":2}"#),
-    );
+    api.add_network("red", "10.214.0.0/24");
+    api.add_container("cr", "red", "h2", 2);
     let a = container("ca", "h1", 1);
     let b = container("cb", "h2", 1);
     let c = container("cc", "h1", 2);

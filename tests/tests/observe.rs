@@ -75,30 +75,19 @@ fn isolated_spoofed_and_flooded_containers_are_explained() {
     let ctl = lab.controller_in(&h1, &["--idle-timeout", "30", "--deny-timeout", "600"]);
     let api = ctl.api();
     for i in 1..=2 {
-        api.ok(
-            "POST",
-            "/api/hosts",
-            Some(&format!(
-                r#"{{"name":"h{i}","dpid":{i},"ip":"{NET}.{i}","mac":"02:00:00:00:d7:0{i}","uplink_port":65000}}"#
-            )),
+        api.add_host(
+            &format!("h{i}"),
+            i,
+            &format!("{NET}.{i}"),
+            &format!("02:00:00:00:d7:0{i}"),
+            65000,
         );
     }
     for (name, subnet) in [("blue", "10.215.0.0/24"), ("red", "10.216.0.0/24")] {
-        api.ok(
-            "POST",
-            "/api/networks",
-            Some(&format!(r#"{{"name":"{name}","subnet":"{subnet}"}}"#)),
-        );
+        api.add_network(name, subnet);
     }
-    let register = |id: &str, net: &str, host: &str, port: u32| {
-        api.ok(
-            "POST",
-            "/api/containers",
-            Some(&format!(
-                r#"{{"id":"{id}","network":"{net}","host":"{host}","port":{port}}}"#
-            )),
-        )
-    };
+    let register =
+        |id: &str, net: &str, host: &str, port: u32| api.add_container(id, net, host, port);
     let a = register("ca", "blue", "h1", 1);
     let b = register("cb", "blue", "h2", 1);
     let r = register("cr", "red", "h2", 2);

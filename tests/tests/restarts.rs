@@ -99,28 +99,16 @@ fn restarts_of_controller_and_agent_lose_no_packet() {
     let mut ctl = Controller::start(&opts);
     let api = ctl.api().clone();
     for i in 1..=2 {
-        api.ok(
-            "POST",
-            "/api/hosts",
-            Some(&format!(
-                r#"{{"name":"h{i}","dpid":{i},"ip":"{NET}.{i}","mac":"02:00:00:00:d6:0{i}","uplink_port":65000}}"#
-            )),
+        api.add_host(
+            &format!("h{i}"),
+            i,
+            &format!("{NET}.{i}"),
+            &format!("02:00:00:00:d6:0{i}"),
+            65000,
         );
     }
-    api.ok(
-        "POST",
-        "/api/networks",
-        Some(r#"{"name":"blue","subnet":"10.214.0.0/24"}"#),
-    );
-    let container = |id: &str, host: &str, port: u32| {
-        api.ok(
-            "POST",
-            "/api/containers",
-            Some(&format!(
-                r#"{{"id":"{id}","network":"blue","host":"{host}","port":{port}}}"#
-            )),
-        )
-    };
+    api.add_network("blue", "10.214.0.0/24");
+    let container = |id: &str, host: &str, port: u32| api.add_container(id, "blue", host, port);
     let a = container("ca", "h1", 1);
     let b = container("cb", "h2", 1);
     let c = container("cc", "h1", 2);

@@ -108,35 +108,17 @@ fn agents_and_open_vswitch_over_tls() {
     let ctl = Controller::start(&opts);
     let api = ctl.api().clone();
     for i in 1..=2 {
-        api.ok(
-            "POST",
-            "/api/hosts",
-            Some(&format!(
-                r#"{{"name":"h{i}","dpid":{i},"ip":"{NET}.{i}","mac":"02:00:00:00:d7:0{i}","uplink_port":65000}}"#
-            )),
+        api.add_host(
+            &format!("h{i}"),
+            i,
+            &format!("{NET}.{i}"),
+            &format!("02:00:00:00:d7:0{i}"),
+            65000,
         );
     }
-    api.ok(
-        "POST",
-        "/api/hosts",
-        Some(&format!(
-            r#"{{"name":"ovs3","dpid":"{BR_DPID}","ip":"{NET}.3","mac":"02:00:00:00:d7:03","uplink_port":1}}"#
-        )),
-    );
-    api.ok(
-        "POST",
-        "/api/networks",
-        Some(r#"{"name":"blue","subnet":"10.215.0.0/24"}"#),
-    );
-    let container = |id: &str, host: &str, port: u32| {
-        api.ok(
-            "POST",
-            "/api/containers",
-            Some(&format!(
-                r#"{{"id":"{id}","network":"blue","host":"{host}","port":{port}}}"#
-            )),
-        )
-    };
+    api.add_host("ovs3", BR_DPID, &format!("{NET}.3"), "02:00:00:00:d7:03", 1);
+    api.add_network("blue", "10.215.0.0/24");
+    let container = |id: &str, host: &str, port: u32| api.add_container(id, "blue", host, port);
     let a = container("ca", "h1", 1);
     let b = container("cb", "h2", 1);
     let oa = container("oa", "ovs3", 2);

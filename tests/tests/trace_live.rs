@@ -52,30 +52,19 @@ fn live_probes_report_delivery_and_drops_on_agent_and_ovs_hosts() {
     let ctl = lab.controller_in(&h1, &["--idle-timeout", "30", "--deny-timeout", "60"]);
     let api = ctl.api();
     for (name, dpid, i) in [("ha", "0000000000000001", 1), ("ho", "0000000000000002", 2)] {
-        api.ok(
-            "POST",
-            "/api/hosts",
-            Some(&format!(
-                r#"{{"name":"{name}","dpid":"{dpid}","ip":"{NET}.{i}","mac":"02:00:00:00:da:0{i}","uplink_port":65000}}"#
-            )),
+        api.add_host(
+            name,
+            dpid,
+            &format!("{NET}.{i}"),
+            &format!("02:00:00:00:da:0{i}"),
+            65000,
         );
     }
     for (name, subnet) in [("blue", "10.218.0.0/24"), ("red", "10.219.0.0/24")] {
-        api.ok(
-            "POST",
-            "/api/networks",
-            Some(&format!(r#"{{"name":"{name}","subnet":"{subnet}"}}"#)),
-        );
+        api.add_network(name, subnet);
     }
-    let register = |id: &str, net: &str, host: &str, port: u32| {
-        api.ok(
-            "POST",
-            "/api/containers",
-            Some(&format!(
-                r#"{{"id":"{id}","network":"{net}","host":"{host}","port":{port}}}"#
-            )),
-        )
-    };
+    let register =
+        |id: &str, net: &str, host: &str, port: u32| api.add_container(id, net, host, port);
     let a = register("ca", "blue", "ha", 1);
     let b = register("cb", "blue", "ho", 2);
     let r = register("cr", "red", "ho", 3);
