@@ -231,25 +231,13 @@ impl Dockerd {
 
     /// `docker ARGS`; what it did.
     pub fn docker(&self, args: &[&str]) -> Ran {
-        cmd::output_of(
-            &mut self.command(args),
-            &format!("docker {}", args.join(" ")),
-        )
+        run_cli("docker", self.command(args), args)
     }
 
     /// `docker ARGS`, which must succeed; its stdout, trimmed.
     #[track_caller]
     pub fn ok(&self, args: &[&str]) -> String {
-        let r = self.docker(args);
-        assert!(
-            r.ok,
-            "docker {} (in {}) failed: {}{}",
-            args.join(" "),
-            self.host,
-            r.stderr,
-            r.stdout
-        );
-        r.stdout.trim().to_string()
+        stdout_if_ok("docker", &self.host, args, self.docker(args))
     }
 
     /// Import `tarball` as image `name`.
@@ -387,25 +375,13 @@ impl Podman {
 
     /// `podman ARGS`; what it did.
     pub fn podman(&self, args: &[&str]) -> Ran {
-        cmd::output_of(
-            &mut self.command(args),
-            &format!("podman {}", args.join(" ")),
-        )
+        run_cli("podman", self.command(args), args)
     }
 
     /// `podman ARGS`, which must succeed; its stdout, trimmed.
     #[track_caller]
     pub fn ok(&self, args: &[&str]) -> String {
-        let r = self.podman(args);
-        assert!(
-            r.ok,
-            "podman {} (in {}) failed: {}{}",
-            args.join(" "),
-            self.host,
-            r.stderr,
-            r.stdout
-        );
-        r.stdout.trim().to_string()
+        stdout_if_ok("podman", &self.host, args, self.podman(args))
     }
 
     /// Import `tarball` as image `name`.
@@ -483,4 +459,23 @@ impl Podman {
         std::fs::write(&path, format!("{list:#}"))
             .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
     }
+}
+
+/// `TOOL ARGS` run through `command` (a runtime's CLI): what it did.
+fn run_cli(tool: &str, mut command: Command, args: &[&str]) -> Ran {
+    cmd::output_of(&mut command, &format!("{tool} {}", args.join(" ")))
+}
+
+/// The trimmed stdout of `TOOL ARGS` run in namespace `host`, which must
+/// have succeeded; else the test fails with the command and its output.
+#[track_caller]
+fn stdout_if_ok(tool: &str, host: &str, args: &[&str], r: Ran) -> String {
+    assert!(
+        r.ok,
+        "{tool} {} (in {host}) failed: {}{}",
+        args.join(" "),
+        r.stderr,
+        r.stdout
+    );
+    r.stdout.trim().to_string()
 }
