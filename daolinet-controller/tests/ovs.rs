@@ -40,41 +40,12 @@ fn open_vswitch_bridge_is_served() {
     let api = p.api();
 
     // The model: host (the bridge), network, two containers on ports 2, 3.
-    let call = |m: &str, path: &str, b: &str| api.ok(m, path, Some(b));
-    call(
-        "POST",
-        "/api/hosts",
-        &format!(
-            r#"{{"name":"ovs1","dpid":"{DPID}","ip":"192.168.77.1","mac":"02:00:00:00:77:01","uplink_port":1}}"#
-        ),
-    );
-    call(
-        "POST",
-        "/api/networks",
-        r#"{"name":"blue","subnet":"10.77.0.0/24"}"#,
-    );
-    let a = call(
-        "POST",
-        "/api/containers",
-        r#"{"id":"ca","network":"blue","host":"ovs1","port":2}"#,
-    );
-    let b = call(
-        "POST",
-        "/api/containers",
-        r#"{"id":"cb","network":"blue","host":"ovs1","port":3}"#,
-    );
-    call(
-        "POST",
-        "/api/hosts",
-        &format!(
-            r#"{{"name":"ovs2","dpid":"{DPID2}","ip":"192.168.77.2","mac":"02:00:00:00:77:02","uplink_port":1}}"#
-        ),
-    );
-    let c = call(
-        "POST",
-        "/api/containers",
-        r#"{"id":"cc","network":"blue","host":"ovs2","port":2}"#,
-    );
+    api.add_host("ovs1", DPID, "192.168.77.1", "02:00:00:00:77:01", 1);
+    api.add_network("blue", "10.77.0.0/24");
+    let a = api.add_container("ca", "blue", "ovs1", 2);
+    let b = api.add_container("cb", "blue", "ovs1", 3);
+    api.add_host("ovs2", DPID2, "192.168.77.2", "02:00:00:00:77:02", 1);
+    let c = api.add_container("cc", "blue", "ovs2", 2);
     let ip = |c: &serde_json::Value| c["ip"].as_str().unwrap().to_string();
     let mac = |c: &serde_json::Value| c["mac"].as_str().unwrap().to_string();
 
@@ -183,10 +154,10 @@ fn open_vswitch_bridge_is_served() {
     );
     assert!(nc.ping(&ip(&a), 3, 2), "ping c -> a failed");
 
-    call(
+    api.ok(
         "POST",
         "/api/policies",
-        r#"{"a":"ca","b":"cb","action":"disconnect"}"#,
+        Some(r#"{"a":"ca","b":"cb","action":"disconnect"}"#),
     );
     ovs.wait_flows(BR, "pair flows deleted", FLOWS, |f| {
         !f.lines()

@@ -429,13 +429,7 @@ fn interoperate_then(strict: bool, extra: Option<Step>) {
 
     let mut containers: Vec<(String, Netns)> = Vec::new();
     for (id, network, host, port) in layout {
-        let c = api.ok(
-            "POST",
-            "/api/containers",
-            Some(&format!(
-                r#"{{"id":"{id}","network":"{network}","host":"{host}","port":{port}}}"#
-            )),
-        );
+        let c = api.add_container(id, network, host, port);
         let (ip, mac) = (c["ip"].as_str().unwrap(), c["mac"].as_str().unwrap());
         let gw = api.ok("GET", &format!("/api/networks/{network}"), None)["gateway"]
             .as_str()
