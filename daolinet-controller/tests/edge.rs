@@ -664,21 +664,29 @@ fn traceroute_and_anti_spoofing_on_agent_hosts() {
             .unwrap_or_else(|| panic!("no spoofed drops of pa in the metrics:\n{m}"))
     };
     assert!(a.ping("10.1.0.5", 1, 3), "a lost e");
-    let before = spoofed(&w);
-    a.ip(&["addr", "add", "10.1.0.9/32", "dev", "eth0"]);
-    let forged_ip = a.ok(&[
+    forged_sources_are_dropped_and_counted(&w, a, spoofed);
+}
+
+/// Container `c` (which reaches 10.1.0.5) forges its IPv4 source, then its
+/// MAC: both are dropped, and each raises `count` (the host kind's spoofing
+/// counter). `c` keeps the forged MAC afterwards.
+#[track_caller]
+fn forged_sources_are_dropped_and_counted(w: &World, c: &Netns, count: impl Fn(&World) -> u64) {
+    let before = count(w);
+    c.ip(&["addr", "add", "10.1.0.9/32", "dev", "eth0"]);
+    let forged_ip = c.ok(&[
         "ping", "-n", "-c", "2", "-W", "2", "-I", "10.1.0.9", "10.1.0.5",
     ]);
     assert!(!forged_ip, "a forged IPv4 source got through");
-    let after_ip = spoofed(&w);
+    let after_ip = count(w);
     assert!(
         after_ip > before,
         "forged IP not counted: {before} -> {after_ip}"
     );
-    a.ip(&["addr", "del", "10.1.0.9/32", "dev", "eth0"]);
-    a.ip(&["link", "set", "eth0", "address", "02:00:00:00:0a:99"]);
-    assert!(!a.ping("10.1.0.5", 2, 2), "a forged MAC got through");
-    let after_mac = spoofed(&w);
+    c.ip(&["addr", "del", "10.1.0.9/32", "dev", "eth0"]);
+    c.ip(&["link", "set", "eth0", "address", "02:00:00:00:0a:99"]);
+    assert!(!c.ping("10.1.0.5", 2, 2), "a forged MAC got through");
+    let after_mac = count(w);
     assert!(
         after_mac > after_ip,
         "forged MAC not counted: {after_ip} -> {after_mac}"
@@ -871,25 +879,7 @@ fn the_edge_of_an_ovs_host() {
 
     // Anti-spoofing by flow on the OVS host: forged IP, then forged MAC.
     assert!(c.ping("10.1.0.5", 1, 3), "c lost e");
-    let before_spoof = spoofed(&w);
-    c.ip(&["addr", "add", "10.1.0.9/32", "dev", "eth0"]);
-    let forged_ip = c.ok(&[
-        "ping", "-n", "-c", "2", "-W", "2", "-I", "10.1.0.9", "10.1.0.5",
-    ]);
-    assert!(!forged_ip, "a forged IPv4 source got through");
-    let after_ip = spoofed(&w);
-    assert!(
-        after_ip > before_spoof,
-        "forged IP not counted: {before_spoof} -> {after_ip}"
-    );
-    c.ip(&["addr", "del", "10.1.0.9/32", "dev", "eth0"]);
-    c.ip(&["link", "set", "eth0", "address", "02:00:00:00:0a:99"]);
-    assert!(!c.ping("10.1.0.5", 2, 2), "a forged MAC got through");
-    let after_mac = spoofed(&w);
-    assert!(
-        after_mac > after_ip,
-        "forged MAC not counted: {after_ip} -> {after_mac}"
-    );
+    forged_sources_are_dropped_and_counted(&w, &c, spoofed);
 
     // Leaving puts the host back as it was.
     for id in ["eg-c", "eg-d", "eg-g"] {
