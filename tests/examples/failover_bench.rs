@@ -22,10 +22,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use daolinet_testlab::{workspace_bin, Controller, Lab, Need, ETCD_PROGRAMS};
-use daolinet_tests::ha::{first_answer, metric, Ha, HaOpts, Pinger, Stream};
+use daolinet_tests::ha::{first_answer, metric, wait_raft_leader, Ha, HaOpts, Pinger, Stream};
 
 /// Leader kills measured.
 const KILLS: usize = 10;
@@ -39,6 +40,44 @@ const REPS: usize = 3;
 const SWITCHES: usize = 16;
 const CONTAINERS: usize = 32;
 const WINDOW: usize = 64;
+
+/// Set by SIGINT, SIGTERM or SIGHUP: stop measuring and clean up.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+/// Turn Ctrl-C (and SIGTERM, SIGHUP) into a panic at the next step, so
+/// that the lab's guards stop the controllers, agents, Open vSwitch and
+/// etcd and remove the namespaces instead of the process dying with them
+/// in place. `cargo xtask bench failover` starts this in a process group
+/// of its own (so that Ctrl-C does not also kill the daemons the cleanup
+/// stops itself): it asks for SIGTERM when the xtask dies.
+fn catch_signals() {
+    for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        unsafe {
+            libc::signal(
+                s,
+                on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            )
+        };
+    }
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) };
+    // SAFETY: no arguments.
+    if unsafe { libc::getppid() } == 1 {
+        STOP.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Panic (and so clean up) if a signal asked to stop.
+fn check_stop() {
+    if STOP.load(Ordering::Relaxed) {
+        panic!("interrupted: removing everything the benchmark created");
+    }
+}
 
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -79,28 +118,6 @@ struct MemberKill {
     leaders: (usize, usize),
 }
 
-/// The index of the etcd member that is the raft leader now.
-#[track_caller]
-fn raft_leader(ha: &Ha) -> usize {
-    let r = ha.etcd.etcdctl(&["endpoint", "status", "-w", "json"]);
-    assert!(r.ok, "etcdctl endpoint status: {}{}", r.stdout, r.stderr);
-    let v: serde_json::Value = serde_json::from_str(&r.stdout)
-        .unwrap_or_else(|e| panic!("etcdctl endpoint status: {e}: {}", r.stdout));
-    let leader_ep = v
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|m| m["Status"]["leader"] == m["Status"]["header"]["member_id"])
-        .and_then(|m| m["Endpoint"].as_str())
-        .unwrap_or_else(|| panic!("no raft leader in {}", r.stdout))
-        .to_string();
-    ha.etcd
-        .endpoints()
-        .iter()
-        .position(|e| *e == leader_ep)
-        .unwrap_or_else(|| panic!("{leader_ep} is not a member"))
-}
-
 /// [`MEMBER_KILLS`] times, in the lab of the leader kills: pings on
 /// established flows, the etcd raft leader `kill -9`ed 1 s into them, the
 /// time to a working new connection from both kinds of host (new probes),
@@ -109,12 +126,13 @@ fn member_kills(ha: &mut Ha) -> Vec<MemberKill> {
     let ipb = ha.b.ip.clone();
     let mut out = Vec::new();
     for k in 0..MEMBER_KILLS {
+        check_stop();
         let probe = KILLS + k;
         let before = ha.leader();
         let pings = Pinger::start(&ha.a.ns, &ipb, PINGS);
         let ovs_pings = Pinger::start(&ha.ovs_ctrs[0].ns, &ipb, PINGS);
         std::thread::sleep(Duration::from_secs(1));
-        let m = raft_leader(ha);
+        let m = wait_raft_leader(&ha.etcd);
         ha.etcd.kill9(m);
         let killed = std::time::SystemTime::now();
         let (new_conn, ovs_conn) = std::thread::scope(|s| {
@@ -151,6 +169,8 @@ fn member_kills(ha: &mut Ha) -> Vec<MemberKill> {
 
 /// One leader kill.
 struct Kill {
+    /// When another controller was first seen leading.
+    elected: Duration,
     new_conn: Duration,
     ovs_conn: Duration,
     sent: u32,
@@ -185,6 +205,7 @@ fn kills() -> (Vec<Kill>, Vec<(u64, f64)>, Vec<MemberKill>) {
     let mut out = Vec::new();
     let mut baseline = Vec::new();
     for k in 0..KILLS {
+        check_stop();
         if k % 3 == 0 {
             let stream = Stream::start(&ha.b.ns, &ha.a.ns, &ipb, STREAM_SECS);
             let r = stream_figures(&stream.finish("no kill"));
@@ -202,13 +223,15 @@ fn kills() -> (Vec<Kill>, Vec<(u64, f64)>, Vec<MemberKill>) {
         // Both established (the stream's first interval done) before the kill.
         std::thread::sleep(Duration::from_secs(1));
         let killed = ha.kill9(old);
-        let (new_conn, ovs_conn) = std::thread::scope(|s| {
+        let (elected, new_conn, ovs_conn) = std::thread::scope(|s| {
             let ovs = s.spawn(|| first_answer(&ha.ovs_ctrs[1 + k].ns, &ipb, killed));
+            let elected = s.spawn(|| ha.new_leader_seen(old, killed));
             let agent = first_answer(&ha.probes[k].ns, &ipb, killed);
             let ovs = ovs
                 .join()
                 .unwrap_or_else(|_| panic!("the Open vSwitch probe failed"));
-            (agent, ovs)
+            let elected = elected.join().unwrap_or_else(|_| panic!("no new leader"));
+            (elected, agent, ovs)
         });
         let new = ha.leader();
         let (sent, received) = pings.finish();
@@ -216,12 +239,13 @@ fn kills() -> (Vec<Kill>, Vec<(u64, f64)>, Vec<MemberKill>) {
         let r = stream.finish("leader killed");
         let (_, worst) = stream_figures(&r);
         eprintln!(
-            "kill {}/{KILLS}: controller {old} killed, {new} leads; new connection after {new_conn:?} (agent host), {ovs_conn:?} (Open vSwitch host); pings {received}/{sent}, from Open vSwitch {ovs_received}/{ovs_sent}; stream {} retransmits, worst 0.5 s at {:.0}% of the median",
+            "kill {}/{KILLS}: controller {old} killed, {new} leads (seen after {elected:?}); new connection after {new_conn:?} (agent host), {ovs_conn:?} (Open vSwitch host); pings {received}/{sent}, from Open vSwitch {ovs_received}/{ovs_sent}; stream {} retransmits, worst 0.5 s at {:.0}% of the median",
             k + 1,
             r.retransmits,
             worst * 100.0
         );
         out.push(Kill {
+            elected,
             new_conn,
             ovs_conn,
             sent,
@@ -386,6 +410,7 @@ fn decisions() -> [Vec<(f64, f64)>; 2] {
     let mut out: [Vec<(f64, f64)>; 2] = Default::default();
     for rep in 0..REPS {
         for i in 0..2 {
+            check_stop();
             // A run that got no answers (the leader moved meanwhile) is
             // made again, against the leader of then, at most twice.
             let mut attempt = 0;
@@ -414,6 +439,7 @@ fn decisions() -> [Vec<(f64, f64)>; 2] {
 }
 
 fn main() {
+    catch_signals();
     let started = Instant::now();
     let load0 = loadavg();
     let (ks, baseline, mks) = kills();
@@ -427,6 +453,10 @@ fn main() {
     let ovs_ms: Vec<f64> = ks
         .iter()
         .map(|k| k.ovs_conn.as_secs_f64() * 1000.0)
+        .collect();
+    let el_ms: Vec<f64> = ks
+        .iter()
+        .map(|k| k.elected.as_secs_f64() * 1000.0)
         .collect();
     let ovs_sent: u32 = ks.iter().map(|k| k.ovs_sent).sum();
     let ovs_lost: u32 = ks.iter().map(|k| k.ovs_sent - k.ovs_received).sum();
@@ -482,7 +512,8 @@ fn main() {
          | {KILLS} leader kills: time to a working new connection | p50 | max | (runs, ms) |\n\
          |---|---:|---:|---|\n\
          | from an agent host | **{p50:.0} ms** | **{max:.0} ms** | {list} |\n\
-         | from the Open vSwitch host | **{op50:.0} ms** | **{omax:.0} ms** | {olist} |\n\n\
+         | from the Open vSwitch host | **{op50:.0} ms** | **{omax:.0} ms** | {olist} |\n\
+         | (another controller seen leading: its `daolinet_leader` metric, polled every 10 ms) | {ep50:.0} ms | {emax:.0} ms | {elist} |\n\n\
          Established flows over the {KILLS} kills: pings lost **{lost} of {sent}** between \
          the agent hosts and **{ovs_lost} of {ovs_sent}** from the Open vSwitch host \
          (`ping -i 0.01`, {PINGS} per kill each); iperf3 ({STREAM_SECS} s per kill, 0.5 s \
@@ -533,6 +564,9 @@ fn main() {
         op50 = quantile(&ovs_ms, 0.5),
         omax = quantile(&ovs_ms, 1.0),
         olist = runs(&ovs_ms, 0),
+        ep50 = quantile(&el_ms, 0.5),
+        emax = quantile(&el_ms, 1.0),
+        elist = runs(&el_ms, 0),
         retr = runs(&retrans, 0),
         rmed = median(&retrans),
         worst = runs(&worst, 0),

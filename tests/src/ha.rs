@@ -51,8 +51,16 @@ pub struct HaOpts {
     /// Controller 0 reaches etcd only through relays the test can cut
     /// ([`Ha::relays`]).
     pub relayed: bool,
-    /// Host 1's agent and Open vSwitch also connect to [`ROGUE_PORT`].
+    /// Host 1's agent and Open vSwitch also connect to [`ROGUE_PORT`]
+    /// ([`Ha::rogue_target`]).
     pub rogue: bool,
+    /// With `rogue`: a second 3-member etcd cluster ([`Ha::etcd_b`]) in a
+    /// namespace of its own, linked to host 1 and the Open vSwitch host by
+    /// management links of their own (`10.252.i.0/24`), where the rogue
+    /// target is: controllers started there ([`Ha::rogue_netns`]) on that
+    /// cluster's store are another controller set on another store at the
+    /// same switches.
+    pub other_etcd: bool,
 }
 
 /// The Open vSwitch host's bridge.
@@ -118,6 +126,8 @@ pub struct Ha {
     pub hosts: Vec<Netns>,
     /// The underlay bridge's namespace.
     pub underlay: Netns,
+    /// The second etcd cluster ([`HaOpts::other_etcd`]).
+    pub etcd_b: Option<EtcdCluster>,
     /// The etcd cluster; the controllers run in its namespace.
     pub etcd: EtcdCluster,
     /// The lab (dropped last).
@@ -167,6 +177,22 @@ impl Ha {
                 .addr(&format!("m{i}"), &format!("10.251.{i}.1/24"));
         }
 
+        let etcd_b = (o.rogue && o.other_etcd).then(|| {
+            let dir = lab.subdir(&format!("etcd-b-{}", daolinet_testlab::fresh_tag()));
+            let b = EtcdCluster::start(lab.netns("etcdb"), dir, 3);
+            for (k, h) in hosts.iter().enumerate() {
+                let i = k + 1;
+                if i == 2 {
+                    continue;
+                }
+                h.veth_to("m1", b.netns(), &format!("n{i}"));
+                h.addr("m1", &format!("10.252.{i}.2/24"));
+                b.netns()
+                    .addr(&format!("n{i}"), &format!("10.252.{i}.1/24"));
+            }
+            b
+        });
+        let rogue_net = if etcd_b.is_some() { "10.252" } else { "10.251" };
         let store = etcd.store_spec();
         let relays: Vec<TcpProxy> = if o.relayed {
             etcd.endpoints()
@@ -271,13 +297,14 @@ impl Ha {
             }
             if o.rogue && i == 1 {
                 args.push("--controller".into());
-                args.push(format!("tcp:10.251.{i}.1:{ROGUE_PORT}"));
+                args.push(format!("tcp:{rogue_net}.{i}.1:{ROGUE_PORT}"));
             }
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             agents.push(lab.agent(&hosts[i - 1], &args));
         }
         let (ovs, ovs_ctrs) = if with_ovs {
-            let (ovs, ctrs) = join_ovs(&lab, &hosts[2], &ctls, &api, probes.len().max(1), o.rogue);
+            let rogue = o.rogue.then(|| format!("tcp:{rogue_net}.3.1:{ROGUE_PORT}"));
+            let (ovs, ctrs) = join_ovs(&lab, &hosts[2], &ctls, &api, probes.len().max(1), rogue);
             for x in &ctrs {
                 neighbour(x, &b);
             }
@@ -299,6 +326,7 @@ impl Ha {
             ovs,
             hosts,
             underlay,
+            etcd_b,
             etcd,
             lab,
         };
@@ -488,6 +516,77 @@ impl Ha {
         }
     }
 
+    /// Where host `i` (1: the agent, 3: Open vSwitch) reaches
+    /// [`ROGUE_PORT`] ([`HaOpts::rogue`]): `tcp:IP:PORT`, as the switch
+    /// shows its controller.
+    pub fn rogue_target(&self, i: usize) -> String {
+        let net = if self.etcd_b.is_some() {
+            "10.252"
+        } else {
+            "10.251"
+        };
+        format!("tcp:{net}.{i}.1:{ROGUE_PORT}")
+    }
+
+    /// The namespace a controller at [`ROGUE_PORT`] runs in: the second
+    /// etcd cluster's ([`HaOpts::other_etcd`]), or else the first's.
+    pub fn rogue_netns(&self) -> &Netns {
+        self.etcd_b.as_ref().unwrap_or(&self.etcd).netns()
+    }
+
+    /// Gives a controller of another store (`to`, its API) what it needs
+    /// to know the switches at [`ROGUE_PORT`]: hosts 1 and 3 as the lab's
+    /// controllers have them (names, datapath ids, addresses) and the
+    /// network `blue`, but none of their containers, so that were it to
+    /// act on a switch it would reconcile the containers' flows away.
+    /// Their datapath ids as the API shows them.
+    #[track_caller]
+    pub fn copy_rogue_hosts(&self, to: &Api) -> Vec<Value> {
+        let hosts = self.api(self.leader()).ok("GET", "/api/hosts", None);
+        let mut dpids = Vec::new();
+        for h in hosts.as_array().into_iter().flatten() {
+            if !matches!(h["name"].as_str(), Some("h1" | "h3")) {
+                continue;
+            }
+            let body = serde_json::json!({
+                "name": h["name"], "dpid": h["dpid"], "ip": h["ip"],
+                "mac": h["mac"], "uplink_port": h["uplink_port"],
+            });
+            to.ok("POST", "/api/hosts", Some(&body.to_string()));
+            dpids.push(h["dpid"].clone());
+        }
+        assert_eq!(dpids.len(), 2, "hosts h1 and h3 in {hosts}");
+        to.ok(
+            "POST",
+            "/api/networks",
+            Some(r#"{"name":"blue","subnet":"10.216.0.0/24"}"#),
+        );
+        dpids
+    }
+
+    /// How long after `since` a controller other than `old` was first
+    /// seen leading (its `daolinet_leader` metric polled every 10 ms):
+    /// the election's share of a failover. Panics after 30 s.
+    #[track_caller]
+    pub fn new_leader_seen(&self, old: usize, since: SystemTime) -> Duration {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let seen = self.ctls.iter().enumerate().any(|(i, c)| {
+                i != old
+                    && c.as_ref()
+                        .is_some_and(|c| metric(c, "daolinet_leader") == Some(1))
+            });
+            if seen {
+                return since.elapsed().unwrap_or_default();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no new leader 30 s after controller {old} went"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// `kill -9` controller `i`; when it died.
     #[track_caller]
     pub fn kill9(&mut self, i: usize) -> SystemTime {
@@ -506,6 +605,57 @@ impl Ha {
     }
 }
 
+/// The index of the etcd member that is the raft leader, asked of the
+/// running members `among` (`etcdctl endpoint status`: the member whose
+/// own id is the leader it reports); `None` while they know no leader
+/// (an election in progress) or do not answer.
+pub fn raft_leader(etcd: &EtcdCluster, among: &[usize]) -> Option<usize> {
+    let eps: Vec<String> = among.iter().map(|&i| etcd.endpoint(i)).collect();
+    let eps = eps.join(",");
+    let r = etcd.netns().output(&[
+        "env",
+        "ETCDCTL_API=3",
+        "etcdctl",
+        "--endpoints",
+        &eps,
+        "--command-timeout",
+        "2s",
+        "endpoint",
+        "status",
+        "-w",
+        "json",
+    ]);
+    if !r.ok {
+        return None;
+    }
+    let v: Value = serde_json::from_str(&r.stdout).ok()?;
+    let leader_ep = v.as_array()?.iter().find(|m| {
+        m["Status"]["leader"].as_u64().is_some_and(|l| l != 0)
+            && m["Status"]["leader"] == m["Status"]["header"]["member_id"]
+    })?["Endpoint"]
+        .as_str()?
+        .to_string();
+    among
+        .iter()
+        .copied()
+        .find(|&i| etcd.endpoint(i) == leader_ep)
+}
+
+/// The etcd member that is the raft leader now (every member running);
+/// waits up to 30 s for one.
+#[track_caller]
+pub fn wait_raft_leader(etcd: &EtcdCluster) -> usize {
+    let all: Vec<usize> = (0..etcd.len()).collect();
+    wait_poll(
+        "an etcd raft leader",
+        Duration::from_secs(30),
+        || match raft_leader(etcd, &all) {
+            Some(i) => Poll::Ready(i),
+            None => Poll::Pending(etcd.etcdctl(&["endpoint", "status"]).stderr),
+        },
+    )
+}
+
 /// Host 3 joins with `daolictl host join-ovs` through the leader, then
 /// gets every controller as a target; containers `e` (port 1) and
 /// `probes` probes `f0`, `f1`... (ports 2...).
@@ -516,7 +666,7 @@ fn join_ovs(
     ctls: &[Option<Controller>],
     api: &Api,
     probes: usize,
-    rogue: bool,
+    rogue: Option<String>,
 ) -> (OvsHost, Vec<Ctr>) {
     let ovs = lab.ovs(host);
     let db = format!("unix:{}/db.sock", ovs.dir().display());
@@ -568,9 +718,7 @@ fn join_ovs(
         .iter()
         .map(|p| format!("tcp:10.251.3.1:{p}"))
         .collect();
-    if rogue {
-        targets.push(format!("tcp:10.251.3.1:{ROGUE_PORT}"));
-    }
+    targets.extend(rogue);
     set.extend(targets.iter().map(String::as_str));
     ovs.vsctl(&set);
     let names = std::iter::once("e".to_string()).chain((0..probes).map(|k| format!("f{k}")));

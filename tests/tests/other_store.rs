@@ -59,7 +59,6 @@ fn a_controller_on_another_store_leaves_the_switches_alone() {
     let Some(ovs) = ha.ovs.as_ref() else {
         panic!("no Open vSwitch host");
     };
-    let leader = ha.leader();
     ha.agents_obey_leader();
     ha.ovs_obeys_leader();
     let agent_before = flows(&ha.agents[0].cli(&["flows"]));
@@ -67,34 +66,15 @@ fn a_controller_on_another_store_leaves_the_switches_alone() {
 
     // The fourth controller, on its own store, with hosts 1 and 3 as the
     // others have them.
-    let e = ha.etcd.netns().name().to_string();
     let lone = Controller::start(
         &ha.lab
             .controller_opts()
-            .netns(&e)
+            .netns(ha.rogue_netns().name())
             .listen(&format!("0.0.0.0:{ROGUE_PORT}"))
             .api("0.0.0.0:0")
             .args(&["--echo-interval", "1"]),
     );
-    let hosts = ha.api(leader).ok("GET", "/api/hosts", None);
-    let mut dpids = Vec::new();
-    for h in hosts.as_array().into_iter().flatten() {
-        if !matches!(h["name"].as_str(), Some("h1" | "h3")) {
-            continue;
-        }
-        let body = serde_json::json!({
-            "name": h["name"], "dpid": h["dpid"], "ip": h["ip"],
-            "mac": h["mac"], "uplink_port": h["uplink_port"],
-        });
-        lone.api().ok("POST", "/api/hosts", Some(&body.to_string()));
-        dpids.push(h["dpid"].clone());
-    }
-    assert_eq!(dpids.len(), 2, "hosts h1 and h3 in {hosts}");
-    lone.api().ok(
-        "POST",
-        "/api/networks",
-        Some(r#"{"name":"blue","subnet":"10.216.0.0/24"}"#),
-    );
+    let dpids = ha.copy_rogue_hosts(lone.api());
 
     // While both switches connect to it (they retry every 8 s at most).
     let pings = Pinger::start(&ha.a.ns, &ha.b.ip, 2000);
@@ -115,7 +95,7 @@ fn a_controller_on_another_store_leaves_the_switches_alone() {
     // EQUAL on both (it asked for no role), the leader still master.
     let status: Value = serde_json::from_str(&ha.agents[0].cli(&["status", "--json"]))
         .unwrap_or_else(|e| panic!("agent status: {e}"));
-    let rogue = format!("tcp:10.251.1.1:{ROGUE_PORT}");
+    let rogue = ha.rogue_target(1);
     assert!(
         status["controller_links"]
             .as_array()
@@ -126,7 +106,7 @@ fn a_controller_on_another_store_leaves_the_switches_alone() {
     );
     assert!(status["generation_id"].as_u64().is_some(), "{status}");
     // (Open vSwitch refreshes its controllers' status every few seconds.)
-    let rogue = format!("tcp:10.251.3.1:{ROGUE_PORT}");
+    let rogue = ha.rogue_target(3);
     wait_poll(
         "Open vSwitch: the fourth controller connected, role other (equal)",
         Duration::from_secs(30),

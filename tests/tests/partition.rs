@@ -60,6 +60,7 @@ fn a_partitioned_leader_steps_down_and_a_stale_master_is_refused() {
         ovs: true,
         relayed: true,
         rogue: true,
+        ..HaOpts::default()
     }) else {
         return;
     };

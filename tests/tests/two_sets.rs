@@ -1,11 +1,14 @@
-//! Privileged: two etcd-backed controller sets at the same switches. The
-//! lab of `failover.rs` (set A: 3-member etcd, 3 controllers with 1 s
-//! leases, two agent hosts and an Open vSwitch host, every switch
-//! connected to every controller) where host 1's agent and Open vSwitch
-//! also connect to [`ROGUE_PORT`]. Set B is two more controllers on the
-//! same etcd cluster under another key prefix (`--etcd-prefix`): its own
-//! model (the same hosts, none of their containers: were it to act it
-//! would reconcile the switches' container flows away) and its own leader.
+//! Privileged: two etcd-backed controller sets, each on an etcd cluster of
+//! its own, at the same switches. The lab of `failover.rs` (set A:
+//! 3-member etcd, 3 controllers with 1 s leases, two agent hosts and an
+//! Open vSwitch host, every switch connected to every controller) where
+//! host 1's agent and Open vSwitch also connect to [`ROGUE_PORT`] in the
+//! namespace of a second, separate 3-member etcd cluster (own data
+//! directories, own management links to the two switches:
+//! `HaOpts::other_etcd`). Set B is two controllers on that second cluster,
+//! with the same key prefix as A's: its own model (the same hosts, none of
+//! their containers: were it to act it would reconcile the switches'
+//! container flows away) and its own leader.
 //! B1 is elected first and reaches no switch; B2 listens on
 //! [`ROGUE_PORT`], so both switches connect to it.
 //!
@@ -33,9 +36,6 @@ use serde_json::Value;
 
 /// The line a controller logs once per switch (and role) it leaves alone.
 const LINE: &str = "has a master elected by controllers on another store";
-
-/// Set B's key prefix.
-const PREFIX: &str = "/ha-set-b/";
 
 /// B1's OpenFlow port (no switch connects to it).
 const B1_PORT: u16 = 6670;
@@ -108,7 +108,7 @@ fn set_of(g: Option<u64>) -> Option<u64> {
 fn agent_view(ha: &Ha) -> (Option<String>, Option<u64>) {
     let status: Value = serde_json::from_str(&ha.agents[0].cli(&["status", "--json"]))
         .unwrap_or_else(|e| panic!("agent status: {e}"));
-    let b2 = format!("tcp:10.251.1.1:{ROGUE_PORT}");
+    let b2 = ha.rogue_target(1);
     let role = status["controller_links"]
         .as_array()
         .into_iter()
@@ -124,6 +124,7 @@ fn a_second_etcd_controller_set_leaves_the_first_sets_switches_alone() {
         probes: 1,
         ovs: true,
         rogue: true,
+        other_etcd: true,
         ..HaOpts::default()
     }) else {
         return;
@@ -139,11 +140,15 @@ fn a_second_etcd_controller_set_leaves_the_first_sets_switches_alone() {
     let agent_before = flows(&ha.agents[0].cli(&["flows"]));
     let ovs_before = ovs_flows(&ha);
 
-    // Set B: same etcd cluster, another prefix. B1 first (its leader;
-    // 5 s leases, so that B2 stays a slave until B1 is killed, even on a
-    // loaded machine).
-    let e = ha.etcd.netns().name().to_string();
-    let store = ha.etcd.store_spec();
+    // Set B: the second etcd cluster, the default prefix as A's. B1 first
+    // (its leader; 5 s leases, so that B2 stays a slave until B1 is
+    // killed, even on a loaded machine).
+    let e = ha.rogue_netns().name().to_string();
+    let store = ha
+        .etcd_b
+        .as_ref()
+        .unwrap_or_else(|| panic!("no second etcd cluster"))
+        .store_spec();
     let b_opts = |port: u16| {
         ha.lab
             .controller_opts()
@@ -151,14 +156,7 @@ fn a_second_etcd_controller_set_leaves_the_first_sets_switches_alone() {
             .store(&store)
             .listen(&format!("0.0.0.0:{port}"))
             .api("0.0.0.0:0")
-            .args(&[
-                "--etcd-prefix",
-                PREFIX,
-                "--lease-ttl",
-                "5",
-                "--echo-interval",
-                "1",
-            ])
+            .args(&["--lease-ttl", "5", "--echo-interval", "1"])
     };
     let b1 = Controller::start(&b_opts(B1_PORT));
     wait_poll("B1 leads set B", Duration::from_secs(30), || {
@@ -167,25 +165,7 @@ fn a_second_etcd_controller_set_leaves_the_first_sets_switches_alone() {
             other => Poll::Pending(format!("{other:?}")),
         }
     });
-    let hosts = ha.api(leader).ok("GET", "/api/hosts", None);
-    let mut dpids = Vec::new();
-    for h in hosts.as_array().into_iter().flatten() {
-        if !matches!(h["name"].as_str(), Some("h1" | "h3")) {
-            continue;
-        }
-        let body = serde_json::json!({
-            "name": h["name"], "dpid": h["dpid"], "ip": h["ip"],
-            "mac": h["mac"], "uplink_port": h["uplink_port"],
-        });
-        b1.api().ok("POST", "/api/hosts", Some(&body.to_string()));
-        dpids.push(h["dpid"].clone());
-    }
-    assert_eq!(dpids.len(), 2, "hosts h1 and h3 in {hosts}");
-    b1.api().ok(
-        "POST",
-        "/api/networks",
-        Some(r#"{"name":"blue","subnet":"10.216.0.0/24"}"#),
-    );
+    let dpids = ha.copy_rogue_hosts(b1.api());
     // Separate sets: A's model has containers, B's none.
     let a_ctrs = ha.api(leader).ok("GET", "/api/containers", None);
     let b_ctrs = b1.api().ok("GET", "/api/containers", None);
@@ -233,7 +213,7 @@ fn a_second_etcd_controller_set_leaves_the_first_sets_switches_alone() {
     let (b2_role, g) = agent_view(&ha);
     assert_eq!(b2_role.as_deref(), Some("equal"));
     assert_eq!(set_of(g), set_of(gen_a), "{g:?}");
-    let b2_target = format!("tcp:10.251.3.1:{ROGUE_PORT}");
+    let b2_target = ha.rogue_target(3);
     wait_poll(
         "Open vSwitch: B2 connected, role other (equal)",
         Duration::from_secs(30),

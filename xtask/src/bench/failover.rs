@@ -9,6 +9,7 @@
 //! (`failover` in BENCHMARKS.md).
 
 use anyhow::{bail, Context, Result};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 use crate::util::{cargo, run as sh, step, workspace_root};
@@ -42,7 +43,11 @@ pub fn run(setup: bool) -> Result<()> {
     ]))?;
     let bin = workspace_root().join("target/release/examples/failover_bench");
     step("10 leader kills, 3 etcd member kills, then decisions/s of one controller vs the leader of three");
+    // A process group of its own: Ctrl-C stops this xtask only; the
+    // benchmark then gets SIGTERM (its parent-death signal) and stops the
+    // lab's daemons (in its group) and removes its namespaces.
     let out = Command::new(&bin)
+        .process_group(0)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .output()
