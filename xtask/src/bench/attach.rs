@@ -8,11 +8,9 @@
 //! runtime tests); this builds it and the daemons in release, runs it and
 //! records the section it prints (`attach` in BENCHMARKS.md).
 
-use anyhow::{bail, Context, Result};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use anyhow::{bail, Result};
 
-use crate::util::{cargo, have, run as sh, step, workspace_root};
+use crate::util::{cargo, have, run as sh, step};
 
 /// Build, run, record.
 pub fn run(setup: bool) -> Result<()> {
@@ -52,32 +50,6 @@ pub fn run(setup: bool) -> Result<()> {
         "-p",
         "daolinet-cni",
     ]))?;
-    sh(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "daolinet-docker",
-        "--example",
-        "attach_bench",
-    ]))?;
-    let bin = workspace_root().join("target/release/examples/attach_bench");
     step("Docker (daolinet, bridge) and podman (daolinet-cni, CNI bridge): one container, then N in a row, rounds alternating");
-    // A process group of its own: Ctrl-C stops this xtask only; the
-    // benchmark then gets SIGTERM (its parent-death signal) and removes its
-    // containers while the daemons it started (in its group) still run.
-    let out = Command::new(&bin)
-        .process_group(0)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    if !out.status.success() {
-        bail!("{} failed with {}", bin.display(), out.status);
-    }
-    let md = String::from_utf8_lossy(&out.stdout);
-    if !md.starts_with("## Attach") {
-        bail!("{} printed no section: {md}", bin.display());
-    }
-    print!("{md}");
-    crate::benchmarks::update_section("attach", &md)
+    super::example::run_and_record("daolinet-docker", "attach_bench", "## Attach", "attach")
 }

@@ -8,11 +8,9 @@
 //! the daemons in release, runs it and records the section it prints
 //! (`failover` in BENCHMARKS.md).
 
-use anyhow::{bail, Context, Result};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use anyhow::{bail, Result};
 
-use crate::util::{cargo, run as sh, step, workspace_root};
+use crate::util::{cargo, run as sh, step};
 
 /// Build, run, record.
 pub fn run(setup: bool) -> Result<()> {
@@ -33,32 +31,11 @@ pub fn run(setup: bool) -> Result<()> {
         "-p",
         "daolinet-loadgen",
     ]))?;
-    sh(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "daolinet-tests",
-        "--example",
-        "failover_bench",
-    ]))?;
-    let bin = workspace_root().join("target/release/examples/failover_bench");
     step("10 leader kills, 3 etcd member kills, then decisions/s of one controller vs the leader of three");
-    // A process group of its own: Ctrl-C stops this xtask only; the
-    // benchmark then gets SIGTERM (its parent-death signal) and stops the
-    // lab's daemons (in its group) and removes its namespaces.
-    let out = Command::new(&bin)
-        .process_group(0)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    if !out.status.success() {
-        bail!("{} failed with {}", bin.display(), out.status);
-    }
-    let md = String::from_utf8_lossy(&out.stdout);
-    if !md.starts_with("## Failover") {
-        bail!("{} printed no section: {md}", bin.display());
-    }
-    print!("{md}");
-    crate::benchmarks::update_section("failover", &md)
+    super::example::run_and_record(
+        "daolinet-tests",
+        "failover_bench",
+        "## Failover",
+        "failover",
+    )
 }

@@ -7,6 +7,7 @@ mod attach;
 mod cluster;
 mod controller;
 mod datapath;
+mod example;
 mod failover;
 mod openflow;
 mod scale;
