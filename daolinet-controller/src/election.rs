@@ -10,32 +10,84 @@
 //!   tagged with the set's [`SetTag`] ([`crate::generation`]), is the
 //!   OpenFlow `generation_id` (it grows with every new leader, as OpenFlow
 //!   requires, and names this set), the others are slaves ([`Role`]);
-//! - the lease is kept alive every `ttl / 4`; a controller whose last
-//!   acknowledged keep-alive was sent more than `3/4 ttl` ago **steps down**
-//!   (etcd cannot have expired the lease yet, so two controllers never act
-//!   as master at once) and campaigns again once etcd answers;
+//! - **followers watch the leader's lease**: every [`SILENCE_POLL`] they
+//!   ask etcd how long it has left. etcd answers in whole seconds rounded
+//!   down, and a leader that keeps its lease alive never lets it fall below
+//!   TTL - 1 s: an answer of 0 s means etcd has heard nothing from the
+//!   leader for more than TTL - 1 s ([`leader_silent`]). The follower then
+//!   revokes that lease, which deletes the leader's key, and the next
+//!   candidate takes over without waiting for etcd to expire the lease
+//!   (which etcd does up to 500 ms after its TTL: it checks every 500 ms);
+//! - the lease is kept alive every [`keepalive_every`]; a controller whose
+//!   last acknowledged keep-alive was sent more than [`step_down_after`]
+//!   ago **steps down**: no other controller can have taken its place yet
+//!   (neither by revoking its lease nor by etcd expiring it,
+//!   [`silence_limit`]), so two controllers never act as master at once;
+//!   it campaigns again once etcd answers;
 //! - a controller that stops resigns: it revokes its lease, which deletes
 //!   its key, and the next candidate takes over at once.
 //!
-//! After a leader dies without resigning (`kill -9`), its lease expires
-//! after `ttl` (etcd checks every 500 ms) and the next candidate is master:
-//! failover takes `ttl` to `ttl + 0.5 s`. etcd refuses leases shorter than
-//! 1.5 election timeouts (rounded up to whole seconds): a 1 s TTL needs
-//! members started with `--election-timeout` of 600 ms or less; with
-//! etcd's default (1000 ms) the shortest lease is 2 s.
+//! After a leader dies without resigning (`kill -9`), the next candidate
+//! is master [`silence_limit`] after the leader's last keep-alive reached
+//! etcd (at most [`keepalive_every`] before its death), plus up to one
+//! [`SILENCE_POLL`], the revocation (one etcd write) and the election: with
+//! the default 2 s lease, 0.75 s to 1.1 s after the death plus those round
+//! trips. With 1 s leases etcd always answers 0 s, so followers cannot
+//! tell, and the lease has to expire: 0.75 s to 1.5 s. etcd refuses leases
+//! shorter than 1.5 election timeouts (rounded up to whole seconds): 2 s
+//! leases work with etcd's default election timeout (1000 ms); 1 s needs
+//! members started with `--election-timeout` of 600 ms or less.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
-    WatchOptions,
+    Client, Compare, CompareOp, GetOptions, LeaseClient, PutOptions, SortOrder, SortTarget, Txn,
+    TxnOp, WatchOptions,
 };
 use tokio::sync::{oneshot, watch};
 
 use crate::generation::{self, SetTag};
 use crate::ofserver::Role;
 use crate::store::EtcdStore;
+
+/// How often a follower asks etcd how long the leader's lease has left.
+pub const SILENCE_POLL: Duration = Duration::from_millis(100);
+
+/// How long after a leader's last keep-alive reached etcd another
+/// controller may take its place: a follower revokes its lease once etcd
+/// reports less than 1 s left ([`leader_silent`]), TTL - 1 s after that
+/// keep-alive; 1 s leases cannot be told apart (etcd always reports 0 s)
+/// and expire after their TTL.
+pub fn silence_limit(ttl: Duration) -> Duration {
+    let secs = ttl.as_secs().max(1);
+    Duration::from_secs(if secs >= 2 { secs - 1 } else { secs })
+}
+
+/// How long a leader acts without an acknowledged keep-alive: 3/4 of
+/// [`silence_limit`] after the last acknowledged one was sent (etcd got it
+/// after that), so it has stopped before anybody may take its place.
+pub fn step_down_after(ttl: Duration) -> Duration {
+    silence_limit(ttl) * 3 / 4
+}
+
+/// How often the lease is kept alive: three tries before
+/// [`step_down_after`].
+pub fn keepalive_every(ttl: Duration) -> Duration {
+    step_down_after(ttl) / 3
+}
+
+/// Whether the leader's lease, as etcd reports it (`granted`: its TTL,
+/// `remaining`: whole seconds left, rounded down; negative once expired),
+/// shows a leader etcd has not heard from for more than [`silence_limit`]:
+/// less than 1 s left of a lease of 2 s or more. A live leader renews
+/// every [`keepalive_every`], so its lease always has more than TTL - 1 s
+/// left. Leases of 1 s always show 0 s: never silent, they expire.
+pub fn leader_silent(granted: i64, remaining: i64) -> bool {
+    granted >= 2 && remaining <= 0
+}
 
 /// Election settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +135,7 @@ impl Election {
             cfg,
             role: role_tx,
             leader: leader_tx,
+            leader_lease: None,
         };
         store.runtime().spawn(async move {
             task.run(stop_rx).await;
@@ -125,6 +178,37 @@ struct Campaign {
     cfg: ElectionConfig,
     role: watch::Sender<Role>,
     leader: watch::Sender<Option<Leader>>,
+    /// The leader's lease when another controller leads.
+    leader_lease: Option<i64>,
+}
+
+/// A follower's check of the leader's lease in flight: the lease it
+/// revoked, if it did.
+type Check = Pin<Box<dyn Future<Output = Option<i64>> + Send>>;
+
+/// Asks etcd how long `lease` (the leader's) has left and revokes it if it
+/// shows a silent leader ([`leader_silent`]); the lease if revoked.
+async fn revoke_if_silent(mut lc: LeaseClient, lease: i64) -> Option<i64> {
+    let r = tokio::time::timeout(SILENCE_POLL * 5, lc.time_to_live(lease, None))
+        .await
+        .ok()?
+        .ok()?;
+    if !leader_silent(r.granted_ttl(), r.ttl()) {
+        return None;
+    }
+    tokio::time::timeout(Duration::from_millis(500), lc.revoke(lease))
+        .await
+        .ok()?
+        .ok()?;
+    Some(lease)
+}
+
+/// The check in flight's result; never, without one.
+async fn checked(check: &mut Option<Check>) -> Option<i64> {
+    match check {
+        Some(c) => c.as_mut().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Why the streams of a term ended.
@@ -212,8 +296,8 @@ impl Campaign {
     async fn term(&mut self, lease: i64, ttl: Duration, stop: &mut oneshot::Receiver<()>) -> End {
         let granted_at = Instant::now();
         // Step down this long after the last acknowledged keep-alive was
-        // sent: etcd expires the lease `ttl` after it at the earliest.
-        let safe = ttl - ttl / 4;
+        // sent: nobody takes our place before `silence_limit` after it.
+        let safe = step_down_after(ttl);
         let mut last_ok = granted_at;
         let key = format!("{}{lease:016x}", self.prefix);
         let mut campaigned = false;
@@ -279,9 +363,13 @@ impl Campaign {
             .await
             .map_err(|e| Broken::Stream(format!("keep-alive: {e}")))?;
         let mut sent: VecDeque<Instant> = VecDeque::from([first]);
-        let mut tick = tokio::time::interval(ttl / 4);
+        let mut tick = tokio::time::interval(keepalive_every(ttl));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.reset();
+        // Following: the leader's lease, checked every SILENCE_POLL.
+        let mut poll = tokio::time::interval(SILENCE_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut check: Option<Check> = None;
         let mut evaluate = true;
         loop {
             if evaluate {
@@ -322,6 +410,21 @@ impl Campaign {
                     Ok(None) => return Err(Broken::Stream("observe stream closed".into())),
                     Err(e) => return Err(Broken::Stream(format!("observe: {e}"))),
                 },
+                _ = poll.tick(), if check.is_none() => {
+                    if let Some(l) = self.leader_lease {
+                        check = Some(Box::pin(revoke_if_silent(self.client.lease_client(), l)));
+                    }
+                }
+                revoked = checked(&mut check) => {
+                    check = None;
+                    if let Some(l) = revoked {
+                        tracing::warn!(
+                            lease = %format!("{l:016x}"),
+                            "the leader's lease was not kept alive for over {:?}: revoked it, the next candidate takes over",
+                            silence_limit(ttl)
+                        );
+                    }
+                }
                 _ = tokio::time::sleep_until(deadline) => {
                     // Not safely ours any more: stop acting now; the lease
                     // may still be renewed if etcd answers in time.
@@ -347,6 +450,11 @@ impl Campaign {
                 ),
             )
             .await?;
+        self.leader_lease = r
+            .kvs()
+            .first()
+            .filter(|kv| kv.key() != ours.as_bytes() && kv.lease() != 0)
+            .map(|kv| kv.lease());
         let leader = r.kvs().first().map(|kv| {
             (
                 kv.key().to_vec(),
@@ -407,5 +515,74 @@ mod tests {
     fn ttl_is_whole_seconds_and_at_least_one() {
         assert_eq!(ttl_secs(0), Duration::from_secs(1));
         assert_eq!(ttl_secs(3), Duration::from_secs(3));
+    }
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    #[test]
+    fn timings_of_the_default_and_other_leases() {
+        // (ttl, silence limit, step down after, keep alive every)
+        for (ttl, limit, down, every) in [
+            (1, 1000, 750, 250),
+            (2, 1000, 750, 250),
+            (3, 2000, 1500, 500),
+            (5, 4000, 3000, 1000),
+        ] {
+            let ttl = ttl_secs(ttl);
+            assert_eq!(silence_limit(ttl), MS(limit), "{ttl:?}");
+            assert_eq!(step_down_after(ttl), MS(down), "{ttl:?}");
+            assert_eq!(keepalive_every(ttl), MS(every), "{ttl:?}");
+        }
+    }
+
+    /// What etcd reports of a lease of `ttl` whose last keep-alive arrived
+    /// `since` ago: whole seconds left, rounded down (towards zero).
+    fn reported(ttl: Duration, since: Duration) -> i64 {
+        let left = ttl.as_secs_f64() - since.as_secs_f64();
+        left.trunc() as i64
+    }
+
+    #[test]
+    fn a_leader_steps_down_before_anybody_may_replace_it() {
+        for s in 1..=60 {
+            let ttl = ttl_secs(s);
+            let (limit, down) = (silence_limit(ttl), step_down_after(ttl));
+            assert!(down < limit, "{ttl:?}: {down:?} >= {limit:?}");
+            assert!(limit <= ttl, "{ttl:?}");
+            // Three keep-alives fit before stepping down.
+            assert!(keepalive_every(ttl) * 3 <= down, "{ttl:?}");
+            // Up to its step-down, nobody sees it silent (etcd heard its
+            // last keep-alive no earlier than it was sent).
+            let mut t = Duration::ZERO;
+            while t <= down {
+                assert!(
+                    !leader_silent(s as i64, reported(ttl, t)),
+                    "{ttl:?}: silent after {t:?}"
+                );
+                t += MS(10);
+            }
+        }
+    }
+
+    #[test]
+    fn followers_see_a_dead_leader_after_the_silence_limit() {
+        for s in 2..=60 {
+            let ttl = ttl_secs(s);
+            let limit = silence_limit(ttl);
+            assert!(!leader_silent(s as i64, reported(ttl, limit - MS(10))));
+            assert!(leader_silent(s as i64, reported(ttl, limit + MS(10))));
+            // Expired but not yet revoked: still silent.
+            assert!(leader_silent(s as i64, reported(ttl, ttl + MS(300))));
+        }
+    }
+
+    #[test]
+    fn one_second_leases_are_never_seen_silent_they_expire() {
+        // etcd reports 0 s left all along a 1 s lease.
+        for ms in [1, 10, 250, 900, 999, 1300] {
+            assert_eq!(reported(ttl_secs(1), MS(ms)), 0);
+            assert!(!leader_silent(1, reported(ttl_secs(1), MS(ms))));
+        }
+        assert_eq!(silence_limit(ttl_secs(1)), ttl_secs(1));
     }
 }

@@ -3,7 +3,7 @@
 //! iperf3 and the release-built controller, agent and loadgen next to it.
 //!
 //! 1. **Leader kills**: the lab of `tests/failover.rs` (3-member etcd,
-//!    3 controllers with 1 s leases, 2 agent hosts connected to every
+//!    3 controllers with the default 2 s leases, 2 agent hosts connected to every
 //!    controller), [`KILLS`] times: while `ping -i 0.01` and an iperf3
 //!    stream run on established flows, `kill -9` the leader; the time until
 //!    a new connection (a probe container that never sent before, pinging
@@ -494,7 +494,7 @@ fn main() {
          Command: `cargo xtask bench failover` (the example `tests/examples/failover_bench.rs`, \
          release build). The lab of `tests/tests/failover.rs`: a 3-member etcd cluster \
          (Debian etcd-server, heartbeat 50 ms, election timeout 500 ms), 3 controllers with \
-         `--lease-ttl 1`, two agent hosts and an Open vSwitch host (userspace datapath, \
+         the default 2 s leases, two agent hosts and an Open vSwitch host (userspace datapath, \
          joined with `daolictl host join-ovs`) on an underlay bridge, every switch connected \
          to all 3 controllers (OVS: `ovs-vsctl set-controller` with 3 targets; the leader is \
          its master, the others slaves). {KILLS} times: `ping -i 0.01` (a -> b between the \
@@ -523,9 +523,11 @@ fn main() {
          this loaded machine): retransmits {bretr} (median {bmed:.0}), worst 0.5 s interval \
          {bworst}%. \
          The established flows are in the switches' datapaths, which forward on their own \
-         while no controller is master; the time to a new connection is the 1 s lease \
-         running out (etcd checks expiry every 500 ms), the next candidate's election and \
-         its ROLE_REQUEST to every switch.\n\n\
+         while no controller is master. The time to a new connection: the followers ask \
+         etcd every 100 ms how long the leader's lease has left and revoke it once etcd \
+         reports less than 1 s (no keep-alive for over TTL - 1 s = 1 s), then the next \
+         candidate's election and its ROLE_REQUEST to every switch (the row \
+         \"another controller seen leading\" is the first part).\n\n\
          Then, in the same lab, {MEMBER_KILLS} times: the same pings on established flows, \
          the etcd member that is the raft leader (`etcdctl endpoint status`) is killed with \
          `kill -9` 1 s into them, and two more probes that never sent before (an agent host, \
@@ -539,8 +541,8 @@ fn main() {
          {m_sent}** between the agent hosts and **{m_ovs_lost} of {m_ovs_sent}** from the \
          Open vSwitch host; the controllers' leader changed in {m_moved} of the \
          {MEMBER_KILLS} (etcd elects a new raft leader within its 500 ms election timeout; a \
-         controller whose lease keep-alive goes unanswered for 3/4 of its 1 s lease steps \
-         down).\n\n\
+         controller whose lease keep-alive goes unanswered for 0.75 s steps down, before a \
+         follower may revoke its lease).\n\n\
          Decisions/s: `daolinet-loadgen` in throughput mode ({SWITCHES} fake switches, \
          {CONTAINERS} containers each, {WINDOW} PACKET_INs in flight per switch, 4 s after \
          1 s warm-up; see the controller benchmark) against one controller with its \

@@ -1,6 +1,6 @@
 //! The highly available lab of `tests/failover.rs` and `cargo xtask bench
 //! failover`: a real 3-member etcd cluster (own namespace, own data
-//! directories), three controllers on it (1 s leases) and two agent hosts,
+//! directories), three controllers on it (the default 2 s leases) and two agent hosts,
 //! each agent connected to every controller, joined by an underlay bridge;
 //! optionally a third host with Open vSwitch, joined with `daolictl host
 //! join-ovs` and then given every controller (`ovs-vsctl set-controller
@@ -229,7 +229,7 @@ impl Ha {
                     })
                     .listen(&format!("0.0.0.0:{p}"))
                     .api("0.0.0.0:0")
-                    .args(&["--lease-ttl", "1", "--echo-interval", "1"])
+                    .args(&["--echo-interval", "1"])
             })
             .collect();
         let ctls: Vec<Option<Controller>> =

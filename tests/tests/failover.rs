@@ -1,5 +1,5 @@
 //! Privileged: three controllers on a real 3-member etcd cluster (own
-//! namespace, own data directories, 1 s leases), two agent hosts and an
+//! namespace, own data directories, the default 2 s leases), two agent hosts and an
 //! Open vSwitch host on an underlay bridge, every switch connected to every
 //! controller (the lab: `daolinet_tests::ha`). Open vSwitch has the leader
 //! as its one master and the others as slaves (`ovs-vsctl list

@@ -1,5 +1,5 @@
 //! Privileged: a controller on another store at the same switches. The
-//! lab of `failover.rs` (3-member etcd, 3 controllers with 1 s leases, two
+//! lab of `failover.rs` (3-member etcd, 3 controllers with the default 2 s leases, two
 //! agent hosts and an Open vSwitch host, every switch connected to every
 //! controller), where host 1's agent and Open vSwitch also connect to a
 //! fourth controller started without `--store etcd:` (its own embedded

@@ -1,5 +1,5 @@
 //! Privileged: the lab of `failover.rs` (3-member etcd, 3 controllers with
-//! 1 s leases, two agent hosts and an Open vSwitch host, every switch
+//! 2 s leases, two agent hosts and an Open vSwitch host, every switch
 //! connected to every controller), with controller 0 reaching etcd only
 //! through relays the test cuts, and a controller end of the test's own
 //! (`daolinet_tests::ofpeer`) that host 1's agent and Open vSwitch also
@@ -151,7 +151,7 @@ fn a_partitioned_leader_steps_down_and_a_stale_master_is_refused() {
     //    leader's: ROLE_REQUEST nochange tells it), which is not stale, and
     //    writes a flow, which must be in the table (so the refusal below is
     //    the switch's doing). Should the leadership move meanwhile (on a
-    //    loaded machine a 1 s lease can), a newer generation demotes the
+    //    loaded machine a short lease can), a newer generation demotes the
     //    test's end and the new leader reconciles the flow away: claim again.
     let e = ha.etcd.netns();
     let mut peers = Vec::new();

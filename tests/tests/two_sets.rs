@@ -1,6 +1,6 @@
 //! Privileged: two etcd-backed controller sets, each on an etcd cluster of
 //! its own, at the same switches. The lab of `failover.rs` (set A:
-//! 3-member etcd, 3 controllers with 1 s leases, two agent hosts and an
+//! 3-member etcd, 3 controllers with 2 s leases, two agent hosts and an
 //! Open vSwitch host, every switch connected to every controller) where
 //! host 1's agent and Open vSwitch also connect to [`ROGUE_PORT`] in the
 //! namespace of a second, separate 3-member etcd cluster (own data
@@ -17,7 +17,7 @@
 //! (which would change the switch's generation id) and says so in one line
 //! per switch. B1 is then killed: B2, now B's master, reads the generation
 //! ids again and does not take the switches (one more line each). (On a
-//! loaded machine 1 s leases may change leaders on their own: the test
+//! loaded machine short leases may change leaders on their own: the test
 //! asserts which *set* issued the switches' generation id.) The
 //! switches keep A's leader as master with A's generation id (B2 stays
 //! EQUAL: `daolinet-agent status`, `ovs-vsctl list controller`), their

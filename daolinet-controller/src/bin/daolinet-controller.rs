@@ -79,9 +79,10 @@ struct RunArgs {
     /// API bearer token file (created 0600 with a random token if missing).
     #[arg(long)]
     token_file: Option<PathBuf>,
-    /// With an etcd store: the leader election's lease TTL in seconds. A
-    /// leader that dies is replaced after about this long (etcd raises
-    /// TTLs below 1.5 of its election timeout).
+    /// With an etcd store: the leader election's lease TTL in seconds
+    /// (default 2). A leader that dies is replaced about TTL - 1 s after
+    /// its last keep-alive (1 s leases: when the lease expires, up to 1.5 s);
+    /// etcd raises TTLs below 1.5 of its election timeout.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=60))]
     lease_ttl: Option<u64>,
     /// With an etcd store: the key prefix of this controller set (default
@@ -332,7 +333,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             Election::start(
                 etcd,
                 ElectionConfig {
-                    ttl: election::ttl_secs(a.lease_ttl.unwrap_or(1)),
+                    ttl: election::ttl_secs(a.lease_ttl.unwrap_or(2)),
                     id,
                     tag: *tag,
                 },
