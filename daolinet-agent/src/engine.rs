@@ -27,7 +27,7 @@ use daolinet_openflow::{self as of, FlowMod, Message};
 use crate::conn::{CloseReason, Conn, ConnConfig, Input};
 use crate::datapath::Punt;
 use crate::ofswitch::{ConnId, Effects, PortDesc, Switch};
-use crate::oftable::Counters;
+use crate::oftable::{self, Counters};
 use crate::table::MapOp;
 
 /// Tracing target of the per-packet timing events (TRACE level, off unless
@@ -84,6 +84,13 @@ pub trait Dataplane: Counters {
     /// Apply map operations, in order (errors are the dataplane's to log:
     /// the switch's table stays authoritative).
     fn apply(&mut self, ops: &[MapOp]);
+    /// Apply map operations in order, stopping at the first that fails:
+    /// those before it are applied, it and those after it are not (or
+    /// left as they were). For FLOW_MODs, which are then taken back.
+    fn try_apply(&mut self, ops: &[MapOp]) -> std::result::Result<(), ApplyError> {
+        self.apply(ops);
+        Ok(())
+    }
     /// Move the punted packets waiting into `out`.
     fn punts(&mut self, out: &mut Vec<Punt>);
     /// A descriptor that becomes readable when punts wait.
@@ -117,6 +124,26 @@ pub trait Dataplane: Counters {
             "port {ofport}: this dataplane has no anti-spoofing"
         ))
     }
+}
+
+/// Why map operations failed ([`Dataplane::try_apply`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApplyError {
+    /// A map had no room (full, or no memory for a new element).
+    pub no_room: bool,
+    /// What failed, for the log.
+    pub message: String,
+}
+
+/// A run of adds and modifies of one read, applied as one transaction.
+struct Run {
+    /// Where its replies start in the effects.
+    send_from: usize,
+    /// The switch's counters before it.
+    counters: crate::ofswitch::SwitchCounters,
+    /// Its FLOW_MODs as received, to do again one by one.
+    messages: Vec<bytes::Bytes>,
 }
 
 /// One connection: the state machine and its byte stream.
@@ -328,6 +355,7 @@ impl<D: Dataplane> Engine<D> {
         }
         let mut fx = Effects::default();
         let (mut packet_outs, mut n) = (0usize, 0usize);
+        let mut run: Option<Run> = None;
         let mut inputs = std::mem::take(&mut self.inputs).into_iter();
         while let Some(input) = inputs.next() {
             if self.sw.has_job(id) {
@@ -338,6 +366,26 @@ impl<D: Dataplane> Engine<D> {
                     p.deferred.extend(inputs);
                 }
                 break;
+            }
+            // Adds and modifies in a row are applied together, as one
+            // transaction of the flow table (see `end_run`).
+            let journaled = matches!(&input,
+                Input::Message(f, _) if matches!(&f.message, Message::FlowMod(fm) if oftable::journaled(fm)));
+            match (&mut run, journaled) {
+                (None, true) => {
+                    self.apply_ops(&std::mem::take(&mut fx.ops));
+                    self.sw.flows.begin();
+                    run = Some(Run {
+                        send_from: fx.send.len(),
+                        counters: self.sw.counters,
+                        messages: Vec::new(),
+                    });
+                }
+                (Some(_), false) => self.end_run(id, run.take(), &mut fx, read_at),
+                _ => {}
+            }
+            if let (Some(r), Input::Message(_, raw)) = (&mut run, &input) {
+                r.messages.push(raw.clone());
             }
             match input {
                 Input::Up => fx.extend(self.sw.connected(id, read_at, &mut self.dp)),
@@ -362,6 +410,7 @@ impl<D: Dataplane> Engine<D> {
                 }
             }
         }
+        self.end_run(id, run, &mut fx, read_at);
         let timed =
             n == 1 && packet_outs == 1 && tracing::enabled!(target: LATENCY, tracing::Level::TRACE);
         let handled = if timed { now_ns() } else { 0 };
@@ -378,20 +427,70 @@ impl<D: Dataplane> Engine<D> {
         packet_outs > 0
     }
 
+    /// Write map operations (errors are the dataplane's to log).
+    fn apply_ops(&mut self, ops: &[MapOp]) {
+        if ops.is_empty() {
+            return;
+        }
+        self.dp.apply(ops);
+        let removed = ops
+            .iter()
+            .filter(|o| matches!(o, MapOp::DelFlow(_)))
+            .count();
+        if removed >= TRIM_AFTER_REMOVALS {
+            give_back_memory();
+        }
+    }
+
+    /// End a run of adds and modifies from connection `id` (their map
+    /// operations are `fx.ops`, all of it): write them, batched. If a write
+    /// fails, every FLOW_MOD of the run is taken back (the flow table and
+    /// the maps as before the run) and the run is done again one FLOW_MOD
+    /// at a time, each written before the next is handled: the one that
+    /// fails again is taken back alone and answered with an OFPT_ERROR,
+    /// the others apply as they would have. So a FLOW_MOD is all or
+    /// nothing, in the table and in the maps, while a bulk install keeps
+    /// its batched writes.
+    fn end_run(&mut self, id: ConnId, run: Option<Run>, fx: &mut Effects, read_at: u64) {
+        let Some(run) = run else { return };
+        let ops = std::mem::take(&mut fx.ops);
+        let Err(e) = self.dp.try_apply(&ops) else {
+            self.sw.flows.commit();
+            return;
+        };
+        tracing::warn!(
+            "writing {} FLOW_MODs to the maps failed ({e}): taken back, done again one by one",
+            run.messages.len()
+        );
+        let back = self.sw.flows.rollback();
+        self.apply_ops(&back);
+        fx.send.truncate(run.send_from);
+        self.sw.counters = run.counters;
+        for raw in run.messages {
+            let Ok(Some((frame, _))) = of::decode(&raw) else {
+                continue;
+            };
+            let xid = frame.xid;
+            self.sw.flows.begin();
+            let mut one = self.sw.handle(id, frame, &raw, read_at, &mut self.dp);
+            match self.dp.try_apply(&one.ops) {
+                Ok(()) => self.sw.flows.commit(),
+                Err(e) => {
+                    tracing::warn!("FLOW_MOD (xid {xid}) refused: writing the maps failed: {e}");
+                    let back = self.sw.flows.rollback();
+                    self.apply_ops(&back);
+                    one.send = vec![self.sw.flow_mod_failed(id, xid, &raw, e.no_room)];
+                }
+            }
+            one.ops.clear();
+            fx.extend(one);
+        }
+    }
+
     /// Apply effects: map operations first, then frames, then messages,
     /// then closes. Output is queued (see [`Engine::flush_dirty`]).
     pub fn apply(&mut self, fx: Effects) {
-        if !fx.ops.is_empty() {
-            self.dp.apply(&fx.ops);
-            let removed = fx
-                .ops
-                .iter()
-                .filter(|o| matches!(o, MapOp::DelFlow(_)))
-                .count();
-            if removed >= TRIM_AFTER_REMOVALS {
-                give_back_memory();
-            }
-        }
+        self.apply_ops(&fx.ops);
         for (port, frame) in &fx.emit {
             self.dp.emit(*port, frame);
         }
@@ -776,10 +875,32 @@ impl<D: Dataplane> Engine<D> {
 
     /// Apply a FLOW_MOD given locally; returns how many flows it touched.
     pub fn local_flow_mod(&mut self, fm: &FlowMod) -> Result<usize> {
-        let (n, fx) = self
-            .sw
-            .local_flow_mod(fm, now_ns(), &mut self.dp)
-            .map_err(|c| anyhow!("flow refused: {c}"))?;
+        if !oftable::journaled(fm) {
+            let (n, fx) = self
+                .sw
+                .local_flow_mod(fm, now_ns(), &mut self.dp)
+                .map_err(|c| anyhow!("flow refused: {c}"))?;
+            self.apply(fx);
+            self.flush_dirty();
+            return Ok(n);
+        }
+        // All or nothing, as from a controller (see `end_run`).
+        self.sw.flows.begin();
+        let (n, mut fx) = match self.sw.local_flow_mod(fm, now_ns(), &mut self.dp) {
+            Ok(r) => r,
+            Err(c) => {
+                self.sw.flows.commit();
+                return Err(anyhow!("flow refused: {c}"));
+            }
+        };
+        if let Err(e) = self.dp.try_apply(&std::mem::take(&mut fx.ops)) {
+            let back = self.sw.flows.rollback();
+            self.apply_ops(&back);
+            return Err(anyhow!(
+                "flow refused: writing the datapath maps failed ({e}); nothing changed"
+            ));
+        }
+        self.sw.flows.commit();
         self.apply(fx);
         self.flush_dirty();
         Ok(n)

@@ -162,6 +162,26 @@ impl Dataplane for Host {
         }
     }
 
+    fn try_apply(&mut self, ops: &[MapOp]) -> Result<(), crate::engine::ApplyError> {
+        self.dp.apply_batched(ops).map_err(|e| {
+            // No room: the map is full (E2BIG), or a map that allocates
+            // its elements got no memory.
+            let no_room = e
+                .chain()
+                .filter_map(|c| c.downcast_ref::<std::io::Error>())
+                .any(|io| {
+                    matches!(
+                        io.raw_os_error(),
+                        Some(libc::E2BIG | libc::ENOMEM | libc::ENOSPC)
+                    )
+                });
+            crate::engine::ApplyError {
+                no_room,
+                message: format!("{e:#}"),
+            }
+        })
+    }
+
     fn punts(&mut self, out: &mut Vec<Punt>) {
         match self.dp.punts() {
             Ok(list) => {

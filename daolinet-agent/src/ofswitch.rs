@@ -508,6 +508,25 @@ impl Switch {
         fx
     }
 
+    /// The OFPT_ERROR answering a FLOW_MOD whose map operations failed
+    /// (and were taken back, see [`FlowTable::rollback`]): TABLE_FULL when
+    /// a map had no room, UNKNOWN for any other failure.
+    pub fn flow_mod_failed(
+        &mut self,
+        conn: ConnId,
+        xid: u32,
+        raw: &[u8],
+        no_room: bool,
+    ) -> (ConnId, u32, Message) {
+        self.counters.errors += 1;
+        let c = if no_room {
+            of::OFPFMFC_TABLE_FULL
+        } else {
+            of::OFPFMFC_UNKNOWN
+        };
+        error(conn, xid, code(of::OFPET_FLOW_MOD_FAILED, c), raw)
+    }
+
     /// A FLOW_MOD from the local control socket (no connection to answer).
     pub fn local_flow_mod(
         &mut self,

@@ -119,6 +119,46 @@ pub struct FlowTable {
     /// another rule with the same match and a higher priority took their
     /// entry (the counters live in the entry).
     base: HashMap<u32, RuleStats>,
+    /// How to take back the adds and modifies since [`FlowTable::begin`]
+    /// (or, outside a transaction, those of the FLOW_MOD in progress).
+    journal: Vec<Step>,
+    /// A transaction is open: the journal is kept between FLOW_MODs.
+    in_txn: bool,
+}
+
+/// A rule as it was before a FLOW_MOD changed it: what taking the change
+/// back restores.
+#[derive(Debug)]
+struct Before {
+    id: u32,
+    rule: Rule,
+    written: Option<Written>,
+    times: Option<Times>,
+    base: Option<RuleStats>,
+    /// RESET_COUNTS: what the rule's classifier entry had counted when the
+    /// change wrote it afresh.
+    reset: Option<RuleStats>,
+}
+
+/// One change of a FLOW_MOD, in the journal.
+#[derive(Debug)]
+enum Step {
+    /// A new rule: its id, and the rule whose classifier entry it took with
+    /// what that rule's kept counters were before (see `harvest`).
+    Added(u32, Option<(u32, Option<RuleStats>)>),
+    /// A rule changed (modify, or an add replacing an identical flow).
+    Changed(Box<Before>),
+}
+
+/// True for the FLOW_MODs [`FlowTable`] can take back after their map
+/// operations failed (add, modify, modify_strict: see
+/// [`FlowTable::begin`]). Deletes only remove classifier entries or hand
+/// one to the next rule of the same match, and are not journaled.
+pub fn journaled(fm: &FlowMod) -> bool {
+    matches!(
+        fm.command,
+        of::OFPFC_ADD | of::OFPFC_MODIFY | of::OFPFC_MODIFY_STRICT
+    )
 }
 
 /// The controller's match in its own field order, each field as the rule
@@ -330,6 +370,8 @@ impl FlowTable {
             deadlines: BTreeSet::new(),
             written: HashMap::new(),
             base: HashMap::new(),
+            journal: Vec::new(),
+            in_txn: false,
         };
         let ids: Vec<u32> = t.table.rules().map(|(id, _)| id).collect();
         for id in ids {
@@ -483,6 +525,25 @@ impl FlowTable {
         counters: &mut dyn Counters,
         refs: Refs<'_>,
     ) -> Result<Outcome, ErrorCode> {
+        let mark = self.journal.len();
+        let r = self.flow_mod_steps(fm, now_ns, counters, refs);
+        if r.is_err() {
+            // A modify refused after changing some of its rules: they go
+            // back (nothing of it reached the maps).
+            self.undo_to(mark, false);
+        } else if !self.in_txn {
+            self.journal.truncate(mark);
+        }
+        r
+    }
+
+    fn flow_mod_steps(
+        &mut self,
+        fm: &FlowMod,
+        now_ns: u64,
+        counters: &mut dyn Counters,
+        refs: Refs<'_>,
+    ) -> Result<Outcome, ErrorCode> {
         if fm.flags & !KNOWN_FLAGS != 0 {
             return Err(err(of::OFPET_FLOW_MOD_FAILED, of::OFPFMFC_BAD_FLAGS));
         }
@@ -491,7 +552,9 @@ impl FlowTable {
             // OFPTT_ALL is accepted for an add as table 0, as Open vSwitch
             // does (its own learning switch sends it).
             of::OFPFC_ADD => self.add(fm, table.unwrap_or(0), now_ns, counters, refs),
-            of::OFPFC_MODIFY | of::OFPFC_MODIFY_STRICT => self.modify(fm, table, now_ns, refs),
+            of::OFPFC_MODIFY | of::OFPFC_MODIFY_STRICT => {
+                self.modify(fm, table, now_ns, counters, refs)
+            }
             of::OFPFC_DELETE | of::OFPFC_DELETE_STRICT => {
                 let (key, mask) = compile_match(&fm.match_).map_err(|e| e.code())?;
                 let f = Filter {
@@ -554,15 +617,23 @@ impl FlowTable {
             // and duration; counters kept unless RESET_COUNTS. No
             // FLOW_REMOVED for the replaced entry.
             Added::Exists(id, rule) => {
+                let reset = fm.flags & of::OFPFF_RESET_COUNTS != 0;
+                let before = self.before(id, reset, counters);
                 let mut ops = self.table.modify(id, |r| *r = rule).map_err(table_error)?;
-                if fm.flags & of::OFPFF_RESET_COUNTS != 0 {
+                if reset {
                     self.reset_counts(id, &mut ops);
                 }
+                self.journal.extend(before.map(Step::Changed));
                 out.ops = ops;
                 id
             }
             Added::New(ins) => {
+                let displaced = ins
+                    .displaced
+                    .as_ref()
+                    .map(|(d, _)| (*d, self.base.get(d).copied()));
                 self.harvest(ins.displaced, counters);
+                self.journal.push(Step::Added(ins.id, displaced));
                 out.ops = ins.ops;
                 ins.id
             }
@@ -577,6 +648,7 @@ impl FlowTable {
         fm: &FlowMod,
         table: Option<u8>,
         now_ns: u64,
+        counters: &mut dyn Counters,
         refs: Refs<'_>,
     ) -> Result<Outcome, ErrorCode> {
         let (key, mask) = compile_match(&fm.match_).map_err(|e| e.code())?;
@@ -621,6 +693,8 @@ impl FlowTable {
             let Some(c) = compiled.get(usize::from(t)).cloned().flatten() else {
                 continue;
             };
+            let reset = fm.flags & of::OFPFF_RESET_COUNTS != 0;
+            let before = self.before(id, reset, counters);
             let mut ops = self
                 .table
                 .modify(id, |r| {
@@ -628,6 +702,7 @@ impl FlowTable {
                     r.ext = c.ext.map(Box::new);
                 })
                 .map_err(table_error)?;
+            self.journal.extend(before.map(Step::Changed));
             if let Some(r) = self.table.get(id) {
                 let mut w = self.written.get(&id).cloned().unwrap_or_default();
                 w.instructions = kept_instructions(r, &fm.instructions);
@@ -643,6 +718,144 @@ impl FlowTable {
             out.touched += 1;
         }
         Ok(out)
+    }
+
+    /// Rule `id` as it is, for the journal; with `reset`, what its
+    /// classifier entry has counted too.
+    fn before(&self, id: u32, reset: bool, counters: &mut dyn Counters) -> Option<Box<Before>> {
+        let rule = self.table.get(id)?.clone();
+        let reset = reset.then(|| {
+            self.table
+                .entry_key(id)
+                .map(|k| counters.rule(id, &k))
+                .unwrap_or_default()
+        });
+        Some(Box::new(Before {
+            id,
+            rule,
+            written: self.written.get(&id).cloned(),
+            times: self.times(id),
+            base: self.base.get(&id).copied(),
+            reset,
+        }))
+    }
+
+    /// Open a transaction: the adds and modifies from now on can be taken
+    /// back together with [`FlowTable::rollback`] until
+    /// [`FlowTable::commit`]. Deletes must not be applied inside one (see
+    /// [`journaled`]). Opening one drops what an open one recorded.
+    pub fn begin(&mut self) {
+        self.journal.clear();
+        self.in_txn = true;
+    }
+
+    /// Close the transaction: its changes stay.
+    pub fn commit(&mut self) {
+        self.journal.clear();
+        self.in_txn = false;
+    }
+
+    /// Close the transaction taking back every change since
+    /// [`FlowTable::begin`], newest first, so the table is as it was then.
+    /// Returns the map operations that bring the maps back to it whatever
+    /// part of the transaction's own operations reached them: each key the
+    /// transaction wrote gets its earlier value again (or goes), its
+    /// counters included (a rule's counters are the entry's plus what the
+    /// table keeps, so both are restored together).
+    pub fn rollback(&mut self) -> Vec<MapOp> {
+        let ops = self.undo_to(0, true);
+        self.in_txn = false;
+        ops
+    }
+
+    /// Take back the journal's steps after `mark`, newest first. `applied`:
+    /// the steps' operations may have reached the maps, and the ones
+    /// returned are applied after them; otherwise none of the steps'
+    /// operations reached the maps and the ones returned are dropped.
+    fn undo_to(&mut self, mark: usize, applied: bool) -> Vec<MapOp> {
+        let mut ops = Vec::new();
+        while self.journal.len() > mark {
+            let Some(step) = self.journal.pop() else {
+                break;
+            };
+            match step {
+                Step::Added(id, displaced) => {
+                    if self.table.remove_into(id, &mut ops).is_ok() {
+                        self.untrack(id);
+                        if !self.written.is_empty() {
+                            self.written.remove(&id);
+                        }
+                    }
+                    // The displaced rule's entry is written afresh by the
+                    // operations returned, so what it counted stays kept
+                    // in the table; when nothing reached the maps its entry
+                    // still counts, and the kept counters go back.
+                    if let (false, Some((d, kept))) = (applied, displaced) {
+                        self.set_base(d, kept);
+                    }
+                }
+                Step::Changed(b) => {
+                    let Before {
+                        id,
+                        rule,
+                        written,
+                        times,
+                        base,
+                        reset,
+                    } = *b;
+                    let Ok(mut back) = self.table.modify(id, |r| *r = rule) else {
+                        continue;
+                    };
+                    match (reset, applied) {
+                        // RESET_COUNTS wrote the entry afresh (or will
+                        // not, its operation having failed): it is written
+                        // afresh again, and what it had counted is kept.
+                        (Some(counted), true) => {
+                            self.reset_counts(id, &mut back);
+                            let mut s = base.unwrap_or_default();
+                            s.merge(&counted);
+                            self.set_base(id, Some(s));
+                        }
+                        _ => self.set_base(id, base),
+                    }
+                    self.set_written(id, written.unwrap_or_default());
+                    self.set_times(id, times);
+                    ops.extend(back);
+                }
+            }
+        }
+        ops
+    }
+
+    fn set_base(&mut self, id: u32, s: Option<RuleStats>) {
+        match s {
+            Some(s) => {
+                self.base.insert(id, s);
+            }
+            None => {
+                if !self.base.is_empty() {
+                    self.base.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Rule `id`'s install time and deadline, as saved in the journal.
+    fn set_times(&mut self, id: u32, t: Option<Times>) {
+        let i = id as usize;
+        if self.times.len() <= i {
+            self.times.resize(i + 1, None);
+        }
+        if let Some(old) = std::mem::replace(&mut self.times[i], t) {
+            if old.deadline_ns != u64::MAX {
+                self.deadlines.remove(&(old.deadline_ns, id));
+            }
+        }
+        if let Some(t) = t {
+            if t.deadline_ns != u64::MAX {
+                self.deadlines.insert((t.deadline_ns, id));
+            }
+        }
     }
 
     /// Ids selected by a filter: non-strict (rules covered by the filter's
@@ -1700,6 +1913,145 @@ mod tests {
         assert_eq!(counts(&t, &mut m), [(10, 0)]);
         m.hit(&pkt, 1);
         assert_eq!(counts(&t, &mut m), [(10, 1)]);
+    }
+
+    #[test]
+    fn a_rolled_back_transaction_leaves_table_counters_and_maps_as_before_however_far_it_got() {
+        let pkt = |d: u8| FlowKey {
+            eth_type: FlowKey::ETH_TYPE_IPV4,
+            ipv4_dst: [10, 0, 0, d],
+            ..Default::default()
+        };
+        let setup = || {
+            let mut t = FlowTable::default();
+            let mut m = SimMaps::default();
+            for f in [
+                "priority=10,ip,nw_dst=10.0.0.1 actions=output:1",
+                "cookie=0x5,priority=10,idle_timeout=9,ip,nw_dst=10.0.0.2 actions=output:2",
+            ] {
+                let o = t.flow_mod(&fm(f), 0, &mut m).unwrap();
+                m.apply(&o.ops);
+            }
+            m.hit(&pkt(1), 3);
+            m.hit(&pkt(2), 5);
+            (t, m)
+        };
+        let counts = |t: &FlowTable, m: &mut SimMaps| {
+            let req = of::FlowStatsRequest::default();
+            t.flow_stats(&req, 7, m)
+                .unwrap()
+                .iter()
+                .map(|f| f.to_string())
+                .collect::<Vec<_>>()
+        };
+        let entries = |m: &SimMaps| {
+            let mut v: Vec<String> = m
+                .flows
+                .iter()
+                .map(|(k, e)| {
+                    let mut e = *e;
+                    (e.packets, e.bytes) = (0, 0);
+                    format!("{k:?} {e:?}")
+                })
+                .collect();
+            v.sort();
+            (v, m.subtables.clone())
+        };
+        // A transaction: a higher priority rule takes the first rule's
+        // entry, a modify with RESET_COUNTS over both ip rules, a rule
+        // with a new mask (a new subtable), an add replacing the second.
+        let txn = [
+            (
+                of::OFPFC_ADD,
+                "priority=20,ip,nw_dst=10.0.0.1 actions=output:3",
+            ),
+            (
+                of::OFPFC_MODIFY,
+                "reset_counts,ip actions=write_metadata:0x1/0xff,goto_table:2",
+            ),
+            (of::OFPFC_ADD, "priority=30,tcp,tp_dst=80 actions=output:1"),
+            (
+                of::OFPFC_ADD,
+                "cookie=0x6,priority=10,hard_timeout=4,ip,nw_dst=10.0.0.2 actions=output:1",
+            ),
+        ];
+        let (t0, mut m0) = setup();
+        let (before, maps) = (counts(&t0, &mut m0), entries(&m0));
+        let mut n_ops = 0;
+        for k in 0.. {
+            let (mut t, mut m) = setup();
+            t.begin();
+            let mut ops = Vec::new();
+            for (cmd, f) in txn {
+                ops.extend(t.flow_mod(&with(cmd, f), 5, &mut m).unwrap().ops);
+            }
+            n_ops = ops.len();
+            if k > n_ops {
+                break;
+            }
+            // The first k operations reached the maps, then one failed.
+            m.apply(&ops[..k]);
+            let back = t.rollback();
+            m.apply(&back);
+            assert_eq!(
+                counts(&t, &mut m),
+                before,
+                "{k} of {n_ops} operations applied"
+            );
+            assert_eq!(entries(&m), maps, "{k} of {n_ops} operations applied");
+            // And it counts on as before.
+            m.hit(&pkt(1), 1);
+            let c = counts(&t, &mut m);
+            assert!(c.iter().any(|f| f.contains("n_packets=4,")), "{c:?}");
+            assert!(c.iter().any(|f| f.contains("n_packets=5,")), "{c:?}");
+        }
+        assert!(n_ops >= 6, "{n_ops}");
+        // Committed, the same transaction stays.
+        let (mut t, mut m) = setup();
+        t.begin();
+        for (cmd, f) in txn {
+            let o = t.flow_mod(&with(cmd, f), 5, &mut m).unwrap();
+            m.apply(&o.ops);
+        }
+        t.commit();
+        assert!(t.rollback().is_empty());
+        assert_eq!(t.len(), 4);
+    }
+
+    #[test]
+    fn a_modify_refused_partway_changes_none_of_its_rules() {
+        // What `flow_mod_with` does when a modify is refused after it
+        // changed some of its rules (the rule table refusing one partway;
+        // not reachable from the wire today, so driven directly): the
+        // journal takes back the rules changed so far, and the operations
+        // that would undo them in the maps are dropped (none reached them).
+        let mut t = FlowTable::default();
+        let mut m = SimMaps::default();
+        for f in [
+            "priority=1,ip,nw_dst=10.0.0.1 actions=output:1",
+            "priority=1,ip,nw_dst=10.0.0.2 actions=output:1",
+        ] {
+            let o = t.flow_mod(&fm(f), 0, &mut m).unwrap();
+            m.apply(&o.ops);
+        }
+        let before = dump(&t);
+        let mark = t.journal.len();
+        let o = t
+            .flow_mod_steps(
+                &with(of::OFPFC_MODIFY, "ip actions=output:7"),
+                0,
+                &mut m,
+                Refs::none(),
+            )
+            .unwrap();
+        assert_eq!(o.touched, 2);
+        assert_ne!(dump(&t), before);
+        assert!(t
+            .undo_to(mark, false)
+            .iter()
+            .all(|op| !matches!(op, MapOp::DelFlow(_))));
+        assert_eq!(dump(&t), before);
+        assert!(t.journal.is_empty());
     }
 
     #[test]

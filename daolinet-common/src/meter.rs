@@ -179,6 +179,18 @@ mod tests {
 
     /// Refills shorter than one token are not lost: the time they cover
     /// counts toward the next one (1 packet/s, a packet every 0.7 ms).
+    /// The packet/s cases of os-ken's suite at their highest rate: 20000
+    /// packets/s offered to a 10000 packets/s band, evenly or in bursts of
+    /// 200 every 10 ms (its sender's way), pass the rate plus the burst.
+    #[test]
+    fn pktps_meter_holds_ten_thousand_packets_a_second() {
+        for (gap, pause) in [(S / 20_000, (0, 0)), (1_000, (200, 10 * MS - 200 * 1_000))] {
+            let mut m = MeterEntry::new(METER_PKTPS, 10_000, 10_000 * 1000);
+            let passed = offer(&mut m, 1500, 20_000 * 30, gap, pause);
+            assert!(passed.abs_diff(10_000 * 31) <= 310, "{passed}");
+        }
+    }
+
     #[test]
     fn fractions_of_a_token_carry_over() {
         let mut m = MeterEntry::new(METER_PKTPS, 1, 1000);

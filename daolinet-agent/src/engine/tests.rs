@@ -46,6 +46,20 @@ pub(crate) struct FakeDp {
     pub sources: BTreeMap<u32, Option<Source>>,
     /// Drop samples to hand out.
     pub samples: Vec<crate::dpstats::Dropped>,
+    /// The classifier and instruction maps as written.
+    pub maps: FakeMaps,
+    /// Most instruction entries the fake map takes (a full map refuses a
+    /// new one, as the kernel's does with E2BIG).
+    pub ext_room: usize,
+}
+
+/// The maps a [`FakeDp`] keeps (classifier entries, rule instructions,
+/// subtable lists), to compare before and after.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct FakeMaps {
+    pub flows: std::collections::HashMap<crate::table::EntryKey, daolinet_common::FlowEntry>,
+    pub ext: BTreeMap<u32, daolinet_common::RuleExt>,
+    pub subtables: BTreeMap<u8, Vec<crate::table::SubtableDesc>>,
 }
 
 impl FakeDp {
@@ -61,6 +75,8 @@ impl FakeDp {
             ports: BTreeMap::new(),
             sources: BTreeMap::new(),
             samples: Vec::new(),
+            maps: FakeMaps::default(),
+            ext_room: usize::MAX,
         }
     }
 
@@ -104,14 +120,55 @@ impl Counters for FakeDp {
 
 impl Dataplane for FakeDp {
     fn apply(&mut self, ops: &[MapOp]) {
+        // As the real one: the failed operation is logged, the rest goes on.
+        for (i, _) in ops.iter().enumerate() {
+            if self.try_apply(&ops[i..i + 1]).is_err() {
+                continue;
+            }
+        }
+    }
+    fn try_apply(&mut self, ops: &[MapOp]) -> std::result::Result<(), ApplyError> {
         let mut log = lock(&self.log);
+        let m = &mut self.maps;
         for op in ops {
             match op {
-                MapOp::PutFlow(_, e) | MapOp::UpdateFlow(_, e) => log.push(Ev::Put(e.rule_id)),
-                MapOp::DelFlow(_) => log.push(Ev::Del),
+                MapOp::PutFlow(k, e) => {
+                    m.flows.insert(k.clone(), **e);
+                    log.push(Ev::Put(e.rule_id));
+                }
+                MapOp::UpdateFlow(k, e) => {
+                    // The counters are carried over, as the real one does.
+                    let mut e = **e;
+                    if let Some(old) = m.flows.get(k) {
+                        e.packets = old.packets;
+                        e.bytes = old.bytes;
+                    }
+                    m.flows.insert(k.clone(), e);
+                    log.push(Ev::Put(e.rule_id));
+                }
+                MapOp::DelFlow(k) => {
+                    m.flows.remove(k);
+                    log.push(Ev::Del);
+                }
+                MapOp::PutRuleExt(id, e) => {
+                    if !m.ext.contains_key(id) && m.ext.len() >= self.ext_room {
+                        return Err(ApplyError {
+                            no_room: true,
+                            message: format!("instructions of rule {id}: map full"),
+                        });
+                    }
+                    m.ext.insert(*id, **e);
+                }
+                MapOp::DelRuleExt(id) => {
+                    m.ext.remove(id);
+                }
+                MapOp::SetSubtables(t, list) => {
+                    m.subtables.insert(*t, list.clone());
+                }
                 _ => {}
             }
         }
+        Ok(())
     }
     fn punts(&mut self, out: &mut Vec<Punt>) {
         if let Some(w) = &self.wake {
@@ -918,4 +975,153 @@ fn an_agent_says_hello_applies_port_sources_and_forwards_drop_samples() {
     );
     assert_eq!(eng.stats.samples_sent, 1);
     assert_eq!(eng.drop_log.recent().count(), 1);
+}
+
+fn flow_mod(xid: u32, text: &str) -> (u32, Message) {
+    (xid, Message::FlowMod(text.parse().unwrap()))
+}
+
+fn modify_flows(xid: u32, text: &str) -> (u32, Message) {
+    let mut fm: FlowMod = text.parse().unwrap();
+    fm.command = of::OFPFC_MODIFY;
+    (xid, Message::FlowMod(fm))
+}
+
+/// The flow dump without the durations (the clock runs).
+fn dumped(eng: &mut Engine<FakeDp>) -> Vec<String> {
+    eng.dump_flows()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            f.split(", ")
+                .filter(|p| !p.starts_with("duration="))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .collect()
+}
+
+/// The errors and barrier replies a peer got, in order.
+fn answers(st: &Arc<Mutex<PipeState>>) -> Vec<(u32, String)> {
+    lock(st)
+        .got
+        .drain(..)
+        .filter_map(|f| match f.message {
+            Message::Error(e) => Some((f.xid, e.code().map(|c| c.to_string()).unwrap_or_default())),
+            Message::BarrierReply => Some((f.xid, "barrier".into())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A modify over several rules whose map writes fail partway (the rule
+/// instructions map is full after the first rule's) is taken back whole:
+/// the flow table and every map as before, an OFPT_ERROR TABLE_FULL
+/// answering it, and the adds read with it in the same batch applied as if
+/// it had been refused alone.
+#[test]
+fn a_flow_mod_whose_map_writes_fail_partway_is_taken_back_whole() {
+    let log: Log = Arc::default();
+    let mut eng = engine_with(&log, ConnConfig::default());
+    let (id, st) = connected(&mut eng, &log, "ctl");
+    let setup: Vec<(u32, Message)> = (1..=3)
+        .map(|i| {
+            flow_mod(
+                10 + i,
+                &format!("cookie=0x{i},priority=5,ip,nw_dst=10.0.0.{i} actions=output:1"),
+            )
+        })
+        .chain([(20, Message::BarrierRequest)])
+        .collect();
+    lock(&st).send(wire(&setup));
+    eng.read(id, false);
+    assert_eq!(answers(&st), vec![(20, "barrier".into())]);
+    let flows = dumped(&mut eng);
+    let maps = eng.dp.maps.clone();
+    assert_eq!((flows.len(), maps.flows.len(), maps.ext.len()), (3, 3, 0));
+
+    // Room for one rule's instructions: the modify (instructions that need
+    // an entry of their own: goto_table) fails at its second rule.
+    eng.dp.ext_room = 1;
+    let modify = "ip actions=write_metadata:0x5/0xff,goto_table:1";
+    lock(&st).send(wire(&[
+        modify_flows(30, modify),
+        (31, Message::BarrierRequest),
+    ]));
+    eng.read(id, false);
+    assert_eq!(
+        answers(&st),
+        vec![
+            (30, "OFPET_FLOW_MOD_FAILED/OFPFMFC_TABLE_FULL".into()),
+            (31, "barrier".into())
+        ]
+    );
+    assert_eq!(dumped(&mut eng), flows, "the flow table is as before");
+    assert_eq!(eng.dp.maps, maps, "the maps are as before");
+
+    // The same in one batch between two adds: both adds stay, the modify
+    // alone is refused, its error before the barrier.
+    lock(&st).send(wire(&[
+        flow_mod(40, "priority=7,ip,nw_dst=10.0.1.1 actions=output:2"),
+        modify_flows(41, modify),
+        flow_mod(42, "priority=7,ip,nw_dst=10.0.1.2 actions=output:2"),
+        (43, Message::BarrierRequest),
+    ]));
+    eng.read(id, false);
+    assert_eq!(
+        answers(&st),
+        vec![
+            (41, "OFPET_FLOW_MOD_FAILED/OFPFMFC_TABLE_FULL".into()),
+            (43, "barrier".into())
+        ]
+    );
+    // What a switch that was sent only the two adds holds.
+    let log2: Log = Arc::default();
+    let mut reference = engine_with(&log2, ConnConfig::default());
+    let (id2, st2) = connected(&mut reference, &log2, "ctl");
+    let mut msgs = setup.clone();
+    msgs.push(flow_mod(
+        40,
+        "priority=7,ip,nw_dst=10.0.1.1 actions=output:2",
+    ));
+    msgs.push(flow_mod(
+        42,
+        "priority=7,ip,nw_dst=10.0.1.2 actions=output:2",
+    ));
+    lock(&st2).send(wire(&msgs));
+    reference.read(id2, false);
+    assert_eq!(dumped(&mut eng), dumped(&mut reference));
+    let ids = |m: &FakeMaps| {
+        let mut v: Vec<_> = m
+            .flows
+            .iter()
+            .map(|(k, e)| {
+                (format!("{k:?}"), {
+                    let mut e = *e;
+                    e.rule_id = 0;
+                    format!("{e:?}")
+                })
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ids(&eng.dp.maps), ids(&reference.dp.maps));
+    assert_eq!(eng.dp.maps.subtables, reference.dp.maps.subtables);
+    assert!(eng.dp.maps.ext.is_empty());
+
+    // With room the modify applies to every rule.
+    eng.dp.ext_room = usize::MAX;
+    lock(&st).send(wire(&[
+        modify_flows(50, modify),
+        (51, Message::BarrierRequest),
+    ]));
+    eng.read(id, false);
+    assert_eq!(answers(&st), vec![(51, "barrier".into())]);
+    assert_eq!(eng.dp.maps.ext.len(), 5);
+    assert!(eng
+        .dump_flows()
+        .unwrap()
+        .iter()
+        .all(|f| f.contains("goto_table:1")));
 }
