@@ -20,8 +20,24 @@ conformance`:
   divided by pktps times the window), so the verdict is the tool's own
   check of each port's share of the packets offered, whatever the rate.
   Scaling needs at least MIN_OFFERED packets offered; below that the tool's
-  unscaled check stands. The meter cases are not scaled (a meter's output
-  does not follow its input); their results record the fraction too.
+  unscaled check stands;
+- the DSCP-remark meter cases are judged against what the tester really
+  sent too, but not by scaling every expectation (a meter's output does
+  not follow its input linearly): the packets within the band's rate must
+  still leave unchanged at the rate the case expects, and the rest of what
+  the tester delivered must leave remarked. Of the tool's two expectations
+  (the one matching the ingress DSCP, the one matching the remarked DSCP)
+  the unchanged one stands as written; the remarked one becomes the
+  delivered total (the sum of both expectations times the delivered
+  fraction) minus the unchanged one. Both are then checked by the tool's
+  own check (within 10 %). Judged so only when at least MIN_OFFERED packets
+  were offered and the delivered total exceeds the rate by a quarter of it
+  at least (the remarked share must be measurable); otherwise the tool's
+  unscaled check stands. A remark case's frame that is not IP (ARP) must
+  leave whole, remarked or not: its one expectation is the delivered
+  total. The drop-band meter cases are not scaled: the rate that passes a
+  drop band does not depend on what was offered above it. Every
+  throughput case's result records the fraction.
 
 The tests themselves, their packets and their checks are the tool's,
 unchanged. os-ken 4 has no `osken-manager`, so this file is its own
@@ -64,6 +80,59 @@ def scaled(throughput, fraction):
     return out
 
 
+def unit_of(throughput):
+    """The key (kbps or pktps) a throughput expectation is written in."""
+    for key in (tester.KEY_PKTPS, tester.KEY_KBPS):
+        if throughput.get(key):
+            return key
+    return None
+
+
+def dscp_of_match(throughput):
+    """The ip_dscp a throughput expectation's match names, if any."""
+    return dict(throughput[tester.KEY_FLOW].match._fields2).get("ip_dscp")
+
+
+def ingress_dscp(pkt_bin):
+    """The DSCP of the frame the tester sends (None: not IPv4/IPv6)."""
+    from os_ken.lib.packet import ipv4, ipv6, packet
+
+    for p in packet.Packet(pkt_bin).protocols:
+        if isinstance(p, ipv4.ipv4):
+            return p.tos >> 2
+        if isinstance(p, ipv6.ipv6):
+            return p.traffic_class >> 2
+    return None
+
+
+def remarked(throughputs, fraction, dscp):
+    """The DSCP-remark expectations judged on what was delivered: the one
+    matching the ingress DSCP (within the band's rate) as written, the
+    other the delivered total minus it; a single expectation naming no
+    DSCP (a frame that is not IP, which a remark band passes whole) scaled
+    to the delivered total. None when the case is neither, or the
+    delivered excess over the rate is too small to measure."""
+    if len(throughputs) == 1 and dscp_of_match(throughputs[0]) is None:
+        return [scaled(throughputs[0], fraction)]
+    if dscp is None or len(throughputs) != 2:
+        return None
+    units = {unit_of(t) for t in throughputs}
+    if len(units) != 1 or None in units:
+        return None
+    key = units.pop()
+    kept = [t for t in throughputs if dscp_of_match(t) == dscp]
+    other = [t for t in throughputs if dscp_of_match(t) not in (None, dscp)]
+    if len(kept) != 1 or len(other) != 1:
+        return None
+    rate = kept[0][key]
+    delivered = sum(t[key] for t in throughputs) * fraction
+    if delivered - rate < rate / 4:
+        return None
+    excess = dict(other[0])
+    excess[key] = delivered - rate
+    return [kept[0] if t is kept[0] else excess for t in throughputs]
+
+
 class ConformanceTester(tester.OfTester):
     """The tool's OfTester, recording results and settling before packets."""
 
@@ -71,6 +140,7 @@ class ConformanceTester(tester.OfTester):
         self._file_desc = None
         self._last_error = None
         self._pktps = None
+        self._dscp = None
         self._throughput = None
         super().__init__(*args, **kwargs)
 
@@ -87,6 +157,10 @@ class ConformanceTester(tester.OfTester):
 
     def _continuous_packet_send(self, pkt):
         self._pktps = pkt[tester.KEY_PACKETS][tester.KEY_PKTPS]
+        try:
+            self._dscp = ingress_dscp(pkt[tester.KEY_PACKETS]["packet_binary"])
+        except Exception:  # not parsable: no DSCP judging
+            self._dscp = None
         hub.sleep(SETTLE)
         return super()._continuous_packet_send(pkt)
 
@@ -119,10 +193,19 @@ class ConformanceTester(tester.OfTester):
             "egress_packets": list(egress.values()),
             "scaled": False,
         }
-        group = (self._file_desc or "").startswith("group:")
-        if group and fraction and offered >= MIN_OFFERED:
+        desc = self._file_desc or ""
+        enough = fraction and offered >= MIN_OFFERED
+        if desc.startswith("group:") and enough:
             throughputs = [scaled(t, fraction) for t in throughputs]
             self._throughput["scaled"] = True
+        elif desc.startswith("meter:") and "DSCP_REMARK" in desc and enough:
+            judged = remarked(throughputs, fraction, self._dscp)
+            if judged is not None:
+                throughputs = judged
+                self._throughput["scaled"] = True
+                self._throughput["expected"] = [
+                    t[unit_of(t)] for t in throughputs
+                ]
         return super()._test_throughput_check(throughputs, start, end)
 
     def _test_execute(self, test, description):
@@ -130,6 +213,7 @@ class ConformanceTester(tester.OfTester):
             self._file_desc = description
         self._last_error = None
         self._pktps = None
+        self._dscp = None
         self._throughput = None
         result = super()._test_execute(test, description)
         if RESULTS:

@@ -112,8 +112,9 @@ struct Throughput {
     /// Packets sent into the target over the tool's window / what its
     /// nominal rate would have sent.
     offered_fraction: Option<f64>,
-    /// True when the group check was judged on each port's share of the
-    /// packets offered (the tool's expectation scaled by the fraction).
+    /// True when the check was judged on what the tester really sent: a
+    /// group's split on each port's share of the packets offered, a DSCP
+    /// remark band's output on what it received (see the wrapper).
     #[serde(default)]
     scaled: bool,
 }
@@ -528,7 +529,10 @@ fn render(reports: &[Report], suites: &[Suite], settle: f64, command: &str) -> S
          and meter cases send at a nominal rate for 30 s; the tool's sender (Python) \
          delivers less on a loaded machine, so the group cases are judged on each port's \
          share of the packets the tester really sent (the tool's expectation scaled by the \
-         fraction delivered; meter cases unscaled).\n\n",
+         fraction delivered), and the DSCP-remark meter cases on what the switch did with \
+         what it received (the packets within the band's rate unchanged at the rate, the \
+         rest of what was delivered remarked; a frame that is not IP passed whole); the \
+         drop-band meter cases are judged unscaled.\n\n",
         crate::bench::OSKEN_VERSION
     ));
     s.push_str("| suite | cases |");
@@ -588,7 +592,7 @@ fn render(reports: &[Report], suites: &[Suite], settle: f64, command: &str) -> S
             .filter(|(_, o)| o.cases > 0)
             .map(|(x, o)| {
                 format!(
-                    "{:.0}-{:.0} % in the {} cases ({} judged by share)",
+                    "{:.0}-{:.0} % in the {} cases ({} judged on what was delivered)",
                     o.min * 100.0,
                     o.max * 100.0,
                     x.dir(),
