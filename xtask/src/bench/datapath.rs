@@ -57,14 +57,14 @@ pub(super) struct TcpRun {
     pub(super) gbps: f64,
     /// Gbit the destination's eth0 received per CPU-second that the
     /// transfer's threads ran (see [`TransferCpu`]), in the middle of the run.
-    gbit_per_cpu_s: f64,
+    pub(super) gbit_per_cpu_s: f64,
     /// CPU cores those threads kept busy meanwhile.
-    cores: f64,
+    pub(super) cores: f64,
 }
 
 /// The threads that run a transfer through namespaces on this machine:
 /// every thread of the iperf3 client and server, and the ksoftirqd
-/// threads. Packets cross veths by the per-CPU backlog, which the kernel
+/// threads (and those of a userspace switch, when one forwards). Packets cross veths by the per-CPU backlog, which the kernel
 /// processes in softirq right when the sender's system call enables bottom
 /// halves again, or in ksoftirqd when softirqs pile up; both count on those
 /// threads (this kernel has no IRQ time accounting, so softirq time counts
@@ -74,9 +74,10 @@ struct TransferCpu {
 }
 
 impl TransferCpu {
-    fn new(client: u32, server: u32) -> Self {
+    fn new(client: u32, server: u32, also: &[u32]) -> Self {
         let mut pids = vec![client, server];
         pids.extend(udp::ksoftirqd_pids());
+        pids.extend(also);
         Self { pids }
     }
 
@@ -114,6 +115,17 @@ fn eth0_rx_bytes(pid: u32) -> Result<u64> {
 
 /// One iperf3 TCP run from `client_ns` to `server_ip` in `server_ns`.
 pub(super) fn iperf(client_ns: &str, server_ns: &str, server_ip: &str) -> Result<TcpRun> {
+    iperf_with(client_ns, server_ns, server_ip, &[])
+}
+
+/// [`iperf`], counting the threads of the processes `also` in the
+/// transfer's CPU time too (a userspace switch that forwards the packets).
+pub(super) fn iperf_with(
+    client_ns: &str,
+    server_ns: &str,
+    server_ip: &str,
+    also: &[u32],
+) -> Result<TcpRun> {
     let mut server = Command::new("ip")
         .args([
             "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", server_ip,
@@ -133,7 +145,7 @@ pub(super) fn iperf(client_ns: &str, server_ns: &str, server_ip: &str) -> Result
         .spawn()
         .context("running iperf3 -c")?;
     // `ip netns exec` execs iperf3 in place: these are iperf3's pids.
-    let cpu = TransferCpu::new(client.id(), server.id());
+    let cpu = TransferCpu::new(client.id(), server.id(), also);
     // The CPU window: from the end of iperf3's warm-up to shortly before
     // its end, while the stream runs at full speed.
     let window = (|| -> Result<(f64, f64)> {
