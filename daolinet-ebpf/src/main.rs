@@ -16,6 +16,7 @@
 #![no_main]
 
 mod actions;
+mod ceiling;
 mod classify;
 mod context;
 mod counters;

@@ -29,6 +29,7 @@ const GW: &str = "02:00:00:00:00:01";
 const UPLINK: u32 = 65000; // daolinet-agent's default --uplink-ofport
 
 /// One simulated host: namespace, underlay identity, its container.
+#[derive(Clone)]
 pub(crate) struct Host {
     pub(crate) ns: String,
     pub(crate) mac: &'static str,

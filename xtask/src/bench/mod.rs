@@ -4,6 +4,7 @@ use anyhow::Result;
 
 mod agent;
 mod attach;
+mod ceiling;
 mod cluster;
 mod controller;
 mod datapath;
@@ -30,6 +31,10 @@ pub enum Which {
     /// One two-host topology five ways (agent, OVS, mixed, kernel routing,
     /// VXLAN): TCP, 64-byte UDP, first-packet latency.
     Cluster,
+    /// The cluster topology's TCP with the cheapest TC datapath (redirect
+    /// only) beside agent <-> agent, kernel routing and VXLAN: what the
+    /// datapath can gain at most.
+    Ceiling,
     /// Three controllers on etcd: time to a working new connection over 10
     /// leader kills, established-flow loss, decisions/s vs one controller.
     Failover,
@@ -52,6 +57,7 @@ pub fn run(which: Option<Which>, setup: bool) -> Result<()> {
         Some(Which::Openflow) => openflow::run(),
         Some(Which::Controller) => controller::run(setup),
         Some(Which::Cluster) => cluster::run(setup),
+        Some(Which::Ceiling) => ceiling::run(setup),
         Some(Which::Failover) => failover::run(setup),
         Some(Which::Scale) => controller::run_scale(setup),
         Some(Which::Attach) => attach::run(setup),
