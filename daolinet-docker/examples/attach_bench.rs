@@ -41,12 +41,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use daolinet_testlab::{
-    busybox_image, workspace_bin, Cluster, DockerHost, Dockerd, Lab, Need, Podman, DOCKER_PROGRAMS,
-    PODMAN_PROGRAMS,
+    busybox_image, catch_signals, check_stop, stop_requested, workspace_bin, Cluster, DockerHost,
+    Dockerd, Lab, Need, Podman, DOCKER_PROGRAMS, PODMAN_PROGRAMS,
 };
 use serde_json::json;
 
@@ -61,44 +60,6 @@ const DOCKER_IMAGE: &str = "atbusybox:1";
 const PODMAN_IMAGE: &str = "localhost/atbusybox:1";
 /// Where the CNI reference plugins (`bridge`, `host-local`) are installed.
 const CNI_PLUGINS: &str = "/usr/lib/cni";
-
-/// Set by SIGINT, SIGTERM or SIGHUP: stop measuring and clean up.
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
-}
-
-/// Turn Ctrl-C (and SIGTERM, SIGHUP) into a panic at the next step, so
-/// that the lab's guards remove containers, daemons, namespaces and mounts
-/// instead of the process dying with them in place.
-/// `cargo xtask bench attach` starts this in a process group of its own
-/// (so that Ctrl-C does not also kill the daemons the cleanup needs): it
-/// asks for SIGTERM when the xtask dies.
-fn catch_signals() {
-    for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic (async-signal-safe).
-        unsafe {
-            libc::signal(
-                s,
-                on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
-            )
-        };
-    }
-    // SAFETY: prctl with integer arguments only.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) };
-    // SAFETY: no arguments.
-    if unsafe { libc::getppid() } == 1 {
-        STOP.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Panic (and so clean up) if a signal asked to stop.
-fn check_stop() {
-    if STOP.load(Ordering::Relaxed) {
-        panic!("interrupted: removing everything the benchmark created");
-    }
-}
 
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -232,7 +193,7 @@ impl<'a> Way<'a> {
             let watcher = s.spawn(|| watch(out, names));
             let mut starts = Vec::new();
             for name in names {
-                if STOP.load(Ordering::Relaxed) {
+                if stop_requested() {
                     break;
                 }
                 let script = format!(
@@ -294,7 +255,7 @@ fn watch(dir: &Path, names: &[String]) -> Result<HashMap<String, Instant>, Vec<S
     let deadline = Instant::now() + BATCH_DEADLINE;
     let mut seen = HashMap::new();
     while seen.len() < names.len() {
-        if Instant::now() > deadline || STOP.load(Ordering::Relaxed) {
+        if Instant::now() > deadline || stop_requested() {
             return Err(names
                 .iter()
                 .filter(|n| !seen.contains_key(*n))

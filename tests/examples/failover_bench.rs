@@ -22,10 +22,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use daolinet_testlab::{workspace_bin, Controller, Lab, Need, ETCD_PROGRAMS};
+use daolinet_testlab::{
+    catch_signals, check_stop, workspace_bin, Controller, Lab, Need, ETCD_PROGRAMS,
+};
 use daolinet_tests::ha::{first_answer, metric, wait_raft_leader, Ha, HaOpts, Pinger, Stream};
 
 /// Leader kills measured.
@@ -40,44 +41,6 @@ const REPS: usize = 3;
 const SWITCHES: usize = 16;
 const CONTAINERS: usize = 32;
 const WINDOW: usize = 64;
-
-/// Set by SIGINT, SIGTERM or SIGHUP: stop measuring and clean up.
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
-}
-
-/// Turn Ctrl-C (and SIGTERM, SIGHUP) into a panic at the next step, so
-/// that the lab's guards stop the controllers, agents, Open vSwitch and
-/// etcd and remove the namespaces instead of the process dying with them
-/// in place. `cargo xtask bench failover` starts this in a process group
-/// of its own (so that Ctrl-C does not also kill the daemons the cleanup
-/// stops itself): it asks for SIGTERM when the xtask dies.
-fn catch_signals() {
-    for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic (async-signal-safe).
-        unsafe {
-            libc::signal(
-                s,
-                on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
-            )
-        };
-    }
-    // SAFETY: prctl with integer arguments only.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) };
-    // SAFETY: no arguments.
-    if unsafe { libc::getppid() } == 1 {
-        STOP.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Panic (and so clean up) if a signal asked to stop.
-fn check_stop() {
-    if STOP.load(Ordering::Relaxed) {
-        panic!("interrupted: removing everything the benchmark created");
-    }
-}
 
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
