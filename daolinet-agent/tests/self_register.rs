@@ -413,8 +413,14 @@ fn bad_input_at_join_leaves_the_host_as_it_was() {
     // The join itself, then joining twice: another agent on the same
     // uplink (another state dir), and the same state dir again.
     let mut first = lab.agent(&h, &good);
-    wait_until("host jnbad served", DEADLINE, || {
+    // Served: the controller's flows are in, and the NAT-out the agent
+    // sets up once the API gave it the pool (a thread of its own, which
+    // may come after the flows) is there too, so the snapshot below is
+    // of the host as the joined agent leaves it.
+    wait_until("host jnbad served, its NAT-out set up", DEADLINE, || {
         first.cli(&["flows"]).contains("actions=CONTROLLER")
+            && daolinet_testlab::sh(&["ip", "netns", "exec", &h, "nft", "list", "tables"])
+                .contains("daolinet")
     });
     let joined = host_state(&h, &refused_agent, &ctl);
     let line = one_error_line(&run_until_exit(&refused_agent, &good));
