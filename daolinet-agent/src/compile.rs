@@ -849,8 +849,8 @@ pub fn actions_of(actions: &[Action], proto: Option<u8>) -> Vec<of::Action> {
             }),
             K::DecTtl => of::Action::DecNwTtl,
             K::Group => of::Action::Group(a.arg),
-            K::SetIpTos if a.data[1] == 0x03 => set(OxmField::IpEcn(a.data[0] & 3, None)),
-            K::SetIpTos => set(OxmField::IpDscp(a.data[0] >> 2, None)),
+            K::SetIpTos if a.data()[1] == 0x03 => set(OxmField::IpEcn(a.data()[0] & 3, None)),
+            K::SetIpTos => set(OxmField::IpDscp(a.data()[0] >> 2, None)),
             K::SetIpv6Label => set(OxmField::Ipv6Flabel(a.arg, None)),
             K::SetVlanVid => set(OxmField::VlanVid(a.arg as u16, None)),
             K::SetVlanPcp => set(OxmField::VlanPcp(a.arg as u8, None)),
@@ -868,13 +868,13 @@ pub fn actions_of(actions: &[Action], proto: Option<u8>) -> Vec<of::Action> {
             K::CopyTtlIn => of::Action::CopyTtlIn,
             K::SetIpv6Src | K::SetIpv6Dst | K::SetNdTarget => {
                 // The first half, then the second (as compile_set_field).
-                let Some(b) = actions.get(i).filter(|b| b.kind == a.kind && b.arg == 1) else {
+                let Some(b) = actions.get(i).filter(|b| b.kind == a.kind && b.half == 1) else {
                     continue;
                 };
                 i += 1;
                 let mut o = [0u8; 16];
-                o[..8].copy_from_slice(&a.data);
-                o[8..].copy_from_slice(&b.data);
+                o[..8].copy_from_slice(&a.data());
+                o[8..].copy_from_slice(&b.data());
                 let v = Ipv6Addr::from(o);
                 set(match kind {
                     K::SetIpv6Src => OxmField::Ipv6Src(v, None),
@@ -897,7 +897,7 @@ pub fn actions_of(actions: &[Action], proto: Option<u8>) -> Vec<of::Action> {
                 set(OxmField::Icmpv6Code(a.arg as u8, None))
             }
             K::SetIcmpCode => set(OxmField::Icmpv4Code(a.arg as u8, None)),
-            K::SetTunnelId => set(OxmField::TunnelId(u64::from_le_bytes(a.data), None)),
+            K::SetTunnelId => set(OxmField::TunnelId(u64::from_le_bytes(a.data()), None)),
         });
     }
     out
@@ -1169,9 +1169,9 @@ mod tests {
         let acts = apply_of(&fm);
         assert_eq!(acts.len(), 3);
         assert_eq!(acts[0].kind(), Some(ActionKind::SetIpv6Dst));
-        assert_eq!((acts[0].arg, acts[1].arg), (0, 1));
-        assert_eq!(acts[0].data, [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0]);
-        assert_eq!(acts[1].data, [0, 0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!((acts[0].half, acts[1].half), (0, 1));
+        assert_eq!(acts[0].data(), [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0]);
+        assert_eq!(acts[1].data(), [0, 0, 0, 0, 0, 0, 0, 1]);
         assert_eq!(compile_actions(&actions_of(&acts, None)).unwrap(), acts);
     }
 

@@ -612,7 +612,7 @@ pub fn mem_total() -> Option<u64> {
 
 /// The pinned maps whose layout the agent knows: name, key size, value
 /// size. A pin whose sizes differ was made by an incompatible agent.
-fn pinned_layouts() -> [(&'static str, usize, usize); 8] {
+fn pinned_layouts() -> [(&'static str, usize, usize); 9] {
     [
         (
             names::FLOWS,
@@ -638,6 +638,7 @@ fn pinned_layouts() -> [(&'static str, usize, usize); 8] {
         ),
         (names::RULE_EXT, 4, size_of::<RuleExt>()),
         (names::METERS, 4, size_of::<MeterEntry>()),
+        (names::GROUPS, 4, size_of::<GroupEntry>()),
     ]
 }
 

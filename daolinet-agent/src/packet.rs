@@ -499,7 +499,7 @@ pub fn apply(frame: &mut Vec<u8>, a: &Action, regs: &mut Regs) -> Applied {
             rewrite(frame, a)
         }
         K::SetTunnelId => {
-            regs.tunnel_id = u64::from_le_bytes(a.data);
+            regs.tunnel_id = u64::from_le_bytes(a.data());
             Applied::Done
         }
         _ => {
@@ -526,7 +526,7 @@ fn apply_rare(frame: &mut Vec<u8>, a: &Action) -> Option<()> {
     let tagged = is_vlan(be16(frame, 12)?);
     match a.kind()? {
         K::SetIpTos => {
-            let (v, m) = (a.data[0], a.data[1]);
+            let (v, m) = (a.data()[0], a.data()[1]);
             match lay.kind {
                 L3Kind::Ipv4 => {
                     frame[l3 + 1] = (frame[l3 + 1] & !m) | (v & m);
@@ -621,15 +621,15 @@ fn apply_rare(frame: &mut Vec<u8>, a: &Action) -> Option<()> {
             }
         }
         k2 @ (K::SetIpv6Src | K::SetIpv6Dst) if lay.kind == L3Kind::Ipv6 => {
-            let h = (a.arg & 1) as usize * 8;
+            let h = (a.half & 1) as usize * 8;
             let at = l3 + if k2 == K::SetIpv6Src { 8 } else { 24 } + h;
-            put_l4(frame, &k, &lay, at, &a.data, true)?;
+            put_l4(frame, &k, &lay, at, &a.data(), true)?;
         }
         K::SetNdTarget => {
             let l4 = lay.l4?;
             if k.ip_proto == FlowKey::IPPROTO_ICMPV6 && (k.l4_src == 135 || k.l4_src == 136) {
-                let at = l4 + 8 + (a.arg & 1) as usize * 8;
-                put_l4(frame, &k, &lay, at, &a.data, false)?;
+                let at = l4 + 8 + (a.half & 1) as usize * 8;
+                put_l4(frame, &k, &lay, at, &a.data(), false)?;
             }
         }
         k2 @ (K::SetNdSll | K::SetNdTll) => {

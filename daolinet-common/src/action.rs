@@ -70,11 +70,11 @@ pub enum ActionKind {
     CopyTtlOut = 28,
     /// Copy the TTL from the outermost header inwards.
     CopyTtlIn = 29,
-    /// Set 8 bytes of the IPv6 source: `data` at byte `arg` * 8.
+    /// Set 8 bytes of the IPv6 source: `data` at byte `half` * 8.
     SetIpv6Src = 30,
-    /// Set 8 bytes of the IPv6 destination: `data` at byte `arg` * 8.
+    /// Set 8 bytes of the IPv6 destination: `data` at byte `half` * 8.
     SetIpv6Dst = 31,
-    /// Set 8 bytes of the ND target: `data` at byte `arg` * 8.
+    /// Set 8 bytes of the ND target: `data` at byte `half` * 8.
     SetNdTarget = 32,
     /// Set the ARP sender hardware address to `data[0..6]`.
     SetArpSha = 33,
@@ -195,13 +195,13 @@ impl ActionKind {
 /// Slots of an action set ([`set_slot`]).
 pub const ASET_SLOTS: usize = 64;
 
-/// The slot of an action of kind `kind` (an [`ActionKind`] as u16) with
-/// argument `arg` in an OpenFlow action set: one slot per action type (per
+/// The slot of an action of kind `kind` (an [`ActionKind`] as u16) and
+/// half `half` ([`Action::half`]) in an OpenFlow action set: one slot per action type (per
 /// half for the 16-byte set-fields), so a written action replaces the one
 /// of its type, and slots in the order the set runs: copy TTL in, pops,
 /// push MPLS, push VLAN, copy TTL out, decrement TTLs, set-fields, group,
 /// output. Below [`ASET_SLOTS`].
-pub const fn set_slot(kind: u16, arg: u32) -> u32 {
+pub const fn set_slot(kind: u16, half: u32) -> u32 {
     match kind {
         29 => 0,     // CopyTtlIn
         19 => 1,     // PopVlan
@@ -215,7 +215,7 @@ pub const fn set_slot(kind: u16, arg: u32) -> u32 {
         1..=4 => 61, // the outputs: one output in a set
         5 => 62,     // Drop
         // The second halves of the 16-byte set-fields.
-        30..=32 if arg & 1 == 1 => 45 + (kind as u32 - 30),
+        30..=32 if half & 1 == 1 => 45 + (kind as u32 - 30),
         // Set-fields (6..=11, 14..=17, 22..=25, 27, 30..=42): after the
         // TTL decrements, each its own slot.
         6..=42 => kind as u32 + 2,
@@ -223,49 +223,68 @@ pub const fn set_slot(kind: u16, arg: u32) -> u32 {
     }
 }
 
-/// One compiled action: a kind plus its argument.
+/// One compiled action: a kind plus its argument, 12 bytes.
+///
+/// The numeric argument and the byte argument share the same 8 bytes (no
+/// kind uses both): [`Action::arg`] is the first 4, [`Action::data`] all 8
+/// (`arg` then `arg_hi`, each in native byte order). Twelve bytes, not 16,
+/// so that eight of them fit a [`crate::FlowEntry`] of 152 bytes, whose
+/// classifier hash map element the kernel allocates as a 256-byte slab
+/// object instead of a 512-byte one.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Action {
     /// An [`ActionKind`] as u16.
     pub kind: u16,
-    /// Reserved, zero.
-    pub _pad: u16,
-    /// Numeric argument: port number, L4 port, max_len.
+    /// Which half of a 16-byte set-field `data` is (0: bytes 0..8, 1:
+    /// bytes 8..16), for [`ActionKind::SetIpv6Src`], [`ActionKind::SetIpv6Dst`]
+    /// and [`ActionKind::SetNdTarget`]; zero for every other kind.
+    pub half: u16,
+    /// Numeric argument: port number, L4 port, max_len; or bytes 0..4 of
+    /// the byte argument ([`Action::data`]).
     pub arg: u32,
-    /// Byte argument: MAC address (6 bytes) or IPv4 address (4 bytes).
-    pub data: [u8; 8],
+    /// Bytes 4..8 of the byte argument ([`Action::data`]).
+    pub arg_hi: u32,
 }
 
 impl Action {
-    const fn new(kind: ActionKind, arg: u32, data: [u8; 8]) -> Self {
+    const fn new(kind: ActionKind, half: u16, data: [u8; 8]) -> Self {
         Action {
             kind: kind as u16,
-            _pad: 0,
+            half,
+            arg: u32::from_ne_bytes([data[0], data[1], data[2], data[3]]),
+            arg_hi: u32::from_ne_bytes([data[4], data[5], data[6], data[7]]),
+        }
+    }
+
+    const fn numeric(kind: ActionKind, arg: u32) -> Self {
+        Action {
+            kind: kind as u16,
+            half: 0,
             arg,
-            data,
+            arg_hi: 0,
         }
     }
 
     /// Output to OpenFlow port `port`.
     pub fn output(port: u32) -> Self {
-        Self::new(ActionKind::Output, port, [0; 8])
+        Self::numeric(ActionKind::Output, port)
     }
     /// Output back to the ingress port.
     pub fn output_in_port() -> Self {
-        Self::new(ActionKind::OutputInPort, 0, [0; 8])
+        Self::numeric(ActionKind::OutputInPort, 0)
     }
     /// Output to the host stack.
     pub fn output_local() -> Self {
-        Self::new(ActionKind::OutputLocal, 0, [0; 8])
+        Self::numeric(ActionKind::OutputLocal, 0)
     }
     /// Punt to the controller, sending at most `max_len` bytes.
     pub fn controller(max_len: u32) -> Self {
-        Self::new(ActionKind::Controller, max_len, [0; 8])
+        Self::numeric(ActionKind::Controller, max_len)
     }
     /// Drop.
     pub fn drop_packet() -> Self {
-        Self::new(ActionKind::Drop, 0, [0; 8])
+        Self::numeric(ActionKind::Drop, 0)
     }
     /// Set Ethernet source.
     pub fn set_eth_src(mac: [u8; 6]) -> Self {
@@ -285,27 +304,28 @@ impl Action {
     }
     /// Set TCP/UDP source port.
     pub fn set_l4_src(port: u16) -> Self {
-        Self::new(ActionKind::SetL4Src, port as u32, [0; 8])
+        Self::numeric(ActionKind::SetL4Src, port as u32)
     }
     /// Set TCP/UDP destination port.
     pub fn set_l4_dst(port: u16) -> Self {
-        Self::new(ActionKind::SetL4Dst, port as u32, [0; 8])
+        Self::numeric(ActionKind::SetL4Dst, port as u32)
     }
     /// Decrement TTL.
     pub fn dec_ttl() -> Self {
-        Self::new(ActionKind::DecTtl, 0, [0; 8])
+        Self::numeric(ActionKind::DecTtl, 0)
     }
     /// An action of `kind` with a numeric argument.
     pub fn with_arg(kind: ActionKind, arg: u32) -> Self {
-        Self::new(kind, arg, [0; 8])
+        Self::numeric(kind, arg)
     }
-    /// An action of `kind` with a numeric argument and byte data.
-    pub fn with_data(kind: ActionKind, arg: u32, data: [u8; 8]) -> Self {
-        Self::new(kind, arg, data)
+    /// An action of `kind` with byte data; `half` says which half of a
+    /// 16-byte set-field it is ([`Action::half`]), else 0.
+    pub fn with_data(kind: ActionKind, half: u16, data: [u8; 8]) -> Self {
+        Self::new(kind, half, data)
     }
     /// Apply group `id`.
     pub fn group(id: u32) -> Self {
-        Self::new(ActionKind::Group, id, [0; 8])
+        Self::numeric(ActionKind::Group, id)
     }
 
     /// The decoded kind, `None` when the stored value is unknown.
@@ -315,22 +335,25 @@ impl Action {
 
     /// This action's slot in an action set ([`set_slot`]).
     pub fn set_slot(&self) -> u32 {
-        set_slot(self.kind, self.arg)
+        set_slot(self.kind, self.half as u32)
     }
-    /// `data` as a MAC address.
+    /// The byte argument: MAC address (6 bytes), IPv4 address (4 bytes),
+    /// half an IPv6 address, tunnel id, TOS value and mask.
+    #[inline(always)]
+    pub fn data(&self) -> [u8; 8] {
+        let (a, b) = (self.arg.to_ne_bytes(), self.arg_hi.to_ne_bytes());
+        [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]]
+    }
+    /// The byte argument as a MAC address.
+    #[inline(always)]
     pub fn mac(&self) -> [u8; 6] {
-        [
-            self.data[0],
-            self.data[1],
-            self.data[2],
-            self.data[3],
-            self.data[4],
-            self.data[5],
-        ]
+        let d = self.data();
+        [d[0], d[1], d[2], d[3], d[4], d[5]]
     }
-    /// `data` as an IPv4 address.
+    /// The byte argument as an IPv4 address.
+    #[inline(always)]
     pub fn ipv4(&self) -> [u8; 4] {
-        [self.data[0], self.data[1], self.data[2], self.data[3]]
+        self.arg.to_ne_bytes()
     }
 }
 
@@ -360,6 +383,16 @@ mod tests {
         );
         assert_eq!(Action::set_ipv4_src([10, 0, 0, 1]).ipv4(), [10, 0, 0, 1]);
         assert_eq!(Action::output(3).kind(), Some(ActionKind::Output));
+        // The byte argument keeps all 8 bytes, and the numeric argument is
+        // its first 4: a kind uses one or the other.
+        let d = [1, 2, 3, 4, 5, 6, 7, 8];
+        let t = Action::with_data(ActionKind::SetTunnelId, 0, d);
+        assert_eq!(t.data(), d);
+        assert_eq!(t.half, 0);
+        let h = Action::with_data(ActionKind::SetIpv6Dst, 1, d);
+        assert_eq!((h.data(), h.half), (d, 1));
+        assert_eq!(Action::output(0xffff_fffe).arg, 0xffff_fffe);
+        assert_eq!(Action::output(7).data()[..4], 7u32.to_ne_bytes());
     }
 
     #[test]

@@ -445,18 +445,26 @@ mod tests {
     fn layouts_have_the_sizes_the_datapath_expects() {
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<FlowMapKey>(), 44);
-        assert_eq!(size_of::<Action>(), 16);
-        assert_eq!(size_of::<FlowEntry>(), 56 + 16 * MAX_ACTIONS);
+        assert_eq!(size_of::<Action>(), 12);
+        assert_eq!(size_of::<FlowEntry>(), 56 + 12 * MAX_ACTIONS);
+        // The kernel allocates an element of a BPF_F_NO_PREALLOC hash map
+        // (48-byte header, key and value each rounded up to 8 bytes, 8
+        // bytes of allocator link) from the next kmalloc size class: a
+        // FlowEntry of at most 152 bytes with the 44-byte key makes a
+        // 256-byte object, one more byte a 512-byte one.
+        assert!(
+            48 + size_of::<FlowMapKey>().next_multiple_of(8) + size_of::<FlowEntry>() + 8 <= 256
+        );
         assert_eq!(size_of::<Subtable>(), 48);
         assert_eq!(size_of::<PortInfo>(), 32);
         assert_eq!(size_of::<PuntHeader>(), 48);
         assert_eq!(size_of::<RuleStats>(), 24);
         assert_eq!(size_of::<FlowKeyExt>(), 76);
         assert_eq!(size_of::<WideMapKey>(), 120);
-        assert_eq!(size_of::<RuleExt>(), 32 + 16 * MAX_ACTIONS);
+        assert_eq!(size_of::<RuleExt>(), 32 + 12 * MAX_ACTIONS);
         assert_eq!(
             size_of::<GroupEntry>(),
-            16 + SELECT_SLOTS + 72 * MAX_BUCKETS
+            16 + SELECT_SLOTS + (8 + 12 * BUCKET_ACTIONS) * MAX_BUCKETS
         );
         assert_eq!(size_of::<DatapathConfig>(), 12);
     }

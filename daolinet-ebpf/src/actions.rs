@@ -310,7 +310,7 @@ fn apply_one<P: Packet, const FULL: bool>(
         }
         // The tunnel id is a register: no packet bytes change.
         ActionKind::SetTunnelId => {
-            let d = a.data;
+            let d = a.data();
             st.tunnel_id = [
                 u32::from_le_bytes([d[0], d[1], d[2], d[3]]),
                 u32::from_le_bytes([d[4], d[5], d[6], d[7]]),

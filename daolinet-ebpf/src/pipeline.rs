@@ -285,7 +285,7 @@ static SLOTS: [[u8; 64]; 2] = {
 /// volatile so the compiler keeps it one), below [`ASET_SLOTS`].
 #[inline(always)]
 fn slot_of(a: &Action) -> u32 {
-    let row = &SLOTS[(a.arg & 1) as usize];
+    let row = &SLOTS[(a.half & 1) as usize];
     let s = match row.get((a.kind & 63) as usize) {
         // SAFETY: an element of a static, valid to read.
         Some(v) => unsafe { core::ptr::read_volatile(v) },

@@ -39,7 +39,10 @@ pub fn apply<P: Packet>(ctx: &P, st: &mut ActState, a: &Action) -> Result<(), Dr
         return Ok(());
     };
     match kind {
-        ActionKind::SetIpTos => set_tos(ctx, st, a.data[0], a.data[1]),
+        ActionKind::SetIpTos => {
+            let d = a.data();
+            set_tos(ctx, st, d[0], d[1])
+        }
         ActionKind::SetIpv6Label => set_label(ctx, st, a.arg),
         ActionKind::SetVlanVid => set_tci(ctx, st, a.arg as u16 & 0x0fff, 0x0fff),
         ActionKind::SetVlanPcp => set_tci(ctx, st, (a.arg as u16 & 7) << 13, 0xe000),
@@ -54,7 +57,7 @@ pub fn apply<P: Packet>(ctx: &P, st: &mut ActState, a: &Action) -> Result<(), Dr
         ActionKind::CopyTtlOut => copy_ttl(ctx, st, true),
         ActionKind::CopyTtlIn => copy_ttl(ctx, st, false),
         ActionKind::SetIpv6Src | ActionKind::SetIpv6Dst | ActionKind::SetNdTarget => {
-            set_addr_half(ctx, st, kind, a.arg, a.data)
+            set_addr_half(ctx, st, kind, u32::from(a.half), a.data())
         }
         ActionKind::SetArpOp
         | ActionKind::SetArpSha
