@@ -1,19 +1,33 @@
 //! A real etcd cluster (Debian's etcd-server) for the tests of several
 //! controllers: `n` members in a namespace of the lab's own, so their
 //! fixed ports (2379 clients, 2380 peers, on 127.0.0.11, .12, ...) collide
-//! with nobody; each member has its own data directory in the lab; every
-//! member is stopped on drop.
+//! with nobody; each member has its own data directory, in memory
+//! (`/dev/shm`) when the machine has it; every member is stopped on drop,
+//! and a failed test shows the members' log tails.
+//!
+//! Why in memory: etcd syncs its write-ahead log to disk on every write,
+//! and a lease keep-alive waits for the leader to apply what came before
+//! it. On a machine whose disk is busy (builds, other tests) a sync can
+//! stall long enough for a controller's keep-alive to go unanswered past
+//! its step-down limit (0.75 s with 2 s leases), and the controllers then
+//! lose and re-win leadership over and over instead of serving switches.
+//! Production etcd belongs on a disk; the tests measure the controllers,
+//! not the test machine's disk.
 //!
 //! What talks to the cluster runs inside [`EtcdCluster::netns`]:
 //! processes with [`crate::Netns::spawn`] / `command`, in-process clients on
 //! a thread that entered it ([`crate::Netns::enter`]; threads and tokio
 //! runtimes started there stay in it).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cmd::Proc;
+use crate::fs::TempDir;
 use crate::netns::Netns;
+
+/// Where member data goes when the machine has it: memory.
+const MEMORY_DIR: &str = "/dev/shm";
 
 /// The programs an etcd test needs (list them in the lab's needs).
 pub const ETCD_PROGRAMS: [&str; 2] = ["etcd", "etcdctl"];
@@ -29,17 +43,22 @@ struct Member {
 #[derive(Debug)]
 pub struct EtcdCluster {
     members: Vec<Member>,
+    /// The members' logs.
     dir: PathBuf,
+    /// The members' data directories (dropped after the members stop).
+    data: TempDir,
     token: String,
     // Declared last: dropped after the members are stopped.
     netns: Netns,
 }
 
 impl EtcdCluster {
-    /// Starts `n` members in `netns` with data under `dir` and waits
-    /// until every member answers (see [`crate::Lab::etcd`]).
+    /// Starts `n` members in `netns` with logs under `dir` (and data in
+    /// memory when the machine has `/dev/shm`, else under `dir` too) and
+    /// waits until every member answers (see [`crate::Lab::etcd`]).
     #[track_caller]
     pub fn start(netns: Netns, dir: PathBuf, n: usize) -> EtcdCluster {
+        let data = TempDir::create(data_root(&dir));
         let members = (0..n)
             .map(|i| Member {
                 name: format!("m{i}"),
@@ -50,6 +69,7 @@ impl EtcdCluster {
         let mut c = EtcdCluster {
             members,
             dir,
+            data,
             token: netns.name().to_string(),
             netns,
         };
@@ -85,7 +105,7 @@ impl EtcdCluster {
 
     /// The data directory of member `i`.
     pub fn data_dir(&self, i: usize) -> PathBuf {
-        self.dir.join(&self.members[i].name)
+        self.data.path().join(&self.members[i].name)
     }
 
     /// (Re)starts member `i` with its data directory as it is.
@@ -208,8 +228,33 @@ impl EtcdCluster {
     }
 }
 
+/// The directory for the data of the cluster logged in `dir`: beside it in
+/// memory (`/dev/shm/<lab dir>-<dir>`, unique as both are) when the machine
+/// has `/dev/shm`, else `dir/data`.
+fn data_root(dir: &Path) -> PathBuf {
+    let name = |p: Option<&Path>| {
+        p.and_then(Path::file_name)
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let memory = Path::new(MEMORY_DIR);
+    if memory.is_dir() {
+        memory.join(format!("{}-{}", name(dir.parent()), name(Some(dir))))
+    } else {
+        dir.join("data")
+    }
+}
+
 impl Drop for EtcdCluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Captured by libtest and shown with the failed test.
+            eprintln!(
+                "--- etcd in {}: last lines of its members ---\n{}",
+                self.netns,
+                self.logs()
+            );
+        }
         for i in 0..self.members.len() {
             self.kill9(i);
         }
