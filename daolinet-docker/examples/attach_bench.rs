@@ -44,8 +44,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use daolinet_testlab::{
-    busybox_image, catch_signals, check_stop, stop_requested, workspace_bin, Cluster, DockerHost,
-    Dockerd, Lab, Need, Podman, DOCKER_PROGRAMS, PODMAN_PROGRAMS,
+    busybox_image, catch_signals, check_stop, median, quantile, stop_requested, workspace_bin,
+    Cluster, DockerHost, Dockerd, Lab, Need, Podman, DOCKER_PROGRAMS, PODMAN_PROGRAMS,
 };
 use serde_json::json;
 
@@ -73,27 +73,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .and_then(|v| v.parse().ok())
         .filter(|&v| v > 0)
         .unwrap_or(default)
-}
-
-/// Nearest-rank quantile.
-fn quantile(v: &[f64], q: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[rank - 1]
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 /// A container runtime of the lab.

@@ -56,6 +56,7 @@ mod ovs;
 mod proxy;
 mod runtimes;
 mod skip;
+mod stats;
 mod traffic;
 mod wait;
 
@@ -81,6 +82,7 @@ pub use runtimes::{
 pub use skip::{
     bpf_object, is_root, on_path, require, summary_line, under_ci, Need, Ready, OBJECT_ENV,
 };
+pub use stats::{median, quantile};
 pub use traffic::{iperf3, Transfer};
 pub use wait::{eventually, wait_for, wait_poll, wait_until, Poll, DEADLINE};
 

@@ -25,7 +25,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use daolinet_testlab::{
-    catch_signals, check_stop, workspace_bin, Controller, Lab, Need, ETCD_PROGRAMS,
+    catch_signals, check_stop, median, quantile, workspace_bin, Controller, Lab, Need,
+    ETCD_PROGRAMS,
 };
 use daolinet_tests::ha::{first_answer, metric, wait_raft_leader, Ha, HaOpts, Pinger, Stream};
 
@@ -46,27 +47,6 @@ fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".into())
-}
-
-fn quantile(v: &[f64], q: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    // Nearest rank.
-    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[rank - 1]
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 /// One etcd member kill.
