@@ -442,7 +442,12 @@ struct BatchAttr {
 /// `BPF_MAP_DELETE_BATCH`: delete `count` keys (each `key_size` bytes) in
 /// one call. The kernel stops at a key that is not there (ENOENT): that
 /// one is skipped and the rest deleted, so a missing key is not an error.
-fn delete_batch(fd: std::os::fd::RawFd, keys: &[u8], key_size: usize, count: u32) -> Result<()> {
+pub(crate) fn delete_batch(
+    fd: std::os::fd::RawFd,
+    keys: &[u8],
+    key_size: usize,
+    count: u32,
+) -> Result<()> {
     const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
     let mut done = 0u32;
     while done < count {
@@ -568,10 +573,15 @@ pub struct Datapath {
     pipelines: [ProgramArray<MapData>; 2],
     /// True once the pipeline programs are loaded and in their arrays.
     pipeline_loaded: bool,
+    /// Entries of removed subtables still to be deleted.
+    drains: crate::drain::Drains,
 }
 
 impl Drop for Datapath {
     fn drop(&mut self) {
+        if let Err(e) = self.finish_drains() {
+            tracing::warn!("deleting the entries of removed subtables: {e:#}");
+        }
         if self.keep_links {
             return;
         }
@@ -778,6 +788,7 @@ impl Datapath {
             capacity,
             pipelines: [tc_pipeline, xdp_pipeline],
             pipeline_loaded: false,
+            drains: Default::default(),
         };
         // Rules an earlier run left that need the pipeline: load it now,
         // before this run's programs are attached.
@@ -1161,23 +1172,36 @@ impl Datapath {
         &mut self.ebpf
     }
 
-    /// Apply table changes to the maps, in order.
+    /// Apply table changes to the maps, in order. The entries of removed
+    /// subtables ([`MapOp::DrainFlows`]) are deleted afterwards, by a
+    /// thread of their own (see [`crate::drain`]).
     pub fn apply(&mut self, ops: &[MapOp]) -> Result<()> {
+        self.drains.reap();
+        let r = self.write_ops(ops);
+        let started = self.start_drains();
+        r.and(started)
+    }
+
+    /// Write `ops` in order (the entries to drain collected).
+    fn write_ops(&mut self, ops: &[MapOp]) -> Result<()> {
         if ops.iter().any(needs_pipeline) {
             self.ensure_pipeline()?;
         }
         for op in ops {
+            if let MapOp::PutFlow(k, _) | MapOp::UpdateFlow(k, _) = op {
+                self.before_write(k.subtable())?;
+            }
             match op {
-                MapOp::PutFlow(EntryKey::Narrow(k), e) => {
+                MapOp::PutFlow(EntryKey::Narrow(k), e) => self.with_room(|dp| {
                     let mut m: HashMap<&mut MapData, FlowMapKey, FlowEntry> =
-                        HashMap::try_from(self.map(names::FLOWS)?)?;
-                    m.insert(k, **e, 0).context("writing a flow entry")?;
-                }
-                MapOp::PutFlow(EntryKey::Wide(k), e) => {
+                        HashMap::try_from(dp.map(names::FLOWS)?)?;
+                    m.insert(k, **e, 0).context("writing a flow entry")
+                })?,
+                MapOp::PutFlow(EntryKey::Wide(k), e) => self.with_room(|dp| {
                     let mut m: HashMap<&mut MapData, WideMapKey, FlowEntry> =
-                        HashMap::try_from(self.map(names::FLOWS_WIDE)?)?;
-                    m.insert(**k, **e, 0).context("writing a wide flow entry")?;
-                }
+                        HashMap::try_from(dp.map(names::FLOWS_WIDE)?)?;
+                    m.insert(**k, **e, 0).context("writing a wide flow entry")
+                })?,
                 MapOp::UpdateFlow(EntryKey::Narrow(k), e) => {
                     let mut m: HashMap<&mut MapData, FlowMapKey, FlowEntry> =
                         HashMap::try_from(self.map(names::FLOWS)?)?;
@@ -1193,6 +1217,7 @@ impl Datapath {
                     let e = carried(m.get(&**k, 0).ok(), e);
                     m.insert(**k, e, 0).context("rewriting a wide flow entry")?;
                 }
+                MapOp::DrainFlows(d) => self.drains.add(d),
                 MapOp::DelFlow(EntryKey::Narrow(k)) => {
                     let mut m: HashMap<&mut MapData, FlowMapKey, FlowEntry> =
                         HashMap::try_from(self.map(names::FLOWS)?)?;
@@ -1272,7 +1297,17 @@ impl Datapath {
     ///
     /// Runs of removals (classifier entries, metadata) are deleted with one
     /// `BPF_MAP_DELETE_BATCH` per map the same way.
+    ///
+    /// The entries of removed subtables ([`MapOp::DrainFlows`]) are deleted
+    /// afterwards, by a thread of their own (see [`crate::drain`]).
     pub fn apply_batched(&mut self, ops: &[MapOp]) -> Result<()> {
+        self.drains.reap();
+        let r = self.write_batched(ops);
+        let started = self.start_drains();
+        r.and(started)
+    }
+
+    fn write_batched(&mut self, ops: &[MapOp]) -> Result<()> {
         if ops.iter().any(needs_pipeline) {
             self.ensure_pipeline()?;
         }
@@ -1286,19 +1321,19 @@ impl Datapath {
                 let seg = &ops[i..i + run];
                 if let Err(e) = self.batch_adds(seg) {
                     tracing::debug!("batched map update refused ({e:#}), writing one by one");
-                    self.apply(seg)?;
+                    self.write_ops(seg)?;
                 }
                 i += run;
             } else if del_run >= 8 {
                 let seg = &ops[i..i + del_run];
                 if let Err(e) = self.batch_dels(seg) {
                     tracing::debug!("batched map delete refused ({e:#}), deleting one by one");
-                    self.apply(seg)?;
+                    self.write_ops(seg)?;
                 }
                 i += del_run;
             } else {
                 let n = run.max(1);
-                self.apply(&ops[i..i + n])?;
+                self.write_ops(&ops[i..i + n])?;
                 i += n;
             }
         }
@@ -1324,16 +1359,21 @@ impl Datapath {
     fn batch_adds(&mut self, seg: &[MapOp]) -> Result<()> {
         let (mut fk, mut fv) = (Vec::new(), Vec::new());
         let mut nf = 0u32;
+        let mut last_sub = None;
         for op in seg {
             let MapOp::PutFlow(EntryKey::Narrow(k), e) = op else {
                 bail!("not an addition");
             };
+            if last_sub != Some(k.subtable) {
+                self.before_write(k.subtable)?;
+                last_sub = Some(k.subtable);
+            }
             fk.extend_from_slice(bytemuck::bytes_of(k));
             fv.extend_from_slice(bytemuck::bytes_of(&**e));
             nf += 1;
         }
         if nf > 0 {
-            update_batch(self.batch_fd(names::FLOWS)?, &fk, &fv, nf)?;
+            self.with_room(|dp| update_batch(dp.batch_fd(names::FLOWS)?, &fk, &fv, nf))?;
         }
         Ok(())
     }
@@ -1357,6 +1397,93 @@ impl Datapath {
             )?;
         }
         Ok(())
+    }
+
+    /// Before an entry of subtable `sub` is written: the entries of an
+    /// earlier subtable with that id (ids are not used again, but they
+    /// wrap) are deleted first.
+    fn before_write(&mut self, sub: u32) -> Result<()> {
+        if self.drains.busy() && self.drains.pending(sub) {
+            self.finish_drains()?;
+        }
+        Ok(())
+    }
+
+    /// Run a write; if it fails while entries of removed subtables are
+    /// still being deleted (the map may have no room for another entry
+    /// until they are), wait for them and run it again.
+    fn with_room(&mut self, mut write: impl FnMut(&mut Self) -> Result<()>) -> Result<()> {
+        match write(self) {
+            Err(e) if self.drains.busy() => {
+                tracing::debug!("map write failed during a drain ({e:#}): finishing the drain");
+                self.finish_drains()?;
+                write(self)
+            }
+            r => r,
+        }
+    }
+
+    /// Duplicates of the classifier maps' descriptors, for a drain.
+    fn drain_fds(&mut self) -> Result<crate::drain::Fds> {
+        use std::os::fd::BorrowedFd;
+        let mut dup = |name| -> Result<std::os::fd::OwnedFd> {
+            let fd = self.batch_fd(name)?;
+            // SAFETY: `fd` belongs to a map held in `batch_maps`, open
+            // for the duration of this borrow.
+            let b = unsafe { BorrowedFd::borrow_raw(fd) };
+            Ok(b.try_clone_to_owned()?)
+        };
+        Ok((dup(names::FLOWS)?, dup(names::FLOWS_WIDE)?))
+    }
+
+    /// Hand the entries collected from the operations just written to a
+    /// drain thread.
+    fn start_drains(&mut self) -> Result<()> {
+        if !self.drains.ready() {
+            return Ok(());
+        }
+        let fds = match self.drain_fds() {
+            Ok(fds) => fds,
+            Err(e) => {
+                // Not left collected: the next start removes them.
+                let _ = self.drains.finish(None);
+                return Err(e.context("starting the deletion of removed subtables' entries"));
+            }
+        };
+        self.drains.start(fds)
+    }
+
+    /// Delete every entry of removed subtables still to be deleted, and
+    /// return when it is done.
+    pub fn finish_drains(&mut self) -> Result<()> {
+        if !self.drains.busy() {
+            return Ok(());
+        }
+        match self.drain_fds() {
+            Ok(fds) => self.drains.finish(Some(fds)),
+            Err(e) => {
+                let _ = self.drains.finish(None);
+                Err(e)
+            }
+        }
+    }
+
+    /// Hold the deletion of removed subtables' entries until released
+    /// (`false`): for tests, which look at the datapath while those
+    /// deletions have not run yet. A release starts them.
+    pub fn hold_drains(&mut self, held: bool) -> Result<()> {
+        self.drains.hold(held);
+        if held {
+            Ok(())
+        } else {
+            self.start_drains()
+        }
+    }
+
+    /// True while entries of removed subtables are still to be deleted.
+    pub fn draining(&mut self) -> bool {
+        self.drains.reap();
+        self.drains.busy()
     }
 
     fn set_subtables(&mut self, table: u8, list: &[crate::table::SubtableDesc]) -> Result<()> {
@@ -1543,6 +1670,10 @@ impl Datapath {
             ..crate::table::Rule::matching(table, e.priority as u16, &key, &mask)
         };
         let mut rules = Vec::new();
+        // Entries of subtables in no list: a drain an earlier run did not
+        // finish (see crate::drain). No packet reaches them; they go now,
+        // before their subtable ids can be given out again.
+        let mut orphans = crate::table::Drained::default();
         {
             let flows: HashMap<&mut MapData, FlowMapKey, FlowEntry> =
                 HashMap::try_from(self.map(names::FLOWS)?)?;
@@ -1551,6 +1682,8 @@ impl Datapath {
                 if let Some((t, mask)) = by_id.get(&k.subtable) {
                     let key = crate::table::full(k.key);
                     rules.push((e.rule_id, rule(*t, key, *mask, &e)));
+                } else {
+                    orphans.push(EntryKey::Narrow(k));
                 }
             }
         }
@@ -1561,8 +1694,20 @@ impl Datapath {
                 let (k, e) = kv?;
                 if let Some((t, mask)) = by_id.get(&k.subtable) {
                     rules.push((e.rule_id, rule(*t, k.key, *mask, &e)));
+                } else {
+                    orphans.push(EntryKey::Wide(Box::new(k)));
                 }
             }
+        }
+        if !orphans.is_empty() {
+            let n = orphans.len();
+            let mut d = crate::drain::Drains::default();
+            d.add(&orphans);
+            d.finish(Some(self.drain_fds()?))?;
+            tracing::info!(
+                entries = n,
+                "entries of removed subtables an earlier run left deleted"
+            );
         }
         Ok(SavedRules {
             subtables: subs,
@@ -1596,6 +1741,8 @@ impl Datapath {
     /// entries by hand; the agent's rules have one entry each, read with
     /// one lookup by [`Datapath::rule_stats`]).
     pub fn find_rule_stats(&mut self, id: u32) -> Result<Option<RuleStats>> {
+        // Entries of removed subtables may name a rule id given out again.
+        self.finish_drains()?;
         let mut entries: Vec<FlowEntry> = Vec::new();
         {
             let m: HashMap<&mut MapData, FlowMapKey, FlowEntry> =

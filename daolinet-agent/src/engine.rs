@@ -186,7 +186,8 @@ pub struct ReadOutcome {
 }
 
 /// After a change that removed at least this many classifier entries, the
-/// memory the flow table freed is handed back to the kernel.
+/// memory the flow table freed is handed back to the kernel (once the
+/// replies are written).
 const TRIM_AFTER_REMOVALS: usize = 4096;
 
 /// Hand the heap's free pages back to the kernel (`malloc_trim`): after a
@@ -231,6 +232,9 @@ pub struct Engine<D> {
     /// The container ports' sources the controller gave (anti-spoofing),
     /// by OpenFlow port: applied to a port attached later too.
     sources: BTreeMap<u32, Source>,
+    /// A bulk removal freed memory: it is handed back once the replies
+    /// are written ([`Engine::flush_dirty`]).
+    trim: bool,
 }
 
 impl<D: Dataplane> Engine<D> {
@@ -252,6 +256,7 @@ impl<D: Dataplane> Engine<D> {
             stats: Default::default(),
             drop_log: Default::default(),
             sources: BTreeMap::new(),
+            trim: false,
         }
     }
 
@@ -433,12 +438,16 @@ impl<D: Dataplane> Engine<D> {
             return;
         }
         self.dp.apply(ops);
-        let removed = ops
+        let removed: usize = ops
             .iter()
-            .filter(|o| matches!(o, MapOp::DelFlow(_)))
-            .count();
+            .map(|o| match o {
+                MapOp::DelFlow(_) => 1,
+                MapOp::DrainFlows(d) => d.len(),
+                _ => 0,
+            })
+            .sum();
         if removed >= TRIM_AFTER_REMOVALS {
-            give_back_memory();
+            self.trim = true;
         }
     }
 
@@ -581,10 +590,16 @@ impl<D: Dataplane> Engine<D> {
         more
     }
 
-    /// Write what the connections given output since the last call hold.
+    /// Write what the connections given output since the last call hold;
+    /// then, after a bulk removal, hand the freed heap back.
     pub fn flush_dirty(&mut self) {
         while let Some(id) = self.dirty.pop() {
             self.flush(id);
+        }
+        // Off the replies' path: a BARRIER_REPLY after a bulk delete does
+        // not wait for the heap to be trimmed.
+        if std::mem::take(&mut self.trim) {
+            give_back_memory();
         }
     }
 

@@ -5,7 +5,8 @@
 //! - [`table`]: the userspace rule table and its tuple-space layout
 //!   (subtables, shadowing by priority) — pure, tested without root;
 //! - [`datapath`]: loads the BPF object, pins maps under bpffs, attaches
-//!   programs to ports and writes the table into the maps;
+//!   programs to ports and writes the table into the maps ([`drain`]:
+//!   the entries of removed subtables, deleted in the background);
 //! - [`oftable`]: OpenFlow 1.3 FLOW_MOD semantics and timeouts over the
 //!   table (sans-IO); [`ofswitch`]: the OpenFlow switch (sessions, roles,
 //!   multiparts, PACKET_IN/OUT, ARP responder, fail modes; sans-IO);
@@ -31,7 +32,7 @@
 //!
 //! Module dependencies run one way: runtime -> control, fastpath ->
 //! engine -> conn, ofswitch -> oftable -> table, compile; host -> engine
-//! (the trait), datapath, inject -> netdev.
+//! (the trait), datapath -> drain, inject -> netdev.
 
 pub mod compile;
 pub mod conn;
@@ -39,6 +40,7 @@ pub mod control;
 pub mod datapath;
 pub mod delqueue;
 pub mod dpstats;
+pub mod drain;
 pub mod dropwatch;
 pub mod engine;
 pub mod fastpath;

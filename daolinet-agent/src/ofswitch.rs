@@ -1719,7 +1719,10 @@ mod tests {
         assert_eq!(s.flows.len(), 1);
         // A controller arrives: the learned flows go.
         let fx = s.connected(1, 0, &mut Fake);
-        assert!(fx.ops.iter().any(|o| matches!(o, MapOp::DelFlow(_))));
+        assert!(fx
+            .ops
+            .iter()
+            .any(|o| matches!(o, MapOp::DelFlow(_) | MapOp::DrainFlows(_))));
         assert!(s.flows.is_empty());
     }
 

@@ -340,6 +340,16 @@ impl Filter {
         covered(r, &self.key, &self.mask) && self.selects(r)
     }
 
+    /// True when the filter selects by cookie alone: every table, any
+    /// match, any output port and group.
+    fn by_cookie_only(&self) -> bool {
+        self.table.is_none()
+            && self.mask.key.is_empty_mask()
+            && self.mask.ext.is_empty_mask()
+            && self.out_port == of::OFPP_ANY
+            && self.out_group == of::OFPG_ANY
+    }
+
     fn selects(&self, r: &Rule) -> bool {
         self.table.is_none_or(|t| t == r.table)
             && r.cookie & self.cookie_mask == self.cookie & self.cookie_mask
@@ -876,6 +886,10 @@ impl FlowTable {
                         .collect()
                 },
                 |ids| {
+                    if f.cookie_mask != 0 && f.by_cookie_only() {
+                        // The cookie index chose them: nothing else to check.
+                        return ids;
+                    }
                     ids.into_iter()
                         .filter(|id| self.table.get(*id).is_some_and(|r| f.picks(r)))
                         .collect()
@@ -903,6 +917,11 @@ impl FlowTable {
         now_ns: u64,
         counters: &mut dyn Counters,
     ) -> Outcome {
+        if ids.len() >= BULK_REMOVAL {
+            if let Some(plan) = self.table.whole_subtables(ids) {
+                return self.remove_whole(ids, plan, reason, now_ns, counters);
+            }
+        }
         let mut out = Outcome::default();
         for &id in ids {
             let times = self.times(id);
@@ -927,22 +946,69 @@ impl FlowTable {
             };
             out.touched += 1;
             if wants {
-                let age = now_ns.saturating_sub(times.map_or(now_ns, |t| t.installed_ns));
-                out.removed.push(FlowRemoved {
-                    cookie: rule.cookie,
-                    priority: rule.priority,
-                    reason,
-                    table_id: rule.table,
-                    duration_sec: (age / NS) as u32,
-                    duration_nsec: (age % NS) as u32,
-                    idle_timeout: rule.idle_timeout,
-                    hard_timeout: rule.hard_timeout,
-                    packet_count: stats.packets,
-                    byte_count: stats.bytes,
-                    match_: written
-                        .and_then(|w| w.match_)
-                        .unwrap_or_else(|| match_of(&rule.full_key(), &rule.full_mask())),
-                });
+                let installed = times.map(|t| t.installed_ns);
+                out.removed.push(flow_removed(
+                    &rule, reason, now_ns, installed, &stats, written,
+                ));
+            }
+        }
+        // The entries of subtables this removal emptied: unreachable once
+        // the new subtable lists are written, removed in the background.
+        self.table.defer_unlinked(&mut out.ops);
+        out
+    }
+
+    /// [`FlowTable::remove_ids`] for rules that fill whole subtables (see
+    /// [`RuleTable::remove_whole`]): the same outcome, without keeping
+    /// the indexes up to date rule by rule.
+    fn remove_whole(
+        &mut self,
+        ids: &[u32],
+        plan: crate::table::Whole,
+        reason: u8,
+        now_ns: u64,
+        counters: &mut dyn Counters,
+    ) -> Outcome {
+        // The counters of the rules that want a FLOW_REMOVED, read while
+        // their entries are there.
+        let mut counted: HashMap<u32, RuleStats> = HashMap::new();
+        for &id in ids {
+            if self
+                .table
+                .get(id)
+                .is_some_and(|r| r.flags & of::OFPFF_SEND_FLOW_REM != 0)
+            {
+                counted.insert(id, self.stats(id, counters));
+            }
+        }
+        let mut out = Outcome {
+            touched: ids.len(),
+            ..Default::default()
+        };
+        let Self {
+            table,
+            times,
+            written,
+            ..
+        } = self;
+        let removed = &mut out.removed;
+        table.remove_whole(ids, plan, &mut out.ops, |id, rule| {
+            if let Some(stats) = counted.get(&id) {
+                let installed = times
+                    .get(id as usize)
+                    .copied()
+                    .flatten()
+                    .map(|t| t.installed_ns);
+                let w = written.get(&id).cloned();
+                removed.push(flow_removed(rule, reason, now_ns, installed, stats, w));
+            }
+        });
+        for &id in ids {
+            self.untrack(id);
+        }
+        if !self.written.is_empty() {
+            for id in ids {
+                self.written.remove(id);
             }
         }
         out
@@ -1177,6 +1243,39 @@ impl FlowTable {
             .map(|(id, _)| id)
             .collect();
         self.remove_ids(&ids, of::OFPRR_DELETE, now_ns, counters)
+    }
+}
+
+/// Removals of at least this many rules at once are looked at for the
+/// bulk path (whole subtables, see [`RuleTable::whole_subtables`]).
+const BULK_REMOVAL: usize = 64;
+
+/// The FLOW_REMOVED of `rule` (installed at `installed_ns`, if known),
+/// removed at `now_ns` for `reason`, with its counters and what the
+/// controller wrote of it.
+fn flow_removed(
+    rule: &Rule,
+    reason: u8,
+    now_ns: u64,
+    installed_ns: Option<u64>,
+    stats: &RuleStats,
+    written: Option<Written>,
+) -> FlowRemoved {
+    let age = now_ns.saturating_sub(installed_ns.unwrap_or(now_ns));
+    FlowRemoved {
+        cookie: rule.cookie,
+        priority: rule.priority,
+        reason,
+        table_id: rule.table,
+        duration_sec: (age / NS) as u32,
+        duration_nsec: (age % NS) as u32,
+        idle_timeout: rule.idle_timeout,
+        hard_timeout: rule.hard_timeout,
+        packet_count: stats.packets,
+        byte_count: stats.bytes,
+        match_: written
+            .and_then(|w| w.match_)
+            .unwrap_or_else(|| match_of(&rule.full_key(), &rule.full_mask())),
     }
 }
 
@@ -1702,7 +1801,10 @@ mod tests {
             ),
             (1, of::OFPRR_IDLE_TIMEOUT, 1, 98, 2)
         );
-        assert!(o.ops.iter().any(|o| matches!(o, MapOp::DelFlow(_))));
+        assert!(o
+            .ops
+            .iter()
+            .any(|o| matches!(o, MapOp::DelFlow(_) | MapOp::DrainFlows(_))));
         // The busy one goes 2 s after its last hit, without FLOW_REMOVED.
         let o = t.expire(3_000_000_000, &mut c, usize::MAX);
         assert_eq!(o.touched, 1);
@@ -1755,13 +1857,22 @@ mod tests {
     struct SimMaps {
         flows: std::collections::HashMap<EntryKey, daolinet_common::FlowEntry>,
         subtables: std::collections::HashMap<u8, Vec<crate::table::SubtableDesc>>,
+        /// Subtables whose entries were handed to the drain.
+        drained: std::collections::HashSet<u32>,
     }
 
     impl SimMaps {
         fn apply(&mut self, ops: &[MapOp]) {
+            let mut now = std::collections::HashSet::new();
             for op in ops {
                 match op {
                     MapOp::PutFlow(k, e) => {
+                        // Ids are not used again: no change writes in a
+                        // subtable an earlier one drained.
+                        assert!(
+                            !self.drained.contains(&k.subtable()),
+                            "an entry written in a drained subtable"
+                        );
                         self.flows.insert(k.clone(), **e);
                     }
                     MapOp::UpdateFlow(k, e) => {
@@ -1775,12 +1886,23 @@ mod tests {
                     MapOp::DelFlow(k) => {
                         self.flows.remove(k);
                     }
+                    // Left in place, as if the drain never ran: the walk
+                    // must not reach them.
+                    MapOp::DrainFlows(d) => {
+                        assert!(d.keys().all(|k| d.subtables.contains(&k.subtable())));
+                        now.extend(d.subtables.iter().copied());
+                    }
                     MapOp::SetSubtables(t, l) => {
                         self.subtables.insert(*t, l.clone());
                     }
                     _ => {}
                 }
             }
+            // The drained subtables are in no list now.
+            for list in self.subtables.values() {
+                assert!(list.iter().all(|(s, _)| !now.contains(&s.id)));
+            }
+            self.drained.extend(now);
         }
 
         /// `n` packets hit whatever rule of table 0 wins for `key`.

@@ -142,6 +142,59 @@ impl From<FlowMapKey> for EntryKey {
     }
 }
 
+/// Classifier entries of removed subtables (see [`MapOp::DrainFlows`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Drained {
+    /// The removed subtables the keys are in (ids).
+    pub subtables: Vec<u32>,
+    /// Keys of the compact flow map.
+    pub narrow: Vec<FlowMapKey>,
+    /// Keys of the wide flow map.
+    pub wide: Vec<WideMapKey>,
+}
+
+impl Drained {
+    /// Add the key of an entry.
+    pub fn push(&mut self, k: EntryKey) {
+        let sub = k.subtable();
+        match k {
+            EntryKey::Narrow(k) => self.narrow.push(k),
+            EntryKey::Wide(k) => self.wide.push(*k),
+        }
+        if self.subtables.last() != Some(&sub) && !self.subtables.contains(&sub) {
+            self.subtables.push(sub);
+        }
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.narrow.len() + self.wide.len()
+    }
+
+    /// True when there is no key.
+    pub fn is_empty(&self) -> bool {
+        self.narrow.is_empty() && self.wide.is_empty()
+    }
+
+    /// The keys, compact ones first.
+    pub fn keys(&self) -> impl Iterator<Item = EntryKey> + '_ {
+        self.narrow
+            .iter()
+            .map(|k| EntryKey::Narrow(*k))
+            .chain(self.wide.iter().map(|k| EntryKey::Wide(Box::new(*k))))
+    }
+}
+
+impl EntryKey {
+    /// The id of the subtable the entry is in.
+    pub fn subtable(&self) -> u32 {
+        match self {
+            EntryKey::Narrow(k) => k.subtable,
+            EntryKey::Wide(k) => k.subtable,
+        }
+    }
+}
+
 /// One change to apply to the BPF maps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MapOp {
@@ -154,6 +207,14 @@ pub enum MapOp {
     UpdateFlow(EntryKey, Box<FlowEntry>),
     /// Remove a classifier entry.
     DelFlow(EntryKey),
+    /// Remove the classifier entries of subtables that are gone: a
+    /// `SetSubtables` among the same operations (or before them) no longer
+    /// lists them, so once the operations are applied no packet reaches
+    /// these entries, and they may be removed after the change is
+    /// acknowledged (the datapath does it in the background). Subtable ids
+    /// are not used again, so no later change writes the same keys (see
+    /// [`RuleTable::defer_unlinked`]).
+    DrainFlows(Box<Drained>),
     /// Rewrite a table's subtable list (already sorted) and its count.
     SetSubtables(u8, Vec<SubtableDesc>),
     /// Store a pipeline rule's instructions.
@@ -216,6 +277,14 @@ pub enum TableError {
     /// A table id beyond [`N_TABLES`].
     #[error("no table {0} (tables 0..{N_TABLES})")]
     NoSuchTable(u8),
+}
+
+/// Rules that fill whole subtables, ready to go at once (see
+/// [`RuleTable::whole_subtables`]).
+#[derive(Debug)]
+pub struct Whole {
+    /// Each rule's subtable (its index in the table's subtables).
+    sub_of: Vec<u32>,
 }
 
 #[derive(Clone, Debug)]
@@ -1012,6 +1081,196 @@ impl RuleTable {
         Ok(rule)
     }
 
+    /// Whether [`RuleTable::remove_whole`] can remove the rules `ids` (in
+    /// the table, each once): they are every rule of the subtables they
+    /// are in, and no more rules stay than go. None otherwise.
+    pub fn whole_subtables(&self, ids: &[u32]) -> Option<Whole> {
+        // Each id once (in order), so that counting them counts rules.
+        if ids.is_empty() || ids.len() * 2 < self.len || !ids.is_sorted_by(|a, b| a < b) {
+            return None;
+        }
+        let mut counts = vec![0usize; self.subtables.len()];
+        let mut sub_of = Vec::with_capacity(ids.len());
+        let mut last = 0usize;
+        for &id in ids {
+            let r = &slot_of(&self.slots, id)?.rule;
+            let fits = |s: &SubtableState| {
+                s.table == r.table
+                    && s.mask.key == r.mask
+                    && r.wide
+                        .as_ref()
+                        .map_or(!s.mask.is_wide(), |w| w.mask == s.mask.ext)
+            };
+            if !self.subtables.get(last).is_some_and(fits) {
+                last = self.subtables.iter().position(fits)?;
+            }
+            counts[last] += 1;
+            sub_of.push(last as u32);
+        }
+        let whole = counts
+            .iter()
+            .zip(&self.subtables)
+            .all(|(n, s)| *n == 0 || *n == s.rules());
+        whole.then_some(Whole { sub_of })
+    }
+
+    /// Remove the rules `ids`, which fill whole subtables (`plan`, from
+    /// [`RuleTable::whole_subtables`] for the same ids, nothing changed in
+    /// between), at once: the subtables go from their tables' lists first
+    /// (one `SetSubtables` per table), then the rules' instructions are
+    /// deleted and their entries drained (one [`MapOp::DrainFlows`], a key
+    /// per match). `each` sees every rule before it is dropped. The indexes
+    /// are not updated rule by rule: those of the rules that stay are
+    /// made again (fewer than went), or emptied when none stays.
+    pub fn remove_whole(
+        &mut self,
+        ids: &[u32],
+        plan: Whole,
+        ops: &mut Vec<MapOp>,
+        mut each: impl FnMut(u32, &Rule),
+    ) {
+        let Whole { sub_of } = plan;
+        let sub_ids: Vec<u32> = self.subtables.iter().map(|s| s.id).collect();
+        let mut gone = vec![false; self.subtables.len()];
+        for j in &sub_of {
+            gone[*j as usize] = true;
+        }
+        let mut tables: Vec<u8> = Vec::new();
+        for (s, g) in self.subtables.iter().zip(&gone) {
+            if *g && !tables.contains(&s.table) {
+                tables.push(s.table);
+            }
+        }
+        let mut drained = Drained {
+            subtables: sub_ids
+                .iter()
+                .zip(&gone)
+                .filter(|(_, g)| **g)
+                .map(|(id, _)| *id)
+                .collect(),
+            ..Default::default()
+        };
+        let mut i = 0;
+        self.subtables.retain(|_| {
+            i += 1;
+            !gone[i - 1]
+        });
+        for t in tables {
+            ops.extend(self.subtables_op(t));
+        }
+        // The rules after the first of each match (its group) are marked:
+        // one entry per match is drained.
+        let mut later = vec![false; self.slots.len()];
+        for &id in ids {
+            if let Some(s) = slot_of(&self.slots, id) {
+                if let Some(l) = later.get_mut(s.group_next as usize) {
+                    *l = true;
+                }
+            }
+        }
+        drained.narrow.reserve(ids.len());
+        for (&id, &j) in ids.iter().zip(&sub_of) {
+            let Some(slot) = self.slots.get_mut(id as usize).and_then(Option::take) else {
+                continue;
+            };
+            let r = &slot.rule;
+            if !later[id as usize] {
+                let sub = sub_ids[j as usize];
+                match &r.wide {
+                    None => drained.narrow.push(FlowMapKey {
+                        subtable: sub,
+                        key: r.key,
+                    }),
+                    Some(_) => drained.wide.push(WideMapKey {
+                        subtable: sub,
+                        key: r.full_key(),
+                    }),
+                }
+            }
+            if r.ext.is_some() {
+                ops.push(MapOp::DelRuleExt(id));
+            }
+            each(id, r);
+            self.len -= 1;
+            self.free_ids.push(id);
+        }
+        drop(later);
+        if !drained.is_empty() {
+            ops.push(MapOp::DrainFlows(Box::new(drained)));
+        }
+        self.relink_all();
+        self.shrink();
+    }
+
+    /// Make the match and cookie indexes again from the rules in the
+    /// slots.
+    fn relink_all(&mut self) {
+        self.groups = HashTable::new();
+        self.cookies = HashMap::default();
+        if self.len == 0 {
+            return;
+        }
+        for id in 0..self.slots.len() as u32 {
+            let Some((table, key, mask, cookie)) = slot_mut_of(&mut self.slots, id).map(|s| {
+                s.group_next = NIL;
+                s.cookie_prev = NIL;
+                s.cookie_next = NIL;
+                let r = &s.rule;
+                (r.table, r.full_key(), r.full_mask(), r.cookie)
+            }) else {
+                continue;
+            };
+            let (h, head) = self.locate(table, &key, &mask);
+            match head {
+                Some(head) => {
+                    let after = slot_of(&self.slots, head).map_or(NIL, |s| s.group_next);
+                    if let Some(s) = slot_mut_of(&mut self.slots, id) {
+                        s.group_next = after;
+                    }
+                    if let Some(s) = slot_mut_of(&mut self.slots, head) {
+                        s.group_next = id;
+                    }
+                }
+                None => {
+                    self.groups.insert_unique(
+                        spread(h),
+                        GroupRef { head: id, hash: h },
+                        GroupRef::hash,
+                    );
+                }
+            }
+            self.link_cookie(id, cookie);
+        }
+    }
+
+    /// Turn the removals in `ops` of entries whose subtable is gone (no
+    /// rule of the tables has its mask any more) into one
+    /// [`MapOp::DrainFlows`] at the end. For the operations of one change
+    /// (e.g. a bulk delete): a subtable that was there when the change
+    /// started and is gone at its end was taken out of its table's list by
+    /// a `SetSubtables` among them, so the datapath stops matching its
+    /// entries as soon as the list is written and can remove them later.
+    /// Removals from subtables that keep other rules stay
+    /// [`MapOp::DelFlow`]s.
+    pub fn defer_unlinked(&self, ops: &mut Vec<MapOp>) {
+        let mut live: Vec<u32> = self.subtables.iter().map(|s| s.id).collect();
+        live.sort_unstable();
+        let gone = |o: &MapOp| matches!(o, MapOp::DelFlow(k) if live.binary_search(&k.subtable()).is_err());
+        if !ops.iter().any(gone) {
+            return;
+        }
+        let mut drained = Drained::default();
+        let mut kept = Vec::with_capacity(ops.len());
+        for op in ops.drain(..) {
+            match op {
+                MapOp::DelFlow(k) if live.binary_search(&k.subtable()).is_err() => drained.push(k),
+                op => kept.push(op),
+            }
+        }
+        kept.push(MapOp::DrainFlows(Box::new(drained)));
+        *ops = kept;
+    }
+
     /// The map key of the classifier entry for (table, key, mask).
     fn map_key(&self, table: u8, key: &FullKey, mask: &FullKey) -> Option<EntryKey> {
         let sub = self
@@ -1265,6 +1524,56 @@ mod tests {
         // A fresh entry: counters from zero.
         assert!(
             matches!(&ops[0], MapOp::PutFlow(_, e) if e.rule_id == id && e.packets == 0 && e.cookie == 1)
+        );
+    }
+
+    #[test]
+    fn removals_from_subtables_that_go_are_drained_the_others_deleted() {
+        let mut t = RuleTable::new();
+        let host = [255; 4];
+        let net = [255, 255, 0, 0];
+        let a = t.insert(rule(10, [10, 0, 0, 1], host, 1)).unwrap().0;
+        let b = t.insert(rule(10, [10, 0, 0, 2], host, 2)).unwrap().0;
+        let c = t.insert(rule(10, [10, 1, 0, 0], net, 1)).unwrap().0;
+        let d = t.insert(rule(10, [10, 2, 0, 0], net, 1)).unwrap().0;
+        let net_sub = t.entry_key(c).unwrap().subtable();
+        // One change: a rule of the host subtable, which stays, and every
+        // rule of the /16 one, which goes.
+        let mut ops = Vec::new();
+        for id in [a, c, d] {
+            t.remove_into(id, &mut ops).unwrap();
+        }
+        t.defer_unlinked(&mut ops);
+        let drained: Vec<u32> = ops
+            .iter()
+            .filter_map(|o| match o {
+                MapOp::DrainFlows(d) => Some(d.keys().map(|k| k.subtable())),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(drained, [net_sub, net_sub]);
+        assert!(matches!(ops.last(), Some(MapOp::DrainFlows(d)) if d.subtables == [net_sub]));
+        assert!(ops.iter().any(
+            |o| matches!(o, MapOp::DelFlow(EntryKey::Narrow(k)) if k.key.ipv4_dst == [10, 0, 0, 1])
+        ));
+        // The list written without the subtable comes before the drain
+        // could matter (the operations of the change are applied first).
+        assert!(matches!(list_of(&ops), Some((0, l)) if l.len() == 1 && l[0].0.id != net_sub));
+        // The same mask again makes a new subtable: no entry key of the
+        // drained one is written again.
+        let (e, ops) = t.insert(rule(10, [10, 1, 0, 0], net, 1)).unwrap();
+        assert_ne!(t.entry_key(e).unwrap().subtable(), net_sub);
+        assert!(ops.iter().all(|o| match o {
+            MapOp::PutFlow(k, _) => k.subtable() != net_sub,
+            _ => true,
+        }));
+        // Removing the last rule alone drains its entry too.
+        let mut ops = Vec::new();
+        t.remove_into(b, &mut ops).unwrap();
+        t.defer_unlinked(&mut ops);
+        assert!(
+            matches!(&ops[..], [MapOp::SetSubtables(0, l), MapOp::DrainFlows(d)] if l.len() == 1 && d.len() == 1)
         );
     }
 
@@ -1526,6 +1835,118 @@ mod tests {
             }
             check_against_model(&t, &model, &masks);
         }
+    }
+
+    /// Rules of whole subtables removed at once leave the table, and the
+    /// maps, as removing them one by one does.
+    #[test]
+    fn removing_whole_subtables_at_once_leaves_what_one_by_one_does() {
+        use std::collections::BTreeSet;
+        let masks = [
+            [255u8; 4],
+            [255, 255, 255, 0],
+            [255, 255, 0, 0],
+            [255, 0, 0, 0],
+        ];
+        let mut bulk = 0;
+        for seed in 1..=40u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let rules: Vec<Rule> = (0..200)
+                .map(|_| {
+                    let m = masks[rng.below(4) as usize];
+                    let d = [
+                        10,
+                        rng.below(3) as u8,
+                        rng.below(3) as u8,
+                        rng.below(3) as u8,
+                    ];
+                    rule(rng.below(3) as u16, d, m, rng.below(5) as u32)
+                })
+                .collect();
+            let (mut a, mut b) = (RuleTable::new(), RuleTable::new());
+            for r in &rules {
+                a.insert(r.clone()).unwrap();
+                b.insert(r.clone()).unwrap();
+            }
+            let pick: Vec<bool> = masks.iter().map(|_| rng.below(2) == 0).collect();
+            let ids: Vec<u32> = a
+                .rules()
+                .filter(|(_, r)| {
+                    masks
+                        .iter()
+                        .zip(&pick)
+                        .any(|(m, p)| *p && r.mask.ipv4_dst == *m)
+                })
+                .map(|(i, _)| i)
+                .collect();
+            let Some(plan) = a.whole_subtables(&ids) else {
+                assert!(ids.is_empty() || ids.len() * 2 < a.len(), "seed {seed}");
+                continue;
+            };
+            // One rule short of whole subtables: not this way.
+            assert!(a.whole_subtables(&ids[1..]).is_none());
+            bulk += 1;
+            let (mut ops_a, mut seen) = (Vec::new(), Vec::new());
+            a.remove_whole(&ids, plan, &mut ops_a, |id, _| seen.push(id));
+            assert_eq!(seen, ids);
+            let mut ops_b = Vec::new();
+            for id in &ids {
+                b.remove_into(*id, &mut ops_b).unwrap();
+            }
+            b.defer_unlinked(&mut ops_b);
+            let listed = |t: &RuleTable| t.rules().map(|(i, r)| (i, r.clone())).collect::<Vec<_>>();
+            assert_eq!(listed(&a), listed(&b), "seed {seed}");
+            assert_eq!(a.subtable_list(0), b.subtable_list(0));
+            for c in 0..5 {
+                assert_eq!(a.ids_by_cookie(c, u64::MAX), b.ids_by_cookie(c, u64::MAX));
+            }
+            for (id, _) in b.rules() {
+                assert_eq!(a.entry_key(id), b.entry_key(id));
+            }
+            for x in 0..3u8 {
+                let pkt = full(FlowKey {
+                    ipv4_dst: [10, x, 1, 2],
+                    ..Default::default()
+                });
+                assert_eq!(
+                    a.lookup(0, &pkt).map(|(i, _)| i),
+                    b.lookup(0, &pkt).map(|(i, _)| i)
+                );
+            }
+            // The maps: the same entries drained, the same last list.
+            let drained = |ops: &[MapOp]| -> BTreeSet<String> {
+                ops.iter()
+                    .filter_map(|o| match o {
+                        MapOp::DrainFlows(d) => Some(d.keys().map(|k| format!("{k:?}"))),
+                        MapOp::DelFlow(_) => panic!("a removal not drained"),
+                        _ => None,
+                    })
+                    .flatten()
+                    .collect()
+            };
+            assert_eq!(drained(&ops_a), drained(&ops_b), "seed {seed}");
+            let last = |ops: &[MapOp]| {
+                ops.iter().rev().find_map(|o| match o {
+                    MapOp::SetSubtables(t, l) => Some((*t, l.clone())),
+                    _ => None,
+                })
+            };
+            assert_eq!(last(&ops_a), last(&ops_b));
+            // The lists first, then the drains.
+            assert!(matches!(ops_a.first(), Some(MapOp::SetSubtables(..))));
+            // Both go on alike.
+            let r = rule(7, [10, 1, 1, 0], [255, 255, 255, 0], 9);
+            a.insert(r.clone()).unwrap();
+            b.insert(r).unwrap();
+            let pkt = full(FlowKey {
+                ipv4_dst: [10, 1, 1, 0],
+                ..Default::default()
+            });
+            assert_eq!(a.lookup(0, &pkt).map(|(_, r)| r.cookie), Some(9));
+            assert_eq!(b.lookup(0, &pkt).map(|(_, r)| r.cookie), Some(9));
+            assert_eq!(a.len(), b.len());
+        }
+        assert!(bulk >= 10, "{bulk} bulk removals");
     }
 
     #[test]

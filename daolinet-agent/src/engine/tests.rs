@@ -22,6 +22,11 @@ pub(crate) enum Ev {
     Put(u32),
     /// A classifier entry removed.
     Del,
+    /// A classifier entry handed to the background drain (removed later,
+    /// see [`FakeMaps::drain`]).
+    Drain,
+    /// A table's subtable list written.
+    Subtables(u8),
     /// A frame sent on a port.
     Emit(u32, Vec<u8>),
     /// A message the peer named here received (complete on the wire).
@@ -60,6 +65,53 @@ pub(crate) struct FakeMaps {
     pub flows: std::collections::HashMap<crate::table::EntryKey, daolinet_common::FlowEntry>,
     pub ext: BTreeMap<u32, daolinet_common::RuleExt>,
     pub subtables: BTreeMap<u8, Vec<crate::table::SubtableDesc>>,
+    /// Entries of removed subtables not deleted yet: still in `flows`,
+    /// as in the kernel's map while the background drain runs.
+    pub draining: Vec<crate::table::EntryKey>,
+}
+
+impl FakeMaps {
+    /// Delete the entries waiting for the drain.
+    pub fn drain(&mut self) {
+        for k in std::mem::take(&mut self.draining) {
+            self.flows.remove(&k);
+        }
+    }
+
+    /// The rule id the datapath's walk of `table` finds for a packet with
+    /// this key: the subtables in list order, stopping once no later one
+    /// can beat the best found.
+    pub fn classify(&self, table: u8, key: &daolinet_common::FullKey) -> Option<u32> {
+        use crate::table::EntryKey;
+        let mut best: Option<&daolinet_common::FlowEntry> = None;
+        for (sub, ext) in self.subtables.get(&table).into_iter().flatten() {
+            if best.is_some_and(|b| b.priority >= sub.max_priority) {
+                break;
+            }
+            let mask = daolinet_common::FullKey {
+                key: sub.mask,
+                ext: *ext,
+            };
+            let k = key.masked(&mask);
+            let mk = if sub.id & daolinet_common::SUBTABLE_WIDE != 0 {
+                EntryKey::Wide(Box::new(daolinet_common::WideMapKey {
+                    subtable: sub.id,
+                    key: k,
+                }))
+            } else {
+                EntryKey::Narrow(daolinet_common::FlowMapKey {
+                    subtable: sub.id,
+                    key: k.key,
+                })
+            };
+            if let Some(e) = self.flows.get(&mk) {
+                if best.is_none_or(|b| e.priority > b.priority) {
+                    best = Some(e);
+                }
+            }
+        }
+        best.map(|e| e.rule_id)
+    }
 }
 
 impl FakeDp {
@@ -150,6 +202,12 @@ impl Dataplane for FakeDp {
                     m.flows.remove(k);
                     log.push(Ev::Del);
                 }
+                MapOp::DrainFlows(d) => {
+                    for k in d.keys() {
+                        m.draining.push(k);
+                        log.push(Ev::Drain);
+                    }
+                }
                 MapOp::PutRuleExt(id, e) => {
                     if !m.ext.contains_key(id) && m.ext.len() >= self.ext_room {
                         return Err(ApplyError {
@@ -164,6 +222,7 @@ impl Dataplane for FakeDp {
                 }
                 MapOp::SetSubtables(t, list) => {
                     m.subtables.insert(*t, list.clone());
+                    log.push(Ev::Subtables(*t));
                 }
                 _ => {}
             }
@@ -589,6 +648,99 @@ fn a_barrier_after_a_delete_by_cookie_follows_the_removal_of_every_entry() {
         assert!(log
             .iter()
             .any(|e| matches!(e, Ev::Emit(2, f) if *f == frame(1))));
+    }
+}
+
+/// A flow of cookie 3 that matches the IPv4 source only (a subtable of
+/// its own), from 10.3.x.y.
+fn src_flow(i: u16) -> Message {
+    let [x, y] = i.to_be_bytes();
+    Message::FlowMod(
+        format!("cookie=3,priority=20,ip,nw_src=10.3.{x}.{y} actions=output:2")
+            .parse()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn after_the_barrier_of_a_delete_that_empties_a_subtable_its_flows_match_nothing_while_their_entries_drain(
+) {
+    // 300 flows of cookie 3, alone in their subtable, and 200 of cookie 2
+    // in another. A delete by cookie 3 unlinks the first subtable and
+    // hands its entries to the drain, which has not run when the barrier
+    // reply goes: a packet one of them matched matches nothing then.
+    let mut adds: Vec<(u32, Message)> = (0..300).map(|i| (100, src_flow(i))).collect();
+    adds.extend((0..200).map(|i| (101, flow_with_cookie(2, i))));
+    adds.push((102, Message::BarrierRequest));
+    let adds = wire(&adds);
+    let dels = wire(&[
+        (
+            40,
+            Message::FlowMod(FlowMod::delete(of::Match::new()).cookie_match(3, u64::MAX)),
+        ),
+        (41, Message::BarrierRequest),
+        (42, packet_out(1)),
+    ]);
+    let pkt = crate::table::full(daolinet_common::FlowKey {
+        in_port: 1,
+        eth_type: daolinet_common::FlowKey::ETH_TYPE_IPV4,
+        ipv4_src: [10, 3, 0, 7],
+        ipv4_dst: [10, 9, 9, 9],
+        ..Default::default()
+    });
+    for fast in [false, true] {
+        let log = Log::default();
+        let mut eng = engine_with(&log, ConnConfig::default());
+        let (id, st) = connected(&mut eng, &log, "c");
+        lock(&st).send(adds.clone());
+        while lock(&st).pending() > 0 {
+            eng.read(id, false);
+        }
+        assert_eq!(eng.sw.flows.len(), 500);
+        let before = eng.dp.maps.classify(0, &pkt);
+        assert!(
+            before.is_some(),
+            "the flow from 10.3.0.7 is in the datapath"
+        );
+        lock(&log).clear();
+        if fast {
+            lock(&st).send_after(2, dels.clone());
+            lock(&eng.dp.punts).push_back(punt(1));
+            assert_eq!(FastPath::patient(60).run(&mut eng, 0), 1);
+        } else {
+            lock(&st).send(dels.clone());
+            while lock(&st).pending() > 0 {
+                eng.read(id, false);
+            }
+        }
+        let log = lock(&log).clone();
+        let reply = log
+            .iter()
+            .position(barrier_reply(41))
+            .expect("barrier reply");
+        let unlinked = log
+            .iter()
+            .rposition(|e| matches!(e, Ev::Subtables(0)))
+            .expect("the subtable list written");
+        assert!(unlinked < reply, "fast {fast}: {log:?}");
+        let count = |f: fn(&Ev) -> bool| log[..reply].iter().filter(|e| f(e)).count();
+        assert_eq!(count(|e| matches!(e, Ev::Drain)), 300, "fast {fast}");
+        assert_eq!(count(|e| matches!(e, Ev::Del)), 0, "fast {fast}");
+        // The drain has not run: the entries are all there, yet the
+        // packet matches none of them.
+        assert_eq!(eng.dp.maps.draining.len(), 300);
+        assert_eq!(eng.dp.maps.flows.len(), 500);
+        assert_eq!(eng.dp.maps.subtables[&0].len(), 1);
+        assert_eq!(eng.dp.maps.classify(0, &pkt), None, "fast {fast}");
+        eng.dp.maps.drain();
+        assert_eq!(eng.dp.maps.flows.len(), 200);
+        assert_eq!(eng.sw.flows.len(), 200);
+        // The flows left still match.
+        let other = crate::table::full(daolinet_common::FlowKey {
+            ipv4_dst: [10, 2, 0, 7],
+            ..pkt.key
+        });
+        assert!(eng.dp.maps.classify(0, &other).is_some());
     }
 }
 
