@@ -1,0 +1,133 @@
+//! A delete by cookie of N flows through the agent's flow table and its BPF
+//! maps, without the OpenFlow socket: how long until the BARRIER_REPLY
+//! could go (the table's removal and the map operations written), with the
+//! entries of the emptied subtable drained in the background as the agent
+//! does, and with them deleted before the reply (as before the drain), in
+//! the same run; and how long the drain then takes.
+//!
+//! `sudo cargo run --release -p daolinet-agent --example delete_path [N...]`
+//! (root, and the BPF object the agent embeds or `$DAOLINET_BPF_OBJECT`)
+//! prints one JSON line per size and way, two rounds. The maps are pinned
+//! in a bpffs of its own, unmounted at the end.
+
+use std::time::Instant;
+
+use anyhow::{anyhow, Context, Result};
+use daolinet_agent::datapath::{BpfObject, Datapath};
+use daolinet_agent::oftable::{Counters, FlowTable};
+use daolinet_agent::table::{EntryKey, MapOp, RuleTable};
+use daolinet_common::{PortStats, RuleStats};
+use daolinet_openflow as of;
+
+/// No counters (a fresh table counted nothing).
+struct Zero;
+
+impl Counters for Zero {
+    fn rule(&mut self, _: u32, _: &EntryKey) -> RuleStats {
+        RuleStats::default()
+    }
+    fn port(&mut self, _: u32) -> Option<PortStats> {
+        None
+    }
+}
+
+/// The bench's flows: in_port=1, ip, nw_dst=10.0.0.1 + i, output:2.
+fn add(i: u32, cookie: u64) -> of::FlowMod {
+    let dst = std::net::Ipv4Addr::from(0x0a00_0001 + i);
+    of::FlowMod::add(of::Match::new().in_port(1).eth_type(0x0800).ipv4_dst(dst))
+        .priority(100)
+        .cookie(cookie)
+        .apply(vec![of::Action::output(2)])
+}
+
+/// This thread's time on a CPU so far, in seconds.
+fn cpu_s() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0.0, |ns| ns as f64 / 1e9)
+}
+
+/// The drained entries deleted by the operations themselves instead.
+fn synchronous(ops: Vec<MapOp>) -> Vec<MapOp> {
+    let mut out = Vec::with_capacity(ops.len());
+    for op in ops {
+        match op {
+            MapOp::DrainFlows(d) => out.extend(d.keys().map(MapOp::DelFlow)),
+            op => out.push(op),
+        }
+    }
+    out
+}
+
+fn one(dp: &mut Datapath, n: u32, drained: bool) -> Result<String> {
+    let mut c = Zero;
+    let mut t = FlowTable::new(RuleTable::new().with_limit(dp.capacity()), 0);
+    let mut ops = Vec::new();
+    for i in 0..n {
+        let o = t
+            .flow_mod(&add(i, 0xbe), 0, &mut c)
+            .map_err(|e| anyhow!("add: {e:?}"))?;
+        ops.extend(o.ops);
+        if ops.len() >= 16_384 {
+            dp.apply_batched(&ops)?;
+            ops.clear();
+        }
+    }
+    dp.apply_batched(&ops)?;
+    drop(ops);
+    let (t0, c0) = (Instant::now(), cpu_s());
+    let del = of::FlowMod::delete(of::Match::new()).cookie_match(0xbe, u64::MAX);
+    let mut o = t
+        .flow_mod(&del, 0, &mut c)
+        .map_err(|e| anyhow!("delete: {e:?}"))?;
+    if !drained {
+        o.ops = synchronous(std::mem::take(&mut o.ops));
+    }
+    let table = t0.elapsed().as_secs_f64();
+    dp.apply_batched(&o.ops)?;
+    drop(o);
+    let (reply, reply_cpu) = (t0.elapsed().as_secs_f64(), cpu_s() - c0);
+    let t1 = Instant::now();
+    dp.finish_drains()?;
+    let drain = t1.elapsed().as_secs_f64();
+    daolinet_agent::engine::give_back_memory();
+    let nf = f64::from(n);
+    Ok(format!(
+        "{{\"flows\":{n},\"drained\":{drained},\"to_reply_per_s\":{:.0},\"to_reply_cpu_us\":{:.3},\"table_us\":{:.3},\"maps_us\":{:.3},\"drain_after_us\":{:.3}}}",
+        nf / reply,
+        reply_cpu / nf * 1e6,
+        table / nf * 1e6,
+        (reply - table) / nf * 1e6,
+        drain / nf * 1e6,
+    ))
+}
+
+fn main() -> Result<()> {
+    let sizes: Vec<u32> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().with_context(|| format!("size {a:?}")))
+        .collect::<Result<_>>()?;
+    let sizes = if sizes.is_empty() {
+        vec![100_000, 1_000_000]
+    } else {
+        sizes
+    };
+    let most = sizes.iter().copied().max().unwrap_or(1);
+    let tag = daolinet_testlab::fresh_tag();
+    let bpffs = daolinet_testlab::Bpffs::mount(std::path::PathBuf::from(format!(
+        "/run/daolinet-{tag}-bpffs"
+    )));
+    let object = BpfObject::choose(None).bytes()?;
+    let mut dp = Datapath::load(&object, &bpffs.path().join("daolinet"), most)?;
+    for _round in 0..2 {
+        for &n in &sizes {
+            for drained in [true, false] {
+                println!("{}", one(&mut dp, n, drained)?);
+            }
+        }
+    }
+    drop(dp);
+    drop(bpffs);
+    Ok(())
+}
