@@ -9,8 +9,9 @@
 //!   was registered goes with the registration (its first packets are not
 //!   lost to it for --deny-timeout);
 //! - firewall from the outside to containers (two rules on one host),
-//!   first SYN delivered (the client's kernel sent no SYN twice), and the
-//!   rules removed cleanly;
+//!   first SYN delivered (captured at both ends: the server received the
+//!   SYN the client sent first, told by its TCP timestamp), and the rules
+//!   removed cleanly;
 //! - NAT-out by TCP from a container, its first SYN delivered, and the
 //!   outside sees only the host's underlay IP (a capture on the outside's
 //!   interface: no physical or logical container address);
@@ -45,6 +46,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use daolinet_testlab::{Api, Controller, Lab, Need, Netns, Proc, TcpProxy};
@@ -73,18 +75,6 @@ fn host_state(h: &Netns) -> String {
     )
 }
 
-/// `TcpExt: TCPSynRetrans` of namespace `ns`: SYNs its kernel sent again.
-fn syn_retrans(ns: &Netns) -> u64 {
-    let text = ns.run(&["cat", "/proc/net/netstat"]);
-    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
-    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
-    let i = names
-        .split_whitespace()
-        .position(|n| n == "TCPSynRetrans")
-        .unwrap();
-    values.split_whitespace().nth(i).unwrap().parse().unwrap()
-}
-
 /// A TCP connection from `ns` to `to`, within `within`.
 fn connect(ns: &Netns, to: &str, within: Duration) -> std::io::Result<TcpStream> {
     let addr: SocketAddr = to.parse().unwrap();
@@ -103,22 +93,147 @@ fn serve(ns: &Netns, addr: &str) {
     });
 }
 
-/// Connect from `ns` to `to` and read the server's line; asserts that the
-/// first SYN was enough.
+/// Connect from `client` to `to` and read the server's line; asserts that
+/// the client's first SYN reached the server's interface `server`.
+///
+/// Both sides are captured. A first SYN is told apart from its
+/// retransmissions by its TCP timestamp (`TS val`), which a retransmission
+/// renews and address translation keeps. A first SYN that the switch held
+/// past the client's 1 s retransmission timeout (a slow PACKET_IN round trip
+/// on a loaded machine) still arrives: it is late, which this says on
+/// stderr, not lost, which fails.
 #[track_caller]
-fn talk(ns: &Netns, to: &str) -> String {
-    let before = syn_retrans(ns);
-    let mut c = connect(ns, to, Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("connecting from {ns} to {to}: {e}"));
+fn talk(lab: &Lab, client: &Netns, to: &str, server: (&Netns, &str)) -> String {
+    talk_counting(lab, client, to, server).0
+}
+
+/// [`talk`], and how many SYNs the client sent.
+#[track_caller]
+fn talk_counting(lab: &Lab, client: &Netns, to: &str, server: (&Netns, &str)) -> (String, usize) {
+    let at_client = Capture::start(client, "eth0", lab.dir());
+    let at_server = Capture::start(server.0, server.1, lab.dir());
+    let mut c = connect(client, to, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("connecting from {client} to {to}: {e}"));
     c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut line = String::new();
     c.read_to_string(&mut line).unwrap();
-    assert_eq!(
-        syn_retrans(ns),
-        before,
-        "the first SYN from {ns} to {to} was lost (the SYN was sent again)"
+    // tcpdump may not have read the last packets yet: wait for the
+    // handshake's ACK, which the client sends after all its SYNs.
+    let (ip, port) = to.rsplit_once(':').unwrap();
+    let ack = format!("> {ip}.{port}: Flags [.],");
+    let mut sent = String::new();
+    daolinet_testlab::eventually(Duration::from_secs(5), || {
+        sent = at_client.read();
+        sent.contains(&ack)
+    });
+    drop(at_client);
+    let syns = syn_timestamps(&sent, to);
+    let Some(first) = syns.first() else {
+        panic!("no SYN from {client} to {to} in its capture:\n{sent}")
+    };
+    // A held first SYN may come after the retransmission that got answered.
+    let needle = format!("TS val {first} ");
+    let mut seen = String::new();
+    let arrived = daolinet_testlab::eventually(Duration::from_secs(5), || {
+        seen = at_server.read();
+        seen.lines()
+            .any(|l| l.contains("Flags [S],") && l.contains(&needle))
+    });
+    drop(at_server);
+    assert!(
+        arrived,
+        "the first SYN from {client} to {to} (TS val {first}) never reached {}:{} \
+         ({} SYNs sent):\nclient side:\n{sent}\nserver side:\n{seen}",
+        server.0,
+        server.1,
+        syns.len()
     );
-    line.trim().to_string()
+    if syns.len() > 1 {
+        eprintln!(
+            "note: the first SYN from {client} to {to} was late, not lost: \
+             the client sent it {} times, the first one arrived",
+            syns.len()
+        );
+    }
+    (line.trim().to_string(), syns.len())
+}
+
+/// [`talk`] with the controller (process `ctl`) stopped until the client
+/// has sent its SYN again: the first SYN's PACKET_IN waits in the
+/// controller's socket past the client's retransmission timeout, so the
+/// first SYN is late. Asserts that it was (the client sent it twice or
+/// more) and, through [`talk`], that it still arrived.
+#[track_caller]
+fn talk_with_controller_held(
+    lab: &Lab,
+    ctl: u32,
+    client: &Netns,
+    to: &str,
+    server: (&Netns, &str),
+) -> String {
+    /// Lets the controller go on, also when the test fails.
+    struct Resume(String);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            let _ = daolinet_testlab::output(&["kill", "-CONT", &self.0]);
+        }
+    }
+    let before = syn_retrans(client.name());
+    daolinet_testlab::sh(&["kill", "-STOP", &ctl.to_string()]);
+    let resume = Resume(ctl.to_string());
+    let watched = client.name().to_string();
+    let watcher = std::thread::spawn(move || {
+        let _resume = resume;
+        daolinet_testlab::eventually(Duration::from_secs(10), || syn_retrans(&watched) > before);
+    });
+    let (said, syns) = talk_counting(lab, client, to, server);
+    watcher.join().unwrap();
+    assert!(
+        syns >= 2,
+        "the controller was held, yet the client sent its SYN only {syns} time(s)"
+    );
+    said
+}
+
+/// `TcpExt: TCPSynRetrans` of namespace `ns`: SYNs its kernel sent again.
+fn syn_retrans(ns: &str) -> u64 {
+    let text = daolinet_testlab::sh(&["ip", "netns", "exec", ns, "cat", "/proc/net/netstat"]);
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+    let i = names
+        .split_whitespace()
+        .position(|n| n == "TCPSynRetrans")
+        .unwrap();
+    values.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
+/// The `TS val` of each SYN to `to` (`ip:port`) in a capture, in order.
+fn syn_timestamps(cap: &str, to: &str) -> Vec<u64> {
+    let (ip, port) = to.rsplit_once(':').unwrap();
+    let dst = format!("> {ip}.{port}: Flags [S],");
+    cap.lines()
+        .filter(|l| l.contains(&dst))
+        .filter_map(|l| {
+            let rest = &l[l.find("TS val ")? + 7..];
+            rest.split(|ch: char| !ch.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+#[test]
+fn syn_timestamps_reads_each_syn_to_the_destination() {
+    let cap = "\
+10:00:00.1 IP 10.99.0.2.41000 > 192.168.91.2.8080: Flags [S], seq 7, win 64240, options [mss 1460,sackOK,TS val 1000 ecr 0,nop,wscale 7], length 0
+10:00:00.2 IP 192.168.91.2.8080 > 10.99.0.2.41000: Flags [S.], seq 9, ack 8, win 65160, options [mss 1460,sackOK,TS val 5 ecr 1000,nop,wscale 7], length 0
+10:00:01.1 IP 10.99.0.2.41000 > 192.168.91.2.8080: Flags [S], seq 7, win 64240, options [mss 1460,sackOK,TS val 2013 ecr 0,nop,wscale 7], length 0
+10:00:01.2 IP 10.99.0.2.41001 > 192.168.91.2.8081: Flags [S], seq 3, win 64240, options [mss 1460,sackOK,TS val 3000 ecr 0,nop,wscale 7], length 0
+";
+    assert_eq!(syn_timestamps(cap, "192.168.91.2:8080"), vec![1000, 2013]);
+    assert_eq!(syn_timestamps(cap, "192.168.91.2:8081"), vec![3000]);
+    assert!(syn_timestamps(cap, "10.99.0.2:41000").is_empty());
 }
 
 /// tcpdump on an interface of a namespace, into a file.
@@ -130,9 +245,14 @@ struct Capture {
 
 impl Capture {
     fn start(ns: &Netns, dev: &str, dir: &Path) -> Capture {
-        let file = dir.join(format!("cap-{ns}-{dev}.pcap"));
-        let log = dir.join(format!("cap-{ns}-{dev}.log"));
-        let mut c = ns.command(&["tcpdump", "-i", dev, "-n", "-U", "-w"]);
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let file = dir.join(format!("cap{n}-{ns}-{dev}.pcap"));
+        let log = dir.join(format!("cap{n}-{ns}-{dev}.log"));
+        // --immediate-mode: a packet reaches the file as it is captured,
+        // not when the kernel's ring block fills or times out (tcpdump
+        // stopped within a second of a packet would not have it).
+        let mut c = ns.command(&["tcpdump", "-i", dev, "-n", "--immediate-mode", "-U", "-w"]);
         c.arg(&file);
         let proc = Proc::spawn(&mut c, &format!("tcpdump in {ns}"), Some(&log));
         daolinet_testlab::wait_until("tcpdump to listen", daolinet_testlab::DEADLINE, || {
@@ -148,7 +268,14 @@ impl Capture {
     /// Stop and return the packets as `tcpdump -n -r` prints them.
     fn stop(mut self) -> String {
         self.proc.terminate(Duration::from_secs(5));
-        daolinet_testlab::sh(&[
+        self.read()
+    }
+
+    /// The packets written so far (`-U`: each as it is captured).
+    fn read(&self) -> String {
+        // While tcpdump writes, the file's last packet may be incomplete
+        // (tcpdump then says so on stderr): what it could read is enough.
+        let r = daolinet_testlab::output(&[
             "ip",
             "netns",
             "exec",
@@ -157,7 +284,12 @@ impl Capture {
             "-n",
             "-r",
             &self.file.display().to_string(),
-        ])
+        ]);
+        if r.ok || !r.stdout.is_empty() {
+            r.stdout
+        } else {
+            format!("(tcpdump -r failed: {})", r.stderr.trim())
+        }
     }
 }
 
@@ -473,9 +605,12 @@ fn nat_out_and_firewall_on_an_agent_host() {
         "/api/firewalls",
         r#"{"name":"fb","container":"eg-b","rules":["8081:81/tcp"]}"#,
     );
-    let said = talk(&w.x, "192.168.91.2:8080");
+    let said = talk(&lab, &w.x, "192.168.91.2:8080", (&a, "eth0"));
     assert!(said.starts_with("hello from 10.99.0.2:"), "{said}");
-    let said = talk(&w.x, "192.168.91.2:8081");
+    // The second with the controller held past the client's SYN
+    // retransmission: a late first SYN is told from a lost one.
+    let said =
+        talk_with_controller_held(&lab, w.ctl.pid(), &w.x, "192.168.91.2:8081", (&b, "eth0"));
     assert!(said.starts_with("hello from 10.99.0.2:"), "{said}");
     // Removed cleanly: no punt flow left, nothing answers.
     w.ctl.api().ok("DELETE", "/api/firewalls/fa", None);
@@ -491,7 +626,7 @@ fn nat_out_and_firewall_on_an_agent_host() {
     serve(&w.x, "10.99.0.2:8000");
     let cap = Capture::start(&w.x, "eth0", lab.dir());
     for _ in 0..2 {
-        let said = talk(&a, "10.99.0.2:8000");
+        let said = talk(&lab, &a, "10.99.0.2:8000", (&w.x, "eth0"));
         assert!(said.starts_with("hello from 192.168.91.2:"), "{said}");
     }
     // A network without NAT-out gets nothing out.
@@ -824,9 +959,9 @@ fn the_edge_of_an_ovs_host() {
         "/api/firewalls",
         r#"{"name":"fd","container":"eg-d","rules":["8081:81/tcp"]}"#,
     );
-    let said = talk(&w.x, "192.168.91.3:8080");
+    let said = talk(&lab, &w.x, "192.168.91.3:8080", (&c, "eth0"));
     assert!(said.starts_with("hello from 10.99.0.2:"), "{said}");
-    let said = talk(&w.x, "192.168.91.3:8081");
+    let said = talk(&lab, &w.x, "192.168.91.3:8081", (&d, "eth0"));
     assert!(said.starts_with("hello from 10.99.0.2:"), "{said}");
     // Removed cleanly: no punt flow left, nothing answers.
     w.ctl.api().ok("DELETE", "/api/firewalls/fc", None);
@@ -839,7 +974,7 @@ fn the_edge_of_an_ovs_host() {
     serve(&w.x, "10.99.0.2:8000");
     let cap = Capture::start(&w.x, "eth0", lab.dir());
     for _ in 0..2 {
-        let said = talk(&c, "10.99.0.2:8000");
+        let said = talk(&lab, &c, "10.99.0.2:8000", (&w.x, "eth0"));
         assert!(said.starts_with("hello from 192.168.91.3:"), "{said}");
     }
     // A network without NAT-out gets nothing out.
