@@ -11,40 +11,23 @@
 //! It asks each switch for its generation id first (ROLE_REQUEST
 //! NOCHANGE); both have one (the elected leader's), so it says so in one
 //! line per switch, stays EQUAL there (`daolinet-agent status`, `ovs-vsctl
-//! list controller`) and changes nothing: no flow is added, pings on
+//! list controller`) and changes nothing: it installs no flow, the
+//! switches' permanent flows stay as they were (the leader's short-lived
+//! answers to traffic come and go meanwhile), pings on
 //! established flows (from both switches) lose nothing, and a new
 //! connection is still decided by the leader.
 #![allow(clippy::panic)] // a panic is a failed test
 
-use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
 use daolinet_testlab::{wait_poll, Controller, Poll};
-use daolinet_tests::ha::{first_answer, metric, Ha, HaOpts, Pinger, BR, ROGUE_PORT};
+use daolinet_tests::ha::{
+    first_answer, metric, permanent_flows, Ha, HaOpts, Pinger, BR, ROGUE_PORT,
+};
 use serde_json::Value;
 
 /// The line the controller logs once per switch it leaves alone.
 const LINE: &str = "has a master elected by controllers on another store";
-
-/// A flow dump without counters and ages: what controllers wrote.
-fn flows(dump: &str) -> BTreeSet<String> {
-    const VARYING: [&str; 5] = [
-        "duration=",
-        "n_packets=",
-        "n_bytes=",
-        "idle_age=",
-        "hard_age=",
-    ];
-    dump.lines()
-        .filter(|l| l.contains("actions="))
-        .map(|l| {
-            l.split([',', ' '])
-                .filter(|w| !w.is_empty() && !VARYING.iter().any(|p| w.starts_with(p)))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .collect()
-}
 
 #[test]
 fn a_controller_on_another_store_leaves_the_switches_alone() {
@@ -61,8 +44,8 @@ fn a_controller_on_another_store_leaves_the_switches_alone() {
     };
     ha.agents_obey_leader();
     ha.ovs_obeys_leader();
-    let agent_before = flows(&ha.agents[0].cli(&["flows"]));
-    let ovs_before = flows(&ovs.dump_flows(BR));
+    let agent_before = permanent_flows(&ha.agents[0].cli(&["flows"]));
+    let ovs_before = permanent_flows(&ovs.dump_flows(BR));
 
     // The fourth controller, on its own store, with hosts 1 and 3 as the
     // others have them.
@@ -128,14 +111,19 @@ fn a_controller_on_another_store_leaves_the_switches_alone() {
     pings.none_lost("a controller on another store connected");
     ovs_pings.none_lost("a controller on another store connected, Open vSwitch host");
 
-    // Nothing added.
-    let added = |before: &BTreeSet<String>, after: BTreeSet<String>| -> Vec<String> {
-        after.difference(before).cloned().collect()
-    };
-    let agent_added = added(&agent_before, flows(&ha.agents[0].cli(&["flows"])));
-    assert!(agent_added.is_empty(), "host 1's agent: {agent_added:#?}");
-    let ovs_added = added(&ovs_before, flows(&ovs.dump_flows(BR)));
-    assert!(ovs_added.is_empty(), "Open vSwitch: {ovs_added:#?}");
+    // It installed nothing, and neither switch's permanent flows changed.
+    assert_eq!(metric(&lone, "daolinet_flows_installed"), Some(0));
+    assert!(!agent_before.is_empty() && !ovs_before.is_empty());
+    assert_eq!(
+        permanent_flows(&ha.agents[0].cli(&["flows"])),
+        agent_before,
+        "host 1's agent"
+    );
+    assert_eq!(
+        permanent_flows(&ovs.dump_flows(BR)),
+        ovs_before,
+        "Open vSwitch"
+    );
 
     // A new connection, decided by the leader.
     let t = first_answer(&ha.probes[0].ns, &ha.b.ip, SystemTime::now());

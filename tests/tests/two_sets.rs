@@ -27,11 +27,12 @@
 //! connection works.
 #![allow(clippy::panic)] // a panic is a failed test
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use daolinet_testlab::{wait_poll, Controller, Poll};
-use daolinet_tests::ha::{first_answer, metric, Ha, HaOpts, Pinger, BR, ROGUE_PORT};
+use daolinet_tests::ha::{
+    first_answer, metric, permanent_flows, Ha, HaOpts, Pinger, BR, ROGUE_PORT,
+};
 use serde_json::Value;
 
 /// The line a controller logs once per switch (and role) it leaves alone.
@@ -39,31 +40,6 @@ const LINE: &str = "has a master elected by controllers on another store";
 
 /// B1's OpenFlow port (no switch connects to it).
 const B1_PORT: u16 = 6670;
-
-/// The permanent flows of a dump (no idle or hard timeout: not the
-/// leader's answers to traffic, which come and go), without counters and
-/// ages. Set B acting on a switch would change them: its model has none of
-/// the containers, so its reconciliation would delete theirs.
-fn flows(dump: &str) -> BTreeSet<String> {
-    const VARYING: [&str; 5] = [
-        "duration=",
-        "n_packets=",
-        "n_bytes=",
-        "idle_age=",
-        "hard_age=",
-    ];
-    dump.lines()
-        .filter(|l| {
-            l.contains("actions=") && !l.contains("idle_timeout=") && !l.contains("hard_timeout=")
-        })
-        .map(|l| {
-            l.split([',', ' '])
-                .filter(|w| !w.is_empty() && !VARYING.iter().any(|p| w.starts_with(p)))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .collect()
-}
 
 /// The lines of `ctl`'s log that say it left a switch alone, and contain
 /// `role` ("master of its set", "slave of its set").
@@ -130,14 +106,14 @@ fn a_second_etcd_controller_set_leaves_the_first_sets_switches_alone() {
         return;
     };
     let ovs_flows = |ha: &Ha| match ha.ovs.as_ref() {
-        Some(ovs) => flows(&ovs.dump_flows(BR)),
+        Some(ovs) => permanent_flows(&ovs.dump_flows(BR)),
         None => panic!("no Open vSwitch host"),
     };
     let leader = ha.leader();
     let gen_a = ha.generation(leader);
     ha.agents_obey_leader();
     ha.ovs_obeys_leader();
-    let agent_before = flows(&ha.agents[0].cli(&["flows"]));
+    let agent_before = permanent_flows(&ha.agents[0].cli(&["flows"]));
     let ovs_before = ovs_flows(&ha);
 
     // Set B: the second etcd cluster, the default prefix as A's. B1 first
@@ -232,7 +208,7 @@ fn a_second_etcd_controller_set_leaves_the_first_sets_switches_alone() {
     // Neither switch's permanent flows changed.
     assert!(!agent_before.is_empty() && !ovs_before.is_empty());
     assert_eq!(
-        flows(&ha.agents[0].cli(&["flows"])),
+        permanent_flows(&ha.agents[0].cli(&["flows"])),
         agent_before,
         "host 1's agent"
     );
