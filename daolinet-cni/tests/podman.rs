@@ -147,9 +147,13 @@ fn podman_containers_on_two_hosts_share_a_network() {
         denied.stdout
     );
 
-    // podman rm releases the address and leaves nothing on the host.
+    // podman rm releases the address and leaves nothing on the host. (`-t 0`
+    // everywhere: busybox's `sleep` runs as PID 1 and ignores SIGTERM, so
+    // podman's 10 s stop timeout would only be waited out before the
+    // SIGKILL; a loaded run once failed in that stop path, "timed out
+    // waiting for exits file".)
     let h2_ports = c.host(2).container_ports();
-    p2.ok(&["rm", "-f", "db"]);
+    p2.ok(&["rm", "-f", "-t", "0", "db"]);
     assert!(registered(&c, "db").is_none(), "db still registered");
     assert_eq!(c.host(2).container_ports(), h2_ports - 1);
     assert_eq!(cni_links(c.host(2)).len(), 1, "only other's veth is left");
@@ -183,12 +187,12 @@ fn podman_containers_on_two_hosts_share_a_network() {
     h1.agent.stop();
     h1.agent.start();
     p1.ok(&["exec", "web", "ping", "-c", "3", "-W", "2", "10.1.0.40"]);
-    p1.ok(&["rm", "-f", "web"]);
+    p1.ok(&["rm", "-f", "-t", "0", "web"]);
     let h1 = c.host(1);
     assert_eq!(cni_links(h1), Vec::<String>::new());
     assert_eq!(h1.container_ports(), 0);
     assert!(registered(&c, "web").is_none());
-    p2.ok(&["rm", "-f", "db2", "other"]);
+    p2.ok(&["rm", "-f", "-t", "0", "db2", "other"]);
     assert_eq!(c.containers(), Vec::<Value>::new());
     assert_eq!(cni_links(c.host(2)), Vec::<String>::new());
 }
@@ -270,7 +274,7 @@ fn podman_run_says_what_is_wrong_and_leaks_nothing() {
         "no free address left in 10.3.0.0/30",
     );
     only_running(&c, &["a", "t"]);
-    p.ok(&["rm", "-f", "a", "t"]);
+    p.ok(&["rm", "-f", "-t", "0", "a", "t"]);
     only_running(&c, &[]);
 
     c.host_mut(1).agent.stop();
