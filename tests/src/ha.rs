@@ -61,6 +61,13 @@ pub struct HaOpts {
     /// cluster's store are another controller set on another store at the
     /// same switches.
     pub other_etcd: bool,
+    /// The controllers' `--lease-ttl` in seconds (their default, 2 s, when
+    /// `None`). Tests that do not time a failover give their set longer
+    /// leases: a leader then keeps its place through a second or two of
+    /// unanswered keep-alives on a loaded machine (with 2 s leases it steps
+    /// down after 0.75 s, and a set that keeps changing leaders does not
+    /// get a joining Open vSwitch bridge its flows within 30 s).
+    pub lease_ttl: Option<u32>,
 }
 
 /// The Open vSwitch host's bridge.
@@ -245,6 +252,7 @@ impl Ha {
                 .collect::<Vec<_>>()
                 .join(",")
         );
+        let ttl = o.lease_ttl.map(|t| t.to_string());
         let opts: Vec<ControllerOpts> = PORTS
             .iter()
             .enumerate()
@@ -259,6 +267,10 @@ impl Ha {
                     .listen(&format!("0.0.0.0:{p}"))
                     .api("0.0.0.0:0")
                     .args(&["--echo-interval", "1"])
+                    .args(&match &ttl {
+                        Some(t) => vec!["--lease-ttl", t.as_str()],
+                        None => vec![],
+                    })
             })
             .collect();
         let ctls: Vec<Option<Controller>> =

@@ -1,5 +1,5 @@
 //! Privileged: a controller on another store at the same switches. The
-//! lab of `failover.rs` (3-member etcd, 3 controllers with the default 2 s leases, two
+//! lab of `failover.rs` (3-member etcd, 3 controllers, here with 5 s leases, two
 //! agent hosts and an Open vSwitch host, every switch connected to every
 //! controller), where host 1's agent and Open vSwitch also connect to a
 //! fourth controller started without `--store etcd:` (its own embedded
@@ -35,6 +35,9 @@ fn a_controller_on_another_store_leaves_the_switches_alone() {
         probes: 1,
         ovs: true,
         rogue: true,
+        // No failover is timed here: leases that outlast a loaded
+        // machine's stalls (see HaOpts::lease_ttl).
+        lease_ttl: Some(5),
         ..HaOpts::default()
     }) else {
         return;

@@ -1,6 +1,6 @@
 //! Privileged: two etcd-backed controller sets, each on an etcd cluster of
 //! its own, at the same switches. The lab of `failover.rs` (set A:
-//! 3-member etcd, 3 controllers with 2 s leases, two agent hosts and an
+//! 3-member etcd, 3 controllers, here with 5 s leases, two agent hosts and an
 //! Open vSwitch host, every switch connected to every controller) where
 //! host 1's agent and Open vSwitch also connect to [`ROGUE_PORT`] in the
 //! namespace of a second, separate 3-member etcd cluster (own data
@@ -100,6 +100,9 @@ fn a_second_etcd_controller_set_leaves_the_first_sets_switches_alone() {
         probes: 1,
         ovs: true,
         rogue: true,
+        // No failover is timed here: leases that outlast a loaded
+        // machine's stalls (see HaOpts::lease_ttl).
+        lease_ttl: Some(5),
         other_etcd: true,
         ..HaOpts::default()
     }) else {
