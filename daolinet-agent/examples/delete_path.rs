@@ -5,7 +5,9 @@
 //! does, and with them deleted before the reply (as before the drain), in
 //! the same run; and how long the drain then takes. The installs before
 //! each delete are timed too (the table and the batched map writes, in
-//! runs of 16k operations, as the agent writes a read's FLOW_MODs).
+//! runs of 16k operations; `DL_INSTALL=read`: a 64 KiB read's FLOW_MODs
+//! handled, then written; `DL_INSTALL=ahead`: written ahead in parts as
+//! the agent does, see `Datapath::write_ahead`).
 //!
 //! `sudo cargo run --release -p daolinet-agent --example delete_path [N...]`
 //! (root, and the BPF object the agent embeds or `$DAOLINET_BPF_OBJECT`)
@@ -62,7 +64,27 @@ fn synchronous(ops: Vec<MapOp>) -> Vec<MapOp> {
     out
 }
 
-fn one(dp: &mut Datapath, n: u32, drained: bool) -> Result<String> {
+/// How the installs are written.
+#[derive(Clone, Copy, Debug)]
+enum Install {
+    /// In runs of 16k operations.
+    Batch,
+    /// As the agent did before writing ahead: the FLOW_MODs of one read
+    /// ([`PER_READ`]) written after they are all handled.
+    Read,
+    /// As the agent does: parts of [`WRITE_AHEAD`] operations written on
+    /// the writer thread while the next are handled, the read's rest
+    /// written and all of it waited for at its end.
+    Ahead,
+}
+
+/// The FLOW_MODs of one 64 KiB read (104 bytes each).
+const PER_READ: u32 = 630;
+
+/// The engine's part size for writing ahead.
+const WRITE_AHEAD: usize = 128;
+
+fn one(dp: &mut Datapath, n: u32, drained: bool, way: Install) -> Result<String> {
     let mut c = Zero;
     let mut t = FlowTable::new(RuleTable::new().with_limit(dp.capacity()), 0);
     let mut ops = Vec::new();
@@ -72,9 +94,17 @@ fn one(dp: &mut Datapath, n: u32, drained: bool) -> Result<String> {
             .flow_mod(&add(i, 0xbe), 0, &mut c)
             .map_err(|e| anyhow!("add: {e:?}"))?;
         ops.extend(o.ops);
-        if ops.len() >= 16_384 {
-            dp.apply_batched(&ops)?;
-            ops.clear();
+        match way {
+            Install::Batch if ops.len() >= 16_384 => {
+                dp.apply_batched(&ops)?;
+                ops.clear();
+            }
+            Install::Read | Install::Ahead if (i + 1) % PER_READ == 0 => {
+                dp.apply_batched(&ops)?;
+                ops.clear();
+            }
+            Install::Ahead if ops.len() >= WRITE_AHEAD => dp.write_ahead(&mut ops),
+            _ => {}
         }
     }
     dp.apply_batched(&ops)?;
@@ -98,7 +128,7 @@ fn one(dp: &mut Datapath, n: u32, drained: bool) -> Result<String> {
     daolinet_agent::engine::give_back_memory();
     let nf = f64::from(n);
     Ok(format!(
-        "{{\"flows\":{n},\"install_per_s\":{:.0},\"install_cpu_us\":{:.3},\"drained\":{drained},\"to_reply_per_s\":{:.0},\"to_reply_cpu_us\":{:.3},\"table_us\":{:.3},\"maps_us\":{:.3},\"drain_after_us\":{:.3}}}",
+        "{{\"flows\":{n},\"install\":\"{way:?}\",\"install_per_s\":{:.0},\"install_cpu_us\":{:.3},\"drained\":{drained},\"to_reply_per_s\":{:.0},\"to_reply_cpu_us\":{:.3},\"table_us\":{:.3},\"maps_us\":{:.3},\"drain_after_us\":{:.3}}}",
         nf / install,
         install_cpu / nf * 1e6,
         nf / reply,
@@ -119,6 +149,12 @@ fn main() -> Result<()> {
     } else {
         sizes
     };
+    let way = match std::env::var("DL_INSTALL").as_deref() {
+        Ok("read") => Install::Read,
+        Ok("ahead") => Install::Ahead,
+        Ok("batch") | Err(_) => Install::Batch,
+        Ok(other) => anyhow::bail!("DL_INSTALL={other:?}: batch, read or ahead"),
+    };
     let most = sizes.iter().copied().max().unwrap_or(1);
     let tag = daolinet_testlab::fresh_tag();
     let bpffs = daolinet_testlab::Bpffs::mount(std::path::PathBuf::from(format!(
@@ -129,7 +165,7 @@ fn main() -> Result<()> {
     for _round in 0..2 {
         for &n in &sizes {
             for drained in [true, false] {
-                println!("{}", one(&mut dp, n, drained)?);
+                println!("{}", one(&mut dp, n, drained, way)?);
             }
         }
     }

@@ -486,7 +486,12 @@ pub(crate) fn delete_batch(
 }
 
 /// `BPF_MAP_UPDATE_BATCH`: write `count` keys and values in one call.
-fn update_batch(fd: std::os::fd::RawFd, keys: &[u8], values: &[u8], count: u32) -> Result<()> {
+pub(crate) fn update_batch(
+    fd: std::os::fd::RawFd,
+    keys: &[u8],
+    values: &[u8],
+    count: u32,
+) -> Result<()> {
     const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
     let mut attr = BatchAttr {
         in_batch: 0,
@@ -575,10 +580,17 @@ pub struct Datapath {
     pipeline_loaded: bool,
     /// Entries of removed subtables still to be deleted.
     drains: crate::drain::Drains,
+    /// Additions written on a thread of their own ([`Datapath::write_ahead`]).
+    ahead: crate::ahead::Writer,
+    /// Written ahead since the last settle: the generation is due.
+    ahead_written: bool,
 }
 
 impl Drop for Datapath {
     fn drop(&mut self) {
+        if let Err(e) = self.settle() {
+            tracing::warn!("writing flow additions: {e:#}");
+        }
         if let Err(e) = self.finish_drains() {
             tracing::warn!("deleting the entries of removed subtables: {e:#}");
         }
@@ -789,6 +801,8 @@ impl Datapath {
             pipelines: [tc_pipeline, xdp_pipeline],
             pipeline_loaded: false,
             drains: Default::default(),
+            ahead: Default::default(),
+            ahead_written: false,
         };
         // Rules an earlier run left that need the pipeline: load it now,
         // before this run's programs are attached.
@@ -1301,6 +1315,9 @@ impl Datapath {
     /// The entries of removed subtables ([`MapOp::DrainFlows`]) are deleted
     /// afterwards, by a thread of their own (see [`crate::drain`]).
     pub fn apply_batched(&mut self, ops: &[MapOp]) -> Result<()> {
+        // What was written ahead comes first; if it failed, none of
+        // `ops` is written (as when a batch fails part way).
+        self.settle()?;
         self.drains.reap();
         let r = self.write_batched(ops);
         let started = self.start_drains();
@@ -1341,6 +1358,66 @@ impl Datapath {
             self.bump_generation()?;
         }
         Ok(())
+    }
+
+    /// Start writing `ops` on the writer thread and return while it
+    /// writes, if they are all additions to the compact classifier map
+    /// and nothing else must come first (no subtable is being drained,
+    /// see [`crate::drain`]): `ops` is then emptied. Otherwise `ops` is
+    /// left as it is, to be written by [`Datapath::apply_batched`].
+    /// Whatever is written ahead is waited for by the next
+    /// [`Datapath::apply_batched`] (or [`Datapath::settle`]), which
+    /// returns its failure.
+    pub fn write_ahead(&mut self, ops: &mut Vec<MapOp>) {
+        self.drains.reap();
+        let narrow_add = |o: &MapOp| matches!(o, MapOp::PutFlow(EntryKey::Narrow(_), _));
+        if ops.is_empty() || self.drains.busy() || !ops.iter().all(narrow_add) {
+            return;
+        }
+        if ops.iter().any(needs_pipeline) && self.ensure_pipeline().is_err() {
+            // Left for the synchronous write, which reports it.
+            return;
+        }
+        let mut part = crate::ahead::Part {
+            keys: Vec::with_capacity(ops.len() * size_of::<FlowMapKey>()),
+            values: Vec::with_capacity(ops.len() * size_of::<FlowEntry>()),
+            count: 0,
+        };
+        for op in ops.iter() {
+            if let MapOp::PutFlow(EntryKey::Narrow(k), e) = op {
+                part.keys.extend_from_slice(bytemuck::bytes_of(k));
+                part.values.extend_from_slice(bytemuck::bytes_of(&**e));
+                part.count += 1;
+            }
+        }
+        let fd = match self.batch_fd(names::FLOWS) {
+            Ok(fd) => fd,
+            Err(_) => return,
+        };
+        let dup = || -> Result<std::os::fd::OwnedFd> {
+            // SAFETY: `fd` belongs to a map held in `batch_maps`, open
+            // for the duration of this borrow.
+            let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            Ok(b.try_clone_to_owned()?)
+        };
+        match self.ahead.submit(part, dup) {
+            Ok(()) => {
+                self.ahead_written = true;
+                ops.clear();
+            }
+            Err(e) => tracing::debug!("no write ahead ({e:#}): written in order instead"),
+        }
+    }
+
+    /// Wait for the additions written ahead ([`Datapath::write_ahead`]);
+    /// the first failure among them, if any. After a success the
+    /// datapath's rule generation is bumped, as after any write of rules.
+    pub fn settle(&mut self) -> Result<()> {
+        if !std::mem::take(&mut self.ahead_written) {
+            return Ok(());
+        }
+        self.ahead.settle()?;
+        self.bump_generation()
     }
 
     fn batch_fd(&mut self, name: &'static str) -> Result<std::os::fd::RawFd> {
@@ -1717,6 +1794,9 @@ impl Datapath {
 
     /// The counters of the classifier entry at `at`, if it is rule `id`'s.
     pub fn rule_stats(&mut self, id: u32, at: &EntryKey) -> Result<Option<RuleStats>> {
+        // An entry being written ahead is read once written; a failure
+        // waits for the next settle.
+        self.ahead.wait();
         let e = match at {
             EntryKey::Narrow(k) => {
                 let m: HashMap<&mut MapData, FlowMapKey, FlowEntry> =

@@ -84,9 +84,17 @@ pub trait Dataplane: Counters {
     /// Apply map operations, in order (errors are the dataplane's to log:
     /// the switch's table stays authoritative).
     fn apply(&mut self, ops: &[MapOp]);
+    /// Start writing `ops` (the map operations of a run's FLOW_MODs so
+    /// far, none of them written) and return while they are written, if
+    /// the dataplane can: `ops` is then emptied, and the next
+    /// [`Dataplane::try_apply`] waits for them and fails if they did.
+    /// Otherwise `ops` is left as it is.
+    fn write_ahead(&mut self, _ops: &mut Vec<MapOp>) {}
     /// Apply map operations in order, stopping at the first that fails:
     /// those before it are applied, it and those after it are not (or
     /// left as they were). For FLOW_MODs, which are then taken back.
+    /// Operations written ahead come first: if they failed, none of
+    /// `ops` is applied.
     fn try_apply(&mut self, ops: &[MapOp]) -> std::result::Result<(), ApplyError> {
         self.apply(ops);
         Ok(())
@@ -200,6 +208,12 @@ pub fn give_back_memory() {
 
 /// At most this many punt timings wait to be logged; more are dropped.
 const MAX_TIMINGS: usize = 4096;
+
+/// A run's map operations are handed to [`Dataplane::write_ahead`] once
+/// this many are waiting: parts small enough that the table's work and the
+/// kernel's overlap through most of a read, large enough that the hand-off
+/// costs little beside the write.
+const WRITE_AHEAD: usize = 128;
 
 /// Read buffer size per read system call.
 const READ_CHUNK: usize = 64 * 1024;
@@ -406,6 +420,11 @@ impl<D: Dataplane> Engine<D> {
                         }
                     }
                     fx.extend(self.sw.handle(id, frame, &raw, read_at, &mut self.dp));
+                    if run.is_some() && fx.ops.len() >= WRITE_AHEAD {
+                        // Written while the next FLOW_MODs are handled;
+                        // `end_run` waits for it.
+                        self.dp.write_ahead(&mut fx.ops);
+                    }
                     if features {
                         // Right after the FEATURES_REPLY: the controller
                         // knows the datapath when it reads this.
@@ -452,7 +471,8 @@ impl<D: Dataplane> Engine<D> {
     }
 
     /// End a run of adds and modifies from connection `id` (their map
-    /// operations are `fx.ops`, all of it): write them, batched. If a write
+    /// operations are `fx.ops`, or what is left of them after the parts
+    /// written ahead): write them, batched, and wait for those parts. If a write
     /// fails, every FLOW_MOD of the run is taken back (the flow table and
     /// the maps as before the run) and the run is done again one FLOW_MOD
     /// at a time, each written before the next is handled: the one that

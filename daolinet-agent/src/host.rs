@@ -162,6 +162,10 @@ impl Dataplane for Host {
         }
     }
 
+    fn write_ahead(&mut self, ops: &mut Vec<MapOp>) {
+        self.dp.write_ahead(ops);
+    }
+
     fn try_apply(&mut self, ops: &[MapOp]) -> Result<(), crate::engine::ApplyError> {
         self.dp.apply_batched(ops).map_err(|e| {
             // No room: the map is full (E2BIG), or a map that allocates

@@ -34,6 +34,7 @@
 //! engine -> conn, ofswitch -> oftable -> table, compile; host -> engine
 //! (the trait), datapath -> drain, inject -> netdev.
 
+pub mod ahead;
 pub mod compile;
 pub mod conn;
 pub mod control;

@@ -53,6 +53,11 @@ pub(crate) struct FakeDp {
     pub samples: Vec<crate::dpstats::Dropped>,
     /// The classifier and instruction maps as written.
     pub maps: FakeMaps,
+    /// Operations written ahead ([`Dataplane::write_ahead`]): written,
+    /// in order, by the next `try_apply`, which fails if they do.
+    pub ahead: Vec<MapOp>,
+    /// Parts written ahead so far.
+    pub ahead_parts: usize,
     /// Most instruction entries the fake map takes (a full map refuses a
     /// new one, as the kernel's does with E2BIG).
     pub ext_room: usize,
@@ -128,6 +133,8 @@ impl FakeDp {
             sources: BTreeMap::new(),
             samples: Vec::new(),
             maps: FakeMaps::default(),
+            ahead: Vec::new(),
+            ahead_parts: 0,
             ext_room: usize::MAX,
         }
     }
@@ -170,16 +177,9 @@ impl Counters for FakeDp {
     }
 }
 
-impl Dataplane for FakeDp {
-    fn apply(&mut self, ops: &[MapOp]) {
-        // As the real one: the failed operation is logged, the rest goes on.
-        for (i, _) in ops.iter().enumerate() {
-            if self.try_apply(&ops[i..i + 1]).is_err() {
-                continue;
-            }
-        }
-    }
-    fn try_apply(&mut self, ops: &[MapOp]) -> std::result::Result<(), ApplyError> {
+impl FakeDp {
+    /// Write `ops` to the fake maps, stopping at the first that fails.
+    fn write(&mut self, ops: &[MapOp]) -> std::result::Result<(), ApplyError> {
         let mut log = lock(&self.log);
         let m = &mut self.maps;
         for op in ops {
@@ -228,6 +228,28 @@ impl Dataplane for FakeDp {
             }
         }
         Ok(())
+    }
+}
+
+impl Dataplane for FakeDp {
+    fn apply(&mut self, ops: &[MapOp]) {
+        // As the real one: the failed operation is logged, the rest goes on.
+        for (i, _) in ops.iter().enumerate() {
+            if self.try_apply(&ops[i..i + 1]).is_err() {
+                continue;
+            }
+        }
+    }
+    fn write_ahead(&mut self, ops: &mut Vec<MapOp>) {
+        // Any operations, unlike the real one's (additions only): what
+        // fails among them fails the run.
+        self.ahead_parts += usize::from(!ops.is_empty());
+        self.ahead.append(ops);
+    }
+    fn try_apply(&mut self, ops: &[MapOp]) -> std::result::Result<(), ApplyError> {
+        let ahead = std::mem::take(&mut self.ahead);
+        self.write(&ahead)?;
+        self.write(ops)
     }
     fn punts(&mut self, out: &mut Vec<Punt>) {
         if let Some(w) = &self.wake {
@@ -1276,4 +1298,75 @@ fn a_flow_mod_whose_map_writes_fail_partway_is_taken_back_whole() {
         .unwrap()
         .iter()
         .all(|f| f.contains("goto_table:1")));
+}
+
+/// A run of adds long enough to be written ahead in parts while the next
+/// ones are handled ([`Dataplane::write_ahead`]): its BARRIER_REPLY
+/// follows every write; when a part fails (the instruction map full), the
+/// run is taken back and done again one FLOW_MOD at a time: the adds that
+/// fit stay, each of the others is answered with an OFPT_ERROR, all before
+/// the barrier.
+#[test]
+fn a_long_run_of_adds_written_ahead_is_written_before_its_barrier_or_redone_one_by_one() {
+    let log: Log = Arc::default();
+    let mut eng = engine_with(&log, ConnConfig::default());
+    let (id, st) = connected(&mut eng, &log, "ctl");
+    let n = 3 * WRITE_AHEAD as u32;
+    let adds = |net: u32, actions: &str| -> Vec<(u32, Message)> {
+        (0..n)
+            .map(|i| {
+                let dst = format!("10.{net}.{}.{}", i / 256, i % 256);
+                flow_mod(
+                    net * 10_000 + i,
+                    &format!("priority=5,ip,nw_dst={dst} actions={actions}"),
+                )
+            })
+            .collect()
+    };
+    let mut msgs = adds(1, "output:1");
+    msgs.push((9_999, Message::BarrierRequest));
+    lock(&st).send(wire(&msgs));
+    eng.read(id, false);
+    assert_eq!(answers(&st), vec![(9_999, "barrier".into())]);
+    assert!(eng.dp.ahead_parts > 0, "nothing was written ahead");
+    assert_eq!(
+        puts_before(&lock(&log), barrier_reply(9_999)),
+        n as usize,
+        "the barrier reply went before every write was done"
+    );
+    assert_eq!(
+        (eng.sw.flows.len(), eng.dp.maps.flows.len()),
+        (n as usize, n as usize)
+    );
+
+    // Room for the instructions of 100 rules: parts after the one that
+    // fills the map fail.
+    let room = 100;
+    eng.dp.ext_room = room;
+    let parts = eng.dp.ahead_parts;
+    let mut msgs = adds(2, "write_metadata:0x5/0xff,goto_table:1");
+    msgs.push((29_999, Message::BarrierRequest));
+    lock(&st).send(wire(&msgs));
+    eng.read(id, false);
+    assert!(eng.dp.ahead_parts > parts, "nothing was written ahead");
+    let mut want: Vec<(u32, String)> = (room as u32..n)
+        .map(|i| {
+            (
+                20_000 + i,
+                "OFPET_FLOW_MOD_FAILED/OFPFMFC_TABLE_FULL".to_string(),
+            )
+        })
+        .collect();
+    want.push((29_999, "barrier".into()));
+    assert_eq!(answers(&st), want);
+    let total = n as usize + room;
+    assert_eq!(
+        (
+            eng.sw.flows.len(),
+            eng.dp.maps.flows.len(),
+            eng.dp.maps.ext.len()
+        ),
+        (total, total, room)
+    );
+    assert!(eng.dp.ahead.is_empty());
 }
