@@ -18,39 +18,12 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 use daolinet_agent::datapath::{BpfObject, Datapath};
-use daolinet_agent::oftable::{Counters, FlowTable};
-use daolinet_agent::table::{EntryKey, MapOp, RuleTable};
-use daolinet_common::{PortStats, RuleStats};
+use daolinet_agent::oftable::FlowTable;
+use daolinet_agent::table::{MapOp, RuleTable};
 use daolinet_openflow as of;
 
-/// No counters (a fresh table counted nothing).
-struct Zero;
-
-impl Counters for Zero {
-    fn rule(&mut self, _: u32, _: &EntryKey) -> RuleStats {
-        RuleStats::default()
-    }
-    fn port(&mut self, _: u32) -> Option<PortStats> {
-        None
-    }
-}
-
-/// The bench's flows: in_port=1, ip, nw_dst=10.0.0.1 + i, output:2.
-fn add(i: u32, cookie: u64) -> of::FlowMod {
-    let dst = std::net::Ipv4Addr::from(0x0a00_0001 + i);
-    of::FlowMod::add(of::Match::new().in_port(1).eth_type(0x0800).ipv4_dst(dst))
-        .priority(100)
-        .cookie(cookie)
-        .apply(vec![of::Action::output(2)])
-}
-
-/// This thread's time on a CPU so far, in seconds.
-fn cpu_s() -> f64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(0.0, |ns| ns as f64 / 1e9)
-}
+mod common;
+use common::{add, cpu_s, Zero};
 
 /// The drained entries deleted by the operations themselves instead.
 fn synchronous(ops: Vec<MapOp>) -> Vec<MapOp> {
