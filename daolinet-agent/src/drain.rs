@@ -20,7 +20,6 @@
 //! starts (their subtables are in no list).
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::Result;
@@ -158,14 +157,20 @@ impl Drains {
             return keys.delete(&fds);
         }
         subs.sort_unstable();
-        let keys = Arc::new(keys);
-        let (theirs, fds) = (keys.clone(), Arc::new(fds));
-        let their_fds = fds.clone();
+        // The thread gets the keys through a channel once it exists, so
+        // that it alone frees them (and then trims the heap: the event
+        // loop's trim for this change ran before they were freed, and an
+        // idle agent would keep them, 36 MiB resident after 1M flows came
+        // and went instead of 17 MiB); without a thread they stay here.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(Keys, Fds)>(1);
         let spawned = std::thread::Builder::new()
             .name("flow-drain".into())
             .spawn(move || {
+                let Ok((keys, fds)) = rx.recv() else {
+                    return;
+                };
                 let started = std::time::Instant::now();
-                match theirs.delete(&their_fds) {
+                match keys.delete(&fds) {
                     Ok(()) => tracing::debug!(
                         entries = n,
                         took_ms = started.elapsed().as_millis() as u64,
@@ -177,11 +182,18 @@ impl Drains {
                          (those left are removed when the agent starts again)"
                     ),
                 }
+                drop(keys);
+                crate::heap::give_back_memory();
             });
         match spawned {
             Ok(thread) => {
                 self.jobs.push(Job { subs, thread });
-                Ok(())
+                match tx.send((keys, fds)) {
+                    Ok(()) => Ok(()),
+                    // The thread is gone already (it cannot be, short of a
+                    // panic): removed here.
+                    Err(std::sync::mpsc::SendError((keys, fds))) => keys.delete(&fds),
+                }
             }
             // No thread: removed here.
             Err(e) => {

@@ -46,6 +46,7 @@ pub mod dropwatch;
 pub mod engine;
 pub mod fastpath;
 pub mod groups;
+pub mod heap;
 pub mod host;
 pub mod hostsetup;
 pub mod inject;
