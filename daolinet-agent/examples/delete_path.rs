@@ -5,7 +5,7 @@
 //! does, and with them deleted before the reply (as before the drain), in
 //! the same run; and how long the drain then takes. The installs before
 //! each delete are timed too (the table and the batched map writes, in
-//! runs of 16k operations; `DL_INSTALL=read`: a 64 KiB read's FLOW_MODs
+//! runs of 16k operations; `DL_INSTALL=read`: a 256 KiB read's FLOW_MODs
 //! handled, then written; `DL_INSTALL=ahead`: written ahead in parts as
 //! the agent does, see `Datapath::write_ahead`).
 //!
@@ -24,6 +24,19 @@ use daolinet_openflow as of;
 
 mod common;
 use common::{add, cpu_s, Zero};
+
+/// The process's time on a CPU so far (every thread: the map writer's
+/// too), in seconds.
+fn process_cpu_s() -> f64 {
+    // SAFETY: getrusage(2) fills the struct it is given.
+    let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut r) } != 0 {
+        return 0.0;
+    }
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    s(r.ru_utime) + s(r.ru_stime)
+}
 
 /// The drained entries deleted by the operations themselves instead.
 fn synchronous(ops: Vec<MapOp>) -> Vec<MapOp> {
@@ -51,17 +64,22 @@ enum Install {
     Ahead,
 }
 
-/// The FLOW_MODs of one 64 KiB read (104 bytes each).
-const PER_READ: u32 = 630;
+/// The FLOW_MODs of one 256 KiB read (104 bytes each), as the agent
+/// reads; `DL_PER_READ` sets another (630: 64 KiB).
+const PER_READ: u32 = 2_520;
 
 /// The engine's part size for writing ahead.
 const WRITE_AHEAD: usize = 128;
 
 fn one(dp: &mut Datapath, n: u32, drained: bool, way: Install) -> Result<String> {
+    let per_read = std::env::var("DL_PER_READ")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(PER_READ);
     let mut c = Zero;
     let mut t = FlowTable::new(RuleTable::new().with_limit(dp.capacity()), 0);
     let mut ops = Vec::new();
-    let (i0, ic0) = (Instant::now(), cpu_s());
+    let (i0, ic0, ip0) = (Instant::now(), cpu_s(), process_cpu_s());
     for i in 0..n {
         let o = t
             .flow_mod(&add(i, 0xbe), 0, &mut c)
@@ -72,7 +90,7 @@ fn one(dp: &mut Datapath, n: u32, drained: bool, way: Install) -> Result<String>
                 dp.apply_batched(&ops)?;
                 ops.clear();
             }
-            Install::Read | Install::Ahead if (i + 1) % PER_READ == 0 => {
+            Install::Read | Install::Ahead if (i + 1) % per_read == 0 => {
                 dp.apply_batched(&ops)?;
                 ops.clear();
             }
@@ -83,6 +101,7 @@ fn one(dp: &mut Datapath, n: u32, drained: bool, way: Install) -> Result<String>
     dp.apply_batched(&ops)?;
     drop(ops);
     let (install, install_cpu) = (i0.elapsed().as_secs_f64(), cpu_s() - ic0);
+    let install_all_cpu = process_cpu_s() - ip0;
     let (t0, c0) = (Instant::now(), cpu_s());
     let del = of::FlowMod::delete(of::Match::new()).cookie_match(0xbe, u64::MAX);
     let mut o = t
@@ -101,9 +120,10 @@ fn one(dp: &mut Datapath, n: u32, drained: bool, way: Install) -> Result<String>
     daolinet_agent::engine::give_back_memory();
     let nf = f64::from(n);
     Ok(format!(
-        "{{\"flows\":{n},\"install\":\"{way:?}\",\"install_per_s\":{:.0},\"install_cpu_us\":{:.3},\"drained\":{drained},\"to_reply_per_s\":{:.0},\"to_reply_cpu_us\":{:.3},\"table_us\":{:.3},\"maps_us\":{:.3},\"drain_after_us\":{:.3}}}",
+        "{{\"flows\":{n},\"install\":\"{way:?}\",\"install_per_s\":{:.0},\"install_cpu_us\":{:.3},\"install_all_cpu_us\":{:.3},\"drained\":{drained},\"to_reply_per_s\":{:.0},\"to_reply_cpu_us\":{:.3},\"table_us\":{:.3},\"maps_us\":{:.3},\"drain_after_us\":{:.3}}}",
         nf / install,
         install_cpu / nf * 1e6,
+        install_all_cpu / nf * 1e6,
         nf / reply,
         reply_cpu / nf * 1e6,
         table / nf * 1e6,
