@@ -452,6 +452,15 @@ fn connected(
     (id, st)
 }
 
+/// Give connection `id` `bytes` and let the engine read until its
+/// transport has nothing left.
+fn read_everything(eng: &mut Engine<FakeDp>, id: ConnId, st: &Mutex<PipeState>, bytes: Vec<u8>) {
+    lock(st).send(bytes);
+    while lock(st).pending() > 0 {
+        eng.read(id, false);
+    }
+}
+
 fn flow(dst: u8) -> Message {
     Message::FlowMod(
         format!("in_port=1,ip,nw_dst=10.0.0.{dst} actions=output:2")
@@ -628,10 +637,7 @@ fn a_barrier_after_a_delete_by_cookie_follows_the_removal_of_every_entry() {
         let log = Log::default();
         let mut eng = engine_with(&log, ConnConfig::default());
         let (id, st) = connected(&mut eng, &log, "c");
-        lock(&st).send(adds.clone());
-        while lock(&st).pending() > 0 {
-            eng.read(id, false);
-        }
+        read_everything(&mut eng, id, &st, adds.clone());
         assert_eq!(eng.sw.flows.len(), 500);
         lock(&log).clear();
         if fast {
@@ -646,10 +652,7 @@ fn a_barrier_after_a_delete_by_cookie_follows_the_removal_of_every_entry() {
             let mut fp = FastPath::patient(60);
             assert_eq!(fp.run(&mut eng, 0), 1);
         } else {
-            lock(&st).send(dels.clone());
-            while lock(&st).pending() > 0 {
-                eng.read(id, false);
-            }
+            read_everything(&mut eng, id, &st, dels.clone());
         }
         let log = lock(&log).clone();
         let dels_before = |f: &dyn Fn(&Ev) -> bool| {
@@ -714,10 +717,7 @@ fn after_the_barrier_of_a_delete_that_empties_a_subtable_its_flows_match_nothing
         let log = Log::default();
         let mut eng = engine_with(&log, ConnConfig::default());
         let (id, st) = connected(&mut eng, &log, "c");
-        lock(&st).send(adds.clone());
-        while lock(&st).pending() > 0 {
-            eng.read(id, false);
-        }
+        read_everything(&mut eng, id, &st, adds.clone());
         assert_eq!(eng.sw.flows.len(), 500);
         let before = eng.dp.maps.classify(0, &pkt);
         assert!(
@@ -730,10 +730,7 @@ fn after_the_barrier_of_a_delete_that_empties_a_subtable_its_flows_match_nothing
             lock(&eng.dp.punts).push_back(punt(1));
             assert_eq!(FastPath::patient(60).run(&mut eng, 0), 1);
         } else {
-            lock(&st).send(dels.clone());
-            while lock(&st).pending() > 0 {
-                eng.read(id, false);
-            }
+            read_everything(&mut eng, id, &st, dels.clone());
         }
         let log = lock(&log).clone();
         let reply = log
