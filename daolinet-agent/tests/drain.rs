@@ -71,61 +71,14 @@ fn udp_frame(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
 
 /// Run the TC program on `frame` arriving on `lo` (ifindex 1): its verdict.
 fn run_tc(dp: &mut Datapath, frame: &[u8]) -> u32 {
-    #[repr(C)]
-    #[derive(Default)]
-    struct TestAttr {
-        prog_fd: u32,
-        retval: u32,
-        data_size_in: u32,
-        data_size_out: u32,
-        data_in: u64,
-        data_out: u64,
-        repeat: u32,
-        duration: u32,
-        ctx_size_in: u32,
-        ctx_size_out: u32,
-        ctx_in: u64,
-        ctx_out: u64,
-        flags: u32,
-        cpu: u32,
-        batch_size: u32,
-        _pad: u32,
-    }
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
     // `struct __sk_buff` with ifindex (offset 40) 1.
     let mut ctx = [0u8; 192];
     ctx[40..44].copy_from_slice(&1u32.to_ne_bytes());
     let prog = dp.ebpf_mut().program(names::PROG_TC).expect("TC program");
     let fd = prog.fd().expect("program fd").as_fd().as_raw_fd();
-    let mut out = vec![0u8; frame.len() + 512];
-    let mut attr = TestAttr {
-        prog_fd: fd as u32,
-        data_size_in: frame.len() as u32,
-        data_size_out: out.len() as u32,
-        data_in: frame.as_ptr() as u64,
-        data_out: out.as_mut_ptr() as u64,
-        repeat: 1,
-        ctx_size_in: ctx.len() as u32,
-        ctx_in: ctx.as_ptr() as u64,
-        ..Default::default()
-    };
-    // SAFETY: a valid bpf_attr prefix of the size passed; the buffers it
-    // points at live for the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestAttr,
-            size_of::<TestAttr>() as u32,
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "BPF_PROG_TEST_RUN: {}",
-        std::io::Error::last_os_error()
-    );
-    attr.retval
+    daolinet_testlab::prog_test_run(fd, frame, Some(&ctx), 1)
+        .expect("BPF_PROG_TEST_RUN")
+        .retval
 }
 
 /// Entries in the compact classifier map, read through its pin.

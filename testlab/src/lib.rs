@@ -23,7 +23,8 @@
 //!   `add_container`).
 //! - **Helpers**: commands with clear failure messages ([`sh`],
 //!   [`Netns::run`]), ping ([`Netns::ping`]), [`iperf3`], waiting for a
-//!   condition with a deadline ([`wait_until`], [`wait_for`], [`wait_poll`]).
+//!   condition with a deadline ([`wait_until`], [`wait_for`], [`wait_poll`]),
+//!   running a BPF program on a frame ([`prog_test_run`]).
 //!
 //! ```no_run
 //! use daolinet_testlab::{Lab, Need};
@@ -53,6 +54,7 @@ mod model;
 mod names;
 mod netns;
 mod ovs;
+mod progrun;
 mod proxy;
 mod runtimes;
 mod skip;
@@ -75,6 +77,7 @@ pub use lab::Lab;
 pub use names::{fresh_tag, IFNAME_MAX, PREFIX_ENV};
 pub use netns::{in_netns, Netns, ThreadNetns, Veth};
 pub use ovs::{OvsHost, OVS_PROGRAMS};
+pub use progrun::{prog_test_run, ProgRun};
 pub use proxy::TcpProxy;
 pub use runtimes::{
     busybox_image, unmount_under, DockerHost, Dockerd, Podman, DOCKER_PROGRAMS, PODMAN_PROGRAMS,

@@ -7,7 +7,7 @@
 //!   typed access to the maps (again the agent's code). Tests first call
 //!   `daolinet_testlab::require(&[Need::Root, Need::BpfObject])`.
 //! - [`prog_test_run`] is the raw `bpf(BPF_PROG_TEST_RUN)` syscall (aya 0.14
-//!   does not expose it); [`Datapath::run_tc`] and [`Datapath::run_xdp`]
+//!   does not expose it; the test lab's `prog_test_run`); [`Datapath::run_tc`] and [`Datapath::run_xdp`]
 //!   wrap it with the right context (`__sk_buff` / `xdp_md`).
 //!
 //! Context notes (net/bpf/test_run.c, kernel 6.x):
@@ -88,58 +88,9 @@ pub fn prog_test_run_repeat(
     ctx_in: Option<&[u8]>,
     repeat: u32,
 ) -> Result<(u32, Vec<u8>, u32)> {
-    /// The `test` member of `union bpf_attr`.
-    #[repr(C)]
-    #[derive(Default)]
-    struct TestAttr {
-        prog_fd: u32,
-        retval: u32,
-        data_size_in: u32,
-        data_size_out: u32,
-        data_in: u64,
-        data_out: u64,
-        repeat: u32,
-        duration: u32,
-        ctx_size_in: u32,
-        ctx_size_out: u32,
-        ctx_in: u64,
-        ctx_out: u64,
-        flags: u32,
-        cpu: u32,
-        batch_size: u32,
-        _pad: u32,
-    }
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-
-    let mut out = vec![0u8; packet.len() + 512];
-    let mut attr = TestAttr {
-        prog_fd: u32::try_from(prog_fd).context("negative fd")?,
-        data_size_in: u32::try_from(packet.len()).context("packet too large")?,
-        data_size_out: u32::try_from(out.len()).context("packet too large")?,
-        data_in: packet.as_ptr() as u64,
-        data_out: out.as_mut_ptr() as u64,
-        repeat,
-        ..Default::default()
-    };
-    if let Some(ctx) = ctx_in {
-        attr.ctx_size_in = u32::try_from(ctx.len()).context("ctx too large")?;
-        attr.ctx_in = ctx.as_ptr() as u64;
-    }
-    // SAFETY: attr is a valid bpf_attr prefix of the size we pass; the
-    // pointers in it stay valid for the duration of the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestAttr,
-            size_of::<TestAttr>() as u32,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("bpf(BPF_PROG_TEST_RUN)");
-    }
-    out.truncate(attr.data_size_out as usize);
-    Ok((attr.retval, out, attr.duration))
+    let run = daolinet_testlab::prog_test_run(prog_fd, packet, ctx_in, repeat)
+        .context("bpf(BPF_PROG_TEST_RUN)")?;
+    Ok((run.retval, run.packet, run.duration_ns))
 }
 
 /// A `__sk_buff` test context with `ifindex` set.
