@@ -20,12 +20,13 @@
 //! starts (their subtables are in no list).
 
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::Result;
 use daolinet_common::{FlowMapKey, WideMapKey};
 
-use crate::table::Drained;
+use crate::table::{Drained, Removed};
 
 /// Keys per `BPF_MAP_DELETE_BATCH` call of a drain.
 const CHUNK: usize = 8192;
@@ -37,32 +38,59 @@ const THREAD_MIN: usize = 512;
 /// The classifier maps' descriptors (compact, wide), for one drain.
 pub type Fds = (OwnedFd, OwnedFd);
 
-/// The keys of entries to remove.
+/// The keys of entries to remove: listed, or to be made from removed
+/// rules (which are freed here, with the last reference).
 #[derive(Debug, Default)]
 struct Keys {
     narrow: Vec<FlowMapKey>,
     wide: Vec<WideMapKey>,
+    removed: Vec<Arc<Removed>>,
 }
 
 impl Keys {
+    fn len(&self) -> usize {
+        self.narrow.len() + self.wide.len() + self.removed.iter().map(|r| r.len()).sum::<usize>()
+    }
+
     fn is_empty(&self) -> bool {
-        self.narrow.is_empty() && self.wide.is_empty()
+        self.len() == 0
     }
 
     /// Delete them all; the first error is returned after trying the rest.
-    fn delete(&self, (narrow, wide): &Fds) -> Result<()> {
-        let a = delete_all(
-            narrow,
-            bytemuck::cast_slice(&self.narrow),
-            size_of::<FlowMapKey>(),
-        );
-        let b = delete_all(
-            wide,
-            bytemuck::cast_slice(&self.wide),
-            size_of::<WideMapKey>(),
-        );
-        a.and(b)
+    fn delete(&self, fds: &Fds) -> Result<()> {
+        let mut r = delete_keys(fds, &self.narrow, &self.wide);
+        for removed in &self.removed {
+            // The compact keys made and deleted a chunk at a time.
+            let (narrow_fd, wide_fd) = fds;
+            let key_size = size_of::<FlowMapKey>();
+            let mut n: Vec<FlowMapKey> = Vec::with_capacity(CHUNK.min(removed.len()));
+            let mut w: Vec<WideMapKey> = Vec::new();
+            let mut rn = Ok(());
+            removed.keys_into(
+                |k| {
+                    n.push(k);
+                    if n.len() >= CHUNK {
+                        let done = delete_all(narrow_fd, bytemuck::cast_slice(&n), key_size);
+                        rn = std::mem::replace(&mut rn, Ok(())).and(done);
+                        n.clear();
+                    }
+                },
+                |k| w.push(k),
+            );
+            let done = delete_all(narrow_fd, bytemuck::cast_slice(&n), key_size);
+            let wd = delete_all(wide_fd, bytemuck::cast_slice(&w), size_of::<WideMapKey>());
+            r = r.and(rn).and(done).and(wd);
+        }
+        r
     }
+}
+
+/// Delete the entries of these keys; the first error is returned after
+/// trying the rest.
+fn delete_keys((narrow, wide): &Fds, n: &[FlowMapKey], w: &[WideMapKey]) -> Result<()> {
+    let a = delete_all(narrow, bytemuck::cast_slice(n), size_of::<FlowMapKey>());
+    let b = delete_all(wide, bytemuck::cast_slice(w), size_of::<WideMapKey>());
+    a.and(b)
 }
 
 fn delete_all(fd: &OwnedFd, keys: &[u8], key_size: usize) -> Result<()> {
@@ -93,10 +121,12 @@ pub struct Drains {
 }
 
 impl Drains {
-    /// Collect entries to remove.
+    /// Collect entries to remove (removed rules by reference: their
+    /// keys are made where they are deleted).
     pub fn add(&mut self, d: &Drained) {
         self.collected.narrow.extend_from_slice(&d.narrow);
         self.collected.wide.extend_from_slice(&d.wide);
+        self.collected.removed.extend(d.removed.iter().cloned());
         for sub in &d.subtables {
             if !self.subs.contains(sub) {
                 self.subs.push(*sub);
@@ -116,7 +146,7 @@ impl Drains {
 
     /// Number of collected keys.
     pub fn len(&self) -> usize {
-        self.collected.narrow.len() + self.collected.wide.len()
+        self.collected.len()
     }
 
     /// True when no key is collected.
@@ -152,7 +182,7 @@ impl Drains {
     pub fn start(&mut self, fds: Fds) -> Result<()> {
         let keys = std::mem::take(&mut self.collected);
         let mut subs = std::mem::take(&mut self.subs);
-        let n = keys.narrow.len() + keys.wide.len();
+        let n = keys.len();
         if n < THREAD_MIN {
             return keys.delete(&fds);
         }

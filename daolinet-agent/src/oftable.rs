@@ -577,6 +577,12 @@ impl FlowTable {
                     out_group: fm.out_group,
                 };
                 let strict = fm.command == of::OFPFC_DELETE_STRICT;
+                if !strict {
+                    if let Some(out) = self.remove_by_cookie(&f, of::OFPRR_DELETE, now_ns, counters)
+                    {
+                        return Ok(out);
+                    }
+                }
                 let ids = self.select(&f, strict.then_some(fm.priority));
                 Ok(self.remove_ids(&ids, of::OFPRR_DELETE, now_ns, counters))
             }
@@ -956,6 +962,75 @@ impl FlowTable {
         // the new subtable lists are written, removed in the background.
         self.table.defer_unlinked(&mut out.ops);
         out
+    }
+
+    /// A non-strict removal by cookie alone (`f`) of rules that fill
+    /// whole subtables (see [`RuleTable::cookies_whole`]): the outcome of
+    /// [`FlowTable::remove_ids`] for the rules it selects, without
+    /// visiting them (unless some rule has flags: then those that want a
+    /// FLOW_REMOVED are looked for). None when this way does not apply;
+    /// nothing changed then.
+    fn remove_by_cookie(
+        &mut self,
+        f: &Filter,
+        reason: u8,
+        now_ns: u64,
+        counters: &mut dyn Counters,
+    ) -> Option<Outcome> {
+        if f.cookie_mask == 0 || !f.by_cookie_only() {
+            return None;
+        }
+        let plan = self
+            .table
+            .cookies_whole(f.cookie, f.cookie_mask)
+            .filter(|p| p.len() >= BULK_REMOVAL)?;
+        let mut out = Outcome {
+            touched: plan.len(),
+            ..Default::default()
+        };
+        // The FLOW_REMOVED messages, made while the rules and their
+        // entries (their counters) are there.
+        if self.table.any_flags() {
+            for id in self.table.ids_by_cookie(f.cookie, f.cookie_mask) {
+                let Some(r) = self
+                    .table
+                    .get(id)
+                    .filter(|r| r.flags & of::OFPFF_SEND_FLOW_REM != 0)
+                else {
+                    continue;
+                };
+                let stats = self.stats(id, counters);
+                let installed = self.times(id).map(|t| t.installed_ns);
+                let w = self.written.get(&id).cloned();
+                out.removed
+                    .push(flow_removed(r, reason, now_ns, installed, &stats, w));
+            }
+        }
+        let kept = plan.kept().to_vec();
+        self.table.remove_cookies(plan, &mut out.ops);
+        self.keep_only(&kept);
+        Some(out)
+    }
+
+    /// Forget the times, counters and writings of every rule but `kept`
+    /// (in id order), after a bulk removal of all the others.
+    fn keep_only(&mut self, kept: &[u32]) {
+        let Some(last) = kept.last() else {
+            self.times = Vec::new();
+            self.deadlines = BTreeSet::new();
+            self.base = HashMap::new();
+            self.written = HashMap::new();
+            return;
+        };
+        let mut times = vec![None; *last as usize + 1];
+        for &id in kept {
+            times[id as usize] = self.times(id);
+        }
+        self.times = times;
+        let is_kept = |id: &u32| kept.binary_search(id).is_ok();
+        self.deadlines.retain(|(_, id)| is_kept(id));
+        self.base.retain(|id, _| is_kept(id));
+        self.written.retain(|id, _| is_kept(id));
     }
 
     /// [`FlowTable::remove_ids`] for rules that fill whole subtables (see
@@ -1850,6 +1925,98 @@ mod tests {
         assert_eq!(o.removed[0].reason, of::OFPRR_DELETE);
         assert_eq!(o.removed[0].cookie, 9);
         assert_eq!(o.removed[0].match_.to_string(), "ip");
+    }
+
+    /// A delete by cookie of rules that fill whole subtables takes them
+    /// at once, without visiting them: the outcome (FLOW_REMOVED messages
+    /// with their counters and durations, the flows that stay, their
+    /// timeouts) is that of removing them one by one, and the table goes
+    /// on alike.
+    #[test]
+    fn a_bulk_delete_by_cookie_removes_what_one_by_one_does() {
+        let build = || {
+            let mut t = FlowTable::default();
+            for i in 0..300u32 {
+                let flags = if i % 3 == 0 { "send_flow_rem," } else { "" };
+                let hard = if i % 5 == 0 { "hard_timeout=7," } else { "" };
+                let f = format!(
+                    "{flags}{hard}cookie=0xbe,priority=100,ip,nw_dst=10.0.{}.{} actions=output:2",
+                    i / 256,
+                    i % 256
+                );
+                apply(&mut t, &fm(&f)).unwrap();
+            }
+            apply(&mut t, &fm("cookie=0x1,priority=0 actions=drop")).unwrap();
+            apply(&mut t, &fm("send_flow_rem,cookie=0x1,arp actions=output:1")).unwrap();
+            apply(
+                &mut t,
+                &fm("idle_timeout=10,cookie=0x2,udp actions=output:1"),
+            )
+            .unwrap();
+            t
+        };
+        let (mut a, mut b) = (build(), build());
+        let mut c = FakeCounters::default();
+        for id in 0..303u32 {
+            let n = u64::from(id);
+            c.rules.insert(
+                id,
+                RuleStats {
+                    packets: n,
+                    bytes: 100 * n,
+                    ..Default::default()
+                },
+            );
+        }
+        // Every table, any match: by cookie alone.
+        let del = FlowMod::delete(of::Match::new()).cookie_match(0xbe, u64::MAX);
+        let now = 5 * NS;
+        let oa = a.flow_mod(&del, now, &mut c).unwrap();
+        assert!(
+            oa.ops
+                .iter()
+                .any(|o| matches!(o, MapOp::DrainFlows(d) if d.removed.is_some())),
+            "not the bulk way"
+        );
+        let mut ob = Outcome::default();
+        for id in b.table.ids_by_cookie(0xbe, u64::MAX) {
+            merge(&mut ob, b.remove_ids(&[id], of::OFPRR_DELETE, now, &mut c));
+        }
+        assert_eq!(oa.touched, 300);
+        assert_eq!(oa.touched, ob.touched);
+        assert_eq!(oa.removed.len(), 100);
+        assert_eq!(oa.removed, ob.removed);
+        assert!(oa
+            .removed
+            .iter()
+            .all(|r| r.duration_sec == 5 && r.cookie == 0xbe));
+        assert!(oa.removed.iter().any(|r| r.packet_count > 0));
+        assert_eq!(dump(&a), dump(&b));
+        assert_eq!(a.len(), 3);
+        assert_eq!(a.next_deadline(), b.next_deadline());
+        assert_eq!(a.next_deadline(), Some(10 * NS));
+        let all = of::FlowStatsRequest::default();
+        assert_eq!(
+            a.aggregate(&all, &mut c).unwrap(),
+            b.aggregate(&all, &mut c).unwrap()
+        );
+        // A flow added right after: in, found, and removed again alike
+        // (its id may differ: fresh counters).
+        c.rules.clear();
+        let f = fm("send_flow_rem,cookie=0xbe,priority=100,ip,nw_dst=10.0.0.1 actions=output:3");
+        apply(&mut a, &f).unwrap();
+        apply(&mut b, &f).unwrap();
+        assert_eq!(dump(&a), dump(&b));
+        let oa = a.flow_mod(&del, now, &mut c).unwrap();
+        let ob = b.flow_mod(&del, now, &mut c).unwrap();
+        assert_eq!((oa.touched, oa.removed.len()), (1, 1));
+        assert_eq!(oa.removed, ob.removed);
+        assert_eq!(dump(&a), dump(&b));
+        // Everything by cookie mask 0: every rule, at once.
+        let mut all_del = with(of::OFPFC_DELETE, "");
+        (all_del.cookie, all_del.cookie_mask) = (0, 0);
+        assert_eq!(a.flow_mod(&all_del, now, &mut c).unwrap().touched, 3);
+        assert!(a.is_empty());
     }
 
     /// The BPF maps as the datapath sees them, rebuilt from MapOps.

@@ -12,6 +12,7 @@
 //! take its place when it goes).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use foldhash::HashMap;
 use hashbrown::HashTable;
@@ -151,6 +152,104 @@ pub struct Drained {
     pub narrow: Vec<FlowMapKey>,
     /// Keys of the wide flow map.
     pub wide: Vec<WideMapKey>,
+    /// Removed rules whose entries' keys are not listed: they are made
+    /// from the rules where the entries are deleted (see [`Removed`]).
+    pub removed: Option<Arc<Removed>>,
+}
+
+/// Rules removed with their subtables, whole, kept as the table held them
+/// so that a bulk delete neither makes their entries' keys nor frees them
+/// before its reply: whoever deletes the entries makes the keys
+/// ([`Removed::keys_into`]) and, dropping the last reference, frees the
+/// rules.
+pub struct Removed {
+    /// The table's rules by id as they were; only removed rules are left.
+    slots: Vec<Option<Slot>>,
+    /// The removed subtables: table, mask and id.
+    subs: Vec<(u8, FullKey, u32)>,
+    /// Number of rules.
+    rules: usize,
+}
+
+impl std::fmt::Debug for Removed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Removed")
+            .field("rules", &self.rules)
+            .field("subtables", &self.subs.len())
+            .finish()
+    }
+}
+
+/// Equal when they name the same entries.
+impl PartialEq for Removed {
+    fn eq(&self, other: &Self) -> bool {
+        let keys = |r: &Removed| {
+            let (mut n, mut w) = (Vec::new(), Vec::new());
+            r.keys_into(|k| n.push(k), |k| w.push(k));
+            (n, w)
+        };
+        self.rules == other.rules && keys(self) == keys(other)
+    }
+}
+
+impl Eq for Removed {}
+
+impl Removed {
+    /// Number of removed rules (each match's rules share one entry: at
+    /// least as many as the keys).
+    pub fn len(&self) -> usize {
+        self.rules
+    }
+
+    /// True when no rule was removed.
+    pub fn is_empty(&self) -> bool {
+        self.rules == 0
+    }
+
+    /// The key of every removed entry (one per match), compact ones to
+    /// `narrow`, wide ones to `wide`, in id order of the rules.
+    pub fn keys_into(&self, mut narrow: impl FnMut(FlowMapKey), mut wide: impl FnMut(WideMapKey)) {
+        // The rules after the first of each match (its group) share its
+        // entry: marked, one key per match.
+        let mut later = vec![false; self.slots.len()];
+        for s in self.slots.iter().flatten() {
+            if let Some(l) = later.get_mut(s.group_next as usize) {
+                *l = true;
+            }
+        }
+        let mut last = 0usize;
+        for (s, later) in self.slots.iter().zip(&later) {
+            let Some(s) = s else { continue };
+            if *later {
+                continue;
+            }
+            let r = &s.rule;
+            let fits = |(t, m, _): &(u8, FullKey, u32)| {
+                *t == r.table
+                    && m.key == r.mask
+                    && r.wide.as_ref().map_or(!m.is_wide(), |w| w.mask == m.ext)
+            };
+            if !self.subs.get(last).is_some_and(fits) {
+                match self.subs.iter().position(fits) {
+                    Some(i) => last = i,
+                    // Not in a removed subtable (cannot be): no entry.
+                    None => continue,
+                }
+            }
+            let sub = self.subs[last].2;
+            if sub & SUBTABLE_WIDE != 0 {
+                wide(WideMapKey {
+                    subtable: sub,
+                    key: r.full_key(),
+                });
+            } else {
+                narrow(FlowMapKey {
+                    subtable: sub,
+                    key: r.key,
+                });
+            }
+        }
+    }
 }
 
 impl Drained {
@@ -166,22 +265,32 @@ impl Drained {
         }
     }
 
-    /// Number of keys.
+    /// Number of keys (the removed rules counted as one each, see
+    /// [`Removed::len`]).
     pub fn len(&self) -> usize {
-        self.narrow.len() + self.wide.len()
+        self.narrow.len() + self.wide.len() + self.removed.as_ref().map_or(0, |r| r.len())
     }
 
     /// True when there is no key.
     pub fn is_empty(&self) -> bool {
-        self.narrow.is_empty() && self.wide.is_empty()
+        self.narrow.is_empty()
+            && self.wide.is_empty()
+            && self.removed.as_ref().is_none_or(|r| r.is_empty())
     }
 
-    /// The keys, compact ones first.
+    /// The keys: the listed ones, compact first, then those of the removed
+    /// rules (made here: for tests and small changes).
     pub fn keys(&self) -> impl Iterator<Item = EntryKey> + '_ {
+        let (mut narrow, mut wide) = (Vec::new(), Vec::new());
+        if let Some(r) = &self.removed {
+            r.keys_into(|k| narrow.push(k), |k| wide.push(k));
+        }
         self.narrow
             .iter()
             .map(|k| EntryKey::Narrow(*k))
             .chain(self.wide.iter().map(|k| EntryKey::Wide(Box::new(*k))))
+            .chain(narrow.into_iter().map(EntryKey::Narrow))
+            .chain(wide.into_iter().map(|k| EntryKey::Wide(Box::new(k))))
     }
 }
 
@@ -287,6 +396,38 @@ pub struct Whole {
     sub_of: Vec<u32>,
 }
 
+/// The rules of some cookies, which fill whole subtables, ready to go at
+/// once (see [`RuleTable::cookies_whole`]).
+#[derive(Debug)]
+pub struct WholeCookies {
+    /// The cookie and mask that select them.
+    want: u64,
+    mask: u64,
+    /// How many.
+    rules: usize,
+    /// The rules that stay, in id order.
+    kept: Vec<u32>,
+    /// The subtables that go (indexes in the table's subtables).
+    gone: Vec<bool>,
+}
+
+impl WholeCookies {
+    /// Number of rules that go.
+    pub fn len(&self) -> usize {
+        self.rules
+    }
+
+    /// True when none goes (never: such a plan is not made).
+    pub fn is_empty(&self) -> bool {
+        self.rules == 0
+    }
+
+    /// The ids of the rules that stay, in id order.
+    pub fn kept(&self) -> &[u32] {
+        &self.kept
+    }
+}
+
 #[derive(Clone, Debug)]
 struct SubtableState {
     id: u32,
@@ -304,6 +445,12 @@ impl SubtableState {
 
 /// No rule: the end of a chain.
 const NIL: u32 = u32::MAX;
+
+/// Whether a rule has other instructions, and flags (what
+/// [`RuleTable`] counts).
+fn marks(r: &Rule) -> (bool, bool) {
+    (r.ext.is_some(), r.flags != 0)
+}
 
 /// A rule in the table, with its links in the indexes.
 #[derive(Debug)]
@@ -356,6 +503,10 @@ pub struct RuleTable {
     last_lists: BTreeMap<u8, Vec<SubtableDesc>>,
     /// Most rules (rule ids are below it).
     limit: u32,
+    /// Rules with other instructions ([`Rule::ext`]).
+    with_ext: usize,
+    /// Rules with flags.
+    with_flags: usize,
 }
 
 impl std::fmt::Debug for RuleTable {
@@ -383,6 +534,8 @@ impl Default for RuleTable {
             next_sub_id: 0,
             last_lists: BTreeMap::new(),
             limit: MAX_RULES,
+            with_ext: 0,
+            with_flags: 0,
         }
     }
 }
@@ -689,6 +842,7 @@ impl RuleTable {
             self.slots.resize_with(i + 1, || None);
         }
         let cookie = rule.cookie;
+        self.tally(marks(&rule), true);
         self.slots[i] = Some(Slot {
             rule,
             group_next: NIL,
@@ -768,6 +922,7 @@ impl RuleTable {
             }
         }
         let slot = self.slots.get_mut(id as usize)?.take()?;
+        self.tally(marks(&slot.rule), false);
         self.len -= 1;
         self.free_ids.push(id);
         self.shrink();
@@ -783,6 +938,7 @@ impl RuleTable {
             self.groups = HashTable::new();
             self.cookies = HashMap::default();
             self.next_id = 0;
+            (self.with_ext, self.with_flags) = (0, 0);
             return;
         }
         if self.slots.last().is_some_and(Option::is_none) {
@@ -799,6 +955,24 @@ impl RuleTable {
                 self.free_ids.shrink_to_fit();
             }
         }
+    }
+
+    /// Count a rule's marks (see [`marks`]) in or out.
+    fn tally(&mut self, (ext, flags): (bool, bool), add: bool) {
+        let step = |n: &mut usize, on: bool| {
+            if on {
+                *n = if add { *n + 1 } else { n.saturating_sub(1) };
+            }
+        };
+        step(&mut self.with_ext, ext);
+        step(&mut self.with_flags, flags);
+    }
+
+    /// True when some rule has flags (e.g. wants a FLOW_REMOVED): a bulk
+    /// removal that needs none of the removed rules' flags looks at none
+    /// of them.
+    pub fn any_flags(&self) -> bool {
+        self.with_flags > 0
     }
 
     fn link_cookie(&mut self, id: u32, cookie: u64) {
@@ -1006,7 +1180,10 @@ impl RuleTable {
         let (key, mask) = (new.full_key(), new.full_mask());
         let ext = new.ext.as_deref().copied();
         let new_cookie = new.cookie;
+        let (was, is) = (marks(rule), marks(&new));
         *rule = new;
+        self.tally(was, false);
+        self.tally(is, true);
         if new_cookie != cookie {
             self.unlink_cookie(id, cookie);
             self.link_cookie(id, new_cookie);
@@ -1202,24 +1379,193 @@ impl RuleTable {
         self.shrink();
     }
 
+    /// Whether [`RuleTable::remove_cookies`] can remove the rules with
+    /// `cookie & mask == want & mask` at once: they are every rule of the
+    /// subtables they are in, no more rules stay than go, and those that
+    /// stay have low ids (their slots are moved, not the others). None
+    /// otherwise. The cost is the number of distinct cookies plus the
+    /// rules that stay: the rules that go are not looked at.
+    pub fn cookies_whole(&self, want: u64, mask: u64) -> Option<WholeCookies> {
+        let picked = |c: u64| c & mask == want & mask;
+        let rules: usize = self
+            .cookies
+            .iter()
+            .filter(|(c, _)| picked(**c))
+            .map(|(_, l)| l.len as usize)
+            .sum();
+        if rules == 0 || rules * 2 < self.len || rules > self.len {
+            return None;
+        }
+        let mut kept = Vec::with_capacity(self.len - rules);
+        for (_, list) in self.cookies.iter().filter(|(c, _)| !picked(**c)) {
+            let mut id = list.head;
+            while let Some(s) = slot_of(&self.slots, id) {
+                kept.push(id);
+                id = s.cookie_next;
+            }
+        }
+        if kept.len() + rules != self.len {
+            return None;
+        }
+        kept.sort_unstable();
+        // The slots of the rules that stay are moved to a new vector: not
+        // when it would be nearly as large as the old one.
+        let end = kept.last().map_or(0, |id| *id as usize + 1);
+        if end > 4 * kept.len() + 1024 {
+            return None;
+        }
+        // Each subtable keeps all its rules or none.
+        let mut counts = vec![0usize; self.subtables.len()];
+        let mut last = 0usize;
+        for &id in &kept {
+            let r = &slot_of(&self.slots, id)?.rule;
+            let fits = |s: &SubtableState| {
+                s.table == r.table
+                    && s.mask.key == r.mask
+                    && r.wide
+                        .as_ref()
+                        .map_or(!s.mask.is_wide(), |w| w.mask == s.mask.ext)
+            };
+            if !self.subtables.get(last).is_some_and(fits) {
+                last = self.subtables.iter().position(fits)?;
+            }
+            counts[last] += 1;
+        }
+        let mut gone = Vec::with_capacity(counts.len());
+        for (n, s) in counts.iter().zip(&self.subtables) {
+            match *n {
+                0 => gone.push(true),
+                n if n == s.rules() => gone.push(false),
+                _ => return None,
+            }
+        }
+        Some(WholeCookies {
+            want,
+            mask,
+            rules,
+            kept,
+            gone,
+        })
+    }
+
+    /// Remove the rules `plan` selects ([`RuleTable::cookies_whole`],
+    /// nothing changed in between) at once, as [`RuleTable::remove_whole`]
+    /// does, without visiting them: the subtables go from their tables'
+    /// lists (one `SetSubtables` per table), the instructions of those
+    /// that have any are deleted, and the slots holding them go whole into
+    /// one [`MapOp::DrainFlows`] ([`Removed`]), which makes their entries'
+    /// keys and frees them where the entries are deleted. The rules that
+    /// stay are moved to new slots and indexed again. Returns the number
+    /// of rules removed.
+    pub fn remove_cookies(&mut self, plan: WholeCookies, ops: &mut Vec<MapOp>) -> usize {
+        let WholeCookies {
+            want,
+            mask,
+            rules,
+            kept,
+            gone,
+        } = plan;
+        let mut subs = Vec::new();
+        let mut tables: Vec<u8> = Vec::new();
+        for (s, g) in self.subtables.iter().zip(&gone) {
+            if *g {
+                subs.push((s.table, s.mask, s.id));
+                if !tables.contains(&s.table) {
+                    tables.push(s.table);
+                }
+            }
+        }
+        let mut i = 0;
+        self.subtables.retain(|_| {
+            i += 1;
+            !gone.get(i - 1).copied().unwrap_or(false)
+        });
+        for t in tables {
+            ops.extend(self.subtables_op(t));
+        }
+        // Instructions: only when some rule has any.
+        if self.with_ext > 0 {
+            let picked = |c: u64| c & mask == want & mask;
+            let mut ext = Vec::new();
+            for (_, list) in self.cookies.iter().filter(|(c, _)| picked(**c)) {
+                let mut id = list.head;
+                while let Some(s) = slot_of(&self.slots, id) {
+                    if s.rule.ext.is_some() {
+                        ext.push(id);
+                    }
+                    id = s.cookie_next;
+                }
+            }
+            ext.sort_unstable();
+            ops.extend(ext.into_iter().map(MapOp::DelRuleExt));
+        }
+        // The rules that stay move to new slots; the old ones, with the
+        // rules that go, go to the drain.
+        let end = kept.last().map_or(0, |id| *id as usize + 1);
+        let mut slots: Vec<Option<Slot>> = Vec::with_capacity(end);
+        slots.resize_with(end, || None);
+        for &id in &kept {
+            if let (Some(to), Some(from)) =
+                (slots.get_mut(id as usize), self.slots.get_mut(id as usize))
+            {
+                *to = from.take();
+            }
+        }
+        let old = std::mem::replace(&mut self.slots, slots);
+        let drained = Drained {
+            subtables: subs.iter().map(|s| s.2).collect(),
+            removed: Some(Arc::new(Removed {
+                slots: old,
+                subs,
+                rules,
+            })),
+            ..Default::default()
+        };
+        ops.push(MapOp::DrainFlows(Box::new(drained)));
+        self.len = kept.len();
+        self.next_id = end as u32;
+        // Free ids: those below the end that no rule keeps, lowest first
+        // out.
+        let mut free = Vec::with_capacity(end - kept.len());
+        let mut k = kept.iter().rev().peekable();
+        for id in (0..end as u32).rev() {
+            if k.peek() == Some(&&id) {
+                k.next();
+            } else {
+                free.push(id);
+            }
+        }
+        self.free_ids = free;
+        self.relink(kept.iter().copied());
+        self.shrink();
+        rules
+    }
+
     /// Make the match and cookie indexes again from the rules in the
     /// slots.
     fn relink_all(&mut self) {
+        let n = if self.len == 0 { 0 } else { self.slots.len() };
+        self.relink(0..n as u32);
+    }
+
+    /// Make the match and cookie indexes (and the counts of rules with
+    /// instructions and flags) again from the rules `ids` (in id order),
+    /// which are all the rules in the slots.
+    fn relink(&mut self, ids: impl Iterator<Item = u32>) {
         self.groups = HashTable::new();
         self.cookies = HashMap::default();
-        if self.len == 0 {
-            return;
-        }
-        for id in 0..self.slots.len() as u32 {
-            let Some((table, key, mask, cookie)) = slot_mut_of(&mut self.slots, id).map(|s| {
+        (self.with_ext, self.with_flags) = (0, 0);
+        for id in ids {
+            let Some((table, key, mask, cookie, m)) = slot_mut_of(&mut self.slots, id).map(|s| {
                 s.group_next = NIL;
                 s.cookie_prev = NIL;
                 s.cookie_next = NIL;
                 let r = &s.rule;
-                (r.table, r.full_key(), r.full_mask(), r.cookie)
+                (r.table, r.full_key(), r.full_mask(), r.cookie, marks(r))
             }) else {
                 continue;
             };
+            self.tally(m, true);
             let (h, head) = self.locate(table, &key, &mask);
             match head {
                 Some(head) => {
@@ -1947,6 +2293,200 @@ mod tests {
             assert_eq!(a.len(), b.len());
         }
         assert!(bulk >= 10, "{bulk} bulk removals");
+    }
+
+    /// Rules of some cookies that fill whole subtables, removed at once
+    /// without visiting them, leave the table and the maps as removing
+    /// them one by one does; rules with instructions, flags and wide
+    /// matches among them. A selection that leaves part of a subtable is
+    /// not taken this way.
+    #[test]
+    fn removing_cookies_at_once_leaves_what_one_by_one_does() {
+        use std::collections::BTreeSet;
+        let masks = [
+            [255u8; 4],
+            [255, 255, 255, 0],
+            [255, 255, 0, 0],
+            [255, 0, 0, 0],
+        ];
+        let (mut bulk, mut refused) = (0, 0);
+        for seed in 1..=60u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            // Odd seeds: a few rules have another cookie than their mask's.
+            let noise = seed % 2 == 1;
+            let rules: Vec<Rule> = (0..200)
+                .map(|_| {
+                    // Mask 0 (cookie 0) for about half of the rules.
+                    let m = rng.below(8).saturating_sub(4) as usize;
+                    let d = [
+                        10,
+                        rng.below(3) as u8,
+                        rng.below(3) as u8,
+                        rng.below(3) as u8,
+                    ];
+                    let mut r = rule(rng.below(3) as u16, d, masks[m], 1);
+                    r.cookie = if noise && rng.below(50) == 0 {
+                        rng.below(4)
+                    } else {
+                        m as u64
+                    };
+                    if rng.below(7) == 0 {
+                        r.ext = Some(Box::new(bytemuck::Zeroable::zeroed()));
+                    }
+                    if rng.below(5) == 0 {
+                        r.flags = 1;
+                    }
+                    if m == 3 && rng.below(2) == 0 {
+                        r.wide = Some(Box::new(Wide {
+                            key: FlowKeyExt {
+                                metadata: [rng.below(2) as u32, 0],
+                                ..Default::default()
+                            },
+                            mask: FlowKeyExt {
+                                metadata: [1, 0],
+                                ..Default::default()
+                            },
+                        }));
+                    }
+                    r
+                })
+                .collect();
+            let (mut a, mut b) = (RuleTable::new(), RuleTable::new());
+            for r in &rules {
+                a.insert(r.clone()).unwrap();
+                b.insert(r.clone()).unwrap();
+            }
+            // A few rules gone and ids freed, so that ids are reused.
+            for id in [3, 50, 51] {
+                a.remove(id).unwrap();
+                b.remove(id).unwrap();
+            }
+            // A cookie, or two (mask 0b01: 0 and 2, or 1 and 3).
+            let (want, mask) = match rng.below(3) {
+                0 => (rng.below(4), 0b01),
+                _ => (rng.below(2), u64::MAX),
+            };
+            let ids = b.ids_by_cookie(want, mask);
+            let Some(plan) = a.cookies_whole(want, mask) else {
+                // Not whole subtables, or more rules stay than go.
+                let whole = !ids.is_empty() && b.whole_subtables(&ids).is_some();
+                assert!(!whole || ids.len() * 2 < a.len(), "seed {seed}");
+                refused += 1;
+                continue;
+            };
+            bulk += 1;
+            assert_eq!(plan.len(), ids.len(), "seed {seed}");
+            let kept: Vec<u32> = b
+                .rules()
+                .map(|(i, _)| i)
+                .filter(|i| !ids.contains(i))
+                .collect();
+            assert_eq!(plan.kept(), kept);
+            let mut ops_a = Vec::new();
+            assert_eq!(a.remove_cookies(plan, &mut ops_a), ids.len());
+            let mut ops_b = Vec::new();
+            for id in &ids {
+                b.remove_into(*id, &mut ops_b).unwrap();
+            }
+            b.defer_unlinked(&mut ops_b);
+            let listed = |t: &RuleTable| t.rules().map(|(i, r)| (i, r.clone())).collect::<Vec<_>>();
+            assert_eq!(listed(&a), listed(&b), "seed {seed}");
+            assert_eq!(a.len(), b.len());
+            assert_eq!(a.subtable_list(0), b.subtable_list(0));
+            assert_eq!(a.any_flags(), b.any_flags());
+            assert_eq!((a.with_ext, a.with_flags), (b.with_ext, b.with_flags));
+            for c in 0..4 {
+                assert!(a
+                    .ids_by_cookie(c, u64::MAX)
+                    .iter()
+                    .all(|i| !ids.contains(i)));
+                assert_eq!(a.ids_by_cookie(c, u64::MAX), b.ids_by_cookie(c, u64::MAX));
+            }
+            for (id, _) in b.rules() {
+                assert_eq!(a.entry_key(id), b.entry_key(id));
+            }
+            for x in 0..3u8 {
+                for y in 0..3u8 {
+                    let pkt = full(FlowKey {
+                        ipv4_dst: [10, x, y, 2],
+                        ..Default::default()
+                    });
+                    assert_eq!(
+                        a.lookup(0, &pkt).map(|(i, _)| i),
+                        b.lookup(0, &pkt).map(|(i, _)| i)
+                    );
+                }
+            }
+            // The maps: the same entries drained (each once), the same
+            // instructions deleted, the same last lists, the lists first.
+            let drained = |ops: &[MapOp]| -> (Vec<String>, BTreeSet<u32>) {
+                let mut keys: Vec<String> = ops
+                    .iter()
+                    .filter_map(|o| match o {
+                        MapOp::DrainFlows(d) => Some(d.keys().map(|k| format!("{k:?}"))),
+                        MapOp::DelFlow(_) => panic!("a removal not drained"),
+                        _ => None,
+                    })
+                    .flatten()
+                    .collect();
+                keys.sort();
+                let subs = ops
+                    .iter()
+                    .filter_map(|o| match o {
+                        MapOp::DrainFlows(d) => Some(d.subtables.iter().copied()),
+                        _ => None,
+                    })
+                    .flatten()
+                    .collect();
+                (keys, subs)
+            };
+            let (ka, sa) = drained(&ops_a);
+            let (kb, sb) = drained(&ops_b);
+            assert_eq!(ka, kb, "seed {seed}");
+            assert_eq!(sa, sb, "seed {seed}");
+            assert_eq!(ka.iter().collect::<BTreeSet<_>>().len(), ka.len());
+            let ext = |ops: &[MapOp]| {
+                ops.iter()
+                    .filter_map(|o| match o {
+                        MapOp::DelRuleExt(id) => Some(*id),
+                        _ => None,
+                    })
+                    .collect::<BTreeSet<u32>>()
+            };
+            assert_eq!(ext(&ops_a), ext(&ops_b), "seed {seed}");
+            for t in 0..2u8 {
+                let last = |ops: &[MapOp]| {
+                    ops.iter().rev().find_map(|o| match o {
+                        MapOp::SetSubtables(x, l) if *x == t => Some(l.clone()),
+                        _ => None,
+                    })
+                };
+                assert_eq!(last(&ops_a), last(&ops_b));
+            }
+            assert!(matches!(ops_a.first(), Some(MapOp::SetSubtables(..))));
+            // Both go on alike: new rules get free ids below the limit,
+            // each once, and are found.
+            let mut given = BTreeSet::new();
+            for i in 0..250u32 {
+                let d = i.to_be_bytes();
+                let r = rule(7, [11, d[1], d[2], d[3]], [255; 4], 9);
+                let (ia, _) = a.insert(r.clone()).unwrap();
+                let (ib, _) = b.insert(r).unwrap();
+                assert!(given.insert(ia), "id {ia} given twice");
+                assert!(b.get(ib).is_some());
+            }
+            assert_eq!(a.len(), b.len());
+            let pkt = full(FlowKey {
+                ipv4_dst: [11, 0, 0, 5],
+                ..Default::default()
+            });
+            assert_eq!(a.lookup(0, &pkt).map(|(_, r)| r.cookie), Some(9));
+            assert_eq!(listed(&a).len(), a.len());
+        }
+        assert!(
+            bulk >= 10 && refused >= 5,
+            "{bulk} bulk removals, {refused} refused"
+        );
     }
 
     #[test]
