@@ -13,6 +13,11 @@
 //! (root, and the BPF object the agent embeds or `$DAOLINET_BPF_OBJECT`)
 //! prints one JSON line per size and way, two rounds. The maps are pinned
 //! in a bpffs of its own, unmounted at the end.
+//!
+//! To profile the drained delete's path to the reply alone:
+//! `mkfifo /tmp/ctl && DL_PERF_CTL=/tmp/ctl perf record -D -1 --control
+//! fifo:/tmp/ctl -g .../delete_path` (the example enables perf's events
+//! for that part only).
 
 use std::time::Instant;
 
@@ -36,6 +41,19 @@ fn process_cpu_s() -> f64 {
     }
     let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     s(r.ru_utime) + s(r.ru_stime)
+}
+
+/// Tell `perf record --control fifo:$DL_PERF_CTL` to count (`enable`)
+/// or not (`disable`); nothing without `DL_PERF_CTL`.
+fn perf(cmd: &str) {
+    use std::io::Write;
+    if let Some(path) = std::env::var_os("DL_PERF_CTL") {
+        if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(path) {
+            let _ = writeln!(f, "{cmd}");
+        }
+        // perf reads the fifo on its own time.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// The drained entries deleted by the operations themselves instead.
@@ -102,6 +120,9 @@ fn one(dp: &mut Datapath, n: u32, drained: bool, way: Install) -> Result<String>
     drop(ops);
     let (install, install_cpu) = (i0.elapsed().as_secs_f64(), cpu_s() - ic0);
     let install_all_cpu = process_cpu_s() - ip0;
+    if drained {
+        perf("enable");
+    }
     let (t0, c0) = (Instant::now(), cpu_s());
     let del = of::FlowMod::delete(of::Match::new()).cookie_match(0xbe, u64::MAX);
     let mut o = t
@@ -114,9 +135,23 @@ fn one(dp: &mut Datapath, n: u32, drained: bool, way: Install) -> Result<String>
     dp.apply_batched(&o.ops)?;
     drop(o);
     let (reply, reply_cpu) = (t0.elapsed().as_secs_f64(), cpu_s() - c0);
+    if drained {
+        perf("disable");
+    }
     let t1 = Instant::now();
     dp.finish_drains()?;
     let drain = t1.elapsed().as_secs_f64();
+    // Every entry went.
+    let left = {
+        let m = dp
+            .ebpf_mut()
+            .map(daolinet_common::maps::FLOWS)
+            .context("the flow map")?;
+        let m: aya::maps::HashMap<_, daolinet_common::FlowMapKey, daolinet_common::FlowEntry> =
+            aya::maps::HashMap::try_from(m)?;
+        m.keys().count()
+    };
+    anyhow::ensure!(left == 0, "{left} flow entries left after the delete");
     daolinet_agent::engine::give_back_memory();
     let nf = f64::from(n);
     Ok(format!(
