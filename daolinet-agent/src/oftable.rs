@@ -964,8 +964,9 @@ impl FlowTable {
         out
     }
 
-    /// A non-strict removal by cookie alone (`f`) of rules that fill
-    /// whole subtables (see [`RuleTable::cookies_whole`]): the outcome of
+    /// A non-strict removal by cookie alone (`f`; with cookie mask 0, of
+    /// every rule) of rules that fill whole subtables (see
+    /// [`RuleTable::cookies_whole`]): the outcome of
     /// [`FlowTable::remove_ids`] for the rules it selects, without
     /// visiting them (unless some rule has flags: then those that want a
     /// FLOW_REMOVED are looked for). None when this way does not apply;
@@ -977,7 +978,7 @@ impl FlowTable {
         now_ns: u64,
         counters: &mut dyn Counters,
     ) -> Option<Outcome> {
-        if f.cookie_mask == 0 || !f.by_cookie_only() {
+        if !f.by_cookie_only() {
             return None;
         }
         let plan = self
@@ -2012,11 +2013,21 @@ mod tests {
         assert_eq!((oa.touched, oa.removed.len()), (1, 1));
         assert_eq!(oa.removed, ob.removed);
         assert_eq!(dump(&a), dump(&b));
-        // Everything by cookie mask 0: every rule, at once.
-        let mut all_del = with(of::OFPFC_DELETE, "");
-        (all_del.cookie, all_del.cookie_mask) = (0, 0);
-        assert_eq!(a.flow_mod(&all_del, now, &mut c).unwrap().touched, 3);
+        // Everything (cookie mask 0, every table, any match): at once too.
+        for i in 0..100u32 {
+            let f = format!("cookie={i},tcp,nw_dst=10.1.0.{} actions=output:1", i % 256);
+            apply(&mut a, &fm(&f)).unwrap();
+        }
+        let all = FlowMod::delete(of::Match::new());
+        let o = a.flow_mod(&all, now, &mut c).unwrap();
+        assert_eq!((o.touched, o.removed.len()), (103, 1));
+        assert!(o
+            .ops
+            .iter()
+            .any(|o| matches!(o, MapOp::DrainFlows(d) if d.removed.is_some())));
         assert!(a.is_empty());
+        assert!(dump(&a).is_empty());
+        assert_eq!(a.next_deadline(), None);
     }
 
     /// The BPF maps as the datapath sees them, rebuilt from MapOps.
