@@ -1599,6 +1599,7 @@ impl Datapath {
                     n_subtables: list.len() as u32,
                     generation: next_generation(old.generation),
                     flags,
+                    ..old
                 },
                 0,
             )?;
@@ -1657,6 +1658,16 @@ impl Datapath {
             s.band_bytes += v.band_bytes;
         }
         Ok(s)
+    }
+
+    /// Let punts wake the reader through the TAP device `ifindex` (0: the
+    /// punt ring's own wake-up only); see [`DatapathConfig::punt_bell`].
+    pub fn set_punt_bell(&mut self, ifindex: u32) -> Result<()> {
+        let mut c: Array<&mut MapData, DatapathConfig> = Array::try_from(self.map(names::CONFIG)?)?;
+        let mut cfg = c.get(&0, 0)?;
+        cfg.punt_bell = ifindex;
+        c.set(0, cfg, 0)?;
+        Ok(())
     }
 
     /// Invalidate the datapath's exact-match cache after rule changes

@@ -103,6 +103,13 @@ pub trait Dataplane: Counters {
     fn punts(&mut self, out: &mut Vec<Punt>);
     /// A descriptor that becomes readable when punts wait.
     fn punt_fd(&self) -> Option<RawFd>;
+    /// A second descriptor that becomes readable when punts wait (the
+    /// punt bell, [`crate::bell`]), if any.
+    fn punt_bell_fd(&self) -> Option<RawFd> {
+        None
+    }
+    /// Quiet [`Dataplane::punt_bell_fd`]; look at the punts again after.
+    fn clear_punt_bell(&mut self) {}
     /// Transmit a frame on an OpenFlow port, or hand it to the host stack
     /// (`OFPP_LOCAL`).
     fn emit(&mut self, port: u32, frame: &[u8]);

@@ -9,6 +9,7 @@ use anyhow::{bail, Result};
 use daolinet_common::{PortKind, PortStats, RuleStats};
 use daolinet_openflow as of;
 
+use crate::bell::PuntBell;
 use crate::datapath::{Datapath, Punt, UplinkMode};
 use crate::dpstats::{self, Dropped};
 use crate::engine::{Dataplane, PortCheck};
@@ -29,10 +30,42 @@ pub struct Host {
     ifindex: HashMap<u32, (u32, String)>,
     /// The punt ring's descriptor (a duplicate, for epoll).
     ring_fd: Option<OwnedFd>,
+    /// The punt ring's faster wake-up, when it could be made.
+    bell: Option<PuntBell>,
     /// The drop sample ring (kept mapped) and its descriptor.
     samples: Option<(aya::maps::RingBuf<aya::maps::MapData>, OwnedFd)>,
     samples_read: u64,
     sample_rate: u32,
+}
+
+/// Make the punt bell and tell the datapath (warning when it cannot).
+fn punt_bell(dp: &mut Datapath) -> Option<PuntBell> {
+    let b = match PuntBell::new() {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!("no punt bell (TAP device), the punt ring wakes the agent: {e}");
+            return None;
+        }
+    };
+    if let Err(e) = dp.set_punt_bell(b.ifindex()) {
+        tracing::warn!("punt bell not configured, the punt ring wakes the agent: {e:#}");
+        return None;
+    }
+    tracing::info!(device = b.name(), "punt bell");
+    Some(b)
+}
+
+impl Drop for Host {
+    /// The bell goes with the agent; a datapath left attached
+    /// ([`Host::keep_datapath`]) must not ring its interface index, which
+    /// the kernel may give to another device.
+    fn drop(&mut self) {
+        if self.bell.is_some() {
+            if let Err(e) = self.dp.set_punt_bell(0) {
+                tracing::warn!("clearing the punt bell: {e:#}");
+            }
+        }
+    }
 }
 
 impl Host {
@@ -41,9 +74,10 @@ impl Host {
         self.dp.keep_links();
     }
 
-    /// Wrap a loaded datapath; opens the transmit paths (warning, not
-    /// failing, when they cannot be had).
-    pub fn new(mut dp: Datapath, uplink_mode: UplinkMode) -> Self {
+    /// Wrap a loaded datapath; opens the transmit paths and, with `bell`,
+    /// the punt bell ([`crate::bell`]) (warning, not failing, when they
+    /// cannot be had).
+    pub fn new(mut dp: Datapath, uplink_mode: UplinkMode, bell: bool) -> Self {
         let injector = match Injector::new() {
             Ok(i) => Some(i),
             Err(e) => {
@@ -70,6 +104,17 @@ impl Host {
                 None
             }
         };
+        let bell = if bell && ring_fd.is_some() {
+            punt_bell(&mut dp)
+        } else {
+            None
+        };
+        if bell.is_none() {
+            // Pinned maps may hold an earlier agent's bell.
+            if let Err(e) = dp.set_punt_bell(0) {
+                tracing::warn!("clearing the punt bell: {e:#}");
+            }
+        }
         let samples = match dpstats::take_sample_ring(&mut dp).and_then(|r| {
             use std::os::fd::AsFd;
             let fd = r.as_fd().try_clone_to_owned()?;
@@ -88,6 +133,7 @@ impl Host {
             local,
             ifindex: HashMap::new(),
             ring_fd,
+            bell,
             samples,
             samples_read: 0,
             sample_rate: 0,
@@ -202,6 +248,16 @@ impl Dataplane for Host {
 
     fn punt_fd(&self) -> Option<RawFd> {
         self.ring_fd.as_ref().map(|f| f.as_raw_fd())
+    }
+
+    fn punt_bell_fd(&self) -> Option<RawFd> {
+        self.bell.as_ref().map(PuntBell::fd)
+    }
+
+    fn clear_punt_bell(&mut self) {
+        if let Some(b) = &self.bell {
+            b.clear();
+        }
     }
 
     fn emit(&mut self, port: u32, frame: &[u8]) {

@@ -21,7 +21,8 @@
 //!   reconnects, timers, signals, the control socket ([`control`]);
 //!   [`tls`]: OpenFlow over TLS to a controller (a rustls transport);
 //! - [`host`]: the real dataplane (BPF maps, [`inject`]: AF_PACKET
-//!   transmit and the LOCAL port; [`netdev`]: interface facts);
+//!   transmit and the LOCAL port; [`bell`]: the punt ring's wake-up
+//!   device; [`netdev`]: interface facts);
 //!   [`register`]: self-registration with the controller's REST API (a
 //!   thread of its own, told by the event loop when controllers connect);
 //!   [`hostsetup`]: the host's NAT-out (forwarding, masquerade, the pool
@@ -35,6 +36,7 @@
 //! (the trait), datapath -> drain, inject -> netdev.
 
 pub mod ahead;
+pub mod bell;
 pub mod compile;
 pub mod conn;
 pub mod control;

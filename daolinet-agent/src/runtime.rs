@@ -5,9 +5,10 @@
 //! (flow expiry, echo keepalive, reconnects, port checks) are deadlines
 //! the epoll wait sleeps until; nothing runs while nothing happens.
 //!
-//! When it wakes up it looks at the punt ring first and hands the engine
-//! to the [`FastPath`], so a punt becomes a PACKET_IN before anything else
-//! is looked at; then the events in order.
+//! When it wakes up (the punt ring's descriptor, or the punt bell's,
+//! [`crate::bell`], which wakes it sooner) it looks at the punt ring first
+//! and hands the engine to the [`FastPath`], so a punt becomes a PACKET_IN
+//! before anything else is looked at; then the events in order.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -194,6 +195,7 @@ const LISTEN: Token = Token(4);
 const WAKER: Token = Token(5);
 const METRICS: Token = Token(6);
 const SAMPLES: Token = Token(7);
+const BELL: Token = Token(8);
 const FIRST_DYNAMIC: usize = 16;
 
 enum Slot {
@@ -283,6 +285,11 @@ impl<D: Dataplane> EventLoop<D> {
             poll.registry()
                 .register(&mut SourceFd(&fd), RING, Interest::READABLE)
                 .context("registering the punt ring")?;
+        }
+        if let Some(fd) = eng.dp.punt_bell_fd() {
+            poll.registry()
+                .register(&mut SourceFd(&fd), BELL, Interest::READABLE)
+                .context("registering the punt bell")?;
         }
         let signals = if net.signals {
             let fd = signal_fd().context("signalfd for SIGINT/SIGTERM")?;
@@ -431,12 +438,19 @@ impl<D: Dataplane> EventLoop<D> {
                 Err(e) => return Err(e).context("epoll_wait"),
             }
             let woke = now_ns();
-            let ring = events.iter().any(|e| e.token() == RING);
+            let bell = events.iter().any(|e| e.token() == BELL);
+            let ring = bell || events.iter().any(|e| e.token() == RING);
             // Punts first. The ring is mapped: looking costs nothing.
             self.fast.run(&mut self.eng, if ring { woke } else { 0 });
+            if bell {
+                // Off the first packet's path: quiet the bell, then look
+                // again for punts whose only wake-up it was.
+                self.eng.dp.clear_punt_bell();
+                self.fast.run(&mut self.eng, 0);
+            }
             for ev in events.iter() {
                 match ev.token() {
-                    RING => {}
+                    RING | BELL => {}
                     WAKER => {
                         if self.stop.flag.load(Ordering::Acquire) {
                             return self.stop.result();

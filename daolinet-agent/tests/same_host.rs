@@ -33,7 +33,7 @@ fn two_containers_talk_only_through_installed_rules() {
         "dev",
         "eth0",
     ]);
-    let agent = lab.agent(&h, &["--uplink", "up0", "--port", "pa=1", "--port", "pb=2"]);
+    let mut agent = lab.agent(&h, &["--uplink", "up0", "--port", "pa=1", "--port", "pb=2"]);
 
     assert!(!a.ping("10.1.0.3", 1, 1), "ping crossed without a rule");
     let ports = agent.cli(&["ports"]);
@@ -49,6 +49,26 @@ fn two_containers_talk_only_through_installed_rules() {
     assert!(
         pa["rx_packets"].as_u64() >= Some(1),
         "the punted ping was not counted on port pa: {pa}"
+    );
+    // The punt woke the agent through its bell: the TAP device the
+    // datapath sends a copy to when the agent had read every punt before
+    // (the copies it reads count as the device's TX).
+    let links = h.ip(&["-j", "-s", "link", "show"]);
+    let links: serde_json::Value = serde_json::from_str(&links).unwrap_or_default();
+    let bell = links
+        .as_array()
+        .and_then(|l| {
+            l.iter().find(|l| {
+                l["ifname"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("dlbell"))
+            })
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("no punt bell: {links}"));
+    assert!(
+        bell["stats64"]["tx"]["packets"].as_u64() >= Some(1),
+        "the punt bell did not ring: {bell}"
     );
     let pb = port("pb");
     assert_eq!(
@@ -80,4 +100,9 @@ fn two_containers_talk_only_through_installed_rules() {
         !a.ping("10.1.0.3", 1, 1),
         "ping crossed after the rules were removed"
     );
+
+    // The bell goes with the agent.
+    agent.stop();
+    let links = h.ip(&["-o", "link", "show"]);
+    assert!(!links.contains("dlbell"), "left over: {links}");
 }

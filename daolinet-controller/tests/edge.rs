@@ -59,12 +59,13 @@ const AGENT_METRICS: &str = "127.0.0.1:9782";
 /// The host's state NAT-out may touch: nftables, IPv4 routes (every
 /// table), neighbours, and the IPv4 sysctls (`ip_forward` and every
 /// device's `conf`, forwarding included), except those of the agent's own
-/// LOCAL device, which goes with the agent.
+/// devices (LOCAL, `dllocalN`, and the punt bell, `dlbellN`), which go
+/// with the agent.
 fn host_state(h: &Netns) -> String {
     let sysctls: String = h
         .run(&["sysctl", "-a", "-r", r"^net\.ipv4\.(ip_forward|conf\.)"])
         .lines()
-        .filter(|l| !l.contains(".dllocal"))
+        .filter(|l| !l.contains(".dllocal") && !l.contains(".dlbell"))
         .map(|l| format!("{l}\n"))
         .collect();
     format!(

@@ -121,6 +121,8 @@ pub trait Packet {
     const PASS: i32;
     /// Verdict that drops the packet.
     const DROP: i32;
+    /// [`Packet::ring_bell`] can send (the program type can clone).
+    const BELL: bool;
 
     /// Full packet length in bytes (including non-linear parts).
     fn len(&self) -> u32;
@@ -147,6 +149,10 @@ pub trait Packet {
     /// ([`Sent::Final`]); otherwise a copy is sent, if the program type can.
     /// `Err` means the kernel refused the redirect.
     fn output(&self, target: Target, last: bool) -> Result<Sent, DropReason>;
+    /// Send a copy of the packet out of interface `ifindex` (the agent's
+    /// punt bell, [`daolinet_common::DatapathConfig::punt_bell`]); false
+    /// when it could not be sent or the program type cannot clone.
+    fn ring_bell(&self, ifindex: u32) -> bool;
     /// Copy the first `len` bytes of the packet to `dst`; `len` must be in
     /// `1..=PUNT_CAP` and `dst` must point into a buffer that large.
     fn copy_to(&self, dst: *mut u8, len: u32) -> Result<(), ()>;
@@ -241,6 +247,7 @@ fn linear(ctx: &TcContext, off: u32, n: usize) -> Option<usize> {
 impl Packet for TcContext {
     const PASS: i32 = TC_ACT_OK;
     const DROP: i32 = TC_ACT_SHOT;
+    const BELL: bool = true;
 
     #[inline(always)]
     fn to_host(&self) {
@@ -387,6 +394,12 @@ impl Packet for TcContext {
         } else {
             Err(())
         }
+    }
+
+    #[inline(always)]
+    fn ring_bell(&self, ifindex: u32) -> bool {
+        // SAFETY: plain helper call on our skb.
+        unsafe { bpf_clone_redirect(self.skb.skb.cast(), ifindex, 0) == 0 }
     }
 
     #[inline(always)]
@@ -587,6 +600,7 @@ pub fn csum_apply(sum: u16, diff: u32) -> u16 {
 impl Packet for XdpContext {
     const PASS: i32 = xdp_action::XDP_PASS as i32;
     const DROP: i32 = xdp_action::XDP_DROP as i32;
+    const BELL: bool = false;
 
     #[inline(always)]
     fn to_host(&self) {}
@@ -656,6 +670,12 @@ impl Packet for XdpContext {
             new = 0xffff;
         }
         self.store(off, &new.to_ne_bytes())
+    }
+
+    /// XDP cannot clone: punts from XDP wake the reader through the ring.
+    #[inline(always)]
+    fn ring_bell(&self, _ifindex: u32) -> bool {
+        false
     }
 
     /// XDP cannot clone: only the last output of a rule takes effect, earlier

@@ -2,10 +2,20 @@
 
 use core::mem::{offset_of, size_of};
 
-use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::generated::bpf_ktime_get_ns,
+};
 use daolinet_common::{DropReason, PortInfo, PuntHeader, PuntReason, PuntRecord, PUNT_CAP};
 
-use crate::{context::Packet, maps::DL_PUNTS};
+use crate::{
+    context::Packet,
+    maps::{DL_CONFIG, DL_PUNTS},
+};
+
+/// The ring space one record takes: its 8-byte header and the record,
+/// rounded up to 8 bytes (`BPF_RINGBUF_HDR_SZ`, kernel/bpf/ringbuf.c).
+const RECORD_SPAN: u64 = ((size_of::<PuntRecord>() + 8 + 7) & !7) as u64;
 
 /// Send a copy of the packet (at most [`PUNT_CAP`] bytes) with its metadata
 /// to userspace. The caller decides what happens to the original. A VLAN
@@ -71,6 +81,39 @@ pub fn punt<P: Packet>(
         rec.discard(0);
         return Err(DropReason::Malformed);
     }
-    rec.submit(0);
+    submit_and_wake(ctx, rec);
     Ok(())
+}
+
+/// Commit a punt record and make sure the reader hears of it.
+///
+/// The ring wakes its reader on commit when the reader had read everything
+/// before the record; that wake-up goes through an interrupt (irq_work),
+/// about 10 µs more than a socket's on a virtual machine
+/// (`examples/punt_wakeup` in the agent). With a punt bell configured
+/// ([`daolinet_common::DatapathConfig::punt_bell`]), a record that finds
+/// the reader caught up (nothing but itself in the ring: the reader cannot
+/// pass a record still being written, so it stays caught up until the
+/// commit) is committed without that wake-up and a copy of the packet goes
+/// to the bell, whose socket wake-up the reader waits for too. Otherwise
+/// (the reader is behind, and will read on; or the program type cannot
+/// clone) the ring decides as before. If the bell cannot be rung, an empty
+/// discarded record forces the ring's wake-up.
+#[inline(always)]
+fn submit_and_wake<P: Packet>(ctx: &P, rec: aya_ebpf::maps::ring_buf::RingBufBytes<'_>) {
+    let bell = if P::BELL {
+        DL_CONFIG.get(0).map_or(0, |c| c.punt_bell)
+    } else {
+        0
+    };
+    if bell == 0 || DL_PUNTS.query(BPF_RB_AVAIL_DATA as u64) != RECORD_SPAN {
+        rec.submit(0);
+        return;
+    }
+    rec.submit(BPF_RB_NO_WAKEUP as u64);
+    if !ctx.ring_bell(bell) {
+        if let Some(r) = DL_PUNTS.reserve_bytes(8, 0) {
+            r.discard(BPF_RB_FORCE_WAKEUP as u64);
+        }
+    }
 }
