@@ -19,7 +19,9 @@
 //! neither segments nor checksums the copies it sends there.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use crate::tap::{self, os_error, NewTap};
 
 /// Name pattern of the bell device (the kernel picks the number).
 pub const BELL_NAME: &str = "dlbell%d";
@@ -36,44 +38,11 @@ pub struct PuntBell {
     ifindex: u32,
 }
 
-/// The last OS error (errno), its message prefixed with what failed.
-fn os_error(what: impl std::fmt::Display) -> io::Error {
-    let e = io::Error::last_os_error();
-    io::Error::new(e.kind(), format!("{what}: {e}"))
-}
-
 impl PuntBell {
     /// Create the TAP device and bring it up (needs CAP_NET_ADMIN and
     /// `/dev/net/tun`).
     pub fn new() -> io::Result<Self> {
-        // SAFETY: plain open(2) of a constant NUL-terminated path.
-        let fd = unsafe {
-            libc::open(
-                c"/dev/net/tun".as_ptr(),
-                libc::O_RDWR | libc::O_CLOEXEC | libc::O_NONBLOCK,
-            )
-        };
-        if fd < 0 {
-            return Err(os_error("/dev/net/tun"));
-        }
-        // SAFETY: fd is a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: ifreq is plain old data.
-        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-        for (d, s) in req.ifr_name.iter_mut().zip(BELL_NAME.bytes()) {
-            *d = s as libc::c_char;
-        }
-        req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
-        // SAFETY: valid fd and ifreq.
-        if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
-            return Err(os_error("TUNSETIFF"));
-        }
-        let name: String = req
-            .ifr_name
-            .iter()
-            .take_while(|c| **c != 0)
-            .map(|c| *c as u8 as char)
-            .collect();
+        let NewTap { fd, name, mut req } = tap::open(BELL_NAME)?;
         // Large copies pass as they are (USO needs Linux 6.2; without it
         // UDP super-frames are segmented, which only costs time).
         let tso = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN;
@@ -88,7 +57,7 @@ impl PuntBell {
         if let Err(e) = std::fs::write(&path, "1") {
             tracing::debug!(path, "not set: {e}");
         }
-        set_up(&mut req)?;
+        tap::up_without_arp(&tap::ioctl_socket()?, &name, &mut req)?;
         let c = std::ffi::CString::new(name.clone()).map_err(io::Error::other)?;
         // SAFETY: a NUL-terminated name.
         let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
@@ -130,30 +99,6 @@ impl PuntBell {
             }
         }
     }
-}
-
-/// Bring the device of `req` up without ARP.
-fn set_up(req: &mut libc::ifreq) -> io::Result<()> {
-    // SAFETY: a plain datagram socket used only for ioctls.
-    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if s < 0 {
-        return Err(os_error("socket"));
-    }
-    // SAFETY: fresh descriptor we own (closed on drop).
-    let s = unsafe { OwnedFd::from_raw_fd(s) };
-    // SAFETY: valid socket and ifreq (its name set).
-    if unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS, &mut *req) } < 0 {
-        return Err(os_error("SIOCGIFFLAGS"));
-    }
-    // SAFETY: the flags member, just filled by the kernel.
-    unsafe {
-        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_NOARP) as libc::c_short;
-    }
-    // SAFETY: as above.
-    if unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &mut *req) } < 0 {
-        return Err(os_error("SIOCSIFFLAGS"));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

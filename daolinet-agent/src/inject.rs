@@ -7,6 +7,8 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+use crate::tap::{self, os_error, NewTap};
+
 /// Refuse a frame without a whole Ethernet header.
 fn check_frame(frame: &[u8]) -> io::Result<()> {
     if frame.len() < 14 {
@@ -16,12 +18,6 @@ fn check_frame(frame: &[u8]) -> io::Result<()> {
         ));
     }
     Ok(())
-}
-
-/// The last OS error (errno), its message prefixed with what failed.
-fn os_error(what: impl std::fmt::Display) -> io::Error {
-    let e = io::Error::last_os_error();
-    io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
 /// A send-only AF_PACKET socket (protocol 0: it receives nothing).
@@ -106,34 +102,7 @@ impl LocalPort {
     /// Create the TAP device and bring it up (needs CAP_NET_ADMIN and
     /// `/dev/net/tun`).
     pub fn new() -> io::Result<Self> {
-        // SAFETY: plain open(2) of a constant NUL-terminated path.
-        let fd = unsafe {
-            libc::open(
-                c"/dev/net/tun".as_ptr(),
-                libc::O_RDWR | libc::O_CLOEXEC | libc::O_NONBLOCK,
-            )
-        };
-        if fd < 0 {
-            return Err(os_error("/dev/net/tun"));
-        }
-        // SAFETY: fd is a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: ifreq is plain old data.
-        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-        for (d, s) in req.ifr_name.iter_mut().zip(LOCAL_PORT_NAME.bytes()) {
-            *d = s as libc::c_char;
-        }
-        req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
-        // SAFETY: valid fd and ifreq.
-        if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
-            return Err(os_error("TUNSETIFF"));
-        }
-        let name: String = req
-            .ifr_name
-            .iter()
-            .take_while(|c| **c != 0)
-            .map(|c| *c as u8 as char)
-            .collect();
+        let NewTap { fd, name, mut req } = tap::open(LOCAL_PORT_NAME)?;
         // Best effort: a kernel without IPv6 has no such file.
         for (path, value) in [
             (format!("/proc/sys/net/ipv4/conf/{name}/rp_filter"), "0"),
@@ -187,13 +156,7 @@ pub const LOCAL_PORT_ADDR: [u8; 4] = [192, 0, 0, 8];
 /// Give interface `name` the IPv4 address `addr`/32, then bring it up
 /// without ARP (`req` holds its name).
 fn set_up(name: &str, req: &mut libc::ifreq) -> io::Result<()> {
-    // SAFETY: a plain datagram socket used only for ioctls.
-    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if s < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fresh descriptor we own (closed on drop).
-    let s = unsafe { OwnedFd::from_raw_fd(s) };
+    let s = tap::ioctl_socket()?;
     for (what, cmd, ip) in [
         ("SIOCSIFADDR", libc::SIOCSIFADDR, LOCAL_PORT_ADDR),
         ("SIOCSIFNETMASK", libc::SIOCSIFNETMASK, [255; 4]),
@@ -219,16 +182,5 @@ fn set_up(name: &str, req: &mut libc::ifreq) -> io::Result<()> {
             return Err(os_error(format_args!("{name}: {what}")));
         }
     }
-    // SAFETY: valid fd and ifreq.
-    if unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS, &mut *req) } < 0 {
-        return Err(os_error(format_args!("{name}: SIOCGIFFLAGS")));
-    }
-    // SAFETY: the kernel filled ifru_flags.
-    let flags = unsafe { req.ifr_ifru.ifru_flags };
-    req.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_NOARP) as libc::c_short;
-    // SAFETY: valid fd and ifreq.
-    if unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &mut *req) } < 0 {
-        return Err(os_error(format_args!("{name}: SIOCSIFFLAGS")));
-    }
-    Ok(())
+    tap::up_without_arp(&s, name, req)
 }

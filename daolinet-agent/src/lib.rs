@@ -22,7 +22,7 @@
 //!   [`tls`]: OpenFlow over TLS to a controller (a rustls transport);
 //! - [`host`]: the real dataplane (BPF maps, [`inject`]: AF_PACKET
 //!   transmit and the LOCAL port; [`bell`]: the punt ring's wake-up
-//!   device; [`netdev`]: interface facts);
+//!   device; both TAP devices made by `tap`; [`netdev`]: interface facts);
 //!   [`register`]: self-registration with the controller's REST API (a
 //!   thread of its own, told by the event loop when controllers connect);
 //!   [`hostsetup`]: the host's NAT-out (forwarding, masquerade, the pool
@@ -33,7 +33,8 @@
 //!
 //! Module dependencies run one way: runtime -> control, fastpath ->
 //! engine -> conn, ofswitch -> oftable -> table, compile; host -> engine
-//! (the trait), datapath -> drain, inject -> netdev.
+//! (the trait), datapath -> drain, inject -> netdev, inject and bell ->
+//! tap.
 
 pub mod ahead;
 pub mod bell;
@@ -64,6 +65,7 @@ pub mod register;
 pub mod runtime;
 pub mod status;
 pub mod table;
+mod tap;
 pub mod tls;
 
 /// Default OpenFlow port number of the uplink (`--uplink-ofport`): below
