@@ -1258,16 +1258,12 @@ impl RuleTable {
         Ok(rule)
     }
 
-    /// Whether [`RuleTable::remove_whole`] can remove the rules `ids` (in
-    /// the table, each once): they are every rule of the subtables they
-    /// are in, and no more rules stay than go. None otherwise.
-    pub fn whole_subtables(&self, ids: &[u32]) -> Option<Whole> {
-        // Each id once (in order), so that counting them counts rules.
-        if ids.is_empty() || ids.len() * 2 < self.len || !ids.is_sorted_by(|a, b| a < b) {
-            return None;
-        }
+    /// The number of rules `ids` in each subtable (by index in the
+    /// subtable list), telling `each` the subtable of every id in turn
+    /// (ids of one subtable in a row are found at once). None if an id is
+    /// no rule or its subtable is in no list.
+    fn count_by_subtable(&self, ids: &[u32], mut each: impl FnMut(usize)) -> Option<Vec<usize>> {
         let mut counts = vec![0usize; self.subtables.len()];
-        let mut sub_of = Vec::with_capacity(ids.len());
         let mut last = 0usize;
         for &id in ids {
             let r = &slot_of(&self.slots, id)?.rule;
@@ -1282,8 +1278,21 @@ impl RuleTable {
                 last = self.subtables.iter().position(fits)?;
             }
             counts[last] += 1;
-            sub_of.push(last as u32);
+            each(last);
         }
+        Some(counts)
+    }
+
+    /// Whether [`RuleTable::remove_whole`] can remove the rules `ids` (in
+    /// the table, each once): they are every rule of the subtables they
+    /// are in, and no more rules stay than go. None otherwise.
+    pub fn whole_subtables(&self, ids: &[u32]) -> Option<Whole> {
+        // Each id once (in order), so that counting them counts rules.
+        if ids.is_empty() || ids.len() * 2 < self.len || !ids.is_sorted_by(|a, b| a < b) {
+            return None;
+        }
+        let mut sub_of = Vec::with_capacity(ids.len());
+        let counts = self.count_by_subtable(ids, |sub| sub_of.push(sub as u32))?;
         let whole = counts
             .iter()
             .zip(&self.subtables)
@@ -1421,22 +1430,7 @@ impl RuleTable {
             return None;
         }
         // Each subtable keeps all its rules or none.
-        let mut counts = vec![0usize; self.subtables.len()];
-        let mut last = 0usize;
-        for &id in &kept {
-            let r = &slot_of(&self.slots, id)?.rule;
-            let fits = |s: &SubtableState| {
-                s.table == r.table
-                    && s.mask.key == r.mask
-                    && r.wide
-                        .as_ref()
-                        .map_or(!s.mask.is_wide(), |w| w.mask == s.mask.ext)
-            };
-            if !self.subtables.get(last).is_some_and(fits) {
-                last = self.subtables.iter().position(fits)?;
-            }
-            counts[last] += 1;
-        }
+        let counts = self.count_by_subtable(&kept, |_| {})?;
         let mut gone = Vec::with_capacity(counts.len());
         for (n, s) in counts.iter().zip(&self.subtables) {
             match *n {
