@@ -380,14 +380,17 @@ impl<D: Dataplane> Engine<D> {
         let mut fx = Effects::default();
         let (mut packet_outs, mut n) = (0usize, 0usize);
         let mut run: Option<Run> = None;
-        let mut inputs = std::mem::take(&mut self.inputs).into_iter();
+        // Drained, not consumed: the vector keeps its room for the next
+        // read (no allocation per read).
+        let mut taken = std::mem::take(&mut self.inputs);
+        let mut inputs = taken.drain(..);
         while let Some(input) = inputs.next() {
             if self.sw.has_job(id) {
                 // A multipart answer is being produced: what came after it
                 // waits, so that its replies follow the answer.
                 if let Some(p) = self.peers.get_mut(&id) {
                     p.deferred.push(input);
-                    p.deferred.extend(inputs);
+                    p.deferred.extend(inputs.by_ref());
                 }
                 break;
             }
@@ -438,6 +441,10 @@ impl<D: Dataplane> Engine<D> {
                     }
                 }
             }
+        }
+        drop(inputs);
+        if self.inputs.is_empty() {
+            self.inputs = taken;
         }
         self.end_run(id, run, &mut fx, read_at);
         let timed =
@@ -691,7 +698,9 @@ impl<D: Dataplane> Engine<D> {
         self.stats.punts += n as u64;
         let read_at = now_ns();
         let timed = tracing::enabled!(target: LATENCY, tracing::Level::TRACE);
-        for p in std::mem::take(&mut self.punts) {
+        // Drained, not consumed: the vector keeps its room.
+        let mut punts = std::mem::take(&mut self.punts);
+        for p in punts.drain(..) {
             let punted = p.header.timestamp_ns;
             let fx = self.sw.punt(p, read_at, &mut self.dp);
             let handled = if timed { now_ns() } else { 0 };
@@ -715,6 +724,7 @@ impl<D: Dataplane> Engine<D> {
                 ]);
             }
         }
+        self.punts = punts;
         n
     }
 

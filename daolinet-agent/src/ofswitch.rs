@@ -635,7 +635,7 @@ impl Switch {
             Message::PacketOut(po) => {
                 if slave {
                     err(&mut fx, code(of::OFPET_BAD_REQUEST, of::OFPBRC_IS_SLAVE));
-                } else if let Err(c) = self.packet_out(&po, &mut fx) {
+                } else if let Err(c) = self.packet_out(po, &mut fx) {
                     err(&mut fx, c);
                 } else {
                     self.counters.packet_out += 1;
@@ -935,7 +935,7 @@ impl Switch {
         })
     }
 
-    fn packet_out(&mut self, po: &PacketOut, fx: &mut Effects) -> Result<(), ErrorCode> {
+    fn packet_out(&mut self, po: PacketOut, fx: &mut Effects) -> Result<(), ErrorCode> {
         if po.buffer_id != of::OFP_NO_BUFFER {
             return Err(code(of::OFPET_BAD_REQUEST, of::OFPBRC_BUFFER_UNKNOWN));
         }
@@ -943,6 +943,33 @@ impl Switch {
         let reserved_ok = matches!(in_port, of::OFPP_CONTROLLER | of::OFPP_LOCAL | of::OFPP_ANY);
         if !reserved_ok && !self.ports.contains_key(&in_port) && in_port > of::OFPP_MAX {
             return Err(code(of::OFPET_BAD_REQUEST, of::OFPBRC_BAD_PORT));
+        }
+        if po.actions.iter().all(plain_output) {
+            // The answer to a first packet, most often: outputs only, the
+            // frame unchanged, as the userspace pipeline would send them
+            // (below) without compiling the actions or copying the frame
+            // for the last of them.
+            let mut data = po.data;
+            let n = po.actions.len();
+            for (i, a) in po.actions.iter().enumerate() {
+                let of::Action::Output { port, .. } = *a else {
+                    continue;
+                };
+                let to = match port {
+                    of::OFPP_IN_PORT => in_port,
+                    // Output to the ingress port's number does not send
+                    // back (IN_PORT does).
+                    p if p == in_port => continue,
+                    p => p,
+                };
+                let frame = if i + 1 == n {
+                    std::mem::take(&mut data)
+                } else {
+                    data.clone()
+                };
+                fx.emit.push((to, frame));
+            }
+            return Ok(());
         }
         // Validate every action before doing anything: runs of actions the
         // datapath knows, and the reserved outputs only userspace has.
@@ -969,7 +996,7 @@ impl Switch {
                 }
             }
         }
-        let mut frame = po.data.clone();
+        let mut frame = po.data;
         for s in steps {
             // The rules a run through the table matched: counted on them
             // below, as Open vSwitch counts a PACKET_OUT to TABLE (a live
@@ -1046,11 +1073,21 @@ impl Switch {
     }
 
     fn send_packet_in(&mut self, pi: PacketIn, fx: &mut Effects) {
-        let mut sent = false;
-        for (c, s) in &self.sessions {
-            if wants(s, |a| a.packet_in_mask, pi.reason) {
-                fx.send.push((*c, 0, Message::PacketIn(pi.clone())));
-                sent = true;
+        // The last connection that wants it takes it; those before get
+        // copies (one controller: no copy of the frame).
+        let mut to = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| wants(s, |a| a.packet_in_mask, pi.reason))
+            .map(|(c, _)| *c)
+            .peekable();
+        let sent = to.peek().is_some();
+        while let Some(c) = to.next() {
+            if to.peek().is_some() {
+                fx.send.push((c, 0, Message::PacketIn(pi.clone())));
+            } else {
+                fx.send.push((c, 0, Message::PacketIn(pi)));
+                break;
             }
         }
         if sent {
@@ -1314,6 +1351,12 @@ enum Step {
 /// everything) sends to the controller is reported as a table miss.
 fn is_table_miss(r: &crate::table::Rule) -> bool {
     r.priority == 0 && r.mask.is_empty_mask() && r.wide.is_none()
+}
+
+/// A PACKET_OUT action the fast path of [`Switch::packet_out`] takes: an
+/// output to a switch port or IN_PORT (the frame unchanged, no pipeline).
+fn plain_output(a: &of::Action) -> bool {
+    matches!(a, of::Action::Output { port, .. } if *port <= of::OFPP_MAX || *port == of::OFPP_IN_PORT)
 }
 
 fn wants(s: &Session, mask: impl Fn(&AsyncConfig) -> [u32; 2], reason: u8) -> bool {
@@ -1583,6 +1626,24 @@ mod tests {
             errors(&fx),
             [code(of::OFPET_BAD_ACTION, of::OFPBAC_BAD_OUT_GROUP)]
         );
+        // Plain outputs (not through the pipeline) send what the pipeline
+        // would: to the ingress port's number nothing, to IN_PORT back.
+        let plain = vec![
+            of::Action::output(2),
+            of::Action::output(1),
+            of::Action::output(of::OFPP_IN_PORT),
+            of::Action::output(3),
+        ];
+        let fx = send(&mut s, 1, 9, po(plain.clone()));
+        assert_eq!(fx.emit, [(2, f.clone()), (1, f.clone()), (3, f.clone())]);
+        let mut dst = [0u8; 6];
+        dst.copy_from_slice(&f[..6]);
+        let mut piped = plain;
+        piped.push(of::Action::SetField(of::OxmField::EthDst(
+            of::MacAddr(dst),
+            None,
+        )));
+        assert_eq!(send(&mut s, 1, 10, po(piped)).emit, fx.emit);
         let mut bad = PacketOut::new(1, vec![], f.clone());
         bad.buffer_id = 5;
         let fx = send(&mut s, 1, 8, Message::PacketOut(bad));

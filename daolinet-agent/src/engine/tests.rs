@@ -1367,3 +1367,72 @@ fn a_long_run_of_adds_written_ahead_is_written_before_its_barrier_or_redone_one_
     );
     assert!(eng.dp.ahead.is_empty());
 }
+
+/// Median and 90th percentile of `v` (ns), in µs.
+fn p50_p90(v: &mut [u64]) -> (f64, f64) {
+    v.sort_unstable();
+    let at = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)] as f64 / 1e3;
+    (at(0.5), at(0.9))
+}
+
+/// The agent's own steps on a first packet's path, timed as its
+/// `daolinet_agent::latency` trace times them: a punt to its PACKET_IN
+/// queued, and a PACKET_OUT's bytes to its frame handed to the datapath.
+/// `COLD=1` walks 32 MiB between packets (the caches as a first packet
+/// finds them, a few ms after the last one). A measurement, not a check:
+/// `cargo test --release -p daolinet-agent --lib -- --ignored --nocapture first_packet_steps`.
+#[test]
+#[ignore = "a timing, run by hand in release mode"]
+fn first_packet_steps() {
+    let n: usize = std::env::var("N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5_000);
+    let cold = std::env::var("COLD").is_ok_and(|v| v == "1");
+    let log = Log::default();
+    let mut eng = engine_with(&log, ConnConfig::default());
+    let (id, st) = connected(&mut eng, &log, "c");
+    for i in 0..100 {
+        read_everything(&mut eng, id, &st, wire(&[(i, flow(i as u8))]));
+    }
+    let po = wire(&[(99, packet_out(1))]);
+    let mut evict = vec![0u8; 32 << 20];
+    let (mut punt_ns, mut po_ns) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n {
+        if cold {
+            for b in evict.iter_mut().step_by(64) {
+                *b = b.wrapping_add(1);
+            }
+        }
+        // The punt: read_at to the PACKET_IN encoded in the output queue
+        // (the agent's handle_ns, plus the queueing before the write).
+        let p = punt(i as u8);
+        let t0 = now_ns();
+        let fx = eng.sw.punt(p, t0, &mut eng.dp);
+        eng.apply(fx);
+        punt_ns.push(now_ns() - t0);
+        eng.flush_dirty();
+        if cold {
+            for b in evict.iter_mut().step_by(64) {
+                *b = b.wrapping_add(1);
+            }
+        }
+        // The PACKET_OUT: from its bytes read to its frame handed to the
+        // datapath (the agent's packet_out_handle_ns, plus the emit).
+        let t0 = now_ns();
+        let p = eng.peers.get_mut(&id).expect("connected");
+        p.conn.receive(&po, t0, &mut eng.inputs);
+        assert!(eng.handle(id, t0, true));
+        po_ns.push(now_ns() - t0);
+        eng.flush_dirty();
+        lock(&log).clear();
+        lock(&st).got.clear();
+    }
+    std::hint::black_box(&evict);
+    let (a, b) = p50_p90(&mut punt_ns);
+    let (c, d) = p50_p90(&mut po_ns);
+    println!(
+        "first_packet_steps n={n} cold={cold}: punt->PACKET_IN queued p50 {a:.2} µs p90 {b:.2}; \
+         PACKET_OUT bytes->frame out p50 {c:.2} µs p90 {d:.2}"
+    );
+}
