@@ -60,6 +60,13 @@ fn addr_of(s: &str) -> Result<Ipv4Addr, String> {
         .map_err(|_| format!("{s:?} is not an IPv4 address"))
 }
 
+/// The DaoliNet network of Docker network `docker_id` when `-o network`
+/// does not name one: `docker-` and the id's first 12 characters (Docker's
+/// ids are hex; a call may carry anything, so characters, not bytes).
+fn default_network_name(docker_id: &str) -> String {
+    format!("docker-{}", docker_id.chars().take(12).collect::<String>())
+}
+
 impl Driver {
     /// A driver for the agent at `agent_socket`, keeping its state in
     /// `state_file` (read now).
@@ -190,7 +197,18 @@ impl Driver {
         if opts.get(ADDRESS_TYPE).map(String::as_str) == Some(GATEWAY_TYPE) {
             // The network is not created yet: the gateway is --gateway or
             // the controller's default, the subnet's first host address.
-            let gw = wanted.unwrap_or(Ipv4Addr::from(u32::from(subnet.network()) + 1));
+            let gw = match wanted {
+                Some(gw) => gw,
+                None => u32::from(subnet.network())
+                    .checked_add(1)
+                    .map(Ipv4Addr::from)
+                    .filter(|gw| subnet.contains(*gw))
+                    .ok_or_else(|| {
+                        format!(
+                            "subnet {subnet} has no address for a default gateway: give --gateway"
+                        )
+                    })?,
+            };
             if !subnet.contains(gw) {
                 return Err(format!("--gateway {gw} is outside {subnet}"));
             }
@@ -292,7 +310,7 @@ impl Driver {
         let name = opts
             .get("network")
             .cloned()
-            .unwrap_or_else(|| format!("docker-{}", &c.network_id[..c.network_id.len().min(12)]));
+            .unwrap_or_else(|| default_network_name(&c.network_id));
         let tenant = opts.get("tenant").cloned();
         let site = self.site()?;
         let (net, created) = match site.api.network(&name).map_err(text)? {
@@ -443,5 +461,83 @@ impl Driver {
             "Gateway": net.gateway.to_string(),
             "DisableGatewayService": true,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A driver whose agent socket does not exist (every call that needs
+    /// the agent fails cleanly) and whose state is in a fresh directory.
+    fn driver(tag: &str) -> Driver {
+        let dir = std::env::temp_dir().join(format!(
+            "daolinet-docker-driver-{tag}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Driver::new(dir.join("no-agent.sock"), dir.join("state.json")).unwrap()
+    }
+
+    fn call(d: &mut Driver, method: &str, body: &Value) -> Answer {
+        d.call(method, body.to_string().as_bytes()).unwrap()
+    }
+
+    fn pool(d: &mut Driver, subnet: &str) -> String {
+        let v = call(d, "IpamDriver.RequestPool", &json!({"Pool": subnet})).unwrap();
+        v["PoolID"].as_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn default_network_names_cut_characters_not_bytes() {
+        assert_eq!(
+            default_network_name("0123456789abcdef0123"),
+            "docker-0123456789ab"
+        );
+        assert_eq!(default_network_name("abc"), "docker-abc");
+        // 13 bytes: byte 12 is inside the fourth '€'.
+        assert_eq!(default_network_name("a€€€€"), "docker-a€€€€");
+    }
+
+    /// A `CreateNetwork` whose network id is not ASCII used to panic on
+    /// slicing it at byte 12 (when `-o network` names no network); now it
+    /// gets as far as the agent (absent here) and fails with a message.
+    #[test]
+    fn create_network_with_a_non_ascii_id_is_an_error_not_a_panic() {
+        let mut d = driver("non-ascii-id");
+        pool(&mut d, "10.9.0.0/24");
+        let r = call(
+            &mut d,
+            "NetworkDriver.CreateNetwork",
+            &json!({"NetworkID": "a€€€€€€€€€€€€", "IPv4Data": [{"Pool": "10.9.0.0/24"}]}),
+        );
+        assert!(r.is_err(), "{r:?}");
+    }
+
+    /// The default gateway of `--subnet 255.255.255.255/32` used to be
+    /// computed as the network address + 1, which overflows.
+    #[test]
+    fn default_gateway_of_a_subnet_without_room_is_an_error() {
+        let mut d = driver("no-gateway-room");
+        for subnet in ["255.255.255.255/32", "10.9.0.7/32"] {
+            let id = pool(&mut d, subnet);
+            let r = call(
+                &mut d,
+                "IpamDriver.RequestAddress",
+                &json!({"PoolID": id, "Options": {ADDRESS_TYPE: GATEWAY_TYPE}}),
+            );
+            let e = r.unwrap_err();
+            assert!(e.contains("no address for a default gateway"), "{e}");
+        }
+        // A subnet with room still gets its first host address.
+        let id = pool(&mut d, "10.9.1.0/24");
+        let r = call(
+            &mut d,
+            "IpamDriver.RequestAddress",
+            &json!({"PoolID": id, "Options": {ADDRESS_TYPE: GATEWAY_TYPE}}),
+        );
+        assert_eq!(r.unwrap()["Address"], "10.9.1.1/24");
     }
 }
