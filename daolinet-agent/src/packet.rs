@@ -322,10 +322,13 @@ pub fn complete_l4_checksum(frame: &mut [u8]) -> bool {
         L3Kind::Ipv6 => true,
         _ => return false,
     };
-    let Some(total) = be16(frame, l3 + 2) else {
+    // IPv4's total length (header included) is at byte 2; IPv6's payload
+    // length (after the 40-byte fixed header) at byte 4.
+    let (len_at, fixed) = if v6 { (4, 40) } else { (2, 0) };
+    let Some(total) = be16(frame, l3 + len_at) else {
         return false;
     };
-    let end = l3 + usize::from(total) + if v6 { 40 } else { 0 };
+    let end = l3 + fixed + usize::from(total);
     if end > frame.len() || end < l4 {
         return false;
     }
@@ -834,6 +837,77 @@ pub(crate) mod tests {
             assert!(complete_l4_checksum(&mut f));
             assert_eq!(f, good);
         }
+    }
+
+    /// An Ethernet/IPv6/TCP or UDP frame with flow label `label` and a
+    /// valid L4 checksum (computed here independently of the code under
+    /// test: the RFC 8200 pseudo-header, then the segment).
+    fn ipv6_frame(proto: u8, label: u32) -> Vec<u8> {
+        let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x86, 0xdd];
+        let mut l4 = vec![0x30, 0x39, 0, 80];
+        if proto == 6 {
+            l4.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+        } else {
+            l4.extend_from_slice(&[0, 0, 0, 0]);
+        }
+        l4.extend_from_slice(b"hello, v6");
+        if proto == 17 {
+            let n = l4.len() as u16;
+            l4[4..6].copy_from_slice(&n.to_be_bytes());
+        }
+        let src = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let dst = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&src);
+        pseudo.extend_from_slice(&dst);
+        pseudo.extend_from_slice(&(l4.len() as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, proto]);
+        pseudo.extend_from_slice(&l4);
+        let mut sum = 0u32;
+        for w in pseudo.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]));
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        let c = !(sum as u16);
+        let at = if proto == 6 { 16 } else { 6 };
+        l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
+        f.extend_from_slice(&(0x6000_0000 | (label & 0xf_ffff)).to_be_bytes());
+        f.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+        f.extend_from_slice(&[proto, 64]);
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(&l4);
+        f
+    }
+
+    /// IPv6 frames punted with a partial checksum get the real one. The
+    /// segment's end used to be read from the flow label's low 16 bits
+    /// instead of the payload length: with a label of 0 nothing was ever
+    /// completed, and a label below the payload length "completed" a valid
+    /// checksum over a cut segment, corrupting it.
+    #[test]
+    fn partial_ipv6_checksums_are_completed_whatever_the_flow_label() {
+        for proto in [6, 17] {
+            for label in [0, 0x1_0010, 0x2_0020, 0xf_ffff] {
+                let good = ipv6_frame(proto, label);
+                let mut f = good.clone();
+                assert!(!complete_l4_checksum(&mut f), "{proto} {label:#x}");
+                assert_eq!(f, good, "a valid checksum stays: {proto} {label:#x}");
+                let at = 14 + 40 + if proto == 6 { 16 } else { 6 };
+                f[at] = 0x12;
+                f[at + 1] = 0x34;
+                assert!(complete_l4_checksum(&mut f), "{proto} {label:#x}");
+                assert_eq!(f, good, "{proto} {label:#x}");
+            }
+        }
+        // A payload length past the end of the frame: left alone.
+        let mut f = ipv6_frame(6, 0);
+        f[18..20].copy_from_slice(&0xffffu16.to_be_bytes());
+        let before = f.clone();
+        assert!(!complete_l4_checksum(&mut f));
+        assert_eq!(f, before);
     }
 
     #[test]
