@@ -620,7 +620,12 @@ pub fn default_max_flows(mem_total: u64) -> u32 {
 
 /// `MemTotal` of /proc/meminfo in bytes.
 pub fn mem_total() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_mem_total(&std::fs::read_to_string("/proc/meminfo").ok()?)
+}
+
+/// `MemTotal` in bytes of the text of /proc/meminfo (None without a
+/// number there; a count of kB too large for bytes in a u64 saturates).
+pub fn parse_mem_total(info: &str) -> Option<u64> {
     let kb: u64 = info
         .lines()
         .find_map(|l| l.strip_prefix("MemTotal:"))?
@@ -629,7 +634,7 @@ pub fn mem_total() -> Option<u64> {
         .trim()
         .parse()
         .ok()?;
-    Some(kb * 1024)
+    Some(kb.saturating_mul(1024))
 }
 
 /// The pinned maps whose layout the agent knows: name, key size, value
@@ -1931,6 +1936,19 @@ mod cap_tests {
         assert_eq!(default_max_flows(8 << 30), 524_288);
         assert_eq!(default_max_flows(24 << 30), 1_048_576);
         assert!(mem_total().is_some_and(|m| m > 0));
+    }
+
+    /// /proc/meminfo is the kernel's text: a MemTotal too large for bytes
+    /// in a u64 used to overflow (a panic in debug builds).
+    #[test]
+    fn mem_total_parses_meminfo_and_saturates() {
+        let info = "MemFree:  100 kB\nMemTotal:       16314540 kB\nBuffers: 1 kB\n";
+        assert_eq!(parse_mem_total(info), Some(16_314_540 * 1024));
+        let huge = format!("MemTotal: {} kB\n", u64::MAX / 2);
+        assert_eq!(parse_mem_total(&huge), Some(u64::MAX));
+        assert_eq!(default_max_flows(u64::MAX), 1_048_576);
+        assert_eq!(parse_mem_total("MemTotal: lots kB\n"), None);
+        assert_eq!(parse_mem_total("MemFree: 1 kB\n"), None);
     }
 
     #[test]
