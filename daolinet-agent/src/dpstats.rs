@@ -7,6 +7,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{SchedClassifier, TcAttachType};
+use daolinet_common::drop_sample::MAX_SAMPLE_RATE;
 use daolinet_common::{
     maps as names, DropReason, DropSample, PortInfo, SampleConfig, DROP_SAMPLE_CAP, DROP_SLOTS,
     PORT_FLAG_ANTI_SPOOF,
@@ -71,9 +72,24 @@ pub fn tcx_attached(iface: &str, egress: bool) -> Result<bool> {
         .any(|p| p.name_as_str() == Some(names::PROG_TC)))
 }
 
+/// Whether the datapath can take sampling configuration `cfg`: a rate
+/// above [`MAX_SAMPLE_RATE`] would overflow its token bucket (and wrap to
+/// fewer samples, not more), so it is refused with a message.
+pub fn check_sampling(cfg: &SampleConfig) -> Result<()> {
+    if cfg.rate > MAX_SAMPLE_RATE {
+        bail!(
+            "a drop sample rate of {} is too high: at most {MAX_SAMPLE_RATE} per second per CPU",
+            cfg.rate
+        );
+    }
+    Ok(())
+}
+
 /// Set the drop sampling rate (samples per second per CPU, and burst);
-/// a rate of 0 turns sampling off.
+/// a rate of 0 turns sampling off. A rate [`check_sampling`] refuses
+/// changes nothing.
 pub fn set_sampling(dp: &mut Datapath, cfg: SampleConfig) -> Result<()> {
+    check_sampling(&cfg)?;
     let map = dp
         .ebpf_mut()
         .map_mut(names::SAMPLE_CONFIG)
@@ -157,5 +173,17 @@ mod tests {
             (d.data.len(), d.reason, d.reason_code),
             (DROP_SAMPLE_CAP, None, 77)
         );
+    }
+
+    /// `--drop-sample-rate` goes to the datapath's token bucket, whose
+    /// refill overflowed (and wrapped) above MAX_SAMPLE_RATE.
+    #[test]
+    fn sampling_rates_the_datapath_cannot_take_are_refused() {
+        let cfg = |rate| SampleConfig { rate, burst: 20 };
+        assert!(check_sampling(&cfg(0)).is_ok());
+        assert!(check_sampling(&cfg(MAX_SAMPLE_RATE)).is_ok());
+        let e = check_sampling(&cfg(MAX_SAMPLE_RATE + 1)).unwrap_err();
+        assert!(e.to_string().contains("at most 1000000"), "{e}");
+        assert!(check_sampling(&cfg(u32::MAX)).is_err());
     }
 }

@@ -23,6 +23,10 @@ const _: () = assert!(crate::DropReason::COUNT <= DROP_SLOTS);
 pub const DEFAULT_SAMPLE_RATE: u32 = 20;
 /// Default burst of samples per CPU.
 pub const DEFAULT_SAMPLE_BURST: u32 = 20;
+/// Most samples per second per CPU the agent sets: far more than the ring
+/// and its reader carry, and small enough that [`SampleBucket::take`]'s
+/// refill (rate times at most 10 s) cannot overflow a u64.
+pub const MAX_SAMPLE_RATE: u32 = 1_000_000;
 
 /// One sampled drop.
 #[repr(C)]
@@ -74,7 +78,8 @@ impl SampleBucket {
     /// Refill for the time since the last call and take one token if there
     /// is one: true when a sample may be sent now. The same arithmetic runs
     /// in the datapath (no division, no overflow: the elapsed time is
-    /// capped at 10 s and `rate` is a u32).
+    /// capped at 10 s, `rate` is at most [`MAX_SAMPLE_RATE`] and `burst` a
+    /// u32).
     #[inline(always)]
     pub fn take(&mut self, cfg: &SampleConfig, now_ns: u64) -> bool {
         let mut elapsed = now_ns.wrapping_sub(self.at_ns);
@@ -121,6 +126,24 @@ mod tests {
         let off = SampleConfig::default();
         let mut b = SampleBucket::default();
         assert!(!b.take(&off, 50 * TOKEN));
+    }
+
+    /// The largest rate and burst the agent sets, after a long quiet
+    /// period and again: the refill stays within a u64 (a rate of
+    /// u32::MAX did not: 10 s of it is 4.3e19 billionths).
+    #[test]
+    fn the_largest_configuration_does_not_overflow() {
+        let cfg = SampleConfig {
+            rate: MAX_SAMPLE_RATE,
+            burst: u32::MAX,
+        };
+        let mut b = SampleBucket::default();
+        assert!(b.take(&cfg, 1000 * TOKEN));
+        assert!(b.take(&cfg, 2000 * TOKEN));
+        assert!(u64::from(MAX_SAMPLE_RATE)
+            .checked_mul(10 * TOKEN)
+            .and_then(|add| add.checked_add(u64::from(u32::MAX) * TOKEN))
+            .is_some());
     }
 
     #[test]
