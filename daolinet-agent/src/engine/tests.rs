@@ -1436,3 +1436,182 @@ fn first_packet_steps() {
          PACKET_OUT bytes->frame out p50 {c:.2} µs p90 {d:.2}"
     );
 }
+
+/// Messages a controller sends, one of each kind the switch handles (and a
+/// few flows that reach every part of the compiler).
+fn controller_messages() -> Vec<Message> {
+    let mut out = Vec::new();
+    for (group_type, group_id) in [(of::OFPGT_SELECT, 5u32), (of::OFPGT_FF, 6)] {
+        out.push(Message::GroupMod(of::GroupMod {
+            command: of::OFPGC_ADD,
+            group_type,
+            group_id,
+            buckets: vec![
+                of::Bucket {
+                    weight: if group_id == 5 { 3 } else { 0 },
+                    watch_port: 1,
+                    watch_group: of::OFPG_ANY,
+                    actions: vec![of::Action::output(1)],
+                },
+                of::Bucket {
+                    weight: if group_id == 5 { 1 } else { 0 },
+                    watch_port: 2,
+                    watch_group: of::OFPG_ANY,
+                    actions: vec![of::Action::output(2)],
+                },
+            ],
+        }));
+    }
+    out.push(Message::MeterMod(of::MeterMod {
+        command: of::OFPMC_ADD,
+        flags: of::OFPMF_KBPS,
+        meter_id: 1,
+        bands: vec![of::MeterBand::Drop {
+            rate: 1000,
+            burst_size: 0,
+        }],
+    }));
+    out.extend(
+    [
+        "priority=10,in_port=1,ip,nw_src=10.1.0.2,nw_dst=10.2.0.0/16 actions=set_field:02:00:00:00:00:01->eth_src,set_field:172.31.0.3->ip_dst,dec_ttl,output:2",
+        "table=0,priority=5,ip actions=goto_table:1",
+        "table=1,priority=5,udp,tp_dst=53 actions=set_field:5353->udp_dst,write_actions(output:2,output:1)",
+        "icmp actions=set_field:3->icmp_type,set_field:1->icmp_code,group:5",
+        "icmp6,icmpv6_type=135,nd_target=fe80::2,nd_sll=02:00:00:00:00:08 actions=set_field:fe80::3->nd_target,output:2",
+        "arp,arp_sha=02:00:00:00:00:01 actions=set_field:2->arp_op,set_field:02:00:00:00:00:03->arp_sha,output:1",
+        "in_port=1 actions=push_vlan:0x8100,output:2",
+        "ip,nw_dst=10.0.0.7 actions=meter:1,output:2",
+        "cookie=0x9,idle_timeout=5,hard_timeout=9,ip,nw_dst=10.0.0.9 actions=controller:128",
+    ]
+    .iter()
+    .map(|f| Message::FlowMod(f.parse().unwrap())),
+    );
+    out.push(Message::FlowMod(
+        FlowMod::delete(of::Match::new()).cookie_match(0x9, u64::MAX),
+    ));
+    let set: FlowMod =
+        "ip actions=set_field:10.9.9.9->ip_dst,set_field:7->udp_src,dec_ttl,output:2"
+            .parse()
+            .unwrap();
+    let set_actions = match set.instructions.first() {
+        Some(of::Instruction::ApplyActions(a)) => a.clone(),
+        other => panic!("{other:?}"),
+    };
+    out.push(Message::PacketOut(of::PacketOut::new(
+        1,
+        set_actions,
+        frame(3),
+    )));
+    out.push(packet_out(4));
+    use of::MultipartRequestBody as B;
+    for body in [
+        B::Desc,
+        B::Flow(of::FlowStatsRequest::default()),
+        B::Aggregate(of::FlowStatsRequest::default()),
+        B::Table,
+        B::PortStats(of::OFPP_ANY),
+        B::Group(of::OFPG_ALL),
+        B::GroupDesc,
+        B::GroupFeatures,
+        B::Meter(of::OFPM_ALL),
+        B::MeterConfig(of::OFPM_ALL),
+        B::MeterFeatures,
+        B::TableFeatures(vec![]),
+        B::PortDesc,
+    ] {
+        out.push(Message::MultipartRequest(of::MultipartRequest::new(body)));
+    }
+    out.extend([
+        Message::RoleRequest(of::RoleMsg {
+            role: of::OFPCR_ROLE_MASTER,
+            generation_id: 3,
+        }),
+        Message::SetAsync(of::AsyncConfig {
+            packet_in_mask: [7, 0],
+            port_status_mask: [7, 7],
+            flow_removed_mask: [15, 0],
+        }),
+        Message::GetAsyncRequest,
+        Message::SetConfig(of::SwitchConfig::default()),
+        Message::GetConfigRequest,
+        Message::FeaturesRequest,
+        Message::TableMod(of::TableMod {
+            table_id: 0,
+            config: 0,
+        }),
+        Message::BarrierRequest,
+        Message::EchoRequest(vec![1, 2, 3]),
+    ]);
+    out
+}
+
+/// xorshift64: the same noise on every run.
+fn noise(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+/// Whatever a controller sends, the agent answers, skips or disconnects;
+/// it never panics. Every message kind the switch handles, then runs of
+/// them with noise past their header (lengths kept, so the stream stays
+/// framed and the noise reaches the decoder and the handlers: the
+/// compiler, groups, meters, PACKET_OUT actions, multipart replies), in
+/// pieces of any size; a connection the agent closed is replaced.
+#[test]
+fn any_bytes_from_a_controller_never_panic() {
+    let msgs = controller_messages();
+    let log = Log::default();
+    let mut eng = engine_with(&log, ConnConfig::default());
+    let (mut id, mut st) = connected(&mut eng, &log, "c");
+    let clean = wire(
+        &msgs
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (100 + i as u32, m.clone()))
+            .collect::<Vec<_>>(),
+    );
+    read_everything(&mut eng, id, &st, clean);
+    assert!(eng.conn(id).is_some_and(|c| c.is_up()));
+    for f in &lock(&st).got {
+        eprintln!("DBG {} {:?}", f.xid, f.message);
+    }
+    let mut seed = 0x5851_f42d_4c95_7f2d_u64;
+    for round in 0..5000u32 {
+        if round % 1000 == 0 {
+            lock(&log).clear();
+        }
+        if !eng.conn(id).is_some_and(|c| c.is_up()) {
+            (id, st) = connected(&mut eng, &log, "c");
+        }
+        let mut input = Vec::new();
+        for _ in 0..1 + noise(&mut seed) % 4 {
+            let m = &msgs[(noise(&mut seed) % msgs.len() as u64) as usize];
+            let mut b = m.to_bytes(round).unwrap();
+            for _ in 0..noise(&mut seed) % 5 {
+                if b.len() > 8 {
+                    let at = 8 + (noise(&mut seed) % (b.len() as u64 - 8)) as usize;
+                    b[at] = noise(&mut seed) as u8;
+                }
+            }
+            input.extend_from_slice(&b);
+        }
+        let chunk = 1 + (noise(&mut seed) % 200) as usize;
+        for piece in input.chunks(chunk) {
+            read_everything(&mut eng, id, &st, piece.to_vec());
+        }
+    }
+    // Still a switch: a fresh connection gets its echo answered.
+    let (id, st) = connected(&mut eng, &log, "d");
+    read_everything(
+        &mut eng,
+        id,
+        &st,
+        wire(&[(77, Message::EchoRequest(vec![9]))]),
+    );
+    assert!(lock(&st)
+        .got
+        .iter()
+        .any(|f| f.xid == 77 && f.message == Message::EchoReply(vec![9])));
+}
