@@ -19,7 +19,10 @@
 //!
 //! While working on the agent: `DAOLINET_BENCH_AGENT_RATES_ONLY=1` measures
 //! only the agent's install and delete rates and prints them (BENCHMARKS.md
-//! untouched); `DAOLINET_BENCH_AGENT_PERF=FILE` records the agent with
+//! untouched); `DAOLINET_BENCH_AGENT_LATENCY_ONLY=1` measures only the
+//! first-packet latency of both switches (about 20 s, no flows installed)
+//! and prints the own shares and the agent's inside timings;
+//! `DAOLINET_BENCH_AGENT_PERF=FILE` records the agent with
 //! `perf record --call-graph dwarf` into FILE during those rates;
 //! `DAOLINET_BENCH_AGENT_BIN=PATH` measures that agent binary instead of
 //! the one just built (the table-alone rows still come from this tree).
@@ -1153,7 +1156,7 @@ fn bench_agent(bin: &Path) -> Result<Setup> {
         ),
         None => None,
     };
-    let scales = install_delete(&mut c, &SIZES, pid);
+    let scales = install_delete(&mut c, sizes(), pid);
     if let Some(p) = perf {
         // SAFETY: kill(2) on the perf process this function started.
         unsafe { libc::kill(p.id() as i32, libc::SIGINT) };
@@ -1169,6 +1172,39 @@ fn bench_agent(bin: &Path) -> Result<Setup> {
         b,
         log: Some(log),
     })
+}
+
+/// `DAOLINET_BENCH_AGENT_LATENCY_ONLY`: a quick look at the first packet
+/// while working on it (no install, UDP or idle measurements, nothing
+/// recorded).
+fn latency_only() -> bool {
+    std::env::var_os("DAOLINET_BENCH_AGENT_LATENCY_ONLY").is_some()
+}
+
+/// The table sizes to install and delete (none in [`latency_only`] runs).
+fn sizes() -> &'static [u32] {
+    if latency_only() {
+        &[]
+    } else {
+        &SIZES
+    }
+}
+
+/// Print what a [`latency_only`] run measured.
+fn print_latency(la: &[Latency; 2], lo: &[Latency; 2], inside: &Inside) {
+    for (mode, name) in [(Wait::Block, "blocking"), (Wait::Spin, "busy-polling")] {
+        let (a, o) = (&la[mode as usize], &lo[mode as usize]);
+        println!(
+            "harness {name}: own share agent {:.0} µs (in {:.0} + out {:.0}), Open vSwitch {:.0} µs (in {:.0} + out {:.0}): ratio {:.2}; end to end {:.0} / {:.0} µs",
+            a.share, a.share_in, a.share_out, o.share, o.share_in, o.share_out,
+            a.share / o.share, a.p50, o.p50
+        );
+    }
+    println!(
+        "inside the agent (medians, µs): punt->read {:.1} (epoll return->read {:.1}), handle {:.1}, write {:.1}, PACKET_OUT handle {:.1}, send {:.1}; {} punts, {} of {} PACKET_OUTs while spinning",
+        inside.punt_to_read, inside.woke_to_read, inside.handle, inside.write,
+        inside.po_handle, inside.po_send, inside.punts, inside.spun, inside.packet_outs
+    );
 }
 
 /// Medians, in microseconds, of the agent's own timings.
@@ -1347,7 +1383,7 @@ fn bench_ovs() -> Result<Setup> {
         .parse()
         .context("ovs-vswitchd's pid file")?;
     step("Open vSwitch: FLOW_MOD install and delete rates, 100k and 1M flows");
-    let scales = install_delete(&mut c, &SIZES, pid)?;
+    let scales = install_delete(&mut c, sizes(), pid)?;
     Ok(Setup {
         scales,
         c,
@@ -1407,6 +1443,19 @@ pub fn run(setup: bool) -> Result<()> {
         || workspace_root().join("target/release/daolinet-agent"),
         PathBuf::from,
     );
+    if latency_only() {
+        let _g = cleanup::guard()?;
+        let mut a = bench_agent(&bin)?;
+        let mut o = serving(vec![&mut a.c], bench_ovs)?;
+        step("first-packet latency only (DAOLINET_BENCH_AGENT_LATENCY_ONLY): nothing recorded");
+        let pa = serving(vec![&mut o.c], || Prober::start(a.c, &a.h, &a.a, &a.b))?;
+        let po = Prober::start(o.c, &o.h, &o.a, &o.b)?;
+        let (la, lo) = first_packet(pa, po)?;
+        std::thread::sleep(Duration::from_millis(300));
+        let log = a.log.ok_or_else(|| anyhow!("no agent log"))?;
+        print_latency(&la, &lo, &agent_timings(&std::fs::read_to_string(&log)?)?);
+        return Ok(());
+    }
     step("the agent's flow table alone (userspace, no BPF): 100k and 1M flows");
     let alone = table_alone(&SIZES)?;
     let mut settled = Settled::default();
