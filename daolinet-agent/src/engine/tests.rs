@@ -1375,19 +1375,25 @@ fn p50_p90(v: &mut [u64]) -> (f64, f64) {
     (at(0.5), at(0.9))
 }
 
-/// The agent's own steps on a first packet's path, timed as its
-/// `daolinet_agent::latency` trace times them: a punt to its PACKET_IN
-/// queued, and a PACKET_OUT's bytes to its frame handed to the datapath.
-/// `COLD=1` walks 32 MiB between packets (the caches as a first packet
-/// finds them, a few ms after the last one). A measurement, not a check:
-/// `cargo test --release -p daolinet-agent --lib -- --ignored --nocapture first_packet_steps`.
+/// The agent's own steps on a first packet's path, over and over: each
+/// punt becomes exactly one PACKET_IN carrying its frame, each PACKET_OUT
+/// exactly one frame on its port, and nothing is left over from one
+/// round to the next (the read and punt lists keep their room, they do
+/// not keep their contents).
+///
+/// It also times the steps as the agent's `daolinet_agent::latency` trace
+/// does (a punt to its PACKET_IN queued; a PACKET_OUT's bytes to its
+/// frame handed to the datapath) and prints them; a measurement only in
+/// a release build, by hand: `COLD=1` walks 32 MiB between packets (the
+/// caches as a first packet finds them, a few ms after the last one),
+/// `N` rounds (200 by default): `COLD=1 N=20000 cargo test --release -p
+/// daolinet-agent --lib -- --nocapture first_packet_steps`.
 #[test]
-#[ignore = "a timing, run by hand in release mode"]
-fn first_packet_steps() {
+fn first_packet_steps_repeat_without_leftovers() {
     let n: usize = std::env::var("N")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(5_000);
+        .unwrap_or(200);
     let cold = std::env::var("COLD").is_ok_and(|v| v == "1");
     let log = Log::default();
     let mut eng = engine_with(&log, ConnConfig::default());
@@ -1395,14 +1401,14 @@ fn first_packet_steps() {
     for i in 0..100 {
         read_everything(&mut eng, id, &st, wire(&[(i, flow(i as u8))]));
     }
+    lock(&log).clear();
+    lock(&st).got.clear();
     let po = wire(&[(99, packet_out(1))]);
-    let mut evict = vec![0u8; 32 << 20];
+    let mut evict = vec![0u8; if cold { 32 << 20 } else { 0 }];
     let (mut punt_ns, mut po_ns) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..n {
-        if cold {
-            for b in evict.iter_mut().step_by(64) {
-                *b = b.wrapping_add(1);
-            }
+        for b in evict.iter_mut().step_by(64) {
+            *b = b.wrapping_add(1);
         }
         // The punt: read_at to the PACKET_IN encoded in the output queue
         // (the agent's handle_ns, plus the queueing before the write).
@@ -1412,21 +1418,36 @@ fn first_packet_steps() {
         eng.apply(fx);
         punt_ns.push(now_ns() - t0);
         eng.flush_dirty();
-        if cold {
-            for b in evict.iter_mut().step_by(64) {
-                *b = b.wrapping_add(1);
-            }
+        for b in evict.iter_mut().step_by(64) {
+            *b = b.wrapping_add(1);
         }
         // The PACKET_OUT: from its bytes read to its frame handed to the
         // datapath (the agent's packet_out_handle_ns, plus the emit).
         let t0 = now_ns();
         let p = eng.peers.get_mut(&id).expect("connected");
         p.conn.receive(&po, t0, &mut eng.inputs);
-        assert!(eng.handle(id, t0, true));
+        assert!(eng.handle(id, t0, true), "round {i}: no PACKET_OUT handled");
         po_ns.push(now_ns() - t0);
         eng.flush_dirty();
-        lock(&log).clear();
-        lock(&st).got.clear();
+        // Exactly one PACKET_IN, with this round's frame, and one frame
+        // out of port 2, the PACKET_OUT's.
+        let got: Vec<Frame> = lock(&st).got.drain(..).collect();
+        match &got[..] {
+            [f] => match &f.message {
+                Message::PacketIn(pi) => assert_eq!(pi.data, frame(i as u8), "round {i}"),
+                m => panic!("round {i}: {m:?} instead of a PACKET_IN"),
+            },
+            _ => panic!("round {i}: {} messages instead of one PACKET_IN", got.len()),
+        }
+        let out: Vec<Ev> = lock(&log)
+            .drain(..)
+            .filter(|e| matches!(e, Ev::Emit(..)))
+            .collect();
+        assert_eq!(out, [Ev::Emit(2, frame(1))], "round {i}");
+        assert!(
+            eng.inputs.is_empty() && eng.punts.is_empty(),
+            "round {i}: leftovers"
+        );
     }
     std::hint::black_box(&evict);
     let (a, b) = p50_p90(&mut punt_ns);
