@@ -939,7 +939,7 @@ pub(crate) mod tests {
 
     /// One frame of every layout the parser and the actions know (valid
     /// before mangling; checksums do not matter here).
-    fn templates() -> Vec<Vec<u8>> {
+    pub(crate) fn templates() -> Vec<Vec<u8>> {
         let v4 = ipv4_frame(6, [10, 0, 0, 1], [10, 0, 0, 2], 1234, 80);
         let udp4 = ipv4_frame(17, [10, 0, 0, 1], [10, 0, 0, 2], 1234, 53);
         let mut out = vec![
