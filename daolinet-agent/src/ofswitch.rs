@@ -31,6 +31,13 @@ pub type ConnId = u64;
 /// Cookie of the flows the standalone fail mode installs.
 pub const STANDALONE_COOKIE: u64 = 0xda01_1000_0000_0001;
 
+/// Most source MACs the standalone fail mode remembers (Open vSwitch's
+/// default MAC table holds 2,048). A full table is forgotten and learning
+/// starts again, so that a container sending from ever new addresses cannot
+/// grow the agent's memory without bound; meanwhile unknown destinations
+/// are flooded, as any learning switch does.
+pub const MAX_LEARNED_MACS: usize = 8192;
+
 /// What to do while no controller is connected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum FailMode {
@@ -1188,6 +1195,10 @@ impl Switch {
             return;
         };
         if k.eth_src[0] & 1 == 0 {
+            if self.macs.len() >= MAX_LEARNED_MACS && !self.macs.contains_key(&k.eth_src) {
+                tracing::debug!("standalone MAC table full: forgetting it");
+                self.macs.clear();
+            }
             self.macs.insert(k.eth_src, in_port);
         }
         match self.macs.get(&k.eth_dst).copied() {
@@ -1785,6 +1796,37 @@ mod tests {
             .iter()
             .any(|o| matches!(o, MapOp::DelFlow(_) | MapOp::DrainFlows(_))));
         assert!(s.flows.is_empty());
+    }
+
+    /// Standalone learning takes the source MAC of every punted frame: a
+    /// container sending from ever new addresses used to grow the table
+    /// (and the agent's memory) without bound.
+    #[test]
+    fn standalone_learning_is_bounded() {
+        let mut s = switch();
+        s.settings.fail_mode = FailMode::Standalone;
+        let mut f = ipv4_frame(17, [10, 1, 0, 2], [10, 1, 0, 3], 1, 2);
+        f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 0xb]);
+        let mac = |i: u32| {
+            let [a, b, c, d] = i.to_be_bytes();
+            [2, 0xee, a, b, c, d]
+        };
+        let n = 5 * MAX_LEARNED_MACS as u32 / 2;
+        for i in 0..n {
+            f[6..12].copy_from_slice(&mac(i));
+            let _ = s.punt(pu(1, 0, u32::MAX, 60, f.clone()), 0, &mut Fake);
+            assert!(s.macs.len() <= MAX_LEARNED_MACS);
+        }
+        // Still learning: the last source is known, and a reply to it gets
+        // a flow.
+        let last = mac(n - 1);
+        assert_eq!(s.macs.get(&last), Some(&1));
+        let mut back = f.clone();
+        back[..6].copy_from_slice(&last);
+        back[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0xb]);
+        let fx = s.punt(pu(2, 0, u32::MAX, 60, back), 0, &mut Fake);
+        assert_eq!(fx.emit.len(), 1);
+        assert_eq!(fx.emit[0].0, 1);
     }
 
     #[test]
