@@ -474,14 +474,10 @@ fn pps_by_table_size(
             s.c.barrier(4)
         })?;
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     Ok(with_few
-        .iter_mut()
-        .zip(with_many.iter_mut())
-        .map(|(f, m)| (median(f), median(m)))
+        .iter()
+        .zip(&with_many)
+        .map(|(f, m)| (super::median(f), super::median(m)))
         .collect())
 }
 

@@ -27,7 +27,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use super::cluster::{build, Built, Way};
-use super::datapath::{iperf, median, TcpRun};
+use super::datapath::{iperf, TcpRun};
+use super::median;
 use crate::demo::{prepare_with, topology_with, Build, Host};
 use crate::util::{cargo, output, run as sh, step, workspace_root};
 

@@ -29,7 +29,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::datapath::{iperf_with, median, TcpRun};
+use super::datapath::{iperf_with, TcpRun};
+use super::median;
 use super::udp;
 use crate::cleanup;
 use crate::demo::{

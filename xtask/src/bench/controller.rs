@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use super::median;
 use crate::util::{cargo, output, run as sh, step, workspace_root};
 
 /// Repetitions of each measurement (alternating ours / os-ken).
@@ -224,16 +225,6 @@ fn loadgen(bin: &Path, t: &Target, latency: Option<usize>) -> Result<BTreeMap<St
         );
     }
     Ok(r)
-}
-
-pub(super) fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 /// The controller's own histograms on `/metrics`: for the decision time
@@ -736,12 +727,5 @@ mod tests {
         );
         assert!(parse_histogram(page, "daolinet_packet_in_answer_seconds").is_err());
         assert!(parse_histogram("nothing", "daolinet_decision_seconds").is_err());
-    }
-
-    #[test]
-    fn median_of_even_and_odd() {
-        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
-        assert!(median(&[]).is_nan());
     }
 }

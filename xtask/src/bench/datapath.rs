@@ -14,6 +14,7 @@ use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::median;
 use super::udp;
 use crate::demo::{install_rules, prepare, start_agents, topology, Host};
 use crate::util::{run as sh, step};
@@ -251,12 +252,6 @@ fn alternate<T: Copy>(
         }
     }
     Ok((a, k))
-}
-
-pub(super) fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 fn kernel_routing(hosts: &[Host]) -> Result<()> {

@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::controller::{median, parse_result};
+use super::controller::parse_result;
+use super::median;
 use crate::util::{cargo, output, run as sh, step};
 
 const HOSTS: u32 = 1_000;
