@@ -469,16 +469,26 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// A fresh directory, removed when dropped.
+    struct TempDir(PathBuf);
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     /// A driver whose agent socket does not exist (every call that needs
     /// the agent fails cleanly) and whose state is in a fresh directory.
-    fn driver(tag: &str) -> Driver {
+    fn driver(tag: &str) -> (Driver, TempDir) {
         let dir = std::env::temp_dir().join(format!(
             "daolinet-docker-driver-{tag}-{}",
             std::process::id()
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        Driver::new(dir.join("no-agent.sock"), dir.join("state.json")).unwrap()
+        let d = Driver::new(dir.join("no-agent.sock"), dir.join("state.json")).unwrap();
+        (d, TempDir(dir))
     }
 
     fn call(d: &mut Driver, method: &str, body: &Value) -> Answer {
@@ -506,7 +516,7 @@ mod tests {
     /// gets as far as the agent (absent here) and fails with a message.
     #[test]
     fn create_network_with_a_non_ascii_id_is_an_error_not_a_panic() {
-        let mut d = driver("non-ascii-id");
+        let (mut d, _dir) = driver("non-ascii-id");
         pool(&mut d, "10.9.0.0/24");
         let r = call(
             &mut d,
@@ -520,7 +530,7 @@ mod tests {
     /// computed as the network address + 1, which overflows.
     #[test]
     fn default_gateway_of_a_subnet_without_room_is_an_error() {
-        let mut d = driver("no-gateway-room");
+        let (mut d, _dir) = driver("no-gateway-room");
         for subnet in ["255.255.255.255/32", "10.9.0.7/32"] {
             let id = pool(&mut d, subnet);
             let r = call(
