@@ -177,9 +177,15 @@ struct ObserveArgs {
     #[arg(long, value_name = "IP:PORT")]
     metrics: Option<std::net::SocketAddr>,
     /// Dropped packets the datapath reports (their headers, for `daolictl
-    /// observe`), at most this many per second per CPU; 0 reports none.
-    /// Every drop is counted either way.
-    #[arg(long, value_name = "N", default_value_t = daolinet_common::drop_sample::DEFAULT_SAMPLE_RATE)]
+    /// observe`), at most this many per second per CPU (up to 1000000);
+    /// 0 reports none. Every drop is counted either way.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = daolinet_common::drop_sample::DEFAULT_SAMPLE_RATE,
+        value_parser = clap::value_parser!(u32)
+            .range(0..=i64::from(daolinet_common::drop_sample::MAX_SAMPLE_RATE))
+    )]
     drop_sample_rate: u32,
     /// Burst of drop reports per CPU above the rate.
     #[arg(long, value_name = "N", default_value_t = daolinet_common::drop_sample::DEFAULT_SAMPLE_BURST)]

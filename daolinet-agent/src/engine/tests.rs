@@ -1458,6 +1458,24 @@ fn first_packet_steps_repeat_without_leftovers() {
     );
 }
 
+/// A controller connected that has sent one of each message
+/// ([`controller_messages`]), every one read.
+fn connected_with_every_message(
+    eng: &mut Engine<FakeDp>,
+    log: &Log,
+) -> (ConnId, Arc<Mutex<PipeState>>) {
+    let (id, st) = connected(eng, log, "c");
+    let clean = wire(
+        &controller_messages()
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| (100 + i as u32, m))
+            .collect::<Vec<_>>(),
+    );
+    read_everything(eng, id, &st, clean);
+    (id, st)
+}
+
 /// Messages a controller sends, one of each kind the switch handles (and a
 /// few flows that reach every part of the compiler).
 fn controller_messages() -> Vec<Message> {
@@ -1585,19 +1603,8 @@ fn any_bytes_from_a_controller_never_panic() {
     let msgs = controller_messages();
     let log = Log::default();
     let mut eng = engine_with(&log, ConnConfig::default());
-    let (mut id, mut st) = connected(&mut eng, &log, "c");
-    let clean = wire(
-        &msgs
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (100 + i as u32, m.clone()))
-            .collect::<Vec<_>>(),
-    );
-    read_everything(&mut eng, id, &st, clean);
+    let (mut id, mut st) = connected_with_every_message(&mut eng, &log);
     assert!(eng.conn(id).is_some_and(|c| c.is_up()));
-    for f in &lock(&st).got {
-        eprintln!("DBG {} {:?}", f.xid, f.message);
-    }
     let mut seed = 0x5851_f42d_4c95_7f2d_u64;
     for round in 0..5000u32 {
         if round % 1000 == 0 {
@@ -1656,17 +1663,7 @@ fn any_punt_never_panics() {
         let mut eng = engine_with(&log, ConnConfig::default());
         let mut peer = None;
         if with_controller {
-            let (id, st) = connected(&mut eng, &log, "c");
-            let msgs = controller_messages();
-            let clean = wire(
-                &msgs
-                    .iter()
-                    .enumerate()
-                    .map(|(i, m)| (100 + i as u32, m.clone()))
-                    .collect::<Vec<_>>(),
-            );
-            read_everything(&mut eng, id, &st, clean);
-            peer = Some((id, st));
+            peer = Some(connected_with_every_message(&mut eng, &log));
         }
         for round in 0..5000u32 {
             if round % 1000 == 0 {
