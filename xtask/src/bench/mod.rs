@@ -17,29 +17,9 @@ mod udp;
 
 pub use controller::OSKEN_VERSION;
 
-/// The median of `v` (the mean of the two middle values for an even count;
-/// NaN for none), for every benchmark's rounds.
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::median;
-
-    #[test]
-    fn median_of_even_and_odd() {
-        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
-        assert!(median(&[]).is_nan());
-    }
-}
+// The median of a benchmark's rounds is the lab's (the mean of the two
+// middle values for an even count, NaN for none).
+use daolinet_testlab::median;
 
 /// Which benchmark to run.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
