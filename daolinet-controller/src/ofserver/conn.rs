@@ -906,6 +906,25 @@ mod tests {
     }
 
     /// A connection through the handshake, output drained.
+    /// A flow's statistics as a switch reports them: `cookie`, `priority`
+    /// and `packet_count`, the rest zero and an empty match.
+    fn flow_stats(cookie: u64, priority: u16, packet_count: u64) -> FlowStats {
+        FlowStats {
+            table_id: 0,
+            duration_sec: 0,
+            duration_nsec: 0,
+            priority,
+            idle_timeout: 0,
+            hard_timeout: 0,
+            flags: 0,
+            cookie,
+            packet_count,
+            byte_count: 0,
+            match_: Match::new(),
+            instructions: vec![],
+        }
+    }
+
     fn ready(now: Instant) -> Conn {
         let mut c = Conn::new(ConnConfig::default(), now);
         let mut ev = Vec::new();
@@ -959,7 +978,7 @@ mod tests {
     /// for its xid, and is bounded.
     #[test]
     fn cookie_reads_are_their_own_events() {
-        use daolinet_openflow::{FlowStats, MultipartReply};
+        use daolinet_openflow::MultipartReply;
         let now = Instant::now();
         let mut c = ready(now);
         let xid = c.request_flow_stats(0xabc).unwrap();
@@ -979,20 +998,7 @@ mod tests {
             },
             o => panic!("{o:?}"),
         }
-        let stats = |n| FlowStats {
-            table_id: 0,
-            duration_sec: 0,
-            duration_nsec: 0,
-            priority: 100,
-            idle_timeout: 0,
-            hard_timeout: 0,
-            flags: 0,
-            cookie: 0xabc,
-            packet_count: n,
-            byte_count: 0,
-            match_: Match::new(),
-            instructions: vec![],
-        };
+        let stats = |n| flow_stats(0xabc, 100, n);
         let mut more = MultipartReply::new(MultipartReplyBody::Flow(vec![stats(1)]));
         more.flags = OFPMPF_REPLY_MORE;
         let last = MultipartReply::new(MultipartReplyBody::Flow(vec![stats(2)]));
@@ -1034,7 +1040,7 @@ mod tests {
     /// flow stats replies split with REPLY_MORE come back as one event.
     #[test]
     fn role_holds_changes_and_flows_are_gathered() {
-        use daolinet_openflow::{FlowStats, Match, MultipartReply};
+        use daolinet_openflow::MultipartReply;
         let now = Instant::now();
         let mut c = ready(now);
         let mut ev = Vec::new();
@@ -1048,20 +1054,7 @@ mod tests {
         assert!(matches!(&out[1].message, Message::MultipartRequest(_)));
         assert_eq!(out.len(), 2, "the barrier went out before the role reply");
         assert!(c.holding());
-        let stats = |cookie| FlowStats {
-            table_id: 0,
-            duration_sec: 0,
-            duration_nsec: 0,
-            priority: 1,
-            idle_timeout: 0,
-            hard_timeout: 0,
-            flags: 0,
-            cookie,
-            packet_count: 0,
-            byte_count: 0,
-            match_: Match::new(),
-            instructions: vec![],
-        };
+        let stats = |cookie| flow_stats(cookie, 1, 0);
         let mut more = MultipartReply::new(MultipartReplyBody::Flow(vec![stats(1)]));
         more.flags = OFPMPF_REPLY_MORE;
         let last = MultipartReply::new(MultipartReplyBody::Flow(vec![stats(2)]));
@@ -1795,7 +1788,7 @@ mod tests {
     /// with noise past their header, cut into pieces of any size.
     #[test]
     fn any_bytes_after_the_handshake_never_panic() {
-        use daolinet_openflow::{ErrorMsg, FlowRemoved, FlowStats, Match, MultipartReply};
+        use daolinet_openflow::{ErrorMsg, FlowRemoved, MultipartReply};
         let now = Instant::now();
         let mut seed = 0x2545_f491_4f6c_dd1d_u64;
         for ty in 0..=40u8 {
@@ -1806,20 +1799,7 @@ mod tests {
                 let _ = feed(&mut ready(now), &m, m.len(), now);
             }
         }
-        let stats = FlowStats {
-            table_id: 0,
-            duration_sec: 0,
-            duration_nsec: 0,
-            priority: 100,
-            idle_timeout: 0,
-            hard_timeout: 0,
-            flags: 0,
-            cookie: 0xabc,
-            packet_count: 1,
-            byte_count: 0,
-            match_: Match::new(),
-            instructions: vec![],
-        };
+        let stats = flow_stats(0xabc, 100, 1);
         let mut more = MultipartReply::new(MultipartReplyBody::Flow(vec![stats.clone()]));
         more.flags = OFPMPF_REPLY_MORE;
         let real = [
