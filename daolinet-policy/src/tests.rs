@@ -69,6 +69,22 @@ fn udp(from: &Container, dst: Ipv4Addr, dport: u16) -> Packet {
     }
 }
 
+/// The ARP request `from` broadcasts for `tpa`.
+fn arp_request(from: &Container, tpa: Ipv4Addr) -> Packet {
+    Packet {
+        eth_dst: MacAddr::BROADCAST,
+        eth_src: from.mac,
+        eth_type: ETH_TYPE_ARP,
+        l3: L3::Arp(Arp {
+            op: 1,
+            sha: from.mac,
+            spa: from.ip,
+            tha: MacAddr::default(),
+            tpa,
+        }),
+    }
+}
+
 fn delivered_to(ds: &[Delivery]) -> Vec<(String, Packet)> {
     ds.iter()
         .filter_map(|d| match d {
@@ -508,21 +524,7 @@ fn arp_proxy_answers_only_what_may_be_reached() {
     let b = m.containers["b"].clone();
     let cfg = Config::default();
     let snap = Snapshot::new(m.clone());
-    let req = |tpa: Ipv4Addr| {
-        Packet {
-            eth_dst: MacAddr::BROADCAST,
-            eth_src: a.mac,
-            eth_type: ETH_TYPE_ARP,
-            l3: L3::Arp(Arp {
-                op: 1,
-                sha: a.mac,
-                spa: a.ip,
-                tha: MacAddr::default(),
-                tpa,
-            }),
-        }
-        .emit()
-    };
+    let req = |tpa: Ipv4Addr| arp_request(&a, tpa).emit();
     for tpa in [m.networks["n1"].gateway, b.ip, Ipv4Addr::new(8, 8, 8, 8)] {
         let o = handle_packet_in(&snap, &cfg, Dpid(1), a.port, &req(tpa));
         assert_eq!(o.verdict, Verdict::ArpReply, "{tpa}");
@@ -664,18 +666,7 @@ fn any_punted_frame_never_panics() {
     }
     frames.push(icmp);
     for tpa in [gw, b.ip, Ipv4Addr::new(8, 8, 8, 8)] {
-        frames.push(Packet {
-            eth_dst: MacAddr::BROADCAST,
-            eth_src: a.mac,
-            eth_type: ETH_TYPE_ARP,
-            l3: L3::Arp(Arp {
-                op: 1,
-                sha: a.mac,
-                spa: a.ip,
-                tha: MacAddr::default(),
-                tpa,
-            }),
-        });
+        frames.push(arp_request(&a, tpa));
     }
     let frames: Vec<Vec<u8>> = frames.iter().map(Packet::emit).collect();
     let places = [
